@@ -1,0 +1,524 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	ds "github.com/ipfs/go-datastore"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+func TestIssueDefaults(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	rec := f.issue(t, IssueOptions{})
+	c := rec.Claims
+	if c.Issuer != f.a.PeerID().String() || c.Type != TypeCapability || c.ID != rec.ID {
+		t.Fatalf("iss/typ/jti = %q/%q/%q", c.Issuer, c.Type, c.ID)
+	}
+	if !slices.Equal(c.Subscribe, []string{">"}) || len(c.Perform) != 0 || len(c.Publish) != 0 {
+		t.Fatalf("permissions = perform %v publish %v subscribe %v", c.Perform, c.Publish, c.Subscribe)
+	}
+	if c.ExpiresAt != nil || c.NotBefore == nil || c.NotBefore.After(time.Now()) {
+		t.Fatalf("times: nbf %v exp %v", c.NotBefore, c.ExpiresAt)
+	}
+	if c.Reusable || len(c.Bearers) != 0 {
+		t.Fatalf("bearers %v reusable %v", c.Bearers, c.Reusable)
+	}
+
+	// The signed token carries exactly the stored claims.
+	dec, err := Decode(rec.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(dec) != fmt.Sprint(c) {
+		t.Fatalf("decoded %+v, stored %+v", dec, c)
+	}
+
+	bob := newPeer(t)
+	g, err := f.a.Verify(ctx, rec.Token, direct(bob, "127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.TokenID != rec.ID || g.Issuer != f.a.PeerID() || g.Bearer != bob || !g.Expires.IsZero() {
+		t.Fatalf("grant %+v", g)
+	}
+	if !g.CanSubscribe("any.thing.>") || !g.CanSubscribe("x") {
+		t.Error("default grant cannot subscribe to everything")
+	}
+	if g.CanPublish("x") || g.CanPerform("x") {
+		t.Error("default grant may publish or perform")
+	}
+
+	got, err := f.a.Token(ctx, rec.ID)
+	if err != nil || got.Token != rec.Token || got.ClaimedBy != bob.String() {
+		t.Fatalf("Token = %+v, %v", got, err)
+	}
+	all, err := f.a.Tokens(ctx)
+	if err != nil || len(all) != 1 || all[0].ID != rec.ID {
+		t.Fatalf("Tokens = %v, %v", all, err)
+	}
+}
+
+func TestPermissions(t *testing.T) {
+	f := newFixture(t)
+	rec := f.issue(t, IssueOptions{
+		Perform:   []string{"*", ">"},
+		Publish:   []string{"orders.*", " logs.> ", "orders.*"},
+		Subscribe: []string{"orders.eu.>", "alerts.*"},
+		Reusable:  true,
+	})
+	if !slices.Equal(rec.Claims.Perform, []string{">"}) {
+		t.Errorf("perform %v: lone * must become > and duplicates go", rec.Claims.Perform)
+	}
+	if !slices.Equal(rec.Claims.Publish, []string{"orders.*", "logs.>"}) {
+		t.Errorf("publish %v", rec.Claims.Publish)
+	}
+	g, err := f.a.Verify(context.Background(), rec.Token, direct(newPeer(t), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name string
+		got  bool
+		want bool
+	}{
+		{"perform multi-token", g.CanPerform("a.b.c"), true},
+		{"perform single token", g.CanPerform("a"), true},
+		{"perform invalid subject", g.CanPerform("a..b"), false},
+		{"publish orders.new", g.CanPublish("orders.new"), true},
+		{"publish orders.new.eu", g.CanPublish("orders.new.eu"), false},
+		{"publish logs.a.b", g.CanPublish("logs.a.b"), true},
+		{"publish logs", g.CanPublish("logs"), false},
+		{"publish other", g.CanPublish("other"), false},
+		{"publish wildcard subject", g.CanPublish("orders.*"), false},
+		{"subscribe orders.eu.*", g.CanSubscribe("orders.eu.*"), true},
+		{"subscribe orders.eu.>", g.CanSubscribe("orders.eu.>"), true},
+		{"subscribe orders.>", g.CanSubscribe("orders.>"), false},
+		{"subscribe alerts.fire", g.CanSubscribe("alerts.fire"), true},
+		{"subscribe alerts.>", g.CanSubscribe("alerts.>"), false},
+		{"subscribe invalid", g.CanSubscribe("orders. eu"), false},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+
+	// Claims() is a copy: mutating it must not widen the grant.
+	cl := g.Claims()
+	cl.Publish[0] = ">"
+	if g.Claims().Publish[0] != "orders.*" {
+		t.Error("Claims() exposes the grant's slices")
+	}
+
+	// Explicitly empty subscribe means none, unlike nil.
+	none := f.issue(t, IssueOptions{Subscribe: []string{}, Reusable: true})
+	g2, err := f.a.Verify(context.Background(), none.Token, direct(newPeer(t), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g2.CanSubscribe("x") {
+		t.Error("empty subscribe list grants subscriptions")
+	}
+}
+
+func TestIssueRejectsBadOptions(t *testing.T) {
+	f := newFixture(t)
+	bad := map[string]IssueOptions{
+		"invalid perform pattern": {Perform: []string{"a..b"}},
+		"invalid publish pattern": {Publish: []string{"a.>.b"}},
+		"whitespace subject":      {Subscribe: []string{"a b"}},
+		"unknown bearer scheme":   {Bearers: []string{"tcp://1.2.3.4"}},
+		"vt bearer unknown":       {Bearers: []string{"vt://nobody"}},
+		"ipv4 bearer without len": {Bearers: []string{"ipv4://10.0.0.1"}},
+		"ipv4 bearer is ipv6":     {Bearers: []string{"ipv4://fd00::/8"}},
+		"negative expiry":         {ExpiresIn: -time.Second},
+		"negative not-before":     {NotBefore: -time.Second},
+		"expires before valid":    {NotBefore: time.Hour, ExpiresIn: time.Minute},
+		"empty address":           {Addrs: []string{" "}},
+		"too large": {Publish: func() []string {
+			var ps []string
+			for i := range 2000 {
+				ps = append(ps, fmt.Sprintf("subject.number.%d", i))
+			}
+			return ps
+		}()},
+	}
+	for name, o := range bad {
+		t.Run(name, func(t *testing.T) {
+			_, err := f.a.Issue(context.Background(), o)
+			if !errors.Is(err, ErrOptions) && !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("Issue error = %v", err)
+			}
+		})
+	}
+	if all, _ := f.a.Tokens(context.Background()); len(all) != 0 {
+		t.Fatalf("rejected issues stored %d records", len(all))
+	}
+}
+
+func TestBearerByValidationID(t *testing.T) {
+	ctx := context.Background()
+	alice, bob := newFixture(t), newFixture(t)
+	vt, err := bob.a.IssueValidation(IssueOptions{ExpiresIn: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := alice.a.AddValidation(ctx, vt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.PeerID != bob.a.PeerID().String() || v.Expires == nil {
+		t.Fatalf("validation %+v", v)
+	}
+	rec := alice.issue(t, IssueOptions{Bearers: []string{SchemeVT + v.ID}, Publish: []string{"x"}})
+	if want := []string{SchemeVT + bob.a.PeerID().String()}; !slices.Equal(rec.Claims.Bearers, want) {
+		t.Fatalf("bearers %v, want %v", rec.Claims.Bearers, want)
+	}
+	g, err := alice.a.Verify(ctx, rec.Token, direct(bob.a.PeerID(), ""))
+	if err != nil || !g.CanPublish("x") {
+		t.Fatalf("bearer rejected: %v", err)
+	}
+	if _, err := alice.a.Verify(ctx, rec.Token, direct(newPeer(t), "")); !errors.Is(err, ErrBearer) {
+		t.Fatalf("other peer: %v", err)
+	}
+	// An explicit bearer is never claimed.
+	if got, _ := alice.a.Token(ctx, rec.ID); got.ClaimedBy != "" {
+		t.Fatalf("bearer token was claimed by %s", got.ClaimedBy)
+	}
+	// A peer id is kept as is.
+	rec2 := alice.issue(t, IssueOptions{Bearers: []string{SchemeVT + bob.a.PeerID().String()}})
+	if !slices.Equal(rec2.Claims.Bearers, rec.Claims.Bearers) {
+		t.Fatalf("bearers %v", rec2.Claims.Bearers)
+	}
+}
+
+func TestIPv4Bearer(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	rec := f.issue(t, IssueOptions{Bearers: []string{"ipv4://10.0.0.0/8"}})
+	for _, ip := range []string{"10.2.3.4", "::ffff:10.9.9.9"} {
+		if _, err := f.a.Verify(ctx, rec.Token, direct(newPeer(t), ip)); err != nil {
+			t.Errorf("%s: %v", ip, err)
+		}
+	}
+	if _, err := f.a.Verify(ctx, rec.Token, direct(newPeer(t), "")); !errors.Is(err, ErrBearer) {
+		t.Errorf("unknown IP: %v", err)
+	}
+	if got, _ := f.a.Token(ctx, rec.ID); got.ClaimedBy != "" {
+		t.Fatalf("ipv4 token was claimed by %s", got.ClaimedBy)
+	}
+}
+
+func TestClaimPersistsAcrossRestart(t *testing.T) {
+	ctx := context.Background()
+	key, store := newKey(t), newStore()
+	first := fixtureOver(t, key, store)
+	rec := first.issue(t, IssueOptions{Perform: []string{"x"}})
+	bob, carol := newPeer(t), newPeer(t)
+	if _, err := first.a.Verify(ctx, rec.Token, direct(bob, "")); err != nil {
+		t.Fatal(err)
+	}
+
+	second := fixtureOver(t, key, store)
+	got, err := second.a.Token(ctx, rec.ID)
+	if err != nil || got.ClaimedBy != bob.String() {
+		t.Fatalf("after restart: %+v, %v", got, err)
+	}
+	if _, err := second.a.Verify(ctx, rec.Token, direct(carol, "")); !errors.Is(err, ErrClaimed) {
+		t.Fatalf("carol after restart: %v", err)
+	}
+	if g, err := second.a.Verify(ctx, rec.Token, direct(bob, "")); err != nil || !g.CanPerform("x") {
+		t.Fatalf("bob after restart: %v", err)
+	}
+}
+
+func TestReusableTokenServesManyPeers(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	rec := f.issue(t, IssueOptions{Reusable: true})
+	for range 3 {
+		if _, err := f.a.Verify(ctx, rec.Token, direct(newPeer(t), "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := f.a.Token(ctx, rec.ID); got.ClaimedBy != "" {
+		t.Fatalf("reusable token claimed by %s", got.ClaimedBy)
+	}
+}
+
+// gateStore holds every token read until n of them are waiting, so that all
+// racers see the record unclaimed at the same moment and the claim's re-check
+// under the write lock is what must decide the winner.
+type gateStore struct {
+	ds.Batching
+	n       int
+	mu      sync.Mutex
+	waiting int
+	release chan struct{}
+}
+
+func (g *gateStore) Get(ctx context.Context, k ds.Key) ([]byte, error) {
+	if tokensPrefix.IsAncestorOf(k) {
+		g.mu.Lock()
+		g.waiting++
+		if g.waiting == g.n {
+			close(g.release)
+		}
+		g.mu.Unlock()
+		<-g.release
+	}
+	return g.Batching.Get(ctx, k)
+}
+
+func TestClaimRace(t *testing.T) {
+	ctx := context.Background()
+	const n = 16
+	gate := &gateStore{Batching: newStore(), n: n, release: make(chan struct{})}
+	f := fixtureOver(t, newKey(t), gate)
+	rec := f.issue(t, IssueOptions{})
+	peers := make([]peer.ID, n)
+	for i := range peers {
+		peers[i] = newPeer(t)
+	}
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			_, errs[i] = f.a.Verify(ctx, rec.Token, direct(peers[i], ""))
+		})
+	}
+	close(start)
+	wg.Wait()
+	winner := -1
+	for i, err := range errs {
+		switch {
+		case err == nil && winner >= 0:
+			t.Fatalf("peers %d and %d both claimed the token", winner, i)
+		case err == nil:
+			winner = i
+		case !errors.Is(err, ErrClaimed):
+			t.Fatalf("peer %d: %v", i, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("nobody claimed the token")
+	}
+	got, err := f.a.Token(ctx, rec.ID)
+	if err != nil || got.ClaimedBy != peers[winner].String() {
+		t.Fatalf("stored claim %q, winner %s (%v)", got.ClaimedBy, peers[winner], err)
+	}
+}
+
+func TestVerifyCachesPerRemote(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	rec := f.issue(t, IssueOptions{Reusable: true, ExpiresIn: time.Hour})
+	bob := newPeer(t)
+	g1, err := f.a.Verify(ctx, rec.Token, direct(bob, "10.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2, err := f.a.Verify(ctx, rec.Token, direct(bob, "10.0.0.1"))
+	if err != nil || g1 != g2 {
+		t.Fatalf("second verify by the same remote was not served from the cache (%v)", err)
+	}
+	g3, err := f.a.Verify(ctx, rec.Token, direct(bob, "10.0.0.2"))
+	if err != nil || g3 == g1 {
+		t.Fatalf("another remote IP shared the cached grant (%v)", err)
+	}
+	// A cached grant still expires.
+	f.advance(2 * time.Hour)
+	if _, err := f.a.Verify(ctx, rec.Token, direct(bob, "10.0.0.1")); !errors.Is(err, ErrExpired) {
+		t.Fatalf("cached grant after expiry: %v", err)
+	}
+}
+
+func TestRevoke(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	rec := f.issue(t, IssueOptions{Reusable: true})
+	keep := f.issue(t, IssueOptions{Reusable: true})
+	bob := newPeer(t)
+	g, err := f.a.Verify(ctx, rec.Token, direct(bob, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gKeep, err := f.a.Verify(ctx, keep.Token, direct(bob, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	f.a.OnRevoke(func(id string) {
+		// Callbacks may call back into the Authority.
+		if _, err := f.a.Token(ctx, id); !errors.Is(err, ErrNotFound) {
+			t.Errorf("record still readable in callback: %v", err)
+		}
+		got = append(got, id)
+	})
+	if err := f.a.Revoke(ctx, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []string{rec.ID}) {
+		t.Fatalf("OnRevoke saw %v", got)
+	}
+	if !g.Revoked() || gKeep.Revoked() {
+		t.Fatalf("Revoked() = %v for the revoked token, %v for another", g.Revoked(), gKeep.Revoked())
+	}
+	// The grant was cached; a second Verify must still fail at once.
+	if _, err := f.a.Verify(ctx, rec.Token, direct(bob, "")); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("verify after revoke: %v", err)
+	}
+	if _, err := f.a.Verify(ctx, keep.Token, direct(bob, "")); err != nil {
+		t.Fatalf("unrelated token after revoke: %v", err)
+	}
+	if err := f.a.Revoke(ctx, rec.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second revoke: %v", err)
+	}
+	if err := f.a.Revoke(ctx, "../../etc"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("revoke of a non-id: %v", err)
+	}
+}
+
+func TestValidationTokens(t *testing.T) {
+	ctx := context.Background()
+	alice, bob := newFixture(t), newFixture(t)
+	vt, err := bob.a.IssueValidation(IssueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Decode(vt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Type != TypeValidation || c.Issuer != bob.a.PeerID().String() || c.Subject != c.Issuer {
+		t.Fatalf("validation claims %+v", c)
+	}
+
+	v, err := alice.a.AddValidation(ctx, vt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := alice.a.AddValidation(ctx, vt)
+	if err != nil || again.ID != v.ID {
+		t.Fatalf("re-adding gave %+v, %v", again, err)
+	}
+	if got, err := alice.a.Validation(ctx, v.ID); err != nil || got.Token != vt {
+		t.Fatalf("Validation = %+v, %v", got, err)
+	}
+	if all, err := alice.a.Validations(ctx); err != nil || len(all) != 1 {
+		t.Fatalf("Validations = %v, %v", all, err)
+	}
+
+	// Claiming bob's identity needs bob's key: re-signing with another key
+	// while keeping bob's iss fails the self-signature check.
+	p := strings.Split(vt, ".")
+	forged, err := alice.a.IssueValidation(IssueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := strings.Split(forged, ".")
+	if _, err := alice.a.AddValidation(ctx, p[0]+"."+p[1]+"."+fp[2]); !errors.Is(err, ErrSignature) {
+		t.Fatalf("forged validation: %v", err)
+	}
+	if _, err := alice.a.AddValidation(ctx, fp[0]+"."+p[1]+"x."+p[2]); err == nil {
+		t.Fatal("tampered validation accepted")
+	}
+	capTok := bob.issue(t, IssueOptions{})
+	if _, err := alice.a.AddValidation(ctx, capTok.Token); !errors.Is(err, ErrTokenType) {
+		t.Fatalf("capability as validation: %v", err)
+	}
+	expiring, err := bob.a.IssueValidation(IssueOptions{ExpiresIn: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice.advance(time.Hour)
+	if _, err := alice.a.AddValidation(ctx, expiring); !errors.Is(err, ErrExpired) {
+		t.Fatalf("expired validation: %v", err)
+	}
+
+	if err := alice.a.RemoveValidation(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.a.Validation(ctx, v.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after remove: %v", err)
+	}
+	if err := alice.a.RemoveValidation(ctx, v.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second remove: %v", err)
+	}
+}
+
+func TestDecodeNeedsNoStore(t *testing.T) {
+	f := newFixture(t)
+	rec := f.issue(t, IssueOptions{Addrs: []string{"/ip4/127.0.0.1/tcp/4001", "/p2p/x/p2p-circuit"}, ExpiresIn: time.Minute})
+	c, err := Decode(rec.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.Addrs, rec.Claims.Addrs) {
+		t.Fatalf("addrs %v", c.Addrs)
+	}
+	if id, err := c.IssuerID(); err != nil || id != f.a.PeerID() {
+		t.Fatalf("IssuerID = %s, %v", id, err)
+	}
+	// Expired tokens still decode; CheckTime reports the expiry.
+	later := time.Now().Add(time.Hour)
+	if err := c.CheckTime(later); !errors.Is(err, ErrExpired) {
+		t.Fatalf("CheckTime: %v", err)
+	}
+	if err := c.CheckTime(time.Now()); err != nil {
+		t.Fatalf("CheckTime now: %v", err)
+	}
+	if _, err := Decode("a.b.c"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("garbage: %v", err)
+	}
+}
+
+func TestNewAuthorityNeedsEd25519(t *testing.T) {
+	k, _, err := crypto.GenerateSecp256k1Key(nil)
+	if err == nil {
+		_, err = NewAuthority(k, newStore())
+	}
+	if !errors.Is(err, ErrKey) {
+		t.Fatalf("secp256k1 key: %v", err)
+	}
+}
+
+func TestParseList(t *testing.T) {
+	cases := []struct {
+		in      string
+		want    []string
+		wantErr bool
+	}{
+		{"", nil, false},
+		{"   ", nil, false},
+		{"a", []string{"a"}, false},
+		{"a, b ,c", []string{"a", "b", "c"}, false},
+		{`["a.>", " b "]`, []string{"a.>", "b"}, false},
+		{`[]`, []string{}, false},
+		{"a,,b", nil, true},
+		{`["a",`, nil, true},
+		{`[1,2]`, nil, true},
+		{`[""]`, nil, true},
+	}
+	for _, c := range cases {
+		got, err := ParseList(c.in)
+		if (err != nil) != c.wantErr {
+			t.Errorf("ParseList(%q) error %v", c.in, err)
+			continue
+		}
+		if !c.wantErr && (!slices.Equal(got, c.want) || (got == nil) != (c.want == nil)) {
+			t.Errorf("ParseList(%q) = %#v, want %#v", c.in, got, c.want)
+		}
+	}
+}

@@ -1,0 +1,616 @@
+package auth
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/uuid"
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/crypto/pb"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Datastore layout. Values are JSON. The prefixes are also the Sync
+// prefixes, so a write is durable before the call that made it returns.
+var (
+	tokensPrefix      = ds.NewKey("/auth/tokens")
+	validationsPrefix = ds.NewKey("/auth/validations")
+)
+
+// maxCachedGrants bounds the verification cache. Every entry stands for a
+// successful verification, so only legitimate use can fill it; the bound is
+// a backstop against a reusable token presented from very many addresses.
+const maxCachedGrants = 4096
+
+// Remote describes who presents a token.
+type Remote struct {
+	// Peer is the peer id proved by the connection's secure channel.
+	Peer peer.ID
+	// IP is the remote address of the connection; zero when unknown.
+	IP netip.Addr
+	// Relayed is true when the connection goes through a circuit relay, in
+	// which case IP is the relay's, not the bearer's.
+	Relayed bool
+}
+
+// Record is what the issuer stores for every token it issued. Deleting the
+// record revokes the token.
+type Record struct {
+	ID        string    `json:"id"`
+	Token     string    `json:"token"`
+	Claims    Claims    `json:"claims"`
+	IssuedAt  time.Time `json:"issued_at"`
+	ClaimedBy string    `json:"claimed_by,omitempty"`
+}
+
+// cacheKey identifies one verification: the same token presented by another
+// peer, from another address or over another kind of path must be checked
+// again, because bearer rules depend on all three.
+type cacheKey struct {
+	sum     [sha256.Size]byte
+	peer    peer.ID
+	ip      netip.Addr
+	relayed bool
+}
+
+// Authority issues, verifies and revokes this instance's tokens.
+//
+// Lock order: mu before cacheMu; cbMu is never held with either, so OnRevoke
+// callbacks may call back into the Authority.
+type Authority struct {
+	priv   ed25519.PrivateKey
+	pub    ed25519.PublicKey
+	id     peer.ID
+	store  ds.Batching
+	now    func() time.Time
+	parser *jwt.Parser
+
+	// mu serialises changes to token records (claim, revoke) against
+	// verifications that read a record and then cache a grant: holding it
+	// from read to cache insert is what makes Revoke impossible to miss.
+	mu sync.RWMutex
+
+	cacheMu sync.Mutex
+	cache   map[cacheKey]*Grant
+	// done holds, per token id with live grants, the channel that Revoke
+	// closes so holders of a Grant learn about it without polling.
+	done map[string]chan struct{}
+
+	cbMu     sync.Mutex
+	onRevoke []func(tokenID string)
+}
+
+// NewAuthority returns the Authority for the instance whose identity is key.
+// key must be Ed25519: it is both the libp2p identity and the signing key.
+func NewAuthority(key crypto.PrivKey, store ds.Batching) (*Authority, error) {
+	if key == nil {
+		return nil, fmt.Errorf("%w: no key", ErrKey)
+	}
+	if store == nil {
+		return nil, errors.New("auth: no datastore")
+	}
+	if key.Type() != pb.KeyType_Ed25519 {
+		return nil, fmt.Errorf("%w: %s key; tokens are signed with Ed25519", ErrKey, key.Type())
+	}
+	raw, err := key.Raw()
+	if err != nil || len(raw) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("%w: Ed25519 key is malformed", ErrKey)
+	}
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("%w: derive peer id: %w", ErrKey, err)
+	}
+	priv := ed25519.PrivateKey(raw)
+	a := &Authority{
+		priv:  priv,
+		pub:   priv.Public().(ed25519.PublicKey),
+		id:    id,
+		store: store,
+		now:   time.Now,
+		cache: make(map[cacheKey]*Grant),
+		done:  make(map[string]chan struct{}),
+	}
+	a.parser = jwt.NewParser(
+		jwt.WithValidMethods([]string{algEdDSA}),
+		jwt.WithStrictDecoding(),
+		jwt.WithLeeway(Leeway),
+		// Indirect so tests can move the clock after construction.
+		jwt.WithTimeFunc(func() time.Time { return a.now() }),
+	)
+	return a, nil
+}
+
+// PeerID returns the instance's peer id, which is every token's iss.
+func (a *Authority) PeerID() peer.ID { return a.id }
+
+// Issue creates, signs and durably stores a capability token.
+func (a *Authority) Issue(ctx context.Context, o IssueOptions) (Record, error) {
+	if err := o.checkTimes(); err != nil {
+		return Record{}, err
+	}
+	perform, err := normalisePatterns("perform", o.Perform)
+	if err != nil {
+		return Record{}, err
+	}
+	publish, err := normalisePatterns("publish", o.Publish)
+	if err != nil {
+		return Record{}, err
+	}
+	sub := o.Subscribe
+	if sub == nil {
+		sub = []string{everything}
+	}
+	subscribe, err := normalisePatterns("subscribe", sub)
+	if err != nil {
+		return Record{}, err
+	}
+	bearers, err := a.resolveBearers(ctx, o.Bearers)
+	if err != nil {
+		return Record{}, err
+	}
+	addrs := make([]string, 0, len(o.Addrs))
+	for _, s := range o.Addrs {
+		if s = strings.TrimSpace(s); s == "" {
+			return Record{}, fmt.Errorf("%w: empty address", ErrOptions)
+		}
+		addrs = append(addrs, s)
+	}
+
+	// JWT times have one-second precision; truncating here keeps the stored
+	// claims identical to the signed ones.
+	now := a.now().UTC().Truncate(time.Second)
+	c := Claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer:    a.id.String(),
+			ID:        uuid.NewString(),
+			IssuedAt:  jwt.NewNumericDate(now),
+			NotBefore: jwt.NewNumericDate(now.Add(o.NotBefore)),
+		},
+		Type:      TypeCapability,
+		Perform:   perform,
+		Publish:   publish,
+		Subscribe: subscribe,
+		Bearers:   bearers,
+		Addrs:     addrs,
+		Reusable:  o.Reusable,
+	}
+	if o.ExpiresIn > 0 {
+		c.ExpiresAt = jwt.NewNumericDate(now.Add(o.ExpiresIn))
+	}
+	signed, err := a.sign(c)
+	if err != nil {
+		return Record{}, err
+	}
+	rec := Record{ID: c.ID, Token: signed, Claims: c, IssuedAt: now}
+	if err := a.putJSON(ctx, tokensPrefix, rec.ID, rec); err != nil {
+		return Record{}, err
+	}
+	return rec, nil
+}
+
+func (a *Authority) sign(c Claims) (string, error) {
+	signed, err := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c).SignedString(a.priv)
+	if err != nil {
+		return "", fmt.Errorf("auth: sign token: %w", err)
+	}
+	// A token we cannot verify ourselves must not be handed out.
+	if err := checkSize(signed); err != nil {
+		return "", fmt.Errorf("%w (too many permissions, bearers or addresses)", err)
+	}
+	return signed, nil
+}
+
+// resolveBearers validates bearers and turns "vt://<validation id>" into
+// "vt://<peer id>", so the token binds the key, not a local alias that could
+// later be removed or reused.
+func (a *Authority) resolveBearers(ctx context.Context, in []string) ([]string, error) {
+	out := make([]string, 0, len(in))
+	for _, b := range in {
+		b = strings.TrimSpace(b)
+		switch {
+		case strings.HasPrefix(b, SchemeVT):
+			ref := strings.TrimPrefix(b, SchemeVT)
+			if id, err := peer.Decode(ref); err == nil {
+				b = SchemeVT + id.String()
+				break
+			}
+			v, err := a.Validation(ctx, ref)
+			if errors.Is(err, ErrNotFound) {
+				return nil, fmt.Errorf("%w: bearer %q is neither a peer id nor a stored validation id", ErrOptions, truncate(b))
+			}
+			if err != nil {
+				return nil, err
+			}
+			if v.Expires != nil && !a.now().Before(*v.Expires) {
+				return nil, fmt.Errorf("%w: validation %s for bearer expired at %s", ErrOptions, v.ID, v.Expires.UTC().Format(time.RFC3339))
+			}
+			b = SchemeVT + v.PeerID
+		case strings.HasPrefix(b, SchemeIPv4):
+			p, err := parseIPv4Bearer(b)
+			if err != nil {
+				return nil, err
+			}
+			b = SchemeIPv4 + p.String()
+		default:
+			return nil, fmt.Errorf("%w: bearer %q must start with %s or %s", ErrOptions, truncate(b), SchemeVT, SchemeIPv4)
+		}
+		if !slices.Contains(out, b) {
+			out = append(out, b)
+		}
+	}
+	return out, nil
+}
+
+// Verify checks a capability token presented by r and returns its Grant.
+// The first successful verification of a token by a remote is cached until
+// the token expires or is revoked, so callers may verify once per stream
+// without paying for a signature check each time.
+func (a *Authority) Verify(ctx context.Context, raw string, r Remote) (*Grant, error) {
+	if err := checkSize(raw); err != nil {
+		return nil, err
+	}
+	key := cacheKey{sum: sha256.Sum256([]byte(raw)), peer: r.Peer, ip: r.IP, relayed: r.Relayed}
+	if g, err, ok := a.cached(key); ok {
+		return g, err
+	}
+
+	var c Claims
+	var keyErr error
+	tok, err := a.parser.ParseWithClaims(raw, &c, func(*jwt.Token) (any, error) {
+		// Checked before the signature so that another instance's token is
+		// reported as such rather than as a bad signature.
+		if c.Issuer != a.id.String() {
+			keyErr = a.wrongIssuer(c.Issuer)
+			return nil, keyErr
+		}
+		return a.pub, nil
+	})
+	if err != nil {
+		return nil, classify(tok, err, keyErr, &c)
+	}
+	if c.Type != TypeCapability {
+		return nil, fmt.Errorf("%w: typ %q is not %s", ErrTokenType, truncate(c.Type), TypeCapability)
+	}
+	if _, err := uuid.Parse(c.ID); err != nil {
+		return nil, fmt.Errorf("%w: jti is not a token id", ErrInvalid)
+	}
+	if err := checkBearers(&c, r); err != nil {
+		return nil, err
+	}
+	return a.admit(ctx, &c, raw, r, key)
+}
+
+func (a *Authority) wrongIssuer(iss string) error {
+	if id, err := peer.Decode(iss); err == nil {
+		return fmt.Errorf("%w: issued by %s, this instance is %s", ErrWrongIssuer, id, a.id)
+	}
+	return fmt.Errorf("%w: iss is not a peer id; this instance is %s", ErrWrongIssuer, a.id)
+}
+
+// checkBearers applies explicit bearer restrictions. A bearer-less token
+// passes here; claim-on-first-use is decided against the store in admit.
+func checkBearers(c *Claims, r Remote) error {
+	if len(c.Bearers) == 0 {
+		return nil
+	}
+	ip := r.IP.Unmap()
+	for _, b := range c.Bearers {
+		if ref, ok := strings.CutPrefix(b, SchemeVT); ok {
+			if r.Peer != "" && ref == r.Peer.String() {
+				return nil
+			}
+			continue
+		}
+		// Behind a relay the connection's IP is the relay's, so an address
+		// bearer would admit everyone using that relay.
+		if p, err := parseIPv4Bearer(b); err == nil && !r.Relayed && ip.IsValid() && p.Contains(ip) {
+			return nil
+		}
+	}
+	who := "unidentified peer"
+	if r.Peer != "" {
+		who = "peer " + r.Peer.String()
+	}
+	switch {
+	case r.Relayed:
+		return fmt.Errorf("%w: %s (relayed connection; ipv4 bearers need a direct connection)", ErrBearer, who)
+	case ip.IsValid():
+		return fmt.Errorf("%w: %s from %s", ErrBearer, who, ip)
+	default:
+		return fmt.Errorf("%w: %s", ErrBearer, who)
+	}
+}
+
+// admit checks the token's record and, for a claim-on-first-use token,
+// claims it for r.Peer, then caches the grant. The read lock is held from the
+// record read to the cache insert so that a concurrent Revoke either
+// happens first (and this fails) or after (and drops the cached grant).
+func (a *Authority) admit(ctx context.Context, c *Claims, raw string, r Remote, key cacheKey) (*Grant, error) {
+	claimable := len(c.Bearers) == 0 && !c.Reusable
+	if claimable && r.Peer == "" {
+		return nil, fmt.Errorf("%w: a claim-on-first-use token needs a peer id proved by the secure channel", ErrBearer)
+	}
+	me := r.Peer.String()
+
+	a.mu.RLock()
+	rec, err := a.liveRecord(ctx, c.ID, raw)
+	if err == nil && (!claimable || rec.ClaimedBy == me) {
+		g := a.grant(key, c, r)
+		a.mu.RUnlock()
+		return g, nil
+	}
+	a.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	if rec.ClaimedBy != "" {
+		return nil, claimedErr(c.ID)
+	}
+
+	// Re-read under the write lock: another peer may have claimed it, or
+	// Revoke may have deleted it, since the read above.
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	rec, err = a.liveRecord(ctx, c.ID, raw)
+	if err != nil {
+		return nil, err
+	}
+	switch rec.ClaimedBy {
+	case me:
+	case "":
+		rec.ClaimedBy = me
+		if err := a.putJSON(ctx, tokensPrefix, rec.ID, rec); err != nil {
+			return nil, fmt.Errorf("auth: record claim of token %s: %w", c.ID, err)
+		}
+	default:
+		return nil, claimedErr(c.ID)
+	}
+	return a.grant(key, c, r), nil
+}
+
+func claimedErr(id string) error {
+	// The claimer's id is deliberately left out: the error may be sent to
+	// the losing peer, which has no business learning who holds the token.
+	return fmt.Errorf("%w: token %s is bound to the peer that first used it", ErrClaimed, id)
+}
+
+// liveRecord returns the stored record of a token, requiring that it still
+// exists and holds exactly this token. Callers hold mu.
+func (a *Authority) liveRecord(ctx context.Context, id, raw string) (Record, error) {
+	var rec Record
+	err := a.getJSON(ctx, tokensPrefix, id, &rec)
+	if errors.Is(err, ErrNotFound) {
+		return Record{}, fmt.Errorf("%w: token %s has been revoked or was not issued by this store", ErrRevoked, id)
+	}
+	if err != nil {
+		return Record{}, err
+	}
+	if rec.Token != raw {
+		return Record{}, fmt.Errorf("%w: token %s does not match the issued record", ErrRevoked, id)
+	}
+	return rec, nil
+}
+
+// cached returns a cached grant (ok=true), or an expiry error for an entry
+// that outlived its token; ok=false means verify from scratch.
+func (a *Authority) cached(key cacheKey) (*Grant, error, bool) {
+	a.cacheMu.Lock()
+	defer a.cacheMu.Unlock()
+	g, ok := a.cache[key]
+	if !ok {
+		return nil, nil, false
+	}
+	if g.expired(a.now()) {
+		delete(a.cache, key)
+		return nil, fmt.Errorf("%w: expired at %s", ErrExpired, g.Expires.UTC().Format(time.RFC3339)), true
+	}
+	return g, nil, true
+}
+
+// grant builds and caches the Grant. Callers hold mu (read or write).
+func (a *Authority) grant(key cacheKey, c *Claims, r Remote) *Grant {
+	a.cacheMu.Lock()
+	defer a.cacheMu.Unlock()
+	done, ok := a.done[c.ID]
+	if !ok {
+		done = make(chan struct{})
+		a.done[c.ID] = done
+	}
+	g := newGrant(c, a.id, r.Peer, done)
+	if len(a.cache) >= maxCachedGrants {
+		a.evictLocked()
+	}
+	a.cache[key] = g
+	return g
+}
+
+// evictLocked makes room: expired entries first, then arbitrary ones (Go's
+// randomised map order), since a miss only costs a re-verification.
+func (a *Authority) evictLocked() {
+	now := a.now()
+	for k, g := range a.cache {
+		if g.expired(now) {
+			delete(a.cache, k)
+		}
+	}
+	for k := range a.cache {
+		if len(a.cache) < maxCachedGrants {
+			break
+		}
+		delete(a.cache, k)
+	}
+}
+
+// Revoke deletes a token's record, which makes every later Verify fail,
+// drops its cached grants, closes their Done channels, and then calls each
+// OnRevoke callback with the id (so the node can close open streams).
+func (a *Authority) Revoke(ctx context.Context, id string) error {
+	k, err := recordKey(tokensPrefix, id)
+	if err != nil {
+		return err
+	}
+	// Canonical form, so the cache and callbacks see the id Issue produced.
+	id = k.BaseNamespace()
+	a.mu.Lock()
+	// Has, not Get: a record too corrupt to decode must still be revocable.
+	if ok, err := a.store.Has(ctx, k); err != nil || !ok {
+		a.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("auth: read token %s: %w", id, err)
+		}
+		return fmt.Errorf("%w: no token with id %s", ErrNotFound, id)
+	}
+	if err := a.deleteKey(ctx, tokensPrefix, id); err != nil {
+		a.mu.Unlock()
+		return err
+	}
+	a.cacheMu.Lock()
+	for k, g := range a.cache {
+		if g.TokenID == id {
+			delete(a.cache, k)
+		}
+	}
+	if done, ok := a.done[id]; ok {
+		close(done)
+		delete(a.done, id)
+	}
+	a.cacheMu.Unlock()
+	a.mu.Unlock()
+
+	a.cbMu.Lock()
+	cbs := slices.Clone(a.onRevoke)
+	a.cbMu.Unlock()
+	for _, fn := range cbs {
+		fn(id)
+	}
+	return nil
+}
+
+// OnRevoke registers fn to be called, synchronously and in registration
+// order, with the id of every token revoked after this call.
+func (a *Authority) OnRevoke(fn func(tokenID string)) {
+	if fn == nil {
+		return
+	}
+	a.cbMu.Lock()
+	defer a.cbMu.Unlock()
+	a.onRevoke = append(a.onRevoke, fn)
+}
+
+// Token returns the record of an issued, unrevoked token.
+func (a *Authority) Token(ctx context.Context, id string) (Record, error) {
+	var rec Record
+	if err := a.getJSON(ctx, tokensPrefix, id, &rec); err != nil {
+		return Record{}, err
+	}
+	return rec, nil
+}
+
+// Tokens returns every unrevoked token record, oldest first.
+func (a *Authority) Tokens(ctx context.Context) ([]Record, error) {
+	recs, err := listJSON[Record](ctx, a.store, tokensPrefix)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(recs, func(x, y Record) int {
+		if c := x.IssuedAt.Compare(y.IssuedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(x.ID, y.ID)
+	})
+	return recs, nil
+}
+
+// recordKey maps an id to its key. Ids are uuids; anything else cannot name
+// a record, and refusing it keeps path-like input out of the key space.
+func recordKey(prefix ds.Key, id string) (ds.Key, error) {
+	u, err := uuid.Parse(id)
+	if err != nil {
+		return ds.Key{}, fmt.Errorf("%w: %q is not a token or validation id (a uuid)", ErrNotFound, truncate(id))
+	}
+	return prefix.ChildString(u.String()), nil
+}
+
+func (a *Authority) getJSON(ctx context.Context, prefix ds.Key, id string, v any) error {
+	k, err := recordKey(prefix, id)
+	if err != nil {
+		return err
+	}
+	b, err := a.store.Get(ctx, k)
+	if errors.Is(err, ds.ErrNotFound) {
+		return fmt.Errorf("%w: no %s with id %s", ErrNotFound, kindOf(prefix), k.BaseNamespace())
+	}
+	if err != nil {
+		return fmt.Errorf("auth: read %s %s: %w", kindOf(prefix), k.BaseNamespace(), err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("auth: stored %s %s is corrupt: %w", kindOf(prefix), k.BaseNamespace(), err)
+	}
+	return nil
+}
+
+func (a *Authority) putJSON(ctx context.Context, prefix ds.Key, id string, v any) error {
+	k, err := recordKey(prefix, id)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("auth: encode %s %s: %w", kindOf(prefix), id, err)
+	}
+	if err := a.store.Put(ctx, k, b); err != nil {
+		return fmt.Errorf("auth: store %s %s: %w", kindOf(prefix), id, err)
+	}
+	if err := a.store.Sync(ctx, prefix); err != nil {
+		return fmt.Errorf("auth: sync %s: %w", prefix, err)
+	}
+	return nil
+}
+
+func (a *Authority) deleteKey(ctx context.Context, prefix ds.Key, id string) error {
+	k, err := recordKey(prefix, id)
+	if err != nil {
+		return err
+	}
+	if err := a.store.Delete(ctx, k); err != nil {
+		return fmt.Errorf("auth: delete %s %s: %w", kindOf(prefix), id, err)
+	}
+	if err := a.store.Sync(ctx, prefix); err != nil {
+		return fmt.Errorf("auth: sync %s: %w", prefix, err)
+	}
+	return nil
+}
+
+func kindOf(prefix ds.Key) string {
+	if prefix == validationsPrefix {
+		return "validation"
+	}
+	return "token"
+}
+
+func listJSON[T any](ctx context.Context, store ds.Read, prefix ds.Key) ([]T, error) {
+	var out []T
+	for e, err := range ds.QueryIter(ctx, store, query.Query{Prefix: prefix.String()}) {
+		if err != nil {
+			return nil, fmt.Errorf("auth: list %ss: %w", kindOf(prefix), err)
+		}
+		var v T
+		if err := json.Unmarshal(e.Value, &v); err != nil {
+			return nil, fmt.Errorf("auth: stored %s %s is corrupt: %w", kindOf(prefix), e.Key, err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/runner"
+	"github.com/spf13/cobra"
+)
+
+func newActionCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{Use: "action", Short: "Create, list, perform and publish actions"}
+	cmd.AddCommand(newActionCreateCmd(a), newActionListCmd(a), newActionPerformCmd(a), newActionPublishCmd(a))
+	return cmd
+}
+
+func newActionCreateCmd(a *app) *cobra.Command {
+	var name string
+	var receiver bool
+	cmd := &cobra.Command{
+		Use:   "create --name NAME [--receiver]",
+		Short: "Write a ready-to-edit executable action (or receiver)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := a.layout()
+			if err != nil {
+				return err
+			}
+			kind := runner.KindAction
+			if receiver {
+				kind = runner.KindReceiver
+			}
+			path, err := runner.Create(l.Dir, kind, name)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.out, "Created %s %s at %s\n", kind, name, path)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "action name: a subject such as orders.created (letters, digits, '_', '-', tokens separated by '.')")
+	cmd.Flags().BoolVar(&receiver, "receiver", false, "create a receiver instead of an action")
+	_ = cmd.MarkFlagRequired("name")
+	return cmd
+}
+
+func newActionListCmd(a *app) *cobra.Command {
+	var receivers, asJSON bool
+	var peer string
+	cmd := &cobra.Command{
+		Use:   "list [--receivers] [--peer ID]",
+		Short: "List actions (or receivers) here, or the actions a peer lets you use",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				acts, err := c.Actions(cmd.Context(), receivers, peer)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(a.out, acts)
+				}
+				if len(acts) == 0 {
+					what := "actions"
+					if receivers {
+						what = "receivers"
+					}
+					fmt.Fprintf(a.out, "No %s.\n", what)
+					return nil
+				}
+				rows := [][]string{}
+				if peer != "" {
+					for _, x := range acts {
+						rows = append(rows, []string{x.Name, yes(x.Performable), yes(x.Publishable), yes(x.Subscribable)})
+					}
+					return table(a.out, []string{"ACTION", "PERFORM", "PUBLISH", "SUBSCRIBE"}, rows)
+				}
+				for _, x := range acts {
+					src := x.Path
+					if x.InProcess {
+						src = "(in-process)"
+					} else if !x.Executable {
+						src += " (not executable: chmod +x)"
+					}
+					rows = append(rows, []string{x.Name, src})
+				}
+				return table(a.out, []string{"NAME", "SOURCE"}, rows)
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&receivers, "receivers", false, "list receivers")
+	cmd.Flags().StringVar(&peer, "peer", "", "list a peer's actions")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func yes(b *bool) string {
+	if b != nil && *b {
+		return "yes"
+	}
+	return "no"
+}
+
+// hopFromEnv continues a cascade: a receiver that performs with --notify
+// passes on the hop count of the publication that triggered it.
+func hopFromEnv() int {
+	if h, err := strconv.Atoi(os.Getenv("COATTAIL_HOP")); err == nil && h >= 0 {
+		return h + 1
+	}
+	return 0
+}
+
+func parseData(s string) (json.RawMessage, error) {
+	if strings.TrimSpace(s) == "" {
+		return json.RawMessage("null"), nil
+	}
+	if !json.Valid([]byte(s)) {
+		return nil, fmt.Errorf("--data is not valid JSON: %.80q", s)
+	}
+	return json.RawMessage(s), nil
+}
+
+func newActionPerformCmd(a *app) *cobra.Command {
+	var req localapi.PerformRequest
+	var data string
+	var quiet bool
+	cmd := &cobra.Command{
+		Use:   "perform --action NAME [--data JSON] [--notify] [--peer ID]",
+		Short: "Run an action here or on a peer and print its JSON output",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			in, err := parseData(data)
+			if err != nil {
+				return err
+			}
+			req.Input = in
+			req.Hop = hopFromEnv()
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				res, err := c.Perform(cmd.Context(), req, func(line string) {
+					if !quiet {
+						fmt.Fprintf(a.err, "[%s] %s\n", req.Action, line)
+					}
+				})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(a.out, string(res.Output))
+				if req.Notify && !quiet {
+					fmt.Fprintf(a.err, "published to %d subscription(s)\n", res.Published)
+				}
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&req.Action, "action", "", "action name (subject)")
+	cmd.Flags().StringVar(&data, "data", "", "JSON input (default null)")
+	cmd.Flags().BoolVar(&req.Notify, "notify", false, "publish the output to the action's subscribers")
+	cmd.Flags().StringVar(&req.Peer, "peer", "", "perform on this peer instead of here")
+	cmd.Flags().StringSliceVar(&req.To, "to", nil, "with --notify: only notify subscribers with these peer ids")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "do not print the action's log lines")
+	_ = cmd.MarkFlagRequired("action")
+	return cmd
+}
+
+func newActionPublishCmd(a *app) *cobra.Command {
+	var req localapi.PublishRequest
+	var data string
+	cmd := &cobra.Command{
+		Use:   "publish --action NAME --data JSON [--peer ID]",
+		Short: "Publish data to an action's subscribers without performing it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d, err := parseData(data)
+			if err != nil {
+				return err
+			}
+			req.Data = d
+			req.Hop = hopFromEnv()
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				res, err := c.Publish(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.out, "published to %d subscription(s)\n", res.Published)
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&req.Action, "action", "", "action name (subject)")
+	cmd.Flags().StringVar(&data, "data", "", "JSON data")
+	cmd.Flags().StringVar(&req.Peer, "peer", "", "publish on this peer (needs its publish permission)")
+	cmd.Flags().StringSliceVar(&req.To, "to", nil, "only notify subscribers with these peer ids")
+	_ = cmd.MarkFlagRequired("action")
+	return cmd
+}

@@ -1,0 +1,117 @@
+// Command coattail is the Coattail CLI: thin cobra commands over package
+// node. Commands that act on an instance talk to its running service
+// through the local control API, or to an offline in-process node when the
+// service is stopped (node.Connect decides). Only this package prints.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/coattail/coattail/node"
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	cancel()
+	os.Exit(code)
+}
+
+// app holds what every command shares.
+type app struct {
+	in       io.Reader
+	out, err io.Writer
+	instance string // --instance
+}
+
+// run executes the CLI and returns the process exit code.
+func run(ctx context.Context, args []string, in io.Reader, out, errw io.Writer) int {
+	a := &app{in: in, out: out, err: errw}
+	root := newRootCmd(a)
+	root.SetArgs(args)
+	root.SetIn(in)
+	root.SetOut(out)
+	root.SetErr(errw)
+	if err := root.ExecuteContext(ctx); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			if ee.msg != "" {
+				fmt.Fprintln(errw, "coattail:", ee.msg)
+			}
+			return ee.code
+		}
+		fmt.Fprintln(errw, "coattail:", humanError(err))
+		return 1
+	}
+	return 0
+}
+
+// exitError ends the program with a specific code.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return e.msg }
+
+func newRootCmd(a *app) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "coattail",
+		Short:         "Peer-to-peer remote execution and publication",
+		Long:          "Coattail runs actions, publishes their results to subscribed peers, and lets peers perform actions remotely, all over libp2p with capability tokens.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&a.instance, "instance", "", "instance directory (default: $COATTAIL_INSTANCE, else the current directory or its nearest parent holding an instance)")
+	root.AddCommand(
+		newVersionCmd(a),
+		newNewCmd(a),
+		newServiceCmd(a),
+		newActionCmd(a),
+		newTokenCmd(a),
+		newValidationCmd(a),
+		newPeerCmd(a),
+	)
+	return root
+}
+
+func newVersionCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the Coattail version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintf(a.out, "coattail %s\n", node.Version)
+			return nil
+		},
+	}
+}
+
+// layout finds the instance the command acts on.
+func (a *app) layout() (node.Layout, error) { return node.FindInstance(a.instance) }
+
+// connect opens the instance's control API (service or offline node).
+func (a *app) connect(ctx context.Context) (*node.Conn, error) {
+	l, err := a.layout()
+	if err != nil {
+		return nil, err
+	}
+	return node.Connect(ctx, l)
+}
+
+// withConn runs fn with a connection and closes it afterwards.
+func (a *app) withConn(ctx context.Context, fn func(c *node.Conn) error) error {
+	c, err := a.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return fn(c)
+}

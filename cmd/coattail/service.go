@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/coattail/coattail/node"
+	"github.com/spf13/cobra"
+)
+
+// envReadyFD tells a headless child which inherited fd reports readiness.
+const envReadyFD = "COATTAIL_READY_FD"
+
+type newOptions struct {
+	dir      string
+	port     int
+	loopback bool
+}
+
+func newNewCmd(a *app) *cobra.Command {
+	o := &newOptions{}
+	cmd := &cobra.Command{
+		Use:   "new [dir]",
+		Short: "Create a new instance (default: the current directory)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.dir = "."
+			if len(args) == 1 {
+				o.dir = args[0]
+			}
+			l, err := node.CreateInstance(o.dir, node.CreateOptions{Port: o.port, Loopback: o.loopback})
+			if err != nil {
+				return err
+			}
+			id, err := node.PeerIDOf(l)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.out, "Created Coattail instance in %s\n  peer id: %s\n  config:  %s\n  next:    cd %s && coattail service start --headless\n", l.Dir, id, l.Config(), o.dir)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&o.port, "port", node.DefaultPort, "TCP and UDP (QUIC) port to listen on; 0 picks free ports at start")
+	cmd.Flags().BoolVar(&o.loopback, "loopback", false, "listen on 127.0.0.1 only and never ask routers for port mappings (labs, demos, tests)")
+	return cmd
+}
+
+func newServiceCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{Use: "service", Short: "Start, stop and list instance services"}
+	cmd.AddCommand(newServiceStartCmd(a), newServiceStatusCmd(a), newServiceStopCmd(a))
+	return cmd
+}
+
+type startOptions struct {
+	headless bool
+	relay    bool
+}
+
+func newServiceStartCmd(a *app) *cobra.Command {
+	o := &startOptions{}
+	cmd := &cobra.Command{
+		Use:   "start",
+		Short: "Run the instance's service (foreground, or --headless in the background)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := a.layout()
+			if err != nil {
+				return err
+			}
+			if o.headless {
+				return a.startHeadless(cmd.Context(), l, o)
+			}
+			return a.startForeground(cmd.Context(), l, o)
+		},
+	}
+	cmd.Flags().BoolVar(&o.headless, "headless", false, "run in the background; returns once the service is ready and prints its pid")
+	cmd.Flags().BoolVar(&o.relay, "relay", false, "also serve as a circuit-relay v2 relay for peers behind NAT")
+	return cmd
+}
+
+func (a *app) startForeground(ctx context.Context, l node.Layout, o *startOptions) error {
+	var ready *os.File
+	if fd := os.Getenv(envReadyFD); fd != "" {
+		if n, err := strconv.Atoi(fd); err == nil {
+			ready = os.NewFile(uintptr(n), "ready")
+		}
+		os.Unsetenv(envReadyFD)
+	}
+	bin, _ := os.Executable()
+	err := node.RunService(ctx, l, node.ServiceOptions{
+		Relay:  o.relay,
+		Binary: bin,
+		Ready: func(pid int) {
+			if ready != nil {
+				fmt.Fprintf(ready, "ready %d\n", pid)
+				ready.Close()
+				ready = nil
+				return
+			}
+			fmt.Fprintf(a.out, "Coattail service running for %s (pid %d); press Ctrl-C to stop\n", l.Dir, pid)
+		},
+	})
+	if err != nil && ready != nil {
+		fmt.Fprintf(ready, "error %s\n", strings.ReplaceAll(humanError(err), "\n", "; "))
+		ready.Close()
+	}
+	return err
+}
+
+// startHeadless re-executes this binary as a detached foreground service
+// and waits on an inherited pipe until it reports ready (or its error).
+func (a *app) startHeadless(ctx context.Context, l node.Layout, o *startOptions) error {
+	if st, err := node.Running(l); err == nil {
+		return fmt.Errorf("%w: instance %s (pid %d)", node.ErrAlreadyRunning, l.Dir, st.PID)
+	}
+	cfg, err := node.LoadConfig(l.Config())
+	if err != nil {
+		return err
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(l.LogFile(cfg), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("log file: %w", err)
+	}
+	defer logf.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer pr.Close()
+	args := []string{"--instance", l.Dir, "service", "start"}
+	if o.relay {
+		args = append(args, "--relay")
+	}
+	child := exec.Command(bin, args...)
+	child.Dir = l.Dir
+	child.Env = append(os.Environ(), envReadyFD+"=3")
+	child.Stdout, child.Stderr = logf, logf // a panic lands in the log
+	child.ExtraFiles = []*os.File{pw}
+	child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := child.Start(); err != nil {
+		pw.Close()
+		return fmt.Errorf("start service: %w", err)
+	}
+	pw.Close()
+	pid := child.Process.Pid
+	_ = child.Process.Release()
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(pr).ReadString('\n')
+		line <- strings.TrimSpace(s)
+	}()
+	select {
+	case s := <-line:
+		switch {
+		case strings.HasPrefix(s, "ready "):
+			fmt.Fprintf(a.out, "%d\n", pid)
+			return nil
+		case strings.HasPrefix(s, "error "):
+			return errors.New(strings.TrimPrefix(s, "error "))
+		default:
+			return fmt.Errorf("the service exited during start-up; see %s", l.LogFile(cfg))
+		}
+	case <-time.After(60 * time.Second):
+		return fmt.Errorf("the service (pid %d) did not become ready within 60s; see %s", pid, l.LogFile(cfg))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func newServiceStatusCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "List every Coattail service running on this machine",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			list, err := node.ListServices(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.out, list)
+			}
+			if len(list) == 0 {
+				fmt.Fprintln(a.out, "No Coattail service is running.")
+				return nil
+			}
+			rows := [][]string{}
+			for _, s := range list {
+				rows = append(rows, []string{strconv.Itoa(s.PID), s.Instance, s.PeerID, strings.Join(s.ListenAddrs, " "), time.Duration(s.Uptime).Round(time.Second).String()})
+			}
+			return table(a.out, []string{"PID", "INSTANCE", "PEER ID", "LISTEN", "UPTIME"}, rows)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newServiceStopCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "stop [pid]",
+		Short: "Stop a service (default: the instance of the current directory) and wait until it has exited",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pid := 0
+			var l node.Layout
+			if len(args) == 1 {
+				p, err := strconv.Atoi(args[0])
+				if err != nil || p <= 0 {
+					return fmt.Errorf("invalid pid %q", args[0])
+				}
+				pid = p
+			} else {
+				var err error
+				if l, err = a.layout(); err != nil {
+					return err
+				}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			stopped, err := node.StopService(ctx, l, pid)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.out, "Stopped service (pid %d)\n", stopped)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,327 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/coattail/coattail/auth"
+	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/spf13/cobra"
+	"github.com/xhit/go-str2duration/v2"
+)
+
+func newTokenCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Issue, list, show, revoke and decode capability tokens"}
+	cmd.AddCommand(newTokenIssueCmd(a), newTokenListCmd(a), newTokenShowCmd(a), newTokenRevokeCmd(a), newTokenIssuerCmd(a), newTokenDecodeCmd(a))
+	return cmd
+}
+
+// lifetimeFlags are --not-before and --expires-in, shared by token and
+// validation issue.
+type lifetimeFlags struct {
+	notBefore, expiresIn string
+	printRaw, quiet      bool
+}
+
+func (f *lifetimeFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.notBefore, "not-before", "", "usable only after this long from now (30s, 10m, 2h, 1d, 1w)")
+	cmd.Flags().StringVar(&f.expiresIn, "expires-in", "", "expires this long from now (30s, 10m, 2h, 1d, 1w; default: never)")
+	cmd.Flags().BoolVar(&f.printRaw, "print-raw-token", false, "print the raw token instead of copying it to the clipboard")
+	cmd.Flags().BoolVar(&f.quiet, "quiet", false, "with --print-raw-token: print only the token")
+}
+
+func (f *lifetimeFlags) durations() (nbf, exp time.Duration, err error) {
+	parse := func(flag, s string) (time.Duration, error) {
+		if s == "" {
+			return 0, nil
+		}
+		d, err := str2duration.ParseDuration(s)
+		if err != nil || d < 0 {
+			return 0, fmt.Errorf("--%s %q: use a duration such as 30s, 10m, 2h, 1d or 1w", flag, s)
+		}
+		return d, nil
+	}
+	if nbf, err = parse("not-before", f.notBefore); err != nil {
+		return
+	}
+	exp, err = parse("expires-in", f.expiresIn)
+	return
+}
+
+// deliver shows a new raw token: printed with --print-raw-token, else
+// copied to the clipboard when one is available, else printed.
+func (a *app) deliverToken(raw string, f *lifetimeFlags) {
+	if f.printRaw {
+		fmt.Fprintln(a.out, raw)
+		return
+	}
+	if copyToClipboard(raw) {
+		fmt.Fprintln(a.out, "The token was copied to the clipboard (use --print-raw-token to print it).")
+		return
+	}
+	fmt.Fprintln(a.out, raw)
+}
+
+func copyToClipboard(s string) bool {
+	for _, c := range [][]string{{"wl-copy"}, {"xclip", "-selection", "clipboard"}, {"pbcopy"}} {
+		if _, err := exec.LookPath(c[0]); err != nil {
+			continue
+		}
+		if os.Getenv("DISPLAY") == "" && os.Getenv("WAYLAND_DISPLAY") == "" && c[0] != "pbcopy" {
+			continue
+		}
+		cmd := exec.Command(c[0], c[1:]...)
+		cmd.Stdin = strings.NewReader(s)
+		if cmd.Run() == nil {
+			return true
+		}
+	}
+	return false
+}
+
+func newTokenIssueCmd(a *app) *cobra.Command {
+	var lf lifetimeFlags
+	var bearers, perform, publish, subscribe string
+	var reusable, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "issue",
+		Short: "Issue a capability token (also a join ticket carrying this instance's addresses)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var req localapi.IssueRequest
+			var err error
+			for _, p := range []struct {
+				flag, val string
+				dst       *[]string
+			}{{"bearers", bearers, &req.Bearers}, {"performable", perform, &req.Perform}, {"publishable", publish, &req.Publish}, {"subscribable", subscribe, &req.Subscribe}} {
+				if *p.dst, err = auth.ParseList(p.val); err != nil {
+					return fmt.Errorf("--%s: %w", p.flag, err)
+				}
+			}
+			if !cmd.Flags().Changed("subscribable") {
+				req.Subscribe = nil // default: everything
+			}
+			nbf, exp, err := lf.durations()
+			if err != nil {
+				return err
+			}
+			req.NotBefore, req.ExpiresIn, req.Reusable = localapi.Duration(nbf), localapi.Duration(exp), reusable
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				t, err := c.IssueToken(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(a.out, t)
+				}
+				if lf.quiet && lf.printRaw {
+					fmt.Fprintln(a.out, t.Token)
+					return nil
+				}
+				if !lf.quiet {
+					printToken(a, t)
+					if len(t.Addrs) == 0 {
+						fmt.Fprintln(a.err, "warning: the token carries no address (start the service first so peers can find this instance with it)")
+					}
+				}
+				a.deliverToken(t.Token, &lf)
+				return nil
+			})
+		},
+	}
+	lf.add(cmd)
+	cmd.Flags().StringVar(&bearers, "bearers", "", `who may use the token: JSON array or comma list of vt://<peer-id|validation-id> and ipv4://<cidr> (default: the first peer to use it)`)
+	cmd.Flags().StringVar(&perform, "performable", "", `actions the bearer may perform: JSON array or comma list of subjects/patterns (default: none)`)
+	cmd.Flags().StringVar(&publish, "publishable", "", `actions the bearer may publish to (default: none)`)
+	cmd.Flags().StringVar(&subscribe, "subscribable", "", `actions the bearer may subscribe to (default: all, ">")`)
+	cmd.Flags().BoolVar(&reusable, "reusable", false, "any peer (matching --bearers) may use the token; default without bearers: claimed by its first user")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the issued token record as JSON (includes the raw token)")
+	return cmd
+}
+
+func printToken(a *app, t localapi.Token) {
+	bearers := list(t.Bearers)
+	if len(t.Bearers) == 0 {
+		switch {
+		case t.ClaimedBy != "":
+			bearers = "vt://" + t.ClaimedBy + " (claimed on first use)"
+		case t.Reusable:
+			bearers = "anyone holding it (reusable)"
+		default:
+			bearers = "the first peer to use it (claim on first use)"
+		}
+	}
+	_ = kv(a.out,
+		"Token ID", t.ID,
+		"Issuer", t.Issuer,
+		"Issued", t.IssuedAt.Local().Format(time.RFC3339),
+		"Not before", when(t.NotBefore, "now"),
+		"Expires", when(t.ExpiresAt, "never"),
+		"Performable", list(t.Perform),
+		"Publishable", list(t.Publish),
+		"Subscribable", list(t.Subscribe),
+		"Bearers", bearers,
+		"Addresses", list(t.Addrs),
+	)
+}
+
+func newTokenListCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the tokens this instance issued",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				ts, err := c.Tokens(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(a.out, ts)
+				}
+				if len(ts) == 0 {
+					fmt.Fprintln(a.out, "No tokens issued.")
+					return nil
+				}
+				rows := [][]string{}
+				for _, t := range ts {
+					b := list(t.Bearers)
+					if t.ClaimedBy != "" {
+						b = "claimed by " + t.ClaimedBy
+					}
+					rows = append(rows, []string{t.ID, t.IssuedAt.Local().Format(time.RFC3339), when(t.ExpiresAt, "never"), list(t.Perform), list(t.Publish), list(t.Subscribe), b})
+				}
+				return table(a.out, []string{"ID", "ISSUED", "EXPIRES", "PERFORM", "PUBLISH", "SUBSCRIBE", "BEARERS"}, rows)
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newTokenShowCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "show <id>",
+		Short: "Show an issued token",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				t, err := c.Token(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(a.out, t)
+				}
+				printToken(a, t)
+				return nil
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newTokenRevokeCmd(a *app) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "revoke <id>",
+		Short: "Revoke an issued token: it stops working at once, open sessions included",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !force && isTerminal(os.Stdin) {
+				fmt.Fprintf(a.out, "Revoke token %s? Peers using it lose access at once. [y/N] ", args[0])
+				ans, _ := bufio.NewReader(a.in).ReadString('\n')
+				if a := strings.ToLower(strings.TrimSpace(ans)); a != "y" && a != "yes" {
+					return exitError{code: 1, msg: "revocation cancelled"}
+				}
+			}
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				if err := c.RevokeToken(cmd.Context(), args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.out, "Revoked token %s\n", args[0])
+				return nil
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "do not ask for confirmation")
+	return cmd
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func newTokenIssuerCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "issuer",
+		Short: "Print this instance's peer id (the issuer of its tokens)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := a.layout()
+			if err != nil {
+				return err
+			}
+			id, err := node.PeerIDOf(l)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.out, id)
+			return nil
+		},
+	}
+}
+
+func newTokenDecodeCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "decode <token>",
+		Short: "Show a token's claims after checking its signature against its issuer's id",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := auth.Decode(strings.TrimSpace(args[0]))
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.out, c)
+			}
+			var nbf, exp *time.Time
+			if c.NotBefore != nil {
+				nbf = &c.NotBefore.Time
+			}
+			if c.ExpiresAt != nil {
+				exp = &c.ExpiresAt.Time
+			}
+			iat := "-"
+			if c.IssuedAt != nil {
+				iat = c.IssuedAt.Local().Format(time.RFC3339)
+			}
+			return kv(a.out,
+				"Type", c.Type,
+				"Token ID", c.ID,
+				"Issuer", c.Issuer,
+				"Issued", iat,
+				"Not before", when(nbf, "-"),
+				"Expires", when(exp, "never"),
+				"Performable", list(c.Perform),
+				"Publishable", list(c.Publish),
+				"Subscribable", list(c.Subscribe),
+				"Bearers", list(c.Bearers),
+				"Reusable", fmt.Sprint(c.Reusable),
+				"Addresses", list(c.Addrs),
+			)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the claims as JSON")
+	return cmd
+}

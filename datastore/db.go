@@ -1,0 +1,252 @@
+package datastore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	ds "github.com/ipfs/go-datastore"
+	dssync "github.com/ipfs/go-datastore/sync"
+	pebbleds "github.com/ipfs/go-ds-pebble"
+)
+
+var (
+	// ErrNotFound is returned when a requested record does not exist.
+	ErrNotFound = errors.New("datastore: not found")
+	// ErrLocked is returned by Open when another process (or another Open in
+	// this process) has the database open.
+	ErrLocked = errors.New("datastore: in use by another process")
+	// ErrSchemaTooNew is returned by Open when the database was written by a
+	// newer Coattail whose schema this build does not understand.
+	ErrSchemaTooNew = errors.New("datastore: schema version too new")
+	// ErrCorrupt is returned when a stored record or the schema version
+	// cannot be decoded.
+	ErrCorrupt = errors.New("datastore: corrupt record")
+	// ErrInvalidID is returned when a record id is empty, contains '/' or is
+	// otherwise unusable as a key segment.
+	ErrInvalidID = errors.New("datastore: invalid id")
+	// ErrClosed is returned by DB.Sync after Close.
+	ErrClosed = errors.New("datastore: closed")
+)
+
+// SchemaVersion is the on-disk schema this build reads and writes. Bump it
+// with a migration when a stored format changes incompatibly.
+const SchemaVersion = 1
+
+// SchemaVersionKey holds SchemaVersion as a decimal string.
+var SchemaVersionKey = ds.NewKey("/meta/schema-version")
+
+// DefaultCacheSize is the pebble block cache size used by Open.
+const DefaultCacheSize = 8 << 20
+
+// DB is an open datastore: either pebble on disk (Open) or a map in memory
+// (NewMemory). It is safe for concurrent use.
+type DB struct {
+	batching ds.Batching
+	pebble   *pebbleds.Datastore // nil for the in-memory backend
+	lock     *pebble.Lock        // directory lock, released after the database closes
+
+	closeOnce sync.Once
+	closeErr  error
+	mu        sync.RWMutex // guards closed against Sync racing Close
+	closed    bool
+}
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	logger     *slog.Logger
+	cacheSize  int64
+	syncWrites bool
+}
+
+// WithLogger routes pebble's own log messages to l. Without it they are
+// discarded, because pebble logs routine compaction and recovery details.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) { o.logger = l }
+}
+
+// WithCacheSize sets the pebble block cache size in bytes (default
+// DefaultCacheSize).
+func WithCacheSize(n int64) Option {
+	return func(o *options) { o.cacheSize = n }
+}
+
+// WithSyncWrites makes every Put, Delete and Batch commit fsync the WAL
+// before returning, instead of relying on explicit Sync calls.
+func WithSyncWrites() Option {
+	return func(o *options) { o.syncWrites = true }
+}
+
+// Open opens, creating it if needed, the pebble database in dir. If another
+// process has it open the error wraps ErrLocked; if it was written by a newer
+// schema the error wraps ErrSchemaTooNew.
+func Open(dir string, opts ...Option) (*DB, error) {
+	o := options{cacheSize: DefaultCacheSize}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("datastore: create %s: %w", dir, err)
+	}
+
+	// Take the directory lock ourselves rather than letting pebble.Open do
+	// it: pebble's lock failure is an unexported, unwrapped error mixed in
+	// with every other open failure, while here it is the only thing that
+	// can go wrong, so it can be reported as ErrLocked reliably.
+	lock, err := pebble.LockDirectory(dir, vfs.Default)
+	if err != nil {
+		if isLockConflict(err) {
+			return nil, fmt.Errorf("%w: %s is already open (is a coattail service running for this instance? stop it or use the running service)", ErrLocked, dir)
+		}
+		return nil, fmt.Errorf("datastore: lock %s: %w", dir, err)
+	}
+
+	logger := o.logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	popts := &pebble.Options{
+		Lock:   lock,
+		Logger: pebbleLogger{l: logger},
+	}
+	dsopts := []pebbleds.Option{
+		pebbleds.WithPebbleOpts(popts),
+		pebbleds.WithCacheSize(o.cacheSize),
+	}
+	if o.syncWrites {
+		dsopts = append(dsopts, pebbleds.WithPebbleWriteOptions(pebble.Sync))
+	}
+	pds, err := pebbleds.NewDatastore(dir, dsopts...)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("datastore: open %s: %w", dir, err), lock.Close())
+	}
+	db := &DB{batching: pds, pebble: pds, lock: lock}
+	if err := db.checkSchema(context.Background(), dir); err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+	return db, nil
+}
+
+// isLockConflict reports whether err from pebble.LockDirectory means the
+// lock is held. fcntl(F_SETLK) fails with EAGAIN or EACCES when another
+// process holds it; pebble refuses a second lock from the same process with
+// a plain error of its own. Failures to create the lock file arrive as
+// *os.PathError (EACCES there means a permission problem, not a conflict).
+func isLockConflict(err error) bool {
+	var pathErr *os.PathError
+	if errors.As(err, &pathErr) {
+		return false
+	}
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EWOULDBLOCK) {
+		return true
+	}
+	return strings.Contains(err.Error(), "lock held by current process")
+}
+
+// checkSchema writes SchemaVersion into a new database and refuses one
+// written by a newer schema, before any other package reads data it might
+// misinterpret.
+func (d *DB) checkSchema(ctx context.Context, dir string) error {
+	raw, err := d.batching.Get(ctx, SchemaVersionKey)
+	switch {
+	case errors.Is(err, ds.ErrNotFound):
+		if err := d.batching.Put(ctx, SchemaVersionKey, []byte(strconv.Itoa(SchemaVersion))); err != nil {
+			return fmt.Errorf("datastore: write schema version in %s: %w", dir, err)
+		}
+		if err := d.batching.Sync(ctx, SchemaVersionKey); err != nil {
+			return fmt.Errorf("datastore: sync schema version in %s: %w", dir, err)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("datastore: read schema version in %s: %w", dir, err)
+	}
+	v, err := strconv.Atoi(string(raw))
+	if err != nil || v < 1 {
+		return fmt.Errorf("%w: schema version %q in %s is not a positive integer", ErrCorrupt, raw, dir)
+	}
+	if v > SchemaVersion {
+		return fmt.Errorf("%w: %s was written with schema version %d, but this coattail understands only up to %d; upgrade coattail", ErrSchemaTooNew, dir, v, SchemaVersion)
+	}
+	return nil
+}
+
+// NewMemory returns an empty in-memory DB for unit tests. It holds no schema
+// version: nothing in it outlives the process.
+func NewMemory() *DB {
+	return &DB{batching: dssync.MutexWrap(ds.NewMapDatastore())}
+}
+
+// Batching returns the underlying datastore for packages that manage their
+// own namespaces (see the key layout in the package documentation).
+func (d *DB) Batching() ds.Batching {
+	return d.batching
+}
+
+// Sync makes every write so far under prefix durable against a machine crash.
+// For pebble it fsyncs the write-ahead log, which covers all keys regardless
+// of prefix; for memory it does nothing.
+func (d *DB) Sync(ctx context.Context, prefix ds.Key) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return ErrClosed
+	}
+	if err := d.batching.Sync(ctx, prefix); err != nil {
+		return fmt.Errorf("datastore: sync: %w", err)
+	}
+	return nil
+}
+
+// Close flushes and closes the database and releases the directory lock. It
+// is safe to call more than once.
+func (d *DB) Close() error {
+	d.closeOnce.Do(func() {
+		d.mu.Lock()
+		d.closed = true
+		d.mu.Unlock()
+		if err := d.batching.Close(); err != nil {
+			d.closeErr = fmt.Errorf("datastore: close: %w", err)
+		}
+		if d.lock != nil {
+			// pebble dropped its reference on close; this releases ours and
+			// with it the file lock, so another process may open the
+			// directory.
+			if err := d.lock.Close(); err != nil {
+				d.closeErr = errors.Join(d.closeErr, fmt.Errorf("datastore: release lock: %w", err))
+			}
+		}
+	})
+	return d.closeErr
+}
+
+// pebbleLogger adapts pebble's printf-style logger to slog.
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Info(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+// Fatalf is called by pebble only for unrecoverable conditions such as
+// on-disk corruption, and pebble's contract is that it does not return:
+// continuing could write corrupted state. It therefore logs and then defers
+// to pebble's default logger, which exits the process.
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble", "fatal", true)
+	pebble.DefaultLogger.Fatalf(format, args...)
+}

@@ -1,0 +1,236 @@
+package datastore
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+
+	ds "github.com/ipfs/go-datastore"
+)
+
+func TestReopenPersists(t *testing.T) {
+	dir := t.TempDir()
+	ctx := t.Context()
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewStore[peerRecord](db.Batching(), "/peers")
+	if err := s.Put(ctx, "p1", peerRecord{ID: "p1", Note: "kept"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Sync(ctx, ds.NewKey("/peers")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatalf("second Close = %v, want nil", err)
+	}
+	if err := db.Sync(ctx, ds.NewKey("/")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Sync after Close = %v, want ErrClosed", err)
+	}
+
+	db2, err := Open(dir)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer db2.Close()
+	got, err := NewStore[peerRecord](db2.Batching(), "/peers").Get(ctx, "p1")
+	if err != nil {
+		t.Fatalf("Get after reopen: %v", err)
+	}
+	if got.Note != "kept" {
+		t.Fatalf("Get after reopen = %+v", got)
+	}
+	raw, err := db2.Batching().Get(ctx, SchemaVersionKey)
+	if err != nil {
+		t.Fatalf("schema version missing: %v", err)
+	}
+	if string(raw) != strconv.Itoa(SchemaVersion) {
+		t.Fatalf("schema version = %q, want %d", raw, SchemaVersion)
+	}
+}
+
+func TestOpenTwiceInProcessIsLocked(t *testing.T) {
+	dir := t.TempDir()
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(dir)
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("second Open = %v, want ErrLocked", err)
+	}
+	if !strings.Contains(err.Error(), dir) {
+		t.Errorf("ErrLocked message %q should name the directory", err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Close released the lock.
+	db2, err := Open(dir)
+	if err != nil {
+		t.Fatalf("Open after Close = %v", err)
+	}
+	if err := db2.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// helperEnv names the directory a child test process holds open for
+// TestOpenLockedByOtherProcess.
+const helperEnv = "COATTAIL_DATASTORE_LOCK_HELPER_DIR"
+
+// TestLockHelperProcess is not a test by itself: when started by
+// TestOpenLockedByOtherProcess it opens the datastore, reports readiness on
+// stdout and holds the lock until stdin closes.
+func TestLockHelperProcess(t *testing.T) {
+	dir := os.Getenv(helperEnv)
+	if dir == "" {
+		t.Skip("helper process for TestOpenLockedByOtherProcess")
+	}
+	db, err := Open(dir)
+	if err != nil {
+		os.Stdout.WriteString("error: " + err.Error() + "\n")
+		os.Exit(2)
+	}
+	os.Stdout.WriteString("ready\n")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	if err := db.Close(); err != nil {
+		os.Exit(3)
+	}
+	os.Exit(0)
+}
+
+func TestOpenLockedByOtherProcess(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestLockHelperProcess$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+dir)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = stdin.Close()
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		t.Fatalf("helper did not open the datastore: %q, %v", line, err)
+	}
+
+	_, err = Open(dir)
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("Open while another process holds it = %v, want ErrLocked", err)
+	}
+
+	if err := stdin.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("helper exited with %v", err)
+	}
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatalf("Open after the other process exited = %v", err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOpenRefusesNewerSchema(t *testing.T) {
+	dir := t.TempDir()
+	ctx := t.Context()
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Batching().Put(ctx, SchemaVersionKey, []byte(strconv.Itoa(SchemaVersion+1))); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(dir)
+	if !errors.Is(err, ErrSchemaTooNew) {
+		t.Fatalf("Open of newer schema = %v, want ErrSchemaTooNew", err)
+	}
+	if !strings.Contains(err.Error(), "upgrade coattail") {
+		t.Errorf("error %q should tell the user what to do", err)
+	}
+	// The refused open must not keep the directory locked.
+	_, err = Open(dir)
+	if errors.Is(err, ErrLocked) {
+		t.Fatalf("refused Open left the directory locked: %v", err)
+	}
+}
+
+func TestOpenRefusesCorruptSchema(t *testing.T) {
+	dir := t.TempDir()
+	ctx := t.Context()
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Batching().Put(ctx, SchemaVersionKey, []byte("banana")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open with corrupt schema version = %v, want ErrCorrupt", err)
+	}
+}
+
+func TestOpenNotADirectory(t *testing.T) {
+	f := t.TempDir() + "/file"
+	if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(f)
+	if err == nil {
+		t.Fatal("Open of a regular file succeeded")
+	}
+	if errors.Is(err, ErrLocked) {
+		t.Fatalf("Open of a regular file reported ErrLocked: %v", err)
+	}
+}
+
+func TestSync(t *testing.T) {
+	ctx := t.Context()
+	mem := NewMemory()
+	if err := mem.Sync(ctx, ds.NewKey("/")); err != nil {
+		t.Fatalf("memory Sync = %v", err)
+	}
+	for _, opts := range [][]Option{nil, {WithSyncWrites(), WithCacheSize(1 << 20)}} {
+		db, err := Open(t.TempDir(), opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Batching().Put(ctx, ds.NewKey("/queue/s/00000000000000000001"), []byte("m")); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Sync(ctx, ds.NewKey("/queue/s")); err != nil {
+			t.Fatalf("pebble Sync = %v", err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,47 @@
+// Package datastore owns Coattail's persistent storage: opening the embedded
+// pebble database of an instance (one process at a time), its schema
+// version, the in-memory variant used by unit tests, and Store, a typed JSON
+// store over one namespace. Packages that need more than Store (ordered
+// queues, batches spanning namespaces) use DB.Batching directly, but only
+// under the namespaces they own in the table below.
+//
+// # Key layout
+//
+// Every key in the product is listed here; a package adding a namespace adds
+// a row. <id> segments never contain '/'.
+//
+//	Key                                        Value                               Owner
+//	/meta/schema-version                       decimal schema version ("1")        datastore
+//	/auth/tokens/<id>                          issued capability token record      auth
+//	/auth/validations/<id>                     imported validation token           auth
+//	/peers/<peer-id>                           peer this instance added            node
+//	/subs/out/<sub-id>                         subscription held at another peer   node
+//	/subs/in/<sub-id>                          subscription another peer holds here topics
+//	/queue/<sub-id>/<seq, 20 digits, 0-padded> queued publication                  topics
+//
+// Sequence numbers are zero-padded to 20 digits (the width of the largest
+// uint64) so that byte order, which pebble iterates in, is numeric order.
+//
+// # Durability
+//
+// go-ds-pebble writes with pebble.NoSync by default, and Open keeps that:
+// every Put and committed Batch is appended to pebble's write-ahead log
+// before it returns, so it survives a crash of the process, but the WAL is
+// not fsynced, so an operating-system crash or power loss may lose the most
+// recent writes. A caller that must not lose a write across a machine crash
+// (for example before acknowledging a publication) calls DB.Sync after its
+// writes: one fsync then covers every earlier write from every goroutine, so
+// concurrent publishers share the cost instead of paying an fsync each.
+// WithSyncWrites makes every write synchronous instead, for callers that
+// prefer simplicity to throughput.
+//
+// # Memory
+//
+// The pebble block cache is DefaultCacheSize (8 MiB), set explicitly rather
+// than left to pebble's default because an instance's idle memory budget is
+// small and the default may grow between pebble releases. Memtables start at
+// 256 KiB and grow only under write load.
+//
+// The datastore returned by DB.Batching must not be used after DB.Close:
+// pebble treats use after close as a programming error.
+package datastore

@@ -1,0 +1,367 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/coattail/coattail/auth"
+	"github.com/coattail/coattail/datastore"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/runner"
+	"github.com/coattail/coattail/node/wire"
+	"github.com/coattail/coattail/topics"
+)
+
+// maxControlBody bounds a control API request body.
+const maxControlBody = 70 << 20
+
+// Handler returns the control API. stop, if non-nil, is called by
+// POST /v1/stop.
+func (n *Node) Handler(stop func()) http.Handler {
+	mux := http.NewServeMux()
+	p := localapi.Prefix
+	route := func(pattern string, h func(w http.ResponseWriter, r *http.Request) (any, error)) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			r.Body = http.MaxBytesReader(w, r.Body, maxControlBody)
+			v, err := h(w, r)
+			if err != nil {
+				writeError(w, err)
+				return
+			}
+			if v == streamed {
+				return
+			}
+			writeJSON(w, http.StatusOK, v)
+		})
+	}
+	route("GET "+p+"/status", func(w http.ResponseWriter, r *http.Request) (any, error) { return n.Status(), nil })
+	route("POST "+p+"/stop", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		if stop == nil {
+			return nil, &localapi.Error{Status: http.StatusConflict, Code: localapi.CodeConflict, Message: "no service is running"}
+		}
+		go stop()
+		return struct{}{}, nil
+	})
+	route("GET "+p+"/actions", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return n.ListActions(r.Context(), r.URL.Query().Get("receivers") != "", r.URL.Query().Get("peer"))
+	})
+	route("POST "+p+"/actions/perform", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req localapi.PerformRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		return streamed, n.streamPerform(w, r, req)
+	})
+	route("POST "+p+"/actions/publish", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req localapi.PublishRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		return n.PublishRequest(r.Context(), req)
+	})
+	route("POST "+p+"/tokens", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req localapi.IssueRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		return n.IssueToken(r.Context(), req)
+	})
+	route("GET "+p+"/tokens", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		recs, err := n.auth.Tokens(r.Context())
+		if err != nil {
+			return nil, err
+		}
+		out := make([]localapi.Token, 0, len(recs))
+		for _, rec := range recs {
+			t := tokenView(rec)
+			t.Token = "" // listings never echo the secret
+			out = append(out, t)
+		}
+		return out, nil
+	})
+	route("GET "+p+"/tokens/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		rec, err := n.auth.Token(r.Context(), r.PathValue("id"))
+		if err != nil {
+			return nil, err
+		}
+		t := tokenView(rec)
+		t.Token = ""
+		return t, nil
+	})
+	route("DELETE "+p+"/tokens/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return struct{}{}, n.RevokeToken(r.Context(), r.PathValue("id"))
+	})
+	route("POST "+p+"/validations/issue", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req localapi.ValidationIssueRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		tok, err := n.auth.IssueValidation(auth.IssueOptions{NotBefore: time.Duration(req.NotBefore), ExpiresIn: time.Duration(req.ExpiresIn)})
+		if err != nil {
+			return nil, err
+		}
+		return localapi.ValidationIssueResult{Token: tok, PeerID: n.id.String()}, nil
+	})
+	route("POST "+p+"/validations", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req localapi.AddTokenRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		v, err := n.auth.AddValidation(r.Context(), req.Token)
+		if err != nil {
+			return nil, err
+		}
+		return validationView(v), nil
+	})
+	route("GET "+p+"/validations", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		vs, err := n.auth.Validations(r.Context())
+		if err != nil {
+			return nil, err
+		}
+		out := make([]localapi.Validation, 0, len(vs))
+		for _, v := range vs {
+			out = append(out, validationView(v))
+		}
+		return out, nil
+	})
+	route("GET "+p+"/validations/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		v, err := n.auth.Validation(r.Context(), r.PathValue("id"))
+		if err != nil {
+			return nil, err
+		}
+		return validationView(v), nil
+	})
+	route("DELETE "+p+"/validations/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return struct{}{}, n.auth.RemoveValidation(r.Context(), r.PathValue("id"))
+	})
+	route("POST "+p+"/peers", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req localapi.AddTokenRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		return n.AddPeer(r.Context(), req.Token)
+	})
+	route("GET "+p+"/peers", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return n.ListPeers(r.Context())
+	})
+	route("GET "+p+"/peers/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return n.ShowPeer(r.Context(), r.PathValue("id"))
+	})
+	route("DELETE "+p+"/peers/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return struct{}{}, n.RemovePeer(r.Context(), r.PathValue("id"))
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &localapi.Error{Status: http.StatusNotFound, Code: localapi.CodeNotFound,
+			Message: fmt.Sprintf("control API: no route %s %s (this service speaks %s)", r.Method, r.URL.Path, localapi.Prefix)})
+	})
+	return mux
+}
+
+// streamed marks a handler that wrote its own answer.
+var streamed = &struct{ streamed bool }{}
+
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("invalid request body: %v", err)
+	}
+	if dec.More() {
+		return badRequest("invalid request body: trailing data")
+	}
+	return nil
+}
+
+func badRequest(f string, a ...any) *localapi.Error {
+	return &localapi.Error{Status: http.StatusBadRequest, Code: localapi.CodeBadRequest, Message: fmt.Sprintf(f, a...)}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	e := toAPIError(err)
+	writeJSON(w, e.Status, e)
+}
+
+// toAPIError maps package errors to HTTP statuses and stable codes. The
+// message is the error's own text: packages never put secrets in errors.
+func toAPIError(err error) *localapi.Error {
+	var le *localapi.Error
+	if errors.As(err, &le) {
+		if le.Status == 0 {
+			le.Status = http.StatusInternalServerError
+		}
+		return le
+	}
+	e := &localapi.Error{Status: http.StatusInternalServerError, Code: localapi.CodeInternal, Message: err.Error()}
+	var we *wire.Error
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &we):
+		e.Status, e.Code = http.StatusBadGateway, localapi.CodeFailed
+		switch we.Code {
+		case wire.CodeForbidden, wire.CodeUnauthorized:
+			e.Status, e.Code = http.StatusForbidden, localapi.CodeForbidden
+		case wire.CodeNotFound:
+			e.Status, e.Code = http.StatusNotFound, localapi.CodeNotFound
+		}
+	case errors.As(err, &mbe):
+		e.Status, e.Code = http.StatusRequestEntityTooLarge, localapi.CodeBadRequest
+	case errors.Is(err, auth.ErrNotFound), errors.Is(err, runner.ErrNotFound), errors.Is(err, datastore.ErrNotFound), errors.Is(err, ErrUnknownPeer):
+		e.Status, e.Code = http.StatusNotFound, localapi.CodeNotFound
+	case errors.Is(err, ErrOffline):
+		e.Status, e.Code = http.StatusServiceUnavailable, localapi.CodeUnavailable
+	case errors.Is(err, topics.ErrInvalidSubject), errors.Is(err, topics.ErrInvalidPattern),
+		errors.Is(err, runner.ErrBadInput), errors.Is(err, runner.ErrInputTooLarge), errors.Is(err, auth.ErrInvalid),
+		errors.Is(err, ErrBadRequest):
+		e.Status, e.Code = http.StatusBadRequest, localapi.CodeBadRequest
+	case errors.Is(err, runner.ErrExit), errors.Is(err, runner.ErrTimeout), errors.Is(err, runner.ErrBadOutput),
+		errors.Is(err, runner.ErrOutputTooLarge), errors.Is(err, runner.ErrNotExecutable), errors.Is(err, ErrPeer):
+		e.Status, e.Code = http.StatusUnprocessableEntity, localapi.CodeFailed
+	case errors.Is(err, context.DeadlineExceeded):
+		e.Status, e.Code = http.StatusGatewayTimeout, localapi.CodeFailed
+	case isAuthError(err):
+		e.Status, e.Code = http.StatusForbidden, localapi.CodeForbidden
+	}
+	return e
+}
+
+func isAuthError(err error) bool {
+	for _, s := range []error{auth.ErrExpired, auth.ErrNotYetValid, auth.ErrRevoked, auth.ErrWrongIssuer,
+		auth.ErrBearer, auth.ErrClaimed, auth.ErrTooLarge, auth.ErrAlgorithm, auth.ErrSignature} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrBadRequest marks invalid caller input.
+var ErrBadRequest = errors.New("node: bad request")
+
+// ndjson writes newline-delimited StreamLines, flushing each.
+type ndjson struct {
+	mu sync.Mutex
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func newNDJSON(w http.ResponseWriter) *ndjson {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	return &ndjson{w: w, rc: http.NewResponseController(w)}
+}
+
+func (s *ndjson) line(l localapi.StreamLine) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, _ := json.Marshal(l)
+	b = append(b, '\n')
+	_, _ = s.w.Write(b)
+	_ = s.rc.Flush()
+}
+
+func (n *Node) streamPerform(w http.ResponseWriter, r *http.Request, req localapi.PerformRequest) error {
+	if err := topics.ValidateSubject(req.Action); err != nil {
+		return err
+	}
+	if len(req.Input) == 0 {
+		req.Input = json.RawMessage("null")
+	}
+	out := newNDJSON(w)
+	onLog := func(l string) { out.line(localapi.StreamLine{Log: &l}) }
+	res, err := n.Perform(r.Context(), req, onLog)
+	if err != nil {
+		out.line(localapi.StreamLine{Error: toAPIError(err)})
+		return nil
+	}
+	b, _ := json.Marshal(res)
+	out.line(localapi.StreamLine{Result: b})
+	return nil
+}
+
+// Status reports the instance's state.
+func (n *Node) Status() localapi.Status {
+	s := localapi.Status{
+		PID:       os.Getpid(),
+		Instance:  n.layout.Dir,
+		PeerID:    n.id.String(),
+		Version:   Version,
+		Online:    n.host != nil,
+		StartedAt: n.started,
+		Uptime:    localapi.Duration(time.Since(n.started).Round(time.Millisecond)),
+		Counters: localapi.Counters{
+			Performed: n.stats.performed.Load(),
+			Published: n.stats.published.Load(),
+			Received:  n.stats.received.Load(),
+		},
+	}
+	if n.net != nil {
+		n.net.fillStatus(&s)
+	}
+	return s
+}
+
+// Perform runs an action locally or on a peer; with Notify the output is
+// published to the action's subscribers.
+func (n *Node) Perform(ctx context.Context, req localapi.PerformRequest, onLog func(string)) (localapi.PerformResult, error) {
+	if req.Peer != "" {
+		return n.remotePerform(ctx, req, onLog)
+	}
+	caller := req.Caller
+	if caller == "" {
+		caller = "local"
+	}
+	out, err := n.runner.Run(ctx, runner.Invocation{Kind: runner.KindAction, Name: req.Action, Input: req.Input, Caller: caller, Log: onLog})
+	if err != nil {
+		n.log.Warn("action failed", "action", req.Action, "caller", caller, "err", err)
+		return localapi.PerformResult{}, err
+	}
+	n.stats.performed.Add(1)
+	res := localapi.PerformResult{Output: out}
+	if req.Notify {
+		pr, err := n.PublishRequest(ctx, localapi.PublishRequest{Action: req.Action, Data: out, To: req.To, Hop: req.Hop})
+		if err != nil {
+			return res, fmt.Errorf("node: action %q ran but publishing its output failed: %w", req.Action, err)
+		}
+		res.Published = pr.Published
+	}
+	return res, nil
+}
+
+// ListActions lists local actions (or receivers), or a peer's actions.
+func (n *Node) ListActions(ctx context.Context, receivers bool, peerID string) ([]localapi.ActionInfo, error) {
+	if peerID != "" {
+		if receivers {
+			return nil, badRequest("a peer's receivers are private: --receivers cannot be combined with --peer")
+		}
+		return n.remoteList(ctx, peerID)
+	}
+	kind := runner.KindAction
+	if receivers {
+		kind = runner.KindReceiver
+	}
+	infos, err := n.runner.List(kind)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]localapi.ActionInfo, 0, len(infos))
+	for _, i := range infos {
+		out = append(out, localapi.ActionInfo{Name: i.Name, Kind: string(i.Kind), InProcess: i.InProcess, Executable: i.Executable, Path: i.Path})
+	}
+	return out, nil
+}
+
+// drain discards a reader; used where an answer body is irrelevant.
+func drain(r io.Reader) { _, _ = io.Copy(io.Discard, r) }

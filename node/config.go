@@ -1,0 +1,311 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	ma "github.com/multiformats/go-multiaddr"
+	"gopkg.in/yaml.v3"
+)
+
+// ErrConfig is wrapped by every configuration error.
+var ErrConfig = errors.New("node: config")
+
+// DefaultPort is the TCP and UDP (QUIC) port a new instance listens on.
+const DefaultPort = 5210
+
+// ByteSize is a size in bytes that YAML may spell as an integer or as
+// "64KiB", "1MiB", "1MB".
+type ByteSize int64
+
+// UnmarshalYAML accepts integers and humanized sizes.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: expected a size such as 1048576 or \"1MiB\"", n.Line)
+	}
+	v, err := humanize.ParseBytes(n.Value)
+	if err != nil || v > 1<<40 {
+		return fmt.Errorf("line %d: invalid size %q (use bytes or a unit: 64KiB, 1MiB)", n.Line, n.Value)
+	}
+	*b = ByteSize(v)
+	return nil
+}
+
+// MarshalYAML writes sizes in IEC units.
+func (b ByteSize) MarshalYAML() (any, error) { return humanize.IBytes(uint64(b)), nil }
+
+// String formats the size in IEC units.
+func (b ByteSize) String() string { return humanize.IBytes(uint64(b)) }
+
+// Queue-full policies.
+const (
+	QueueFullReject     = "reject"
+	QueueFullDropOldest = "drop_oldest"
+)
+
+// Config is an instance's config.yml. Every field has a default (see
+// DefaultConfig) and is documented in the file `coattail new` writes.
+type Config struct {
+	Network NetworkConfig `yaml:"network"`
+	Limits  LimitsConfig  `yaml:"limits"`
+	Log     LogConfig     `yaml:"log"`
+}
+
+// NetworkConfig configures the libp2p host.
+type NetworkConfig struct {
+	Listen      []string `yaml:"listen"`
+	Announce    []string `yaml:"announce"`
+	Relays      []string `yaml:"relays"`
+	PortMapping bool     `yaml:"port_mapping"`
+	HolePunch   bool     `yaml:"hole_punching"`
+	AutoNAT     bool     `yaml:"autonat"`
+	RelayServer bool     `yaml:"relay_service"`
+	// ConnLow/ConnHigh are the connection manager's water marks.
+	ConnLow  int `yaml:"conn_low"`
+	ConnHigh int `yaml:"conn_high"`
+}
+
+// LimitsConfig bounds what one peer or one action may cost.
+type LimitsConfig struct {
+	ActionTimeout     time.Duration `yaml:"action_timeout"`
+	MaxPayload        ByteSize      `yaml:"max_payload"`
+	MaxOutput         ByteSize      `yaml:"max_output"`
+	QueueBound        int           `yaml:"queue_bound"`
+	QueueFull         string        `yaml:"queue_full"`
+	RateLimit         float64       `yaml:"rate_limit"`
+	RateBurst         int           `yaml:"rate_burst"`
+	MaxStreamsPerPeer int           `yaml:"max_streams_per_peer"`
+	StreamTimeout     time.Duration `yaml:"stream_timeout"`
+}
+
+// LogConfig configures the service log.
+type LogConfig struct {
+	File  string `yaml:"file"`
+	Level string `yaml:"level"`
+}
+
+// DefaultConfig returns the configuration of a new instance listening on port.
+func DefaultConfig(port int) Config {
+	return Config{
+		Network: NetworkConfig{
+			Listen: []string{
+				fmt.Sprintf("/ip4/0.0.0.0/tcp/%d", port),
+				fmt.Sprintf("/ip4/0.0.0.0/udp/%d/quic-v1", port),
+				fmt.Sprintf("/ip6/::/tcp/%d", port),
+				fmt.Sprintf("/ip6/::/udp/%d/quic-v1", port),
+			},
+			Announce:    []string{},
+			Relays:      []string{},
+			PortMapping: true,
+			HolePunch:   true,
+			AutoNAT:     true,
+			ConnLow:     64,
+			ConnHigh:    256,
+		},
+		Limits: LimitsConfig{
+			ActionTimeout:     30 * time.Second,
+			MaxPayload:        1 << 20,
+			MaxOutput:         1 << 20,
+			QueueBound:        1_000_000,
+			QueueFull:         QueueFullReject,
+			RateLimit:         2000,
+			RateBurst:         4000,
+			MaxStreamsPerPeer: 128,
+			StreamTimeout:     time.Minute,
+		},
+		Log: LogConfig{File: "service.log", Level: "info"},
+	}
+}
+
+// LoopbackConfig is DefaultConfig for lab, demo and test instances: it
+// listens on 127.0.0.1 only and never asks a router for a port mapping.
+func LoopbackConfig(port int) Config {
+	c := DefaultConfig(port)
+	c.Network.Listen = []string{
+		fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port),
+		fmt.Sprintf("/ip4/127.0.0.1/udp/%d/quic-v1", port),
+	}
+	c.Network.PortMapping = false
+	c.Network.AutoNAT = false
+	c.Network.HolePunch = false
+	return c
+}
+
+// LoadConfig reads and validates a config file. Unknown keys are errors
+// that name the key and its line.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	return ParseConfig(path, b)
+}
+
+// ParseConfig parses config YAML; name is used in error messages. Missing
+// keys keep their defaults.
+func ParseConfig(name string, b []byte) (Config, error) {
+	c := DefaultConfig(DefaultPort)
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // empty file: all defaults
+		return Config{}, fmt.Errorf("%w: %s: %s", ErrConfig, name, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, fmt.Errorf("%w: %s: %w", ErrConfig, name, err)
+	}
+	return c, nil
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(f string, a ...any) { errs = append(errs, fmt.Errorf(f, a...)) }
+	if len(c.Network.Listen) == 0 {
+		bad("network.listen: at least one address is required")
+	}
+	for _, s := range c.Network.Listen {
+		if _, err := ma.NewMultiaddr(s); err != nil {
+			bad("network.listen: %q is not a multiaddr: %v", s, err)
+		}
+	}
+	for _, s := range c.Network.Announce {
+		if _, err := ma.NewMultiaddr(s); err != nil {
+			bad("network.announce: %q is not a multiaddr: %v", s, err)
+		}
+	}
+	for _, s := range c.Network.Relays {
+		m, err := ma.NewMultiaddr(s)
+		if err != nil {
+			bad("network.relays: %q is not a multiaddr: %v", s, err)
+			continue
+		}
+		if _, err := m.ValueForProtocol(ma.P_P2P); err != nil {
+			bad("network.relays: %q must end in /p2p/<peer-id>", s)
+		}
+	}
+	if c.Network.ConnLow < 1 || c.Network.ConnHigh < c.Network.ConnLow {
+		bad("network.conn_low/conn_high: need 1 <= conn_low <= conn_high (got %d, %d)", c.Network.ConnLow, c.Network.ConnHigh)
+	}
+	l := c.Limits
+	if l.ActionTimeout < 10*time.Millisecond {
+		bad("limits.action_timeout: %v is too short (minimum 10ms)", l.ActionTimeout)
+	}
+	if l.MaxPayload < 1024 || l.MaxPayload > 64<<20 {
+		bad("limits.max_payload: %v is out of range (1KiB..64MiB)", l.MaxPayload)
+	}
+	if l.MaxOutput < 1024 || l.MaxOutput > 64<<20 {
+		bad("limits.max_output: %v is out of range (1KiB..64MiB)", l.MaxOutput)
+	}
+	if l.QueueBound < 1 {
+		bad("limits.queue_bound: must be at least 1 (got %d)", l.QueueBound)
+	}
+	if l.QueueFull != QueueFullReject && l.QueueFull != QueueFullDropOldest {
+		bad("limits.queue_full: %q is not one of %q, %q", l.QueueFull, QueueFullReject, QueueFullDropOldest)
+	}
+	if l.RateLimit <= 0 || l.RateBurst < 1 {
+		bad("limits.rate_limit/rate_burst: must be positive (got %v, %d)", l.RateLimit, l.RateBurst)
+	}
+	if l.MaxStreamsPerPeer < 1 {
+		bad("limits.max_streams_per_peer: must be at least 1 (got %d)", l.MaxStreamsPerPeer)
+	}
+	if l.StreamTimeout < time.Second {
+		bad("limits.stream_timeout: %v is too short (minimum 1s)", l.StreamTimeout)
+	}
+	if c.Log.File == "" {
+		bad("log.file: must not be empty")
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	return errors.Join(errs...)
+}
+
+var configTemplate = template.Must(template.New("config").Funcs(template.FuncMap{
+	"list": func(xs []string) string {
+		if len(xs) == 0 {
+			return " []"
+		}
+		var b strings.Builder
+		for _, x := range xs {
+			fmt.Fprintf(&b, "\n    - %s", x)
+		}
+		return b.String()
+	},
+}).Parse(`# Coattail instance configuration.
+# Every setting is listed with its default value; delete a line to get the default.
+# Unknown keys are an error. Sizes take units (64KiB, 1MiB); durations take 500ms, 30s, 2m, 1h.
+
+network:
+  # Multiaddrs the libp2p host listens on. TCP and QUIC share one port
+  # (default {{.Port}}; choose another with 'coattail new --port').
+  listen:{{list .C.Network.Listen}}
+  # Extra addresses to put in tokens (for example a public DNS name or a
+  # forwarded port). Observed and relay addresses are added automatically.
+  announce:{{list .C.Network.Announce}}
+  # Static circuit-relay v2 relays (full multiaddrs ending in /p2p/<peer-id>).
+  # When this instance is behind NAT it reserves a slot on them, and its
+  # tokens carry the resulting /p2p-circuit addresses. Default: none.
+  relays:{{list .C.Network.Relays}}
+  # Ask the router for a port mapping (UPnP / NAT-PMP). Default: true.
+  port_mapping: {{.C.Network.PortMapping}}
+  # Direct connection upgrade through relay (hole punching). Default: true.
+  hole_punching: {{.C.Network.HolePunch}}
+  # AutoNAT reachability detection. Default: true.
+  autonat: {{.C.Network.AutoNAT}}
+  # Serve as a circuit-relay v2 relay for others (same as
+  # 'service start --relay'). Default: false.
+  relay_service: {{.C.Network.RelayServer}}
+  # Connection manager water marks: above conn_high, idle connections are
+  # trimmed down to conn_low. Defaults: 64 and 256.
+  conn_low: {{.C.Network.ConnLow}}
+  conn_high: {{.C.Network.ConnHigh}}
+
+limits:
+  # How long an action or receiver may run before it is killed. Default: 30s.
+  action_timeout: {{.C.Limits.ActionTimeout}}
+  # Largest input or publication accepted. Default: 1MiB.
+  max_payload: {{.C.Limits.MaxPayload}}
+  # Largest stdout an action may produce. Default: 1MiB.
+  max_output: {{.C.Limits.MaxOutput}}
+  # Most publications queued for one subscription. Default: 1000000.
+  queue_bound: {{.C.Limits.QueueBound}}
+  # What a full queue does with a new publication: reject (the publisher
+  # gets an error) or drop_oldest. Default: reject.
+  queue_full: {{.C.Limits.QueueFull}}
+  # Requests per second one peer may make (token bucket) and its burst.
+  # Defaults: 2000 and 4000.
+  rate_limit: {{.C.Limits.RateLimit}}
+  rate_burst: {{.C.Limits.RateBurst}}
+  # Concurrent protocol streams one peer may hold open. Default: 128.
+  max_streams_per_peer: {{.C.Limits.MaxStreamsPerPeer}}
+  # Longest wait for one frame on a request stream. Default: 1m0s.
+  stream_timeout: {{.C.Limits.StreamTimeout}}
+
+log:
+  # Service log (JSON lines), relative to the instance directory.
+  # Default: service.log.
+  file: {{.C.Log.File}}
+  # debug, info, warn or error. Default: info.
+  level: {{.C.Log.Level}}
+`))
+
+// RenderConfig writes c as a commented config.yml.
+func RenderConfig(c Config, port int) ([]byte, error) {
+	var b bytes.Buffer
+	if err := configTemplate.Execute(&b, struct {
+		C    Config
+		Port int
+	}{c, port}); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}

@@ -1,0 +1,5 @@
+package node
+
+import ds "github.com/ipfs/go-datastore"
+
+func datastoreKey(s string) ds.Key { return ds.NewKey(s) }

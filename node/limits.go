@@ -1,0 +1,141 @@
+package node
+
+import (
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/time/rate"
+)
+
+// peerLimits enforces per-peer request rate (token bucket) and concurrent
+// stream limits, so one peer over its limits never slows the others.
+type peerLimits struct {
+	rate       rate.Limit
+	burst      int
+	maxStreams int
+
+	mu    sync.Mutex
+	peers map[peer.ID]*peerLimit
+}
+
+type peerLimit struct {
+	lim     *rate.Limiter
+	streams int
+	last    time.Time
+}
+
+func newPeerLimits(l LimitsConfig) *peerLimits {
+	return &peerLimits{rate: rate.Limit(l.RateLimit), burst: l.RateBurst, maxStreams: l.MaxStreamsPerPeer, peers: map[peer.ID]*peerLimit{}}
+}
+
+// limitVerdict says why a request was refused (zero value: allowed).
+type limitVerdict struct {
+	tooManyStreams bool
+	retryAfter     time.Duration
+}
+
+func (v limitVerdict) ok() bool { return !v.tooManyStreams && v.retryAfter == 0 }
+
+// acquire admits one new stream from p; release must follow when ok.
+func (pl *peerLimits) acquire(p peer.ID) limitVerdict {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	now := time.Now()
+	e := pl.peers[p]
+	if e == nil {
+		if len(pl.peers) > 4096 {
+			pl.pruneLocked(now)
+		}
+		e = &peerLimit{lim: rate.NewLimiter(pl.rate, pl.burst)}
+		pl.peers[p] = e
+	}
+	e.last = now
+	if e.streams >= pl.maxStreams {
+		return limitVerdict{tooManyStreams: true}
+	}
+	if r := e.lim.ReserveN(now, 1); r.DelayFrom(now) > 0 {
+		d := r.DelayFrom(now)
+		r.CancelAt(now)
+		return limitVerdict{retryAfter: d}
+	}
+	e.streams++
+	return limitVerdict{}
+}
+
+// allow charges one request on an already admitted stream (for example one
+// publish batch) against p's bucket.
+func (pl *peerLimits) allow(p peer.ID) time.Duration {
+	pl.mu.Lock()
+	e := pl.peers[p]
+	pl.mu.Unlock()
+	if e == nil {
+		return 0
+	}
+	now := time.Now()
+	r := e.lim.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return d
+	}
+	return 0
+}
+
+func (pl *peerLimits) release(p peer.ID) {
+	pl.mu.Lock()
+	if e := pl.peers[p]; e != nil && e.streams > 0 {
+		e.streams--
+	}
+	pl.mu.Unlock()
+}
+
+// pruneLocked forgets idle peers so the table stays bounded.
+func (pl *peerLimits) pruneLocked(now time.Time) {
+	for p, e := range pl.peers {
+		if e.streams == 0 && now.Sub(e.last) > time.Minute {
+			delete(pl.peers, p)
+		}
+	}
+}
+
+// sessions tracks open streams by the token that authorized them, so a
+// revocation closes them at once.
+type sessions struct {
+	mu     sync.Mutex
+	byTok  map[string]map[network.Stream]struct{}
+}
+
+func newSessions() *sessions { return &sessions{byTok: map[string]map[network.Stream]struct{}{}} }
+
+func (s *sessions) add(tokenID string, st network.Stream) {
+	s.mu.Lock()
+	m := s.byTok[tokenID]
+	if m == nil {
+		m = map[network.Stream]struct{}{}
+		s.byTok[tokenID] = m
+	}
+	m[st] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *sessions) remove(tokenID string, st network.Stream) {
+	s.mu.Lock()
+	if m := s.byTok[tokenID]; m != nil {
+		delete(m, st)
+		if len(m) == 0 {
+			delete(s.byTok, tokenID)
+		}
+	}
+	s.mu.Unlock()
+}
+
+func (s *sessions) revoke(tokenID string) {
+	s.mu.Lock()
+	m := s.byTok[tokenID]
+	delete(s.byTok, tokenID)
+	s.mu.Unlock()
+	for st := range m {
+		_ = st.Reset()
+	}
+}

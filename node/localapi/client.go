@@ -1,0 +1,193 @@
+package localapi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+)
+
+// ErrNotRunning is returned when no service answers on the socket.
+var ErrNotRunning = errors.New("localapi: service not running")
+
+// Client talks to one instance's control API.
+type Client struct {
+	hc    *http.Client
+	close func() error
+}
+
+// Dial returns a client for the service listening on the unix socket at
+// path. It does not connect until the first call.
+func Dial(path string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "unix", path)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %v", ErrNotRunning, err)
+			}
+			return c, nil
+		},
+		MaxIdleConns:    4,
+		IdleConnTimeout: 30 * time.Second,
+	}
+	return &Client{hc: &http.Client{Transport: tr}, close: func() error { tr.CloseIdleConnections(); return nil }}
+}
+
+// InProcess returns a client that serves requests with h in this process,
+// over an in-memory connection, so the exact same HTTP path is exercised as
+// over the socket. Close stops the in-memory server.
+func InProcess(h http.Handler) *Client {
+	l := newPipeListener()
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(l) //nolint:errcheck // returns when the listener closes
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return l.dial(ctx) }}
+	return &Client{hc: &http.Client{Transport: tr}, close: func() error {
+		tr.CloseIdleConnections()
+		return srv.Close()
+	}}
+}
+
+// Close releases the client's connections.
+func (c *Client) Close() error { return c.close() }
+
+// Do sends a JSON request and decodes a JSON answer into out (if non-nil).
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("localapi: decode answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://coattail"+Prefix+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		e := &Error{Status: resp.StatusCode}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, e) != nil || e.Message == "" {
+			e.Code, e.Message = CodeInternal, fmt.Sprintf("control API: %s %s: HTTP %d", method, path, resp.StatusCode)
+		}
+		return nil, e
+	}
+	return resp, nil
+}
+
+// Stream sends a request whose answer is newline-delimited StreamLines:
+// onLog gets each log line as it arrives; the final result is decoded into
+// out.
+func (c *Client) Stream(ctx context.Context, method, path string, in, out any, onLog func(string)) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 128<<20)
+	for sc.Scan() {
+		var l StreamLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			return fmt.Errorf("localapi: bad stream line: %w", err)
+		}
+		switch {
+		case l.Error != nil:
+			return l.Error
+		case l.Log != nil:
+			if onLog != nil {
+				onLog(*l.Log)
+			}
+		case l.Result != nil:
+			if out == nil {
+				return nil
+			}
+			return json.Unmarshal(l.Result, out)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("localapi: stream: %w", err)
+	}
+	return errors.New("localapi: stream ended without a result")
+}
+
+// pipeListener is a net.Listener whose connections are in-memory pipes.
+type pipeListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *pipeListener) dial(ctx context.Context) (net.Conn, error) {
+	a, b := net.Pipe()
+	select {
+	case l.ch <- a:
+		return b, nil
+	case <-l.done:
+		return nil, ErrNotRunning
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "in-process" }

@@ -1,0 +1,118 @@
+package localapi
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+)
+
+// Status returns the instance's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	return s, c.Do(ctx, http.MethodGet, "/status", nil, &s)
+}
+
+// Stop asks the service to shut down; it returns before shutdown completes.
+func (c *Client) Stop(ctx context.Context) error {
+	return c.Do(ctx, http.MethodPost, "/stop", nil, nil)
+}
+
+// Actions lists actions (or receivers) locally or, with peer, on a peer.
+func (c *Client) Actions(ctx context.Context, receivers bool, peer string) ([]ActionInfo, error) {
+	q := url.Values{}
+	if receivers {
+		q.Set("receivers", "1")
+	}
+	if peer != "" {
+		q.Set("peer", peer)
+	}
+	var out []ActionInfo
+	return out, c.Do(ctx, http.MethodGet, "/actions?"+q.Encode(), nil, &out)
+}
+
+// Perform runs an action; onLog receives its stderr lines live.
+func (c *Client) Perform(ctx context.Context, r PerformRequest, onLog func(string)) (PerformResult, error) {
+	var out PerformResult
+	return out, c.Stream(ctx, http.MethodPost, "/actions/perform", r, &out, onLog)
+}
+
+// Publish publishes data to an action's subscribers.
+func (c *Client) Publish(ctx context.Context, r PublishRequest) (PublishResult, error) {
+	var out PublishResult
+	return out, c.Do(ctx, http.MethodPost, "/actions/publish", r, &out)
+}
+
+// IssueToken issues a capability token.
+func (c *Client) IssueToken(ctx context.Context, r IssueRequest) (Token, error) {
+	var out Token
+	return out, c.Do(ctx, http.MethodPost, "/tokens", r, &out)
+}
+
+// Tokens lists issued tokens.
+func (c *Client) Tokens(ctx context.Context) ([]Token, error) {
+	var out []Token
+	return out, c.Do(ctx, http.MethodGet, "/tokens", nil, &out)
+}
+
+// Token shows one issued token.
+func (c *Client) Token(ctx context.Context, id string) (Token, error) {
+	var out Token
+	return out, c.Do(ctx, http.MethodGet, "/tokens/"+url.PathEscape(id), nil, &out)
+}
+
+// RevokeToken revokes an issued token.
+func (c *Client) RevokeToken(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodDelete, "/tokens/"+url.PathEscape(id), nil, nil)
+}
+
+// IssueValidation issues a validation token for this instance.
+func (c *Client) IssueValidation(ctx context.Context, r ValidationIssueRequest) (ValidationIssueResult, error) {
+	var out ValidationIssueResult
+	return out, c.Do(ctx, http.MethodPost, "/validations/issue", r, &out)
+}
+
+// AddValidation imports another instance's validation token.
+func (c *Client) AddValidation(ctx context.Context, token string) (Validation, error) {
+	var out Validation
+	return out, c.Do(ctx, http.MethodPost, "/validations", AddTokenRequest{Token: token}, &out)
+}
+
+// Validations lists imported validation tokens.
+func (c *Client) Validations(ctx context.Context) ([]Validation, error) {
+	var out []Validation
+	return out, c.Do(ctx, http.MethodGet, "/validations", nil, &out)
+}
+
+// Validation shows one imported validation token.
+func (c *Client) Validation(ctx context.Context, id string) (Validation, error) {
+	var out Validation
+	return out, c.Do(ctx, http.MethodGet, "/validations/"+url.PathEscape(id), nil, &out)
+}
+
+// RemoveValidation deletes an imported validation token.
+func (c *Client) RemoveValidation(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodDelete, "/validations/"+url.PathEscape(id), nil, nil)
+}
+
+// AddPeer adds the issuer of token as a peer.
+func (c *Client) AddPeer(ctx context.Context, token string) (Peer, error) {
+	var out Peer
+	return out, c.Do(ctx, http.MethodPost, "/peers", AddTokenRequest{Token: token}, &out)
+}
+
+// Peers lists added peers.
+func (c *Client) Peers(ctx context.Context) ([]Peer, error) {
+	var out []Peer
+	return out, c.Do(ctx, http.MethodGet, "/peers", nil, &out)
+}
+
+// Peer shows one peer, with live connection details when online.
+func (c *Client) Peer(ctx context.Context, id string) (Peer, error) {
+	var out Peer
+	return out, c.Do(ctx, http.MethodGet, "/peers/"+url.PathEscape(id), nil, &out)
+}
+
+// RemovePeer forgets a peer.
+func (c *Client) RemovePeer(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodDelete, "/peers/"+url.PathEscape(id), nil, nil)
+}

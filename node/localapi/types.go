@@ -1,0 +1,211 @@
+// Package localapi owns the local control API of a Coattail instance: the
+// request and response types shared by the service (package node) and its
+// clients, and the small Go client the CLI uses. The API is HTTP/JSON under
+// the versioned prefix /v1, served on a unix socket in the instance directory
+// (owner-only), or in-process when no service is running. Streaming answers
+// are newline-delimited JSON.
+package localapi
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Prefix is the versioned route prefix of every endpoint.
+const Prefix = "/v1"
+
+// Error is the JSON body of every non-2xx answer and the error type the
+// client returns for them.
+type Error struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Error codes.
+const (
+	CodeBadRequest  = "bad_request"
+	CodeNotFound    = "not_found"
+	CodeConflict    = "conflict"
+	CodeForbidden   = "forbidden"
+	CodeUnavailable = "unavailable" // needs the running service / the network
+	CodeFailed      = "failed"      // an action or remote operation failed
+	CodeInternal    = "internal"
+)
+
+// Status describes a running (or offline) instance.
+type Status struct {
+	PID         int           `json:"pid"`
+	Instance    string        `json:"instance"`
+	PeerID      string        `json:"peer_id"`
+	Version     string        `json:"version"`
+	Online      bool          `json:"online"`
+	ListenAddrs []string      `json:"listen_addrs"`
+	Addrs       []string      `json:"addrs"`
+	StartedAt   time.Time     `json:"started_at"`
+	Uptime      Duration      `json:"uptime"`
+	Reachable   string        `json:"reachability,omitempty"`
+	Relays      []string      `json:"relay_reservations,omitempty"`
+	Peers       int           `json:"connected_peers"`
+	Counters    Counters      `json:"counters"`
+	Queues      []QueueStatus `json:"queues,omitempty"`
+}
+
+// Counters are service-wide totals since start.
+type Counters struct {
+	Performed   uint64 `json:"performed"`
+	Published   uint64 `json:"published"`
+	Delivered   uint64 `json:"delivered"`
+	Redelivered uint64 `json:"redelivered"`
+	Dropped     uint64 `json:"dropped"`
+	Received    uint64 `json:"received"`
+	Duplicates  uint64 `json:"duplicates"`
+	DeadLetters uint64 `json:"dead_letters"`
+}
+
+// QueueStatus is one subscription queue at a publisher.
+type QueueStatus struct {
+	SubscriptionID string `json:"subscription_id"`
+	Depth          uint64 `json:"depth"`
+	Delivered      uint64 `json:"delivered"`
+}
+
+// Duration marshals as seconds (float) and prints as a Go duration.
+type Duration time.Duration
+
+// MarshalJSON writes seconds.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).Seconds())
+}
+
+// UnmarshalJSON reads seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s float64
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	*d = Duration(s * float64(time.Second))
+	return nil
+}
+
+// ActionInfo is one entry of an action or receiver listing.
+type ActionInfo struct {
+	Name         string `json:"name"`
+	Kind         string `json:"kind"`
+	InProcess    bool   `json:"in_process"`
+	Executable   bool   `json:"executable"`
+	Path         string `json:"path,omitempty"`
+	Performable  *bool  `json:"performable,omitempty"`
+	Publishable  *bool  `json:"publishable,omitempty"`
+	Subscribable *bool  `json:"subscribable,omitempty"`
+}
+
+// PerformRequest runs an action locally or, with Peer, on a peer.
+type PerformRequest struct {
+	Action string          `json:"action"`
+	Input  json.RawMessage `json:"input"`
+	Notify bool            `json:"notify"`
+	Peer   string          `json:"peer,omitempty"`
+	To     []string        `json:"to,omitempty"`
+	Hop    int             `json:"hop,omitempty"`
+	Caller string          `json:"caller,omitempty"`
+}
+
+// PerformResult is the outcome of a perform.
+type PerformResult struct {
+	Output    json.RawMessage `json:"output"`
+	Published int             `json:"published"`
+}
+
+// PublishRequest publishes data to an action's subscribers without running it.
+type PublishRequest struct {
+	Action string          `json:"action"`
+	Data   json.RawMessage `json:"data"`
+	Peer   string          `json:"peer,omitempty"`
+	To     []string        `json:"to,omitempty"`
+	Hop    int             `json:"hop,omitempty"`
+}
+
+// PublishResult says how many subscription queues took the publication.
+type PublishResult struct {
+	Published int `json:"published"`
+}
+
+// StreamLine is one line of a streamed answer: a log line, the final
+// result, or an error.
+type StreamLine struct {
+	Log    *string         `json:"log,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  *Error          `json:"error,omitempty"`
+}
+
+// IssueRequest issues a capability token.
+type IssueRequest struct {
+	Perform   []string `json:"perform"`
+	Publish   []string `json:"publish"`
+	Subscribe []string `json:"subscribe"`
+	Bearers   []string `json:"bearers"`
+	NotBefore Duration `json:"not_before"`
+	ExpiresIn Duration `json:"expires_in"`
+	Reusable  bool     `json:"reusable"`
+}
+
+// Token is an issued token as stored by its issuer.
+type Token struct {
+	ID        string     `json:"id"`
+	Token     string     `json:"token,omitempty"`
+	Issuer    string     `json:"issuer"`
+	IssuedAt  time.Time  `json:"issued_at"`
+	NotBefore *time.Time `json:"not_before,omitempty"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	Perform   []string   `json:"perform"`
+	Publish   []string   `json:"publish"`
+	Subscribe []string   `json:"subscribe"`
+	Bearers   []string   `json:"bearers"`
+	Addrs     []string   `json:"addrs"`
+	Reusable  bool       `json:"reusable"`
+	ClaimedBy string     `json:"claimed_by,omitempty"`
+}
+
+// ValidationIssueRequest issues a validation token.
+type ValidationIssueRequest struct {
+	NotBefore Duration `json:"not_before"`
+	ExpiresIn Duration `json:"expires_in"`
+}
+
+// ValidationIssueResult carries a new validation token.
+type ValidationIssueResult struct {
+	Token  string `json:"token"`
+	PeerID string `json:"peer_id"`
+}
+
+// Validation is an imported validation token.
+type Validation struct {
+	ID        string     `json:"id"`
+	PeerID    string     `json:"peer_id"`
+	AddedAt   time.Time  `json:"added_at"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+// AddTokenRequest carries a raw JWT (peer add, validation add).
+type AddTokenRequest struct {
+	Token string `json:"token"`
+}
+
+// Peer is a peer this instance added with a token it was issued.
+type Peer struct {
+	ID          string    `json:"id"`
+	TokenID     string    `json:"token_id"`
+	AddedAt     time.Time `json:"added_at"`
+	Addrs       []string  `json:"addrs"`
+	Perform     []string  `json:"perform"`
+	Publish     []string  `json:"publish"`
+	Subscribe   []string  `json:"subscribe"`
+	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
+	Connected   bool      `json:"connected"`
+	Connection  string    `json:"connection,omitempty"` // direct, relayed or empty
+	RemoteAddrs []string  `json:"remote_addrs,omitempty"`
+	RTT         Duration  `json:"rtt,omitempty"`
+}

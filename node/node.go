@@ -1,0 +1,214 @@
+// Package node owns a running Coattail instance: the instance directory
+// layout and config, the libp2p host and its /coattail/* protocols, the
+// local control API served to the CLI, the action runner, and the service
+// lifecycle (start, stop, status across the machine). A Go program embeds an
+// instance with New, registers in-process actions and receivers, and calls
+// Start and Close.
+//
+// Lock order: Node.mu is never held while calling into auth, datastore,
+// topics or the network.
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coattail/coattail/auth"
+	"github.com/coattail/coattail/datastore"
+	"github.com/coattail/coattail/node/runner"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// ErrOffline is returned for operations that need the network when the
+// node runs without a libp2p host (the CLI with the service stopped).
+var ErrOffline = errors.New("node: the service is not running (start it with: coattail service start --headless)")
+
+// Handler is an in-process action or receiver: input JSON in, output JSON out.
+type Handler func(ctx context.Context, input json.RawMessage) (json.RawMessage, error)
+
+// Options configures a Node.
+type Options struct {
+	// Dir is the instance directory (actions/, receivers/, data/ ...).
+	Dir    string
+	Config Config
+	// Key is the identity key; loaded from Dir/keys/identity.key when nil.
+	Key crypto.PrivKey
+	// DB is the datastore; opened from Dir/data when nil (Close closes it).
+	DB     *datastore.DB
+	Logger *slog.Logger
+	// Offline skips the libp2p host: local commands only.
+	Offline bool
+	// Relay makes the host a circuit-relay v2 server (also config
+	// network.relay_service).
+	Relay bool
+	// Binary is the coattail executable handed to actions (COATTAIL_BIN).
+	Binary string
+}
+
+// Node is one Coattail instance.
+type Node struct {
+	opts    Options
+	layout  Layout
+	cfg     Config
+	key     crypto.PrivKey
+	id      peer.ID
+	log     *slog.Logger
+	db      *datastore.DB
+	ownDB   bool
+	auth    *auth.Authority
+	runner  *runner.Runner
+	peers   *datastore.Store[peerRecord]
+	host    host.Host
+	net     *netsvc // nil when offline
+	started time.Time
+	stats   counters
+
+	mu       sync.Mutex
+	closed   bool
+	closeFns []func() error
+}
+
+type counters struct {
+	performed, published, received atomic.Uint64
+}
+
+// New assembles a node; nothing listens until Start.
+func New(o Options) (*Node, error) {
+	if o.Dir == "" {
+		return nil, errors.New("node: Options.Dir is required")
+	}
+	if err := o.Config.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	n := &Node{opts: o, layout: Layout{Dir: o.Dir}, cfg: o.Config, log: o.Logger, key: o.Key}
+	if n.key == nil {
+		k, err := LoadKey(n.layout.IdentityKey())
+		if err != nil {
+			return nil, err
+		}
+		n.key = k
+	}
+	id, err := peer.IDFromPrivateKey(n.key)
+	if err != nil {
+		return nil, fmt.Errorf("node: peer id: %w", err)
+	}
+	n.id = id
+	n.db = o.DB
+	if n.db == nil {
+		db, err := datastore.Open(n.layout.Data())
+		if err != nil {
+			return nil, err
+		}
+		n.db, n.ownDB = db, true
+	}
+	n.auth, err = auth.NewAuthority(n.key, n.db.Batching())
+	if err != nil {
+		n.closeDB()
+		return nil, err
+	}
+	n.peers = datastore.NewStore[peerRecord](n.db.Batching(), "/peers")
+	bin := o.Binary
+	if bin == "" {
+		bin, _ = os.Executable()
+	}
+	n.runner = runner.New(runner.Config{
+		Dir:       o.Dir,
+		PeerID:    id.String(),
+		Socket:    n.layout.Socket(),
+		Binary:    bin,
+		Timeout:   o.Config.Limits.ActionTimeout,
+		MaxInput:  int(o.Config.Limits.MaxPayload),
+		MaxOutput: int(o.Config.Limits.MaxOutput),
+		Logger:    o.Logger,
+	})
+	return n, nil
+}
+
+// ID is the instance's peer id.
+func (n *Node) ID() peer.ID { return n.id }
+
+// Host is the libp2p host (nil before Start or when offline).
+func (n *Node) Host() host.Host { return n.host }
+
+// Authority is the instance's token issuer and verifier.
+func (n *Node) Authority() *auth.Authority { return n.auth }
+
+// Dir is the instance directory.
+func (n *Node) Dir() string { return n.layout.Dir }
+
+// RegisterAction registers an in-process action; it takes precedence over
+// an executable of the same name.
+func (n *Node) RegisterAction(name string, h Handler) error {
+	return n.runner.Register(runner.KindAction, name, adapt(h))
+}
+
+// RegisterReceiver registers an in-process receiver.
+func (n *Node) RegisterReceiver(name string, h Handler) error {
+	return n.runner.Register(runner.KindReceiver, name, adapt(h))
+}
+
+func adapt(h Handler) runner.Handler {
+	return func(ctx context.Context, inv runner.Invocation) (json.RawMessage, error) {
+		return h(ctx, inv.Input)
+	}
+}
+
+// Start brings up the libp2p host and protocols (unless offline).
+func (n *Node) Start(ctx context.Context) error {
+	n.started = time.Now()
+	if n.opts.Offline {
+		return nil
+	}
+	nw, err := startNetwork(ctx, n)
+	if err != nil {
+		return err
+	}
+	n.net = nw
+	n.host = nw.host
+	n.onClose(nw.close)
+	return nil
+}
+
+func (n *Node) onClose(fn func() error) {
+	n.mu.Lock()
+	n.closeFns = append(n.closeFns, fn)
+	n.mu.Unlock()
+}
+
+// Close stops the network and closes the datastore. It is idempotent.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	fns := n.closeFns
+	n.mu.Unlock()
+	var errs []error
+	for i := len(fns) - 1; i >= 0; i-- {
+		errs = append(errs, fns[i]())
+	}
+	errs = append(errs, n.closeDB())
+	return errors.Join(errs...)
+}
+
+func (n *Node) closeDB() error {
+	if n.ownDB && n.db != nil {
+		return n.db.Close()
+	}
+	return nil
+}

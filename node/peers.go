@@ -1,0 +1,374 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/coattail/coattail/auth"
+	"github.com/coattail/coattail/datastore"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/wire"
+	"github.com/coattail/coattail/topics"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// Peer errors.
+var (
+	ErrUnknownPeer = errors.New("node: unknown peer")
+	ErrPeer        = errors.New("node: peer")
+)
+
+// peerRecord is a peer this instance added, stored under /peers/<peer-id>.
+// Token is the raw JWT the peer issued us: a credential, never logged.
+type peerRecord struct {
+	ID        string     `json:"id"`
+	Token     string     `json:"token"`
+	TokenID   string     `json:"token_id"`
+	AddedAt   time.Time  `json:"added_at"`
+	Addrs     []string   `json:"addrs"`
+	Perform   []string   `json:"perform"`
+	Publish   []string   `json:"publish"`
+	Subscribe []string   `json:"subscribe"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+func (r peerRecord) view() localapi.Peer {
+	return localapi.Peer{ID: r.ID, TokenID: r.TokenID, AddedAt: r.AddedAt, Addrs: nonNil(r.Addrs),
+		Perform: nonNil(r.Perform), Publish: nonNil(r.Publish), Subscribe: nonNil(r.Subscribe), ExpiresAt: r.ExpiresAt}
+}
+
+// AddPeer adds the issuer of a token: it checks the token's signature
+// against the issuer id it names, dials the addresses it carries (the
+// secure channel proves the remote is that issuer), and authenticates once
+// so the issuer verifies — and, for a claim-on-first-use token, binds — it.
+func (n *Node) AddPeer(ctx context.Context, raw string) (localapi.Peer, error) {
+	c, err := auth.Decode(raw)
+	if err != nil {
+		return localapi.Peer{}, err
+	}
+	if c.Type != "" && c.Type != "coattail/cap" {
+		return localapi.Peer{}, fmt.Errorf("%w: this is a validation token; peer add takes a capability token (coattail token issue)", auth.ErrInvalid)
+	}
+	pid, err := peer.Decode(c.Issuer)
+	if err != nil {
+		return localapi.Peer{}, fmt.Errorf("%w: token issuer %q is not a peer id", auth.ErrInvalid, c.Issuer)
+	}
+	if pid == n.id {
+		return localapi.Peer{}, fmt.Errorf("%w: this token was issued by this instance; give it to another instance", ErrBadRequest)
+	}
+	if n.net == nil {
+		return localapi.Peer{}, ErrOffline
+	}
+	rec := peerRecord{ID: pid.String(), Token: raw, TokenID: c.ID, AddedAt: time.Now().UTC(), Addrs: c.Addrs,
+		Perform: c.Perform, Publish: c.Publish, Subscribe: c.Subscribe}
+	if c.ExpiresAt != nil {
+		t := c.ExpiresAt.Time
+		rec.ExpiresAt = &t
+	}
+	addrs := parseAddrs(c.Addrs)
+	if len(addrs) == 0 {
+		return localapi.Peer{}, fmt.Errorf("%w: the token carries no usable address of its issuer (was it issued while the issuer's service was stopped?)", auth.ErrInvalid)
+	}
+	n.host.Peerstore().AddAddrs(pid, addrs, peerstore.PermanentAddrTTL)
+	if _, err := n.net.remoteListWith(ctx, pid, raw); err != nil {
+		return localapi.Peer{}, err
+	}
+	if err := n.peers.Put(ctx, rec.ID, rec); err != nil {
+		return localapi.Peer{}, err
+	}
+	if err := n.db.Sync(ctx, datastoreKey("/peers")); err != nil {
+		return localapi.Peer{}, err
+	}
+	n.log.Info("peer added", "peer", rec.ID, "token_id", rec.TokenID)
+	return n.ShowPeer(ctx, rec.ID)
+}
+
+func parseAddrs(ss []string) []ma.Multiaddr {
+	var out []ma.Multiaddr
+	for _, s := range ss {
+		if m, err := ma.NewMultiaddr(s); err == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// ListPeers lists added peers.
+func (n *Node) ListPeers(ctx context.Context) ([]localapi.Peer, error) {
+	recs, err := n.peers.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]localapi.Peer, 0, len(recs))
+	for _, r := range recs {
+		v := r.view()
+		n.fillConn(ctx, &v, false)
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// ShowPeer describes one peer: its permissions and, when online, whether it
+// is connected, directly or through a relay, and the round-trip time.
+func (n *Node) ShowPeer(ctx context.Context, id string) (localapi.Peer, error) {
+	r, err := n.peerRecord(ctx, id)
+	if err != nil {
+		return localapi.Peer{}, err
+	}
+	v := r.view()
+	n.fillConn(ctx, &v, true)
+	return v, nil
+}
+
+func (n *Node) fillConn(ctx context.Context, v *localapi.Peer, measure bool) {
+	if n.host == nil {
+		return
+	}
+	pid, err := peer.Decode(v.ID)
+	if err != nil {
+		return
+	}
+	conns := n.host.Network().ConnsToPeer(pid)
+	if len(conns) == 0 {
+		return
+	}
+	v.Connected = true
+	v.Connection = "relayed"
+	for _, c := range conns {
+		v.RemoteAddrs = append(v.RemoteAddrs, c.RemoteMultiaddr().String())
+		if !isRelayed(c) {
+			v.Connection = "direct"
+		}
+	}
+	if measure {
+		pctx, cancel := context.WithTimeout(network.WithAllowLimitedConn(ctx, "ping"), 3*time.Second)
+		defer cancel()
+		select {
+		case res := <-ping.Ping(pctx, n.host, pid):
+			if res.Error == nil {
+				v.RTT = localapi.Duration(res.RTT)
+			}
+		case <-pctx.Done():
+		}
+	}
+}
+
+func (n *Node) peerRecord(ctx context.Context, id string) (peerRecord, error) {
+	if _, err := peer.Decode(id); err != nil {
+		return peerRecord{}, fmt.Errorf("%w %q: not a peer id (see: coattail peer list)", ErrUnknownPeer, id)
+	}
+	r, err := n.peers.Get(ctx, id)
+	if errors.Is(err, datastore.ErrNotFound) {
+		return peerRecord{}, fmt.Errorf("%w %s: add it first with: coattail peer add --token <token>", ErrUnknownPeer, id)
+	}
+	return r, err
+}
+
+// RemovePeer forgets a peer and closes connections to it.
+func (n *Node) RemovePeer(ctx context.Context, id string) error {
+	if _, err := n.peerRecord(ctx, id); err != nil {
+		return err
+	}
+	if err := n.peers.Delete(ctx, id); err != nil {
+		return err
+	}
+	if err := n.db.Sync(ctx, datastoreKey("/peers")); err != nil {
+		return err
+	}
+	if n.host != nil {
+		if pid, err := peer.Decode(id); err == nil {
+			n.host.Peerstore().ClearAddrs(pid)
+			_ = n.host.Network().ClosePeer(pid)
+		}
+	}
+	n.log.Info("peer removed", "peer", id)
+	return nil
+}
+
+// open opens an authorized stream to an added peer.
+func (n *Node) open(ctx context.Context, id string, proto protocol.ID) (*session, error) {
+	if n.net == nil {
+		return nil, ErrOffline
+	}
+	r, err := n.peerRecord(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	pid, _ := peer.Decode(r.ID)
+	if len(n.host.Peerstore().Addrs(pid)) == 0 {
+		n.host.Peerstore().AddAddrs(pid, parseAddrs(r.Addrs), peerstore.PermanentAddrTTL)
+	}
+	return n.net.openWith(ctx, pid, proto, r.Token)
+}
+
+func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, token string) (*session, error) {
+	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	st, err := nw.host.NewStream(network.WithAllowLimitedConn(dctx, "coattail"), pid, proto)
+	if err != nil {
+		return nil, fmt.Errorf("%w %s is unreachable: %v", ErrPeer, pid, err)
+	}
+	s := &session{s: st, r: wire.NewReader(st, nw.n.maxFrame()), w: wire.NewWriter(st), peer: pid}
+	_ = st.SetDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
+	if err := s.send(wire.THello, wire.Hello{Token: token, Version: wire.Version}); err != nil {
+		_ = st.Reset()
+		return nil, fmt.Errorf("%w %s: %v", ErrPeer, pid, err)
+	}
+	if err := expectOK(s); err != nil {
+		_ = st.Reset()
+		return nil, err
+	}
+	return s, nil
+}
+
+// expectOK reads the answer to a hello.
+func expectOK(s *session) error {
+	t, payload, err := s.r.Next()
+	if err != nil {
+		return fmt.Errorf("%w %s closed the stream: %v", ErrPeer, s.peer, err)
+	}
+	switch t {
+	case wire.TOK:
+		return nil
+	case wire.TError:
+		return decodeRemoteError(payload)
+	default:
+		return fmt.Errorf("%w %s: unexpected frame type %d", ErrPeer, s.peer, t)
+	}
+}
+
+func decodeRemoteError(payload []byte) error {
+	var e wire.Error
+	if err := wire.DecodeJSON(payload, &e); err != nil {
+		return fmt.Errorf("%w: malformed error frame: %v", ErrPeer, err)
+	}
+	return &e
+}
+
+// result reads frames until a TResult (decoded into v) or a TError; TLog
+// frames go to onLog.
+func (s *session) result(v any, onLog func(string)) error {
+	for {
+		t, payload, err := s.r.Next()
+		if err != nil {
+			return fmt.Errorf("%w %s closed the stream before answering: %v", ErrPeer, s.peer, err)
+		}
+		switch t {
+		case wire.TResult:
+			return wire.DecodeJSON(payload, v)
+		case wire.TError:
+			return decodeRemoteError(payload)
+		case wire.TLog:
+			var l wire.Log
+			if err := wire.DecodeJSON(payload, &l); err == nil && onLog != nil {
+				onLog(l.Line)
+			}
+		default:
+			return fmt.Errorf("%w %s: unexpected frame type %d", ErrPeer, s.peer, t)
+		}
+	}
+}
+
+func (n *Node) remoteList(ctx context.Context, id string) ([]localapi.ActionInfo, error) {
+	s, err := n.open(ctx, id, wire.ProtoList)
+	if err != nil {
+		return nil, err
+	}
+	return listOn(s)
+}
+
+func (nw *netsvc) remoteListWith(ctx context.Context, pid peer.ID, token string) ([]localapi.ActionInfo, error) {
+	s, err := nw.openWith(ctx, pid, wire.ProtoList, token)
+	if err != nil {
+		return nil, err
+	}
+	return listOn(s)
+}
+
+func listOn(s *session) ([]localapi.ActionInfo, error) {
+	defer s.s.Close()
+	if err := s.send(wire.TRequest, wire.ListRequest{}); err != nil {
+		return nil, err
+	}
+	var resp wire.ListResponse
+	if err := s.result(&resp, nil); err != nil {
+		return nil, err
+	}
+	out := make([]localapi.ActionInfo, 0, len(resp.Actions))
+	for _, a := range resp.Actions {
+		a := a
+		out = append(out, localapi.ActionInfo{Name: a.Name, Kind: "action", Performable: &a.Performable, Publishable: &a.Publishable, Subscribable: &a.Subscribable})
+	}
+	return out, nil
+}
+
+func (n *Node) remotePerform(ctx context.Context, req localapi.PerformRequest, onLog func(string)) (localapi.PerformResult, error) {
+	s, err := n.open(ctx, req.Peer, wire.ProtoPerform)
+	if err != nil {
+		return localapi.PerformResult{}, err
+	}
+	defer s.s.Close()
+	_ = s.s.SetDeadline(time.Now().Add(n.cfg.Limits.ActionTimeout + 2*n.cfg.Limits.StreamTimeout))
+	if err := s.send(wire.TRequest, wire.PerformRequest{Action: req.Action, Input: req.Input, Notify: req.Notify, Hop: req.Hop, To: req.To}); err != nil {
+		return localapi.PerformResult{}, err
+	}
+	_ = s.s.CloseWrite()
+	var res wire.PerformResult
+	if err := s.result(&res, onLog); err != nil {
+		return localapi.PerformResult{}, err
+	}
+	return localapi.PerformResult{Output: res.Output, Published: res.Published}, nil
+}
+
+// PublishRequest publishes data to an action's subscribers, here or on a
+// peer.
+func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) (localapi.PublishResult, error) {
+	if err := topics.ValidateSubject(req.Action); err != nil {
+		return localapi.PublishResult{}, err
+	}
+	if len(req.Data) == 0 {
+		req.Data = json.RawMessage("null")
+	}
+	if !json.Valid(req.Data) {
+		return localapi.PublishResult{}, fmt.Errorf("%w: data is not valid JSON", ErrBadRequest)
+	}
+	if len(req.Data) > int(n.cfg.Limits.MaxPayload) {
+		return localapi.PublishResult{}, fmt.Errorf("%w: data is %d bytes, over limits.max_payload %v", ErrBadRequest, len(req.Data), n.cfg.Limits.MaxPayload)
+	}
+	if req.Peer != "" {
+		return n.remotePublish(ctx, req)
+	}
+	cnt, err := n.publish(ctx, []publication{{Subject: req.Action, Data: req.Data, Hop: req.Hop, To: req.To}})
+	return localapi.PublishResult{Published: cnt}, err
+}
+
+func (n *Node) remotePublish(ctx context.Context, req localapi.PublishRequest) (localapi.PublishResult, error) {
+	s, err := n.open(ctx, req.Peer, wire.ProtoPublish)
+	if err != nil {
+		return localapi.PublishResult{}, err
+	}
+	defer s.s.Close()
+	batch := wire.AppendPublishBatch(nil, []wire.Publication{{Subject: req.Action, Data: req.Data, Hop: uint32(req.Hop), Time: time.Now().UnixNano()}})
+	s.wmu.Lock()
+	err = s.w.Frame(wire.TPublish, batch)
+	if err == nil {
+		err = s.w.Flush()
+	}
+	s.wmu.Unlock()
+	if err != nil {
+		return localapi.PublishResult{}, err
+	}
+	var res wire.PublishResult
+	if err := s.result(&res, nil); err != nil {
+		return localapi.PublishResult{}, err
+	}
+	return localapi.PublishResult{Published: res.Published}, nil
+}

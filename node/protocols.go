@@ -1,0 +1,274 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/coattail/coattail/auth"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/runner"
+	"github.com/coattail/coattail/node/wire"
+	"github.com/coattail/coattail/topics"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	manet "github.com/multiformats/go-multiaddr/net"
+)
+
+// allProtocols are the request/response protocols this node serves.
+var allProtocols = []protocol.ID{wire.ProtoList, wire.ProtoPerform, wire.ProtoPublish}
+
+// frameOverhead is the room a frame needs beyond its payload.
+const frameOverhead = 64 << 10
+
+func (n *Node) maxFrame() int { return int(n.cfg.Limits.MaxPayload) + frameOverhead }
+
+// session is one authorized protocol stream.
+type session struct {
+	s     network.Stream
+	r     *wire.Reader
+	w     *wire.Writer
+	grant *auth.Grant // server side only
+	peer  peer.ID
+	wmu   sync.Mutex
+}
+
+// send writes and flushes one JSON frame; safe for concurrent use.
+func (s *session) send(t wire.Type, v any) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := s.w.JSON(t, v); err != nil {
+		return err
+	}
+	return s.w.Flush()
+}
+
+func (nw *netsvc) register() {
+	nw.host.SetStreamHandler(wire.ProtoList, nw.serve(nw.handleList))
+	nw.host.SetStreamHandler(wire.ProtoPerform, nw.serve(nw.handlePerform))
+	nw.host.SetStreamHandler(wire.ProtoPublish, nw.serve(nw.handlePublish))
+}
+
+func remoteOf(c network.Conn) auth.Remote {
+	r := auth.Remote{Peer: c.RemotePeer(), Relayed: isRelayed(c)}
+	if ip, err := manet.ToIP(c.RemoteMultiaddr()); err == nil {
+		if a, ok := netip.AddrFromSlice(ip); ok {
+			r.IP = a.Unmap()
+		}
+	}
+	return r
+}
+
+// serve wraps a protocol handler with the checks every stream gets: the
+// per-peer limits, deadlines, and session authentication (Hello with a
+// token, verified before anything else happens).
+func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.StreamHandler {
+	return func(st network.Stream) {
+		p := st.Conn().RemotePeer()
+		log := nw.n.log.With("peer", p.String(), "protocol", string(st.Protocol()))
+		s := &session{s: st, r: wire.NewReader(st, nw.n.maxFrame()), w: wire.NewWriter(st), peer: p}
+		if v := nw.limits.acquire(p); !v.ok() {
+			e := wire.Errorf(wire.CodeRateLimited, "too many concurrent streams from your peer (limit %d)", nw.limits.maxStreams)
+			if v.retryAfter > 0 {
+				e = wire.Errorf(wire.CodeRateLimited, "request rate over the limit of %v/s", nw.limits.rate)
+				e.RetryAfterMs = v.retryAfter.Milliseconds() + 1
+			}
+			log.Debug("stream refused by limits", "err", e.Message)
+			_ = st.SetDeadline(time.Now().Add(time.Second))
+			_ = s.send(wire.TError, e)
+			_ = st.Close()
+			return
+		}
+		defer nw.limits.release(p)
+		_ = st.SetDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
+		g, err := nw.authenticate(s)
+		if err != nil {
+			log.Info("stream refused", "err", err)
+			_ = s.send(wire.TError, toWireError(err))
+			_ = st.Close()
+			return
+		}
+		s.grant = g
+		nw.sess.add(g.TokenID, st)
+		defer nw.sess.remove(g.TokenID, st)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if err := fn(ctx, s); err != nil {
+			if !errors.Is(err, network.ErrReset) && !errors.Is(err, io.EOF) {
+				log.Info("request failed", "token_id", g.TokenID, "err", err)
+			}
+			_ = s.send(wire.TError, toWireError(err))
+		}
+		_ = st.Close()
+	}
+}
+
+func (nw *netsvc) authenticate(s *session) (*auth.Grant, error) {
+	t, payload, err := s.r.Next()
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading hello: %v", ErrBadRequest, err)
+	}
+	if t != wire.THello {
+		return nil, wire.Errorf(wire.CodeUnauthorized, "the first frame must be a hello carrying a token (got frame type %d)", t)
+	}
+	var h wire.Hello
+	if err := wire.DecodeJSON(payload, &h); err != nil {
+		return nil, fmt.Errorf("%w: hello: %v", ErrBadRequest, err)
+	}
+	if h.Version != "" && h.Version != wire.Version {
+		return nil, wire.Errorf(wire.CodeVersion, "remote speaks coattail protocol %s, this instance speaks %s", h.Version, wire.Version)
+	}
+	g, err := nw.n.auth.Verify(context.Background(), h.Token, remoteOf(s.s.Conn()))
+	if err != nil {
+		return nil, err
+	}
+	if err := s.send(wire.TOK, struct{}{}); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// toWireError turns any error into the typed error sent to the remote.
+func toWireError(err error) *wire.Error {
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return we
+	}
+	code := wire.CodeInternal
+	switch {
+	case isAuthError(err), errors.Is(err, auth.ErrInvalid):
+		code = wire.CodeUnauthorized
+	case errors.Is(err, runner.ErrNotFound), errors.Is(err, auth.ErrNotFound):
+		code = wire.CodeNotFound
+	case errors.Is(err, ErrBadRequest), errors.Is(err, topics.ErrInvalidSubject), errors.Is(err, topics.ErrInvalidPattern),
+		errors.Is(err, runner.ErrBadInput):
+		code = wire.CodeBadRequest
+	case errors.Is(err, runner.ErrInputTooLarge), errors.Is(err, wire.ErrFrameTooLarge):
+		code = wire.CodeTooLarge
+	case errors.Is(err, runner.ErrTimeout):
+		code = wire.CodeTimeout
+	case errors.Is(err, runner.ErrExit), errors.Is(err, runner.ErrBadOutput), errors.Is(err, runner.ErrOutputTooLarge),
+		errors.Is(err, runner.ErrNotExecutable):
+		code = wire.CodeActionFailed
+	}
+	return &wire.Error{Code: code, Message: err.Error()}
+}
+
+// readRequest reads the single request frame of a request/response stream.
+func readRequest(s *session, v any) error {
+	t, payload, err := s.r.Next()
+	if err != nil {
+		return fmt.Errorf("%w: reading request: %v", ErrBadRequest, err)
+	}
+	if t != wire.TRequest {
+		return wire.Errorf(wire.CodeBadRequest, "expected a request frame, got type %d", t)
+	}
+	return wire.DecodeJSON(payload, v)
+}
+
+func (nw *netsvc) handleList(ctx context.Context, s *session) error {
+	var req wire.ListRequest
+	if err := readRequest(s, &req); err != nil {
+		return err
+	}
+	if req.Receivers {
+		return wire.Errorf(wire.CodeForbidden, "receivers are private to their instance")
+	}
+	infos, err := nw.n.runner.List(runner.KindAction)
+	if err != nil {
+		return err
+	}
+	resp := wire.ListResponse{Actions: []wire.ActionInfo{}}
+	for _, i := range infos {
+		a := wire.ActionInfo{Name: i.Name, Performable: s.grant.CanPerform(i.Name), Publishable: s.grant.CanPublish(i.Name), Subscribable: s.grant.CanSubscribe(i.Name)}
+		if a.Performable || a.Publishable || a.Subscribable {
+			resp.Actions = append(resp.Actions, a)
+		}
+	}
+	return s.send(wire.TResult, resp)
+}
+
+func (nw *netsvc) handlePerform(ctx context.Context, s *session) error {
+	var req wire.PerformRequest
+	if err := readRequest(s, &req); err != nil {
+		return err
+	}
+	if err := topics.ValidateSubject(req.Action); err != nil {
+		return err
+	}
+	if !s.grant.CanPerform(req.Action) {
+		return wire.Errorf(wire.CodeForbidden, "token %s does not allow performing %q", s.grant.TokenID, req.Action)
+	}
+	if req.Notify && !s.grant.CanPublish(req.Action) {
+		return wire.Errorf(wire.CodeForbidden, "token %s allows performing %q but not publishing it (needed for --notify)", s.grant.TokenID, req.Action)
+	}
+	// The action runs under the stream's lifetime: a caller that goes away
+	// cancels it.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		if _, _, err := s.r.Next(); err != nil && !errors.Is(err, io.EOF) {
+			cancel()
+		}
+	}()
+	_ = s.s.SetDeadline(time.Now().Add(nw.n.cfg.Limits.ActionTimeout + nw.n.cfg.Limits.StreamTimeout))
+	res, err := nw.n.Perform(ctx, localapi.PerformRequest{
+		Action: req.Action, Input: req.Input, Notify: req.Notify, To: req.To, Hop: req.Hop, Caller: s.peer.String(),
+	}, func(line string) { _ = s.send(wire.TLog, wire.Log{Line: line}) })
+	if err != nil {
+		return err
+	}
+	return s.send(wire.TResult, wire.PerformResult{Output: res.Output, Published: res.Published})
+}
+
+// handlePublish takes batches of publications from a remote publisher and
+// answers each batch once it is durably queued.
+func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
+	var stored uint64
+	for {
+		_ = s.s.SetReadDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
+		t, payload, err := s.r.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if t != wire.TPublish {
+			return wire.Errorf(wire.CodeBadRequest, "expected a publish frame, got type %d", t)
+		}
+		if d := nw.limits.allow(s.peer); d > 0 {
+			e := wire.Errorf(wire.CodeRateLimited, "publish rate over the limit of %v batches/s", nw.limits.rate)
+			e.RetryAfterMs = d.Milliseconds() + 1
+			return e
+		}
+		var pubs []publication
+		err = wire.DecodePublishBatch(payload, func(p *wire.Publication) error {
+			if err := topics.ValidateSubject(p.Subject); err != nil {
+				return err
+			}
+			if !s.grant.CanPublish(p.Subject) {
+				return wire.Errorf(wire.CodeForbidden, "token %s does not allow publishing %q", s.grant.TokenID, p.Subject)
+			}
+			pubs = append(pubs, publication{Subject: p.Subject, Data: append(json.RawMessage(nil), p.Data...), Hop: int(p.Hop)})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		cnt, err := nw.n.publish(ctx, pubs)
+		if err != nil {
+			return err
+		}
+		stored += uint64(len(pubs))
+		if err := s.send(wire.TResult, wire.PublishResult{Accepted: len(pubs), LastSeq: stored, Published: cnt}); err != nil {
+			return err
+		}
+	}
+}

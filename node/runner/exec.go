@@ -1,0 +1,302 @@
+package runner
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// waitDelay bounds how long Run waits for stdout/stderr to close after the
+// program exited or was killed. Without it a grandchild that escaped the
+// process group (setsid) or was left running in the background while
+// holding our pipes would block Run forever.
+const waitDelay = time.Second
+
+// startRetries bounds retries of ETXTBSY at start: a file just written by
+// this or another process (an editor, a test, `action create`) can be
+// briefly open for writing in a concurrently forked child; see
+// golang.org/issue/22315.
+const startRetries = 5
+
+// keptEnv are the parent variables a program sees. Everything else is
+// dropped so that secrets in the service's environment do not leak into
+// programs that peers can trigger.
+var keptEnv = []string{"PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER"}
+
+const defaultPath = "/usr/local/bin:/usr/bin:/bin"
+
+func baseEnv(cfg Config, parent []string) []string {
+	vals := map[string]string{}
+	for _, kv := range parent {
+		k, v, ok := strings.Cut(kv, "=")
+		if ok {
+			vals[k] = v
+		}
+	}
+	var env []string
+	for _, k := range keptEnv {
+		v, ok := vals[k]
+		if k == "PATH" {
+			if !ok || v == "" {
+				v = defaultPath
+			}
+			if cfg.Binary != "" {
+				// Scripts call `coattail ...`: make it the binary that runs
+				// this service, not whatever else is on PATH.
+				v = filepath.Dir(cfg.Binary) + string(os.PathListSeparator) + v
+			}
+			ok = true
+		}
+		if ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return append(env,
+		"COATTAIL_INSTANCE="+cfg.Dir,
+		"COATTAIL_PEER_ID="+cfg.PeerID,
+		"COATTAIL_SOCKET="+cfg.Socket,
+		"COATTAIL_BIN="+cfg.Binary,
+	)
+}
+
+func (r *Runner) env(inv Invocation) []string {
+	env := make([]string, 0, len(r.baseEnv)+3+len(inv.Env))
+	env = append(env, r.baseEnv...)
+	env = append(env,
+		"COATTAIL_ACTION="+inv.Name,
+		"COATTAIL_KIND="+string(inv.Kind),
+		"COATTAIL_CALLER="+inv.Caller,
+	)
+	for k, v := range inv.Env {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
+// locate finds the executable for inv, or says precisely why it cannot run.
+func (r *Runner) locate(inv Invocation) (string, error) {
+	path := r.Path(inv.Kind, inv.Name)
+	st, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", &runError{
+			msg:      fmt.Sprintf("runner: no %s %q (looked in %s)", inv.Kind, inv.Name, filepath.Dir(path)),
+			sentinel: ErrNotFound,
+		}
+	case err != nil:
+		return "", fmt.Errorf("runner: %s %q: %w", inv.Kind, inv.Name, err)
+	case st.IsDir():
+		return "", &runError{
+			msg:      fmt.Sprintf("runner: %s %q is a directory (%s), not an executable", inv.Kind, inv.Name, path),
+			sentinel: ErrNotExecutable,
+		}
+	case st.Mode().Perm()&0o111 == 0:
+		return "", &runError{
+			msg:      fmt.Sprintf("runner: %s %q is not executable (%s; run chmod +x on it)", inv.Kind, inv.Name, path),
+			sentinel: ErrNotExecutable,
+		}
+	}
+	return path, nil
+}
+
+// runExec runs the executable for inv in its own process group.
+func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, error) {
+	path, err := r.locate(inv)
+	if err != nil {
+		return nil, err
+	}
+
+	runCtx, cancelCause := context.WithCancelCause(ctx)
+	defer cancelCause(nil)
+	runCtx, cancel := context.WithTimeoutCause(runCtx, r.cfg.Timeout, errTimeoutCause)
+	defer cancel()
+
+	stdout := &cappedBuffer{max: r.cfg.MaxOutput, onOverflow: func() { cancelCause(errOverflow) }}
+	stderr := newLineWriter(inv.Log)
+
+	var cmd *exec.Cmd
+	for attempt := 0; ; attempt++ {
+		cmd = exec.CommandContext(runCtx, path)
+		cmd.Dir = r.cfg.Dir
+		cmd.Env = r.env(inv)
+		cmd.Stdin = bytes.NewReader(inv.Input)
+		cmd.Stdout = stdout
+		cmd.Stderr = stderr
+		// Own process group, so that a timeout kills the script's children
+		// too and not only the shell.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		c := cmd
+		cmd.Cancel = func() error { return killGroup(c) }
+		cmd.WaitDelay = waitDelay
+
+		err = cmd.Start()
+		if err == nil {
+			break
+		}
+		if errors.Is(err, syscall.ETXTBSY) && attempt < startRetries && runCtx.Err() == nil {
+			time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
+			continue
+		}
+		return nil, r.startError(inv, path, err)
+	}
+
+	waitErr := cmd.Wait()
+	stderr.flush()
+
+	// A nil waitErr is a complete success even if the context ended just
+	// after; otherwise why the context ended explains the failure better
+	// than the kill it caused.
+	if waitErr != nil {
+		switch cause := context.Cause(runCtx); {
+		case cause == errOverflow:
+			return nil, r.tooLarge(inv)
+		case cause == errTimeoutCause:
+			return nil, r.timedOut(inv)
+		case ctx.Err() != nil:
+			return nil, stopped(inv, ctx.Err())
+		}
+	}
+
+	var exitErr *exec.ExitError
+	switch {
+	case errors.As(waitErr, &exitErr):
+		return nil, exitError(inv, exitErr, stderr.last)
+	case errors.Is(waitErr, exec.ErrWaitDelay):
+		// The program succeeded but something it started kept stdout or
+		// stderr open. Whatever the program wrote has been read; kill the
+		// stragglers, which lost their pipes anyway.
+		_ = killGroup(cmd)
+		r.cfg.Logger.Warn("program exited but its children kept its output open; killed them",
+			"kind", inv.Kind, "name", inv.Name)
+	case waitErr != nil:
+		return nil, fmt.Errorf("runner: %s %q: %w", inv.Kind, inv.Name, waitErr)
+	}
+	return r.finishOutput(inv, stdout.buf.Bytes())
+}
+
+func (r *Runner) startError(inv Invocation, path string, err error) error {
+	// The file exists and has an execute bit (locate checked), so these mean
+	// a missing or wrong interpreter or no permission to execute.
+	if errors.Is(err, syscall.ENOEXEC) || errors.Is(err, syscall.EACCES) || errors.Is(err, fs.ErrNotExist) {
+		return &runError{
+			msg:      fmt.Sprintf("runner: %s %q could not start (%s; check its #! line and permissions): %v", inv.Kind, inv.Name, path, err),
+			sentinel: ErrNotExecutable,
+			cause:    err,
+		}
+	}
+	return fmt.Errorf("runner: %s %q could not start: %w", inv.Kind, inv.Name, err)
+}
+
+func exitError(inv Invocation, ee *exec.ExitError, lastLine string) error {
+	var what string
+	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		what = fmt.Sprintf("was killed by signal %v", ws.Signal())
+	} else {
+		what = fmt.Sprintf("exited with status %d", ee.ExitCode())
+	}
+	msg := fmt.Sprintf("runner: %s %q %s", inv.Kind, inv.Name, what)
+	if lastLine != "" {
+		msg += ": " + snippet(lastLine, 512)
+	}
+	return &runError{msg: msg, sentinel: ErrExit, cause: ee}
+}
+
+// killGroup kills the process group led by cmd's process. The process is
+// its own group leader (Setpgid), so its pid is the group id.
+func killGroup(cmd *exec.Cmd) error {
+	if cmd.Process == nil {
+		return nil
+	}
+	err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	if errors.Is(err, syscall.ESRCH) {
+		return nil // already gone
+	}
+	return err
+}
+
+var errOverflow = errors.New("runner: output limit reached")
+
+// cappedBuffer collects stdout up to max bytes. Past that it refuses the
+// write, which makes os/exec close the pipe, and calls onOverflow to kill
+// the program: reading on would only buffer what will be thrown away.
+// Only os/exec's copying goroutine writes, and the buffer is read after
+// Wait, so it needs no lock.
+type cappedBuffer struct {
+	buf        bytes.Buffer
+	max        int
+	onOverflow func()
+}
+
+func (b *cappedBuffer) Write(p []byte) (int, error) {
+	if b.buf.Len()+len(p) > b.max {
+		b.onOverflow()
+		return 0, errOverflow
+	}
+	return b.buf.Write(p)
+}
+
+// lineWriter splits stderr into lines and passes each to log, holding at
+// most MaxLogLine bytes of a line: the rest of an overlong line is dropped
+// and the line ends with TruncatedMark. It remembers the last non-empty
+// line for error messages.
+type lineWriter struct {
+	log       func(string)
+	cur       []byte
+	truncated bool
+	last      string
+}
+
+func newLineWriter(log func(string)) *lineWriter { return &lineWriter{log: log} }
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		chunk := p
+		if i >= 0 {
+			chunk = p[:i]
+		}
+		if room := MaxLogLine - len(w.cur); len(chunk) > room {
+			w.cur = append(w.cur, chunk[:room]...)
+			w.truncated = true
+		} else {
+			w.cur = append(w.cur, chunk...)
+		}
+		if i < 0 {
+			break
+		}
+		w.emit()
+		p = p[i+1:]
+	}
+	return n, nil
+}
+
+func (w *lineWriter) emit() {
+	line := strings.TrimSuffix(string(w.cur), "\r")
+	if w.truncated {
+		line = truncateUTF8(line, MaxLogLine) + TruncatedMark
+	}
+	w.cur, w.truncated = w.cur[:0], false
+	if strings.TrimSpace(line) != "" {
+		w.last = line
+	}
+	if w.log != nil {
+		w.log(line)
+	}
+}
+
+// flush emits a final line that had no newline. Call it only after Wait.
+func (w *lineWriter) flush() {
+	if len(w.cur) > 0 || w.truncated {
+		w.emit()
+	}
+}

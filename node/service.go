@@ -1,0 +1,299 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/coattail/coattail/datastore"
+	"github.com/coattail/coattail/node/localapi"
+)
+
+// Service errors.
+var (
+	ErrAlreadyRunning = errors.New("node: service already running")
+	ErrNotRunning     = errors.New("node: service not running")
+	ErrSocketPath     = errors.New("node: control socket path too long")
+)
+
+// EnvRuntimeDir overrides where running services register themselves
+// (default: $XDG_RUNTIME_DIR/coattail, else <tmp>/coattail-<uid>).
+const EnvRuntimeDir = "COATTAIL_RUNTIME_DIR"
+
+// maxSocketPath is the longest unix socket path Linux accepts.
+const maxSocketPath = 107
+
+// RuntimeDir is the machine-wide directory where services register.
+func RuntimeDir() string {
+	if d := os.Getenv(EnvRuntimeDir); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "coattail")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("coattail-%d", os.Getuid()))
+}
+
+// registration is the file a running service leaves in RuntimeDir.
+type registration struct {
+	PID      int    `json:"pid"`
+	Instance string `json:"instance"`
+	Socket   string `json:"socket"`
+}
+
+// ServiceOptions configures RunService.
+type ServiceOptions struct {
+	Relay bool
+	// Ready is called once the service accepts control requests.
+	Ready func(pid int)
+	// Binary is the coattail executable actions get as COATTAIL_BIN.
+	Binary string
+}
+
+// RunService runs an instance until ctx is done or a stop request
+// arrives: it opens the datastore, starts the libp2p host, serves the
+// control socket, and registers the service for `service status`.
+func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
+	if len(l.Socket()) > maxSocketPath {
+		return fmt.Errorf("%w: %s is %d bytes, the limit is %d; move the instance to a shorter path", ErrSocketPath, l.Socket(), len(l.Socket()), maxSocketPath)
+	}
+	if st, err := probe(l); err == nil {
+		return fmt.Errorf("%w: instance %s (pid %d)", ErrAlreadyRunning, l.Dir, st.PID)
+	}
+	cfg, err := LoadConfig(l.Config())
+	if err != nil {
+		return err
+	}
+	key, err := LoadKey(l.IdentityKey())
+	if err != nil {
+		return err
+	}
+	logger, closeLog, err := openLog(l, cfg)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	db, err := openDBRetry(ctx, l)
+	if err != nil {
+		return err
+	}
+	n, err := New(Options{Dir: l.Dir, Config: cfg, Key: key, DB: db, Logger: logger, Relay: o.Relay, Binary: o.Binary})
+	if err != nil {
+		db.Close()
+		return err
+	}
+	n.ownDB = true
+	defer func() {
+		if cerr := n.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if err := n.Start(ctx); err != nil {
+		logger.Error("start failed", "err", err)
+		return err
+	}
+	// A socket file left by a crashed service is stale: probe said nobody
+	// answers on it.
+	_ = os.Remove(l.Socket())
+	ln, err := net.Listen("unix", l.Socket())
+	if err != nil {
+		return fmt.Errorf("node: control socket: %w", err)
+	}
+	if err := os.Chmod(l.Socket(), 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("node: control socket: %w", err)
+	}
+	defer os.Remove(l.Socket())
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	srv := &http.Server{Handler: n.Handler(stop), ReadHeaderTimeout: 10 * time.Second}
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Serve(ln) }()
+	unregister, err := register(l)
+	if err != nil {
+		logger.Warn("cannot register in runtime dir", "err", err)
+	}
+	defer unregister()
+	if err := os.WriteFile(l.PIDFile(), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return fmt.Errorf("node: pid file: %w", err)
+	}
+	defer os.Remove(l.PIDFile())
+	logger.Info("service ready", "pid", os.Getpid(), "peer_id", n.ID().String(), "socket", l.Socket())
+	if o.Ready != nil {
+		o.Ready(os.Getpid())
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-srvErr:
+		if !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("control socket failed", "err", err)
+		}
+	}
+	logger.Info("service stopping")
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return nil
+}
+
+// openDBRetry opens the datastore, waiting briefly while a short-lived CLI
+// command that runs without the service still holds it.
+func openDBRetry(ctx context.Context, l Layout) (*datastore.DB, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		db, err := datastore.Open(l.Data())
+		if err == nil || !errors.Is(err, datastore.ErrLocked) || time.Now().After(deadline) {
+			return db, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func openLog(l Layout, cfg Config) (*slog.Logger, func(), error) {
+	f, err := os.OpenFile(l.LogFile(cfg), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("node: log file: %w", err)
+	}
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
+	return slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: lvl})), func() { f.Close() }, nil
+}
+
+func register(l Layout) (func(), error) {
+	dir := RuntimeDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return func() {}, err
+	}
+	path := filepath.Join(dir, strconv.Itoa(os.Getpid())+".json")
+	b, _ := json.Marshal(registration{PID: os.Getpid(), Instance: l.Dir, Socket: l.Socket()})
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return func() {}, err
+	}
+	return func() { os.Remove(path) }, nil
+}
+
+// probe asks the instance's socket for its status.
+func probe(l Layout) (localapi.Status, error) {
+	c := localapi.Dial(l.Socket())
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return c.Status(ctx)
+}
+
+// Running reports the status of the instance's service, or ErrNotRunning.
+// A stale pid file (its process is gone) is removed.
+func Running(l Layout) (localapi.Status, error) {
+	st, err := probe(l)
+	if err == nil {
+		return st, nil
+	}
+	if b, rerr := os.ReadFile(l.PIDFile()); rerr == nil {
+		if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil && !alive(pid) {
+			_ = os.Remove(l.PIDFile())
+		}
+	}
+	return localapi.Status{}, fmt.Errorf("%w in %s", ErrNotRunning, l.Dir)
+}
+
+func alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// ListServices returns the status of every service registered on this
+// machine, removing registrations whose process is gone.
+func ListServices(ctx context.Context) ([]localapi.Status, error) {
+	dir := RuntimeDir()
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return []localapi.Status{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := []localapi.Status{}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		var r registration
+		if json.Unmarshal(b, &r) != nil || !alive(r.PID) {
+			_ = os.Remove(path)
+			continue
+		}
+		c := localapi.Dial(r.Socket)
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		st, err := c.Status(cctx)
+		cancel()
+		c.Close()
+		if err != nil {
+			// Alive but not answering: still starting or stuck; show what we know.
+			st = localapi.Status{PID: r.PID, Instance: r.Instance}
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Instance < out[j].Instance })
+	return out, nil
+}
+
+// StopService asks the service of l (or the process pid, if non-zero) to
+// stop and waits until it has exited.
+func StopService(ctx context.Context, l Layout, pid int) (int, error) {
+	sock := l.Socket()
+	if pid != 0 {
+		regs, _ := ListServices(ctx)
+		sock = ""
+		for _, r := range regs {
+			if r.PID == pid {
+				sock = filepath.Join(r.Instance, "coattail.sock")
+			}
+		}
+		if sock == "" {
+			return 0, fmt.Errorf("%w: no coattail service with pid %d (see: coattail service status)", ErrNotRunning, pid)
+		}
+	}
+	c := localapi.Dial(sock)
+	defer c.Close()
+	st, err := c.Status(ctx)
+	if err != nil {
+		if _, rerr := Running(l); rerr != nil && pid == 0 {
+			return 0, rerr
+		}
+		return 0, fmt.Errorf("%w: %v", ErrNotRunning, err)
+	}
+	if err := c.Stop(ctx); err != nil {
+		return 0, err
+	}
+	for alive(st.PID) {
+		select {
+		case <-ctx.Done():
+			return st.PID, fmt.Errorf("node: service pid %d did not stop: %w", st.PID, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return st.PID, nil
+}

@@ -1,0 +1,120 @@
+package node
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/coattail/coattail/auth"
+	"github.com/coattail/coattail/node/localapi"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// IssueToken issues a capability token carrying this instance's current
+// dialable addresses, so it doubles as a join ticket.
+func (n *Node) IssueToken(ctx context.Context, req localapi.IssueRequest) (localapi.Token, error) {
+	rec, err := n.auth.Issue(ctx, auth.IssueOptions{
+		Perform:   req.Perform,
+		Publish:   req.Publish,
+		Subscribe: req.Subscribe,
+		Bearers:   req.Bearers,
+		NotBefore: time.Duration(req.NotBefore),
+		ExpiresIn: time.Duration(req.ExpiresIn),
+		Addrs:     n.advertisedAddrs(),
+		Reusable:  req.Reusable,
+	})
+	if err != nil {
+		return localapi.Token{}, err
+	}
+	n.log.Info("token issued", "token_id", rec.ID, "perform", rec.Claims.Perform, "publish", rec.Claims.Publish,
+		"subscribe", rec.Claims.Subscribe, "bearers", rec.Claims.Bearers)
+	return tokenView(rec), nil
+}
+
+// RevokeToken revokes a token; sessions that rely on it are closed by the
+// OnRevoke hook the network registers.
+func (n *Node) RevokeToken(ctx context.Context, id string) error {
+	if err := n.auth.Revoke(ctx, id); err != nil {
+		return err
+	}
+	n.log.Info("token revoked", "token_id", id)
+	return nil
+}
+
+// advertisedAddrs are the addresses put in tokens: the live host's
+// addresses when online (including relay addresses), else the configured
+// listen and announce addresses that name a concrete host.
+func (n *Node) advertisedAddrs() []string {
+	var out []string
+	seen := map[string]bool{}
+	add := func(s string) {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	for _, a := range n.cfg.Network.Announce {
+		add(a)
+	}
+	if n.host != nil {
+		for _, a := range n.host.Addrs() {
+			add(a.String())
+		}
+		return out
+	}
+	for _, s := range n.cfg.Network.Listen {
+		m, err := ma.NewMultiaddr(s)
+		if err != nil || isUnspecified(m) || strings.Contains(s, "/tcp/0") || strings.Contains(s, "/udp/0/") {
+			continue
+		}
+		add(s)
+	}
+	return out
+}
+
+func isUnspecified(m ma.Multiaddr) bool {
+	if v, err := m.ValueForProtocol(ma.P_IP4); err == nil && v == "0.0.0.0" {
+		return true
+	}
+	if v, err := m.ValueForProtocol(ma.P_IP6); err == nil && v == "::" {
+		return true
+	}
+	return false
+}
+
+func tokenView(r auth.Record) localapi.Token {
+	c := r.Claims
+	t := localapi.Token{
+		ID:        r.ID,
+		Token:     r.Token,
+		Issuer:    c.Issuer,
+		IssuedAt:  r.IssuedAt,
+		Perform:   nonNil(c.Perform),
+		Publish:   nonNil(c.Publish),
+		Subscribe: nonNil(c.Subscribe),
+		Bearers:   nonNil(c.Bearers),
+		Addrs:     nonNil(c.Addrs),
+		Reusable:  c.Reusable,
+		ClaimedBy: r.ClaimedBy,
+	}
+	if c.NotBefore != nil {
+		v := c.NotBefore.Time
+		t.NotBefore = &v
+	}
+	if c.ExpiresAt != nil {
+		v := c.ExpiresAt.Time
+		t.ExpiresAt = &v
+	}
+	return t
+}
+
+func validationView(v auth.Validation) localapi.Validation {
+	return localapi.Validation{ID: v.ID, PeerID: v.PeerID, AddedAt: v.AddedAt, ExpiresAt: v.Expires}
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

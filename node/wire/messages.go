@@ -1,0 +1,140 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// JSON control messages. Keys are lower_snake_case; docs/PROTOCOL.md gives
+// the frame type each travels in and the stream sequence it belongs to.
+
+// Hello is the first frame (THello) the opener sends on every stream except
+// deliver and revoke. It is answered by TOK with OK, or by TError.
+type Hello struct {
+	Token   string `json:"token"`   // capability token (JWT) issued by the receiving instance
+	Version string `json:"version"` // must equal Version
+}
+
+// OK is the payload of a TOK frame: an empty JSON object, so that a later
+// version can add fields without changing the frame type.
+type OK struct{}
+
+// ListRequest asks for the actions (or, with Receivers, the receivers) of
+// the remote instance that the caller's token lets it use.
+type ListRequest struct {
+	Receivers bool `json:"receivers,omitempty"`
+}
+
+// ListResponse answers ListRequest.
+type ListResponse struct {
+	Actions []ActionInfo `json:"actions"`
+}
+
+// ActionInfo describes one action or receiver and what the caller's token
+// allows on it.
+type ActionInfo struct {
+	Name         string `json:"name"`
+	Performable  bool   `json:"performable,omitempty"`
+	Publishable  bool   `json:"publishable,omitempty"`
+	Subscribable bool   `json:"subscribable,omitempty"`
+}
+
+// PerformRequest asks the remote to run an action.
+type PerformRequest struct {
+	Action string          `json:"action"`
+	Input  json.RawMessage `json:"input,omitempty"`
+	// Notify publishes the output to the action's subscribers.
+	Notify bool `json:"notify,omitempty"`
+	// Hop counts how many cascades led to this request, so a loop of
+	// receivers that perform each other can be cut off.
+	Hop int `json:"hop,omitempty"`
+	// To, when not empty, restricts notification to subscribers with these
+	// peer ids.
+	To []string `json:"to,omitempty"`
+}
+
+// Log is one stderr line of a running action (TLog).
+type Log struct {
+	Line string `json:"line"`
+}
+
+// PerformResult ends a successful perform stream (TResult).
+type PerformResult struct {
+	Output    json.RawMessage `json:"output,omitempty"`
+	Published int             `json:"published"` // subscriptions notified
+}
+
+// PublishResult answers one TPublish batch, in order (TResult).
+type PublishResult struct {
+	// Accepted is the number of publications of this batch stored.
+	Accepted int `json:"accepted"`
+	// LastSeq counts every publication stored on this stream so far: it is
+	// a cumulative ack, so a pipelining publisher knows that its first
+	// LastSeq publications are durable without matching answers to batches.
+	LastSeq uint64 `json:"last_seq"`
+	// Published is the number of subscription queue entries written.
+	Published int `json:"published"`
+}
+
+// SubscribeRequest creates or resumes a subscription.
+type SubscribeRequest struct {
+	// SubscriptionID is empty to create a subscription and set to resume one.
+	SubscriptionID string `json:"subscription_id,omitempty"`
+	Pattern        string `json:"pattern"`  // subject pattern, * and > wildcards
+	Receiver       string `json:"receiver"` // subscriber-side receiver name
+	// ResumeAfter is the last sequence the subscriber processed; delivery
+	// resumes with the next one.
+	ResumeAfter uint64 `json:"resume_after,omitempty"`
+	// Window is the most deliveries the subscriber accepts unacknowledged;
+	// 0 lets the publisher choose.
+	Window int `json:"window,omitempty"`
+}
+
+// SubscribeResponse answers SubscribeRequest (TResult).
+type SubscribeResponse struct {
+	SubscriptionID string `json:"subscription_id"`
+	NextSeq        uint64 `json:"next_seq"` // sequence of the next delivery
+	Window         int    `json:"window"`   // the window the publisher will honour
+}
+
+// UnsubscribeRequest ends a subscription.
+type UnsubscribeRequest struct {
+	SubscriptionID string `json:"subscription_id"`
+}
+
+// RevokeNotice tells a subscriber that the publisher dropped its
+// subscription, for example because the token behind it was revoked.
+type RevokeNotice struct {
+	SubscriptionID string `json:"subscription_id"`
+	Reason         string `json:"reason,omitempty"`
+}
+
+// DeliverHello opens a deliver stream. The publisher opens that stream
+// toward the subscriber, which authenticates it by the peer id of the secure
+// channel, so no token is sent.
+type DeliverHello struct {
+	Version         string   `json:"version"`
+	SubscriptionIDs []string `json:"subscription_ids"`
+}
+
+// DecodeJSON decodes a JSON payload strictly: unknown fields, an empty
+// payload and anything after the value are ErrMalformed. Strictness makes a
+// peer that speaks another message layout fail loudly instead of having its
+// fields silently dropped.
+func DecodeJSON(payload []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w: empty JSON payload", ErrMalformed)
+		}
+		return fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: trailing data after JSON value", ErrMalformed)
+	}
+	return nil
+}
