@@ -102,8 +102,8 @@ func (pl *peerLimits) pruneLocked(now time.Time) {
 // sessions tracks open streams by the token that authorized them, so a
 // revocation closes them at once.
 type sessions struct {
-	mu     sync.Mutex
-	byTok  map[string]map[network.Stream]struct{}
+	mu    sync.Mutex
+	byTok map[string]map[network.Stream]struct{}
 }
 
 func newSessions() *sessions { return &sessions{byTok: map[string]map[network.Stream]struct{}{}} }

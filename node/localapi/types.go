@@ -196,16 +196,16 @@ type AddTokenRequest struct {
 
 // Peer is a peer this instance added with a token it was issued.
 type Peer struct {
-	ID          string    `json:"id"`
-	TokenID     string    `json:"token_id"`
-	AddedAt     time.Time `json:"added_at"`
-	Addrs       []string  `json:"addrs"`
-	Perform     []string  `json:"perform"`
-	Publish     []string  `json:"publish"`
-	Subscribe   []string  `json:"subscribe"`
+	ID          string     `json:"id"`
+	TokenID     string     `json:"token_id"`
+	AddedAt     time.Time  `json:"added_at"`
+	Addrs       []string   `json:"addrs"`
+	Perform     []string   `json:"perform"`
+	Publish     []string   `json:"publish"`
+	Subscribe   []string   `json:"subscribe"`
 	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
-	Connected   bool      `json:"connected"`
-	Connection  string    `json:"connection,omitempty"` // direct, relayed or empty
-	RemoteAddrs []string  `json:"remote_addrs,omitempty"`
-	RTT         Duration  `json:"rtt,omitempty"`
+	Connected   bool       `json:"connected"`
+	Connection  string     `json:"connection,omitempty"` // direct, relayed or empty
+	RemoteAddrs []string   `json:"remote_addrs,omitempty"`
+	RTT         Duration   `json:"rtt,omitempty"`
 }
