@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/template"
 	"time"
@@ -38,11 +39,25 @@ func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// MarshalYAML writes sizes in IEC units.
-func (b ByteSize) MarshalYAML() (any, error) { return humanize.IBytes(uint64(b)), nil }
+// MarshalYAML writes the size as String does, so it reads back exactly.
+func (b ByteSize) MarshalYAML() (any, error) { return b.String(), nil }
 
-// String formats the size in IEC units.
-func (b ByteSize) String() string { return humanize.IBytes(uint64(b)) }
+// String formats the size in the largest IEC unit that divides it exactly
+// ("64KiB", "1MiB"), else in bytes. It never rounds: a rendered config.yml
+// must parse back to the same limits (humanize.IBytes would turn 1000000
+// into "977 KiB", which reads back as 1000448).
+func (b ByteSize) String() string {
+	v := uint64(b)
+	for _, u := range []struct {
+		size uint64
+		name string
+	}{{1 << 40, "TiB"}, {1 << 30, "GiB"}, {1 << 20, "MiB"}, {1 << 10, "KiB"}} {
+		if v >= u.size && v%u.size == 0 {
+			return strconv.FormatUint(v/u.size, 10) + u.name
+		}
+	}
+	return strconv.FormatUint(v, 10)
+}
 
 // Queue-full policies.
 const (
@@ -83,6 +98,9 @@ type LimitsConfig struct {
 	RateBurst         int           `yaml:"rate_burst"`
 	MaxStreamsPerPeer int           `yaml:"max_streams_per_peer"`
 	StreamTimeout     time.Duration `yaml:"stream_timeout"`
+	MaxHops           int           `yaml:"max_hops"`
+	ReceiverRetries   int           `yaml:"receiver_retries"`
+	ReceiverBackoff   time.Duration `yaml:"receiver_backoff"`
 }
 
 // LogConfig configures the service log.
@@ -119,6 +137,9 @@ func DefaultConfig(port int) Config {
 			RateBurst:         4000,
 			MaxStreamsPerPeer: 128,
 			StreamTimeout:     time.Minute,
+			MaxHops:           16,
+			ReceiverRetries:   3,
+			ReceiverBackoff:   500 * time.Millisecond,
 		},
 		Log: LogConfig{File: "service.log", Level: "info"},
 	}
@@ -218,6 +239,15 @@ func (c *Config) Validate() error {
 	if l.StreamTimeout < time.Second {
 		bad("limits.stream_timeout: %v is too short (minimum 1s)", l.StreamTimeout)
 	}
+	if l.MaxHops < 1 || l.MaxHops > 1000 {
+		bad("limits.max_hops: %d is out of range (1..1000)", l.MaxHops)
+	}
+	if l.ReceiverRetries < 0 || l.ReceiverRetries > 100 {
+		bad("limits.receiver_retries: %d is out of range (0..100)", l.ReceiverRetries)
+	}
+	if l.ReceiverBackoff < time.Millisecond || l.ReceiverBackoff > time.Hour {
+		bad("limits.receiver_backoff: %v is out of range (1ms..1h)", l.ReceiverBackoff)
+	}
 	if c.Log.File == "" {
 		bad("log.file: must not be empty")
 	}
@@ -289,6 +319,14 @@ limits:
   max_streams_per_peer: {{.C.Limits.MaxStreamsPerPeer}}
   # Longest wait for one frame on a request stream. Default: 1m0s.
   stream_timeout: {{.C.Limits.StreamTimeout}}
+  # Most hops a cascade may take (a receiver performing with --notify adds
+  # one); a publication beyond it is refused and logged. Default: 16.
+  max_hops: {{.C.Limits.MaxHops}}
+  # How often a failing receiver is retried before its publication is
+  # parked in the dead-letter list, and the first back-off (doubling).
+  # Defaults: 3 and 500ms.
+  receiver_retries: {{.C.Limits.ReceiverRetries}}
+  receiver_backoff: {{.C.Limits.ReceiverBackoff}}
 
 log:
   # Service log (JSON lines), relative to the instance directory.

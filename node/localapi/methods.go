@@ -116,3 +116,48 @@ func (c *Client) Peer(ctx context.Context, id string) (Peer, error) {
 func (c *Client) RemovePeer(ctx context.Context, id string) error {
 	return c.Do(ctx, http.MethodDelete, "/peers/"+url.PathEscape(id), nil, nil)
 }
+
+// Subscribe subscribes a local receiver to a pattern at a peer.
+func (c *Client) Subscribe(ctx context.Context, r SubscribeRequest) (Subscription, error) {
+	var out Subscription
+	return out, c.Do(ctx, http.MethodPost, "/subscriptions", r, &out)
+}
+
+// Unsubscribe ends matching subscriptions on both sides.
+func (c *Client) Unsubscribe(ctx context.Context, r SubscribeRequest) (UnsubscribeResult, error) {
+	var out UnsubscribeResult
+	return out, c.Do(ctx, http.MethodPost, "/subscriptions/remove", r, &out)
+}
+
+// Subscriptions lists the subscriptions this instance holds.
+func (c *Client) Subscriptions(ctx context.Context) ([]Subscription, error) {
+	var out []Subscription
+	return out, c.Do(ctx, http.MethodGet, "/subscriptions", nil, &out)
+}
+
+// Subscribers lists the subscriptions peers hold here.
+func (c *Client) Subscribers(ctx context.Context) ([]Subscriber, error) {
+	var out []Subscriber
+	return out, c.Do(ctx, http.MethodGet, "/subscribers", nil, &out)
+}
+
+// RevokeSubscriber removes a subscription held here and tells its owner.
+func (c *Client) RevokeSubscriber(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodDelete, "/subscribers/"+url.PathEscape(id), nil, nil)
+}
+
+// DeadLetters lists parked publications.
+func (c *Client) DeadLetters(ctx context.Context) ([]DeadLetter, error) {
+	var out []DeadLetter
+	return out, c.Do(ctx, http.MethodGet, "/deadletters", nil, &out)
+}
+
+// ReplayDeadLetter runs the receiver again for a parked publication.
+func (c *Client) ReplayDeadLetter(ctx context.Context, id string, onLog func(string)) error {
+	return c.Stream(ctx, http.MethodPost, "/deadletters/"+url.PathEscape(id)+"/replay", nil, nil, onLog)
+}
+
+// DropDeadLetter deletes a parked publication.
+func (c *Client) DropDeadLetter(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodDelete, "/deadletters/"+url.PathEscape(id), nil, nil)
+}

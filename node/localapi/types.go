@@ -209,3 +209,61 @@ type Peer struct {
 	RemoteAddrs []string   `json:"remote_addrs,omitempty"`
 	RTT         Duration   `json:"rtt,omitempty"`
 }
+
+// SubscribeRequest subscribes (or unsubscribes) a local receiver to a
+// pattern at a peer.
+type SubscribeRequest struct {
+	Peer     string `json:"peer"`
+	Pattern  string `json:"pattern"`
+	Receiver string `json:"receiver"`
+	Force    bool   `json:"force,omitempty"`
+}
+
+// Subscription is a subscription this instance holds at a publisher.
+type Subscription struct {
+	ID        string    `json:"id"`
+	Publisher string    `json:"publisher"`
+	Pattern   string    `json:"pattern"`
+	Receiver  string    `json:"receiver"`
+	CreatedAt time.Time `json:"created_at"`
+	LastSeq   uint64    `json:"last_seq"`
+	Connected bool      `json:"connected"`
+}
+
+// Subscriber is a subscription another peer holds at this instance.
+type Subscriber struct {
+	ID            string     `json:"id"`
+	Subscriber    string     `json:"subscriber"`
+	Pattern       string     `json:"pattern"`
+	TokenID       string     `json:"token_id"`
+	Receiver      string     `json:"receiver"`
+	CreatedAt     time.Time  `json:"created_at"`
+	Connected     bool       `json:"connected"`
+	NextSeq       uint64     `json:"next_seq"`
+	Acked         uint64     `json:"acked"`
+	Depth         uint64     `json:"queue_depth"`
+	Delivered     uint64     `json:"delivered"`
+	Redelivered   uint64     `json:"redelivered"`
+	Dropped       uint64     `json:"dropped"`
+	LastDelivered *time.Time `json:"last_delivered,omitempty"`
+}
+
+// UnsubscribeResult says how many subscriptions ended.
+type UnsubscribeResult struct {
+	Removed int `json:"removed"`
+}
+
+// DeadLetter is a publication whose receiver kept failing.
+type DeadLetter struct {
+	ID           string          `json:"id"`
+	Subscription string          `json:"subscription"`
+	Publisher    string          `json:"publisher"`
+	Receiver     string          `json:"receiver"`
+	Subject      string          `json:"subject"`
+	Seq          uint64          `json:"seq"`
+	Hop          uint32          `json:"hop"`
+	Data         json.RawMessage `json:"data"`
+	Error        string          `json:"error"`
+	Attempts     int             `json:"attempts"`
+	FailedAt     time.Time       `json:"failed_at"`
+}
