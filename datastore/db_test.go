@@ -137,6 +137,7 @@ func TestOpenLockedByOtherProcess(t *testing.T) {
 	if !errors.Is(err, ErrLocked) {
 		t.Fatalf("Open while another process holds it = %v, want ErrLocked", err)
 	}
+	t.Logf("error shown to the user: %v", err)
 
 	if err := stdin.Close(); err != nil {
 		t.Fatal(err)
@@ -218,16 +219,28 @@ func TestSync(t *testing.T) {
 	if err := mem.Sync(ctx, ds.NewKey("/")); err != nil {
 		t.Fatalf("memory Sync = %v", err)
 	}
+	key := ds.NewKey("/queue/s/00000000000000000001")
 	for _, opts := range [][]Option{nil, {WithSyncWrites(), WithCacheSize(1 << 20)}} {
-		db, err := Open(t.TempDir(), opts...)
+		dir := t.TempDir()
+		db, err := Open(dir, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := db.Batching().Put(ctx, ds.NewKey("/queue/s/00000000000000000001"), []byte("m")); err != nil {
+		if err := db.Batching().Put(ctx, key, []byte("m")); err != nil {
 			t.Fatal(err)
 		}
 		if err := db.Sync(ctx, ds.NewKey("/queue/s")); err != nil {
 			t.Fatalf("pebble Sync = %v", err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		db, err = Open(dir, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, err := db.Batching().Get(ctx, key); err != nil || string(v) != "m" {
+			t.Fatalf("after Sync and reopen Get = %q, %v", v, err)
 		}
 		if err := db.Close(); err != nil {
 			t.Fatal(err)

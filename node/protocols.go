@@ -97,6 +97,10 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 		s.grant = g
 		nw.sess.add(g.TokenID, st)
 		defer nw.sess.remove(g.TokenID, st)
+		if g.Revoked() { // revoked between Verify and add: OnRevoke missed this stream
+			_ = st.Reset()
+			return
+		}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		if err := fn(ctx, s); err != nil {
