@@ -318,6 +318,13 @@ func (n *Node) remotePerform(ctx context.Context, req localapi.PerformRequest, o
 	defer s.s.Close()
 	_ = s.s.SetDeadline(time.Now().Add(n.cfg.Limits.ActionTimeout + 2*n.cfg.Limits.StreamTimeout))
 	if err := s.send(wire.TRequest, wire.PerformRequest{Action: req.Action, Input: req.Input, Notify: req.Notify, Hop: req.Hop, To: req.To}); err != nil {
+		// The remote may have refused the request and stopped reading
+		// before we finished writing it (a frame over its limit); its error
+		// frame says why, where the write error only says "reset".
+		var we *wire.Error
+		if rerr := s.result(&wire.PerformResult{}, nil); errors.As(rerr, &we) {
+			return localapi.PerformResult{}, we
+		}
 		return localapi.PerformResult{}, err
 	}
 	_ = s.s.CloseWrite()

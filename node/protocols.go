@@ -103,6 +103,16 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
+		// Revocation resets the stream, but a handler that no longer reads
+		// it (perform, once the request is in) would not notice: cancel its
+		// context too, so an action running for a revoked token stops.
+		go func() {
+			select {
+			case <-g.Done():
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
 		if err := fn(ctx, s); err != nil {
 			if !errors.Is(err, network.ErrReset) && !errors.Is(err, io.EOF) {
 				log.Info("request failed", "token_id", g.TokenID, "err", err)
@@ -116,7 +126,7 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 func (nw *netsvc) authenticate(s *session) (*auth.Grant, error) {
 	t, payload, err := s.r.Next()
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading hello: %v", ErrBadRequest, err)
+		return nil, fmt.Errorf("%w: reading hello: %w", ErrBadRequest, err)
 	}
 	if t != wire.THello {
 		return nil, wire.Errorf(wire.CodeUnauthorized, "the first frame must be a hello carrying a token (got frame type %d)", t)
@@ -150,11 +160,13 @@ func toWireError(err error) *wire.Error {
 		code = wire.CodeUnauthorized
 	case errors.Is(err, runner.ErrNotFound), errors.Is(err, auth.ErrNotFound):
 		code = wire.CodeNotFound
+	// Before bad_request: an oversized frame is also reported as a bad
+	// request by readRequest and authenticate, but too_large says why.
+	case errors.Is(err, runner.ErrInputTooLarge), errors.Is(err, wire.ErrFrameTooLarge):
+		code = wire.CodeTooLarge
 	case errors.Is(err, ErrBadRequest), errors.Is(err, topics.ErrInvalidSubject), errors.Is(err, topics.ErrInvalidPattern),
 		errors.Is(err, runner.ErrBadInput):
 		code = wire.CodeBadRequest
-	case errors.Is(err, runner.ErrInputTooLarge), errors.Is(err, wire.ErrFrameTooLarge):
-		code = wire.CodeTooLarge
 	case errors.Is(err, runner.ErrTimeout):
 		code = wire.CodeTimeout
 	case errors.Is(err, runner.ErrExit), errors.Is(err, runner.ErrBadOutput), errors.Is(err, runner.ErrOutputTooLarge),
@@ -168,7 +180,7 @@ func toWireError(err error) *wire.Error {
 func readRequest(s *session, v any) error {
 	t, payload, err := s.r.Next()
 	if err != nil {
-		return fmt.Errorf("%w: reading request: %v", ErrBadRequest, err)
+		return fmt.Errorf("%w: reading request: %w", ErrBadRequest, err)
 	}
 	if t != wire.TRequest {
 		return wire.Errorf(wire.CodeBadRequest, "expected a request frame, got type %d", t)

@@ -215,8 +215,19 @@ func alive(pid int) bool {
 	if pid <= 0 {
 		return false
 	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	// A zombie has exited; it only waits for its parent (init, once the
+	// headless launcher is gone) to reap it, which some container inits
+	// never do promptly.
+	if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); err == nil {
+		s := string(b)
+		if k := strings.LastIndexByte(s, ')'); k >= 0 && k+2 < len(s) && s[k+2] == 'Z' {
+			return false
+		}
+	}
+	return true
 }
 
 // ListServices returns the status of every service registered on this
@@ -253,6 +264,13 @@ func ListServices(ctx context.Context) ([]localapi.Status, error) {
 		if err != nil {
 			// Alive but not answering: still starting or stuck; show what we know.
 			st = localapi.Status{PID: r.PID, Instance: r.Instance}
+		}
+		if st.PID != r.PID {
+			// The socket now belongs to a newer service of the same
+			// instance: this registration's process died without
+			// unregistering (and its pid may since have been reused).
+			_ = os.Remove(path)
+			continue
 		}
 		out = append(out, st)
 	}

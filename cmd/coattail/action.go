@@ -15,7 +15,8 @@ import (
 
 func newActionCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "action", Short: "Create, list, perform and publish actions"}
-	cmd.AddCommand(newActionCreateCmd(a), newActionListCmd(a), newActionPerformCmd(a), newActionPublishCmd(a))
+	cmd.AddCommand(newActionCreateCmd(a), newActionListCmd(a), newActionPerformCmd(a), newActionPublishCmd(a),
+		newActionSubscribeCmd(a), newActionUnsubscribeCmd(a))
 	return cmd
 }
 

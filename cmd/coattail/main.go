@@ -78,7 +78,11 @@ func newRootCmd(a *app) *cobra.Command {
 		newTokenCmd(a),
 		newValidationCmd(a),
 		newPeerCmd(a),
+		newSubscriptionsCmd(a),
+		newSubscribersCmd(a),
+		newDeadLettersCmd(a),
 	)
+	rejectUnknownSubcommands(root)
 	return root
 }
 
@@ -114,4 +118,21 @@ func (a *app) withConn(ctx context.Context, fn func(c *node.Conn) error) error {
 	}
 	defer c.Close()
 	return fn(c)
+}
+
+// rejectUnknownSubcommands makes every command group below c (token,
+// peer, ...) fail on a mistyped subcommand: cobra would print the group's
+// help and exit 0, which hides the typo from scripts.
+func rejectUnknownSubcommands(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		if sub.HasSubCommands() && sub.Run == nil && sub.RunE == nil {
+			sub.RunE = func(cmd *cobra.Command, args []string) error {
+				if len(args) > 0 {
+					return fmt.Errorf("unknown command %q for %q (see: %s --help)", args[0], cmd.CommandPath(), cmd.CommandPath())
+				}
+				return cmd.Help()
+			}
+		}
+		rejectUnknownSubcommands(sub)
+	}
 }

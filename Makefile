@@ -1,0 +1,42 @@
+# Coattail — see README.md. `make help` lists the targets.
+GO        ?= go
+BIN       ?= bin/coattail
+FUZZTIME  ?= 20s
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X github.com/coattail/coattail/node.Version=$(VERSION)
+
+.PHONY: help build demo test test-short bench fuzz lint clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build bin/coattail
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/coattail
+
+demo: build ## run the multi-instance demo on loopback (temp dir, cleaned up)
+	COATTAIL_BIN=$(abspath $(BIN)) bash scripts/demo.sh
+
+test: ## run every test with the race detector
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-short: ## unit tests only, no race detector
+	$(GO) test -short -count=1 ./...
+
+bench: ## benchmarks (each prints a ratio against a baseline measured in the same run)
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./topics/ ./auth/ ./node/wire/ ./node/runner/
+	$(GO) test -run '^$$' -bench . -benchtime 3000x ./node/
+
+fuzz: ## run every fuzz target for FUZZTIME each
+	@set -e; for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+	  for f in $$(grep -h '^func Fuzz' $$pkg/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; done
+
+lint: ## gofmt, go vet, staticcheck when installed
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed; skipped"; fi
+
+clean: ## remove build output
+	rm -rf bin

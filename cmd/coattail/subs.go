@@ -1,0 +1,208 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/spf13/cobra"
+)
+
+// subscribeFlags are shared by action subscribe and action unsubscribe.
+func subscribeFlags(cmd *cobra.Command, r *localapi.SubscribeRequest) {
+	cmd.Flags().StringVar(&r.Peer, "peer", "", "peer id of the publisher")
+	cmd.Flags().StringVar(&r.Pattern, "action", "", "action subject or pattern (orders.*, orders.>)")
+	cmd.Flags().StringVar(&r.Receiver, "receiver", "", "local receiver that handles the publications")
+	_ = cmd.MarkFlagRequired("peer")
+	_ = cmd.MarkFlagRequired("action")
+}
+
+func newActionSubscribeCmd(a *app) *cobra.Command {
+	var req localapi.SubscribeRequest
+	cmd := &cobra.Command{
+		Use:   "subscribe --peer ID --action PATTERN --receiver NAME",
+		Short: "Subscribe a local receiver to a peer's action (wildcards allowed)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				s, err := c.Subscribe(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(a.out, s.ID)
+				fmt.Fprintf(a.err, "Subscribed receiver %s to %s at %s\n", s.Receiver, s.Pattern, s.Publisher)
+				return nil
+			})
+		},
+	}
+	subscribeFlags(cmd, &req)
+	_ = cmd.MarkFlagRequired("receiver")
+	return cmd
+}
+
+func newActionUnsubscribeCmd(a *app) *cobra.Command {
+	var req localapi.SubscribeRequest
+	cmd := &cobra.Command{
+		Use:   "unsubscribe --peer ID --action PATTERN [--receiver NAME]",
+		Short: "End a subscription on both sides",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				r, err := c.Unsubscribe(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.out, "Removed %d subscription(s)\n", r.Removed)
+				return nil
+			})
+		},
+	}
+	subscribeFlags(cmd, &req)
+	cmd.Flags().BoolVar(&req.Force, "force", false, "forget the subscription here even if the publisher cannot be told")
+	return cmd
+}
+
+func newSubscriptionsCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{Use: "subscriptions", Short: "Subscriptions this instance holds at publishers"}
+	var asJSON bool
+	ls := &cobra.Command{
+		Use:   "list",
+		Short: "List what this instance is subscribed to, where, and with which receiver",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				subs, err := c.Subscriptions(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(a.out, subs)
+				}
+				if len(subs) == 0 {
+					fmt.Fprintln(a.out, "No subscriptions.")
+					return nil
+				}
+				rows := [][]string{}
+				for _, s := range subs {
+					rows = append(rows, []string{s.ID, s.Publisher, s.Pattern, s.Receiver, strconv.FormatUint(s.LastSeq, 10), strconv.FormatBool(s.Connected)})
+				}
+				return table(a.out, []string{"ID", "PUBLISHER", "PATTERN", "RECEIVER", "LAST SEQ", "CONNECTED"}, rows)
+			})
+		},
+	}
+	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.AddCommand(ls)
+	return cmd
+}
+
+func newSubscribersCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{Use: "subscribers", Short: "Subscriptions peers hold at this instance"}
+	var asJSON bool
+	ls := &cobra.Command{
+		Use:   "list",
+		Short: "List subscribers: peer, pattern, token, queue depth, last delivery",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				subs, err := c.Subscribers(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(a.out, subs)
+				}
+				if len(subs) == 0 {
+					fmt.Fprintln(a.out, "No subscribers.")
+					return nil
+				}
+				rows := [][]string{}
+				for _, s := range subs {
+					rows = append(rows, []string{s.ID, s.Subscriber, s.Pattern, s.TokenID, strconv.FormatUint(s.Depth, 10),
+						strconv.FormatUint(s.Delivered, 10), when(s.LastDelivered, "-")})
+				}
+				return table(a.out, []string{"ID", "SUBSCRIBER", "PATTERN", "SUBSCRIBED WITH TOKEN", "QUEUE", "DELIVERED", "LAST DELIVERED"}, rows)
+			})
+		},
+	}
+	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	rv := &cobra.Command{
+		Use:   "revoke <id>",
+		Short: "Remove a subscriber's subscription (the subscriber is told)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				if err := c.RevokeSubscriber(cmd.Context(), args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.out, "Revoked subscription %s\n", args[0])
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(ls, rv)
+	return cmd
+}
+
+func newDeadLettersCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{Use: "deadletters", Short: "Publications whose receiver kept failing"}
+	var asJSON bool
+	ls := &cobra.Command{
+		Use:   "list",
+		Short: "List parked publications",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				dls, err := c.DeadLetters(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(a.out, dls)
+				}
+				if len(dls) == 0 {
+					fmt.Fprintln(a.out, "No dead letters.")
+					return nil
+				}
+				rows := [][]string{}
+				for _, d := range dls {
+					rows = append(rows, []string{d.ID, d.Receiver, d.Subject, strconv.Itoa(d.Attempts), d.FailedAt.Local().Format(time.RFC3339), d.Error})
+				}
+				return table(a.out, []string{"ID", "RECEIVER", "SUBJECT", "ATTEMPTS", "FAILED", "ERROR"}, rows)
+			})
+		},
+	}
+	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	replay := &cobra.Command{
+		Use:   "replay <id>",
+		Short: "Run the receiver again; on success the publication leaves the list",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				err := c.ReplayDeadLetter(cmd.Context(), args[0], func(l string) { fmt.Fprintln(a.err, l) })
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.out, "Replayed %s\n", args[0])
+				return nil
+			})
+		},
+	}
+	drop := &cobra.Command{
+		Use:   "drop <id>",
+		Short: "Delete a parked publication",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				if err := c.DropDeadLetter(cmd.Context(), args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.out, "Dropped %s\n", args[0])
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(ls, replay, drop)
+	return cmd
+}

@@ -1,0 +1,207 @@
+package node_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coattail/coattail/node"
+)
+
+func TestDefaultConfigsValidate(t *testing.T) {
+	for name, c := range map[string]node.Config{
+		"default":       node.DefaultConfig(node.DefaultPort),
+		"default-port0": node.DefaultConfig(0),
+		"loopback":      node.LoopbackConfig(0),
+	} {
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s: Validate: %v", name, err)
+		}
+	}
+}
+
+func TestLoopbackConfigListensOnLoopbackOnly(t *testing.T) {
+	c := node.LoopbackConfig(4242)
+	if len(c.Network.Listen) == 0 {
+		t.Fatal("no listen addresses")
+	}
+	for _, a := range c.Network.Listen {
+		if !strings.HasPrefix(a, "/ip4/127.0.0.1/") || !strings.Contains(a, "/4242") {
+			t.Errorf("listen address %q is not on 127.0.0.1 port 4242", a)
+		}
+	}
+	if c.Network.PortMapping || c.Network.AutoNAT || c.Network.HolePunch {
+		t.Errorf("loopback config asks the router for help: %+v", c.Network)
+	}
+}
+
+func TestParseConfigEmptyIsDefaults(t *testing.T) {
+	want := node.DefaultConfig(node.DefaultPort)
+	for name, in := range map[string]string{
+		"empty":         "",
+		"comments only": "# nothing here\n\n# at all\n",
+	} {
+		got, err := node.ParseConfig("config.yml", []byte(in))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: got %+v, want defaults %+v", name, got, want)
+		}
+	}
+}
+
+func TestParseConfigPartialKeepsDefaults(t *testing.T) {
+	got, err := node.ParseConfig("config.yml", []byte("limits:\n  rate_burst: 7\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := node.DefaultConfig(node.DefaultPort)
+	want.Limits.RateBurst = 7
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+}
+
+func TestParseConfigUnknownKeyNamesKeyAndLine(t *testing.T) {
+	in := "network:\n  conn_low: 8\nlimits:\n  rate_limt: 5\n"
+	_, err := node.ParseConfig("my.yml", []byte(in))
+	if !errors.Is(err, node.ErrConfig) {
+		t.Fatalf("got %v, want ErrConfig", err)
+	}
+	errorsContain(t, err, "rate_limt", "line 4", "my.yml")
+
+	_, err = node.ParseConfig("my.yml", []byte("netwrok:\n  listen: []\n"))
+	errorsContain(t, err, "netwrok", "line 1")
+}
+
+func TestParseConfigSizesAndDurations(t *testing.T) {
+	cases := []struct {
+		in      string
+		payload node.ByteSize
+	}{
+		{"64KiB", 64 << 10},
+		{"\"64KiB\"", 64 << 10},
+		{"1048576", 1 << 20},
+		{"1MiB", 1 << 20},
+		{"2MB", 2_000_000},
+	}
+	for _, c := range cases {
+		in := "limits:\n  max_payload: " + c.in + "\n  action_timeout: 1s\n  stream_timeout: 2m\n"
+		got, err := node.ParseConfig("config.yml", []byte(in))
+		if err != nil {
+			t.Errorf("max_payload %s: %v", c.in, err)
+			continue
+		}
+		if got.Limits.MaxPayload != c.payload {
+			t.Errorf("max_payload %s = %d, want %d", c.in, got.Limits.MaxPayload, c.payload)
+		}
+		if got.Limits.ActionTimeout != time.Second || got.Limits.StreamTimeout != 2*time.Minute {
+			t.Errorf("durations = %v, %v; want 1s, 2m", got.Limits.ActionTimeout, got.Limits.StreamTimeout)
+		}
+	}
+}
+
+func TestParseConfigRefusesBadValues(t *testing.T) {
+	cases := map[string]struct{ in, mention string }{
+		"size word":        {"limits:\n  max_payload: lots\n", "lots"},
+		"size list":        {"limits:\n  max_payload: [1, 2]\n", "line 2"},
+		"size too small":   {"limits:\n  max_payload: 10\n", "limits.max_payload"},
+		"size huge":        {"limits:\n  max_output: 2TiB\n", "2TiB"},
+		"duration word":    {"limits:\n  action_timeout: soon\n", "soon"},
+		"duration short":   {"limits:\n  stream_timeout: 10ms\n", "limits.stream_timeout"},
+		"queue policy":     {"limits:\n  queue_full: maybe\n", "limits.queue_full"},
+		"negative rate":    {"limits:\n  rate_limit: -1\n", "limits.rate_limit"},
+		"zero streams":     {"limits:\n  max_streams_per_peer: 0\n", "limits.max_streams_per_peer"},
+		"listen garbage":   {"network:\n  listen: [not-an-addr]\n", "not-an-addr"},
+		"listen empty":     {"network:\n  listen: []\n", "network.listen"},
+		"relay without id": {"network:\n  relays: [/ip4/1.2.3.4/tcp/1]\n", "/p2p/<peer-id>"},
+		"water marks":      {"network:\n  conn_low: 10\n  conn_high: 5\n", "conn_high"},
+		"log level":        {"log:\n  level: chatty\n", "log.level"},
+		"not a mapping":    {"- just\n- a list\n", "line 1"},
+		"wrong type":       {"network:\n  port_mapping: sometimes\n", "line 2"},
+	}
+	for name, c := range cases {
+		_, err := node.ParseConfig("config.yml", []byte(c.in))
+		if !errors.Is(err, node.ErrConfig) {
+			t.Errorf("%s: got %v, want ErrConfig", name, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.mention) {
+			t.Errorf("%s: error %q does not mention %q", name, err, c.mention)
+		}
+	}
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	c := node.DefaultConfig(node.DefaultPort)
+	c.Network.Listen = []string{"garbage"}
+	c.Limits.ActionTimeout = time.Millisecond
+	c.Limits.QueueFull = "sometimes"
+	c.Limits.MaxStreamsPerPeer = 0
+	c.Log.File = ""
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("Validate accepted a broken config")
+	}
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		t.Fatalf("Validate returned %T, want errors joined with errors.Join", err)
+	}
+	if got := len(joined.Unwrap()); got != 5 {
+		t.Errorf("Validate reported %d problems, want 5: %v", got, err)
+	}
+	errorsContain(t, err, "network.listen", "limits.action_timeout", "limits.queue_full", "limits.max_streams_per_peer", "log.file")
+}
+
+func TestRenderConfigRoundTrips(t *testing.T) {
+	odd := node.LoopbackConfig(7000)
+	odd.Network.Announce = []string{"/dns4/example.org/tcp/7000"}
+	odd.Network.Relays = []string{"/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"}
+	odd.Network.RelayServer = true
+	odd.Limits.MaxPayload = 1_000_000 // not a whole number of KiB or MiB
+	odd.Limits.MaxOutput = 3 << 20
+	odd.Limits.ActionTimeout = 1500 * time.Millisecond
+	odd.Limits.RateLimit = 12.5
+	odd.Limits.QueueFull = node.QueueFullDropOldest
+	odd.Log.Level = "debug"
+	for name, c := range map[string]node.Config{
+		"default":  node.DefaultConfig(node.DefaultPort),
+		"loopback": node.LoopbackConfig(0),
+		"edited":   odd,
+	} {
+		b, err := node.RenderConfig(c, 7000)
+		if err != nil {
+			t.Fatalf("%s: RenderConfig: %v", name, err)
+		}
+		got, err := node.ParseConfig("rendered.yml", b)
+		if err != nil {
+			t.Fatalf("%s: rendered config does not parse: %v\n%s", name, err, b)
+		}
+		if !reflect.DeepEqual(got, c) {
+			t.Errorf("%s: round trip changed the config\n got %+v\nwant %+v\n%s", name, got, c, b)
+		}
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yml")
+	if _, err := node.LoadConfig(path); !errors.Is(err, node.ErrConfig) {
+		t.Errorf("missing file: got %v, want ErrConfig", err)
+	}
+	if err := os.WriteFile(path, []byte("log:\n  level: warn\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := node.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Log.Level != "warn" {
+		t.Errorf("log.level = %q, want warn", c.Log.Level)
+	}
+}
