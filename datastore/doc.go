@@ -18,6 +18,7 @@
 //	/subs/out/<sub-id>                         subscription held at another peer   node
 //	/subs/in/<sub-id>                          subscription another peer holds here topics
 //	/queue/<sub-id>/<seq, 20 digits, 0-padded> queued publication                  topics
+//	/queue/<sub-id>/meta                       queue state: next seq, ack, counters topics
 //
 // Sequence numbers are zero-padded to 20 digits (the width of the largest
 // uint64) so that byte order, which pebble iterates in, is numeric order.

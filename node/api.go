@@ -157,6 +157,46 @@ func (n *Node) Handler(stop func()) http.Handler {
 	route("DELETE "+p+"/peers/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		return struct{}{}, n.RemovePeer(r.Context(), r.PathValue("id"))
 	})
+	route("POST "+p+"/subscriptions", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req localapi.SubscribeRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		return n.Subscribe(r.Context(), req)
+	})
+	route("POST "+p+"/subscriptions/remove", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req localapi.SubscribeRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		cnt, err := n.Unsubscribe(r.Context(), req)
+		return localapi.UnsubscribeResult{Removed: cnt}, err
+	})
+	route("GET "+p+"/subscriptions", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return n.Subscriptions(r.Context())
+	})
+	route("GET "+p+"/subscribers", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return n.Subscribers(), nil
+	})
+	route("DELETE "+p+"/subscribers/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return struct{}{}, n.RevokeSubscriber(r.Context(), r.PathValue("id"))
+	})
+	route("GET "+p+"/deadletters", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return n.DeadLetters(r.Context())
+	})
+	route("POST "+p+"/deadletters/{id}/replay", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		out := newNDJSON(w)
+		err := n.ReplayDeadLetter(r.Context(), r.PathValue("id"), func(l string) { out.line(localapi.StreamLine{Log: &l}) })
+		if err != nil {
+			out.line(localapi.StreamLine{Error: toAPIError(err)})
+		} else {
+			out.line(localapi.StreamLine{Result: json.RawMessage("{}")})
+		}
+		return streamed, nil
+	})
+	route("DELETE "+p+"/deadletters/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return struct{}{}, n.DropDeadLetter(r.Context(), r.PathValue("id"))
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &localapi.Error{Status: http.StatusNotFound, Code: localapi.CodeNotFound,
 			Message: fmt.Sprintf("control API: no route %s %s (this service speaks %s)", r.Method, r.URL.Path, localapi.Prefix)})
@@ -218,13 +258,16 @@ func toAPIError(err error) *localapi.Error {
 		}
 	case errors.As(err, &mbe):
 		e.Status, e.Code = http.StatusRequestEntityTooLarge, localapi.CodeBadRequest
-	case errors.Is(err, auth.ErrNotFound), errors.Is(err, runner.ErrNotFound), errors.Is(err, datastore.ErrNotFound), errors.Is(err, ErrUnknownPeer):
+	case errors.Is(err, auth.ErrNotFound), errors.Is(err, runner.ErrNotFound), errors.Is(err, datastore.ErrNotFound), errors.Is(err, ErrUnknownPeer),
+		errors.Is(err, topics.ErrNoSubscription):
 		e.Status, e.Code = http.StatusNotFound, localapi.CodeNotFound
+	case errors.Is(err, topics.ErrQueueFull):
+		e.Status, e.Code = http.StatusInsufficientStorage, localapi.CodeFailed
 	case errors.Is(err, ErrOffline):
 		e.Status, e.Code = http.StatusServiceUnavailable, localapi.CodeUnavailable
 	case errors.Is(err, topics.ErrInvalidSubject), errors.Is(err, topics.ErrInvalidPattern),
 		errors.Is(err, runner.ErrBadInput), errors.Is(err, runner.ErrInputTooLarge), errors.Is(err, auth.ErrInvalid),
-		errors.Is(err, ErrBadRequest):
+		errors.Is(err, ErrBadRequest), errors.Is(err, ErrHopLimit):
 		e.Status, e.Code = http.StatusBadRequest, localapi.CodeBadRequest
 	case errors.Is(err, runner.ErrExit), errors.Is(err, runner.ErrTimeout), errors.Is(err, runner.ErrBadOutput),
 		errors.Is(err, runner.ErrOutputTooLarge), errors.Is(err, runner.ErrNotExecutable), errors.Is(err, ErrPeer):
@@ -302,10 +345,18 @@ func (n *Node) Status() localapi.Status {
 		StartedAt: n.started,
 		Uptime:    localapi.Duration(time.Since(n.started).Round(time.Millisecond)),
 		Counters: localapi.Counters{
-			Performed: n.stats.performed.Load(),
-			Published: n.stats.published.Load(),
-			Received:  n.stats.received.Load(),
+			Performed:   n.stats.performed.Load(),
+			Published:   n.stats.published.Load(),
+			Received:    n.stats.received.Load(),
+			Duplicates:  n.stats.duplicates.Load(),
+			DeadLetters: n.stats.deadLetters.Load(),
 		},
+	}
+	for _, q := range n.queues.Status() {
+		s.Counters.Delivered += q.Delivered
+		s.Counters.Redelivered += q.Redelivered
+		s.Counters.Dropped += q.Dropped
+		s.Queues = append(s.Queues, localapi.QueueStatus{SubscriptionID: q.ID, Depth: q.Depth, Delivered: q.Delivered})
 	}
 	if n.net != nil {
 		n.net.fillStatus(&s)

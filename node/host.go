@@ -30,10 +30,13 @@ var ErrPortInUse = errors.New("node: listen address already in use")
 // netsvc is the online half of a node: the libp2p host and the protocol
 // services registered on it.
 type netsvc struct {
-	n      *Node
-	host   host.Host
-	limits *peerLimits
-	sess   *sessions
+	n        *Node
+	host     host.Host
+	limits   *peerLimits
+	sess     *sessions
+	attached *attached
+
+	stopNudger context.CancelFunc
 }
 
 func buildHost(n *Node, relay bool) (host.Host, error) {
@@ -96,14 +99,19 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 	if err != nil {
 		return nil, err
 	}
-	nw := &netsvc{n: n, host: h, limits: newPeerLimits(n.cfg.Limits), sess: newSessions()}
+	nw := &netsvc{n: n, host: h, limits: newPeerLimits(n.cfg.Limits), sess: newSessions(), attached: newAttached()}
 	nw.register()
+	nctx, stopNudger := context.WithCancel(context.Background())
+	nw.stopNudger = stopNudger
+	go nw.nudger(nctx)
 	n.auth.OnRevoke(nw.sess.revoke)
+	n.auth.OnRevoke(n.onTokenRevoked)
 	n.log.Info("libp2p host started", "peer_id", h.ID().String(), "addrs", addrStrings(h.Addrs()))
 	return nw, nil
 }
 
 func (nw *netsvc) close() error {
+	nw.stopNudger()
 	for _, p := range allProtocols {
 		nw.host.RemoveStreamHandler(p)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/coattail/coattail/auth"
 	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node/runner"
+	"github.com/coattail/coattail/topics"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -57,21 +58,24 @@ type Options struct {
 
 // Node is one Coattail instance.
 type Node struct {
-	opts    Options
-	layout  Layout
-	cfg     Config
-	key     crypto.PrivKey
-	id      peer.ID
-	log     *slog.Logger
-	db      *datastore.DB
-	ownDB   bool
-	auth    *auth.Authority
-	runner  *runner.Runner
-	peers   *datastore.Store[peerRecord]
-	host    host.Host
-	net     *netsvc // nil when offline
-	started time.Time
-	stats   counters
+	opts       Options
+	layout     Layout
+	cfg        Config
+	key        crypto.PrivKey
+	id         peer.ID
+	log        *slog.Logger
+	db         *datastore.DB
+	ownDB      bool
+	auth       *auth.Authority
+	runner     *runner.Runner
+	peers      *datastore.Store[peerRecord]
+	queues     *topics.Queues
+	subscriber *subscriberSide
+	inProc     sync.Map // receiver name -> struct{}: in-process receivers
+	host       host.Host
+	net        *netsvc // nil when offline
+	started    time.Time
+	stats      counters
 
 	mu       sync.Mutex
 	closed   bool
@@ -79,7 +83,7 @@ type Node struct {
 }
 
 type counters struct {
-	performed, published, received atomic.Uint64
+	performed, published, received, duplicates, deadLetters atomic.Uint64
 }
 
 // New assembles a node; nothing listens until Start.
@@ -120,6 +124,16 @@ func New(o Options) (*Node, error) {
 		return nil, err
 	}
 	n.peers = datastore.NewStore[peerRecord](n.db.Batching(), "/peers")
+	n.queues, err = topics.OpenQueues(context.Background(), n.db.Batching(), topics.QueueOptions{
+		Bound:  o.Config.Limits.QueueBound,
+		Policy: o.Config.Limits.QueueFull,
+		Logger: o.Logger,
+	})
+	if err != nil {
+		n.closeDB()
+		return nil, err
+	}
+	n.subscriber = newSubscriberSide(n)
 	bin := o.Binary
 	if bin == "" {
 		bin, _ = os.Executable()
@@ -157,7 +171,16 @@ func (n *Node) RegisterAction(name string, h Handler) error {
 
 // RegisterReceiver registers an in-process receiver.
 func (n *Node) RegisterReceiver(name string, h Handler) error {
-	return n.runner.Register(runner.KindReceiver, name, adapt(h))
+	if err := n.runner.Register(runner.KindReceiver, name, adapt(h)); err != nil {
+		return err
+	}
+	n.inProc.Store(name, struct{}{})
+	return nil
+}
+
+func (n *Node) inProcessReceiver(name string) bool {
+	_, ok := n.inProc.Load(name)
+	return ok
 }
 
 func adapt(h Handler) runner.Handler {
@@ -179,7 +202,8 @@ func (n *Node) Start(ctx context.Context) error {
 	n.net = nw
 	n.host = nw.host
 	n.onClose(nw.close)
-	return nil
+	n.onClose(n.subscriber.close)
+	return n.subscriber.startAll()
 }
 
 func (n *Node) onClose(fn func() error) {
@@ -202,7 +226,7 @@ func (n *Node) Close() error {
 	for i := len(fns) - 1; i >= 0; i-- {
 		errs = append(errs, fns[i]())
 	}
-	errs = append(errs, n.closeDB())
+	errs = append(errs, n.queues.Close(), n.closeDB())
 	return errors.Join(errs...)
 }
 

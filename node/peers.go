@@ -177,6 +177,7 @@ func (n *Node) RemovePeer(ctx context.Context, id string) error {
 	if _, err := n.peerRecord(ctx, id); err != nil {
 		return err
 	}
+	n.removePeerSubscriptions(ctx, id)
 	if err := n.peers.Delete(ctx, id); err != nil {
 		return err
 	}

@@ -22,7 +22,7 @@ import (
 )
 
 // allProtocols are the request/response protocols this node serves.
-var allProtocols = []protocol.ID{wire.ProtoList, wire.ProtoPerform, wire.ProtoPublish}
+var allProtocols = []protocol.ID{wire.ProtoList, wire.ProtoPerform, wire.ProtoPublish, wire.ProtoSubscribe, wire.ProtoUnsubscribe, wire.ProtoRevoke, wire.ProtoDeliver}
 
 // frameOverhead is the room a frame needs beyond its payload.
 const frameOverhead = 64 << 10
@@ -53,6 +53,10 @@ func (nw *netsvc) register() {
 	nw.host.SetStreamHandler(wire.ProtoList, nw.serve(nw.handleList))
 	nw.host.SetStreamHandler(wire.ProtoPerform, nw.serve(nw.handlePerform))
 	nw.host.SetStreamHandler(wire.ProtoPublish, nw.serve(nw.handlePublish))
+	nw.host.SetStreamHandler(wire.ProtoSubscribe, nw.serve(nw.handleSubscribe))
+	nw.host.SetStreamHandler(wire.ProtoUnsubscribe, nw.serve(nw.handleUnsubscribe))
+	nw.host.SetStreamHandler(wire.ProtoRevoke, nw.handleRevokeNotice)
+	nw.host.SetStreamHandler(wire.ProtoDeliver, nw.handleDeliverNudge)
 }
 
 func remoteOf(c network.Conn) auth.Remote {

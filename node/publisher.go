@@ -1,0 +1,402 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/wire"
+	"github.com/coattail/coattail/topics"
+	"github.com/google/uuid"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Delivery tuning. The window bounds what a subscriber holds unacked; a
+// frame carries up to deliverBatch messages or deliverBytes bytes.
+const (
+	deliverWindow = 4096
+	deliverBatch  = 512
+	deliverBytes  = 256 << 10
+)
+
+// ErrHopLimit stops endless cascades.
+var ErrHopLimit = errors.New("node: cascade hop limit reached")
+
+// attached tracks the live deliverer of each subscription so a
+// reconnecting subscriber replaces a stale stream instead of racing it.
+type attached struct {
+	mu   sync.Mutex
+	subs map[string]*attachment
+}
+
+type attachment struct{ cancel context.CancelFunc }
+
+func newAttached() *attached { return &attached{subs: map[string]*attachment{}} }
+
+func (a *attached) attach(id string, cancel context.CancelFunc) *attachment {
+	at := &attachment{cancel: cancel}
+	a.mu.Lock()
+	if old := a.subs[id]; old != nil {
+		old.cancel()
+	}
+	a.subs[id] = at
+	a.mu.Unlock()
+	return at
+}
+
+// detach removes at if it is still the current deliverer of id.
+func (a *attached) detach(id string, at *attachment) {
+	a.mu.Lock()
+	if a.subs[id] == at {
+		delete(a.subs, id)
+	}
+	a.mu.Unlock()
+}
+
+func (a *attached) kick(id string) {
+	a.mu.Lock()
+	if at := a.subs[id]; at != nil {
+		at.cancel()
+		delete(a.subs, id)
+	}
+	a.mu.Unlock()
+}
+
+func (a *attached) has(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.subs[id] != nil
+}
+
+// publication is one message for the subscribers of Subject.
+type publication struct {
+	Subject string
+	Data    json.RawMessage
+	Hop     int
+	To      []string // restrict to subscribers with these peer ids
+}
+
+// publish queues publications for every matching subscription and returns
+// how many queue entries it wrote, once they are durable.
+func (n *Node) publish(ctx context.Context, pubs []publication) (int, error) {
+	msgs := make([]topics.Message, 0, len(pubs))
+	now := time.Now().UnixNano()
+	var to map[string]bool
+	for _, p := range pubs {
+		if p.Hop > n.cfg.Limits.MaxHops {
+			err := fmt.Errorf("%w: %q arrived after %d hops (limits.max_hops %d); not published, to stop a cascade loop", ErrHopLimit, p.Subject, p.Hop, n.cfg.Limits.MaxHops)
+			n.log.Error("cascade stopped", "subject", p.Subject, "hop", p.Hop, "err", err)
+			return 0, err
+		}
+		if len(p.To) > 0 {
+			to = map[string]bool{}
+			for _, t := range p.To {
+				to[t] = true
+			}
+		}
+		msgs = append(msgs, topics.Message{Subject: p.Subject, Data: p.Data, Hop: uint32(p.Hop), Time: now})
+	}
+	var filter func(topics.Subscription) bool
+	if to != nil {
+		filter = func(s topics.Subscription) bool { return to[s.Subscriber] }
+	}
+	cnt, err := n.queues.Publish(ctx, msgs, filter)
+	if err != nil {
+		return 0, err
+	}
+	n.stats.published.Add(uint64(len(pubs)))
+	return cnt, nil
+}
+
+// handleSubscribe serves /coattail/subscribe: it creates or resumes a
+// subscription, then pushes its queue down the stream with an ack window
+// until the stream or the subscription ends.
+func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
+	var req wire.SubscribeRequest
+	if err := readRequest(s, &req); err != nil {
+		return err
+	}
+	n := nw.n
+	var sub topics.Subscription
+	if req.SubscriptionID == "" {
+		if err := topics.ValidatePattern(req.Pattern); err != nil {
+			return err
+		}
+		if !s.grant.CanSubscribe(req.Pattern) {
+			return wire.Errorf(wire.CodeForbidden, "token %s does not allow subscribing to %q", s.grant.TokenID, req.Pattern)
+		}
+		sub = topics.Subscription{ID: uuid.NewString(), Subscriber: s.peer.String(), Pattern: req.Pattern,
+			TokenID: s.grant.TokenID, Receiver: req.Receiver, CreatedAt: time.Now().UTC()}
+		if err := n.queues.AddSubscription(ctx, sub); err != nil {
+			return err
+		}
+		n.log.Info("subscription created", "subscription", sub.ID, "subscriber", sub.Subscriber, "pattern", sub.Pattern, "token_id", sub.TokenID)
+	} else {
+		var ok bool
+		sub, ok = n.queues.Subscription(req.SubscriptionID)
+		if !ok || sub.Subscriber != s.peer.String() {
+			return wire.Errorf(wire.CodeNotFound, "subscription %s does not exist at %s (it was revoked or removed)", req.SubscriptionID, n.id)
+		}
+		if !s.grant.CanSubscribe(sub.Pattern) {
+			_, _ = n.queues.RemoveSubscription(ctx, sub.ID)
+			return wire.Errorf(wire.CodeForbidden, "token %s no longer allows subscribing to %q; subscription %s removed", s.grant.TokenID, sub.Pattern, sub.ID)
+		}
+	}
+	next, err := n.queues.Resume(sub.ID, req.ResumeAfter)
+	if err != nil {
+		return err
+	}
+	window := deliverWindow
+	if req.Window > 0 && req.Window < window {
+		window = req.Window
+	}
+	if err := s.send(wire.TResult, wire.SubscribeResponse{SubscriptionID: sub.ID, NextSeq: next, Window: window}); err != nil {
+		return err
+	}
+	_ = s.s.SetDeadline(time.Time{})
+	return nw.deliver(ctx, s, sub, next-1, window)
+}
+
+// deliver pushes sub's queue down s: frames of up to deliverBatch
+// messages, at most window unacked, acks read concurrently. It returns
+// when the stream fails, the grant is revoked or expires, or a newer
+// stream for the same subscription takes over.
+func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscription, sent uint64, window int) error {
+	n := nw.n
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	at := nw.attached.attach(sub.ID, cancel)
+	defer nw.attached.detach(sub.ID, at)
+	timeout := n.cfg.Limits.StreamTimeout
+
+	var mu sync.Mutex
+	acked := sent
+	ackCh := make(chan struct{}, 1)
+	ackErr := make(chan error, 1)
+	go func() {
+		for {
+			t, payload, err := s.r.Next()
+			if err != nil {
+				ackErr <- err
+				return
+			}
+			if t != wire.TAck {
+				ackErr <- wire.Errorf(wire.CodeBadRequest, "expected an ack frame, got type %d", t)
+				return
+			}
+			id, seq, err := wire.DecodeAck(payload)
+			if err != nil {
+				ackErr <- err
+				return
+			}
+			mu.Lock()
+			if id != sub.ID || seq > sent || seq < acked {
+				mu.Unlock()
+				ackErr <- wire.Errorf(wire.CodeBadRequest, "ack %d for %s is outside what was sent", seq, id)
+				return
+			}
+			acked = seq
+			mu.Unlock()
+			if err := n.queues.Ack(sub.ID, seq); err != nil {
+				ackErr <- err
+				return
+			}
+			select {
+			case ackCh <- struct{}{}:
+			default:
+			}
+		}
+	}()
+
+	var expire <-chan time.Time
+	if !s.grant.Expires.IsZero() {
+		t := time.NewTimer(time.Until(s.grant.Expires))
+		defer t.Stop()
+		expire = t.C
+	}
+	var buf []byte
+	deliveries := make([]wire.Delivery, 0, deliverBatch)
+	for {
+		mu.Lock()
+		inflight := sent - acked
+		mu.Unlock()
+		var items []topics.Item
+		if inflight < uint64(window) {
+			var err error
+			items, err = n.queues.Read(sub.ID, sent, min(deliverBatch, window-int(inflight)), deliverBytes)
+			if err != nil {
+				return err
+			}
+		}
+		if len(items) > 0 {
+			deliveries = deliveries[:0]
+			for _, it := range items {
+				deliveries = append(deliveries, wire.Delivery{SubscriptionID: sub.ID, Seq: it.Seq,
+					Publication: wire.Publication{Subject: it.Message.Subject, Data: it.Message.Data, Hop: it.Message.Hop, Time: it.Message.Time}})
+			}
+			buf = wire.AppendDeliveries(buf[:0], deliveries)
+			_ = s.s.SetWriteDeadline(time.Now().Add(timeout))
+			s.wmu.Lock()
+			err := s.w.Frame(wire.TDeliver, buf)
+			if err == nil {
+				err = s.w.Flush()
+			}
+			s.wmu.Unlock()
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			sent = items[len(items)-1].Seq
+			mu.Unlock()
+			n.queues.MarkSent(sub.ID, sent)
+			continue
+		}
+		var wait <-chan struct{}
+		if inflight < uint64(window) {
+			w, err := n.queues.Wait(sub.ID)
+			if err != nil {
+				return err
+			}
+			wait = w
+		}
+		// Re-check after arming the wait: a publish may have landed between
+		// Read and Wait.
+		if wait != nil {
+			if more, err := n.queues.Read(sub.ID, sent, 1, 1); err == nil && len(more) > 0 {
+				continue
+			}
+		}
+		var ackTimeout <-chan time.Time
+		if inflight > 0 {
+			ackTimeout = time.After(timeout)
+		}
+		select {
+		case <-wait:
+		case <-ackCh:
+		case err := <-ackErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case <-ackTimeout:
+			return wire.Errorf(wire.CodeTimeout, "no ack for %v", timeout)
+		case <-s.grant.Done():
+			return wire.Errorf(wire.CodeUnauthorized, "token %s was revoked", s.grant.TokenID)
+		case <-expire:
+			_, _ = n.queues.RemoveSubscription(context.Background(), sub.ID)
+			n.log.Info("subscription removed: token expired", "subscription", sub.ID, "token_id", sub.TokenID)
+			return wire.Errorf(wire.CodeUnauthorized, "token %s expired; subscription %s removed", s.grant.TokenID, sub.ID)
+		case <-ctx.Done():
+			_ = s.s.Reset()
+			return nil
+		}
+	}
+}
+
+// handleUnsubscribe serves /coattail/unsubscribe.
+func (nw *netsvc) handleUnsubscribe(ctx context.Context, s *session) error {
+	var req wire.UnsubscribeRequest
+	if err := readRequest(s, &req); err != nil {
+		return err
+	}
+	sub, ok := nw.n.queues.Subscription(req.SubscriptionID)
+	if !ok || sub.Subscriber != s.peer.String() {
+		return wire.Errorf(wire.CodeNotFound, "subscription %s does not exist", req.SubscriptionID)
+	}
+	if _, err := nw.n.queues.RemoveSubscription(ctx, sub.ID); err != nil {
+		return err
+	}
+	nw.attached.kick(sub.ID)
+	nw.n.log.Info("subscription removed by its subscriber", "subscription", sub.ID, "subscriber", sub.Subscriber)
+	return s.send(wire.TResult, wire.OK{})
+}
+
+// Subscribers lists the subscriptions other peers hold here.
+func (n *Node) Subscribers() []localapi.Subscriber {
+	st := n.queues.Status()
+	out := make([]localapi.Subscriber, 0, len(st))
+	for _, q := range st {
+		v := localapi.Subscriber{ID: q.ID, Subscriber: q.Subscriber, Pattern: q.Pattern, TokenID: q.TokenID,
+			Receiver: q.Receiver, CreatedAt: q.CreatedAt, NextSeq: q.NextSeq, Acked: q.Acked, Depth: q.Depth,
+			Delivered: q.Delivered, Redelivered: q.Redelivered, Dropped: q.Dropped}
+		if !q.LastDelivered.IsZero() {
+			t := q.LastDelivered
+			v.LastDelivered = &t
+		}
+		if n.net != nil {
+			v.Connected = n.net.attached.has(q.ID)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// RevokeSubscriber removes a subscription held here and tells its
+// subscriber.
+func (n *Node) RevokeSubscriber(ctx context.Context, id string) error {
+	sub, err := n.queues.RemoveSubscription(ctx, id)
+	if err != nil {
+		return err
+	}
+	n.log.Info("subscription revoked", "subscription", id, "subscriber", sub.Subscriber)
+	n.afterRemoval(ctx, []topics.Subscription{sub}, "revoked by the publisher")
+	return nil
+}
+
+// afterRemoval closes the streams of removed subscriptions and tells their
+// subscribers, in the background.
+func (n *Node) afterRemoval(ctx context.Context, subs []topics.Subscription, reason string) {
+	if n.net == nil {
+		return
+	}
+	for _, sub := range subs {
+		n.net.attached.kick(sub.ID)
+		go n.net.notifyRevoked(sub, reason)
+	}
+}
+
+// notifyRevoked opens /coattail/revoke to the subscriber. The subscriber
+// authenticates it by the publisher's peer id (the secure channel), so no
+// token is needed.
+func (nw *netsvc) notifyRevoked(sub topics.Subscription, reason string) {
+	pid, err := peer.Decode(sub.Subscriber)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	st, err := nw.host.NewStream(network.WithAllowLimitedConn(ctx, "coattail-revoke"), pid, wire.ProtoRevoke)
+	if err != nil {
+		nw.n.log.Info("could not tell subscriber about revocation", "subscription", sub.ID, "subscriber", sub.Subscriber, "err", err)
+		return
+	}
+	defer st.Close()
+	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+	w := wire.NewWriter(st)
+	if err := w.JSON(wire.TRequest, wire.RevokeNotice{SubscriptionID: sub.ID, Reason: reason}); err == nil {
+		_ = w.Flush()
+	}
+	_ = st.CloseWrite()
+	r := wire.NewReader(st, 64<<10)
+	_, _, _ = r.Next()
+}
+
+// onTokenRevoked removes every subscription made with a revoked token.
+func (n *Node) onTokenRevoked(tokenID string) {
+	ctx := context.Background()
+	subs, err := n.queues.RemoveWhere(ctx, func(s topics.Subscription) bool { return s.TokenID == tokenID })
+	if err != nil {
+		n.log.Error("removing subscriptions of revoked token", "token_id", tokenID, "err", err)
+		return
+	}
+	if len(subs) > 0 {
+		n.log.Info("subscriptions removed with their token", "token_id", tokenID, "count", len(subs))
+	}
+	n.afterRemoval(ctx, subs, "token revoked")
+}

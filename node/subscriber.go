@@ -1,0 +1,680 @@
+package node
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coattail/coattail/datastore"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/runner"
+	"github.com/coattail/coattail/node/wire"
+	"github.com/coattail/coattail/topics"
+	ds "github.com/ipfs/go-datastore"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// outSub is a subscription this instance holds at a publisher, stored
+// under /subs/out/<id>. Its progress (last processed sequence) lives
+// apart, under /subs/seq/<id>, because it changes with every frame.
+type outSub struct {
+	ID        string    `json:"id"`
+	Publisher string    `json:"publisher"`
+	Pattern   string    `json:"pattern"`
+	Receiver  string    `json:"receiver"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// deadLetter is a publication whose receiver kept failing, stored under
+// /deadletters/<subscription>.<seq>.
+type deadLetter struct {
+	ID           string          `json:"id"`
+	Subscription string          `json:"subscription"`
+	Publisher    string          `json:"publisher"`
+	Receiver     string          `json:"receiver"`
+	Subject      string          `json:"subject"`
+	Seq          uint64          `json:"seq"`
+	Hop          uint32          `json:"hop"`
+	Data         json.RawMessage `json:"data"`
+	Error        string          `json:"error"`
+	Attempts     int             `json:"attempts"`
+	FailedAt     time.Time       `json:"failed_at"`
+}
+
+// subscriberSide runs the subscriptions this instance holds: one loop per
+// subscription keeps a stream to the publisher open, runs the receiver for
+// each new publication in order, persists progress and acks.
+type subscriberSide struct {
+	n    *Node
+	subs *datastore.Store[outSub]
+	dead *datastore.Store[deadLetter]
+
+	mu    sync.Mutex
+	loops map[string]*subLoop
+	wg    sync.WaitGroup
+	ctx   context.Context
+	stop  context.CancelFunc
+}
+
+type subLoop struct {
+	publisher string
+	cancel    context.CancelFunc
+	wake      chan struct{}
+	connected bool
+	received  uint64
+	dups      uint64
+}
+
+func newSubscriberSide(n *Node) *subscriberSide {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &subscriberSide{n: n, subs: datastore.NewStore[outSub](n.db.Batching(), "/subs/out"),
+		dead: datastore.NewStore[deadLetter](n.db.Batching(), "/deadletters"), loops: map[string]*subLoop{}, ctx: ctx, stop: cancel}
+}
+
+func seqKey(id string) ds.Key { return ds.RawKey("/subs/seq/" + id) }
+
+func (ss *subscriberSide) lastSeq(ctx context.Context, id string) (uint64, error) {
+	b, err := ss.n.db.Batching().Get(ctx, seqKey(id))
+	if errors.Is(err, ds.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	if len(b) != 8 {
+		return 0, fmt.Errorf("%w: progress record of subscription %s", datastore.ErrCorrupt, id)
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+// saveSeq durably records that everything up to seq was processed.
+func (ss *subscriberSide) saveSeq(ctx context.Context, id string, seq uint64) error {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], seq)
+	if err := ss.n.db.Batching().Put(ctx, seqKey(id), b[:]); err != nil {
+		return err
+	}
+	return ss.n.db.Sync(ctx, seqKey(id))
+}
+
+// startAll starts a loop for every stored subscription.
+func (ss *subscriberSide) startAll() error {
+	subs, err := ss.subs.List(ss.ctx)
+	if err != nil {
+		return err
+	}
+	for _, s := range subs {
+		ss.start(s, nil)
+	}
+	return nil
+}
+
+func (ss *subscriberSide) start(sub outSub, initial *session) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.loops[sub.ID] != nil || ss.ctx.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(ss.ctx)
+	l := &subLoop{publisher: sub.Publisher, cancel: cancel, wake: make(chan struct{}, 1)}
+	ss.loops[sub.ID] = l
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		ss.run(ctx, sub, l, initial)
+		ss.mu.Lock()
+		if ss.loops[sub.ID] == l {
+			delete(ss.loops, sub.ID)
+		}
+		ss.mu.Unlock()
+	}()
+}
+
+func (ss *subscriberSide) close() error {
+	ss.stop()
+	ss.wg.Wait()
+	return nil
+}
+
+// stopLoop ends a subscription's loop.
+func (ss *subscriberSide) stopLoop(id string) {
+	ss.mu.Lock()
+	l := ss.loops[id]
+	delete(ss.loops, id)
+	ss.mu.Unlock()
+	if l != nil {
+		l.cancel()
+	}
+}
+
+// wake makes the loops of the given subscriptions at publisher, if they
+// wait to reconnect, try now.
+func (ss *subscriberSide) wake(publisher string, ids []string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for _, id := range ids {
+		l := ss.loops[id]
+		if l == nil || l.publisher != publisher {
+			continue
+		}
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// permanent reports whether a publisher's answer means the subscription is
+// gone for good (revoked, removed, or the token no longer valid).
+func permanent(err error) bool {
+	var we *wire.Error
+	if errors.As(err, &we) {
+		switch we.Code {
+		case wire.CodeNotFound, wire.CodeForbidden, wire.CodeUnauthorized:
+			return true
+		}
+	}
+	return errors.Is(err, ErrUnknownPeer)
+}
+
+func (ss *subscriberSide) run(ctx context.Context, sub outSub, l *subLoop, s *session) {
+	log := ss.n.log.With("subscription", sub.ID, "publisher", sub.Publisher)
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		var err error
+		if s == nil {
+			s, err = ss.resume(ctx, sub)
+		}
+		if err == nil {
+			ss.setConnected(l, true)
+			var progressed bool
+			progressed, err = ss.consume(ctx, sub, l, s)
+			ss.setConnected(l, false)
+			_ = s.s.Reset()
+			s = nil
+			if progressed {
+				backoff = 100 * time.Millisecond
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if permanent(err) {
+			log.Warn("subscription ended by the publisher", "err", err)
+			ss.forget(context.Background(), sub.ID)
+			return
+		}
+		log.Debug("subscription stream down; retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.wake:
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+func (ss *subscriberSide) setConnected(l *subLoop, v bool) {
+	ss.mu.Lock()
+	l.connected = v
+	ss.mu.Unlock()
+}
+
+// resume reopens the subscription's stream where this side left off.
+func (ss *subscriberSide) resume(ctx context.Context, sub outSub) (*session, error) {
+	last, err := ss.lastSeq(ctx, sub.ID)
+	if err != nil {
+		return nil, err
+	}
+	s, err := ss.n.open(ctx, sub.Publisher, wire.ProtoSubscribe)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.send(wire.TRequest, wire.SubscribeRequest{SubscriptionID: sub.ID, Pattern: sub.Pattern, Receiver: sub.Receiver, ResumeAfter: last}); err != nil {
+		_ = s.s.Reset()
+		return nil, err
+	}
+	var resp wire.SubscribeResponse
+	if err := s.result(&resp, nil); err != nil {
+		_ = s.s.Reset()
+		return nil, err
+	}
+	_ = s.s.SetDeadline(time.Time{})
+	return s, nil
+}
+
+// consume processes deliveries until the stream ends. Each receiver runs
+// once per sequence: duplicates (seq <= last processed) are dropped, and
+// progress is persisted before it is acked.
+func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s *session) (progressed bool, err error) {
+	last, err := ss.lastSeq(ctx, sub.ID)
+	if err != nil {
+		return false, err
+	}
+	go func() {
+		<-ctx.Done()
+		_ = s.s.Reset()
+	}()
+	inProc := ss.n.inProcessReceiver(sub.Receiver)
+	var ackBuf []byte
+	persistAck := func() error {
+		if err := ss.saveSeq(ctx, sub.ID, last); err != nil {
+			return err
+		}
+		ackBuf = wire.AppendAck(ackBuf[:0], sub.ID, last)
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		if err := s.w.Frame(wire.TAck, ackBuf); err != nil {
+			return err
+		}
+		return s.w.Flush()
+	}
+	for {
+		t, payload, err := s.r.Next()
+		if err != nil {
+			return progressed, err
+		}
+		switch t {
+		case wire.TError:
+			return progressed, decodeRemoteError(payload)
+		case wire.TDeliver:
+		default:
+			return progressed, fmt.Errorf("%w %s: unexpected frame type %d on a subscription", ErrPeer, sub.Publisher, t)
+		}
+		dirty := false
+		err = wire.DecodeDeliveries(payload, func(d *wire.Delivery) error {
+			if d.SubscriptionID != sub.ID {
+				return fmt.Errorf("%w %s sent a delivery for another subscription", ErrPeer, sub.Publisher)
+			}
+			if d.Seq <= last {
+				ss.n.stats.duplicates.Add(1)
+				return nil
+			}
+			ss.n.handlePublication(ctx, sub, d)
+			last = d.Seq
+			progressed, dirty = true, true
+			ss.n.stats.received.Add(1)
+			if !inProc {
+				// A process per publication: persist each, so a crash
+				// re-runs at most the one in flight.
+				dirty = false
+				return persistAck()
+			}
+			return nil
+		})
+		if err != nil {
+			return progressed, err
+		}
+		if dirty {
+			if err := persistAck(); err != nil {
+				return progressed, err
+			}
+		}
+	}
+}
+
+// handlePublication runs the receiver, retrying with back-off, and parks
+// the publication in the dead-letter list when it keeps failing. It never
+// returns an error: a failing receiver must not block what follows for
+// longer than its retries.
+func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delivery) {
+	data := json.RawMessage(d.Data)
+	if !json.Valid(data) {
+		data = nil
+	}
+	inv := runner.Invocation{Kind: runner.KindReceiver, Name: sub.Receiver, Input: data, Caller: sub.Publisher,
+		Env: map[string]string{
+			"COATTAIL_PUBLISHER":    sub.Publisher,
+			"COATTAIL_SUBJECT":      d.Subject,
+			"COATTAIL_SEQUENCE":     strconv.FormatUint(d.Seq, 10),
+			"COATTAIL_SUBSCRIPTION": sub.ID,
+			"COATTAIL_HOP":          strconv.FormatUint(uint64(d.Hop), 10),
+		},
+		Log: func(line string) {
+			n.log.Info("receiver log", "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "line", line)
+		},
+	}
+	var err error
+	attempts := 0
+	backoff := n.cfg.Limits.ReceiverBackoff
+	for attempts = 1; ; attempts++ {
+		if data == nil {
+			err = fmt.Errorf("%w: publication %d of %s is not JSON", runner.ErrBadInput, d.Seq, d.Subject)
+			break
+		}
+		_, err = n.runner.Run(ctx, inv)
+		if err == nil || ctx.Err() != nil || attempts > n.cfg.Limits.ReceiverRetries {
+			break
+		}
+		n.log.Warn("receiver failed; will retry", "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "attempt", attempts, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff *= 2
+	}
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	dl := deadLetter{ID: fmt.Sprintf("%s.%020d", sub.ID, d.Seq), Subscription: sub.ID, Publisher: sub.Publisher, Receiver: sub.Receiver,
+		Subject: d.Subject, Seq: d.Seq, Hop: d.Hop, Data: append(json.RawMessage(nil), d.Data...), Error: err.Error(), Attempts: attempts, FailedAt: time.Now().UTC()}
+	if perr := n.subscriber.dead.Put(context.Background(), dl.ID, dl); perr != nil {
+		n.log.Error("cannot park failed publication", "subscription", sub.ID, "seq", d.Seq, "err", perr)
+		return
+	}
+	n.stats.deadLetters.Add(1)
+	n.log.Error("receiver failed; publication parked in dead letters", "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "attempts", attempts, "err", err)
+}
+
+// forget deletes a subscription record and its progress here.
+func (ss *subscriberSide) forget(ctx context.Context, id string) {
+	ss.stopLoop(id)
+	_ = ss.subs.Delete(ctx, id)
+	_ = ss.n.db.Batching().Delete(ctx, seqKey(id))
+	_ = ss.n.db.Sync(ctx, ds.RawKey("/subs"))
+}
+
+// Subscribe subscribes the local receiver to pattern at a peer.
+func (n *Node) Subscribe(ctx context.Context, req localapi.SubscribeRequest) (localapi.Subscription, error) {
+	if err := topics.ValidatePattern(req.Pattern); err != nil {
+		return localapi.Subscription{}, err
+	}
+	if err := topics.ValidateSubject(req.Receiver); err != nil {
+		return localapi.Subscription{}, fmt.Errorf("receiver name: %w", err)
+	}
+	if !n.runner.Exists(runner.KindReceiver, req.Receiver) {
+		return localapi.Subscription{}, fmt.Errorf("%w: no receiver %q here (create it with: coattail action create --receiver --name %s)", ErrBadRequest, req.Receiver, req.Receiver)
+	}
+	if _, err := n.peerRecord(ctx, req.Peer); err != nil {
+		return localapi.Subscription{}, err
+	}
+	if n.net == nil {
+		return localapi.Subscription{}, ErrOffline
+	}
+	s, err := n.open(ctx, req.Peer, wire.ProtoSubscribe)
+	if err != nil {
+		return localapi.Subscription{}, err
+	}
+	if err := s.send(wire.TRequest, wire.SubscribeRequest{Pattern: req.Pattern, Receiver: req.Receiver}); err != nil {
+		_ = s.s.Reset()
+		return localapi.Subscription{}, err
+	}
+	var resp wire.SubscribeResponse
+	if err := s.result(&resp, nil); err != nil {
+		_ = s.s.Reset()
+		return localapi.Subscription{}, err
+	}
+	_ = s.s.SetDeadline(time.Time{})
+	sub := outSub{ID: resp.SubscriptionID, Publisher: req.Peer, Pattern: req.Pattern, Receiver: req.Receiver, CreatedAt: time.Now().UTC()}
+	if err := datastore.ValidateID(sub.ID); err != nil {
+		_ = s.s.Reset()
+		return localapi.Subscription{}, fmt.Errorf("%w %s: bad subscription id: %v", ErrPeer, req.Peer, err)
+	}
+	if err := n.subscriber.subs.Put(ctx, sub.ID, sub); err != nil {
+		_ = s.s.Reset()
+		return localapi.Subscription{}, err
+	}
+	if err := n.db.Sync(ctx, ds.RawKey("/subs")); err != nil {
+		_ = s.s.Reset()
+		return localapi.Subscription{}, err
+	}
+	n.log.Info("subscribed", "subscription", sub.ID, "publisher", sub.Publisher, "pattern", sub.Pattern, "receiver", sub.Receiver)
+	n.subscriber.start(sub, s)
+	return n.subscriptionView(ctx, sub), nil
+}
+
+// Unsubscribe ends this instance's subscriptions to pattern at a peer
+// with that receiver, on both sides. With force, a publisher that cannot
+// be reached is forgotten locally anyway.
+func (n *Node) Unsubscribe(ctx context.Context, req localapi.SubscribeRequest) (int, error) {
+	subs, err := n.subscriber.subs.List(ctx)
+	if err != nil {
+		return 0, err
+	}
+	count := 0
+	for _, sub := range subs {
+		if sub.Publisher != req.Peer || sub.Pattern != req.Pattern || (req.Receiver != "" && sub.Receiver != req.Receiver) {
+			continue
+		}
+		if err := n.remoteUnsubscribe(ctx, sub); err != nil && !req.Force {
+			return count, fmt.Errorf("%w (use --force to forget the subscription here anyway)", err)
+		}
+		n.subscriber.forget(ctx, sub.ID)
+		n.log.Info("unsubscribed", "subscription", sub.ID, "publisher", sub.Publisher)
+		count++
+	}
+	if count == 0 {
+		return 0, fmt.Errorf("%w: no subscription to %q at %s with receiver %q (see: coattail subscriptions list)", datastore.ErrNotFound, req.Pattern, req.Peer, req.Receiver)
+	}
+	return count, nil
+}
+
+func (n *Node) remoteUnsubscribe(ctx context.Context, sub outSub) error {
+	if n.net == nil {
+		return ErrOffline
+	}
+	s, err := n.open(ctx, sub.Publisher, wire.ProtoUnsubscribe)
+	if err != nil {
+		if permanent(err) {
+			return nil
+		}
+		return err
+	}
+	defer s.s.Close()
+	if err := s.send(wire.TRequest, wire.UnsubscribeRequest{SubscriptionID: sub.ID}); err != nil {
+		return err
+	}
+	var ok wire.OK
+	if err := s.result(&ok, nil); err != nil && !permanent(err) {
+		return err
+	}
+	return nil
+}
+
+// Subscriptions lists the subscriptions this instance holds.
+func (n *Node) Subscriptions(ctx context.Context) ([]localapi.Subscription, error) {
+	subs, err := n.subscriber.subs.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]localapi.Subscription, 0, len(subs))
+	for _, s := range subs {
+		out = append(out, n.subscriptionView(ctx, s))
+	}
+	return out, nil
+}
+
+func (n *Node) subscriptionView(ctx context.Context, s outSub) localapi.Subscription {
+	v := localapi.Subscription{ID: s.ID, Publisher: s.Publisher, Pattern: s.Pattern, Receiver: s.Receiver, CreatedAt: s.CreatedAt}
+	v.LastSeq, _ = n.subscriber.lastSeq(ctx, s.ID)
+	n.subscriber.mu.Lock()
+	if l := n.subscriber.loops[s.ID]; l != nil {
+		v.Connected = l.connected
+	}
+	n.subscriber.mu.Unlock()
+	return v
+}
+
+// handleRevokeNotice serves /coattail/revoke: a publisher telling us it
+// dropped one of our subscriptions. It is authenticated by the publisher's
+// peer id from the secure channel: only the publisher of a subscription
+// can end it.
+func (nw *netsvc) handleRevokeNotice(st network.Stream) {
+	p := st.Conn().RemotePeer()
+	if v := nw.limits.acquire(p); !v.ok() {
+		_ = st.Reset()
+		return
+	}
+	defer nw.limits.release(p)
+	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+	defer st.Close()
+	s := &session{s: st, r: wire.NewReader(st, 64<<10), w: wire.NewWriter(st), peer: p}
+	var notice wire.RevokeNotice
+	if err := readRequest(s, &notice); err != nil {
+		_ = s.send(wire.TError, toWireError(err))
+		return
+	}
+	ss := nw.n.subscriber
+	sub, err := ss.subs.Get(context.Background(), notice.SubscriptionID)
+	if err != nil || sub.Publisher != p.String() {
+		_ = s.send(wire.TError, wire.Errorf(wire.CodeNotFound, "no subscription %s of yours here", notice.SubscriptionID))
+		return
+	}
+	ss.forget(context.Background(), sub.ID)
+	nw.n.log.Warn("subscription revoked by the publisher", "subscription", sub.ID, "publisher", sub.Publisher, "reason", notice.Reason)
+	_ = s.send(wire.TOK, wire.OK{})
+}
+
+// removePeerSubscriptions forgets (and, best effort, ends at the publisher)
+// every subscription held at a removed peer.
+func (n *Node) removePeerSubscriptions(ctx context.Context, id string) {
+	subs, err := n.subscriber.subs.List(ctx)
+	if err != nil {
+		return
+	}
+	for _, sub := range subs {
+		if sub.Publisher == id {
+			_ = n.remoteUnsubscribe(ctx, sub)
+			n.subscriber.forget(ctx, sub.ID)
+		}
+	}
+}
+
+// DeadLetters lists parked publications.
+func (n *Node) DeadLetters(ctx context.Context) ([]localapi.DeadLetter, error) {
+	dls, err := n.subscriber.dead.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]localapi.DeadLetter, 0, len(dls))
+	for _, d := range dls {
+		out = append(out, deadLetterView(d))
+	}
+	return out, nil
+}
+
+func deadLetterView(d deadLetter) localapi.DeadLetter {
+	return localapi.DeadLetter{ID: d.ID, Subscription: d.Subscription, Publisher: d.Publisher, Receiver: d.Receiver, Subject: d.Subject,
+		Seq: d.Seq, Hop: d.Hop, Data: d.Data, Error: d.Error, Attempts: d.Attempts, FailedAt: d.FailedAt}
+}
+
+// ReplayDeadLetter runs the receiver again for a parked publication and
+// removes it from the list when the receiver succeeds.
+func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(string)) error {
+	d, err := n.subscriber.dead.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	_, err = n.runner.Run(ctx, runner.Invocation{Kind: runner.KindReceiver, Name: d.Receiver, Input: d.Data, Caller: d.Publisher, Log: onLog,
+		Env: map[string]string{
+			"COATTAIL_PUBLISHER": d.Publisher, "COATTAIL_SUBJECT": d.Subject, "COATTAIL_SEQUENCE": strconv.FormatUint(d.Seq, 10),
+			"COATTAIL_SUBSCRIPTION": d.Subscription, "COATTAIL_HOP": strconv.FormatUint(uint64(d.Hop), 10), "COATTAIL_REPLAY": "1",
+		}})
+	if err != nil {
+		return err
+	}
+	n.log.Info("dead letter replayed", "id", id)
+	return n.subscriber.dead.Delete(ctx, id)
+}
+
+// DropDeadLetter deletes a parked publication.
+func (n *Node) DropDeadLetter(ctx context.Context, id string) error {
+	if _, err := n.subscriber.dead.Get(ctx, id); err != nil {
+		return err
+	}
+	return n.subscriber.dead.Delete(ctx, id)
+}
+
+// handleDeliverNudge serves /coattail/deliver: a publisher that holds
+// queued publications for us and sees no stream asks us to reconnect now
+// instead of at the end of our back-off. Subscriptions are always pulled
+// over the stream the subscriber opens (it works behind NAT), so the nudge
+// carries no data and needs no token: only ids of our subscriptions at
+// that very publisher are acted on.
+func (nw *netsvc) handleDeliverNudge(st network.Stream) {
+	p := st.Conn().RemotePeer()
+	if v := nw.limits.acquire(p); !v.ok() {
+		_ = st.Reset()
+		return
+	}
+	defer nw.limits.release(p)
+	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+	defer st.Close()
+	r := wire.NewReader(st, 256<<10)
+	t, payload, err := r.Next()
+	if err != nil || t != wire.THello {
+		_ = st.Reset()
+		return
+	}
+	var h wire.DeliverHello
+	if wire.DecodeJSON(payload, &h) != nil || len(h.SubscriptionIDs) > 4096 {
+		_ = st.Reset()
+		return
+	}
+	nw.n.subscriber.wake(p.String(), h.SubscriptionIDs)
+	w := wire.NewWriter(st)
+	if w.JSON(wire.TOK, wire.OK{}) == nil {
+		_ = w.Flush()
+	}
+}
+
+// nudger periodically asks subscribers that have queued publications but
+// no open stream to reconnect, backing off per subscriber.
+func (nw *netsvc) nudger(ctx context.Context) {
+	next := map[string]time.Time{}
+	delay := map[string]time.Duration{}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		want := map[string][]string{}
+		for _, q := range nw.n.queues.Status() {
+			if q.Depth == 0 || nw.attached.has(q.ID) {
+				delete(delay, q.Subscriber)
+				continue
+			}
+			want[q.Subscriber] = append(want[q.Subscriber], q.ID)
+		}
+		for sub, ids := range want {
+			if now.Before(next[sub]) {
+				continue
+			}
+			d := max(delay[sub]*2, time.Second)
+			d = min(d, time.Minute)
+			delay[sub], next[sub] = d, now.Add(d)
+			go nw.nudge(ctx, sub, ids)
+		}
+	}
+}
+
+func (nw *netsvc) nudge(ctx context.Context, subscriber string, ids []string) {
+	pid, err := peer.Decode(subscriber)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := nw.host.NewStream(network.WithAllowLimitedConn(ctx, "coattail-nudge"), pid, wire.ProtoDeliver)
+	if err != nil {
+		return
+	}
+	defer st.Close()
+	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+	w := wire.NewWriter(st)
+	if w.JSON(wire.THello, wire.DeliverHello{Version: wire.Version, SubscriptionIDs: ids}) == nil && w.Flush() == nil {
+		_ = st.CloseWrite()
+		_, _, _ = wire.NewReader(st, 64<<10).Next()
+	}
+}

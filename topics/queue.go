@@ -1,0 +1,1441 @@
+package topics
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
+)
+
+// Queue policies: what Publish does when a matching queue is at its bound.
+const (
+	// PolicyReject fails the whole Publish call with ErrQueueFull and writes
+	// nothing of it. It is the default, because it never loses a message
+	// that was accepted.
+	PolicyReject = "reject"
+	// PolicyDropOldest removes the oldest undelivered messages of the full
+	// queue to make room, counting them in QueueStatus.Dropped.
+	PolicyDropOldest = "drop_oldest"
+)
+
+// Defaults for QueueOptions.
+const (
+	DefaultQueueBound     = 1_000_000
+	DefaultMemoryPerQueue = 16 << 20
+)
+
+// MaxSubscriptionIDLen bounds subscription ids; they are datastore key
+// segments.
+const MaxSubscriptionIDLen = 512
+
+var (
+	// ErrQueueFull is returned by Publish under PolicyReject when a message
+	// would overflow a matching queue; the error names the subscription.
+	ErrQueueFull = errors.New("topics: queue full")
+	// ErrNoSubscription is returned for an unknown (or removed) subscription.
+	ErrNoSubscription = errors.New("topics: no such subscription")
+	// ErrClosed is returned by every operation after Queues.Close.
+	ErrClosed = errors.New("topics: queues closed")
+	// ErrSubscriptionExists is returned by AddSubscription when the id is
+	// taken by a different subscription.
+	ErrSubscriptionExists = errors.New("topics: subscription already exists")
+	// ErrInvalidSubscription is returned by AddSubscription for an unusable id.
+	ErrInvalidSubscription = errors.New("topics: invalid subscription")
+	// ErrAckOutOfRange is returned by Ack for a sequence that was never
+	// assigned.
+	ErrAckOutOfRange = errors.New("topics: ack beyond the last queued sequence")
+	// ErrInvalidQueueOptions is returned by OpenQueues for bad options.
+	ErrInvalidQueueOptions = errors.New("topics: invalid queue options")
+	// ErrCorruptQueue is returned when a stored subscription, queue record
+	// or message cannot be decoded.
+	ErrCorruptQueue = errors.New("topics: corrupt queue record")
+)
+
+// Message is one publication as queued for a subscription.
+type Message struct {
+	Subject string
+	Data    []byte
+	Hop     uint32 // cascade depth, to stop publication loops
+	Time    int64  // publication time, unix nanoseconds
+}
+
+// Subscription is a subscription that another peer holds at this instance.
+// It is stored as JSON under /subs/in/<id>.
+type Subscription struct {
+	ID         string    `json:"id"`
+	Subscriber string    `json:"subscriber"` // peer id
+	Pattern    string    `json:"pattern"`
+	TokenID    string    `json:"token_id"`
+	Receiver   string    `json:"receiver"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// QueueStatus is a snapshot of one subscription's queue.
+type QueueStatus struct {
+	Subscription
+	NextSeq       uint64    `json:"next_seq"`
+	Acked         uint64    `json:"acked"`
+	Depth         uint64    `json:"depth"`
+	Delivered     uint64    `json:"delivered"`
+	Redelivered   uint64    `json:"redelivered"`
+	Dropped       uint64    `json:"dropped"`
+	LastDelivered time.Time `json:"last_delivered,omitempty"`
+}
+
+// Item is a queued message with its sequence number.
+type Item struct {
+	Seq     uint64
+	Message Message
+}
+
+// QueueOptions configures OpenQueues. Zero values select the defaults.
+type QueueOptions struct {
+	// Bound is the maximum number of undelivered (unacknowledged) messages
+	// per subscription (default DefaultQueueBound).
+	Bound int
+	// Policy is PolicyReject (default) or PolicyDropOldest.
+	Policy string
+	// MemoryPerQueue is how many bytes of the most recent messages of each
+	// queue are kept in memory, so that a subscriber keeping up is served
+	// without reading the datastore (default DefaultMemoryPerQueue). Older
+	// messages are read back from the datastore.
+	MemoryPerQueue int
+	// Logger receives warnings about stored state; nil discards them.
+	Logger *slog.Logger
+}
+
+// Tuning of the committer. A round is bounded so that one huge burst cannot
+// make every publisher in it wait for a giant write, and ack deletions are
+// bounded so that acking a million messages at once does not stall
+// publications behind one enormous batch.
+const (
+	maxRoundEntries    = 1 << 16
+	maxRoundBytes      = 64 << 20
+	maxDeletesPerRound = 1 << 16
+	reqQueueLen        = 1024
+	// itemOverhead approximates the memory an Item costs beyond its subject
+	// and data, for the MemoryPerQueue budget.
+	itemOverhead = 64
+)
+
+// Queues is the set of durable, sequenced publication queues of the
+// subscriptions held at this instance.
+//
+// Publish appends to every matching queue and returns once the messages are
+// durable. Concurrent Publish calls are merged by a single committer
+// goroutine into one datastore batch per round, and a syncer goroutine makes
+// rounds durable with one Sync that covers every round committed before it,
+// so while one fsync runs the next round is already being built and
+// committed (group commit, pipelined). Durable messages become visible to
+// Read, and wake Wait channels, only after their Sync.
+//
+// Lock order (a goroutine holding one may take only those after it):
+//
+//	adminMu → commitMu → Queues.mu → queue.mu → dirtyMu
+//
+// adminMu serialises AddSubscription and removals. commitMu is held by the
+// committer while it builds and commits a round, and by removals while they
+// delete a queue's keys, so a round never writes into a queue being deleted.
+// Queues.mu guards the subscription map and the closed flag; queue.mu guards
+// one queue's state; dirtyMu guards the set of queues with pending deletes.
+// The Trie has its own lock and is only used while holding Queues.mu (writes)
+// or nothing (reads).
+type Queues struct {
+	store  ds.Batching
+	bound  uint64
+	drop   bool
+	memCap int
+	log    *slog.Logger
+
+	adminMu  sync.Mutex
+	commitMu sync.Mutex
+
+	mu     sync.RWMutex
+	subs   map[string]*queue
+	trie   *Trie[*queue]
+	closed bool
+
+	dirtyMu sync.Mutex
+	dirty   []*queue
+
+	reqs       chan *pubReq
+	kick       chan struct{}
+	syncCh     chan *round
+	syncerDone chan struct{}
+	closeOnce  sync.Once
+	closeErr   error
+	roundID    uint64 // committer-only
+
+	reqPool sync.Pool
+}
+
+// queue is one subscription's queue.
+type queue struct {
+	sub    Subscription
+	prefix string // queuePrefix(sub.ID)
+
+	removed atomic.Bool
+
+	// Committer-only state, guarded by Queues.commitMu.
+	cNext  uint64 // next sequence to assign (runs ahead of next until synced)
+	cDrop  uint64 // head implied by drop_oldest, as far as assigned
+	cAdd   int    // scratch: entries of the request being checked
+	cRound uint64 // round in which touch was assigned
+	cTouch int    // index of this queue's touch in that round
+
+	mu            sync.Mutex
+	next          uint64 // next sequence after the durable ones
+	head          uint64 // lowest sequence still queued (acked or dropped below)
+	acked         uint64 // cumulative ack watermark
+	storeFirst    uint64 // no message key below this remains (or will remain once pending deletes commit)
+	delivered     uint64
+	redelivered   uint64
+	dropped       uint64
+	sentMax       uint64 // highest sequence ever reported by MarkSent
+	cursor        uint64 // highest sequence reported by MarkSent since the last Resume
+	lastDelivered int64
+	mem           []Item // most recent durable items, contiguous, ending at next-1
+	memBytes      int
+	wake          chan struct{}
+	dirty         bool // guarded by Queues.dirtyMu
+}
+
+// pubReq is one Publish call on its way through the committer.
+type pubReq struct {
+	msgs    []Message // owned copies; Data aliases vals
+	vals    [][]byte  // encoded messages
+	targets []target
+	bytes   int
+	n       int
+	err     error
+	done    chan struct{}
+}
+
+type target struct {
+	q   *queue
+	msg int
+}
+
+// touch is what one round does to one queue.
+type touch struct {
+	q     *queue
+	first uint64 // first sequence assigned in this round
+	next  uint64 // next sequence after this round
+	drop  uint64 // head implied by drop_oldest after this round
+	items []Item
+	vals  [][]byte
+}
+
+type round struct {
+	reqs    []*pubReq
+	touches []*touch
+	err     error
+}
+
+// OpenQueues loads the subscriptions held at this instance and the state of
+// their queues from store, so that a restarted publisher still delivers
+// everything it accepted, and starts the committer. Queue keys left behind by
+// a subscription whose record is gone are deleted.
+func OpenQueues(ctx context.Context, store ds.Batching, o QueueOptions) (*Queues, error) {
+	if store == nil {
+		return nil, fmt.Errorf("%w: nil datastore", ErrInvalidQueueOptions)
+	}
+	var problems []error
+	if o.Bound < 0 {
+		problems = append(problems, fmt.Errorf("%w: bound %d is negative", ErrInvalidQueueOptions, o.Bound))
+	}
+	if o.MemoryPerQueue < 0 {
+		problems = append(problems, fmt.Errorf("%w: memory per queue %d is negative", ErrInvalidQueueOptions, o.MemoryPerQueue))
+	}
+	switch o.Policy {
+	case "", PolicyReject, PolicyDropOldest:
+	default:
+		problems = append(problems, fmt.Errorf("%w: policy %q (want %q or %q)", ErrInvalidQueueOptions, o.Policy, PolicyReject, PolicyDropOldest))
+	}
+	if len(problems) > 0 {
+		return nil, errors.Join(problems...)
+	}
+	qs := &Queues{
+		store:      store,
+		bound:      DefaultQueueBound,
+		drop:       o.Policy == PolicyDropOldest,
+		memCap:     DefaultMemoryPerQueue,
+		log:        o.Logger,
+		subs:       make(map[string]*queue),
+		trie:       NewTrie[*queue](),
+		reqs:       make(chan *pubReq, reqQueueLen),
+		kick:       make(chan struct{}, 1),
+		syncCh:     make(chan *round, 4),
+		syncerDone: make(chan struct{}),
+	}
+	if o.Bound > 0 {
+		qs.bound = uint64(o.Bound)
+	}
+	if o.MemoryPerQueue > 0 {
+		qs.memCap = o.MemoryPerQueue
+	}
+	if qs.log == nil {
+		qs.log = slog.New(slog.DiscardHandler)
+	}
+	qs.reqPool.New = func() any { return &pubReq{done: make(chan struct{}, 1)} }
+	if err := qs.load(ctx); err != nil {
+		return nil, err
+	}
+	go qs.commitLoop()
+	go qs.syncLoop()
+	return qs, nil
+}
+
+// load reads subscriptions and queue state.
+func (qs *Queues) load(ctx context.Context) error {
+	res, err := qs.store.Query(ctx, query.Query{Prefix: subsNamespace})
+	if err != nil {
+		return fmt.Errorf("topics: list subscriptions: %w", err)
+	}
+	entries, err := res.Rest()
+	if err != nil {
+		return fmt.Errorf("topics: list subscriptions: %w", err)
+	}
+	for _, e := range entries {
+		var s Subscription
+		if err := json.Unmarshal(e.Value, &s); err != nil {
+			return fmt.Errorf("%w: %s: %w", ErrCorruptQueue, e.Key, err)
+		}
+		if err := validateSubscription(s); err != nil || subKey(s.ID) != e.Key {
+			return fmt.Errorf("%w: %s holds subscription %q that does not belong there", ErrCorruptQueue, e.Key, s.ID)
+		}
+		q := newQueue(s)
+		qs.subs[s.ID] = q
+		if err := qs.trie.Insert(s.Pattern, q); err != nil {
+			return fmt.Errorf("%w: %s: %w", ErrCorruptQueue, e.Key, err)
+		}
+	}
+
+	// One ordered keys-only scan finds every queue's first and last message
+	// and any orphans, without reading message values.
+	type scan struct {
+		first, last, count uint64
+		meta               bool
+	}
+	scans := make(map[string]*scan, len(qs.subs))
+	var orphans []ds.Key
+	res, err = qs.store.Query(ctx, query.Query{Prefix: queueNamespace, KeysOnly: true, Orders: []query.Order{query.OrderByKey{}}})
+	if err != nil {
+		return fmt.Errorf("topics: scan queues: %w", err)
+	}
+	for {
+		r, ok := res.NextSync()
+		if !ok {
+			break
+		}
+		if r.Error != nil {
+			return errors.Join(fmt.Errorf("topics: scan queues: %w", r.Error), res.Close())
+		}
+		id, rest, ok := splitQueueKey(r.Key)
+		if !ok {
+			qs.log.Warn("ignoring malformed queue key", "key", r.Key)
+			continue
+		}
+		if _, held := qs.subs[id]; !held {
+			orphans = append(orphans, ds.RawKey(r.Key))
+			continue
+		}
+		sc := scans[id]
+		if sc == nil {
+			sc = &scan{}
+			scans[id] = sc
+		}
+		if rest == metaSuffix {
+			sc.meta = true
+			continue
+		}
+		seq, ok := parseSeq(rest)
+		if !ok || seq == 0 {
+			qs.log.Warn("ignoring malformed queue key", "key", r.Key)
+			continue
+		}
+		if sc.count == 0 {
+			sc.first = seq
+		}
+		sc.last = seq
+		sc.count++
+	}
+	if err := res.Close(); err != nil {
+		return fmt.Errorf("topics: scan queues: %w", err)
+	}
+
+	for id, q := range qs.subs {
+		var m queueMeta
+		m.next = 1
+		sc := scans[id]
+		if sc != nil && sc.meta {
+			raw, err := qs.store.Get(ctx, ds.RawKey(metaKey(id)))
+			if err != nil {
+				return fmt.Errorf("topics: read %s: %w", metaKey(id), err)
+			}
+			if m, err = decodeMeta(raw); err != nil {
+				return fmt.Errorf("%s: %w", metaKey(id), err)
+			}
+		}
+		q.acked = m.acked
+		q.next = m.next
+		q.head = m.next // nothing queued unless keys say otherwise
+		q.storeFirst = m.next
+		if sc != nil && sc.count > 0 {
+			q.next = max(q.next, sc.last+1)
+			// Keys at or below the ack watermark are deletes that were not
+			// yet committed when the process stopped; the committer
+			// finishes them. A first key above it means the messages in
+			// between were dropped.
+			q.storeFirst = sc.first
+			q.head = max(sc.first, m.acked+1)
+			if sc.last-sc.first+1 != sc.count {
+				qs.log.Warn("queue has gaps; its depth is an upper bound", "subscription", id, "first", sc.first, "last", sc.last, "count", sc.count)
+			}
+		}
+		q.cNext = q.next
+		q.cDrop = q.head
+		q.dropped, q.delivered, q.redelivered = m.dropped, m.delivered, m.redelivered
+		q.sentMax, q.lastDelivered = m.sentMax, m.lastDelivered
+		if q.storeFirst < q.head {
+			qs.markDirty(q)
+		}
+	}
+
+	if len(orphans) > 0 {
+		qs.log.Warn("deleting queue keys of unknown subscriptions", "keys", len(orphans))
+		if err := qs.deleteKeys(ctx, orphans); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func newQueue(s Subscription) *queue {
+	return &queue{sub: s, prefix: queuePrefix(s.ID), next: 1, head: 1, storeFirst: 1, cNext: 1, cDrop: 1}
+}
+
+// deleteKeys deletes keys in bounded batches and syncs.
+func (qs *Queues) deleteKeys(ctx context.Context, keys []ds.Key) error {
+	for len(keys) > 0 {
+		n := min(len(keys), maxDeletesPerRound)
+		b, err := qs.store.Batch(ctx)
+		if err != nil {
+			return fmt.Errorf("topics: delete queue keys: %w", err)
+		}
+		for _, k := range keys[:n] {
+			if err := b.Delete(ctx, k); err != nil {
+				return fmt.Errorf("topics: delete %s: %w", k, err)
+			}
+		}
+		if err := b.Commit(ctx); err != nil {
+			return fmt.Errorf("topics: delete queue keys: %w", err)
+		}
+		keys = keys[n:]
+	}
+	if err := qs.store.Sync(ctx, ds.RawKey(queueNamespace)); err != nil {
+		return fmt.Errorf("topics: sync: %w", err)
+	}
+	return nil
+}
+
+func validateSubscription(s Subscription) error {
+	switch {
+	case s.ID == "":
+		return fmt.Errorf("%w: empty id", ErrInvalidSubscription)
+	case len(s.ID) > MaxSubscriptionIDLen:
+		return fmt.Errorf("%w: id is %d bytes long (maximum %d)", ErrInvalidSubscription, len(s.ID), MaxSubscriptionIDLen)
+	case strings.Contains(s.ID, "/"):
+		return fmt.Errorf("%w: id %q contains '/'", ErrInvalidSubscription, s.ID)
+	case s.ID == "." || s.ID == "..":
+		// go-datastore cleans query prefixes like paths, so these would
+		// make a queue's prefix escape its namespace.
+		return fmt.Errorf("%w: id %q is reserved", ErrInvalidSubscription, s.ID)
+	}
+	if err := ValidatePattern(s.Pattern); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidSubscription, err)
+	}
+	return nil
+}
+
+// AddSubscription stores s and creates its empty queue. It returns once the
+// record is durable. Adding an identical subscription again is a no-op;
+// a different one with the same id fails with ErrSubscriptionExists.
+func (qs *Queues) AddSubscription(ctx context.Context, s Subscription) error {
+	if err := validateSubscription(s); err != nil {
+		return err
+	}
+	raw, err := json.Marshal(s)
+	if err != nil {
+		return fmt.Errorf("topics: encode subscription %q: %w", s.ID, err)
+	}
+	qs.adminMu.Lock()
+	defer qs.adminMu.Unlock()
+	qs.mu.RLock()
+	closed, old := qs.closed, qs.subs[s.ID]
+	qs.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	if old != nil {
+		if sameSubscription(old.sub, s) {
+			return nil
+		}
+		return fmt.Errorf("%w: %q", ErrSubscriptionExists, s.ID)
+	}
+	// A fresh queue starts at sequence 1, so any keys left by an earlier
+	// subscription with this id (removed, then the process crashed before
+	// the delete was durable) must go first.
+	stale, err := qs.queueKeys(ctx, s.ID)
+	if err != nil {
+		return err
+	}
+	b, err := qs.store.Batch(ctx)
+	if err != nil {
+		return fmt.Errorf("topics: add subscription %q: %w", s.ID, err)
+	}
+	for _, k := range stale {
+		if err := b.Delete(ctx, k); err != nil {
+			return fmt.Errorf("topics: add subscription %q: %w", s.ID, err)
+		}
+	}
+	if err := b.Put(ctx, ds.RawKey(subKey(s.ID)), raw); err != nil {
+		return fmt.Errorf("topics: add subscription %q: %w", s.ID, err)
+	}
+	if err := b.Commit(ctx); err != nil {
+		return fmt.Errorf("topics: add subscription %q: %w", s.ID, err)
+	}
+	if err := qs.store.Sync(ctx, ds.RawKey(subsNamespace)); err != nil {
+		return fmt.Errorf("topics: add subscription %q: sync: %w", s.ID, err)
+	}
+	q := newQueue(s)
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	if qs.closed {
+		return ErrClosed
+	}
+	if err := qs.trie.Insert(s.Pattern, q); err != nil {
+		return err // validated above; kept for safety
+	}
+	qs.subs[s.ID] = q
+	return nil
+}
+
+func sameSubscription(a, b Subscription) bool {
+	return a.ID == b.ID && a.Subscriber == b.Subscriber && a.Pattern == b.Pattern &&
+		a.TokenID == b.TokenID && a.Receiver == b.Receiver && a.CreatedAt.Equal(b.CreatedAt)
+}
+
+// queueKeys lists every key of queue id.
+func (qs *Queues) queueKeys(ctx context.Context, id string) ([]ds.Key, error) {
+	res, err := qs.store.Query(ctx, query.Query{Prefix: queuePrefix(id), KeysOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("topics: list queue %q: %w", id, err)
+	}
+	entries, err := res.Rest()
+	if err != nil {
+		return nil, fmt.Errorf("topics: list queue %q: %w", id, err)
+	}
+	keys := make([]ds.Key, len(entries))
+	for i, e := range entries {
+		keys[i] = ds.RawKey(e.Key)
+	}
+	return keys, nil
+}
+
+// RemoveSubscription removes subscription id and its whole queue, durably.
+// Wait channels of the queue are closed.
+func (qs *Queues) RemoveSubscription(ctx context.Context, id string) (Subscription, error) {
+	removed, err := qs.remove(ctx, func(s Subscription) bool { return s.ID == id }, id)
+	if err != nil {
+		return Subscription{}, err
+	}
+	if len(removed) == 0 {
+		return Subscription{}, fmt.Errorf("%w: %q", ErrNoSubscription, id)
+	}
+	return removed[0], nil
+}
+
+// RemoveWhere removes every subscription for which fn returns true (for
+// example all made with a revoked token, or all of one subscriber) with
+// their queues, durably, and returns them sorted by id.
+func (qs *Queues) RemoveWhere(ctx context.Context, fn func(Subscription) bool) ([]Subscription, error) {
+	return qs.remove(ctx, fn, "")
+}
+
+// remove removes the subscriptions selected by fn; if only is not empty,
+// only that id is considered (a map lookup instead of a scan).
+func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only string) ([]Subscription, error) {
+	qs.adminMu.Lock()
+	defer qs.adminMu.Unlock()
+
+	qs.mu.RLock()
+	if qs.closed {
+		qs.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	var victims []*queue
+	if only != "" {
+		if q := qs.subs[only]; q != nil {
+			victims = append(victims, q)
+		}
+	} else {
+		for _, q := range qs.subs {
+			if fn(q.sub) {
+				victims = append(victims, q)
+			}
+		}
+	}
+	qs.mu.RUnlock()
+	if len(victims) == 0 {
+		return nil, nil
+	}
+	slices.SortFunc(victims, func(a, b *queue) int { return cmp.Compare(a.sub.ID, b.sub.ID) })
+
+	// Delete from the datastore first: if that fails the subscriptions stay
+	// as they were. commitMu keeps the committer from writing into these
+	// queues while their keys are listed and deleted.
+	qs.commitMu.Lock()
+	var keys []ds.Key
+	for _, q := range victims {
+		qk, err := qs.queueKeys(ctx, q.sub.ID)
+		if err != nil {
+			qs.commitMu.Unlock()
+			return nil, err
+		}
+		keys = append(keys, qk...)
+		keys = append(keys, ds.RawKey(subKey(q.sub.ID)))
+	}
+	// From here on the committer skips these queues, so no key reappears.
+	for _, q := range victims {
+		q.removed.Store(true)
+	}
+	err := qs.deleteKeys(ctx, keys)
+	qs.commitMu.Unlock()
+	if err != nil {
+		for _, q := range victims {
+			q.removed.Store(false)
+		}
+		return nil, err
+	}
+
+	out := make([]Subscription, len(victims))
+	qs.mu.Lock()
+	for i, q := range victims {
+		delete(qs.subs, q.sub.ID)
+		qs.trie.Remove(q.sub.Pattern, q)
+		out[i] = q.sub
+	}
+	qs.mu.Unlock()
+	for _, q := range victims {
+		q.mu.Lock()
+		q.wakeLocked()
+		q.mem = nil
+		q.memBytes = 0
+		q.mu.Unlock()
+	}
+	return out, nil
+}
+
+// Subscription returns the subscription with the given id.
+func (qs *Queues) Subscription(id string) (Subscription, bool) {
+	qs.mu.RLock()
+	defer qs.mu.RUnlock()
+	q := qs.subs[id]
+	if q == nil {
+		return Subscription{}, false
+	}
+	return q.sub, true
+}
+
+// Status returns a snapshot of every queue, sorted by subscription id.
+func (qs *Queues) Status() []QueueStatus {
+	qs.mu.RLock()
+	qlist := make([]*queue, 0, len(qs.subs))
+	for _, q := range qs.subs {
+		qlist = append(qlist, q)
+	}
+	qs.mu.RUnlock()
+	slices.SortFunc(qlist, func(a, b *queue) int { return cmp.Compare(a.sub.ID, b.sub.ID) })
+	out := make([]QueueStatus, len(qlist))
+	for i, q := range qlist {
+		q.mu.Lock()
+		st := QueueStatus{
+			Subscription: q.sub,
+			NextSeq:      q.next,
+			Acked:        q.acked,
+			Delivered:    q.delivered,
+			Redelivered:  q.redelivered,
+			Dropped:      q.dropped,
+		}
+		if q.next > q.head {
+			st.Depth = q.next - q.head
+		}
+		if q.lastDelivered != 0 {
+			st.LastDelivered = time.Unix(0, q.lastDelivered)
+		}
+		q.mu.Unlock()
+		out[i] = st
+	}
+	return out
+}
+
+// Publish appends each message to every subscription whose pattern matches
+// its subject and that passes filter (nil passes all), with the next
+// sequence number of that subscription. It returns the number of queue
+// entries appended once all of them are durable. A message with zero Time
+// is stamped with the current time.
+//
+// Under PolicyReject, if any message would overflow a matching queue the
+// call fails with an error wrapping ErrQueueFull and nothing of it is
+// written. If ctx ends first, Publish returns its error, but the messages
+// may still be queued (delivery is at-least-once either way).
+//
+// filter runs on the caller's goroutine and must not call back into qs.
+func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subscription) bool) (int, error) {
+	for i := range msgs {
+		if err := ValidateSubject(msgs[i].Subject); err != nil {
+			return 0, err
+		}
+	}
+	r := qs.reqPool.Get().(*pubReq)
+	r.reset()
+	now := int64(0)
+	var cand []*queue
+	collect := func(q *queue) { cand = append(cand, q) }
+	var verdict map[*queue]bool
+	for i := range msgs {
+		cand = cand[:0]
+		qs.trie.MatchFunc(msgs[i].Subject, collect)
+		if len(cand) == 0 {
+			continue
+		}
+		mi := -1
+		for _, q := range cand {
+			if filter != nil {
+				ok, seen := verdict[q]
+				if !seen {
+					ok = filter(q.sub)
+					if verdict == nil {
+						verdict = make(map[*queue]bool)
+					}
+					verdict[q] = ok
+				}
+				if !ok {
+					continue
+				}
+			}
+			if mi < 0 {
+				mi = len(r.msgs)
+				m := msgs[i]
+				if m.Time == 0 {
+					if now == 0 {
+						now = time.Now().UnixNano()
+					}
+					m.Time = now
+				}
+				// The copy is what the queue keeps, so the caller may reuse
+				// its buffers as soon as Publish returns.
+				val, off := appendMessage(make([]byte, 0, encodedMessageSize(&m)), &m)
+				m.Data = val[off:len(val):len(val)]
+				r.msgs = append(r.msgs, m)
+				r.vals = append(r.vals, val)
+				r.bytes += len(val)
+			}
+			r.targets = append(r.targets, target{q: q, msg: mi})
+		}
+	}
+	if len(r.targets) == 0 {
+		qs.reqPool.Put(r)
+		return 0, nil
+	}
+
+	qs.mu.RLock()
+	if qs.closed {
+		qs.mu.RUnlock()
+		qs.reqPool.Put(r)
+		return 0, ErrClosed
+	}
+	// Sending under the read lock orders it before Close closes the
+	// channel; the committer keeps draining, so this cannot block forever.
+	select {
+	case qs.reqs <- r:
+	case <-ctx.Done():
+		qs.mu.RUnlock()
+		qs.reqPool.Put(r)
+		return 0, ctx.Err()
+	}
+	qs.mu.RUnlock()
+
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		// r is still referenced by the committer; it is not recycled.
+		return 0, fmt.Errorf("topics: publish: %w (the messages may still be queued)", ctx.Err())
+	}
+	n, err := r.n, r.err
+	qs.reqPool.Put(r)
+	return n, err
+}
+
+func (r *pubReq) reset() {
+	clear(r.msgs)
+	clear(r.vals)
+	clear(r.targets)
+	r.msgs, r.vals, r.targets = r.msgs[:0], r.vals[:0], r.targets[:0]
+	r.bytes, r.n, r.err = 0, 0, nil
+}
+
+// commitLoop is the committer goroutine: it merges waiting Publish calls
+// and pending ack deletions into one batch per round.
+func (qs *Queues) commitLoop() {
+	defer close(qs.syncCh)
+	for {
+		var first *pubReq
+		select {
+		case r, ok := <-qs.reqs:
+			if !ok {
+				// Close: finish pending ack deletions so a clean restart
+				// does not redeliver.
+				qs.commitRound(nil)
+				return
+			}
+			first = r
+		case <-qs.kick:
+		}
+		qs.commitRound(first)
+	}
+}
+
+// commitRound builds, commits and hands to the syncer one round starting
+// with first (nil for a deletions-only round).
+func (qs *Queues) commitRound(first *pubReq) {
+	ctx := context.Background()
+	rd := &round{}
+	if first != nil {
+		rd.reqs = append(rd.reqs, first)
+		entries, bytes := len(first.targets), first.bytes
+	drain:
+		for entries < maxRoundEntries && bytes < maxRoundBytes {
+			select {
+			case r, ok := <-qs.reqs:
+				if !ok {
+					break drain
+				}
+				rd.reqs = append(rd.reqs, r)
+				entries += len(r.targets)
+				bytes += r.bytes
+			default:
+				break drain
+			}
+		}
+	}
+
+	qs.commitMu.Lock()
+	qs.roundID++
+	id := qs.roundID
+	touchOf := func(q *queue) *touch {
+		if q.cRound == id {
+			return rd.touches[q.cTouch]
+		}
+		q.cRound, q.cTouch = id, len(rd.touches)
+		t := &touch{q: q, first: q.cNext}
+		rd.touches = append(rd.touches, t)
+		return t
+	}
+
+	var scratch []*queue
+	for _, r := range rd.reqs {
+		if !qs.drop && !qs.admit(r, &scratch) {
+			continue
+		}
+		for _, tg := range r.targets {
+			q := tg.q
+			if q.removed.Load() {
+				continue
+			}
+			t := touchOf(q)
+			seq := q.cNext
+			q.cNext++
+			t.items = append(t.items, Item{Seq: seq, Message: r.msgs[tg.msg]})
+			t.vals = append(t.vals, r.vals[tg.msg])
+			r.n++
+		}
+	}
+
+	// Queues with pending ack deletions join the round.
+	qs.dirtyMu.Lock()
+	dirty := qs.dirty
+	qs.dirty = nil
+	for _, q := range dirty {
+		q.dirty = false
+	}
+	qs.dirtyMu.Unlock()
+	for _, q := range dirty {
+		if !q.removed.Load() {
+			touchOf(q)
+		}
+	}
+	if len(rd.touches) == 0 {
+		qs.commitMu.Unlock()
+		qs.finish(rd, nil)
+		return
+	}
+
+	rd.err = qs.writeRound(ctx, rd)
+	qs.commitMu.Unlock()
+	if len(rd.reqs) == 0 {
+		// Deletions need no Sync: a lost delete is only a redelivery,
+		// which the subscriber drops as a duplicate.
+		if rd.err != nil {
+			qs.log.Warn("deleting acknowledged messages failed; they will be retried", "err", rd.err)
+		}
+		return
+	}
+	qs.syncCh <- rd
+}
+
+// admit checks r against the bounds under PolicyReject; a request that does
+// not fit gets ErrQueueFull and is left out of the round entirely.
+func (qs *Queues) admit(r *pubReq, scratch *[]*queue) bool {
+	list := (*scratch)[:0]
+	for _, tg := range r.targets {
+		if tg.q.cAdd == 0 {
+			list = append(list, tg.q)
+		}
+		tg.q.cAdd++
+	}
+	var full *queue
+	for _, q := range list {
+		if full == nil && !q.removed.Load() {
+			q.mu.Lock()
+			head := q.head
+			q.mu.Unlock()
+			if q.cNext+uint64(q.cAdd)-head > qs.bound {
+				full = q
+			}
+		}
+	}
+	for _, q := range list {
+		q.cAdd = 0
+	}
+	clear(list)
+	*scratch = list[:0]
+	if full != nil {
+		r.err = fmt.Errorf("%w: subscription %q (pattern %q, subscriber %s) has reached its bound of %d undelivered messages", ErrQueueFull, full.sub.ID, full.sub.Pattern, full.sub.Subscriber, qs.bound)
+		return false
+	}
+	return true
+}
+
+// writeRound writes one round into a single batch and commits it (without
+// Sync). Called with commitMu held.
+func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
+	b, err := qs.store.Batch(ctx)
+	if err != nil {
+		return fmt.Errorf("topics: batch: %w", err)
+	}
+	// All keys of the round are built in one buffer and sliced from one
+	// string: ds.Key wants a string, and a conversion per key would cost an
+	// allocation per entry on the hot path.
+	size := 0
+	for _, t := range rd.touches {
+		size += len(t.items) * (len(t.q.prefix) + seqDigits)
+	}
+	arena := make([]byte, 0, size)
+	for _, t := range rd.touches {
+		for i := range t.items {
+			arena = appendSeqKey(arena, t.q.prefix, t.items[i].Seq)
+		}
+	}
+	keys := string(arena)
+	off := 0
+	var firstErr error
+	var metaBuf []byte
+	var delBuf []byte
+	for _, t := range rd.touches {
+		q := t.q
+		t.next = q.cNext
+		klen := len(q.prefix) + seqDigits
+
+		q.mu.Lock()
+		head := q.head
+		if qs.drop && q.cNext-max(head, q.cDrop) > qs.bound {
+			q.cDrop = q.cNext - qs.bound
+		}
+		t.drop = q.cDrop
+		newHead := max(head, q.cDrop)
+		// Durable keys below the new head are deleted; entries of this
+		// round below it (dropped at once) are never written.
+		delFrom := q.storeFirst
+		delTo := min(newHead, t.first) // exclusive
+		redirty := false
+		if delTo > delFrom && delTo-delFrom > maxDeletesPerRound {
+			delTo = delFrom + maxDeletesPerRound
+			redirty = true
+		}
+		if delTo > delFrom {
+			q.storeFirst = delTo
+		}
+		if !redirty && newHead > q.storeFirst {
+			q.storeFirst = newHead
+		}
+		meta := queueMeta{
+			next: q.cNext, acked: q.acked, dropped: q.dropped, delivered: q.delivered,
+			redelivered: q.redelivered, sentMax: q.sentMax, lastDelivered: q.lastDelivered,
+		}
+		q.mu.Unlock()
+		if redirty {
+			qs.markDirty(q)
+		}
+
+		for s := delFrom; s < delTo && firstErr == nil; s++ {
+			delBuf = appendSeqKey(delBuf[:0], q.prefix, s)
+			firstErr = b.Delete(ctx, ds.RawKey(string(delBuf)))
+		}
+		for i := range t.items {
+			k := keys[off : off+klen]
+			off += klen
+			if t.items[i].Seq < newHead || firstErr != nil {
+				continue
+			}
+			firstErr = b.Put(ctx, ds.RawKey(k), t.vals[i])
+		}
+		if firstErr == nil {
+			metaBuf = appendMeta(make([]byte, 0, 64), &meta)
+			firstErr = b.Put(ctx, ds.RawKey(metaKey(q.sub.ID)), metaBuf)
+		}
+	}
+	if firstErr != nil {
+		return fmt.Errorf("topics: write queue batch: %w", firstErr)
+	}
+	if err := b.Commit(ctx); err != nil {
+		return fmt.Errorf("topics: commit queue batch: %w", err)
+	}
+	return nil
+}
+
+// syncLoop is the syncer goroutine: one Sync makes every round committed
+// before it durable, so rounds that queued up while an fsync ran share the
+// next one.
+func (qs *Queues) syncLoop() {
+	defer close(qs.syncerDone)
+	var batch []*round
+	for rd := range qs.syncCh {
+		batch = append(batch[:0], rd)
+	more:
+		for {
+			select {
+			case r, ok := <-qs.syncCh:
+				if !ok {
+					break more
+				}
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		var syncErr error
+		for _, r := range batch {
+			if r.err == nil {
+				if err := qs.store.Sync(context.Background(), ds.RawKey(queueNamespace)); err != nil {
+					syncErr = fmt.Errorf("topics: sync queues: %w", err)
+				}
+				break
+			}
+		}
+		for _, r := range batch {
+			qs.finish(r, cmp.Or(r.err, syncErr))
+		}
+		clear(batch)
+	}
+}
+
+// finish publishes a round's outcome to the queues and its callers.
+func (qs *Queues) finish(rd *round, err error) {
+	for _, t := range rd.touches {
+		q := t.q
+		q.mu.Lock()
+		if t.drop > q.head {
+			q.dropped += t.drop - q.head
+			q.head = t.drop
+		}
+		q.trimLocked()
+		if err != nil {
+			// The sequences are spent either way: some of the round may be
+			// in the datastore, and a sequence is never reused. Reads find
+			// whatever is there.
+			clear(q.mem)
+			q.mem, q.memBytes = q.mem[:0], 0
+		} else {
+			for i := range t.items {
+				if t.items[i].Seq >= q.head {
+					q.pushLocked(t.items[i], qs.memCap)
+				}
+			}
+		}
+		if t.next > q.next {
+			q.next = t.next
+			q.wakeLocked()
+		}
+		q.mu.Unlock()
+	}
+	for _, r := range rd.reqs {
+		if err != nil && r.err == nil {
+			r.err = err
+			r.n = 0
+		}
+		r.done <- struct{}{}
+	}
+}
+
+// trimLocked drops cached items below head.
+func (q *queue) trimLocked() {
+	k := 0
+	for k < len(q.mem) && q.mem[k].Seq < q.head {
+		q.memBytes -= itemSize(&q.mem[k])
+		k++
+	}
+	if k > 0 {
+		clear(q.mem[:k]) // let the collector have the dropped messages
+		q.mem = q.mem[k:]
+	}
+}
+
+// pushLocked appends a newly durable item to the cache, evicting the oldest
+// beyond the budget. The cache stays contiguous: an item that does not
+// follow the last cached one, or that alone exceeds the budget, empties it.
+func (q *queue) pushLocked(it Item, budget int) {
+	sz := itemSize(&it)
+	if n := len(q.mem); n > 0 && q.mem[n-1].Seq+1 != it.Seq || sz > budget {
+		clear(q.mem)
+		q.mem, q.memBytes = q.mem[:0], 0
+		if sz > budget {
+			return
+		}
+	}
+	q.mem = append(q.mem, it)
+	q.memBytes += sz
+	k := 0
+	for q.memBytes > budget {
+		q.memBytes -= itemSize(&q.mem[k])
+		k++
+	}
+	if k > 0 {
+		clear(q.mem[:k])
+		q.mem = q.mem[k:]
+	}
+}
+
+func itemSize(it *Item) int {
+	return len(it.Message.Subject) + len(it.Message.Data) + itemOverhead
+}
+
+func (q *queue) wakeLocked() {
+	if q.wake != nil {
+		close(q.wake)
+		q.wake = nil
+	}
+}
+
+func (qs *Queues) markDirty(q *queue) {
+	qs.dirtyMu.Lock()
+	if !q.dirty {
+		q.dirty = true
+		qs.dirty = append(qs.dirty, q)
+	}
+	qs.dirtyMu.Unlock()
+	select {
+	case qs.kick <- struct{}{}:
+	default:
+	}
+}
+
+// get returns the live queue id.
+func (qs *Queues) get(id string) (*queue, error) {
+	qs.mu.RLock()
+	defer qs.mu.RUnlock()
+	if qs.closed {
+		return nil, ErrClosed
+	}
+	q := qs.subs[id]
+	if q == nil || q.removed.Load() {
+		return nil, fmt.Errorf("%w: %q", ErrNoSubscription, id)
+	}
+	return q, nil
+}
+
+// Read returns queued items with sequence numbers above after, in order:
+// at most maxItems items (no limit if <= 0) and, after the first, at most
+// maxBytes bytes of subject and data (no limit if <= 0). It returns at
+// least one item if any is available. Recent items come from memory, older
+// ones from the datastore. The returned Data is never modified by Queues
+// and stays valid; callers must not modify it either.
+func (qs *Queues) Read(id string, after uint64, maxItems, maxBytes int) ([]Item, error) {
+	q, err := qs.get(id)
+	if err != nil {
+		return nil, err
+	}
+	q.mu.Lock()
+	start := max(after+1, q.head)
+	next := q.next
+	if start >= next {
+		q.mu.Unlock()
+		return nil, nil
+	}
+	if n := len(q.mem); n > 0 && start >= q.mem[0].Seq {
+		i := int(start - q.mem[0].Seq)
+		out := make([]Item, 0, min(n-i, cmp.Or(maxItems, n-i)))
+		bytes := 0
+		for ; i < n; i++ {
+			it := q.mem[i]
+			sz := len(it.Message.Subject) + len(it.Message.Data)
+			if len(out) > 0 && (maxItems > 0 && len(out) >= maxItems || maxBytes > 0 && bytes+sz > maxBytes) {
+				break
+			}
+			out = append(out, it)
+			bytes += sz
+		}
+		q.mu.Unlock()
+		return out, nil
+	}
+	// The query is started under the lock: its iterator then sees the
+	// datastore as of a moment when storeFirst was not below the first key
+	// (the committer raises storeFirst before committing deletes), so the
+	// offset skips at most the keys below start.
+	offset := 0
+	if start > q.storeFirst {
+		offset = int(min(start-q.storeFirst, 1<<30))
+	}
+	return qs.readStore(q, start, next, offset, maxItems, maxBytes)
+}
+
+// readStore reads from the datastore; it is called with q.mu held and
+// releases it.
+func (qs *Queues) readStore(q *queue, start, next uint64, offset, maxItems, maxBytes int) ([]Item, error) {
+	out, rescan, err := qs.queryStore(q, start, next, offset, maxItems, maxBytes, true)
+	if rescan && err == nil {
+		out, _, err = qs.queryStore(q, start, next, 0, maxItems, maxBytes, false)
+	}
+	return out, err
+}
+
+// queryStore runs one ordered query of q's keys, skipping offset keys. If
+// locked, q.mu is held on entry and released once the query has started.
+// rescan reports that the offset skipped messages that still exist.
+func (qs *Queues) queryStore(q *queue, start, next uint64, offset, maxItems, maxBytes int, locked bool) (out []Item, rescan bool, err error) {
+	res, err := qs.store.Query(context.Background(), query.Query{
+		Prefix: q.prefix,
+		Orders: []query.Order{query.OrderByKey{}},
+		Offset: offset,
+	})
+	if locked {
+		q.mu.Unlock()
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("topics: read queue %q: %w", q.sub.ID, err)
+	}
+	defer res.Close()
+	bytes := 0
+	for {
+		r, ok := res.NextSync()
+		if !ok {
+			break
+		}
+		if r.Error != nil {
+			return nil, false, fmt.Errorf("topics: read queue %q: %w", q.sub.ID, r.Error)
+		}
+		seq, ok := parseSeq(r.Key[min(len(q.prefix), len(r.Key)):])
+		if !ok {
+			break // the meta record sorts after every message
+		}
+		if seq < start {
+			continue // a delete not yet committed
+		}
+		if seq >= next {
+			break // committed but not yet synced: not accepted yet
+		}
+		if len(out) == 0 && seq > start && offset > 0 {
+			// Either the skipped messages are gone (acked or dropped
+			// meanwhile), or the offset overshot because the keys are not
+			// contiguous; only the second needs a rescan.
+			q.mu.Lock()
+			head := q.head
+			q.mu.Unlock()
+			if seq > head {
+				return nil, true, nil
+			}
+		}
+		m, err := decodeMessage(r.Value)
+		if err != nil {
+			return nil, false, fmt.Errorf("topics: read %s: %w", r.Key, err)
+		}
+		sz := len(m.Subject) + len(m.Data)
+		if len(out) > 0 && (maxItems > 0 && len(out) >= maxItems || maxBytes > 0 && bytes+sz > maxBytes) {
+			break
+		}
+		out = append(out, Item{Seq: seq, Message: m})
+		bytes += sz
+	}
+	return out, false, nil
+}
+
+// Wait returns a channel that is closed when the queue next gains items, or
+// when the subscription is removed or qs is closed. To not miss items that
+// arrive in between, a deliverer calls Wait before Read and waits on the
+// channel only if Read returned nothing.
+func (qs *Queues) Wait(id string) (<-chan struct{}, error) {
+	q, err := qs.get(id)
+	if err != nil {
+		return nil, err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.wake == nil {
+		q.wake = make(chan struct{})
+	}
+	return q.wake, nil
+}
+
+// Ack records that every message up to and including seq was delivered
+// (cumulative; acking an older sequence again is a no-op). Their keys are
+// deleted lazily by the committer, without a Sync: a lost delete only means
+// a redelivery, which the subscriber drops as a duplicate. Acking a
+// sequence that was never assigned fails with ErrAckOutOfRange.
+func (qs *Queues) Ack(id string, seq uint64) error {
+	q, err := qs.get(id)
+	if err != nil {
+		return err
+	}
+	q.mu.Lock()
+	if seq >= q.next {
+		next := q.next
+		q.mu.Unlock()
+		return fmt.Errorf("%w: subscription %q acked %d, last queued is %d", ErrAckOutOfRange, id, seq, next-1)
+	}
+	changed := q.ackLocked(seq)
+	q.mu.Unlock()
+	if changed {
+		qs.markDirty(q)
+	}
+	return nil
+}
+
+func (q *queue) ackLocked(seq uint64) bool {
+	if seq <= q.acked {
+		return false
+	}
+	q.acked = seq
+	if seq+1 > q.head {
+		q.head = seq + 1
+	}
+	q.trimLocked()
+	return true
+}
+
+// Resume is called when a subscriber (re)connects and reports the last
+// sequence it processed: that acknowledges min(subscriberLast, NextSeq-1)
+// and returns the first sequence that will be (re)sent. Messages sent
+// before but not acknowledged are counted as redelivered when MarkSent
+// reports them again.
+func (qs *Queues) Resume(id string, subscriberLast uint64) (uint64, error) {
+	q, err := qs.get(id)
+	if err != nil {
+		return 0, err
+	}
+	q.mu.Lock()
+	a := min(subscriberLast, q.next-1)
+	changed := q.ackLocked(a)
+	from := max(a+1, q.head)
+	q.cursor = from - 1
+	q.mu.Unlock()
+	if changed {
+		qs.markDirty(q)
+	}
+	return from, nil
+}
+
+// MarkSent reports that the deliverer wrote every queued message up to seq
+// to the subscriber's stream. Messages beyond the highest ever sent count as
+// delivered, the others as redelivered. Unknown ids are ignored.
+func (qs *Queues) MarkSent(id string, seq uint64) {
+	q, err := qs.get(id)
+	if err != nil {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	seq = min(seq, q.next-1)
+	if seq <= q.cursor {
+		return
+	}
+	lo := max(q.cursor+1, q.head)
+	if seq >= lo {
+		if q.sentMax >= lo {
+			q.redelivered += min(q.sentMax, seq) - lo + 1
+		}
+		if seq > q.sentMax {
+			q.delivered += seq - max(q.sentMax+1, lo) + 1
+		}
+	}
+	q.cursor = seq
+	q.sentMax = max(q.sentMax, seq)
+	q.lastDelivered = time.Now().UnixNano()
+}
+
+// Close stops accepting publications, waits for those in flight to become
+// durable, writes pending ack deletions and queue counters, and closes every
+// Wait channel. It does not close the datastore. It is safe to call more
+// than once.
+func (qs *Queues) Close() error {
+	qs.closeOnce.Do(func() {
+		qs.mu.Lock()
+		qs.closed = true
+		close(qs.reqs)
+		qs.mu.Unlock()
+		<-qs.syncerDone
+
+		// Persist counters (and deletions) of every queue with one batch.
+		qs.mu.RLock()
+		all := make([]*queue, 0, len(qs.subs))
+		for _, q := range qs.subs {
+			all = append(all, q)
+		}
+		qs.mu.RUnlock()
+		ctx := context.Background()
+		if len(all) > 0 {
+			qs.commitMu.Lock()
+			rd := &round{}
+			for _, q := range all {
+				if q.removed.Load() {
+					continue
+				}
+				rd.touches = append(rd.touches, &touch{q: q, first: q.cNext})
+			}
+			err := qs.writeRound(ctx, rd)
+			qs.commitMu.Unlock()
+			if err == nil {
+				err = qs.store.Sync(ctx, ds.RawKey(queueNamespace))
+			}
+			if err != nil {
+				qs.closeErr = fmt.Errorf("topics: close queues: %w", err)
+			}
+		}
+		for _, q := range all {
+			q.mu.Lock()
+			q.wakeLocked()
+			q.mu.Unlock()
+		}
+	})
+	return qs.closeErr
+}

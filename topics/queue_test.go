@@ -1,0 +1,916 @@
+package topics
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coattail/coattail/datastore"
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
+)
+
+// backends runs fn against real pebble and the in-memory datastore.
+func backends(t *testing.T, fn func(t *testing.T, store ds.Batching)) {
+	t.Helper()
+	t.Run("pebble", func(t *testing.T) { fn(t, openPebble(t, t.TempDir()).Batching()) })
+	t.Run("memory", func(t *testing.T) { fn(t, datastore.NewMemory().Batching()) })
+}
+
+func openPebble(t testing.TB, dir string) *datastore.DB {
+	t.Helper()
+	db, err := datastore.Open(dir)
+	if err != nil {
+		t.Fatalf("open datastore: %v", err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+func openQueues(t testing.TB, store ds.Batching, o QueueOptions) *Queues {
+	t.Helper()
+	qs, err := OpenQueues(context.Background(), store, o)
+	if err != nil {
+		t.Fatalf("OpenQueues: %v", err)
+	}
+	t.Cleanup(func() { _ = qs.Close() })
+	return qs
+}
+
+func addSub(t testing.TB, qs *Queues, id, pattern string) Subscription {
+	t.Helper()
+	s := Subscription{ID: id, Subscriber: "peer-" + id, Pattern: pattern, TokenID: "tok-" + id, Receiver: "recv", CreatedAt: time.Unix(1700000000, 0).UTC()}
+	if err := qs.AddSubscription(context.Background(), s); err != nil {
+		t.Fatalf("AddSubscription(%s): %v", id, err)
+	}
+	return s
+}
+
+func msg(subject, data string) Message {
+	return Message{Subject: subject, Data: []byte(data), Hop: 1, Time: 42}
+}
+
+func publish(t testing.TB, qs *Queues, msgs ...Message) int {
+	t.Helper()
+	n, err := qs.Publish(context.Background(), msgs, nil)
+	if err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	return n
+}
+
+// readAll reads everything after `after`, in small pages so the paging is
+// exercised.
+func readAll(t testing.TB, qs *Queues, id string, after uint64) []Item {
+	t.Helper()
+	var out []Item
+	for {
+		items, err := qs.Read(id, after, 3, 0)
+		if err != nil {
+			t.Fatalf("Read(%s, %d): %v", id, after, err)
+		}
+		if len(items) == 0 {
+			return out
+		}
+		out = append(out, items...)
+		after = items[len(items)-1].Seq
+	}
+}
+
+// summary renders items as "seq:subject:data" for compact comparisons.
+func summary(items []Item) []string {
+	out := make([]string, len(items))
+	for i, it := range items {
+		out[i] = fmt.Sprintf("%d:%s:%s", it.Seq, it.Message.Subject, it.Message.Data)
+	}
+	return out
+}
+
+func wantItems(t *testing.T, got []Item, want ...string) {
+	t.Helper()
+	if s := summary(got); !slices.Equal(s, want) {
+		t.Fatalf("items = %q, want %q", s, want)
+	}
+}
+
+func queueKeys(t *testing.T, store ds.Batching, id string) []string {
+	t.Helper()
+	res, err := store.Query(context.Background(), query.Query{Prefix: queuePrefix(id), KeysOnly: true, Orders: []query.Order{query.OrderByKey{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	es, err := res.Rest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := make([]string, len(es))
+	for i, e := range es {
+		keys[i] = e.Key
+	}
+	return keys
+}
+
+func status(t *testing.T, qs *Queues, id string) QueueStatus {
+	t.Helper()
+	for _, st := range qs.Status() {
+		if st.ID == id {
+			return st
+		}
+	}
+	t.Fatalf("no status for %s", id)
+	return QueueStatus{}
+}
+
+func TestQueueSequencesWildcardsAndFilter(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		qs := openQueues(t, store, QueueOptions{})
+		addSub(t, qs, "star", "orders.*")
+		addSub(t, qs, "full", "orders.>")
+		addSub(t, qs, "lit", "billing.paid")
+
+		n := publish(t, qs, msg("orders.created", "a"), msg("orders.eu.created", "b"), msg("billing.paid", "c"), msg("other.thing", "d"))
+		if n != 4 { // star 1, full 2, lit 1
+			t.Fatalf("Publish wrote %d entries, want 4", n)
+		}
+		publish(t, qs, msg("orders.shipped", "e"))
+
+		wantItems(t, readAll(t, qs, "star", 0), "1:orders.created:a", "2:orders.shipped:e")
+		wantItems(t, readAll(t, qs, "full", 0), "1:orders.created:a", "2:orders.eu.created:b", "3:orders.shipped:e")
+		wantItems(t, readAll(t, qs, "lit", 0), "1:billing.paid:c")
+		wantItems(t, readAll(t, qs, "full", 2), "3:orders.shipped:e")
+
+		// The filter restricts a publication to chosen subscriptions.
+		n, err := qs.Publish(context.Background(), []Message{msg("orders.x", "f")}, func(s Subscription) bool { return s.Subscriber == "peer-full" })
+		if err != nil || n != 1 {
+			t.Fatalf("filtered Publish = %d, %v; want 1, nil", n, err)
+		}
+		wantItems(t, readAll(t, qs, "star", 2))
+		wantItems(t, readAll(t, qs, "full", 3), "4:orders.x:f")
+
+		// Messages are copied: the caller may reuse its buffer.
+		buf := []byte("orig")
+		publish(t, qs, Message{Subject: "billing.paid", Data: buf})
+		copy(buf, "XXXX")
+		wantItems(t, readAll(t, qs, "lit", 1), "2:billing.paid:orig")
+
+		if _, err := qs.Publish(context.Background(), []Message{msg("bad subject", "x")}, nil); !errors.Is(err, ErrInvalidSubject) {
+			t.Fatalf("Publish(bad subject) = %v, want ErrInvalidSubject", err)
+		}
+		st := status(t, qs, "full")
+		if st.NextSeq != 5 || st.Depth != 4 || st.Pattern != "orders.>" {
+			t.Fatalf("status = %+v, want next 5, depth 4", st)
+		}
+	})
+}
+
+func TestQueueMessageFieldsAndStamp(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		qs := openQueues(t, store, QueueOptions{MemoryPerQueue: 1}) // force datastore reads
+		addSub(t, qs, "s", ">")
+		before := time.Now().UnixNano()
+		publish(t, qs, Message{Subject: "a.b", Data: nil, Hop: 7}, Message{Subject: "a.c", Data: []byte{0, 1, 2}, Hop: 4294967295, Time: -5})
+		items := readAll(t, qs, "s", 0)
+		if len(items) != 2 {
+			t.Fatalf("got %d items", len(items))
+		}
+		if m := items[0].Message; m.Subject != "a.b" || len(m.Data) != 0 || m.Hop != 7 || m.Time < before {
+			t.Fatalf("first = %+v, want stamped time >= %d", m, before)
+		}
+		if m := items[1].Message; m.Subject != "a.c" || !bytes.Equal(m.Data, []byte{0, 1, 2}) || m.Hop != 4294967295 || m.Time != -5 {
+			t.Fatalf("second = %+v", m)
+		}
+	})
+}
+
+func TestQueueAddSubscriptionValidation(t *testing.T) {
+	qs := openQueues(t, datastore.NewMemory().Batching(), QueueOptions{})
+	for _, s := range []Subscription{
+		{ID: "", Pattern: "a"},
+		{ID: "a/b", Pattern: "a"},
+		{ID: "..", Pattern: "a"},
+		{ID: "ok", Pattern: "a..b"},
+		{ID: "ok", Pattern: "a.>.b"},
+	} {
+		if err := qs.AddSubscription(context.Background(), s); !errors.Is(err, ErrInvalidSubscription) {
+			t.Errorf("AddSubscription(%+v) = %v, want ErrInvalidSubscription", s, err)
+		}
+	}
+	s := addSub(t, qs, "x", "a.*")
+	if err := qs.AddSubscription(context.Background(), s); err != nil {
+		t.Fatalf("re-adding the same subscription: %v", err)
+	}
+	s.Pattern = "b"
+	if err := qs.AddSubscription(context.Background(), s); !errors.Is(err, ErrSubscriptionExists) {
+		t.Fatalf("adding a different subscription with a taken id = %v, want ErrSubscriptionExists", err)
+	}
+	if got, ok := qs.Subscription("x"); !ok || got.Pattern != "a.*" {
+		t.Fatalf("Subscription(x) = %+v, %v", got, ok)
+	}
+	if _, err := OpenQueues(context.Background(), datastore.NewMemory().Batching(), QueueOptions{Policy: "maybe", Bound: -1}); !errors.Is(err, ErrInvalidQueueOptions) {
+		t.Fatalf("bad options: %v", err)
+	}
+}
+
+func TestQueueDurableAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	db, err := datastore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, err := OpenQueues(context.Background(), db.Batching(), QueueOptions{MemoryPerQueue: 200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addSub(t, qs, "a", "x.>")
+	addSub(t, qs, "b", "x.y")
+	for i := 1; i <= 10; i++ {
+		publish(t, qs, msg("x.y", strconv.Itoa(i)))
+	}
+	if err := qs.Ack("a", 4); err != nil {
+		t.Fatal(err)
+	}
+	qs.MarkSent("a", 6)
+	if err := qs.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := qs.Publish(context.Background(), []Message{msg("x.y", "late")}, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Publish after Close = %v, want ErrClosed", err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	db = openPebble(t, dir)
+	qs = openQueues(t, db.Batching(), QueueOptions{MemoryPerQueue: 200})
+	got := readAll(t, qs, "a", 0)
+	if len(got) != 6 || got[0].Seq != 5 || got[5].Seq != 10 || string(got[0].Message.Data) != "5" {
+		t.Fatalf("after restart a = %q, want seqs 5..10", summary(got))
+	}
+	if got := readAll(t, qs, "b", 0); len(got) != 10 || got[9].Seq != 10 {
+		t.Fatalf("after restart b = %q", summary(got))
+	}
+	// Acked keys are gone from the datastore, not merely hidden.
+	keys := queueKeys(t, db.Batching(), "a")
+	if len(keys) != 7 || keys[0] != "/queue/a/"+fmt.Sprintf("%020d", 5) || keys[6] != "/queue/a/meta" {
+		t.Fatalf("keys of a = %q", keys)
+	}
+	st := status(t, qs, "a")
+	// 1..4 were acked before MarkSent reported them, so only 5 and 6 count.
+	if st.Acked != 4 || st.NextSeq != 11 || st.Depth != 6 || st.Delivered != 2 || st.LastDelivered.IsZero() {
+		t.Fatalf("status after restart = %+v", st)
+	}
+	// Sequences continue where they left off.
+	publish(t, qs, msg("x.z", "11"))
+	wantItems(t, readAll(t, qs, "a", 10), "11:x.z:11")
+
+	// A queue whose messages were all acked still continues its sequence.
+	if err := qs.Ack("b", 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := qs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qs = openQueues(t, db.Batching(), QueueOptions{})
+	if keys := queueKeys(t, db.Batching(), "b"); !slices.Equal(keys, []string{"/queue/b/meta"}) {
+		t.Fatalf("keys of fully acked b = %q", keys)
+	}
+	publish(t, qs, msg("x.y", "again"))
+	wantItems(t, readAll(t, qs, "b", 0), "11:x.y:again")
+}
+
+func TestQueueRejectAtBound(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		qs := openQueues(t, store, QueueOptions{Bound: 3, Policy: PolicyReject})
+		addSub(t, qs, "small", "a")
+		addSub(t, qs, "other", "b")
+		publish(t, qs, msg("a", "1"), msg("a", "2"), msg("b", "1"))
+		// Three more would overflow "small": nothing of the call is written,
+		// not even to "other", which has room.
+		_, err := qs.Publish(context.Background(), []Message{msg("b", "x"), msg("a", "3"), msg("a", "4")}, nil)
+		if !errors.Is(err, ErrQueueFull) || !bytes.Contains([]byte(err.Error()), []byte(`"small"`)) {
+			t.Fatalf("Publish over bound = %v, want ErrQueueFull naming small", err)
+		}
+		wantItems(t, readAll(t, qs, "other", 0), "1:b:1")
+		publish(t, qs, msg("a", "3"))
+		if _, err := qs.Publish(context.Background(), []Message{msg("a", "4")}, nil); !errors.Is(err, ErrQueueFull) {
+			t.Fatalf("Publish to full queue = %v", err)
+		}
+		// An ack makes room.
+		if err := qs.Ack("small", 1); err != nil {
+			t.Fatal(err)
+		}
+		publish(t, qs, msg("a", "4"))
+		wantItems(t, readAll(t, qs, "small", 0), "2:a:2", "3:a:3", "4:a:4")
+		if st := status(t, qs, "small"); st.Dropped != 0 || st.Depth != 3 {
+			t.Fatalf("status = %+v", st)
+		}
+	})
+}
+
+func TestQueueDropOldestAtBound(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		qs := openQueues(t, store, QueueOptions{Bound: 3, Policy: PolicyDropOldest, MemoryPerQueue: 1 << 20})
+		addSub(t, qs, "s", "a")
+		publish(t, qs, msg("a", "1"), msg("a", "2"))
+		publish(t, qs, msg("a", "3"), msg("a", "4"))
+		wantItems(t, readAll(t, qs, "s", 0), "2:a:2", "3:a:3", "4:a:4")
+		// More than the bound in one call: the oldest of the call itself go.
+		publish(t, qs, msg("a", "5"), msg("a", "6"), msg("a", "7"), msg("a", "8"), msg("a", "9"))
+		wantItems(t, readAll(t, qs, "s", 0), "7:a:7", "8:a:8", "9:a:9")
+		st := status(t, qs, "s")
+		if st.Dropped != 6 || st.Depth != 3 || st.NextSeq != 10 {
+			t.Fatalf("status = %+v, want dropped 6, depth 3, next 10", st)
+		}
+		keys := queueKeys(t, store, "s")
+		if len(keys) != 4 || keys[0] != "/queue/s/"+fmt.Sprintf("%020d", 7) {
+			t.Fatalf("keys = %q, want only 7..9 and meta", keys)
+		}
+		// Reading from before the head starts at the head.
+		items, err := qs.Read("s", 1, 1, 0)
+		if err != nil || len(items) != 1 || items[0].Seq != 7 {
+			t.Fatalf("Read(after 1) = %v, %v", summary(items), err)
+		}
+	})
+}
+
+func TestQueueDropOldestAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	db, err := datastore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, err := OpenQueues(context.Background(), db.Batching(), QueueOptions{Bound: 2, Policy: PolicyDropOldest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addSub(t, qs, "s", "a")
+	for i := 1; i <= 5; i++ {
+		publish(t, qs, msg("a", strconv.Itoa(i)))
+	}
+	if err := qs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db = openPebble(t, dir)
+	qs = openQueues(t, db.Batching(), QueueOptions{Bound: 2, Policy: PolicyDropOldest})
+	wantItems(t, readAll(t, qs, "s", 0), "4:a:4", "5:a:5")
+	publish(t, qs, msg("a", "6"))
+	wantItems(t, readAll(t, qs, "s", 0), "5:a:5", "6:a:6")
+	if st := status(t, qs, "s"); st.Dropped != 4 || st.Depth != 2 {
+		t.Fatalf("status = %+v, want dropped 4, depth 2", st)
+	}
+}
+
+func TestQueueReadFromDatastore(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		// Room in memory for about two 100-byte messages.
+		qs := openQueues(t, store, QueueOptions{MemoryPerQueue: 2 * (100 + len("s.x") + itemOverhead)})
+		addSub(t, qs, "s", "s.*")
+		var want []string
+		for i := 1; i <= 50; i++ {
+			d := fmt.Sprintf("%03d", i) + string(bytes.Repeat([]byte{'.'}, 97))
+			publish(t, qs, msg("s.x", d))
+			want = append(want, fmt.Sprintf("%d:s.x:%s", i, d))
+		}
+		qs.get("s") // touch
+		q, _ := qs.get("s")
+		q.mu.Lock()
+		cached := len(q.mem)
+		q.mu.Unlock()
+		if cached == 0 || cached > 2 {
+			t.Fatalf("memory holds %d items, want 1..2", cached)
+		}
+		wantItems(t, readAll(t, qs, "s", 0), want...)
+		wantItems(t, readAll(t, qs, "s", 30), want[30:]...)
+
+		// Limits: maxItems, maxBytes, and at least one item even if it is
+		// bigger than maxBytes.
+		items, err := qs.Read("s", 0, 5, 0)
+		if err != nil || len(items) != 5 || items[0].Seq != 1 {
+			t.Fatalf("Read max 5 = %q, %v", summary(items), err)
+		}
+		items, _ = qs.Read("s", 0, 0, 250)
+		if len(items) != 2 {
+			t.Fatalf("Read max 250 bytes returned %d items, want 2", len(items))
+		}
+		items, _ = qs.Read("s", 10, 0, 1)
+		if len(items) != 1 || items[0].Seq != 11 {
+			t.Fatalf("Read max 1 byte = %q, want just seq 11", summary(items))
+		}
+		items, _ = qs.Read("s", 49, 0, 1)
+		if len(items) != 1 || items[0].Seq != 50 {
+			t.Fatalf("Read from memory max 1 byte = %q", summary(items))
+		}
+
+		// After acks, the datastore path still starts at the right place
+		// while deletions are pending or done.
+		if err := qs.Ack("s", 20); err != nil {
+			t.Fatal(err)
+		}
+		wantItems(t, readAll(t, qs, "s", 0), want[20:]...)
+		wantItems(t, readAll(t, qs, "s", 25), want[25:]...)
+		if _, err := qs.Read("nope", 0, 1, 1); !errors.Is(err, ErrNoSubscription) {
+			t.Fatalf("Read(unknown) = %v", err)
+		}
+	})
+}
+
+func TestQueueReadAfterRestartFromDatastore(t *testing.T) {
+	dir := t.TempDir()
+	db, err := datastore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, err := OpenQueues(context.Background(), db.Batching(), QueueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addSub(t, qs, "s", ">")
+	var want []string
+	for i := 1; i <= 20; i++ {
+		publish(t, qs, msg("k", strconv.Itoa(i)))
+		want = append(want, fmt.Sprintf("%d:k:%d", i, i))
+	}
+	if err := qs.Ack("s", 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := qs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db = openPebble(t, dir)
+	qs = openQueues(t, db.Batching(), QueueOptions{})
+	q, _ := qs.get("s")
+	if len(q.mem) != 0 {
+		t.Fatalf("memory not empty after restart")
+	}
+	wantItems(t, readAll(t, qs, "s", 0), want[3:]...)
+	wantItems(t, readAll(t, qs, "s", 12), want[12:]...)
+	// New messages are served from memory; older ones still from disk.
+	publish(t, qs, msg("k", "21"))
+	wantItems(t, readAll(t, qs, "s", 18), "19:k:19", "20:k:20", "21:k:21")
+}
+
+func TestQueueAckResumeAndCounters(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		qs := openQueues(t, store, QueueOptions{})
+		addSub(t, qs, "s", "a")
+		for i := 1; i <= 10; i++ {
+			publish(t, qs, msg("a", strconv.Itoa(i)))
+		}
+		if err := qs.Ack("s", 11); !errors.Is(err, ErrAckOutOfRange) {
+			t.Fatalf("Ack beyond end = %v, want ErrAckOutOfRange", err)
+		}
+		if err := qs.Ack("nope", 1); !errors.Is(err, ErrNoSubscription) {
+			t.Fatalf("Ack unknown = %v", err)
+		}
+		// First connection: nothing processed yet.
+		next, err := qs.Resume("s", 0)
+		if err != nil || next != 1 {
+			t.Fatalf("Resume(0) = %d, %v; want 1", next, err)
+		}
+		qs.MarkSent("s", 6)
+		if err := qs.Ack("s", 3); err != nil {
+			t.Fatal(err)
+		}
+		if err := qs.Ack("s", 2); err != nil { // older ack: no-op
+			t.Fatal(err)
+		}
+		st := status(t, qs, "s")
+		if st.Delivered != 6 || st.Redelivered != 0 || st.Acked != 3 || st.Depth != 7 {
+			t.Fatalf("status = %+v, want delivered 6, acked 3, depth 7", st)
+		}
+		// Reconnect having processed 4: 5 and 6 are sent again.
+		next, err = qs.Resume("s", 4)
+		if err != nil || next != 5 {
+			t.Fatalf("Resume(4) = %d, %v; want 5", next, err)
+		}
+		qs.MarkSent("s", 8)
+		st = status(t, qs, "s")
+		if st.Delivered != 8 || st.Redelivered != 2 || st.Acked != 4 || st.Depth != 6 {
+			t.Fatalf("status = %+v, want delivered 8, redelivered 2, acked 4", st)
+		}
+		// Marking the same again counts nothing.
+		qs.MarkSent("s", 8)
+		if st := status(t, qs, "s"); st.Delivered != 8 || st.Redelivered != 2 {
+			t.Fatalf("repeat MarkSent changed counters: %+v", st)
+		}
+		// A subscriber claiming more than was queued acks everything.
+		next, err = qs.Resume("s", 1000)
+		if err != nil || next != 11 {
+			t.Fatalf("Resume(1000) = %d, %v; want 11", next, err)
+		}
+		st = status(t, qs, "s")
+		if st.Acked != 10 || st.Depth != 0 {
+			t.Fatalf("status = %+v", st)
+		}
+		if items, _ := qs.Read("s", 0, 0, 0); len(items) != 0 {
+			t.Fatalf("Read after full ack = %q", summary(items))
+		}
+		// The lazy deletes eventually empty the datastore.
+		waitFor(t, func() bool { return len(queueKeys(t, store, "s")) == 1 })
+	})
+}
+
+// waitFor polls cond; for effects of background goroutines, never a timing
+// assertion.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestQueueRemove(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		qs := openQueues(t, store, QueueOptions{})
+		addSub(t, qs, "a", "x")
+		addSub(t, qs, "ab", "x") // prefix of neither's keys must leak into the other
+		addSub(t, qs, "c", "x")
+		publish(t, qs, msg("x", "1"), msg("x", "2"))
+		if err := qs.Ack("a", 1); err != nil {
+			t.Fatal(err)
+		}
+		wait, err := qs.Wait("a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := qs.RemoveSubscription(context.Background(), "a")
+		if err != nil || s.ID != "a" {
+			t.Fatalf("RemoveSubscription = %+v, %v", s, err)
+		}
+		select {
+		case <-wait:
+		default:
+			t.Fatal("Wait channel not closed by removal")
+		}
+		if keys := queueKeys(t, store, "a"); len(keys) != 0 {
+			t.Fatalf("keys left after removal: %q", keys)
+		}
+		if _, err := store.Get(context.Background(), ds.RawKey(subKey("a"))); !errors.Is(err, ds.ErrNotFound) {
+			t.Fatalf("subscription record after removal: %v", err)
+		}
+		if _, err := qs.RemoveSubscription(context.Background(), "a"); !errors.Is(err, ErrNoSubscription) {
+			t.Fatalf("second removal = %v", err)
+		}
+		if _, err := qs.Read("a", 0, 1, 0); !errors.Is(err, ErrNoSubscription) {
+			t.Fatalf("Read removed = %v", err)
+		}
+		if n := publish(t, qs, msg("x", "3")); n != 2 {
+			t.Fatalf("publish after removal wrote %d entries, want 2", n)
+		}
+		if got := len(queueKeys(t, store, "ab")); got != 4 {
+			t.Fatalf("ab has %d keys, want 3 messages + meta", got)
+		}
+
+		// RemoveWhere by token.
+		removed, err := qs.RemoveWhere(context.Background(), func(s Subscription) bool { return s.TokenID == "tok-c" || s.TokenID == "tok-ab" })
+		if err != nil || len(removed) != 2 || removed[0].ID != "ab" || removed[1].ID != "c" {
+			t.Fatalf("RemoveWhere = %+v, %v", removed, err)
+		}
+		res, err := store.Query(context.Background(), query.Query{Prefix: queueNamespace, KeysOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if es, _ := res.Rest(); len(es) != 0 {
+			t.Fatalf("queue keys left: %v", es)
+		}
+		if len(qs.Status()) != 0 {
+			t.Fatalf("status not empty: %+v", qs.Status())
+		}
+		// The id can be used again and starts afresh.
+		addSub(t, qs, "a", "x")
+		publish(t, qs, msg("x", "new"))
+		wantItems(t, readAll(t, qs, "a", 0), "1:x:new")
+	})
+}
+
+func TestQueueOrphanKeysDeletedOnOpen(t *testing.T) {
+	store := datastore.NewMemory().Batching()
+	ctx := context.Background()
+	orphan := ds.RawKey(string(appendSeqKey(nil, queuePrefix("ghost"), 1)))
+	if err := store.Put(ctx, orphan, []byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	qs := openQueues(t, store, QueueOptions{})
+	if ok, _ := store.Has(ctx, orphan); ok {
+		t.Fatal("orphan queue key survived OpenQueues")
+	}
+	_ = qs
+}
+
+func TestQueueCorruptRecords(t *testing.T) {
+	ctx := context.Background()
+	store := datastore.NewMemory().Batching()
+	if err := store.Put(ctx, ds.RawKey(subKey("s")), []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenQueues(ctx, store, QueueOptions{}); !errors.Is(err, ErrCorruptQueue) {
+		t.Fatalf("OpenQueues with corrupt subscription = %v", err)
+	}
+	if _, err := decodeMessage([]byte{9, 1, 2}); !errors.Is(err, ErrCorruptQueue) {
+		t.Fatalf("decodeMessage(bad version) = %v", err)
+	}
+	if _, err := decodeMessage([]byte{messageCodecV1, 1, 2, 50, 'a'}); !errors.Is(err, ErrCorruptQueue) {
+		t.Fatalf("decodeMessage(subject too long) = %v", err)
+	}
+	if _, err := decodeMeta(appendMeta(nil, &queueMeta{next: 3, acked: 3})); !errors.Is(err, ErrCorruptQueue) {
+		t.Fatalf("decodeMeta(acked >= next) = %v", err)
+	}
+}
+
+func TestQueueCodecRoundTrip(t *testing.T) {
+	m := Message{Subject: "a.b.c", Data: []byte("payload"), Hop: 3, Time: -1}
+	val, off := appendMessage(nil, &m)
+	if string(val[off:]) != "payload" {
+		t.Fatalf("data offset %d wrong", off)
+	}
+	got, err := decodeMessage(val)
+	if err != nil || got.Subject != m.Subject || !bytes.Equal(got.Data, m.Data) || got.Hop != 3 || got.Time != -1 {
+		t.Fatalf("decode = %+v, %v", got, err)
+	}
+	meta := queueMeta{next: 1 << 63, acked: 5, dropped: 6, delivered: 7, redelivered: 8, sentMax: 9, lastDelivered: -3}
+	gm, err := decodeMeta(appendMeta(nil, &meta))
+	if err != nil || gm != meta {
+		t.Fatalf("meta round trip = %+v, %v", gm, err)
+	}
+	for _, seq := range []uint64{0, 1, 9, 10, 1<<64 - 1} {
+		s := string(appendSeq(nil, seq))
+		if len(s) != seqDigits {
+			t.Fatalf("appendSeq(%d) = %q", seq, s)
+		}
+		if back, ok := parseSeq(s); !ok || back != seq {
+			t.Fatalf("parseSeq(%q) = %d, %v", s, back, ok)
+		}
+	}
+	if _, ok := parseSeq("99999999999999999999"); ok {
+		t.Fatal("parseSeq accepted an overflowing number")
+	}
+	if string(appendSeq(nil, 9)) >= string(appendSeq(nil, 10)) {
+		t.Fatal("sequence keys do not sort numerically")
+	}
+	if id, rest, ok := splitQueueKey("/queue/abc/meta"); !ok || id != "abc" || rest != "meta" {
+		t.Fatalf("splitQueueKey = %q %q %v", id, rest, ok)
+	}
+}
+
+func TestQueueWait(t *testing.T) {
+	qs := openQueues(t, datastore.NewMemory().Batching(), QueueOptions{})
+	addSub(t, qs, "s", "a")
+	w, err := qs.Wait("s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w:
+		t.Fatal("Wait channel closed before any publication")
+	default:
+	}
+	publish(t, qs, msg("a", "1"))
+	select {
+	case <-w:
+	default:
+		t.Fatal("Wait channel not closed once Publish returned")
+	}
+	w2, _ := qs.Wait("s")
+	if err := qs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w2:
+	default:
+		t.Fatal("Wait channel not closed by Close")
+	}
+	if _, err := qs.Wait("s"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Wait after Close = %v", err)
+	}
+}
+
+// TestQueueConcurrent runs publishers, per-subscription deliverers and
+// subscription churn together; every message must reach each subscription
+// exactly once, in each publisher's order, with sequences 1..n.
+func TestQueueConcurrent(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		const publishers, calls, perCall = 8, 40, 5
+		total := publishers * calls * perCall
+		qs := openQueues(t, store, QueueOptions{MemoryPerQueue: 2048}) // mix memory and datastore reads
+		subs := []string{"all", "p"}
+		addSub(t, qs, "all", ">")
+		addSub(t, qs, "p", "pub.*")
+
+		ctx := context.Background()
+		var wg sync.WaitGroup
+		results := make(map[string][]Item)
+		var rmu sync.Mutex
+		stop := make(chan struct{})
+		for _, id := range subs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var got []Item
+				var after uint64
+				for len(got) < total {
+					w, err := qs.Wait(id)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					items, err := qs.Read(id, after, 17, 0)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if len(items) == 0 {
+						<-w
+						continue
+					}
+					got = append(got, items...)
+					after = items[len(items)-1].Seq
+					qs.MarkSent(id, after)
+					if err := qs.Ack(id, after); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+				rmu.Lock()
+				results[id] = got
+				rmu.Unlock()
+			}()
+		}
+		// Churn: a subscription added and removed repeatedly must not
+		// disturb the others.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := "churn" + strconv.Itoa(i)
+				if err := qs.AddSubscription(ctx, Subscription{ID: id, Pattern: "pub.>"}); err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := qs.RemoveSubscription(ctx, id); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+		var pwg sync.WaitGroup
+		for p := range publishers {
+			pwg.Add(1)
+			go func() {
+				defer pwg.Done()
+				subj := "pub." + strconv.Itoa(p)
+				for c := range calls {
+					batch := make([]Message, perCall)
+					for k := range batch {
+						batch[k] = Message{Subject: subj, Data: []byte(strconv.Itoa(c*perCall + k))}
+					}
+					if _, err := qs.Publish(ctx, batch, nil); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		pwg.Wait()
+		close(stop)
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+		for _, id := range subs {
+			got := results[id]
+			if len(got) != total {
+				t.Fatalf("%s received %d, want %d", id, len(got), total)
+			}
+			nextOf := make(map[string]int)
+			for i, it := range got {
+				if it.Seq != uint64(i+1) {
+					t.Fatalf("%s item %d has seq %d", id, i, it.Seq)
+				}
+				n, _ := strconv.Atoi(string(it.Message.Data))
+				if n != nextOf[it.Message.Subject] {
+					t.Fatalf("%s: %s message %d arrived when %d was expected", id, it.Message.Subject, n, nextOf[it.Message.Subject])
+				}
+				nextOf[it.Message.Subject]++
+			}
+			st := status(t, qs, id)
+			if st.Acked != uint64(total) || st.Depth != 0 || st.Delivered != uint64(total) {
+				t.Fatalf("%s status = %+v", id, st)
+			}
+		}
+		// Removed churn queues left nothing behind.
+		res, err := store.Query(ctx, query.Query{Prefix: queueNamespace, KeysOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		es, _ := res.Rest()
+		for _, e := range es {
+			if id, _, _ := splitQueueKey(e.Key); id != "all" && id != "p" {
+				t.Fatalf("key of removed queue left: %s", e.Key)
+			}
+		}
+	})
+}
+
+// syncCounter counts Sync calls and can hold them, to make group commit
+// observable without timing.
+type syncCounter struct {
+	ds.Batching
+	syncs   atomic.Int64
+	puts    atomic.Int64
+	gate    chan struct{} // Sync waits for it while non-nil
+	gateMu  sync.Mutex
+	waiting atomic.Int64
+}
+
+func (s *syncCounter) Sync(ctx context.Context, k ds.Key) error {
+	s.syncs.Add(1)
+	s.gateMu.Lock()
+	g := s.gate
+	s.gateMu.Unlock()
+	if g != nil {
+		s.waiting.Add(1)
+		<-g
+	}
+	return s.Batching.Sync(ctx, k)
+}
+
+func (s *syncCounter) Batch(ctx context.Context) (ds.Batch, error) {
+	b, err := s.Batching.Batch(ctx)
+	return &countingBatch{Batch: b, puts: &s.puts}, err
+}
+
+type countingBatch struct {
+	ds.Batch
+	puts *atomic.Int64
+}
+
+func (b *countingBatch) Put(ctx context.Context, k ds.Key, v []byte) error {
+	if _, rest, ok := splitQueueKey(k.String()); ok && rest != metaSuffix {
+		b.puts.Add(1)
+	}
+	return b.Batch.Put(ctx, k, v)
+}
+
+func TestQueueGroupCommit(t *testing.T) {
+	db := openPebble(t, t.TempDir())
+	sc := &syncCounter{Batching: db.Batching()}
+	qs := openQueues(t, sc, QueueOptions{})
+	addSub(t, qs, "s", "a")
+
+	// Hold every Sync until all calls are either committed or waiting in
+	// the queue, so that merging is forced rather than hoped for.
+	gate := make(chan struct{})
+	sc.gateMu.Lock()
+	sc.gate = gate
+	sc.gateMu.Unlock()
+	sc.syncs.Store(0)
+
+	const calls = 200
+	var wg sync.WaitGroup
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := qs.Publish(context.Background(), []Message{msg("a", strconv.Itoa(i))}, nil); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	waitFor(t, func() bool { return int(sc.puts.Load())+len(qs.reqs) == calls })
+	sc.gateMu.Lock()
+	sc.gate = nil
+	sc.gateMu.Unlock()
+	close(gate)
+	wg.Wait()
+
+	syncs := sc.syncs.Load()
+	t.Logf("%d Publish calls, %d Syncs", calls, syncs)
+	if syncs > 10 {
+		t.Fatalf("%d Publish calls caused %d Syncs; group commit should need only a few", calls, syncs)
+	}
+	if got := readAll(t, qs, "s", 0); len(got) != calls {
+		t.Fatalf("read %d messages, want %d", len(got), calls)
+	}
+}
