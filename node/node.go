@@ -185,7 +185,34 @@ func (n *Node) inProcessReceiver(name string) bool {
 
 func adapt(h Handler) runner.Handler {
 	return func(ctx context.Context, inv runner.Invocation) (json.RawMessage, error) {
-		return h(ctx, inv.Input)
+		return h(context.WithValue(ctx, invocationKey{}, &Invocation{Kind: string(inv.Kind), Name: inv.Name, Caller: inv.Caller, Env: inv.Env, log: inv.Log}), inv.Input)
+	}
+}
+
+type invocationKey struct{}
+
+// Invocation describes the call an in-process handler is serving: who asked
+// and, for receivers, the COATTAIL_* details of the publication.
+type Invocation struct {
+	Kind   string            // "action" or "receiver"
+	Name   string            // the action or receiver subject
+	Caller string            // peer id, or "local"
+	Env    map[string]string // COATTAIL_PUBLISHER, COATTAIL_SEQUENCE, ... for receivers
+	log    func(string)
+}
+
+// InvocationFrom returns the invocation an in-process handler serves (nil
+// outside a handler).
+func InvocationFrom(ctx context.Context) *Invocation {
+	inv, _ := ctx.Value(invocationKey{}).(*Invocation)
+	return inv
+}
+
+// Log sends one log line of an in-process handler to whoever performed it
+// (the CLI, or a remote caller), like a stderr line of an executable.
+func Log(ctx context.Context, line string) {
+	if inv := InvocationFrom(ctx); inv != nil && inv.log != nil {
+		inv.log(line)
 	}
 }
 

@@ -194,8 +194,10 @@ func (n *Node) RemovePeer(ctx context.Context, id string) error {
 	return nil
 }
 
-// open opens an authorized stream to an added peer.
-func (n *Node) open(ctx context.Context, id string, proto protocol.ID) (*session, error) {
+// open opens an authorized stream to an added peer. A non-nil req is sent
+// right behind the hello, in the same write, so a request costs one round
+// trip: the remote reads the request only if the hello was accepted.
+func (n *Node) open(ctx context.Context, id string, proto protocol.ID, req any) (*session, error) {
 	if n.net == nil {
 		return nil, ErrOffline
 	}
@@ -207,10 +209,10 @@ func (n *Node) open(ctx context.Context, id string, proto protocol.ID) (*session
 	if len(n.host.Peerstore().Addrs(pid)) == 0 {
 		n.host.Peerstore().AddAddrs(pid, parseAddrs(r.Addrs), peerstore.PermanentAddrTTL)
 	}
-	return n.net.openWith(ctx, pid, proto, r.Token)
+	return n.net.openWith(ctx, pid, proto, r.Token, req)
 }
 
-func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, token string) (*session, error) {
+func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, token string, req any) (*session, error) {
 	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	st, err := nw.host.NewStream(network.WithAllowLimitedConn(dctx, "coattail"), pid, proto)
@@ -219,8 +221,31 @@ func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, 
 	}
 	s := &session{s: st, r: wire.NewReader(st, nw.n.maxFrame()), w: wire.NewWriter(st), peer: pid}
 	_ = st.SetDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
-	if err := s.send(wire.THello, wire.Hello{Token: token, Version: wire.Version}); err != nil {
+	err = s.w.JSON(wire.THello, wire.Hello{Token: token, Version: wire.Version})
+	if err == nil && req != nil {
+		err = s.w.JSON(wire.TRequest, req)
+	}
+	if err == nil {
+		err = s.w.Flush()
+	}
+	if err != nil {
+		// The remote may have refused the request and stopped reading
+		// before we finished writing it (a frame over its limit): its error
+		// frame says why, where the write error only says "reset".
+		_ = st.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if rerr := expectOK(s); rerr != nil {
+			err = rerr
+		} else if rerr := s.result(&struct{}{}, nil); rerr != nil {
+			var we *wire.Error
+			if errors.As(rerr, &we) {
+				err = we
+			}
+		}
 		_ = st.Reset()
+		var we *wire.Error
+		if errors.As(err, &we) {
+			return nil, we
+		}
 		return nil, fmt.Errorf("%w %s: %v", ErrPeer, pid, err)
 	}
 	if err := expectOK(s); err != nil {
@@ -279,7 +304,7 @@ func (s *session) result(v any, onLog func(string)) error {
 }
 
 func (n *Node) remoteList(ctx context.Context, id string) ([]localapi.ActionInfo, error) {
-	s, err := n.open(ctx, id, wire.ProtoList)
+	s, err := n.open(ctx, id, wire.ProtoList, wire.ListRequest{})
 	if err != nil {
 		return nil, err
 	}
@@ -287,7 +312,7 @@ func (n *Node) remoteList(ctx context.Context, id string) ([]localapi.ActionInfo
 }
 
 func (nw *netsvc) remoteListWith(ctx context.Context, pid peer.ID, token string) ([]localapi.ActionInfo, error) {
-	s, err := nw.openWith(ctx, pid, wire.ProtoList, token)
+	s, err := nw.openWith(ctx, pid, wire.ProtoList, token, wire.ListRequest{})
 	if err != nil {
 		return nil, err
 	}
@@ -296,9 +321,6 @@ func (nw *netsvc) remoteListWith(ctx context.Context, pid peer.ID, token string)
 
 func listOn(s *session) ([]localapi.ActionInfo, error) {
 	defer s.s.Close()
-	if err := s.send(wire.TRequest, wire.ListRequest{}); err != nil {
-		return nil, err
-	}
 	var resp wire.ListResponse
 	if err := s.result(&resp, nil); err != nil {
 		return nil, err
@@ -312,23 +334,16 @@ func listOn(s *session) ([]localapi.ActionInfo, error) {
 }
 
 func (n *Node) remotePerform(ctx context.Context, req localapi.PerformRequest, onLog func(string)) (localapi.PerformResult, error) {
-	s, err := n.open(ctx, req.Peer, wire.ProtoPerform)
+	s, err := n.open(ctx, req.Peer, wire.ProtoPerform, wire.PerformRequest{Action: req.Action, Input: req.Input, Notify: req.Notify, Hop: req.Hop, To: req.To})
 	if err != nil {
 		return localapi.PerformResult{}, err
 	}
 	defer s.s.Close()
 	_ = s.s.SetDeadline(time.Now().Add(n.cfg.Limits.ActionTimeout + 2*n.cfg.Limits.StreamTimeout))
-	if err := s.send(wire.TRequest, wire.PerformRequest{Action: req.Action, Input: req.Input, Notify: req.Notify, Hop: req.Hop, To: req.To}); err != nil {
-		// The remote may have refused the request and stopped reading
-		// before we finished writing it (a frame over its limit); its error
-		// frame says why, where the write error only says "reset".
-		var we *wire.Error
-		if rerr := s.result(&wire.PerformResult{}, nil); errors.As(rerr, &we) {
-			return localapi.PerformResult{}, we
-		}
-		return localapi.PerformResult{}, err
-	}
-	_ = s.s.CloseWrite()
+	// The stream stays open both ways until the result: if this caller goes
+	// away, the stream is reset and the remote cancels the action.
+	stop := context.AfterFunc(ctx, func() { _ = s.s.Reset() })
+	defer stop()
 	var res wire.PerformResult
 	if err := s.result(&res, onLog); err != nil {
 		return localapi.PerformResult{}, err
@@ -359,7 +374,7 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 }
 
 func (n *Node) remotePublish(ctx context.Context, req localapi.PublishRequest) (localapi.PublishResult, error) {
-	s, err := n.open(ctx, req.Peer, wire.ProtoPublish)
+	s, err := n.open(ctx, req.Peer, wire.ProtoPublish, nil)
 	if err != nil {
 		return localapi.PublishResult{}, err
 	}

@@ -177,6 +177,10 @@ func toWireError(err error) *wire.Error {
 		errors.Is(err, runner.ErrNotExecutable):
 		code = wire.CodeActionFailed
 	}
+	if code == wire.CodeInternal {
+		// Internal details (paths, storage errors) stay in this side's log.
+		return &wire.Error{Code: code, Message: "internal error; the remote instance logged the details"}
+	}
 	return &wire.Error{Code: code, Message: err.Error()}
 }
 
@@ -225,6 +229,9 @@ func (nw *netsvc) handlePerform(ctx context.Context, s *session) error {
 	if !s.grant.CanPerform(req.Action) {
 		return wire.Errorf(wire.CodeForbidden, "token %s does not allow performing %q", s.grant.TokenID, req.Action)
 	}
+	if !nw.n.runner.Exists(runner.KindAction, req.Action) {
+		return wire.Errorf(wire.CodeNotFound, "no action %q at %s", req.Action, nw.n.id)
+	}
 	if req.Notify && !s.grant.CanPublish(req.Action) {
 		return wire.Errorf(wire.CodeForbidden, "token %s allows performing %q but not publishing it (needed for --notify)", s.grant.TokenID, req.Action)
 	}
@@ -233,9 +240,10 @@ func (nw *netsvc) handlePerform(ctx context.Context, s *session) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
-		if _, _, err := s.r.Next(); err != nil && !errors.Is(err, io.EOF) {
-			cancel()
-		}
+		// The caller sends nothing more: any end of its side (EOF, reset)
+		// before the result means it went away.
+		_, _, _ = s.r.Next()
+		cancel()
 	}()
 	_ = s.s.SetDeadline(time.Now().Add(nw.n.cfg.Limits.ActionTimeout + nw.n.cfg.Limits.StreamTimeout))
 	res, err := nw.n.Perform(ctx, localapi.PerformRequest{

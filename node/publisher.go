@@ -114,6 +114,38 @@ func (n *Node) publish(ctx context.Context, pubs []publication) (int, error) {
 	return cnt, nil
 }
 
+// Publish publishes data to the subscribers of subject from this instance
+// and returns the number of subscription queues that took it, once durable.
+func (n *Node) Publish(ctx context.Context, subject string, data json.RawMessage) (int, error) {
+	r, err := n.PublishRequest(ctx, localapi.PublishRequest{Action: subject, Data: data})
+	return r.Published, err
+}
+
+// PublishBatch publishes many messages in one durable group commit; it is
+// the fast path for a program that publishes at a high rate.
+func (n *Node) PublishBatch(ctx context.Context, msgs []Message) (int, error) {
+	pubs := make([]publication, 0, len(msgs))
+	for _, m := range msgs {
+		if err := topics.ValidateSubject(m.Subject); err != nil {
+			return 0, err
+		}
+		if len(m.Data) > int(n.cfg.Limits.MaxPayload) {
+			return 0, fmt.Errorf("%w: data is %d bytes, over limits.max_payload %v", ErrBadRequest, len(m.Data), n.cfg.Limits.MaxPayload)
+		}
+		if !json.Valid(m.Data) {
+			return 0, fmt.Errorf("%w: data for %q is not valid JSON", ErrBadRequest, m.Subject)
+		}
+		pubs = append(pubs, publication{Subject: m.Subject, Data: m.Data})
+	}
+	return n.publish(ctx, pubs)
+}
+
+// Message is one publication for PublishBatch.
+type Message struct {
+	Subject string
+	Data    json.RawMessage
+}
+
 // handleSubscribe serves /coattail/subscribe: it creates or resumes a
 // subscription, then pushes its queue down the stream with an ack window
 // until the stream or the subscription ends.

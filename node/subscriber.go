@@ -233,12 +233,9 @@ func (ss *subscriberSide) resume(ctx context.Context, sub outSub) (*session, err
 	if err != nil {
 		return nil, err
 	}
-	s, err := ss.n.open(ctx, sub.Publisher, wire.ProtoSubscribe)
+	s, err := ss.n.open(ctx, sub.Publisher, wire.ProtoSubscribe,
+		wire.SubscribeRequest{SubscriptionID: sub.ID, Pattern: sub.Pattern, Receiver: sub.Receiver, ResumeAfter: last})
 	if err != nil {
-		return nil, err
-	}
-	if err := s.send(wire.TRequest, wire.SubscribeRequest{SubscriptionID: sub.ID, Pattern: sub.Pattern, Receiver: sub.Receiver, ResumeAfter: last}); err != nil {
-		_ = s.s.Reset()
 		return nil, err
 	}
 	var resp wire.SubscribeResponse
@@ -398,12 +395,8 @@ func (n *Node) Subscribe(ctx context.Context, req localapi.SubscribeRequest) (lo
 	if n.net == nil {
 		return localapi.Subscription{}, ErrOffline
 	}
-	s, err := n.open(ctx, req.Peer, wire.ProtoSubscribe)
+	s, err := n.open(ctx, req.Peer, wire.ProtoSubscribe, wire.SubscribeRequest{Pattern: req.Pattern, Receiver: req.Receiver})
 	if err != nil {
-		return localapi.Subscription{}, err
-	}
-	if err := s.send(wire.TRequest, wire.SubscribeRequest{Pattern: req.Pattern, Receiver: req.Receiver}); err != nil {
-		_ = s.s.Reset()
 		return localapi.Subscription{}, err
 	}
 	var resp wire.SubscribeResponse
@@ -460,7 +453,7 @@ func (n *Node) remoteUnsubscribe(ctx context.Context, sub outSub) error {
 	if n.net == nil {
 		return ErrOffline
 	}
-	s, err := n.open(ctx, sub.Publisher, wire.ProtoUnsubscribe)
+	s, err := n.open(ctx, sub.Publisher, wire.ProtoUnsubscribe, wire.UnsubscribeRequest{SubscriptionID: sub.ID})
 	if err != nil {
 		if permanent(err) {
 			return nil
@@ -468,9 +461,6 @@ func (n *Node) remoteUnsubscribe(ctx context.Context, sub outSub) error {
 		return err
 	}
 	defer s.s.Close()
-	if err := s.send(wire.TRequest, wire.UnsubscribeRequest{SubscriptionID: sub.ID}); err != nil {
-		return err
-	}
 	var ok wire.OK
 	if err := s.result(&ok, nil); err != nil && !permanent(err) {
 		return err

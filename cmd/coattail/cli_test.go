@@ -1,0 +1,82 @@
+package main
+
+// In-process tests of run: flag and argument errors are reported on stderr
+// with exit code 1 before any instance is touched.
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+func runCLI(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), args, strings.NewReader(""), &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+func TestRunFlagErrors(t *testing.T) {
+	// An empty directory as the instance: a command that got past its flag
+	// checks would fail differently ("no coattail instance"), which the
+	// wanted messages below exclude.
+	t.Setenv("COATTAIL_INSTANCE", t.TempDir())
+	t.Setenv("COATTAIL_RUNTIME_DIR", t.TempDir())
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"missing --name", []string{"action", "create"}, `required flag(s) "name" not set`},
+		{"missing --action", []string{"action", "perform", "--data", "1"}, `required flag(s) "action" not set`},
+		{"missing --action on publish", []string{"action", "publish"}, `required flag(s) "action" not set`},
+		{"bad --data JSON", []string{"action", "perform", "--action", "echo", "--data", "{bad"}, "--data is not valid JSON"},
+		{"bad --data JSON on publish", []string{"action", "publish", "--action", "echo", "--data", "[1,"}, "--data is not valid JSON"},
+		{"bad --expires-in", []string{"token", "issue", "--expires-in", "soon"}, `--expires-in "soon": use a duration such as`},
+		{"negative --not-before", []string{"token", "issue", "--not-before", "-1h"}, "--not-before"},
+		{"bad --expires-in on validation", []string{"validation", "issue", "--expires-in", "3 days"}, "--expires-in"},
+		{"bad --performable list", []string{"token", "issue", "--performable", `["unterminated`}, "--performable"},
+		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"unknown subcommand", []string{"token", "mint"}, "mint"},
+		{"unknown flag", []string{"service", "status", "--jsn"}, "unknown flag: --jsn"},
+		{"missing peer id", []string{"peer", "show"}, `required flag(s) "id" not set`},
+		{"missing token", []string{"peer", "add"}, `required flag(s) "token" not set`},
+		{"decode without token", []string{"token", "decode"}, "accepts 1 arg(s), received 0"},
+		{"bad pid", []string{"service", "stop", "abc"}, `invalid pid "abc"`},
+		{"extra argument", []string{"version", "extra"}, "unknown command"},
+		{"bad port", []string{"new", t.TempDir() + "/x", "--port", "70000"}, "port 70000 out of range"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stdout, stderr, code := runCLI(t, tc.args...)
+			if code != 1 {
+				t.Errorf("exit code %d, want 1 (stderr %q)", code, stderr)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("stderr %q lacks %q", stderr, tc.want)
+			}
+			if !strings.HasPrefix(stderr, "coattail: ") {
+				t.Errorf("stderr %q does not start with the program name", stderr)
+			}
+			if stdout != "" {
+				t.Errorf("stdout %q, want nothing on a flag error", stdout)
+			}
+		})
+	}
+}
+
+func TestRunVersion(t *testing.T) {
+	stdout, stderr, code := runCLI(t, "version")
+	if code != 0 || stderr != "" || !strings.HasPrefix(stdout, "coattail ") || !strings.HasSuffix(stdout, "\n") {
+		t.Errorf("version: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
+func TestRunNoInstance(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("COATTAIL_INSTANCE", dir)
+	stdout, stderr, code := runCLI(t, "token", "list")
+	if code != 1 || stdout != "" || !strings.Contains(stderr, "no coattail instance in "+dir) || !strings.Contains(stderr, "coattail new") {
+		t.Errorf("token list without an instance: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
