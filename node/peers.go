@@ -351,47 +351,95 @@ func (n *Node) remotePerform(ctx context.Context, req localapi.PerformRequest, o
 	return localapi.PerformResult{Output: res.Output, Published: res.Published}, nil
 }
 
-// PublishRequest publishes data to an action's subscribers, here or on a
-// peer.
+// PublishRequest publishes data (or a batch of data) to an action's
+// subscribers, here or on a peer.
 func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) (localapi.PublishResult, error) {
 	if err := topics.ValidateSubject(req.Action); err != nil {
 		return localapi.PublishResult{}, err
 	}
-	if len(req.Data) == 0 {
-		req.Data = json.RawMessage("null")
+	datas := req.Batch
+	if len(datas) == 0 {
+		if len(req.Data) == 0 {
+			req.Data = json.RawMessage("null")
+		}
+		datas = []json.RawMessage{req.Data}
+	} else if len(req.Data) != 0 {
+		return localapi.PublishResult{}, fmt.Errorf("%w: give data or batch, not both", ErrBadRequest)
 	}
-	if !json.Valid(req.Data) {
-		return localapi.PublishResult{}, fmt.Errorf("%w: data is not valid JSON", ErrBadRequest)
-	}
-	if len(req.Data) > int(n.cfg.Limits.MaxPayload) {
-		return localapi.PublishResult{}, fmt.Errorf("%w: data is %d bytes, over limits.max_payload %v", ErrBadRequest, len(req.Data), n.cfg.Limits.MaxPayload)
+	pubs := make([]publication, 0, len(datas))
+	for i, d := range datas {
+		if !json.Valid(d) {
+			return localapi.PublishResult{}, fmt.Errorf("%w: data (item %d) is not valid JSON", ErrBadRequest, i+1)
+		}
+		if len(d) > int(n.cfg.Limits.MaxPayload) {
+			return localapi.PublishResult{}, fmt.Errorf("%w: data (item %d) is %d bytes, over limits.max_payload %v", ErrBadRequest, i+1, len(d), n.cfg.Limits.MaxPayload)
+		}
+		pubs = append(pubs, publication{Subject: req.Action, Data: d, Hop: req.Hop, To: req.To})
 	}
 	if req.Peer != "" {
-		return n.remotePublish(ctx, req)
+		return n.remotePublish(ctx, req.Peer, pubs)
 	}
-	cnt, err := n.publish(ctx, []publication{{Subject: req.Action, Data: req.Data, Hop: req.Hop, To: req.To}})
+	cnt, err := n.publish(ctx, pubs)
 	return localapi.PublishResult{Published: cnt}, err
 }
 
-func (n *Node) remotePublish(ctx context.Context, req localapi.PublishRequest) (localapi.PublishResult, error) {
-	s, err := n.open(ctx, req.Peer, wire.ProtoPublish, nil)
+// remotePublish sends publications to a peer in frames of up to the
+// payload limit, pipelined: every frame goes out before the answers are
+// read.
+func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publication) (localapi.PublishResult, error) {
+	if len(pubs) > 0 && len(pubs[0].To) > 0 {
+		return localapi.PublishResult{}, fmt.Errorf("%w: --to cannot be combined with --peer (the peer chooses its subscribers)", ErrBadRequest)
+	}
+	s, err := n.open(ctx, peerID, wire.ProtoPublish, nil)
 	if err != nil {
 		return localapi.PublishResult{}, err
 	}
 	defer s.s.Close()
-	batch := wire.AppendPublishBatch(nil, []wire.Publication{{Subject: req.Action, Data: req.Data, Hop: uint32(req.Hop), Time: time.Now().UnixNano()}})
-	s.wmu.Lock()
-	err = s.w.Frame(wire.TPublish, batch)
-	if err == nil {
-		err = s.w.Flush()
+	stop := context.AfterFunc(ctx, func() { _ = s.s.Reset() })
+	defer stop()
+	now := time.Now().UnixNano()
+	limit := int(n.cfg.Limits.MaxPayload)
+	frames := 0
+	var batch []wire.Publication
+	var buf []byte
+	size := 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		buf = wire.AppendPublishBatch(buf[:0], batch)
+		batch, size = batch[:0], 0
+		frames++
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		return s.w.Frame(wire.TPublish, buf)
 	}
+	for _, p := range pubs {
+		sz := len(p.Subject) + len(p.Data) + 32
+		if size+sz > limit {
+			if err := flush(); err != nil {
+				return localapi.PublishResult{}, err
+			}
+		}
+		batch = append(batch, wire.Publication{Subject: p.Subject, Data: p.Data, Hop: uint32(p.Hop), Time: now})
+		size += sz
+	}
+	if err := flush(); err != nil {
+		return localapi.PublishResult{}, err
+	}
+	s.wmu.Lock()
+	err = s.w.Flush()
 	s.wmu.Unlock()
 	if err != nil {
 		return localapi.PublishResult{}, err
 	}
-	var res wire.PublishResult
-	if err := s.result(&res, nil); err != nil {
-		return localapi.PublishResult{}, err
+	total := 0
+	for i := 0; i < frames; i++ {
+		var res wire.PublishResult
+		if err := s.result(&res, nil); err != nil {
+			return localapi.PublishResult{Published: total}, err
+		}
+		total += res.Published
 	}
-	return localapi.PublishResult{Published: res.Published}, nil
+	return localapi.PublishResult{Published: total}, nil
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -171,17 +173,24 @@ func newActionPerformCmd(a *app) *cobra.Command {
 func newActionPublishCmd(a *app) *cobra.Command {
 	var req localapi.PublishRequest
 	var data string
+	var fromStdin bool
 	cmd := &cobra.Command{
 		Use:   "publish --action NAME --data JSON [--peer ID]",
 		Short: "Publish data to an action's subscribers without performing it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			req.Hop = hopFromEnv()
+			if fromStdin {
+				if data != "" {
+					return fmt.Errorf("--stdin and --data cannot be combined")
+				}
+				return a.withConn(cmd.Context(), func(c *node.Conn) error { return a.publishLines(cmd, c, req) })
+			}
 			d, err := parseData(data)
 			if err != nil {
 				return err
 			}
 			req.Data = d
-			req.Hop = hopFromEnv()
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				res, err := c.Publish(cmd.Context(), req)
 				if err != nil {
@@ -196,6 +205,54 @@ func newActionPublishCmd(a *app) *cobra.Command {
 	cmd.Flags().StringVar(&data, "data", "", "JSON data")
 	cmd.Flags().StringVar(&req.Peer, "peer", "", "publish on this peer (needs its publish permission)")
 	cmd.Flags().StringSliceVar(&req.To, "to", nil, "only notify subscribers with these peer ids")
+	cmd.Flags().BoolVar(&fromStdin, "stdin", false, "publish one message per line of stdin (each line a JSON value), in batches")
 	_ = cmd.MarkFlagRequired("action")
 	return cmd
+}
+
+// publishBatch is how many stdin lines go into one publish call.
+const publishBatch = 4096
+
+// publishLines publishes each stdin line as one message, in batches, and
+// reports the total.
+func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.PublishRequest) error {
+	sc := bufio.NewScanner(a.in)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	total, lines := 0, 0
+	send := func() error {
+		if len(req.Batch) == 0 {
+			return nil
+		}
+		res, err := c.Publish(cmd.Context(), req)
+		if err != nil {
+			return fmt.Errorf("after %d published line(s): %w", lines-len(req.Batch), err)
+		}
+		total += res.Published
+		req.Batch = req.Batch[:0]
+		return nil
+	}
+	for sc.Scan() {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		lines++
+		if !json.Valid(line) {
+			return fmt.Errorf("stdin line %d is not valid JSON", lines)
+		}
+		req.Batch = append(req.Batch, json.RawMessage(bytes.Clone(line)))
+		if len(req.Batch) >= publishBatch {
+			if err := send(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading stdin: %w", err)
+	}
+	if err := send(); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "published %d message(s) to %d subscription queue entries\n", lines, total)
+	return nil
 }

@@ -126,6 +126,9 @@ type PublishRequest struct {
 	Peer   string          `json:"peer,omitempty"`
 	To     []string        `json:"to,omitempty"`
 	Hop    int             `json:"hop,omitempty"`
+	// Batch publishes many messages (each a JSON value) in one call and
+	// one durable commit; Data must then be empty.
+	Batch []json.RawMessage `json:"batch,omitempty"`
 }
 
 // PublishResult says how many subscription queues took the publication.
