@@ -204,7 +204,7 @@ type queue struct {
 	sentMax       uint64 // highest sequence ever reported by MarkSent
 	cursor        uint64 // highest sequence reported by MarkSent since the last Resume
 	lastDelivered int64
-	mem           []Item // most recent durable items, contiguous, ending at next-1
+	mem           itemRing // most recent durable items, contiguous, ending at next-1
 	memBytes      int
 	wake          chan struct{}
 	dirty         bool // guarded by Queues.dirtyMu
@@ -640,7 +640,7 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 	for _, q := range victims {
 		q.mu.Lock()
 		q.wakeLocked()
-		q.mem = nil
+		q.mem.reset()
 		q.memBytes = 0
 		q.mu.Unlock()
 	}
@@ -1075,8 +1075,8 @@ func (qs *Queues) finish(rd *round, err error) {
 			// The sequences are spent either way: some of the round may be
 			// in the datastore, and a sequence is never reused. Reads find
 			// whatever is there.
-			clear(q.mem)
-			q.mem, q.memBytes = q.mem[:0], 0
+			q.mem.reset()
+			q.memBytes = 0
 		} else {
 			for i := range t.items {
 				if t.items[i].Seq >= q.head {
@@ -1101,14 +1101,9 @@ func (qs *Queues) finish(rd *round, err error) {
 
 // trimLocked drops cached items below head.
 func (q *queue) trimLocked() {
-	k := 0
-	for k < len(q.mem) && q.mem[k].Seq < q.head {
-		q.memBytes -= itemSize(&q.mem[k])
-		k++
-	}
-	if k > 0 {
-		clear(q.mem[:k]) // let the collector have the dropped messages
-		q.mem = q.mem[k:]
+	for q.mem.n > 0 && q.mem.at(0).Seq < q.head {
+		q.memBytes -= itemSize(q.mem.at(0))
+		q.mem.pop()
 	}
 }
 
@@ -1117,24 +1112,63 @@ func (q *queue) trimLocked() {
 // follow the last cached one, or that alone exceeds the budget, empties it.
 func (q *queue) pushLocked(it Item, budget int) {
 	sz := itemSize(&it)
-	if n := len(q.mem); n > 0 && q.mem[n-1].Seq+1 != it.Seq || sz > budget {
-		clear(q.mem)
-		q.mem, q.memBytes = q.mem[:0], 0
+	if n := q.mem.n; n > 0 && q.mem.at(n-1).Seq+1 != it.Seq || sz > budget {
+		q.mem.reset()
+		q.memBytes = 0
 		if sz > budget {
 			return
 		}
 	}
-	q.mem = append(q.mem, it)
+	q.mem.push(it)
 	q.memBytes += sz
-	k := 0
 	for q.memBytes > budget {
-		q.memBytes -= itemSize(&q.mem[k])
-		k++
+		q.memBytes -= itemSize(q.mem.at(0))
+		q.mem.pop()
 	}
-	if k > 0 {
-		clear(q.mem[:k])
-		q.mem = q.mem[k:]
+}
+
+// itemRing is a FIFO of items. A ring rather than a slice resliced from the
+// front, because the cache sees a steady stream of appends and evictions and
+// a slice would be reallocated and copied over and over.
+type itemRing struct {
+	buf   []Item // length is zero or a power of two
+	start int
+	n     int
+}
+
+func (r *itemRing) at(i int) *Item {
+	return &r.buf[(r.start+i)&(len(r.buf)-1)]
+}
+
+func (r *itemRing) push(it Item) {
+	if r.n == len(r.buf) {
+		r.resize(max(16, 2*len(r.buf)))
 	}
+	*r.at(r.n) = it
+	r.n++
+}
+
+func (r *itemRing) pop() {
+	*r.at(0) = Item{} // let the collector have the message
+	r.start = (r.start + 1) & (len(r.buf) - 1)
+	r.n--
+	// Give memory back after a burst, with hysteresis so that a queue
+	// hovering around a size does not resize back and forth.
+	if len(r.buf) > 64 && r.n < len(r.buf)/4 {
+		r.resize(len(r.buf) / 2)
+	}
+}
+
+func (r *itemRing) resize(size int) {
+	nb := make([]Item, size)
+	for i := 0; i < r.n; i++ {
+		nb[i] = *r.at(i)
+	}
+	r.buf, r.start = nb, 0
+}
+
+func (r *itemRing) reset() {
+	*r = itemRing{}
 }
 
 func itemSize(it *Item) int {
@@ -1193,12 +1227,12 @@ func (qs *Queues) Read(id string, after uint64, maxItems, maxBytes int) ([]Item,
 		q.mu.Unlock()
 		return nil, nil
 	}
-	if n := len(q.mem); n > 0 && start >= q.mem[0].Seq {
-		i := int(start - q.mem[0].Seq)
+	if n := q.mem.n; n > 0 && start >= q.mem.at(0).Seq {
+		i := int(start - q.mem.at(0).Seq)
 		out := make([]Item, 0, min(n-i, cmp.Or(maxItems, n-i)))
 		bytes := 0
 		for ; i < n; i++ {
-			it := q.mem[i]
+			it := *q.mem.at(i)
 			sz := len(it.Message.Subject) + len(it.Message.Data)
 			if len(out) > 0 && (maxItems > 0 && len(out) >= maxItems || maxBytes > 0 && bytes+sz > maxBytes) {
 				break

@@ -384,7 +384,7 @@ func TestQueueReadFromDatastore(t *testing.T) {
 		qs.get("s") // touch
 		q, _ := qs.get("s")
 		q.mu.Lock()
-		cached := len(q.mem)
+		cached := q.mem.n
 		q.mu.Unlock()
 		if cached == 0 || cached > 2 {
 			t.Fatalf("memory holds %d items, want 1..2", cached)
@@ -452,7 +452,7 @@ func TestQueueReadAfterRestartFromDatastore(t *testing.T) {
 	db = openPebble(t, dir)
 	qs = openQueues(t, db.Batching(), QueueOptions{})
 	q, _ := qs.get("s")
-	if len(q.mem) != 0 {
+	if q.mem.n != 0 {
 		t.Fatalf("memory not empty after restart")
 	}
 	wantItems(t, readAll(t, qs, "s", 0), want[3:]...)
@@ -913,4 +913,42 @@ func TestQueueGroupCommit(t *testing.T) {
 	if got := readAll(t, qs, "s", 0); len(got) != calls {
 		t.Fatalf("read %d messages, want %d", len(got), calls)
 	}
+}
+
+func TestItemRing(t *testing.T) {
+	var r itemRing
+	next, first := uint64(1), uint64(1)
+	check := func() {
+		t.Helper()
+		if uint64(r.n) != next-first {
+			t.Fatalf("ring holds %d, want %d", r.n, next-first)
+		}
+		for i := 0; i < r.n; i++ {
+			if r.at(i).Seq != first+uint64(i) {
+				t.Fatalf("ring[%d] = %d, want %d", i, r.at(i).Seq, first+uint64(i))
+			}
+		}
+	}
+	for range 1000 {
+		r.push(Item{Seq: next})
+		next++
+	}
+	check()
+	grown := len(r.buf)
+	for range 990 {
+		r.pop()
+		first++
+	}
+	check()
+	if len(r.buf) >= grown {
+		t.Fatalf("ring did not shrink after draining: cap %d", len(r.buf))
+	}
+	// Wrap around repeatedly.
+	for range 500 {
+		r.push(Item{Seq: next})
+		next++
+		r.pop()
+		first++
+	}
+	check()
 }
