@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"sync"
@@ -414,5 +413,3 @@ func (n *Node) ListActions(ctx context.Context, receivers bool, peerID string) (
 	return out, nil
 }
 
-// drain discards a reader; used where an answer body is irrelevant.
-func drain(r io.Reader) { _, _ = io.Copy(io.Discard, r) }

@@ -4,10 +4,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -201,13 +199,3 @@ func FindInstance(explicit string) (Layout, error) {
 	return Layout{}, fmt.Errorf("%w in %s or its parents (use --instance DIR, set %s, or create one with: coattail new DIR)", ErrNoInstance, wd, EnvInstance)
 }
 
-// isNotExist is errors.Is(err, fs.ErrNotExist), named for readability.
-func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
-
-// shortPath abbreviates long paths in messages.
-func shortPath(p string) string {
-	if home, err := os.UserHomeDir(); err == nil && strings.HasPrefix(p, home+"/") {
-		return "~" + p[len(home):]
-	}
-	return p
-}

@@ -67,8 +67,6 @@ type subLoop struct {
 	cancel    context.CancelFunc
 	wake      chan struct{}
 	connected bool
-	received  uint64
-	dups      uint64
 }
 
 func newSubscriberSide(n *Node) *subscriberSide {
