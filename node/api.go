@@ -412,4 +412,3 @@ func (n *Node) ListActions(ctx context.Context, receivers bool, peerID string) (
 	}
 	return out, nil
 }
-

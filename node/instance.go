@@ -198,4 +198,3 @@ func FindInstance(explicit string) (Layout, error) {
 	}
 	return Layout{}, fmt.Errorf("%w in %s or its parents (use --instance DIR, set %s, or create one with: coattail new DIR)", ErrNoInstance, wd, EnvInstance)
 }
-

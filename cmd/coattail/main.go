@@ -81,6 +81,7 @@ func newRootCmd(a *app) *cobra.Command {
 		newSubscriptionsCmd(a),
 		newSubscribersCmd(a),
 		newDeadLettersCmd(a),
+		newLabCmd(a),
 	)
 	rejectUnknownSubcommands(root)
 	return root

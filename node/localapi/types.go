@@ -122,7 +122,7 @@ type PerformResult struct {
 // PublishRequest publishes data to an action's subscribers without running it.
 type PublishRequest struct {
 	Action string          `json:"action"`
-	Data   json.RawMessage `json:"data"`
+	Data   json.RawMessage `json:"data,omitempty"` // omitempty: nil must not arrive as null beside a Batch
 	Peer   string          `json:"peer,omitempty"`
 	To     []string        `json:"to,omitempty"`
 	Hop    int             `json:"hop,omitempty"`
