@@ -72,6 +72,7 @@ type Node struct {
 	queues     *topics.Queues
 	subscriber *subscriberSide
 	inProc     sync.Map // receiver name -> struct{}: in-process receivers
+	peerCache  sync.Map // peer id -> peerRecord: the hot path of every remote call
 	host       host.Host
 	net        *netsvc // nil when offline
 	started    time.Time

@@ -81,6 +81,7 @@ func (n *Node) AddPeer(ctx context.Context, raw string) (localapi.Peer, error) {
 	if _, err := n.net.remoteListWith(ctx, pid, raw); err != nil {
 		return localapi.Peer{}, err
 	}
+	n.peerCache.Delete(rec.ID)
 	if err := n.peers.Put(ctx, rec.ID, rec); err != nil {
 		return localapi.Peer{}, err
 	}
@@ -165,7 +166,13 @@ func (n *Node) peerRecord(ctx context.Context, id string) (peerRecord, error) {
 	if _, err := peer.Decode(id); err != nil {
 		return peerRecord{}, fmt.Errorf("%w %q: not a peer id (see: coattail peer list)", ErrUnknownPeer, id)
 	}
+	if r, ok := n.peerCache.Load(id); ok {
+		return r.(peerRecord), nil
+	}
 	r, err := n.peers.Get(ctx, id)
+	if err == nil {
+		n.peerCache.Store(id, r)
+	}
 	if errors.Is(err, datastore.ErrNotFound) {
 		return peerRecord{}, fmt.Errorf("%w %s: add it first with: coattail peer add --token <token>", ErrUnknownPeer, id)
 	}
@@ -178,6 +185,7 @@ func (n *Node) RemovePeer(ctx context.Context, id string) error {
 		return err
 	}
 	n.removePeerSubscriptions(ctx, id)
+	n.peerCache.Delete(id)
 	if err := n.peers.Delete(ctx, id); err != nil {
 		return err
 	}
@@ -219,7 +227,7 @@ func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, 
 	if err != nil {
 		return nil, fmt.Errorf("%w %s is unreachable: %v", ErrPeer, pid, err)
 	}
-	s := &session{s: st, r: wire.NewReader(st, nw.n.maxFrame()), w: wire.NewWriter(st), peer: pid}
+	s := newSession(st, nw.n.maxFrame(), pid, proto)
 	_ = st.SetDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
 	err = s.w.JSON(wire.THello, wire.Hello{Token: token, Version: wire.Version})
 	if err == nil && req != nil {

@@ -29,6 +29,21 @@ const frameOverhead = 64 << 10
 
 func (n *Node) maxFrame() int { return int(n.cfg.Limits.MaxPayload) + frameOverhead }
 
+// Stream buffer sizes: request streams carry a few small frames; a
+// subscribe stream carries batches of deliveries.
+const (
+	requestBuffer  = 4 << 10
+	deliveryBuffer = 64 << 10
+)
+
+func newSession(st network.Stream, maxFrame int, p peer.ID, proto protocol.ID) *session {
+	bs := requestBuffer
+	if proto == wire.ProtoSubscribe {
+		bs = deliveryBuffer
+	}
+	return &session{s: st, r: wire.NewReaderSize(st, maxFrame, bs), w: wire.NewWriterSize(st, bs), peer: p}
+}
+
 // session is one authorized protocol stream.
 type session struct {
 	s     network.Stream
@@ -76,7 +91,7 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 	return func(st network.Stream) {
 		p := st.Conn().RemotePeer()
 		log := nw.n.log.With("peer", p.String(), "protocol", string(st.Protocol()))
-		s := &session{s: st, r: wire.NewReader(st, nw.n.maxFrame()), w: wire.NewWriter(st), peer: p}
+		s := newSession(st, nw.n.maxFrame(), p, st.Protocol())
 		if v := nw.limits.acquire(p); !v.ok() {
 			e := wire.Errorf(wire.CodeRateLimited, "too many concurrent streams from your peer (limit %d)", nw.limits.maxStreams)
 			if v.retryAfter > 0 {

@@ -503,7 +503,7 @@ func (nw *netsvc) handleRevokeNotice(st network.Stream) {
 	defer nw.limits.release(p)
 	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
 	defer st.Close()
-	s := &session{s: st, r: wire.NewReader(st, 64<<10), w: wire.NewWriter(st), peer: p}
+	s := &session{s: st, r: wire.NewReaderSize(st, 64<<10, requestBuffer), w: wire.NewWriterSize(st, requestBuffer), peer: p}
 	var notice wire.RevokeNotice
 	if err := readRequest(s, &notice); err != nil {
 		_ = s.send(wire.TError, toWireError(err))

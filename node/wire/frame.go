@@ -81,10 +81,18 @@ type Reader struct {
 // NewReader returns a Reader that refuses frames whose length (type byte
 // plus payload) exceeds maxFrame; maxFrame <= 0 means DefaultMaxFrame.
 func NewReader(r io.Reader, maxFrame int) *Reader {
+	return NewReaderSize(r, maxFrame, ioBufferSize)
+}
+
+// NewReaderSize is NewReader with a chosen read buffer size: request
+// streams that carry a few small frames use a small one, so opening a
+// stream does not cost a 64 KiB allocation. Frames larger than the buffer
+// are still read whole.
+func NewReaderSize(r io.Reader, maxFrame, bufSize int) *Reader {
 	if maxFrame <= 0 {
 		maxFrame = DefaultMaxFrame
 	}
-	return &Reader{br: bufio.NewReaderSize(r, ioBufferSize), max: maxFrame}
+	return &Reader{br: bufio.NewReaderSize(r, bufSize), max: maxFrame}
 }
 
 // Next reads one frame. The payload is valid only until the next call.
@@ -211,7 +219,12 @@ type Writer struct {
 
 // NewWriter returns a Writer over w.
 func NewWriter(w io.Writer) *Writer {
-	return &Writer{bw: bufio.NewWriterSize(w, ioBufferSize)}
+	return NewWriterSize(w, ioBufferSize)
+}
+
+// NewWriterSize is NewWriter with a chosen buffer size (see NewReaderSize).
+func NewWriterSize(w io.Writer, bufSize int) *Writer {
+	return &Writer{bw: bufio.NewWriterSize(w, bufSize)}
 }
 
 // Frame buffers one frame. Unknown types are refused rather than sent,
