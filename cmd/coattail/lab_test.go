@@ -1,0 +1,338 @@
+package main
+
+// Tests of `coattail lab`: its flag checks, topologies and delivery
+// verification in-process, and a real 10-node mesh through the binary.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLabFlagErrors(t *testing.T) {
+	t.Setenv("COATTAIL_RUNTIME_DIR", t.TempDir())
+	stdout, stderr, code := runCLI(t, "lab", "--nodes", "1", "--topology", "ring", "--batch", "0", "--messages", "0", "--idle-timeout", "10ms", "--conn-low", "9", "--conn-high", "3")
+	if code != 1 || stdout != "" {
+		t.Fatalf("exit %d, stdout %q; want exit 1 and nothing on stdout", code, stdout)
+	}
+	// Every problem is reported at once.
+	for _, want := range []string{"lab: invalid options", "--nodes 1", `--topology "ring"`, "--batch 0", "--messages 0", "--idle-timeout", "conn-low <= conn-high"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	_, stderr, code = runCLI(t, "lab", "--nodes", "4", "--degree", "4")
+	if code != 1 || !strings.Contains(stderr, "--degree 4 is out of range for 4 nodes (1..3)") {
+		t.Errorf("mesh degree too high: exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestLabTopology(t *testing.T) {
+	star, err := labTopology(labStar, 5, 0, 0)
+	if err != nil || len(star) != 4 {
+		t.Fatalf("star of 5: %v, %v", star, err)
+	}
+	for j, e := range star {
+		if e != (labEdge{Pub: 0, Sub: j + 1}) {
+			t.Errorf("star edge %d = %+v", j, e)
+		}
+	}
+	chain, err := labTopology(labChain, 4, 0, 0)
+	if err != nil || len(chain) != 3 || chain[2] != (labEdge{Pub: 2, Sub: 3}) {
+		t.Fatalf("chain of 4: %v, %v", chain, err)
+	}
+
+	const n, degree = 20, 4
+	mesh, err := labTopology(labMesh, n, degree, 7)
+	if err != nil || len(mesh) != n*degree {
+		t.Fatalf("mesh: %d edges, %v; want %d", len(mesh), err, n*degree)
+	}
+	seen := map[labEdge]bool{}
+	in := map[int]int{}
+	for _, e := range mesh {
+		if e.Pub == e.Sub || e.Pub < 0 || e.Pub >= n || seen[e] {
+			t.Errorf("bad or repeated mesh edge %+v", e)
+		}
+		seen[e] = true
+		in[e.Sub]++
+	}
+	for j := range n {
+		if in[j] != degree {
+			t.Errorf("node %d subscribes to %d publishers, want %d", j, in[j], degree)
+		}
+	}
+	again, _ := labTopology(labMesh, n, degree, 7)
+	other, _ := labTopology(labMesh, n, degree, 8)
+	if !equalEdges(mesh, again) {
+		t.Error("the same seed gave a different mesh")
+	}
+	if equalEdges(mesh, other) {
+		t.Error("seeds 7 and 8 gave the same mesh")
+	}
+	if _, err := labTopology(labMesh, 3, 3, 1); !errors.Is(err, errLabOptions) {
+		t.Errorf("degree 3 over 3 nodes: %v, want errLabOptions", err)
+	}
+}
+
+func equalEdges(a, b []labEdge) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestLabParseLine(t *testing.T) {
+	rec, err := parseLabLine(`3 1700000000.250000 12D3KooWPub {"p":2,"n":7,"t":1700000000000000000}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Seq != 3 || rec.Publisher != "12D3KooWPub" || rec.Data != (labData{Pub: 2, N: 7, Sent: 1700000000000000000}) {
+		t.Errorf("record %+v", rec)
+	}
+	if got := time.Duration(rec.Recv - rec.Data.Sent); got != 250*time.Millisecond {
+		t.Errorf("latency %v, want 250ms", got)
+	}
+	// `date +%s%N` spells the time in nanoseconds.
+	if rec, err := parseLabLine(`1 1700000000000000042 P {"p":0,"n":0,"t":1}`); err != nil || rec.Recv != 1700000000000000042 {
+		t.Errorf("nanosecond time: %+v, %v", rec, err)
+	}
+	for _, bad := range []string{
+		"",
+		"1 1700000000.1 P",
+		`x 1700000000.1 P {"p":0,"n":0,"t":1}`,
+		`0 1700000000.1 P {"p":0,"n":0,"t":1}`,
+		`1 1700000000,1 P {"p":0,"n":0,"t":1}`, // a locale's decimal comma
+		`1 1700000000.1234567890 P {"p":0,"n":0,"t":1}`,
+		`1 1700000000.1 P {"p":0,"n":0}`,
+		`1 1700000000.1 P not json`,
+	} {
+		if _, err := parseLabLine(bad); !errors.Is(err, errLabLine) {
+			t.Errorf("parseLabLine(%q) = %v, want errLabLine", bad, err)
+		}
+	}
+	recs, badLines := parseLabLog(strings.NewReader("1 1.5 P {\"p\":0,\"n\":0,\"t\":1}\ngarbage\n2 2.5 P {\"p\":0,\"n\":1,\"t\":1}\n"))
+	if len(recs) != 2 || badLines != 1 {
+		t.Errorf("parseLabLog: %d records, %d bad; want 2 and 1", len(recs), badLines)
+	}
+}
+
+func TestLabTally(t *testing.T) {
+	// Node 0 publishes 3 messages to nodes 1 and 2.
+	edges := []labEdge{{Pub: 0, Sub: 1}, {Pub: 0, Sub: 2}}
+	ids := []string{"P0", "P1", "P2"}
+	rec := func(seq uint64, n int, latency time.Duration) labRecord {
+		return labRecord{Seq: seq, Recv: 1000 + int64(latency), Publisher: "P0", Data: labData{Pub: 0, N: n, Sent: 1000}}
+	}
+	perfect := func() map[int][]labRecord {
+		return map[int][]labRecord{
+			1: {rec(1, 0, time.Millisecond), rec(2, 1, 2*time.Millisecond), rec(3, 2, 3*time.Millisecond)},
+			2: {rec(1, 0, 4*time.Millisecond), rec(2, 1, 5*time.Millisecond), rec(3, 2, 6*time.Millisecond)},
+		}
+	}
+
+	got := tallyLab(edges, 3, ids, perfect())
+	if got.Expected != 6 || got.Delivered != 6 || got.Duplicates+got.OutOfOrder+got.Unexpected != 0 || len(got.Examples) != 0 {
+		t.Fatalf("perfect run: %+v", got)
+	}
+	if got.Received[1] != 3 || got.Received[2] != 3 || len(got.Latencies) != 6 {
+		t.Errorf("perfect run: received %v, %d latencies", got.Received, len(got.Latencies))
+	}
+	if l := labLatencies(got.Latencies); l.P50 != 3 || l.P99 != 6 || l.Max != 6 {
+		t.Errorf("latency summary %+v, want p50 3ms, p99 and max 6ms", l)
+	}
+
+	for _, tc := range []struct {
+		name   string
+		change func(map[int][]labRecord)
+		check  func(labTally) bool
+	}{
+		{"lost", func(m map[int][]labRecord) { m[2] = m[2][:2] },
+			func(x labTally) bool { return x.Delivered == 5 && x.Duplicates == 0 && x.OutOfOrder == 0 }},
+		{"duplicate", func(m map[int][]labRecord) { m[1] = append(m[1], rec(3, 2, time.Millisecond)) },
+			func(x labTally) bool { return x.Delivered == 6 && x.Duplicates == 1 }},
+		{"reordered", func(m map[int][]labRecord) { m[1][1], m[1][2] = m[1][2], m[1][1] },
+			func(x labTally) bool { return x.Delivered == 6 && x.OutOfOrder == 1 }},
+		{"sequence went back", func(m map[int][]labRecord) { m[1][2].Seq = 1 },
+			func(x labTally) bool { return x.Delivered == 6 && x.OutOfOrder == 1 }},
+		{"not subscribed", func(m map[int][]labRecord) { m[0] = []labRecord{rec(1, 0, 0)} },
+			func(x labTally) bool { return x.Delivered == 6 && x.Unexpected == 1 }},
+		{"wrong publisher peer", func(m map[int][]labRecord) { m[2][0].Publisher = "P1" },
+			func(x labTally) bool { return x.Delivered == 5 && x.Unexpected == 1 }},
+		{"never published", func(m map[int][]labRecord) { m[2] = append(m[2], rec(4, 3, 0)) },
+			func(x labTally) bool { return x.Delivered == 6 && x.Unexpected == 1 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := perfect()
+			tc.change(m)
+			x := tallyLab(edges, 3, ids, m)
+			if !tc.check(x) || len(x.Examples) == 0 {
+				t.Errorf("tally %+v", x)
+			}
+		})
+	}
+}
+
+func TestLabReportVerdict(t *testing.T) {
+	r := &labReport{Expected: 10, Delivered: 10}
+	if !r.OK() {
+		t.Fatalf("clean report not OK: %v", r.failures())
+	}
+	for _, bad := range []labReport{
+		{Expected: 10, Delivered: 9, Lost: 1},
+		{Expected: 10, Delivered: 10, Duplicates: 1},
+		{Expected: 10, Delivered: 10, OutOfOrder: 1},
+		{Expected: 10, Delivered: 10, BadLines: 1},
+		{Expected: 10, Delivered: 10, DeadLetters: 1},
+		{},
+	} {
+		if bad.OK() {
+			t.Errorf("report %+v passed", bad)
+		}
+	}
+}
+
+func TestLabSummaries(t *testing.T) {
+	if s := labSummarize([]int64{30, 10, 20, 40}); s != (labStat{Min: 10, Median: 20, Max: 40, Total: 100}) {
+		t.Errorf("summary %+v", s)
+	}
+	rss, peak := labProcMemory(os.Getpid())
+	if rss <= 0 || peak < rss {
+		t.Errorf("own memory: rss %d KiB, peak %d KiB", rss, peak)
+	}
+}
+
+// runLabCmd runs the built binary's `lab` with args plus --json and decodes
+// the report.
+func runLabCmd(t *testing.T, args ...string) (labReport, string) {
+	t.Helper()
+	needBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binPath, append([]string{"lab", "--json", "--dir", t.TempDir()}, args...)...)
+	cmd.Env = childEnv(t)
+	cmd.WaitDelay = 5 * time.Second
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("coattail lab %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out.String(), errb.String())
+	}
+	var rep labReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("lab --json printed no report: %v\n%s", err, out.String())
+	}
+	return rep, errb.String()
+}
+
+// checkLabReport asserts what every successful lab must show.
+func checkLabReport(t *testing.T, rep labReport, nodes, subs, messages int) {
+	t.Helper()
+	if rep.Nodes != nodes || rep.Subscriptions != subs || rep.MessagesPerPublisher != messages {
+		t.Errorf("shape: %d nodes, %d subscriptions, %d messages; want %d, %d, %d", rep.Nodes, rep.Subscriptions, rep.MessagesPerPublisher, nodes, subs, messages)
+	}
+	if want := subs * messages; rep.Expected != want || rep.Delivered != want {
+		t.Errorf("delivered %d of %d, want %d", rep.Delivered, rep.Expected, want)
+	}
+	if rep.Lost+rep.Duplicates+rep.OutOfOrder+rep.Unexpected+rep.BadLines != 0 || rep.DeadLetters != 0 || !rep.OK() {
+		t.Errorf("deliveries not clean: %+v, problems %v", rep, rep.Problems)
+	}
+	if rep.Latency.P50 <= 0 || rep.Latency.P50 > rep.Latency.P99 || rep.Latency.P99 > rep.Latency.Max {
+		t.Errorf("latency %+v is not ordered", rep.Latency)
+	}
+	if len(rep.PerNode) != nodes {
+		t.Fatalf("%d per-node lines, want %d", len(rep.PerNode), nodes)
+	}
+	received := 0
+	for _, n := range rep.PerNode {
+		if n.PID <= 0 || n.RSSKiB <= 0 || n.PeakRSSKiB < n.RSSKiB || n.PeerID == "" {
+			t.Errorf("node %+v lacks a pid, peer id or memory", n)
+		}
+		if n.Received != n.Subscriptions*messages {
+			t.Errorf("node %s ran its receiver %d times for %d subscriptions of %d messages", n.Name, n.Received, n.Subscriptions, messages)
+		}
+		received += n.Received
+		// Torn down: nothing the lab started survives it.
+		if processAlive(n.PID) {
+			t.Errorf("node %s (pid %d) still runs after the lab", n.Name, n.PID)
+		}
+	}
+	if received != rep.Expected {
+		t.Errorf("receivers ran %d times, want %d", received, rep.Expected)
+	}
+	if rep.Stopped+rep.Killed != nodes || rep.RSS.Min <= 0 || rep.RSS.Min > rep.RSS.Median || rep.RSS.Median > rep.RSS.Max {
+		t.Errorf("teardown %d stopped + %d killed of %d; RSS %+v", rep.Stopped, rep.Killed, nodes, rep.RSS)
+	}
+	if rep.Dir != "" {
+		t.Errorf("a clean run kept its directory %s", rep.Dir)
+	}
+}
+
+func TestLabMesh10Nodes(t *testing.T) {
+	t.Parallel()
+	const nodes, degree, messages = 10, 3, 30
+	rep, stderr := runLabCmd(t, "--nodes", "10", "--topology", "mesh", "--degree", "3", "--messages", "30", "--batch", "7")
+	checkLabReport(t, rep, nodes, nodes*degree, messages)
+	if rep.Published != rep.Publishers*messages {
+		t.Errorf("published %d, want %d publishers x %d", rep.Published, rep.Publishers, messages)
+	}
+	for _, want := range []string{"started 10 services", "wired 30 subscriptions"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("progress lacks %q:\n%s", want, stderr)
+		}
+	}
+	t.Logf("10-node mesh: p50 %.1fms p99 %.1fms, RSS median %d KiB, wall %v",
+		rep.Latency.P50, rep.Latency.P99, rep.RSS.Median, time.Duration(rep.Wall))
+}
+
+func TestLabStarAndChain(t *testing.T) {
+	t.Parallel()
+	rep, _ := runLabCmd(t, "--nodes", "4", "--topology", "star", "--messages", "10")
+	checkLabReport(t, rep, 4, 3, 10)
+	if rep.Publishers != 1 || rep.PerNode[0].Subscribers != 3 {
+		t.Errorf("star: %d publishers, hub has %d subscribers", rep.Publishers, rep.PerNode[0].Subscribers)
+	}
+	rep, _ = runLabCmd(t, "--nodes", "3", "--topology", "chain", "--messages", "10", "--rate", "1000")
+	checkLabReport(t, rep, 3, 2, 10)
+}
+
+// The lab publishes the way `action publish --stdin` does: a batch with no
+// data. That request once arrived with "data": null and was refused.
+func TestPublishStdinBatch(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	stdout, stderr, code := a.runStdin("{\"n\":1}\n\n[2]\n", "action", "publish", "--action", "lab.0", "--stdin")
+	if code != 0 || !strings.Contains(stdout, "published 2 message(s)") {
+		t.Fatalf("publish --stdin: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+}
+
+// runStdin runs coattail in the instance directory with input on stdin.
+func (i *instance) runStdin(input string, args ...string) (stdout, stderr string, code int) {
+	i.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binPath, args...)
+	cmd.Dir = i.dir
+	cmd.Env = childEnv(i.t, i.env...)
+	cmd.Stdin = strings.NewReader(input)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return out.String(), errb.String(), ee.ExitCode()
+	} else if err != nil {
+		i.t.Fatalf("coattail %s: %v", strings.Join(args, " "), err)
+	}
+	return out.String(), errb.String(), 0
+}
