@@ -5,7 +5,7 @@ FUZZTIME  ?= 20s
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/coattail/coattail/node.Version=$(VERSION)
 
-.PHONY: help build demo test test-short bench fuzz lint clean
+.PHONY: help build demo lab test test-short bench fuzz lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -15,6 +15,9 @@ build: ## build bin/coattail
 
 demo: build ## run the multi-instance demo on loopback (temp dir, cleaned up)
 	COATTAIL_BIN=$(abspath $(BIN)) bash scripts/demo.sh
+
+lab: build ## a 10-node loopback mesh with a publication storm (NODES=100 for the big one)
+	$(BIN) lab --nodes $(or $(NODES),10) --topology $(or $(TOPOLOGY),mesh)
 
 test: ## run every test with the race detector
 	$(GO) vet ./...
