@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -26,6 +27,10 @@ const waitDelay = time.Second
 // briefly open for writing in a concurrently forked child; see
 // golang.org/issue/22315.
 const startRetries = 5
+
+// pipePrefill is the most input written into a pipe before the program
+// starts: one page, the least capacity Linux gives a pipe (PIPE_BUF).
+const pipePrefill = 4096
 
 // keptEnv are the parent variables a program sees. Everything else is
 // dropped so that secrets in the service's environment do not leak into
@@ -123,12 +128,15 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 	stdout := &cappedBuffer{max: r.cfg.MaxOutput, onOverflow: func() { cancelCause(errOverflow) }}
 	stderr := newLineWriter(inv.Log)
 
+	stdin, closeStdin := stdinFor(inv.Input)
+	defer closeStdin()
+
 	var cmd *exec.Cmd
 	for attempt := 0; ; attempt++ {
 		cmd = exec.CommandContext(runCtx, path)
 		cmd.Dir = r.cfg.Dir
 		cmd.Env = r.env(inv)
-		cmd.Stdin = bytes.NewReader(inv.Input)
+		cmd.Stdin = stdin
 		cmd.Stdout = stdout
 		cmd.Stderr = stderr
 		// Own process group, so that a timeout kills the script's children
@@ -181,6 +189,43 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 		return nil, fmt.Errorf("runner: %s %q: %w", inv.Kind, inv.Name, waitErr)
 	}
 	return r.finishOutput(inv, stdout.buf.Bytes())
+}
+
+// stdinFor returns what the program reads as its standard input: all of
+// input, written before the program starts (a pre-filled pipe when input
+// fits in a pipe's guaranteed capacity, else an unlinked temporary file),
+// rather than a pipe this process feeds while the program runs. The
+// program runs in its own process group and outlives a service killed with
+// SIGKILL; fed as it runs, it would then read a truncated (often empty)
+// input and, as a receiver, take it for the real publication, which the
+// re-run after restart would not correct because idempotent receivers skip
+// a sequence they already saw. If neither can be made, it falls back to
+// the fed pipe.
+func stdinFor(input []byte) (io.Reader, func()) {
+	if len(input) <= pipePrefill {
+		if r, w, err := os.Pipe(); err == nil {
+			// The deadline only guards against a platform whose pipes hold
+			// less than pipePrefill: nothing reads until the program runs.
+			_ = w.SetWriteDeadline(time.Now().Add(time.Second))
+			_, werr := w.Write(input)
+			if cerr := w.Close(); werr == nil && cerr == nil {
+				return r, func() { _ = r.Close() }
+			}
+			_ = r.Close()
+		}
+	}
+	f, err := os.CreateTemp("", "coattail-input-")
+	if err != nil {
+		return bytes.NewReader(input), func() {}
+	}
+	_ = os.Remove(f.Name())
+	if _, err := f.Write(input); err == nil {
+		if _, err = f.Seek(0, io.SeekStart); err == nil {
+			return f, func() { _ = f.Close() }
+		}
+	}
+	_ = f.Close()
+	return bytes.NewReader(input), func() {}
 }
 
 func (r *Runner) startError(inv Invocation, path string, err error) error {
