@@ -132,7 +132,13 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 			case <-ctx.Done():
 			}
 		}()
-		if err := fn(ctx, s); err != nil {
+		err = fn(ctx, s)
+		if g.Revoked() {
+			// Revocation already reset the stream; there is nobody to tell.
+			_ = st.Reset()
+			return
+		}
+		if err != nil {
 			if !errors.Is(err, network.ErrReset) && !errors.Is(err, io.EOF) {
 				log.Info("request failed", "token_id", g.TokenID, "err", err)
 			}
