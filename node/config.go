@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -82,6 +83,14 @@ type NetworkConfig struct {
 	HolePunch   bool     `yaml:"hole_punching"`
 	AutoNAT     bool     `yaml:"autonat"`
 	RelayServer bool     `yaml:"relay_service"`
+	// RelayLimitDuration and RelayLimitData bound each circuit this
+	// instance relays (zero: no bound in that dimension); the relay resets
+	// a circuit that reaches either. See docs/NAT.md for why the defaults
+	// are far above libp2p's 2 minutes and 128 KiB.
+	RelayLimitDuration   time.Duration `yaml:"relay_limit_duration"`
+	RelayLimitData       ByteSize      `yaml:"relay_limit_data"`
+	RelayMaxReservations int           `yaml:"relay_max_reservations"`
+	RelayMaxCircuits     int           `yaml:"relay_max_circuits"`
 	// ConnLow/ConnHigh are the connection manager's water marks.
 	ConnLow  int `yaml:"conn_low"`
 	ConnHigh int `yaml:"conn_high"`
@@ -126,6 +135,11 @@ func DefaultConfig(port int) Config {
 			AutoNAT:     true,
 			ConnLow:     64,
 			ConnHigh:    256,
+
+			RelayLimitDuration:   time.Hour,
+			RelayLimitData:       64 << 20,
+			RelayMaxReservations: 128,
+			RelayMaxCircuits:     16,
 		},
 		Limits: LimitsConfig{
 			ActionTimeout:     30 * time.Second,
@@ -214,6 +228,21 @@ func (c *Config) Validate() error {
 	if c.Network.ConnLow < 1 || c.Network.ConnHigh < c.Network.ConnLow {
 		bad("network.conn_low/conn_high: need 1 <= conn_low <= conn_high (got %d, %d)", c.Network.ConnLow, c.Network.ConnHigh)
 	}
+	// The relay states the duration in whole seconds, as a uint32.
+	if d := c.Network.RelayLimitDuration; d != 0 && (d < time.Second || d > math.MaxUint32*time.Second) {
+		bad("network.relay_limit_duration: %v is out of range (0 for none, or 1s..%v)", d, math.MaxUint32*time.Second)
+	}
+	// Below 64KiB a circuit could not carry one handshake plus a
+	// publication of the smallest max_payload.
+	if d := c.Network.RelayLimitData; d != 0 && d < 64<<10 {
+		bad("network.relay_limit_data: %v is too small (0 for none, or at least 64KiB)", d)
+	}
+	if c.Network.RelayMaxReservations < 1 {
+		bad("network.relay_max_reservations: must be at least 1 (got %d)", c.Network.RelayMaxReservations)
+	}
+	if c.Network.RelayMaxCircuits < 1 {
+		bad("network.relay_max_circuits: must be at least 1 (got %d)", c.Network.RelayMaxCircuits)
+	}
 	l := c.Limits
 	if l.ActionTimeout < 10*time.Millisecond {
 		bad("limits.action_timeout: %v is too short (minimum 10ms)", l.ActionTimeout)
@@ -294,6 +323,19 @@ network:
   # Serve as a circuit-relay v2 relay for others (same as
   # 'service start --relay'). Default: false.
   relay_service: {{.C.Network.RelayServer}}
+  # When relaying: the most time and bytes (each way) one relayed
+  # connection may use before the relay resets it; 0 means no limit (both
+  # 0: unlimited circuits). A reset subscription reconnects and resumes from
+  # its last ack, over a direct connection if hole punching made one.
+  # relay_limit_data must exceed the largest publication that crosses the
+  # relay. libp2p's own defaults (2m, 128KiB) are meant for public relays
+  # that only bootstrap hole punching. Defaults: 1h0m0s and 64MiB.
+  relay_limit_duration: {{.C.Network.RelayLimitDuration}}
+  relay_limit_data: {{.C.Network.RelayLimitData}}
+  # When relaying: how many peers may hold a reservation, and how many
+  # relayed connections each peer may have open. Defaults: 128 and 16.
+  relay_max_reservations: {{.C.Network.RelayMaxReservations}}
+  relay_max_circuits: {{.C.Network.RelayMaxCircuits}}
   # Connection manager water marks: above conn_high, idle connections are
   # trimmed down to conn_low. Defaults: 64 and 256.
   conn_low: {{.C.Network.ConnLow}}

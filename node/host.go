@@ -4,19 +4,28 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/coattail/coattail/node/localapi"
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/namespace"
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
+	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
+	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoreds"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	"github.com/libp2p/go-libp2p/p2p/protocol/holepunch"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
@@ -35,11 +44,25 @@ type netsvc struct {
 	limits   *peerLimits
 	sess     *sessions
 	attached *attached
+	// relay is the circuit-relay v2 server (nil unless relay_service or
+	// 'service start --relay').
+	relay *relayv2.Relay
+	nat   *natState
 
 	stopNudger context.CancelFunc
 }
 
-func buildHost(n *Node, relay bool) (host.Host, error) {
+// natState is what the host's event bus has said about NAT traversal,
+// kept for `service status`.
+type natState struct {
+	sub event.Subscription
+
+	mu           sync.Mutex
+	reachability string   // AutoNAT's verdict: unknown, public or private
+	reservations []string // our /p2p-circuit addresses, one per reservation
+}
+
+func buildHost(n *Node) (host.Host, error) {
 	nc := n.cfg.Network
 	cm, err := connmgr.NewConnManager(nc.ConnLow, nc.ConnHigh, connmgr.WithGracePeriod(time.Minute))
 	if err != nil {
@@ -49,8 +72,16 @@ func buildHost(n *Node, relay bool) (host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: resource manager: %w", err)
 	}
+	// The peerstore persists in the instance's datastore: a restarted
+	// publisher still knows where its subscribers were, so it can nudge
+	// them to reconnect (its own address may have changed).
+	ps, err := pstoreds.NewPeerstore(context.Background(), namespace.Wrap(n.db.Batching(), ds.NewKey("/libp2p/peerstore")), pstoreds.DefaultOpts())
+	if err != nil {
+		return nil, fmt.Errorf("node: peerstore: %w", err)
+	}
 	opts := []libp2p.Option{
 		libp2p.Identity(n.key),
+		libp2p.Peerstore(ps),
 		libp2p.ListenAddrStrings(nc.Listen...),
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Transport(libp2pquic.NewTransport),
@@ -70,9 +101,11 @@ func buildHost(n *Node, relay bool) (host.Host, error) {
 	if nc.AutoNAT {
 		opts = append(opts, libp2p.EnableAutoNATv2(), libp2p.EnableNATService())
 	}
-	if relay || nc.RelayServer {
-		opts = append(opts, libp2p.EnableRelayService(relayv2.WithInfiniteLimits()))
-	}
+	// The relay server is not enabled here: libp2p's EnableRelayService
+	// runs it only once AutoNAT has found the host public, which takes a
+	// boot delay plus a probe, and may never happen on a segment without
+	// other AutoNAT servers. An operator who asks for a relay has said the
+	// instance is public; startNetwork starts it at once.
 	if len(nc.Relays) > 0 {
 		var static []peer.AddrInfo
 		for _, s := range nc.Relays {
@@ -94,19 +127,130 @@ func buildHost(n *Node, relay bool) (host.Host, error) {
 	return h, nil
 }
 
+// relayResources turns the network.relay_* settings into the relay's
+// resources. A zero duration or data limit means none in that dimension;
+// with both zero circuits are unlimited, and clients see them as ordinary
+// (not limited) connections.
+func relayResources(nc NetworkConfig) relayv2.Resources {
+	rc := relayv2.DefaultResources()
+	rc.MaxReservations = nc.RelayMaxReservations
+	rc.MaxCircuits = nc.RelayMaxCircuits
+	if nc.RelayLimitDuration == 0 && nc.RelayLimitData == 0 {
+		rc.Limit = nil
+		return rc
+	}
+	rc.Limit = &relayv2.RelayLimit{Duration: nc.RelayLimitDuration, Data: int64(nc.RelayLimitData)}
+	if rc.Limit.Duration == 0 {
+		// The relay sends the limit in whole seconds as a uint32.
+		rc.Limit.Duration = math.MaxUint32 * time.Second
+	}
+	if rc.Limit.Data == 0 {
+		rc.Limit.Data = math.MaxInt64
+	}
+	return rc
+}
+
+// watchNAT records, from the host's event bus, the AutoNAT reachability,
+// the relay reservations and when hole punching becomes possible. The
+// emitters are stateful, so the current values arrive first.
+func (nw *netsvc) watchNAT() error {
+	sub, err := nw.host.EventBus().Subscribe([]any{
+		new(event.EvtLocalReachabilityChanged),
+		new(event.EvtAutoRelayAddrsUpdated),
+		new(event.EvtLocalProtocolsUpdated),
+	}, eventbus.Name("coattail nat status"))
+	if err != nil {
+		return fmt.Errorf("node: subscribe to NAT events: %w", err)
+	}
+	nw.nat = &natState{sub: sub, reachability: "unknown"}
+	go func() {
+		log := nw.n.log
+		for e := range sub.Out() {
+			st := nw.nat
+			switch e := e.(type) {
+			case event.EvtLocalReachabilityChanged:
+				r := strings.ToLower(e.Reachability.String())
+				st.mu.Lock()
+				changed := st.reachability != r
+				st.reachability = r
+				st.mu.Unlock()
+				if changed {
+					log.Info("reachability changed (AutoNAT)", "reachability", r)
+				}
+			case event.EvtAutoRelayAddrsUpdated:
+				addrs := addrStrings(e.RelayAddrs)
+				st.mu.Lock()
+				st.reservations = addrs
+				st.mu.Unlock()
+				log.Info("relay reservations updated", "addrs", addrs)
+			case event.EvtLocalProtocolsUpdated:
+				if slices.Contains(e.Added, holepunch.Protocol) {
+					// libp2p registers the DCUtR handler only once the
+					// host has learnt a public address of its own; before
+					// that, a relayed connection cannot be upgraded.
+					log.Info("hole punching ready: the host knows a public address of its own")
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// kickAutoRelay starts the search for relay reservations at once. libp2p's
+// AutoRelay waits for AutoNAT's first verdict, which comes only after a
+// 15s boot delay and a dial-back that a NAT makes time out, and never when
+// no AutoNAT server is around. The reachability at start is unknown, and
+// saying so is what AutoRelay waits for.
+func kickAutoRelay(h host.Host) error {
+	em, err := h.EventBus().Emitter(new(event.EvtLocalReachabilityChanged), eventbus.Stateful)
+	if err != nil {
+		return fmt.Errorf("node: reachability emitter: %w", err)
+	}
+	defer em.Close()
+	if err := em.Emit(event.EvtLocalReachabilityChanged{Reachability: network.ReachabilityUnknown}); err != nil {
+		return fmt.Errorf("node: start relay search: %w", err)
+	}
+	return nil
+}
+
 func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
-	h, err := buildHost(n, n.opts.Relay)
+	h, err := buildHost(n)
 	if err != nil {
 		return nil, err
 	}
 	nw := &netsvc{n: n, host: h, limits: newPeerLimits(n.cfg.Limits), sess: newSessions(), attached: newAttached()}
+	fail := func(err error) (*netsvc, error) {
+		if nw.nat != nil {
+			nw.nat.sub.Close()
+		}
+		if nw.relay != nil {
+			nw.relay.Close()
+		}
+		h.Close()
+		return nil, err
+	}
+	if err := nw.watchNAT(); err != nil {
+		return fail(err)
+	}
+	if n.opts.Relay || n.cfg.Network.RelayServer {
+		r, err := relayv2.New(h, relayv2.WithResources(relayResources(n.cfg.Network)))
+		if err != nil {
+			return fail(fmt.Errorf("node: start relay service: %w", err))
+		}
+		nw.relay = r
+	}
+	if len(n.cfg.Network.Relays) > 0 {
+		if err := kickAutoRelay(h); err != nil {
+			return fail(err)
+		}
+	}
 	nw.register()
 	nctx, stopNudger := context.WithCancel(context.Background())
 	nw.stopNudger = stopNudger
 	go nw.nudger(nctx)
 	n.auth.OnRevoke(nw.sess.revoke)
 	n.auth.OnRevoke(n.onTokenRevoked)
-	n.log.Info("libp2p host started", "peer_id", h.ID().String(), "addrs", addrStrings(h.Addrs()))
+	n.log.Info("libp2p host started", "peer_id", h.ID().String(), "addrs", addrStrings(h.Addrs()), "relay_service", nw.relay != nil)
 	return nw, nil
 }
 
@@ -115,15 +259,26 @@ func (nw *netsvc) close() error {
 	for _, p := range allProtocols {
 		nw.host.RemoveStreamHandler(p)
 	}
-	return nw.host.Close()
+	var errs []error
+	if nw.relay != nil {
+		errs = append(errs, nw.relay.Close())
+	}
+	if nw.nat != nil {
+		errs = append(errs, nw.nat.sub.Close())
+	}
+	return errors.Join(append(errs, nw.host.Close())...)
 }
 
 func (nw *netsvc) fillStatus(s *localapi.Status) {
 	s.ListenAddrs = addrStrings(nw.host.Network().ListenAddresses())
 	s.Addrs = addrStrings(nw.host.Addrs())
 	s.Peers = len(nw.host.Network().Peers())
+	nw.nat.mu.Lock()
+	s.Reachable = nw.nat.reachability
+	s.Relays = slices.Clone(nw.nat.reservations)
+	nw.nat.mu.Unlock()
 	for _, a := range nw.host.Addrs() {
-		if isRelayAddr(a) {
+		if isRelayAddr(a) && !slices.Contains(s.Relays, a.String()) {
 			s.Relays = append(s.Relays, a.String())
 		}
 	}

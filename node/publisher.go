@@ -23,7 +23,14 @@ const (
 	deliverWindow = 4096
 	deliverBatch  = 512
 	deliverBytes  = 256 << 10
+	// limitedDeliverWindow is the window over a limited relayed
+	// connection (docs/NAT.md).
+	limitedDeliverWindow = 8
 )
+
+// subscriberAddrTTL is how long a publisher keeps a subscriber's addresses
+// after it was last seen (the peerstore persists across restarts).
+const subscriberAddrTTL = 7 * 24 * time.Hour
 
 // ErrHopLimit stops endless cascades.
 var ErrHopLimit = errors.New("node: cascade hop limit reached")
@@ -188,10 +195,20 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 	if req.Window > 0 && req.Window < window {
 		window = req.Window
 	}
+	if s.s.Conn().Stat().Limited {
+		// A limited relay circuit is cut after a fixed number of bytes,
+		// losing whatever was in flight: a large window would resend more
+		// than a circuit carries, and the backlog would never drain.
+		window = min(window, limitedDeliverWindow)
+	}
 	if err := s.send(wire.TResult, wire.SubscribeResponse{SubscriptionID: sub.ID, NextSeq: next, Window: window}); err != nil {
 		return err
 	}
 	_ = s.s.SetDeadline(time.Time{})
+	// Remember where this subscriber listens for longer than libp2p's
+	// default, so a restarted publisher can nudge it (deliver protocol).
+	ps := nw.host.Peerstore()
+	ps.AddAddrs(s.peer, ps.Addrs(s.peer), subscriberAddrTTL)
 	return nw.deliver(ctx, s, sub, next-1, window)
 }
 

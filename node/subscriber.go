@@ -18,6 +18,7 @@ import (
 	ds "github.com/ipfs/go-datastore"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 )
 
 // outSub is a subscription this instance holds at a publisher, stored
@@ -231,6 +232,13 @@ func (ss *subscriberSide) resume(ctx context.Context, sub outSub) (*session, err
 	if err != nil {
 		return nil, err
 	}
+	// Our own back-off paces reconnects; libp2p's per-peer dial back-off
+	// would add up to minutes on top after a publisher restart.
+	if pid, err := peer.Decode(sub.Publisher); err == nil {
+		if sw, ok := ss.n.host.Network().(*swarm.Swarm); ok {
+			sw.Backoff().Clear(pid)
+		}
+	}
 	s, err := ss.n.open(ctx, sub.Publisher, wire.ProtoSubscribe,
 		wire.SubscribeRequest{SubscriptionID: sub.ID, Pattern: sub.Pattern, Receiver: sub.Receiver, ResumeAfter: last})
 	if err != nil {
@@ -259,17 +267,61 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 	}()
 	inProc := ss.n.inProcessReceiver(sub.Receiver)
 	var ackBuf []byte
-	persistAck := func() error {
-		if err := ss.saveSeq(ctx, sub.ID, last); err != nil {
+	persistAck := func(seq uint64) error {
+		if err := ss.saveSeq(ctx, sub.ID, seq); err != nil {
 			return err
 		}
-		ackBuf = wire.AppendAck(ackBuf[:0], sub.ID, last)
+		ackBuf = wire.AppendAck(ackBuf[:0], sub.ID, seq)
 		s.wmu.Lock()
 		defer s.wmu.Unlock()
 		if err := s.w.Frame(wire.TAck, ackBuf); err != nil {
 			return err
 		}
 		return s.w.Flush()
+	}
+	// In-process receivers: progress is persisted (with its fsync) and
+	// acked by a goroutine, so the fsync of one frame's progress overlaps
+	// the receivers of the next frames, and one fsync covers every frame
+	// processed while the previous one ran. A seq is still acked only once
+	// it is durable here. Executable receivers persist synchronously, one
+	// publication at a time (below), and never use it.
+	var ackc chan uint64
+	ackErr := make(chan error, 1)
+	if inProc {
+		ackc = make(chan uint64, 1)
+		go func() {
+			var err error
+			for seq := range ackc {
+				if err == nil {
+					if err = persistAck(seq); err != nil {
+						_ = s.s.Reset() // unblock the reader
+					}
+				}
+			}
+			ackErr <- err
+		}()
+		defer func() {
+			// The last progress is durable before consume returns, so a
+			// resume reads it.
+			close(ackc)
+			if aerr := <-ackErr; aerr != nil && err == nil {
+				err = aerr
+			}
+		}()
+	}
+	ackAsync := func(seq uint64) {
+		for {
+			select {
+			case ackc <- seq:
+				return
+			default:
+			}
+			// A pending older seq is superseded by this one.
+			select {
+			case <-ackc:
+			default:
+			}
+		}
 	}
 	for {
 		t, payload, err := s.r.Next()
@@ -300,7 +352,7 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 				// A process per publication: persist each, so a crash
 				// re-runs at most the one in flight.
 				dirty = false
-				return persistAck()
+				return persistAck(last)
 			}
 			return nil
 		})
@@ -308,9 +360,7 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 			return progressed, err
 		}
 		if dirty {
-			if err := persistAck(); err != nil {
-				return progressed, err
-			}
+			ackAsync(last)
 		}
 	}
 }
@@ -320,8 +370,12 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 // returns an error: a failing receiver must not block what follows for
 // longer than its retries.
 func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delivery) {
+	// The runner checks that the input is JSON (it comes from another
+	// peer), so it is not validated here too: that would be a second pass
+	// over every payload. Empty data is not JSON, though the runner would
+	// take it for null.
 	data := json.RawMessage(d.Data)
-	if !json.Valid(data) {
+	if len(data) == 0 {
 		data = nil
 	}
 	inv := runner.Invocation{Kind: runner.KindReceiver, Name: sub.Receiver, Input: data, Caller: sub.Publisher,
@@ -345,7 +399,8 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 			break
 		}
 		_, err = n.runner.Run(ctx, inv)
-		if err == nil || ctx.Err() != nil || attempts > n.cfg.Limits.ReceiverRetries {
+		// Input that is not JSON fails the same way every time.
+		if err == nil || ctx.Err() != nil || attempts > n.cfg.Limits.ReceiverRetries || errors.Is(err, runner.ErrBadInput) {
 			break
 		}
 		n.log.Warn("receiver failed; will retry", "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "attempt", attempts, "err", err)
