@@ -199,9 +199,16 @@ func newServiceStatusCmd(a *app) *cobra.Command {
 			}
 			rows := [][]string{}
 			for _, s := range list {
-				rows = append(rows, []string{strconv.Itoa(s.PID), s.Instance, s.PeerID, strings.Join(s.ListenAddrs, " "), time.Duration(s.Uptime).Round(time.Second).String()})
+				reach := s.Reachable
+				if reach == "" {
+					reach = "-"
+				}
+				if n := len(s.Relays); n > 0 {
+					reach += fmt.Sprintf(" (%d relay address(es))", n)
+				}
+				rows = append(rows, []string{strconv.Itoa(s.PID), s.Instance, s.PeerID, strings.Join(s.ListenAddrs, " "), reach, time.Duration(s.Uptime).Round(time.Second).String()})
 			}
-			return table(a.out, []string{"PID", "INSTANCE", "PEER ID", "LISTEN", "UPTIME"}, rows)
+			return table(a.out, []string{"PID", "INSTANCE", "PEER ID", "LISTEN", "REACHABILITY", "UPTIME"}, rows)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
