@@ -17,11 +17,15 @@
 //	/peers/<peer-id>                           peer this instance added            node
 //	/subs/out/<sub-id>                         subscription held at another peer   node
 //	/subs/in/<sub-id>                          subscription another peer holds here topics
-//	/queue/<sub-id>/<seq, 20 digits, 0-padded> queued publication                  topics
-//	/queue/<sub-id>/meta                       queue state: next seq, ack, counters topics
+//	/queue/log/<pos, 20 digits, 0-padded>      publication, stored once, + routing topics
+//	/queue/sub/<sub-id>                        queue state: log base, ack, counters topics
 //
-// Sequence numbers are zero-padded to 20 digits (the width of the largest
+// Log positions are zero-padded to 20 digits (the width of the largest
 // uint64) so that byte order, which pebble iterates in, is numeric order.
+// A subscription's sequence numbers are derived from the log rather than
+// stored (see topics.Queues); the earlier layout, one copy per subscription
+// under /queue/<sub-id>/<seq> and /queue/<sub-id>/meta, is migrated into
+// the log when topics opens it.
 //
 // # Durability
 //

@@ -13,5 +13,8 @@
 // The package depends on the standard library only and knows nothing of
 // libp2p, so it can be used (and fuzzed) in isolation. The subscription
 // registry and queues that live in the datastore namespaces /subs/in and
-// /queue (see package datastore) are built on top of these primitives.
+// /queue (see package datastore) are built on top of these primitives:
+// Queues stores each publication once, in a publisher log with its routing,
+// and derives every subscription's sequence numbers from that log, so that
+// fan-out to many subscriptions does not multiply datastore writes.
 package topics

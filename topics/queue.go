@@ -115,7 +115,7 @@ type QueueOptions struct {
 }
 
 // Tuning of the committer. A round is bounded so that one huge burst cannot
-// make every publisher in it wait for a giant write, and ack deletions are
+// make every publisher in it wait for a giant write, and releases are
 // bounded so that acking a million messages at once does not stall
 // publications behind one enormous batch.
 const (
@@ -123,6 +123,9 @@ const (
 	maxRoundBytes      = 64 << 20
 	maxDeletesPerRound = 1 << 16
 	reqQueueLen        = 1024
+	// readChunk is how many log entries a datastore read maps and fetches
+	// at a time.
+	readChunk = 256
 	// itemOverhead approximates the memory an Item costs beyond its subject
 	// and data, for the MemoryPerQueue budget.
 	itemOverhead = 64
@@ -131,25 +134,50 @@ const (
 // Queues is the set of durable, sequenced publication queues of the
 // subscriptions held at this instance.
 //
-// Publish appends to every matching queue and returns once the messages are
-// durable. Concurrent Publish calls are merged by a single committer
-// goroutine into one datastore batch per round, and a syncer goroutine makes
-// rounds durable with one Sync that covers every round committed before it,
-// so while one fsync runs the next round is already being built and
-// committed (group commit, pipelined). Durable messages become visible to
-// Read, and wake Wait channels, only after their Sync.
+// # Storage
+//
+// A publication is written once, as an entry of one publisher log at the
+// next global log position, however many subscriptions it is routed to:
+// fan-out multiplies neither datastore writes nor bytes. The entry records
+// its routing, decided at publish time: either "every subscription whose
+// pattern matches and that existed when the entry was logged" (one byte,
+// the common case) or the explicit list of subscription ids (a publication
+// restricted by a filter). A subscription's sequence numbers are not
+// stored: its n-th routed entry is its sequence n, which is deterministic
+// from the log, so a restart recomputes it by scanning the log from the
+// subscription's base (see subMeta). Each subscription keeps in memory the
+// log position of every sequence it still needs (as runs, so a
+// subscription that takes every publication costs a few words), and the
+// log keeps in memory, per entry, how many subscriptions still need it; an
+// entry is deleted once that count reaches zero, in the same batch that
+// records in the subscriptions' state that they no longer need it. A
+// subscription added later never receives older entries (its start
+// position is after them), and a removed one releases its references at
+// once, so it never holds entries back.
+//
+// # Commit
+//
+// Publish routes messages on the caller's goroutine; a single committer
+// goroutine merges concurrent Publish calls into one datastore batch per
+// round, and a syncer goroutine makes rounds durable with one Sync that
+// covers every round committed before it, so while one fsync runs the next
+// round is already being built and committed (group commit, pipelined).
+// Durable messages become visible to Read, and wake Wait channels, only
+// after their Sync. Releases (acks, drops) are applied by the committer
+// without a Sync: a lost release only means a redelivery, which the
+// subscriber drops as a duplicate.
 //
 // Lock order (a goroutine holding one may take only those after it):
 //
 //	adminMu → commitMu → Queues.mu → queue.mu → dirtyMu
 //
 // adminMu serialises AddSubscription and removals. commitMu is held by the
-// committer while it builds and commits a round, and by removals while they
-// delete a queue's keys, so a round never writes into a queue being deleted.
-// Queues.mu guards the subscription map and the closed flag; queue.mu guards
-// one queue's state; dirtyMu guards the set of queues with pending deletes.
-// The Trie has its own lock and is only used while holding Queues.mu (writes)
-// or nothing (reads).
+// committer while it builds and commits a round, and by AddSubscription and
+// removals, so log positions, reference counts and subscription starts
+// change in one order. Queues.mu guards the subscription map and the
+// closed flag; queue.mu guards one queue's state; dirtyMu guards the set of
+// queues with pending releases. The Trie has its own lock and is only
+// written while holding Queues.mu and commitMu.
 type Queues struct {
 	store  ds.Batching
 	bound  uint64
@@ -165,8 +193,21 @@ type Queues struct {
 	trie   *Trie[*queue]
 	closed bool
 
+	// epoch counts added subscriptions. Publish notes it before routing;
+	// if it changed by the time the committer logs the entry, "every
+	// matching subscription" may name one that was not routed to, so the
+	// committer lists the routed ids instead.
+	epoch atomic.Uint64
+
 	dirtyMu sync.Mutex
 	dirty   []*queue
+
+	// Log state, guarded by commitMu. refs[p-refBase] is the number of
+	// subscriptions that still need the entry at position p;
+	// refBase+len(refs) == nextPos.
+	nextPos uint64
+	refBase uint64
+	refs    []uint32
 
 	reqs       chan *pubReq
 	kick       chan struct{}
@@ -181,14 +222,15 @@ type Queues struct {
 
 // queue is one subscription's queue.
 type queue struct {
-	sub    Subscription
-	prefix string // queuePrefix(sub.ID)
+	sub   Subscription
+	start uint64 // first log position it may be routed; set at creation
 
 	removed atomic.Bool
 
 	// Committer-only state, guarded by Queues.commitMu.
 	cNext  uint64 // next sequence to assign (runs ahead of next until synced)
 	cDrop  uint64 // head implied by drop_oldest, as far as assigned
+	cHead  uint64 // sequences below it are released: their references dropped
 	cAdd   int    // scratch: entries of the request being checked
 	cRound uint64 // round in which touch was assigned
 	cTouch int    // index of this queue's touch in that round
@@ -196,14 +238,15 @@ type queue struct {
 	mu            sync.Mutex
 	next          uint64 // next sequence after the durable ones
 	head          uint64 // lowest sequence still queued (acked or dropped below)
+	released      uint64 // copy of cHead: log entries below may be gone
 	acked         uint64 // cumulative ack watermark
-	storeFirst    uint64 // no message key below this remains (or will remain once pending deletes commit)
 	delivered     uint64
 	redelivered   uint64
 	dropped       uint64
 	sentMax       uint64 // highest sequence ever reported by MarkSent
 	cursor        uint64 // highest sequence reported by MarkSent since the last Resume
 	lastDelivered int64
+	pos           posIndex // log position of each sequence from cHead to cNext-1
 	mem           itemRing // most recent durable items, contiguous, ending at next-1
 	memBytes      int
 	wake          chan struct{}
@@ -213,8 +256,10 @@ type queue struct {
 // pubReq is one Publish call on its way through the committer.
 type pubReq struct {
 	msgs    []Message // owned copies; Data aliases vals
-	vals    [][]byte  // encoded messages
-	targets []target
+	vals    [][]byte  // encoded log entries, one per message in msgs
+	targets []target  // grouped by message, in message order
+	listed  bool      // vals list their subscriptions (a filter was given)
+	epoch   uint64    // Queues.epoch before routing
 	bytes   int
 	n       int
 	err     error
@@ -233,19 +278,108 @@ type touch struct {
 	next  uint64 // next sequence after this round
 	drop  uint64 // head implied by drop_oldest after this round
 	items []Item
-	vals  [][]byte
+	pos   []uint64 // log position of each item
+}
+
+// logPut is one log entry written by a round.
+type logPut struct {
+	pos uint64
+	val []byte
 }
 
 type round struct {
 	reqs    []*pubReq
 	touches []*touch
+	puts    []logPut
 	err     error
+}
+
+// posRun maps the n sequences from seq to the n log positions from pos.
+type posRun struct{ seq, pos, n uint64 }
+
+// posIndex maps a subscription's sequences to log positions. Runs rather
+// than one entry per sequence, because a subscription that takes every
+// publication (or every one of a burst) then costs one run, not eight
+// bytes per queued message.
+type posIndex struct {
+	runs []posRun
+	off  int // runs[:off] are released
+}
+
+func (x *posIndex) add(seq, pos uint64) {
+	if k := len(x.runs); k > x.off {
+		r := &x.runs[k-1]
+		if r.seq+r.n == seq && r.pos+r.n == pos {
+			r.n++
+			return
+		}
+	}
+	x.runs = append(x.runs, posRun{seq: seq, pos: pos, n: 1})
+}
+
+// find returns the index of the first live run that ends after seq.
+func (x *posIndex) find(seq uint64) int {
+	rs := x.runs[x.off:]
+	i, _ := slices.BinarySearchFunc(rs, seq, func(r posRun, s uint64) int {
+		if r.seq+r.n <= s {
+			return -1
+		}
+		return 1
+	})
+	return x.off + i
+}
+
+// lookup returns the log position of seq.
+func (x *posIndex) lookup(seq uint64) (uint64, bool) {
+	i := x.find(seq)
+	if i == len(x.runs) || seq < x.runs[i].seq {
+		return 0, false
+	}
+	r := x.runs[i]
+	return r.pos + seq - r.seq, true
+}
+
+// each calls fn for every indexed sequence in [from, to), in order, until
+// fn returns false.
+func (x *posIndex) each(from, to uint64, fn func(seq, pos uint64) bool) {
+	for i := x.find(from); i < len(x.runs); i++ {
+		r := x.runs[i]
+		for s := max(from, r.seq); s < r.seq+r.n; s++ {
+			if s >= to || !fn(s, r.pos+s-r.seq) {
+				return
+			}
+		}
+	}
+}
+
+// trim forgets every sequence below seq.
+func (x *posIndex) trim(seq uint64) {
+	for x.off < len(x.runs) && x.runs[x.off].seq+x.runs[x.off].n <= seq {
+		x.off++
+	}
+	if x.off < len(x.runs) {
+		if r := &x.runs[x.off]; r.seq < seq {
+			d := seq - r.seq
+			r.seq, r.pos, r.n = seq, r.pos+d, r.n-d
+		}
+	}
+	switch {
+	case x.off == len(x.runs):
+		x.runs, x.off = x.runs[:0], 0
+	case x.off >= 64 && 2*x.off >= len(x.runs):
+		// Compact so that a long-lived fragmented index does not keep
+		// growing at the front.
+		n := copy(x.runs, x.runs[x.off:])
+		x.runs, x.off = x.runs[:n], 0
+	}
 }
 
 // OpenQueues loads the subscriptions held at this instance and the state of
 // their queues from store, so that a restarted publisher still delivers
-// everything it accepted, and starts the committer. Queue keys left behind by
-// a subscription whose record is gone are deleted.
+// everything it accepted, and starts the committer. Log entries that no
+// subscription needs any more and state left behind by removed
+// subscriptions are deleted; queues of the earlier per-subscription layout
+// are migrated into the log.
 func OpenQueues(ctx context.Context, store ds.Batching, o QueueOptions) (*Queues, error) {
 	if store == nil {
 		return nil, fmt.Errorf("%w: nil datastore", ErrInvalidQueueOptions)
@@ -273,6 +407,8 @@ func OpenQueues(ctx context.Context, store ds.Batching, o QueueOptions) (*Queues
 		log:        o.Logger,
 		subs:       make(map[string]*queue),
 		trie:       NewTrie[*queue](),
+		nextPos:    1,
+		refBase:    1,
 		reqs:       make(chan *pubReq, reqQueueLen),
 		kick:       make(chan struct{}, 1),
 		syncCh:     make(chan *round, 4),
@@ -296,7 +432,8 @@ func OpenQueues(ctx context.Context, store ds.Batching, o QueueOptions) (*Queues
 	return qs, nil
 }
 
-// load reads subscriptions and queue state.
+// load reads subscriptions, their state and the log. It runs before the
+// committer starts, so it needs no locks.
 func (qs *Queues) load(ctx context.Context) error {
 	res, err := qs.store.Query(ctx, query.Query{Prefix: subsNamespace})
 	if err != nil {
@@ -314,24 +451,57 @@ func (qs *Queues) load(ctx context.Context) error {
 		if err := validateSubscription(s); err != nil || subKey(s.ID) != e.Key {
 			return fmt.Errorf("%w: %s holds subscription %q that does not belong there", ErrCorruptQueue, e.Key, s.ID)
 		}
-		q := newQueue(s)
+		q := newQueue(s, 0)
 		qs.subs[s.ID] = q
 		if err := qs.trie.Insert(s.Pattern, q); err != nil {
 			return fmt.Errorf("%w: %s: %w", ErrCorruptQueue, e.Key, err)
 		}
 	}
 
-	// One ordered keys-only scan finds every queue's first and last message
-	// and any orphans, without reading message values.
-	type scan struct {
-		first, last, count uint64
-		meta               bool
-	}
-	scans := make(map[string]*scan, len(qs.subs))
-	var orphans []ds.Key
-	res, err = qs.store.Query(ctx, query.Query{Prefix: queueNamespace, KeysOnly: true, Orders: []query.Order{query.OrderByKey{}}})
+	// Subscription states.
+	var garbage []ds.Key
+	metas := make(map[*queue]subMeta, len(qs.subs))
+	floor := uint64(0) // nextPos must stay above every position a state names
+	res, err = qs.store.Query(ctx, query.Query{Prefix: subMetaPrefix})
 	if err != nil {
-		return fmt.Errorf("topics: scan queues: %w", err)
+		return fmt.Errorf("topics: list queue states: %w", err)
+	}
+	entries, err = res.Rest()
+	if err != nil {
+		return fmt.Errorf("topics: list queue states: %w", err)
+	}
+	for _, e := range entries {
+		q := qs.subs[strings.TrimPrefix(e.Key, subMetaPrefix)]
+		if q == nil {
+			garbage = append(garbage, ds.RawKey(e.Key))
+			continue
+		}
+		m, err := decodeSubMeta(e.Value)
+		if err != nil {
+			return fmt.Errorf("%s: %w", e.Key, err)
+		}
+		metas[q] = m
+		q.start = m.start
+		q.cNext = m.baseSeq + 1
+		q.cHead = m.baseSeq + 1
+		floor = max(floor, m.baseG, m.start-1)
+	}
+
+	// The log, in position order: each entry's routing, replayed against
+	// the subscriptions' bases, gives every subscription its sequences.
+	res, err = qs.store.Query(ctx, query.Query{Prefix: logPrefix, Orders: []query.Order{query.OrderByKey{}}})
+	if err != nil {
+		return fmt.Errorf("topics: scan queue log: %w", err)
+	}
+	first := true
+	var pos uint64
+	var cnt uint32
+	route := func(q *queue) {
+		if m, ok := metas[q]; ok && q.start <= pos && pos > m.baseG {
+			q.pos.add(q.cNext, pos)
+			q.cNext++
+			cnt++
+		}
 	}
 	for {
 		r, ok := res.NextSync()
@@ -339,93 +509,267 @@ func (qs *Queues) load(ctx context.Context) error {
 			break
 		}
 		if r.Error != nil {
-			return errors.Join(fmt.Errorf("topics: scan queues: %w", r.Error), res.Close())
+			return errors.Join(fmt.Errorf("topics: scan queue log: %w", r.Error), res.Close())
 		}
-		id, rest, ok := splitQueueKey(r.Key)
-		if !ok {
-			qs.log.Warn("ignoring malformed queue key", "key", r.Key)
+		p, ok := parseSeq(strings.TrimPrefix(r.Key, logPrefix))
+		if !ok || p == 0 || !first && p <= pos {
+			qs.log.Warn("deleting malformed queue log key", "key", r.Key)
+			garbage = append(garbage, ds.RawKey(r.Key))
 			continue
 		}
-		if _, held := qs.subs[id]; !held {
-			orphans = append(orphans, ds.RawKey(r.Key))
-			continue
+		e, err := decodeEntry(r.Value, false)
+		if err != nil {
+			return errors.Join(fmt.Errorf("%s: %w", r.Key, err), res.Close())
 		}
-		sc := scans[id]
-		if sc == nil {
-			sc = &scan{}
-			scans[id] = sc
+		if first {
+			qs.refBase, first = p, false
 		}
-		if rest == metaSuffix {
-			sc.meta = true
-			continue
+		pos, cnt = p, 0
+		for qs.refBase+uint64(len(qs.refs)) < pos {
+			qs.refs = append(qs.refs, 0)
 		}
-		seq, ok := parseSeq(rest)
-		if !ok || seq == 0 {
-			qs.log.Warn("ignoring malformed queue key", "key", r.Key)
-			continue
+		if e.listed {
+			for _, id := range e.ids {
+				if q := qs.subs[id]; q != nil {
+					route(q)
+				}
+			}
+		} else {
+			qs.trie.MatchFunc(e.Subject, route)
 		}
-		if sc.count == 0 {
-			sc.first = seq
+		qs.refs = append(qs.refs, cnt)
+		if cnt == 0 {
+			garbage = append(garbage, ds.RawKey(r.Key))
 		}
-		sc.last = seq
-		sc.count++
 	}
 	if err := res.Close(); err != nil {
-		return fmt.Errorf("topics: scan queues: %w", err)
+		return fmt.Errorf("topics: scan queue log: %w", err)
+	}
+	qs.nextPos = max(pos, floor) + 1
+	if first {
+		qs.refBase = qs.nextPos
+	}
+	for qs.refBase+uint64(len(qs.refs)) < qs.nextPos {
+		qs.refs = append(qs.refs, 0)
 	}
 
-	for id, q := range qs.subs {
-		var m queueMeta
-		m.next = 1
-		sc := scans[id]
-		if sc != nil && sc.meta {
-			raw, err := qs.store.Get(ctx, ds.RawKey(metaKey(id)))
-			if err != nil {
-				return fmt.Errorf("topics: read %s: %w", metaKey(id), err)
-			}
-			if m, err = decodeMeta(raw); err != nil {
-				return fmt.Errorf("%s: %w", metaKey(id), err)
-			}
+	legacy, err := qs.migrateLegacy(ctx, metas)
+	if err != nil {
+		return err
+	}
+	garbage = append(garbage, legacy...)
+	var fresh []*queue
+
+	for _, q := range qs.subs {
+		m, ok := metas[q]
+		if !ok {
+			// A subscription record without state cannot have been routed
+			// anything that is still logged; it starts here.
+			qs.log.Warn("subscription without queue state; starting it empty", "subscription", q.sub.ID)
+			q.start, q.cNext, q.cHead = qs.nextPos, 1, 1
+			m = subMeta{start: qs.nextPos, baseG: qs.nextPos - 1}
+			metas[q] = m
+			fresh = append(fresh, q)
 		}
-		q.acked = m.acked
-		q.next = m.next
-		q.head = m.next // nothing queued unless keys say otherwise
-		q.storeFirst = m.next
-		if sc != nil && sc.count > 0 {
-			q.next = max(q.next, sc.last+1)
-			// Keys at or below the ack watermark are deletes that were not
-			// yet committed when the process stopped; the committer
-			// finishes them. A first key above it means the messages in
-			// between were dropped.
-			q.storeFirst = sc.first
-			q.head = max(sc.first, m.acked+1)
-			if sc.last-sc.first+1 != sc.count {
-				qs.log.Warn("queue has gaps; its depth is an upper bound", "subscription", id, "first", sc.first, "last", sc.last, "count", sc.count)
-			}
-		}
-		q.cNext = q.next
-		q.cDrop = q.head
+		q.next = q.cNext
+		q.acked = min(m.acked, q.next-1)
+		q.head = max(q.cHead, q.acked+1)
+		q.released = q.cHead
+		q.cDrop = q.cHead
 		q.dropped, q.delivered, q.redelivered = m.dropped, m.delivered, m.redelivered
 		q.sentMax, q.lastDelivered = m.sentMax, m.lastDelivered
-		if q.storeFirst < q.head {
-			qs.markDirty(q)
+		if q.head > q.cHead {
+			qs.markDirty(q) // acked before the restart but not yet released
 		}
 	}
+	qs.trimRefs()
 
-	if len(orphans) > 0 {
-		qs.log.Warn("deleting queue keys of unknown subscriptions", "keys", len(orphans))
-		if err := qs.deleteKeys(ctx, orphans); err != nil {
-			return err
+	if len(fresh) > 0 {
+		b, err := qs.store.Batch(ctx)
+		if err != nil {
+			return fmt.Errorf("topics: write queue states: %w", err)
+		}
+		for _, q := range fresh {
+			m := metas[q]
+			if err := b.Put(ctx, ds.RawKey(subMetaKey(q.sub.ID)), appendSubMeta(nil, &m)); err != nil {
+				return fmt.Errorf("topics: write queue states: %w", err)
+			}
+		}
+		if err := b.Commit(ctx); err != nil {
+			return fmt.Errorf("topics: write queue states: %w", err)
 		}
 	}
+	if len(garbage) > 0 {
+		qs.log.Info("deleting queue records no subscription needs", "keys", len(garbage))
+	}
+	// deleteKeys ends with the Sync that also makes the states written
+	// above and any migration durable.
+	return qs.deleteKeys(ctx, garbage)
+}
+
+// migrateLegacy moves queues of the earlier layout, which stored a copy of
+// each message per subscription under /queue/<sub-id>/, into the log,
+// keeping every subscription's sequence numbers so that its subscriber's
+// progress stays valid. Each subscription moves in one atomic batch. It
+// returns the legacy keys left to delete (those of unknown subscriptions). Sub ids "log" and
+// "sub" cannot be told apart from the new layout and are not migrated.
+func (qs *Queues) migrateLegacy(ctx context.Context, metas map[*queue]subMeta) (garbage []ds.Key, err error) {
+	res, err := qs.store.Query(ctx, query.Query{Prefix: queueNamespace, KeysOnly: true, Orders: []query.Order{query.OrderByKey{}}})
+	if err != nil {
+		return nil, fmt.Errorf("topics: scan legacy queues: %w", err)
+	}
+	var ids []string
+	for {
+		r, ok := res.NextSync()
+		if !ok {
+			break
+		}
+		if r.Error != nil {
+			return nil, errors.Join(fmt.Errorf("topics: scan legacy queues: %w", r.Error), res.Close())
+		}
+		id, _, ok := splitQueueKey(r.Key)
+		if !ok || id == "log" || id == "sub" {
+			continue
+		}
+		q := qs.subs[id]
+		if _, migrated := metas[q]; q == nil || migrated {
+			garbage = append(garbage, ds.RawKey(r.Key))
+			continue
+		}
+		if len(ids) == 0 || ids[len(ids)-1] != id {
+			ids = append(ids, id)
+		}
+	}
+	if err := res.Close(); err != nil {
+		return nil, fmt.Errorf("topics: scan legacy queues: %w", err)
+	}
+	for _, id := range ids {
+		q := qs.subs[id]
+		if err := qs.migrateQueue(ctx, q, metas); err != nil {
+			return nil, err
+		}
+	}
+	return garbage, nil
+}
+
+// migrateQueue moves one legacy queue into the log.
+func (qs *Queues) migrateQueue(ctx context.Context, q *queue, metas map[*queue]subMeta) error {
+	prefix := queuePrefix(q.sub.ID)
+	res, err := qs.store.Query(ctx, query.Query{Prefix: prefix, Orders: []query.Order{query.OrderByKey{}}})
+	if err != nil {
+		return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
+	}
+	entries, err := res.Rest()
+	if err != nil {
+		return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
+	}
+	old := queueMeta{next: 1}
+	for _, e := range entries {
+		if e.Key == prefix+metaSuffix {
+			if old, err = decodeMeta(e.Value); err != nil {
+				return fmt.Errorf("%s: %w", e.Key, err)
+			}
+		}
+	}
+	b, err := qs.store.Batch(ctx)
+	if err != nil {
+		return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
+	}
+	start := qs.nextPos
+	m := subMeta{start: start, baseG: start - 1, baseSeq: old.next - 1, acked: old.acked, dropped: old.dropped,
+		delivered: old.delivered, redelivered: old.redelivered, sentMax: old.sentMax, lastDelivered: old.lastDelivered}
+	ids := []string{q.sub.ID}
+	var key []byte
+	first, gap := true, false
+	var want uint64
+	for _, e := range entries {
+		seq, ok := parseSeq(strings.TrimPrefix(e.Key, prefix))
+		if ok && !gap && seq > old.acked && seq < old.next {
+			if first {
+				m.baseSeq, want, first = seq-1, seq, false
+			}
+			if seq != want {
+				// Sequences must stay contiguous to be derivable; the
+				// rest is lost rather than renumbered (a renumbered
+				// message could be dropped as a duplicate).
+				qs.log.Warn("legacy queue has a gap; messages after it are not migrated", "subscription", q.sub.ID, "seq", want)
+				gap = true
+			}
+		}
+		if ok && !gap && seq > old.acked && seq < old.next {
+			msg, err := decodeMessage(e.Value)
+			if err != nil {
+				return fmt.Errorf("%s: %w", e.Key, err)
+			}
+			want++
+			val, _ := appendEntry(nil, &msg, ids)
+			key = appendLogKey(key[:0], qs.nextPos)
+			if err := b.Put(ctx, ds.RawKey(string(key)), val); err != nil {
+				return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
+			}
+			q.pos.add(seq, qs.nextPos)
+			qs.refs = append(qs.refs, 1)
+			qs.nextPos++
+		}
+		if err := b.Delete(ctx, ds.RawKey(e.Key)); err != nil {
+			return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
+		}
+	}
+	if err := b.Put(ctx, ds.RawKey(subMetaKey(q.sub.ID)), appendSubMeta(nil, &m)); err != nil {
+		return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
+	}
+	if err := b.Commit(ctx); err != nil {
+		return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
+	}
+	q.start = start
+	q.cHead = m.baseSeq + 1
+	q.cNext = q.cHead + (qs.nextPos - start)
+	metas[q] = m
+	qs.log.Info("migrated queue to the shared log", "subscription", q.sub.ID, "messages", q.cNext-q.cHead)
 	return nil
 }
 
-func newQueue(s Subscription) *queue {
-	return &queue{sub: s, prefix: queuePrefix(s.ID), next: 1, head: 1, storeFirst: 1, cNext: 1, cDrop: 1}
+func newQueue(s Subscription, start uint64) *queue {
+	return &queue{sub: s, start: start, next: 1, head: 1, released: 1, cNext: 1, cDrop: 1, cHead: 1}
 }
 
-// deleteKeys deletes keys in bounded batches and syncs.
+// trimRefs drops leading log entries that nobody needs from refs. Called
+// with commitMu held (or before the committer starts).
+func (qs *Queues) trimRefs() {
+	i := 0
+	for i < len(qs.refs) && qs.refs[i] == 0 {
+		i++
+	}
+	if i == 0 {
+		return
+	}
+	qs.refBase += uint64(i)
+	if i == len(qs.refs) {
+		qs.refs = qs.refs[:0]
+		return
+	}
+	// Reslicing from the front keeps the backing array until append
+	// reallocates; copy down once the dead prefix dominates so memory
+	// follows the live span.
+	if i >= 1024 && 2*i >= cap(qs.refs) {
+		n := copy(qs.refs, qs.refs[i:])
+		qs.refs = qs.refs[:n]
+		return
+	}
+	qs.refs = qs.refs[i:]
+}
+
+// release drops q's reference to the log entry at pos and reports whether
+// it was the last one. Called with commitMu held.
+func (qs *Queues) release(pos uint64) bool {
+	i := pos - qs.refBase
+	if pos < qs.refBase || i >= uint64(len(qs.refs)) || qs.refs[i] == 0 {
+		return false // already released: nothing to delete
+	}
+	qs.refs[i]--
+	return qs.refs[i] == 0
+}
+
 func (qs *Queues) deleteKeys(ctx context.Context, keys []ds.Key) error {
 	for len(keys) > 0 {
 		n := min(len(keys), maxDeletesPerRound)
@@ -458,8 +802,8 @@ func validateSubscription(s Subscription) error {
 	case strings.Contains(s.ID, "/"):
 		return fmt.Errorf("%w: id %q contains '/'", ErrInvalidSubscription, s.ID)
 	case s.ID == "." || s.ID == "..":
-		// go-datastore cleans query prefixes like paths, so these would
-		// make a queue's prefix escape its namespace.
+		// go-datastore cleans keys like paths, so these would make a
+		// subscription's keys escape their namespace.
 		return fmt.Errorf("%w: id %q is reserved", ErrInvalidSubscription, s.ID)
 	}
 	if err := ValidatePattern(s.Pattern); err != nil {
@@ -470,7 +814,8 @@ func validateSubscription(s Subscription) error {
 
 // AddSubscription stores s and creates its empty queue. It returns once the
 // record is durable. Adding an identical subscription again is a no-op;
-// a different one with the same id fails with ErrSubscriptionExists.
+// a different one with the same id fails with ErrSubscriptionExists. The
+// queue receives only publications logged after it was added.
 func (qs *Queues) AddSubscription(ctx context.Context, s Subscription) error {
 	if err := validateSubscription(s); err != nil {
 		return err
@@ -493,23 +838,23 @@ func (qs *Queues) AddSubscription(ctx context.Context, s Subscription) error {
 		}
 		return fmt.Errorf("%w: %q", ErrSubscriptionExists, s.ID)
 	}
-	// A fresh queue starts at sequence 1, so any keys left by an earlier
-	// subscription with this id (removed, then the process crashed before
-	// the delete was durable) must go first.
-	stale, err := qs.queueKeys(ctx, s.ID)
-	if err != nil {
-		return err
-	}
+	// commitMu is held from choosing the start position until the queue is
+	// in the trie, so that every entry logged before it has a lower
+	// position and every entry logged after it was routed with it in view.
+	// The record and its state are durable before anything is routed to
+	// it; this costs the committer one fsync per new subscription.
+	qs.commitMu.Lock()
+	defer qs.commitMu.Unlock()
+	start := qs.nextPos
+	meta := subMeta{start: start, baseG: start - 1}
 	b, err := qs.store.Batch(ctx)
 	if err != nil {
 		return fmt.Errorf("topics: add subscription %q: %w", s.ID, err)
 	}
-	for _, k := range stale {
-		if err := b.Delete(ctx, k); err != nil {
-			return fmt.Errorf("topics: add subscription %q: %w", s.ID, err)
-		}
-	}
 	if err := b.Put(ctx, ds.RawKey(subKey(s.ID)), raw); err != nil {
+		return fmt.Errorf("topics: add subscription %q: %w", s.ID, err)
+	}
+	if err := b.Put(ctx, ds.RawKey(subMetaKey(s.ID)), appendSubMeta(nil, &meta)); err != nil {
 		return fmt.Errorf("topics: add subscription %q: %w", s.ID, err)
 	}
 	if err := b.Commit(ctx); err != nil {
@@ -518,7 +863,7 @@ func (qs *Queues) AddSubscription(ctx context.Context, s Subscription) error {
 	if err := qs.store.Sync(ctx, ds.RawKey(subsNamespace)); err != nil {
 		return fmt.Errorf("topics: add subscription %q: sync: %w", s.ID, err)
 	}
-	q := newQueue(s)
+	q := newQueue(s, start)
 	qs.mu.Lock()
 	defer qs.mu.Unlock()
 	if qs.closed {
@@ -528,6 +873,7 @@ func (qs *Queues) AddSubscription(ctx context.Context, s Subscription) error {
 		return err // validated above; kept for safety
 	}
 	qs.subs[s.ID] = q
+	qs.epoch.Add(1)
 	return nil
 }
 
@@ -536,25 +882,9 @@ func sameSubscription(a, b Subscription) bool {
 		a.TokenID == b.TokenID && a.Receiver == b.Receiver && a.CreatedAt.Equal(b.CreatedAt)
 }
 
-// queueKeys lists every key of queue id.
-func (qs *Queues) queueKeys(ctx context.Context, id string) ([]ds.Key, error) {
-	res, err := qs.store.Query(ctx, query.Query{Prefix: queuePrefix(id), KeysOnly: true})
-	if err != nil {
-		return nil, fmt.Errorf("topics: list queue %q: %w", id, err)
-	}
-	entries, err := res.Rest()
-	if err != nil {
-		return nil, fmt.Errorf("topics: list queue %q: %w", id, err)
-	}
-	keys := make([]ds.Key, len(entries))
-	for i, e := range entries {
-		keys[i] = ds.RawKey(e.Key)
-	}
-	return keys, nil
-}
-
-// RemoveSubscription removes subscription id and its whole queue, durably.
-// Wait channels of the queue are closed.
+// RemoveSubscription removes subscription id and its queue, durably: log
+// entries that only it still needed are deleted. Wait channels of the
+// queue are closed.
 func (qs *Queues) RemoveSubscription(ctx context.Context, id string) (Subscription, error) {
 	removed, err := qs.remove(ctx, func(s Subscription) bool { return s.ID == id }, id)
 	if err != nil {
@@ -602,32 +932,49 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 	}
 	slices.SortFunc(victims, func(a, b *queue) int { return cmp.Compare(a.sub.ID, b.sub.ID) })
 
-	// Delete from the datastore first: if that fails the subscriptions stay
-	// as they were. commitMu keeps the committer from writing into these
-	// queues while their keys are listed and deleted.
+	// commitMu keeps the committer out while the victims' references are
+	// counted and released. The records go in the first batch: once they
+	// are gone, a restart no longer counts the victims' references, so a
+	// crash between batches leaves only entries that the next open
+	// deletes as unneeded.
 	qs.commitMu.Lock()
-	var keys []ds.Key
+	defer qs.commitMu.Unlock()
+	release := make(map[uint64]uint32)
+	keys := make([]ds.Key, 0, 2*len(victims))
 	for _, q := range victims {
-		qk, err := qs.queueKeys(ctx, q.sub.ID)
-		if err != nil {
-			qs.commitMu.Unlock()
-			return nil, err
-		}
-		keys = append(keys, qk...)
-		keys = append(keys, ds.RawKey(subKey(q.sub.ID)))
+		keys = append(keys, ds.RawKey(subKey(q.sub.ID)), ds.RawKey(subMetaKey(q.sub.ID)))
+		q.mu.Lock()
+		q.pos.each(q.cHead, q.cNext, func(_, pos uint64) bool {
+			release[pos]++
+			return true
+		})
+		q.mu.Unlock()
 	}
-	// From here on the committer skips these queues, so no key reappears.
+	var gone []uint64
+	for pos, n := range release {
+		if i := pos - qs.refBase; pos >= qs.refBase && i < uint64(len(qs.refs)) && qs.refs[i] <= n {
+			gone = append(gone, pos)
+		}
+	}
+	slices.Sort(gone)
+	var key []byte
+	for _, pos := range gone {
+		key = appendLogKey(key[:0], pos)
+		keys = append(keys, ds.RawKey(string(key)))
+	}
+	if err := qs.deleteKeys(ctx, keys); err != nil {
+		return nil, err
+	}
+	// From here on the committer skips these queues.
 	for _, q := range victims {
 		q.removed.Store(true)
 	}
-	err := qs.deleteKeys(ctx, keys)
-	qs.commitMu.Unlock()
-	if err != nil {
-		for _, q := range victims {
-			q.removed.Store(false)
+	for pos, n := range release {
+		if i := pos - qs.refBase; pos >= qs.refBase && i < uint64(len(qs.refs)) {
+			qs.refs[i] -= min(n, qs.refs[i])
 		}
-		return nil, err
 	}
+	qs.trimRefs()
 
 	out := make([]Subscription, len(victims))
 	qs.mu.Lock()
@@ -642,6 +989,7 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 		q.wakeLocked()
 		q.mem.reset()
 		q.memBytes = 0
+		q.pos = posIndex{}
 		q.mu.Unlock()
 	}
 	return out, nil
@@ -693,8 +1041,9 @@ func (qs *Queues) Status() []QueueStatus {
 // Publish appends each message to every subscription whose pattern matches
 // its subject and that passes filter (nil passes all), with the next
 // sequence number of that subscription. It returns the number of queue
-// entries appended once all of them are durable. A message with zero Time
-// is stamped with the current time.
+// entries appended once all of them are durable; each message is stored
+// once however many subscriptions it went to. A message with zero Time is
+// stamped with the current time.
 //
 // Under PolicyReject, if any message would overflow a matching queue the
 // call fails with an error wrapping ErrQueueFull and nothing of it is
@@ -710,17 +1059,21 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 	}
 	r := qs.reqPool.Get().(*pubReq)
 	r.reset()
+	r.epoch = qs.epoch.Load()
+	r.listed = filter != nil
 	now := int64(0)
 	var cand []*queue
 	collect := func(q *queue) { cand = append(cand, q) }
 	var verdict map[*queue]bool
+	var ids []string
 	for i := range msgs {
 		cand = cand[:0]
 		qs.trie.MatchFunc(msgs[i].Subject, collect)
 		if len(cand) == 0 {
 			continue
 		}
-		mi := -1
+		mi := len(r.msgs)
+		ids = ids[:0]
 		for _, q := range cand {
 			if filter != nil {
 				ok, seen := verdict[q]
@@ -734,26 +1087,31 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 				if !ok {
 					continue
 				}
-			}
-			if mi < 0 {
-				mi = len(r.msgs)
-				m := msgs[i]
-				if m.Time == 0 {
-					if now == 0 {
-						now = time.Now().UnixNano()
-					}
-					m.Time = now
-				}
-				// The copy is what the queue keeps, so the caller may reuse
-				// its buffers as soon as Publish returns.
-				val, off := appendMessage(make([]byte, 0, encodedMessageSize(&m)), &m)
-				m.Data = val[off:len(val):len(val)]
-				r.msgs = append(r.msgs, m)
-				r.vals = append(r.vals, val)
-				r.bytes += len(val)
+				ids = append(ids, q.sub.ID)
 			}
 			r.targets = append(r.targets, target{q: q, msg: mi})
 		}
+		if len(r.targets) == 0 || r.targets[len(r.targets)-1].msg != mi {
+			continue // filtered out entirely
+		}
+		m := msgs[i]
+		if m.Time == 0 {
+			if now == 0 {
+				now = time.Now().UnixNano()
+			}
+			m.Time = now
+		}
+		route := ids
+		if filter == nil {
+			route = nil
+		}
+		// The encoded entry is what the queues keep (Data aliases it), so
+		// the caller may reuse its buffers as soon as Publish returns.
+		val, off := appendEntry(make([]byte, 0, encodedEntrySize(&m, route)), &m, route)
+		m.Data = val[off:len(val):len(val)]
+		r.msgs = append(r.msgs, m)
+		r.vals = append(r.vals, val)
+		r.bytes += len(val)
 	}
 	if len(r.targets) == 0 {
 		qs.reqPool.Put(r)
@@ -793,11 +1151,11 @@ func (r *pubReq) reset() {
 	clear(r.vals)
 	clear(r.targets)
 	r.msgs, r.vals, r.targets = r.msgs[:0], r.vals[:0], r.targets[:0]
-	r.bytes, r.n, r.err = 0, 0, nil
+	r.bytes, r.n, r.err, r.listed, r.epoch = 0, 0, nil, false, 0
 }
 
 // commitLoop is the committer goroutine: it merges waiting Publish calls
-// and pending ack deletions into one batch per round.
+// and pending releases into one batch per round.
 func (qs *Queues) commitLoop() {
 	defer close(qs.syncCh)
 	for {
@@ -805,8 +1163,8 @@ func (qs *Queues) commitLoop() {
 		select {
 		case r, ok := <-qs.reqs:
 			if !ok {
-				// Close: finish pending ack deletions so a clean restart
-				// does not redeliver.
+				// Close: finish pending releases so a clean restart does
+				// not redeliver.
 				qs.commitRound(nil)
 				return
 			}
@@ -818,7 +1176,7 @@ func (qs *Queues) commitLoop() {
 }
 
 // commitRound builds, commits and hands to the syncer one round starting
-// with first (nil for a deletions-only round).
+// with first (nil for a releases-only round).
 func (qs *Queues) commitRound(first *pubReq) {
 	ctx := context.Background()
 	rd := &round{}
@@ -855,25 +1213,57 @@ func (qs *Queues) commitRound(first *pubReq) {
 	}
 
 	var scratch []*queue
+	var ids []string
 	for _, r := range rd.reqs {
 		if !qs.drop && !qs.admit(r, &scratch) {
 			continue
 		}
-		for _, tg := range r.targets {
-			q := tg.q
-			if q.removed.Load() {
-				continue
+		// A subscription added since r was routed would count as
+		// "matching" on replay without having been routed: list instead.
+		stale := !r.listed && r.epoch != qs.epoch.Load()
+		for j := 0; j < len(r.targets); {
+			mi := r.targets[j].msg
+			k, live := j, 0
+			for ; k < len(r.targets) && r.targets[k].msg == mi; k++ {
+				if !r.targets[k].q.removed.Load() {
+					live++
+				}
 			}
-			t := touchOf(q)
-			seq := q.cNext
-			q.cNext++
-			t.items = append(t.items, Item{Seq: seq, Message: r.msgs[tg.msg]})
-			t.vals = append(t.vals, r.vals[tg.msg])
-			r.n++
+			group := r.targets[j:k]
+			j = k
+			if live == 0 {
+				continue // every target was removed meanwhile
+			}
+			pos := qs.nextPos
+			qs.nextPos++
+			qs.refs = append(qs.refs, uint32(live))
+			val := r.vals[mi]
+			if stale {
+				ids = ids[:0]
+				for _, tg := range group {
+					if !tg.q.removed.Load() {
+						ids = append(ids, tg.q.sub.ID)
+					}
+				}
+				m := r.msgs[mi]
+				val, _ = appendEntry(make([]byte, 0, encodedEntrySize(&m, ids)), &m, ids)
+			}
+			rd.puts = append(rd.puts, logPut{pos: pos, val: val})
+			for _, tg := range group {
+				q := tg.q
+				if q.removed.Load() {
+					continue
+				}
+				t := touchOf(q)
+				t.items = append(t.items, Item{Seq: q.cNext, Message: r.msgs[mi]})
+				t.pos = append(t.pos, pos)
+				q.cNext++
+				r.n++
+			}
 		}
 	}
 
-	// Queues with pending ack deletions join the round.
+	// Queues with pending releases join the round.
 	qs.dirtyMu.Lock()
 	dirty := qs.dirty
 	qs.dirty = nil
@@ -895,7 +1285,7 @@ func (qs *Queues) commitRound(first *pubReq) {
 	rd.err = qs.writeRound(ctx, rd)
 	qs.commitMu.Unlock()
 	if len(rd.reqs) == 0 {
-		// Deletions need no Sync: a lost delete is only a redelivery,
+		// Releases need no Sync: a lost delete is only a redelivery,
 		// which the subscriber drops as a duplicate.
 		if rd.err != nil {
 			qs.log.Warn("deleting acknowledged messages failed; they will be retried", "err", rd.err)
@@ -939,7 +1329,11 @@ func (qs *Queues) admit(r *pubReq, scratch *[]*queue) bool {
 }
 
 // writeRound writes one round into a single batch and commits it (without
-// Sync). Called with commitMu held.
+// Sync): the round's log entries, the release of entries that acks and
+// drops made unneeded, and the state of every touched queue. A queue's
+// state is written in the same batch as the deletions its releases cause,
+// which keeps subMeta's invariant across crashes. Called with commitMu
+// held.
 func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 	b, err := qs.store.Batch(ctx)
 	if err != nil {
@@ -948,74 +1342,84 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 	// All keys of the round are built in one buffer and sliced from one
 	// string: ds.Key wants a string, and a conversion per key would cost an
 	// allocation per entry on the hot path.
-	size := 0
-	for _, t := range rd.touches {
-		size += len(t.items) * (len(t.q.prefix) + seqDigits)
-	}
-	arena := make([]byte, 0, size)
-	for _, t := range rd.touches {
-		for i := range t.items {
-			arena = appendSeqKey(arena, t.q.prefix, t.items[i].Seq)
-		}
+	const klen = len(logPrefix) + seqDigits
+	arena := make([]byte, 0, len(rd.puts)*klen)
+	for _, p := range rd.puts {
+		arena = appendLogKey(arena, p.pos)
 	}
 	keys := string(arena)
-	off := 0
 	var firstErr error
+	for i, p := range rd.puts {
+		if firstErr = b.Put(ctx, ds.RawKey(keys[i*klen:(i+1)*klen]), p.val); firstErr != nil {
+			break
+		}
+	}
+	var gone []uint64
 	var metaBuf []byte
-	var delBuf []byte
 	for _, t := range rd.touches {
+		// The in-memory side is applied even after a write error: the
+		// sequences are spent either way, and a restart recomputes the
+		// references from what the datastore holds.
 		q := t.q
 		t.next = q.cNext
-		klen := len(q.prefix) + seqDigits
 
 		q.mu.Lock()
+		for i := range t.items {
+			q.pos.add(t.items[i].Seq, t.pos[i])
+		}
 		head := q.head
 		if qs.drop && q.cNext-max(head, q.cDrop) > qs.bound {
 			q.cDrop = q.cNext - qs.bound
 		}
 		t.drop = q.cDrop
-		newHead := max(head, q.cDrop)
-		// Durable keys below the new head are deleted; entries of this
-		// round below it (dropped at once) are never written.
-		delFrom := q.storeFirst
-		delTo := min(newHead, t.first) // exclusive
+		to := max(head, q.cDrop)
 		redirty := false
-		if delTo > delFrom && delTo-delFrom > maxDeletesPerRound {
-			delTo = delFrom + maxDeletesPerRound
+		if to > q.cHead && to-q.cHead > maxDeletesPerRound {
+			to = q.cHead + maxDeletesPerRound
 			redirty = true
 		}
-		if delTo > delFrom {
-			q.storeFirst = delTo
+		if to > q.cHead {
+			q.pos.each(q.cHead, to, func(_, pos uint64) bool {
+				if qs.release(pos) {
+					gone = append(gone, pos)
+				}
+				return true
+			})
+			q.cHead = to
+			q.released = to
+			q.pos.trim(to)
 		}
-		if !redirty && newHead > q.storeFirst {
-			q.storeFirst = newHead
+		meta := subMeta{start: q.start, baseSeq: q.cHead - 1, acked: q.acked, dropped: q.dropped,
+			delivered: q.delivered, redelivered: q.redelivered, sentMax: q.sentMax, lastDelivered: q.lastDelivered}
+		if q.cDrop > head {
+			meta.dropped += q.cDrop - head // counted in memory once the round is durable
 		}
-		meta := queueMeta{
-			next: q.cNext, acked: q.acked, dropped: q.dropped, delivered: q.delivered,
-			redelivered: q.redelivered, sentMax: q.sentMax, lastDelivered: q.lastDelivered,
+		if p, ok := q.pos.lookup(q.cHead); ok {
+			meta.baseG = p - 1
+		} else {
+			// Nothing pending: every entry logged so far is either below
+			// cHead or not routed to q.
+			meta.baseG = qs.nextPos - 1
 		}
 		q.mu.Unlock()
 		if redirty {
 			qs.markDirty(q)
 		}
-
-		for s := delFrom; s < delTo && firstErr == nil; s++ {
-			delBuf = appendSeqKey(delBuf[:0], q.prefix, s)
-			firstErr = b.Delete(ctx, ds.RawKey(string(delBuf)))
-		}
-		for i := range t.items {
-			k := keys[off : off+klen]
-			off += klen
-			if t.items[i].Seq < newHead || firstErr != nil {
-				continue
-			}
-			firstErr = b.Put(ctx, ds.RawKey(k), t.vals[i])
-		}
+		metaBuf = appendSubMeta(metaBuf[:0], &meta)
+		// Batch implementations may keep the value slice; give each its own.
 		if firstErr == nil {
-			metaBuf = appendMeta(make([]byte, 0, 64), &meta)
-			firstErr = b.Put(ctx, ds.RawKey(metaKey(q.sub.ID)), metaBuf)
+			firstErr = b.Put(ctx, ds.RawKey(subMetaKey(q.sub.ID)), slices.Clone(metaBuf))
 		}
 	}
+	var key []byte
+	for _, pos := range gone {
+		if firstErr != nil {
+			break
+		}
+		key = appendLogKey(key[:0], pos)
+		firstErr = b.Delete(ctx, ds.RawKey(string(key)))
+	}
+	qs.trimRefs()
 	if firstErr != nil {
 		return fmt.Errorf("topics: write queue batch: %w", firstErr)
 	}
@@ -1243,85 +1647,68 @@ func (qs *Queues) Read(id string, after uint64, maxItems, maxBytes int) ([]Item,
 		q.mu.Unlock()
 		return out, nil
 	}
-	// The query is started under the lock: its iterator then sees the
-	// datastore as of a moment when storeFirst was not below the first key
-	// (the committer raises storeFirst before committing deletes), so the
-	// offset skips at most the keys below start.
-	offset := 0
-	if start > q.storeFirst {
-		offset = int(min(start-q.storeFirst, 1<<30))
-	}
-	return qs.readStore(q, start, next, offset, maxItems, maxBytes)
+	q.mu.Unlock()
+	return qs.readStore(q, start, maxItems, maxBytes)
 }
 
-// readStore reads from the datastore; it is called with q.mu held and
-// releases it.
-func (qs *Queues) readStore(q *queue, start, next uint64, offset, maxItems, maxBytes int) ([]Item, error) {
-	out, rescan, err := qs.queryStore(q, start, next, offset, maxItems, maxBytes, true)
-	if rescan && err == nil {
-		out, _, err = qs.queryStore(q, start, next, 0, maxItems, maxBytes, false)
-	}
-	return out, err
-}
-
-// queryStore runs one ordered query of q's keys, skipping offset keys. If
-// locked, q.mu is held on entry and released once the query has started.
-// rescan reports that the offset skipped messages that still exist.
-func (qs *Queues) queryStore(q *queue, start, next uint64, offset, maxItems, maxBytes int, locked bool) (out []Item, rescan bool, err error) {
-	res, err := qs.store.Query(context.Background(), query.Query{
-		Prefix: q.prefix,
-		Orders: []query.Order{query.OrderByKey{}},
-		Offset: offset,
-	})
-	if locked {
-		q.mu.Unlock()
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("topics: read queue %q: %w", q.sub.ID, err)
-	}
-	defer res.Close()
+// readStore reads items from start on from the log: it maps a chunk of
+// sequences to log positions under q.mu, then fetches the entries without
+// it.
+func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]Item, error) {
+	type ref struct{ seq, pos uint64 }
+	var out []Item
+	var refs []ref
+	var key []byte
 	bytes := 0
 	for {
-		r, ok := res.NextSync()
-		if !ok {
-			break
+		want := readChunk
+		if maxItems > 0 {
+			want = min(want, maxItems-len(out))
 		}
-		if r.Error != nil {
-			return nil, false, fmt.Errorf("topics: read queue %q: %w", q.sub.ID, r.Error)
+		refs = refs[:0]
+		q.mu.Lock()
+		start = max(start, q.head)
+		q.pos.each(start, q.next, func(seq, pos uint64) bool {
+			refs = append(refs, ref{seq, pos})
+			return len(refs) < want
+		})
+		q.mu.Unlock()
+		if len(refs) == 0 {
+			return out, nil
 		}
-		seq, ok := parseSeq(r.Key[min(len(q.prefix), len(r.Key)):])
-		if !ok {
-			break // the meta record sorts after every message
-		}
-		if seq < start {
-			continue // a delete not yet committed
-		}
-		if seq >= next {
-			break // committed but not yet synced: not accepted yet
-		}
-		if len(out) == 0 && seq > start && offset > 0 {
-			// Either the skipped messages are gone (acked or dropped
-			// meanwhile), or the offset overshot because the keys are not
-			// contiguous; only the second needs a rescan.
-			q.mu.Lock()
-			head := q.head
-			q.mu.Unlock()
-			if seq > head {
-				return nil, true, nil
+		for _, r := range refs {
+			key = appendLogKey(key[:0], r.pos)
+			val, err := qs.store.Get(context.Background(), ds.RawKey(string(key)))
+			if errors.Is(err, ds.ErrNotFound) {
+				// Released meanwhile (acked or dropped), unless the
+				// datastore lost it.
+				q.mu.Lock()
+				lost := r.seq >= q.released
+				q.mu.Unlock()
+				if lost {
+					qs.log.Warn("queued publication missing from the log; skipped", "subscription", q.sub.ID, "seq", r.seq, "position", r.pos)
+				}
+				continue
 			}
+			if err != nil {
+				return nil, fmt.Errorf("topics: read queue %q: %w", q.sub.ID, err)
+			}
+			e, err := decodeEntry(val, true)
+			if err != nil {
+				return nil, fmt.Errorf("topics: read %s: %w", key, err)
+			}
+			sz := len(e.Subject) + len(e.Data)
+			if len(out) > 0 && maxBytes > 0 && bytes+sz > maxBytes {
+				return out, nil
+			}
+			out = append(out, Item{Seq: r.seq, Message: e.Message})
+			bytes += sz
 		}
-		m, err := decodeMessage(r.Value)
-		if err != nil {
-			return nil, false, fmt.Errorf("topics: read %s: %w", r.Key, err)
+		if maxItems > 0 && len(out) >= maxItems {
+			return out, nil
 		}
-		sz := len(m.Subject) + len(m.Data)
-		if len(out) > 0 && (maxItems > 0 && len(out) >= maxItems || maxBytes > 0 && bytes+sz > maxBytes) {
-			break
-		}
-		out = append(out, Item{Seq: seq, Message: m})
-		bytes += sz
+		start = refs[len(refs)-1].seq + 1
 	}
-	return out, false, nil
 }
 
 // Wait returns a channel that is closed when the queue next gains items, or

@@ -12,25 +12,62 @@ import (
 
 // Key layout under the /queue namespace (see package datastore):
 //
-//	/queue/<sub-id>/<seq, 20 decimal digits, zero-padded>   encoded Message
-//	/queue/<sub-id>/meta                                     encoded queueMeta
+//	/queue/log/<pos, 20 decimal digits, zero-padded>   encoded log entry
+//	/queue/sub/<sub-id>                                encoded subMeta
 //
-// "meta" sorts after every digit, so an ordered scan of a queue returns its
-// messages in sequence order and then its meta record.
+// Every publication is stored once, as a log entry at the next global log
+// position, whatever number of subscriptions it was routed to; a
+// subscription's own sequence numbers are derived from the log (see
+// Queues). Zero-padded positions make byte order, which pebble iterates
+// in, numeric order.
+//
+// Keys of the earlier layout, one copy per subscription under
+// /queue/<sub-id>/<seq> plus /queue/<sub-id>/meta, are migrated into the
+// log by OpenQueues.
 const (
 	queueNamespace = "/queue"
 	subsNamespace  = "/subs/in"
-	metaSuffix     = "meta"
+	logPrefix      = queueNamespace + "/log/"
+	subMetaPrefix  = queueNamespace + "/sub/"
 	seqDigits      = 20 // decimal width of the largest uint64
+
+	// Legacy layout.
+	metaSuffix = "meta"
 )
 
 // Record format versions; the first byte of every stored value.
 const (
-	messageCodecV1 = 1
-	metaCodecV1    = 1
+	messageCodecV1 = 1 // legacy per-subscription message
+	metaCodecV1    = 1 // legacy per-subscription meta
+	logCodecV1     = 1
+	subMetaCodecV1 = 1
 )
 
-// queuePrefix returns "/queue/<id>/", the prefix of every key of one queue.
+// Routing of a log entry: which subscriptions it was queued for.
+const (
+	// routeMatching: every subscription whose pattern matches the subject
+	// and that existed when the entry was logged (start <= position). It
+	// is the common case and costs one byte.
+	routeMatching = 0
+	// routeListed: exactly the listed subscription ids (a publication
+	// restricted with a filter, or one whose subscriptions changed between
+	// routing and logging).
+	routeListed = 1
+)
+
+// logKey appends the key of log position pos.
+func appendLogKey(dst []byte, pos uint64) []byte {
+	dst = append(dst, logPrefix...)
+	return appendSeq(dst, pos)
+}
+
+// subMetaKey returns the key of a subscription's queue state.
+func subMetaKey(id string) string {
+	return subMetaPrefix + id
+}
+
+// queuePrefix returns "/queue/<id>/", the prefix of every key of one
+// subscription in the legacy layout.
 func queuePrefix(id string) string {
 	return queueNamespace + "/" + id + "/"
 }
@@ -38,11 +75,6 @@ func queuePrefix(id string) string {
 // subKey returns the key of a subscription record.
 func subKey(id string) string {
 	return subsNamespace + "/" + id
-}
-
-// metaKey returns the key of a queue's meta record.
-func metaKey(id string) string {
-	return queuePrefix(id) + metaSuffix
 }
 
 // appendSeq appends seq as exactly seqDigits decimal digits, so that byte
@@ -56,8 +88,8 @@ func appendSeq(dst []byte, seq uint64) []byte {
 	return append(dst, buf[:]...)
 }
 
-// appendSeqKey appends the key of message seq in the queue whose prefix
-// (from queuePrefix) is prefix.
+// appendSeqKey appends the legacy key of message seq in the queue whose
+// prefix (from queuePrefix) is prefix.
 func appendSeqKey(dst []byte, prefix string, seq uint64) []byte {
 	dst = append(dst, prefix...)
 	return appendSeq(dst, seq)
@@ -101,20 +133,40 @@ func splitQueueKey(key string) (id, rest string, ok bool) {
 	return "", "", false
 }
 
-// encodedMessageSize returns an upper bound of the encoded size of m, so the
-// buffer is allocated once.
-func encodedMessageSize(m *Message) int {
-	return 1 + binary.MaxVarintLen32 + binary.MaxVarintLen64 + binary.MaxVarintLen32 + len(m.Subject) + len(m.Data)
+// encodedEntrySize returns an upper bound of the encoded size of a log
+// entry for m routed to ids (nil for routeMatching), so the buffer is
+// allocated once.
+func encodedEntrySize(m *Message, ids []string) int {
+	n := 2 + binary.MaxVarintLen32 + binary.MaxVarintLen64 + binary.MaxVarintLen32 + len(m.Subject) + len(m.Data)
+	if ids != nil {
+		n += binary.MaxVarintLen32
+		for _, id := range ids {
+			n += binary.MaxVarintLen32 + len(id)
+		}
+	}
+	return n
 }
 
-// appendMessage appends the stored form of m to dst and returns the result
+// appendEntry appends the stored form of a log entry and returns the result
 // and the offset at which m.Data starts in it:
 //
-//	version byte | uvarint hop | varint time | uvarint len(subject) | subject | data
+//	version byte | route byte | [uvarint count | (uvarint len | id)...] |
+//	uvarint hop | varint time | uvarint len(subject) | subject | data
 //
-// Data runs to the end of the value, so it needs no length prefix.
-func appendMessage(dst []byte, m *Message) ([]byte, int) {
-	dst = append(dst, messageCodecV1)
+// The id list is present only for routeListed (ids != nil). Data runs to
+// the end of the value, so it needs no length prefix.
+func appendEntry(dst []byte, m *Message, ids []string) ([]byte, int) {
+	dst = append(dst, logCodecV1)
+	if ids == nil {
+		dst = append(dst, routeMatching)
+	} else {
+		dst = append(dst, routeListed)
+		dst = binary.AppendUvarint(dst, uint64(len(ids)))
+		for _, id := range ids {
+			dst = binary.AppendUvarint(dst, uint64(len(id)))
+			dst = append(dst, id...)
+		}
+	}
 	dst = binary.AppendUvarint(dst, uint64(m.Hop))
 	dst = binary.AppendVarint(dst, m.Time)
 	dst = binary.AppendUvarint(dst, uint64(len(m.Subject)))
@@ -123,15 +175,57 @@ func appendMessage(dst []byte, m *Message) ([]byte, int) {
 	return append(dst, m.Data...), off
 }
 
-// decodeMessage decodes a value written by appendMessage. The returned Data
+// logEntry is a decoded log entry. Message.Data aliases the decoded value.
+type logEntry struct {
+	Message
+	listed bool
+	ids    []string // routeListed only
+}
+
+// decodeEntry decodes a value written by appendEntry. The returned Data
 // aliases b (capacity clipped, so appending to it cannot overwrite b); the
-// caller passes a buffer it owns.
-func decodeMessage(b []byte) (Message, error) {
-	var m Message
-	if len(b) == 0 || b[0] != messageCodecV1 {
-		return m, fmt.Errorf("%w: unknown message format", ErrCorruptQueue)
+// caller passes a buffer it owns. With skipIDs the id list is validated
+// but not materialised (readers of a message do not need it).
+func decodeEntry(b []byte, skipIDs bool) (logEntry, error) {
+	var e logEntry
+	if len(b) < 2 || b[0] != logCodecV1 {
+		return e, fmt.Errorf("%w: unknown log entry format", ErrCorruptQueue)
 	}
-	p := 1
+	p := 2
+	switch b[1] {
+	case routeMatching:
+	case routeListed:
+		e.listed = true
+		cnt, n := binary.Uvarint(b[p:])
+		if n <= 0 || cnt > uint64(len(b)) {
+			return e, fmt.Errorf("%w: bad route count", ErrCorruptQueue)
+		}
+		p += n
+		if !skipIDs {
+			e.ids = make([]string, 0, cnt)
+		}
+		for range cnt {
+			l, n := binary.Uvarint(b[p:])
+			if n <= 0 || l > uint64(len(b)-p-n) {
+				return e, fmt.Errorf("%w: bad route id", ErrCorruptQueue)
+			}
+			p += n
+			if !skipIDs {
+				e.ids = append(e.ids, string(b[p:p+int(l)]))
+			}
+			p += int(l)
+		}
+	default:
+		return e, fmt.Errorf("%w: unknown route kind %d", ErrCorruptQueue, b[1])
+	}
+	m, err := decodeBody(b, p)
+	e.Message = m
+	return e, err
+}
+
+// decodeBody decodes hop, time, subject and data starting at b[p:].
+func decodeBody(b []byte, p int) (Message, error) {
+	var m Message
 	hop, n := binary.Uvarint(b[p:])
 	if n <= 0 || hop > uint64(^uint32(0)) {
 		return m, fmt.Errorf("%w: bad hop count", ErrCorruptQueue)
@@ -155,9 +249,78 @@ func decodeMessage(b []byte) (Message, error) {
 	return m, nil
 }
 
-// queueMeta is the per-queue state that cannot be derived from the message
-// keys: the next sequence (the keys may all be gone after acks or drops, and
-// a sequence must never be reused), the ack watermark and the counters.
+// decodeMessage decodes a legacy per-subscription message value:
+//
+//	version byte | uvarint hop | varint time | uvarint len(subject) | subject | data
+func decodeMessage(b []byte) (Message, error) {
+	if len(b) == 0 || b[0] != messageCodecV1 {
+		return Message{}, fmt.Errorf("%w: unknown message format", ErrCorruptQueue)
+	}
+	return decodeBody(b, 1)
+}
+
+// subMeta is the per-subscription state that cannot be derived from the
+// log: where the subscription starts in it, how far it no longer needs it,
+// the ack watermark and the counters.
+//
+// Every log entry at a position <= baseG that was routed to the
+// subscription has a sequence <= baseSeq and is acknowledged or dropped;
+// every entry routed to it above baseG is still in the log. So on restart
+// the sequence of each later entry is baseSeq plus its rank among the
+// subscription's entries above baseG. The record is rewritten in the same
+// batch as any deletion of log entries it no longer needs, which keeps
+// that invariant across crashes.
+type subMeta struct {
+	start         uint64 // first log position it may be routed (creation)
+	baseG         uint64
+	baseSeq       uint64
+	acked         uint64
+	dropped       uint64
+	delivered     uint64
+	redelivered   uint64
+	sentMax       uint64
+	lastDelivered int64 // unix nanos, 0 if never
+}
+
+// appendSubMeta appends the stored form of m:
+//
+//	version byte | uvarint start, baseG, baseSeq, acked, dropped, delivered,
+//	redelivered, sentMax | varint lastDelivered
+func appendSubMeta(dst []byte, m *subMeta) []byte {
+	dst = append(dst, subMetaCodecV1)
+	for _, v := range [...]uint64{m.start, m.baseG, m.baseSeq, m.acked, m.dropped, m.delivered, m.redelivered, m.sentMax} {
+		dst = binary.AppendUvarint(dst, v)
+	}
+	return binary.AppendVarint(dst, m.lastDelivered)
+}
+
+// decodeSubMeta decodes a value written by appendSubMeta.
+func decodeSubMeta(b []byte) (subMeta, error) {
+	var m subMeta
+	if len(b) == 0 || b[0] != subMetaCodecV1 {
+		return m, fmt.Errorf("%w: unknown subscription state format", ErrCorruptQueue)
+	}
+	p := 1
+	for _, f := range []*uint64{&m.start, &m.baseG, &m.baseSeq, &m.acked, &m.dropped, &m.delivered, &m.redelivered, &m.sentMax} {
+		v, n := binary.Uvarint(b[p:])
+		if n <= 0 {
+			return m, fmt.Errorf("%w: truncated subscription state", ErrCorruptQueue)
+		}
+		*f = v
+		p += n
+	}
+	v, n := binary.Varint(b[p:])
+	if n <= 0 || p+n != len(b) {
+		return m, fmt.Errorf("%w: truncated subscription state", ErrCorruptQueue)
+	}
+	m.lastDelivered = v
+	if m.start == 0 || m.baseG+1 < m.start {
+		return m, fmt.Errorf("%w: subscription state start %d, base %d", ErrCorruptQueue, m.start, m.baseG)
+	}
+	return m, nil
+}
+
+// queueMeta is the legacy per-queue state, read only to migrate.
 type queueMeta struct {
 	next          uint64
 	acked         uint64
@@ -168,7 +331,8 @@ type queueMeta struct {
 	lastDelivered int64 // unix nanos, 0 if never
 }
 
-// appendMeta appends the stored form of m:
+// appendMeta appends the legacy stored form of m (kept for migration
+// tests):
 //
 //	version byte | uvarint next, acked, dropped, delivered, redelivered, sentMax | varint lastDelivered
 func appendMeta(dst []byte, m *queueMeta) []byte {
@@ -182,7 +346,7 @@ func appendMeta(dst []byte, m *queueMeta) []byte {
 	return binary.AppendVarint(dst, m.lastDelivered)
 }
 
-// decodeMeta decodes a value written by appendMeta.
+// decodeMeta decodes a legacy value written by appendMeta.
 func decodeMeta(b []byte) (queueMeta, error) {
 	var m queueMeta
 	if len(b) == 0 || b[0] != metaCodecV1 {
@@ -206,4 +370,16 @@ func decodeMeta(b []byte) (queueMeta, error) {
 		return m, fmt.Errorf("%w: queue meta next %d, acked %d", ErrCorruptQueue, m.next, m.acked)
 	}
 	return m, nil
+}
+
+// appendMessage appends the legacy stored form of m (kept for migration
+// tests) and the offset of its data.
+func appendMessage(dst []byte, m *Message) ([]byte, int) {
+	dst = append(dst, messageCodecV1)
+	dst = binary.AppendUvarint(dst, uint64(m.Hop))
+	dst = binary.AppendVarint(dst, m.Time)
+	dst = binary.AppendUvarint(dst, uint64(len(m.Subject)))
+	dst = append(dst, m.Subject...)
+	off := len(dst)
+	return append(dst, m.Data...), off
 }

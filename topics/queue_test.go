@@ -3,10 +3,12 @@ package topics
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -100,9 +102,24 @@ func wantItems(t *testing.T, got []Item, want ...string) {
 	}
 }
 
-func queueKeys(t *testing.T, store ds.Batching, id string) []string {
+// logPositions lists the positions of the log entries in the datastore.
+func logPositions(t testing.TB, store ds.Batching) []uint64 {
 	t.Helper()
-	res, err := store.Query(context.Background(), query.Query{Prefix: queuePrefix(id), KeysOnly: true, Orders: []query.Order{query.OrderByKey{}}})
+	var out []uint64
+	for _, k := range keysUnder(t, store, logPrefix) {
+		pos, ok := parseSeq(k[len(logPrefix):])
+		if !ok {
+			t.Fatalf("malformed log key %q", k)
+		}
+		out = append(out, pos)
+	}
+	return out
+}
+
+// keysUnder lists the keys under prefix, in order.
+func keysUnder(t testing.TB, store ds.Batching, prefix string) []string {
+	t.Helper()
+	res, err := store.Query(context.Background(), query.Query{Prefix: prefix, KeysOnly: true, Orders: []query.Order{query.OrderByKey{}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,6 +132,31 @@ func queueKeys(t *testing.T, store ds.Batching, id string) []string {
 		keys[i] = e.Key
 	}
 	return keys
+}
+
+// span returns the positions from..to.
+func span(from, to uint64) []uint64 {
+	var out []uint64
+	for p := from; p <= to; p++ {
+		out = append(out, p)
+	}
+	return out
+}
+
+func wantPositions(t testing.TB, store ds.Batching, want []uint64) {
+	t.Helper()
+	if got := logPositions(t, store); !slices.Equal(got, want) {
+		t.Fatalf("log positions = %v, want %v", got, want)
+	}
+}
+
+func hasState(t testing.TB, store ds.Batching, id string) bool {
+	t.Helper()
+	ok, err := store.Has(context.Background(), ds.RawKey(subMetaKey(id)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
 }
 
 func status(t *testing.T, qs *Queues, id string) QueueStatus {
@@ -256,11 +298,9 @@ func TestQueueDurableAcrossRestart(t *testing.T) {
 	if got := readAll(t, qs, "b", 0); len(got) != 10 || got[9].Seq != 10 {
 		t.Fatalf("after restart b = %q", summary(got))
 	}
-	// Acked keys are gone from the datastore, not merely hidden.
-	keys := queueKeys(t, db.Batching(), "a")
-	if len(keys) != 7 || keys[0] != "/queue/a/"+fmt.Sprintf("%020d", 5) || keys[6] != "/queue/a/meta" {
-		t.Fatalf("keys of a = %q", keys)
-	}
+	// Each message is stored once for both subscriptions, and stays while
+	// b, which acked nothing, still needs it.
+	wantPositions(t, db.Batching(), span(1, 10))
 	st := status(t, qs, "a")
 	// 1..4 were acked before MarkSent reported them, so only 5 and 6 count.
 	if st.Acked != 4 || st.NextSeq != 11 || st.Depth != 6 || st.Delivered != 2 || st.LastDelivered.IsZero() {
@@ -278,8 +318,11 @@ func TestQueueDurableAcrossRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	qs = openQueues(t, db.Batching(), QueueOptions{})
-	if keys := queueKeys(t, db.Batching(), "b"); !slices.Equal(keys, []string{"/queue/b/meta"}) {
-		t.Fatalf("keys of fully acked b = %q", keys)
+	// Entries both acked are gone from the datastore, not merely hidden;
+	// 5..11 are still a's.
+	wantPositions(t, db.Batching(), span(5, 11))
+	if !hasState(t, db.Batching(), "b") {
+		t.Fatal("state of fully acked b is gone")
 	}
 	publish(t, qs, msg("x.y", "again"))
 	wantItems(t, readAll(t, qs, "b", 0), "11:x.y:again")
@@ -328,10 +371,7 @@ func TestQueueDropOldestAtBound(t *testing.T) {
 		if st.Dropped != 6 || st.Depth != 3 || st.NextSeq != 10 {
 			t.Fatalf("status = %+v, want dropped 6, depth 3, next 10", st)
 		}
-		keys := queueKeys(t, store, "s")
-		if len(keys) != 4 || keys[0] != "/queue/s/"+fmt.Sprintf("%020d", 7) {
-			t.Fatalf("keys = %q, want only 7..9 and meta", keys)
-		}
+		wantPositions(t, store, span(7, 9))
 		// Reading from before the head starts at the head.
 		items, err := qs.Read("s", 1, 1, 0)
 		if err != nil || len(items) != 1 || items[0].Seq != 7 {
@@ -519,7 +559,7 @@ func TestQueueAckResumeAndCounters(t *testing.T) {
 			t.Fatalf("Read after full ack = %q", summary(items))
 		}
 		// The lazy deletes eventually empty the datastore.
-		waitFor(t, func() bool { return len(queueKeys(t, store, "s")) == 1 })
+		waitFor(t, func() bool { return len(logPositions(t, store)) == 0 })
 	})
 }
 
@@ -559,9 +599,11 @@ func TestQueueRemove(t *testing.T) {
 		default:
 			t.Fatal("Wait channel not closed by removal")
 		}
-		if keys := queueKeys(t, store, "a"); len(keys) != 0 {
-			t.Fatalf("keys left after removal: %q", keys)
+		if hasState(t, store, "a") {
+			t.Fatal("queue state left after removal")
 		}
+		// ab and c still need both entries.
+		wantPositions(t, store, span(1, 2))
 		if _, err := store.Get(context.Background(), ds.RawKey(subKey("a"))); !errors.Is(err, ds.ErrNotFound) {
 			t.Fatalf("subscription record after removal: %v", err)
 		}
@@ -574,9 +616,7 @@ func TestQueueRemove(t *testing.T) {
 		if n := publish(t, qs, msg("x", "3")); n != 2 {
 			t.Fatalf("publish after removal wrote %d entries, want 2", n)
 		}
-		if got := len(queueKeys(t, store, "ab")); got != 4 {
-			t.Fatalf("ab has %d keys, want 3 messages + meta", got)
-		}
+		wantPositions(t, store, span(1, 3))
 
 		// RemoveWhere by token.
 		removed, err := qs.RemoveWhere(context.Background(), func(s Subscription) bool { return s.TokenID == "tok-c" || s.TokenID == "tok-ab" })
@@ -819,17 +859,12 @@ func TestQueueConcurrent(t *testing.T) {
 				t.Fatalf("%s status = %+v", id, st)
 			}
 		}
-		// Removed churn queues left nothing behind.
-		res, err := store.Query(ctx, query.Query{Prefix: queueNamespace, KeysOnly: true})
-		if err != nil {
-			t.Fatal(err)
+		// Removed churn queues left nothing behind, and everything acked
+		// is eventually deleted.
+		if keys := keysUnder(t, store, subMetaPrefix); !slices.Equal(keys, []string{subMetaKey("all"), subMetaKey("p")}) {
+			t.Fatalf("queue states = %q, want only all and p", keys)
 		}
-		es, _ := res.Rest()
-		for _, e := range es {
-			if id, _, _ := splitQueueKey(e.Key); id != "all" && id != "p" {
-				t.Fatalf("key of removed queue left: %s", e.Key)
-			}
-		}
+		waitFor(t, func() bool { return len(logPositions(t, store)) == 0 })
 	})
 }
 
@@ -867,7 +902,7 @@ type countingBatch struct {
 }
 
 func (b *countingBatch) Put(ctx context.Context, k ds.Key, v []byte) error {
-	if _, rest, ok := splitQueueKey(k.String()); ok && rest != metaSuffix {
+	if strings.HasPrefix(k.String(), logPrefix) {
 		b.puts.Add(1)
 	}
 	return b.Batch.Put(ctx, k, v)
@@ -951,4 +986,304 @@ func TestItemRing(t *testing.T) {
 		first++
 	}
 	check()
+}
+
+// TestQueueFanOutWritesOnce checks that a publication routed to many
+// subscriptions is one datastore write, and that each subscription still
+// numbers its messages 1, 2, 3...
+func TestQueueFanOutWritesOnce(t *testing.T) {
+	db := openPebble(t, t.TempDir())
+	sc := &syncCounter{Batching: db.Batching()}
+	qs := openQueues(t, sc, QueueOptions{MemoryPerQueue: 1}) // reads come from the log
+	const subs, msgs = 10, 100
+	for i := range subs {
+		addSub(t, qs, "s"+strconv.Itoa(i), "fan.>")
+	}
+	addSub(t, qs, "other", "elsewhere")
+	var want []string
+	for i := 0; i < msgs; i += 25 {
+		batch := make([]Message, 25)
+		for k := range batch {
+			batch[k] = msg("fan.out", strconv.Itoa(i+k))
+			want = append(want, fmt.Sprintf("%d:fan.out:%d", i+k+1, i+k))
+		}
+		if n := publish(t, qs, batch...); n != 25*subs {
+			t.Fatalf("Publish = %d entries, want %d", n, 25*subs)
+		}
+	}
+	if got := sc.puts.Load(); got != msgs {
+		t.Fatalf("%d messages to %d subscriptions caused %d log writes, want %d", msgs, subs, got, msgs)
+	}
+	for i := range subs {
+		wantItems(t, readAll(t, qs, "s"+strconv.Itoa(i), 0), want...)
+	}
+	wantItems(t, readAll(t, qs, "other", 0))
+
+	// A filtered publication is also written once, with its routing.
+	n, err := qs.Publish(context.Background(), []Message{msg("fan.x", "only")}, func(s Subscription) bool {
+		return s.ID == "s3" || s.ID == "s7"
+	})
+	if err != nil || n != 2 {
+		t.Fatalf("filtered Publish = %d, %v", n, err)
+	}
+	if got := sc.puts.Load(); got != msgs+1 {
+		t.Fatalf("filtered publication caused %d log writes, want 1", got-msgs)
+	}
+	wantItems(t, readAll(t, qs, "s3", msgs), fmt.Sprintf("%d:fan.x:only", msgs+1))
+	wantItems(t, readAll(t, qs, "s4", msgs))
+}
+
+// TestQueueLogDeletedWhenAllAcked checks that a log entry stays exactly as
+// long as some subscription it was routed to still needs it.
+func TestQueueLogDeletedWhenAllAcked(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		qs := openQueues(t, store, QueueOptions{})
+		addSub(t, qs, "a", "x.*")
+		addSub(t, qs, "b", "x.y")
+		addSub(t, qs, "c", "z")
+		// Positions 1..4; a takes 1,2,4 (seqs 1..3), b takes 1,4 (seqs
+		// 1,2), c takes 3 (seq 1).
+		publish(t, qs, msg("x.y", "1"), msg("x.q", "2"), msg("z", "3"), msg("x.y", "4"))
+		wantItems(t, readAll(t, qs, "a", 0), "1:x.y:1", "2:x.q:2", "3:x.y:4")
+		wantItems(t, readAll(t, qs, "b", 0), "1:x.y:1", "2:x.y:4")
+		wantItems(t, readAll(t, qs, "c", 0), "1:z:3")
+		wantPositions(t, store, span(1, 4))
+
+		if err := qs.Ack("a", 3); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return slices.Equal(logPositions(t, store), []uint64{1, 3, 4}) })
+		if err := qs.Ack("c", 1); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return slices.Equal(logPositions(t, store), []uint64{1, 4}) })
+		if err := qs.Ack("b", 1); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return slices.Equal(logPositions(t, store), []uint64{4}) })
+		// A removed subscription releases what it held, at once.
+		if _, err := qs.RemoveSubscription(context.Background(), "b"); err != nil {
+			t.Fatal(err)
+		}
+		wantPositions(t, store, nil)
+		// A subscription that acked everything keeps numbering after a
+		// stretch of publications it was not routed.
+		publish(t, qs, msg("z", "5"), msg("x.y", "6"))
+		wantItems(t, readAll(t, qs, "a", 0), "4:x.y:6")
+		wantItems(t, readAll(t, qs, "c", 0), "2:z:5")
+	})
+}
+
+// TestQueueRestartUnevenAcks restarts with subscriptions acked to different
+// depths of a shared log, both after a clean Close and from whatever a
+// running instance had committed (as after a crash): every subscription
+// must get exactly its own messages with unchanged sequence numbers, and
+// continue numbering after the restart.
+func TestQueueRestartUnevenAcks(t *testing.T) {
+	for _, clean := range []bool{true, false} {
+		t.Run(fmt.Sprintf("clean=%v", clean), func(t *testing.T) {
+			store := datastore.NewMemory().Batching()
+			qs := openQueues(t, store, QueueOptions{MemoryPerQueue: 300})
+			addSub(t, qs, "a", ">")
+			addSub(t, qs, "b", "x.>")
+			addSub(t, qs, "c", "x.y")
+			want := map[string][]string{}
+			subjects := []string{"x.y", "x.z", "w"}
+			for i := range 30 {
+				subj := subjects[i%3]
+				publish(t, qs, msg(subj, strconv.Itoa(i)))
+				for _, id := range []string{"a", "b", "c"} {
+					if Match(map[string]string{"a": ">", "b": "x.>", "c": "x.y"}[id], subj) {
+						want[id] = append(want[id], fmt.Sprintf("%d:%s:%d", len(want[id])+1, subj, i))
+					}
+				}
+			}
+			// A subscription added after the publications gets none of them.
+			addSub(t, qs, "late", ">")
+			acks := map[string]uint64{"a": 25, "b": 5, "c": 0}
+			for id, seq := range acks {
+				if seq > 0 {
+					if err := qs.Ack(id, seq); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if clean {
+				if err := qs.Close(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				// Let the releases commit, then open a second instance on
+				// the same store without closing the first.
+				waitFor(t, func() bool {
+					q, _ := qs.get("b")
+					qs.commitMu.Lock()
+					defer qs.commitMu.Unlock()
+					return q.cHead == 6
+				})
+			}
+			qs2 := openQueues(t, store, QueueOptions{MemoryPerQueue: 300})
+			for id, seq := range acks {
+				wantItems(t, readAll(t, qs2, id, 0), want[id][seq:]...)
+			}
+			wantItems(t, readAll(t, qs2, "late", 0))
+			// Numbering continues.
+			publish(t, qs2, msg("x.y", "new"))
+			for _, id := range []string{"a", "b", "c", "late"} {
+				next := uint64(len(want[id]) + 1)
+				wantItems(t, readAll(t, qs2, id, next-1), fmt.Sprintf("%d:x.y:new", next))
+			}
+			// Entries nobody needs were deleted: with c at 0, every x.y
+			// stays; a w entry stays only if a needs it (above position
+			// 25), an x.z one if a or b does (b's seq 5 is position 7).
+			for _, p := range logPositions(t, store) {
+				subj := subjects[(p-1)%3]
+				if p <= 30 && (subj == "w" && p <= 25 || subj == "x.z" && p <= 7) {
+					t.Errorf("position %d (%s) is still stored though every subscription routed it acked it", p, subj)
+				}
+			}
+		})
+	}
+}
+
+// TestQueueRoutingSurvivesRestart checks that routing decided at publish
+// time (a filter, a subscription added later) is what a restart replays.
+func TestQueueRoutingSurvivesRestart(t *testing.T) {
+	store := datastore.NewMemory().Batching()
+	qs := openQueues(t, store, QueueOptions{})
+	addSub(t, qs, "a", "x")
+	addSub(t, qs, "b", "x")
+	publish(t, qs, msg("x", "both"))
+	if n, err := qs.Publish(context.Background(), []Message{msg("x", "only a")}, func(s Subscription) bool { return s.ID == "a" }); err != nil || n != 1 {
+		t.Fatalf("filtered Publish = %d, %v", n, err)
+	}
+	addSub(t, qs, "c", "x")
+	publish(t, qs, msg("x", "all three"))
+	if err := qs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qs = openQueues(t, store, QueueOptions{})
+	wantItems(t, readAll(t, qs, "a", 0), "1:x:both", "2:x:only a", "3:x:all three")
+	wantItems(t, readAll(t, qs, "b", 0), "1:x:both", "2:x:all three")
+	wantItems(t, readAll(t, qs, "c", 0), "1:x:all three")
+	// A subscription re-added under a removed one's id starts afresh and
+	// does not inherit entries that listed the old one.
+	if _, err := qs.RemoveSubscription(context.Background(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	addSub(t, qs, "a", "x")
+	if err := qs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qs = openQueues(t, store, QueueOptions{})
+	wantItems(t, readAll(t, qs, "a", 0))
+	wantItems(t, readAll(t, qs, "b", 0), "1:x:both", "2:x:all three")
+}
+
+// TestQueueMigratesLegacyLayout opens a datastore written with one copy of
+// each message per subscription and checks that the queue continues with
+// the same sequence numbers from the shared log.
+func TestQueueMigratesLegacyLayout(t *testing.T) {
+	ctx := context.Background()
+	store := datastore.NewMemory().Batching()
+	s := Subscription{ID: "s", Subscriber: "peer-s", Pattern: "x.>", CreatedAt: time.Unix(1700000000, 0).UTC()}
+	raw, _ := json.Marshal(s)
+	put := func(k string, v []byte) {
+		if err := store.Put(ctx, ds.RawKey(k), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(subKey("s"), raw)
+	put(queuePrefix("s")+metaSuffix, appendMeta(nil, &queueMeta{next: 6, acked: 2, delivered: 4}))
+	for seq := uint64(2); seq <= 5; seq++ { // 2 is an ack deletion that never ran
+		m := msg("x.y", strconv.FormatUint(seq, 10))
+		v, _ := appendMessage(nil, &m)
+		put(string(appendSeqKey(nil, queuePrefix("s"), seq)), v)
+	}
+	put(string(appendSeqKey(nil, queuePrefix("gone"), 1)), []byte{1})
+
+	qs := openQueues(t, store, QueueOptions{})
+	wantItems(t, readAll(t, qs, "s", 0), "3:x.y:3", "4:x.y:4", "5:x.y:5")
+	if st := status(t, qs, "s"); st.Acked != 2 || st.NextSeq != 6 || st.Delivered != 4 {
+		t.Fatalf("status = %+v", st)
+	}
+	for _, k := range keysUnder(t, store, queueNamespace) {
+		if !strings.HasPrefix(k, logPrefix) && !strings.HasPrefix(k, subMetaPrefix) {
+			t.Fatalf("legacy key %s left after migration", k)
+		}
+	}
+	publish(t, qs, msg("x.z", "6"))
+	if err := qs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qs = openQueues(t, store, QueueOptions{})
+	wantItems(t, readAll(t, qs, "s", 0), "3:x.y:3", "4:x.y:4", "5:x.y:5", "6:x.z:6")
+}
+
+func TestQueueLogCodec(t *testing.T) {
+	m := Message{Subject: "a.b", Data: []byte("payload"), Hop: 2, Time: 7}
+	for _, ids := range [][]string{nil, {}, {"one", "two"}} {
+		val, off := appendEntry(nil, &m, ids)
+		if len(val) > encodedEntrySize(&m, ids) || string(val[off:]) != "payload" {
+			t.Fatalf("encoded size %d > bound %d, or data offset wrong", len(val), encodedEntrySize(&m, ids))
+		}
+		e, err := decodeEntry(val, false)
+		if err != nil || e.Subject != "a.b" || string(e.Data) != "payload" || e.Hop != 2 || e.Time != 7 || e.listed != (ids != nil) || len(e.ids) != len(ids) {
+			t.Fatalf("decode(%q) = %+v, %v", ids, e, err)
+		}
+		if _, err := decodeEntry(val[:off-1], false); ids != nil && err == nil && len(ids) > 0 {
+			t.Fatalf("truncated entry decoded")
+		}
+	}
+	for _, bad := range [][]byte{nil, {logCodecV1}, {9, 0}, {logCodecV1, 7}, {logCodecV1, routeListed, 5}} {
+		if _, err := decodeEntry(bad, false); !errors.Is(err, ErrCorruptQueue) {
+			t.Fatalf("decodeEntry(%v) = %v, want ErrCorruptQueue", bad, err)
+		}
+	}
+	sm := subMeta{start: 3, baseG: 9, baseSeq: 4, acked: 4, dropped: 1, delivered: 5, redelivered: 6, sentMax: 7, lastDelivered: -1}
+	if got, err := decodeSubMeta(appendSubMeta(nil, &sm)); err != nil || got != sm {
+		t.Fatalf("subMeta round trip = %+v, %v", got, err)
+	}
+	if _, err := decodeSubMeta(appendSubMeta(nil, &subMeta{start: 5, baseG: 2})); !errors.Is(err, ErrCorruptQueue) {
+		t.Fatalf("decodeSubMeta(base before start) = %v", err)
+	}
+}
+
+func TestPosIndex(t *testing.T) {
+	var x posIndex
+	// Sequences 1..10 at positions 1..5 then 20..24: two runs.
+	for s := uint64(1); s <= 10; s++ {
+		p := s
+		if s > 5 {
+			p = s + 14
+		}
+		x.add(s, p)
+	}
+	if len(x.runs) != 2 {
+		t.Fatalf("runs = %+v, want 2", x.runs)
+	}
+	for s, want := range map[uint64]uint64{1: 1, 5: 5, 6: 20, 10: 24} {
+		if p, ok := x.lookup(s); !ok || p != want {
+			t.Fatalf("lookup(%d) = %d, %v; want %d", s, p, ok, want)
+		}
+	}
+	if _, ok := x.lookup(11); ok {
+		t.Fatal("lookup beyond the end succeeded")
+	}
+	var got []uint64
+	x.each(4, 8, func(_, p uint64) bool { got = append(got, p); return true })
+	if !slices.Equal(got, []uint64{4, 5, 20, 21}) {
+		t.Fatalf("each(4, 8) = %v", got)
+	}
+	x.trim(7)
+	if _, ok := x.lookup(6); ok {
+		t.Fatal("trimmed sequence still found")
+	}
+	if p, ok := x.lookup(7); !ok || p != 21 {
+		t.Fatalf("lookup(7) after trim = %d, %v", p, ok)
+	}
+	x.trim(11)
+	if len(x.runs) != 0 {
+		t.Fatalf("runs after trimming everything = %+v", x.runs)
+	}
 }

@@ -1,0 +1,299 @@
+package node_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coattail/coattail/datastore"
+	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// Durable delivery benchmarks (issue 5, "Benchmarks"): publish → subscriber
+// ack throughput between real nodes on loopback, with pebble datastores on
+// both sides, measured beside a raw libp2p stream between the same hosts in
+// the same run. Run them with `make bench` or
+//
+//	go test -run '^$' -bench 'Delivery' -benchtime 2x ./node/
+//
+// -benchtime Nx sets how many batches of deliveryBatch messages each case
+// publishes; results are recorded in docs/PERFORMANCE.md.
+
+const (
+	// deliveryBatch is the number of messages per PublishBatch call, and
+	// per write of the raw baseline.
+	deliveryBatch = 256
+	// deliveryPublishers is how many goroutines of the publishing program
+	// call PublishBatch at once, so that group commit has something to
+	// merge, as an application publishing from several handlers would.
+	deliveryPublishers = 4
+	// deliveryRawProto is the baseline: a bare libp2p protocol registered
+	// for the duration of a benchmark.
+	deliveryRawProto = protocol.ID("/coattail-bench/raw/1.0.0")
+	deliverySubject  = "bench.delivery"
+	deliveryTimeout  = 10 * time.Minute
+)
+
+// withDurableStore gives the node a pebble datastore in a temporary
+// directory instead of the in-memory one: delivery is only durable on disk.
+func withDurableStore(tb testing.TB) nodeOption {
+	return func(o *node.Options) {
+		db, err := datastore.Open(tb.TempDir())
+		if err != nil {
+			tb.Fatalf("open datastore: %v", err)
+		}
+		o.DB = db
+	}
+}
+
+// unlimitedRate lifts the per-peer rate limit, which is about hostile peers,
+// not throughput.
+var unlimitedRate = withLimits(func(l *node.LimitsConfig) { l.RateLimit = 1e9; l.RateBurst = 1 << 30 })
+
+// deliveryCount is an in-process receiver that counts publications and
+// closes done when it has seen target of them.
+type deliveryCount struct {
+	target int64
+	n      atomic.Int64
+	done   chan struct{}
+}
+
+func (c *deliveryCount) handler(context.Context, json.RawMessage) (json.RawMessage, error) {
+	if c.n.Add(1) == c.target {
+		close(c.done)
+	}
+	return nil, nil
+}
+
+// deliveryPayload returns a JSON string of exactly size bytes.
+func deliveryPayload(size int) json.RawMessage {
+	return json.RawMessage(`"` + strings.Repeat("x", size-2) + `"`)
+}
+
+// deliveryCluster is a publisher and its subscriber nodes.
+type deliveryCluster struct {
+	pub  *node.Node
+	subs []*node.Node
+}
+
+// newDeliveryCluster starts a publisher and n subscribers on loopback,
+// each subscriber subscribed to bench.> with receiver.
+func newDeliveryCluster(b *testing.B, n int, receiver string, setup func(sub *node.Node)) deliveryCluster {
+	b.Helper()
+	c := deliveryCluster{pub: newTestNode(b, withQuietLog(), unlimitedRate, withDurableStore(b))}
+	for range n {
+		sub := newTestNode(b, withQuietLog(), unlimitedRate, withDurableStore(b))
+		setup(sub)
+		pid, _ := connectPeers(b, c.pub, sub, localapi.IssueRequest{Subscribe: []string{"bench.>"}})
+		if _, err := sub.Subscribe(testCtx(b), localapi.SubscribeRequest{Peer: pid, Pattern: "bench.>", Receiver: receiver}); err != nil {
+			b.Fatalf("Subscribe: %v", err)
+		}
+		c.subs = append(c.subs, sub)
+	}
+	return c
+}
+
+// publishAll publishes total messages of payload in batches of
+// deliveryBatch from deliveryPublishers goroutines.
+func publishAll(b *testing.B, pub *node.Node, total int, payload json.RawMessage) {
+	b.Helper()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, deliveryPublishers)
+	for range deliveryPublishers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msgs := make([]node.Message, deliveryBatch)
+			for i := range msgs {
+				msgs[i] = node.Message{Subject: deliverySubject, Data: payload}
+			}
+			for {
+				end := next.Add(deliveryBatch)
+				start := end - deliveryBatch
+				if start >= int64(total) {
+					return
+				}
+				batch := msgs[:min(int64(deliveryBatch), int64(total)-start)]
+				if _, err := pub.PublishBatch(context.Background(), batch); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		b.Fatalf("PublishBatch: %v", err)
+	}
+}
+
+// rawStreamRate sends total length-prefixed payloads from one host to
+// another over one libp2p stream, deliveryBatch per write, and returns
+// messages per second until the reader has counted them all.
+func rawStreamRate(b *testing.B, from, to *node.Node, total int, payload []byte) float64 {
+	b.Helper()
+	counted := make(chan error, 1)
+	to.Host().SetStreamHandler(deliveryRawProto, func(s network.Stream) {
+		defer s.Close()
+		br := bufio.NewReaderSize(s, 256<<10)
+		buf := make([]byte, len(payload))
+		for i := 0; i < total; i++ {
+			n, err := binary.ReadUvarint(br)
+			if err == nil && n != uint64(len(payload)) {
+				err = fmt.Errorf("raw frame of %d bytes, want %d", n, len(payload))
+			}
+			if err == nil {
+				_, err = io.ReadFull(br, buf)
+			}
+			if err != nil {
+				counted <- err
+				_ = s.Reset()
+				return
+			}
+		}
+		_, err := s.Write([]byte{1})
+		counted <- err
+	})
+	defer to.Host().RemoveStreamHandler(deliveryRawProto)
+
+	frame := append(binary.AppendUvarint(nil, uint64(len(payload))), payload...)
+	batch := make([]byte, 0, len(frame)*deliveryBatch)
+	for range deliveryBatch {
+		batch = append(batch, frame...)
+	}
+	ctx := testCtx(b)
+	start := time.Now()
+	s, err := from.Host().NewStream(ctx, to.ID(), deliveryRawProto)
+	if err != nil {
+		b.Fatalf("raw stream: %v", err)
+	}
+	defer s.Close()
+	for sent := 0; sent < total; sent += deliveryBatch {
+		n := min(deliveryBatch, total-sent)
+		if _, err := s.Write(batch[:n*len(frame)]); err != nil {
+			b.Fatalf("raw write: %v", err)
+		}
+	}
+	if err := <-counted; err != nil {
+		b.Fatalf("raw reader: %v", err)
+	}
+	var ack [1]byte
+	if _, err := io.ReadFull(s, ack[:]); err != nil {
+		b.Fatalf("raw ack: %v", err)
+	}
+	return float64(total) / time.Since(start).Seconds()
+}
+
+// BenchmarkDelivery measures durable publish → subscriber-ack throughput
+// of 128 B and 64 KiB publications from one publisher node to 1 and to 10
+// subscriber nodes, each with an in-process Go receiver; b.N is the number
+// of batches of deliveryBatch messages. In the same run it measures a raw
+// libp2p stream carrying the same payloads with the same batching from the
+// publisher host to one subscriber host, and reports the ratio as x-raw.
+func BenchmarkDelivery(b *testing.B) {
+	type result struct {
+		name                string
+		rate, raw, mbs, rMB float64
+	}
+	var results []result
+	for _, size := range []int{128, 64 << 10} {
+		for _, subs := range []int{1, 10} {
+			name := fmt.Sprintf("size=%d/subs=%d", size, subs)
+			b.Run(name, func(b *testing.B) {
+				total := b.N * deliveryBatch
+				counts := make([]*deliveryCount, 0, subs)
+				c := newDeliveryCluster(b, subs, "bench.count", func(sub *node.Node) {
+					cnt := &deliveryCount{target: int64(total), done: make(chan struct{})}
+					counts = append(counts, cnt)
+					if err := sub.RegisterReceiver("bench.count", cnt.handler); err != nil {
+						b.Fatal(err)
+					}
+				})
+				payload := deliveryPayload(size)
+
+				b.ResetTimer()
+				start := time.Now()
+				publishAll(b, c.pub, total, payload)
+				timeout := time.NewTimer(deliveryTimeout)
+				defer timeout.Stop()
+				for i, cnt := range counts {
+					select {
+					case <-cnt.done:
+					case <-timeout.C:
+						b.Fatalf("subscriber %d processed %d of %d publications", i, cnt.n.Load(), total)
+					}
+				}
+				elapsed := time.Since(start)
+				b.StopTimer()
+
+				raw := rawStreamRate(b, c.pub, c.subs[0], total, payload)
+				rate := float64(total) / elapsed.Seconds()
+				r := result{name: name, rate: rate, raw: raw, mbs: rate * float64(size) / 1e6, rMB: raw * float64(size) / 1e6}
+				b.ReportMetric(0, "ns/op")
+				b.ReportMetric(r.rate, "msgs/s")
+				b.ReportMetric(r.mbs, "MB/s")
+				b.ReportMetric(r.raw, "raw-msgs/s")
+				b.ReportMetric(r.rate/r.raw, "x-raw")
+				if len(results) > 0 && results[len(results)-1].name == name {
+					results[len(results)-1] = r // b.Run calls again with a larger b.N
+				} else {
+					results = append(results, r)
+				}
+			})
+		}
+	}
+	b.Logf("durable delivery, one publisher node, %d-message batches, %d publishing goroutines; rate per subscriber host", deliveryBatch, deliveryPublishers)
+	b.Logf("%-20s %12s %10s %12s %10s %7s", "case", "msgs/s", "MB/s", "raw msgs/s", "raw MB/s", "x-raw")
+	for _, r := range results {
+		b.Logf("%-20s %12.0f %10.1f %12.0f %10.1f %7.2f", r.name, r.rate, r.mbs, r.raw, r.rMB, r.rate/r.raw)
+	}
+}
+
+// deliveryExecReceiver is a minimal executable receiver: it reads its
+// input and succeeds.
+const deliveryExecReceiver = "#!/bin/sh\ncat >/dev/null\n"
+
+// BenchmarkDeliveryExecReceiver measures durable delivery to an executable
+// receiver, which costs one process start per publication (and one
+// progress sync each, so a crash re-runs at most the one in flight). b.N
+// is the number of publications; they are published in batches.
+func BenchmarkDeliveryExecReceiver(b *testing.B) {
+	c := newDeliveryCluster(b, 1, "bench.exec", func(sub *node.Node) {
+		path := filepath.Join(sub.Dir(), "receivers", "bench.exec")
+		if err := os.WriteFile(path, []byte(deliveryExecReceiver), 0o755); err != nil {
+			b.Fatal(err)
+		}
+	})
+	payload := deliveryPayload(128)
+	b.ResetTimer()
+	start := time.Now()
+	publishAll(b, c.pub, b.N, payload)
+	checkFor(b, deliveryTimeout, time.Millisecond, func() error {
+		st := c.pub.Subscribers()
+		if len(st) != 1 || st[0].Acked < uint64(b.N) {
+			return fmt.Errorf("subscriber acked %+v of %d", st, b.N)
+		}
+		return nil
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	rate := float64(b.N) / elapsed.Seconds()
+	b.ReportMetric(rate, "msgs/s")
+	b.ReportMetric(float64(elapsed.Microseconds())/float64(b.N), "us/msg")
+	b.Logf("executable receiver: %d publications in %v, %.0f msgs/s", b.N, elapsed.Round(time.Millisecond), rate)
+}
