@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,7 +72,7 @@ type Node struct {
 	peers      *datastore.Store[peerRecord]
 	queues     *topics.Queues
 	subscriber *subscriberSide
-	inProc     sync.Map // receiver name -> struct{}: in-process receivers
+	inProc     sync.Map // receiver name -> Handler: in-process receivers, called inline
 	peerCache  sync.Map // peer id -> peerRecord: the hot path of every remote call
 	host       host.Host
 	net        *netsvc // nil when offline
@@ -175,18 +176,26 @@ func (n *Node) RegisterReceiver(name string, h Handler) error {
 	if err := n.runner.Register(runner.KindReceiver, name, adapt(h)); err != nil {
 		return err
 	}
-	n.inProc.Store(name, struct{}{})
+	n.inProc.Store(name, h)
 	return nil
 }
 
-func (n *Node) inProcessReceiver(name string) bool {
-	_, ok := n.inProc.Load(name)
-	return ok
+func (n *Node) inProcessReceiver(name string) (Handler, bool) {
+	h, ok := n.inProc.Load(name)
+	if !ok {
+		return nil, false
+	}
+	return h.(Handler), true
 }
 
 func adapt(h Handler) runner.Handler {
 	return func(ctx context.Context, inv runner.Invocation) (json.RawMessage, error) {
-		return h(context.WithValue(ctx, invocationKey{}, &Invocation{Kind: string(inv.Kind), Name: inv.Name, Caller: inv.Caller, Env: inv.Env, log: inv.Log}), inv.Input)
+		i := &Invocation{Kind: string(inv.Kind), Name: inv.Name, Caller: inv.Caller, Env: inv.Env, log: inv.Log,
+			Publisher: inv.Env["COATTAIL_PUBLISHER"], Subject: inv.Env["COATTAIL_SUBJECT"], Subscription: inv.Env["COATTAIL_SUBSCRIPTION"]}
+		i.Sequence, _ = strconv.ParseUint(inv.Env["COATTAIL_SEQUENCE"], 10, 64)
+		hop, _ := strconv.ParseUint(inv.Env["COATTAIL_HOP"], 10, 32)
+		i.Hop = uint32(hop)
+		return h(context.WithValue(ctx, invocationKey{}, i), inv.Input)
 	}
 }
 
@@ -198,8 +207,14 @@ type Invocation struct {
 	Kind   string            // "action" or "receiver"
 	Name   string            // the action or receiver subject
 	Caller string            // peer id, or "local"
-	Env    map[string]string // COATTAIL_PUBLISHER, COATTAIL_SEQUENCE, ... for receivers
-	log    func(string)
+	Env    map[string]string // extra COATTAIL_* variables, when run through the runner
+	// Receivers: the publication being handled.
+	Publisher    string
+	Subject      string
+	Sequence     uint64
+	Subscription string
+	Hop          uint32
+	log          func(string)
 }
 
 // InvocationFrom returns the invocation an in-process handler serves (nil

@@ -265,7 +265,7 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 		<-ctx.Done()
 		_ = s.s.Reset()
 	}()
-	inProc := ss.n.inProcessReceiver(sub.Receiver)
+	_, inProc := ss.n.inProcessReceiver(sub.Receiver)
 	var ackBuf []byte
 	persistAck := func(seq uint64) error {
 		if err := ss.saveSeq(ctx, sub.ID, seq); err != nil {
@@ -378,17 +378,32 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 	if len(data) == 0 {
 		data = nil
 	}
-	inv := runner.Invocation{Kind: runner.KindReceiver, Name: sub.Receiver, Input: data, Caller: sub.Publisher,
-		Env: map[string]string{
-			"COATTAIL_PUBLISHER":    sub.Publisher,
-			"COATTAIL_SUBJECT":      d.Subject,
-			"COATTAIL_SEQUENCE":     strconv.FormatUint(d.Seq, 10),
-			"COATTAIL_SUBSCRIPTION": sub.ID,
-			"COATTAIL_HOP":          strconv.FormatUint(uint64(d.Hop), 10),
-		},
-		Log: func(line string) {
-			n.log.Info("receiver log", "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "line", line)
-		},
+	logLine := func(line string) {
+		n.log.Info("receiver log", "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "line", line)
+	}
+	var run func() error
+	if h, ok := n.inProcessReceiver(sub.Receiver); ok {
+		// In-process receivers are the embedding program's own code: they
+		// run inline on the subscription's goroutine (no process, no extra
+		// goroutine or timer per publication) and must honour ctx.
+		if data != nil && !json.Valid(data) {
+			data = nil
+		}
+		ictx := context.WithValue(ctx, invocationKey{}, &Invocation{Kind: string(runner.KindReceiver), Name: sub.Receiver, Caller: sub.Publisher,
+			Publisher: sub.Publisher, Subject: d.Subject, Sequence: d.Seq, Subscription: sub.ID, Hop: d.Hop, log: logLine})
+		run = func() error { return callInline(ictx, h, sub.Receiver, data) }
+	} else {
+		inv := runner.Invocation{Kind: runner.KindReceiver, Name: sub.Receiver, Input: data, Caller: sub.Publisher,
+			Env: map[string]string{
+				"COATTAIL_PUBLISHER":    sub.Publisher,
+				"COATTAIL_SUBJECT":      d.Subject,
+				"COATTAIL_SEQUENCE":     strconv.FormatUint(d.Seq, 10),
+				"COATTAIL_SUBSCRIPTION": sub.ID,
+				"COATTAIL_HOP":          strconv.FormatUint(uint64(d.Hop), 10),
+			},
+			Log: logLine,
+		}
+		run = func() error { _, err := n.runner.Run(ctx, inv); return err }
 	}
 	var err error
 	attempts := 0
@@ -398,7 +413,7 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 			err = fmt.Errorf("%w: publication %d of %s is not JSON", runner.ErrBadInput, d.Seq, d.Subject)
 			break
 		}
-		_, err = n.runner.Run(ctx, inv)
+		err = run()
 		// Input that is not JSON fails the same way every time.
 		if err == nil || ctx.Err() != nil || attempts > n.cfg.Limits.ReceiverRetries || errors.Is(err, runner.ErrBadInput) {
 			break
@@ -720,4 +735,20 @@ func (nw *netsvc) nudge(ctx context.Context, subscriber string, ids []string) {
 		_ = st.CloseWrite()
 		_, _, _ = wire.NewReader(st, 64<<10).Next()
 	}
+}
+
+// callInline runs an in-process receiver on the calling goroutine, turning
+// a panic into an error so one bad publication cannot take the service
+// down.
+func callInline(ctx context.Context, h Handler, name string, data json.RawMessage) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: receiver %q panicked: %v", runner.ErrPanic, name, p)
+		}
+	}()
+	_, err = h(ctx, data)
+	if err != nil {
+		return fmt.Errorf("%w: receiver %q failed: %w", runner.ErrExit, name, err)
+	}
+	return nil
 }
