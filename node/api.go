@@ -266,6 +266,7 @@ func toAPIError(err error) *localapi.Error {
 		e.Status, e.Code = http.StatusServiceUnavailable, localapi.CodeUnavailable
 	case errors.Is(err, topics.ErrInvalidSubject), errors.Is(err, topics.ErrInvalidPattern),
 		errors.Is(err, runner.ErrBadInput), errors.Is(err, runner.ErrInputTooLarge), errors.Is(err, auth.ErrInvalid),
+		errors.Is(err, auth.ErrOptions), errors.Is(err, auth.ErrTokenType),
 		errors.Is(err, ErrBadRequest), errors.Is(err, ErrHopLimit):
 		e.Status, e.Code = http.StatusBadRequest, localapi.CodeBadRequest
 	case errors.Is(err, runner.ErrExit), errors.Is(err, runner.ErrTimeout), errors.Is(err, runner.ErrBadOutput),

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -117,7 +119,12 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	defer os.Remove(l.Socket())
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	srv := &http.Server{Handler: n.Handler(stop), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler:           bodyDeadline(n.Handler(stop), controlReadTimeout),
+		ReadHeaderTimeout: controlReadTimeout,
+		IdleTimeout:       controlIdleTimeout,
+		MaxHeaderBytes:    controlMaxHeader,
+	}
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
 	unregister, err := register(l)
@@ -145,6 +152,54 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	return nil
+}
+
+// Control socket limits. A request's header, and then its body, must each
+// arrive within controlReadTimeout: the CLI writes a whole request at once,
+// so only a stuck or hostile client is cut off. There is no write timeout,
+// because perform streams its answer (NDJSON) for as long as the action
+// runs. The idle timeout is longer than the client's own (30s), so an idle
+// keep-alive connection is always closed by the client and a new request
+// never races the server's close.
+const (
+	controlReadTimeout = 10 * time.Second
+	controlIdleTimeout = 2 * time.Minute
+	controlMaxHeader   = 64 << 10
+)
+
+// bodyDeadline bounds how long a request body may take to arrive and lifts
+// the bound once the body has been read, so a streamed answer can run on.
+// http.Server.ReadTimeout cannot do this: it stays armed while the handler
+// runs, and net/http's background read of the connection then cancels the
+// request's context in the middle of a long perform.
+func bodyDeadline(h http.Handler, d time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody {
+			h.ServeHTTP(w, r)
+			return
+		}
+		rc := http.NewResponseController(w)
+		_ = rc.SetReadDeadline(time.Now().Add(d))
+		r.Body = &deadlineBody{ReadCloser: r.Body, lift: func() { _ = rc.SetReadDeadline(time.Time{}) }}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// deadlineBody lifts the read deadline at the end of the body. On any other
+// error the deadline stays, so net/http's discarding of an unread body
+// after the handler cannot hang on a client that trickles it.
+type deadlineBody struct {
+	io.ReadCloser
+	lift func()
+	once sync.Once
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, io.EOF) {
+		b.once.Do(b.lift)
+	}
+	return n, err
 }
 
 // openDBRetry opens the datastore, waiting briefly while a short-lived CLI

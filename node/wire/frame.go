@@ -132,17 +132,42 @@ func (r *Reader) Next() (Type, []byte, error) {
 		}
 		return t, nil, fmt.Errorf("%w: %d", ErrUnknownType, tb)
 	}
-	if cap(r.buf) < size {
-		// Grow geometrically so a stream of slowly growing frames does not
-		// reallocate on each one, but never past the limit.
-		r.buf = make([]byte, min(max(size, 2*cap(r.buf)), r.max))
-	}
-	payload := r.buf[:size]
-	if _, err := io.ReadFull(r.br, payload); err != nil {
+	payload, err := r.readPayload(size)
+	if err != nil {
 		r.err = r.truncated(err)
 		return t, nil, r.err
 	}
 	return t, payload, nil
+}
+
+// readPayload reads a payload of size bytes into r.buf. When the buffer is
+// too small it grows with the bytes that have arrived, not with what the
+// header announced: a peer that announces a large frame and then stalls or
+// trickles holds only about as much memory as it actually sent.
+func (r *Reader) readPayload(size int) ([]byte, error) {
+	if cap(r.buf) >= size {
+		p := r.buf[:size]
+		_, err := io.ReadFull(r.br, p)
+		return p, err
+	}
+	// Grow geometrically so a stream of slowly growing frames does not
+	// reallocate on each one, but never past the limit.
+	target := min(max(size, 2*cap(r.buf)), r.max)
+	buf := r.buf[:0]
+	for len(buf) < size {
+		if len(buf) == cap(buf) {
+			nb := make([]byte, len(buf), min(max(2*cap(buf), ioBufferSize), target))
+			copy(nb, buf)
+			buf = nb
+		}
+		k, err := io.ReadFull(r.br, buf[len(buf):min(cap(buf), size)])
+		buf = buf[:len(buf)+k]
+		if err != nil {
+			return nil, err
+		}
+	}
+	r.buf = buf
+	return buf, nil
 }
 
 // readLength reads the uvarint frame length and checks it against the limit
