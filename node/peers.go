@@ -9,6 +9,7 @@ import (
 
 	"github.com/coattail/coattail/auth"
 	"github.com/coattail/coattail/datastore"
+	"github.com/coattail/coattail/node/internal/jsonx"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
 	"github.com/coattail/coattail/topics"
@@ -376,7 +377,7 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 	}
 	pubs := make([]publication, 0, len(datas))
 	for i, d := range datas {
-		if !json.Valid(d) {
+		if !jsonx.Valid(d) {
 			return localapi.PublishResult{}, fmt.Errorf("%w: data (item %d) is not valid JSON", ErrBadRequest, i+1)
 		}
 		if len(d) > int(n.cfg.Limits.MaxPayload) {

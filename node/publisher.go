@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coattail/coattail/node/internal/jsonx"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
 	"github.com/coattail/coattail/topics"
@@ -139,7 +140,7 @@ func (n *Node) PublishBatch(ctx context.Context, msgs []Message) (int, error) {
 		if len(m.Data) > int(n.cfg.Limits.MaxPayload) {
 			return 0, fmt.Errorf("%w: data is %d bytes, over limits.max_payload %v", ErrBadRequest, len(m.Data), n.cfg.Limits.MaxPayload)
 		}
-		if !json.Valid(m.Data) {
+		if !jsonx.Valid(m.Data) {
 			return 0, fmt.Errorf("%w: data for %q is not valid JSON", ErrBadRequest, m.Subject)
 		}
 		pubs = append(pubs, publication{Subject: m.Subject, Data: m.Data})

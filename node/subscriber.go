@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/coattail/coattail/datastore"
+	"github.com/coattail/coattail/node/internal/jsonx"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/runner"
 	"github.com/coattail/coattail/node/wire"
@@ -386,7 +387,7 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		// In-process receivers are the embedding program's own code: they
 		// run inline on the subscription's goroutine (no process, no extra
 		// goroutine or timer per publication) and must honour ctx.
-		if data != nil && !json.Valid(data) {
+		if data != nil && !jsonx.Valid(data) {
 			data = nil
 		}
 		ictx := context.WithValue(ctx, invocationKey{}, &Invocation{Kind: string(runner.KindReceiver), Name: sub.Receiver, Caller: sub.Publisher,
