@@ -11,9 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node/localapi"
-	ds "github.com/ipfs/go-datastore"
-	"github.com/ipfs/go-datastore/namespace"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -21,7 +20,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
-	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoreds"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
@@ -44,6 +42,7 @@ type netsvc struct {
 	limits   *peerLimits
 	sess     *sessions
 	attached *attached
+	subAddrs *datastore.Store[[]string] // where subscribers listen, by peer id
 	// relay is the circuit-relay v2 server (nil unless relay_service or
 	// 'service start --relay').
 	relay *relayv2.Relay
@@ -72,16 +71,8 @@ func buildHost(n *Node) (host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: resource manager: %w", err)
 	}
-	// The peerstore persists in the instance's datastore: a restarted
-	// publisher still knows where its subscribers were, so it can nudge
-	// them to reconnect (its own address may have changed).
-	ps, err := pstoreds.NewPeerstore(context.Background(), namespace.Wrap(n.db.Batching(), ds.NewKey("/libp2p/peerstore")), pstoreds.DefaultOpts())
-	if err != nil {
-		return nil, fmt.Errorf("node: peerstore: %w", err)
-	}
 	opts := []libp2p.Option{
 		libp2p.Identity(n.key),
-		libp2p.Peerstore(ps),
 		libp2p.ListenAddrStrings(nc.Listen...),
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Transport(libp2pquic.NewTransport),
@@ -218,7 +209,9 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 	if err != nil {
 		return nil, err
 	}
-	nw := &netsvc{n: n, host: h, limits: newPeerLimits(n.cfg.Limits), sess: newSessions(), attached: newAttached()}
+	nw := &netsvc{n: n, host: h, limits: newPeerLimits(n.cfg.Limits), sess: newSessions(), attached: newAttached(),
+		subAddrs: datastore.NewStore[[]string](n.db.Batching(), "/subs/addrs")}
+	nw.restoreSubscribers(context.Background())
 	fail := func(err error) (*netsvc, error) {
 		if nw.nat != nil {
 			nw.nat.sub.Close()

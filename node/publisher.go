@@ -33,6 +33,39 @@ const (
 // after it was last seen (the peerstore persists across restarts).
 const subscriberAddrTTL = 7 * 24 * time.Hour
 
+// rememberSubscriber keeps where a subscriber listens, in the peerstore
+// for longer than libp2p's default and in the datastore (/subs/addrs), so
+// a restarted publisher can nudge it to reconnect (deliver protocol) even
+// when the subscriber's address is in no token.
+func (nw *netsvc) rememberSubscriber(ctx context.Context, p peer.ID) {
+	ps := nw.host.Peerstore()
+	addrs := ps.Addrs(p)
+	if len(addrs) == 0 {
+		return
+	}
+	ps.AddAddrs(p, addrs, subscriberAddrTTL)
+	if err := nw.subAddrs.Put(ctx, p.String(), addrStrings(addrs)); err != nil {
+		nw.n.log.Warn("cannot persist subscriber addresses", "subscriber", p.String(), "err", err)
+	}
+}
+
+// restoreSubscribers loads the persisted subscriber addresses into the
+// peerstore at start.
+func (nw *netsvc) restoreSubscribers(ctx context.Context) {
+	entries, err := nw.subAddrs.Entries(ctx)
+	if err != nil {
+		nw.n.log.Warn("cannot load subscriber addresses", "err", err)
+		return
+	}
+	for _, e := range entries {
+		pid, err := peer.Decode(e.ID)
+		if err != nil {
+			continue
+		}
+		nw.host.Peerstore().AddAddrs(pid, parseAddrs(e.Value), subscriberAddrTTL)
+	}
+}
+
 // ErrHopLimit stops endless cascades.
 var ErrHopLimit = errors.New("node: cascade hop limit reached")
 
@@ -206,10 +239,7 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 		return err
 	}
 	_ = s.s.SetDeadline(time.Time{})
-	// Remember where this subscriber listens for longer than libp2p's
-	// default, so a restarted publisher can nudge it (deliver protocol).
-	ps := nw.host.Peerstore()
-	ps.AddAddrs(s.peer, ps.Addrs(s.peer), subscriberAddrTTL)
+	nw.rememberSubscriber(ctx, s.peer)
 	return nw.deliver(ctx, s, sub, next-1, window)
 }
 
