@@ -17,6 +17,9 @@
 //	/peers/<peer-id>                           peer this instance added            node
 //	/subs/out/<sub-id>                         subscription held at another peer   node
 //	/subs/in/<sub-id>                          subscription another peer holds here topics
+//	/subs/seq/<sub-id>                         last processed sequence (8 bytes BE) node
+//	/subs/addrs/<peer-id>                      where a subscriber listens (JSON)   node
+//	/deadletters/<sub-id>.<seq, 20 digits>     publication whose receiver failed   node
 //	/queue/log/<pos, 20 digits, 0-padded>      publication, stored once, + routing topics
 //	/queue/sub/<sub-id>                        queue state: log base, ack, counters topics
 //
