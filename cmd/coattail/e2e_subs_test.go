@@ -566,3 +566,31 @@ func TestSubsToAndFullQueues(t *testing.T) {
 		t.Errorf("after restart s received full.x %v and drop.x %v, want [1 2 3] and [3 4 5]", full, drop)
 	}
 }
+
+// TestSubsPublisherMovesToANewPort: the publisher restarts on another port
+// (here: port 0, a fresh random port), so the address in the subscriber's
+// token is stale. The publisher remembered where its subscriber listens
+// and nudges it; the subscriber reconnects over that connection and
+// receives what was queued and what follows.
+func TestSubsPublisherMovesToANewPort(t *testing.T) {
+	t.Parallel()
+	a, b := newInstance(t, "a"), newInstance(t, "b")
+	b.fixPort() // the subscriber stays put; only the publisher moves
+	b.recordingReceiver("rec", "got")
+	a.start()
+	b.start()
+	b.addPeer(a, "--subscribable", "moves.>")
+	b.subscribe(a, "moves.>", "rec")
+	a.mustPublishRange("moves.x", 1, 10)
+	b.waitLines("got", 10, deliveryTimeout)
+
+	a.mustRun("service", "stop")
+	a.start() // port 0: new random ports
+	a.mustPublishRange("moves.x", 11, 20)
+	got := seqs(t, b.waitLines("got", 20, 2*time.Minute))
+	for i, s := range got {
+		if s != uint64(i+1) {
+			t.Fatalf("received sequences %v, want 1..20 in order", got)
+		}
+	}
+}
