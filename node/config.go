@@ -98,18 +98,19 @@ type NetworkConfig struct {
 
 // LimitsConfig bounds what one peer or one action may cost.
 type LimitsConfig struct {
-	ActionTimeout     time.Duration `yaml:"action_timeout"`
-	MaxPayload        ByteSize      `yaml:"max_payload"`
-	MaxOutput         ByteSize      `yaml:"max_output"`
-	QueueBound        int           `yaml:"queue_bound"`
-	QueueFull         string        `yaml:"queue_full"`
-	RateLimit         float64       `yaml:"rate_limit"`
-	RateBurst         int           `yaml:"rate_burst"`
-	MaxStreamsPerPeer int           `yaml:"max_streams_per_peer"`
-	StreamTimeout     time.Duration `yaml:"stream_timeout"`
-	MaxHops           int           `yaml:"max_hops"`
-	ReceiverRetries   int           `yaml:"receiver_retries"`
-	ReceiverBackoff   time.Duration `yaml:"receiver_backoff"`
+	ActionTimeout           time.Duration `yaml:"action_timeout"`
+	MaxPayload              ByteSize      `yaml:"max_payload"`
+	MaxOutput               ByteSize      `yaml:"max_output"`
+	QueueBound              int           `yaml:"queue_bound"`
+	QueueFull               string        `yaml:"queue_full"`
+	RateLimit               float64       `yaml:"rate_limit"`
+	RateBurst               int           `yaml:"rate_burst"`
+	MaxStreamsPerPeer       int           `yaml:"max_streams_per_peer"`
+	MaxSubscriptionsPerPeer int           `yaml:"max_subscriptions_per_peer"`
+	StreamTimeout           time.Duration `yaml:"stream_timeout"`
+	MaxHops                 int           `yaml:"max_hops"`
+	ReceiverRetries         int           `yaml:"receiver_retries"`
+	ReceiverBackoff         time.Duration `yaml:"receiver_backoff"`
 }
 
 // LogConfig configures the service log.
@@ -142,18 +143,19 @@ func DefaultConfig(port int) Config {
 			RelayMaxCircuits:     16,
 		},
 		Limits: LimitsConfig{
-			ActionTimeout:     30 * time.Second,
-			MaxPayload:        1 << 20,
-			MaxOutput:         1 << 20,
-			QueueBound:        1_000_000,
-			QueueFull:         QueueFullReject,
-			RateLimit:         2000,
-			RateBurst:         4000,
-			MaxStreamsPerPeer: 128,
-			StreamTimeout:     time.Minute,
-			MaxHops:           16,
-			ReceiverRetries:   3,
-			ReceiverBackoff:   500 * time.Millisecond,
+			ActionTimeout:           30 * time.Second,
+			MaxPayload:              1 << 20,
+			MaxOutput:               1 << 20,
+			QueueBound:              1_000_000,
+			QueueFull:               QueueFullReject,
+			RateLimit:               2000,
+			RateBurst:               4000,
+			MaxStreamsPerPeer:       128,
+			MaxSubscriptionsPerPeer: 1024,
+			StreamTimeout:           time.Minute,
+			MaxHops:                 16,
+			ReceiverRetries:         3,
+			ReceiverBackoff:         500 * time.Millisecond,
 		},
 		Log: LogConfig{File: "service.log", Level: "info"},
 	}
@@ -262,6 +264,9 @@ func (c *Config) Validate() error {
 	if l.RateLimit <= 0 || l.RateBurst < 1 {
 		bad("limits.rate_limit/rate_burst: must be positive (got %v, %d)", l.RateLimit, l.RateBurst)
 	}
+	if l.MaxSubscriptionsPerPeer < 1 {
+		bad("limits.max_subscriptions_per_peer: must be at least 1 (got %d)", l.MaxSubscriptionsPerPeer)
+	}
 	if l.MaxStreamsPerPeer < 1 {
 		bad("limits.max_streams_per_peer: must be at least 1 (got %d)", l.MaxStreamsPerPeer)
 	}
@@ -359,6 +364,10 @@ limits:
   rate_burst: {{.C.Limits.RateBurst}}
   # Concurrent protocol streams one peer may hold open. Default: 128.
   max_streams_per_peer: {{.C.Limits.MaxStreamsPerPeer}}
+  # Subscriptions one peer may hold at this instance (each has a queue and,
+  # while connected, a long-lived stream that does not count against
+  # max_streams_per_peer). Default: 1024.
+  max_subscriptions_per_peer: {{.C.Limits.MaxSubscriptionsPerPeer}}
   # Longest wait for one frame on a request stream. Default: 1m0s.
   stream_timeout: {{.C.Limits.StreamTimeout}}
   # Most hops a cascade may take (a receiver performing with --notify adds

@@ -51,7 +51,11 @@ type session struct {
 	w     *wire.Writer
 	grant *auth.Grant // server side only
 	peer  peer.ID
-	wmu   sync.Mutex
+	// release frees the stream's slot in the per-peer stream limit (server
+	// side); a subscription stream frees it once it turns into a long-lived
+	// delivery stream, bounded by limits.max_subscriptions_per_peer instead.
+	release func()
+	wmu     sync.Mutex
 }
 
 // send writes and flushes one JSON frame; safe for concurrent use.
@@ -104,7 +108,8 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 			_ = st.Close()
 			return
 		}
-		defer nw.limits.release(p)
+		s.release = sync.OnceFunc(func() { nw.limits.release(p) })
+		defer s.release()
 		_ = st.SetDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
 		g, err := nw.authenticate(s)
 		if err != nil {

@@ -204,6 +204,15 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 		if !s.grant.CanSubscribe(req.Pattern) {
 			return wire.Errorf(wire.CodeForbidden, "token %s does not allow subscribing to %q", s.grant.TokenID, req.Pattern)
 		}
+		held := 0
+		for _, q := range n.queues.Status() {
+			if q.Subscriber == s.peer.String() {
+				held++
+			}
+		}
+		if held >= n.cfg.Limits.MaxSubscriptionsPerPeer {
+			return wire.Errorf(wire.CodeForbidden, "your peer already holds %d subscriptions here (limits.max_subscriptions_per_peer)", held)
+		}
 		sub = topics.Subscription{ID: uuid.NewString(), Subscriber: s.peer.String(), Pattern: req.Pattern,
 			TokenID: s.grant.TokenID, Receiver: req.Receiver, CreatedAt: time.Now().UTC()}
 		if err := n.queues.AddSubscription(ctx, sub); err != nil {
@@ -240,6 +249,9 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 	}
 	_ = s.s.SetDeadline(time.Time{})
 	nw.rememberSubscriber(ctx, s.peer)
+	if s.release != nil {
+		s.release()
+	}
 	return nw.deliver(ctx, s, sub, next-1, window)
 }
 
