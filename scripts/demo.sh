@@ -120,6 +120,14 @@ if ct --instance "$DIR/bob" action perform --peer "$ALICE" --action orders.creat
   echo "demo: revoked token still worked" >&2; exit 1
 fi
 
+step "…and the subscription made with it is gone on both sides"
+for _ in $(seq 1 100); do
+  [ "$(ct --instance "$DIR/bob" subscriptions list --json | tr -d '[:space:]')" = "[]" ] && break
+  sleep 0.1
+done
+show "coattail --instance alice subscribers list"; ct --instance "$DIR/alice" subscribers list
+show "coattail --instance bob subscriptions list"; ct --instance "$DIR/bob" subscriptions list
+
 step "Stop the services"
 for i in alice bob carol; do ct --instance "$DIR/$i" service stop; done
 echo
