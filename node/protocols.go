@@ -74,8 +74,8 @@ func (nw *netsvc) register() {
 	nw.host.SetStreamHandler(wire.ProtoPublish, nw.serve(nw.handlePublish))
 	nw.host.SetStreamHandler(wire.ProtoSubscribe, nw.serve(nw.handleSubscribe))
 	nw.host.SetStreamHandler(wire.ProtoUnsubscribe, nw.serve(nw.handleUnsubscribe))
-	nw.host.SetStreamHandler(wire.ProtoRevoke, nw.handleRevokeNotice)
-	nw.host.SetStreamHandler(wire.ProtoDeliver, nw.handleDeliverNudge)
+	nw.host.SetStreamHandler(wire.ProtoRevoke, nw.servePeer(nw.handleRevokeNotice))
+	nw.host.SetStreamHandler(wire.ProtoDeliver, nw.servePeer(nw.handleDeliverNudge))
 }
 
 func remoteOf(c network.Conn) auth.Remote {
@@ -150,6 +150,23 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 			_ = s.send(wire.TError, toWireError(err))
 		}
 		_ = st.Close()
+	}
+}
+
+// servePeer wraps the handlers of the two streams a publisher opens toward
+// a subscriber (revoke, deliver): they carry no token, the remote is
+// authenticated by the peer id of the secure channel, and they are short.
+func (nw *netsvc) servePeer(fn func(st network.Stream, p peer.ID)) network.StreamHandler {
+	return func(st network.Stream) {
+		p := st.Conn().RemotePeer()
+		if v := nw.limits.acquire(p); !v.ok() {
+			_ = st.Reset()
+			return
+		}
+		defer nw.limits.release(p)
+		_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+		defer st.Close()
+		fn(st, p)
 	}
 }
 

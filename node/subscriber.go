@@ -565,15 +565,7 @@ func (n *Node) subscriptionView(ctx context.Context, s outSub) localapi.Subscrip
 // dropped one of our subscriptions. It is authenticated by the publisher's
 // peer id from the secure channel: only the publisher of a subscription
 // can end it.
-func (nw *netsvc) handleRevokeNotice(st network.Stream) {
-	p := st.Conn().RemotePeer()
-	if v := nw.limits.acquire(p); !v.ok() {
-		_ = st.Reset()
-		return
-	}
-	defer nw.limits.release(p)
-	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
-	defer st.Close()
+func (nw *netsvc) handleRevokeNotice(st network.Stream, p peer.ID) {
 	s := &session{s: st, r: wire.NewReaderSize(st, 64<<10, requestBuffer), w: wire.NewWriterSize(st, requestBuffer), peer: p}
 	var notice wire.RevokeNotice
 	if err := readRequest(s, &notice); err != nil {
@@ -657,16 +649,8 @@ func (n *Node) DropDeadLetter(ctx context.Context, id string) error {
 // over the stream the subscriber opens (it works behind NAT), so the nudge
 // carries no data and needs no token: only ids of our subscriptions at
 // that very publisher are acted on.
-func (nw *netsvc) handleDeliverNudge(st network.Stream) {
-	p := st.Conn().RemotePeer()
-	if v := nw.limits.acquire(p); !v.ok() {
-		_ = st.Reset()
-		return
-	}
-	defer nw.limits.release(p)
-	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
-	defer st.Close()
-	r := wire.NewReader(st, 256<<10)
+func (nw *netsvc) handleDeliverNudge(st network.Stream, p peer.ID) {
+	r := wire.NewReaderSize(st, 256<<10, requestBuffer)
 	t, payload, err := r.Next()
 	if err != nil || t != wire.THello {
 		_ = st.Reset()
@@ -678,7 +662,7 @@ func (nw *netsvc) handleDeliverNudge(st network.Stream) {
 		return
 	}
 	nw.n.subscriber.wake(p.String(), h.SubscriptionIDs)
-	w := wire.NewWriter(st)
+	w := wire.NewWriterSize(st, requestBuffer)
 	if w.JSON(wire.TOK, wire.OK{}) == nil {
 		_ = w.Flush()
 	}
