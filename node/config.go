@@ -103,6 +103,7 @@ type LimitsConfig struct {
 	MaxOutput               ByteSize      `yaml:"max_output"`
 	QueueBound              int           `yaml:"queue_bound"`
 	QueueFull               string        `yaml:"queue_full"`
+	QueueMemory             ByteSize      `yaml:"queue_memory"`
 	RateLimit               float64       `yaml:"rate_limit"`
 	RateBurst               int           `yaml:"rate_burst"`
 	MaxStreamsPerPeer       int           `yaml:"max_streams_per_peer"`
@@ -148,6 +149,7 @@ func DefaultConfig(port int) Config {
 			MaxOutput:               1 << 20,
 			QueueBound:              1_000_000,
 			QueueFull:               QueueFullReject,
+			QueueMemory:             16 << 20,
 			RateLimit:               2000,
 			RateBurst:               4000,
 			MaxStreamsPerPeer:       128,
@@ -258,6 +260,9 @@ func (c *Config) Validate() error {
 	if l.QueueBound < 1 {
 		bad("limits.queue_bound: must be at least 1 (got %d)", l.QueueBound)
 	}
+	if l.QueueMemory < 64<<10 || l.QueueMemory > 4<<30 {
+		bad("limits.queue_memory: %v is out of range (64KiB..4GiB)", l.QueueMemory)
+	}
 	if l.QueueFull != QueueFullReject && l.QueueFull != QueueFullDropOldest {
 		bad("limits.queue_full: %q is not one of %q, %q", l.QueueFull, QueueFullReject, QueueFullDropOldest)
 	}
@@ -358,6 +363,10 @@ limits:
   # What a full queue does with a new publication: reject (the publisher
   # gets an error) or drop_oldest. Default: reject.
   queue_full: {{.C.Limits.QueueFull}}
+  # Recent publications kept in memory per subscription, so delivery does
+  # not read them back from disk; a backlog beyond it is read from the
+  # datastore. Raise it for large payloads. Default: 16MiB.
+  queue_memory: {{.C.Limits.QueueMemory}}
   # Requests per second one peer may make (token bucket) and its burst.
   # Defaults: 2000 and 4000.
   rate_limit: {{.C.Limits.RateLimit}}

@@ -127,9 +127,10 @@ func New(o Options) (*Node, error) {
 	}
 	n.peers = datastore.NewStore[peerRecord](n.db.Batching(), "/peers")
 	n.queues, err = topics.OpenQueues(context.Background(), n.db.Batching(), topics.QueueOptions{
-		Bound:  o.Config.Limits.QueueBound,
-		Policy: o.Config.Limits.QueueFull,
-		Logger: o.Logger,
+		Bound:          o.Config.Limits.QueueBound,
+		Policy:         o.Config.Limits.QueueFull,
+		MemoryPerQueue: int(o.Config.Limits.QueueMemory),
+		Logger:         o.Logger,
 	})
 	if err != nil {
 		n.closeDB()
