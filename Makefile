@@ -26,9 +26,12 @@ test: ## run every test with the race detector
 test-short: ## unit tests only, no race detector
 	$(GO) test -short -count=1 ./...
 
-bench: ## benchmarks (each prints a ratio against a baseline measured in the same run)
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./topics/ ./auth/ ./node/wire/ ./node/runner/
-	$(GO) test -run '^$$' -bench . -benchtime 3000x ./node/
+bench: ## benchmarks; each prints a ratio against a baseline measured in the same run (~5 min)
+	$(GO) test -run '^$$' -bench . -benchtime 1s ./topics/ ./auth/ ./node/wire/ ./node/runner/ ./node/internal/jsonx/
+	$(GO) test -run '^$$' -bench 'RemotePerform|PerformUnderFlood' -benchtime 3000x ./node/
+	$(GO) test -run '^$$' -bench 'Delivery$$/size=128/' -benchtime 400x ./node/
+	$(GO) test -run '^$$' -bench 'Delivery$$/size=65536/' -benchtime 40x ./node/
+	$(GO) test -run '^$$' -bench 'DeliveryExecReceiver' -benchtime 300x ./node/
 
 fuzz: ## run every fuzz target for FUZZTIME each
 	@set -e; for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
