@@ -26,9 +26,7 @@
 // Log positions are zero-padded to 20 digits (the width of the largest
 // uint64) so that byte order, which pebble iterates in, is numeric order.
 // A subscription's sequence numbers are derived from the log rather than
-// stored (see topics.Queues); the earlier layout, one copy per subscription
-// under /queue/<sub-id>/<seq> and /queue/<sub-id>/meta, is migrated into
-// the log when topics opens it.
+// stored (see topics.Queues).
 //
 // # Durability
 //

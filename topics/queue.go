@@ -378,8 +378,7 @@ func (x *posIndex) trim(seq uint64) {
 // their queues from store, so that a restarted publisher still delivers
 // everything it accepted, and starts the committer. Log entries that no
 // subscription needs any more and state left behind by removed
-// subscriptions are deleted; queues of the earlier per-subscription layout
-// are migrated into the log.
+// subscriptions are deleted.
 func OpenQueues(ctx context.Context, store ds.Batching, o QueueOptions) (*Queues, error) {
 	if store == nil {
 		return nil, fmt.Errorf("%w: nil datastore", ErrInvalidQueueOptions)
@@ -553,11 +552,6 @@ func (qs *Queues) load(ctx context.Context) error {
 		qs.refs = append(qs.refs, 0)
 	}
 
-	legacy, err := qs.migrateLegacy(ctx, metas)
-	if err != nil {
-		return err
-	}
-	garbage = append(garbage, legacy...)
 	var fresh []*queue
 
 	for _, q := range qs.subs {
@@ -603,130 +597,8 @@ func (qs *Queues) load(ctx context.Context) error {
 		qs.log.Info("deleting queue records no subscription needs", "keys", len(garbage))
 	}
 	// deleteKeys ends with the Sync that also makes the states written
-	// above and any migration durable.
+	// above durable.
 	return qs.deleteKeys(ctx, garbage)
-}
-
-// migrateLegacy moves queues of the earlier layout, which stored a copy of
-// each message per subscription under /queue/<sub-id>/, into the log,
-// keeping every subscription's sequence numbers so that its subscriber's
-// progress stays valid. Each subscription moves in one atomic batch. It
-// returns the legacy keys left to delete (those of unknown subscriptions). Sub ids "log" and
-// "sub" cannot be told apart from the new layout and are not migrated.
-func (qs *Queues) migrateLegacy(ctx context.Context, metas map[*queue]subMeta) (garbage []ds.Key, err error) {
-	res, err := qs.store.Query(ctx, query.Query{Prefix: queueNamespace, KeysOnly: true, Orders: []query.Order{query.OrderByKey{}}})
-	if err != nil {
-		return nil, fmt.Errorf("topics: scan legacy queues: %w", err)
-	}
-	var ids []string
-	for {
-		r, ok := res.NextSync()
-		if !ok {
-			break
-		}
-		if r.Error != nil {
-			return nil, errors.Join(fmt.Errorf("topics: scan legacy queues: %w", r.Error), res.Close())
-		}
-		id, _, ok := splitQueueKey(r.Key)
-		if !ok || id == "log" || id == "sub" {
-			continue
-		}
-		q := qs.subs[id]
-		if _, migrated := metas[q]; q == nil || migrated {
-			garbage = append(garbage, ds.RawKey(r.Key))
-			continue
-		}
-		if len(ids) == 0 || ids[len(ids)-1] != id {
-			ids = append(ids, id)
-		}
-	}
-	if err := res.Close(); err != nil {
-		return nil, fmt.Errorf("topics: scan legacy queues: %w", err)
-	}
-	for _, id := range ids {
-		q := qs.subs[id]
-		if err := qs.migrateQueue(ctx, q, metas); err != nil {
-			return nil, err
-		}
-	}
-	return garbage, nil
-}
-
-// migrateQueue moves one legacy queue into the log.
-func (qs *Queues) migrateQueue(ctx context.Context, q *queue, metas map[*queue]subMeta) error {
-	prefix := queuePrefix(q.sub.ID)
-	res, err := qs.store.Query(ctx, query.Query{Prefix: prefix, Orders: []query.Order{query.OrderByKey{}}})
-	if err != nil {
-		return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
-	}
-	entries, err := res.Rest()
-	if err != nil {
-		return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
-	}
-	old := queueMeta{next: 1}
-	for _, e := range entries {
-		if e.Key == prefix+metaSuffix {
-			if old, err = decodeMeta(e.Value); err != nil {
-				return fmt.Errorf("%s: %w", e.Key, err)
-			}
-		}
-	}
-	b, err := qs.store.Batch(ctx)
-	if err != nil {
-		return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
-	}
-	start := qs.nextPos
-	m := subMeta{start: start, baseG: start - 1, baseSeq: old.next - 1, acked: old.acked, dropped: old.dropped,
-		delivered: old.delivered, redelivered: old.redelivered, sentMax: old.sentMax, lastDelivered: old.lastDelivered}
-	ids := []string{q.sub.ID}
-	var key []byte
-	first, gap := true, false
-	var want uint64
-	for _, e := range entries {
-		seq, ok := parseSeq(strings.TrimPrefix(e.Key, prefix))
-		if ok && !gap && seq > old.acked && seq < old.next {
-			if first {
-				m.baseSeq, want, first = seq-1, seq, false
-			}
-			if seq != want {
-				// Sequences must stay contiguous to be derivable; the
-				// rest is lost rather than renumbered (a renumbered
-				// message could be dropped as a duplicate).
-				qs.log.Warn("legacy queue has a gap; messages after it are not migrated", "subscription", q.sub.ID, "seq", want)
-				gap = true
-			}
-		}
-		if ok && !gap && seq > old.acked && seq < old.next {
-			msg, err := decodeMessage(e.Value)
-			if err != nil {
-				return fmt.Errorf("%s: %w", e.Key, err)
-			}
-			want++
-			val, _ := appendEntry(nil, &msg, ids)
-			key = appendLogKey(key[:0], qs.nextPos)
-			if err := b.Put(ctx, ds.RawKey(string(key)), val); err != nil {
-				return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
-			}
-			q.pos.add(seq, qs.nextPos)
-			qs.refs = append(qs.refs, 1)
-			qs.nextPos++
-		}
-		if err := b.Delete(ctx, ds.RawKey(e.Key)); err != nil {
-			return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
-		}
-	}
-	if err := b.Put(ctx, ds.RawKey(subMetaKey(q.sub.ID)), appendSubMeta(nil, &m)); err != nil {
-		return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
-	}
-	if err := b.Commit(ctx); err != nil {
-		return fmt.Errorf("topics: migrate queue %q: %w", q.sub.ID, err)
-	}
-	q.start = start
-	q.cHead = m.baseSeq + 1
-	q.cNext = q.cHead + (qs.nextPos - start)
-	metas[q] = m
-	qs.log.Info("migrated queue to the shared log", "subscription", q.sub.ID, "messages", q.cNext-q.cHead)
-	return nil
 }
 
 func newQueue(s Subscription, start uint64) *queue {

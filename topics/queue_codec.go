@@ -20,25 +20,16 @@ import (
 // subscription's own sequence numbers are derived from the log (see
 // Queues). Zero-padded positions make byte order, which pebble iterates
 // in, numeric order.
-//
-// Keys of the earlier layout, one copy per subscription under
-// /queue/<sub-id>/<seq> plus /queue/<sub-id>/meta, are migrated into the
-// log by OpenQueues.
 const (
 	queueNamespace = "/queue"
 	subsNamespace  = "/subs/in"
 	logPrefix      = queueNamespace + "/log/"
 	subMetaPrefix  = queueNamespace + "/sub/"
 	seqDigits      = 20 // decimal width of the largest uint64
-
-	// Legacy layout.
-	metaSuffix = "meta"
 )
 
 // Record format versions; the first byte of every stored value.
 const (
-	messageCodecV1 = 1 // legacy per-subscription message
-	metaCodecV1    = 1 // legacy per-subscription meta
 	logCodecV1     = 1
 	subMetaCodecV1 = 1
 )
@@ -66,12 +57,6 @@ func subMetaKey(id string) string {
 	return subMetaPrefix + id
 }
 
-// queuePrefix returns "/queue/<id>/", the prefix of every key of one
-// subscription in the legacy layout.
-func queuePrefix(id string) string {
-	return queueNamespace + "/" + id + "/"
-}
-
 // subKey returns the key of a subscription record.
 func subKey(id string) string {
 	return subsNamespace + "/" + id
@@ -86,13 +71,6 @@ func appendSeq(dst []byte, seq uint64) []byte {
 		seq /= 10
 	}
 	return append(dst, buf[:]...)
-}
-
-// appendSeqKey appends the legacy key of message seq in the queue whose
-// prefix (from queuePrefix) is prefix.
-func appendSeqKey(dst []byte, prefix string, seq uint64) []byte {
-	dst = append(dst, prefix...)
-	return appendSeq(dst, seq)
 }
 
 // parseSeq parses a seqDigits-wide decimal sequence number.
@@ -113,24 +91,6 @@ func parseSeq(s string) (uint64, bool) {
 		v = v*10 + d
 	}
 	return v, true
-}
-
-// splitQueueKey splits "/queue/<id>/<rest>" into id and rest.
-func splitQueueKey(key string) (id, rest string, ok bool) {
-	const p = queueNamespace + "/"
-	if len(key) <= len(p) || key[:len(p)] != p {
-		return "", "", false
-	}
-	tail := key[len(p):]
-	for i := 0; i < len(tail); i++ {
-		if tail[i] == '/' {
-			if i == 0 || i == len(tail)-1 {
-				return "", "", false
-			}
-			return tail[:i], tail[i+1:], true
-		}
-	}
-	return "", "", false
 }
 
 // encodedEntrySize returns an upper bound of the encoded size of a log
@@ -249,16 +209,6 @@ func decodeBody(b []byte, p int) (Message, error) {
 	return m, nil
 }
 
-// decodeMessage decodes a legacy per-subscription message value:
-//
-//	version byte | uvarint hop | varint time | uvarint len(subject) | subject | data
-func decodeMessage(b []byte) (Message, error) {
-	if len(b) == 0 || b[0] != messageCodecV1 {
-		return Message{}, fmt.Errorf("%w: unknown message format", ErrCorruptQueue)
-	}
-	return decodeBody(b, 1)
-}
-
 // subMeta is the per-subscription state that cannot be derived from the
 // log: where the subscription starts in it, how far it no longer needs it,
 // the ack watermark and the counters.
@@ -318,68 +268,4 @@ func decodeSubMeta(b []byte) (subMeta, error) {
 		return m, fmt.Errorf("%w: subscription state start %d, base %d", ErrCorruptQueue, m.start, m.baseG)
 	}
 	return m, nil
-}
-
-// queueMeta is the legacy per-queue state, read only to migrate.
-type queueMeta struct {
-	next          uint64
-	acked         uint64
-	dropped       uint64
-	delivered     uint64
-	redelivered   uint64
-	sentMax       uint64
-	lastDelivered int64 // unix nanos, 0 if never
-}
-
-// appendMeta appends the legacy stored form of m (kept for migration
-// tests):
-//
-//	version byte | uvarint next, acked, dropped, delivered, redelivered, sentMax | varint lastDelivered
-func appendMeta(dst []byte, m *queueMeta) []byte {
-	dst = append(dst, metaCodecV1)
-	dst = binary.AppendUvarint(dst, m.next)
-	dst = binary.AppendUvarint(dst, m.acked)
-	dst = binary.AppendUvarint(dst, m.dropped)
-	dst = binary.AppendUvarint(dst, m.delivered)
-	dst = binary.AppendUvarint(dst, m.redelivered)
-	dst = binary.AppendUvarint(dst, m.sentMax)
-	return binary.AppendVarint(dst, m.lastDelivered)
-}
-
-// decodeMeta decodes a legacy value written by appendMeta.
-func decodeMeta(b []byte) (queueMeta, error) {
-	var m queueMeta
-	if len(b) == 0 || b[0] != metaCodecV1 {
-		return m, fmt.Errorf("%w: unknown queue meta format", ErrCorruptQueue)
-	}
-	p := 1
-	for _, f := range []*uint64{&m.next, &m.acked, &m.dropped, &m.delivered, &m.redelivered, &m.sentMax} {
-		v, n := binary.Uvarint(b[p:])
-		if n <= 0 {
-			return m, fmt.Errorf("%w: truncated queue meta", ErrCorruptQueue)
-		}
-		*f = v
-		p += n
-	}
-	v, n := binary.Varint(b[p:])
-	if n <= 0 || p+n != len(b) {
-		return m, fmt.Errorf("%w: truncated queue meta", ErrCorruptQueue)
-	}
-	m.lastDelivered = v
-	if m.next == 0 || m.acked >= m.next {
-		return m, fmt.Errorf("%w: queue meta next %d, acked %d", ErrCorruptQueue, m.next, m.acked)
-	}
-	return m, nil
-}
-
-// appendMessage appends the legacy stored form of m (kept for migration
-// tests) and the offset of its data.
-func appendMessage(dst []byte, m *Message) ([]byte, int) {
-	dst = append(dst, messageCodecV1)
-	dst = binary.AppendUvarint(dst, uint64(m.Hop))
-	dst = binary.AppendVarint(dst, m.Time)
-	dst = binary.AppendUvarint(dst, uint64(len(m.Subject)))
-	dst = append(dst, m.Subject...)
-	off := len(dst)
-	return append(dst, m.Data...), off
 }

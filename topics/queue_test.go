@@ -3,7 +3,6 @@ package topics
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -643,8 +642,9 @@ func TestQueueRemove(t *testing.T) {
 func TestQueueOrphanKeysDeletedOnOpen(t *testing.T) {
 	store := datastore.NewMemory().Batching()
 	ctx := context.Background()
-	orphan := ds.RawKey(string(appendSeqKey(nil, queuePrefix("ghost"), 1)))
-	if err := store.Put(ctx, orphan, []byte{1}); err != nil {
+	// Queue state of a subscription that no longer exists.
+	orphan := ds.RawKey(subMetaKey("ghost"))
+	if err := store.Put(ctx, orphan, appendSubMeta(nil, &subMeta{start: 1})); err != nil {
 		t.Fatal(err)
 	}
 	qs := openQueues(t, store, QueueOptions{})
@@ -663,31 +663,26 @@ func TestQueueCorruptRecords(t *testing.T) {
 	if _, err := OpenQueues(ctx, store, QueueOptions{}); !errors.Is(err, ErrCorruptQueue) {
 		t.Fatalf("OpenQueues with corrupt subscription = %v", err)
 	}
-	if _, err := decodeMessage([]byte{9, 1, 2}); !errors.Is(err, ErrCorruptQueue) {
-		t.Fatalf("decodeMessage(bad version) = %v", err)
+	if _, err := decodeSubMeta([]byte{9, 1, 2}); !errors.Is(err, ErrCorruptQueue) {
+		t.Fatalf("decodeSubMeta(bad version) = %v", err)
 	}
-	if _, err := decodeMessage([]byte{messageCodecV1, 1, 2, 50, 'a'}); !errors.Is(err, ErrCorruptQueue) {
-		t.Fatalf("decodeMessage(subject too long) = %v", err)
-	}
-	if _, err := decodeMeta(appendMeta(nil, &queueMeta{next: 3, acked: 3})); !errors.Is(err, ErrCorruptQueue) {
-		t.Fatalf("decodeMeta(acked >= next) = %v", err)
+	full := appendSubMeta(nil, &subMeta{start: 3, baseG: 4})
+	if _, err := decodeSubMeta(full[:len(full)-1]); !errors.Is(err, ErrCorruptQueue) {
+		t.Fatalf("decodeSubMeta(truncated) = %v", err)
 	}
 }
 
 func TestQueueCodecRoundTrip(t *testing.T) {
 	m := Message{Subject: "a.b.c", Data: []byte("payload"), Hop: 3, Time: -1}
-	val, off := appendMessage(nil, &m)
-	if string(val[off:]) != "payload" {
-		t.Fatalf("data offset %d wrong", off)
+	val, _ := appendEntry(nil, &m, nil)
+	e, err := decodeEntry(val, false)
+	if err != nil || e.Subject != m.Subject || !bytes.Equal(e.Data, m.Data) || e.Hop != 3 || e.Time != -1 {
+		t.Fatalf("decode = %+v, %v", e, err)
 	}
-	got, err := decodeMessage(val)
-	if err != nil || got.Subject != m.Subject || !bytes.Equal(got.Data, m.Data) || got.Hop != 3 || got.Time != -1 {
-		t.Fatalf("decode = %+v, %v", got, err)
-	}
-	meta := queueMeta{next: 1 << 63, acked: 5, dropped: 6, delivered: 7, redelivered: 8, sentMax: 9, lastDelivered: -3}
-	gm, err := decodeMeta(appendMeta(nil, &meta))
+	meta := subMeta{start: 1, baseG: 1 << 62, baseSeq: 5, acked: 5, dropped: 6, delivered: 7, redelivered: 8, sentMax: 9, lastDelivered: -3}
+	gm, err := decodeSubMeta(appendSubMeta(nil, &meta))
 	if err != nil || gm != meta {
-		t.Fatalf("meta round trip = %+v, %v", gm, err)
+		t.Fatalf("sub meta round trip = %+v, %v", gm, err)
 	}
 	for _, seq := range []uint64{0, 1, 9, 10, 1<<64 - 1} {
 		s := string(appendSeq(nil, seq))
@@ -703,9 +698,6 @@ func TestQueueCodecRoundTrip(t *testing.T) {
 	}
 	if string(appendSeq(nil, 9)) >= string(appendSeq(nil, 10)) {
 		t.Fatal("sequence keys do not sort numerically")
-	}
-	if id, rest, ok := splitQueueKey("/queue/abc/meta"); !ok || id != "abc" || rest != "meta" {
-		t.Fatalf("splitQueueKey = %q %q %v", id, rest, ok)
 	}
 }
 
@@ -1178,46 +1170,6 @@ func TestQueueRoutingSurvivesRestart(t *testing.T) {
 	qs = openQueues(t, store, QueueOptions{})
 	wantItems(t, readAll(t, qs, "a", 0))
 	wantItems(t, readAll(t, qs, "b", 0), "1:x:both", "2:x:all three")
-}
-
-// TestQueueMigratesLegacyLayout opens a datastore written with one copy of
-// each message per subscription and checks that the queue continues with
-// the same sequence numbers from the shared log.
-func TestQueueMigratesLegacyLayout(t *testing.T) {
-	ctx := context.Background()
-	store := datastore.NewMemory().Batching()
-	s := Subscription{ID: "s", Subscriber: "peer-s", Pattern: "x.>", CreatedAt: time.Unix(1700000000, 0).UTC()}
-	raw, _ := json.Marshal(s)
-	put := func(k string, v []byte) {
-		if err := store.Put(ctx, ds.RawKey(k), v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	put(subKey("s"), raw)
-	put(queuePrefix("s")+metaSuffix, appendMeta(nil, &queueMeta{next: 6, acked: 2, delivered: 4}))
-	for seq := uint64(2); seq <= 5; seq++ { // 2 is an ack deletion that never ran
-		m := msg("x.y", strconv.FormatUint(seq, 10))
-		v, _ := appendMessage(nil, &m)
-		put(string(appendSeqKey(nil, queuePrefix("s"), seq)), v)
-	}
-	put(string(appendSeqKey(nil, queuePrefix("gone"), 1)), []byte{1})
-
-	qs := openQueues(t, store, QueueOptions{})
-	wantItems(t, readAll(t, qs, "s", 0), "3:x.y:3", "4:x.y:4", "5:x.y:5")
-	if st := status(t, qs, "s"); st.Acked != 2 || st.NextSeq != 6 || st.Delivered != 4 {
-		t.Fatalf("status = %+v", st)
-	}
-	for _, k := range keysUnder(t, store, queueNamespace) {
-		if !strings.HasPrefix(k, logPrefix) && !strings.HasPrefix(k, subMetaPrefix) {
-			t.Fatalf("legacy key %s left after migration", k)
-		}
-	}
-	publish(t, qs, msg("x.z", "6"))
-	if err := qs.Close(); err != nil {
-		t.Fatal(err)
-	}
-	qs = openQueues(t, store, QueueOptions{})
-	wantItems(t, readAll(t, qs, "s", 0), "3:x.y:3", "4:x.y:4", "5:x.y:5", "6:x.z:6")
 }
 
 func TestQueueLogCodec(t *testing.T) {
