@@ -132,6 +132,19 @@ func (i *instance) run(args ...string) (stdout, stderr string, code int) {
 
 func (i *instance) runIn(dir string, args ...string) (stdout, stderr string, code int) {
 	i.t.Helper()
+	return i.exec(dir, "", args...)
+}
+
+// runStdin runs coattail in the instance directory with input on stdin.
+func (i *instance) runStdin(input string, args ...string) (stdout, stderr string, code int) {
+	i.t.Helper()
+	return i.exec(i.dir, input, args...)
+}
+
+// exec is the one way tests run the binary: bounded in time, with the
+// test's environment, never leaving a "locked" error unnoticed.
+func (i *instance) exec(dir, input string, args ...string) (stdout, stderr string, code int) {
+	i.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binPath, args...)
@@ -139,6 +152,9 @@ func (i *instance) runIn(dir string, args ...string) (stdout, stderr string, cod
 	cmd.Env = childEnv(i.t, i.env...)
 	// A headless start leaves a service behind; it must not hold our pipes.
 	cmd.WaitDelay = 5 * time.Second
+	if input != "" {
+		cmd.Stdin = strings.NewReader(input)
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

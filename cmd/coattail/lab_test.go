@@ -315,24 +315,3 @@ func TestPublishStdinBatch(t *testing.T) {
 		t.Fatalf("publish --stdin: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
 	}
 }
-
-// runStdin runs coattail in the instance directory with input on stdin.
-func (i *instance) runStdin(input string, args ...string) (stdout, stderr string, code int) {
-	i.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binPath, args...)
-	cmd.Dir = i.dir
-	cmd.Env = childEnv(i.t, i.env...)
-	cmd.Stdin = strings.NewReader(input)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return out.String(), errb.String(), ee.ExitCode()
-	} else if err != nil {
-		i.t.Fatalf("coattail %s: %v", strings.Join(args, " "), err)
-	}
-	return out.String(), errb.String(), 0
-}

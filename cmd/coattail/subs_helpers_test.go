@@ -6,13 +6,10 @@ package main
 // files receivers write.
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -155,26 +152,9 @@ func (sub *instance) subscribe(pub *instance, pattern, receiver string) string {
 // and stderr.
 func (i *instance) publishStdin(subject string, lines []string, extra ...string) (code int, stderr string) {
 	i.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
-	defer cancel()
 	args := append([]string{"action", "publish", "--action", subject, "--stdin"}, extra...)
-	cmd := exec.CommandContext(ctx, binPath, args...)
-	cmd.Dir = i.dir
-	cmd.Env = childEnv(i.t, i.env...)
-	cmd.WaitDelay = 5 * time.Second
-	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee) && ee.Exited():
-		code = ee.ExitCode()
-	default:
-		i.t.Fatalf("%s: coattail %s: %v (stderr: %s)", i.name, strings.Join(args, " "), err, errb.String())
-	}
-	return code, errb.String()
+	_, stderr, code = i.runStdin(strings.Join(lines, "\n")+"\n", args...)
+	return code, stderr
 }
 
 // mustPublishRange publishes the integers from..to (inclusive) as JSON
