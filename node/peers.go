@@ -86,7 +86,7 @@ func (n *Node) AddPeer(ctx context.Context, raw string) (localapi.Peer, error) {
 	if err := n.peers.Put(ctx, rec.ID, rec); err != nil {
 		return localapi.Peer{}, err
 	}
-	if err := n.db.Sync(ctx, datastoreKey("/peers")); err != nil {
+	if err := n.db.Sync(ctx, n.peers.Namespace()); err != nil {
 		return localapi.Peer{}, err
 	}
 	n.log.Info("peer added", "peer", rec.ID, "token_id", rec.TokenID)
@@ -190,7 +190,7 @@ func (n *Node) RemovePeer(ctx context.Context, id string) error {
 	if err := n.peers.Delete(ctx, id); err != nil {
 		return err
 	}
-	if err := n.db.Sync(ctx, datastoreKey("/peers")); err != nil {
+	if err := n.db.Sync(ctx, n.peers.Namespace()); err != nil {
 		return err
 	}
 	if n.host != nil {
