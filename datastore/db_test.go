@@ -247,3 +247,45 @@ func TestSync(t *testing.T) {
 		}
 	}
 }
+
+func TestGetSorted(t *testing.T) {
+	db, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := t.Context()
+	b := db.Batching()
+	for _, k := range []string{"/q/01", "/q/03", "/q/04", "/q/09"} {
+		if err := b.Put(ctx, ds.RawKey(k), []byte("v"+k[3:])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Delete(ctx, ds.RawKey("/q/04")); err != nil {
+		t.Fatal(err)
+	}
+	sg, ok := b.(SortedGetter)
+	if !ok {
+		t.Fatal("the pebble Batching does not implement SortedGetter")
+	}
+	keys := [][]byte{[]byte("/q/00"), []byte("/q/01"), []byte("/q/02"), []byte("/q/03"), []byte("/q/04"), []byte("/q/09")}
+	var got []string
+	if err := sg.GetSorted(ctx, keys, func(i int, v []byte) error {
+		got = append(got, string(keys[i])+"="+string(v))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := "/q/00= /q/01=v01 /q/02= /q/03=v03 /q/04= /q/09=v09"
+	if s := strings.Join(got, " "); s != want {
+		t.Fatalf("GetSorted = %q, want %q", s, want)
+	}
+	stop := errors.New("stop")
+	calls := 0
+	if err := sg.GetSorted(ctx, keys, func(int, []byte) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
+		t.Fatalf("GetSorted with a failing callback = %v after %d calls, want stop after 1", err, calls)
+	}
+	if err := sg.GetSorted(ctx, nil, func(int, []byte) error { t.Fatal("called for no keys"); return nil }); err != nil {
+		t.Fatal(err)
+	}
+}

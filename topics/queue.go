@@ -1523,15 +1523,52 @@ func (qs *Queues) Read(id string, after uint64, maxItems, maxBytes int) ([]Item,
 	return qs.readStore(q, start, maxItems, maxBytes)
 }
 
+// sortedGetter is implemented by stores that read many keys in ascending
+// order more cheaply than one Get each (the pebble backend of package
+// datastore: one iterator instead of one per key).
+type sortedGetter interface {
+	GetSorted(ctx context.Context, keys [][]byte, fn func(i int, value []byte) error) error
+}
+
 // readStore reads items from start on from the log: it maps a chunk of
 // sequences to log positions under q.mu, then fetches the entries without
-// it.
+// it, in log order.
 func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]Item, error) {
 	type ref struct{ seq, pos uint64 }
 	var out []Item
 	var refs []ref
-	var key []byte
+	keys := make([][]byte, 0, readChunk)
+	var keyBuf []byte
 	bytes := 0
+	full := false
+	// add appends the entry of refs[i], read as val (nil: not found).
+	add := func(i int, val []byte) error {
+		r := refs[i]
+		if val == nil {
+			// Released meanwhile (acked or dropped), unless the
+			// datastore lost it.
+			q.mu.Lock()
+			lost := r.seq >= q.released
+			q.mu.Unlock()
+			if lost {
+				qs.log.Warn("queued publication missing from the log; skipped", "subscription", q.sub.ID, "seq", r.seq, "position", r.pos)
+			}
+			return nil
+		}
+		e, err := decodeEntry(val, true)
+		if err != nil {
+			return fmt.Errorf("topics: read %s: %w", keys[i], err)
+		}
+		sz := len(e.Subject) + len(e.Data)
+		if len(out) > 0 && maxBytes > 0 && bytes+sz > maxBytes {
+			full = true
+			return errStopRead
+		}
+		out = append(out, Item{Seq: r.seq, Message: e.Message})
+		bytes += sz
+		return nil
+	}
+	sorted, _ := qs.store.(sortedGetter)
 	for {
 		want := readChunk
 		if maxItems > 0 {
@@ -1548,33 +1585,43 @@ func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]I
 		if len(refs) == 0 {
 			return out, nil
 		}
+		keys, keyBuf = keys[:0], keyBuf[:0]
 		for _, r := range refs {
-			key = appendLogKey(key[:0], r.pos)
-			val, err := qs.store.Get(context.Background(), ds.RawKey(string(key)))
-			if errors.Is(err, ds.ErrNotFound) {
-				// Released meanwhile (acked or dropped), unless the
-				// datastore lost it.
-				q.mu.Lock()
-				lost := r.seq >= q.released
-				q.mu.Unlock()
-				if lost {
-					qs.log.Warn("queued publication missing from the log; skipped", "subscription", q.sub.ID, "seq", r.seq, "position", r.pos)
+			keyBuf = appendLogKey(keyBuf, r.pos)
+		}
+		for i := range refs {
+			keys = append(keys, keyBuf[i*logKeyLen:(i+1)*logKeyLen]) // keys have one length
+		}
+		var err error
+		if sorted != nil {
+			// The store's value is only valid during the call, and
+			// decodeEntry aliases it: hand it a copy.
+			err = sorted.GetSorted(context.Background(), keys, func(i int, val []byte) error {
+				if val != nil {
+					val = slices.Clone(val)
 				}
-				continue
+				return add(i, val)
+			})
+		} else {
+			for i := range refs {
+				val, gerr := qs.store.Get(context.Background(), ds.RawKey(string(keys[i])))
+				if errors.Is(gerr, ds.ErrNotFound) {
+					val, gerr = nil, nil
+				}
+				if gerr != nil {
+					err = gerr
+					break
+				}
+				if err = add(i, val); err != nil {
+					break
+				}
 			}
-			if err != nil {
-				return nil, fmt.Errorf("topics: read queue %q: %w", q.sub.ID, err)
-			}
-			e, err := decodeEntry(val, true)
-			if err != nil {
-				return nil, fmt.Errorf("topics: read %s: %w", key, err)
-			}
-			sz := len(e.Subject) + len(e.Data)
-			if len(out) > 0 && maxBytes > 0 && bytes+sz > maxBytes {
-				return out, nil
-			}
-			out = append(out, Item{Seq: r.seq, Message: e.Message})
-			bytes += sz
+		}
+		if full {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("topics: read queue %q: %w", q.sub.ID, err)
 		}
 		if maxItems > 0 && len(out) >= maxItems {
 			return out, nil
@@ -1582,6 +1629,12 @@ func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]I
 		start = refs[len(refs)-1].seq + 1
 	}
 }
+
+// logKeyLen is the length of every log key.
+const logKeyLen = len(logPrefix) + seqDigits
+
+// errStopRead ends a read that reached its byte limit.
+var errStopRead = errors.New("topics: read limit reached")
 
 // Wait returns a channel that is closed when the queue next gains items, or
 // when the subscription is removed or qs is closed. To not miss items that
