@@ -119,9 +119,11 @@ func Open(dir string, opts ...Option) (*DB, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	popts := &pebble.Options{
-		Lock:   lock,
-		Logger: pebbleLogger{l: logger},
+		Lock:         lock,
+		Logger:       pebbleLogger{l: logger},
+		MemTableSize: 64 << 20,
 	}
+	popts.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
 	dsopts := []pebbleds.Option{
 		pebbleds.WithPebbleOpts(popts),
 		pebbleds.WithCacheSize(o.cacheSize),
@@ -133,7 +135,11 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("datastore: open %s: %w", dir, err), lock.Close())
 	}
-	db := &DB{batching: sortedGetter{pds}, pebble: pds, lock: lock}
+	wo := pebble.NoSync
+	if o.syncWrites {
+		wo = pebble.Sync
+	}
+	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo}, pebble: pds, lock: lock}
 	if err := db.checkSchema(context.Background(), dir); err != nil {
 		return nil, errors.Join(err, db.Close())
 	}
@@ -243,10 +249,62 @@ type SortedGetter interface {
 	GetSorted(ctx context.Context, keys [][]byte, fn func(i int, value []byte) error) error
 }
 
-// sortedGetter adds GetSorted to the pebble datastore.
-type sortedGetter struct{ *pebbleds.Datastore }
+// SizedBatcher is implemented by the Batching of a pebble DB: a batch whose
+// buffer is allocated for size bytes of keys and values up front. A large
+// batch built without it grows by doubling, copying everything written so
+// far each time (a 16 MiB batch of queued publications costs ~64 MiB of
+// allocation that way).
+type SizedBatcher interface {
+	SizedBatch(ctx context.Context, size int) (ds.Batch, error)
+}
 
-func (s sortedGetter) GetSorted(ctx context.Context, keys [][]byte, fn func(int, []byte) error) error {
+// pebbleBatching adds GetSorted and SizedBatch to the pebble datastore.
+type pebbleBatching struct {
+	*pebbleds.Datastore
+	wo *pebble.WriteOptions
+}
+
+func (s pebbleBatching) SizedBatch(_ context.Context, size int) (ds.Batch, error) {
+	return &sizedBatch{b: s.DB.NewBatchWithSize(size), wo: s.wo}, nil
+}
+
+// sizedBatch is a ds.Batch over a pre-sized pebble batch.
+type sizedBatch struct {
+	b  *pebble.Batch
+	wo *pebble.WriteOptions
+}
+
+// errBatchCommitted is returned by a sizedBatch used after Commit.
+var errBatchCommitted = errors.New("datastore: batch already committed")
+
+func (b *sizedBatch) Put(_ context.Context, key ds.Key, value []byte) error {
+	if b.b == nil {
+		return errBatchCommitted
+	}
+	return b.b.Set(key.Bytes(), value, nil)
+}
+
+func (b *sizedBatch) Delete(_ context.Context, key ds.Key) error {
+	if b.b == nil {
+		return errBatchCommitted
+	}
+	return b.b.Delete(key.Bytes(), nil)
+}
+
+func (b *sizedBatch) Commit(context.Context) error {
+	if b.b == nil {
+		return errBatchCommitted
+	}
+	err := b.b.Commit(b.wo)
+	_ = b.b.Close()
+	b.b = nil
+	if err != nil {
+		return fmt.Errorf("datastore: commit batch: %w", err)
+	}
+	return nil
+}
+
+func (s pebbleBatching) GetSorted(ctx context.Context, keys [][]byte, fn func(int, []byte) error) error {
 	if len(keys) == 0 {
 		return nil
 	}

@@ -81,8 +81,11 @@ type NetworkConfig struct {
 	Relays      []string `yaml:"relays"`
 	PortMapping bool     `yaml:"port_mapping"`
 	HolePunch   bool     `yaml:"hole_punching"`
-	AutoNAT     bool     `yaml:"autonat"`
-	RelayServer bool     `yaml:"relay_service"`
+	// PreferTransport is PreferTCP or PreferQUIC: which transport a dial
+	// tries first when a peer has both (see preferTCPRanker).
+	PreferTransport string `yaml:"prefer_transport"`
+	AutoNAT         bool   `yaml:"autonat"`
+	RelayServer     bool   `yaml:"relay_service"`
 	// RelayLimitDuration and RelayLimitData bound each circuit this
 	// instance relays (zero: no bound in that dimension); the relay resets
 	// a circuit that reaches either. See docs/NAT.md for why the defaults
@@ -135,8 +138,10 @@ func DefaultConfig(port int) Config {
 			PortMapping: true,
 			HolePunch:   true,
 			AutoNAT:     true,
-			ConnLow:     64,
-			ConnHigh:    256,
+
+			PreferTransport: PreferTCP,
+			ConnLow:         64,
+			ConnHigh:        256,
 
 			RelayLimitDuration:   time.Hour,
 			RelayLimitData:       64 << 20,
@@ -228,6 +233,9 @@ func (c *Config) Validate() error {
 		if _, err := m.ValueForProtocol(ma.P_P2P); err != nil {
 			bad("network.relays: %q must end in /p2p/<peer-id>", s)
 		}
+	}
+	if p := c.Network.PreferTransport; p != PreferTCP && p != PreferQUIC {
+		bad("network.prefer_transport: %q is not %q or %q", p, PreferTCP, PreferQUIC)
 	}
 	if c.Network.ConnLow < 1 || c.Network.ConnHigh < c.Network.ConnLow {
 		bad("network.conn_low/conn_high: need 1 <= conn_low <= conn_high (got %d, %d)", c.Network.ConnLow, c.Network.ConnHigh)
@@ -328,6 +336,11 @@ network:
   port_mapping: {{.C.Network.PortMapping}}
   # Direct connection upgrade through relay (hole punching). Default: true.
   hole_punching: {{.C.Network.HolePunch}}
+  # Which transport to dial first when a peer listens on both: tcp or
+  # quic. TCP moves about twice the bytes per CPU second between two hosts
+  # (docs/PERFORMANCE.md); libp2p's own default is quic. Hole punching
+  # tries both at once either way. Default: tcp.
+  prefer_transport: {{.C.Network.PreferTransport}}
   # AutoNAT reachability detection. Default: true.
   autonat: {{.C.Network.AutoNAT}}
   # Serve as a circuit-relay v2 relay for others (same as

@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/libp2p/go-libp2p/p2p/protocol/holepunch"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
@@ -82,6 +83,9 @@ func buildHost(n *Node) (host.Host, error) {
 		libp2p.ResourceManager(rm),
 		libp2p.UserAgent("coattail/" + Version),
 		libp2p.EnableRelay(),
+	}
+	if nc.PreferTransport == PreferTCP {
+		opts = append(opts, libp2p.SwarmOpts(swarm.WithDialRanker(preferTCPRanker)))
 	}
 	if nc.PortMapping {
 		opts = append(opts, libp2p.NATPortMap())

@@ -1207,7 +1207,23 @@ func (qs *Queues) admit(r *pubReq, scratch *[]*queue) bool {
 // which keeps subMeta's invariant across crashes. Called with commitMu
 // held.
 func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
-	b, err := qs.store.Batch(ctx)
+	var b ds.Batch
+	var err error
+	if sb, ok := qs.store.(sizedBatcher); ok {
+		// Room for every record of the round: key, value and pebble's
+		// few bytes of framing each, plus the subscriptions' state and
+		// some deletes (beyond that the batch grows as usual).
+		size := 64
+		for _, t := range rd.touches {
+			size += len(subMetaPrefix) + len(t.q.sub.ID) + subMetaMaxLen + 16
+		}
+		for _, p := range rd.puts {
+			size += logKeyLen + len(p.val) + 16
+		}
+		b, err = sb.SizedBatch(ctx, size)
+	} else {
+		b, err = qs.store.Batch(ctx)
+	}
 	if err != nil {
 		return fmt.Errorf("topics: batch: %w", err)
 	}
@@ -1528,6 +1544,13 @@ func (qs *Queues) Read(id string, after uint64, maxItems, maxBytes int) ([]Item,
 // datastore: one iterator instead of one per key).
 type sortedGetter interface {
 	GetSorted(ctx context.Context, keys [][]byte, fn func(i int, value []byte) error) error
+}
+
+// sizedBatcher is implemented by stores whose batches can be allocated at
+// their final size (package datastore's pebble backend), which saves
+// copying a large round several times while it grows.
+type sizedBatcher interface {
+	SizedBatch(ctx context.Context, size int) (ds.Batch, error)
 }
 
 // readStore reads items from start on from the log: it maps a chunk of

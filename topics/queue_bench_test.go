@@ -109,7 +109,8 @@ func rawPebbleRate(b *testing.B, batches, size int) float64 {
 	var key []byte
 	start := time.Now()
 	for range batches {
-		bt, err := store.Batch(ctx)
+		// A pre-sized batch, as the queue's rounds use.
+		bt, err := store.(datastore.SizedBatcher).SizedBatch(ctx, benchBatch*(len(val)+logKeyLen+16))
 		if err != nil {
 			b.Fatal(err)
 		}

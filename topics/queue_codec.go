@@ -232,6 +232,9 @@ type subMeta struct {
 	lastDelivered int64 // unix nanos, 0 if never
 }
 
+// subMetaMaxLen is the longest encoding of a subMeta.
+const subMetaMaxLen = 1 + 8*binary.MaxVarintLen64 + binary.MaxVarintLen64
+
 // appendSubMeta appends the stored form of m:
 //
 //	version byte | uvarint start, baseG, baseSeq, acked, dropped, delivered,

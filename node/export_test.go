@@ -1,0 +1,4 @@
+package node
+
+// PreferTCPRanker exposes the dial ranker to the external tests.
+var PreferTCPRanker = preferTCPRanker
