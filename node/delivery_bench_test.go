@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,17 +30,25 @@ import (
 //
 //	go test -run '^$' -bench 'Delivery' -benchtime 2x ./node/
 //
-// -benchtime Nx sets how many batches of deliveryBatch messages each case
+// -benchtime Nx sets how many times deliveryBatch messages each case
 // publishes; results are recorded in docs/PERFORMANCE.md.
 
 const (
-	// deliveryBatch is the number of messages per PublishBatch call, and
-	// per write of the raw baseline.
+	// deliveryBatch is the largest number of messages per PublishBatch
+	// call and per write of the raw baseline; see batchFor.
 	deliveryBatch = 256
+	// deliveryBatchBytes bounds a batch in payload bytes, so a 64 KiB
+	// publication is published 16 at a time rather than 16 MiB per call.
+	deliveryBatchBytes = 1 << 20
+	// deliveryWindow is how many payload bytes a paced publisher keeps
+	// published but not yet processed by every subscriber, as an
+	// application bounding its outstanding publications would (and as a
+	// raw stream's flow control does for the baseline).
+	deliveryWindow = 8 << 20
 	// deliveryPublishers is how many goroutines of the publishing program
 	// call PublishBatch at once, so that group commit has something to
 	// merge, as an application publishing from several handlers would.
-	deliveryPublishers = 4
+	deliveryPublishers = 16
 	// deliveryRawProto is the baseline: a bare libp2p protocol registered
 	// for the duration of a benchmark.
 	deliveryRawProto = protocol.ID("/coattail-bench/raw/1.0.0")
@@ -106,10 +115,18 @@ func newDeliveryCluster(b *testing.B, n int, receiver string, setup func(sub *no
 	return c
 }
 
+// batchFor returns the number of messages of size bytes per batch.
+func batchFor(size int) int {
+	return max(1, min(deliveryBatch, deliveryBatchBytes/size))
+}
+
 // publishAll publishes total messages of payload in batches of
-// deliveryBatch from deliveryPublishers goroutines.
-func publishAll(b *testing.B, pub *node.Node, total int, payload json.RawMessage) {
+// batchFor(len(payload)) from deliveryPublishers goroutines. If processed
+// is not nil, a publisher waits before each batch until the batch would
+// leave at most window messages published but not yet processed.
+func publishAll(b *testing.B, pub *node.Node, total int, payload json.RawMessage, window int64, processed func() int64) {
 	b.Helper()
+	size := int64(batchFor(len(payload)))
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, deliveryPublishers)
@@ -117,18 +134,21 @@ func publishAll(b *testing.B, pub *node.Node, total int, payload json.RawMessage
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			msgs := make([]node.Message, deliveryBatch)
+			msgs := make([]node.Message, size)
 			for i := range msgs {
 				msgs[i] = node.Message{Subject: deliverySubject, Data: payload}
 			}
 			for {
-				end := next.Add(deliveryBatch)
-				start := end - deliveryBatch
+				end := next.Add(size)
+				start := end - size
 				if start >= int64(total) {
 					return
 				}
-				batch := msgs[:min(int64(deliveryBatch), int64(total)-start)]
-				if _, err := pub.PublishBatch(context.Background(), batch); err != nil {
+				end = min(end, int64(total))
+				for processed != nil && end-processed() > window {
+					time.Sleep(100 * time.Microsecond)
+				}
+				if _, err := pub.PublishBatch(context.Background(), msgs[:end-start]); err != nil {
 					errs <- err
 					return
 				}
@@ -142,126 +162,186 @@ func publishAll(b *testing.B, pub *node.Node, total int, payload json.RawMessage
 	}
 }
 
-// rawStreamRate sends total length-prefixed payloads from one host to
-// another over one libp2p stream, deliveryBatch per write, and returns
-// messages per second until the reader has counted them all.
-func rawStreamRate(b *testing.B, from, to *node.Node, total int, payload []byte) float64 {
+// rawStreamRate sends total length-prefixed payloads from one host to each
+// of the others, all at once, over one libp2p stream each, a batch per
+// write, and returns messages per second per destination until every
+// reader has counted them all: the same payloads between the same hosts as
+// the durable case, with nothing stored, routed or acknowledged.
+func rawStreamRate(b *testing.B, from *node.Node, to []*node.Node, total int, payload []byte) float64 {
 	b.Helper()
-	counted := make(chan error, 1)
-	to.Host().SetStreamHandler(deliveryRawProto, func(s network.Stream) {
-		defer s.Close()
-		br := bufio.NewReaderSize(s, 256<<10)
-		buf := make([]byte, len(payload))
-		for i := 0; i < total; i++ {
-			n, err := binary.ReadUvarint(br)
-			if err == nil && n != uint64(len(payload)) {
-				err = fmt.Errorf("raw frame of %d bytes, want %d", n, len(payload))
+	counted := make(chan error, len(to))
+	for _, dst := range to {
+		dst.Host().SetStreamHandler(deliveryRawProto, func(s network.Stream) {
+			defer s.Close()
+			br := bufio.NewReaderSize(s, 256<<10)
+			buf := make([]byte, len(payload))
+			for i := 0; i < total; i++ {
+				n, err := binary.ReadUvarint(br)
+				if err == nil && n != uint64(len(payload)) {
+					err = fmt.Errorf("raw frame of %d bytes, want %d", n, len(payload))
+				}
+				if err == nil {
+					_, err = io.ReadFull(br, buf)
+				}
+				if err != nil {
+					counted <- err
+					_ = s.Reset()
+					return
+				}
 			}
-			if err == nil {
-				_, err = io.ReadFull(br, buf)
-			}
-			if err != nil {
-				counted <- err
-				_ = s.Reset()
-				return
-			}
-		}
-		_, err := s.Write([]byte{1})
-		counted <- err
-	})
-	defer to.Host().RemoveStreamHandler(deliveryRawProto)
+			_, err := s.Write([]byte{1})
+			counted <- err
+		})
+		defer dst.Host().RemoveStreamHandler(deliveryRawProto)
+	}
 
 	frame := append(binary.AppendUvarint(nil, uint64(len(payload))), payload...)
-	batch := make([]byte, 0, len(frame)*deliveryBatch)
-	for range deliveryBatch {
+	per := batchFor(len(payload))
+	batch := make([]byte, 0, len(frame)*per)
+	for range per {
 		batch = append(batch, frame...)
 	}
 	ctx := testCtx(b)
+	errs := make(chan error, len(to))
 	start := time.Now()
-	s, err := from.Host().NewStream(ctx, to.ID(), deliveryRawProto)
-	if err != nil {
-		b.Fatalf("raw stream: %v", err)
+	for _, dst := range to {
+		go func() {
+			errs <- func() error {
+				s, err := from.Host().NewStream(ctx, dst.ID(), deliveryRawProto)
+				if err != nil {
+					return fmt.Errorf("raw stream: %w", err)
+				}
+				defer s.Close()
+				for sent := 0; sent < total; sent += per {
+					n := min(per, total-sent)
+					if _, err := s.Write(batch[:n*len(frame)]); err != nil {
+						return fmt.Errorf("raw write: %w", err)
+					}
+				}
+				var ack [1]byte
+				if _, err := io.ReadFull(s, ack[:]); err != nil {
+					return fmt.Errorf("raw ack: %w", err)
+				}
+				return nil
+			}()
+		}()
 	}
-	defer s.Close()
-	for sent := 0; sent < total; sent += deliveryBatch {
-		n := min(deliveryBatch, total-sent)
-		if _, err := s.Write(batch[:n*len(frame)]); err != nil {
-			b.Fatalf("raw write: %v", err)
+	for range to {
+		if err := <-counted; err != nil {
+			b.Fatalf("raw reader: %v", err)
 		}
-	}
-	if err := <-counted; err != nil {
-		b.Fatalf("raw reader: %v", err)
-	}
-	var ack [1]byte
-	if _, err := io.ReadFull(s, ack[:]); err != nil {
-		b.Fatalf("raw ack: %v", err)
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
 	}
 	return float64(total) / time.Since(start).Seconds()
 }
 
 // BenchmarkDelivery measures durable publish → subscriber-ack throughput
 // of 128 B and 64 KiB publications from one publisher node to 1 and to 10
-// subscriber nodes, each with an in-process Go receiver; b.N is the number
-// of batches of deliveryBatch messages. In the same run it measures a raw
-// libp2p stream carrying the same payloads with the same batching from the
-// publisher host to one subscriber host, and reports the ratio as x-raw.
+// subscriber nodes, each with an in-process Go receiver; it publishes
+// b.N × deliveryBatch messages. In the same run it measures a raw libp2p
+// stream carrying the same payloads with the same batching from the
+// publisher host to every subscriber host at once, and reports the ratio
+// of the two rates per subscriber host as x-raw.
+//
+// Two modes: "burst" publishes everything as fast as the publisher
+// accepts it, so the subscribers fall behind and the backlog is read back
+// from the datastore (catching up after an outage looks like this);
+// "paced" keeps at most deliveryWindow bytes published but not yet
+// processed, the steady state of subscribers that keep up, which is also
+// what the raw stream's flow control does to the baseline.
 func BenchmarkDelivery(b *testing.B) {
-	type result struct {
-		name                string
-		rate, raw, mbs, rMB float64
-	}
-	var results []result
-	for _, size := range []int{128, 64 << 10} {
-		for _, subs := range []int{1, 10} {
-			name := fmt.Sprintf("size=%d/subs=%d", size, subs)
-			b.Run(name, func(b *testing.B) {
-				total := b.N * deliveryBatch
-				counts := make([]*deliveryCount, 0, subs)
-				c := newDeliveryCluster(b, subs, "bench.count", func(sub *node.Node) {
-					cnt := &deliveryCount{target: int64(total), done: make(chan struct{})}
-					counts = append(counts, cnt)
-					if err := sub.RegisterReceiver("bench.count", cnt.handler); err != nil {
-						b.Fatal(err)
+	var results []deliveryResult
+	for _, mode := range []string{"paced", "burst"} {
+		for _, size := range []int{128, 64 << 10} {
+			for _, subs := range []int{1, 10} {
+				name := fmt.Sprintf("%s/size=%d/subs=%d", mode, size, subs)
+				b.Run(name, func(b *testing.B) {
+					r := benchDelivery(b, mode == "paced", size, subs)
+					r.name = name
+					if len(results) > 0 && results[len(results)-1].name == name {
+						results[len(results)-1] = r // b.Run calls again with a larger b.N
+					} else {
+						results = append(results, r)
 					}
 				})
-				payload := deliveryPayload(size)
-
-				b.ResetTimer()
-				start := time.Now()
-				publishAll(b, c.pub, total, payload)
-				timeout := time.NewTimer(deliveryTimeout)
-				defer timeout.Stop()
-				for i, cnt := range counts {
-					select {
-					case <-cnt.done:
-					case <-timeout.C:
-						b.Fatalf("subscriber %d processed %d of %d publications", i, cnt.n.Load(), total)
-					}
-				}
-				elapsed := time.Since(start)
-				b.StopTimer()
-
-				raw := rawStreamRate(b, c.pub, c.subs[0], total, payload)
-				rate := float64(total) / elapsed.Seconds()
-				r := result{name: name, rate: rate, raw: raw, mbs: rate * float64(size) / 1e6, rMB: raw * float64(size) / 1e6}
-				b.ReportMetric(0, "ns/op")
-				b.ReportMetric(r.rate, "msgs/s")
-				b.ReportMetric(r.mbs, "MB/s")
-				b.ReportMetric(r.raw, "raw-msgs/s")
-				b.ReportMetric(r.rate/r.raw, "x-raw")
-				if len(results) > 0 && results[len(results)-1].name == name {
-					results[len(results)-1] = r // b.Run calls again with a larger b.N
-				} else {
-					results = append(results, r)
-				}
-			})
+			}
 		}
 	}
-	b.Logf("durable delivery, one publisher node, %d-message batches, %d publishing goroutines; rate per subscriber host", deliveryBatch, deliveryPublishers)
-	b.Logf("%-20s %12s %10s %12s %10s %7s", "case", "msgs/s", "MB/s", "raw msgs/s", "raw MB/s", "x-raw")
+	b.Logf("durable delivery, one publisher node, batches of min(%d messages, %d KiB), %d publishing goroutines, paced window %d MiB; rates per subscriber host", deliveryBatch, deliveryBatchBytes>>10, deliveryPublishers, deliveryWindow>>20)
+	b.Logf("%-28s %12s %10s %12s %10s %7s", "case", "msgs/s", "MB/s", "raw msgs/s", "raw MB/s", "x-raw")
 	for _, r := range results {
-		b.Logf("%-20s %12.0f %10.1f %12.0f %10.1f %7.2f", r.name, r.rate, r.mbs, r.raw, r.rMB, r.rate/r.raw)
+		b.Logf("%-28s %12.0f %10.1f %12.0f %10.1f %7.2f", r.name, r.rate, r.mbs, r.raw, r.rMB, r.rate/r.raw)
 	}
+}
+
+// deliveryResult is one case of BenchmarkDelivery.
+type deliveryResult = struct {
+	name                string
+	rate, raw, mbs, rMB float64
+}
+
+// benchDelivery runs one case of BenchmarkDelivery and reports its metrics.
+func benchDelivery(b *testing.B, paced bool, size, subs int) deliveryResult {
+	total := b.N * deliveryBatch
+	counts := make([]*deliveryCount, 0, subs)
+	c := newDeliveryCluster(b, subs, "bench.count", func(sub *node.Node) {
+		cnt := &deliveryCount{target: int64(total), done: make(chan struct{})}
+		counts = append(counts, cnt)
+		if err := sub.RegisterReceiver("bench.count", cnt.handler); err != nil {
+			b.Fatal(err)
+		}
+	})
+	payload := deliveryPayload(size)
+	var processed func() int64
+	window := max(int64(deliveryPublishers*batchFor(size)), deliveryWindow/int64(size))
+	if paced {
+		processed = func() int64 {
+			least := int64(total)
+			for _, cnt := range counts {
+				least = min(least, cnt.n.Load())
+			}
+			return least
+		}
+	}
+
+	b.ResetTimer()
+	cpu0 := cpuTime(b)
+	start := time.Now()
+	publishAll(b, c.pub, total, payload, window, processed)
+	timeout := time.NewTimer(deliveryTimeout)
+	defer timeout.Stop()
+	for i, cnt := range counts {
+		select {
+		case <-cnt.done:
+		case <-timeout.C:
+			b.Fatalf("subscriber %d processed %d of %d publications", i, cnt.n.Load(), total)
+		}
+	}
+	elapsed := time.Since(start)
+	cores := (cpuTime(b) - cpu0).Seconds() / elapsed.Seconds()
+	b.StopTimer()
+
+	raw := rawStreamRate(b, c.pub, c.subs, total, payload)
+	rate := float64(total) / elapsed.Seconds()
+	r := deliveryResult{rate: rate, raw: raw, mbs: rate * float64(size) / 1e6, rMB: raw * float64(size) / 1e6}
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(r.rate, "msgs/s")
+	b.ReportMetric(r.mbs, "MB/s")
+	b.ReportMetric(r.raw, "raw-msgs/s")
+	b.ReportMetric(r.rate/r.raw, "x-raw")
+	b.ReportMetric(cores, "cores")
+	return r
+}
+
+// cpuTime returns the CPU time (user and system) this process has used.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatalf("getrusage: %v", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // deliveryExecReceiver is a minimal executable receiver: it reads its
@@ -282,7 +362,7 @@ func BenchmarkDeliveryExecReceiver(b *testing.B) {
 	payload := deliveryPayload(128)
 	b.ResetTimer()
 	start := time.Now()
-	publishAll(b, c.pub, b.N, payload)
+	publishAll(b, c.pub, b.N, payload, 0, nil)
 	checkFor(b, deliveryTimeout, time.Millisecond, func() error {
 		st := c.pub.Subscribers()
 		if len(st) != 1 || st[0].Acked < uint64(b.N) {
