@@ -21,7 +21,7 @@ import (
 // Delivery tuning. The window bounds what a subscriber holds unacked; a
 // frame carries up to deliverBatch messages or deliverBytes bytes.
 const (
-	deliverWindow = 65536
+	deliverWindow = 4096
 	deliverBatch  = 512
 	deliverBytes  = 256 << 10
 	// limitedDeliverWindow is the window over a limited relayed
