@@ -254,8 +254,18 @@ type SortedGetter interface {
 // batch built without it grows by doubling, copying everything written so
 // far each time (a 16 MiB batch of queued publications costs ~64 MiB of
 // allocation that way).
+//
+// Its batches also implement RangeDeleter.
 type SizedBatcher interface {
 	SizedBatch(ctx context.Context, size int) (ds.Batch, error)
+}
+
+// RangeDeleter is implemented by the batches of SizedBatcher: one range
+// tombstone instead of a tombstone per key, which is how a queue deletes a
+// run of delivered entries.
+type RangeDeleter interface {
+	// DeleteRange deletes every key k with start <= k < end in byte order.
+	DeleteRange(ctx context.Context, start, end []byte) error
 }
 
 // pebbleBatching adds GetSorted and SizedBatch to the pebble datastore.
@@ -289,6 +299,14 @@ func (b *sizedBatch) Delete(_ context.Context, key ds.Key) error {
 		return errBatchCommitted
 	}
 	return b.b.Delete(key.Bytes(), nil)
+}
+
+// DeleteRange deletes every key k with start <= k < end (byte order).
+func (b *sizedBatch) DeleteRange(_ context.Context, start, end []byte) error {
+	if b.b == nil {
+		return errBatchCommitted
+	}
+	return b.b.DeleteRange(start, end, nil)
 }
 
 func (b *sizedBatch) Commit(context.Context) error {

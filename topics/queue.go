@@ -1299,13 +1299,8 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 			firstErr = b.Put(ctx, ds.RawKey(subMetaKey(q.sub.ID)), slices.Clone(metaBuf))
 		}
 	}
-	var key []byte
-	for _, pos := range gone {
-		if firstErr != nil {
-			break
-		}
-		key = appendLogKey(key[:0], pos)
-		firstErr = b.Delete(ctx, ds.RawKey(string(key)))
+	if firstErr == nil {
+		firstErr = deleteLog(ctx, b, gone)
 	}
 	qs.trimRefs()
 	if firstErr != nil {
@@ -1544,6 +1539,44 @@ func (qs *Queues) Read(id string, after uint64, maxItems, maxBytes int) ([]Item,
 // datastore: one iterator instead of one per key).
 type sortedGetter interface {
 	GetSorted(ctx context.Context, keys [][]byte, fn func(i int, value []byte) error) error
+}
+
+// rangeDeleter is implemented by batches that delete a key range with one
+// tombstone (package datastore's pebble batches).
+type rangeDeleter interface {
+	DeleteRange(ctx context.Context, start, end []byte) error
+}
+
+// deleteLog deletes the log entries at positions gone in b. Runs of
+// consecutive positions become one range deletion when b supports it: a
+// subscription that takes every publication releases whole runs, and one
+// range tombstone costs the LSM far less than a tombstone per entry. A run
+// holds only positions in gone, so it never covers an entry still needed.
+func deleteLog(ctx context.Context, b ds.Batch, gone []uint64) error {
+	rd, ranges := b.(rangeDeleter)
+	if ranges {
+		slices.Sort(gone)
+	}
+	var key, end []byte
+	for i := 0; i < len(gone); {
+		j := i + 1
+		if ranges {
+			for j < len(gone) && gone[j] == gone[j-1]+1 {
+				j++
+			}
+		}
+		key = appendLogKey(key[:0], gone[i])
+		if j-i > 1 {
+			end = appendLogKey(end[:0], gone[j-1]+1)
+			if err := rd.DeleteRange(ctx, key, end); err != nil {
+				return err
+			}
+		} else if err := b.Delete(ctx, ds.RawKey(string(key))); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
 }
 
 // sizedBatcher is implemented by stores whose batches can be allocated at

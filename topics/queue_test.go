@@ -1239,3 +1239,47 @@ func TestPosIndex(t *testing.T) {
 		t.Fatalf("runs after trimming everything = %+v", x.runs)
 	}
 }
+
+// Released runs of consecutive log positions are deleted with one range
+// deletion on pebble; a run never covers a position another subscription
+// still needs.
+func TestQueueLogRangeDeletes(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		qs := openQueues(t, store, QueueOptions{})
+		addSub(t, qs, "all", ">")
+		addSub(t, qs, "odd", "odd")
+		var msgs []Message
+		for i := 1; i <= 12; i++ {
+			subject := "even"
+			if i%2 == 1 || i > 8 {
+				subject = "odd" // 1,3,5,7 and 9..12
+			}
+			msgs = append(msgs, msg(subject, strconv.Itoa(i)))
+		}
+		publish(t, qs, msgs...)
+		wantPositions(t, store, span(1, 12))
+		// "all" acks everything: the even positions 2..8 go one by one,
+		// the positions "odd" still needs (1,3,5,7,9..12) stay.
+		if err := qs.Ack("all", 12); err != nil {
+			t.Fatal(err)
+		}
+		want := []uint64{1, 3, 5, 7, 9, 10, 11, 12}
+		waitFor(t, func() bool { return slices.Equal(logPositions(t, store), want) })
+		wantItems(t, readAll(t, qs, "odd", 4), "5:odd:9", "6:odd:10", "7:odd:11", "8:odd:12")
+		// "odd" acks up to position 10: 1..7 (isolated) and 9..10 (a run)
+		// go, 11 and 12 stay readable.
+		if err := qs.Ack("odd", 6); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return slices.Equal(logPositions(t, store), []uint64{11, 12}) })
+		wantItems(t, readAll(t, qs, "odd", 6), "7:odd:11", "8:odd:12")
+		if err := qs.Ack("odd", 8); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return len(logPositions(t, store)) == 0 })
+		// Later publications are unaffected by the tombstones.
+		publish(t, qs, msg("odd", "13"))
+		wantPositions(t, store, []uint64{13})
+		wantItems(t, readAll(t, qs, "odd", 8), "9:odd:13")
+	})
+}
