@@ -216,6 +216,10 @@ type Invocation struct {
 	Subscription string
 	Hop          uint32
 	log          func(string)
+	// receiverLog, when log is nil, writes the line to this node's log
+	// with the publication's fields: a receiver called inline costs no
+	// closure per publication.
+	receiverLog *Node
 }
 
 // InvocationFrom returns the invocation an in-process handler serves (nil
@@ -228,9 +232,19 @@ func InvocationFrom(ctx context.Context) *Invocation {
 // Log sends one log line of an in-process handler to whoever performed it
 // (the CLI, or a remote caller), like a stderr line of an executable.
 func Log(ctx context.Context, line string) {
-	if inv := InvocationFrom(ctx); inv != nil && inv.log != nil {
+	inv := InvocationFrom(ctx)
+	switch {
+	case inv == nil:
+	case inv.log != nil:
 		inv.log(line)
+	case inv.receiverLog != nil:
+		inv.receiverLog.logReceiverLine(inv.Name, inv.Subscription, inv.Sequence, line)
 	}
+}
+
+// logReceiverLine logs one line a receiver wrote (stderr, or node.Log).
+func (n *Node) logReceiverLine(receiver, subscription string, seq uint64, line string) {
+	n.log.Info("receiver log", "receiver", receiver, "subscription", subscription, "seq", seq, "line", line)
 }
 
 // Start brings up the libp2p host and protocols (unless offline).

@@ -379,9 +379,6 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 	if len(data) == 0 {
 		data = nil
 	}
-	logLine := func(line string) {
-		n.log.Info("receiver log", "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "line", line)
-	}
 	var run func() error
 	if h, ok := n.inProcessReceiver(sub.Receiver); ok {
 		// In-process receivers are the embedding program's own code: they
@@ -391,7 +388,7 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 			data = nil
 		}
 		ictx := context.WithValue(ctx, invocationKey{}, &Invocation{Kind: string(runner.KindReceiver), Name: sub.Receiver, Caller: sub.Publisher,
-			Publisher: sub.Publisher, Subject: d.Subject, Sequence: d.Seq, Subscription: sub.ID, Hop: d.Hop, log: logLine})
+			Publisher: sub.Publisher, Subject: d.Subject, Sequence: d.Seq, Subscription: sub.ID, Hop: d.Hop, receiverLog: n})
 		run = func() error { return callInline(ictx, h, sub.Receiver, data) }
 	} else {
 		inv := runner.Invocation{Kind: runner.KindReceiver, Name: sub.Receiver, Input: data, Caller: sub.Publisher,
@@ -402,7 +399,7 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 				"COATTAIL_SUBSCRIPTION": sub.ID,
 				"COATTAIL_HOP":          strconv.FormatUint(uint64(d.Hop), 10),
 			},
-			Log: logLine,
+			Log: func(line string) { n.logReceiverLine(sub.Receiver, sub.ID, d.Seq, line) },
 		}
 		run = func() error { _, err := n.runner.Run(ctx, inv); return err }
 	}

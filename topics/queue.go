@@ -232,6 +232,7 @@ type queue struct {
 	cDrop  uint64 // head implied by drop_oldest, as far as assigned
 	cHead  uint64 // sequences below it are released: their references dropped
 	cAdd   int    // scratch: entries of the request being checked
+	cCount int    // scratch: entries a round may route here (sizes its touch)
 	cRound uint64 // round in which touch was assigned
 	cTouch int    // index of this queue's touch in that round
 
@@ -1074,12 +1075,22 @@ func (qs *Queues) commitRound(first *pubReq) {
 	qs.commitMu.Lock()
 	qs.roundID++
 	id := qs.roundID
+	// Size the round's slices up front: growing them by doubling was a
+	// third of the publish path's allocation.
+	msgs := 0
+	for _, r := range rd.reqs {
+		msgs += len(r.msgs)
+		for _, tg := range r.targets {
+			tg.q.cCount++
+		}
+	}
+	rd.puts = make([]logPut, 0, msgs)
 	touchOf := func(q *queue) *touch {
 		if q.cRound == id {
 			return rd.touches[q.cTouch]
 		}
 		q.cRound, q.cTouch = id, len(rd.touches)
-		t := &touch{q: q, first: q.cNext}
+		t := &touch{q: q, first: q.cNext, items: make([]Item, 0, q.cCount), pos: make([]uint64, 0, q.cCount)}
 		rd.touches = append(rd.touches, t)
 		return t
 	}
@@ -1132,6 +1143,12 @@ func (qs *Queues) commitRound(first *pubReq) {
 				q.cNext++
 				r.n++
 			}
+		}
+	}
+
+	for _, r := range rd.reqs {
+		for _, tg := range r.targets {
+			tg.q.cCount = 0
 		}
 	}
 
