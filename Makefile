@@ -32,8 +32,8 @@ test-short: ## unit tests only, no race detector
 bench: ## benchmarks; each prints a ratio against a baseline measured in the same run (~5 min)
 	$(GO) test -run '^$$' -bench . -benchtime 1s ./topics/ ./auth/ ./node/wire/ ./node/runner/ ./node/internal/jsonx/
 	$(GO) test -run '^$$' -bench 'RemotePerform|PerformUnderFlood' -benchtime 3000x ./node/
-	$(GO) test -run '^$$' -bench 'Delivery$$/size=128/' -benchtime 400x ./node/
-	$(GO) test -run '^$$' -bench 'Delivery$$/size=65536/' -benchtime 40x ./node/
+	$(GO) test -run '^$$' -bench 'Delivery$$/.*/size=128/' -benchtime 2000x ./node/
+	$(GO) test -run '^$$' -bench 'Delivery$$/.*/size=65536/' -benchtime 60x ./node/
 	$(GO) test -run '^$$' -bench 'DeliveryExecReceiver' -benchtime 300x ./node/
 
 fuzz: ## run every fuzz target for FUZZTIME (executions, or a duration) each
