@@ -26,9 +26,9 @@ const (
 // carry bulk deliveries, and between the same two hosts a TCP+Noise+yamux
 // connection moves 2× the bytes of a QUIC one for the same CPU (the kernel
 // segments and acknowledges TCP; quic-go encrypts, packs and acknowledges
-// every 1.4 KB datagram in user space); QUIC also drops datagrams when its
-// connection goroutine falls behind, which stalls a busy subscription's
-// acks for a loss-recovery timeout. See docs/PERFORMANCE.md. Hole punching
+// every 1.4 KB datagram in user space); and quic-go drops datagrams when
+// 256 wait for its connection goroutine (a busy host), which stalls a
+// subscription for a loss-recovery timeout. See docs/PERFORMANCE.md. Hole punching
 // dials every address at once and does not use the ranker.
 func preferTCPRanker(addrs []ma.Multiaddr) []network.AddrDelay {
 	var tcpAddrs, rest []ma.Multiaddr
