@@ -82,6 +82,7 @@ func newRootCmd(a *app) *cobra.Command {
 		newSubscribersCmd(a),
 		newDeadLettersCmd(a),
 		newLabCmd(a),
+		newBenchCmd(a),
 	)
 	rejectUnknownSubcommands(root)
 	return root

@@ -1,0 +1,161 @@
+package main
+
+// `coattail bench`: durable delivery between real instances on loopback,
+// beside a raw libp2p stream and the disk measured in the same run
+// (package perf, which `make bench` runs too).
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"time"
+
+	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/perf"
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+)
+
+// errBenchOptions is returned for bad flags of `coattail bench`.
+var errBenchOptions = errors.New("bench: invalid options")
+
+// benchOptions are the flags of `coattail bench`.
+type benchOptions struct {
+	size, window string
+	subscribers  int
+	messages     int
+	mode         string
+	publishers   int
+	transport    string
+	receiver     string
+	dir          string
+	timeout      time.Duration
+	asJSON       bool
+}
+
+func newBenchCmd(a *app) *cobra.Command {
+	o := &benchOptions{}
+	cmd := &cobra.Command{
+		Use:   "bench [--size 128B] [--subscribers 1] [--mode paced|burst]",
+		Short: "Measure durable delivery on this machine against a raw libp2p stream and the disk",
+		Long: `Start a publisher and --subscribers subscriber instances in one process, on
+127.0.0.1, each with its own datastore in a temporary directory; subscribe each
+to the publisher with a receiver; publish --messages publications of --size
+bytes and wait until every subscriber has processed (and durably recorded)
+them all. Then, in the same run and between the same hosts, send the same
+payloads over a raw libp2p stream to every subscriber at once (nothing stored
+or acknowledged), and write the same bytes to the disk with the syncs a
+durable queue needs. Prints the three rates and the ratios, and the CPU used.
+
+Modes: paced keeps at most --window bytes published but not yet processed
+(subscribers that keep up); burst publishes everything at once (a backlog read
+back from the datastore, as after an outage). The instances share this
+machine's cores, so the numbers are a lower bound for separate machines.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			po, err := o.options()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.err, "bench: %d publications of %s to %d subscriber host(s), %s...\n",
+				po.Messages, humanize.IBytes(uint64(po.Size)), po.Subscribers, o.mode)
+			r, err := perf.Delivery(cmd.Context(), po)
+			if err != nil {
+				if errors.Is(err, perf.ErrOptions) {
+					return fmt.Errorf("%w: %w", errBenchOptions, err)
+				}
+				return fmt.Errorf("bench: %w", err)
+			}
+			if o.asJSON {
+				return printJSON(a.out, r)
+			}
+			printBench(a.out, r)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.size, "size", "128B", "payload size of each publication (8B..1MiB)")
+	f.IntVar(&o.subscribers, "subscribers", 1, fmt.Sprintf("subscriber instances (1..%d)", perf.MaxSubscribers))
+	f.IntVar(&o.messages, "messages", 0, "publications (default: 512MiB worth, at most 1000000 and at least 10000)")
+	f.StringVar(&o.mode, "mode", "paced", "paced or burst")
+	f.StringVar(&o.window, "window", humanize.IBytes(perf.DefaultWindow), "paced: bytes published but not yet processed")
+	f.IntVar(&o.publishers, "publishers", perf.DefaultPublishers, "goroutines publishing at once")
+	f.StringVar(&o.transport, "transport", node.PreferTCP, "tcp or quic")
+	f.StringVar(&o.receiver, "receiver", perf.ReceiverInProcess, "inprocess (a Go function) or executable (a shell script: a process per publication)")
+	f.StringVar(&o.dir, "dir", "", "where to create the instances (default: a temporary directory, removed afterwards)")
+	f.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
+	f.BoolVar(&o.asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+// options turns the flags into perf options, reporting every bad flag at
+// once; perf checks the ranges.
+func (o *benchOptions) options() (perf.DeliveryOptions, error) {
+	var errs []error
+	bad := func(f string, a ...any) { errs = append(errs, fmt.Errorf(f, a...)) }
+	parseSize := func(flag, s string) int {
+		v, err := humanize.ParseBytes(s)
+		if err != nil {
+			bad("--%s %q is not a size (examples: 128B, 64KiB, 1MiB)", flag, s)
+			return 0
+		}
+		if v > math.MaxInt32 {
+			bad("--%s %s is too large", flag, s)
+			return 0
+		}
+		return int(v)
+	}
+	po := perf.DeliveryOptions{
+		Size:        parseSize("size", o.size),
+		Window:      parseSize("window", o.window),
+		Subscribers: o.subscribers,
+		Messages:    o.messages,
+		Publishers:  o.publishers,
+		Transport:   o.transport,
+		Receiver:    o.receiver,
+		Dir:         o.dir,
+		Timeout:     o.timeout,
+	}
+	switch o.mode {
+	case "paced":
+		po.Paced = true
+	case "burst":
+	default:
+		bad("--mode %q is not paced or burst", o.mode)
+	}
+	if o.messages < 0 {
+		bad("--messages %d is negative", o.messages)
+	}
+	if o.messages == 0 && po.Size > 0 {
+		po.Messages = min(1_000_000, max(10_000, (512<<20)/po.Size))
+	}
+	if o.timeout <= 0 {
+		bad("--timeout %v must be positive", o.timeout)
+	}
+	if po.Window == 0 && len(errs) == 0 {
+		bad("--window must be positive")
+	}
+	if len(errs) > 0 {
+		return po, fmt.Errorf("%w: %w", errBenchOptions, errors.Join(errs...))
+	}
+	return po, nil
+}
+
+// printBench prints a result as a short table.
+func printBench(w io.Writer, r perf.DeliveryResult) {
+	mode := r.Mode
+	if r.Window > 0 {
+		mode = fmt.Sprintf("%s (at most %s outstanding)", mode, humanize.IBytes(uint64(r.Window)))
+	}
+	fmt.Fprintf(w, "durable delivery on loopback: 1 publisher -> %d subscriber host(s), %s each, %s receiver\n",
+		r.Subscribers, humanize.IBytes(uint64(r.Size)), r.Receiver)
+	fmt.Fprintf(w, "%d publications, %s, batches of %d from %d goroutines, over %s\n\n", r.Messages, mode, r.Batch, r.Publishers, r.Transport)
+	rate := func(v float64) string { return humanize.Comma(int64(math.Round(v))) }
+	_ = table(w, []string{"", "MSGS/S", "MB/S", "DURABLE / BASELINE"}, [][]string{
+		{"coattail, durable", rate(r.MsgsPerSec), fmt.Sprintf("%.1f", r.MBPerSec), ""},
+		{"raw libp2p stream", rate(r.RawMsgsPerSec), fmt.Sprintf("%.1f", r.RawMBPerSec), fmt.Sprintf("%.2fx", r.XRaw)},
+		{"disk (fdatasync)", rate(r.DiskMBPerSec * 1e6 / float64(r.Size)), fmt.Sprintf("%.1f", r.DiskMBPerSec), fmt.Sprintf("%.2fx", r.XDisk)},
+	})
+	fmt.Fprintf(w, "\ndurable run took %.2fs and %.2f cores; rates are per subscriber host (every host got every publication)\n", r.Seconds, r.Cores)
+}

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/coattail/coattail/node/perf"
+)
+
+// `coattail bench` runs real instances and prints the durable rate beside
+// the raw stream and disk baselines it measured, with their ratios.
+func TestBenchCommand(t *testing.T) {
+	i := newInstance(t, "bench")
+	check := func(r perf.DeliveryResult, size, subs, messages int, mode, transport, receiver string) {
+		t.Helper()
+		if r.Size != size || r.Subscribers != subs || r.Messages != messages || r.Mode != mode || r.Transport != transport || r.Receiver != receiver {
+			t.Fatalf("result describes another run: %+v", r)
+		}
+		if r.MsgsPerSec <= 0 || r.RawMsgsPerSec <= 0 || r.DiskMBPerSec <= 0 || r.Seconds <= 0 || r.Cores <= 0 {
+			t.Fatalf("result has a rate that is not positive: %+v", r)
+		}
+		if got, want := r.XRaw, r.MsgsPerSec/r.RawMsgsPerSec; math.Abs(got-want) > 1e-9*want {
+			t.Fatalf("x_raw = %v, want msgs/s / raw msgs/s = %v", got, want)
+		}
+		if got, want := r.MBPerSec, r.MsgsPerSec*float64(size)/1e6; math.Abs(got-want) > 1e-9*want {
+			t.Fatalf("mb_per_sec = %v, want %v", got, want)
+		}
+	}
+
+	dir := t.TempDir()
+	var r perf.DeliveryResult
+	i.decodeJSON(i.mustRun("bench", "--messages", "5000", "--json", "--dir", dir), &r)
+	check(r, 128, 1, 5000, "paced", "tcp", "inprocess")
+	if r.Window != perf.DefaultWindow {
+		t.Fatalf("paced window = %d, want the default %d", r.Window, perf.DefaultWindow)
+	}
+	for _, sub := range []string{"publisher", "subscriber-0"} {
+		if _, err := os.Stat(filepath.Join(dir, sub, "config.yml")); err != nil {
+			t.Fatalf("--dir does not hold the %s instance: %v", sub, err)
+		}
+	}
+
+	// A process per publication, two subscriber hosts, QUIC, a backlog.
+	r = perf.DeliveryResult{}
+	i.decodeJSON(i.mustRun("bench", "--mode", "burst", "--receiver", "executable", "--messages", "40",
+		"--subscribers", "2", "--transport", "quic", "--size", "1KiB", "--json"), &r)
+	check(r, 1024, 2, 40, "burst", "quic", "executable")
+
+	out := i.mustRun("bench", "--messages", "3000", "--size", "4KiB")
+	for _, want := range []string{"coattail, durable", "raw libp2p stream", "disk (fdatasync)", "3000 publications", "4.0 KiB"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("bench output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestBenchBadFlags(t *testing.T) {
+	i := newInstance(t, "benchflags")
+	i.mustFail([]string{"bench", "--size", "banana", "--mode", "fast", "--window", "-1", "--messages", "-3"},
+		`--size "banana" is not a size`, `--mode "fast" is not paced or burst`, `--window "-1" is not a size`, "--messages -3 is negative")
+	i.mustFail([]string{"bench", "--size", "2MiB", "--subscribers", "0", "--transport", "udp", "--receiver", "python"},
+		"size 2097152 is out of range", "subscribers 0 is out of range", `transport "udp"`, `receiver "python"`)
+	i.mustFail([]string{"bench", "--size", "64KiB", "--window", "1KiB"}, "window 1024 is smaller than one message")
+	i.mustFail([]string{"bench", "extra"}, "unknown command")
+}

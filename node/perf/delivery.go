@@ -1,0 +1,527 @@
+// Package perf measures Coattail against baselines taken in the same run,
+// for `coattail bench` and the node benchmarks (`make bench`): durable
+// publish → subscriber-ack throughput between real instances on loopback,
+// beside a raw libp2p stream between the same hosts and the disk the
+// publisher's queue is written to. It owns nothing else; the instances it
+// starts live in a temporary directory and are stopped when it returns.
+package perf
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// Defaults and bounds of DeliveryOptions.
+const (
+	// DefaultWindow is how many payload bytes a paced publisher keeps
+	// published but not yet processed by every subscriber.
+	DefaultWindow = 8 << 20
+	// DefaultPublishers is how many goroutines publish at once, so that
+	// group commit has something to merge, as an application publishing
+	// from several handlers would.
+	DefaultPublishers = 16
+	// MaxBatch is the largest number of messages per PublishBatch call
+	// and per write of the raw baseline; BatchBytes bounds a batch in
+	// payload bytes.
+	MaxBatch   = 256
+	BatchBytes = 1 << 20
+	// MinSize and MaxSize bound the payload: a JSON string of Size bytes,
+	// no larger than an instance's default limits.max_payload.
+	MinSize = 8
+	MaxSize = 1 << 20
+	// MaxSubscribers bounds the subscriber instances of one run.
+	MaxSubscribers = 64
+)
+
+// Receiver kinds.
+const (
+	ReceiverInProcess  = "inprocess"  // a Go function in the subscriber's process
+	ReceiverExecutable = "executable" // a shell script: a process per publication
+)
+
+// rawProto is the raw baseline's protocol, registered only during a run.
+const rawProto = protocol.ID("/coattail-bench/raw/1.0.0")
+
+const (
+	benchSubject  = "bench.delivery"
+	benchPattern  = "bench.>"
+	benchReceiver = "bench.count"
+	execReceiver  = "#!/bin/sh\ncat >/dev/null\n"
+)
+
+// ErrOptions is returned for unusable options.
+var ErrOptions = errors.New("perf: invalid options")
+
+// DeliveryOptions configures Delivery. Zero values select the defaults.
+type DeliveryOptions struct {
+	Size        int    // payload bytes (MinSize..MaxSize)
+	Subscribers int    // subscriber instances, one subscription each (1..MaxSubscribers)
+	Messages    int    // publications
+	Paced       bool   // keep at most Window bytes outstanding; else publish all at once
+	Window      int    // paced: bytes outstanding (default DefaultWindow)
+	Publishers  int    // publishing goroutines (default DefaultPublishers)
+	Transport   string // node.PreferTCP (default) or node.PreferQUIC
+	Receiver    string // ReceiverInProcess (default) or ReceiverExecutable
+	// Dir is where the instances are created (default: a new temporary
+	// directory, removed afterwards). A given Dir is left in place.
+	Dir string
+	// Timeout bounds the whole run (default 10 minutes).
+	Timeout time.Duration
+}
+
+// DeliveryResult is what Delivery measured. Rates are per subscriber
+// host, i.e. per publication.
+type DeliveryResult struct {
+	Size        int     `json:"size"`
+	Subscribers int     `json:"subscribers"`
+	Messages    int     `json:"messages"`
+	Mode        string  `json:"mode"` // paced or burst
+	Window      int     `json:"window_bytes,omitempty"`
+	Batch       int     `json:"batch"`
+	Publishers  int     `json:"publishers"`
+	Transport   string  `json:"transport"`
+	Receiver    string  `json:"receiver"`
+	Seconds     float64 `json:"seconds"`
+	MsgsPerSec  float64 `json:"msgs_per_sec"`
+	MBPerSec    float64 `json:"mb_per_sec"`
+	Cores       float64 `json:"cores"` // CPU this process used during the durable run
+	// Raw: the same payloads and batching over one libp2p stream from the
+	// publisher host to every subscriber host at once, nothing stored.
+	RawMsgsPerSec float64 `json:"raw_msgs_per_sec"`
+	RawMBPerSec   float64 `json:"raw_mb_per_sec"`
+	XRaw          float64 `json:"x_raw"`
+	// Disk: the same bytes written to a file in the publisher's
+	// directory, one fdatasync per Publishers batches.
+	DiskMBPerSec float64 `json:"disk_mb_per_sec"`
+	XDisk        float64 `json:"x_disk"`
+}
+
+// BatchFor returns the number of messages of size bytes per batch.
+func BatchFor(size int) int {
+	return max(1, min(MaxBatch, BatchBytes/max(size, 1)))
+}
+
+func (o *DeliveryOptions) defaults() error {
+	if o.Window == 0 {
+		o.Window = DefaultWindow
+	}
+	if o.Publishers == 0 {
+		o.Publishers = DefaultPublishers
+	}
+	if o.Transport == "" {
+		o.Transport = node.PreferTCP
+	}
+	if o.Receiver == "" {
+		o.Receiver = ReceiverInProcess
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 10 * time.Minute
+	}
+	var errs []error
+	bad := func(f string, a ...any) { errs = append(errs, fmt.Errorf(f, a...)) }
+	if o.Size < MinSize || o.Size > MaxSize {
+		bad("size %d is out of range (%d..%d bytes)", o.Size, MinSize, MaxSize)
+	}
+	if o.Subscribers < 1 || o.Subscribers > MaxSubscribers {
+		bad("subscribers %d is out of range (1..%d)", o.Subscribers, MaxSubscribers)
+	}
+	if o.Messages < 1 {
+		bad("messages %d: need at least 1", o.Messages)
+	}
+	if o.Window < o.Size {
+		bad("window %d is smaller than one message (%d bytes)", o.Window, o.Size)
+	}
+	if o.Publishers < 1 || o.Publishers > 1024 {
+		bad("publishers %d is out of range (1..1024)", o.Publishers)
+	}
+	if o.Transport != node.PreferTCP && o.Transport != node.PreferQUIC {
+		bad("transport %q is not %q or %q", o.Transport, node.PreferTCP, node.PreferQUIC)
+	}
+	if o.Receiver != ReceiverInProcess && o.Receiver != ReceiverExecutable {
+		bad("receiver %q is not %q or %q", o.Receiver, ReceiverInProcess, ReceiverExecutable)
+	}
+	if o.Timeout < 0 {
+		bad("timeout %v is negative", o.Timeout)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrOptions, errors.Join(errs...))
+	}
+	return nil
+}
+
+// counter is the in-process receiver: it counts publications.
+type counter struct{ n atomic.Int64 }
+
+func (c *counter) handle(context.Context, json.RawMessage) (json.RawMessage, error) {
+	c.n.Add(1)
+	return nil, nil
+}
+
+// cluster is a publisher and its subscribers.
+type cluster struct {
+	pub    *node.Node
+	subs   []*node.Node
+	counts []*counter
+}
+
+func (c *cluster) close() error {
+	var errs []error
+	for _, n := range append([]*node.Node{c.pub}, c.subs...) {
+		if n != nil {
+			errs = append(errs, n.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// startNode creates and starts an instance in dir, listening on loopback.
+func startNode(ctx context.Context, dir string, o DeliveryOptions) (*node.Node, error) {
+	l, err := node.CreateInstance(dir, node.CreateOptions{Port: 0, Loopback: true})
+	if err != nil {
+		return nil, err
+	}
+	cfg := node.LoopbackConfig(0)
+	cfg.Network.PreferTransport = o.Transport
+	// The per-peer rate limit is about hostile peers, not throughput; a
+	// burst must fit in the queue bound.
+	cfg.Limits.RateLimit = 1e9
+	cfg.Limits.RateBurst = 1 << 30
+	cfg.Limits.QueueBound = max(cfg.Limits.QueueBound, o.Messages)
+	n, err := node.New(node.Options{Dir: l.Dir, Config: cfg, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Start(ctx); err != nil {
+		return nil, errors.Join(err, n.Close())
+	}
+	return n, nil
+}
+
+func newCluster(ctx context.Context, dir string, o DeliveryOptions) (c *cluster, err error) {
+	c = &cluster{}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, c.close())
+			c = nil
+		}
+	}()
+	if c.pub, err = startNode(ctx, filepath.Join(dir, "publisher"), o); err != nil {
+		return c, fmt.Errorf("perf: publisher: %w", err)
+	}
+	for i := range o.Subscribers {
+		sub, err := startNode(ctx, filepath.Join(dir, fmt.Sprintf("subscriber-%d", i)), o)
+		if err != nil {
+			return c, fmt.Errorf("perf: subscriber %d: %w", i, err)
+		}
+		c.subs = append(c.subs, sub)
+		if o.Receiver == ReceiverExecutable {
+			path := filepath.Join(sub.Dir(), "receivers", benchReceiver)
+			if err := os.WriteFile(path, []byte(execReceiver), 0o755); err != nil {
+				return c, fmt.Errorf("perf: receiver: %w", err)
+			}
+		} else {
+			cnt := &counter{}
+			c.counts = append(c.counts, cnt)
+			if err := sub.RegisterReceiver(benchReceiver, cnt.handle); err != nil {
+				return c, fmt.Errorf("perf: receiver: %w", err)
+			}
+		}
+		tok, err := c.pub.IssueToken(ctx, localapi.IssueRequest{Subscribe: []string{benchPattern}})
+		if err != nil {
+			return c, fmt.Errorf("perf: token: %w", err)
+		}
+		p, err := sub.AddPeer(ctx, tok.Token)
+		if err != nil {
+			return c, fmt.Errorf("perf: peer add: %w", err)
+		}
+		if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: p.ID, Pattern: benchPattern, Receiver: benchReceiver}); err != nil {
+			return c, fmt.Errorf("perf: subscribe: %w", err)
+		}
+	}
+	return c, nil
+}
+
+// processed returns the fewest publications any subscriber has processed:
+// counted by the in-process receivers, or acked (processed and durably
+// recorded) for executable ones.
+func (c *cluster) processed() int64 {
+	least := int64(-1)
+	if len(c.counts) > 0 {
+		for _, cnt := range c.counts {
+			if v := cnt.n.Load(); least < 0 || v < least {
+				least = v
+			}
+		}
+		return least
+	}
+	st := c.pub.Subscribers()
+	if len(st) < len(c.subs) {
+		return 0
+	}
+	for _, s := range st {
+		if v := int64(s.Acked); least < 0 || v < least {
+			least = v
+		}
+	}
+	return max(least, 0)
+}
+
+// payload returns a JSON string of exactly size bytes.
+func payload(size int) json.RawMessage {
+	return json.RawMessage(`"` + strings.Repeat("x", size-2) + `"`)
+}
+
+// Delivery starts a publisher and o.Subscribers subscriber instances on
+// loopback, publishes o.Messages publications and waits until every
+// subscriber has processed them all, then measures the raw stream and disk
+// baselines with the same payloads.
+func Delivery(ctx context.Context, o DeliveryOptions) (DeliveryResult, error) {
+	if err := o.defaults(); err != nil {
+		return DeliveryResult{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	dir := o.Dir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "coattail-bench-")
+		if err != nil {
+			return DeliveryResult{}, fmt.Errorf("perf: %w", err)
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	c, err := newCluster(ctx, dir, o)
+	if err != nil {
+		return DeliveryResult{}, err
+	}
+	r, err := runDelivery(ctx, c, o)
+	return r, errors.Join(err, c.close())
+}
+
+func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryResult, error) {
+	r := DeliveryResult{Size: o.Size, Subscribers: o.Subscribers, Messages: o.Messages, Mode: "burst",
+		Batch: BatchFor(o.Size), Publishers: o.Publishers, Transport: o.Transport, Receiver: o.Receiver}
+	data := payload(o.Size)
+	var processed func() int64
+	window := int64(0)
+	if o.Paced {
+		r.Mode, r.Window = "paced", o.Window
+		window = max(int64(o.Publishers*r.Batch), int64(o.Window/o.Size))
+		processed = c.processed
+	}
+
+	cpu0, err := cpuTime()
+	if err != nil {
+		return r, err
+	}
+	start := time.Now()
+	if err := publishAll(ctx, c.pub, o, data, window, processed); err != nil {
+		return r, err
+	}
+	for c.processed() < int64(o.Messages) {
+		select {
+		case <-ctx.Done():
+			return r, fmt.Errorf("perf: subscribers processed %d of %d publications: %w", c.processed(), o.Messages, ctx.Err())
+		case <-time.After(200 * time.Microsecond):
+		}
+	}
+	elapsed := time.Since(start)
+	cpu1, err := cpuTime()
+	if err != nil {
+		return r, err
+	}
+	r.Seconds = elapsed.Seconds()
+	r.MsgsPerSec = float64(o.Messages) / r.Seconds
+	r.MBPerSec = r.MsgsPerSec * float64(o.Size) / 1e6
+	r.Cores = (cpu1 - cpu0).Seconds() / r.Seconds
+
+	raw, err := rawStreamRate(ctx, c.pub, c.subs, o.Messages, data)
+	if err != nil {
+		return r, err
+	}
+	r.RawMsgsPerSec, r.RawMBPerSec, r.XRaw = raw, raw*float64(o.Size)/1e6, r.MsgsPerSec/raw
+	disk, err := diskRate(c.pub.Dir(), o.Messages, data, o.Publishers)
+	if err != nil {
+		return r, err
+	}
+	r.DiskMBPerSec, r.XDisk = disk*float64(o.Size)/1e6, r.MsgsPerSec/disk
+	return r, nil
+}
+
+// publishAll publishes o.Messages messages in batches of BatchFor(size)
+// from o.Publishers goroutines. If processed is not nil, a publisher waits
+// before each batch until the batch would leave at most window messages
+// published but not yet processed.
+func publishAll(ctx context.Context, pub *node.Node, o DeliveryOptions, data json.RawMessage, window int64, processed func() int64) error {
+	size := int64(BatchFor(len(data)))
+	total := int64(o.Messages)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, o.Publishers)
+	for range o.Publishers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msgs := make([]node.Message, size)
+			for i := range msgs {
+				msgs[i] = node.Message{Subject: benchSubject, Data: data}
+			}
+			for {
+				end := next.Add(size)
+				start := end - size
+				if start >= total {
+					return
+				}
+				end = min(end, total)
+				for processed != nil && end-processed() > window {
+					select {
+					case <-ctx.Done():
+						errs <- ctx.Err()
+						return
+					case <-time.After(100 * time.Microsecond):
+					}
+				}
+				if _, err := pub.PublishBatch(ctx, msgs[:end-start]); err != nil {
+					errs <- fmt.Errorf("perf: publish: %w", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// rawStreamRate sends total length-prefixed payloads from one host to each
+// of the others, all at once, over one libp2p stream each, a batch per
+// write, and returns messages per second per destination until every
+// reader has counted them all.
+func rawStreamRate(ctx context.Context, from *node.Node, to []*node.Node, total int, data []byte) (float64, error) {
+	counted := make(chan error, len(to))
+	for _, dst := range to {
+		dst.Host().SetStreamHandler(rawProto, func(s network.Stream) {
+			defer s.Close()
+			br := bufio.NewReaderSize(s, 256<<10)
+			buf := make([]byte, len(data))
+			for i := 0; i < total; i++ {
+				n, err := binary.ReadUvarint(br)
+				if err == nil && n != uint64(len(data)) {
+					err = fmt.Errorf("raw frame of %d bytes, want %d", n, len(data))
+				}
+				if err == nil {
+					_, err = io.ReadFull(br, buf)
+				}
+				if err != nil {
+					counted <- err
+					_ = s.Reset()
+					return
+				}
+			}
+			_, err := s.Write([]byte{1})
+			counted <- err
+		})
+		defer dst.Host().RemoveStreamHandler(rawProto)
+	}
+
+	frame := append(binary.AppendUvarint(nil, uint64(len(data))), data...)
+	per := BatchFor(len(data))
+	batch := make([]byte, 0, len(frame)*per)
+	for range per {
+		batch = append(batch, frame...)
+	}
+	sent := make(chan error, len(to))
+	start := time.Now()
+	for _, dst := range to {
+		go func() {
+			sent <- func() error {
+				s, err := from.Host().NewStream(ctx, dst.ID(), rawProto)
+				if err != nil {
+					return err
+				}
+				defer s.Close()
+				for n := 0; n < total; n += per {
+					k := min(per, total-n)
+					if _, err := s.Write(batch[:k*len(frame)]); err != nil {
+						_ = s.Reset()
+						return err
+					}
+				}
+				var ack [1]byte
+				_, err = io.ReadFull(s, ack[:])
+				return err
+			}()
+		}()
+	}
+	var errs []error
+	for range to {
+		errs = append(errs, <-sent)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return 0, fmt.Errorf("perf: raw stream: %w", err)
+	}
+	for range to {
+		if err := <-counted; err != nil {
+			return 0, fmt.Errorf("perf: raw stream reader: %w", err)
+		}
+	}
+	return float64(total) / time.Since(start).Seconds(), nil
+}
+
+// diskRate writes total payloads to a file in dir, a batch per write and
+// one fdatasync per syncEvery batches (what one group commit of the paced
+// publisher covers), and returns messages per second: what this disk
+// takes with the syncs a durable queue needs. The file is removed.
+func diskRate(dir string, total int, data []byte, syncEvery int) (float64, error) {
+	f, err := os.CreateTemp(dir, "disk-baseline-")
+	if err != nil {
+		return 0, fmt.Errorf("perf: disk baseline: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	per := BatchFor(len(data))
+	buf := make([]byte, 0, per*len(data))
+	for range per {
+		buf = append(buf, data...)
+	}
+	start := time.Now()
+	for sent, writes := 0, 0; sent < total; sent += per {
+		n := min(per, total-sent)
+		if _, err := f.Write(buf[:n*len(data)]); err != nil {
+			return 0, fmt.Errorf("perf: disk baseline: %w", err)
+		}
+		if writes++; writes%syncEvery == 0 || sent+n >= total {
+			if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+				return 0, fmt.Errorf("perf: disk baseline: fdatasync: %w", err)
+			}
+		}
+	}
+	return float64(total) / time.Since(start).Seconds(), nil
+}
+
+// cpuTime returns the CPU time (user and system) this process has used.
+func cpuTime() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, fmt.Errorf("perf: getrusage: %w", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+}
