@@ -76,6 +76,13 @@ func (nw *netsvc) register() {
 	nw.host.SetStreamHandler(wire.ProtoUnsubscribe, nw.serve(nw.handleUnsubscribe))
 	nw.host.SetStreamHandler(wire.ProtoRevoke, nw.servePeer(nw.handleRevokeNotice))
 	nw.host.SetStreamHandler(wire.ProtoDeliver, nw.servePeer(nw.handleDeliverNudge))
+	// A direct connection to a publisher (a hole punch that succeeded, or
+	// a dial that did) takes over subscriptions streamed through a relay.
+	nw.host.Network().Notify(&network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		if !isRelayed(c) {
+			nw.n.subscriber.upgraded(c.RemotePeer().String())
+		}
+	}})
 }
 
 func remoteOf(c network.Conn) auth.Remote {

@@ -68,7 +68,14 @@ type subLoop struct {
 	publisher string
 	cancel    context.CancelFunc
 	wake      chan struct{}
-	connected bool
+	// stream is the subscription's current stream (nil while down).
+	stream network.Stream
+	// moving is set when stream was reset to move the subscription to a
+	// direct connection: the loop reconnects at once. moved is set while
+	// that reconnection is made, so that a new stream libp2p still put on
+	// the relay is not moved again in a loop (the next direct connection
+	// event will).
+	moving, moved bool
 }
 
 func newSubscriberSide(n *Node) *subscriberSide {
@@ -192,10 +199,10 @@ func (ss *subscriberSide) run(ctx context.Context, sub outSub, l *subLoop, s *se
 			s, err = ss.resume(ctx, sub)
 		}
 		if err == nil {
-			ss.setConnected(l, true)
+			ss.setStream(l, s.s)
 			var progressed bool
 			progressed, err = ss.consume(ctx, sub, l, s)
-			ss.setConnected(l, false)
+			ss.setStream(l, nil)
 			_ = s.s.Reset()
 			s = nil
 			if progressed {
@@ -210,6 +217,10 @@ func (ss *subscriberSide) run(ctx context.Context, sub outSub, l *subLoop, s *se
 			ss.forget(context.Background(), sub.ID)
 			return
 		}
+		if ss.takeMoving(l) {
+			log.Info("subscription moving to a direct connection")
+			continue
+		}
 		log.Debug("subscription stream down; retrying", "err", err, "in", backoff)
 		select {
 		case <-ctx.Done():
@@ -221,10 +232,55 @@ func (ss *subscriberSide) run(ctx context.Context, sub outSub, l *subLoop, s *se
 	}
 }
 
-func (ss *subscriberSide) setConnected(l *subLoop, v bool) {
+// setStream records the subscription's current stream (nil: down). A
+// stream opened over a relay while a direct connection to the publisher
+// exists (the hole punch finished while it was being opened) is moved at
+// once, as upgraded would have done.
+func (ss *subscriberSide) setStream(l *subLoop, st network.Stream) {
 	ss.mu.Lock()
-	l.connected = v
+	l.stream = st
+	retry := !l.moved
+	l.moved = false
 	ss.mu.Unlock()
+	if st != nil && retry && isRelayed(st.Conn()) {
+		for _, c := range ss.n.host.Network().ConnsToPeer(st.Conn().RemotePeer()) {
+			if !isRelayed(c) {
+				ss.upgraded(st.Conn().RemotePeer().String())
+				return
+			}
+		}
+	}
+}
+
+// upgraded is called when a direct connection to publisher is established:
+// every subscription at publisher whose stream goes through a relay is
+// moved to it. The relayed stream is reset (what it had in flight is
+// resent on the new stream and dropped here as duplicates), and the loop
+// reconnects at once; libp2p opens the new stream on the direct
+// connection, which it prefers. Relays limit circuits in time and bytes
+// and the publisher keeps its window small over them, so staying would
+// be slow and cut off sooner or later.
+func (ss *subscriberSide) upgraded(publisher string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for _, l := range ss.loops {
+		if l.publisher != publisher || l.stream == nil || l.moving || !isRelayed(l.stream.Conn()) {
+			continue
+		}
+		l.moving = true
+		go l.stream.Reset()
+	}
+}
+
+// takeMoving reports, and clears, whether the loop's stream was reset to
+// move it to a direct connection.
+func (ss *subscriberSide) takeMoving(l *subLoop) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	m := l.moving
+	l.moving = false
+	l.moved = m
+	return m
 }
 
 // resume reopens the subscription's stream where this side left off.
@@ -552,7 +608,13 @@ func (n *Node) subscriptionView(ctx context.Context, s outSub) localapi.Subscrip
 	v.LastSeq, _ = n.subscriber.lastSeq(ctx, s.ID)
 	n.subscriber.mu.Lock()
 	if l := n.subscriber.loops[s.ID]; l != nil {
-		v.Connected = l.connected
+		if l.stream != nil {
+			v.Connected = true
+			v.Path = "direct"
+			if isRelayed(l.stream.Conn()) {
+				v.Path = "relayed"
+			}
+		}
 	}
 	n.subscriber.mu.Unlock()
 	return v

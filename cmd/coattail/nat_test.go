@@ -307,6 +307,19 @@ func natFlow(t *testing.T, o natOptions) {
 			}
 		}
 	}
+	// The subscription's stream follows: once a direct connection exists,
+	// a stream opened over the relay moves to it.
+	checkFor(t, natTimeout, func() error {
+		var subs []struct {
+			Connected bool   `json:"connected"`
+			Path      string `json:"path"`
+		}
+		b.decodeJSON(b.mustRun("subscriptions", "list", "--json"), &subs)
+		if len(subs) != 1 || !subs[0].Connected || subs[0].Path != o.want {
+			return fmt.Errorf("B's subscriptions: %+v, want one connected %s", subs, o.want)
+		}
+		return nil
+	})
 	// Deliveries keep flowing on whatever path the connection now takes.
 	publish(o.publications+1, o.publications+3)
 	waitAll(o.publications + 3)

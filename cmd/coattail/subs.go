@@ -86,7 +86,11 @@ func newSubscriptionsCmd(a *app) *cobra.Command {
 				}
 				rows := [][]string{}
 				for _, s := range subs {
-					rows = append(rows, []string{s.ID, s.Publisher, s.Pattern, s.Receiver, strconv.FormatUint(s.LastSeq, 10), strconv.FormatBool(s.Connected)})
+					conn := "no"
+					if s.Connected {
+						conn = s.Path // direct or relayed
+					}
+					rows = append(rows, []string{s.ID, s.Publisher, s.Pattern, s.Receiver, strconv.FormatUint(s.LastSeq, 10), conn})
 				}
 				return table(a.out, []string{"ID", "PUBLISHER", "PATTERN", "RECEIVER", "LAST SEQ", "CONNECTED"}, rows)
 			})

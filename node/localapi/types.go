@@ -231,6 +231,9 @@ type Subscription struct {
 	CreatedAt time.Time `json:"created_at"`
 	LastSeq   uint64    `json:"last_seq"`
 	Connected bool      `json:"connected"`
+	// Path is how the subscription's stream reaches the publisher while
+	// connected: "direct", or "relayed" through a circuit relay.
+	Path string `json:"path,omitempty"`
 }
 
 // Subscriber is a subscription another peer holds at this instance.

@@ -1,0 +1,109 @@
+package node_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// A subscription streamed through a relay moves to a direct connection
+// as soon as one to the publisher exists (a hole punch that succeeded),
+// and every publication still runs its receiver exactly once.
+func TestSubscriptionMovesFromRelayToDirect(t *testing.T) {
+	ctx := testCtx(t)
+	relay := newTestNode(t, withQuietLog(), func(o *node.Options) { o.Relay = true })
+	relayAddr := fmt.Sprintf("%s/p2p/%s", relay.Host().Addrs()[0], relay.ID())
+	pub := newTestNode(t, withQuietLog())
+	sub := newTestNode(t, withQuietLog())
+	// A reservation made directly: AutoRelay does not use relays that
+	// only have loopback addresses.
+	if _, err := client.Reserve(ctx, pub.Host(), peer.AddrInfo{ID: relay.ID(), Addrs: relay.Host().Addrs()}); err != nil {
+		t.Fatalf("reserve a slot on the relay: %v", err)
+	}
+
+	var mu sync.Mutex
+	got := map[int]int{}
+	if err := sub.RegisterReceiver("rec", func(_ context.Context, in json.RawMessage) (json.RawMessage, error) {
+		n, err := strconv.Atoi(string(in))
+		if err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		got[n]++
+		mu.Unlock()
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"mv.>"}})
+
+	// Only a relayed connection: drop the direct one and every direct
+	// address, then reach the publisher through its circuit.
+	h := sub.Host()
+	if err := h.Network().ClosePeer(pub.ID()); err != nil {
+		t.Fatal(err)
+	}
+	h.Peerstore().ClearAddrs(pub.ID())
+	circuit := ma.StringCast(relayAddr + "/p2p-circuit")
+	if err := h.Connect(network.WithAllowLimitedConn(ctx, "test"), peer.AddrInfo{ID: pub.ID(), Addrs: []ma.Multiaddr{circuit}}); err != nil {
+		t.Fatalf("connect through the relay: %v", err)
+	}
+	for _, c := range h.Network().ConnsToPeer(pub.ID()) {
+		if !c.Stat().Limited {
+			t.Fatalf("connection %s to the publisher is not relayed", c.RemoteMultiaddr())
+		}
+	}
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "mv.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	path := func(want string) {
+		t.Helper()
+		checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+			subs, err := sub.Subscriptions(ctx)
+			if err != nil {
+				return err
+			}
+			if len(subs) != 1 || subs[0].Path != want {
+				return fmt.Errorf("subscriptions %+v, want one on a %s stream", subs, want)
+			}
+			return nil
+		})
+	}
+	publish := func(from, to int) {
+		for i := from; i <= to; i++ {
+			if _, err := pub.Publish(ctx, "mv.x", json.RawMessage(strconv.Itoa(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	path("relayed")
+	publish(1, 50)
+
+	// The direct connection appears, dialled as a hole punch dials it.
+	if err := h.Connect(network.WithForceDirectDial(ctx, "test"), peer.AddrInfo{ID: pub.ID(), Addrs: pub.Host().Addrs()}); err != nil {
+		t.Fatalf("direct connect: %v", err)
+	}
+	path("direct")
+	publish(51, 100)
+	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		for i := 1; i <= 100; i++ {
+			if got[i] != 1 {
+				return fmt.Errorf("publication %d ran the receiver %d times", i, got[i])
+			}
+		}
+		return nil
+	})
+}
