@@ -172,7 +172,11 @@ func (n *Node) RegisterAction(name string, h Handler) error {
 	return n.runner.Register(runner.KindAction, name, adapt(h))
 }
 
-// RegisterReceiver registers an in-process receiver.
+// RegisterReceiver registers an in-process receiver. It is called inline
+// on its subscription's goroutine, one publication at a time, and must
+// honour ctx: ctx is cancelled when a call runs longer than
+// limits.action_timeout, and the call then fails as a timeout (retried,
+// then parked in the dead letters).
 func (n *Node) RegisterReceiver(name string, h Handler) error {
 	if err := n.runner.Register(runner.KindReceiver, name, adapt(h)); err != nil {
 		return err

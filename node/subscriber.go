@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coattail/coattail/datastore"
@@ -323,6 +324,11 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 		_ = s.s.Reset()
 	}()
 	_, inProc := ss.n.inProcessReceiver(sub.Receiver)
+	var calls *callWatchdog
+	if inProc {
+		calls = newCallWatchdog(ctx, ss.n.cfg.Limits.ActionTimeout)
+		defer calls.stop()
+	}
 	var ackBuf []byte
 	persistAck := func(seq uint64) error {
 		if err := ss.saveSeq(ctx, sub.ID, seq); err != nil {
@@ -401,7 +407,7 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 				ss.n.stats.duplicates.Add(1)
 				return nil
 			}
-			ss.n.handlePublication(ctx, sub, d)
+			ss.n.handlePublication(ctx, sub, d, calls)
 			last = d.Seq
 			progressed, dirty = true, true
 			ss.n.stats.received.Add(1)
@@ -426,7 +432,10 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 // the publication in the dead-letter list when it keeps failing. It never
 // returns an error: a failing receiver must not block what follows for
 // longer than its retries.
-func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delivery) {
+//
+// calls bounds in-process receivers to limits.action_timeout: their
+// context is cancelled when a call takes longer (see callWatchdog).
+func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delivery, calls *callWatchdog) {
 	// The runner checks that the input is JSON (it comes from another
 	// peer), so it is not validated here too: that would be a second pass
 	// over every payload. Empty data is not JSON, though the runner would
@@ -443,9 +452,20 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		if data != nil && !jsonx.Valid(data) {
 			data = nil
 		}
-		ictx := context.WithValue(ctx, invocationKey{}, &Invocation{Kind: string(runner.KindReceiver), Name: sub.Receiver, Caller: sub.Publisher,
-			Publisher: sub.Publisher, Subject: d.Subject, Sequence: d.Seq, Subscription: sub.ID, Hop: d.Hop, receiverLog: n})
-		run = func() error { return callInline(ictx, h, sub.Receiver, data) }
+		inv := &Invocation{Kind: string(runner.KindReceiver), Name: sub.Receiver, Caller: sub.Publisher,
+			Publisher: sub.Publisher, Subject: d.Subject, Sequence: d.Seq, Subscription: sub.ID, Hop: d.Hop, receiverLog: n}
+		run = func() error {
+			if calls == nil {
+				return callInline(context.WithValue(ctx, invocationKey{}, inv), h, sub.Receiver, data)
+			}
+			cctx := calls.begin()
+			err := callInline(context.WithValue(cctx, invocationKey{}, inv), h, sub.Receiver, data)
+			calls.end()
+			if err != nil && errors.Is(context.Cause(cctx), errCallTimeout) {
+				return fmt.Errorf("%w: receiver %q ran longer than limits.action_timeout (%v): %w", runner.ErrTimeout, sub.Receiver, calls.timeout, err)
+			}
+			return err
+		}
 	} else {
 		inv := runner.Invocation{Kind: runner.KindReceiver, Name: sub.Receiver, Input: data, Caller: sub.Publisher,
 			Env: map[string]string{
@@ -784,6 +804,83 @@ func (nw *netsvc) nudge(ctx context.Context, subscriber string, ids []string) {
 // callInline runs an in-process receiver on the calling goroutine, turning
 // a panic into an error so one bad publication cannot take the service
 // down.
+// errCallTimeout is the cause with which a callWatchdog cancels a call.
+var errCallTimeout = errors.New("node: in-process receiver call timed out")
+
+// callWatchdog bounds the in-process receiver calls of one subscription
+// stream to a timeout without a timer or clock read per call (a
+// subscription runs up to a million calls a second): a goroutine ticks
+// four times per timeout, begin records the tick a call starts in and hands
+// out the current call context, and a call still running five ticks later
+// (more than the timeout) has that context cancelled. The next begin after
+// a cancellation makes a fresh context. A receiver that honours its
+// context then fails with runner.ErrTimeout and goes through the retries
+// to the dead letters; Go cannot stop one that ignores it. (A call that
+// begins just as the one before it is cancelled for running too long may
+// share its cancellation; it then fails and is retried like any failure.)
+type callWatchdog struct {
+	timeout time.Duration
+	parent  context.Context
+	tick    atomic.Int64 // incremented by watch every timeout/4
+	started atomic.Int64 // tick+1 at which the call in progress began; 0 between calls
+	cur     atomic.Pointer[callCtx]
+	done    chan struct{}
+}
+
+type callCtx struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+func newCallWatchdog(parent context.Context, timeout time.Duration) *callWatchdog {
+	w := &callWatchdog{timeout: timeout, parent: parent, done: make(chan struct{})}
+	w.cur.Store(w.newCtx())
+	go w.watch()
+	return w
+}
+
+func (w *callWatchdog) newCtx() *callCtx {
+	ctx, cancel := context.WithCancelCause(w.parent)
+	return &callCtx{ctx: ctx, cancel: cancel}
+}
+
+func (w *callWatchdog) watch() {
+	t := time.NewTicker(max(w.timeout/4, 2*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-w.done:
+			return
+		case <-w.parent.Done():
+			return
+		case <-t.C:
+			now := w.tick.Add(1)
+			if s := w.started.Load(); s != 0 && now-(s-1) >= 5 {
+				w.cur.Load().cancel(errCallTimeout)
+			}
+		}
+	}
+}
+
+// begin starts a call and returns its context.
+func (w *callWatchdog) begin() context.Context {
+	c := w.cur.Load()
+	if c.ctx.Err() != nil && w.parent.Err() == nil {
+		c = w.newCtx()
+		w.cur.Store(c)
+	}
+	w.started.Store(w.tick.Load() + 1)
+	return c.ctx
+}
+
+// end ends the call begun last.
+func (w *callWatchdog) end() { w.started.Store(0) }
+
+func (w *callWatchdog) stop() {
+	close(w.done)
+	w.cur.Load().cancel(context.Canceled)
+}
+
 func callInline(ctx context.Context, h Handler, name string, data json.RawMessage) (err error) {
 	defer func() {
 		if p := recover(); p != nil {

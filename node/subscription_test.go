@@ -114,3 +114,61 @@ func TestInProcessReceiverLog(t *testing.T) {
 		return nil
 	})
 }
+
+// An in-process receiver that runs longer than limits.action_timeout has
+// its context cancelled; the call fails as a timeout, is retried, and is
+// parked in the dead letters, and the publications behind it go on.
+func TestInProcessReceiverTimeout(t *testing.T) {
+	limits := withLimits(func(l *node.LimitsConfig) {
+		l.ActionTimeout = 150 * time.Millisecond
+		l.ReceiverRetries = 1
+		l.ReceiverBackoff = 10 * time.Millisecond
+	})
+	pub := newTestNode(t, withQuietLog())
+	sub := newTestNode(t, withQuietLog(), limits)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	if err := sub.RegisterReceiver("slow", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+		mu.Lock()
+		calls[string(in)]++
+		mu.Unlock()
+		if string(in) == `"hang"` {
+			<-ctx.Done() // honours its context, as in-process receivers must
+			return nil, ctx.Err()
+		}
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"to.>"}})
+	ctx := testCtx(t)
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "to.>", Receiver: "slow"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{`"hang"`, `"a"`, `"b"`} {
+		if _, err := pub.Publish(ctx, "to.x", json.RawMessage(d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if calls[`"a"`] != 1 || calls[`"b"`] != 1 {
+			return fmt.Errorf("calls %v: the publications behind the hung one did not run once each", calls)
+		}
+		return nil
+	})
+	mu.Lock()
+	hung := calls[`"hang"`]
+	mu.Unlock()
+	if hung != 2 {
+		t.Fatalf("the hung publication was called %d times, want 2 (1 retry)", hung)
+	}
+	dl, err := sub.DeadLetters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dl) != 1 || dl[0].Seq != 1 || dl[0].Attempts != 2 || !strings.Contains(dl[0].Error, "limits.action_timeout") {
+		t.Fatalf("dead letters = %+v, want seq 1 after 2 attempts, failed on the action timeout", dl)
+	}
+}
