@@ -107,6 +107,7 @@ type LimitsConfig struct {
 	QueueBound              int           `yaml:"queue_bound"`
 	QueueFull               string        `yaml:"queue_full"`
 	QueueMemory             ByteSize      `yaml:"queue_memory"`
+	QueueMemoryTotal        ByteSize      `yaml:"queue_memory_total"`
 	RateLimit               float64       `yaml:"rate_limit"`
 	RateBurst               int           `yaml:"rate_burst"`
 	MaxStreamsPerPeer       int           `yaml:"max_streams_per_peer"`
@@ -155,6 +156,7 @@ func DefaultConfig(port int) Config {
 			QueueBound:              1_000_000,
 			QueueFull:               QueueFullReject,
 			QueueMemory:             16 << 20,
+			QueueMemoryTotal:        256 << 20,
 			RateLimit:               2000,
 			RateBurst:               4000,
 			MaxStreamsPerPeer:       128,
@@ -271,6 +273,9 @@ func (c *Config) Validate() error {
 	if l.QueueMemory < 64<<10 || l.QueueMemory > 4<<30 {
 		bad("limits.queue_memory: %v is out of range (64KiB..4GiB)", l.QueueMemory)
 	}
+	if l.QueueMemoryTotal < 1<<20 || l.QueueMemoryTotal > 64<<30 {
+		bad("limits.queue_memory_total: %v is out of range (1MiB..64GiB)", l.QueueMemoryTotal)
+	}
 	if l.QueueFull != QueueFullReject && l.QueueFull != QueueFullDropOldest {
 		bad("limits.queue_full: %q is not one of %q, %q", l.QueueFull, QueueFullReject, QueueFullDropOldest)
 	}
@@ -380,6 +385,9 @@ limits:
   # not read them back from disk; a backlog beyond it is read from the
   # datastore. Raise it for large payloads. Default: 16MiB.
   queue_memory: {{.C.Limits.QueueMemory}}
+  # All subscriptions together keep at most this much in memory: each gets
+  # min(queue_memory, queue_memory_total / subscriptions). Default: 256MiB.
+  queue_memory_total: {{.C.Limits.QueueMemoryTotal}}
   # Requests per second one peer may make (token bucket) and its burst.
   # Defaults: 2000 and 4000.
   rate_limit: {{.C.Limits.RateLimit}}

@@ -130,6 +130,7 @@ func New(o Options) (*Node, error) {
 		Bound:          o.Config.Limits.QueueBound,
 		Policy:         o.Config.Limits.QueueFull,
 		MemoryPerQueue: int(o.Config.Limits.QueueMemory),
+		MemoryTotal:    int(o.Config.Limits.QueueMemoryTotal),
 		Logger:         o.Logger,
 	})
 	if err != nil {

@@ -32,6 +32,7 @@ const (
 const (
 	DefaultQueueBound     = 1_000_000
 	DefaultMemoryPerQueue = 16 << 20
+	DefaultMemoryTotal    = 256 << 20
 )
 
 // MaxSubscriptionIDLen bounds subscription ids; they are datastore key
@@ -110,6 +111,11 @@ type QueueOptions struct {
 	// without reading the datastore (default DefaultMemoryPerQueue). Older
 	// messages are read back from the datastore.
 	MemoryPerQueue int
+	// MemoryTotal bounds the memory of all queues together (default
+	// DefaultMemoryTotal): each queue keeps at most
+	// min(MemoryPerQueue, MemoryTotal / number of subscriptions), so a
+	// thousand subscriptions do not cost a thousand times MemoryPerQueue.
+	MemoryTotal int
 	// Logger receives warnings about stored state; nil discards them.
 	Logger *slog.Logger
 }
@@ -183,6 +189,8 @@ type Queues struct {
 	bound  uint64
 	drop   bool
 	memCap int
+	memTot int
+	nsubs  atomic.Int64 // len(subs), read without Queues.mu by the syncer
 	log    *slog.Logger
 
 	adminMu  sync.Mutex
@@ -404,6 +412,7 @@ func OpenQueues(ctx context.Context, store ds.Batching, o QueueOptions) (*Queues
 		bound:      DefaultQueueBound,
 		drop:       o.Policy == PolicyDropOldest,
 		memCap:     DefaultMemoryPerQueue,
+		memTot:     DefaultMemoryTotal,
 		log:        o.Logger,
 		subs:       make(map[string]*queue),
 		trie:       NewTrie[*queue](),
@@ -419,6 +428,9 @@ func OpenQueues(ctx context.Context, store ds.Batching, o QueueOptions) (*Queues
 	}
 	if o.MemoryPerQueue > 0 {
 		qs.memCap = o.MemoryPerQueue
+	}
+	if o.MemoryTotal > 0 {
+		qs.memTot = o.MemoryTotal
 	}
 	if qs.log == nil {
 		qs.log = slog.New(slog.DiscardHandler)
@@ -453,6 +465,7 @@ func (qs *Queues) load(ctx context.Context) error {
 		}
 		q := newQueue(s, 0)
 		qs.subs[s.ID] = q
+		qs.nsubs.Store(int64(len(qs.subs)))
 		if err := qs.trie.Insert(s.Pattern, q); err != nil {
 			return fmt.Errorf("%w: %s: %w", ErrCorruptQueue, e.Key, err)
 		}
@@ -746,7 +759,10 @@ func (qs *Queues) AddSubscription(ctx context.Context, s Subscription) error {
 		return err // validated above; kept for safety
 	}
 	qs.subs[s.ID] = q
+	qs.nsubs.Store(int64(len(qs.subs)))
 	qs.epoch.Add(1)
+	// One more subscription lowers every queue's share of MemoryTotal.
+	qs.shrinkMemLocked()
 	return nil
 }
 
@@ -853,6 +869,7 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 	qs.mu.Lock()
 	for i, q := range victims {
 		delete(qs.subs, q.sub.ID)
+		qs.nsubs.Store(int64(len(qs.subs)))
 		qs.trie.Remove(q.sub.Pattern, q)
 		out[i] = q.sub
 	}
@@ -1367,6 +1384,7 @@ func (qs *Queues) syncLoop() {
 
 // finish publishes a round's outcome to the queues and its callers.
 func (qs *Queues) finish(rd *round, err error) {
+	budget := qs.memBudget()
 	for _, t := range rd.touches {
 		q := t.q
 		q.mu.Lock()
@@ -1384,7 +1402,7 @@ func (qs *Queues) finish(rd *round, err error) {
 		} else {
 			for i := range t.items {
 				if t.items[i].Seq >= q.head {
-					q.pushLocked(t.items[i], qs.memCap)
+					q.pushLocked(t.items[i], budget)
 				}
 			}
 		}
@@ -1404,6 +1422,26 @@ func (qs *Queues) finish(rd *round, err error) {
 }
 
 // trimLocked drops cached items below head.
+// memBudget is how many bytes each queue may keep in memory now.
+func (qs *Queues) memBudget() int {
+	return min(qs.memCap, qs.memTot/int(max(1, qs.nsubs.Load())))
+}
+
+// shrinkMemLocked evicts the oldest cached items of every queue beyond
+// the current budget; called with Queues.mu held when a subscription is
+// added, which lowers it.
+func (qs *Queues) shrinkMemLocked() {
+	budget := qs.memBudget()
+	for _, q := range qs.subs {
+		q.mu.Lock()
+		for q.memBytes > budget {
+			q.memBytes -= itemSize(q.mem.at(0))
+			q.mem.pop()
+		}
+		q.mu.Unlock()
+	}
+}
+
 func (q *queue) trimLocked() {
 	for q.mem.n > 0 && q.mem.at(0).Seq < q.head {
 		q.memBytes -= itemSize(q.mem.at(0))

@@ -1283,3 +1283,52 @@ func TestQueueLogRangeDeletes(t *testing.T) {
 		wantItems(t, readAll(t, qs, "odd", 8), "9:odd:13")
 	})
 }
+
+// MemoryTotal bounds the cache of all queues together: each queue keeps
+// at most its share, shrunk when a subscription is added, and what falls
+// out of memory is read back from the datastore.
+func TestQueueMemoryTotal(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		qs := openQueues(t, store, QueueOptions{MemoryPerQueue: 64 << 10, MemoryTotal: 128 << 10})
+		mem := func(id string) int {
+			q, err := qs.get(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			return q.memBytes
+		}
+		data := strings.Repeat("x", 1000)
+		publishN := func(from, to int) {
+			var msgs []Message
+			for i := from; i <= to; i++ {
+				msgs = append(msgs, msg("m."+strconv.Itoa(i), data))
+			}
+			publish(t, qs, msgs...)
+		}
+		addSub(t, qs, "a", "m.*")
+		publishN(1, 100)
+		if m := mem("a"); m > 64<<10 || m < 32<<10 {
+			t.Fatalf("one subscription caches %d bytes, want its MemoryPerQueue (64 KiB) nearly full", m)
+		}
+		for _, id := range []string{"b", "c", "d"} {
+			addSub(t, qs, id, "m.*")
+		}
+		// 128 KiB over 4 subscriptions: 32 KiB each, at once for "a".
+		if m := mem("a"); m > 32<<10 {
+			t.Fatalf("after 3 more subscriptions %q caches %d bytes, want at most 32 KiB", "a", m)
+		}
+		publishN(101, 200)
+		for _, id := range []string{"a", "b", "c", "d"} {
+			if m := mem(id); m > 32<<10 || m == 0 {
+				t.Fatalf("%q caches %d bytes, want 1..32 KiB", id, m)
+			}
+		}
+		// Nothing is lost to the budget: "a" reads all 200, most from the store.
+		items := readAll(t, qs, "a", 0)
+		if len(items) != 200 || items[0].Message.Subject != "m.1" || items[199].Message.Subject != "m.200" {
+			t.Fatalf("read %d items, want all 200 in order", len(items))
+		}
+	})
+}
