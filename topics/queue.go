@@ -129,6 +129,9 @@ const (
 	maxRoundBytes      = 64 << 20
 	maxDeletesPerRound = 1 << 16
 	reqQueueLen        = 1024
+	// publishArena is the allocation small encoded entries of one
+	// Publish call share.
+	publishArena = 32 << 10
 	// readChunk is how many log entries a datastore read maps and fetches
 	// at a time.
 	readChunk = 256
@@ -956,9 +959,13 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 	collect := func(q *queue) { cand = append(cand, q) }
 	var verdict map[*queue]bool
 	var ids []string
+	var arena []byte
 	for i := range msgs {
-		cand = cand[:0]
-		qs.trie.MatchFunc(msgs[i].Subject, collect)
+		// A batch often repeats one subject: match it once.
+		if i == 0 || msgs[i].Subject != msgs[i-1].Subject {
+			cand = cand[:0]
+			qs.trie.MatchFunc(msgs[i].Subject, collect)
+		}
 		if len(cand) == 0 {
 			continue
 		}
@@ -997,7 +1004,17 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 		}
 		// The encoded entry is what the queues keep (Data aliases it), so
 		// the caller may reuse its buffers as soon as Publish returns.
-		val, off := appendEntry(make([]byte, 0, encodedEntrySize(&m, route)), &m, route)
+		// Small entries share allocations (an arena chunk stays alive
+		// while any of its entries is cached).
+		size := encodedEntrySize(&m, route)
+		if cap(arena)-len(arena) < size {
+			arena = make([]byte, 0, max(size, publishArena))
+		}
+		at := len(arena)
+		val, off := appendEntry(arena[at:at:at+size], &m, route)
+		if len(val) <= size { // else appendEntry outgrew its share and copied
+			arena = arena[:at+len(val)]
+		}
 		m.Data = val[off:len(val):len(val)]
 		r.msgs = append(r.msgs, m)
 		r.vals = append(r.vals, val)
