@@ -1493,7 +1493,13 @@ type itemRing struct {
 	buf   []Item // length is zero or a power of two
 	start int
 	n     int
+	// peak is the most items held since the last shrink check, and pops
+	// counts pops since then; see pop.
+	peak, pops int
 }
+
+// minRingShrink is the size below which a ring is not shrunk.
+const minRingShrink = 256
 
 func (r *itemRing) at(i int) *Item {
 	return &r.buf[(r.start+i)&(len(r.buf)-1)]
@@ -1505,16 +1511,24 @@ func (r *itemRing) push(it Item) {
 	}
 	*r.at(r.n) = it
 	r.n++
+	r.peak = max(r.peak, r.n)
 }
 
 func (r *itemRing) pop() {
 	*r.at(0) = Item{} // let the collector have the message
 	r.start = (r.start + 1) & (len(r.buf) - 1)
 	r.n--
-	// Give memory back after a burst, with hysteresis so that a queue
-	// hovering around a size does not resize back and forth.
-	if len(r.buf) > 64 && r.n < len(r.buf)/4 {
-		r.resize(len(r.buf) / 2)
+	// Give memory back after a burst: once per len(buf) pops, halve a
+	// buffer that never held a quarter of its size meanwhile. Checking
+	// the peak over a whole turnover, rather than the size now, keeps a
+	// queue that fills and drains in a sawtooth (every subscriber that
+	// acks in batches) from shrinking and regrowing at every drain; the
+	// copying stays amortised O(1) per pop.
+	if r.pops++; r.pops >= len(r.buf) {
+		if len(r.buf) > minRingShrink && r.peak < len(r.buf)/4 {
+			r.resize(len(r.buf) / 2)
+		}
+		r.peak, r.pops = r.n, 0
 	}
 }
 
@@ -1524,6 +1538,7 @@ func (r *itemRing) resize(size int) {
 		nb[i] = *r.at(i)
 	}
 	r.buf, r.start = nb, 0
+	r.pops = 0
 }
 
 func (r *itemRing) reset() {

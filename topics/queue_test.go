@@ -961,23 +961,42 @@ func TestItemRing(t *testing.T) {
 		next++
 	}
 	check()
-	grown := len(r.buf)
 	for range 990 {
 		r.pop()
 		first++
 	}
 	check()
-	if len(r.buf) >= grown {
-		t.Fatalf("ring did not shrink after draining: cap %d", len(r.buf))
-	}
-	// Wrap around repeatedly.
-	for range 500 {
+	// Steady small traffic after the burst gives the memory back, a
+	// halving per turnover, down to minRingShrink.
+	for range 5000 {
 		r.push(Item{Seq: next})
 		next++
 		r.pop()
 		first++
 	}
 	check()
+	if len(r.buf) != minRingShrink {
+		t.Fatalf("after a burst and steady small traffic the ring holds %d slots, want %d", len(r.buf), minRingShrink)
+	}
+	// A sawtooth (fill 3000, drain to 0) keeps its buffer: no shrinking
+	// and regrowing at every drain.
+	var size int
+	for cycle := range 5 {
+		for range 3000 {
+			r.push(Item{Seq: next})
+			next++
+		}
+		for r.n > 0 {
+			r.pop()
+			first++
+		}
+		check()
+		if cycle == 0 {
+			size = len(r.buf)
+		} else if len(r.buf) != size {
+			t.Fatalf("sawtooth cycle %d: ring resized from %d to %d slots", cycle, size, len(r.buf))
+		}
+	}
 }
 
 // TestQueueFanOutWritesOnce checks that a publication routed to many
