@@ -383,12 +383,15 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 		if len(d) > int(n.cfg.Limits.MaxPayload) {
 			return localapi.PublishResult{}, fmt.Errorf("%w: data (item %d) is %d bytes, over limits.max_payload %v", ErrBadRequest, i+1, len(d), n.cfg.Limits.MaxPayload)
 		}
-		pubs = append(pubs, publication{Subject: req.Action, Data: d, Hop: req.Hop, To: req.To})
+		pubs = append(pubs, publication{Subject: req.Action, Data: d, Hop: req.Hop})
 	}
 	if req.Peer != "" {
+		if len(req.To) > 0 {
+			return localapi.PublishResult{}, fmt.Errorf("%w: --to cannot be combined with --peer (the peer chooses its subscribers)", ErrBadRequest)
+		}
 		return n.remotePublish(ctx, req.Peer, pubs)
 	}
-	cnt, err := n.publish(ctx, pubs)
+	cnt, err := n.publish(ctx, pubs, req.To)
 	return localapi.PublishResult{Published: cnt}, err
 }
 
@@ -396,9 +399,6 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 // payload limit, pipelined: every frame goes out before the answers are
 // read.
 func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publication) (localapi.PublishResult, error) {
-	if len(pubs) > 0 && len(pubs[0].To) > 0 {
-		return localapi.PublishResult{}, fmt.Errorf("%w: --to cannot be combined with --peer (the peer chooses its subscribers)", ErrBadRequest)
-	}
 	s, err := n.open(ctx, peerID, wire.ProtoPublish, nil)
 	if err != nil {
 		return localapi.PublishResult{}, err

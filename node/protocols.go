@@ -340,7 +340,7 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 		if err != nil {
 			return err
 		}
-		cnt, err := nw.n.publish(ctx, pubs)
+		cnt, err := nw.n.publish(ctx, pubs, nil)
 		if err != nil {
 			return err
 		}

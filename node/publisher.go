@@ -120,32 +120,29 @@ type publication struct {
 	Subject string
 	Data    json.RawMessage
 	Hop     int
-	To      []string // restrict to subscribers with these peer ids
 }
 
-// publish queues publications for every matching subscription and returns
-// how many queue entries it wrote, once they are durable.
-func (n *Node) publish(ctx context.Context, pubs []publication) (int, error) {
+// publish queues publications for every matching subscription (only those
+// of the subscriber peer ids in to, when to is not empty) and returns how
+// many queue entries it wrote, once they are durable.
+func (n *Node) publish(ctx context.Context, pubs []publication, to []string) (int, error) {
 	msgs := make([]topics.Message, 0, len(pubs))
 	now := time.Now().UnixNano()
-	var to map[string]bool
 	for _, p := range pubs {
 		if p.Hop > n.cfg.Limits.MaxHops {
 			err := fmt.Errorf("%w: %q arrived after %d hops (limits.max_hops %d); not published, to stop a cascade loop", ErrHopLimit, p.Subject, p.Hop, n.cfg.Limits.MaxHops)
 			n.log.Error("cascade stopped", "subject", p.Subject, "hop", p.Hop, "err", err)
 			return 0, err
 		}
-		if len(p.To) > 0 {
-			to = map[string]bool{}
-			for _, t := range p.To {
-				to[t] = true
-			}
-		}
 		msgs = append(msgs, topics.Message{Subject: p.Subject, Data: p.Data, Hop: uint32(p.Hop), Time: now})
 	}
 	var filter func(topics.Subscription) bool
-	if to != nil {
-		filter = func(s topics.Subscription) bool { return to[s.Subscriber] }
+	if len(to) > 0 {
+		only := make(map[string]bool, len(to))
+		for _, t := range to {
+			only[t] = true
+		}
+		filter = func(s topics.Subscription) bool { return only[s.Subscriber] }
 	}
 	cnt, err := n.queues.Publish(ctx, msgs, filter)
 	if err != nil {
@@ -178,7 +175,7 @@ func (n *Node) PublishBatch(ctx context.Context, msgs []Message) (int, error) {
 		}
 		pubs = append(pubs, publication{Subject: m.Subject, Data: m.Data})
 	}
-	return n.publish(ctx, pubs)
+	return n.publish(ctx, pubs, nil)
 }
 
 // Message is one publication for PublishBatch.
