@@ -1292,6 +1292,16 @@ func TestQueueLogRangeDeletes(t *testing.T) {
 		}
 		waitFor(t, func() bool { return slices.Equal(logPositions(t, store), []uint64{11, 12}) })
 		wantItems(t, readAll(t, qs, "odd", 6), "7:odd:11", "8:odd:12")
+		// After a restart the ranges stay deleted and the rest is intact.
+		if err := qs.Close(); err != nil {
+			t.Fatal(err)
+		}
+		qs = openQueues(t, store, QueueOptions{})
+		wantPositions(t, store, []uint64{11, 12})
+		wantItems(t, readAll(t, qs, "odd", 6), "7:odd:11", "8:odd:12")
+		if items := readAll(t, qs, "all", 12); len(items) != 0 {
+			t.Fatalf("after a restart %q has %d items past its ack, want none", "all", len(items))
+		}
 		if err := qs.Ack("odd", 8); err != nil {
 			t.Fatal(err)
 		}
