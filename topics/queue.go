@@ -219,6 +219,12 @@ type Queues struct {
 	nextPos uint64
 	refBase uint64
 	refs    []uint32
+	// oldRefs holds the counts of entries below refBase that are still
+	// needed: when a few old entries (a slow subscription's) would keep
+	// refs spanning more than maxDenseRefs positions, they move here, so
+	// memory follows the number of live entries, not the positions
+	// published since the oldest one.
+	oldRefs map[uint64]uint32
 
 	reqs       chan *pubReq
 	kick       chan struct{}
@@ -541,9 +547,7 @@ func (qs *Queues) load(ctx context.Context) error {
 			qs.refBase, first = p, false
 		}
 		pos, cnt = p, 0
-		for qs.refBase+uint64(len(qs.refs)) < pos {
-			qs.refs = append(qs.refs, 0)
-		}
+		qs.extendRefs(pos)
 		if e.listed {
 			for _, id := range e.ids {
 				if q := qs.subs[id]; q != nil {
@@ -565,9 +569,7 @@ func (qs *Queues) load(ctx context.Context) error {
 	if first {
 		qs.refBase = qs.nextPos
 	}
-	for qs.refBase+uint64(len(qs.refs)) < qs.nextPos {
-		qs.refs = append(qs.refs, 0)
-	}
+	qs.extendRefs(qs.nextPos)
 
 	var fresh []*queue
 
@@ -622,9 +624,82 @@ func newQueue(s Subscription, start uint64) *queue {
 	return &queue{sub: s, start: start, next: 1, head: 1, released: 1, cNext: 1, cDrop: 1, cHead: 1}
 }
 
-// trimRefs drops leading log entries that nobody needs from refs. Called
-// with commitMu held (or before the committer starts).
+// maxDenseRefs bounds the span of refs; see oldRefs.
+var maxDenseRefs = 1 << 20 // a variable for tests
+
+// extendRefs pads refs with zero counts up to position to (exclusive),
+// spilling first when that would make it span more than maxDenseRefs
+// positions (a state naming a position far ahead of the log).
+func (qs *Queues) extendRefs(to uint64) {
+	if to > qs.refBase+uint64(maxDenseRefs) {
+		// Nothing is logged between the last entry and to: keep the live
+		// counts aside and start the dense span at to.
+		qs.spillRefs(uint64(len(qs.refs)))
+		qs.refBase = max(qs.refBase, to)
+		return
+	}
+	for qs.refBase+uint64(len(qs.refs)) < to {
+		qs.refs = append(qs.refs, 0)
+	}
+}
+
+// spillRefs moves the first n positions of refs (all of it when n is
+// larger) out of the dense span: their non-zero counts to oldRefs.
+func (qs *Queues) spillRefs(n uint64) {
+	n = min(n, uint64(len(qs.refs)))
+	for i, c := range qs.refs[:n] {
+		if c != 0 {
+			if qs.oldRefs == nil {
+				qs.oldRefs = make(map[uint64]uint32)
+			}
+			qs.oldRefs[qs.refBase+uint64(i)] = c
+		}
+	}
+	qs.refBase += n
+	if n == uint64(len(qs.refs)) {
+		qs.refs = qs.refs[:0]
+		return
+	}
+	qs.refs = append(qs.refs[:0:0], qs.refs[n:]...)
+}
+
+// refCount returns how many subscriptions still need the entry at pos,
+// and whether pos is tracked at all (false: released, or never logged).
+func (qs *Queues) refCount(pos uint64) (uint32, bool) {
+	if pos < qs.refBase {
+		c, ok := qs.oldRefs[pos]
+		return c, ok
+	}
+	if i := pos - qs.refBase; i < uint64(len(qs.refs)) {
+		return qs.refs[i], true
+	}
+	return 0, false
+}
+
+// decRefs drops n references to the entry at pos.
+func (qs *Queues) decRefs(pos uint64, n uint32) {
+	if pos < qs.refBase {
+		if c, ok := qs.oldRefs[pos]; ok {
+			if c <= n {
+				delete(qs.oldRefs, pos)
+			} else {
+				qs.oldRefs[pos] = c - n
+			}
+		}
+		return
+	}
+	if i := pos - qs.refBase; i < uint64(len(qs.refs)) {
+		qs.refs[i] -= min(n, qs.refs[i])
+	}
+}
+
+// trimRefs drops leading log entries that nobody needs from refs, and
+// spills old live ones to oldRefs when refs spans more than maxDenseRefs
+// positions. Called with commitMu held (or before the committer starts).
 func (qs *Queues) trimRefs() {
+	if len(qs.refs) > maxDenseRefs {
+		qs.spillRefs(uint64(len(qs.refs) - maxDenseRefs/2))
+	}
 	i := 0
 	for i < len(qs.refs) && qs.refs[i] == 0 {
 		i++
@@ -651,12 +726,12 @@ func (qs *Queues) trimRefs() {
 // release drops q's reference to the log entry at pos and reports whether
 // it was the last one. Called with commitMu held.
 func (qs *Queues) release(pos uint64) bool {
-	i := pos - qs.refBase
-	if pos < qs.refBase || i >= uint64(len(qs.refs)) || qs.refs[i] == 0 {
+	c, ok := qs.refCount(pos)
+	if !ok || c == 0 {
 		return false // already released: nothing to delete
 	}
-	qs.refs[i]--
-	return qs.refs[i] == 0
+	qs.decRefs(pos, 1)
+	return c == 1
 }
 
 func (qs *Queues) deleteKeys(ctx context.Context, keys []ds.Key) error {
@@ -844,7 +919,7 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 	}
 	var gone []uint64
 	for pos, n := range release {
-		if i := pos - qs.refBase; pos >= qs.refBase && i < uint64(len(qs.refs)) && qs.refs[i] <= n {
+		if c, ok := qs.refCount(pos); ok && c <= n {
 			gone = append(gone, pos)
 		}
 	}
@@ -862,9 +937,7 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 		q.removed.Store(true)
 	}
 	for pos, n := range release {
-		if i := pos - qs.refBase; pos >= qs.refBase && i < uint64(len(qs.refs)) {
-			qs.refs[i] -= min(n, qs.refs[i])
-		}
+		qs.decRefs(pos, n)
 	}
 	qs.trimRefs()
 

@@ -1361,3 +1361,51 @@ func TestQueueMemoryTotal(t *testing.T) {
 		}
 	})
 }
+
+// An old entry a slow subscription still needs does not make the reference
+// counts span every position published since: it moves aside, and is
+// still read, released and deleted like any other, across a restart.
+func TestQueueRefsStayBoundedBehindSlowSubscription(t *testing.T) {
+	defer func(v int) { maxDenseRefs = v }(maxDenseRefs)
+	maxDenseRefs = 64
+	backends(t, func(t *testing.T, store ds.Batching) {
+		qs := openQueues(t, store, QueueOptions{})
+		addSub(t, qs, "slow", "rare")
+		addSub(t, qs, "fast", "busy")
+		publish(t, qs, msg("rare", "old"))
+		var acked uint64
+		for range 20 {
+			var msgs []Message
+			for range 50 {
+				msgs = append(msgs, msg("busy", "x"))
+			}
+			publish(t, qs, msgs...)
+			acked += 50
+			if err := qs.Ack("fast", acked); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, func() bool { return slices.Equal(logPositions(t, store), []uint64{1}) })
+		qs.commitMu.Lock()
+		span, old := len(qs.refs), qs.oldRefs[1]
+		qs.commitMu.Unlock()
+		if span > 2*maxDenseRefs || old != 1 {
+			t.Fatalf("refs span %d positions (bound %d), old entry count %d; want it moved aside", span, maxDenseRefs, old)
+		}
+		wantItems(t, readAll(t, qs, "slow", 0), "1:rare:old")
+
+		if err := qs.Close(); err != nil {
+			t.Fatal(err)
+		}
+		qs = openQueues(t, store, QueueOptions{})
+		wantItems(t, readAll(t, qs, "slow", 0), "1:rare:old")
+		publish(t, qs, msg("rare", "new"))
+		if err := qs.Ack("slow", 2); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return len(logPositions(t, store)) == 0 })
+		if st := status(t, qs, "slow"); st.NextSeq != 3 || st.Depth != 0 {
+			t.Fatalf("slow after acking all: %+v", st)
+		}
+	})
+}
