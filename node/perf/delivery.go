@@ -309,11 +309,18 @@ func Delivery(ctx context.Context, o DeliveryOptions) (DeliveryResult, error) {
 		dir = tmp
 	}
 	c, err := newCluster(ctx, dir, o)
-	if err != nil {
-		return DeliveryResult{}, err
+	if err == nil {
+		var r DeliveryResult
+		r, err = runDelivery(ctx, c, o)
+		err = errors.Join(err, c.close())
+		if err == nil {
+			return r, nil
+		}
 	}
-	r, err := runDelivery(ctx, c, o)
-	return r, errors.Join(err, c.close())
+	if ctx.Err() != nil {
+		err = fmt.Errorf("%w (gave up after %v)", err, o.Timeout)
+	}
+	return DeliveryResult{}, err
 }
 
 func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryResult, error) {
