@@ -58,6 +58,7 @@ machine's cores, so the numbers are a lower bound for separate machines.`,
 			if err != nil {
 				return err
 			}
+			tuneGC() // measure what the service runs
 			fmt.Fprintf(a.err, "bench: %d publications of %s to %d subscriber host(s), %s...\n",
 				po.Messages, humanize.IBytes(uint64(po.Size)), po.Subscribers, o.mode)
 			r, err := perf.Delivery(cmd.Context(), po)

@@ -4,6 +4,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -65,4 +66,24 @@ func TestBenchBadFlags(t *testing.T) {
 		"size 2097152 is out of range", "subscribers 0 is out of range", `transport "udp"`, `receiver "python"`)
 	i.mustFail([]string{"bench", "--size", "64KiB", "--window", "1KiB"}, "window 1024 is smaller than one message")
 	i.mustFail([]string{"bench", "extra"}, "unknown command")
+}
+
+// The service and bench collect garbage at serviceGCPercent unless the
+// user chose a GOGC.
+func TestTuneGC(t *testing.T) {
+	prev := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(prev)
+	t.Setenv("GOGC", "") // restored after the test
+	if err := os.Unsetenv("GOGC"); err != nil {
+		t.Fatal(err)
+	}
+	tuneGC()
+	if got := debug.SetGCPercent(100); got != serviceGCPercent {
+		t.Fatalf("without GOGC the GC percent is %d, want %d", got, serviceGCPercent)
+	}
+	t.Setenv("GOGC", "50")
+	tuneGC()
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Fatalf("with GOGC set, tuneGC changed the GC percent to %d", got)
+	}
 }
