@@ -76,12 +76,15 @@ type attached struct {
 	subs map[string]*attachment
 }
 
-type attachment struct{ cancel context.CancelFunc }
+type attachment struct {
+	cancel  context.CancelFunc
+	relayed bool // the stream goes through a circuit relay
+}
 
 func newAttached() *attached { return &attached{subs: map[string]*attachment{}} }
 
-func (a *attached) attach(id string, cancel context.CancelFunc) *attachment {
-	at := &attachment{cancel: cancel}
+func (a *attached) attach(id string, cancel context.CancelFunc, relayed bool) *attachment {
+	at := &attachment{cancel: cancel, relayed: relayed}
 	a.mu.Lock()
 	if old := a.subs[id]; old != nil {
 		old.cancel()
@@ -109,10 +112,19 @@ func (a *attached) kick(id string) {
 	a.mu.Unlock()
 }
 
-func (a *attached) has(id string) bool {
+// path reports whether id has a live deliverer and how its stream reaches
+// the subscriber: "direct" or "relayed" ("" when none).
+func (a *attached) path(id string) string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.subs[id] != nil
+	switch at := a.subs[id]; {
+	case at == nil:
+		return ""
+	case at.relayed:
+		return "relayed"
+	default:
+		return "direct"
+	}
 }
 
 // publication is one message for the subscribers of Subject.
@@ -260,7 +272,7 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 	n := nw.n
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	at := nw.attached.attach(sub.ID, cancel)
+	at := nw.attached.attach(sub.ID, cancel, isRelayed(s.s.Conn()))
 	defer nw.attached.detach(sub.ID, at)
 	timeout := n.cfg.Limits.StreamTimeout
 
@@ -419,7 +431,8 @@ func (n *Node) Subscribers() []localapi.Subscriber {
 			v.LastDelivered = &t
 		}
 		if n.net != nil {
-			v.Connected = n.net.attached.has(q.ID)
+			v.Path = n.net.attached.path(q.ID)
+			v.Connected = v.Path != ""
 		}
 		out = append(out, v)
 	}

@@ -77,6 +77,10 @@ func TestSubscriptionMovesFromRelayToDirect(t *testing.T) {
 			if len(subs) != 1 || subs[0].Path != want {
 				return fmt.Errorf("subscriptions %+v, want one on a %s stream", subs, want)
 			}
+			// The publisher sees the same stream.
+			if ss := pub.Subscribers(); len(ss) != 1 || !ss[0].Connected || ss[0].Path != want {
+				return fmt.Errorf("subscribers at the publisher %+v, want one on a %s stream", ss, want)
+			}
 			return nil
 		})
 	}

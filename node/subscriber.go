@@ -763,7 +763,7 @@ func (nw *netsvc) nudger(ctx context.Context) {
 		now := time.Now()
 		want := map[string][]string{}
 		for _, q := range nw.n.queues.Status() {
-			if q.Depth == 0 || nw.attached.has(q.ID) {
+			if q.Depth == 0 || nw.attached.path(q.ID) != "" {
 				delete(delay, q.Subscriber)
 				continue
 			}

@@ -123,10 +123,14 @@ func newSubscribersCmd(a *app) *cobra.Command {
 				}
 				rows := [][]string{}
 				for _, s := range subs {
+					conn := "no"
+					if s.Connected {
+						conn = s.Path // direct or relayed
+					}
 					rows = append(rows, []string{s.ID, s.Subscriber, s.Pattern, s.TokenID, strconv.FormatUint(s.Depth, 10),
-						strconv.FormatUint(s.Delivered, 10), when(s.LastDelivered, "-")})
+						strconv.FormatUint(s.Delivered, 10), when(s.LastDelivered, "-"), conn})
 				}
-				return table(a.out, []string{"ID", "SUBSCRIBER", "PATTERN", "SUBSCRIBED WITH TOKEN", "QUEUE", "DELIVERED", "LAST DELIVERED"}, rows)
+				return table(a.out, []string{"ID", "SUBSCRIBER", "PATTERN", "SUBSCRIBED WITH TOKEN", "QUEUE", "DELIVERED", "LAST DELIVERED", "CONNECTED"}, rows)
 			})
 		},
 	}

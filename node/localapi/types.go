@@ -238,13 +238,16 @@ type Subscription struct {
 
 // Subscriber is a subscription another peer holds at this instance.
 type Subscriber struct {
-	ID            string     `json:"id"`
-	Subscriber    string     `json:"subscriber"`
-	Pattern       string     `json:"pattern"`
-	TokenID       string     `json:"token_id"`
-	Receiver      string     `json:"receiver"`
-	CreatedAt     time.Time  `json:"created_at"`
-	Connected     bool       `json:"connected"`
+	ID         string    `json:"id"`
+	Subscriber string    `json:"subscriber"`
+	Pattern    string    `json:"pattern"`
+	TokenID    string    `json:"token_id"`
+	Receiver   string    `json:"receiver"`
+	CreatedAt  time.Time `json:"created_at"`
+	Connected  bool      `json:"connected"`
+	// Path is how the delivery stream reaches the subscriber while
+	// connected: "direct", or "relayed" through a circuit relay.
+	Path          string     `json:"path,omitempty"`
 	NextSeq       uint64     `json:"next_seq"`
 	Acked         uint64     `json:"acked"`
 	Depth         uint64     `json:"queue_depth"`
