@@ -35,6 +35,7 @@ bench: ## benchmarks; each prints a ratio against a baseline measured in the sam
 	$(GO) test -run '^$$' -bench 'Delivery$$/.*/size=128/' -benchtime 2000x ./node/
 	$(GO) test -run '^$$' -bench 'Delivery$$/.*/size=65536/' -benchtime 60x ./node/
 	$(GO) test -run '^$$' -bench 'DeliveryExecReceiver' -benchtime 300x ./node/
+	$(GO) test -run '^$$' -bench 'NotifyLatency' -benchtime 50x ./cmd/coattail/
 
 fuzz: ## run every fuzz target for FUZZTIME (executions, or a duration) each
 	@set -e; for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \

@@ -54,7 +54,7 @@ func testMain(m *testing.M) int {
 }
 
 // needBinary skips end-to-end tests under -short.
-func needBinary(t *testing.T) {
+func needBinary(t testing.TB) {
 	t.Helper()
 	if binPath == "" {
 		t.Skip("end-to-end test: needs the built binary (not built under -short)")
@@ -67,9 +67,9 @@ const commandTimeout = 90 * time.Second
 
 // runtimeDirs gives each test one COATTAIL_RUNTIME_DIR shared by all its
 // instances.
-var runtimeDirs sync.Map // *testing.T -> string
+var runtimeDirs sync.Map // testing.TB -> string
 
-func runtimeDir(t *testing.T) string {
+func runtimeDir(t testing.TB) string {
 	if d, ok := runtimeDirs.Load(t); ok {
 		return d.(string)
 	}
@@ -82,7 +82,7 @@ func runtimeDir(t *testing.T) string {
 // childEnv is the environment of every coattail process a test starts: the
 // parent's, minus any COATTAIL_* setting that could point it at a real
 // instance, plus the test's runtime dir.
-func childEnv(t *testing.T, extra ...string) []string {
+func childEnv(t testing.TB, extra ...string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, "COATTAIL_") {
@@ -96,7 +96,7 @@ func childEnv(t *testing.T, extra ...string) []string {
 
 // instance is one coattail instance directory, driven through the binary.
 type instance struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 	dir  string
 	env  []string // extra KEY=VALUE for every command
@@ -105,7 +105,7 @@ type instance struct {
 
 // newInstance runs `coattail new <dir> --loopback --port 0` and returns
 // the instance.
-func newInstance(t *testing.T, name string) *instance {
+func newInstance(t testing.TB, name string) *instance {
 	t.Helper()
 	needBinary(t)
 	// Canonical, so paths compare equal to what the service reports.
@@ -230,7 +230,7 @@ func (i *instance) cleanupService(pid int) {
 }
 
 // killAndWait SIGKILLs pid (if still alive) and waits until it is gone.
-func killAndWait(t *testing.T, pid int) {
+func killAndWait(t testing.TB, pid int) {
 	t.Helper()
 	if !processAlive(pid) {
 		return
@@ -413,7 +413,7 @@ func (p *proc) exited() bool {
 }
 
 // wait waits for the command to exit and returns its exit code.
-func (p *proc) wait(t *testing.T) int {
+func (p *proc) wait(t testing.TB) int {
 	t.Helper()
 	select {
 	case <-p.done:
@@ -426,7 +426,7 @@ func (p *proc) wait(t *testing.T) int {
 
 // checkFor polls fn until it returns nil or timeout passes; then the test
 // fails with fn's last error.
-func checkFor(t *testing.T, timeout time.Duration, fn func() error) {
+func checkFor(t testing.TB, timeout time.Duration, fn func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	interval := 20 * time.Millisecond
