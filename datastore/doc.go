@@ -46,7 +46,18 @@
 // The pebble block cache is DefaultCacheSize (8 MiB), set explicitly rather
 // than left to pebble's default because an instance's idle memory budget is
 // small and the default may grow between pebble releases. Memtables start at
-// 256 KiB and grow only under write load.
+// 256 KiB and grow only under write load, up to MemTableSize (64 MiB, so
+// that a queued publication and its deletion usually meet in memory; see
+// Open). Tables are not compressed: most bytes written are short-lived
+// queue data.
+//
+// # Beyond go-datastore
+//
+// The pebble Batching also implements SortedGetter (many keys read in order
+// with one iterator) and SizedBatcher (a batch allocated at its final size,
+// whose batches implement RangeDeleter: one tombstone for a key range). The
+// queues use them when present and fall back to plain go-datastore calls on
+// the in-memory store.
 //
 // The datastore returned by DB.Batching must not be used after DB.Close:
 // pebble treats use after close as a programming error.
