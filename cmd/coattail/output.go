@@ -47,5 +47,14 @@ func when(t *time.Time, none string) string {
 	return t.Local().Format(time.RFC3339)
 }
 
+// streamPath is the CONNECTED column of a subscription's stream: "no",
+// or how it reaches the other side ("direct" or "relayed").
+func streamPath(connected bool, path string) string {
+	if !connected {
+		return "no"
+	}
+	return path
+}
+
 // humanError is the text shown for an error.
 func humanError(err error) string { return err.Error() }

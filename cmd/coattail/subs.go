@@ -86,11 +86,7 @@ func newSubscriptionsCmd(a *app) *cobra.Command {
 				}
 				rows := [][]string{}
 				for _, s := range subs {
-					conn := "no"
-					if s.Connected {
-						conn = s.Path // direct or relayed
-					}
-					rows = append(rows, []string{s.ID, s.Publisher, s.Pattern, s.Receiver, strconv.FormatUint(s.LastSeq, 10), conn})
+					rows = append(rows, []string{s.ID, s.Publisher, s.Pattern, s.Receiver, strconv.FormatUint(s.LastSeq, 10), streamPath(s.Connected, s.Path)})
 				}
 				return table(a.out, []string{"ID", "PUBLISHER", "PATTERN", "RECEIVER", "LAST SEQ", "CONNECTED"}, rows)
 			})
@@ -123,12 +119,8 @@ func newSubscribersCmd(a *app) *cobra.Command {
 				}
 				rows := [][]string{}
 				for _, s := range subs {
-					conn := "no"
-					if s.Connected {
-						conn = s.Path // direct or relayed
-					}
 					rows = append(rows, []string{s.ID, s.Subscriber, s.Pattern, s.TokenID, strconv.FormatUint(s.Depth, 10),
-						strconv.FormatUint(s.Delivered, 10), when(s.LastDelivered, "-"), conn})
+						strconv.FormatUint(s.Delivered, 10), when(s.LastDelivered, "-"), streamPath(s.Connected, s.Path)})
 				}
 				return table(a.out, []string{"ID", "SUBSCRIBER", "PATTERN", "SUBSCRIBED WITH TOKEN", "QUEUE", "DELIVERED", "LAST DELIVERED", "CONNECTED"}, rows)
 			})
