@@ -61,14 +61,6 @@ func preferTCPRanker(addrs []ma.Multiaddr) []network.AddrDelay {
 // isDirectTCP reports whether a is a TCP address that is not a relay
 // circuit.
 func isDirectTCP(a ma.Multiaddr) bool {
-	tcp, circuit := false, false
-	for _, c := range a {
-		switch c.Code() {
-		case ma.P_TCP:
-			tcp = true
-		case ma.P_CIRCUIT:
-			circuit = true
-		}
-	}
-	return tcp && !circuit
+	_, err := a.ValueForProtocol(ma.P_TCP)
+	return err == nil && !isRelayAddr(a)
 }
