@@ -474,11 +474,11 @@ func (qs *Queues) load(ctx context.Context) error {
 		}
 		q := newQueue(s, 0)
 		qs.subs[s.ID] = q
-		qs.nsubs.Store(int64(len(qs.subs)))
 		if err := qs.trie.Insert(s.Pattern, q); err != nil {
 			return fmt.Errorf("%w: %s: %w", ErrCorruptQueue, e.Key, err)
 		}
 	}
+	qs.nsubs.Store(int64(len(qs.subs)))
 
 	// Subscription states.
 	var garbage []ds.Key
@@ -945,10 +945,10 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 	qs.mu.Lock()
 	for i, q := range victims {
 		delete(qs.subs, q.sub.ID)
-		qs.nsubs.Store(int64(len(qs.subs)))
 		qs.trie.Remove(q.sub.Pattern, q)
 		out[i] = q.sub
 	}
+	qs.nsubs.Store(int64(len(qs.subs)))
 	qs.mu.Unlock()
 	for _, q := range victims {
 		q.mu.Lock()
@@ -1354,15 +1354,14 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 	// All keys of the round are built in one buffer and sliced from one
 	// string: ds.Key wants a string, and a conversion per key would cost an
 	// allocation per entry on the hot path.
-	const klen = len(logPrefix) + seqDigits
-	arena := make([]byte, 0, len(rd.puts)*klen)
+	arena := make([]byte, 0, len(rd.puts)*logKeyLen)
 	for _, p := range rd.puts {
 		arena = appendLogKey(arena, p.pos)
 	}
 	keys := string(arena)
 	var firstErr error
 	for i, p := range rd.puts {
-		if firstErr = b.Put(ctx, ds.RawKey(keys[i*klen:(i+1)*klen]), p.val); firstErr != nil {
+		if firstErr = b.Put(ctx, ds.RawKey(keys[i*logKeyLen:(i+1)*logKeyLen]), p.val); firstErr != nil {
 			break
 		}
 	}
