@@ -298,3 +298,12 @@ func isRelayAddr(a ma.Multiaddr) bool {
 func isRelayed(c network.Conn) bool {
 	return c.Stat().Limited || isRelayAddr(c.RemoteMultiaddr())
 }
+
+// pathOf is how a connection reaches the peer, as the status and list
+// views name it: "relayed" through a circuit relay, else "direct".
+func pathOf(c network.Conn) string {
+	if isRelayed(c) {
+		return "relayed"
+	}
+	return "direct"
+}

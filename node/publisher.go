@@ -77,14 +77,14 @@ type attached struct {
 }
 
 type attachment struct {
-	cancel  context.CancelFunc
-	relayed bool // the stream goes through a circuit relay
+	cancel context.CancelFunc
+	path   string // how the stream reaches the subscriber (pathOf)
 }
 
 func newAttached() *attached { return &attached{subs: map[string]*attachment{}} }
 
-func (a *attached) attach(id string, cancel context.CancelFunc, relayed bool) *attachment {
-	at := &attachment{cancel: cancel, relayed: relayed}
+func (a *attached) attach(id string, cancel context.CancelFunc, path string) *attachment {
+	at := &attachment{cancel: cancel, path: path}
 	a.mu.Lock()
 	if old := a.subs[id]; old != nil {
 		old.cancel()
@@ -117,14 +117,10 @@ func (a *attached) kick(id string) {
 func (a *attached) path(id string) string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	switch at := a.subs[id]; {
-	case at == nil:
-		return ""
-	case at.relayed:
-		return "relayed"
-	default:
-		return "direct"
+	if at := a.subs[id]; at != nil {
+		return at.path
 	}
+	return ""
 }
 
 // publication is one message for the subscribers of Subject.
@@ -272,7 +268,7 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 	n := nw.n
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	at := nw.attached.attach(sub.ID, cancel, isRelayed(s.s.Conn()))
+	at := nw.attached.attach(sub.ID, cancel, pathOf(s.s.Conn()))
 	defer nw.attached.detach(sub.ID, at)
 	timeout := n.cfg.Limits.StreamTimeout
 

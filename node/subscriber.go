@@ -630,10 +630,7 @@ func (n *Node) subscriptionView(ctx context.Context, s outSub) localapi.Subscrip
 	if l := n.subscriber.loops[s.ID]; l != nil {
 		if l.stream != nil {
 			v.Connected = true
-			v.Path = "direct"
-			if isRelayed(l.stream.Conn()) {
-				v.Path = "relayed"
-			}
+			v.Path = pathOf(l.stream.Conn())
 		}
 	}
 	n.subscriber.mu.Unlock()
