@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"time"
 
 	"github.com/coattail/coattail/node"
@@ -32,6 +33,7 @@ type benchOptions struct {
 	dir          string
 	timeout      time.Duration
 	asJSON       bool
+	cpuProfile   string
 }
 
 func newBenchCmd(a *app) *cobra.Command {
@@ -57,6 +59,14 @@ machine's cores, so the numbers are a lower bound for separate machines.`,
 			po, err := o.options()
 			if err != nil {
 				return err
+			}
+			if o.cpuProfile != "" {
+				f, err := os.Create(o.cpuProfile)
+				if err != nil {
+					return fmt.Errorf("bench: --cpuprofile: %w", err)
+				}
+				defer f.Close()
+				po.CPUProfile = f
 			}
 			tuneGC() // measure what the service runs
 			fmt.Fprintf(a.err, "bench: %d publications of %s to %d subscriber host(s), %s...\n",
@@ -87,6 +97,7 @@ machine's cores, so the numbers are a lower bound for separate machines.`,
 	f.StringVar(&o.dir, "dir", "", "where to create the instances (default: a temporary directory, removed afterwards)")
 	f.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	f.BoolVar(&o.asJSON, "json", false, "print the result as JSON")
+	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the durable run to this file")
 	return cmd
 }
 

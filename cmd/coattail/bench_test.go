@@ -33,8 +33,12 @@ func TestBenchCommand(t *testing.T) {
 
 	dir := t.TempDir()
 	var r perf.DeliveryResult
-	i.decodeJSON(i.mustRun("bench", "--messages", "5000", "--json", "--dir", dir), &r)
+	prof := filepath.Join(t.TempDir(), "cpu.pprof")
+	i.decodeJSON(i.mustRun("bench", "--messages", "5000", "--json", "--dir", dir, "--cpuprofile", prof), &r)
 	check(r, 128, 1, 5000, "paced", "tcp", "inprocess")
+	if b, err := os.ReadFile(prof); err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Fatalf("--cpuprofile did not write a (gzipped) pprof profile: %d bytes, %v", len(b), err)
+	}
 	if r.Window != perf.DefaultWindow {
 		t.Fatalf("paced window = %d, want the default %d", r.Window, perf.DefaultWindow)
 	}
@@ -66,6 +70,7 @@ func TestBenchBadFlags(t *testing.T) {
 		"size 2097152 is out of range", "subscribers 0 is out of range", `transport "udp"`, `receiver "python"`)
 	i.mustFail([]string{"bench", "--size", "64KiB", "--window", "1KiB"}, "window 1024 is smaller than one message")
 	i.mustFail([]string{"bench", "extra"}, "unknown command")
+	i.mustFail([]string{"bench", "--cpuprofile", filepath.Join(t.TempDir(), "no", "such", "dir", "cpu.pprof")}, "--cpuprofile")
 }
 
 // The service and bench collect garbage at serviceGCPercent unless the

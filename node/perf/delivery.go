@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,6 +86,9 @@ type DeliveryOptions struct {
 	Dir string
 	// Timeout bounds the whole run (default 10 minutes).
 	Timeout time.Duration
+	// CPUProfile, if set, receives a CPU profile (pprof format) of the
+	// durable run only, without the baselines.
+	CPUProfile io.Writer
 }
 
 // DeliveryResult is what Delivery measured. Rates are per subscriber
@@ -350,18 +354,20 @@ func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryRe
 	if err != nil {
 		return r, err
 	}
-	start := time.Now()
-	if err := publishAll(ctx, c.pub, o, data, window, processed, c.pollEvery()); err != nil {
-		return r, err
-	}
-	for c.processed() < int64(o.Messages) {
-		select {
-		case <-ctx.Done():
-			return r, fmt.Errorf("perf: subscribers processed %d of %d publications: %w", c.processed(), o.Messages, ctx.Err())
-		case <-time.After(c.pollEvery()):
+	if o.CPUProfile != nil {
+		if err := pprof.StartCPUProfile(o.CPUProfile); err != nil {
+			return r, fmt.Errorf("perf: CPU profile: %w", err)
 		}
 	}
+	start := time.Now()
+	err = waitDelivered(ctx, c, o, data, window, processed)
 	elapsed := time.Since(start)
+	if o.CPUProfile != nil {
+		pprof.StopCPUProfile()
+	}
+	if err != nil {
+		return r, err
+	}
 	cpu1, err := cpuTime()
 	if err != nil {
 		return r, err
@@ -382,6 +388,22 @@ func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryRe
 	}
 	r.DiskMBPerSec, r.XDisk = disk*float64(o.Size)/1e6, r.MsgsPerSec/disk
 	return r, nil
+}
+
+// waitDelivered publishes o.Messages publications and waits until the
+// subscribers have processed them all.
+func waitDelivered(ctx context.Context, c *cluster, o DeliveryOptions, data json.RawMessage, window int64, processed func() int64) error {
+	if err := publishAll(ctx, c.pub, o, data, window, processed, c.pollEvery()); err != nil {
+		return err
+	}
+	for c.processed() < int64(o.Messages) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("perf: subscribers processed %d of %d publications: %w", c.processed(), o.Messages, ctx.Err())
+		case <-time.After(c.pollEvery()):
+		}
+	}
+	return nil
 }
 
 // publishAll publishes o.Messages messages in batches of BatchFor(size)
