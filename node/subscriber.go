@@ -399,6 +399,7 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 			return progressed, fmt.Errorf("%w %s: unexpected frame type %d on a subscription", ErrPeer, sub.Publisher, t)
 		}
 		dirty := false
+		h, _ := ss.n.inProcessReceiver(sub.Receiver) // once per frame, not per publication
 		err = wire.DecodeDeliveries(payload, func(d *wire.Delivery) error {
 			if d.SubscriptionID != sub.ID {
 				return fmt.Errorf("%w %s sent a delivery for another subscription", ErrPeer, sub.Publisher)
@@ -407,7 +408,7 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 				ss.n.stats.duplicates.Add(1)
 				return nil
 			}
-			ss.n.handlePublication(ctx, sub, d, calls)
+			ss.n.handlePublication(ctx, sub, d, h, calls)
 			last = d.Seq
 			progressed, dirty = true, true
 			ss.n.stats.received.Add(1)
@@ -433,9 +434,10 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 // returns an error: a failing receiver must not block what follows for
 // longer than its retries.
 //
-// calls bounds in-process receivers to limits.action_timeout: their
-// context is cancelled when a call takes longer (see callWatchdog).
-func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delivery, calls *callWatchdog) {
+// h is the in-process receiver (nil: run the executable). calls bounds
+// in-process receivers to limits.action_timeout: their context is
+// cancelled when a call takes longer (see callWatchdog).
+func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delivery, h Handler, calls *callWatchdog) {
 	// The runner checks that the input is JSON (it comes from another
 	// peer), so it is not validated here too: that would be a second pass
 	// over every payload. Empty data is not JSON, though the runner would
@@ -445,7 +447,7 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		data = nil
 	}
 	var run func() error
-	if h, ok := n.inProcessReceiver(sub.Receiver); ok {
+	if h != nil {
 		// In-process receivers are the embedding program's own code: they
 		// run inline on the subscription's goroutine (no process, no extra
 		// goroutine or timer per publication) and must honour ctx.
