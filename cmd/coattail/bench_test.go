@@ -23,6 +23,9 @@ func TestBenchCommand(t *testing.T) {
 		if r.MsgsPerSec <= 0 || r.RawMsgsPerSec <= 0 || r.DiskMBPerSec <= 0 || r.Seconds <= 0 || r.Cores <= 0 {
 			t.Fatalf("result has a rate that is not positive: %+v", r)
 		}
+		if r.RawRuns[0] <= 0 || r.RawRuns[1] <= 0 || r.RawMsgsPerSec != max(r.RawRuns[0], r.RawRuns[1]) {
+			t.Fatalf("raw baseline %v is not the faster of its two runs %v", r.RawMsgsPerSec, r.RawRuns)
+		}
 		if got, want := r.XRaw, r.MsgsPerSec/r.RawMsgsPerSec; math.Abs(got-want) > 1e-9*want {
 			t.Fatalf("x_raw = %v, want msgs/s / raw msgs/s = %v", got, want)
 		}
@@ -55,7 +58,7 @@ func TestBenchCommand(t *testing.T) {
 	check(r, 1024, 2, 40, "burst", "quic", "executable")
 
 	out := i.mustRun("bench", "--messages", "3000", "--size", "4KiB")
-	for _, want := range []string{"coattail, durable", "raw libp2p stream", "disk (fdatasync)", "3000 publications", "4.0 KiB"} {
+	for _, want := range []string{"coattail, durable", "raw libp2p stream", "disk (fdatasync)", "3000 publications", "4.0 KiB", "the faster of a run before"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("bench output lacks %q:\n%s", want, out)
 		}
