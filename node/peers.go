@@ -230,6 +230,10 @@ func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, 
 	}
 	s := newSession(st, nw.n.maxFrame(), pid, proto)
 	_ = st.SetDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
+	// The deadline bounds a silent peer; ctx (a closing node, a caller
+	// that gave up) ends the wait at once.
+	stop := context.AfterFunc(ctx, func() { _ = st.Reset() })
+	defer stop()
 	err = s.w.JSON(wire.THello, wire.Hello{Token: token, Version: wire.Version})
 	if err == nil && req != nil {
 		err = s.w.JSON(wire.TRequest, req)
@@ -259,7 +263,10 @@ func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, 
 	}
 	if err := expectOK(s); err != nil {
 		_ = st.Reset()
-		return nil, err
+		return nil, errors.Join(err, ctx.Err())
+	}
+	if !stop() {
+		return nil, ctx.Err() // ctx ended just now: the stream was reset
 	}
 	return s, nil
 }

@@ -343,6 +343,12 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 					Publication: wire.Publication{Subject: it.Message.Subject, Data: it.Message.Data, Hop: it.Message.Hop, Time: it.Message.Time}})
 			}
 			buf = wire.AppendDeliveries(buf[:0], deliveries)
+			last := items[len(items)-1].Seq
+			// Counted as sent before it is written: a fast subscriber's
+			// ack may arrive before Flush returns.
+			mu.Lock()
+			sent = last
+			mu.Unlock()
 			_ = s.s.SetWriteDeadline(time.Now().Add(timeout))
 			s.wmu.Lock()
 			err := s.w.Frame(wire.TDeliver, buf)
@@ -353,10 +359,7 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 			if err != nil {
 				return err
 			}
-			mu.Lock()
-			sent = items[len(items)-1].Seq
-			mu.Unlock()
-			n.queues.MarkSent(sub.ID, sent)
+			n.queues.MarkSent(sub.ID, last)
 			continue
 		}
 		var wait <-chan struct{}

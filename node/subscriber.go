@@ -302,10 +302,14 @@ func (ss *subscriberSide) resume(ctx context.Context, sub outSub) (*session, err
 	if err != nil {
 		return nil, err
 	}
+	// A publisher that accepts the stream but never answers must not hold
+	// up a closing node for the stream timeout.
+	stop := context.AfterFunc(ctx, func() { _ = s.s.Reset() })
 	var resp wire.SubscribeResponse
-	if err := s.result(&resp, nil); err != nil {
+	err = s.result(&resp, nil)
+	if !stop() || err != nil {
 		_ = s.s.Reset()
-		return nil, err
+		return nil, errors.Join(err, ctx.Err())
 	}
 	_ = s.s.SetDeadline(time.Time{})
 	return s, nil
@@ -314,33 +318,59 @@ func (ss *subscriberSide) resume(ctx context.Context, sub outSub) (*session, err
 // consume processes deliveries until the stream ends. Each receiver runs
 // once per sequence: duplicates (seq <= last processed) are dropped, and
 // progress is persisted before it is acked.
+//
+// Progress is what makes "exactly once" hold, so it is recorded for every
+// publication whose receiver finished, whatever else fails: a frame that
+// turns out bad halfway, an ack that cannot be written, a stream that is
+// reset. A publication whose receiver did not finish (the node is closing)
+// is not recorded, and runs again after the restart.
 func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s *session) (progressed bool, err error) {
 	last, err := ss.lastSeq(ctx, sub.ID)
 	if err != nil {
 		return false, err
 	}
-	go func() {
-		<-ctx.Done()
-		_ = s.s.Reset()
-	}()
+	// Closing the node or forgetting the subscription ends the stream.
+	defer context.AfterFunc(ctx, func() { _ = s.s.Reset() })()
 	_, inProc := ss.n.inProcessReceiver(sub.Receiver)
 	var calls *callWatchdog
 	if inProc {
 		calls = newCallWatchdog(ctx, ss.n.cfg.Limits.ActionTimeout)
 		defer calls.stop()
 	}
+	timeout := ss.n.cfg.Limits.StreamTimeout
 	var ackBuf []byte
+	saved := last    // progress known durable
+	var ackDead bool // an ack write failed: the stream is gone
+	// persistAck makes progress up to seq durable, then acks it. It fails
+	// only when progress cannot be saved; a failed ack write resets the
+	// stream (which ends the reader) but later progress is still saved.
+	// The progress is saved even while the node closes: its receivers ran.
 	persistAck := func(seq uint64) error {
-		if err := ss.saveSeq(ctx, sub.ID, seq); err != nil {
-			return err
+		if seq > saved {
+			if err := ss.saveSeq(context.WithoutCancel(ctx), sub.ID, seq); err != nil {
+				_ = s.s.Reset()
+				return err
+			}
+			saved = seq
+		}
+		if ackDead {
+			return nil
 		}
 		ackBuf = wire.AppendAck(ackBuf[:0], sub.ID, seq)
 		s.wmu.Lock()
 		defer s.wmu.Unlock()
-		if err := s.w.Frame(wire.TAck, ackBuf); err != nil {
-			return err
+		// A publisher that stops reading acks holds this side for at most
+		// the stream timeout.
+		_ = s.s.SetWriteDeadline(time.Now().Add(timeout))
+		err := s.w.Frame(wire.TAck, ackBuf)
+		if err == nil {
+			err = s.w.Flush()
 		}
-		return s.w.Flush()
+		if err != nil {
+			ackDead = true
+			_ = s.s.Reset()
+		}
+		return nil
 	}
 	// In-process receivers: progress is persisted (with its fsync) and
 	// acked by a goroutine, so the fsync of one frame's progress overlaps
@@ -349,6 +379,7 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 	// it is durable here. Executable receivers persist synchronously, one
 	// publication at a time (below), and never use it.
 	var ackc chan uint64
+	var saveFailed atomic.Bool
 	ackErr := make(chan error, 1)
 	if inProc {
 		ackc = make(chan uint64, 1)
@@ -357,18 +388,20 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 			for seq := range ackc {
 				if err == nil {
 					if err = persistAck(seq); err != nil {
-						_ = s.s.Reset() // unblock the reader
+						saveFailed.Store(true)
 					}
 				}
 			}
 			ackErr <- err
 		}()
 		defer func() {
-			// The last progress is durable before consume returns, so a
-			// resume reads it.
+			// The stream is finished; reset it so that an ack write still
+			// in progress returns at once. The last progress is durable
+			// before consume returns, so a resume reads it.
+			_ = s.s.Reset()
 			close(ackc)
-			if aerr := <-ackErr; aerr != nil && err == nil {
-				err = aerr
+			if aerr := <-ackErr; aerr != nil {
+				err = errors.Join(err, aerr)
 			}
 		}()
 	}
@@ -408,7 +441,12 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 				ss.n.stats.duplicates.Add(1)
 				return nil
 			}
-			ss.n.handlePublication(ctx, sub, d, h, calls)
+			if saveFailed.Load() {
+				return errProgressNotSaved // running more would run them again later
+			}
+			if err := ss.n.handlePublication(ctx, sub, d, h, calls); err != nil {
+				return err // not finished: not recorded, runs again later
+			}
 			last = d.Seq
 			progressed, dirty = true, true
 			ss.n.stats.received.Add(1)
@@ -420,24 +458,32 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 			}
 			return nil
 		})
+		if dirty {
+			// Also when the frame failed halfway: what ran is recorded.
+			ackAsync(last)
+		}
 		if err != nil {
 			return progressed, err
-		}
-		if dirty {
-			ackAsync(last)
 		}
 	}
 }
 
+// errProgressNotSaved stops a subscription's receivers when its progress
+// could not be saved.
+var errProgressNotSaved = errors.New("progress of the subscription could not be saved")
+
 // handlePublication runs the receiver, retrying with back-off, and parks
-// the publication in the dead-letter list when it keeps failing. It never
-// returns an error: a failing receiver must not block what follows for
-// longer than its retries.
+// the publication in the dead-letter list when it keeps failing: a failing
+// receiver must not block what follows for longer than its retries. It
+// returns nil once the publication is finished (run, or parked), and an
+// error when it is not: ctx ended first (the receiver was stopped, not
+// failed) or it could not be parked. An unfinished publication must not
+// be recorded as processed.
 //
 // h is the in-process receiver (nil: run the executable). calls bounds
 // in-process receivers to limits.action_timeout: their context is
 // cancelled when a call takes longer (see callWatchdog).
-func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delivery, h Handler, calls *callWatchdog) {
+func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delivery, h Handler, calls *callWatchdog) error {
 	// The runner checks that the input is JSON (it comes from another
 	// peer), so it is not validated here too: that would be a second pass
 	// over every payload. Empty data is not JSON, though the runner would
@@ -497,21 +543,29 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		n.log.Warn("receiver failed; will retry", "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "attempt", attempts, "err", err)
 		select {
 		case <-ctx.Done():
+			return fmt.Errorf("receiver %q for publication %d not finished: %w", sub.Receiver, d.Seq, ctx.Err())
 		case <-time.After(backoff):
 		}
 		backoff *= 2
 	}
-	if err == nil || ctx.Err() != nil {
-		return
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		// Stopped (the node is closing, or the subscription is going),
+		// not failed: the publication runs again after a restart.
+		return fmt.Errorf("receiver %q for publication %d not finished: %w", sub.Receiver, d.Seq, ctx.Err())
 	}
 	dl := deadLetter{ID: fmt.Sprintf("%s.%020d", sub.ID, d.Seq), Subscription: sub.ID, Publisher: sub.Publisher, Receiver: sub.Receiver,
 		Subject: d.Subject, Seq: d.Seq, Hop: d.Hop, Data: append(json.RawMessage(nil), d.Data...), Error: err.Error(), Attempts: attempts, FailedAt: time.Now().UTC()}
+	// Made durable by the progress sync that follows it.
 	if perr := n.subscriber.dead.Put(context.Background(), dl.ID, dl); perr != nil {
-		n.log.Error("cannot park failed publication", "subscription", sub.ID, "seq", d.Seq, "err", perr)
-		return
+		n.log.Error("cannot park failed publication; it will be delivered again", "subscription", sub.ID, "seq", d.Seq, "err", perr)
+		return fmt.Errorf("park publication %d in the dead letters: %w", d.Seq, perr)
 	}
 	n.stats.deadLetters.Add(1)
 	n.log.Error("receiver failed; publication parked in dead letters", "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "attempts", attempts, "err", err)
+	return nil
 }
 
 // forget deletes a subscription record and its progress here.
