@@ -121,7 +121,11 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 		g, err := nw.authenticate(s)
 		if err != nil {
 			log.Info("stream refused", "err", err)
-			_ = s.send(wire.TError, toWireError(err))
+			we := toWireError(err)
+			_ = s.send(wire.TError, we)
+			if st.Protocol() == wire.ProtoSubscribe && (we.Code == wire.CodeUnauthorized || we.Code == wire.CodeForbidden) {
+				nw.dropRefusedSubscription(s, p)
+			}
 			_ = st.Close()
 			return
 		}
@@ -158,6 +162,32 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 		}
 		_ = st.Close()
 	}
+}
+
+// dropRefusedSubscription removes the subscription that a subscribe
+// stream refused for its token tried to resume (the request follows the
+// hello on the stream). The subscriber takes that refusal as final and
+// forgets the subscription, so a queue kept here would only fill up: for
+// example when the refused token is not the one the subscription was made
+// with (the subscriber replaced its token, then that one was revoked or
+// expired while it was away). Only the connection's own peer's
+// subscription can go.
+func (nw *netsvc) dropRefusedSubscription(s *session, p peer.ID) {
+	_ = s.s.SetReadDeadline(time.Now().Add(2 * time.Second))
+	var req wire.SubscribeRequest
+	if readRequest(s, &req) != nil || req.SubscriptionID == "" {
+		return
+	}
+	sub, ok := nw.n.queues.Subscription(req.SubscriptionID)
+	if !ok || sub.Subscriber != p.String() {
+		return
+	}
+	if _, err := nw.n.queues.RemoveSubscription(context.Background(), sub.ID); err != nil {
+		nw.n.log.Warn("cannot remove a subscription whose subscriber's token was refused", "subscription", sub.ID, "err", err)
+		return
+	}
+	nw.attached.kick(sub.ID)
+	nw.n.log.Info("subscription removed: its subscriber's token was refused", "subscription", sub.ID, "subscriber", sub.Subscriber)
 }
 
 // servePeer wraps the handlers of the two streams a publisher opens toward

@@ -62,6 +62,57 @@ func TestExpiredTokenEndsSubscription(t *testing.T) {
 	}
 }
 
+// A subscriber that replaced its token (peer add with a new one) resumes
+// its subscription with it; when that token is revoked, the subscriber is
+// refused and forgets the subscription, and so does the publisher, though
+// the subscription was made with the first token, which stays valid: no
+// orphaned queue is left filling up at the publisher.
+func TestRefusedTokenRemovesResumedSubscription(t *testing.T) {
+	pub, sub := newTestNode(t), newTestNode(t)
+	var c counter
+	if err := sub.RegisterReceiver("rec", c.handler); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	pid, first := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"rot.>"}})
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "rot.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	if subs := pub.Subscribers(); len(subs) != 1 || subs[0].TokenID != first.ID {
+		t.Fatalf("subscribers %+v, want one made with token %s", subs, first.ID)
+	}
+	_, second := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"rot.>"}})
+	// Reconnect, so that the subscription's stream now carries the second token.
+	if err := sub.Host().Network().ClosePeer(pub.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(ctx, "rot.a", json.RawMessage(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		if n := c.n.Load(); n != 1 {
+			return fmt.Errorf("receiver ran %d times, want 1", n)
+		}
+		return nil
+	})
+	if err := pub.RevokeToken(ctx, second.ID); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, testTimeout, 50*time.Millisecond, func() error {
+		if n := len(pub.Subscribers()); n != 0 {
+			return fmt.Errorf("publisher still holds %d subscription(s)", n)
+		}
+		subs, err := sub.Subscriptions(ctx)
+		if err != nil {
+			return err
+		}
+		if len(subs) != 0 {
+			return fmt.Errorf("subscriber still holds %d subscription(s)", len(subs))
+		}
+		return nil
+	})
+}
+
 // syncBuffer is a log sink the test can read while nodes write to it.
 type syncBuffer struct {
 	mu  sync.Mutex
