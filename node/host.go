@@ -44,6 +44,10 @@ type netsvc struct {
 	sess     *sessions
 	attached *attached
 	subAddrs *datastore.Store[[]string] // where subscribers listen, by peer id
+	// createMu makes counting a peer's subscriptions and adding one a
+	// single step, so concurrent subscribes cannot pass
+	// max_subscriptions_per_peer.
+	createMu sync.Mutex
 	// relay is the circuit-relay v2 server (nil unless relay_service or
 	// 'service start --relay').
 	relay *relayv2.Relay

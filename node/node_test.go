@@ -408,6 +408,7 @@ func TestUnauthenticatedStreamGetsOnlyAnError(t *testing.T) {
 		{"hello with garbage token", [][]byte{jsonFrame(t, wire.THello, wire.Hello{Token: "a.b.c", Version: wire.Version}), jsonFrame(t, wire.TRequest, req)}, wire.CodeUnauthorized},
 		{"hello with another peer's token", [][]byte{jsonFrame(t, wire.THello, wire.Hello{Token: forB.Token, Version: wire.Version}), jsonFrame(t, wire.TRequest, req)}, wire.CodeUnauthorized},
 		{"hello of another version", [][]byte{jsonFrame(t, wire.THello, wire.Hello{Token: forB.Token, Version: "9.0.0"}), jsonFrame(t, wire.TRequest, req)}, wire.CodeVersion},
+		{"hello without a version", [][]byte{jsonFrame(t, wire.THello, wire.Hello{Token: forB.Token}), jsonFrame(t, wire.TRequest, req)}, wire.CodeVersion},
 		{"hello with unknown field", [][]byte{wire.AppendFrame(nil, wire.THello, []byte(`{"token":"x","version":"1.0.0","admin":true}`)), jsonFrame(t, wire.TRequest, req)}, wire.CodeBadRequest},
 	}
 	for _, c := range cases {

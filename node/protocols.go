@@ -219,7 +219,10 @@ func (nw *netsvc) authenticate(s *session) (*auth.Grant, error) {
 	if err := wire.DecodeJSON(payload, &h); err != nil {
 		return nil, fmt.Errorf("%w: hello: %v", ErrBadRequest, err)
 	}
-	if h.Version != "" && h.Version != wire.Version {
+	if h.Version != wire.Version {
+		if h.Version == "" {
+			return nil, wire.Errorf(wire.CodeVersion, "the hello names no protocol version; this instance speaks %s", wire.Version)
+		}
 		return nil, wire.Errorf(wire.CodeVersion, "remote speaks coattail protocol %s, this instance speaks %s", h.Version, wire.Version)
 	}
 	g, err := nw.n.auth.Verify(context.Background(), h.Token, remoteOf(s.s.Conn()))

@@ -214,18 +214,9 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 		if !s.grant.CanSubscribe(req.Pattern) {
 			return wire.Errorf(wire.CodeForbidden, "token %s does not allow subscribing to %q", s.grant.TokenID, req.Pattern)
 		}
-		held := 0
-		for _, q := range n.queues.Status() {
-			if q.Subscriber == s.peer.String() {
-				held++
-			}
-		}
-		if held >= n.cfg.Limits.MaxSubscriptionsPerPeer {
-			return wire.Errorf(wire.CodeForbidden, "your peer already holds %d subscriptions here (limits.max_subscriptions_per_peer)", held)
-		}
 		sub = topics.Subscription{ID: uuid.NewString(), Subscriber: s.peer.String(), Pattern: req.Pattern,
 			TokenID: s.grant.TokenID, Receiver: req.Receiver, CreatedAt: time.Now().UTC()}
-		if err := n.queues.AddSubscription(ctx, sub); err != nil {
+		if err := nw.addSubscription(ctx, sub); err != nil {
 			return err
 		}
 		n.log.Info("subscription created", "subscription", sub.ID, "subscriber", sub.Subscriber, "pattern", sub.Pattern, "token_id", sub.TokenID)
@@ -263,6 +254,23 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 		s.release()
 	}
 	return nw.deliver(ctx, s, sub, next-1, window)
+}
+
+// addSubscription adds sub unless its subscriber already holds
+// limits.max_subscriptions_per_peer subscriptions here.
+func (nw *netsvc) addSubscription(ctx context.Context, sub topics.Subscription) error {
+	nw.createMu.Lock()
+	defer nw.createMu.Unlock()
+	held := 0
+	for _, q := range nw.n.queues.Status() {
+		if q.Subscriber == sub.Subscriber {
+			held++
+		}
+	}
+	if held >= nw.n.cfg.Limits.MaxSubscriptionsPerPeer {
+		return wire.Errorf(wire.CodeForbidden, "your peer already holds %d subscriptions here (limits.max_subscriptions_per_peer)", held)
+	}
+	return nw.n.queues.AddSubscription(ctx, sub)
 }
 
 // deliver pushes sub's queue down s: frames of up to deliverBatch
