@@ -186,7 +186,9 @@ const (
 // change in one order. Queues.mu guards the subscription map and the
 // closed flag; queue.mu guards one queue's state; dirtyMu guards the set of
 // queues with pending releases. The Trie has its own lock and is only
-// written while holding Queues.mu and commitMu.
+// written while holding Queues.mu and commitMu. No goroutine blocks on the
+// committer while holding any of these locks (the committer may need
+// commitMu): Publish sends its request after releasing Queues.mu.
 type Queues struct {
 	store  ds.Batching
 	bound  uint64
@@ -227,6 +229,7 @@ type Queues struct {
 	oldRefs map[uint64]uint32
 
 	reqs       chan *pubReq
+	senders    sync.WaitGroup // Publish calls about to send on reqs
 	kick       chan struct{}
 	syncCh     chan *round
 	syncerDone chan struct{}
@@ -1032,7 +1035,8 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 	collect := func(q *queue) { cand = append(cand, q) }
 	var verdict map[*queue]bool
 	var ids []string
-	var arena []byte
+	var routes [][]string // with a filter: each routed message's subscription ids
+	total := 0            // encoded size of the routed messages
 	for i := range msgs {
 		// A batch often repeats one subject: match it once.
 		if i == 0 || msgs[i].Subject != msgs[i-1].Subject {
@@ -1071,49 +1075,68 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 			}
 			m.Time = now
 		}
-		route := ids
-		if filter == nil {
-			route = nil
+		var route []string
+		if filter != nil {
+			route = slices.Clone(ids)
+			routes = append(routes, route)
 		}
-		// The encoded entry is what the queues keep (Data aliases it), so
-		// the caller may reuse its buffers as soon as Publish returns.
-		// Small entries share allocations (an arena chunk stays alive
-		// while any of its entries is cached).
-		size := encodedEntrySize(&m, route)
-		if cap(arena)-len(arena) < size {
-			arena = make([]byte, 0, max(size, publishArena))
-		}
-		at := len(arena)
-		val, off := appendEntry(arena[at:at:at+size], &m, route)
-		if len(val) <= size { // else appendEntry outgrew its share and copied
-			arena = arena[:at+len(val)]
-		}
-		m.Data = val[off:len(val):len(val)]
+		total += encodedEntrySize(&m, route)
 		r.msgs = append(r.msgs, m)
-		r.vals = append(r.vals, val)
-		r.bytes += len(val)
 	}
 	if len(r.targets) == 0 {
 		qs.reqPool.Put(r)
 		return 0, nil
 	}
+	// The encoded entry is what the queues keep (Data aliases it), so the
+	// caller may reuse its buffers as soon as Publish returns. Small
+	// entries of this call share chunks of at most publishArena, each
+	// sized to what is left to encode: a chunk stays alive while any of
+	// its entries is cached, and must not hold more than this call's own
+	// entries (a single small publication gets an allocation of its size,
+	// not a whole chunk, which the memory budget would not see).
+	var arena []byte
+	for k := range r.msgs {
+		m := &r.msgs[k]
+		var route []string
+		if filter != nil {
+			route = routes[k]
+		}
+		size := encodedEntrySize(m, route)
+		if cap(arena)-len(arena) < size {
+			arena = make([]byte, 0, max(size, min(total, publishArena)))
+		}
+		total -= size
+		at := len(arena)
+		val, off := appendEntry(arena[at:at:at+size], m, route)
+		if len(val) <= size { // else appendEntry outgrew its share and copied
+			arena = arena[:at+len(val)]
+		}
+		m.Data = val[off:len(val):len(val)]
+		r.vals = append(r.vals, val)
+		r.bytes += len(val)
+	}
 
+	// Registering as a sender under the read lock orders the send before
+	// Close closes the channel (Close waits for registered senders). The
+	// send itself happens without the lock: blocked on a full channel
+	// while holding it, it would wait for the committer, which may wait
+	// for commitMu, held by an AddSubscription waiting for Queues.mu.
 	qs.mu.RLock()
 	if qs.closed {
 		qs.mu.RUnlock()
 		qs.reqPool.Put(r)
 		return 0, ErrClosed
 	}
-	// Sending under the read lock orders it before Close closes the
-	// channel; the committer keeps draining, so this cannot block forever.
+	qs.senders.Add(1)
+	qs.mu.RUnlock()
 	select {
 	case qs.reqs <- r:
+		qs.senders.Done()
 	case <-ctx.Done():
-		qs.mu.RUnlock()
+		qs.senders.Done()
 		qs.reqPool.Put(r)
 		return 0, ctx.Err()
 	}
-	qs.mu.RUnlock()
 
 	select {
 	case <-r.done:
@@ -1228,7 +1251,9 @@ func (qs *Queues) commitRound(first *pubReq) {
 			qs.nextPos++
 			qs.refs = append(qs.refs, uint32(live))
 			val := r.vals[mi]
-			if stale {
+			// A listed entry naming a subscription removed meanwhile would
+			// be replayed to a new one reusing its id: list the live ones.
+			if stale || r.listed && live < len(group) {
 				ids = ids[:0]
 				for _, tg := range group {
 					if !tg.q.removed.Load() {
@@ -1666,6 +1691,7 @@ func (qs *Queues) Read(id string, after uint64, maxItems, maxBytes int) ([]Item,
 	if err != nil {
 		return nil, err
 	}
+	maxItems, maxBytes = max(maxItems, 0), max(maxBytes, 0) // <= 0: no limit
 	q.mu.Lock()
 	start := max(after+1, q.head)
 	next := q.next
@@ -1962,8 +1988,9 @@ func (qs *Queues) Close() error {
 	qs.closeOnce.Do(func() {
 		qs.mu.Lock()
 		qs.closed = true
-		close(qs.reqs)
 		qs.mu.Unlock()
+		qs.senders.Wait() // the committer drains them meanwhile
+		close(qs.reqs)
 		<-qs.syncerDone
 
 		// Persist counters (and deletions) of every queue with one batch.
