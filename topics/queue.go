@@ -57,6 +57,11 @@ var (
 	ErrAckOutOfRange = errors.New("topics: ack beyond the last queued sequence")
 	// ErrInvalidQueueOptions is returned by OpenQueues for bad options.
 	ErrInvalidQueueOptions = errors.New("topics: invalid queue options")
+	// ErrStorageFailed is returned by Publish once writing a round of
+	// publications to the datastore has failed: the sequences of that round
+	// are spent, and numbering more after them would not survive a restart
+	// (the log is replayed without the lost round). Restart the instance.
+	ErrStorageFailed = errors.New("topics: queue storage failed; restart the instance")
 	// ErrCorruptQueue is returned when a stored subscription, queue record
 	// or message cannot be decoded.
 	ErrCorruptQueue = errors.New("topics: corrupt queue record")
@@ -228,6 +233,7 @@ type Queues struct {
 	// published since the oldest one.
 	oldRefs map[uint64]uint32
 
+	failed     atomic.Pointer[error] // first failed round of publications (ErrStorageFailed)
 	reqs       chan *pubReq
 	senders    sync.WaitGroup // Publish calls about to send on reqs
 	kick       chan struct{}
@@ -685,6 +691,9 @@ func (qs *Queues) decRefs(pos uint64, n uint32) {
 		if c, ok := qs.oldRefs[pos]; ok {
 			if c <= n {
 				delete(qs.oldRefs, pos)
+				if len(qs.oldRefs) == 0 {
+					qs.oldRefs = nil // a map keeps its peak size: let it go
+				}
 			} else {
 				qs.oldRefs[pos] = c - n
 			}
@@ -1121,6 +1130,10 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 	// send itself happens without the lock: blocked on a full channel
 	// while holding it, it would wait for the committer, which may wait
 	// for commitMu, held by an AddSubscription waiting for Queues.mu.
+	if f := qs.failed.Load(); f != nil {
+		qs.reqPool.Put(r)
+		return 0, *f
+	}
 	qs.mu.RLock()
 	if qs.closed {
 		qs.mu.RUnlock()
@@ -1525,6 +1538,12 @@ func (qs *Queues) finish(rd *round, err error) {
 			q.wakeLocked()
 		}
 		q.mu.Unlock()
+	}
+	if err != nil && len(rd.reqs) > 0 {
+		f := fmt.Errorf("%w: %w", ErrStorageFailed, err)
+		if qs.failed.CompareAndSwap(nil, &f) {
+			qs.log.Error("writing publications to the datastore failed; refusing new publications until the instance restarts", "err", err)
+		}
 	}
 	for _, r := range rd.reqs {
 		if err != nil && r.err == nil {

@@ -7,6 +7,7 @@ package topics
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -298,5 +299,62 @@ func queueModel(t *testing.T, seed uint64) {
 		if wc.n.Load() > 0 {
 			t.Fatalf("step %d: missing-entry warning", step)
 		}
+	}
+}
+
+// failingStore fails batch commits while fail is set.
+type failingStore struct {
+	ds.Batching
+	fail atomic.Bool
+}
+
+func (s *failingStore) Batch(ctx context.Context) (ds.Batch, error) {
+	b, err := s.Batching.Batch(ctx)
+	return &failingBatch{Batch: b, s: s}, err
+}
+
+type failingBatch struct {
+	ds.Batch
+	s *failingStore
+}
+
+func (b *failingBatch) Commit(ctx context.Context) error {
+	if b.s.fail.Load() {
+		return errors.New("injected write failure")
+	}
+	return b.Batch.Commit(ctx)
+}
+
+// Once a round of publications could not be written, its sequences are
+// spent; numbering more after them would not survive a restart (the log is
+// replayed without them), so Publish refuses with ErrStorageFailed until
+// the queues are reopened.
+func TestPublishStopsAfterStorageFailure(t *testing.T) {
+	store := &failingStore{Batching: datastore.NewMemory().Batching()}
+	qs, err := OpenQueues(context.Background(), store, QueueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addSub(t, qs, "s", "a")
+	publish(t, qs, msg("a", "1"))
+	store.fail.Store(true)
+	if _, err := qs.Publish(context.Background(), []Message{msg("a", "2")}, nil); err == nil || !strings.Contains(err.Error(), "injected write failure") {
+		t.Fatalf("publish during the failure = %v, want the write error", err)
+	}
+	store.fail.Store(false)
+	if _, err := qs.Publish(context.Background(), []Message{msg("a", "3")}, nil); !errors.Is(err, ErrStorageFailed) {
+		t.Fatalf("publish after the failure = %v, want ErrStorageFailed", err)
+	}
+	if err := qs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qs2, err := OpenQueues(context.Background(), store, QueueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qs2.Close()
+	publish(t, qs2, msg("a", "4"))
+	if got := summary(readAll(t, qs2, "s", 0)); len(got) != 2 || !strings.HasSuffix(got[0], ":a:1") || !strings.HasSuffix(got[1], ":a:4") {
+		t.Fatalf("after reopening, queue holds %q, want 1 and 4", got)
 	}
 }
