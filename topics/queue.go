@@ -843,6 +843,12 @@ func (qs *Queues) AddSubscription(ctx context.Context, s Subscription) error {
 	qs.mu.Lock()
 	defer qs.mu.Unlock()
 	if qs.closed {
+		// Closed while the record was written: take it back (the caller is
+		// told the subscription was not made), or it would reappear at the
+		// next start with nobody to resume it.
+		if err := qs.deleteKeys(ctx, []ds.Key{ds.RawKey(subKey(s.ID)), ds.RawKey(subMetaKey(s.ID))}); err != nil {
+			qs.log.Warn("cannot take back a subscription added while closing", "subscription", s.ID, "err", err)
+		}
 		return ErrClosed
 	}
 	if err := qs.trie.Insert(s.Pattern, q); err != nil {
