@@ -45,11 +45,22 @@ func TestPublishBacklogDoesNotBlockAddSubscription(t *testing.T) {
 	}()
 	waitFor(t, func() bool { return sc.waiting.Load() == 1 }) // AddSubscription is in Sync, holding commitMu
 
-	for i := 0; i < reqQueueLen+200; i++ {
-		go func() { _, _ = qs.Publish(context.Background(), []Message{msg("x", "d")}, nil) }()
+	// The committer drains what it finds before it blocks on commitMu, so
+	// publish until the request channel stays full, then some more.
+	pub := func(n int) {
+		for range n {
+			go func() { _, _ = qs.Publish(context.Background(), []Message{msg("x", "d")}, nil) }()
+		}
 	}
-	waitFor(t, func() bool { return len(qs.reqs) == cap(qs.reqs) })
-	time.Sleep(200 * time.Millisecond) // let the surplus publishers block in the send, under RLock
+	waitFor(t, func() bool {
+		if len(qs.reqs) == cap(qs.reqs) {
+			return true
+		}
+		pub(64)
+		return false
+	})
+	pub(200)
+	time.Sleep(200 * time.Millisecond) // let the surplus publishers block in the send
 
 	sc.gateMu.Lock()
 	sc.gate = nil
