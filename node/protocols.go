@@ -148,6 +148,16 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 			case <-ctx.Done():
 			}
 		}()
+		// The token is verified once, here; a stream must not outlive it
+		// (a publish stream would otherwise keep working on an expired
+		// token). Expiry ends the stream as revocation does.
+		if !g.Expires.IsZero() {
+			t := time.AfterFunc(time.Until(g.Expires.Add(auth.Leeway)), func() {
+				cancel()
+				_ = st.Reset()
+			})
+			defer t.Stop()
+		}
 		err = fn(ctx, s)
 		if g.Revoked() {
 			// Revocation already reset the stream; there is nobody to tell.

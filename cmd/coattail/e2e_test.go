@@ -385,6 +385,14 @@ func TestTokensCLI(t *testing.T) {
 	if !slices.Equal(c.Bearers, []string{"vt://" + bID, "ipv4://127.0.0.0/8"}) {
 		t.Errorf("bearers = %v", c.Bearers)
 	}
+	// An empty --subscribable (an empty shell variable) means none, not the
+	// default of everything.
+	for _, empty := range []string{"", "[]"} {
+		out := b.mustRun("token", "issue", "--subscribable", empty, "--print-raw-token", "--quiet")
+		if c := b.decodeClaims(strings.TrimSpace(out)); len(c.Subscribe) != 0 {
+			t.Errorf("--subscribable %q gave subscribe %v, want none", empty, c.Subscribe)
+		}
+	}
 	// Checked against the clock with an hour's slack: these are values,
 	// not timings.
 	const day, week, slack = 86400, 7 * 86400, 3600

@@ -105,6 +105,10 @@ func newTokenIssueCmd(a *app) *cobra.Command {
 			}
 			if !cmd.Flags().Changed("subscribable") {
 				req.Subscribe = nil // default: everything
+			} else if req.Subscribe == nil {
+				// Given but empty (--subscribable "" or an empty variable):
+				// nothing, never the default of everything.
+				req.Subscribe = []string{}
 			}
 			nbf, exp, err := lf.durations()
 			if err != nil {
