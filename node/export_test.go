@@ -1,4 +1,16 @@
 package node
 
+import "context"
+
 // PreferTCPRanker exposes the dial ranker to the external tests.
 var PreferTCPRanker = preferTCPRanker
+
+// PeerRecordTokenID returns the id of the token the node presents to peer
+// id, through the cache every remote call uses.
+func (n *Node) PeerRecordTokenID(id string) string {
+	r, err := n.peerRecord(context.Background(), id)
+	if err != nil {
+		return ""
+	}
+	return r.TokenID
+}

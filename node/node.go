@@ -74,6 +74,10 @@ type Node struct {
 	subscriber *subscriberSide
 	inProc     sync.Map // receiver name -> Handler: in-process receivers, called inline
 	peerCache  sync.Map // peer id -> peerRecord: the hot path of every remote call
+	// peerMu orders filling peerCache from the datastore against changing
+	// a record (AddPeer, RemovePeer), so the cache never keeps a record
+	// read before the change. Cache hits do not take it.
+	peerMu sync.Mutex
 	host       host.Host
 	net        *netsvc // nil when offline
 	started    time.Time

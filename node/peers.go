@@ -82,11 +82,12 @@ func (n *Node) AddPeer(ctx context.Context, raw string) (localapi.Peer, error) {
 	if _, err := n.net.remoteListWith(ctx, pid, raw); err != nil {
 		return localapi.Peer{}, err
 	}
-	n.peerCache.Delete(rec.ID)
-	if err := n.peers.Put(ctx, rec.ID, rec); err != nil {
-		return localapi.Peer{}, err
-	}
-	if err := n.db.Sync(ctx, n.peers.Namespace()); err != nil {
+	if err := n.changePeer(rec.ID, func() error {
+		if err := n.peers.Put(ctx, rec.ID, rec); err != nil {
+			return err
+		}
+		return n.db.Sync(ctx, n.peers.Namespace())
+	}); err != nil {
 		return localapi.Peer{}, err
 	}
 	n.log.Info("peer added", "peer", rec.ID, "token_id", rec.TokenID)
@@ -170,6 +171,11 @@ func (n *Node) peerRecord(ctx context.Context, id string) (peerRecord, error) {
 	if r, ok := n.peerCache.Load(id); ok {
 		return r.(peerRecord), nil
 	}
+	n.peerMu.Lock()
+	defer n.peerMu.Unlock()
+	if r, ok := n.peerCache.Load(id); ok {
+		return r.(peerRecord), nil
+	}
 	r, err := n.peers.Get(ctx, id)
 	if err == nil {
 		n.peerCache.Store(id, r)
@@ -180,17 +186,27 @@ func (n *Node) peerRecord(ctx context.Context, id string) (peerRecord, error) {
 	return r, err
 }
 
+// changePeer runs change (a write of peer id's record) and drops the
+// cached record, with no cache fill in between (see peerMu).
+func (n *Node) changePeer(id string, change func() error) error {
+	n.peerMu.Lock()
+	defer n.peerMu.Unlock()
+	defer n.peerCache.Delete(id) // also after a failed change: the datastore decides
+	return change()
+}
+
 // RemovePeer forgets a peer and closes connections to it.
 func (n *Node) RemovePeer(ctx context.Context, id string) error {
 	if _, err := n.peerRecord(ctx, id); err != nil {
 		return err
 	}
 	n.removePeerSubscriptions(ctx, id)
-	n.peerCache.Delete(id)
-	if err := n.peers.Delete(ctx, id); err != nil {
-		return err
-	}
-	if err := n.db.Sync(ctx, n.peers.Namespace()); err != nil {
+	if err := n.changePeer(id, func() error {
+		if err := n.peers.Delete(ctx, id); err != nil {
+			return err
+		}
+		return n.db.Sync(ctx, n.peers.Namespace())
+	}); err != nil {
 		return err
 	}
 	if n.host != nil {

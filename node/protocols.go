@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coattail/coattail/auth"
 	"github.com/coattail/coattail/node/localapi"
@@ -227,13 +228,13 @@ func (nw *netsvc) authenticate(s *session) (*auth.Grant, error) {
 	}
 	var h wire.Hello
 	if err := wire.DecodeJSON(payload, &h); err != nil {
-		return nil, fmt.Errorf("%w: hello: %v", ErrBadRequest, err)
+		return nil, fmt.Errorf("%w: hello: %s", ErrBadRequest, clip(err.Error()))
 	}
 	if h.Version != wire.Version {
 		if h.Version == "" {
 			return nil, wire.Errorf(wire.CodeVersion, "the hello names no protocol version; this instance speaks %s", wire.Version)
 		}
-		return nil, wire.Errorf(wire.CodeVersion, "remote speaks coattail protocol %s, this instance speaks %s", h.Version, wire.Version)
+		return nil, wire.Errorf(wire.CodeVersion, "remote speaks coattail protocol %q, this instance speaks %s", clip(h.Version), wire.Version)
 	}
 	g, err := nw.n.auth.Verify(context.Background(), h.Token, remoteOf(s.s.Conn()))
 	if err != nil {
@@ -286,7 +287,26 @@ func readRequest(s *session, v any) error {
 	if t != wire.TRequest {
 		return wire.Errorf(wire.CodeBadRequest, "expected a request frame, got type %d", t)
 	}
-	return wire.DecodeJSON(payload, v)
+	if err := wire.DecodeJSON(payload, v); err != nil {
+		return fmt.Errorf("%w: %s", ErrBadRequest, clip(err.Error()))
+	}
+	return nil
+}
+
+// maxEcho bounds what of a remote's input goes into an error message (the
+// log line and the error frame sent back): decoding errors quote it.
+const maxEcho = 160
+
+// clip shortens s to at most maxEcho bytes, on a UTF-8 boundary.
+func clip(s string) string {
+	if len(s) <= maxEcho {
+		return s
+	}
+	i := maxEcho
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
 }
 
 func (nw *netsvc) handleList(ctx context.Context, s *session) error {

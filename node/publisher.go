@@ -219,6 +219,12 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 		if err := nw.addSubscription(ctx, sub); err != nil {
 			return err
 		}
+		if s.grant.Revoked() {
+			// Revoked while the subscription was being added: the
+			// revocation's clean-up may have run before it existed.
+			_, _ = n.queues.RemoveSubscription(context.Background(), sub.ID)
+			return wire.Errorf(wire.CodeUnauthorized, "token %s was revoked", s.grant.TokenID)
+		}
 		n.log.Info("subscription created", "subscription", sub.ID, "subscriber", sub.Subscriber, "pattern", sub.Pattern, "token_id", sub.TokenID)
 	} else {
 		var ok bool
