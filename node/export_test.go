@@ -1,6 +1,9 @@
 package node
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // PreferTCPRanker exposes the dial ranker to the external tests.
 var PreferTCPRanker = preferTCPRanker
@@ -13,4 +16,13 @@ func (n *Node) PeerRecordTokenID(id string) string {
 		return ""
 	}
 	return r.TokenID
+}
+
+// SetFreshSubscription sets how long a new subscription survives a nudge
+// answer saying its subscriber does not hold it; the returned func
+// restores it.
+func SetFreshSubscription(d time.Duration) func() {
+	prev := freshSubscription
+	freshSubscription = d
+	return func() { freshSubscription = prev }
 }

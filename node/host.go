@@ -250,7 +250,6 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 	nw.stopNudger = stopNudger
 	go nw.nudger(nctx)
 	n.auth.OnRevoke(nw.sess.revoke)
-	n.auth.OnRevoke(n.onTokenRevoked)
 	n.log.Info("libp2p host started", "peer_id", h.ID().String(), "addrs", addrStrings(h.Addrs()), "relay_service", nw.relay != nil)
 	return nw, nil
 }

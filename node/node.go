@@ -77,11 +77,11 @@ type Node struct {
 	// peerMu orders filling peerCache from the datastore against changing
 	// a record (AddPeer, RemovePeer), so the cache never keeps a record
 	// read before the change. Cache hits do not take it.
-	peerMu sync.Mutex
-	host       host.Host
-	net        *netsvc // nil when offline
-	started    time.Time
-	stats      counters
+	peerMu  sync.Mutex
+	host    host.Host
+	net     *netsvc // nil when offline
+	started time.Time
+	stats   counters
 
 	mu       sync.Mutex
 	closed   bool
@@ -142,6 +142,9 @@ func New(o Options) (*Node, error) {
 		return nil, err
 	}
 	n.subscriber = newSubscriberSide(n)
+	// Offline too (a CLI revoking with no service running): a revoked
+	// token's subscriptions go with it.
+	n.auth.OnRevoke(n.onTokenRevoked)
 	bin := o.Binary
 	if bin == "" {
 		bin, _ = os.Executable()

@@ -794,8 +794,17 @@ func (nw *netsvc) handleDeliverNudge(st network.Stream, p peer.ID) {
 		return
 	}
 	nw.n.subscriber.wake(p.String(), h.SubscriptionIDs)
+	var ans wire.DeliverAnswer
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, id := range h.SubscriptionIDs {
+		sub, err := nw.n.subscriber.subs.Get(ctx, id)
+		if errors.Is(err, datastore.ErrNotFound) || err == nil && sub.Publisher != p.String() {
+			ans.Unknown = append(ans.Unknown, id)
+		}
+	}
 	w := wire.NewWriterSize(st, requestBuffer)
-	if w.JSON(wire.TOK, wire.OK{}) == nil {
+	if w.JSON(wire.TOK, ans) == nil {
 		_ = w.Flush()
 	}
 }
@@ -834,6 +843,11 @@ func (nw *netsvc) nudger(ctx context.Context) {
 	}
 }
 
+// freshSubscription is how long after its creation a subscription is kept
+// even if its subscriber says it does not hold it (it may not have stored
+// it yet). A variable for tests.
+var freshSubscription = time.Minute
+
 func (nw *netsvc) nudge(ctx context.Context, subscriber string, ids []string) {
 	pid, err := peer.Decode(subscriber)
 	if err != nil {
@@ -848,9 +862,32 @@ func (nw *netsvc) nudge(ctx context.Context, subscriber string, ids []string) {
 	defer st.Close()
 	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
 	w := wire.NewWriter(st)
-	if w.JSON(wire.THello, wire.DeliverHello{Version: wire.Version, SubscriptionIDs: ids}) == nil && w.Flush() == nil {
-		_ = st.CloseWrite()
-		_, _, _ = wire.NewReader(st, 64<<10).Next()
+	if w.JSON(wire.THello, wire.DeliverHello{Version: wire.Version, SubscriptionIDs: ids}) != nil || w.Flush() != nil {
+		return
+	}
+	_ = st.CloseWrite()
+	t, payload, err := wire.NewReader(st, 1<<20).Next()
+	var ans wire.DeliverAnswer
+	if err != nil || t != wire.TOK || wire.DecodeJSON(payload, &ans) != nil {
+		return
+	}
+	// The subscriber no longer holds these: nobody will resume them. Only
+	// that subscriber's own subscriptions can go (it is the authenticated
+	// peer of this stream), and only ids this nudge named.
+	asked := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		asked[id] = true
+	}
+	for _, id := range ans.Unknown {
+		sub, ok := nw.n.queues.Subscription(id)
+		// A subscription just made may not be stored at its subscriber yet.
+		if !asked[id] || !ok || sub.Subscriber != subscriber || time.Since(sub.CreatedAt) < freshSubscription {
+			continue
+		}
+		if _, err := nw.n.queues.RemoveSubscription(context.Background(), id); err == nil {
+			nw.attached.kick(id)
+			nw.n.log.Info("subscription removed: its subscriber no longer holds it", "subscription", id, "subscriber", subscriber)
+		}
 	}
 }
 

@@ -6,14 +6,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // A subscription whose token expires is removed at the publisher by the
@@ -111,6 +114,114 @@ func TestRefusedTokenRemovesResumedSubscription(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A subscriber that forgot a subscription the publisher could not be told
+// about (here: peer remove while the subscriber's service was stopped)
+// says so when the publisher nudges it about queued publications, and the
+// publisher removes the subscription instead of queueing for nobody.
+func TestNudgeRemovesSubscriptionTheSubscriberForgot(t *testing.T) {
+	defer node.SetFreshSubscription(0)()
+	pub := newTestNode(t)
+	l, err := node.CreateInstance(filepath.Join(t.TempDir(), "sub"), node.CreateOptions{Loopback: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := datastore.NewMemory()
+	t.Cleanup(func() { _ = db.Close() })
+	open := func(offline bool) *node.Node {
+		n, err := node.New(node.Options{Dir: l.Dir, Config: node.LoopbackConfig(0), DB: db, Offline: offline, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Start(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	ctx := testCtx(t)
+	sub := open(false)
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"o.>"}})
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "o.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	off := open(true)
+	if err := off.RemovePeer(ctx, pid); err != nil { // the publisher cannot be told
+		t.Fatal(err)
+	}
+	if err := off.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(ctx, "o.x", json.RawMessage(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(pub.Subscribers()); n != 1 {
+		t.Fatalf("publisher holds %d subscriptions, want the orphan", n)
+	}
+	sub = open(false)
+	t.Cleanup(func() { _ = sub.Close() })
+	if err := sub.Host().Connect(ctx, peer.AddrInfo{ID: pub.ID(), Addrs: pub.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, testTimeout, 50*time.Millisecond, func() error {
+		if n := len(pub.Subscribers()); n != 0 {
+			return fmt.Errorf("publisher still holds %d subscription(s)", n)
+		}
+		return nil
+	})
+}
+
+// Revoking a token while the service is stopped (the CLI's offline node)
+// must remove the subscriptions made with it, as an online revoke does.
+func TestOfflineRevokeRemovesSubscriptions(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pub")
+	l, err := node.CreateInstance(dir, node.CreateOptions{Port: 0, Loopback: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := datastore.NewMemory()
+	t.Cleanup(func() { db.Close() })
+	pub, err := node.New(node.Options{Dir: l.Dir, Config: node.LoopbackConfig(0), DB: db, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Start(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	sub := newTestNode(t)
+	if err := sub.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
+		t.Fatal(err)
+	}
+	pid, tok := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"o.>"}})
+	if _, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pid, Pattern: "o.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Close(); err != nil { // the subscriber goes away
+		t.Fatal(err)
+	}
+	if err := pub.Close(); err != nil { // `coattail service stop`
+		t.Fatal(err)
+	}
+	off, err := node.New(node.Options{Dir: l.Dir, Config: node.LoopbackConfig(0), DB: db, Offline: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer off.Close()
+	if err := off.Start(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := off.RevokeToken(testCtx(t), tok.ID); err != nil { // `coattail token revoke ID`
+		t.Fatal(err)
+	}
+	if s := off.Subscribers(); len(s) != 0 {
+		t.Errorf("after revoking token %s offline, %d subscription(s) made with it remain: %+v", tok.ID, len(s), s)
+	}
 }
 
 // syncBuffer is a log sink the test can read while nodes write to it.

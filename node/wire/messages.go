@@ -120,6 +120,14 @@ type DeliverHello struct {
 	SubscriptionIDs []string `json:"subscription_ids"`
 }
 
+// DeliverAnswer answers a DeliverHello. Unknown lists the ids the
+// subscriber does not hold with that publisher (it forgot them: peer
+// removed while the publisher could not be told, a failed subscribe): the
+// publisher removes those subscriptions instead of queueing for nobody.
+type DeliverAnswer struct {
+	Unknown []string `json:"unknown,omitempty"`
+}
+
 // DecodeJSON decodes a JSON payload strictly: unknown fields, an empty
 // payload and anything after the value are ErrMalformed. Strictness makes a
 // peer that speaks another message layout fail loudly instead of having its
