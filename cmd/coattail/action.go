@@ -210,37 +210,50 @@ func newActionPublishCmd(a *app) *cobra.Command {
 	return cmd
 }
 
-// publishBatch is how many stdin lines go into one publish call.
-const publishBatch = 4096
+// A publish call carries at most publishBatch stdin lines and about
+// publishBatchBytes of them (the control API takes bodies up to 70 MiB; a
+// line may be as large as limits.max_payload).
+const (
+	publishBatch      = 4096
+	publishBatchBytes = 16 << 20
+)
 
 // publishLines publishes each stdin line as one message, in batches, and
 // reports the total.
 func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.PublishRequest) error {
 	sc := bufio.NewScanner(a.in)
 	sc.Buffer(make([]byte, 64<<10), 64<<20)
-	total, lines := 0, 0
+	total, lines, published, lineNo, batchBytes := 0, 0, 0, 0, 0
 	send := func() error {
 		if len(req.Batch) == 0 {
 			return nil
 		}
 		res, err := c.Publish(cmd.Context(), req)
 		if err != nil {
-			return fmt.Errorf("after %d published line(s): %w", lines-len(req.Batch), err)
+			return fmt.Errorf("after %d published line(s): %w", published, err)
 		}
 		total += res.Published
-		req.Batch = req.Batch[:0]
+		published += len(req.Batch)
+		req.Batch, batchBytes = req.Batch[:0], 0
 		return nil
 	}
 	for sc.Scan() {
+		lineNo++
 		line := bytes.TrimSpace(sc.Bytes())
 		if len(line) == 0 {
 			continue
 		}
 		lines++
 		if !json.Valid(line) {
-			return fmt.Errorf("stdin line %d is not valid JSON", lines)
+			return fmt.Errorf("stdin line %d is not valid JSON (%d line(s) before it were published, none after)", lineNo, published)
+		}
+		if len(req.Batch) > 0 && batchBytes+len(line) > publishBatchBytes {
+			if err := send(); err != nil {
+				return err
+			}
 		}
 		req.Batch = append(req.Batch, json.RawMessage(bytes.Clone(line)))
+		batchBytes += len(line)
 		if len(req.Batch) >= publishBatch {
 			if err := send(); err != nil {
 				return err

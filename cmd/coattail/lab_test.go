@@ -314,4 +314,16 @@ func TestPublishStdinBatch(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "published 2 message(s)") {
 		t.Fatalf("publish --stdin: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
 	}
+	// Lines are numbered as in the input, blank ones included.
+	_, stderr, code = a.runStdin("1\n\n{bad\n", "action", "publish", "--action", "lab.0", "--stdin")
+	if code == 0 || !strings.Contains(stderr, "stdin line 3 is not valid JSON") {
+		t.Fatalf("publish --stdin of a bad line: exit %d, stderr: %s", code, stderr)
+	}
+	// 80 MB of 100 KB lines: batches are cut by bytes too, not only by
+	// line count (the control API takes bodies up to 70 MiB).
+	line := `{"pad":"` + strings.Repeat("x", 100<<10) + "\"}\n"
+	stdout, stderr, code = a.runStdin(strings.Repeat(line, 800), "action", "publish", "--action", "lab.0", "--stdin")
+	if code != 0 || !strings.Contains(stdout, "published 800 message(s)") {
+		t.Fatalf("publish --stdin of 80 MB: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
 }
