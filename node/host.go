@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -116,6 +117,9 @@ func buildHost(n *Node) (host.Host, error) {
 		}
 		opts = append(opts, libp2p.EnableAutoRelayWithStaticRelays(static, autorelay.WithBootDelay(0)))
 	}
+	if err := probeListen(nc.Listen); err != nil {
+		return nil, fmt.Errorf("%w: %v (another program, or another instance, uses the port in network.listen of %s)", ErrPortInUse, err, n.layout.Config())
+	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use") {
@@ -124,6 +128,51 @@ func buildHost(n *Node) (host.Host, error) {
 		return nil, fmt.Errorf("node: start libp2p host: %w", err)
 	}
 	return h, nil
+}
+
+// probeListen binds and releases each fixed TCP and UDP port of the listen
+// addresses. libp2p's TCP listener sets SO_REUSEPORT (for hole punching),
+// so a second instance on the same port would start and silently share
+// incoming connections with the first; and a QUIC listener that fails to
+// bind is skipped quietly when another address works. A plain bind fails
+// on a port any socket holds.
+func probeListen(addrs []string) error {
+	for _, s := range addrs {
+		m, err := ma.NewMultiaddr(s)
+		if err != nil {
+			continue // reported by libp2p with its own message
+		}
+		ip, err := m.ValueForProtocol(ma.P_IP4)
+		if err != nil {
+			if ip, err = m.ValueForProtocol(ma.P_IP6); err != nil {
+				continue
+			}
+		}
+		for _, pr := range []struct {
+			code int
+			net  string
+		}{{ma.P_TCP, "tcp"}, {ma.P_UDP, "udp"}} {
+			port, err := m.ValueForProtocol(pr.code)
+			if err != nil || port == "0" {
+				continue
+			}
+			hp := net.JoinHostPort(ip, port)
+			if pr.net == "tcp" {
+				l, err := net.Listen("tcp", hp)
+				if err != nil {
+					return fmt.Errorf("listen %s: %w", s, err)
+				}
+				_ = l.Close()
+			} else {
+				c, err := net.ListenPacket("udp", hp)
+				if err != nil {
+					return fmt.Errorf("listen %s: %w", s, err)
+				}
+				_ = c.Close()
+			}
+		}
+	}
+	return nil
 }
 
 // relayResources turns the network.relay_* settings into the relay's

@@ -321,6 +321,23 @@ func TestConfigErrors(t *testing.T) {
 			t.Errorf("a service runs after a busy-port error: %+v", sts)
 		}
 	})
+	t.Run("port of another instance", func(t *testing.T) {
+		// libp2p listens with SO_REUSEPORT: without a check, a second
+		// instance would start on the same port and share its connections.
+		t.Parallel()
+		a, b := newInstance(t, "a"), newInstance(t, "b")
+		port := freePort(t)
+		for _, i := range []*instance{a, b} {
+			i.setConfig("listen", fmt.Sprintf(`["/ip4/127.0.0.1/tcp/%d", "/ip4/127.0.0.1/udp/%d/quic-v1"]`, port, port))
+		}
+		bpid := b.start()
+		a.mustFail([]string{"service", "start", "--headless"}, strconv.Itoa(port), "already in use")
+		for _, st := range a.status() {
+			if st.PID != bpid {
+				t.Errorf("a second service runs on the port of another: %+v", st)
+			}
+		}
+	})
 	t.Run("key permissions", func(t *testing.T) {
 		t.Parallel()
 		a := newInstance(t, "a")
