@@ -210,6 +210,10 @@ func decodeBody(r *http.Request, v any) error {
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			return &localapi.Error{Status: http.StatusRequestEntityTooLarge, Code: localapi.CodeBadRequest,
+				Message: fmt.Sprintf("request body over the limit of %d bytes", mbe.Limit)}
+		}
 		return badRequest("invalid request body: %v", err)
 	}
 	if dec.More() {
@@ -257,6 +261,8 @@ func toAPIError(err error) *localapi.Error {
 		}
 	case errors.As(err, &mbe):
 		e.Status, e.Code = http.StatusRequestEntityTooLarge, localapi.CodeBadRequest
+	case errors.Is(err, datastore.ErrInvalidID):
+		e.Status, e.Code = http.StatusBadRequest, localapi.CodeBadRequest
 	case errors.Is(err, auth.ErrNotFound), errors.Is(err, runner.ErrNotFound), errors.Is(err, datastore.ErrNotFound), errors.Is(err, ErrUnknownPeer),
 		errors.Is(err, topics.ErrNoSubscription):
 		e.Status, e.Code = http.StatusNotFound, localapi.CodeNotFound
@@ -367,6 +373,12 @@ func (n *Node) Status() localapi.Status {
 // Perform runs an action locally or on a peer; with Notify the output is
 // published to the action's subscribers.
 func (n *Node) Perform(ctx context.Context, req localapi.PerformRequest, onLog func(string)) (localapi.PerformResult, error) {
+	if len(req.To) > 0 && !req.Notify {
+		return localapi.PerformResult{}, fmt.Errorf("%w: --to chooses whom --notify publishes to; it needs --notify", ErrBadRequest)
+	}
+	if err := checkPeerIDs(req.To); err != nil {
+		return localapi.PerformResult{}, err
+	}
 	if req.Peer != "" {
 		return n.remotePerform(ctx, req, onLog)
 	}

@@ -139,9 +139,15 @@ type publication struct {
 // of the subscriber peer ids in to, when to is not empty) and returns how
 // many queue entries it wrote, once they are durable.
 func (n *Node) publish(ctx context.Context, pubs []publication, to []string) (int, error) {
+	if err := checkPeerIDs(to); err != nil {
+		return 0, err
+	}
 	msgs := make([]topics.Message, 0, len(pubs))
 	now := time.Now().UnixNano()
 	for _, p := range pubs {
+		if p.Hop < 0 {
+			return 0, fmt.Errorf("%w: hop %d is negative", ErrBadRequest, p.Hop)
+		}
 		if p.Hop > n.cfg.Limits.MaxHops {
 			err := fmt.Errorf("%w: %q arrived after %d hops (limits.max_hops %d); not published, to stop a cascade loop", ErrHopLimit, p.Subject, p.Hop, n.cfg.Limits.MaxHops)
 			n.log.Error("cascade stopped", "subject", p.Subject, "hop", p.Hop, "err", err)
@@ -260,6 +266,17 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 		s.release()
 	}
 	return nw.deliver(ctx, s, sub, next-1, window)
+}
+
+// checkPeerIDs reports the first of ids (a --to list) that is not a peer
+// id: a typo would otherwise publish to nobody without a word.
+func checkPeerIDs(ids []string) error {
+	for _, id := range ids {
+		if _, err := peer.Decode(id); err != nil {
+			return fmt.Errorf("%w: --to %q is not a peer id (see: coattail subscribers list)", ErrBadRequest, id)
+		}
+	}
+	return nil
 }
 
 // addSubscription adds sub unless its subscriber already holds

@@ -764,7 +764,16 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 		return err
 	}
 	n.log.Info("dead letter replayed", "id", id)
-	return n.subscriber.dead.Delete(ctx, id)
+	return n.subscriber.deleteDead(ctx, id)
+}
+
+// deleteDead deletes a dead letter durably: a replayed one that came back
+// after a power loss would run its receiver again.
+func (ss *subscriberSide) deleteDead(ctx context.Context, id string) error {
+	if err := ss.dead.Delete(ctx, id); err != nil {
+		return err
+	}
+	return ss.n.db.Sync(ctx, ds.RawKey("/deadletters"))
 }
 
 // DropDeadLetter deletes a parked publication.
@@ -772,7 +781,7 @@ func (n *Node) DropDeadLetter(ctx context.Context, id string) error {
 	if _, err := n.subscriber.dead.Get(ctx, id); err != nil {
 		return err
 	}
-	return n.subscriber.dead.Delete(ctx, id)
+	return n.subscriber.deleteDead(ctx, id)
 }
 
 // handleDeliverNudge serves /coattail/deliver: a publisher that holds

@@ -517,6 +517,10 @@ func TestSubsToAndFullQueues(t *testing.T) {
 	if out := p1.mustRun("action", "publish", "--action", "to.x", "--data", `"only s2"`, "--to", s2.peerID()); !strings.Contains(out, "published to 1 subscription(s)") {
 		t.Errorf("publish --to printed %q", out)
 	}
+	// A --to that is not a peer id, or --to without --notify, is refused:
+	// it would otherwise publish to nobody (or to everybody) silently.
+	p1.mustFail([]string{"action", "publish", "--action", "to.x", "--data", `1`, "--to", "not-a-peer"}, `--to "not-a-peer" is not a peer id`)
+	p1.mustFail([]string{"action", "perform", "--action", "to.x", "--data", `1`, "--to", s2.peerID()}, "needs --notify")
 	p1.mustRun("action", "publish", "--action", "to.x", "--data", `"everyone"`)
 	if got, want := s2.waitLines("got", 2, deliveryTimeout), []string{`to.x 1 0 "only s2"`, `to.x 2 0 "everyone"`}; !slices.Equal(got, want) {
 		t.Errorf("s2 received %q, want %q", got, want)
