@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,6 +104,15 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("datastore: create %s: %w", dir, err)
+	}
+	// One spelling per directory: pebble refuses a second lock in this
+	// process by comparing paths, and fcntl locks are per process, so a
+	// second Open through a symlink or a relative path would succeed (and
+	// closing it would release the lock another process then takes).
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		if abs, err := filepath.Abs(real); err == nil {
+			dir = abs
+		}
 	}
 
 	// Take the directory lock ourselves rather than letting pebble.Open do

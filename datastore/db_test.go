@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -287,5 +288,33 @@ func TestGetSorted(t *testing.T) {
 	}
 	if err := sg.GetSorted(ctx, nil, func(int, []byte) error { t.Fatal("called for no keys"); return nil }); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A directory open in this process is locked whatever path names it: a
+// symlink or a relative path (fcntl locks are per process, so a second
+// Open would succeed, and closing it would release the lock for others).
+func TestOpenTwiceThroughAnotherPathIsLocked(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "data")
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	alias := filepath.Join(parent, "alias")
+	if err := os.Symlink(dir, alias); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(parent)
+	for _, p := range []string{alias, "data", "./alias/../data"} {
+		db2, err := Open(p)
+		if err == nil {
+			_ = db2.Close()
+			t.Fatalf("Open(%q) of an open directory succeeded", p)
+		}
+		if !errors.Is(err, ErrLocked) {
+			t.Fatalf("Open(%q) = %v, want ErrLocked", p, err)
+		}
 	}
 }

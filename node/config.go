@@ -203,6 +203,11 @@ func ParseConfig(name string, b []byte) (Config, error) {
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // empty file: all defaults
 		return Config{}, fmt.Errorf("%w: %s: %s", ErrConfig, name, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
+	// A second document (after ---) would otherwise be ignored unchecked.
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("%w: %s: more than one YAML document (line %d): a config is one document", ErrConfig, name, more.Line)
+	}
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("%w: %s: %w", ErrConfig, name, err)
 	}
@@ -279,7 +284,7 @@ func (c *Config) Validate() error {
 	if l.QueueFull != QueueFullReject && l.QueueFull != QueueFullDropOldest {
 		bad("limits.queue_full: %q is not one of %q, %q", l.QueueFull, QueueFullReject, QueueFullDropOldest)
 	}
-	if l.RateLimit <= 0 || l.RateBurst < 1 {
+	if !(l.RateLimit > 0) || math.IsInf(l.RateLimit, 0) || l.RateBurst < 1 { // !(>0) also refuses NaN
 		bad("limits.rate_limit/rate_burst: must be positive (got %v, %d)", l.RateLimit, l.RateBurst)
 	}
 	if l.MaxSubscriptionsPerPeer < 1 {

@@ -207,3 +207,22 @@ func TestLoadConfig(t *testing.T) {
 		t.Errorf("log.level = %q, want warn", c.Log.Level)
 	}
 }
+
+// A rate that is not a finite positive number is refused: NaN passed a
+// "<= 0" check and turned rate limiting off; +Inf rendered as a value the
+// parser refuses.
+func TestParseConfigRateMustBeFinite(t *testing.T) {
+	for _, v := range []string{".nan", ".inf", "-.inf", "0"} {
+		if _, err := node.ParseConfig("c.yml", []byte("limits:\n  rate_limit: "+v+"\n")); err == nil {
+			t.Errorf("rate_limit: %s accepted", v)
+		}
+	}
+}
+
+// A second YAML document is refused, not ignored unchecked.
+func TestParseConfigOneDocument(t *testing.T) {
+	_, err := node.ParseConfig("c.yml", []byte("log:\n  level: info\n---\nbogus: 1\n"))
+	if err == nil || !strings.Contains(err.Error(), "more than one YAML document") {
+		t.Fatalf("a second document: %v", err)
+	}
+}

@@ -546,7 +546,7 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 			return fmt.Errorf("receiver %q for publication %d not finished: %w", sub.Receiver, d.Seq, ctx.Err())
 		case <-time.After(backoff):
 		}
-		backoff *= 2
+		backoff = min(backoff*2, time.Hour)
 	}
 	if err == nil {
 		return nil

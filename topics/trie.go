@@ -1,6 +1,7 @@
 package topics
 
 import (
+	"slices"
 	"strings"
 	"sync"
 )
@@ -101,6 +102,9 @@ func (n *trieNode[T]) remove(v T) bool {
 	var zero T
 	n.vals[last] = zero // drop the reference for the garbage collector
 	n.vals = n.vals[:last]
+	if c := cap(n.vals); c > 64 && len(n.vals) < c/4 {
+		n.vals = slices.Clip(slices.Clone(n.vals)) // let a peak's array go
+	}
 	if n.idx != nil {
 		delete(n.idx, v)
 		if len(n.vals) <= idxThreshold/2 {

@@ -507,3 +507,24 @@ func BenchmarkTrieHasMatchParallel1k(b *testing.B) {
 		}
 	})
 }
+
+// A node that held many values for one pattern gives its array back once
+// most are removed.
+func TestTrieNodeShrinks(t *testing.T) {
+	tr := NewTrie[int]()
+	for i := range 10_000 {
+		if err := tr.Insert("orders.>", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 1; i < 10_000; i++ {
+		tr.Remove("orders.>", i)
+	}
+	n := tr.root.literal["orders"].next.fwc
+	if len(n.vals) != 1 || cap(n.vals) > 64 {
+		t.Fatalf("1 value left, in an array of capacity %d", cap(n.vals))
+	}
+	if got := tr.Match("orders.a"); len(got) != 1 || got[0] != 0 {
+		t.Fatalf("Match after the removals = %v, want [0]", got)
+	}
+}
