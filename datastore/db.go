@@ -105,6 +105,11 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("datastore: create %s: %w", dir, err)
 	}
+	// Its records include secrets (issued tokens): owner only, also for a
+	// directory an older version created 0755 (pebble's files are 0644).
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("datastore: restrict %s to its owner: %w", dir, err)
+	}
 	// One spelling per directory: pebble refuses a second lock in this
 	// process by comparing paths, and fcntl locks are per process, so a
 	// second Open through a symlink or a relative path would succeed (and

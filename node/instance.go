@@ -83,13 +83,17 @@ func CreateInstance(dir string, o CreateOptions) (Layout, error) {
 	if o.Loopback {
 		cfg = LoopbackConfig(o.Port)
 	}
-	for _, d := range []string{abs, l.Actions(), l.Receivers(), l.Data()} {
+	for _, d := range []string{abs, l.Actions(), l.Receivers()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return Layout{}, fmt.Errorf("node: create instance: %w", err)
 		}
 	}
-	if err := os.MkdirAll(l.Keys(), 0o700); err != nil {
-		return Layout{}, fmt.Errorf("node: create instance: %w", err)
+	// The datastore holds issued tokens as they were issued, and the key
+	// is the identity: both are the owner's only.
+	for _, d := range []string{l.Keys(), l.Data()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return Layout{}, fmt.Errorf("node: create instance: %w", err)
+		}
 	}
 	if err := writeNewKey(l.IdentityKey()); err != nil {
 		return Layout{}, err

@@ -247,6 +247,18 @@ func TestKeyFilePermissions(t *testing.T) {
 	if dst, err := os.Stat(a.path("keys")); err != nil || dst.Mode().Perm()&0o077 != 0 {
 		t.Fatalf("keys directory: %v, mode %04o, want owner-only", err, dst.Mode().Perm())
 	}
+	// The datastore keeps issued tokens: owner-only too, also when an older
+	// instance created it readable (opening it restricts it).
+	if dst, err := os.Stat(a.path("data")); err != nil || dst.Mode().Perm()&0o077 != 0 {
+		t.Fatalf("data directory: %v, mode %04o, want owner-only", err, dst.Mode().Perm())
+	}
+	if err := os.Chmod(a.path("data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a.mustRun("token", "list")
+	if dst, err := os.Stat(a.path("data")); err != nil || dst.Mode().Perm()&0o077 != 0 {
+		t.Fatalf("data directory after opening a 0755 one: %v, mode %04o, want owner-only", err, dst.Mode().Perm())
+	}
 	for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o660} {
 		if err := os.Chmod(key, mode); err != nil {
 			t.Fatal(err)
