@@ -159,11 +159,21 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 
 	waitErr := cmd.Wait()
 	stderr.flush()
+	if waitErr != nil {
+		// Whatever the program left running in its group (children that
+		// kept our pipes open, or outlived a failed or stopped program)
+		// goes with it.
+		_ = killGroup(cmd)
+	}
+	// exitedOK: the program itself exited 0 and only its children held
+	// the pipes; the deadline may have passed while Wait waited for them,
+	// but the program's own result stands.
+	exitedOK := errors.Is(waitErr, exec.ErrWaitDelay) && cmd.ProcessState != nil && cmd.ProcessState.Success()
 
 	// A nil waitErr is a complete success even if the context ended just
 	// after; otherwise why the context ended explains the failure better
 	// than the kill it caused.
-	if waitErr != nil {
+	if waitErr != nil && !exitedOK {
 		switch cause := context.Cause(runCtx); {
 		case cause == errOverflow:
 			return nil, r.tooLarge(inv)
@@ -180,9 +190,8 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 		return nil, exitError(inv, exitErr, stderr.last)
 	case errors.Is(waitErr, exec.ErrWaitDelay):
 		// The program succeeded but something it started kept stdout or
-		// stderr open. Whatever the program wrote has been read; kill the
-		// stragglers, which lost their pipes anyway.
-		_ = killGroup(cmd)
+		// stderr open. Whatever the program wrote has been read; the
+		// stragglers, which lost their pipes anyway, were killed above.
 		r.cfg.Logger.Warn("program exited but its children kept its output open; killed them",
 			"kind", inv.Kind, "name", inv.Name)
 	case waitErr != nil:

@@ -806,3 +806,44 @@ func TestRunProgramIgnoringLargeInput(t *testing.T) {
 		t.Fatalf("Run = %s, %v; want 1, nil", out, err)
 	}
 }
+
+// A program that fails while a child it started holds its stdout takes
+// the child with it.
+func TestFailedProgramTakesItsChildren(t *testing.T) {
+	r, dir := newTestRunner(t, nil)
+	pidf := filepath.Join(dir, "child.pid")
+	writeProgram(t, dir, KindAction, "bg", `sleep 60 & echo $! > `+pidf+`; exit 3`)
+	_, err := r.Run(context.Background(), action("bg", ""))
+	if !errors.Is(err, ErrExit) {
+		t.Fatalf("Run = %v, want the exit status", err)
+	}
+	pid := readPID(t, pidf)
+	deadline := time.Now().Add(5 * time.Second)
+	for !processGone(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("child %d of a failed program still runs", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A program that exits 0 shortly before its deadline, while a child holds
+// its stdout, succeeded: the deadline passing while Wait waits for the
+// pipes does not make it a timeout.
+func TestSuccessNearDeadlineWithStraggler(t *testing.T) {
+	r, dir := newTestRunner(t, func(c *Config) { c.Timeout = 1500 * time.Millisecond })
+	pidf := filepath.Join(dir, "child.pid")
+	writeProgram(t, dir, KindAction, "ok", `sleep 60 & echo $! > `+pidf+`; sleep 1; echo '{"ok":true}'; exit 0`)
+	out, err := r.Run(context.Background(), action("ok", ""))
+	if err != nil || string(out) != `{"ok":true}` {
+		t.Fatalf("Run = %s, %v; want the program's output", out, err)
+	}
+	pid := readPID(t, pidf)
+	deadline := time.Now().Add(5 * time.Second)
+	for !processGone(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("straggler %d still runs", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
