@@ -108,7 +108,12 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	// A socket file left by a crashed service is stale: probe said nobody
 	// answers on it.
 	_ = os.Remove(l.Socket())
+	// Owner-only from its creation (the chmod below alone would leave a
+	// moment with the umask's permissions, and a client connected then
+	// stays connected).
+	old := syscall.Umask(0o177)
 	ln, err := net.Listen("unix", l.Socket())
+	syscall.Umask(old)
 	if err != nil {
 		return fmt.Errorf("node: control socket: %w", err)
 	}
@@ -120,6 +125,10 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	srv := &http.Server{
+		// Requests end with the service: a perform in progress is
+		// stopped (its action killed), not left running without its
+		// timeout after the service is gone.
+		BaseContext:       func(net.Listener) context.Context { return ctx },
 		Handler:           bodyDeadline(n.Handler(stop), controlReadTimeout),
 		ReadHeaderTimeout: controlReadTimeout,
 		IdleTimeout:       controlIdleTimeout,
@@ -148,9 +157,12 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		}
 	}
 	logger.Info("service stopping")
+	stop() // cancels the requests in progress (BaseContext)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_ = srv.Shutdown(sctx)
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+	}
 	return nil
 }
 

@@ -721,3 +721,43 @@ func TestInstanceDiscovery(t *testing.T) {
 		t.Errorf("outside any instance: exit %d, stderr %q", code, stderr)
 	}
 }
+
+// Stopping the service while a local perform runs stops the action too
+// (its process group is killed) instead of leaving it running, orphaned
+// and without its timeout, after the service is gone; the CLI fails.
+func TestServiceStopEndsRunningPerform(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	pidFile := a.path("action.pid")
+	a.writeScript("actions", "slow", "echo $$ > "+pidFile+"\nsleep 30\necho '{}'\n")
+	a.start()
+	done := make(chan int, 1)
+	go func() {
+		_, _, code := a.run("action", "perform", "--action", "slow")
+		done <- code
+	}()
+	var pid int
+	checkFor(t, 20*time.Second, func() error {
+		b, err := os.ReadFile(pidFile)
+		if err != nil {
+			return err
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err
+	})
+	a.mustRun("service", "stop")
+	select {
+	case code := <-done:
+		if code == 0 {
+			t.Error("perform succeeded although the service stopped under it")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("perform did not return after the service stopped")
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if processAlive(pid) {
+			return fmt.Errorf("action %d still runs after the service stopped", pid)
+		}
+		return nil
+	})
+}
