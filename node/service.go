@@ -241,14 +241,50 @@ func openLog(l Layout, cfg Config) (*slog.Logger, func(), error) {
 	return slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: lvl})), func() { f.Close() }, nil
 }
 
+// checkRuntimeDir makes sure dir is a directory of this user that nobody
+// else can write (the /tmp fallback could have been created by another
+// user first, to plant registrations or symlinks): a loose one of ours is
+// tightened, anything else refused.
+func checkRuntimeDir(dir string) error {
+	fi, err := os.Stat(dir) // a symlink is judged by what it points to
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() {
+		return fmt.Errorf("node: runtime directory %s is not a directory of this user; set %s to one that is", dir, EnvRuntimeDir)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("node: runtime directory %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
 func register(l Layout) (func(), error) {
 	dir := RuntimeDir()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return func() {}, err
 	}
+	if err := checkRuntimeDir(dir); err != nil {
+		return func() {}, err
+	}
 	path := filepath.Join(dir, strconv.Itoa(os.Getpid())+".json")
 	b, _ := json.Marshal(registration{PID: os.Getpid(), Instance: l.Dir, Socket: l.Socket()})
-	if err := os.WriteFile(path, b, 0o600); err != nil {
+	// Written aside and renamed into place: rename replaces whatever is at
+	// path (a symlink included) instead of writing through it.
+	tmp, err := os.CreateTemp(dir, ".register-*")
+	if err != nil {
+		return func() {}, err
+	}
+	_, werr := tmp.Write(b)
+	if err := errors.Join(werr, tmp.Close()); err != nil {
+		_ = os.Remove(tmp.Name())
+		return func() {}, err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		_ = os.Remove(tmp.Name())
 		return func() {}, err
 	}
 	return func() { os.Remove(path) }, nil
@@ -306,6 +342,9 @@ func ListServices(ctx context.Context) ([]localapi.Status, error) {
 		return []localapi.Status{}, nil
 	}
 	if err != nil {
+		return nil, err
+	}
+	if err := checkRuntimeDir(dir); err != nil {
 		return nil, err
 	}
 	out := []localapi.Status{}

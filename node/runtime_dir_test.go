@@ -1,0 +1,49 @@
+package node
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+)
+
+// The runtime directory may have been created by someone else first (the
+// /tmp fallback): only a directory of this user is used (a loose one is
+// tightened; ownership by another user cannot be staged without root), and
+// a registration never writes through a symlink planted at its path.
+func TestRuntimeDirIsOurs(t *testing.T) {
+	parent := t.TempDir()
+	rt := filepath.Join(parent, "rt")
+	if err := os.Mkdir(rt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(rt, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	victim := filepath.Join(parent, "victim")
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(rt, strconv.Itoa(os.Getpid())+".json")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(EnvRuntimeDir, rt)
+	unregister, err := register(Layout{Dir: "/x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unregister()
+	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
+		t.Fatalf("registration wrote through a symlink: victim now %q", b)
+	}
+	if fi, err := os.Stat(rt); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("runtime dir mode %v, %v; want 0700", fi.Mode().Perm(), err)
+	}
+	notDir := filepath.Join(parent, "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkRuntimeDir(notDir); err == nil {
+		t.Fatal("a runtime dir that is a file was accepted")
+	}
+}
