@@ -143,9 +143,12 @@ func (c *Client) Stream(ctx context.Context, method, path string, in, out any, o
 		}
 	}
 	if err := sc.Err(); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("localapi: the service closed the connection before answering (was it stopped, or did it crash? see its log): %w", err)
+		}
 		return fmt.Errorf("localapi: stream: %w", err)
 	}
-	return errors.New("localapi: stream ended without a result")
+	return errors.New("localapi: stream ended without a result (was the service stopped?)")
 }
 
 // pipeListener is a net.Listener whose connections are in-memory pipes.
