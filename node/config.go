@@ -194,6 +194,20 @@ func LoadConfig(path string) (Config, error) {
 	return ParseConfig(path, b)
 }
 
+// emptyDocument reports whether n is a YAML document with no content, or
+// only a null.
+func emptyDocument(n *yaml.Node) bool {
+	if n.Kind != yaml.DocumentNode {
+		return false
+	}
+	for _, c := range n.Content {
+		if c.Kind != yaml.ScalarNode || c.Tag != "!!null" {
+			return false
+		}
+	}
+	return true
+}
+
 // ParseConfig parses config YAML; name is used in error messages. Missing
 // keys keep their defaults.
 func ParseConfig(name string, b []byte) (Config, error) {
@@ -204,8 +218,9 @@ func ParseConfig(name string, b []byte) (Config, error) {
 		return Config{}, fmt.Errorf("%w: %s: %s", ErrConfig, name, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	// A second document (after ---) would otherwise be ignored unchecked.
+	// An empty one (a trailing ---, as some generators write) is fine.
 	var more yaml.Node
-	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) && !emptyDocument(&more) {
 		return Config{}, fmt.Errorf("%w: %s: more than one YAML document (line %d): a config is one document", ErrConfig, name, more.Line)
 	}
 	if err := c.Validate(); err != nil {

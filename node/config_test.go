@@ -219,10 +219,16 @@ func TestParseConfigRateMustBeFinite(t *testing.T) {
 	}
 }
 
-// A second YAML document is refused, not ignored unchecked.
+// A second YAML document is refused, not ignored unchecked; an empty one
+// (a trailing ---) is fine.
 func TestParseConfigOneDocument(t *testing.T) {
 	_, err := node.ParseConfig("c.yml", []byte("log:\n  level: info\n---\nbogus: 1\n"))
 	if err == nil || !strings.Contains(err.Error(), "more than one YAML document") {
 		t.Fatalf("a second document: %v", err)
+	}
+	for _, tail := range []string{"---\n", "---\n# end\n", "...\n"} {
+		if _, err := node.ParseConfig("c.yml", []byte("limits:\n  rate_limit: 10\n"+tail)); err != nil {
+			t.Errorf("a config ending in %q: %v", tail, err)
+		}
 	}
 }

@@ -135,18 +135,21 @@ func buildHost(n *Node) (host.Host, error) {
 // so a second instance on the same port would start and silently share
 // incoming connections with the first; and a QUIC listener that fails to
 // bind is skipped quietly when another address works. A plain bind fails
-// on a port any socket holds.
+// with EADDRINUSE on a port any socket holds. Other bind errors (an
+// address not on this host) are left to libp2p, which skips such an
+// address when another one works.
 func probeListen(addrs []string) error {
 	for _, s := range addrs {
 		m, err := ma.NewMultiaddr(s)
 		if err != nil {
 			continue // reported by libp2p with its own message
 		}
-		ip, err := m.ValueForProtocol(ma.P_IP4)
-		if err != nil {
+		ip, fam := "", "4"
+		if ip, err = m.ValueForProtocol(ma.P_IP4); err != nil {
 			if ip, err = m.ValueForProtocol(ma.P_IP6); err != nil {
 				continue
 			}
+			fam = "6" // v6 only, as libp2p binds it
 		}
 		for _, pr := range []struct {
 			code int
@@ -158,17 +161,18 @@ func probeListen(addrs []string) error {
 			}
 			hp := net.JoinHostPort(ip, port)
 			if pr.net == "tcp" {
-				l, err := net.Listen("tcp", hp)
-				if err != nil {
-					return fmt.Errorf("listen %s: %w", s, err)
+				var l net.Listener
+				if l, err = net.Listen("tcp"+fam, hp); err == nil {
+					_ = l.Close()
 				}
-				_ = l.Close()
 			} else {
-				c, err := net.ListenPacket("udp", hp)
-				if err != nil {
-					return fmt.Errorf("listen %s: %w", s, err)
+				var c net.PacketConn
+				if c, err = net.ListenPacket("udp"+fam, hp); err == nil {
+					_ = c.Close()
 				}
-				_ = c.Close()
+			}
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return fmt.Errorf("listen %s: %w", s, err)
 			}
 		}
 	}

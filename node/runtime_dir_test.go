@@ -1,6 +1,7 @@
 package node
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -45,5 +46,33 @@ func TestRuntimeDirIsOurs(t *testing.T) {
 	}
 	if err := checkRuntimeDir(notDir); err == nil {
 		t.Fatal("a runtime dir that is a file was accepted")
+	}
+}
+
+// The control socket is owner-only and answers at its path.
+func TestListenPrivate(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "coattail.sock")
+	ln, err := listenPrivate(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("socket %v, %v; want an 0600 socket", fi.Mode(), err)
+	}
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			_ = c.Close()
+		}
+	}()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("dial the socket at its path: %v", err)
+	}
+	_ = c.Close()
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("left %d entries beside the socket", len(ents)-1)
 	}
 }

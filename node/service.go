@@ -108,17 +108,8 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	// A socket file left by a crashed service is stale: probe said nobody
 	// answers on it.
 	_ = os.Remove(l.Socket())
-	// Owner-only from its creation (the chmod below alone would leave a
-	// moment with the umask's permissions, and a client connected then
-	// stays connected).
-	old := syscall.Umask(0o177)
-	ln, err := net.Listen("unix", l.Socket())
-	syscall.Umask(old)
+	ln, err := listenPrivate(l.Socket())
 	if err != nil {
-		return fmt.Errorf("node: control socket: %w", err)
-	}
-	if err := os.Chmod(l.Socket(), 0o600); err != nil {
-		ln.Close()
 		return fmt.Errorf("node: control socket: %w", err)
 	}
 	defer os.Remove(l.Socket())
@@ -229,6 +220,36 @@ func openDBRetry(ctx context.Context, l Layout) (*datastore.DB, error) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// listenPrivate listens on a unix socket at path that only this user can
+// connect to from its creation: it is made in a new 0700 directory beside
+// path, restricted to 0600 there, and then renamed into place. (A chmod
+// after listening at path would leave a moment with the umask's
+// permissions, and a client connected then stays connected; changing the
+// umask would affect every goroutine and child process of the service.)
+func listenPrivate(path string) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".s") // 0700; the name stays short (sun_path)
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(dir)
+	tmp := filepath.Join(dir, "s")
+	ln, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, err
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false) // the caller removes path
+	err = os.Chmod(tmp, 0o600)
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		ln.Close()
+		_ = os.Remove(tmp)
+		return nil, err
+	}
+	return ln, nil
 }
 
 func openLog(l Layout, cfg Config) (*slog.Logger, func(), error) {
