@@ -26,3 +26,11 @@ func SetFreshSubscription(d time.Duration) func() {
 	freshSubscription = d
 	return func() { freshSubscription = prev }
 }
+
+// SetConnGrace sets the connection manager's grace period of the nodes
+// created afterwards; the returned func restores it.
+func SetConnGrace(d time.Duration) func() {
+	prev := connGrace
+	connGrace = d
+	return func() { connGrace = prev }
+}

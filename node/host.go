@@ -67,9 +67,19 @@ type natState struct {
 	reservations []string // our /p2p-circuit addresses, one per reservation
 }
 
+// connGrace is how long a new connection is safe from the connection
+// manager's trimming. A variable for tests.
+var connGrace = time.Minute
+
+// subscriptionTag protects, in the connection manager, the connections to
+// a peer that carry subscription id's stream: trimming one would reset the
+// stream and its deliveries would be resent (a publisher with more
+// subscribers than network.conn_high would do that every grace period).
+func subscriptionTag(id string) string { return "coattail-sub:" + id }
+
 func buildHost(n *Node) (host.Host, error) {
 	nc := n.cfg.Network
-	cm, err := connmgr.NewConnManager(nc.ConnLow, nc.ConnHigh, connmgr.WithGracePeriod(time.Minute))
+	cm, err := connmgr.NewConnManager(nc.ConnLow, nc.ConnHigh, connmgr.WithGracePeriod(connGrace))
 	if err != nil {
 		return nil, fmt.Errorf("node: connection manager: %w", err)
 	}

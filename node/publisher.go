@@ -306,6 +306,8 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 	defer cancel()
 	at := nw.attached.attach(sub.ID, cancel, pathOf(s.s.Conn()))
 	defer nw.attached.detach(sub.ID, at)
+	nw.host.ConnManager().Protect(s.peer, subscriptionTag(sub.ID))
+	defer nw.host.ConnManager().Unprotect(s.peer, subscriptionTag(sub.ID))
 	timeout := n.cfg.Limits.StreamTimeout
 
 	var mu sync.Mutex

@@ -201,8 +201,11 @@ func (ss *subscriberSide) run(ctx context.Context, sub outSub, l *subLoop, s *se
 		}
 		if err == nil {
 			ss.setStream(l, s.s)
+			pub := s.s.Conn().RemotePeer()
+			ss.n.host.ConnManager().Protect(pub, subscriptionTag(sub.ID))
 			var progressed bool
 			progressed, err = ss.consume(ctx, sub, l, s)
+			ss.n.host.ConnManager().Unprotect(pub, subscriptionTag(sub.ID))
 			ss.setStream(l, nil)
 			_ = s.s.Reset()
 			s = nil

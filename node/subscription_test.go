@@ -16,6 +16,7 @@ import (
 	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -221,6 +222,44 @@ func TestOfflineRevokeRemovesSubscriptions(t *testing.T) {
 	}
 	if s := off.Subscribers(); len(s) != 0 {
 		t.Errorf("after revoking token %s offline, %d subscription(s) made with it remain: %+v", tok.ID, len(s), s)
+	}
+}
+
+// The connection manager does not trim the connections that carry live
+// subscription streams (a publisher with more subscribers than conn_high
+// would reset them all every grace period), on either side.
+func TestConnManagerKeepsSubscriptionConnections(t *testing.T) {
+	defer node.SetConnGrace(0)()
+	pub := newTestNode(t, func(o *node.Options) { o.Config.Network.ConnLow, o.Config.Network.ConnHigh = 1, 2 })
+	ctx := testCtx(t)
+	var subs []*node.Node
+	for range 4 {
+		sub := newTestNode(t)
+		if err := sub.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
+			t.Fatal(err)
+		}
+		pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"cm.>"}})
+		if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "cm.>", Receiver: "rec"}); err != nil {
+			t.Fatal(err)
+		}
+		subs = append(subs, sub)
+	}
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		for _, s := range pub.Subscribers() {
+			if !s.Connected {
+				return fmt.Errorf("subscription %s not connected yet", s.ID)
+			}
+		}
+		return nil
+	})
+	pub.Host().ConnManager().TrimOpenConns(ctx)
+	for _, sub := range subs {
+		sub.Host().ConnManager().TrimOpenConns(ctx)
+	}
+	for i, sub := range subs {
+		if c := pub.Host().Network().Connectedness(sub.ID()); c != network.Connected {
+			t.Errorf("subscriber %d: %v after a trim, want its connection kept", i, c)
+		}
 	}
 }
 
