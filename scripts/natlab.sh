@@ -193,7 +193,14 @@ run() {
     echo "natlab: timed out after ${secs}s waiting for $what" >&2
     return 1
   }
-  has_reservation() { ct "$1" service status --json | grep -q '"relay_reservations"'; }
+  # service status lists every service of the runtime dir: look only at
+  # the object of this instance ("instance" comes before the reservations).
+  has_reservation() {
+    ct "$1" service status --json | awk -v want="\"$dir/$1\"" '
+      /"instance":/ { cur = $2; sub(/,$/, "", cur) }
+      /"relay_reservations":/ && cur == want { found = 1 }
+      END { exit !found }'
+  }
   # libp2p registers its hole-punch handler only once the host has learnt
   # a public address of its own (from the relay's identify); a relayed
   # connection made before that is not upgraded.

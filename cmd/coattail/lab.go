@@ -225,6 +225,9 @@ type labNode struct {
 	peerID string
 	pid    int
 	conn   *node.Conn
+	// launched: `service start` was run; the service may be up even when
+	// pid is 0 (the launcher was interrupted before it printed the pid).
+	launched bool
 }
 
 func (n *labNode) subject() string { return "lab." + strconv.Itoa(n.index) }
@@ -600,6 +603,7 @@ func (l *labRun) start(ctx context.Context, n *labNode) error {
 	// The service it leaves behind inherits neither pipe (it logs to its
 	// file), but bound the wait in case that ever changes.
 	cmd.WaitDelay = 5 * time.Second
+	n.launched = true
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("%w: %s: service start: %w: %s", errLabSetup, n.name, err, strings.TrimSpace(errb.String()))
 	}
@@ -968,6 +972,9 @@ func (l *labRun) teardown() (stopped, killed int) {
 		if n.conn != nil {
 			_ = n.conn.Close()
 		}
+		if n.pid == 0 && n.launched {
+			n.pid = launchedPID(n.layout)
+		}
 		if n.pid == 0 {
 			return nil
 		}
@@ -994,6 +1001,25 @@ func (l *labRun) teardown() (stopped, killed int) {
 		return nil
 	})
 	return stopped, killed
+}
+
+// launchedPID finds the service of an instance whose launcher did not
+// report its pid (interrupted, or timed out): from its control socket, or
+// its pid file once it is ready. A service still starting gets a few
+// seconds to get there; 0 if none shows up.
+func launchedPID(l node.Layout) int {
+	for range 50 {
+		if st, err := node.Running(l); err == nil && st.PID > 0 {
+			return st.PID
+		}
+		if b, err := os.ReadFile(l.PIDFile()); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && labAlive(pid) {
+				return pid
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return 0
 }
 
 // labAlive reports whether pid still runs; a zombie counts as gone (its
