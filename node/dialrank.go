@@ -53,6 +53,11 @@ func preferTCPRanker(addrs []ma.Multiaddr) []network.AddrDelay {
 	}
 	for _, ad := range swarm.DefaultDialRanker(rest) {
 		ad.Delay += last + delay
+		// libp2p holds relay dials back by RelayDelay when a public
+		// direct address exists; rest may no longer hold that address.
+		if delay == swarm.PublicTCPDelay && isRelayAddr(ad.Addr) {
+			ad.Delay = max(ad.Delay, swarm.RelayDelay)
+		}
 		out = append(out, ad)
 	}
 	return out

@@ -7,6 +7,7 @@ import (
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -47,6 +48,12 @@ func TestPreferTCPRanker(t *testing.T) {
 	}
 	if d[relay] < 250*time.Millisecond {
 		t.Fatalf("a relay circuit over TCP was ranked as a direct TCP address: %v", d)
+	}
+	// Public TCP and a relay, no QUIC: the relay waits libp2p's RelayDelay,
+	// as the default ranker makes it.
+	d = delays(addrs(pubT, relay))
+	if d[pubT] != 0 || d[relay] < swarm.RelayDelay {
+		t.Fatalf("public tcp+relay: %v, want the relay at least %v later", d, swarm.RelayDelay)
 	}
 	// Only one kind: libp2p's default ranking, first address at once.
 	for _, in := range [][]ma.Multiaddr{addrs(quic4), addrs(tcp4), addrs(relay)} {
