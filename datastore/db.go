@@ -106,9 +106,14 @@ func Open(dir string, opts ...Option) (*DB, error) {
 		return nil, fmt.Errorf("datastore: create %s: %w", dir, err)
 	}
 	// Its records include secrets (issued tokens): owner only, also for a
-	// directory an older version created 0755 (pebble's files are 0644).
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("datastore: restrict %s to its owner: %w", dir, err)
+	// directory of ours an older version created 0755 (pebble's files are
+	// 0644). A directory someone else owns is left as its owner set it.
+	if fi, err := os.Stat(dir); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) == os.Getuid() {
+			if err := os.Chmod(dir, fi.Mode().Perm()&0o700); err != nil {
+				return nil, fmt.Errorf("datastore: restrict %s to its owner: %w", dir, err)
+			}
+		}
 	}
 	// One spelling per directory: pebble refuses a second lock in this
 	// process by comparing paths, and fcntl locks are per process, so a

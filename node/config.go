@@ -218,10 +218,16 @@ func ParseConfig(name string, b []byte) (Config, error) {
 		return Config{}, fmt.Errorf("%w: %s: %s", ErrConfig, name, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	// A second document (after ---) would otherwise be ignored unchecked.
-	// An empty one (a trailing ---, as some generators write) is fine.
-	var more yaml.Node
-	if err := dec.Decode(&more); !errors.Is(err, io.EOF) && !emptyDocument(&more) {
-		return Config{}, fmt.Errorf("%w: %s: more than one YAML document (line %d): a config is one document", ErrConfig, name, more.Line)
+	// Empty ones (a trailing ---, as some generators write) are fine.
+	for {
+		var more yaml.Node
+		err := dec.Decode(&more)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil || !emptyDocument(&more) {
+			return Config{}, fmt.Errorf("%w: %s: more than one YAML document (line %d): a config is one document", ErrConfig, name, more.Line)
+		}
 	}
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("%w: %s: %w", ErrConfig, name, err)

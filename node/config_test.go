@@ -226,6 +226,9 @@ func TestParseConfigOneDocument(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "more than one YAML document") {
 		t.Fatalf("a second document: %v", err)
 	}
+	if _, err := node.ParseConfig("c.yml", []byte("log:\n  level: debug\n---\n---\nlog:\n  level: nonsense\n")); err == nil {
+		t.Error("a third document behind an empty second one was ignored")
+	}
 	for _, tail := range []string{"---\n", "---\n# end\n", "...\n"} {
 		if _, err := node.ParseConfig("c.yml", []byte("limits:\n  rate_limit: 10\n"+tail)); err != nil {
 			t.Errorf("a config ending in %q: %v", tail, err)

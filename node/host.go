@@ -280,7 +280,7 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 	if err != nil {
 		return nil, err
 	}
-	nw := &netsvc{n: n, host: h, limits: newPeerLimits(n.cfg.Limits), sess: newSessions(), attached: newAttached(),
+	nw := &netsvc{n: n, host: h, limits: newPeerLimits(n.cfg.Limits), sess: newSessions(), attached: newAttached(h.ConnManager()),
 		subAddrs: datastore.NewStore[[]string](n.db.Batching(), "/subs/addrs")}
 	nw.restoreSubscribers(context.Background())
 	fail := func(err error) (*netsvc, error) {

@@ -14,6 +14,7 @@ import (
 	"github.com/coattail/coattail/node/wire"
 	"github.com/coattail/coattail/topics"
 	"github.com/google/uuid"
+	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -75,28 +76,46 @@ func (nw *netsvc) restoreSubscribers(ctx context.Context) {
 var ErrHopLimit = errors.New("node: cascade hop limit reached")
 
 // attached tracks the live deliverer of each subscription so a
-// reconnecting subscriber replaces a stale stream instead of racing it.
+// reconnecting subscriber replaces a stale stream instead of racing it. It
+// also keeps the connection manager from trimming the connection of each
+// current deliverer (subscriptionTag): protected when attached, released
+// when the attachment goes, never by a deliverer that was replaced.
 type attached struct {
+	cm   connmgr.ConnManager // nil in tests that need no protection
 	mu   sync.Mutex
 	subs map[string]*attachment
 }
 
 type attachment struct {
 	cancel context.CancelFunc
-	path   string // how the stream reaches the subscriber (pathOf)
+	path   string  // how the stream reaches the subscriber (pathOf)
+	peer   peer.ID // the subscriber
 }
 
-func newAttached() *attached { return &attached{subs: map[string]*attachment{}} }
+func newAttached(cm connmgr.ConnManager) *attached {
+	return &attached{cm: cm, subs: map[string]*attachment{}}
+}
 
-func (a *attached) attach(id string, cancel context.CancelFunc, path string) *attachment {
-	at := &attachment{cancel: cancel, path: path}
+func (a *attached) attach(id string, cancel context.CancelFunc, path string, p peer.ID) *attachment {
+	at := &attachment{cancel: cancel, path: path, peer: p}
 	a.mu.Lock()
 	if old := a.subs[id]; old != nil {
 		old.cancel()
+		a.release(id, old)
 	}
 	a.subs[id] = at
+	if a.cm != nil {
+		a.cm.Protect(p, subscriptionTag(id))
+	}
 	a.mu.Unlock()
 	return at
+}
+
+// release drops the protection at holds. Called with a.mu held.
+func (a *attached) release(id string, at *attachment) {
+	if a.cm != nil {
+		a.cm.Unprotect(at.peer, subscriptionTag(id))
+	}
 }
 
 // detach removes at if it is still the current deliverer of id.
@@ -104,6 +123,7 @@ func (a *attached) detach(id string, at *attachment) {
 	a.mu.Lock()
 	if a.subs[id] == at {
 		delete(a.subs, id)
+		a.release(id, at)
 	}
 	a.mu.Unlock()
 }
@@ -113,6 +133,7 @@ func (a *attached) kick(id string) {
 	if at := a.subs[id]; at != nil {
 		at.cancel()
 		delete(a.subs, id)
+		a.release(id, at)
 	}
 	a.mu.Unlock()
 }
@@ -304,10 +325,8 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 	n := nw.n
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	at := nw.attached.attach(sub.ID, cancel, pathOf(s.s.Conn()))
+	at := nw.attached.attach(sub.ID, cancel, pathOf(s.s.Conn()), s.peer)
 	defer nw.attached.detach(sub.ID, at)
-	nw.host.ConnManager().Protect(s.peer, subscriptionTag(sub.ID))
-	defer nw.host.ConnManager().Unprotect(s.peer, subscriptionTag(sub.ID))
 	timeout := n.cfg.Limits.StreamTimeout
 
 	var mu sync.Mutex

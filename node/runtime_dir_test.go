@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -36,6 +37,13 @@ func TestRuntimeDirIsOurs(t *testing.T) {
 	defer unregister()
 	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
 		t.Fatalf("registration wrote through a symlink: victim now %q", b)
+	}
+	if fi, err := os.Stat(rt); err != nil || fi.Mode().Perm() != 0o777 {
+		t.Fatalf("a runtime dir the user chose was changed: mode %v, %v", fi.Mode().Perm(), err)
+	}
+	// The shared fallback is checked: one of ours is tightened.
+	if err := checkRuntimeDir(rt); err != nil {
+		t.Fatal(err)
 	}
 	if fi, err := os.Stat(rt); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("runtime dir mode %v, %v; want 0700", fi.Mode().Perm(), err)
@@ -74,5 +82,32 @@ func TestListenPrivate(t *testing.T) {
 	_ = c.Close()
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
 		t.Fatalf("left %d entries beside the socket", len(ents)-1)
+	}
+}
+
+// The temporary socket path is never longer than the final one: a socket
+// path of the longest length sun_path takes works every time.
+func TestListenPrivateLongestPath(t *testing.T) {
+	dir := t.TempDir()
+	const name = "coattail.sock"
+	pad := maxSocketPath - len(dir) - 2 - len(name)
+	if pad < 1 {
+		t.Skipf("temporary directory %s is too long for this test", dir)
+	}
+	dir = filepath.Join(dir, strings.Repeat("d", pad))
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name)
+	if len(path) != maxSocketPath {
+		t.Fatalf("path is %d bytes, want %d", len(path), maxSocketPath)
+	}
+	for range 20 {
+		ln, err := listenPrivate(path)
+		if err != nil {
+			t.Fatalf("listenPrivate(%d-byte path): %v", len(path), err)
+		}
+		_ = ln.Close()
+		_ = os.Remove(path)
 	}
 }

@@ -229,7 +229,10 @@ func openDBRetry(ctx context.Context, l Layout) (*datastore.DB, error) {
 // permissions, and a client connected then stays connected; changing the
 // umask would affect every goroutine and child process of the service.)
 func listenPrivate(path string) (net.Listener, error) {
-	dir, err := os.MkdirTemp(filepath.Dir(path), ".s") // 0700; the name stays short (sun_path)
+	// 0700. "." plus at most 10 digits and "/s" is never longer than
+	// "coattail.sock", so the temporary path fits where path fits
+	// (sun_path holds 107 bytes).
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".")
 	if err != nil {
 		return nil, err
 	}
@@ -283,12 +286,23 @@ func checkRuntimeDir(dir string) error {
 	return nil
 }
 
+// checkSharedRuntimeDir applies checkRuntimeDir to the fallback under the
+// shared temporary directory, which another user could have created
+// first. A directory the user chose (COATTAIL_RUNTIME_DIR) or the
+// session's own (XDG_RUNTIME_DIR) is used as it is.
+func checkSharedRuntimeDir(dir string) error {
+	if os.Getenv(EnvRuntimeDir) != "" || os.Getenv("XDG_RUNTIME_DIR") != "" {
+		return nil
+	}
+	return checkRuntimeDir(dir)
+}
+
 func register(l Layout) (func(), error) {
 	dir := RuntimeDir()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return func() {}, err
 	}
-	if err := checkRuntimeDir(dir); err != nil {
+	if err := checkSharedRuntimeDir(dir); err != nil {
 		return func() {}, err
 	}
 	path := filepath.Join(dir, strconv.Itoa(os.Getpid())+".json")
@@ -365,7 +379,7 @@ func ListServices(ctx context.Context) ([]localapi.Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkRuntimeDir(dir); err != nil {
+	if err := checkSharedRuntimeDir(dir); err != nil {
 		return nil, err
 	}
 	out := []localapi.Status{}
