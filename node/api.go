@@ -379,6 +379,13 @@ func (n *Node) Perform(ctx context.Context, req localapi.PerformRequest, onLog f
 	if err := checkPeerIDs(req.To); err != nil {
 		return localapi.PerformResult{}, err
 	}
+	// A cascade past the limit stops before its action runs, not only
+	// before it publishes: an action need not notify to have effects.
+	if req.Hop < 0 || req.Hop > n.cfg.Limits.MaxHops {
+		err := fmt.Errorf("%w: %q requested after %d hops (limits.max_hops %d); not run, to stop a cascade loop", ErrHopLimit, req.Action, req.Hop, n.cfg.Limits.MaxHops)
+		n.log.Error("cascade stopped", "action", req.Action, "hop", req.Hop, "err", err)
+		return localapi.PerformResult{}, err
+	}
 	if req.Peer != "" {
 		return n.remotePerform(ctx, req, onLog)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -256,6 +257,15 @@ func toWireError(err error) *wire.Error {
 	switch {
 	case isAuthError(err), errors.Is(err, auth.ErrInvalid):
 		code = wire.CodeUnauthorized
+	case errors.Is(err, ErrHopLimit):
+		code = wire.CodeBadRequest
+	case errors.Is(err, topics.ErrQueueFull), errors.Is(err, topics.ErrClosed), errors.Is(err, topics.ErrStorageFailed):
+		code = wire.CodeUnavailable
+	// Their messages name local paths: say what is wrong without them.
+	case errors.Is(err, runner.ErrNotExecutable):
+		return &wire.Error{Code: wire.CodeActionFailed, Message: "the program of this action is not executable on the remote instance (its owner must chmod +x it)"}
+	case errors.Is(err, runner.ErrNotFound):
+		return &wire.Error{Code: wire.CodeNotFound, Message: "no such action on the remote instance"}
 	case errors.Is(err, runner.ErrNotFound), errors.Is(err, auth.ErrNotFound):
 		code = wire.CodeNotFound
 	// Before bad_request: an oversized frame is also reported as a bad
@@ -368,6 +378,11 @@ func (nw *netsvc) handlePerform(ctx context.Context, s *session) error {
 	return s.send(wire.TResult, wire.PerformResult{Output: res.Output, Published: res.Published})
 }
 
+// maxPublishBatch bounds the publications of one publish frame: a frame
+// of a MiB of tiny publications would otherwise cost the node tens of MiB
+// of bookkeeping.
+const maxPublishBatch = 16384
+
 // handlePublish takes batches of publications from a remote publisher and
 // answers each batch once it is durably queued.
 func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
@@ -389,15 +404,27 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 			e.RetryAfterMs = d.Milliseconds() + 1
 			return e
 		}
+		// The decoded subjects and data alias the reader's buffer, which
+		// the next frame reuses: data only needs to live until publish
+		// returns (the queues copy what they keep), but the queues keep
+		// the subject string, so each distinct one is cloned (batches
+		// mostly repeat one subject).
 		var pubs []publication
+		var rawSubj, subj string
 		err = wire.DecodePublishBatch(payload, func(p *wire.Publication) error {
-			if err := topics.ValidateSubject(p.Subject); err != nil {
-				return err
+			if len(pubs) >= maxPublishBatch {
+				return wire.Errorf(wire.CodeTooLarge, "a publish batch carries at most %d publications", maxPublishBatch)
 			}
-			if !s.grant.CanPublish(p.Subject) {
-				return wire.Errorf(wire.CodeForbidden, "token %s does not allow publishing %q", s.grant.TokenID, p.Subject)
+			if p.Subject != rawSubj || subj == "" {
+				if err := topics.ValidateSubject(p.Subject); err != nil {
+					return err
+				}
+				if !s.grant.CanPublish(p.Subject) {
+					return wire.Errorf(wire.CodeForbidden, "token %s does not allow publishing %q", s.grant.TokenID, p.Subject)
+				}
+				rawSubj, subj = p.Subject, strings.Clone(p.Subject)
 			}
-			pubs = append(pubs, publication{Subject: p.Subject, Data: append(json.RawMessage(nil), p.Data...), Hop: int(p.Hop)})
+			pubs = append(pubs, publication{Subject: subj, Data: json.RawMessage(p.Data), Hop: int(p.Hop)})
 			return nil
 		})
 		if err != nil {

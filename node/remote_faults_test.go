@@ -1,0 +1,179 @@
+package node_test
+
+// Remote perform and publish against hostile or careless callers (found by
+// review).
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/wire"
+	"github.com/libp2p/go-libp2p/core/network"
+)
+
+// rvExpect reads one frame of type want (failing on anything else).
+func rvExpect(t *testing.T, r *wire.Reader, want wire.Type, v any) {
+	t.Helper()
+	typ, payload, err := r.Next()
+	if err != nil {
+		t.Fatalf("reading %s: %v", want, err)
+	}
+	if typ != want {
+		t.Fatalf("got %s (%s), want %s", typ, payload, want)
+	}
+	if v != nil {
+		if err := wire.DecodeJSON(payload, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func rvWrite(t *testing.T, s network.Stream, frames ...[]byte) {
+	t.Helper()
+	for _, f := range frames {
+		if _, err := s.Write(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func rvBatch(subject, data string) []byte {
+	return wire.AppendFrame(nil, wire.TPublish, wire.AppendPublishBatch(nil, []wire.Publication{{Subject: subject, Data: []byte(data), Time: 1}}))
+}
+
+// A publication received on /coattail/publish keeps its subject: the next
+// frame read on the same stream (here one refused as forbidden, laid out
+// alike) reuses the reader's buffer and must not rewrite the subject of the
+// message queued from the first.
+func TestRemotePublicationKeepsItsSubject(t *testing.T) {
+	a := newTestNode(t)
+	h := newStockHost(t, a)
+	tok := issue(t, a, localapi.IssueRequest{Publish: []string{"orders.>"}, Subscribe: []string{"orders.>"}, Bearers: []string{"vt://" + h.ID().String()}})
+	hello := jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version})
+
+	// Create a subscription, then drop its stream so the queue just fills.
+	s := rawStream(t, h, a, wire.ProtoSubscribe)
+	rvWrite(t, s, hello, jsonFrame(t, wire.TRequest, wire.SubscribeRequest{Pattern: "orders.>", Receiver: "r"}))
+	r := wire.NewReader(s, 0)
+	rvExpect(t, r, wire.TOK, nil)
+	var sr wire.SubscribeResponse
+	rvExpect(t, r, wire.TResult, &sr)
+	_ = s.Reset()
+
+	p := rawStream(t, h, a, wire.ProtoPublish)
+	pr := wire.NewReader(p, 0)
+	rvWrite(t, p, hello)
+	rvExpect(t, pr, wire.TOK, nil)
+	rvWrite(t, p, rvBatch("orders.aaaa", "1"))
+	var res wire.PublishResult
+	rvExpect(t, pr, wire.TResult, &res)
+	if res.Published != 1 {
+		t.Fatalf("published %d, want 1", res.Published)
+	}
+	// Same size and layout, subject not allowed: refused, but read into
+	// the same buffer.
+	rvWrite(t, p, rvBatch("secret.zzzz", "2"))
+	if typ, _, _ := pr.Next(); typ != wire.TError {
+		t.Fatalf("forbidden batch answered %s", typ)
+	}
+
+	// Resume: the publisher sends seq 1 from its memory.
+	s2 := rawStream(t, h, a, wire.ProtoSubscribe)
+	rvWrite(t, s2, hello, jsonFrame(t, wire.TRequest, wire.SubscribeRequest{SubscriptionID: sr.SubscriptionID}))
+	r2 := wire.NewReader(s2, 0)
+	rvExpect(t, r2, wire.TOK, nil)
+	rvExpect(t, r2, wire.TResult, nil)
+	_ = s2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	typ, payload, err := r2.Next()
+	if err != nil || typ != wire.TDeliver {
+		t.Fatalf("got %s, %v; want a delivery", typ, err)
+	}
+	var subjects []string
+	if err := wire.DecodeDeliveries(payload, func(d *wire.Delivery) error {
+		subjects = append(subjects, strings.Clone(d.Subject))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(subjects) != 1 || subjects[0] != "orders.aaaa" {
+		t.Fatalf("delivered subjects %q, want [orders.aaaa]", subjects)
+	}
+}
+
+// A perform whose hop is past limits.max_hops is refused before its action
+// runs (PROTOCOL.md: it cuts receiver loops): by the caller's node, and by
+// the remote one, with bad_request, when a peer sends it anyway.
+func TestRemotePerformPastMaxHopsDoesNotRun(t *testing.T) {
+	a, b := newTestNode(t), newTestNode(t)
+	var echo counter
+	register(t, a, "echo", echo.handler)
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Perform: []string{">"}})
+	_, err := b.Perform(testCtx(t), localapi.PerformRequest{Peer: pid, Action: "echo", Input: json.RawMessage(`1`), Hop: 1000}, nil)
+	if !errors.Is(err, node.ErrHopLimit) {
+		t.Errorf("perform at hop 1000 = %v, want ErrHopLimit", err)
+	}
+	h := newStockHost(t, a)
+	tok := issue(t, a, localapi.IssueRequest{Perform: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
+	s := rawStream(t, h, a, wire.ProtoPerform)
+	rvWrite(t, s, jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version}),
+		jsonFrame(t, wire.TRequest, wire.PerformRequest{Action: "echo", Input: json.RawMessage(`1`), Hop: 1000}))
+	r := wire.NewReader(s, 0)
+	rvExpect(t, r, wire.TOK, nil)
+	typ, payload, err := r.Next()
+	var we wire.Error
+	if err != nil || typ != wire.TError || wire.DecodeJSON(payload, &we) != nil || we.Code != wire.CodeBadRequest {
+		t.Errorf("raw perform at hop 1000 answered %v %s %v, want bad_request", typ, payload, err)
+	}
+	if echo.count() != 0 {
+		t.Errorf("action ran %d times at hop 1000 (max_hops 16)", echo.count())
+	}
+}
+
+// A remote publish past max_hops is refused with bad_request.
+func TestRemotePublishHopLimitCode(t *testing.T) {
+	a, c := newTestNode(t), newTestNode(t)
+	pid, _ := connectPeers(t, a, c, localapi.IssueRequest{Publish: []string{">"}})
+	_, err := c.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "x.y", Data: json.RawMessage(`1`), Hop: 17})
+	wantWireCode(t, err, wire.CodeBadRequest)
+}
+
+// A full queue under the reject policy answers unavailable (PROTOCOL.md).
+func TestRemotePublishQueueFullCode(t *testing.T) {
+	a := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.QueueBound = 1 }))
+	c := newTestNode(t)
+	h := newStockHost(t, a)
+	tok := issue(t, a, localapi.IssueRequest{Subscribe: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
+	s := rawStream(t, h, a, wire.ProtoSubscribe)
+	rvWrite(t, s, jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version}), jsonFrame(t, wire.TRequest, wire.SubscribeRequest{Pattern: "q.>", Receiver: "r"}))
+	r := wire.NewReader(s, 0)
+	rvExpect(t, r, wire.TOK, nil)
+	rvExpect(t, r, wire.TResult, nil)
+	_ = s.Reset()
+	pid, _ := connectPeers(t, a, c, localapi.IssueRequest{Publish: []string{">"}})
+	_, err := c.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "q.a", Batch: []json.RawMessage{json.RawMessage(`1`), json.RawMessage(`2`)}})
+	wantWireCode(t, err, wire.CodeUnavailable)
+}
+
+// An action file without the execute bit: the remote caller's error does
+// not carry the instance's paths.
+func TestRemoteErrorsNameNoLocalPath(t *testing.T) {
+	a, b := newTestNode(t), newTestNode(t)
+	if err := os.WriteFile(filepath.Join(a.Dir(), "actions", "noexec"), []byte("#!/bin/sh\necho 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Perform: []string{">"}})
+	_, err := perform(testCtx(t), b, pid, "noexec", `1`)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	if strings.Contains(err.Error(), a.Dir()) {
+		t.Fatalf("remote error reveals the instance path: %v", err)
+	}
+}
