@@ -448,7 +448,7 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 	}
 	for _, p := range pubs {
 		sz := len(p.Subject) + len(p.Data) + 32
-		if size+sz > limit {
+		if size+sz > limit || len(batch) >= wire.MaxPublishBatch {
 			if err := flush(); err != nil {
 				return localapi.PublishResult{}, err
 			}

@@ -378,11 +378,6 @@ func (nw *netsvc) handlePerform(ctx context.Context, s *session) error {
 	return s.send(wire.TResult, wire.PerformResult{Output: res.Output, Published: res.Published})
 }
 
-// maxPublishBatch bounds the publications of one publish frame: a frame
-// of a MiB of tiny publications would otherwise cost the node tens of MiB
-// of bookkeeping.
-const maxPublishBatch = 16384
-
 // handlePublish takes batches of publications from a remote publisher and
 // answers each batch once it is durably queued.
 func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
@@ -412,8 +407,10 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 		var pubs []publication
 		var rawSubj, subj string
 		err = wire.DecodePublishBatch(payload, func(p *wire.Publication) error {
-			if len(pubs) >= maxPublishBatch {
-				return wire.Errorf(wire.CodeTooLarge, "a publish batch carries at most %d publications", maxPublishBatch)
+			// A frame of a MiB of tiny publications would otherwise cost
+			// tens of MiB of bookkeeping.
+			if len(pubs) >= wire.MaxPublishBatch {
+				return wire.Errorf(wire.CodeTooLarge, "a publish batch carries at most %d publications", wire.MaxPublishBatch)
 			}
 			if p.Subject != rawSubj || subj == "" {
 				if err := topics.ValidateSubject(p.Subject); err != nil {

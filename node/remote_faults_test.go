@@ -6,6 +6,7 @@ package node_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -176,4 +177,36 @@ func TestRemoteErrorsNameNoLocalPath(t *testing.T) {
 	if strings.Contains(err.Error(), a.Dir()) {
 		t.Fatalf("remote error reveals the instance path: %v", err)
 	}
+}
+
+// A remote publish of more tiny publications than one frame may carry is
+// split into frames the peer accepts, and all of them are queued.
+func TestRemotePublishSplitsLargeBatches(t *testing.T) {
+	a, b := newTestNode(t), newTestNode(t)
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Publish: []string{">"}, Subscribe: []string{">"}})
+	rec := newTestNode(t)
+	var got counter
+	if err := rec.RegisterReceiver("rec", got.handler); err != nil {
+		t.Fatal(err)
+	}
+	rpid, _ := connectPeers(t, a, rec, localapi.IssueRequest{Subscribe: []string{"many.>"}})
+	ctx := testCtx(t)
+	if _, err := rec.Subscribe(ctx, localapi.SubscribeRequest{Peer: rpid, Pattern: "many.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	n := wire.MaxPublishBatch + 5000
+	batch := make([]json.RawMessage, n)
+	for i := range batch {
+		batch[i] = json.RawMessage(`1`)
+	}
+	res, err := b.PublishRequest(ctx, localapi.PublishRequest{Peer: pid, Action: "many.x", Batch: batch})
+	if err != nil || res.Published != n {
+		t.Fatalf("remote publish of %d = %+v, %v; want all queued", n, res, err)
+	}
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		if c := got.count(); c != int64(n) {
+			return fmt.Errorf("receiver ran %d times, want %d", c, n)
+		}
+		return nil
+	})
 }

@@ -58,6 +58,10 @@ func AppendPublication(dst []byte, p *Publication) []byte {
 	return appendBytes(dst, p.Data)
 }
 
+// MaxPublishBatch is the most publications a TPublish frame may carry
+// (a node refuses more with too_large).
+const MaxPublishBatch = 16384
+
 // AppendPublishBatch appends a TPublish payload: uvarint(count) then each
 // publication as AppendPublication writes it.
 func AppendPublishBatch(dst []byte, ps []Publication) []byte {
