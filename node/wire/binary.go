@@ -194,9 +194,12 @@ func walkDeliveries(b []byte, d *Delivery, fn func(*Delivery) error) error {
 	if !ok {
 		return malformed("deliveries", -1, "count")
 	}
+	// The shared id and the running seq live here, not in *d: what fn
+	// does to *d must not change the items after it.
 	minItem := minDelivery
+	var id string
 	if mode == modeShared {
-		if d.SubscriptionID, b, ok = str(b); !ok {
+		if id, b, ok = str(b); !ok {
 			return malformed("deliveries", -1, "subscription id")
 		}
 	} else {
@@ -205,9 +208,10 @@ func walkDeliveries(b []byte, d *Delivery, fn func(*Delivery) error) error {
 	if count > uint64(len(b)/minItem) {
 		return malformed("deliveries", -1, "count exceeds payload")
 	}
+	var seq uint64
 	for i := range int(count) {
 		if mode == modePerItem {
-			if d.SubscriptionID, b, ok = str(b); !ok {
+			if id, b, ok = str(b); !ok {
 				return malformed("deliveries", i, "subscription id")
 			}
 		}
@@ -215,7 +219,8 @@ func walkDeliveries(b []byte, d *Delivery, fn func(*Delivery) error) error {
 		if delta, b, ok = uvarint(b); !ok {
 			return malformed("deliveries", i, "seq")
 		}
-		d.Seq += delta
+		seq += delta
+		d.SubscriptionID, d.Seq = id, seq
 		var field string
 		if b, field = decodePublication(b, &d.Publication); field != "" {
 			return malformed("deliveries", i, field)

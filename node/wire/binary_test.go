@@ -320,3 +320,24 @@ func TestDocumentedExamples(t *testing.T) {
 		t.Fatalf("301-byte length: got % x, want ad 02", hdr)
 	}
 }
+
+// What a DecodeDeliveries callback does to the reused *Delivery does not
+// change the items after it, in either mode.
+func TestDecodeDeliveriesIgnoresCallbackChanges(t *testing.T) {
+	for _, ds := range [][]wire.Delivery{
+		{{SubscriptionID: "s", Seq: 10}, {SubscriptionID: "s", Seq: 11}},
+		{{SubscriptionID: "s", Seq: 10}, {SubscriptionID: "t", Seq: 11}},
+	} {
+		var seqs []uint64
+		var ids []string
+		err := wire.DecodeDeliveries(wire.AppendDeliveries(nil, ds), func(d *wire.Delivery) error {
+			seqs = append(seqs, d.Seq)
+			ids = append(ids, strings.Clone(d.SubscriptionID))
+			d.Seq, d.SubscriptionID = 0, "x"
+			return nil
+		})
+		if err != nil || seqs[1] != 11 || ids[1] != ds[1].SubscriptionID {
+			t.Errorf("%v: seqs %v ids %q, %v", ds, seqs, ids, err)
+		}
+	}
+}

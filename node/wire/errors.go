@@ -100,7 +100,8 @@ func (e *Error) Error() string {
 
 // RetryAfter is RetryAfterMs as a duration.
 func (e *Error) RetryAfter() time.Duration {
-	return time.Duration(e.RetryAfterMs) * time.Millisecond
+	// A peer's value: clamped to [0, 1h] (it could overflow or be negative).
+	return time.Duration(min(max(e.RetryAfterMs, 0), int64(time.Hour/time.Millisecond))) * time.Millisecond
 }
 
 // Unwrap maps the version code onto ErrVersion so that errors.Is(err,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unicode/utf8"
 )
 
 // JSON control messages. Keys are lower_snake_case; docs/PROTOCOL.md gives
@@ -129,17 +130,27 @@ type DeliverAnswer struct {
 }
 
 // DecodeJSON decodes a JSON payload strictly: unknown fields, an empty
-// payload and anything after the value are ErrMalformed. Strictness makes a
-// peer that speaks another message layout fail loudly instead of having its
-// fields silently dropped.
+// payload, anything but an object (null included: it would decode as a
+// zero message), bytes that are not UTF-8 and anything after the value are
+// ErrMalformed. Strictness makes a peer that speaks another message layout
+// fail loudly instead of having its fields silently dropped.
 func DecodeJSON(payload []byte, v any) error {
+	trimmed := bytes.TrimLeft(payload, " \t\r\n")
+	if len(trimmed) == 0 {
+		return fmt.Errorf("%w: empty JSON payload", ErrMalformed)
+	}
+	if trimmed[0] != '{' {
+		return fmt.Errorf("%w: a message is a JSON object", ErrMalformed)
+	}
+	if !utf8.Valid(payload) {
+		return fmt.Errorf("%w: JSON payload is not UTF-8", ErrMalformed)
+	}
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w: empty JSON payload", ErrMalformed)
-		}
-		return fmt.Errorf("%w: %w", ErrMalformed, err)
+		// %v: the decoder's own error (an io.ErrUnexpectedEOF for a cut
+		// JSON value) must not look like a stream that ended mid-frame.
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return fmt.Errorf("%w: trailing data after JSON value", ErrMalformed)

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coattail/coattail/node/wire"
 )
@@ -151,5 +153,23 @@ func TestProtocolIDs(t *testing.T) {
 	}
 	if got := wire.Protocols(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+
+// A message is a UTF-8 JSON object: null (which would decode as a zero
+// message), other values and invalid UTF-8 are malformed, and a cut JSON
+// value does not look like a stream that ended mid-frame.
+func TestDecodeJSONObjectsOnly(t *testing.T) {
+	for _, in := range []string{`null`, ` null`, `"x"`, `[]`, "{\"subscription_id\":\"a\xffb\"}"} {
+		if err := wire.DecodeJSON([]byte(in), new(wire.UnsubscribeRequest)); !errors.Is(err, wire.ErrMalformed) {
+			t.Errorf("%q: %v, want ErrMalformed", in, err)
+		}
+	}
+	if err := wire.DecodeJSON([]byte(`{"token":`), new(wire.Hello)); !errors.Is(err, wire.ErrMalformed) || errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("cut value: %v, want ErrMalformed and not io.ErrUnexpectedEOF", err)
+	}
+	var e wire.Error
+	if err := wire.DecodeJSON([]byte(`{"code":"rate_limited","message":"m","retry_after_ms":9223372036854775807}`), &e); err != nil || e.RetryAfter() != time.Hour {
+		t.Errorf("retry_after_ms near 2^63: %v, %v; want it clamped to an hour", e.RetryAfter(), err)
 	}
 }
