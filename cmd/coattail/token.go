@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"os"
 	"os/exec"
 	"strings"
@@ -260,9 +261,12 @@ func newTokenRevokeCmd(a *app) *cobra.Command {
 	return cmd
 }
 
+// isTerminal reports whether f is a terminal: a character device that
+// answers the terminal ioctl (/dev/null is a character device too, and a
+// revoke from cron or `ssh -n` must not read its EOF as "no").
 func isTerminal(f *os.File) bool {
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 func newTokenIssuerCmd(a *app) *cobra.Command {
