@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/coattail/coattail/auth"
+	"github.com/coattail/coattail/node/internal/jsonx"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/runner"
 	"github.com/coattail/coattail/node/wire"
@@ -420,6 +421,11 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 					return wire.Errorf(wire.CodeForbidden, "token %s does not allow publishing %q", s.grant.TokenID, p.Subject)
 				}
 				rawSubj, subj = p.Subject, strings.Clone(p.Subject)
+			}
+			// Checked here, at the source: a publication that is not JSON
+			// would otherwise reach every subscriber's dead letters.
+			if !jsonx.Valid(p.Data) {
+				return wire.Errorf(wire.CodeBadRequest, "publication %d of the batch (%q) is not JSON", len(pubs)+1, subj)
 			}
 			pubs = append(pubs, publication{Subject: subj, Data: json.RawMessage(p.Data), Hop: int(p.Hop)})
 			return nil

@@ -210,3 +210,23 @@ func TestRemotePublishSplitsLargeBatches(t *testing.T) {
 		return nil
 	})
 }
+
+// A remote publication that is not JSON is refused at the publisher with
+// bad_request (it would otherwise reach every subscriber's dead letters),
+// and nothing of its batch is queued.
+func TestRemotePublishRefusesNonJSON(t *testing.T) {
+	a := newTestNode(t)
+	h := newStockHost(t, a)
+	tok := issue(t, a, localapi.IssueRequest{Publish: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
+	p := rawStream(t, h, a, wire.ProtoPublish)
+	pr := wire.NewReader(p, 0)
+	rvWrite(t, p, jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version}))
+	rvExpect(t, pr, wire.TOK, nil)
+	rvWrite(t, p, wire.AppendFrame(nil, wire.TPublish, wire.AppendPublishBatch(nil, []wire.Publication{
+		{Subject: "x.a", Data: []byte(`1`), Time: 1}, {Subject: "x.a", Data: []byte(`not json`), Time: 1}})))
+	typ, payload, err := pr.Next()
+	var we wire.Error
+	if err != nil || typ != wire.TError || wire.DecodeJSON(payload, &we) != nil || we.Code != wire.CodeBadRequest {
+		t.Fatalf("a batch with a non-JSON publication answered %v %s %v, want bad_request", typ, payload, err)
+	}
+}
