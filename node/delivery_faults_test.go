@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
@@ -55,6 +54,27 @@ func scriptedPublisher(t *testing.T, pub *node.Node) <-chan fakeSub {
 		<-done
 	})
 	return ch
+}
+
+// scriptedSubscribe subscribes sub's receiver "rec" to "f.>" at pub, whose
+// subscribe streams the test answers (scriptedPublisher): the first stream
+// is accepted as subscription id, extra written after the answer. It
+// returns that first stream and the streams that follow.
+func scriptedSubscribe(t *testing.T, pub, sub *node.Node, id string, extra ...[]byte) (fakeSub, <-chan fakeSub) {
+	t.Helper()
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"f.>"}})
+	conns := scriptedPublisher(t, pub)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"})
+		errc <- err
+	}()
+	c1 := nextSub(t, conns)
+	c1.accept(t, id, extra...)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	return c1, conns
 }
 
 func (f fakeSub) accept(t *testing.T, id string, extra ...[]byte) {
@@ -117,19 +137,8 @@ func TestDeliveryBadFrameHalfwayKeepsProgress(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"f.>"}})
-	conns := scriptedPublisher(t, pub)
 	id := uuid.NewString()
-	errc := make(chan error, 1)
-	go func() {
-		_, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"})
-		errc <- err
-	}()
-	c1 := nextSub(t, conns)
-	c1.accept(t, id, deliverFrame(dlv(id, 1), dlv("other", 2)))
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
+	_, conns := scriptedSubscribe(t, pub, sub, id, deliverFrame(dlv(id, 1), dlv("other", 2)))
 	c2 := nextSub(t, conns)
 	t.Logf("second stream resumes after %d; receiver ran seq 1 %d time(s)", c2.req.ResumeAfter, cnt.get(1))
 	c2.accept(t, id, deliverFrame(dlv(id, c2.req.ResumeAfter+1)))
@@ -161,20 +170,9 @@ func TestDeliveryAckFailureKeepsProgress(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"f.>"}})
-	conns := scriptedPublisher(t, pub)
 	id := uuid.NewString()
-	errc := make(chan error, 1)
-	go func() {
-		_, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"})
-		errc <- err
-	}()
-	c1 := nextSub(t, conns)
 	// Two frames in one write: both land in the subscriber's read buffer.
-	c1.accept(t, id, append(deliverFrame(dlv(id, 1)), deliverFrame(dlv(id, 2))...))
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
+	c1, conns := scriptedSubscribe(t, pub, sub, id, append(deliverFrame(dlv(id, 1)), deliverFrame(dlv(id, 2))...))
 	<-started
 	_ = c1.s.Reset() // e.g. the publisher's ack timeout, or a newer stream taking over
 	time.Sleep(200 * time.Millisecond)
@@ -203,22 +201,12 @@ func TestDeliveryAckFailureKeepsProgress(t *testing.T) {
 func TestDeliveryCloseDoesNotRecordUnfinished(t *testing.T) {
 	ctx := testCtx(t)
 	pub := newTestNode(t, withQuietLog())
-	dir := t.TempDir() + "/inst"
-	l, err := node.CreateInstance(dir, node.CreateOptions{Loopback: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := datastore.NewMemory()
-	t.Cleanup(func() { _ = db.Close() })
+	_, open := reopenable(t)
 	cnt := &seqCounter{calls: map[uint64]int{}}
 	done := &seqCounter{calls: map[uint64]int{}}
 	started := make(chan struct{})
 	var once sync.Once
-	mk := func() *node.Node {
-		n, err := node.New(node.Options{Dir: l.Dir, Config: node.LoopbackConfig(0), DB: db, Logger: testLogger(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
+	register := func(n *node.Node) {
 		if err := n.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
 			seq := node.InvocationFrom(ctx).Sequence
 			cnt.add(seq)
@@ -235,12 +223,8 @@ func TestDeliveryCloseDoesNotRecordUnfinished(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if err := n.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return n
 	}
-	sub := mk()
+	sub := open(false, register)
 	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"f.>"}})
 	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"}); err != nil {
 		t.Fatal(err)
@@ -252,7 +236,7 @@ func TestDeliveryCloseDoesNotRecordUnfinished(t *testing.T) {
 	if err := sub.Close(); err != nil { // graceful stop, mid-receiver
 		t.Fatal(err)
 	}
-	sub = mk()
+	sub = open(false, register)
 	t.Cleanup(func() { _ = sub.Close() })
 	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
 		subs, err := sub.Subscriptions(ctx)
@@ -285,19 +269,8 @@ func TestDeliveryPublisherNotReadingAcks(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"f.>"}})
-	conns := scriptedPublisher(t, pub)
 	id := uuid.NewString()
-	errc := make(chan error, 1)
-	go func() {
-		_, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"})
-		errc <- err
-	}()
-	c1 := nextSub(t, conns)
-	c1.accept(t, id)
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
+	c1, conns := scriptedSubscribe(t, pub, sub, id)
 	t0 := time.Now()
 	t.Logf("accepted")
 	// Many one-delivery frames, never reading the acks they cause.
@@ -340,19 +313,8 @@ func TestDeliveryCloseDuringSilentResume(t *testing.T) {
 	if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
 		t.Fatal(err)
 	}
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"f.>"}})
-	conns := scriptedPublisher(t, pub)
 	id := uuid.NewString()
-	errc := make(chan error, 1)
-	go func() {
-		_, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"})
-		errc <- err
-	}()
-	c1 := nextSub(t, conns)
-	c1.accept(t, id)
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
+	c1, conns := scriptedSubscribe(t, pub, sub, id)
 	_ = c1.s.Reset()
 	_ = nextSub(t, conns) // resumed stream: never answered
 	t0 := time.Now()
@@ -368,27 +330,13 @@ func TestDeliveryCloseDuringSilentResume(t *testing.T) {
 func TestDeliveryCloseDoesNotRecordKilledExecutable(t *testing.T) {
 	ctx := testCtx(t)
 	pub := newTestNode(t, withQuietLog())
-	l, err := node.CreateInstance(t.TempDir()+"/inst", node.CreateOptions{Loopback: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, open := reopenable(t)
 	marks := t.TempDir()
 	script := "#!/bin/sh\ntouch " + marks + "/started.$COATTAIL_SEQUENCE\nsleep 3\ntouch " + marks + "/done.$COATTAIL_SEQUENCE\n"
 	if err := os.WriteFile(l.Dir+"/receivers/rec", []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	db := datastore.NewMemory()
-	mk := func() *node.Node {
-		n, err := node.New(node.Options{Dir: l.Dir, Config: node.LoopbackConfig(0), DB: db, Logger: testLogger(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := n.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-	sub := mk()
+	sub := open(false, nil)
 	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"f.>"}})
 	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"}); err != nil {
 		t.Fatal(err)
@@ -401,7 +349,7 @@ func TestDeliveryCloseDoesNotRecordKilledExecutable(t *testing.T) {
 		return err
 	})
 	_ = sub.Close()
-	sub = mk()
+	sub = open(false, nil)
 	t.Cleanup(func() { _ = sub.Close() })
 	// Killed by the close, it runs again (to completion) after the restart.
 	checkFor(t, testTimeout, 20*time.Millisecond, func() error {

@@ -266,3 +266,32 @@ func errorsContain(t testing.TB, err error, frags ...string) {
 		}
 	}
 }
+
+// reopenable creates an instance whose in-memory datastore outlives the
+// nodes opened on it, so a test can close a node and open it again (a
+// restart), or open it offline as the CLI does with no service running.
+// open builds a node on it, lets setup (if not nil) register handlers, and
+// starts it; closing it is the test's business.
+func reopenable(t testing.TB) (node.Layout, func(offline bool, setup func(*node.Node)) *node.Node) {
+	t.Helper()
+	l, err := node.CreateInstance(filepath.Join(t.TempDir(), "inst"), node.CreateOptions{Loopback: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := datastore.NewMemory()
+	t.Cleanup(func() { _ = db.Close() }) // after the nodes' own cleanups
+	return l, func(offline bool, setup func(*node.Node)) *node.Node {
+		t.Helper()
+		n, err := node.New(node.Options{Dir: l.Dir, Config: node.LoopbackConfig(0), DB: db, Offline: offline, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if setup != nil {
+			setup(n)
+		}
+		if err := n.Start(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+}

@@ -6,14 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -47,19 +45,7 @@ func TestExpiredTokenEndsSubscription(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no delivery before the token expired")
 	}
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
-		if n := len(pub.Subscribers()); n != 0 {
-			return fmt.Errorf("publisher still holds %d subscription(s)", n)
-		}
-		subs, err := sub.Subscriptions(ctx)
-		if err != nil {
-			return err
-		}
-		if len(subs) != 0 {
-			return fmt.Errorf("subscriber still holds %d subscription(s)", len(subs))
-		}
-		return nil
-	})
+	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error { return subscriptionsGone(ctx, pub, sub) })
 	// Publishing now reaches nobody.
 	if n, err := pub.Publish(ctx, "exp.a", json.RawMessage(`{"n":2}`)); err != nil || n != 0 {
 		t.Fatalf("publish after expiry = %d, %v; want 0 subscriptions", n, err)
@@ -102,19 +88,7 @@ func TestRefusedTokenRemovesResumedSubscription(t *testing.T) {
 	if err := pub.RevokeToken(ctx, second.ID); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, testTimeout, 50*time.Millisecond, func() error {
-		if n := len(pub.Subscribers()); n != 0 {
-			return fmt.Errorf("publisher still holds %d subscription(s)", n)
-		}
-		subs, err := sub.Subscriptions(ctx)
-		if err != nil {
-			return err
-		}
-		if len(subs) != 0 {
-			return fmt.Errorf("subscriber still holds %d subscription(s)", len(subs))
-		}
-		return nil
-	})
+	checkFor(t, testTimeout, 50*time.Millisecond, func() error { return subscriptionsGone(ctx, pub, sub) })
 }
 
 // A subscriber that forgot a subscription the publisher could not be told
@@ -124,24 +98,13 @@ func TestRefusedTokenRemovesResumedSubscription(t *testing.T) {
 func TestNudgeRemovesSubscriptionTheSubscriberForgot(t *testing.T) {
 	defer node.SetFreshSubscription(0)()
 	pub := newTestNode(t)
-	l, err := node.CreateInstance(filepath.Join(t.TempDir(), "sub"), node.CreateOptions{Loopback: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := datastore.NewMemory()
-	t.Cleanup(func() { _ = db.Close() })
+	_, reopen := reopenable(t)
 	open := func(offline bool) *node.Node {
-		n, err := node.New(node.Options{Dir: l.Dir, Config: node.LoopbackConfig(0), DB: db, Offline: offline, Logger: testLogger(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := n.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
-			t.Fatal(err)
-		}
-		if err := n.Start(testCtx(t)); err != nil {
-			t.Fatal(err)
-		}
-		return n
+		return reopen(offline, func(n *node.Node) {
+			if err := n.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 	ctx := testCtx(t)
 	sub := open(false)
@@ -181,20 +144,8 @@ func TestNudgeRemovesSubscriptionTheSubscriberForgot(t *testing.T) {
 // Revoking a token while the service is stopped (the CLI's offline node)
 // must remove the subscriptions made with it, as an online revoke does.
 func TestOfflineRevokeRemovesSubscriptions(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "pub")
-	l, err := node.CreateInstance(dir, node.CreateOptions{Port: 0, Loopback: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := datastore.NewMemory()
-	t.Cleanup(func() { db.Close() })
-	pub, err := node.New(node.Options{Dir: l.Dir, Config: node.LoopbackConfig(0), DB: db, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pub.Start(testCtx(t)); err != nil {
-		t.Fatal(err)
-	}
+	_, open := reopenable(t)
+	pub := open(false, nil)
 	sub := newTestNode(t)
 	if err := sub.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
 		t.Fatal(err)
@@ -209,14 +160,8 @@ func TestOfflineRevokeRemovesSubscriptions(t *testing.T) {
 	if err := pub.Close(); err != nil { // `coattail service stop`
 		t.Fatal(err)
 	}
-	off, err := node.New(node.Options{Dir: l.Dir, Config: node.LoopbackConfig(0), DB: db, Offline: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	off := open(true, nil)
 	defer off.Close()
-	if err := off.Start(testCtx(t)); err != nil {
-		t.Fatal(err)
-	}
 	if err := off.RevokeToken(testCtx(t), tok.ID); err != nil { // `coattail token revoke ID`
 		t.Fatal(err)
 	}
@@ -261,6 +206,22 @@ func TestConnManagerKeepsSubscriptionConnections(t *testing.T) {
 			t.Errorf("subscriber %d: %v after a trim, want its connection kept", i, c)
 		}
 	}
+}
+
+// subscriptionsGone reports whether neither pub nor sub holds a
+// subscription any more.
+func subscriptionsGone(ctx context.Context, pub, sub *node.Node) error {
+	if n := len(pub.Subscribers()); n != 0 {
+		return fmt.Errorf("publisher still holds %d subscription(s)", n)
+	}
+	subs, err := sub.Subscriptions(ctx)
+	if err != nil {
+		return err
+	}
+	if len(subs) != 0 {
+		return fmt.Errorf("subscriber still holds %d subscription(s)", len(subs))
+	}
+	return nil
 }
 
 // syncBuffer is a log sink the test can read while nodes write to it.
