@@ -10,10 +10,10 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/coattail/coattail/auth"
 	"github.com/coattail/coattail/node/internal/jsonx"
+	"github.com/coattail/coattail/node/internal/textx"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/runner"
 	"github.com/coattail/coattail/node/wire"
@@ -308,17 +308,8 @@ func readRequest(s *session, v any) error {
 // log line and the error frame sent back): decoding errors quote it.
 const maxEcho = 160
 
-// clip shortens s to at most maxEcho bytes, on a UTF-8 boundary.
-func clip(s string) string {
-	if len(s) <= maxEcho {
-		return s
-	}
-	i := maxEcho
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return s[:i] + "…"
-}
+// clip shortens s to at most maxEcho bytes (and "…").
+func clip(s string) string { return textx.Snippet(s, maxEcho) }
 
 func (nw *netsvc) handleList(ctx context.Context, s *session) error {
 	var req wire.ListRequest

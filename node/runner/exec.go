@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/coattail/coattail/node/internal/textx"
 )
 
 // waitDelay bounds how long Run waits for stdout/stderr to close after the
@@ -259,7 +261,7 @@ func exitError(inv Invocation, ee *exec.ExitError, lastLine string) error {
 	}
 	msg := fmt.Sprintf("runner: %s %q %s", inv.Kind, inv.Name, what)
 	if lastLine != "" {
-		msg += ": " + snippet(lastLine, 512)
+		msg += ": " + textx.Snippet(lastLine, 512)
 	}
 	return &runError{msg: msg, sentinel: ErrExit, cause: ee}
 }
@@ -337,7 +339,7 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 func (w *lineWriter) emit() {
 	line := strings.TrimSuffix(string(w.cur), "\r")
 	if w.truncated {
-		line = truncateUTF8(line, MaxLogLine) + TruncatedMark
+		line = textx.Cut(line, MaxLogLine) + TruncatedMark
 	}
 	w.cur, w.truncated = w.cur[:0], false
 	if strings.TrimSpace(line) != "" {

@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coattail/coattail/node/internal/textx"
 	"github.com/coattail/coattail/topics"
 )
 
@@ -425,7 +426,7 @@ func (r *Runner) finishOutput(inv Invocation, out []byte) (json.RawMessage, erro
 	}
 	if err := checkJSON([]byte(trimmed)); err != nil {
 		return nil, &runError{
-			msg:      fmt.Sprintf("runner: %s %q returned invalid JSON: %v (output starts %q)", inv.Kind, inv.Name, err, snippet(trimmed, 64)),
+			msg:      fmt.Sprintf("runner: %s %q returned invalid JSON: %v (output starts %q)", inv.Kind, inv.Name, err, textx.Snippet(trimmed, 64)),
 			sentinel: ErrBadOutput,
 			cause:    err,
 		}
@@ -526,7 +527,7 @@ func (g *logGate) log(line string) {
 		return
 	}
 	if len(line) > MaxLogLine {
-		line = truncateUTF8(line, MaxLogLine) + TruncatedMark
+		line = textx.Cut(line, MaxLogLine) + TruncatedMark
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -556,24 +557,4 @@ func (e *runError) Unwrap() []error {
 		return []error{e.sentinel}
 	}
 	return []error{e.sentinel, e.cause}
-}
-
-// snippet returns at most n bytes of s, cut on a rune boundary.
-func snippet(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return truncateUTF8(s, n) + "…"
-}
-
-// truncateUTF8 cuts s to at most n bytes without splitting a UTF-8
-// sequence.
-func truncateUTF8(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && n < len(s) && s[n]&0xC0 == 0x80 {
-		n--
-	}
-	return s[:n]
 }
