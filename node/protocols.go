@@ -191,16 +191,9 @@ func (nw *netsvc) dropRefusedSubscription(s *session, p peer.ID) {
 	if readRequest(s, &req) != nil || req.SubscriptionID == "" {
 		return
 	}
-	sub, ok := nw.n.queues.Subscription(req.SubscriptionID)
-	if !ok || sub.Subscriber != p.String() {
-		return
+	if _, err := nw.dropSubscriptionOf(context.Background(), p, req.SubscriptionID, "subscription removed: its subscriber's token was refused"); err != nil {
+		nw.n.log.Warn("cannot remove a subscription whose subscriber's token was refused", "subscription", req.SubscriptionID, "err", err)
 	}
-	if _, err := nw.n.queues.RemoveSubscription(context.Background(), sub.ID); err != nil {
-		nw.n.log.Warn("cannot remove a subscription whose subscriber's token was refused", "subscription", sub.ID, "err", err)
-		return
-	}
-	nw.attached.kick(sub.ID)
-	nw.n.log.Info("subscription removed: its subscriber's token was refused", "subscription", sub.ID, "subscriber", sub.Subscriber)
 }
 
 // servePeer wraps the handlers of the two streams a publisher opens toward

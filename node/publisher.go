@@ -462,16 +462,31 @@ func (nw *netsvc) handleUnsubscribe(ctx context.Context, s *session) error {
 	if err := readRequest(s, &req); err != nil {
 		return err
 	}
-	sub, ok := nw.n.queues.Subscription(req.SubscriptionID)
-	if !ok || sub.Subscriber != s.peer.String() {
-		return wire.Errorf(wire.CodeNotFound, "subscription %s does not exist", req.SubscriptionID)
-	}
-	if _, err := nw.n.queues.RemoveSubscription(ctx, sub.ID); err != nil {
+	found, err := nw.dropSubscriptionOf(ctx, s.peer, req.SubscriptionID, "subscription removed by its subscriber")
+	if err != nil {
 		return err
 	}
-	nw.attached.kick(sub.ID)
-	nw.n.log.Info("subscription removed by its subscriber", "subscription", sub.ID, "subscriber", sub.Subscriber)
+	if !found {
+		return wire.Errorf(wire.CodeNotFound, "subscription %s does not exist", req.SubscriptionID)
+	}
 	return s.send(wire.TResult, wire.OK{})
+}
+
+// dropSubscriptionOf removes subscription id if it belongs to subscriber,
+// ends its delivery stream and logs why; the subscriber needs no notice
+// (it asked, or no longer holds the subscription). It reports whether
+// there was such a subscription.
+func (nw *netsvc) dropSubscriptionOf(ctx context.Context, subscriber peer.ID, id, why string) (bool, error) {
+	sub, ok := nw.n.queues.Subscription(id)
+	if !ok || sub.Subscriber != subscriber.String() {
+		return false, nil
+	}
+	if _, err := nw.n.queues.RemoveSubscription(ctx, sub.ID); err != nil {
+		return true, err
+	}
+	nw.attached.kick(sub.ID)
+	nw.n.log.Info(why, "subscription", sub.ID, "subscriber", sub.Subscriber)
+	return true, nil
 }
 
 // Subscribers lists the subscriptions other peers hold here.

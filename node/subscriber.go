@@ -891,15 +891,11 @@ func (nw *netsvc) nudge(ctx context.Context, subscriber string, ids []string) {
 		asked[id] = true
 	}
 	for _, id := range ans.Unknown {
-		sub, ok := nw.n.queues.Subscription(id)
 		// A subscription just made may not be stored at its subscriber yet.
-		if !asked[id] || !ok || sub.Subscriber != subscriber || time.Since(sub.CreatedAt) < freshSubscription {
+		if sub, ok := nw.n.queues.Subscription(id); !asked[id] || !ok || time.Since(sub.CreatedAt) < freshSubscription {
 			continue
 		}
-		if _, err := nw.n.queues.RemoveSubscription(context.Background(), id); err == nil {
-			nw.attached.kick(id)
-			nw.n.log.Info("subscription removed: its subscriber no longer holds it", "subscription", id, "subscriber", subscriber)
-		}
+		_, _ = nw.dropSubscriptionOf(context.Background(), pid, id, "subscription removed: its subscriber no longer holds it")
 	}
 }
 
