@@ -1131,15 +1131,15 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 		r.bytes += len(val)
 	}
 
+	if f := qs.failed.Load(); f != nil {
+		qs.reqPool.Put(r)
+		return 0, *f
+	}
 	// Registering as a sender under the read lock orders the send before
 	// Close closes the channel (Close waits for registered senders). The
 	// send itself happens without the lock: blocked on a full channel
 	// while holding it, it would wait for the committer, which may wait
 	// for commitMu, held by an AddSubscription waiting for Queues.mu.
-	if f := qs.failed.Load(); f != nil {
-		qs.reqPool.Put(r)
-		return 0, *f
-	}
 	qs.mu.RLock()
 	if qs.closed {
 		qs.mu.RUnlock()
