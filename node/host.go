@@ -127,13 +127,16 @@ func buildHost(n *Node) (host.Host, error) {
 		}
 		opts = append(opts, libp2p.EnableAutoRelayWithStaticRelays(static, autorelay.WithBootDelay(0)))
 	}
+	portInUse := func(err error) error {
+		return fmt.Errorf("%w: %v (another program, or another instance, uses the port in network.listen of %s)", ErrPortInUse, err, n.layout.Config())
+	}
 	if err := probeListen(nc.Listen); err != nil {
-		return nil, fmt.Errorf("%w: %v (another program, or another instance, uses the port in network.listen of %s)", ErrPortInUse, err, n.layout.Config())
+		return nil, portInUse(err)
 	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use") {
-			return nil, fmt.Errorf("%w: %v (another program, or another instance, uses the port in network.listen of %s)", ErrPortInUse, err, n.layout.Config())
+			return nil, portInUse(err)
 		}
 		return nil, fmt.Errorf("node: start libp2p host: %w", err)
 	}
