@@ -381,9 +381,7 @@ func (n *Node) Perform(ctx context.Context, req localapi.PerformRequest, onLog f
 	}
 	// A cascade past the limit stops before its action runs, not only
 	// before it publishes: an action need not notify to have effects.
-	if req.Hop < 0 || req.Hop > n.cfg.Limits.MaxHops {
-		err := fmt.Errorf("%w: %q requested after %d hops (limits.max_hops %d); not run, to stop a cascade loop", ErrHopLimit, req.Action, req.Hop, n.cfg.Limits.MaxHops)
-		n.log.Error("cascade stopped", "action", req.Action, "hop", req.Hop, "err", err)
+	if err := n.checkHop(req.Action, req.Hop, "not run"); err != nil {
 		return localapi.PerformResult{}, err
 	}
 	if req.Peer != "" {

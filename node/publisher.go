@@ -166,12 +166,7 @@ func (n *Node) publish(ctx context.Context, pubs []publication, to []string) (in
 	msgs := make([]topics.Message, 0, len(pubs))
 	now := time.Now().UnixNano()
 	for _, p := range pubs {
-		if p.Hop < 0 {
-			return 0, fmt.Errorf("%w: hop %d is negative", ErrBadRequest, p.Hop)
-		}
-		if p.Hop > n.cfg.Limits.MaxHops {
-			err := fmt.Errorf("%w: %q arrived after %d hops (limits.max_hops %d); not published, to stop a cascade loop", ErrHopLimit, p.Subject, p.Hop, n.cfg.Limits.MaxHops)
-			n.log.Error("cascade stopped", "subject", p.Subject, "hop", p.Hop, "err", err)
+		if err := n.checkHop(p.Subject, p.Hop, "not published"); err != nil {
 			return 0, err
 		}
 		msgs = append(msgs, topics.Message{Subject: p.Subject, Data: p.Data, Hop: uint32(p.Hop), Time: now})
@@ -287,6 +282,21 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 		s.release()
 	}
 	return nw.deliver(ctx, s, sub, next-1, window)
+}
+
+// checkHop refuses a perform or publication of subject that a cascade
+// brought past limits.max_hops (logged: a loop is being cut), saying what
+// was not done, and a negative hop.
+func (n *Node) checkHop(subject string, hop int, notDone string) error {
+	if hop < 0 {
+		return fmt.Errorf("%w: hop %d is negative", ErrBadRequest, hop)
+	}
+	if hop > n.cfg.Limits.MaxHops {
+		err := fmt.Errorf("%w: %q arrived after %d hops (limits.max_hops %d); %s, to stop a cascade loop", ErrHopLimit, subject, hop, n.cfg.Limits.MaxHops, notDone)
+		n.log.Error("cascade stopped", "subject", subject, "hop", hop, "err", err)
+		return err
+	}
+	return nil
 }
 
 // checkPeerIDs reports the first of ids (a --to list) that is not a peer
