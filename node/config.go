@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"text/template"
@@ -217,6 +218,12 @@ func ParseConfig(name string, b []byte) (Config, error) {
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // empty file: all defaults
 		return Config{}, fmt.Errorf("%w: %s: %s", ErrConfig, name, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
+	var doc yaml.Node // the first document again, as written
+	if err := yaml.Unmarshal(b, &doc); err == nil {
+		if err := checkScalars(&doc, reflect.TypeFor[Config](), ""); err != nil {
+			return Config{}, fmt.Errorf("%w: %s: %w", ErrConfig, name, err)
+		}
+	}
 	// A second document (after ---) would otherwise be ignored unchecked.
 	// Empty ones (a trailing ---, as some generators write) are fine.
 	for {
@@ -233,6 +240,63 @@ func ParseConfig(name string, b []byte) (Config, error) {
 		return Config{}, fmt.Errorf("%w: %s: %w", ErrConfig, name, err)
 	}
 	return c, nil
+}
+
+// checkScalars refuses what yaml.v3 would otherwise accept silently: a key
+// with an empty value (yaml.v3 leaves the field at its default, so
+// "max_payload:" looked like it set something and did not), and a
+// fraction where a whole number is expected (yaml.v3 truncates
+// "max_hops: 1.9" to 1). A section left empty ("limits:" with every line
+// under it deleted) keeps its defaults, and an empty list is an empty
+// list. t is the Go type n decodes into; path names it in errors.
+func checkScalars(n *yaml.Node, t reflect.Type, path string) error {
+	if n.Kind == yaml.DocumentNode {
+		if len(n.Content) == 0 {
+			return nil
+		}
+		return checkScalars(n.Content[0], t, path)
+	}
+	if n.Kind != yaml.MappingNode || t.Kind() != reflect.Struct {
+		return nil // yaml.v3 reports the type mismatch with its line
+	}
+	var errs []error
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key, val := n.Content[i], n.Content[i+1]
+		f, ok := fieldByTag(t, key.Value)
+		if !ok {
+			continue // unknown key: the strict decoder names it
+		}
+		name := key.Value
+		if path != "" {
+			name = path + "." + key.Value
+		}
+		ft := f.Type
+		switch {
+		case val.Kind == yaml.ScalarNode && val.ShortTag() == "!!null":
+			if ft.Kind() == reflect.Struct || ft.Kind() == reflect.Slice {
+				continue // an empty section keeps its defaults; an empty list is empty
+			}
+			errs = append(errs, fmt.Errorf("%s (line %d): no value; write one, or delete the line to keep the default", name, key.Line))
+		case ft.Kind() == reflect.Struct:
+			if err := checkScalars(val, ft, name); err != nil {
+				errs = append(errs, err)
+			}
+		case ft.Kind() == reflect.Int && val.Kind == yaml.ScalarNode && val.ShortTag() == "!!float":
+			errs = append(errs, fmt.Errorf("%s (line %d): %s is not a whole number", name, val.Line, val.Value))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// fieldByTag finds the field of struct type t whose yaml tag is name.
+func fieldByTag(t reflect.Type, name string) (reflect.StructField, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); tag == name {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
 }
 
 // Validate reports every problem at once.
@@ -271,6 +335,8 @@ func (c *Config) Validate() error {
 	// The relay states the duration in whole seconds, as a uint32.
 	if d := c.Network.RelayLimitDuration; d != 0 && (d < time.Second || d > math.MaxUint32*time.Second) {
 		bad("network.relay_limit_duration: %v is out of range (0 for none, or 1s..%v)", d, math.MaxUint32*time.Second)
+	} else if d%time.Second != 0 {
+		bad("network.relay_limit_duration: %v is not a whole number of seconds (the relay states its limit in seconds)", d)
 	}
 	// Below 64KiB a circuit could not carry one handshake plus a
 	// publication of the smallest max_payload.
@@ -350,7 +416,8 @@ var configTemplate = template.Must(template.New("config").Funcs(template.FuncMap
 	},
 }).Parse(`# Coattail instance configuration.
 # Every setting is listed with its default value; delete a line to get the default.
-# Unknown keys are an error. Sizes take units (64KiB, 1MiB); durations take 500ms, 30s, 2m, 1h.
+# Unknown keys and keys without a value are errors. Sizes take units (64KiB, 1MiB);
+# durations take 500ms, 30s, 2m, 1h.
 
 network:
   # Multiaddrs the libp2p host listens on. TCP and QUIC share one port
@@ -383,7 +450,8 @@ network:
   # its last ack, over a direct connection if hole punching made one.
   # relay_limit_data must exceed the largest publication that crosses the
   # relay. libp2p's own defaults (2m, 128KiB) are meant for public relays
-  # that only bootstrap hole punching. Defaults: 1h0m0s and 64MiB.
+  # that only bootstrap hole punching. The duration is in whole seconds.
+  # Defaults: 1h0m0s and 64MiB.
   relay_limit_duration: {{.C.Network.RelayLimitDuration}}
   relay_limit_data: {{.C.Network.RelayLimitData}}
   # When relaying: how many peers may hold a reservation, and how many
