@@ -522,3 +522,52 @@ func TestParseList(t *testing.T) {
 		}
 	}
 }
+
+// The per-token revocation channels of expired tokens are forgotten, so
+// the map does not grow with every token ever used; a valid token's channel
+// is kept, and revoking it still reaches the grants made before the sweep.
+func TestDoneChannelsOfExpiredTokensArePruned(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	bob := newPeer(t)
+	verify := func(rec Record) *Grant {
+		t.Helper()
+		g, err := f.a.Verify(ctx, rec.Token, direct(bob, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	keep := f.issue(t, IssueOptions{Reusable: true})                             // never expires
+	later := f.issue(t, IssueOptions{Reusable: true, ExpiresIn: 24 * time.Hour}) // valid after the sweep
+	gKeep, gLater := verify(keep), verify(later)
+	for range minDonePrune + 10 {
+		verify(f.issue(t, IssueOptions{Reusable: true, ExpiresIn: time.Minute}))
+	}
+	f.advance(time.Hour)
+	for range minDonePrune + 10 { // past the next sweep point
+		verify(f.issue(t, IssueOptions{Reusable: true, ExpiresIn: time.Minute}))
+	}
+	f.a.cacheMu.Lock()
+	n := len(f.a.done)
+	_, keptKeep := f.a.done[keep.Claims.ID]
+	_, keptLater := f.a.done[later.Claims.ID]
+	f.a.cacheMu.Unlock()
+	if n > minDonePrune+20 {
+		t.Errorf("done map holds %d entries after %d tokens expired; want the expired ones pruned", n, minDonePrune+10)
+	}
+	if !keptKeep || !keptLater {
+		t.Fatalf("a valid token's channel was pruned (never-expiring kept: %v, 24h kept: %v)", keptKeep, keptLater)
+	}
+	for _, c := range []struct {
+		rec Record
+		g   *Grant
+	}{{keep, gKeep}, {later, gLater}} {
+		if err := f.a.Revoke(ctx, c.rec.Claims.ID); err != nil {
+			t.Fatal(err)
+		}
+		if !c.g.Revoked() {
+			t.Errorf("grant of token %s made before the sweep did not see its revocation", c.rec.Claims.ID)
+		}
+	}
+}

@@ -86,7 +86,11 @@ type Authority struct {
 	cache   map[cacheKey]*Grant
 	// done holds, per token id with live grants, the channel that Revoke
 	// closes so holders of a Grant learn about it without polling.
-	done map[string]chan struct{}
+	// Entries of expired tokens are swept when the map has doubled since
+	// the last sweep (donePruneAt), so it does not grow with every token
+	// ever used.
+	done        map[string]doneEntry
+	donePruneAt int
 
 	cbMu     sync.Mutex
 	onRevoke []func(tokenID string)
@@ -120,7 +124,7 @@ func NewAuthority(key crypto.PrivKey, store ds.Batching) (*Authority, error) {
 		store: store,
 		now:   time.Now,
 		cache: make(map[cacheKey]*Grant),
-		done:  make(map[string]chan struct{}),
+		done:  make(map[string]doneEntry),
 	}
 	a.parser = jwt.NewParser(
 		jwt.WithValidMethods([]string{algEdDSA}),
@@ -423,17 +427,44 @@ func (a *Authority) cached(key cacheKey) (*Grant, error, bool) {
 func (a *Authority) grant(key cacheKey, c *Claims, r Remote) *Grant {
 	a.cacheMu.Lock()
 	defer a.cacheMu.Unlock()
-	done, ok := a.done[c.ID]
+	e, ok := a.done[c.ID]
 	if !ok {
-		done = make(chan struct{})
-		a.done[c.ID] = done
+		if len(a.done) >= a.donePruneAt {
+			a.pruneDoneLocked()
+		}
+		e = doneEntry{ch: make(chan struct{}), expires: c.Expires()}
+		a.done[c.ID] = e
 	}
-	g := newGrant(c, a.id, r.Peer, done)
+	g := newGrant(c, a.id, r.Peer, e.ch)
 	if len(a.cache) >= maxCachedGrants {
 		a.evictLocked()
 	}
 	a.cache[key] = g
 	return g
+}
+
+// doneEntry is a token's revocation channel and the token's expiry.
+type doneEntry struct {
+	ch      chan struct{}
+	expires time.Time // zero: never
+}
+
+// minDonePrune is the size below which the done map is never swept.
+const minDonePrune = 1024
+
+// pruneDoneLocked forgets the revocation channels of expired tokens. That
+// is safe: no new grant can be made for them, and the grants that hold the
+// channel have expired too (their streams end at expiry). A valid token's
+// channel is never dropped, or its older grants would miss a revocation.
+// Callers hold cacheMu.
+func (a *Authority) pruneDoneLocked() {
+	now := a.now()
+	for id, e := range a.done {
+		if !e.expires.IsZero() && !now.Before(e.expires.Add(Leeway)) {
+			delete(a.done, id)
+		}
+	}
+	a.donePruneAt = max(2*len(a.done), minDonePrune)
 }
 
 // evictLocked makes room: expired entries first, then arbitrary ones (Go's
@@ -482,8 +513,8 @@ func (a *Authority) Revoke(ctx context.Context, id string) error {
 			delete(a.cache, k)
 		}
 	}
-	if done, ok := a.done[id]; ok {
-		close(done)
+	if e, ok := a.done[id]; ok {
+		close(e.ch)
 		delete(a.done, id)
 	}
 	a.cacheMu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coattail/coattail/auth"
 	"github.com/coattail/coattail/node/internal/jsonx"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
@@ -378,9 +379,11 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 		}
 	}()
 
+	// Expiry with the leeway Verify allows: a subscribe stream it accepted
+	// just after exp must not lose its subscription at once.
 	var expire <-chan time.Time
 	if !s.grant.Expires.IsZero() {
-		t := time.NewTimer(time.Until(s.grant.Expires))
+		t := time.NewTimer(time.Until(s.grant.Expires.Add(auth.Leeway)))
 		defer t.Stop()
 		expire = t.C
 	}
