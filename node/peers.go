@@ -401,7 +401,7 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 	pubs := make([]publication, 0, len(datas))
 	for i, d := range datas {
 		if !jsonx.Valid(d) {
-			return localapi.PublishResult{}, fmt.Errorf("%w: data (item %d) is not valid JSON", ErrBadRequest, i+1)
+			return localapi.PublishResult{}, fmt.Errorf("%w: data (item %d) is not valid JSON in UTF-8", ErrBadRequest, i+1)
 		}
 		if len(d) > int(n.cfg.Limits.MaxPayload) {
 			return localapi.PublishResult{}, fmt.Errorf("%w: data (item %d) is %d bytes, over limits.max_payload %v", ErrBadRequest, i+1, len(d), n.cfg.Limits.MaxPayload)

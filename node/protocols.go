@@ -409,7 +409,7 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 			// Checked here, at the source: a publication that is not JSON
 			// would otherwise reach every subscriber's dead letters.
 			if !jsonx.Valid(p.Data) {
-				return wire.Errorf(wire.CodeBadRequest, "publication %d of the batch (%q) is not JSON", len(pubs)+1, subj)
+				return wire.Errorf(wire.CodeBadRequest, "publication %d of the batch (%q) is not valid JSON in UTF-8", len(pubs)+1, subj)
 			}
 			pubs = append(pubs, publication{Subject: subj, Data: json.RawMessage(p.Data), Hop: int(p.Hop)})
 			return nil

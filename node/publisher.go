@@ -207,7 +207,7 @@ func (n *Node) PublishBatch(ctx context.Context, msgs []Message) (int, error) {
 			return 0, fmt.Errorf("%w: data is %d bytes, over limits.max_payload %v", ErrBadRequest, len(m.Data), n.cfg.Limits.MaxPayload)
 		}
 		if !jsonx.Valid(m.Data) {
-			return 0, fmt.Errorf("%w: data for %q is not valid JSON", ErrBadRequest, m.Subject)
+			return 0, fmt.Errorf("%w: data for %q is not valid JSON in UTF-8", ErrBadRequest, m.Subject)
 		}
 		pubs = append(pubs, publication{Subject: m.Subject, Data: m.Data})
 	}

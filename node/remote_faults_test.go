@@ -230,3 +230,26 @@ func TestRemotePublishRefusesNonJSON(t *testing.T) {
 		t.Fatalf("a batch with a non-JSON publication answered %v %s %v, want bad_request", typ, payload, err)
 	}
 }
+
+// JSON whose strings are not UTF-8 is refused too, remotely and locally:
+// encoding/json accepts it, and a receiver's decoder would turn the bad
+// bytes into U+FFFD, so two distinct publications could arrive as one.
+func TestPublishRefusesNonUTF8JSON(t *testing.T) {
+	a := newTestNode(t)
+	bad := []byte("{\"id\":\"\xff\"}")
+	if _, err := a.Publish(testCtx(t), "x.a", bad); err == nil || !strings.Contains(err.Error(), "not valid JSON in UTF-8") {
+		t.Fatalf("local publish of non-UTF-8 JSON: %v, want refused as not valid JSON in UTF-8", err)
+	}
+	h := newStockHost(t, a)
+	tok := issue(t, a, localapi.IssueRequest{Publish: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
+	p := rawStream(t, h, a, wire.ProtoPublish)
+	pr := wire.NewReader(p, 0)
+	rvWrite(t, p, jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version}))
+	rvExpect(t, pr, wire.TOK, nil)
+	rvWrite(t, p, wire.AppendFrame(nil, wire.TPublish, wire.AppendPublishBatch(nil, []wire.Publication{{Subject: "x.a", Data: bad, Time: 1}})))
+	typ, payload, err := pr.Next()
+	var we wire.Error
+	if err != nil || typ != wire.TError || wire.DecodeJSON(payload, &we) != nil || we.Code != wire.CodeBadRequest {
+		t.Fatalf("a non-UTF-8 remote publication answered %v %s %v, want bad_request", typ, payload, err)
+	}
+}

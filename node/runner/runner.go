@@ -27,6 +27,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coattail/coattail/node/internal/textx"
 	"github.com/coattail/coattail/topics"
@@ -407,9 +408,22 @@ func (r *Runner) checkInput(inv Invocation) (json.RawMessage, error) {
 	return inv.Input, nil
 }
 
-// checkJSON reports whether b is exactly one JSON value, with the decoder's
-// explanation (json.Valid gives none).
+// checkJSON reports whether b is exactly one JSON value in UTF-8, with the
+// decoder's explanation (json.Valid gives none). encoding/json accepts
+// invalid UTF-8 inside strings; the node refuses such publications
+// (jsonx.Valid), so the runner does too.
 func checkJSON(b []byte) error {
+	if !utf8.Valid(b) {
+		i := 0
+		for i < len(b) {
+			r, size := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && size == 1 {
+				break
+			}
+			i += size
+		}
+		return fmt.Errorf("invalid UTF-8 at byte offset %d", i)
+	}
 	var v json.RawMessage
 	return json.Unmarshal(b, &v)
 }

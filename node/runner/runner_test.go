@@ -322,6 +322,7 @@ func TestRunInvalidJSONOutput(t *testing.T) {
 		"text":  `echo hello`,
 		"two":   `echo '{}{}'`,
 		"trunc": `printf '{"a":'`,
+		"utf8":  `printf '{"a":"\377"}'`, // encoding/json alone accepts it
 	} {
 		writeProgram(t, dir, KindAction, name, body)
 		_, err := r.Run(context.Background(), action(name, `{}`))

@@ -6,8 +6,16 @@
 // of the delivery path's CPU.
 package jsonx
 
-import segjson "github.com/segmentio/encoding/json"
+import (
+	"unicode/utf8"
+
+	segjson "github.com/segmentio/encoding/json"
+)
 
 // Valid reports whether b is exactly one valid JSON value, as
-// encoding/json.Valid does.
-func Valid(b []byte) bool { return segjson.Valid(b) }
+// encoding/json.Valid does, and is UTF-8 (RFC 8259 section 8.1). JSON
+// syntax outside strings is ASCII, so this means every string is UTF-8:
+// encoding/json.Valid does not check that, and its decoder would turn each
+// bad byte into U+FFFD, so distinct payloads could reach a receiver as
+// the same one.
+func Valid(b []byte) bool { return utf8.Valid(b) && segjson.Valid(b) }

@@ -4,14 +4,18 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
-var cases = []string{`{}`, `[1,2]`, `"a\u00e9"`, "\"\xff\"", `1e5`, `-0.1`, `tru`, `{"a":1,}`, `"\ud800"`, " null ", `[`, "\"a\x01\"", ``, ` `, `{"a":[{"b":null}]}`, `01`, `1.`, `"\q"`}
+// reference is encoding/json's verdict plus UTF-8.
+func reference(b []byte) bool { return json.Valid(b) && utf8.Valid(b) }
+
+var cases = []string{`{"a":"\xff"}`, "{\"a\":\"\xc3\"}", "\"\xed\xa0\x80\"", `{}`, `[1,2]`, `"a\u00e9"`, "\"\xff\"", `1e5`, `-0.1`, `tru`, `{"a":1,}`, `"\ud800"`, " null ", `[`, "\"a\x01\"", ``, ` `, `{"a":[{"b":null}]}`, `01`, `1.`, `"\q"`}
 
 func TestValidAgreesWithEncodingJSON(t *testing.T) {
 	for _, c := range cases {
-		if got, want := Valid([]byte(c)), json.Valid([]byte(c)); got != want {
-			t.Errorf("Valid(%q) = %v, encoding/json says %v", c, got, want)
+		if got, want := Valid([]byte(c)), reference([]byte(c)); got != want {
+			t.Errorf("Valid(%q) = %v, encoding/json and utf8 say %v", c, got, want)
 		}
 	}
 }
@@ -21,8 +25,8 @@ func FuzzValid(f *testing.F) {
 		f.Add([]byte(c))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if got, want := Valid(b), json.Valid(b); got != want {
-			t.Fatalf("Valid(%q) = %v, encoding/json says %v", b, got, want)
+		if got, want := Valid(b), reference(b); got != want {
+			t.Fatalf("Valid(%q) = %v, encoding/json and utf8 say %v", b, got, want)
 		}
 	})
 }
