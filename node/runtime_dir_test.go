@@ -1,6 +1,8 @@
 package node
 
 import (
+	"context"
+	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -109,5 +111,49 @@ func TestListenPrivateLongestPath(t *testing.T) {
 		}
 		_ = ln.Close()
 		_ = os.Remove(path)
+	}
+}
+
+// A registration whose pid now belongs to another process (the service was
+// killed and the pid reused) is removed, not listed with blank details; one
+// whose process is the one that wrote it is listed even when its socket
+// does not answer (a service starting up, or stuck).
+func TestRegistrationOfReusedPidIsStale(t *testing.T) {
+	rt := filepath.Join(t.TempDir(), "rt")
+	if err := os.Mkdir(rt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(EnvRuntimeDir, rt)
+	start, ok := procStart(os.Getpid())
+	if !ok || start == 0 {
+		t.Fatalf("procStart(self) = %d, %v", start, ok)
+	}
+	write := func(name string, r registration) string {
+		t.Helper()
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(rt, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	reused := write("reused.json", registration{PID: os.Getpid(), Instance: "/reused", Socket: sock, Start: start + 1})
+	same := write("same.json", registration{PID: os.Getpid(), Instance: "/same", Socket: sock, Start: start})
+	sts, err := ListServices(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sts) != 1 || sts[0].Instance != "/same" || sts[0].PID != os.Getpid() {
+		t.Errorf("ListServices = %+v, want only /same", sts)
+	}
+	if _, err := os.Stat(reused); !os.IsNotExist(err) {
+		t.Errorf("the registration of a reused pid was kept (%v)", err)
+	}
+	if _, err := os.Stat(same); err != nil {
+		t.Errorf("a live service's registration was removed: %v", err)
 	}
 }

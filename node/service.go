@@ -52,6 +52,10 @@ type registration struct {
 	PID      int    `json:"pid"`
 	Instance string `json:"instance"`
 	Socket   string `json:"socket"`
+	// Start is the process's start time (/proc/<pid>/stat, clock ticks
+	// since boot): with it a registration left by a killed service is
+	// told apart from an unrelated process that got the same pid.
+	Start uint64 `json:"start,omitempty"`
 }
 
 // ServiceOptions configures RunService.
@@ -306,7 +310,8 @@ func register(l Layout) (func(), error) {
 		return func() {}, err
 	}
 	path := filepath.Join(dir, strconv.Itoa(os.Getpid())+".json")
-	b, _ := json.Marshal(registration{PID: os.Getpid(), Instance: l.Dir, Socket: l.Socket()})
+	start, _ := procStart(os.Getpid())
+	b, _ := json.Marshal(registration{PID: os.Getpid(), Instance: l.Dir, Socket: l.Socket(), Start: start})
 	// Written aside and renamed into place: rename replaces whatever is at
 	// path (a symlink included) instead of writing through it.
 	tmp, err := os.CreateTemp(dir, ".register-*")
@@ -368,6 +373,41 @@ func alive(pid int) bool {
 	return true
 }
 
+// procStart returns the start time of process pid in clock ticks since
+// boot (field 22 of /proc/<pid>/stat); ok is false if it cannot be read.
+func procStart(pid int) (uint64, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	// The command name (field 2) may hold spaces and parentheses; the
+	// fields after its closing parenthesis start at field 3.
+	s := string(b)
+	k := strings.LastIndexByte(s, ')')
+	if k < 0 {
+		return 0, false
+	}
+	f := strings.Fields(s[k+1:])
+	if len(f) < 20 {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(f[19], 10, 64)
+	return v, err == nil
+}
+
+// registered reports whether r's process is still the service that wrote
+// r: alive, and (when r records it) started when that service started.
+func (r registration) registered() bool {
+	if !alive(r.PID) {
+		return false
+	}
+	if r.Start == 0 {
+		return true // written by an older version, or /proc was unreadable
+	}
+	start, ok := procStart(r.PID)
+	return !ok || start == r.Start
+}
+
 // ListServices returns the status of every service registered on this
 // machine, removing registrations whose process is gone.
 func ListServices(ctx context.Context) ([]localapi.Status, error) {
@@ -393,7 +433,7 @@ func ListServices(ctx context.Context) ([]localapi.Status, error) {
 			continue
 		}
 		var r registration
-		if json.Unmarshal(b, &r) != nil || !alive(r.PID) {
+		if json.Unmarshal(b, &r) != nil || !r.registered() {
 			_ = os.Remove(path)
 			continue
 		}
@@ -419,6 +459,10 @@ func ListServices(ctx context.Context) ([]localapi.Status, error) {
 	return out, nil
 }
 
+// stopStatusTimeout bounds StopService's first question to the service:
+// one that does not answer in this long is reported, not waited for.
+const stopStatusTimeout = 5 * time.Second
+
 // StopService asks the service of l (or the process pid, if non-zero) to
 // stop and waits until it has exited.
 func StopService(ctx context.Context, l Layout, pid int) (int, error) {
@@ -437,8 +481,21 @@ func StopService(ctx context.Context, l Layout, pid int) (int, error) {
 	}
 	c := localapi.Dial(sock)
 	defer c.Close()
-	st, err := c.Status(ctx)
+	sctx, cancel := context.WithTimeout(ctx, stopStatusTimeout)
+	st, err := c.Status(sctx)
+	cancel()
 	if err != nil {
+		// Not answering is not the same as not running: a stopped
+		// (SIGSTOP) or stuck service still holds the instance.
+		owner := pid
+		if owner == 0 {
+			if b, rerr := os.ReadFile(l.PIDFile()); rerr == nil {
+				owner, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+			}
+		}
+		if owner > 0 && alive(owner) && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) {
+			return owner, fmt.Errorf("node: service pid %d does not answer on its control socket (stopped or stuck?): %v; it is still running: resume it (kill -CONT %d) or end it (kill %d)", owner, err, owner, owner)
+		}
 		if _, rerr := Running(l); rerr != nil && pid == 0 {
 			return 0, rerr
 		}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -761,4 +762,35 @@ func TestServiceStopEndsRunningPerform(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A service that is stopped (SIGSTOP) or stuck still holds its instance:
+// `service stop` says so within a few seconds, exits non-zero and names
+// the pid, instead of waiting half a minute and calling it "not running".
+func TestServiceStopOfStoppedService(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	pid := a.start()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	began := time.Now()
+	out := a.mustFail([]string{"service", "stop"}, "does not answer", strconv.Itoa(pid), "still running")
+	if strings.Contains(out, "not running") {
+		t.Errorf("service stop of a stopped service said %q", out)
+	}
+	if took := time.Since(began); took > 25*time.Second {
+		t.Errorf("service stop took %v to give up on a stopped service", took)
+	}
+	if !processAlive(pid) {
+		t.Fatal("the stopped service is gone")
+	}
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	a.mustRun("service", "stop")
+	if processAlive(pid) {
+		t.Fatalf("pid %d still runs after service stop", pid)
+	}
 }
