@@ -34,3 +34,10 @@ func SetConnGrace(d time.Duration) func() {
 	connGrace = d
 	return func() { connGrace = prev }
 }
+
+// HasProgress reports whether the subscriber keeps a progress record
+// (last processed sequence) for subscription id.
+func (n *Node) HasProgress(id string) bool {
+	ok, err := n.db.Batching().Has(context.Background(), seqKey(id))
+	return err == nil && ok
+}

@@ -141,6 +141,7 @@ func (ss *subscriberSide) start(sub outSub, initial *session) {
 			delete(ss.loops, sub.ID)
 		}
 		ss.mu.Unlock()
+		ss.dropOrphanProgress(sub.ID)
 	}()
 }
 
@@ -148,6 +149,20 @@ func (ss *subscriberSide) close() error {
 	ss.stop()
 	ss.wg.Wait()
 	return nil
+}
+
+// dropOrphanProgress deletes the progress record of a subscription that
+// was forgotten, once its loop has ended. forget does not wait for the loop
+// (it may be the loop that calls it), so a receiver that finished after
+// the cancellation can have its progress written after forget deleted it.
+// Every write of the loop precedes this check, and forget deletes the
+// subscription before its progress, so one of the two deletes comes last.
+func (ss *subscriberSide) dropOrphanProgress(id string) {
+	ctx := context.Background()
+	if _, err := ss.subs.Get(ctx, id); !errors.Is(err, datastore.ErrNotFound) {
+		return // still held (the node is closing), or unknown: keep it
+	}
+	_ = ss.n.db.Batching().Delete(ctx, seqKey(id))
 }
 
 // stopLoop ends a subscription's loop.

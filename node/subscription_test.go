@@ -334,3 +334,47 @@ func TestInProcessReceiverTimeout(t *testing.T) {
 		t.Fatalf("dead letters = %+v, want seq 1 after 2 attempts, failed on the action timeout", dl)
 	}
 }
+
+// A receiver that finishes after its subscription was forgotten (it
+// ignored the cancellation) has its progress recorded by the stopping
+// loop; that record must not outlive the subscription.
+func TestForgottenSubscriptionLeavesNoProgress(t *testing.T) {
+	pub, sub := newTestNode(t), newTestNode(t)
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+		entered <- struct{}{}
+		<-release // ignores ctx on purpose
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"fg.>"}})
+	ctx := testCtx(t)
+	info, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "fg.>", Receiver: "rec"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(ctx, "fg.a", json.RawMessage(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("no delivery")
+	}
+	if _, err := sub.Unsubscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "fg.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if sub.HasProgress(info.ID) {
+			return fmt.Errorf("progress of forgotten subscription %s is still stored", info.ID)
+		}
+		return nil
+	})
+	// And it stays gone (the loop's last write could come after a check).
+	time.Sleep(200 * time.Millisecond)
+	if sub.HasProgress(info.ID) {
+		t.Fatalf("progress of forgotten subscription %s came back", info.ID)
+	}
+}
