@@ -283,7 +283,18 @@ func (ss *subscriberSide) upgraded(publisher string) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	for _, l := range ss.loops {
-		if l.publisher != publisher || l.stream == nil || l.moving || !isRelayed(l.stream.Conn()) {
+		if l.publisher != publisher {
+			continue
+		}
+		if l.stream == nil {
+			// Reconnecting, perhaps for a move whose direct connection
+			// closed before the new stream opened (libp2p then opens it
+			// on the relay). This connection is new: setStream must
+			// check the next stream again rather than trust the move.
+			l.moved = false
+			continue
+		}
+		if l.moving || !isRelayed(l.stream.Conn()) {
 			continue
 		}
 		l.moving = true
