@@ -16,18 +16,28 @@ type peerLimits struct {
 	burst      int
 	maxStreams int
 
+	now func() time.Time // time.Now; a variable for tests
+
 	mu    sync.Mutex
 	peers map[peer.ID]*peerLimit
+	// pruneAt is the table size at which idle peers are next swept: twice
+	// what the last sweep kept, so a table of busy peers is not rescanned
+	// for every new one.
+	pruneAt int
 }
+
+// minPrune is the table size below which idle peers are never swept.
+const minPrune = 4096
 
 type peerLimit struct {
 	lim     *rate.Limiter
 	streams int
-	last    time.Time
+	last    time.Time // last stream opened or closed, or request charged
 }
 
 func newPeerLimits(l LimitsConfig) *peerLimits {
-	return &peerLimits{rate: rate.Limit(l.RateLimit), burst: l.RateBurst, maxStreams: l.MaxStreamsPerPeer, peers: map[peer.ID]*peerLimit{}}
+	return &peerLimits{rate: rate.Limit(l.RateLimit), burst: l.RateBurst, maxStreams: l.MaxStreamsPerPeer,
+		now: time.Now, peers: map[peer.ID]*peerLimit{}, pruneAt: minPrune}
 }
 
 // limitVerdict says why a request was refused (zero value: allowed).
@@ -42,10 +52,10 @@ func (v limitVerdict) ok() bool { return !v.tooManyStreams && v.retryAfter == 0 
 func (pl *peerLimits) acquire(p peer.ID) limitVerdict {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	now := time.Now()
+	now := pl.now()
 	e := pl.peers[p]
 	if e == nil {
-		if len(pl.peers) > 4096 {
+		if len(pl.peers) >= pl.pruneAt {
 			pl.pruneLocked(now)
 		}
 		e = &peerLimit{lim: rate.NewLimiter(pl.rate, pl.burst)}
@@ -67,13 +77,16 @@ func (pl *peerLimits) acquire(p peer.ID) limitVerdict {
 // allow charges one request on an already admitted stream (for example one
 // publish batch) against p's bucket.
 func (pl *peerLimits) allow(p peer.ID) time.Duration {
+	now := pl.now()
 	pl.mu.Lock()
 	e := pl.peers[p]
+	if e != nil {
+		e.last = now
+	}
 	pl.mu.Unlock()
 	if e == nil {
 		return 0
 	}
-	now := time.Now()
 	r := e.lim.ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)
@@ -83,20 +96,30 @@ func (pl *peerLimits) allow(p peer.ID) time.Duration {
 }
 
 func (pl *peerLimits) release(p peer.ID) {
+	now := pl.now()
 	pl.mu.Lock()
 	if e := pl.peers[p]; e != nil && e.streams > 0 {
 		e.streams--
+		e.last = now
 	}
 	pl.mu.Unlock()
 }
 
-// pruneLocked forgets idle peers so the table stays bounded.
+// pruneLocked forgets peers with no open stream whose bucket has refilled
+// since they last used it: such an entry is the same as a new one, so
+// forgetting it gives nobody a fresh allowance. Only if that keeps the
+// table at its threshold is it allowed to grow (twice what was kept).
 func (pl *peerLimits) pruneLocked(now time.Time) {
+	refill := time.Minute
+	if pl.rate > 0 {
+		refill = max(time.Second, time.Duration(float64(pl.burst)/float64(pl.rate)*float64(time.Second)))
+	}
 	for p, e := range pl.peers {
-		if e.streams == 0 && now.Sub(e.last) > time.Minute {
+		if e.streams == 0 && now.Sub(e.last) > refill {
 			delete(pl.peers, p)
 		}
 	}
+	pl.pruneAt = max(2*len(pl.peers), minPrune)
 }
 
 // sessions tracks open streams by the token that authorized them, so a
