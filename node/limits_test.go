@@ -37,7 +37,7 @@ func TestPeerLimitsPrune(t *testing.T) {
 		t.Fatalf("sweep threshold %d after a sweep that kept everything; it would rescan for every new peer", pl.pruneAt)
 	}
 	clock = clock.Add(2 * time.Second) // past the 1 s refill of every idle bucket
-	for range 20 {                      // drained uses up its bucket, then closes its stream
+	for range 20 {                     // drained uses up its bucket, then closes its stream
 		pl.allow(drained)
 	}
 	pl.release(drained)
