@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node/internal/jsonx"
@@ -529,14 +530,18 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		if data != nil && !jsonx.Valid(data) {
 			data = nil
 		}
-		inv := &Invocation{Kind: string(runner.KindReceiver), Name: sub.Receiver, Caller: sub.Publisher,
-			Publisher: sub.Publisher, Subject: d.Subject, Sequence: d.Seq, Subscription: sub.ID, Hop: d.Hop, receiverLog: n}
+		// The subject and data alias the stream's read buffer, which the
+		// next frame overwrites; a receiver may keep them (as a NATS
+		// message's), so it gets its own copy.
+		subject, in := cloneDelivery(d.Subject, data)
+		inv := Invocation{Kind: string(runner.KindReceiver), Name: sub.Receiver, Caller: sub.Publisher,
+			Publisher: sub.Publisher, Subject: subject, Sequence: d.Seq, Subscription: sub.ID, Hop: d.Hop, receiverLog: n}
 		run = func() error {
 			if calls == nil {
-				return callInline(context.WithValue(ctx, invocationKey{}, inv), h, sub.Receiver, data)
+				return callInline(&receiverCtx{Context: ctx, inv: inv}, h, sub.Receiver, in)
 			}
 			cctx := calls.begin()
-			err := callInline(context.WithValue(cctx, invocationKey{}, inv), h, sub.Receiver, data)
+			err := callInline(&receiverCtx{Context: cctx, inv: inv}, h, sub.Receiver, in)
 			calls.end()
 			if err != nil && errors.Is(context.Cause(cctx), errCallTimeout) {
 				return fmt.Errorf("%w: receiver %q ran longer than limits.action_timeout (%v): %w", runner.ErrTimeout, sub.Receiver, calls.timeout, err)
@@ -923,6 +928,39 @@ func (nw *netsvc) nudge(ctx context.Context, subscriber string, ids []string) {
 		}
 		_, _ = nw.dropSubscriptionOf(context.Background(), pid, id, "subscription removed: its subscriber no longer holds it")
 	}
+}
+
+// receiverCtx is the context of one in-process receiver call, carrying its
+// Invocation: one allocation per call instead of an Invocation and a
+// context.WithValue node. Everything else is the embedded context's.
+type receiverCtx struct {
+	context.Context
+	inv Invocation
+}
+
+// Value serves InvocationFrom; other keys go to the embedded context.
+func (c *receiverCtx) Value(key any) any {
+	if _, ok := key.(invocationKey); ok {
+		return &c.inv
+	}
+	return c.Context.Value(key)
+}
+
+// cloneDelivery copies a delivery's subject and data into one new buffer
+// (one allocation): the strings and slices a receiver gets stay valid
+// after it returns. nil data stays nil.
+func cloneDelivery(subject string, data json.RawMessage) (string, json.RawMessage) {
+	buf := make([]byte, 0, len(subject)+len(data))
+	buf = append(buf, subject...)
+	buf = append(buf, data...)
+	var s string
+	if len(subject) > 0 {
+		s = unsafe.String(&buf[0], len(subject)) // buf is never written again
+	}
+	if data == nil {
+		return s, nil
+	}
+	return s, json.RawMessage(buf[len(subject):len(buf):len(buf)])
 }
 
 // callInline runs an in-process receiver on the calling goroutine, turning

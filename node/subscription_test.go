@@ -378,3 +378,51 @@ func TestForgottenSubscriptionLeavesNoProgress(t *testing.T) {
 		t.Fatalf("progress of forgotten subscription %s came back", info.ID)
 	}
 }
+
+// An in-process receiver may keep its input and its Invocation after it
+// returns (hand them to another goroutine, as with a NATS message): they
+// must not change when later publications arrive.
+func TestReceiverMayKeepItsInput(t *testing.T) {
+	pub, sub := newTestNode(t), newTestNode(t)
+	type kept struct {
+		in  json.RawMessage
+		inv *node.Invocation
+	}
+	const n = 2000
+	got := make(chan kept, n)
+	if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+		got <- kept{in, node.InvocationFrom(ctx)}
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"keep.>"}})
+	ctx := testCtx(t)
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "keep.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := make([]node.Message, n)
+	for i := range msgs {
+		msgs[i] = node.Message{Subject: fmt.Sprintf("keep.s%d", i), Data: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}
+	}
+	if _, err := pub.PublishBatch(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	all := make([]kept, 0, n)
+	for len(all) < n {
+		select {
+		case k := <-got:
+			all = append(all, k)
+		case <-ctx.Done():
+			t.Fatalf("%d of %d delivered", len(all), n)
+		}
+	}
+	for i, k := range all {
+		if want := fmt.Sprintf(`{"i":%d}`, i); string(k.in) != want {
+			t.Fatalf("kept input %d is now %q, want %q", i, k.in, want)
+		}
+		if want := fmt.Sprintf("keep.s%d", i); k.inv.Subject != want || k.inv.Sequence != uint64(i+1) {
+			t.Fatalf("kept invocation %d is now %s #%d, want %s #%d", i, k.inv.Subject, k.inv.Sequence, want, i+1)
+		}
+	}
+}
