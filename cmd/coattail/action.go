@@ -60,6 +60,9 @@ func newActionListCmd(a *app) *cobra.Command {
 		Short: "List actions (or receivers) here, or the actions a peer lets you use",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := notEmpty(cmd, "peer"); err != nil {
+				return err
+			}
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				acts, err := c.Actions(cmd.Context(), receivers, peer)
 				if err != nil {
@@ -137,6 +140,9 @@ func newActionPerformCmd(a *app) *cobra.Command {
 		Short: "Run an action here or on a peer and print its JSON output",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := notEmpty(cmd, "peer", "to"); err != nil {
+				return err
+			}
 			in, err := parseData(data)
 			if err != nil {
 				return err
@@ -179,6 +185,9 @@ func newActionPublishCmd(a *app) *cobra.Command {
 		Short: "Publish data to an action's subscribers without performing it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := notEmpty(cmd, "peer", "to"); err != nil {
+				return err
+			}
 			req.Hop = hopFromEnv()
 			if fromStdin {
 				if data != "" {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/coattail/coattail/node"
@@ -137,4 +138,47 @@ func rejectUnknownSubcommands(c *cobra.Command) {
 		}
 		rejectUnknownSubcommands(sub)
 	}
+}
+
+// oneID is the Args of a command that takes one id (what names it in the
+// error): exactly one argument, and not an empty one, which would reach
+// the control API as a path without an id.
+func oneID(what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+			return err
+		}
+		if strings.TrimSpace(args[0]) == "" {
+			return fmt.Errorf("the %s must not be empty (see: %s --help)", what, cmd.CommandPath())
+		}
+		return nil
+	}
+}
+
+// notEmpty fails when one of the named flags was given an empty value (or,
+// for a list, an empty item), as `--peer "$PEER"` with PEER unset gives:
+// for these flags an empty value would silently mean "not given" (perform
+// here instead of on the peer, notify every subscriber, ...).
+func notEmpty(cmd *cobra.Command, names ...string) error {
+	for _, name := range names {
+		f := cmd.Flags().Lookup(name)
+		if f == nil || !f.Changed {
+			continue
+		}
+		var items []string
+		if sv, ok := f.Value.(interface{ GetSlice() []string }); ok {
+			items = sv.GetSlice()
+			if len(items) == 0 {
+				items = []string{""}
+			}
+		} else {
+			items = []string{f.Value.String()}
+		}
+		for _, s := range items {
+			if strings.TrimSpace(s) == "" {
+				return fmt.Errorf("--%s must not be empty", name)
+			}
+		}
+	}
+	return nil
 }

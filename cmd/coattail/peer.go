@@ -82,7 +82,7 @@ func newValidationCmd(a *app) *cobra.Command {
 	show := &cobra.Command{
 		Use:   "show <id>",
 		Short: "Show an imported validation token",
-		Args:  cobra.ExactArgs(1),
+		Args:  oneID("validation id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				v, err := c.Validation(cmd.Context(), args[0])
@@ -100,7 +100,7 @@ func newValidationCmd(a *app) *cobra.Command {
 	rm := &cobra.Command{
 		Use:   "remove <id>",
 		Short: "Remove an imported validation token",
-		Args:  cobra.ExactArgs(1),
+		Args:  oneID("validation id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				if err := c.RemoveValidation(cmd.Context(), args[0]); err != nil {
@@ -175,6 +175,9 @@ func newPeerCmd(a *app) *cobra.Command {
 		Short: "Show what a peer lets you do and how you reach it (direct or relayed, round-trip time)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := notEmpty(cmd, "id"); err != nil {
+				return err
+			}
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				p, err := c.Peer(cmd.Context(), showID)
 				if err != nil {
@@ -217,6 +220,9 @@ func newPeerCmd(a *app) *cobra.Command {
 		Short: "Forget a peer",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := notEmpty(cmd, "id"); err != nil {
+				return err
+			}
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				if err := c.RemovePeer(cmd.Context(), rmID); err != nil {
 					return err

@@ -35,6 +35,9 @@ func newNewCmd(a *app) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.dir = "."
 			if len(args) == 1 {
+				if strings.TrimSpace(args[0]) == "" {
+					return errors.New("the directory must not be empty (without one, the instance is created in the current directory)")
+				}
 				o.dir = args[0]
 			}
 			l, err := node.CreateInstance(o.dir, node.CreateOptions{Port: o.port, Loopback: o.loopback})

@@ -26,6 +26,9 @@ func newActionSubscribeCmd(a *app) *cobra.Command {
 		Short: "Subscribe a local receiver to a peer's action (wildcards allowed)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := notEmpty(cmd, "peer", "receiver"); err != nil {
+				return err
+			}
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				s, err := c.Subscribe(cmd.Context(), req)
 				if err != nil {
@@ -49,6 +52,9 @@ func newActionUnsubscribeCmd(a *app) *cobra.Command {
 		Short: "End a subscription on both sides",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := notEmpty(cmd, "peer", "receiver"); err != nil {
+				return err
+			}
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				r, err := c.Unsubscribe(cmd.Context(), req)
 				if err != nil {
@@ -130,7 +136,7 @@ func newSubscribersCmd(a *app) *cobra.Command {
 	rv := &cobra.Command{
 		Use:   "revoke <id>",
 		Short: "Remove a subscriber's subscription (the subscriber is told)",
-		Args:  cobra.ExactArgs(1),
+		Args:  oneID("subscription id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				if err := c.RevokeSubscriber(cmd.Context(), args[0]); err != nil {
@@ -177,7 +183,7 @@ func newDeadLettersCmd(a *app) *cobra.Command {
 	replay := &cobra.Command{
 		Use:   "replay <id>",
 		Short: "Run the receiver again; on success the publication leaves the list",
-		Args:  cobra.ExactArgs(1),
+		Args:  oneID("dead letter id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				err := c.ReplayDeadLetter(cmd.Context(), args[0], func(l string) { fmt.Fprintln(a.err, l) })
@@ -192,7 +198,7 @@ func newDeadLettersCmd(a *app) *cobra.Command {
 	drop := &cobra.Command{
 		Use:   "drop <id>",
 		Short: "Delete a parked publication",
-		Args:  cobra.ExactArgs(1),
+		Args:  oneID("dead letter id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				if err := c.DropDeadLetter(cmd.Context(), args[0]); err != nil {

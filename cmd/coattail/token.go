@@ -215,7 +215,7 @@ func newTokenShowCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show <id>",
 		Short: "Show an issued token",
-		Args:  cobra.ExactArgs(1),
+		Args:  oneID("token id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				t, err := c.Token(cmd.Context(), args[0])
@@ -239,7 +239,7 @@ func newTokenRevokeCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "revoke <id>",
 		Short: "Revoke an issued token: it stops working at once, open sessions included",
-		Args:  cobra.ExactArgs(1),
+		Args:  oneID("token id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !force && isTerminal(os.Stdin) {
 				fmt.Fprintf(a.out, "Revoke token %s? Peers using it lose access at once. [y/N] ", args[0])

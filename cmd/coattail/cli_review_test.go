@@ -1,0 +1,57 @@
+package main
+
+// Bad input a user (or a script with an unset variable) can give the CLI:
+// each must fail with a clear message on stderr, a non-zero exit and
+// nothing on stdout.
+
+import (
+	"strings"
+	"testing"
+)
+
+// An empty id, as `coattail token show "$ID"` with ID unset gives, is
+// refused by the CLI with a message naming what is missing; it used to
+// reach the control API as a path without an id and come back as "no
+// route GET /v1/tokens/". An empty --peer, --to or --receiver is refused
+// too: it used to mean "none given", so `--peer "$PEER"` ran the action
+// here instead of on the peer, `--to "$IDS"` notified every subscriber
+// and `unsubscribe --receiver "$R"` ended the subscriptions of every
+// receiver.
+func TestEmptyArgumentsAreRefused(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	a.writeScript("actions", "echo", "cat\n")
+	a.writeScript("receivers", "log", "cat >/dev/null\n")
+	const pid = "12D3KooWPXuFEH7Bb9kpKaXrAd8qeRTfLyDof9EKyvSdcAu7EZ5o"
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"token", "show", ""}, "token id"},
+		{[]string{"token", "show", "  "}, "token id"},
+		{[]string{"token", "revoke", "", "--force"}, "token id"},
+		{[]string{"validation", "show", ""}, "validation id"},
+		{[]string{"validation", "remove", ""}, "validation id"},
+		{[]string{"subscribers", "revoke", ""}, "subscription id"},
+		{[]string{"deadletters", "replay", ""}, "dead letter id"},
+		{[]string{"deadletters", "drop", ""}, "dead letter id"},
+		{[]string{"peer", "show", "--id", ""}, "--id"},
+		{[]string{"peer", "remove", "--id", ""}, "--id"},
+		{[]string{"action", "perform", "--action", "echo", "--peer", ""}, "--peer"},
+		{[]string{"action", "perform", "--action", "echo", "--notify", "--to", ""}, "--to"},
+		{[]string{"action", "perform", "--action", "echo", "--notify", "--to", pid + ","}, "--to"},
+		{[]string{"action", "publish", "--action", "echo", "--peer", ""}, "--peer"},
+		{[]string{"action", "publish", "--action", "echo", "--to", ""}, "--to"},
+		{[]string{"action", "list", "--peer", ""}, "--peer"},
+		{[]string{"action", "subscribe", "--peer", "", "--action", "x", "--receiver", "log"}, "--peer"},
+		{[]string{"action", "subscribe", "--peer", pid, "--action", "x", "--receiver", ""}, "--receiver"},
+		{[]string{"action", "unsubscribe", "--peer", "", "--action", "x"}, "--peer"},
+		{[]string{"action", "unsubscribe", "--peer", pid, "--action", "x", "--receiver", ""}, "--receiver"},
+		{[]string{"new", ""}, "directory"},
+	} {
+		stderr := a.mustFail(tc.args, "must not be empty", tc.want)
+		if strings.Contains(stderr, "no route") {
+			t.Errorf("coattail %q: %s", tc.args, stderr)
+		}
+	}
+}
