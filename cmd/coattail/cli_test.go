@@ -36,6 +36,10 @@ func TestRunFlagErrors(t *testing.T) {
 		{"bad --expires-in", []string{"token", "issue", "--expires-in", "soon"}, `--expires-in "soon": use a duration such as`},
 		{"negative --not-before", []string{"token", "issue", "--not-before", "-1h"}, "--not-before"},
 		{"bad --expires-in on validation", []string{"validation", "issue", "--expires-in", "3 days"}, "--expires-in"},
+		// 0 is how the control API says "never": a token meant to expire
+		// at once must not become one that never does.
+		{"zero --expires-in", []string{"token", "issue", "--expires-in", "0s"}, `--expires-in "0s" must be longer than 0`},
+		{"zero --expires-in on validation", []string{"validation", "issue", "--expires-in", "0"}, `--expires-in "0" must be longer than 0`},
 		{"bad --performable list", []string{"token", "issue", "--performable", `["unterminated`}, "--performable"},
 		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
 		{"unknown subcommand", []string{"token", "mint"}, "mint"},

@@ -50,7 +50,14 @@ func (f *lifetimeFlags) durations() (nbf, exp time.Duration, err error) {
 	if nbf, err = parse("not-before", f.notBefore); err != nil {
 		return
 	}
-	exp, err = parse("expires-in", f.expiresIn)
+	if exp, err = parse("expires-in", f.expiresIn); err != nil {
+		return
+	}
+	// An expiry of 0 means "never" to the control API: a token asked to
+	// expire at once must not become one that never expires.
+	if f.expiresIn != "" && exp == 0 {
+		return 0, 0, fmt.Errorf("--expires-in %q must be longer than 0 (leave it out for a token that never expires)", f.expiresIn)
+	}
 	return
 }
 
