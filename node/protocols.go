@@ -264,15 +264,16 @@ func toWireError(err error) *wire.Error {
 		code = wire.CodeNotFound
 	// Before bad_request: an oversized frame is also reported as a bad
 	// request by readRequest and authenticate, but too_large says why.
-	case errors.Is(err, runner.ErrInputTooLarge), errors.Is(err, wire.ErrFrameTooLarge):
+	// An action's output over limits.max_output is too_large as well
+	// (PROTOCOL.md), not a failure of the action.
+	case errors.Is(err, runner.ErrInputTooLarge), errors.Is(err, wire.ErrFrameTooLarge), errors.Is(err, runner.ErrOutputTooLarge):
 		code = wire.CodeTooLarge
 	case errors.Is(err, ErrBadRequest), errors.Is(err, topics.ErrInvalidSubject), errors.Is(err, topics.ErrInvalidPattern),
 		errors.Is(err, runner.ErrBadInput):
 		code = wire.CodeBadRequest
 	case errors.Is(err, runner.ErrTimeout):
 		code = wire.CodeTimeout
-	case errors.Is(err, runner.ErrExit), errors.Is(err, runner.ErrBadOutput), errors.Is(err, runner.ErrOutputTooLarge),
-		errors.Is(err, runner.ErrNotExecutable):
+	case errors.Is(err, runner.ErrExit), errors.Is(err, runner.ErrBadOutput), errors.Is(err, runner.ErrNotExecutable):
 		code = wire.CodeActionFailed
 	}
 	if code == wire.CodeInternal {
