@@ -55,3 +55,30 @@ func TestEmptyArgumentsAreRefused(t *testing.T) {
 		}
 	}
 }
+
+// --json output writes subjects and patterns as they are: "orders.>", not
+// "orders.\u003e" (encoding/json escapes <, > and & for HTML by default,
+// which made `grep 'orders.>'` on the output miss). The output stays
+// JSON that decodes to the same values.
+func TestJSONOutputDoesNotEscapeHTML(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	out := a.mustRun("token", "issue", "--json", "--subscribable", "orders.>,x.*")
+	var tok struct {
+		Token     string   `json:"token"`
+		Subscribe []string `json:"subscribe"`
+	}
+	a.decodeJSON(out, &tok)
+	if len(tok.Subscribe) != 2 || tok.Subscribe[0] != "orders.>" {
+		t.Fatalf("token issue --json: subscribe %q", tok.Subscribe)
+	}
+	for name, s := range map[string]string{
+		"token issue --json":  out,
+		"token list --json":   a.mustRun("token", "list", "--json"),
+		"token decode --json": a.mustRun("token", "decode", "--json", tok.Token),
+	} {
+		if strings.Contains(s, `\u003e`) || !strings.Contains(s, `"orders.>"`) {
+			t.Errorf("%s writes the pattern escaped:\n%s", name, s)
+		}
+	}
+}

@@ -9,8 +9,11 @@ import (
 	"time"
 )
 
+// printJSON writes v as indented JSON. Subjects and patterns are written
+// as they are ("orders.>"), not escaped for HTML ("orders.\u003e").
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
