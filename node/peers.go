@@ -297,7 +297,7 @@ func expectOK(s *session) error {
 	case wire.TOK:
 		return nil
 	case wire.TError:
-		return decodeRemoteError(payload)
+		return s.remoteError(payload)
 	default:
 		return fmt.Errorf("%w %s: unexpected frame type %d", ErrPeer, s.peer, t)
 	}
@@ -312,7 +312,9 @@ func decodeRemoteError(payload []byte) error {
 }
 
 // result reads frames until a TResult (decoded into v) or a TError; TLog
-// frames go to onLog.
+// frames go to onLog. Anything else the peer sends, or a frame it sends
+// malformed, is a protocol violation reported as ErrPeer naming the peer:
+// a broken answer must neither pass for a result nor be skipped.
 func (s *session) result(v any, onLog func(string)) error {
 	for {
 		t, payload, err := s.r.Next()
@@ -321,18 +323,33 @@ func (s *session) result(v any, onLog func(string)) error {
 		}
 		switch t {
 		case wire.TResult:
-			return wire.DecodeJSON(payload, v)
+			if err := wire.DecodeJSON(payload, v); err != nil {
+				return fmt.Errorf("%w %s sent a malformed answer: %v", ErrPeer, s.peer, err)
+			}
+			return nil
 		case wire.TError:
-			return decodeRemoteError(payload)
+			return s.remoteError(payload)
 		case wire.TLog:
 			var l wire.Log
-			if err := wire.DecodeJSON(payload, &l); err == nil && onLog != nil {
+			if err := wire.DecodeJSON(payload, &l); err != nil {
+				return fmt.Errorf("%w %s sent a malformed log line: %v", ErrPeer, s.peer, err)
+			}
+			if onLog != nil {
 				onLog(l.Line)
 			}
 		default:
 			return fmt.Errorf("%w %s: unexpected frame type %d", ErrPeer, s.peer, t)
 		}
 	}
+}
+
+// remoteError decodes an error frame of the session's peer.
+func (s *session) remoteError(payload []byte) error {
+	var e wire.Error
+	if err := wire.DecodeJSON(payload, &e); err != nil {
+		return fmt.Errorf("%w %s sent a malformed error frame: %v", ErrPeer, s.peer, err)
+	}
+	return &e
 }
 
 func (n *Node) remoteList(ctx context.Context, id string) ([]localapi.ActionInfo, error) {
