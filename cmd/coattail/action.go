@@ -152,7 +152,7 @@ func newActionPerformCmd(a *app) *cobra.Command {
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				res, err := c.Perform(cmd.Context(), req, func(line string) {
 					if !quiet {
-						fmt.Fprintf(a.err, "[%s] %s\n", req.Action, line)
+						fmt.Fprintf(a.err, "[%s] %s\n", req.Action, safeText(line))
 					}
 				})
 				if err != nil {

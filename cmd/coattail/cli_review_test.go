@@ -82,3 +82,55 @@ func TestJSONOutputDoesNotEscapeHTML(t *testing.T) {
 		}
 	}
 }
+
+// Text that comes from elsewhere (an action's or receiver's stderr, which
+// a peer controls for a remote perform; a peer's error message; a decoded
+// token's claims) reaches the user's terminal with its control characters
+// shown escaped, never as raw escape sequences that could clear the
+// screen, retitle the window or write the clipboard (OSC 52).
+func TestUntrustedTextIsEscapedOnTheTerminal(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	a.writeScript("actions", "evil", `printf 'log \033]0;pwned\007 \033[31mred\033[0m\tok\n' >&2
+printf '\033[2J' >&2
+echo null
+`)
+	a.writeScript("actions", "evilfail", `printf 'boom \033[31mred\033[0m\n' >&2; exit 1
+`)
+	stdout, stderr, code := a.run("action", "perform", "--action", "evil")
+	if code != 0 || strings.TrimSpace(stdout) != "null" {
+		t.Fatalf("perform evil: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if strings.ContainsAny(stderr, "\x1b\x07") {
+		t.Errorf("perform printed raw control characters from the action's log: %q", stderr)
+	}
+	if !strings.Contains(stderr, `[evil] log \x1b]0;pwned\x07 \x1b[31mred\x1b[0m`+"\tok\n") {
+		t.Errorf("perform's log lines do not show the escapes: %q", stderr)
+	}
+	stderr = a.mustFail([]string{"action", "perform", "--action", "evilfail", "-q"}, `boom \x1b[31mred`)
+	if strings.Contains(stderr, "\x1b") {
+		t.Errorf("a failed perform printed raw control characters: %q", stderr)
+	}
+}
+
+func TestTableAndKVEscapeControlCharacters(t *testing.T) {
+	var b strings.Builder
+	if err := table(&b, []string{"A", "B"}, [][]string{{"x\x1b[2J", "line1\nline2\tcol"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv(&b, "Key", "v\x1b]52;c;aGk=\x07\nnext"); err != nil {
+		t.Fatal(err)
+	}
+	got := b.String()
+	if strings.ContainsAny(got, "\x1b\x07") {
+		t.Errorf("raw control characters in %q", got)
+	}
+	for _, want := range []string{`x\x1b[2J`, "line1 line2 col", `v\x1b]52;c;aGk=\x07 next`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+	if n := strings.Count(got, "\n"); n != 3 {
+		t.Errorf("%d lines, want 3 (a cell's newline must not start a row):\n%s", n, got)
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // printJSON writes v as indented JSON. Subjects and patterns are written
@@ -22,7 +24,11 @@ func table(w io.Writer, header []string, rows [][]string) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, strings.Join(header, "\t"))
 	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
+		cells := make([]string, len(r))
+		for i, c := range r {
+			cells[i] = oneLine(c)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
 	return tw.Flush()
 }
@@ -31,7 +37,7 @@ func table(w io.Writer, header []string, rows [][]string) error {
 func kv(w io.Writer, pairs ...string) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
 	for i := 0; i+1 < len(pairs); i += 2 {
-		fmt.Fprintf(tw, "%s:\t%s\n", pairs[i], pairs[i+1])
+		fmt.Fprintf(tw, "%s:\t%s\n", pairs[i], oneLine(pairs[i+1]))
 	}
 	return tw.Flush()
 }
@@ -59,5 +65,42 @@ func streamPath(connected bool, path string) string {
 	return path
 }
 
-// humanError is the text shown for an error.
-func humanError(err error) string { return err.Error() }
+// humanError is the text shown for an error. Its message may quote a peer
+// or an action's stderr, so it is made safe for a terminal.
+func humanError(err error) string { return safeText(err.Error()) }
+
+// safeText makes text that comes from elsewhere (a peer's error message, an
+// action's or receiver's stderr line, a decoded token's claims) safe to
+// print on a terminal: control characters other than newline and tab are
+// shown escaped (\x1b), so that they cannot clear the screen, retitle the
+// window or write the clipboard (OSC 52); invalid UTF-8 is replaced.
+func safeText(s string) string {
+	if utf8.ValidString(s) && strings.IndexFunc(s, unsafeRune) < 0 {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range strings.ToValidUTF8(s, "\uFFFD") {
+		switch {
+		case !unsafeRune(r):
+			b.WriteRune(r)
+		case r < 0x100:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		}
+	}
+	return b.String()
+}
+
+func unsafeRune(r rune) bool { return r != '\n' && r != '\t' && unicode.IsControl(r) }
+
+// oneLine is safeText for a table cell or a "key: value" line: newlines
+// and tabs become spaces, so a value cannot start a row or a column.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\t' {
+			return ' '
+		}
+		return r
+	}, safeText(s))
+}

@@ -186,7 +186,7 @@ func newDeadLettersCmd(a *app) *cobra.Command {
 		Args:  oneID("dead letter id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
-				err := c.ReplayDeadLetter(cmd.Context(), args[0], func(l string) { fmt.Fprintln(a.err, l) })
+				err := c.ReplayDeadLetter(cmd.Context(), args[0], func(l string) { fmt.Fprintln(a.err, safeText(l)) })
 				if err != nil {
 					return err
 				}
