@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"time"
 
 	"github.com/coattail/coattail/auth"
@@ -319,7 +321,7 @@ func (s *session) result(v any, onLog func(string)) error {
 	for {
 		t, payload, err := s.r.Next()
 		if err != nil {
-			return fmt.Errorf("%w %s closed the stream before answering: %v", ErrPeer, s.peer, err)
+			return s.noAnswer(err)
 		}
 		switch t {
 		case wire.TResult:
@@ -341,6 +343,23 @@ func (s *session) result(v any, onLog func(string)) error {
 			return fmt.Errorf("%w %s: unexpected frame type %d", ErrPeer, s.peer, t)
 		}
 	}
+}
+
+// noAnswer says why reading the answer failed: a peer that stays silent
+// past the stream's deadline did not close anything, and a frame over the
+// limit is this side's refusal. A timeout also matches
+// os.ErrDeadlineExceeded.
+func (s *session) noAnswer(err error) error {
+	var ne net.Error
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+		return fmt.Errorf("%w %s did not answer in time: %w", ErrPeer, s.peer, os.ErrDeadlineExceeded)
+	case errors.Is(err, wire.ErrFrameTooLarge):
+		return fmt.Errorf("%w %s sent a frame over this instance's limit (limits.max_payload + 64 KiB): %v", ErrPeer, s.peer, err)
+	case errors.Is(err, network.ErrReset):
+		return fmt.Errorf("%w %s reset the stream before answering: %v", ErrPeer, s.peer, err)
+	}
+	return fmt.Errorf("%w %s closed the stream before answering: %v", ErrPeer, s.peer, err)
 }
 
 // remoteError decodes an error frame of the session's peer.
@@ -395,6 +414,10 @@ func (n *Node) remotePerform(ctx context.Context, req localapi.PerformRequest, o
 	defer stop()
 	var res wire.PerformResult
 	if err := s.result(&res, onLog); err != nil {
+		if !stop() && ctx.Err() != nil {
+			// The reset was ours: the caller gave up, the peer did nothing.
+			return localapi.PerformResult{}, fmt.Errorf("node: perform of %q on %s stopped: %w", req.Action, req.Peer, ctx.Err())
+		}
 		return localapi.PerformResult{}, err
 	}
 	return localapi.PerformResult{Output: res.Output, Published: res.Published}, nil

@@ -4,10 +4,15 @@ package node_test
 // protocol, never answers, or is left by its caller (found by review).
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -141,4 +146,105 @@ func TestRemotePerformAgainstBrokenServer(t *testing.T) {
 
 func performReq(pid, action string) localapi.PerformRequest {
 	return localapi.PerformRequest{Peer: pid, Action: action, Input: json.RawMessage(`1`)}
+}
+
+// A server that accepts the hello and then says nothing ends the call at
+// the caller's deadline (action_timeout + 2 stream_timeout) with an error
+// that says so; it said the peer "closed the stream".
+func TestRemotePerformServerNeverAnswers(t *testing.T) {
+	b := newTestNode(t, withLimits(func(l *node.LimitsConfig) {
+		l.ActionTimeout = 100 * time.Millisecond
+		l.StreamTimeout = time.Second
+	}))
+	hold := make(chan struct{})
+	defer close(hold)
+	pid := newFakePeer(t, b, func(s network.Stream, w func(...[]byte)) {
+		w(wire.AppendFrame(nil, wire.TOK, []byte(`{}`)))
+		<-hold
+	})
+	_, err := perform(testCtx(t), b, pid, "x", `1`)
+	if !errors.Is(err, node.ErrPeer) || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("perform against a silent server: %v, want node.ErrPeer and os.ErrDeadlineExceeded", err)
+	}
+	if strings.Contains(err.Error(), "closed the stream") || !strings.Contains(err.Error(), "did not answer") {
+		t.Errorf("error %q should say that the peer did not answer in time", err)
+	}
+}
+
+// procGone reports whether pid no longer runs (a zombie counts as gone).
+func procGone(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && (s[i+2] == 'Z' || s[i+2] == 'X')
+}
+
+// readPIDFile waits for a pid file a script writes.
+func readPIDFile(t *testing.T, path string) int {
+	t.Helper()
+	var pid int
+	checkFor(t, testTimeout, 10*time.Millisecond, func() error {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err
+	})
+	return pid
+}
+
+// holdScript starts a child that ignores SIGTERM and holds stdout, records
+// both pids in the directory named by its input, and waits.
+const holdScript = `#!/bin/sh
+trap '' TERM
+dir=$(cat | tr -d '"')
+sh -c 'trap "" TERM; exec sleep 1000' &
+echo $! > "$dir/child.pid"
+echo $$ > "$dir/main.pid"
+wait
+`
+
+// A caller that gives up mid-perform is told it stopped the call (its
+// error matches context.Canceled; it was a "stream reset" error of the
+// peer), and the remote action stops: the program and its child, which
+// ignore SIGTERM and hold stdout, die, and the stream's slot in
+// max_streams_per_peer is freed.
+func TestRemotePerformCallerGoneKillsAction(t *testing.T) {
+	a := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxStreamsPerPeer = 1; l.ActionTimeout = time.Hour }))
+	b := newTestNode(t)
+	writeAction(t, a, "hold", holdScript)
+	var echo counter
+	register(t, a, "echo", echo.handler)
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Perform: []string{">"}})
+	dir := t.TempDir()
+	in, _ := json.Marshal(dir)
+
+	ctx, cancel := context.WithCancel(testCtx(t))
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Perform(ctx, localapi.PerformRequest{Peer: pid, Action: "hold", Input: in}, nil)
+		done <- err
+	}()
+	main, child := readPIDFile(t, filepath.Join(dir, "main.pid")), readPIDFile(t, filepath.Join(dir, "child.pid"))
+	cancel()
+	if err := waitErr(t, done, "the cancelled perform"); !errors.Is(err, context.Canceled) || errors.Is(err, node.ErrPeer) {
+		t.Errorf("cancelled perform: %v, want context.Canceled, not a peer failure", err)
+	}
+	checkFor(t, testTimeout, 10*time.Millisecond, func() error {
+		if !procGone(main) || !procGone(child) {
+			return fmt.Errorf("action processes %d/%d still run after the caller left", main, child)
+		}
+		return nil
+	})
+	checkFor(t, testTimeout, 10*time.Millisecond, func() error {
+		_, err := perform(testCtx(t), b, pid, "echo", `1`)
+		return err
+	})
+	if echo.count() != 1 {
+		t.Errorf("echo ran %d times, want 1", echo.count())
+	}
 }
