@@ -5,8 +5,15 @@ package main
 // nothing on stdout.
 
 import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // An empty id, as `coattail token show "$ID"` with ID unset gives, is
@@ -132,5 +139,64 @@ func TestTableAndKVEscapeControlCharacters(t *testing.T) {
 	}
 	if n := strings.Count(got, "\n"); n != 3 {
 		t.Errorf("%d lines, want 3 (a cell's newline must not start a row):\n%s", n, got)
+	}
+}
+
+// openPTY returns a pseudo-terminal pair, or skips the test where there is
+// none.
+func openPTY(t *testing.T) (master, tty *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Skipf("unlocking the pseudo-terminal: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Skipf("pseudo-terminal number: %v", err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("opening the pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return m, s
+}
+
+// token revoke asks on a terminal, and asks on stderr: the question is not
+// a result, so a cancelled revoke leaves stdout empty (it printed the
+// prompt there and then failed) and a confirmed one prints only its result.
+func TestTokenRevokePromptsOnStderr(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	id := a.tokenID(a.issue())
+	revoke := func(answer string) (stdout, stderr string, code int) {
+		t.Helper()
+		master, tty := openPTY(t)
+		if _, err := master.WriteString(answer + "\n"); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(binPath, "token", "revoke", id)
+		cmd.Dir, cmd.Env, cmd.Stdin = a.dir, childEnv(t), tty
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return out.String(), errb.String(), code
+	}
+	stdout, stderr, code := revoke("n")
+	if code == 0 || stdout != "" || !strings.Contains(stderr, "Revoke token "+id+"?") || !strings.Contains(stderr, "revocation cancelled") {
+		t.Errorf("revoke answered n: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	stdout, stderr, code = revoke("y")
+	if code != 0 || stdout != "Revoked token "+id+"\n" || !strings.Contains(stderr, "Revoke token "+id+"?") {
+		t.Errorf("revoke answered y: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }

@@ -249,7 +249,8 @@ func newTokenRevokeCmd(a *app) *cobra.Command {
 		Args:  oneID("token id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !force && isTerminal(os.Stdin) {
-				fmt.Fprintf(a.out, "Revoke token %s? Peers using it lose access at once. [y/N] ", args[0])
+				// The question goes to stderr: stdout carries results only.
+				fmt.Fprintf(a.err, "Revoke token %s? Peers using it lose access at once. [y/N] ", args[0])
 				ans, _ := bufio.NewReader(a.in).ReadString('\n')
 				if a := strings.ToLower(strings.TrimSpace(ans)); a != "y" && a != "yes" {
 					return exitError{code: 1, msg: "revocation cancelled"}
