@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coattail/coattail/auth"
 	"github.com/coattail/coattail/node/internal/jsonx"
@@ -357,11 +358,45 @@ func (nw *netsvc) handlePerform(ctx context.Context, s *session) error {
 	_ = s.s.SetDeadline(time.Now().Add(nw.n.cfg.Limits.ActionTimeout + nw.n.cfg.Limits.StreamTimeout))
 	res, err := nw.n.Perform(ctx, localapi.PerformRequest{
 		Action: req.Action, Input: req.Input, Notify: req.Notify, To: req.To, Hop: req.Hop, Caller: s.peer.String(),
-	}, func(line string) { _ = s.send(wire.TLog, wire.Log{Line: line}) })
+	}, func(line string) { _ = s.send(wire.TLog, wire.Log{Line: wireLogLine(line)}) })
 	if err != nil {
 		return err
 	}
 	return s.send(wire.TResult, wire.PerformResult{Output: res.Output, Published: res.Published})
+}
+
+// maxWireLogLine bounds a log line as JSON-encoded in a TLog frame. Any
+// peer reads frames of max_payload (at least 1 KiB) + 64 KiB, but a line of
+// runner.MaxLogLine bytes can take six times that once JSON escapes its
+// control characters and invalid UTF-8 (\u0001, \ufffd), and a caller
+// refuses the whole perform over one oversized frame.
+const maxWireLogLine = 32 << 10
+
+// wireLogLine returns line cut (ending in runner.TruncatedMark) where its
+// JSON encoding would pass maxWireLogLine. The encoder turns each byte of
+// invalid UTF-8 into \ufffd.
+func wireLogLine(line string) string {
+	size := 0
+	for i, r := range line {
+		switch {
+		case r == '"' || r == '\\' || r == '\n' || r == '\r' || r == '\t':
+			size += 2
+		case r < 0x20 || r == '\u2028' || r == '\u2029':
+			size += 6
+		case r == utf8.RuneError:
+			if _, n := utf8.DecodeRuneInString(line[i:]); n == 1 {
+				size += 6
+			} else {
+				size += n
+			}
+		default:
+			size += utf8.RuneLen(r)
+		}
+		if size > maxWireLogLine-len(runner.TruncatedMark) {
+			return line[:i] + runner.TruncatedMark
+		}
+	}
+	return line
 }
 
 // handlePublish takes batches of publications from a remote publisher and
