@@ -43,6 +43,9 @@ func TestRunFlagErrors(t *testing.T) {
 		{"bad --performable list", []string{"token", "issue", "--performable", `["unterminated`}, "--performable"},
 		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
 		{"unknown subcommand", []string{"token", "mint"}, "mint"},
+		{"unknown help topic", []string{"help", "frob"}, `unknown help topic "frob"`},
+		{"unknown help subtopic", []string{"help", "token", "mint"}, `unknown help topic "token mint"`},
+		{"unknown completion shell", []string{"completion", "frob"}, `unknown command "frob"`},
 		{"unknown flag", []string{"service", "status", "--jsn"}, "unknown flag: --jsn"},
 		{"missing peer id", []string{"peer", "show"}, `required flag(s) "id" not set`},
 		{"missing token", []string{"peer", "add"}, `required flag(s) "token" not set`},
@@ -82,5 +85,24 @@ func TestRunNoInstance(t *testing.T) {
 	stdout, stderr, code := runCLI(t, "token", "list")
 	if code != 1 || stdout != "" || !strings.Contains(stderr, "no coattail instance in "+dir) || !strings.Contains(stderr, "coattail new") {
 		t.Errorf("token list without an instance: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
+// help and completion still work for what exists.
+func TestRunHelpAndCompletion(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"help"}, "Available Commands:"},
+		{[]string{"help", "token"}, "coattail token [command]"},
+		{[]string{"help", "token", "issue"}, "--expires-in"},
+		{[]string{"completion", "bash"}, "bash completion"},
+		{[]string{"completion"}, "coattail completion [command]"},
+	} {
+		stdout, stderr, code := runCLI(t, tc.args...)
+		if code != 0 || stderr != "" || !strings.Contains(stdout, tc.want) {
+			t.Errorf("coattail %q: exit %d, stderr %q, stdout lacks %q:\n%s", tc.args, code, stderr, tc.want, stdout)
+		}
 	}
 }

@@ -85,8 +85,31 @@ func newRootCmd(a *app) *cobra.Command {
 		newLabCmd(a),
 		newBenchCmd(a),
 	)
+	// cobra adds help and completion when it executes; added now, they get
+	// the same checks as the other commands (and completion keeps the
+	// writer it is created with).
+	root.SetOut(a.out)
+	root.SetErr(a.err)
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "help" {
+			c.Run, c.RunE = nil, helpTopic
+		}
+	}
 	rejectUnknownSubcommands(root)
 	return root
+}
+
+// helpTopic is `coattail help [command]`. cobra's own printed "Unknown help
+// topic" and the usage on stdout and exited 0, which hides a typo from
+// scripts.
+func helpTopic(c *cobra.Command, args []string) error {
+	cmd, rest, err := c.Root().Find(args)
+	if err != nil || cmd == nil || len(rest) > 0 {
+		return fmt.Errorf("unknown help topic %q (see: %s --help)", strings.Join(args, " "), c.Root().Name())
+	}
+	return cmd.Help()
 }
 
 func newVersionCmd(a *app) *cobra.Command {
