@@ -72,6 +72,17 @@ func (s *session) send(t wire.Type, v any) error {
 	return s.w.Flush()
 }
 
+// sendWithin is send with a write deadline of d from now.
+func (s *session) sendWithin(d time.Duration, t wire.Type, v any) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	_ = s.s.SetWriteDeadline(time.Now().Add(d))
+	if err := s.w.JSON(t, v); err != nil {
+		return err
+	}
+	return s.w.Flush()
+}
+
 func (nw *netsvc) register() {
 	nw.host.SetStreamHandler(wire.ProtoList, nw.serve(nw.handleList))
 	nw.host.SetStreamHandler(wire.ProtoPerform, nw.serve(nw.handlePerform))
@@ -355,10 +366,28 @@ func (nw *netsvc) handlePerform(ctx context.Context, s *session) error {
 		_, _, _ = s.r.Next()
 		cancel()
 	}()
-	_ = s.s.SetDeadline(time.Now().Add(nw.n.cfg.Limits.ActionTimeout + nw.n.cfg.Limits.StreamTimeout))
+	st := nw.n.cfg.Limits.StreamTimeout
+	_ = s.s.SetDeadline(time.Now().Add(nw.n.cfg.Limits.ActionTimeout + st))
+	// Every flush has its own deadline (PROTOCOL.md): a caller that stops
+	// taking its log lines is cut off once a write has blocked for
+	// stream_timeout, and its action stops. Without it the action stalled
+	// on its full stderr pipe, and the stream held its slot, until the
+	// perform's overall deadline (action_timeout later).
+	onLog := func(line string) {
+		if ctx.Err() != nil {
+			return
+		}
+		if err := s.sendWithin(st, wire.TLog, wire.Log{Line: wireLogLine(line)}); err != nil {
+			cancel()
+			_ = s.s.Reset()
+		}
+	}
 	res, err := nw.n.Perform(ctx, localapi.PerformRequest{
 		Action: req.Action, Input: req.Input, Notify: req.Notify, To: req.To, Hop: req.Hop, Caller: s.peer.String(),
-	}, func(line string) { _ = s.send(wire.TLog, wire.Log{Line: wireLogLine(line)}) })
+	}, onLog)
+	// The answer, or the error frame serve sends, has its own deadline too
+	// (the last log line's may have passed while the action ran on).
+	_ = s.s.SetWriteDeadline(time.Now().Add(st))
 	if err != nil {
 		return err
 	}
