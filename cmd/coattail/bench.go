@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/coattail/coattail/node"
@@ -61,13 +62,23 @@ machine's cores, so the numbers are a lower bound for separate machines.`,
 			if err != nil {
 				return err
 			}
+			var prof *os.File
 			if o.cpuProfile != "" {
-				f, err := os.Create(o.cpuProfile)
-				if err != nil {
+				// The profile is written beside the target and moved onto
+				// it once the run succeeded: a run that fails (bad options
+				// found by perf, a timeout) leaves an earlier profile at
+				// that path as it was.
+				if st, err := os.Stat(o.cpuProfile); err == nil && st.IsDir() {
+					return fmt.Errorf("bench: --cpuprofile %s is a directory", o.cpuProfile)
+				}
+				if prof, err = os.CreateTemp(filepath.Dir(o.cpuProfile), "."+filepath.Base(o.cpuProfile)+".*"); err != nil {
 					return fmt.Errorf("bench: --cpuprofile: %w", err)
 				}
-				defer f.Close()
-				po.CPUProfile = f
+				defer func() {
+					prof.Close()
+					os.Remove(prof.Name()) // gone already when it was moved
+				}()
+				po.CPUProfile = prof
 			}
 			tuneGC() // measure what the service runs
 			fmt.Fprintf(a.err, "bench: %d publications of %s to %d subscriber host(s), %s...\n",
@@ -78,6 +89,14 @@ machine's cores, so the numbers are a lower bound for separate machines.`,
 					return fmt.Errorf("%w: %w", errBenchOptions, err)
 				}
 				return fmt.Errorf("bench: %w", err)
+			}
+			if prof != nil {
+				if err := prof.Close(); err != nil {
+					return fmt.Errorf("bench: --cpuprofile: %w", err)
+				}
+				if err := os.Rename(prof.Name(), o.cpuProfile); err != nil {
+					return fmt.Errorf("bench: --cpuprofile: %w", err)
+				}
 			}
 			if o.asJSON {
 				return printJSON(a.out, r)
@@ -139,6 +158,10 @@ func (o *benchOptions) options() (perf.DeliveryOptions, error) {
 	}
 	if o.messages < 0 {
 		bad("--messages %d is negative", o.messages)
+	}
+	// perf reads 0 as its default; a --publishers 0 is a mistake.
+	if o.publishers < 1 || o.publishers > 1024 {
+		bad("--publishers %d is out of range (1..1024)", o.publishers)
 	}
 	if o.messages == 0 && po.Size > 0 {
 		po.Messages = min(1_000_000, max(10_000, (512<<20)/po.Size))

@@ -95,3 +95,38 @@ func TestTuneGC(t *testing.T) {
 		t.Fatalf("with GOGC set, tuneGC changed the GC percent to %d", got)
 	}
 }
+
+// A bench that fails (here on its options) leaves an existing --cpuprofile
+// file as it was; it used to truncate it before checking anything. A
+// --publishers of 0 is refused (it silently meant the default, 16).
+func TestBenchFailureKeepsCPUProfile(t *testing.T) {
+	t.Setenv("COATTAIL_RUNTIME_DIR", t.TempDir())
+	prof := filepath.Join(t.TempDir(), "cpu.pprof")
+	if err := os.WriteFile(prof, []byte("an earlier profile"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--size", "2MiB"}, "size 2097152 is out of range"},
+		{[]string{"--publishers", "0"}, "--publishers 0 is out of range (1..1024)"},
+		{[]string{"--publishers", "-1"}, "--publishers -1 is out of range (1..1024)"},
+	} {
+		stdout, stderr, code := runCLI(t, append([]string{"bench", "--cpuprofile", prof, "--messages", "10"}, tc.args...)...)
+		if code != 1 || stdout != "" || !strings.Contains(stderr, tc.want) {
+			t.Errorf("bench %q: exit %d, stdout %q, stderr %q; want exit 1 and %q", tc.args, code, stdout, stderr, tc.want)
+		}
+		if b, err := os.ReadFile(prof); err != nil || string(b) != "an earlier profile" {
+			t.Errorf("bench %q failed and left --cpuprofile as %q, %v", tc.args, b, err)
+		}
+	}
+	entries, err := os.ReadDir(filepath.Dir(prof))
+	if err != nil || len(entries) != 1 {
+		t.Errorf("the profile's directory holds %d entries (%v), want only the profile", len(entries), err)
+	}
+	dir := t.TempDir()
+	if _, stderr, code := runCLI(t, "bench", "--cpuprofile", dir, "--messages", "10"); code != 1 || !strings.Contains(stderr, "--cpuprofile") || !strings.Contains(stderr, "directory") {
+		t.Errorf("bench --cpuprofile DIR: exit %d, stderr %q", code, stderr)
+	}
+}
