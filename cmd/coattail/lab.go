@@ -88,6 +88,12 @@ Topologies: star (node 0 publishes to all others), chain (node i subscribes to
 node i-1), mesh (each node subscribes to --degree random others, --seed).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The default degree fits any mesh: with fewer than 4 nodes
+			// it is every other node, not an error about a flag the user
+			// did not give.
+			if !cmd.Flags().Changed("degree") && o.nodes >= 2 {
+				o.degree = min(o.degree, o.nodes-1)
+			}
 			if err := o.validate(); err != nil {
 				return err
 			}
@@ -120,7 +126,7 @@ node i-1), mesh (each node subscribes to --degree random others, --seed).`,
 	f := cmd.Flags()
 	f.IntVar(&o.nodes, "nodes", 10, "number of instances (2..1000; 100 fits a 2-core machine)")
 	f.StringVar(&o.topology, "topology", labMesh, "star, chain or mesh")
-	f.IntVar(&o.degree, "degree", 3, "mesh: publishers each node subscribes to")
+	f.IntVar(&o.degree, "degree", 3, "mesh: publishers each node subscribes to (without --degree: 3, or every other node when there are fewer)")
 	f.IntVar(&o.messages, "messages", 100, "messages each publisher publishes")
 	f.IntVar(&o.batch, "batch", 50, "messages per publish call (1..4096)")
 	f.Float64Var(&o.rate, "rate", 0, "messages per second per publisher; 0 publishes as fast as the services take them")

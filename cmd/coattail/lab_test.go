@@ -327,3 +327,15 @@ func TestPublishStdinBatch(t *testing.T) {
 		t.Fatalf("publish --stdin of 80 MB: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
 	}
 }
+
+// A mesh smaller than the default --degree (3) uses every other node
+// instead of failing on a flag the user did not give; a --degree given
+// explicitly is still checked (TestLabFlagErrors).
+func TestLabSmallMeshDefaultDegree(t *testing.T) {
+	t.Parallel()
+	rep, _ := runLabCmd(t, "--nodes", "3", "--messages", "5")
+	checkLabReport(t, rep, 3, 3*2, 5)
+	if rep.Topology != labMesh {
+		t.Errorf("topology %q, want the default mesh", rep.Topology)
+	}
+}
