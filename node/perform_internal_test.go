@@ -2,12 +2,15 @@ package node
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
 
 	"github.com/coattail/coattail/node/runner"
 	"github.com/coattail/coattail/node/wire"
+	"github.com/coattail/coattail/topics"
 )
 
 // wireLogLine keeps the JSON encoding of any line, whatever its bytes,
@@ -39,5 +42,21 @@ func TestWireLogLineBoundsTheEncoding(t *testing.T) {
 	short := "plain \x01 line"
 	if wireLogLine(short) != short {
 		t.Errorf("a short line was changed")
+	}
+}
+
+// A failed queue storage is unavailable to the remote, without the
+// datastore's error text, which names local files (PROTOCOL.md: never local
+// paths or error text); it was sent whole, also as the reason a remote
+// perform --notify could not publish.
+func TestStorageFailureNamesNoLocalPath(t *testing.T) {
+	cause := errors.New("pebble: open /home/owner/inst/data/000042.log: no space left on device")
+	err := fmt.Errorf(`node: action "x" ran but publishing its output failed: %w`, fmt.Errorf("%w: %w", topics.ErrStorageFailed, cause))
+	we := toWireError(err)
+	if we.Code != wire.CodeUnavailable {
+		t.Errorf("code %s, want %s", we.Code, wire.CodeUnavailable)
+	}
+	if strings.Contains(we.Message, "/home") || strings.Contains(we.Message, "pebble") {
+		t.Errorf("message %q carries the local error", we.Message)
 	}
 }

@@ -265,7 +265,10 @@ func toWireError(err error) *wire.Error {
 		code = wire.CodeUnauthorized
 	case errors.Is(err, ErrHopLimit):
 		code = wire.CodeBadRequest
-	case errors.Is(err, topics.ErrQueueFull), errors.Is(err, topics.ErrClosed), errors.Is(err, topics.ErrStorageFailed):
+	// Its message carries the datastore's own error, with local paths.
+	case errors.Is(err, topics.ErrStorageFailed):
+		return &wire.Error{Code: wire.CodeUnavailable, Message: "the remote instance's queue storage failed; its owner must restart it"}
+	case errors.Is(err, topics.ErrQueueFull), errors.Is(err, topics.ErrClosed):
 		code = wire.CodeUnavailable
 	// Their messages name local paths: say what is wrong without them.
 	case errors.Is(err, runner.ErrNotExecutable):
