@@ -248,3 +248,35 @@ func TestRemotePerformCallerGoneKillsAction(t *testing.T) {
 		t.Errorf("echo ran %d times, want 1", echo.count())
 	}
 }
+
+// A caller that closes its write half after the request (as after a list
+// request), or sends another frame, still reads: its action is stopped and
+// it is told why with bad_request. It was told "internal error", which
+// PROTOCOL.md keeps for a bug or local failure of the sender.
+func TestRemotePerformCallerHalfCloseIsToldWhy(t *testing.T) {
+	a := newTestNode(t)
+	blk := newBlocker()
+	defer blk.unblock()
+	register(t, a, "block", blk.handler)
+	h := newStockHost(t, a)
+	tok := issue(t, a, localapi.IssueRequest{Perform: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
+	hello := jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version})
+	req := jsonFrame(t, wire.TRequest, wire.PerformRequest{Action: "block"})
+	for name, after := range map[string]func(s network.Stream){
+		"close write": func(s network.Stream) { _ = s.CloseWrite() },
+		"extra frame": func(s network.Stream) { rvWrite(t, s, req) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := rawStream(t, h, a, wire.ProtoPerform)
+			rvWrite(t, s, hello, req)
+			r := wire.NewReader(s, 0)
+			rvExpect(t, r, wire.TOK, nil)
+			waitFor(t, blk.started, "the action to start")
+			after(s)
+			waitFor(t, blk.canceled, "the action to be stopped")
+			if e := readErrorFrame(t, r); e.Code != wire.CodeBadRequest {
+				t.Errorf("answered %s (%s), want %s", e.Code, e.Message, wire.CodeBadRequest)
+			}
+		})
+	}
+}

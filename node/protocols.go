@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -253,6 +256,11 @@ func (nw *netsvc) authenticate(s *session) (*auth.Grant, error) {
 	return g, nil
 }
 
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // toWireError turns any error into the typed error sent to the remote.
 func toWireError(err error) *wire.Error {
 	var we *wire.Error
@@ -363,10 +371,24 @@ func (nw *netsvc) handlePerform(ctx context.Context, s *session) error {
 	// cancels it.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var stoppedBy atomic.Pointer[wire.Error] // why the caller's side stopped the action, if it can still be told
 	go func() {
 		// The caller sends nothing more: any end of its side (EOF, reset)
-		// before the result means it went away.
-		_, _, _ = s.r.Next()
+		// before the result means it went away, and anything else breaks
+		// the protocol. A caller that only closed its write half, or sent
+		// more, still reads: it is told why its action stopped (it was
+		// told "internal error").
+		t, _, err := s.r.Next()
+		switch {
+		case err == nil:
+			stoppedBy.Store(wire.Errorf(wire.CodeBadRequest, "unexpected frame type %d after the perform request; the action was stopped", t))
+		case errors.Is(err, io.EOF):
+			stoppedBy.Store(wire.Errorf(wire.CodeBadRequest, "the caller closed its side of the stream before the result; the action was stopped (keep it open until the answer)"))
+		case errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err):
+			stoppedBy.Store(wire.Errorf(wire.CodeTimeout, "the perform ran past its deadline (limits.action_timeout + stream_timeout); the action was stopped"))
+		case !errors.Is(err, network.ErrReset):
+			stoppedBy.Store(wire.Errorf(wire.CodeBadRequest, "malformed frame after the perform request; the action was stopped"))
+		}
 		cancel()
 	}()
 	st := nw.n.cfg.Limits.StreamTimeout
@@ -392,6 +414,9 @@ func (nw *netsvc) handlePerform(ctx context.Context, s *session) error {
 	// (the last log line's may have passed while the action ran on).
 	_ = s.s.SetWriteDeadline(time.Now().Add(st))
 	if err != nil {
+		if we := stoppedBy.Load(); we != nil && ctx.Err() != nil {
+			return we
+		}
 		return err
 	}
 	return s.send(wire.TResult, wire.PerformResult{Output: res.Output, Published: res.Published})
