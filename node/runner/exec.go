@@ -161,12 +161,11 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 
 	waitErr := cmd.Wait()
 	stderr.flush()
-	if waitErr != nil {
-		// Whatever the program left running in its group (children that
-		// kept our pipes open, or outlived a failed or stopped program)
-		// goes with it.
-		_ = killGroup(cmd)
-	}
+	// Whatever the program left running in its group (children that kept
+	// our pipes open, outlived a failed or stopped program, or were left in
+	// the background by one that succeeded) goes with it: nothing a run
+	// starts outlives it, or its action_timeout.
+	_ = killGroup(cmd)
 	// exitedOK: the program itself exited 0 and only its children held
 	// the pipes; the deadline may have passed while Wait waited for them,
 	// but the program's own result stands.
