@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
+	"golang.org/x/sync/singleflight"
 )
 
 // outSub is a subscription this instance holds at a publisher, stored
@@ -58,6 +60,13 @@ type subscriberSide struct {
 	n    *Node
 	subs *datastore.Store[outSub]
 	dead *datastore.Store[deadLetter]
+
+	// subscribing makes Subscribe idempotent: concurrent requests for the
+	// same publisher, pattern and receiver share one subscription.
+	subscribing singleflight.Group
+	// replaying holds the ids of dead letters being replayed: a second
+	// replay of one would run its receiver twice.
+	replaying sync.Map
 
 	mu    sync.Mutex
 	loops map[string]*subLoop
@@ -627,6 +636,32 @@ func (n *Node) Subscribe(ctx context.Context, req localapi.SubscribeRequest) (lo
 	if n.net == nil {
 		return localapi.Subscription{}, ErrOffline
 	}
+	// The same receiver subscribed twice to the same pattern at the same
+	// peer would run twice per publication: a repeated subscribe (a
+	// retried script, a second click) returns the subscription there is.
+	key := req.Peer + "\x00" + req.Pattern + "\x00" + req.Receiver
+	v, err, _ := n.subscriber.subscribing.Do(key, func() (any, error) {
+		subs, err := n.subscriber.subs.List(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, sub := range subs {
+			if sub.Publisher == req.Peer && sub.Pattern == req.Pattern && sub.Receiver == req.Receiver {
+				view := n.subscriptionView(ctx, sub)
+				view.Existing = true
+				return view, nil
+			}
+		}
+		return n.subscribe(ctx, req)
+	})
+	if err != nil {
+		return localapi.Subscription{}, err
+	}
+	return v.(localapi.Subscription), nil
+}
+
+// subscribe makes a new subscription at the publisher and starts its loop.
+func (n *Node) subscribe(ctx context.Context, req localapi.SubscribeRequest) (localapi.Subscription, error) {
 	s, err := n.open(ctx, req.Peer, wire.ProtoSubscribe, wire.SubscribeRequest{Pattern: req.Pattern, Receiver: req.Receiver})
 	if err != nil {
 		return localapi.Subscription{}, err
@@ -676,7 +711,11 @@ func (n *Node) Unsubscribe(ctx context.Context, req localapi.SubscribeRequest) (
 		count++
 	}
 	if count == 0 {
-		return 0, fmt.Errorf("%w: no subscription to %q at %s with receiver %q (see: coattail subscriptions list)", datastore.ErrNotFound, req.Pattern, req.Peer, req.Receiver)
+		with := ""
+		if req.Receiver != "" {
+			with = fmt.Sprintf(" with receiver %q", req.Receiver)
+		}
+		return 0, fmt.Errorf("%w: no subscription to %q at %s%s (see: coattail subscriptions list)", datastore.ErrNotFound, req.Pattern, req.Peer, with)
 	}
 	return count, nil
 }
@@ -785,6 +824,10 @@ func deadLetterView(d deadLetter) localapi.DeadLetter {
 // ReplayDeadLetter runs the receiver again for a parked publication and
 // removes it from the list when the receiver succeeds.
 func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(string)) error {
+	if _, busy := n.subscriber.replaying.LoadOrStore(id, struct{}{}); busy {
+		return &localapi.Error{Status: http.StatusConflict, Code: localapi.CodeConflict, Message: "dead letter " + id + " is being replayed already"}
+	}
+	defer n.subscriber.replaying.Delete(id)
 	d, err := n.subscriber.dead.Get(ctx, id)
 	if err != nil {
 		return err
@@ -795,6 +838,13 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 			"COATTAIL_SUBSCRIPTION": d.Subscription, "COATTAIL_HOP": strconv.FormatUint(uint64(d.Hop), 10), "COATTAIL_REPLAY": "1",
 		}})
 	if err != nil {
+		if ctx.Err() == nil {
+			// It failed again: the list shows this failure, not the first.
+			d.Error, d.Attempts, d.FailedAt = err.Error(), d.Attempts+1, time.Now().UTC()
+			if perr := n.subscriber.dead.Put(context.WithoutCancel(ctx), id, d); perr != nil {
+				n.log.Warn("cannot record a failed replay", "id", id, "err", perr)
+			}
+		}
 		return err
 	}
 	n.log.Info("dead letter replayed", "id", id)

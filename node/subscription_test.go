@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -424,5 +425,142 @@ func TestReceiverMayKeepItsInput(t *testing.T) {
 		if want := fmt.Sprintf("keep.s%d", i); k.inv.Subject != want || k.inv.Sequence != uint64(i+1) {
 			t.Fatalf("kept invocation %d is now %s #%d, want %s #%d", i, k.inv.Subject, k.inv.Sequence, want, i+1)
 		}
+	}
+}
+
+// Subscribing the same receiver to the same pattern at the same peer again
+// (a retried script, or two at once) returns the subscription there is,
+// marked existing, instead of a second one that would run the receiver
+// twice per publication. Another receiver gets its own.
+func TestSubscribeIsIdempotent(t *testing.T) {
+	pub, sub := newTestNode(t), newTestNode(t)
+	var c counter
+	for _, r := range []string{"rec", "other"} {
+		if err := sub.RegisterReceiver(r, c.handler); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"idem.>"}})
+	ctx := testCtx(t)
+	req := localapi.SubscribeRequest{Peer: pid, Pattern: "idem.>", Receiver: "rec"}
+	const racers = 8
+	ids := make(chan string, racers)
+	var wg sync.WaitGroup
+	for range racers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := sub.Subscribe(ctx, req)
+			if err != nil {
+				t.Error(err)
+			}
+			ids <- s.ID
+		}()
+	}
+	wg.Wait()
+	close(ids)
+	first := <-ids
+	for id := range ids {
+		if id != first {
+			t.Fatalf("concurrent identical subscribes made subscriptions %s and %s", first, id)
+		}
+	}
+	again, err := sub.Subscribe(ctx, req)
+	if err != nil || again.ID != first || !again.Existing {
+		t.Fatalf("a repeated subscribe = %+v, %v; want the existing %s, marked existing", again, err, first)
+	}
+	other, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "idem.>", Receiver: "other"})
+	if err != nil || other.ID == first || other.Existing {
+		t.Fatalf("another receiver's subscribe = %+v, %v; want a new subscription", other, err)
+	}
+	if subs := pub.Subscribers(); len(subs) != 2 {
+		t.Fatalf("publisher holds %d subscriptions, want 2", len(subs))
+	}
+	if _, err := pub.Publish(ctx, "idem.a", json.RawMessage(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if n := c.count(); n != 2 {
+			return fmt.Errorf("receivers ran %d times, want 2 (once per subscription)", n)
+		}
+		return nil
+	})
+}
+
+// A replay that fails again records the new failure (error, attempts,
+// time) instead of leaving the first one; a replay of a dead letter that
+// is being replayed already is refused, not run a second time.
+func TestReplayFailureIsRecorded(t *testing.T) {
+	pub := newTestNode(t, withQuietLog())
+	sub := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) {
+		l.ReceiverRetries = 0
+		l.ReceiverBackoff = time.Millisecond
+	}))
+	var mu sync.Mutex
+	fails, calls := 0, 0
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+		mu.Lock()
+		calls++
+		n := calls
+		mu.Unlock()
+		if n == 3 { // the replay that succeeds waits, so a second replay races it
+			entered <- struct{}{}
+			<-release
+			return nil, nil
+		}
+		mu.Lock()
+		fails++
+		mu.Unlock()
+		return nil, fmt.Errorf("failure %d", n)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"dl.>"}})
+	ctx := testCtx(t)
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "dl.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(ctx, "dl.a", json.RawMessage(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	var dl []localapi.DeadLetter
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		var err error
+		if dl, err = sub.DeadLetters(ctx); err != nil || len(dl) != 1 {
+			return fmt.Errorf("dead letters %+v, %v", dl, err)
+		}
+		return nil
+	})
+	first := dl[0]
+	if err := sub.ReplayDeadLetter(ctx, first.ID, nil); err == nil || !strings.Contains(err.Error(), "failure 2") {
+		t.Fatalf("replay = %v, want the receiver's second failure", err)
+	}
+	dl, err := sub.DeadLetters(ctx)
+	if err != nil || len(dl) != 1 {
+		t.Fatalf("dead letters after a failed replay = %+v, %v", dl, err)
+	}
+	if got := dl[0]; got.Attempts != first.Attempts+1 || !strings.Contains(got.Error, "failure 2") || !got.FailedAt.After(first.FailedAt) {
+		t.Fatalf("after a failed replay the dead letter is %+v; want attempts %d, the new error and time (was %+v)", got, first.Attempts+1, first)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sub.ReplayDeadLetter(ctx, first.ID, nil) }()
+	<-entered
+	err = sub.ReplayDeadLetter(ctx, first.ID, nil)
+	var le *localapi.Error
+	if !errors.As(err, &le) || le.Code != localapi.CodeConflict {
+		t.Errorf("a second replay while one runs = %v, want a conflict", err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if calls != 3 {
+		t.Fatalf("receiver called %d times, want 3 (delivery, failed replay, replay)", calls)
+	}
+	if dl, _ := sub.DeadLetters(ctx); len(dl) != 0 {
+		t.Fatalf("dead letters after a successful replay: %+v", dl)
 	}
 }

@@ -35,6 +35,10 @@ func newActionSubscribeCmd(a *app) *cobra.Command {
 					return err
 				}
 				fmt.Fprintln(a.out, s.ID)
+				if s.Existing {
+					fmt.Fprintf(a.err, "Receiver %s is already subscribed to %s at %s\n", s.Receiver, s.Pattern, s.Publisher)
+					return nil
+				}
 				fmt.Fprintf(a.err, "Subscribed receiver %s to %s at %s\n", s.Receiver, s.Pattern, s.Publisher)
 				return nil
 			})

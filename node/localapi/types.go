@@ -234,6 +234,9 @@ type Subscription struct {
 	// Path is how the subscription's stream reaches the publisher while
 	// connected: "direct", or "relayed" through a circuit relay.
 	Path string `json:"path,omitempty"`
+	// Existing is set in the answer to a subscribe that found the same
+	// receiver already subscribed to the same pattern at the peer.
+	Existing bool `json:"existing,omitempty"`
 }
 
 // Subscriber is a subscription another peer holds at this instance.
