@@ -114,11 +114,20 @@ func yes(b *bool) string {
 
 // hopFromEnv continues a cascade: a receiver that performs with --notify
 // passes on the hop count of the publication that triggered it.
-func hopFromEnv() int {
-	if h, err := strconv.Atoi(os.Getenv("COATTAIL_HOP")); err == nil && h >= 0 {
-		return h + 1
+// hopFromEnv returns the hop of a perform or publish: one more than the
+// COATTAIL_HOP of the receiver running this command (a cascade), 0 outside
+// one. A value that is not a hop count is refused rather than read as 0,
+// which would restart the count that stops cascade loops.
+func hopFromEnv() (int, error) {
+	v, ok := os.LookupEnv("COATTAIL_HOP")
+	if !ok || v == "" {
+		return 0, nil
 	}
-	return 0
+	h, err := strconv.ParseUint(v, 10, 31)
+	if err != nil {
+		return 0, fmt.Errorf("COATTAIL_HOP=%.40q is not a hop count (a receiver's environment sets it; unset it outside one)", v)
+	}
+	return int(h) + 1, nil
 }
 
 func parseData(s string) (json.RawMessage, error) {
@@ -148,7 +157,9 @@ func newActionPerformCmd(a *app) *cobra.Command {
 				return err
 			}
 			req.Input = in
-			req.Hop = hopFromEnv()
+			if req.Hop, err = hopFromEnv(); err != nil {
+				return err
+			}
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				res, err := c.Perform(cmd.Context(), req, func(line string) {
 					if !quiet {
@@ -188,7 +199,10 @@ func newActionPublishCmd(a *app) *cobra.Command {
 			if err := notEmpty(cmd, "peer", "to"); err != nil {
 				return err
 			}
-			req.Hop = hopFromEnv()
+			var err error
+			if req.Hop, err = hopFromEnv(); err != nil {
+				return err
+			}
 			if fromStdin {
 				if data != "" {
 					return fmt.Errorf("--stdin and --data cannot be combined")

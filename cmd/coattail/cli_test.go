@@ -106,3 +106,23 @@ func TestRunHelpAndCompletion(t *testing.T) {
 		}
 	}
 }
+
+// COATTAIL_HOP that is not a hop count is refused, not read as 0 (which
+// would restart the count that stops cascade loops) nor overflowed into a
+// negative hop.
+func TestBadHopEnvironment(t *testing.T) {
+	t.Setenv("COATTAIL_INSTANCE", t.TempDir())
+	t.Setenv("COATTAIL_RUNTIME_DIR", t.TempDir())
+	for _, v := range []string{"abc", "-1", "1.5", "9223372036854775807"} {
+		t.Setenv("COATTAIL_HOP", v)
+		for _, args := range [][]string{
+			{"action", "perform", "--action", "echo", "--data", "1"},
+			{"action", "publish", "--action", "echo", "--data", "1"},
+		} {
+			stdout, stderr, code := runCLI(t, args...)
+			if code != 1 || stdout != "" || !strings.Contains(stderr, "COATTAIL_HOP") {
+				t.Errorf("COATTAIL_HOP=%s %s: exit %d, stdout %q, stderr %q; want refused naming COATTAIL_HOP", v, args[1], code, stdout, stderr)
+			}
+		}
+	}
+}
