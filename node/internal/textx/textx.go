@@ -3,12 +3,16 @@
 // quotes of what a remote sent.
 package textx
 
-// Cut returns at most n bytes of s, cut on a rune boundary.
+import "unicode/utf8"
+
+// Cut returns at most n bytes of s, cut on a rune boundary. It steps back
+// over at most utf8.UTFMax-1 continuation bytes (what one rune has), so
+// text that is not UTF-8 is cut near n instead of losing everything.
 func Cut(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	for n > 0 && n < len(s) && s[n]&0xC0 == 0x80 {
+	for i := 0; i < utf8.UTFMax-1 && n > 0 && s[n]&0xC0 == 0x80; i++ {
 		n--
 	}
 	return s[:n]
