@@ -305,14 +305,6 @@ func expectOK(s *session) error {
 	}
 }
 
-func decodeRemoteError(payload []byte) error {
-	var e wire.Error
-	if err := wire.DecodeJSON(payload, &e); err != nil {
-		return fmt.Errorf("%w: malformed error frame: %v", ErrPeer, err)
-	}
-	return &e
-}
-
 // result reads frames until a TResult (decoded into v) or a TError; TLog
 // frames go to onLog. Anything else the peer sends, or a frame it sends
 // malformed, is a protocol violation reported as ErrPeer naming the peer:

@@ -465,7 +465,7 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 		}
 		switch t {
 		case wire.TError:
-			return progressed, decodeRemoteError(payload)
+			return progressed, s.remoteError(payload)
 		case wire.TDeliver:
 		default:
 			return progressed, fmt.Errorf("%w %s: unexpected frame type %d on a subscription", ErrPeer, sub.Publisher, t)
