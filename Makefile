@@ -22,9 +22,8 @@ demo: build ## run the multi-instance demo on loopback (temp dir, cleaned up)
 lab: build ## a 10-node loopback mesh with a publication storm (NODES=100 for the big one)
 	$(BIN) lab --nodes $(or $(NODES),10) --topology $(or $(TOPOLOGY),mesh)
 
-test: ## run every test with the race detector
-	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 20m ./...
+test: ## run every test with the race detector (scripts/test.sh)
+	GO=$(GO) bash scripts/test.sh
 
 test-short: ## unit tests only, no race detector
 	$(GO) test -short -count=1 ./...

@@ -5,8 +5,17 @@
 # Everything listens on 127.0.0.1 only; nothing is left behind.
 set -euo pipefail
 
-BIN=${COATTAIL_BIN:-$(command -v coattail || true)}
-[ -x "$BIN" ] || { echo "demo: build first (make build) or set COATTAIL_BIN" >&2; exit 1; }
+# The binary of this checkout, built here unless COATTAIL_BIN names one
+# (make demo builds it first).
+BIN=${COATTAIL_BIN:-}
+if [ -z "$BIN" ]; then
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  command -v go >/dev/null || { echo "demo: go is required to build coattail (or set COATTAIL_BIN)" >&2; exit 1; }
+  echo "Building $root/bin/coattail…"
+  (cd "$root" && go build -o bin/coattail ./cmd/coattail)
+  BIN=$root/bin/coattail
+fi
+[ -x "$BIN" ] || { echo "demo: $BIN is not an executable" >&2; exit 1; }
 ct() { "$BIN" "$@"; }
 
 DIR=$(mktemp -d /tmp/coattail-demo.XXXXXX)
