@@ -26,18 +26,23 @@ const maxControlBody = 70 << 20
 func (n *Node) Handler(stop func()) http.Handler {
 	mux := http.NewServeMux()
 	p := localapi.Prefix
+	wd := n.controlWriteTimeout()
 	route := func(pattern string, h func(w http.ResponseWriter, r *http.Request) (any, error)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			// A streamed answer leaves its last write deadline armed (it
+			// bounds the final flush net/http does after the handler);
+			// a later request on the same connection starts without it.
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 			r.Body = http.MaxBytesReader(w, r.Body, maxControlBody)
 			v, err := h(w, r)
 			if err != nil {
-				writeError(w, err)
+				writeError(w, err, wd)
 				return
 			}
 			if v == streamed {
 				return
 			}
-			writeJSON(w, http.StatusOK, v)
+			writeJSON(w, http.StatusOK, v, wd)
 		})
 	}
 	route("GET "+p+"/status", func(w http.ResponseWriter, r *http.Request) (any, error) { return n.Status(), nil })
@@ -184,8 +189,10 @@ func (n *Node) Handler(stop func()) http.Handler {
 		return n.DeadLetters(r.Context())
 	})
 	route("POST "+p+"/deadletters/{id}/replay", func(w http.ResponseWriter, r *http.Request) (any, error) {
-		out := newNDJSON(w)
-		err := n.ReplayDeadLetter(r.Context(), r.PathValue("id"), func(l string) { out.line(localapi.StreamLine{Log: &l}) })
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		out := newNDJSON(w, wd, cancel)
+		err := n.ReplayDeadLetter(ctx, r.PathValue("id"), func(l string) { out.line(localapi.StreamLine{Log: &l}) })
 		if err != nil {
 			out.line(localapi.StreamLine{Error: toAPIError(err)})
 		} else {
@@ -198,7 +205,7 @@ func (n *Node) Handler(stop func()) http.Handler {
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &localapi.Error{Status: http.StatusNotFound, Code: localapi.CodeNotFound,
-			Message: fmt.Sprintf("control API: no route %s %s (this service speaks %s)", r.Method, r.URL.Path, localapi.Prefix)})
+			Message: fmt.Sprintf("control API: no route %s %s (this service speaks %s)", r.Method, r.URL.Path, localapi.Prefix)}, wd)
 	})
 	return mux
 }
@@ -226,15 +233,29 @@ func badRequest(f string, a ...any) *localapi.Error {
 	return &localapi.Error{Status: http.StatusBadRequest, Code: localapi.CodeBadRequest, Message: fmt.Sprintf(f, a...)}
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// controlWriteTimeout bounds each write of a control API answer: a client
+// that stops reading is cut off after it, like a peer on a stream
+// (limits.stream_timeout), instead of holding its handler (and, for a
+// streamed perform, its action) for ever.
+func (n *Node) controlWriteTimeout() time.Duration {
+	if d := n.cfg.Limits.StreamTimeout; d > 0 {
+		return d
+	}
+	return time.Minute
+}
+
+// writeJSON writes an answer; d bounds the write (and the final flush
+// net/http does after the handler).
+func writeJSON(w http.ResponseWriter, status int, v any, d time.Duration) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(d))
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func writeError(w http.ResponseWriter, err error) {
+func writeError(w http.ResponseWriter, err error, d time.Duration) {
 	e := toAPIError(err)
-	writeJSON(w, e.Status, e)
+	writeJSON(w, e.Status, e, d)
 }
 
 // toAPIError maps package errors to HTTP statuses and stable codes. The
@@ -299,26 +320,42 @@ func isAuthError(err error) bool {
 // ErrBadRequest marks invalid caller input.
 var ErrBadRequest = errors.New("node: bad request")
 
-// ndjson writes newline-delimited StreamLines, flushing each.
+// ndjson writes newline-delimited StreamLines, flushing each. Each line
+// must be written within d: when a write fails (the client left, or
+// stopped reading for d), cancel stops the work that produces the lines
+// and later lines are dropped.
 type ndjson struct {
-	mu sync.Mutex
-	w  http.ResponseWriter
-	rc *http.ResponseController
+	mu     sync.Mutex
+	w      http.ResponseWriter
+	rc     *http.ResponseController
+	d      time.Duration
+	cancel func()
+	failed bool
 }
 
-func newNDJSON(w http.ResponseWriter) *ndjson {
+func newNDJSON(w http.ResponseWriter, d time.Duration, cancel func()) *ndjson {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
-	return &ndjson{w: w, rc: http.NewResponseController(w)}
+	return &ndjson{w: w, rc: http.NewResponseController(w), d: d, cancel: cancel}
 }
 
 func (s *ndjson) line(l localapi.StreamLine) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.failed {
+		return
+	}
 	b, _ := json.Marshal(l)
 	b = append(b, '\n')
-	_, _ = s.w.Write(b)
-	_ = s.rc.Flush()
+	_ = s.rc.SetWriteDeadline(time.Now().Add(s.d))
+	_, err := s.w.Write(b)
+	if err == nil {
+		err = s.rc.Flush()
+	}
+	if err != nil {
+		s.failed = true
+		s.cancel()
+	}
 }
 
 func (n *Node) streamPerform(w http.ResponseWriter, r *http.Request, req localapi.PerformRequest) error {
@@ -328,9 +365,11 @@ func (n *Node) streamPerform(w http.ResponseWriter, r *http.Request, req localap
 	if len(req.Input) == 0 {
 		req.Input = json.RawMessage("null")
 	}
-	out := newNDJSON(w)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	out := newNDJSON(w, n.controlWriteTimeout(), cancel)
 	onLog := func(l string) { out.line(localapi.StreamLine{Log: &l}) }
-	res, err := n.Perform(r.Context(), req, onLog)
+	res, err := n.Perform(ctx, req, onLog)
 	if err != nil {
 		out.line(localapi.StreamLine{Error: toAPIError(err)})
 		return nil
