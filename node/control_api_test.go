@@ -3,11 +3,13 @@ package node_test
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -135,5 +137,51 @@ func TestControlPerformCallerStopsReading(t *testing.T) {
 	defer c.Close()
 	if _, err := c.Status(testCtx(t)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// runServiceGoroutines counts goroutines started by RunService.
+func runServiceGoroutines() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	return strings.Count(string(buf), "node.RunService")
+}
+
+// A service that fails after its control socket is up (here: its pid file
+// cannot be written) closes the socket's server: nothing keeps serving a
+// closed node.
+func TestControlServiceFailureClosesServer(t *testing.T) {
+	rt := t.TempDir()
+	t.Setenv(node.EnvRuntimeDir, rt)
+	l, err := node.CreateInstance(filepath.Join(t.TempDir(), "i"), node.CreateOptions{Port: 0, Loopback: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(l.PIDFile(), "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	before := runServiceGoroutines()
+	err = node.RunService(testCtx(t), l, node.ServiceOptions{})
+	if err == nil || !strings.Contains(err.Error(), "pid file") {
+		t.Fatalf("RunService with an unwritable pid file: %v", err)
+	}
+	checkFor(t, testTimeout, 10*time.Millisecond, func() error {
+		if n := runServiceGoroutines(); n > before {
+			return fmt.Errorf("%d goroutines of RunService still run after it returned", n-before)
+		}
+		return nil
+	})
+	if _, err := os.Lstat(l.Socket()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket left behind: %v", err)
+	}
+	if ents, _ := os.ReadDir(rt); len(ents) != 0 {
+		t.Errorf("runtime dir holds %d entries after the service failed", len(ents))
 	}
 }

@@ -131,6 +131,19 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	}
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
+	// However RunService returns from here on, the server ends before
+	// the node closes: requests in progress are cancelled (BaseContext)
+	// and then waited for, so no handler outlives the node it serves.
+	shutdown := sync.OnceFunc(func() {
+		logger.Info("service stopping")
+		stop()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			_ = srv.Close()
+		}
+	})
+	defer shutdown()
 	unregister, err := register(l)
 	if err != nil {
 		logger.Warn("cannot register in runtime dir", "err", err)
@@ -151,21 +164,16 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 			logger.Error("control socket failed", "err", err)
 		}
 	}
-	logger.Info("service stopping")
-	stop() // cancels the requests in progress (BaseContext)
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		_ = srv.Close()
-	}
+	shutdown() // before the registration and the pid file go
 	return nil
 }
 
 // Control socket limits. A request's header, and then its body, must each
 // arrive within controlReadTimeout: the CLI writes a whole request at once,
-// so only a stuck or hostile client is cut off. There is no write timeout,
-// because perform streams its answer (NDJSON) for as long as the action
-// runs. The idle timeout is longer than the client's own (30s), so an idle
+// so only a stuck or hostile client is cut off. There is no overall write
+// timeout, because perform streams its answer (NDJSON) for as long as the
+// action runs; each write of an answer has its own deadline (the handler's
+// limits.stream_timeout). The idle timeout is longer than the client's own (30s), so an idle
 // keep-alive connection is always closed by the client and a new request
 // never races the server's close.
 const (
