@@ -36,7 +36,8 @@ func (n *Node) Handler(stop func()) http.Handler {
 			r.Body = http.MaxBytesReader(w, r.Body, maxControlBody)
 			v, err := h(w, r)
 			if err != nil {
-				writeError(w, err, wd)
+				e := requestError(r, err)
+				writeJSON(w, e.Status, e, wd)
 				return
 			}
 			if v == streamed {
@@ -194,7 +195,7 @@ func (n *Node) Handler(stop func()) http.Handler {
 		out := newNDJSON(w, wd, cancel)
 		err := n.ReplayDeadLetter(ctx, r.PathValue("id"), func(l string) { out.line(localapi.StreamLine{Log: &l}) })
 		if err != nil {
-			out.line(localapi.StreamLine{Error: toAPIError(err)})
+			out.line(localapi.StreamLine{Error: requestError(r, err)})
 		} else {
 			out.line(localapi.StreamLine{Result: json.RawMessage("{}")})
 		}
@@ -258,6 +259,19 @@ func writeError(w http.ResponseWriter, err error, d time.Duration) {
 	writeJSON(w, e.Status, e, d)
 }
 
+// requestError is toAPIError for the error of a request r. A request
+// cancelled while it ran was cut by the service stopping (a client that
+// left reads no answer): it is answered unavailable, saying so.
+func requestError(r *http.Request, err error) *localapi.Error {
+	e := toAPIError(err)
+	if r.Context().Err() != nil && errors.Is(err, context.Canceled) {
+		c := *e
+		c.Message = "the service stopped before the request completed: " + c.Message
+		return &c
+	}
+	return e
+}
+
 // toAPIError maps package errors to HTTP statuses and stable codes. The
 // message is the error's own text: packages never put secrets in errors.
 func toAPIError(err error) *localapi.Error {
@@ -299,6 +313,8 @@ func toAPIError(err error) *localapi.Error {
 	case errors.Is(err, runner.ErrExit), errors.Is(err, runner.ErrTimeout), errors.Is(err, runner.ErrBadOutput),
 		errors.Is(err, runner.ErrOutputTooLarge), errors.Is(err, runner.ErrNotExecutable), errors.Is(err, ErrPeer):
 		e.Status, e.Code = http.StatusUnprocessableEntity, localapi.CodeFailed
+	case errors.Is(err, context.Canceled):
+		e.Status, e.Code = http.StatusServiceUnavailable, localapi.CodeUnavailable
 	case errors.Is(err, context.DeadlineExceeded):
 		e.Status, e.Code = http.StatusGatewayTimeout, localapi.CodeFailed
 	case isAuthError(err):
@@ -371,7 +387,7 @@ func (n *Node) streamPerform(w http.ResponseWriter, r *http.Request, req localap
 	onLog := func(l string) { out.line(localapi.StreamLine{Log: &l}) }
 	res, err := n.Perform(ctx, req, onLog)
 	if err != nil {
-		out.line(localapi.StreamLine{Error: toAPIError(err)})
+		out.line(localapi.StreamLine{Error: requestError(r, err)})
 		return nil
 	}
 	b, _ := json.Marshal(res)
