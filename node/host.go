@@ -31,6 +31,7 @@ import (
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 )
 
 // ErrPortInUse is returned when a listen address is taken.
@@ -87,9 +88,14 @@ func buildHost(n *Node) (host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: resource manager: %w", err)
 	}
+	announce, err := parseAnnounce(nc.Announce)
+	if err != nil {
+		return nil, err
+	}
 	opts := []libp2p.Option{
 		libp2p.Identity(n.key),
 		libp2p.ListenAddrStrings(nc.Listen...),
+		libp2p.AddrsFactory(advertise(announce)),
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Transport(libp2pquic.NewTransport),
 		libp2p.Security(noise.ID, noise.New),
@@ -141,6 +147,49 @@ func buildHost(n *Node) (host.Host, error) {
 		return nil, fmt.Errorf("node: start libp2p host: %w", err)
 	}
 	return h, nil
+}
+
+// parseAnnounce parses network.announce.
+func parseAnnounce(ss []string) ([]ma.Multiaddr, error) {
+	out := make([]ma.Multiaddr, 0, len(ss))
+	for _, s := range ss {
+		m, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%w: network.announce: %q: %v", ErrConfig, s, err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// advertise is the host's address factory: what h.Addrs() returns, and so
+// what identify tells peers and what tokens carry. It adds the
+// network.announce addresses (a forwarded port, a DNS name), which peers
+// must learn from identify as well as from tokens: a publisher nudges a
+// subscriber at the addresses identify gave it. And it leaves out loopback
+// addresses when the host has any other direct address: 127.0.0.1 and ::1
+// name the bearer's own machine, where at best nothing listens and at
+// worst another instance does. A host listening on loopback only (labs,
+// demos, tests) keeps them, as they are all it has.
+func advertise(announce []ma.Multiaddr) func([]ma.Multiaddr) []ma.Multiaddr {
+	return func(addrs []ma.Multiaddr) []ma.Multiaddr {
+		others := slices.ContainsFunc(addrs, func(a ma.Multiaddr) bool {
+			return !isRelayAddr(a) && !manet.IsIPLoopback(a)
+		})
+		out := make([]ma.Multiaddr, 0, len(addrs)+len(announce))
+		for _, a := range addrs {
+			if others && !isRelayAddr(a) && manet.IsIPLoopback(a) {
+				continue
+			}
+			out = append(out, a)
+		}
+		for _, a := range announce {
+			if !slices.ContainsFunc(out, a.Equal) {
+				out = append(out, a)
+			}
+		}
+		return out
+	}
 }
 
 // probeListen binds and releases each fixed TCP and UDP port of the listen
