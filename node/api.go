@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -55,7 +56,20 @@ func (n *Node) Handler(stop func()) http.Handler {
 		return struct{}{}, nil
 	})
 	route("GET "+p+"/actions", func(w http.ResponseWriter, r *http.Request) (any, error) {
-		return n.ListActions(r.Context(), r.URL.Query().Get("receivers") != "", r.URL.Query().Get("peer"))
+		q := r.URL.Query()
+		receivers := false
+		if q.Has("receivers") {
+			b, err := strconv.ParseBool(q.Get("receivers"))
+			if err != nil {
+				return nil, badRequest("query parameter receivers=%q is not a boolean (1, true, 0 or false)", q.Get("receivers"))
+			}
+			receivers = b
+		}
+		// An empty peer is a script's unset variable, not "here".
+		if q.Has("peer") && q.Get("peer") == "" {
+			return nil, badRequest("query parameter peer is empty; leave it out to list this instance's actions")
+		}
+		return n.ListActions(r.Context(), receivers, q.Get("peer"))
 	})
 	route("POST "+p+"/actions/perform", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		var req localapi.PerformRequest
