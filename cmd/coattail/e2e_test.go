@@ -775,6 +775,19 @@ func TestServiceStopOfStoppedService(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Kill(pid, syscall.SIGCONT)
+	// A stop signal takes effect when the process next enters the
+	// kernel: wait until it has.
+	checkFor(t, 10*time.Second, func() error {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return err
+		}
+		s := string(b)
+		if k := strings.LastIndexByte(s, ')'); k < 0 || k+2 >= len(s) || s[k+2] != 'T' {
+			return fmt.Errorf("pid %d is not stopped yet: %s", pid, s)
+		}
+		return nil
+	})
 	began := time.Now()
 	out := a.mustFail([]string{"service", "stop"}, "does not answer", strconv.Itoa(pid), "still running")
 	if strings.Contains(out, "not running") {
