@@ -39,8 +39,13 @@ func Dial(path string) *Client {
 		MaxIdleConns:    4,
 		IdleConnTimeout: 30 * time.Second,
 	}
-	return &Client{hc: &http.Client{Transport: tr}, close: func() error { tr.CloseIdleConnections(); return nil }}
+	return &Client{hc: &http.Client{Transport: tr, CheckRedirect: noRedirects}, close: func() error { tr.CloseIdleConnections(); return nil }}
 }
+
+// noRedirects makes a redirect an answer like any other (an error, as it is
+// not 2xx): the control API never redirects, and following one would send
+// the request, or a GET made of it, to a route the caller did not name.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // InProcess returns a client that serves requests with h in this process,
 // over an in-memory connection, so the exact same HTTP path is exercised as
@@ -50,7 +55,7 @@ func InProcess(h http.Handler) *Client {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l) //nolint:errcheck // returns when the listener closes
 	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return l.dial(ctx) }}
-	return &Client{hc: &http.Client{Transport: tr}, close: func() error {
+	return &Client{hc: &http.Client{Transport: tr, CheckRedirect: noRedirects}, close: func() error {
 		tr.CloseIdleConnections()
 		return srv.Close()
 	}}

@@ -57,12 +57,12 @@ func (c *Client) Tokens(ctx context.Context) ([]Token, error) {
 // Token shows one issued token.
 func (c *Client) Token(ctx context.Context, id string) (Token, error) {
 	var out Token
-	return out, c.Do(ctx, http.MethodGet, "/tokens/"+url.PathEscape(id), nil, &out)
+	return out, c.Do(ctx, http.MethodGet, "/tokens/"+segment(id), nil, &out)
 }
 
 // RevokeToken revokes an issued token.
 func (c *Client) RevokeToken(ctx context.Context, id string) error {
-	return c.Do(ctx, http.MethodDelete, "/tokens/"+url.PathEscape(id), nil, nil)
+	return c.Do(ctx, http.MethodDelete, "/tokens/"+segment(id), nil, nil)
 }
 
 // IssueValidation issues a validation token for this instance.
@@ -86,12 +86,12 @@ func (c *Client) Validations(ctx context.Context) ([]Validation, error) {
 // Validation shows one imported validation token.
 func (c *Client) Validation(ctx context.Context, id string) (Validation, error) {
 	var out Validation
-	return out, c.Do(ctx, http.MethodGet, "/validations/"+url.PathEscape(id), nil, &out)
+	return out, c.Do(ctx, http.MethodGet, "/validations/"+segment(id), nil, &out)
 }
 
 // RemoveValidation deletes an imported validation token.
 func (c *Client) RemoveValidation(ctx context.Context, id string) error {
-	return c.Do(ctx, http.MethodDelete, "/validations/"+url.PathEscape(id), nil, nil)
+	return c.Do(ctx, http.MethodDelete, "/validations/"+segment(id), nil, nil)
 }
 
 // AddPeer adds the issuer of token as a peer.
@@ -109,12 +109,12 @@ func (c *Client) Peers(ctx context.Context) ([]Peer, error) {
 // Peer shows one peer, with live connection details when online.
 func (c *Client) Peer(ctx context.Context, id string) (Peer, error) {
 	var out Peer
-	return out, c.Do(ctx, http.MethodGet, "/peers/"+url.PathEscape(id), nil, &out)
+	return out, c.Do(ctx, http.MethodGet, "/peers/"+segment(id), nil, &out)
 }
 
 // RemovePeer forgets a peer.
 func (c *Client) RemovePeer(ctx context.Context, id string) error {
-	return c.Do(ctx, http.MethodDelete, "/peers/"+url.PathEscape(id), nil, nil)
+	return c.Do(ctx, http.MethodDelete, "/peers/"+segment(id), nil, nil)
 }
 
 // Subscribe subscribes a local receiver to a pattern at a peer.
@@ -143,7 +143,7 @@ func (c *Client) Subscribers(ctx context.Context) ([]Subscriber, error) {
 
 // RevokeSubscriber removes a subscription held here and tells its owner.
 func (c *Client) RevokeSubscriber(ctx context.Context, id string) error {
-	return c.Do(ctx, http.MethodDelete, "/subscribers/"+url.PathEscape(id), nil, nil)
+	return c.Do(ctx, http.MethodDelete, "/subscribers/"+segment(id), nil, nil)
 }
 
 // DeadLetters lists parked publications.
@@ -154,10 +154,23 @@ func (c *Client) DeadLetters(ctx context.Context) ([]DeadLetter, error) {
 
 // ReplayDeadLetter runs the receiver again for a parked publication.
 func (c *Client) ReplayDeadLetter(ctx context.Context, id string, onLog func(string)) error {
-	return c.Stream(ctx, http.MethodPost, "/deadletters/"+url.PathEscape(id)+"/replay", nil, nil, onLog)
+	return c.Stream(ctx, http.MethodPost, "/deadletters/"+segment(id)+"/replay", nil, nil, onLog)
 }
 
 // DropDeadLetter deletes a parked publication.
 func (c *Client) DropDeadLetter(ctx context.Context, id string) error {
-	return c.Do(ctx, http.MethodDelete, "/deadletters/"+url.PathEscape(id), nil, nil)
+	return c.Do(ctx, http.MethodDelete, "/deadletters/"+segment(id), nil, nil)
+}
+
+// segment escapes id as one path segment. An id of "." or ".." is escaped
+// too (url.PathEscape leaves dots): as it is, the path would name another
+// route once cleaned; escaped, the service gets the id and refuses it.
+func segment(id string) string {
+	switch id {
+	case ".":
+		return "%2E"
+	case "..":
+		return "%2E%2E"
+	}
+	return url.PathEscape(id)
 }

@@ -1,0 +1,110 @@
+package localapi_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coattail/coattail/node/localapi"
+)
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// recorder is a control API stand-in that records the requests it gets.
+type recorder struct {
+	mu   sync.Mutex
+	reqs []string
+}
+
+func (rc *recorder) add(r *http.Request) {
+	rc.mu.Lock()
+	rc.reqs = append(rc.reqs, r.Method+" "+r.URL.EscapedPath())
+	rc.mu.Unlock()
+}
+
+func (rc *recorder) got() []string {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return append([]string(nil), rc.reqs...)
+}
+
+// The client never follows a redirect: a DELETE answered 307 went on to
+// DELETE the redirect's target, a POST answered 301 became a GET of it.
+func TestClientDoesNotFollowRedirects(t *testing.T) {
+	var rec recorder
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		rec.add(r)
+		switch r.URL.Path {
+		case "/v1/tokens/x":
+			http.Redirect(w, r, "/v1/stop", http.StatusTemporaryRedirect)
+		case "/v1/subscriptions":
+			http.Redirect(w, r, "/v1/status", http.StatusMovedPermanently)
+		default:
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte("{}"))
+		}
+	})
+	c := localapi.InProcess(mux)
+	defer c.Close()
+	err := c.RevokeToken(testCtx(t), "x")
+	var le *localapi.Error
+	if !errors.As(err, &le) || le.Status != http.StatusTemporaryRedirect || le.Code != localapi.CodeInternal {
+		t.Errorf("revoke answered with a redirect: %v (%+v); want an error with status 307", err, le)
+	}
+	_, err = c.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: "p", Pattern: "a", Receiver: "r"})
+	if !errors.As(err, &le) || le.Status != http.StatusMovedPermanently {
+		t.Errorf("subscribe answered with a redirect: %v (%+v); want an error with status 301", err, le)
+	}
+	want := []string{"DELETE /v1/tokens/x", "POST /v1/subscriptions"}
+	if got := rec.got(); len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("requests %q; want only %q", got, want)
+	}
+}
+
+// An id of "." or ".." reaches the service as that id, not as a path that
+// cleans to another route.
+func TestClientEscapesDotIDs(t *testing.T) {
+	var rec recorder
+	var mu sync.Mutex
+	var ids []string
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/{kind}/{id}", func(w http.ResponseWriter, r *http.Request) {
+		rec.add(r)
+		mu.Lock()
+		ids = append(ids, r.PathValue("id"))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte("{}"))
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		rec.add(r)
+		http.Error(w, `{"code":"not_found","message":"no route"}`, http.StatusNotFound)
+	})
+	c := localapi.InProcess(mux)
+	defer c.Close()
+	for _, id := range []string{".", "..", "a/b", "x y"} {
+		if err := c.RevokeToken(testCtx(t), id); err != nil {
+			t.Errorf("revoke %q: %v (requests so far %q)", id, err, rec.got())
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{".", "..", "a/b", "x y"}
+	if len(ids) != len(want) {
+		t.Fatalf("ids %q; want %q", ids, want)
+	}
+	for i := range want {
+		if ids[i] != want[i] {
+			t.Errorf("id %q reached the service as %q", want[i], ids[i])
+		}
+	}
+}
