@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -222,7 +224,30 @@ func (n *Node) Handler(stop func()) http.Handler {
 		writeError(w, &localapi.Error{Status: http.StatusNotFound, Code: localapi.CodeNotFound,
 			Message: fmt.Sprintf("control API: no route %s %s (this service speaks %s)", r.Method, r.URL.Path, localapi.Prefix)}, wd)
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// ServeMux answers a path with "." or ".." segments (an id of
+		// "..") or "//" with an HTML redirect to its cleaned form, another
+		// route: DELETE /v1/tokens/.. went on to DELETE /v1. The API has
+		// no such paths; they are refused as they are.
+		if p := r.URL.EscapedPath(); p != cleanPath(p) {
+			writeError(w, badRequest("control API: path %q has '.', '..' or empty segments (escape an id of '.' or '..' as %%2E)", r.URL.Path), wd)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// cleanPath is the form ServeMux redirects a path to: rooted, without
+// "." and ".." segments or repeated slashes, keeping a trailing slash.
+func cleanPath(p string) string {
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c
 }
 
 // streamed marks a handler that wrote its own answer.

@@ -3,8 +3,10 @@ package node_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/coattail/coattail/node/localapi"
@@ -48,5 +50,42 @@ func TestControlActionsQuery(t *testing.T) {
 		if code, infos, e := get(q); code != http.StatusBadRequest || e.Code != localapi.CodeBadRequest {
 			t.Errorf("?%s: %d %+v %+v; want a bad request", q, code, infos, e)
 		}
+	}
+}
+
+// A path with "." or ".." segments or "//" (an id of "..", sent unescaped
+// by a script) is refused with a JSON error: ServeMux answered it with an
+// HTML redirect to another route (DELETE /v1/tokens/.. to /v1). An id of
+// ".." sent escaped reaches its route and is refused there.
+func TestControlUncleanPaths(t *testing.T) {
+	n := newTestNode(t)
+	h := n.Handler(nil)
+	for _, c := range []struct{ method, path string }{
+		{http.MethodGet, "/v1/tokens/.."},
+		{http.MethodDelete, "/v1/tokens/.."},
+		{http.MethodDelete, "/v1/peers/."},
+		{http.MethodPost, "/v1/deadletters/../replay"},
+		{http.MethodGet, "//v1/status"},
+		{http.MethodGet, "/v1/./status"},
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(c.method, "http://coattail"+c.path, nil))
+		var e localapi.Error
+		if rec.Code != http.StatusBadRequest || rec.Header().Get("Content-Type") != "application/json" ||
+			json.Unmarshal(rec.Body.Bytes(), &e) != nil || e.Code != localapi.CodeBadRequest {
+			t.Errorf("%s %s: %d %s %q; want a JSON bad request", c.method, c.path, rec.Code, rec.Header().Get("Content-Type"), rec.Body.Bytes())
+		}
+	}
+	c := localapi.InProcess(h)
+	defer c.Close()
+	for _, id := range []string{".", ".."} {
+		err := c.RevokeToken(testCtx(t), id)
+		var le *localapi.Error
+		if !errors.As(err, &le) || le.Status/100 != 4 || !strings.Contains(le.Message, `"`+id+`"`) {
+			t.Errorf("revoke %q: %v; want a refusal naming the id", id, err)
+		}
+	}
+	if _, err := c.Status(testCtx(t)); err != nil {
+		t.Fatal(err)
 	}
 }
