@@ -112,6 +112,9 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		if json.Unmarshal(b, e) != nil || e.Message == "" {
 			e.Code, e.Message = CodeInternal, fmt.Sprintf("control API: %s %s: HTTP %d", method, path, resp.StatusCode)
 		}
+		if e.Code == "" {
+			e.Code = CodeInternal // every Error has a code callers can switch on
+		}
 		return nil, e
 	}
 	return resp, nil
@@ -135,6 +138,12 @@ func (c *Client) Stream(ctx context.Context, method, path string, in, out any, o
 		}
 		switch {
 		case l.Error != nil:
+			if l.Error.Code == "" {
+				l.Error.Code = CodeInternal
+			}
+			if l.Error.Message == "" {
+				l.Error.Message = fmt.Sprintf("control API: %s %s: failed without a message", method, path)
+			}
 			return l.Error
 		case l.Log != nil:
 			if onLog != nil {

@@ -108,3 +108,38 @@ func TestClientEscapesDotIDs(t *testing.T) {
 		}
 	}
 }
+
+// An error answer always comes back as an *Error with a code and a
+// message, whatever the service sent: JSON without a code, a stream error
+// line without one, or not JSON at all.
+func TestClientErrorAlwaysHasCode(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"message":"busy"}`))
+	})
+	mux.HandleFunc("GET /v1/tokens", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadGateway)
+		_, _ = w.Write([]byte(`<html>bad gateway</html>`))
+	})
+	mux.HandleFunc("POST /v1/actions/perform", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = w.Write([]byte("{\"log\":\"a\"}\n{\"error\":{}}\n"))
+	})
+	c := localapi.InProcess(mux)
+	defer c.Close()
+	check := func(what string, err error, status int) {
+		t.Helper()
+		var le *localapi.Error
+		if !errors.As(err, &le) || le.Code == "" || le.Message == "" || le.Status != status {
+			t.Errorf("%s: %v (%+v); want an *Error with status %d, a code and a message", what, err, le, status)
+		}
+	}
+	_, err := c.Status(testCtx(t))
+	check("JSON error without a code", err, http.StatusServiceUnavailable)
+	_, err = c.Tokens(testCtx(t))
+	check("HTML error", err, http.StatusBadGateway)
+	_, err = c.Perform(testCtx(t), localapi.PerformRequest{Action: "a"}, nil)
+	check("empty stream error", err, 0)
+}
