@@ -84,7 +84,7 @@ func buildHost(n *Node) (host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: connection manager: %w", err)
 	}
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(rcmgr.DefaultLimits.AutoScale()))
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits()))
 	if err != nil {
 		return nil, fmt.Errorf("node: resource manager: %w", err)
 	}
@@ -147,6 +147,19 @@ func buildHost(n *Node) (host.Host, error) {
 		return nil, fmt.Errorf("node: start libp2p host: %w", err)
 	}
 	return h, nil
+}
+
+// resourceLimits are libp2p's own default limits, auto-scaled to the
+// machine, as libp2p.New would configure them (SECURITY.md: "the libp2p
+// resource manager runs with its auto-scaled default limits"). Those
+// include the per-service and per-protocol limits of libp2p's bundled
+// services (identify, ping, AutoNAT, hole punching, the relay); without
+// them each of those fell back to the generic service defaults, which let
+// one peer hold 64 times the ping or hole-punch streams libp2p allows.
+func resourceLimits() rcmgr.ConcreteLimitConfig {
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	return limits.AutoScale()
 }
 
 // parseAnnounce parses network.announce.
