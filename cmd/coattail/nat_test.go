@@ -259,6 +259,13 @@ func natFlow(t *testing.T, o natOptions) {
 	if !circuit {
 		t.Fatalf("A's token carries no /p2p-circuit address through the relay: %v", claims.Addrs)
 	}
+	// A listens on every address of its namespace, loopback included; B,
+	// elsewhere, could only dial its own loopback with that.
+	for _, s := range claims.Addrs {
+		if strings.HasPrefix(s, "/ip4/127.") || strings.HasPrefix(s, "/ip6/::1/") {
+			t.Fatalf("A's token carries a loopback address: %v", claims.Addrs)
+		}
+	}
 
 	aID := a.peerID()
 	b.mustRun("peer", "add", "--token", token)
