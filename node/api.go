@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path"
@@ -253,20 +254,30 @@ func cleanPath(p string) string {
 // streamed marks a handler that wrote its own answer.
 var streamed = &struct{ streamed bool }{}
 
+// decodeBody decodes the request body, one JSON value and nothing after
+// it but white space, into v.
 func decodeBody(r *http.Request, v any) error {
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
-			return &localapi.Error{Status: http.StatusRequestEntityTooLarge, Code: localapi.CodeBadRequest,
-				Message: fmt.Sprintf("request body over the limit of %d bytes", mbe.Limit)}
+	err := dec.Decode(v)
+	if err == nil {
+		// Read on to the end of the body (dec.More stops at a '}' or
+		// ']' and accepted `{...}]`), which also tells net/http that
+		// the request is complete.
+		_, err = dec.Token()
+		var se *json.SyntaxError
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil
+		case err == nil, errors.As(err, &se):
+			return badRequest("invalid request body: trailing data after the JSON value")
 		}
-		return badRequest("invalid request body: %v", err)
 	}
-	if dec.More() {
-		return badRequest("invalid request body: trailing data")
+	if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+		return &localapi.Error{Status: http.StatusRequestEntityTooLarge, Code: localapi.CodeBadRequest,
+			Message: fmt.Sprintf("request body over the limit of %d bytes", mbe.Limit)}
 	}
-	return nil
+	return badRequest("invalid request body: %v", err)
 }
 
 func badRequest(f string, a ...any) *localapi.Error {

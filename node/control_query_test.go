@@ -89,3 +89,36 @@ func TestControlUncleanPaths(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A request body is one JSON value and nothing else: trailing data is
+// refused whatever it starts with (a '}' or ']' after the value was
+// accepted), white space after it is fine.
+func TestControlBodyTrailingData(t *testing.T) {
+	n := newTestNode(t)
+	h := n.Handler(nil)
+	post := func(body string) (int, localapi.Error) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "http://coattail/v1/tokens", strings.NewReader(body)))
+		var e localapi.Error
+		if rec.Code != http.StatusOK {
+			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil {
+				t.Fatalf("%q: %d %q", body, rec.Code, rec.Body.Bytes())
+			}
+		}
+		return rec.Code, e
+	}
+	for _, body := range []string{`{}`, "{} \n\t ", `{"perform":["a"]}` + "\n"} {
+		if code, e := post(body); code != http.StatusOK {
+			t.Errorf("%q: %d %+v; want 200", body, code, e)
+		}
+	}
+	for _, body := range []string{`{}}`, `{}]`, `{} {}`, `{} x`, `{}"`, `{},`} {
+		if code, e := post(body); code != http.StatusBadRequest || e.Code != localapi.CodeBadRequest {
+			t.Errorf("%q: %d %+v; want a bad request", body, code, e)
+		}
+	}
+	if code, e := post(`{"perform":["a"],"nope":1}`); code != http.StatusBadRequest || !strings.Contains(e.Message, "nope") {
+		t.Errorf("unknown field: %d %+v; want a bad request naming it", code, e)
+	}
+}
