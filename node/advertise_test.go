@@ -79,3 +79,26 @@ func TestAnnounceAddrsInIdentify(t *testing.T) {
 		return nil
 	})
 }
+
+// An announce address written in a non-canonical spelling appears once in
+// a token, in libp2p's form, not once as written and once as the host
+// renders it.
+func TestAnnounceAddrOnceInToken(t *testing.T) {
+	const written, canonical = "/ip6/::FFFF:127.0.0.1/tcp/9", "/ip6/::ffff:127.0.0.1/tcp/9"
+	n := newTestNode(t, withQuietLog(), func(o *node.Options) {
+		o.Config.Network.Announce = []string{written}
+	})
+	tok := issue(t, n, localapi.IssueRequest{Perform: []string{"x"}})
+	count := 0
+	for _, a := range tok.Addrs {
+		if a == written {
+			t.Errorf("token carries the announce address as written (%s): %v", written, tok.Addrs)
+		}
+		if a == canonical {
+			count++
+		}
+	}
+	if count != 1 {
+		t.Errorf("token carries %s %d times, want once: %v", canonical, count, tok.Addrs)
+	}
+}

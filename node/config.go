@@ -312,8 +312,20 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, s := range c.Network.Announce {
-		if _, err := ma.NewMultiaddr(s); err != nil {
+		m, err := ma.NewMultiaddr(s)
+		if err != nil {
 			bad("network.announce: %q is not a multiaddr: %v", s, err)
+			continue
+		}
+		// What peers and token bearers dial: a concrete address of
+		// this instance, without its peer id (added when needed).
+		switch _, p2pErr := m.ValueForProtocol(ma.P_P2P); {
+		case isUnspecified(m):
+			bad("network.announce: %q is an unspecified address (0.0.0.0 or ::); announce the address others reach you at", s)
+		case zeroPort(m):
+			bad("network.announce: %q has port 0; announce the port others reach you at", s)
+		case p2pErr == nil:
+			bad("network.announce: %q names a peer id; leave /p2p/... out", s)
 		}
 	}
 	for _, s := range c.Network.Relays {
@@ -423,8 +435,9 @@ network:
   # Multiaddrs the libp2p host listens on. TCP and QUIC share one port
   # (default {{.Port}}; choose another with 'coattail new --port').
   listen:{{list .C.Network.Listen}}
-  # Extra addresses to put in tokens (for example a public DNS name or a
-  # forwarded port). Observed and relay addresses are added automatically.
+  # Extra addresses to put in tokens and tell connected peers (for example
+  # a public DNS name or a forwarded port). Observed and relay addresses
+  # are added automatically.
   announce:{{list .C.Network.Announce}}
   # Static circuit-relay v2 relays (full multiaddrs ending in /p2p/<peer-id>).
   # When this instance is behind NAT it reserves a slot on them, and its

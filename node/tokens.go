@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/coattail/coattail/auth"
@@ -53,8 +52,12 @@ func (n *Node) advertisedAddrs() []string {
 			out = append(out, s)
 		}
 	}
+	// Canonical forms, so that an announce address spelled differently
+	// from the host's own rendering of it is listed once.
 	for _, a := range n.cfg.Network.Announce {
-		add(a)
+		if m, err := ma.NewMultiaddr(a); err == nil {
+			add(m.String())
+		}
 	}
 	if n.host != nil {
 		for _, a := range n.host.Addrs() {
@@ -64,12 +67,23 @@ func (n *Node) advertisedAddrs() []string {
 	}
 	for _, s := range n.cfg.Network.Listen {
 		m, err := ma.NewMultiaddr(s)
-		if err != nil || isUnspecified(m) || strings.Contains(s, "/tcp/0") || strings.Contains(s, "/udp/0/") {
+		if err != nil || isUnspecified(m) || zeroPort(m) {
 			continue
 		}
-		add(s)
+		add(m.String())
 	}
 	return out
+}
+
+// zeroPort reports whether m asks for any free TCP or UDP port (the real
+// one is known only once the host listens).
+func zeroPort(m ma.Multiaddr) bool {
+	for _, p := range []int{ma.P_TCP, ma.P_UDP} {
+		if v, err := m.ValueForProtocol(p); err == nil && v == "0" {
+			return true
+		}
+	}
+	return false
 }
 
 func isUnspecified(m ma.Multiaddr) bool {
