@@ -51,7 +51,9 @@ func Connect(ctx context.Context, l Layout) (*Conn, error) {
 				return nil, err
 			}
 			n.ownDB = true
-			_ = n.Start(ctx)
+			if err := n.Start(ctx); err != nil {
+				return nil, errors.Join(err, n.Close())
+			}
 			return &Conn{Client: localapi.InProcess(n.Handler(nil)), node: n}, nil
 		}
 		if !errors.Is(err, datastore.ErrLocked) {

@@ -283,7 +283,7 @@ func toWireError(err error) *wire.Error {
 		return &wire.Error{Code: wire.CodeActionFailed, Message: "the program of this action is not executable on the remote instance (its owner must chmod +x it)"}
 	case errors.Is(err, runner.ErrNotFound):
 		return &wire.Error{Code: wire.CodeNotFound, Message: "no such action on the remote instance"}
-	case errors.Is(err, runner.ErrNotFound), errors.Is(err, auth.ErrNotFound):
+	case errors.Is(err, auth.ErrNotFound):
 		code = wire.CodeNotFound
 	// Before bad_request: an oversized frame is also reported as a bad
 	// request by readRequest and authenticate, but too_large says why.

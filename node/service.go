@@ -157,15 +157,19 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	if o.Ready != nil {
 		o.Ready(os.Getpid())
 	}
+	var serveErr error
 	select {
 	case <-ctx.Done():
 	case err := <-srvErr:
 		if !errors.Is(err, http.ErrServerClosed) {
+			// The service cannot be controlled any more: stop, and say
+			// so with a non-zero exit rather than as a clean stop.
 			logger.Error("control socket failed", "err", err)
+			serveErr = fmt.Errorf("node: control socket %s failed: %w", l.Socket(), err)
 		}
 	}
 	shutdown() // before the registration and the pid file go
-	return nil
+	return serveErr
 }
 
 // Control socket limits. A request's header, and then its body, must each
