@@ -34,6 +34,11 @@ func (c *Conn) Close() error {
 
 // Connect returns a Conn for the instance in l.
 func Connect(ctx context.Context, l Layout) (*Conn, error) {
+	// Before the socket is dialled: in a directory anyone can write to,
+	// it could be anyone's.
+	if err := checkInstanceWritable(l); err != nil {
+		return nil, err
+	}
 	if _, err := probe(l); err == nil {
 		return &Conn{Client: localapi.Dial(l.Socket()), Online: true}, nil
 	}

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -155,5 +156,43 @@ func TestRegistrationOfReusedPidIsStale(t *testing.T) {
 	}
 	if _, err := os.Stat(same); err != nil {
 		t.Errorf("a live service's registration was removed: %v", err)
+	}
+}
+
+// An instance whose directory, actions/ or receivers/ every user can write
+// to is refused by the service and by the CLI's connection (anyone could
+// plant an action peers then run, or a socket in place of the control
+// socket); the check names the directory and the fix.
+func TestWorldWritableInstanceRefused(t *testing.T) {
+	t.Setenv(EnvRuntimeDir, t.TempDir())
+	for _, sub := range []string{"", "actions", "receivers"} {
+		dir := filepath.Join(t.TempDir(), "inst")
+		l, err := CreateInstance(dir, CreateOptions{Port: 0, Loopback: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		target := filepath.Join(l.Dir, sub)
+		if err := os.Chmod(target, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		err = RunService(context.Background(), l, ServiceOptions{})
+		if !errors.Is(err, ErrInsecureInstance) || !strings.Contains(err.Error(), target) || !strings.Contains(err.Error(), "chmod o-w") {
+			t.Errorf("%s 0777: RunService = %v, want ErrInsecureInstance naming it", target, err)
+		}
+		if c, err := Connect(context.Background(), l); !errors.Is(err, ErrInsecureInstance) {
+			if c != nil {
+				c.Close()
+			}
+			t.Errorf("%s 0777: Connect = %v, want ErrInsecureInstance", target, err)
+		}
+		// Group-writable (a shared group) and sticky-less 0755 are fine.
+		if err := os.Chmod(target, 0o775); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Connect(context.Background(), l)
+		if err != nil {
+			t.Fatalf("%s 0775: Connect = %v", target, err)
+		}
+		c.Close()
 	}
 }

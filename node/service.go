@@ -77,6 +77,9 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	if st, err := probe(l); err == nil {
 		return fmt.Errorf("%w: instance %s (pid %d)", ErrAlreadyRunning, l.Dir, st.PID)
 	}
+	if err := checkInstanceWritable(l); err != nil {
+		return err
+	}
 	cfg, err := LoadConfig(l.Config())
 	if err != nil {
 		return err
@@ -469,6 +472,28 @@ func ListServices(ctx context.Context) ([]localapi.Status, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Instance < out[j].Instance })
 	return out, nil
+}
+
+// ErrInsecureInstance is returned when the instance directory, or its
+// actions or receivers directory, can be written by every user.
+var ErrInsecureInstance = errors.New("node: instance directory writable by others")
+
+// checkInstanceWritable refuses an instance whose directory, actions/ or
+// receivers/ any user can write to (as ssh refuses such a home): anyone
+// could add an action that peers then run as this user, or put their own
+// socket in place of the control socket and receive the CLI's requests,
+// tokens included.
+func checkInstanceWritable(l Layout) error {
+	for _, d := range []string{l.Dir, l.Actions(), l.Receivers()} {
+		fi, err := os.Stat(d)
+		if err != nil {
+			continue // a missing directory is reported where it is needed
+		}
+		if fi.Mode().Perm()&0o002 != 0 {
+			return fmt.Errorf("%w: %s has mode %04o; anyone on this machine could put actions or a control socket there (run: chmod o-w %s)", ErrInsecureInstance, d, fi.Mode().Perm(), d)
+		}
+	}
+	return nil
 }
 
 // stopStatusTimeout bounds StopService's first question to the service:
