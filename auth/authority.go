@@ -262,7 +262,7 @@ func (a *Authority) resolveBearers(ctx context.Context, in []string) ([]string, 
 // the token expires or is revoked, so callers may verify once per stream
 // without paying for a signature check each time.
 func (a *Authority) Verify(ctx context.Context, raw string, r Remote) (*Grant, error) {
-	if err := checkSize(raw); err != nil {
+	if err := checkInput(raw); err != nil {
 		return nil, err
 	}
 	key := cacheKey{sum: sha256.Sum256([]byte(raw)), peer: r.Peer, ip: r.IP, relayed: r.Relayed}

@@ -29,7 +29,7 @@ var decodeParser = jwt.NewParser(
 // claimed issuer is refused. It does not check nbf/exp (see Claims.CheckTime),
 // the token type, or revocation. Both capability and validation tokens decode.
 func Decode(raw string) (Claims, error) {
-	if err := checkSize(raw); err != nil {
+	if err := checkInput(raw); err != nil {
 		return Claims{}, err
 	}
 	var c Claims
@@ -50,6 +50,32 @@ func checkSize(raw string) error {
 		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(raw), MaxTokenSize)
 	}
 	return nil
+}
+
+// checkInput is checkSize plus the alphabet: a compact JWS is base64url
+// segments joined by '.', nothing else. Go's base64 decoders skip '\r' and
+// '\n' even in strict mode, and the signature covers only header.payload,
+// so without this a line break in or after the signature segment would
+// still verify: one token would have many spellings, and Verify would blame
+// the issuer's record ("revoked") for what is a pasting mistake.
+func checkInput(raw string) error {
+	if err := checkSize(raw); err != nil {
+		return err
+	}
+	for i := 0; i < len(raw); i++ {
+		if c := raw[i]; !isTokenByte(c) {
+			what := fmt.Sprintf("byte 0x%02x", c)
+			if c > ' ' && c < 0x7f {
+				what = fmt.Sprintf("%q", c)
+			}
+			return fmt.Errorf("%w: not a well-formed JWT: %s at offset %d is not base64url or '.' (a line break or space copied with the token?)", ErrInvalid, what, i)
+		}
+	}
+	return nil
+}
+
+func isTokenByte(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
 }
 
 // issuerKey recovers the Ed25519 verification key from an issuer peer id.
