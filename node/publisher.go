@@ -342,6 +342,13 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 
 	var mu sync.Mutex
 	acked := sent
+	// waitingSince is when the deliveries in flight last saw progress: the
+	// first of them was sent with nothing in flight, or an ack moved
+	// acked forward. The stream is cut stream_timeout after it. An ack
+	// that acks nothing new, or new deliveries sent meanwhile, do not
+	// postpone it: a peer repeating an old ack, or a publisher that keeps
+	// publishing, would otherwise hold the stream and its window for ever.
+	var waitingSince time.Time
 	ackCh := make(chan struct{}, 1)
 	ackErr := make(chan error, 1)
 	go func() {
@@ -366,7 +373,10 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 				ackErr <- wire.Errorf(wire.CodeBadRequest, "ack %d for %s is outside what was sent", seq, id)
 				return
 			}
-			acked = seq
+			if seq > acked {
+				acked = seq
+				waitingSince = time.Now()
+			}
 			mu.Unlock()
 			if err := n.queues.Ack(sub.ID, seq); err != nil {
 				ackErr <- err
@@ -387,11 +397,14 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 		defer t.Stop()
 		expire = t.C
 	}
+	ackTimer := time.NewTimer(timeout)
+	defer ackTimer.Stop()
 	var buf []byte
 	deliveries := make([]wire.Delivery, 0, deliverBatch)
 	for {
 		mu.Lock()
 		inflight := sent - acked
+		since := waitingSince
 		mu.Unlock()
 		var items []topics.Item
 		if inflight < uint64(window) {
@@ -412,6 +425,9 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 			// Counted as sent before it is written: a fast subscriber's
 			// ack may arrive before Flush returns.
 			mu.Lock()
+			if sent == acked {
+				waitingSince = time.Now()
+			}
 			sent = last
 			mu.Unlock()
 			_ = s.s.SetWriteDeadline(time.Now().Add(timeout))
@@ -444,7 +460,8 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 		}
 		var ackTimeout <-chan time.Time
 		if inflight > 0 {
-			ackTimeout = time.After(timeout)
+			ackTimer.Reset(time.Until(since.Add(timeout)))
+			ackTimeout = ackTimer.C
 		}
 		select {
 		case <-wait:

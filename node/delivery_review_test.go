@@ -1,0 +1,158 @@
+package node_test
+
+// Delivery under hostile or unusual peers, seen from both sides (found by
+// review): each test holds a side to "each receiver runs exactly once per
+// publication, in order, and nothing blocks delivery for long".
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/wire"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// rawSub is a subscribe stream opened by a stock libp2p host that speaks
+// the protocol by hand.
+type rawSub struct {
+	s    network.Stream
+	w    *wire.Writer
+	r    *wire.Reader
+	resp wire.SubscribeResponse
+}
+
+// rawSubscribe opens a subscribe stream from h to pub with token and
+// request req, and reads the answers up to the subscribe response.
+func rawSubscribe(t *testing.T, h host.Host, pub *node.Node, token string, req wire.SubscribeRequest) *rawSub {
+	t.Helper()
+	s, err := h.NewStream(testCtx(t), pub.ID(), protocol.ID(wire.ProtoSubscribe))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Reset() })
+	w, r, we := openAuthed(t, s, token)
+	if we != nil {
+		t.Fatalf("hello refused: %v", we)
+	}
+	if err := w.JSON(wire.TRequest, req); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	rs := &rawSub{s: s, w: w, r: r}
+	typ, payload, err := r.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if typ != wire.TResult {
+		t.Fatalf("subscribe answered with frame type %d: %s", typ, payload)
+	}
+	if err := wire.DecodeJSON(payload, &rs.resp); err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+func (rs *rawSub) ack(seq uint64) error {
+	if err := rs.w.Frame(wire.TAck, wire.AppendAck(nil, rs.resp.SubscriptionID, seq)); err != nil {
+		return err
+	}
+	return rs.w.Flush()
+}
+
+// readUntilEnd reads rs's frames in the background and reports the error
+// frame (or read error) that ends the stream on the returned channel, and
+// the highest delivered sequence through last.
+func (rs *rawSub) readUntilEnd(last *atomic.Uint64) <-chan error {
+	end := make(chan error, 1)
+	go func() {
+		for {
+			typ, payload, err := rs.r.Next()
+			if err != nil {
+				end <- err
+				return
+			}
+			switch typ {
+			case wire.TError:
+				var e wire.Error
+				_ = wire.DecodeJSON(payload, &e)
+				end <- &e
+				return
+			case wire.TDeliver:
+				_ = wire.DecodeDeliveries(payload, func(d *wire.Delivery) error {
+					last.Store(d.Seq)
+					return nil
+				})
+			}
+		}
+	}()
+	return end
+}
+
+// A subscriber that keeps its deliveries unacked is cut off after
+// limits.stream_timeout (PROTOCOL.md: "The publisher resets a stream whose
+// unacked deliveries see no ack within the stream timeout"; SECURITY.md: a
+// subscription that stops acking "is cut off after stream_timeout"). The
+// timeout was re-armed on every turn of the delivery loop, so a peer that
+// repeated an old ack, or a publisher that kept publishing, held the
+// stream and its unacked window for ever.
+func TestDeliveryUnackedStreamIsCutOff(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// every 100 ms while the test waits for the cut
+		poke func(t *testing.T, pub *node.Node, rs *rawSub)
+	}{
+		{"repeated old ack", func(t *testing.T, pub *node.Node, rs *rawSub) { _ = rs.ack(0) }},
+		{"steady publications", func(t *testing.T, pub *node.Node, rs *rawSub) {
+			if _, err := pub.Publish(testCtx(t), "f.a", json.RawMessage(`2`)); err != nil {
+				t.Error(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pub := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.StreamTimeout = time.Second }))
+			h := newStockHost(t, pub)
+			tok := issue(t, pub, localapi.IssueRequest{Subscribe: []string{"f.>"}, Bearers: []string{"vt://" + h.ID().String()}})
+			rs := rawSubscribe(t, h, pub, tok.Token, wire.SubscribeRequest{Pattern: "f.>", Receiver: "rec"})
+			if _, err := pub.Publish(testCtx(t), "f.a", json.RawMessage(`1`)); err != nil {
+				t.Fatal(err)
+			}
+			var last atomic.Uint64
+			end := rs.readUntilEnd(&last)
+			t0 := time.Now()
+			tick := time.NewTicker(100 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case err := <-end:
+					var we *wire.Error
+					if !errors.As(err, &we) && !errors.Is(err, network.ErrReset) && !errors.Is(err, io.EOF) {
+						t.Fatalf("stream ended with %v", err)
+					}
+					if we != nil && we.Code != wire.CodeTimeout {
+						t.Fatalf("stream ended with %v, want code timeout", we)
+					}
+					t.Logf("cut off after %v (last delivered seq %d): %v", time.Since(t0), last.Load(), err)
+					return
+				case <-tick.C:
+				}
+				if time.Since(t0) > 20*time.Second {
+					t.Fatalf("a stream with unacked deliveries was not cut off in 20 s (stream_timeout 1s; %d delivered, none acked)", last.Load())
+				}
+				tc.poke(t, pub, rs)
+			}
+		})
+	}
+}
+
+var _ = fmt.Sprintf
