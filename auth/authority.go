@@ -298,7 +298,9 @@ func (a *Authority) Verify(ctx context.Context, raw string, r Remote) (*Grant, e
 
 func (a *Authority) wrongIssuer(iss string) error {
 	if id, err := peer.Decode(iss); err == nil {
-		return fmt.Errorf("%w: issued by %s, this instance is %s", ErrWrongIssuer, id, a.id)
+		// truncate: an identity-multihash id can be kilobytes of the
+		// sender's choosing, and this error is logged and sent back.
+		return fmt.Errorf("%w: issued by %s, this instance is %s", ErrWrongIssuer, truncate(id.String()), a.id)
 	}
 	return fmt.Errorf("%w: iss is not a peer id; this instance is %s", ErrWrongIssuer, a.id)
 }

@@ -90,7 +90,7 @@ func issuerKey(iss string) (ed25519.PublicKey, error) {
 	}
 	pk, err := id.ExtractPublicKey()
 	if err != nil {
-		return nil, fmt.Errorf("%w: iss peer id %s does not embed a public key", ErrInvalid, id)
+		return nil, fmt.Errorf("%w: iss peer id %s does not embed a public key", ErrInvalid, truncate(id.String()))
 	}
 	return ed25519Public(pk)
 }

@@ -2,9 +2,14 @@ package auth
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // Go's base64 decoders skip '\r' and '\n' even in strict mode, and a JWS
@@ -52,5 +57,56 @@ func TestTokenWithStrayBytesRefused(t *testing.T) {
 	}
 	if _, err := Decode(vt); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// unsignedToken builds header.payload.signature with an arbitrary payload
+// and a junk signature, as any remote can send.
+func unsignedToken(t *testing.T, claims map[string]any) string {
+	t.Helper()
+	body, err := json.Marshal(claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc([]byte(`{"alg":"EdDSA","typ":"JWT"}`)) + "." + enc(body) + "." + strings.Repeat("A", 86)
+}
+
+// A peer id with an identity multihash can be kilobytes long and is chosen by
+// whoever sends the token. Verify's errors are logged and sent back to the
+// remote, so such an iss must not be echoed in full (SECURITY.md: attacker-
+// controlled fields are quoted only when short).
+func TestLongIssuerNotEchoed(t *testing.T) {
+	junk := make([]byte, 4000)
+	for i := range junk {
+		junk[i] = byte('a' + i%26)
+	}
+	// An identity multihash: code 0x00, length, the bytes themselves.
+	h := binary.AppendUvarint([]byte{0x00}, uint64(len(junk)))
+	iss := peer.ID(append(h, junk...)).String()
+	if _, err := peer.Decode(iss); err != nil {
+		t.Fatalf("setup: long id does not decode: %v", err)
+	}
+	raw := unsignedToken(t, map[string]any{"iss": iss, "typ": TypeCapability, "jti": "00000000-0000-0000-0000-000000000000"})
+	f := newFixture(t)
+	_, verr := f.a.Verify(context.Background(), raw, direct(newPeer(t), ""))
+	_, derr := Decode(raw)
+	for name, c := range map[string]struct {
+		err  error
+		want error
+	}{"Verify": {verr, ErrWrongIssuer}, "Decode": {derr, ErrInvalid}} {
+		if !errors.Is(c.err, c.want) {
+			t.Errorf("%s: %v, want %v", name, c.err, c.want)
+			continue
+		}
+		if msg := c.err.Error(); len(msg) > 300 || strings.Contains(msg, iss[:64]) {
+			t.Errorf("%s error echoes the %d-byte issuer (%d bytes): %.120s...", name, len(iss), len(msg), msg)
+		}
+	}
+	// An ordinary peer id is still named.
+	other := newPeer(t)
+	raw = unsignedToken(t, map[string]any{"iss": other.String(), "typ": TypeCapability})
+	if _, err := f.a.Verify(context.Background(), raw, direct(newPeer(t), "")); !errors.Is(err, ErrWrongIssuer) || !strings.Contains(err.Error(), other.String()) {
+		t.Errorf("ordinary foreign issuer: %v", err)
 	}
 }
