@@ -66,7 +66,20 @@ func (c Claims) clone() Claims {
 	out.Bearers = slices.Clone(c.Bearers)
 	out.Addrs = slices.Clone(c.Addrs)
 	out.Audience = slices.Clone(c.Audience)
+	// The time claims are pointers: share them and a caller's copy aliases
+	// the grant's.
+	out.ExpiresAt = cloneDate(c.ExpiresAt)
+	out.NotBefore = cloneDate(c.NotBefore)
+	out.IssuedAt = cloneDate(c.IssuedAt)
 	return out
+}
+
+func cloneDate(d *jwt.NumericDate) *jwt.NumericDate {
+	if d == nil {
+		return nil
+	}
+	v := *d
+	return &v
 }
 
 // IssuerID returns the issuer as a peer id.

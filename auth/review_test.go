@@ -8,6 +8,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -108,5 +109,32 @@ func TestLongIssuerNotEchoed(t *testing.T) {
 	raw = unsignedToken(t, map[string]any{"iss": other.String(), "typ": TypeCapability})
 	if _, err := f.a.Verify(context.Background(), raw, direct(newPeer(t), "")); !errors.Is(err, ErrWrongIssuer) || !strings.Contains(err.Error(), other.String()) {
 		t.Errorf("ordinary foreign issuer: %v", err)
+	}
+}
+
+// Claims() promises a copy that cannot change the cached grant; the time
+// claims are pointers and were shared, so a caller adjusting exp, nbf or iat
+// on its copy changed what every later holder of the grant saw.
+func TestGrantClaimsTimesAreCopies(t *testing.T) {
+	f := newFixture(t)
+	rec := f.issue(t, IssueOptions{Reusable: true, ExpiresIn: time.Hour})
+	g, err := f.a.Verify(context.Background(), rec.Token, direct(newPeer(t), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := g.Claims()
+	wantExp, wantNbf, wantIat := want.ExpiresAt.Time, want.NotBefore.Time, want.IssuedAt.Time
+	c := g.Claims()
+	c.ExpiresAt.Time = c.ExpiresAt.Add(1000 * time.Hour)
+	c.NotBefore.Time = time.Time{}
+	c.IssuedAt.Time = time.Time{}
+	got := g.Claims()
+	if !got.ExpiresAt.Equal(wantExp) || !got.NotBefore.Equal(wantNbf) || !got.IssuedAt.Equal(wantIat) {
+		t.Fatalf("mutating a copy changed the grant: exp %v nbf %v iat %v, want %v %v %v",
+			got.ExpiresAt, got.NotBefore, got.IssuedAt, wantExp, wantNbf, wantIat)
+	}
+	// The same holds for the claims a grant is built from.
+	if !got.ExpiresAt.Equal(rec.Claims.ExpiresAt.Time) {
+		t.Fatalf("grant exp %v, issued %v", got.ExpiresAt, rec.Claims.ExpiresAt)
 	}
 }
