@@ -1246,7 +1246,15 @@ func (qs *Queues) commitRound(first *pubReq) {
 
 	var scratch []*queue
 	var ids []string
+	// After a round of publications failed, its sequences are spent and a
+	// restart will not find them: a request queued before Publish began
+	// refusing must not be numbered after them either.
+	failed := qs.failed.Load()
 	for _, r := range rd.reqs {
+		if failed != nil {
+			r.err = *failed
+			continue
+		}
 		if !qs.drop && !qs.admit(r, &scratch) {
 			continue
 		}
@@ -1323,6 +1331,11 @@ func (qs *Queues) commitRound(first *pubReq) {
 	}
 
 	rd.err = qs.writeRound(ctx, rd)
+	if rd.err != nil && len(rd.puts) > 0 {
+		// Refuse at once, not when the syncer finishes this round: the
+		// next rounds are built meanwhile.
+		qs.setFailed(rd.err)
+	}
 	qs.commitMu.Unlock()
 	if len(rd.reqs) == 0 {
 		// Releases need no Sync: a lost delete is only a redelivery,
@@ -1527,9 +1540,11 @@ func (qs *Queues) finish(rd *round, err error) {
 		}
 		q.trimLocked()
 		if err != nil {
-			// The sequences are spent either way: some of the round may be
-			// in the datastore, and a sequence is never reused. Reads find
-			// whatever is there.
+			// The committer's sequences are spent (no later round numbers
+			// any: see setFailed), but they are not durable: a restart may
+			// or may not find them. They are not made visible, so that
+			// nothing is read or acked under a number a restart may give
+			// to another publication.
 			q.mem.reset()
 			q.memBytes = 0
 		} else {
@@ -1538,18 +1553,15 @@ func (qs *Queues) finish(rd *round, err error) {
 					q.pushLocked(t.items[i], budget)
 				}
 			}
-		}
-		if t.next > q.next {
-			q.next = t.next
-			q.wakeLocked()
+			if t.next > q.next {
+				q.next = t.next
+				q.wakeLocked()
+			}
 		}
 		q.mu.Unlock()
 	}
 	if err != nil && len(rd.reqs) > 0 {
-		f := fmt.Errorf("%w: %w", ErrStorageFailed, err)
-		if qs.failed.CompareAndSwap(nil, &f) {
-			qs.log.Error("writing publications to the datastore failed; refusing new publications until the instance restarts", "err", err)
-		}
+		qs.setFailed(err)
 	}
 	for _, r := range rd.reqs {
 		if err != nil && r.err == nil {
@@ -1560,7 +1572,16 @@ func (qs *Queues) finish(rd *round, err error) {
 	}
 }
 
-// trimLocked drops cached items below head.
+// setFailed records that a round of publications could not be made
+// durable: from then on every publication is refused with ErrStorageFailed,
+// including those already queued for the committer.
+func (qs *Queues) setFailed(err error) {
+	f := fmt.Errorf("%w: %w", ErrStorageFailed, err)
+	if qs.failed.CompareAndSwap(nil, &f) {
+		qs.log.Error("writing publications to the datastore failed; refusing new publications until the instance restarts", "err", err)
+	}
+}
+
 // memBudget is how many bytes each queue may keep in memory now.
 func (qs *Queues) memBudget() int {
 	return min(qs.memCap, qs.memTot/int(max(1, qs.nsubs.Load())))
@@ -1581,6 +1602,7 @@ func (qs *Queues) shrinkMemLocked() {
 	}
 }
 
+// trimLocked drops cached items below head.
 func (q *queue) trimLocked() {
 	for q.mem.n > 0 && q.mem.at(0).Seq < q.head {
 		q.memBytes -= itemSize(q.mem.at(0))

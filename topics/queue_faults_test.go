@@ -13,8 +13,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -368,4 +370,257 @@ func TestPublishStopsAfterStorageFailure(t *testing.T) {
 	if got := summary(readAll(t, qs2, "s", 0)); len(got) != 2 || !strings.HasSuffix(got[0], ":a:1") || !strings.HasSuffix(got[1], ":a:4") {
 		t.Fatalf("after reopening, queue holds %q, want 1 and 4", got)
 	}
+}
+
+// plStore is an in-memory datastore that models what a machine crash
+// keeps. It records every committed write in commit order, like a
+// write-ahead log, and how much of that log the last Sync made durable;
+// crash returns a new store holding the durable prefix and, optionally,
+// some later writes (they may or may not have reached the disk before the
+// power went). After a failed Sync no later Sync is trusted (on Linux a
+// failed fsync may drop the dirty pages it could not write, and pebble's
+// recovery stops at the hole this leaves in its log).
+//
+// It can also fail the next commits or Syncs and hold Syncs at a gate.
+type plStore struct {
+	ds.Batching // the current contents
+
+	mu       sync.Mutex
+	wal      [][]plOp
+	synced   int
+	poisoned bool
+
+	failCommits atomic.Int32 // the next n commits fail
+	failSyncs   atomic.Int32 // the next n Syncs fail
+	commits     atomic.Int64 // commit attempts
+	gate        atomic.Pointer[chan struct{}]
+	waiting     atomic.Int64 // Syncs waiting at the gate
+}
+
+type plOp struct {
+	key ds.Key
+	val []byte
+	del bool
+}
+
+func newPLStore() *plStore {
+	return &plStore{Batching: datastore.NewMemory().Batching()}
+}
+
+func (s *plStore) Put(ctx context.Context, k ds.Key, v []byte) error {
+	return s.commit(ctx, []plOp{{key: k, val: slices.Clone(v)}})
+}
+
+func (s *plStore) Delete(ctx context.Context, k ds.Key) error {
+	return s.commit(ctx, []plOp{{key: k, del: true}})
+}
+
+func (s *plStore) Batch(context.Context) (ds.Batch, error) {
+	return &plBatch{s: s}, nil
+}
+
+func (s *plStore) commit(ctx context.Context, ops []plOp) error {
+	s.commits.Add(1)
+	for {
+		n := s.failCommits.Load()
+		if n <= 0 {
+			break
+		}
+		if s.failCommits.CompareAndSwap(n, n-1) {
+			return errors.New("injected commit failure")
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, op := range ops {
+		var err error
+		if op.del {
+			err = s.Batching.Delete(ctx, op.key)
+		} else {
+			err = s.Batching.Put(ctx, op.key, op.val)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	s.wal = append(s.wal, ops)
+	return nil
+}
+
+func (s *plStore) Sync(context.Context, ds.Key) error {
+	if g := s.gate.Load(); g != nil {
+		s.waiting.Add(1)
+		<-*g
+		s.waiting.Add(-1)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := s.failSyncs.Load(); n > 0 {
+		s.failSyncs.Store(n - 1)
+		s.poisoned = true
+		return errors.New("injected sync failure")
+	}
+	if !s.poisoned {
+		s.synced = len(s.wal)
+	}
+	return nil
+}
+
+// hold makes Syncs wait until the returned function is called.
+func (s *plStore) hold() (release func()) {
+	g := make(chan struct{})
+	s.gate.Store(&g)
+	return func() {
+		s.gate.Store(nil)
+		close(g)
+	}
+}
+
+// crash returns the store as a restart after a machine crash finds it:
+// the durable prefix of the log plus extra of the writes after it.
+func (s *plStore) crash(t testing.TB, extra int) *plStore {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cut := min(s.synced+extra, len(s.wal))
+	n := newPLStore()
+	for _, ops := range s.wal[:cut] {
+		if err := n.commit(context.Background(), ops); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n.synced = cut
+	return n
+}
+
+// unsynced is how many committed writes the last Sync did not cover.
+func (s *plStore) unsynced() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.wal) - s.synced
+}
+
+type plBatch struct {
+	s   *plStore
+	ops []plOp
+}
+
+func (b *plBatch) Put(_ context.Context, k ds.Key, v []byte) error {
+	b.ops = append(b.ops, plOp{key: k, val: slices.Clone(v)})
+	return nil
+}
+
+func (b *plBatch) Delete(_ context.Context, k ds.Key) error {
+	b.ops = append(b.ops, plOp{key: k, del: true})
+	return nil
+}
+
+func (b *plBatch) Commit(ctx context.Context) error {
+	return b.s.commit(ctx, b.ops)
+}
+
+// pubResult is the outcome of a Publish run in the background.
+type pubResult struct {
+	data string
+	err  error
+}
+
+func publishAsync(qs *Queues, subject, data string) <-chan pubResult {
+	ch := make(chan pubResult, 1)
+	go func() {
+		_, err := qs.Publish(context.Background(), []Message{msg(subject, data)}, nil)
+		ch <- pubResult{data, err}
+	}()
+	return ch
+}
+
+// checkAckedSurvive reopens store and checks that each publication in ok
+// (whose Publish succeeded) is in queue id with the sequence it had
+// before, and that the next sequence did not go back.
+func checkAckedSurvive(t *testing.T, store ds.Batching, id string, before []Item, ok map[string]bool, next uint64) {
+	t.Helper()
+	qs2, err := OpenQueues(context.Background(), store, QueueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qs2.Close()
+	after := map[string]uint64{}
+	for _, it := range readAll(t, qs2, id, 0) {
+		after[string(it.Message.Data)] = it.Seq
+	}
+	for _, it := range before {
+		if ok[string(it.Message.Data)] && after[string(it.Message.Data)] != it.Seq {
+			t.Errorf("acknowledged publication %q was sequence %d, after the restart %d (0: gone); queue after: %v",
+				it.Message.Data, it.Seq, after[string(it.Message.Data)], after)
+		}
+	}
+	for d := range ok {
+		if _, found := after[d]; !found {
+			t.Errorf("acknowledged publication %q is gone after the restart", d)
+		}
+	}
+	if st := status(t, qs2, id); st.NextSeq < next {
+		t.Errorf("next sequence %d before the restart, %d after it: sequences would be reused", next, st.NextSeq)
+	}
+}
+
+// A round of publications whose commit fails spends its sequences. Rounds
+// the committer builds after it, from requests queued before Publish
+// started refusing (group commit is pipelined: the failed round waits
+// behind an earlier one's Sync), must not be numbered after the lost
+// round and acknowledged: a restart replays the log without the lost
+// round and gives them other sequences, and a subscriber that processed
+// them under the old ones drops the new publications that take them as
+// duplicates.
+func TestNoRoundAcknowledgedAfterAFailedCommit(t *testing.T) {
+	store := newPLStore()
+	qs, err := OpenQueues(context.Background(), store, QueueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addSub(t, qs, "s", "a")
+	publish(t, qs, msg("a", "m1"))
+
+	release := store.hold()
+	r2 := publishAsync(qs, "a", "m2") // its round waits in Sync
+	waitFor(t, func() bool { return store.waiting.Load() == 1 })
+	commits := store.commits.Load()
+	store.failCommits.Store(1)
+	r3 := publishAsync(qs, "a", "m3") // its round's commit fails
+	waitFor(t, func() bool { return store.commits.Load() > commits })
+	r4 := publishAsync(qs, "a", "m4") // queued behind the failed round
+	// Until the committer has taken m4 (committed its round, or answered
+	// it at once), nothing may finish the failed round.
+	var res4 *pubResult
+	waitFor(t, func() bool {
+		select {
+		case r := <-r4:
+			res4 = &r
+			return true
+		default:
+			return store.commits.Load() >= commits+2
+		}
+	})
+	release()
+	if res4 == nil {
+		r := <-r4
+		res4 = &r
+	}
+
+	ok := map[string]bool{"m1": true}
+	for _, r := range []pubResult{<-r2, <-r3, *res4} {
+		t.Logf("Publish(%s) = %v", r.data, r.err)
+		if r.err == nil {
+			ok[r.data] = true
+		}
+	}
+	if !ok["m2"] || ok["m3"] {
+		t.Fatalf("m2 (before the failure) and m3 (the failed round): acknowledged %v", ok)
+	}
+	if _, err := qs.Publish(context.Background(), []Message{msg("a", "m5")}, nil); !errors.Is(err, ErrStorageFailed) {
+		t.Fatalf("Publish after the failure = %v, want ErrStorageFailed", err)
+	}
+	before := readAll(t, qs, "s", 0)
+	t.Logf("before the restart: %q", summary(before))
+	checkAckedSurvive(t, store.crash(t, store.unsynced()), "s", before, ok, status(t, qs, "s").NextSeq)
 }
