@@ -191,7 +191,7 @@ func (a *Authority) Issue(ctx context.Context, o IssueOptions) (Record, error) {
 		Reusable:  o.Reusable,
 	}
 	if o.ExpiresIn > 0 {
-		c.ExpiresAt = jwt.NewNumericDate(now.Add(o.ExpiresIn))
+		c.ExpiresAt = expiresAt(now, o.ExpiresIn)
 	}
 	signed, err := a.sign(c)
 	if err != nil {

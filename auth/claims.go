@@ -124,7 +124,8 @@ type IssueOptions struct {
 	Bearers []string
 	// NotBefore delays validity, counted from now.
 	NotBefore time.Duration
-	// ExpiresIn is counted from now; 0 means the token never expires.
+	// ExpiresIn is counted from now and rounded up to whole seconds (JWT's
+	// precision); 0 means the token never expires.
 	ExpiresIn time.Duration
 	// Addrs are this instance's multiaddrs, copied verbatim into the token.
 	Addrs []string
@@ -143,6 +144,19 @@ func (o IssueOptions) checkTimes() error {
 		return fmt.Errorf("%w: token would expire (in %s) before it becomes valid (in %s)", ErrOptions, o.ExpiresIn, o.NotBefore)
 	}
 	return nil
+}
+
+// expiresAt is now+d rounded up to JWT's whole seconds. NumericDate
+// truncates, which made a token last less than asked: one issued to expire
+// in 500ms had exp == iat, and a sub-second window after nbf expired no
+// later than it became valid. Rounding up keeps exp > nbf (checkTimes
+// requires d > the not-before delay, which is rounded down).
+func expiresAt(now time.Time, d time.Duration) *jwt.NumericDate {
+	t := now.Add(d)
+	if r := t.Truncate(time.Second); !r.Equal(t) {
+		t = r.Add(time.Second)
+	}
+	return jwt.NewNumericDate(t)
 }
 
 // normalisePatterns validates a permission list, maps a lone "*" to ">" and

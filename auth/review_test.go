@@ -138,3 +138,38 @@ func TestGrantClaimsTimesAreCopies(t *testing.T) {
 		t.Fatalf("grant exp %v, issued %v", got.ExpiresAt, rec.Claims.ExpiresAt)
 	}
 }
+
+// JWT times have one-second precision. The expiry was truncated, so a token
+// issued to expire in 500ms expired the second it was issued (exp == iat) and
+// one for 1.9s lasted 1s; with a not-before in the same second it expired no
+// later than it became valid. A token must last at least as long as asked.
+func TestSubSecondExpiryIsNotShortened(t *testing.T) {
+	f := newFixture(t)
+	cases := []struct{ nbf, exp time.Duration }{
+		{0, 500 * time.Millisecond},
+		{0, 1900 * time.Millisecond},
+		{1200 * time.Millisecond, 1800 * time.Millisecond},
+		{0, time.Hour},
+	}
+	for _, c := range cases {
+		o := IssueOptions{NotBefore: c.nbf, ExpiresIn: c.exp}
+		rec := f.issue(t, o)
+		vt, err := f.a.IssueValidation(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vc, err := Decode(vt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, cl := range map[string]Claims{"capability": rec.Claims, "validation": vc} {
+			iat, nbf, exp := cl.IssuedAt.Time, cl.NotBefore.Time, cl.ExpiresAt.Time
+			if exp.Sub(iat) < c.exp {
+				t.Errorf("%s nbf %v exp %v: token lasts %v from issue", name, c.nbf, c.exp, exp.Sub(iat))
+			}
+			if !exp.After(nbf) {
+				t.Errorf("%s nbf %v exp %v: exp %v is not after nbf %v", name, c.nbf, c.exp, exp, nbf)
+			}
+		}
+	}
+}

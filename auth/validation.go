@@ -42,7 +42,7 @@ func (a *Authority) IssueValidation(o IssueOptions) (string, error) {
 		Type: TypeValidation,
 	}
 	if o.ExpiresIn > 0 {
-		c.ExpiresAt = jwt.NewNumericDate(now.Add(o.ExpiresIn))
+		c.ExpiresAt = expiresAt(now, o.ExpiresIn)
 	}
 	return a.sign(c)
 }
