@@ -1495,9 +1495,15 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 // syncLoop is the syncer goroutine: one Sync makes every round committed
 // before it durable, so rounds that queued up while an fsync ran share the
 // next one.
+//
+// A failed Sync is final: a later one that succeeds proves nothing about
+// the writes before it (the kernel may have dropped the pages the failed
+// fsync could not write, and pebble's recovery stops at the hole that
+// leaves in its log), so every round after it fails too.
 func (qs *Queues) syncLoop() {
 	defer close(qs.syncerDone)
 	var batch []*round
+	var syncErr error // sticky
 	for rd := range qs.syncCh {
 		batch = append(batch[:0], rd)
 	more:
@@ -1512,9 +1518,8 @@ func (qs *Queues) syncLoop() {
 				break more
 			}
 		}
-		var syncErr error
 		for _, r := range batch {
-			if r.err == nil {
+			if r.err == nil && syncErr == nil {
 				if err := qs.store.Sync(context.Background(), ds.RawKey(queueNamespace)); err != nil {
 					syncErr = fmt.Errorf("topics: sync queues: %w", err)
 				}

@@ -624,3 +624,53 @@ func TestNoRoundAcknowledgedAfterAFailedCommit(t *testing.T) {
 	t.Logf("before the restart: %q", summary(before))
 	checkAckedSurvive(t, store.crash(t, store.unsynced()), "s", before, ok, status(t, qs, "s").NextSeq)
 }
+
+// Once a Sync of the queues has failed, a later Sync proves nothing about
+// the writes before it (Linux may drop the pages a failed fsync could not
+// write; pebble's recovery stops at the hole): rounds committed after the
+// failed one, already in the pipeline, must not be acknowledged as
+// durable, and the failed round must not become readable.
+func TestNoRoundAcknowledgedAfterAFailedSync(t *testing.T) {
+	store := newPLStore()
+	qs, err := OpenQueues(context.Background(), store, QueueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addSub(t, qs, "s", "a")
+	publish(t, qs, msg("a", "m1"))
+
+	release := store.hold()
+	store.failSyncs.Store(1)
+	r2 := publishAsync(qs, "a", "m2") // its round's Sync will fail
+	waitFor(t, func() bool { return store.waiting.Load() == 1 })
+	commits := store.commits.Load()
+	r3 := publishAsync(qs, "a", "m3") // committed while that Sync runs
+	waitFor(t, func() bool { return store.commits.Load() > commits })
+	release()
+
+	ok := map[string]bool{"m1": true}
+	for _, r := range []pubResult{<-r2, <-r3} {
+		t.Logf("Publish(%s) = %v", r.data, r.err)
+		if r.err == nil {
+			ok[r.data] = true
+		}
+	}
+	if ok["m2"] {
+		t.Fatal("the round whose Sync failed was acknowledged")
+	}
+	if _, err := qs.Publish(context.Background(), []Message{msg("a", "m4")}, nil); !errors.Is(err, ErrStorageFailed) {
+		t.Fatalf("Publish after the failure = %v, want ErrStorageFailed", err)
+	}
+	before := readAll(t, qs, "s", 0)
+	t.Logf("before the crash: %q", summary(before))
+	next := status(t, qs, "s").NextSeq
+	// The durable prefix only: the crash loses everything after the
+	// failed Sync.
+	checkAckedSurvive(t, store.crash(t, 0), "s", before, ok, next)
+	// Nothing read before the crash may be renumbered by it.
+	for _, it := range before {
+		if !ok[string(it.Message.Data)] {
+			t.Errorf("%q was readable as sequence %d before it was durable", it.Message.Data, it.Seq)
+		}
+	}
+}
