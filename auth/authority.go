@@ -489,6 +489,9 @@ func (a *Authority) evictLocked() {
 // Revoke deletes a token's record, which makes every later Verify fail,
 // drops its cached grants, closes their Done channels, and then calls each
 // OnRevoke callback with the id (so the node can close open streams).
+// If the delete succeeds but syncing the store fails, all of that still
+// happens and the sync error is returned: the token is revoked in this
+// process, but the revocation may not survive a crash.
 func (a *Authority) Revoke(ctx context.Context, id string) error {
 	k, err := recordKey(tokensPrefix, id)
 	if err != nil {
@@ -505,9 +508,17 @@ func (a *Authority) Revoke(ctx context.Context, id string) error {
 		}
 		return fmt.Errorf("%w: no token with id %s", ErrNotFound, id)
 	}
-	if err := a.deleteKey(ctx, tokensPrefix, id); err != nil {
+	if err := a.store.Delete(ctx, k); err != nil {
 		a.mu.Unlock()
-		return err
+		return fmt.Errorf("auth: delete token %s: %w", id, err)
+	}
+	// From here the record is gone from the live store, so the token is
+	// revoked whether or not the sync succeeds: its grants must go too, or
+	// they would be served from the cache while a retried Revoke reports
+	// "no token with id".
+	var syncErr error
+	if err := a.store.Sync(ctx, tokensPrefix); err != nil {
+		syncErr = fmt.Errorf("auth: token %s is revoked, but syncing the store failed, so the revocation may not survive a crash: %w", id, err)
 	}
 	a.cacheMu.Lock()
 	for k, g := range a.cache {
@@ -528,7 +539,7 @@ func (a *Authority) Revoke(ctx context.Context, id string) error {
 	for _, fn := range cbs {
 		fn(id)
 	}
-	return nil
+	return syncErr
 }
 
 // OnRevoke registers fn to be called, synchronously and in registration

@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	ds "github.com/ipfs/go-datastore"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -171,5 +173,61 @@ func TestSubSecondExpiryIsNotShortened(t *testing.T) {
 				t.Errorf("%s nbf %v exp %v: exp %v is not after nbf %v", name, c.nbf, c.exp, exp, nbf)
 			}
 		}
+	}
+}
+
+// syncFailStore fails Sync while fail is set, after the write it follows
+// has reached the store: the state a full or failing disk leaves.
+type syncFailStore struct {
+	ds.Batching
+	fail  atomic.Bool
+	syncs atomic.Int64
+}
+
+func (s *syncFailStore) Sync(ctx context.Context, prefix ds.Key) error {
+	if s.fail.Load() {
+		return errors.New("disk on fire")
+	}
+	s.syncs.Add(1)
+	return s.Batching.Sync(ctx, prefix)
+}
+
+// A revocation whose delete reached the store but whose sync failed left the
+// record gone (a retry said "no token with id", so the operator believed it
+// revoked) while the cached grants kept being served, their Done channels
+// stayed open and OnRevoke was never called: streams opened with the token
+// lived on, and the same remote verifying again got the cached grant.
+func TestRevokeWithFailedSyncStillDropsGrants(t *testing.T) {
+	ctx := context.Background()
+	store := &syncFailStore{Batching: newStore()}
+	f := fixtureOver(t, newKey(t), store)
+	rec := f.issue(t, IssueOptions{Reusable: true, Publish: []string{"x"}})
+	bob := direct(newPeer(t), "10.0.0.1")
+	g, err := f.a.Verify(ctx, rec.Token, bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var called []string
+	f.a.OnRevoke(func(id string) { called = append(called, id) })
+
+	store.fail.Store(true)
+	err = f.a.Revoke(ctx, rec.ID)
+	store.fail.Store(false)
+	if err == nil || !strings.Contains(err.Error(), "disk on fire") {
+		t.Fatalf("Revoke with a failing sync: %v, want the sync error", err)
+	}
+	if _, err := f.a.Token(ctx, rec.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("setup: record still there after the delete: %v", err)
+	}
+	if g2, err := f.a.Verify(ctx, rec.Token, bob); err == nil {
+		t.Errorf("the deleted token was still served from the cache (grant %s)", g2.TokenID)
+	} else if !errors.Is(err, ErrRevoked) {
+		t.Errorf("Verify after revoke: %v, want ErrRevoked", err)
+	}
+	if !g.Revoked() {
+		t.Error("the grant's Done channel was not closed")
+	}
+	if len(called) != 1 || called[0] != rec.ID {
+		t.Errorf("OnRevoke saw %v", called)
 	}
 }
