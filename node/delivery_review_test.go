@@ -155,4 +155,66 @@ func TestDeliveryUnackedStreamIsCutOff(t *testing.T) {
 	}
 }
 
-var _ = fmt.Sprintf
+// A publisher answering a new subscription with the id of one this
+// instance already holds at another publisher must not take it over: the
+// record (whose publisher decides who may revoke or nudge it, and where it
+// resumes after a restart) and its progress belong to the first publisher
+// (SECURITY.md: a publisher cannot end a subscription of another
+// publisher).
+func TestSubscribeRefusesAnIDAlreadyHeld(t *testing.T) {
+	ctx := testCtx(t)
+	honest, liar, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	cnt := &counter{}
+	if err := sub.RegisterReceiver("rec", cnt.handler); err != nil {
+		t.Fatal(err)
+	}
+	hid, _ := connectPeers(t, honest, sub, localapi.IssueRequest{Subscribe: []string{"f.>"}})
+	held, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: hid, Pattern: "f.>", Receiver: "rec"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lid, _ := connectPeers(t, liar, sub, localapi.IssueRequest{Subscribe: []string{"f.>"}})
+	conns := scriptedPublisher(t, liar)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: lid, Pattern: "f.>", Receiver: "rec"})
+		errc <- err
+	}()
+	nextSub(t, conns).accept(t, held.ID)
+	if err := <-errc; err == nil {
+		t.Error("a subscription answered with the id of one held at another publisher was accepted")
+	}
+	subs, err := sub.Subscriptions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(subs) != 1 || subs[0].ID != held.ID || subs[0].Publisher != hid {
+		t.Fatalf("subscriptions after the lying answer: %+v, want only %s at %s", subs, held.ID, hid)
+	}
+	// The liar cannot revoke it either.
+	s, err := liar.Host().NewStream(ctx, sub.ID(), protocol.ID(wire.ProtoRevoke))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := wire.NewWriter(s)
+	if err := w.JSON(wire.TRequest, wire.RevokeNotice{SubscriptionID: held.ID, Reason: "mine now"}); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.Flush()
+	_ = s.CloseWrite()
+	typ, _, _ := wire.NewReader(s, 1<<20).Next()
+	_ = s.Close()
+	if typ == wire.TOK {
+		t.Error("the other publisher's revoke notice was accepted")
+	}
+	// And the subscription still works at the honest publisher.
+	if _, err := honest.Publish(ctx, "f.a", json.RawMessage(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		if cnt.count() != 1 {
+			return fmt.Errorf("receiver ran %d times, want 1", cnt.count())
+		}
+		return nil
+	})
+}

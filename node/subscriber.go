@@ -67,6 +67,9 @@ type subscriberSide struct {
 	// replaying holds the ids of dead letters being replayed: a second
 	// replay of one would run its receiver twice.
 	replaying sync.Map
+	// adding serialises the check that a new subscription's id is not held
+	// already with the write of its record.
+	adding sync.Mutex
 
 	mu    sync.Mutex
 	loops map[string]*subLoop
@@ -137,6 +140,9 @@ func (ss *subscriberSide) start(sub outSub, initial *session) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.loops[sub.ID] != nil || ss.ctx.Err() != nil {
+		if initial != nil {
+			_ = initial.s.Reset()
+		}
 		return
 	}
 	ctx, cancel := context.WithCancel(ss.ctx)
@@ -677,17 +683,46 @@ func (n *Node) subscribe(ctx context.Context, req localapi.SubscribeRequest) (lo
 		_ = s.s.Reset()
 		return localapi.Subscription{}, fmt.Errorf("%w %s: bad subscription id: %v", ErrPeer, req.Peer, err)
 	}
-	if err := n.subscriber.subs.Put(ctx, sub.ID, sub); err != nil {
-		_ = s.s.Reset()
-		return localapi.Subscription{}, err
-	}
-	if err := n.db.Sync(ctx, ds.RawKey("/subs")); err != nil {
+	if err := n.subscriber.add(ctx, sub); err != nil {
 		_ = s.s.Reset()
 		return localapi.Subscription{}, err
 	}
 	n.log.Info("subscribed", "subscription", sub.ID, "publisher", sub.Publisher, "pattern", sub.Pattern, "receiver", sub.Receiver)
 	n.subscriber.start(sub, s)
 	return n.subscriptionView(ctx, sub), nil
+}
+
+// add stores a new subscription durably, unless its id is one this
+// instance holds already (at any publisher): the id is the publisher's
+// answer, and a publisher that names a subscription held elsewhere would
+// otherwise take over its record, which says who may revoke or nudge it
+// and where it resumes, and its progress record.
+func (ss *subscriberSide) add(ctx context.Context, sub outSub) error {
+	ss.adding.Lock()
+	defer ss.adding.Unlock()
+	_, err := ss.subs.Get(ctx, sub.ID)
+	if err == nil {
+		return fmt.Errorf("%w %s answered with the id of a subscription held here already (%s)", ErrPeer, sub.Publisher, sub.ID)
+	}
+	if !errors.Is(err, datastore.ErrNotFound) {
+		return err
+	}
+	ss.mu.Lock()
+	running := ss.loops[sub.ID] != nil
+	ss.mu.Unlock()
+	if running {
+		// Forgotten a moment ago; its loop has not ended yet.
+		return fmt.Errorf("%w %s answered with the id of a subscription held here until now (%s)", ErrPeer, sub.Publisher, sub.ID)
+	}
+	// A new subscription has processed nothing: progress left by a
+	// forgotten one of that id must not make it drop publications.
+	if err := ss.n.db.Batching().Delete(ctx, seqKey(sub.ID)); err != nil {
+		return err
+	}
+	if err := ss.subs.Put(ctx, sub.ID, sub); err != nil {
+		return err
+	}
+	return ss.n.db.Sync(ctx, ds.RawKey("/subs"))
 }
 
 // Unsubscribe ends this instance's subscriptions to pattern at a peer
