@@ -376,8 +376,19 @@ func (a *Authority) admit(ctx context.Context, c *Claims, raw string, r Remote, 
 	switch rec.ClaimedBy {
 	case me:
 	case "":
-		rec.ClaimedBy = me
-		if err := a.putJSON(ctx, tokensPrefix, rec.ID, rec); err != nil {
+		claim := rec
+		claim.ClaimedBy = me
+		if err := a.putJSON(ctx, tokensPrefix, rec.ID, claim); err != nil {
+			// The claim may have reached the live store without being
+			// durable. Left there, a retry by this peer would be granted
+			// without a sync, and a crash could then free the token for
+			// another peer. Put the unclaimed record back so the next
+			// attempt claims, and syncs, again.
+			if k, kerr := recordKey(tokensPrefix, rec.ID); kerr == nil {
+				if b, merr := json.Marshal(rec); merr == nil {
+					_ = a.store.Put(context.WithoutCancel(ctx), k, b)
+				}
+			}
 			return nil, fmt.Errorf("auth: record claim of token %s: %w", c.ID, err)
 		}
 	default:

@@ -231,3 +231,40 @@ func TestRevokeWithFailedSyncStillDropsGrants(t *testing.T) {
 		t.Errorf("OnRevoke saw %v", called)
 	}
 }
+
+// A claim whose sync failed stayed in the live store: the peer got an error,
+// but its retry found the record naming it and was granted without any sync,
+// so the binding that SECURITY.md says is durable before Verify returns could
+// vanish in a crash and the token be claimed again by someone else. The
+// failed claim must be undone, so the retry claims, and syncs, again.
+func TestClaimWithFailedSyncIsNotKept(t *testing.T) {
+	ctx := context.Background()
+	store := &syncFailStore{Batching: newStore()}
+	f := fixtureOver(t, newKey(t), store)
+	rec := f.issue(t, IssueOptions{Perform: []string{"x"}})
+	bob := direct(newPeer(t), "")
+
+	store.fail.Store(true)
+	_, err := f.a.Verify(ctx, rec.Token, bob)
+	store.fail.Store(false)
+	if err == nil || !strings.Contains(err.Error(), "disk on fire") {
+		t.Fatalf("claim with a failing sync: %v, want the sync error", err)
+	}
+	got, err := f.a.Token(ctx, rec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ClaimedBy != "" {
+		t.Errorf("the record names %s as claimer though the claim failed", got.ClaimedBy)
+	}
+	before := store.syncs.Load()
+	if _, err := f.a.Verify(ctx, rec.Token, bob); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if store.syncs.Load() == before {
+		t.Error("the retry was granted without syncing the claim")
+	}
+	if got, _ := f.a.Token(ctx, rec.ID); got.ClaimedBy != bob.Peer.String() {
+		t.Errorf("after the retry the record names %q", got.ClaimedBy)
+	}
+}
