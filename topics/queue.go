@@ -924,6 +924,12 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 	// deletes as unneeded.
 	qs.commitMu.Lock()
 	defer qs.commitMu.Unlock()
+	// A queue whose last state write failed has released entries in
+	// memory that its stored state still counts on: that state must be
+	// rewritten before the deletions below can take the entries away.
+	if err := qs.writeDirtyLocked(ctx); err != nil {
+		return nil, err
+	}
 	release := make(map[uint64]uint32)
 	keys := make([]ds.Key, 0, 2*len(victims))
 	for _, q := range victims {
@@ -1483,11 +1489,23 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 		firstErr = deleteLog(ctx, b, gone)
 	}
 	qs.trimRefs()
-	if firstErr != nil {
-		return fmt.Errorf("topics: write queue batch: %w", firstErr)
+	if firstErr == nil {
+		if err := b.Commit(ctx); err != nil {
+			firstErr = fmt.Errorf("commit: %w", err)
+		}
 	}
-	if err := b.Commit(ctx); err != nil {
-		return fmt.Errorf("topics: commit queue batch: %w", err)
+	if firstErr != nil {
+		// The releases above are applied in memory, so another queue's
+		// release (or a removal) may delete entries that these queues'
+		// stored states still count on: a later round must rewrite those
+		// states first (every round and removal takes the dirty queues).
+		// Not woken for it: on a failing disk that would spin.
+		for _, t := range rd.touches {
+			if !t.q.removed.Load() {
+				qs.addDirty(t.q)
+			}
+		}
+		return fmt.Errorf("topics: write queue batch: %w", firstErr)
 	}
 	return nil
 }
@@ -1706,16 +1724,45 @@ func (q *queue) wakeLocked() {
 }
 
 func (qs *Queues) markDirty(q *queue) {
+	qs.addDirty(q)
+	select {
+	case qs.kick <- struct{}{}:
+	default:
+	}
+}
+
+// addDirty is markDirty without waking the committer: q joins the next
+// round, whatever starts it.
+func (qs *Queues) addDirty(q *queue) {
 	qs.dirtyMu.Lock()
 	if !q.dirty {
 		q.dirty = true
 		qs.dirty = append(qs.dirty, q)
 	}
 	qs.dirtyMu.Unlock()
-	select {
-	case qs.kick <- struct{}{}:
-	default:
+}
+
+// writeDirtyLocked writes the pending releases and the state of every
+// dirty queue now, in one batch without a Sync, as the committer's next
+// round would. Called with commitMu held.
+func (qs *Queues) writeDirtyLocked(ctx context.Context) error {
+	qs.dirtyMu.Lock()
+	dirty := qs.dirty
+	qs.dirty = nil
+	for _, q := range dirty {
+		q.dirty = false
 	}
+	qs.dirtyMu.Unlock()
+	rd := &round{}
+	for _, q := range dirty {
+		if !q.removed.Load() {
+			rd.touches = append(rd.touches, &touch{q: q, first: q.cNext})
+		}
+	}
+	if len(rd.touches) == 0 {
+		return nil
+	}
+	return qs.writeRound(ctx, rd)
 }
 
 // get returns the live queue id.

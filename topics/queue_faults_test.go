@@ -674,3 +674,60 @@ func TestNoRoundAcknowledgedAfterAFailedSync(t *testing.T) {
 		}
 	}
 }
+
+// A subscription's stored state (subMeta) must be rewritten no later than
+// the batch that deletes a log entry it still counts on. When the batch
+// carrying a queue's release fails, the queue has released the entries in
+// memory, so another queue's later release deletes them; the first
+// queue's stored state must not be left behind by then, or a restart
+// replays it without those entries and numbers its queue anew.
+func TestFailedReleaseDoesNotRenumberAfterRestart(t *testing.T) {
+	// The other queue's release: its ack, or its removal.
+	t.Run("ack", func(t *testing.T) {
+		failedReleaseRenumbers(t, func(qs *Queues) error { return qs.Ack("q1", 3) })
+	})
+	t.Run("remove", func(t *testing.T) {
+		failedReleaseRenumbers(t, func(qs *Queues) error {
+			_, err := qs.RemoveSubscription(context.Background(), "q1")
+			return err
+		})
+	})
+}
+
+func failedReleaseRenumbers(t *testing.T, other func(*Queues) error) {
+	store := newPLStore()
+	qs, err := OpenQueues(context.Background(), store, QueueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addSub(t, qs, "q1", "a")
+	addSub(t, qs, "q2", "a")
+	publish(t, qs, msg("a", "m1"), msg("a", "m2"), msg("a", "m3"))
+
+	commits := store.commits.Load()
+	store.failCommits.Store(1)
+	if err := qs.Ack("q2", 3); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return store.commits.Load() > commits }) // q2's release failed
+	commits = store.commits.Load()
+	if err := other(qs); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return store.commits.Load() > commits }) // q1's release deletes the entries
+
+	want := map[string]uint64{}
+	for _, st := range qs.Status() {
+		want[st.ID] = st.NextSeq
+	}
+	qs2, err := OpenQueues(context.Background(), store.crash(t, store.unsynced()), QueueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qs2.Close()
+	for id, next := range want {
+		if got := status(t, qs2, id).NextSeq; got != next {
+			t.Errorf("%s: next sequence %d before the restart, %d after it (its subscriber drops the reused ones as duplicates)", id, next, got)
+		}
+	}
+}
