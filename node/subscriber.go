@@ -940,8 +940,7 @@ func (nw *netsvc) handleDeliverNudge(st network.Stream, p peer.ID) {
 // nudger periodically asks subscribers that have queued publications but
 // no open stream to reconnect, backing off per subscriber.
 func (nw *netsvc) nudger(ctx context.Context) {
-	next := map[string]time.Time{}
-	delay := map[string]time.Duration{}
+	var plan nudgePlan
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -950,25 +949,52 @@ func (nw *netsvc) nudger(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		now := time.Now()
-		want := map[string][]string{}
-		for _, q := range nw.n.queues.Status() {
-			if q.Depth == 0 || nw.attached.path(q.ID) != "" {
-				delete(delay, q.Subscriber)
-				continue
-			}
-			want[q.Subscriber] = append(want[q.Subscriber], q.ID)
-		}
-		for sub, ids := range want {
-			if now.Before(next[sub]) {
-				continue
-			}
-			d := max(delay[sub]*2, time.Second)
-			d = min(d, time.Minute)
-			delay[sub], next[sub] = d, now.Add(d)
+		due := plan.due(time.Now(), nw.n.queues.Status(), func(id string) bool { return nw.attached.path(id) != "" })
+		for sub, ids := range due {
 			go nw.nudge(ctx, sub, ids)
 		}
 	}
+}
+
+// nudgePlan is the nudger's back-off: each subscriber is nudged at most
+// once a second, backing off to once a minute while it has subscriptions
+// waiting; a subscriber with none waiting starts again at once a second.
+type nudgePlan struct {
+	next  map[string]time.Time
+	delay map[string]time.Duration
+}
+
+// due returns, per subscriber to nudge at now, the subscriptions with
+// queued publications and no stream (attached reports a stream).
+func (p *nudgePlan) due(now time.Time, queues []topics.QueueStatus, attached func(id string) bool) map[string][]string {
+	if p.next == nil {
+		p.next, p.delay = map[string]time.Time{}, map[string]time.Duration{}
+	}
+	want := map[string][]string{}
+	for _, q := range queues {
+		if q.Depth == 0 || attached(q.ID) {
+			continue
+		}
+		want[q.Subscriber] = append(want[q.Subscriber], q.ID)
+	}
+	// Only a subscriber with nothing waiting any more starts afresh: one
+	// of its subscriptions that is connected, or empty, says nothing
+	// about the others.
+	for sub := range p.delay {
+		if want[sub] == nil {
+			delete(p.delay, sub)
+			delete(p.next, sub)
+		}
+	}
+	for sub := range want {
+		if now.Before(p.next[sub]) {
+			delete(want, sub)
+			continue
+		}
+		d := min(max(p.delay[sub]*2, time.Second), time.Minute)
+		p.delay[sub], p.next[sub] = d, now.Add(d)
+	}
+	return want
 }
 
 // freshSubscription is how long after its creation a subscription is kept
