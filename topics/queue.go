@@ -836,19 +836,25 @@ func (qs *Queues) AddSubscription(ctx context.Context, s Subscription) error {
 	if err := b.Commit(ctx); err != nil {
 		return fmt.Errorf("topics: add subscription %q: %w", s.ID, err)
 	}
+	// takeBack deletes the records again when the caller is told the
+	// subscription was not made, or it would reappear at the next start
+	// with nobody to resume it.
+	takeBack := func(why string) {
+		if err := qs.deleteKeys(ctx, []ds.Key{ds.RawKey(subKey(s.ID)), ds.RawKey(subMetaKey(s.ID))}); err != nil {
+			qs.log.Warn("cannot take back a subscription "+why, "subscription", s.ID, "err", err)
+		}
+	}
 	if err := qs.store.Sync(ctx, ds.RawKey(subsNamespace)); err != nil {
+		// The records are committed, only perhaps not durable.
+		takeBack("whose sync failed")
 		return fmt.Errorf("topics: add subscription %q: sync: %w", s.ID, err)
 	}
 	q := newQueue(s, start)
 	qs.mu.Lock()
 	defer qs.mu.Unlock()
 	if qs.closed {
-		// Closed while the record was written: take it back (the caller is
-		// told the subscription was not made), or it would reappear at the
-		// next start with nobody to resume it.
-		if err := qs.deleteKeys(ctx, []ds.Key{ds.RawKey(subKey(s.ID)), ds.RawKey(subMetaKey(s.ID))}); err != nil {
-			qs.log.Warn("cannot take back a subscription added while closing", "subscription", s.ID, "err", err)
-		}
+		// Closed while the record was written.
+		takeBack("added while closing")
 		return ErrClosed
 	}
 	if err := qs.trie.Insert(s.Pattern, q); err != nil {

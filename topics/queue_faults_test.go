@@ -731,3 +731,33 @@ func failedReleaseRenumbers(t *testing.T, other func(*Queues) error) {
 		}
 	}
 }
+
+// AddSubscription that fails must not leave a subscription behind for a
+// restart to bring back: its caller was told it was not made, so nobody
+// resumes it, and it would take publications until its bound (under
+// PolicyReject, then refuse every publication it matches).
+func TestFailedAddSubscriptionNotResurrected(t *testing.T) {
+	store := newPLStore()
+	qs, err := OpenQueues(context.Background(), store, QueueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qs.Close()
+	store.failSyncs.Store(1)
+	s := Subscription{ID: "ghost", Subscriber: "p", Pattern: "a", TokenID: "t", Receiver: "r"}
+	if err := qs.AddSubscription(context.Background(), s); err == nil {
+		t.Fatal("AddSubscription succeeded although its Sync failed")
+	}
+	if _, ok := qs.Subscription("ghost"); ok {
+		t.Fatal("the failed subscription is live")
+	}
+	// The process restarts (its committed writes are still there).
+	qs2, err := OpenQueues(context.Background(), store.crash(t, store.unsynced()), QueueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qs2.Close()
+	if _, ok := qs2.Subscription("ghost"); ok {
+		t.Fatal("a subscription whose AddSubscription failed came back after a restart")
+	}
+}
