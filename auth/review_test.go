@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -266,5 +267,57 @@ func TestClaimWithFailedSyncIsNotKept(t *testing.T) {
 	}
 	if got, _ := f.a.Token(ctx, rec.ID); got.ClaimedBy != bob.Peer.String() {
 		t.Errorf("after the retry the record names %q", got.ClaimedBy)
+	}
+}
+
+// Verifications racing a revocation, cached and uncached, from remotes that
+// are new or already cached: once Revoke returns, no Verify succeeds, and
+// every grant handed out before reports Revoked.
+func TestRevokeRacingVerify(t *testing.T) {
+	ctx := context.Background()
+	for round := range 20 {
+		f := newFixture(t)
+		rec := f.issue(t, IssueOptions{Reusable: true})
+		remotes := make([]Remote, 8)
+		for i := range remotes {
+			remotes[i] = direct(newPeer(t), "10.0.0.1")
+			if i%2 == 0 { // half of them cached before the race
+				if _, err := f.a.Verify(ctx, rec.Token, remotes[i]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		var revoked atomic.Bool
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var grants []*Grant
+		for _, r := range remotes {
+			wg.Go(func() {
+				for range 50 {
+					after := revoked.Load()
+					g, err := f.a.Verify(ctx, rec.Token, r)
+					if err == nil {
+						if after {
+							t.Errorf("round %d: Verify succeeded after Revoke returned", round)
+						}
+						mu.Lock()
+						grants = append(grants, g)
+						mu.Unlock()
+					} else if !errors.Is(err, ErrRevoked) {
+						t.Errorf("round %d: %v", round, err)
+					}
+				}
+			})
+		}
+		if err := f.a.Revoke(ctx, rec.ID); err != nil {
+			t.Fatal(err)
+		}
+		revoked.Store(true)
+		wg.Wait()
+		for _, g := range grants {
+			if !g.Revoked() {
+				t.Fatalf("round %d: a grant handed out during the race does not report Revoked", round)
+			}
+		}
 	}
 }
