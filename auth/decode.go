@@ -24,10 +24,12 @@ var decodeParser = jwt.NewParser(
 )
 
 // Decode parses a token without the issuer's store. It checks the size, that
-// the algorithm is EdDSA, and the signature against the Ed25519 public key
-// embedded in the iss peer id, so a token whose signature does not match its
-// claimed issuer is refused. It does not check nbf/exp (see Claims.CheckTime),
-// the token type, or revocation. Both capability and validation tokens decode.
+// the algorithm is EdDSA, the signature against the Ed25519 public key
+// embedded in the iss peer id (so a token whose signature does not match its
+// claimed issuer is refused), and that exp, nbf and iat are dates between the
+// years 1 and 9999. It does not check nbf/exp against the clock (see
+// Claims.CheckTime), the token type, or revocation. Both capability and
+// validation tokens decode.
 func Decode(raw string) (Claims, error) {
 	if err := checkInput(raw); err != nil {
 		return Claims{}, err
@@ -42,7 +44,31 @@ func Decode(raw string) (Claims, error) {
 	if err != nil {
 		return Claims{}, classify(tok, err, keyErr, &c)
 	}
+	if err := checkDates(&c); err != nil {
+		return Claims{}, err
+	}
 	return c, nil
+}
+
+// checkDates refuses exp, nbf and iat outside the years 1 to 9999. They are
+// floats of the signer's choosing: beyond int64 seconds golang-jwt's
+// conversion depends on the CPU (amd64 turns 1e19 into the distant past,
+// arm64 into the distant future), and beyond year 9999 a time cannot be
+// stored as JSON, so such a token would pass the time checks and then fail
+// to be recorded with an encoder error.
+func checkDates(c *Claims) error {
+	for _, d := range []struct {
+		name string
+		v    *jwt.NumericDate
+	}{{"exp", c.ExpiresAt}, {"nbf", c.NotBefore}, {"iat", c.IssuedAt}} {
+		if d.v == nil {
+			continue
+		}
+		if y := d.v.UTC().Year(); y < 1 || y > 9999 {
+			return fmt.Errorf("%w: %s is not a time between the years 1 and 9999", ErrInvalid, d.name)
+		}
+	}
+	return nil
 }
 
 func checkSize(raw string) error {

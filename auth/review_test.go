@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	ds "github.com/ipfs/go-datastore"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -319,5 +320,50 @@ func TestRevokeRacingVerify(t *testing.T) {
 				t.Fatalf("round %d: a grant handed out during the race does not report Revoked", round)
 			}
 		}
+	}
+}
+
+// NumericDates are floats chosen by whoever signs the token. One beyond year
+// 9999 decoded, passed AddValidation's time check and then failed to store
+// with a JSON encoder error wrapping no sentinel; one beyond int64 seconds
+// depends on the CPU's float conversion (amd64: "expired at" year
+// 292277026596; arm64: never expires). Decode refuses such dates as invalid.
+func TestOutlandishDatesRefused(t *testing.T) {
+	bob := newFixture(t)
+	raw, err := bob.key.Raw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := bob.a.PeerID().String()
+	for _, c := range []struct {
+		claim string
+		v     float64
+	}{
+		{"exp", 253402300800}, // 10000-01-01
+		{"exp", 1e15},
+		{"exp", 1e19},
+		{"exp", -1e15},
+		{"nbf", 1e19},
+		{"iat", 1e15},
+	} {
+		claims := jwt.MapClaims{"iss": id, "sub": id, "typ": TypeValidation, c.claim: c.v}
+		s, err := jwt.NewWithClaims(jwt.SigningMethodEdDSA, claims).SignedString(ed25519Priv(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Decode(s); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.claim) {
+			t.Errorf("Decode with %s %g: %v, want ErrInvalid naming %s", c.claim, c.v, err, c.claim)
+		}
+		if _, err := newFixture(t).a.AddValidation(context.Background(), s); !errors.Is(err, ErrInvalid) {
+			t.Errorf("AddValidation with %s %g: %v, want ErrInvalid", c.claim, c.v, err)
+		}
+	}
+	// Ordinary dates, past ones included, still decode.
+	s, err := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.MapClaims{"iss": id, "typ": TypeCapability, "exp": 1, "nbf": 0, "iat": 4102444800}).SignedString(ed25519Priv(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Decode(s); err != nil {
+		t.Errorf("ordinary dates: %v", err)
 	}
 }
