@@ -234,6 +234,7 @@ type Queues struct {
 	oldRefs map[uint64]uint32
 
 	failed     atomic.Pointer[error] // first failed round of publications (ErrStorageFailed)
+	syncFailed atomic.Pointer[error] // first failed Sync; see sync
 	reqs       chan *pubReq
 	senders    sync.WaitGroup // Publish calls about to send on reqs
 	kick       chan struct{}
@@ -763,7 +764,7 @@ func (qs *Queues) deleteKeys(ctx context.Context, keys []ds.Key) error {
 		}
 		keys = keys[n:]
 	}
-	if err := qs.store.Sync(ctx, ds.RawKey(queueNamespace)); err != nil {
+	if err := qs.sync(ctx, ds.RawKey(queueNamespace)); err != nil {
 		return fmt.Errorf("topics: sync: %w", err)
 	}
 	return nil
@@ -844,7 +845,7 @@ func (qs *Queues) AddSubscription(ctx context.Context, s Subscription) error {
 			qs.log.Warn("cannot take back a subscription "+why, "subscription", s.ID, "err", err)
 		}
 	}
-	if err := qs.store.Sync(ctx, ds.RawKey(subsNamespace)); err != nil {
+	if err := qs.sync(ctx, ds.RawKey(subsNamespace)); err != nil {
 		// The records are committed, only perhaps not durable.
 		takeBack("whose sync failed")
 		return fmt.Errorf("topics: add subscription %q: sync: %w", s.ID, err)
@@ -1519,15 +1520,11 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 // syncLoop is the syncer goroutine: one Sync makes every round committed
 // before it durable, so rounds that queued up while an fsync ran share the
 // next one.
-//
-// A failed Sync is final: a later one that succeeds proves nothing about
-// the writes before it (the kernel may have dropped the pages the failed
-// fsync could not write, and pebble's recovery stops at the hole that
-// leaves in its log), so every round after it fails too.
+// Once a Sync has failed, every round after it fails too (see sync).
 func (qs *Queues) syncLoop() {
 	defer close(qs.syncerDone)
 	var batch []*round
-	var syncErr error // sticky
+	var syncErr error
 	for rd := range qs.syncCh {
 		batch = append(batch[:0], rd)
 	more:
@@ -1544,7 +1541,7 @@ func (qs *Queues) syncLoop() {
 		}
 		for _, r := range batch {
 			if r.err == nil && syncErr == nil {
-				if err := qs.store.Sync(context.Background(), ds.RawKey(queueNamespace)); err != nil {
+				if err := qs.sync(context.Background(), ds.RawKey(queueNamespace)); err != nil {
 					syncErr = fmt.Errorf("topics: sync queues: %w", err)
 				}
 				break
@@ -1599,6 +1596,25 @@ func (qs *Queues) finish(rd *round, err error) {
 		}
 		r.done <- struct{}{}
 	}
+}
+
+// sync makes every write so far durable. A failed Sync is final: a later
+// one that succeeds proves nothing about the writes before it (the kernel
+// may have dropped the pages the failed fsync could not write, and
+// pebble's recovery stops at the hole that leaves in its log), so from
+// then on sync returns the first error without trying: no publication,
+// subscription or removal is reported durable until the queues are
+// reopened.
+func (qs *Queues) sync(ctx context.Context, prefix ds.Key) error {
+	if f := qs.syncFailed.Load(); f != nil {
+		return *f
+	}
+	err := qs.store.Sync(ctx, prefix)
+	if err != nil {
+		f := fmt.Errorf("%w (an earlier Sync failed: restart the instance)", err)
+		qs.syncFailed.CompareAndSwap(nil, &f)
+	}
+	return err
 }
 
 // setFailed records that a round of publications could not be made
@@ -2118,7 +2134,7 @@ func (qs *Queues) Close() error {
 			err := qs.writeRound(ctx, rd)
 			qs.commitMu.Unlock()
 			if err == nil {
-				err = qs.store.Sync(ctx, ds.RawKey(queueNamespace))
+				err = qs.sync(ctx, ds.RawKey(queueNamespace))
 			}
 			if err != nil {
 				qs.closeErr = fmt.Errorf("topics: close queues: %w", err)
