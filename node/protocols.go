@@ -269,7 +269,7 @@ func toWireError(err error) *wire.Error {
 	}
 	code := wire.CodeInternal
 	switch {
-	case isAuthError(err), errors.Is(err, auth.ErrInvalid):
+	case isAuthError(err), errors.Is(err, auth.ErrInvalid), errors.Is(err, auth.ErrTokenType):
 		code = wire.CodeUnauthorized
 	case errors.Is(err, ErrHopLimit):
 		code = wire.CodeBadRequest

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coattail/coattail/auth"
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
@@ -251,5 +252,24 @@ func TestPublishRefusesNonUTF8JSON(t *testing.T) {
 	var we wire.Error
 	if err != nil || typ != wire.TError || wire.DecodeJSON(payload, &we) != nil || we.Code != wire.CodeBadRequest {
 		t.Fatalf("a non-UTF-8 remote publication answered %v %s %v, want bad_request", typ, payload, err)
+	}
+}
+
+// A validation token presented in a hello is refused as unauthorized, like
+// any token that does not grant the stream (it was answered 'internal').
+func TestHelloWithValidationTokenIsUnauthorized(t *testing.T) {
+	a := newTestNode(t)
+	h := newStockHost(t, a)
+	vt, err := a.Authority().IssueValidation(auth.IssueOptions{ExpiresIn: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := rawStream(t, h, a, wire.ProtoPerform)
+	pr := wire.NewReader(p, 0)
+	rvWrite(t, p, jsonFrame(t, wire.THello, wire.Hello{Token: vt, Version: wire.Version}))
+	typ, payload, err := pr.Next()
+	var we wire.Error
+	if err != nil || typ != wire.TError || wire.DecodeJSON(payload, &we) != nil || we.Code != wire.CodeUnauthorized {
+		t.Fatalf("a hello with a validation token answered %v %s %v, want unauthorized", typ, payload, err)
 	}
 }
