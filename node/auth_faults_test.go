@@ -256,3 +256,20 @@ func TestPeerAddRotationWithConcurrentCalls(t *testing.T) {
 		}
 	}
 }
+
+// A token pasted with surrounding white space (a terminal's newline, a
+// file's last line) is added as the token itself, and works.
+func TestPeerAddTrimsToken(t *testing.T) {
+	a, b := newTestNode(t), newTestNode(t)
+	tok := issue(t, a, localapi.IssueRequest{Perform: []string{"x"}})
+	p, err := b.AddPeer(testCtx(t), " "+tok.Token+"\r\n")
+	if err != nil {
+		t.Fatalf("AddPeer with a trailing newline: %v", err)
+	}
+	if p.ID != a.ID().String() || p.TokenID != tok.ID {
+		t.Fatalf("AddPeer = %+v, want peer %s with token %s", p, a.ID(), tok.ID)
+	}
+	if _, err := b.ListActions(testCtx(t), false, p.ID); err != nil {
+		t.Fatalf("a remote call with the trimmed token: %v", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/coattail/coattail/auth"
@@ -53,6 +54,9 @@ func (r peerRecord) view() localapi.Peer {
 // secure channel proves the remote is that issuer), and authenticates once
 // so the issuer verifies — and, for a claim-on-first-use token, binds — it.
 func (n *Node) AddPeer(ctx context.Context, raw string) (localapi.Peer, error) {
+	// A token pasted from a terminal or read from a file usually ends in
+	// a newline; only the token itself is verified.
+	raw = strings.TrimSpace(raw)
 	c, err := auth.Decode(raw)
 	if err != nil {
 		return localapi.Peer{}, err
