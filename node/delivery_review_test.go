@@ -5,10 +5,13 @@ package node_test
 // publication, in order, and nothing blocks delivery for long".
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +19,7 @@ import (
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
+	"github.com/google/uuid"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -217,4 +221,66 @@ func TestSubscribeRefusesAnIDAlreadyHeld(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A frame whose deliveries the subscriber has all processed already (a
+// publisher resending after a reconnect: PROTOCOL.md says the subscriber
+// can see a sequence twice) is acked too: the ack says every delivery up
+// to seq was processed "or recognised as a duplicate". Unacked, the
+// publisher waited for the stream timeout, cut the stream, and resent the
+// same deliveries on the next one, for ever if nothing newer came.
+func TestDeliveryDuplicateFrameIsAcked(t *testing.T) {
+	for _, kind := range []string{"in-process", "executable"} {
+		t.Run(kind, func(t *testing.T) {
+			pub, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+			cnt := &seqCounter{calls: map[uint64]int{}}
+			if kind == "in-process" {
+				if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+					cnt.add(node.InvocationFrom(ctx).Sequence)
+					return nil, nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := os.WriteFile(filepath.Join(sub.Dir(), "receivers", "rec"), []byte("#!/bin/sh\ncat >/dev/null\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			id := uuid.NewString()
+			c1, _ := scriptedSubscribe(t, pub, sub, id, deliverFrame(dlv(id, 1), dlv(id, 2)))
+			readAck := func() (uint64, error) {
+				_ = c1.s.SetReadDeadline(time.Now().Add(15 * time.Second))
+				typ, payload, err := c1.r.Next()
+				if err != nil {
+					return 0, err
+				}
+				if typ != wire.TAck {
+					return 0, fmt.Errorf("frame type %d, want an ack", typ)
+				}
+				_, seq, err := wire.DecodeAck(payload)
+				return seq, err
+			}
+			for {
+				seq, err := readAck()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if seq == 2 {
+					break
+				}
+			}
+			// Resent: both are duplicates now.
+			if _, err := c1.s.Write(deliverFrame(dlv(id, 1), dlv(id, 2))); err != nil {
+				t.Fatal(err)
+			}
+			seq, err := readAck()
+			if err != nil {
+				t.Fatalf("no ack for a frame of duplicates: %v", err)
+			}
+			if seq != 2 {
+				t.Fatalf("frame of duplicates up to 2 acked as %d", seq)
+			}
+			if kind == "in-process" && (cnt.get(1) != 1 || cnt.get(2) != 1) {
+				t.Fatalf("receiver ran seq 1 %d and seq 2 %d times, want once each", cnt.get(1), cnt.get(2))
+			}
+		})
+	}
 }

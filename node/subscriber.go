@@ -384,8 +384,9 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 	}
 	timeout := ss.n.cfg.Limits.StreamTimeout
 	var ackBuf []byte
-	saved := last    // progress known durable
-	var ackDead bool // an ack write failed: the stream is gone
+	saved := last      // progress known durable
+	var ackDead bool   // an ack write failed: the stream is gone
+	var ackHigh uint64 // highest ack written: acks never go back
 	// persistAck makes progress up to seq durable, then acks it. It fails
 	// only when progress cannot be saved; a failed ack write resets the
 	// stream (which ends the reader) but later progress is still saved.
@@ -401,6 +402,8 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 		if ackDead {
 			return nil
 		}
+		seq = max(seq, ackHigh)
+		ackHigh = seq
 		ackBuf = wire.AppendAck(ackBuf[:0], sub.ID, seq)
 		s.wmu.Lock()
 		defer s.wmu.Unlock()
@@ -457,9 +460,12 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 				return
 			default:
 			}
-			// A pending older seq is superseded by this one.
+			// A pending seq is superseded by this one, or by itself if
+			// it is higher (a frame of duplicates acks less than the
+			// frame processed before it).
 			select {
-			case <-ackc:
+			case p := <-ackc:
+				seq = max(seq, p)
 			default:
 			}
 		}
@@ -476,7 +482,8 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 		default:
 			return progressed, fmt.Errorf("%w %s: unexpected frame type %d on a subscription", ErrPeer, sub.Publisher, t)
 		}
-		dirty := false
+		dirty, fresh := false, false
+		var dupHigh uint64                           // highest duplicate in the frame
 		h, _ := ss.n.inProcessReceiver(sub.Receiver) // once per frame, not per publication
 		err = wire.DecodeDeliveries(payload, func(d *wire.Delivery) error {
 			if d.SubscriptionID != sub.ID {
@@ -484,8 +491,10 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 			}
 			if d.Seq <= last {
 				ss.n.stats.duplicates.Add(1)
+				dupHigh = max(dupHigh, d.Seq)
 				return nil
 			}
+			fresh = true
 			if saveFailed.Load() {
 				return errProgressNotSaved // running more would run them again later
 			}
@@ -509,6 +518,17 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 		}
 		if err != nil {
 			return progressed, err
+		}
+		if !fresh && dupHigh > 0 {
+			// Nothing but duplicates: ack them all the same (an ack says
+			// "processed or recognised as a duplicate"), or the publisher
+			// waits for it until its stream timeout and resends them.
+			// dupHigh <= last was processed; it is acked once durable.
+			if inProc {
+				ackAsync(dupHigh)
+			} else if err := persistAck(dupHigh); err != nil {
+				return progressed, err
+			}
 		}
 	}
 }
