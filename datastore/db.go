@@ -199,6 +199,15 @@ func (d *DB) checkSchema(ctx context.Context, dir string) error {
 	raw, err := d.batching.Get(ctx, SchemaVersionKey)
 	switch {
 	case errors.Is(err, ds.ErrNotFound):
+		// Open has written the version before anything else since the
+		// first release, so a database holding data without one is not
+		// ours (or lost its version): stamping it would let packages read
+		// and delete data they do not understand.
+		if key, err := d.anyKey(); err != nil {
+			return fmt.Errorf("datastore: read %s: %w", dir, err)
+		} else if key != nil {
+			return fmt.Errorf("%w: %s holds data (key %.64q) but no schema version: not a coattail datastore", ErrCorrupt, dir, key)
+		}
 		if err := d.batching.Put(ctx, SchemaVersionKey, []byte(strconv.Itoa(SchemaVersion))); err != nil {
 			return fmt.Errorf("datastore: write schema version in %s: %w", dir, err)
 		}
@@ -217,6 +226,19 @@ func (d *DB) checkSchema(ctx context.Context, dir string) error {
 		return fmt.Errorf("%w: %s was written with schema version %d, but this coattail understands only up to %d; upgrade coattail", ErrSchemaTooNew, dir, v, SchemaVersion)
 	}
 	return nil
+}
+
+// anyKey returns some key of the pebble database, or nil if it is empty.
+func (d *DB) anyKey() ([]byte, error) {
+	it, err := d.pebble.DB.NewIter(nil)
+	if err != nil {
+		return nil, err
+	}
+	var key []byte
+	if it.First() {
+		key = bytes.Clone(it.Key())
+	}
+	return key, errors.Join(it.Error(), it.Close())
 }
 
 // NewMemory returns an empty in-memory DB for unit tests. It holds no schema

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2"
 	ds "github.com/ipfs/go-datastore"
 )
 
@@ -315,6 +316,47 @@ func TestOpenTwiceThroughAnotherPathIsLocked(t *testing.T) {
 		}
 		if !errors.Is(err, ErrLocked) {
 			t.Fatalf("Open(%q) = %v, want ErrLocked", p, err)
+		}
+	}
+}
+
+// A pebble database that holds data but no schema version was not made by
+// Coattail (Open writes the version before anything else, since the first
+// release): Open must refuse it rather than stamp it as its own, after
+// which the queues would delete keys under /queue they cannot parse.
+func TestOpenRefusesForeignDatabase(t *testing.T) {
+	for _, key := range []string{"/queue/log/x", "foreign-key"} {
+		dir := t.TempDir()
+		pdb, err := pebble.Open(dir, &pebble.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pdb.Set([]byte(key), []byte("theirs"), pebble.Sync); err != nil {
+			t.Fatal(err)
+		}
+		if err := pdb.Close(); err != nil {
+			t.Fatal(err)
+		}
+		db, err := Open(dir)
+		if err == nil {
+			_ = db.Close()
+			t.Fatalf("Open of a foreign database holding %q succeeded", key)
+		}
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("Open of a foreign database = %v, want ErrCorrupt", err)
+		}
+		t.Logf("error shown to the user: %v", err)
+		pdb, err = pebble.Open(dir, &pebble.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, closer, err := pdb.Get(SchemaVersionKey.Bytes())
+		if err == nil {
+			_ = closer.Close()
+			t.Errorf("the refused database was given a schema version")
+		}
+		if err := pdb.Close(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
