@@ -25,8 +25,20 @@ type Trie[T comparable] struct {
 
 type level[T comparable] struct {
 	literal map[string]*trieNode[T] // allocated on first literal insert
+	peak    int                     // most entries literal held since it was built
 	pwc     *trieNode[T]            // "*"
 	fwc     *trieNode[T]            // ">"
+}
+
+// minMapShrink is the size below which a map of the trie is not rebuilt
+// smaller. A Go map keeps the memory of its peak size; a map that once
+// held many more entries than it does now is copied into a new one.
+const minMapShrink = 64
+
+// shrunk reports whether a map that held peak entries and holds n now
+// should be rebuilt.
+func shrunk(n, peak int) bool {
+	return peak > minMapShrink && n < peak/4
 }
 
 type trieNode[T comparable] struct {
@@ -102,13 +114,20 @@ func (n *trieNode[T]) remove(v T) bool {
 	var zero T
 	n.vals[last] = zero // drop the reference for the garbage collector
 	n.vals = n.vals[:last]
-	if c := cap(n.vals); c > 64 && len(n.vals) < c/4 {
-		n.vals = slices.Clip(slices.Clone(n.vals)) // let a peak's array go
-	}
 	if n.idx != nil {
 		delete(n.idx, v)
 		if len(n.vals) <= idxThreshold/2 {
 			n.idx = nil
+		}
+	}
+	if c := cap(n.vals); c > 64 && len(n.vals) < c/4 {
+		n.vals = slices.Clip(slices.Clone(n.vals)) // let a peak's array go
+		if n.idx != nil {
+			// The index held at least as many entries as the array.
+			n.idx = make(map[T]int, len(n.vals))
+			for i, x := range n.vals {
+				n.idx[x] = i
+			}
 		}
 	}
 	if len(n.vals) == 0 {
@@ -151,6 +170,7 @@ func (t *Trie[T]) Insert(pattern string, v T) error {
 				// Clone so that the map key does not pin the caller's
 				// possibly much larger string.
 				l.literal[strings.Clone(tok)] = n
+				l.peak = max(l.peak, len(l.literal))
 			}
 		}
 		l = &n.next
@@ -223,8 +243,16 @@ func (t *Trie[T]) Remove(pattern string, v T) bool {
 			s.l.fwc = nil
 		default:
 			delete(s.l.literal, s.tok)
-			if len(s.l.literal) == 0 {
-				s.l.literal = nil
+			switch {
+			case len(s.l.literal) == 0:
+				s.l.literal, s.l.peak = nil, 0
+			case shrunk(len(s.l.literal), s.l.peak):
+				// Copied entry by entry: maps.Clone keeps the capacity.
+				m := make(map[string]*trieNode[T], len(s.l.literal))
+				for k, v := range s.l.literal {
+					m[k] = v
+				}
+				s.l.literal, s.l.peak = m, len(m)
 			}
 		}
 	}

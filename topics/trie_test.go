@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -526,5 +528,54 @@ func TestTrieNodeShrinks(t *testing.T) {
 	}
 	if got := tr.Match("orders.a"); len(got) != 1 || got[0] != 0 {
 		t.Fatalf("Match after the removals = %v, want [0]", got)
+	}
+}
+
+// The trie's memory follows what it holds, not its peak: a Go map never
+// shrinks, so a level's literal map and a node's index map that once held
+// many entries must be rebuilt when most are removed (subscriptions come
+// and go, e.g. one per short-lived inbox).
+func TestTrieMapsShrinkAfterChurn(t *testing.T) {
+	const n = 50_000
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	for _, tc := range []struct {
+		name    string
+		pattern func(i int) string
+		keep    int
+	}{
+		{"literal map", func(i int) string { return "inbox." + strconv.Itoa(i) }, 1},
+		{"index map", func(int) string { return "orders.>" }, idxThreshold},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := heap()
+			tr := NewTrie[int]()
+			for i := range n {
+				if err := tr.Insert(tc.pattern(i), i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			peak := heap() - base
+			for i := tc.keep; i < n; i++ {
+				if !tr.Remove(tc.pattern(i), i) {
+					t.Fatalf("Remove(%d) = false", i)
+				}
+			}
+			left := int64(heap()) - int64(base)
+			t.Logf("%d entries: %d KiB; %d left: %d KiB", n, peak>>10, tc.keep, left>>10)
+			if left > 64<<10 {
+				t.Errorf("%d patterns left hold %d KiB (the peak held %d KiB)", tc.keep, left>>10, peak>>10)
+			}
+			for i := range tc.keep {
+				if got := tr.Match(strings.ReplaceAll(tc.pattern(i), ">", "x")); !slices.Contains(got, i) {
+					t.Fatalf("Match after the removals = %v, want %d in it", got, i)
+				}
+			}
+			runtime.KeepAlive(tr)
+		})
 	}
 }
