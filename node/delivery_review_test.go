@@ -284,3 +284,57 @@ func TestDeliveryDuplicateFrameIsAcked(t *testing.T) {
 		})
 	}
 }
+
+// A subscriber that cannot save its progress does not run a receiver
+// again for a publication it has processed: every reconnect used to start
+// from the saved progress and run the receivers of everything after it
+// again (an executable's one publication, or an in-process frame) for as
+// long as saving failed.
+func TestDeliveryProgressSaveFailureDoesNotRerun(t *testing.T) {
+	ctx := testCtx(t)
+	pub, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	cnt := &seqCounter{calls: map[uint64]int{}}
+	if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+		cnt.add(node.InvocationFrom(ctx).Sequence)
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"f.>"}})
+	s, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var attempts atomic.Int64
+	restore := node.SetSaveSeqFault(func(id string) error {
+		if id != s.ID {
+			return nil
+		}
+		attempts.Add(1)
+		return errors.New("disk on fire")
+	})
+	t.Cleanup(restore)
+	if _, err := pub.PublishBatch(ctx, []node.Message{{Subject: "f.a", Data: json.RawMessage(`1`)}, {Subject: "f.a", Data: json.RawMessage(`2`)}, {Subject: "f.a", Data: json.RawMessage(`3`)}}); err != nil {
+		t.Fatal(err)
+	}
+	// Several reconnections while saving fails.
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		if n := attempts.Load(); n < 5 {
+			return fmt.Errorf("%d failed progress saves so far", n)
+		}
+		return nil
+	})
+	restore()
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		subs, err := sub.Subscriptions(ctx)
+		if err != nil || len(subs) != 1 || subs[0].LastSeq != 3 {
+			return fmt.Errorf("subscriptions %+v, %v; want last_seq 3", subs, err)
+		}
+		return nil
+	})
+	for seq := uint64(1); seq <= 3; seq++ {
+		if n := cnt.get(seq); n != 1 {
+			t.Errorf("receiver ran seq %d %d times, want once", seq, n)
+		}
+	}
+}

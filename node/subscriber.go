@@ -84,6 +84,10 @@ type subLoop struct {
 	wake      chan struct{}
 	// stream is the subscription's current stream (nil while down).
 	stream network.Stream
+	// ran is the highest sequence whose publication was processed by this
+	// loop, durable or not (the loop's goroutine only): a stream after one
+	// whose progress could not be saved must not run those again.
+	ran uint64
 	// moving is set when stream was reset to move the subscription to a
 	// direct connection: the loop reconnects at once. moved is set while
 	// that reconnection is made, so that a new stream libp2p still put on
@@ -114,8 +118,16 @@ func (ss *subscriberSide) lastSeq(ctx context.Context, id string) (uint64, error
 	return binary.BigEndian.Uint64(b), nil
 }
 
+// saveSeqFault, when set (by tests), fails saveSeq with its error.
+var saveSeqFault func(id string) error
+
 // saveSeq durably records that everything up to seq was processed.
 func (ss *subscriberSide) saveSeq(ctx context.Context, id string, seq uint64) error {
+	if f := saveSeqFault; f != nil {
+		if err := f(id); err != nil {
+			return err
+		}
+	}
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], seq)
 	if err := ss.n.db.Batching().Put(ctx, seqKey(id), b[:]); err != nil {
@@ -370,10 +382,15 @@ func (ss *subscriberSide) resume(ctx context.Context, sub outSub) (*session, err
 // reset. A publication whose receiver did not finish (the node is closing)
 // is not recorded, and runs again after the restart.
 func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s *session) (progressed bool, err error) {
-	last, err := ss.lastSeq(ctx, sub.ID)
+	saved, err := ss.lastSeq(ctx, sub.ID) // progress known durable
 	if err != nil {
 		return false, err
 	}
+	// Processed but not saved (saving failed): the publisher resends them
+	// from the saved progress on; they are duplicates here, acked once
+	// saving works again.
+	last := max(saved, l.ran)
+	defer func() { l.ran = max(l.ran, last) }()
 	// Closing the node or forgetting the subscription ends the stream.
 	defer context.AfterFunc(ctx, func() { _ = s.s.Reset() })()
 	_, inProc := ss.n.inProcessReceiver(sub.Receiver)
@@ -384,7 +401,6 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 	}
 	timeout := ss.n.cfg.Limits.StreamTimeout
 	var ackBuf []byte
-	saved := last      // progress known durable
 	var ackDead bool   // an ack write failed: the stream is gone
 	var ackHigh uint64 // highest ack written: acks never go back
 	// persistAck makes progress up to seq durable, then acks it. It fails

@@ -1,0 +1,20 @@
+package node
+
+import (
+	"sync/atomic"
+)
+
+// SetSaveSeqFault makes every save of a subscription's progress fail with
+// the error fail returns (nil: saved); the returned func restores normal
+// saving.
+func SetSaveSeqFault(fail func(id string) error) func() {
+	var on atomic.Bool
+	on.Store(true)
+	saveSeqFault = func(id string) error {
+		if !on.Load() {
+			return nil
+		}
+		return fail(id)
+	}
+	return func() { on.Store(false) }
+}
