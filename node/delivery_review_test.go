@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -336,5 +337,51 @@ func TestDeliveryProgressSaveFailureDoesNotRerun(t *testing.T) {
 		if n := cnt.get(seq); n != 1 {
 			t.Errorf("receiver ran seq %d %d times, want once", seq, n)
 		}
+	}
+}
+
+// A nudge names at most as many subscriptions as a subscriber accepts in
+// one (4096; limits.max_subscriptions_per_peer has no such bound): a
+// longer list was refused whole, and none of them was woken.
+func TestNudgeSplitsLongLists(t *testing.T) {
+	pub := newTestNode(t, withQuietLog())
+	h := newStockHost(t, pub)
+	var mu sync.Mutex
+	var got []int
+	h.SetStreamHandler(wire.ProtoDeliver, func(s network.Stream) {
+		defer s.Close()
+		typ, payload, err := wire.NewReader(s, 1<<20).Next()
+		if err != nil || typ != wire.THello {
+			_ = s.Reset()
+			return
+		}
+		var hello wire.DeliverHello
+		if err := wire.DecodeJSON(payload, &hello); err != nil {
+			_ = s.Reset()
+			return
+		}
+		mu.Lock()
+		got = append(got, len(hello.SubscriptionIDs))
+		mu.Unlock()
+		w := wire.NewWriter(s)
+		_ = w.JSON(wire.TOK, wire.DeliverAnswer{})
+		_ = w.Flush()
+	})
+	ids := make([]string, 5000)
+	for i := range ids {
+		ids[i] = uuid.NewString()
+	}
+	pub.Nudge(testCtx(t), h.ID().String(), ids)
+	mu.Lock()
+	defer mu.Unlock()
+	total := 0
+	for _, n := range got {
+		if n > 4096 {
+			t.Fatalf("a nudge named %d subscriptions; a subscriber refuses more than 4096", n)
+		}
+		total += n
+	}
+	if total != len(ids) {
+		t.Fatalf("nudges named %d subscriptions (%v), want %d", total, got, len(ids))
 	}
 }

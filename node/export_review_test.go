@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"sync/atomic"
 )
 
@@ -17,4 +18,10 @@ func SetSaveSeqFault(fail func(id string) error) func() {
 		return fail(id)
 	}
 	return func() { on.Store(false) }
+}
+
+// Nudge runs one nudge of the publisher's nudger: it asks subscriber to
+// reconnect the subscriptions ids.
+func (n *Node) Nudge(ctx context.Context, subscriber string, ids []string) {
+	n.net.nudge(ctx, subscriber, ids)
 }

@@ -953,7 +953,7 @@ func (nw *netsvc) handleDeliverNudge(st network.Stream, p peer.ID) {
 		return
 	}
 	var h wire.DeliverHello
-	if wire.DecodeJSON(payload, &h) != nil || len(h.SubscriptionIDs) > 4096 {
+	if wire.DecodeJSON(payload, &h) != nil || len(h.SubscriptionIDs) > maxNudgeIDs {
 		_ = st.Reset()
 		return
 	}
@@ -1038,11 +1038,25 @@ func (p *nudgePlan) due(now time.Time, queues []topics.QueueStatus, attached fun
 // it yet). A variable for tests.
 var freshSubscription = time.Minute
 
+// maxNudgeIDs is how many subscriptions one nudge may name.
+const maxNudgeIDs = 4096
+
+// nudge asks subscriber to reconnect the subscriptions ids, in nudges of
+// at most maxNudgeIDs (a subscriber may hold more at one publisher:
+// limits.max_subscriptions_per_peer has no such bound).
 func (nw *netsvc) nudge(ctx context.Context, subscriber string, ids []string) {
 	pid, err := peer.Decode(subscriber)
 	if err != nil {
 		return
 	}
+	for len(ids) > 0 && ctx.Err() == nil {
+		n := min(len(ids), maxNudgeIDs)
+		nw.nudgeSome(ctx, pid, ids[:n])
+		ids = ids[n:]
+	}
+}
+
+func (nw *netsvc) nudgeSome(ctx context.Context, pid peer.ID, ids []string) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	st, err := nw.host.NewStream(network.WithAllowLimitedConn(ctx, "coattail-nudge"), pid, wire.ProtoDeliver)
