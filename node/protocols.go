@@ -170,7 +170,10 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 		// (a publish stream would otherwise keep working on an expired
 		// token). Expiry ends the stream as revocation does.
 		if !g.Expires.IsZero() {
-			t := time.AfterFunc(time.Until(g.Expires.Add(auth.Leeway)), func() {
+			// A second after the expiry Verify allows: a protocol that
+			// handles expiry itself (the deliver loop removes the
+			// subscription and tells the subscriber why) goes first.
+			t := time.AfterFunc(time.Until(g.Expires.Add(auth.Leeway+time.Second)), func() {
 				cancel()
 				_ = st.Reset()
 			})
@@ -276,8 +279,15 @@ func toWireError(err error) *wire.Error {
 	// Its message carries the datastore's own error, with local paths.
 	case errors.Is(err, topics.ErrStorageFailed):
 		return &wire.Error{Code: wire.CodeUnavailable, Message: "the remote instance's queue storage failed; its owner must restart it"}
-	case errors.Is(err, topics.ErrQueueFull), errors.Is(err, topics.ErrClosed):
+	// It names the full subscription, its pattern and its subscriber:
+	// other peers' business (and an id to aim at). The owner's log and
+	// API have the details.
+	case errors.Is(err, topics.ErrQueueFull):
+		return &wire.Error{Code: wire.CodeUnavailable, Message: "a subscriber's queue at the remote instance is full (queue_full: reject); nothing of this batch was queued, retry later"}
+	case errors.Is(err, topics.ErrClosed):
 		code = wire.CodeUnavailable
+	case errors.Is(err, topics.ErrNoSubscription):
+		code = wire.CodeNotFound
 	// Their messages name local paths: say what is wrong without them.
 	case errors.Is(err, runner.ErrNotExecutable):
 		return &wire.Error{Code: wire.CodeActionFailed, Message: "the program of this action is not executable on the remote instance (its owner must chmod +x it)"}

@@ -161,6 +161,17 @@ func TestRemotePublishQueueFullCode(t *testing.T) {
 	pid, _ := connectPeers(t, a, c, localapi.IssueRequest{Publish: []string{">"}})
 	_, err := c.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "q.a", Batch: []json.RawMessage{json.RawMessage(`1`), json.RawMessage(`2`)}})
 	wantWireCode(t, err, wire.CodeUnavailable)
+	// Which subscription is full, its pattern and its subscriber are the
+	// publishing instance's business, not the remote publisher's.
+	subs := a.Subscribers()
+	if len(subs) != 1 {
+		t.Fatalf("subscribers %+v", subs)
+	}
+	for _, secret := range []string{subs[0].ID, "q.>", h.ID().String()} {
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("the remote publisher was told %q: %v", secret, err)
+		}
+	}
 }
 
 // An action file without the execute bit: the remote caller's error does
