@@ -184,7 +184,8 @@ func (n *Node) RegisterAction(name string, h Handler) error {
 // on its subscription's goroutine, one publication at a time, and must
 // honour ctx: ctx is cancelled when a call runs longer than
 // limits.action_timeout, and the call then fails as a timeout (retried,
-// then parked in the dead letters).
+// then parked in the dead letters). Its input and its Invocation's Subject
+// are its own copies: it may keep them after it returns.
 func (n *Node) RegisterReceiver(name string, h Handler) error {
 	if err := n.runner.Register(runner.KindReceiver, name, adapt(h)); err != nil {
 		return err

@@ -10,11 +10,16 @@
 // '_' and '-'. A pattern may additionally use the token "*" (exactly one
 // token) and, as its final token, ">" (one or more remaining tokens).
 //
-// The package depends on the standard library only and knows nothing of
-// libp2p, so it can be used (and fuzzed) in isolation. The subscription
-// registry and queues that live in the datastore namespaces /subs/in and
-// /queue (see package datastore) are built on top of these primitives:
-// Queues stores each publication once, in a publisher log with its routing,
-// and derives every subscription's sequence numbers from that log, so that
-// fan-out to many subscriptions does not multiply datastore writes.
+// It also owns the durable subscription registry and queues, in the
+// datastore namespaces /subs/in and /queue (see package datastore), built
+// on these primitives: Queues stores each publication once, in a publisher
+// log with its routing, and derives every subscription's sequence numbers
+// from that log, so that fan-out to many subscriptions does not multiply
+// datastore writes. After the first failed commit or Sync of the queues,
+// Queues reports nothing durable any more and refuses every publication
+// (ErrStorageFailed) until it is reopened.
+//
+// The package knows nothing of libp2p and depends only on the standard
+// library and go-datastore's interfaces, so it can be used (and fuzzed) in
+// isolation.
 package topics

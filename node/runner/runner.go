@@ -2,12 +2,13 @@
 // executables in an instance's actions/ and receivers/ directories and the
 // in-process Go handlers registered in their place.
 //
-// The contract with an executable is: JSON input on stdin, JSON output on
-// stdout (empty stdout means null), each stderr line is a log line, exit
-// status 0 means success. The file is executed afresh on every run, so edits
-// take effect on the next run. The runner enforces a timeout, an input size
-// limit and an output size limit, and on timeout or cancellation kills the
-// whole process group so that children of a script die with it.
+// The contract with an executable is: JSON input on stdin, JSON output in
+// UTF-8 on stdout (empty stdout means null), each stderr line is a log line,
+// exit status 0 means success. The file is executed afresh on every run, so
+// edits take effect on the next run. The runner enforces a timeout, an input
+// size limit and an output size limit, and kills the whole process group
+// when the program exits, times out or is cancelled, so that no child of a
+// script outlives its run.
 //
 // The runner knows nothing of libp2p, tokens or subscriptions: package node
 // decides who may run what and passes the result on.
