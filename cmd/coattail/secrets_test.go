@@ -166,7 +166,14 @@ echo "received $COATTAIL_SEQUENCE" >&2
 	// Failing attempts, each with a token in hand.
 	parts := strings.Split(tok, ".")
 	sig := []byte(parts[2])
-	sig[10] ^= 1 // still base64url, no longer the signature
+	// Another base64url character: still well-formed, no longer the
+	// signature. (Flipping a bit could make one that is not base64url,
+	// 'A' -> '@', which is refused before the signature is checked.)
+	if sig[10] == 'A' {
+		sig[10] = 'B'
+	} else {
+		sig[10] = 'A'
+	}
 	tampered := parts[0] + "." + parts[1] + "." + string(sig)
 	forged := parts[0] + "." + base64.RawURLEncoding.EncodeToString([]byte(`{"iss":"`+aID+`","perform":[">"]}`)) + "." + parts[2]
 	tr.fail(c, "claimed", "peer", "add", "--token", tok)
