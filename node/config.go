@@ -210,7 +210,8 @@ func emptyDocument(n *yaml.Node) bool {
 }
 
 // ParseConfig parses config YAML; name is used in error messages. Missing
-// keys keep their defaults.
+// keys keep their defaults; unknown keys, keys without a value and a
+// fraction for a whole number are errors.
 func ParseConfig(name string, b []byte) (Config, error) {
 	c := DefaultConfig(DefaultPort)
 	dec := yaml.NewDecoder(bytes.NewReader(b))

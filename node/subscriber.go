@@ -661,7 +661,9 @@ func (ss *subscriberSide) forget(ctx context.Context, id string) {
 	_ = ss.n.db.Sync(ctx, ds.RawKey("/subs"))
 }
 
-// Subscribe subscribes the local receiver to pattern at a peer.
+// Subscribe subscribes the local receiver to pattern at a peer. If that
+// receiver is subscribed to that pattern at that peer already, it returns
+// the existing subscription with Existing set (concurrent calls share one).
 func (n *Node) Subscribe(ctx context.Context, req localapi.SubscribeRequest) (localapi.Subscription, error) {
 	if err := topics.ValidatePattern(req.Pattern); err != nil {
 		return localapi.Subscription{}, err
@@ -762,8 +764,9 @@ func (ss *subscriberSide) add(ctx context.Context, sub outSub) error {
 }
 
 // Unsubscribe ends this instance's subscriptions to pattern at a peer
-// with that receiver, on both sides. With force, a publisher that cannot
-// be reached is forgotten locally anyway.
+// with that receiver (any receiver when req.Receiver is empty), on both
+// sides. With force, a publisher that cannot be reached is forgotten
+// locally anyway.
 func (n *Node) Unsubscribe(ctx context.Context, req localapi.SubscribeRequest) (int, error) {
 	subs, err := n.subscriber.subs.List(ctx)
 	if err != nil {
@@ -893,7 +896,10 @@ func deadLetterView(d deadLetter) localapi.DeadLetter {
 }
 
 // ReplayDeadLetter runs the receiver again for a parked publication and
-// removes it from the list when the receiver succeeds.
+// removes it from the list when the receiver succeeds. When it fails
+// again, the entry records the new error, one more attempt and the time.
+// A replay of an entry that is being replayed already is refused
+// (CodeConflict).
 func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(string)) error {
 	if _, busy := n.subscriber.replaying.LoadOrStore(id, struct{}{}); busy {
 		return &localapi.Error{Status: http.StatusConflict, Code: localapi.CodeConflict, Message: "dead letter " + id + " is being replayed already"}
