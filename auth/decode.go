@@ -23,8 +23,9 @@ var decodeParser = jwt.NewParser(
 	jwt.WithoutClaimsValidation(),
 )
 
-// Decode parses a token without the issuer's store. It checks the size, that
-// the algorithm is EdDSA, the signature against the Ed25519 public key
+// Decode parses a token without the issuer's store. It checks the size,
+// that every byte is base64url or '.' (so a line break is refused),
+// that the algorithm is EdDSA, the signature against the Ed25519 public key
 // embedded in the iss peer id (so a token whose signature does not match its
 // claimed issuer is refused), and that exp, nbf and iat are dates between the
 // years 1 and 9999. It does not check nbf/exp against the clock (see
