@@ -918,7 +918,13 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 		if ctx.Err() == nil {
 			// It failed again: the list shows this failure, not the first.
 			d.Error, d.Attempts, d.FailedAt = err.Error(), d.Attempts+1, time.Now().UTC()
-			if perr := n.subscriber.dead.Put(context.WithoutCancel(ctx), id, d); perr != nil {
+			// Synced like every other change of the dead letters.
+			wctx := context.WithoutCancel(ctx)
+			perr := n.subscriber.dead.Put(wctx, id, d)
+			if perr == nil {
+				perr = n.db.Sync(wctx, ds.RawKey("/deadletters"))
+			}
+			if perr != nil {
 				n.log.Warn("cannot record a failed replay", "id", id, "err", perr)
 			}
 		}
