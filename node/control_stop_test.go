@@ -14,8 +14,9 @@ import (
 )
 
 // startService runs a real service on a new instance and returns its
-// layout and a channel that gets RunService's result.
-func startService(t *testing.T, cfg node.Config) (node.Layout, <-chan error) {
+// layout, a channel that gets RunService's result, and the cancel that
+// stops it (also called when the test ends).
+func startService(t *testing.T, cfg node.Config) (node.Layout, <-chan error, context.CancelFunc) {
 	t.Helper()
 	rt := t.TempDir()
 	t.Setenv(node.EnvRuntimeDir, rt)
@@ -42,7 +43,7 @@ func startService(t *testing.T, cfg node.Config) (node.Layout, <-chan error) {
 	case <-time.After(testTimeout):
 		t.Fatal("service did not become ready")
 	}
-	return l, done
+	return l, done, cancel
 }
 
 // service stop while a perform is in flight: the action is stopped, its
@@ -51,7 +52,7 @@ func startService(t *testing.T, cfg node.Config) (node.Layout, <-chan error) {
 func TestControlStopWithPerformInFlight(t *testing.T) {
 	cfg := node.LoopbackConfig(0)
 	cfg.Limits.ActionTimeout = 5 * time.Minute
-	l, done := startService(t, cfg)
+	l, done, _ := startService(t, cfg)
 	if err := os.WriteFile(filepath.Join(l.Dir, "actions", "forever"), []byte(quietPidScript), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -492,38 +492,17 @@ wait
 }
 
 // runService runs a real service (control socket included) on a new
-// instance in a temp dir and returns its layout once it is ready.
+// instance in a temp dir and returns its layout once it is ready; when the
+// test ends the service is stopped and must have returned no error.
 func runService(t *testing.T, cfg node.Config) node.Layout {
 	t.Helper()
-	t.Setenv(node.EnvRuntimeDir, t.TempDir())
-	l, err := node.CreateInstance(filepath.Join(t.TempDir(), "i"), node.CreateOptions{Port: 0, Loopback: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf, err := node.RenderConfig(cfg, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(l.Config(), conf, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	done := make(chan error, 1)
-	go func() { done <- node.RunService(ctx, l, node.ServiceOptions{Ready: func(int) { close(ready) }}) }()
+	l, done, cancel := startService(t, cfg)
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("RunService: %v", err)
 		}
 	})
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("service did not start: %v", err)
-	case <-time.After(testTimeout):
-		t.Fatal("service did not become ready")
-	}
 	return l
 }
 
