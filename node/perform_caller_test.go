@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -171,32 +170,6 @@ func TestRemotePerformServerNeverAnswers(t *testing.T) {
 	}
 }
 
-// procGone reports whether pid no longer runs (a zombie counts as gone).
-func procGone(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && (s[i+2] == 'Z' || s[i+2] == 'X')
-}
-
-// readPIDFile waits for a pid file a script writes.
-func readPIDFile(t *testing.T, path string) int {
-	t.Helper()
-	var pid int
-	checkFor(t, testTimeout, 10*time.Millisecond, func() error {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
-		return err
-	})
-	return pid
-}
-
 // holdScript starts a child that ignores SIGTERM and holds stdout, records
 // both pids in the directory named by its input, and waits.
 const holdScript = `#!/bin/sh
@@ -229,13 +202,13 @@ func TestRemotePerformCallerGoneKillsAction(t *testing.T) {
 		_, err := b.Perform(ctx, localapi.PerformRequest{Peer: pid, Action: "hold", Input: in}, nil)
 		done <- err
 	}()
-	main, child := readPIDFile(t, filepath.Join(dir, "main.pid")), readPIDFile(t, filepath.Join(dir, "child.pid"))
+	main, child := readPID(t, filepath.Join(dir, "main.pid")), readPID(t, filepath.Join(dir, "child.pid"))
 	cancel()
 	if err := waitErr(t, done, "the cancelled perform"); !errors.Is(err, context.Canceled) || errors.Is(err, node.ErrPeer) {
 		t.Errorf("cancelled perform: %v, want context.Canceled, not a peer failure", err)
 	}
 	checkFor(t, testTimeout, 10*time.Millisecond, func() error {
-		if !procGone(main) || !procGone(child) {
+		if !processGone(main) || !processGone(child) {
 			return fmt.Errorf("action processes %d/%d still run after the caller left", main, child)
 		}
 		return nil

@@ -73,9 +73,9 @@ exec yes 'a noisy log line that nobody reads' >&2`)
 	hello := jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version})
 	s := rawStream(t, h, a, wire.ProtoPerform)
 	rvWrite(t, s, hello, jsonFrame(t, wire.TRequest, wire.PerformRequest{Action: "noisy"}))
-	main := readPIDFile(t, filepath.Join(dir, "main.pid"))
+	main := readPID(t, filepath.Join(dir, "main.pid"))
 	checkFor(t, testTimeout, 10*time.Millisecond, func() error {
-		if !procGone(main) {
+		if !processGone(main) {
 			return fmt.Errorf("action %d still runs, its caller not reading", main)
 		}
 		return nil
