@@ -610,10 +610,7 @@ func checkAckedSurvive(t *testing.T, store ds.Batching, id string, before []Item
 // duplicates.
 func TestNoRoundAcknowledgedAfterAFailedCommit(t *testing.T) {
 	store := newPLStore()
-	qs, err := OpenQueues(context.Background(), store, QueueOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	qs := openQueues(t, store, QueueOptions{})
 	addSub(t, qs, "s", "a")
 	publish(t, qs, msg("a", "m1"))
 
@@ -643,13 +640,7 @@ func TestNoRoundAcknowledgedAfterAFailedCommit(t *testing.T) {
 		res4 = &r
 	}
 
-	ok := map[string]bool{"m1": true}
-	for _, r := range []pubResult{<-r2, <-r3, *res4} {
-		t.Logf("Publish(%s) = %v", r.data, r.err)
-		if r.err == nil {
-			ok[r.data] = true
-		}
-	}
+	ok := acknowledged(t, "m1", <-r2, <-r3, *res4)
 	if !ok["m2"] || ok["m3"] {
 		t.Fatalf("m2 (before the failure) and m3 (the failed round): acknowledged %v", ok)
 	}
@@ -661,6 +652,20 @@ func TestNoRoundAcknowledgedAfterAFailedCommit(t *testing.T) {
 	checkAckedSurvive(t, store.crash(t, store.unsynced()), "s", before, ok, status(t, qs, "s").NextSeq)
 }
 
+// acknowledged returns the data of the publications acknowledged as
+// stored: those published before (synced) and the results without error.
+func acknowledged(t *testing.T, synced string, rs ...pubResult) map[string]bool {
+	t.Helper()
+	ok := map[string]bool{synced: true}
+	for _, r := range rs {
+		t.Logf("Publish(%s) = %v", r.data, r.err)
+		if r.err == nil {
+			ok[r.data] = true
+		}
+	}
+	return ok
+}
+
 // Once a Sync of the queues has failed, a later Sync proves nothing about
 // the writes before it (Linux may drop the pages a failed fsync could not
 // write; pebble's recovery stops at the hole): rounds committed after the
@@ -668,10 +673,7 @@ func TestNoRoundAcknowledgedAfterAFailedCommit(t *testing.T) {
 // durable, and the failed round must not become readable.
 func TestNoRoundAcknowledgedAfterAFailedSync(t *testing.T) {
 	store := newPLStore()
-	qs, err := OpenQueues(context.Background(), store, QueueOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	qs := openQueues(t, store, QueueOptions{})
 	addSub(t, qs, "s", "a")
 	publish(t, qs, msg("a", "m1"))
 
@@ -684,13 +686,7 @@ func TestNoRoundAcknowledgedAfterAFailedSync(t *testing.T) {
 	waitFor(t, func() bool { return store.commits.Load() > commits })
 	release()
 
-	ok := map[string]bool{"m1": true}
-	for _, r := range []pubResult{<-r2, <-r3} {
-		t.Logf("Publish(%s) = %v", r.data, r.err)
-		if r.err == nil {
-			ok[r.data] = true
-		}
-	}
+	ok := acknowledged(t, "m1", <-r2, <-r3)
 	if ok["m2"] {
 		t.Fatal("the round whose Sync failed was acknowledged")
 	}
@@ -732,10 +728,7 @@ func TestFailedReleaseDoesNotRenumberAfterRestart(t *testing.T) {
 
 func failedReleaseRenumbers(t *testing.T, other func(*Queues) error) {
 	store := newPLStore()
-	qs, err := OpenQueues(context.Background(), store, QueueOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	qs := openQueues(t, store, QueueOptions{})
 	addSub(t, qs, "q1", "a")
 	addSub(t, qs, "q2", "a")
 	publish(t, qs, msg("a", "m1"), msg("a", "m2"), msg("a", "m3"))
@@ -774,11 +767,7 @@ func failedReleaseRenumbers(t *testing.T, other func(*Queues) error) {
 // PolicyReject, then refuse every publication it matches).
 func TestFailedAddSubscriptionNotResurrected(t *testing.T) {
 	store := newPLStore()
-	qs, err := OpenQueues(context.Background(), store, QueueOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer qs.Close()
+	qs := openQueues(t, store, QueueOptions{})
 	store.failSyncs.Store(1)
 	s := Subscription{ID: "ghost", Subscriber: "p", Pattern: "a", TokenID: "t", Receiver: "r"}
 	if err := qs.AddSubscription(context.Background(), s); err == nil {
@@ -805,10 +794,7 @@ func TestFailedAddSubscriptionNotResurrected(t *testing.T) {
 // for example, the subscriptions of a revoked token.
 func TestAdminNotAcknowledgedAfterAFailedSync(t *testing.T) {
 	store := newPLStore()
-	qs, err := OpenQueues(context.Background(), store, QueueOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	qs := openQueues(t, store, QueueOptions{})
 	addSub(t, qs, "old", "a")
 	store.failSyncs.Store(1)
 	if _, err := qs.Publish(context.Background(), []Message{msg("a", "m1")}, nil); err == nil {
