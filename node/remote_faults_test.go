@@ -37,6 +37,27 @@ func rvExpect(t *testing.T, r *wire.Reader, want wire.Type, v any) {
 	}
 }
 
+// rvExpectCode reads the stream's last frame, an error with the given code.
+func rvExpectCode(t *testing.T, r *wire.Reader, code wire.Code) {
+	t.Helper()
+	if e := readErrorFrame(t, r); e.Code != code {
+		t.Fatalf("got error %s (%s), want %s", e.Code, e.Message, code)
+	}
+}
+
+// rvPublishStream opens a publish stream to a from a plain libp2p host
+// holding a publish token for ">", past its hello.
+func rvPublishStream(t *testing.T, a *node.Node) (network.Stream, *wire.Reader) {
+	t.Helper()
+	h := newStockHost(t, a)
+	tok := issue(t, a, localapi.IssueRequest{Publish: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
+	p := rawStream(t, h, a, wire.ProtoPublish)
+	pr := wire.NewReader(p, 0)
+	rvWrite(t, p, jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version}))
+	rvExpect(t, pr, wire.TOK, nil)
+	return p, pr
+}
+
 func rvWrite(t *testing.T, s network.Stream, frames ...[]byte) {
 	t.Helper()
 	for _, f := range frames {
@@ -128,11 +149,7 @@ func TestRemotePerformPastMaxHopsDoesNotRun(t *testing.T) {
 		jsonFrame(t, wire.TRequest, wire.PerformRequest{Action: "echo", Input: json.RawMessage(`1`), Hop: 1000}))
 	r := wire.NewReader(s, 0)
 	rvExpect(t, r, wire.TOK, nil)
-	typ, payload, err := r.Next()
-	var we wire.Error
-	if err != nil || typ != wire.TError || wire.DecodeJSON(payload, &we) != nil || we.Code != wire.CodeBadRequest {
-		t.Errorf("raw perform at hop 1000 answered %v %s %v, want bad_request", typ, payload, err)
-	}
+	rvExpectCode(t, r, wire.CodeBadRequest) // the hop limit
 	if echo.count() != 0 {
 		t.Errorf("action ran %d times at hop 1000 (max_hops 16)", echo.count())
 	}
@@ -228,19 +245,10 @@ func TestRemotePublishSplitsLargeBatches(t *testing.T) {
 // and nothing of its batch is queued.
 func TestRemotePublishRefusesNonJSON(t *testing.T) {
 	a := newTestNode(t)
-	h := newStockHost(t, a)
-	tok := issue(t, a, localapi.IssueRequest{Publish: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
-	p := rawStream(t, h, a, wire.ProtoPublish)
-	pr := wire.NewReader(p, 0)
-	rvWrite(t, p, jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version}))
-	rvExpect(t, pr, wire.TOK, nil)
+	p, pr := rvPublishStream(t, a)
 	rvWrite(t, p, wire.AppendFrame(nil, wire.TPublish, wire.AppendPublishBatch(nil, []wire.Publication{
 		{Subject: "x.a", Data: []byte(`1`), Time: 1}, {Subject: "x.a", Data: []byte(`not json`), Time: 1}})))
-	typ, payload, err := pr.Next()
-	var we wire.Error
-	if err != nil || typ != wire.TError || wire.DecodeJSON(payload, &we) != nil || we.Code != wire.CodeBadRequest {
-		t.Fatalf("a batch with a non-JSON publication answered %v %s %v, want bad_request", typ, payload, err)
-	}
+	rvExpectCode(t, pr, wire.CodeBadRequest)
 }
 
 // JSON whose strings are not UTF-8 is refused too, remotely and locally:
@@ -252,18 +260,9 @@ func TestPublishRefusesNonUTF8JSON(t *testing.T) {
 	if _, err := a.Publish(testCtx(t), "x.a", bad); err == nil || !strings.Contains(err.Error(), "not valid JSON in UTF-8") {
 		t.Fatalf("local publish of non-UTF-8 JSON: %v, want refused as not valid JSON in UTF-8", err)
 	}
-	h := newStockHost(t, a)
-	tok := issue(t, a, localapi.IssueRequest{Publish: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
-	p := rawStream(t, h, a, wire.ProtoPublish)
-	pr := wire.NewReader(p, 0)
-	rvWrite(t, p, jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version}))
-	rvExpect(t, pr, wire.TOK, nil)
+	p, pr := rvPublishStream(t, a)
 	rvWrite(t, p, wire.AppendFrame(nil, wire.TPublish, wire.AppendPublishBatch(nil, []wire.Publication{{Subject: "x.a", Data: bad, Time: 1}})))
-	typ, payload, err := pr.Next()
-	var we wire.Error
-	if err != nil || typ != wire.TError || wire.DecodeJSON(payload, &we) != nil || we.Code != wire.CodeBadRequest {
-		t.Fatalf("a non-UTF-8 remote publication answered %v %s %v, want bad_request", typ, payload, err)
-	}
+	rvExpectCode(t, pr, wire.CodeBadRequest)
 }
 
 // A validation token presented in a hello is refused as unauthorized, like
@@ -278,9 +277,5 @@ func TestHelloWithValidationTokenIsUnauthorized(t *testing.T) {
 	p := rawStream(t, h, a, wire.ProtoPerform)
 	pr := wire.NewReader(p, 0)
 	rvWrite(t, p, jsonFrame(t, wire.THello, wire.Hello{Token: vt, Version: wire.Version}))
-	typ, payload, err := pr.Next()
-	var we wire.Error
-	if err != nil || typ != wire.TError || wire.DecodeJSON(payload, &we) != nil || we.Code != wire.CodeUnauthorized {
-		t.Fatalf("a hello with a validation token answered %v %s %v, want unauthorized", typ, payload, err)
-	}
+	rvExpectCode(t, pr, wire.CodeUnauthorized)
 }
