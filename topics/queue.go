@@ -1325,13 +1325,7 @@ func (qs *Queues) commitRound(first *pubReq) {
 	}
 
 	// Queues with pending releases join the round.
-	qs.dirtyMu.Lock()
-	dirty := qs.dirty
-	qs.dirty = nil
-	for _, q := range dirty {
-		q.dirty = false
-	}
-	qs.dirtyMu.Unlock()
+	dirty := qs.takeDirty()
 	for _, q := range dirty {
 		if !q.removed.Load() {
 			touchOf(q)
@@ -1764,17 +1758,24 @@ func (qs *Queues) addDirty(q *queue) {
 	qs.dirtyMu.Unlock()
 }
 
-// writeDirtyLocked writes the pending releases and the state of every
-// dirty queue now, in one batch without a Sync, as the committer's next
-// round would. Called with commitMu held.
-func (qs *Queues) writeDirtyLocked(ctx context.Context) error {
+// takeDirty empties the list of queues with pending releases and returns
+// what it held.
+func (qs *Queues) takeDirty() []*queue {
 	qs.dirtyMu.Lock()
+	defer qs.dirtyMu.Unlock()
 	dirty := qs.dirty
 	qs.dirty = nil
 	for _, q := range dirty {
 		q.dirty = false
 	}
-	qs.dirtyMu.Unlock()
+	return dirty
+}
+
+// writeDirtyLocked writes the pending releases and the state of every
+// dirty queue now, in one batch without a Sync, as the committer's next
+// round would. Called with commitMu held.
+func (qs *Queues) writeDirtyLocked(ctx context.Context) error {
+	dirty := qs.takeDirty()
 	rd := &round{}
 	for _, q := range dirty {
 		if !q.removed.Load() {
