@@ -361,12 +361,20 @@ func Running(l Layout) (localapi.Status, error) {
 	if err == nil {
 		return st, nil
 	}
-	if b, rerr := os.ReadFile(l.PIDFile()); rerr == nil {
-		if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil && !alive(pid) {
-			_ = os.Remove(l.PIDFile())
-		}
+	if pid, ok := pidFromFile(l); ok && !alive(pid) {
+		_ = os.Remove(l.PIDFile())
 	}
 	return localapi.Status{}, fmt.Errorf("%w in %s", ErrNotRunning, l.Dir)
+}
+
+// pidFromFile returns the pid in the instance's pid file, if it has one.
+func pidFromFile(l Layout) (int, bool) {
+	b, err := os.ReadFile(l.PIDFile())
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid, err == nil
 }
 
 func alive(pid int) bool {
@@ -379,30 +387,32 @@ func alive(pid int) bool {
 	// A zombie has exited; it only waits for its parent (init, once the
 	// headless launcher is gone) to reap it, which some container inits
 	// never do promptly.
-	if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); err == nil {
-		s := string(b)
-		if k := strings.LastIndexByte(s, ')'); k >= 0 && k+2 < len(s) && s[k+2] == 'Z' {
-			return false
-		}
+	if f := procStat(pid); len(f) > 0 && f[0] == "Z" {
+		return false
 	}
 	return true
+}
+
+// procStat returns the fields of /proc/<pid>/stat from field 3 (the
+// state) on, or nil if it cannot be read. The command name (field 2) may
+// hold spaces and parentheses, so they start after its last ')'.
+func procStat(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	k := strings.LastIndexByte(s, ')')
+	if k < 0 {
+		return nil
+	}
+	return strings.Fields(s[k+1:])
 }
 
 // procStart returns the start time of process pid in clock ticks since
 // boot (field 22 of /proc/<pid>/stat); ok is false if it cannot be read.
 func procStart(pid int) (uint64, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, false
-	}
-	// The command name (field 2) may hold spaces and parentheses; the
-	// fields after its closing parenthesis start at field 3.
-	s := string(b)
-	k := strings.LastIndexByte(s, ')')
-	if k < 0 {
-		return 0, false
-	}
-	f := strings.Fields(s[k+1:])
+	f := procStat(pid)
 	if len(f) < 20 {
 		return 0, false
 	}
@@ -526,9 +536,7 @@ func StopService(ctx context.Context, l Layout, pid int) (int, error) {
 		// (SIGSTOP) or stuck service still holds the instance.
 		owner := pid
 		if owner == 0 {
-			if b, rerr := os.ReadFile(l.PIDFile()); rerr == nil {
-				owner, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-			}
+			owner, _ = pidFromFile(l)
 		}
 		if owner > 0 && alive(owner) && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) {
 			return owner, fmt.Errorf("node: service pid %d does not answer on its control socket (stopped or stuck?): %v; it is still running: resume it (kill -CONT %d) or end it (kill %d)", owner, err, owner, owner)
