@@ -473,7 +473,7 @@ const minDonePrune = 1024
 func (a *Authority) pruneDoneLocked() {
 	now := a.now()
 	for id, e := range a.done {
-		if !e.expires.IsZero() && !now.Before(e.expires.Add(Leeway)) {
+		if expiredAt(e.expires, now) {
 			delete(a.done, id)
 		}
 	}

@@ -117,5 +117,11 @@ func (g *Grant) Revoked() bool {
 }
 
 func (g *Grant) expired(now time.Time) bool {
-	return !g.Expires.IsZero() && !now.Before(g.Expires.Add(Leeway))
+	return expiredAt(g.Expires, now)
+}
+
+// expiredAt reports whether a token expiring at exp (zero: never) is
+// expired at now, with Leeway, as Verify decides.
+func expiredAt(exp, now time.Time) bool {
+	return !exp.IsZero() && !now.Before(exp.Add(Leeway))
 }
