@@ -94,6 +94,13 @@ type Authority struct {
 
 	cbMu     sync.Mutex
 	onRevoke []func(tokenID string)
+
+	// issuing holds the ids of the tokens Issue is storing. Their records
+	// can be in the store before Issue knows whether it succeeded, and a
+	// failed Issue removes its record again, so Token and Tokens leave them
+	// out: a token is listed only once Issue has handed it to its caller.
+	issuingMu sync.Mutex
+	issuing   map[string]struct{}
 }
 
 // NewAuthority returns the Authority for the instance whose identity is key.
@@ -118,13 +125,14 @@ func NewAuthority(key crypto.PrivKey, store ds.Batching) (*Authority, error) {
 	}
 	priv := ed25519.PrivateKey(raw)
 	a := &Authority{
-		priv:  priv,
-		pub:   priv.Public().(ed25519.PublicKey),
-		id:    id,
-		store: store,
-		now:   time.Now,
-		cache: make(map[cacheKey]*Grant),
-		done:  make(map[string]doneEntry),
+		priv:    priv,
+		pub:     priv.Public().(ed25519.PublicKey),
+		id:      id,
+		store:   store,
+		now:     time.Now,
+		cache:   make(map[cacheKey]*Grant),
+		done:    make(map[string]doneEntry),
+		issuing: make(map[string]struct{}),
 	}
 	a.parser = jwt.NewParser(
 		jwt.WithValidMethods([]string{algEdDSA}),
@@ -198,10 +206,51 @@ func (a *Authority) Issue(ctx context.Context, o IssueOptions) (Record, error) {
 		return Record{}, err
 	}
 	rec := Record{ID: c.ID, Token: signed, Claims: c, IssuedAt: now}
+	a.setIssuing(rec.ID, true)
+	defer a.setIssuing(rec.ID, false)
 	if err := a.putJSON(ctx, tokensPrefix, rec.ID, rec); err != nil {
-		return Record{}, err
+		// The caller gets no token, so nobody can hold this one: its
+		// record must not stay behind as an issued token.
+		return Record{}, a.undoPut(ctx, tokensPrefix, rec.ID, err)
 	}
 	return rec, nil
+}
+
+func (a *Authority) setIssuing(id string, on bool) {
+	a.issuingMu.Lock()
+	defer a.issuingMu.Unlock()
+	if on {
+		a.issuing[id] = struct{}{}
+	} else {
+		delete(a.issuing, id)
+	}
+}
+
+func (a *Authority) isIssuing(id string) bool {
+	a.issuingMu.Lock()
+	defer a.issuingMu.Unlock()
+	_, ok := a.issuing[id]
+	return ok
+}
+
+// undoPut removes the record of a putJSON that failed and returns cause.
+// A failed put may still have reached the live store (the Put wrote and the
+// Sync failed), where it would be read as a record the caller was told does
+// not exist. ctx may be why the put failed, so the removal does not depend
+// on it. If the removal's own sync fails, a crash can bring the record back;
+// it then names a token or validation nobody was given, which revoking or
+// removing clears.
+func (a *Authority) undoPut(ctx context.Context, prefix ds.Key, id string, cause error) error {
+	k, err := recordKey(prefix, id)
+	if err != nil {
+		return cause
+	}
+	ctx = context.WithoutCancel(ctx)
+	if err := a.store.Delete(ctx, k); err != nil {
+		return fmt.Errorf("%w (removing the %s's record also failed, so it may still be listed: %w)", cause, kindOf(prefix), err)
+	}
+	_ = a.store.Sync(ctx, prefix)
+	return cause
 }
 
 func (a *Authority) sign(c Claims) (string, error) {
@@ -570,15 +619,20 @@ func (a *Authority) Token(ctx context.Context, id string) (Record, error) {
 	if err := a.getJSON(ctx, tokensPrefix, id, &rec); err != nil {
 		return Record{}, err
 	}
+	if a.isIssuing(rec.ID) {
+		return Record{}, fmt.Errorf("%w: no token with id %s", ErrNotFound, rec.ID)
+	}
 	return rec, nil
 }
 
-// Tokens returns every unrevoked token record, oldest first.
+// Tokens returns every unrevoked token record, oldest first. Tokens that
+// Issue has not yet returned are left out.
 func (a *Authority) Tokens(ctx context.Context) ([]Record, error) {
 	recs, err := listJSON[Record](ctx, a.store, tokensPrefix)
 	if err != nil {
 		return nil, err
 	}
+	recs = slices.DeleteFunc(recs, func(r Record) bool { return a.isIssuing(r.ID) })
 	slices.SortFunc(recs, func(x, y Record) int {
 		if c := x.IssuedAt.Compare(y.IssuedAt); c != 0 {
 			return c

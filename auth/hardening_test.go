@@ -1,0 +1,98 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
+)
+
+// hookStore fails Sync while fail is set (after the write it follows has
+// reached the store, as a full disk leaves it) and calls onSync, if set,
+// at the start of every Sync: the moment a write is in the live store but
+// its call has not returned.
+type hookStore struct {
+	ds.Batching
+	fail   atomic.Bool
+	onSync func(prefix ds.Key)
+}
+
+func (s *hookStore) Sync(ctx context.Context, prefix ds.Key) error {
+	if s.onSync != nil {
+		s.onSync(prefix)
+	}
+	if s.fail.Load() {
+		return errors.New("disk on fire")
+	}
+	return s.Batching.Sync(ctx, prefix)
+}
+
+// storedKeys lists the keys under prefix straight from the store, past
+// anything Authority filters.
+func storedKeys(t *testing.T, store ds.Read, prefix ds.Key) []string {
+	t.Helper()
+	var keys []string
+	for e, err := range ds.QueryIter(context.Background(), store, query.Query{Prefix: prefix.String(), KeysOnly: true}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, e.Key)
+	}
+	return keys
+}
+
+// An Issue whose store sync failed returned an error, so nobody got the
+// token, but its record stayed in the store: it was listed by Tokens and
+// counted as issued. The record must be gone, and it must not be listed
+// while Issue is still deciding either.
+func TestFailedIssueLeavesNoRecord(t *testing.T) {
+	ctx := context.Background()
+	store := &hookStore{Batching: newStore()}
+	f := fixtureOver(t, newKey(t), store)
+	kept := f.issue(t, IssueOptions{Reusable: true})
+
+	var inFlight []Record
+	var inFlightErr error
+	store.onSync = func(prefix ds.Key) {
+		if prefix == tokensPrefix && inFlight == nil {
+			inFlight, inFlightErr = f.a.Tokens(ctx)
+		}
+	}
+	store.fail.Store(true)
+	rec, err := f.a.Issue(ctx, IssueOptions{Reusable: true, Perform: []string{"x"}})
+	store.fail.Store(false)
+	store.onSync = nil
+	if err == nil || !strings.Contains(err.Error(), "disk on fire") {
+		t.Fatalf("Issue with a failing sync: %v, want the sync error", err)
+	}
+	if rec.ID != "" || rec.Token != "" {
+		t.Errorf("a failed Issue returned a record %+v", rec)
+	}
+	if inFlightErr != nil {
+		t.Fatal(inFlightErr)
+	}
+	if len(inFlight) != 1 || inFlight[0].ID != kept.ID {
+		t.Errorf("while the failing Issue ran, Tokens listed %d records, want only %s", len(inFlight), kept.ID)
+	}
+	all, err := f.a.Tokens(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 1 || all[0].ID != kept.ID {
+		t.Errorf("after the failed Issue, Tokens lists %d records, want only %s", len(all), kept.ID)
+	}
+	if keys := storedKeys(t, store, tokensPrefix); len(keys) != 1 || keys[0] != tokensPrefix.ChildString(kept.ID).String() {
+		t.Errorf("the store holds token records %v, want only %s's", keys, kept.ID)
+	}
+	// The next Issue works and is listed.
+	if _, err := f.a.Issue(ctx, IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if all, err := f.a.Tokens(ctx); err != nil || len(all) != 2 {
+		t.Errorf("after a successful Issue, Tokens = %d records, %v; want 2", len(all), err)
+	}
+}
