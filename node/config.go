@@ -8,12 +8,14 @@ import (
 	"math"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"text/template"
 	"time"
 
 	"github.com/dustin/go-humanize"
+	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	"gopkg.in/yaml.v3"
 )
@@ -221,7 +223,8 @@ func ParseConfig(name string, b []byte) (Config, error) {
 	}
 	var doc yaml.Node // the first document again, as written
 	if err := yaml.Unmarshal(b, &doc); err == nil {
-		if err := checkScalars(&doc, reflect.TypeFor[Config](), ""); err != nil {
+		err := errors.Join(checkScalars(&doc, reflect.TypeFor[Config](), ""), checkDuplicates(&doc))
+		if err != nil {
 			return Config{}, fmt.Errorf("%w: %s: %w", ErrConfig, name, err)
 		}
 	}
@@ -289,6 +292,102 @@ func checkScalars(n *yaml.Node, t reflect.Type, path string) error {
 	return errors.Join(errs...)
 }
 
+// addrLists are the network keys that hold lists of multiaddrs.
+var addrLists = []string{"listen", "announce", "relays"}
+
+// checkDuplicates refuses an address listed twice in network.listen,
+// announce or relays, naming both lines: a copied line is a mistake, and
+// a relay listed twice was counted as two relays (AutoRelay then waited
+// for a second reservation that could never come). Two lines with one
+// relay's peer id and different addresses are fine: they are one relay
+// reachable at both (see NetworkConfig.StaticRelays). Validate refuses
+// the same for configs built in code, without line numbers.
+func checkDuplicates(doc *yaml.Node) error {
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return nil
+	}
+	var errs []error
+	root := doc.Content[0]
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value != "network" || root.Content[i+1].Kind != yaml.MappingNode {
+			continue
+		}
+		nw := root.Content[i+1]
+		for j := 0; j+1 < len(nw.Content); j += 2 {
+			key, list := nw.Content[j].Value, nw.Content[j+1]
+			if !slices.Contains(addrLists, key) || list.Kind != yaml.SequenceNode {
+				continue
+			}
+			seen := map[string]int{} // normalized address -> line
+			for _, item := range list.Content {
+				if item.Kind != yaml.ScalarNode {
+					continue // the decoder reports it
+				}
+				k := normalAddr(item.Value)
+				if first, dup := seen[k]; dup {
+					errs = append(errs, fmt.Errorf("network.%s (line %d): %s is listed twice (also line %d); delete one", key, item.Line, item.Value, first))
+					continue
+				}
+				seen[k] = item.Line
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// normalAddr is s in a multiaddr's canonical spelling, so that two
+// spellings of one address compare equal; s itself when it is not a
+// multiaddr (Validate reports that).
+func normalAddr(s string) string {
+	if m, err := ma.NewMultiaddr(s); err == nil {
+		return m.String()
+	}
+	return s
+}
+
+// duplicateAddrs reports each address of list that an earlier entry
+// already names; key names the list in errors.
+func duplicateAddrs(key string, list []string) []error {
+	var errs []error
+	seen := map[string]int{}
+	for i, s := range list {
+		k := normalAddr(s)
+		if first, dup := seen[k]; dup {
+			errs = append(errs, fmt.Errorf("network.%s: %s is listed twice (entries %d and %d); delete one", key, s, first+1, i+1))
+			continue
+		}
+		seen[k] = i
+	}
+	return errs
+}
+
+// StaticRelays is network.relays as AutoRelay takes it: one entry per
+// relay peer id, with every address listed for it (in the order written,
+// each once). Two lines naming one peer id at different addresses are one
+// relay reachable at both, not two relays.
+func (nc NetworkConfig) StaticRelays() ([]peer.AddrInfo, error) {
+	var out []peer.AddrInfo
+	at := map[peer.ID]int{}
+	for _, s := range nc.Relays {
+		ai, err := peer.AddrInfoFromString(s)
+		if err != nil {
+			return nil, fmt.Errorf("%w: network.relays: %q: %v", ErrConfig, s, err)
+		}
+		i, ok := at[ai.ID]
+		if !ok {
+			at[ai.ID] = len(out)
+			out = append(out, peer.AddrInfo{ID: ai.ID})
+			i = len(out) - 1
+		}
+		for _, a := range ai.Addrs {
+			if !slices.ContainsFunc(out[i].Addrs, a.Equal) {
+				out[i].Addrs = append(out[i].Addrs, a)
+			}
+		}
+	}
+	return out, nil
+}
+
 // fieldByTag finds the field of struct type t whose yaml tag is name.
 func fieldByTag(t reflect.Type, name string) (reflect.StructField, bool) {
 	for i := range t.NumField() {
@@ -338,6 +437,10 @@ func (c *Config) Validate() error {
 		if _, err := m.ValueForProtocol(ma.P_P2P); err != nil {
 			bad("network.relays: %q must end in /p2p/<peer-id>", s)
 		}
+	}
+	for _, key := range addrLists {
+		list := map[string][]string{"listen": c.Network.Listen, "announce": c.Network.Announce, "relays": c.Network.Relays}[key]
+		errs = append(errs, duplicateAddrs(key, list)...)
 	}
 	if p := c.Network.PreferTransport; p != PreferTCP && p != PreferQUIC {
 		bad("network.prefer_transport: %q is not %q or %q", p, PreferTCP, PreferQUIC)

@@ -261,3 +261,54 @@ func TestParseConfigEmptySectionsAndLists(t *testing.T) {
 		t.Errorf("parsed %+v", got)
 	}
 }
+
+// One relay listed twice is refused, naming both lines; one relay's peer
+// id at two addresses is one relay reachable at both. Before, each line
+// was a relay of its own to AutoRelay, which then strove for a second
+// reservation that the one relay could never give.
+func TestParseConfigDuplicateRelays(t *testing.T) {
+	const id = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+	const other = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+	refused := map[string]struct{ in, mention string }{
+		"same line twice": {"network:\n  relays:\n    - /ip4/192.0.2.1/tcp/4001/p2p/" + id + "\n    - /ip4/192.0.2.1/tcp/4001/p2p/" + id + "\n",
+			"network.relays (line 4): /ip4/192.0.2.1/tcp/4001/p2p/" + id + " is listed twice (also line 3)"},
+		"two spellings": {"network:\n  relays:\n    - /ip4/192.0.2.1/tcp/4001/p2p/" + id + "\n    - /ip4/192.0.2.1/tcp/04001/p2p/" + id + "\n",
+			"(line 4)"},
+		"listen twice":   {"network:\n  listen: [/ip4/127.0.0.1/tcp/5210, /ip4/127.0.0.1/tcp/5210]\n", "network.listen (line 2)"},
+		"announce twice": {"network:\n  announce: [/dns4/example.org/tcp/1, /dns4/example.org/tcp/1]\n", "network.announce (line 2)"},
+	}
+	for name, c := range refused {
+		_, err := node.ParseConfig("config.yml", []byte(c.in))
+		if !errors.Is(err, node.ErrConfig) || !strings.Contains(err.Error(), c.mention) {
+			t.Errorf("%s: got %v, want ErrConfig mentioning %q", name, err, c.mention)
+		}
+	}
+
+	// Built in code, without lines: Validate refuses it too.
+	c := node.DefaultConfig(node.DefaultPort)
+	c.Network.Relays = []string{"/ip4/192.0.2.1/tcp/4001/p2p/" + id, "/ip4/192.0.2.1/tcp/4001/p2p/" + id}
+	errorsContain(t, c.Validate(), "network.relays", "listed twice", "entries 1 and 2")
+
+	in := "network:\n  relays:\n" +
+		"    - /ip4/192.0.2.1/tcp/4001/p2p/" + id + "\n" +
+		"    - /ip4/192.0.2.9/tcp/4001/p2p/" + other + "\n" +
+		"    - /ip4/192.0.2.1/udp/4001/quic-v1/p2p/" + id + "\n"
+	got, err := node.ParseConfig("config.yml", []byte(in))
+	if err != nil {
+		t.Fatalf("one relay at two addresses: %v", err)
+	}
+	relays, err := got.Network.StaticRelays()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(relays) != 2 {
+		t.Fatalf("StaticRelays = %v, want 2 relays", relays)
+	}
+	if relays[0].ID.String() != id || len(relays[0].Addrs) != 2 ||
+		relays[0].Addrs[0].String() != "/ip4/192.0.2.1/tcp/4001" || relays[0].Addrs[1].String() != "/ip4/192.0.2.1/udp/4001/quic-v1" {
+		t.Errorf("first relay = %v, want %s at its TCP and QUIC addresses", relays[0], id)
+	}
+	if relays[1].ID.String() != other || len(relays[1].Addrs) != 1 {
+		t.Errorf("second relay = %v, want %s at one address", relays[1], other)
+	}
+}

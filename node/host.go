@@ -18,7 +18,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
-	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
@@ -123,13 +122,11 @@ func buildHost(n *Node) (host.Host, error) {
 	// other AutoNAT servers. An operator who asks for a relay has said the
 	// instance is public; startNetwork starts it at once.
 	if len(nc.Relays) > 0 {
-		var static []peer.AddrInfo
-		for _, s := range nc.Relays {
-			ai, err := peer.AddrInfoFromString(s)
-			if err != nil {
-				return nil, fmt.Errorf("%w: network.relays: %q: %v", ErrConfig, s, err)
-			}
-			static = append(static, *ai)
+		// One entry per relay: a relay listed twice was counted twice,
+		// and AutoRelay strove for a reservation on each "relay".
+		static, err := nc.StaticRelays()
+		if err != nil {
+			return nil, err
 		}
 		opts = append(opts, libp2p.EnableAutoRelayWithStaticRelays(static, autorelay.WithBootDelay(0)))
 	}
