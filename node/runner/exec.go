@@ -171,6 +171,13 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 	// but the program's own result stands.
 	exitedOK := errors.Is(waitErr, exec.ErrWaitDelay) && cmd.ProcessState != nil && cmd.ProcessState.Success()
 
+	// Stdout past the limit fails the run however the program ended: a
+	// child that overflowed it after the program exited 0 would otherwise
+	// pass as exitedOK, and the truncated output as the result.
+	if stdout.overflowed {
+		return nil, r.tooLarge(inv)
+	}
+
 	// A nil waitErr is a complete success even if the context ended just
 	// after; otherwise why the context ended explains the failure better
 	// than the kill it caused.
@@ -289,10 +296,12 @@ type cappedBuffer struct {
 	buf        bytes.Buffer
 	max        int
 	onOverflow func()
+	overflowed bool
 }
 
 func (b *cappedBuffer) Write(p []byte) (int, error) {
 	if b.buf.Len()+len(p) > b.max {
+		b.overflowed = true
 		b.onOverflow()
 		return 0, errOverflow
 	}
