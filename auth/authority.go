@@ -20,6 +20,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/crypto/pb"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/sync/singleflight"
 )
 
 // Datastore layout. Values are JSON. The prefixes are also the Sync
@@ -101,6 +102,9 @@ type Authority struct {
 	// out: a token is listed only once Issue has handed it to its caller.
 	issuingMu sync.Mutex
 	issuing   map[string]struct{}
+
+	// addingVT runs concurrent AddValidation calls of one token as one.
+	addingVT singleflight.Group
 }
 
 // NewAuthority returns the Authority for the instance whose identity is key.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
@@ -94,5 +96,72 @@ func TestFailedIssueLeavesNoRecord(t *testing.T) {
 	}
 	if all, err := f.a.Tokens(ctx); err != nil || len(all) != 2 {
 		t.Errorf("after a successful Issue, Tokens = %d records, %v; want 2", len(all), err)
+	}
+}
+
+// listGateStore holds each listing of validations until a second one has
+// started (or, when none comes, briefly), so that callers that each list
+// and then store really do overlap. The wait only widens the race; no
+// assertion depends on it.
+type listGateStore struct {
+	ds.Batching
+	mu      sync.Mutex
+	listing int
+	two     chan struct{}
+}
+
+func (s *listGateStore) Query(ctx context.Context, q query.Query) (query.Results, error) {
+	if q.Prefix == validationsPrefix.String() {
+		s.mu.Lock()
+		s.listing++
+		if s.listing == 2 {
+			close(s.two)
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.two:
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return s.Batching.Query(ctx, q)
+}
+
+// Two concurrent AddValidation calls of one token each listed the stored
+// validations, found none, and stored the token under two ids.
+func TestConcurrentAddValidationStoresOnce(t *testing.T) {
+	ctx := context.Background()
+	store := &listGateStore{Batching: newStore(), two: make(chan struct{})}
+	alice := fixtureOver(t, newKey(t), store)
+	vt, err := newFixture(t).a.IssueValidation(IssueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 16
+	ids := make([]string, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			v, err := alice.a.AddValidation(ctx, vt)
+			ids[i], errs[i] = v.ID, err
+		})
+	}
+	close(start)
+	wg.Wait()
+	all, err := alice.a.Validations(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 1 {
+		t.Fatalf("%d concurrent adds of one validation token stored %d records, want 1", n, len(all))
+	}
+	for i := range n {
+		if errs[i] != nil {
+			t.Errorf("add %d: %v", i, errs[i])
+		} else if ids[i] != all[0].ID {
+			t.Errorf("add %d returned id %s, but the stored record is %s", i, ids[i], all[0].ID)
+		}
 	}
 }

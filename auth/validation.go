@@ -49,8 +49,8 @@ func (a *Authority) IssueValidation(o IssueOptions) (string, error) {
 
 // AddValidation checks a validation token received from another peer (its
 // self-signature against the key embedded in iss, its type and its validity
-// period) and stores it under a new id. Adding the same token again returns
-// the existing record.
+// period) and stores it under a new id. Adding the same token again, also
+// concurrently, returns the existing record.
 func (a *Authority) AddValidation(ctx context.Context, raw string) (Validation, error) {
 	raw = strings.TrimSpace(raw)
 	c, err := Decode(raw)
@@ -66,6 +66,22 @@ func (a *Authority) AddValidation(ctx context.Context, raw string) (Validation, 
 	if err := c.CheckTime(a.now()); err != nil {
 		return Validation{}, err
 	}
+	// Concurrent adds of one token share one look-up-and-store: each on its
+	// own could miss the other's record and store the token twice. The key
+	// is the token itself, not its jti, which any signer can reuse. The
+	// shared call does not stop when one of its callers gives up.
+	shared, err, _ := a.addingVT.Do(raw, func() (any, error) {
+		return a.addValidation(context.WithoutCancel(ctx), raw, c)
+	})
+	if err != nil {
+		return Validation{}, err
+	}
+	return shared.(Validation), nil
+}
+
+// addValidation stores the checked validation token raw unless it is
+// stored already. AddValidation runs one at a time per token.
+func (a *Authority) addValidation(ctx context.Context, raw string, c Claims) (Validation, error) {
 	existing, err := a.Validations(ctx)
 	if err != nil {
 		return Validation{}, err
