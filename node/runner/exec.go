@@ -310,13 +310,16 @@ func (b *cappedBuffer) Write(p []byte) (int, error) {
 
 // lineWriter splits stderr into lines and passes each to log, holding at
 // most MaxLogLine bytes of a line: the rest of an overlong line is dropped
-// and the line ends with TruncatedMark. It remembers the last non-empty
-// line for error messages.
+// and the line ends with TruncatedMark. It passes on at most MaxLogBytes
+// in all and counts the lines it drops after that. It remembers the last
+// non-empty line for error messages, dropped or not.
 type lineWriter struct {
 	log       func(string)
 	cur       []byte
 	truncated bool
 	last      string
+	logged    int // bytes passed to log, a newline counted for each line
+	dropped   int // lines not passed to log because logged reached MaxLogBytes
 }
 
 func newLineWriter(log func(string)) *lineWriter { return &lineWriter{log: log} }
@@ -353,14 +356,24 @@ func (w *lineWriter) emit() {
 	if strings.TrimSpace(line) != "" {
 		w.last = line
 	}
-	if w.log != nil {
-		w.log(line)
+	if w.log == nil {
+		return
 	}
+	if w.dropped > 0 || w.logged+len(line)+1 > MaxLogBytes {
+		w.dropped++
+		return
+	}
+	w.logged += len(line) + 1
+	w.log(line)
 }
 
-// flush emits a final line that had no newline. Call it only after Wait.
+// flush emits a final line that had no newline, then says how many lines
+// were dropped, if any. Call it only after Wait.
 func (w *lineWriter) flush() {
 	if len(w.cur) > 0 || w.truncated {
 		w.emit()
+	}
+	if w.dropped > 0 && w.log != nil {
+		w.log(fmt.Sprintf("…[%d more stderr lines dropped: a run logs at most %d bytes]", w.dropped, MaxLogBytes))
 	}
 }

@@ -3,6 +3,8 @@ package runner
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"testing"
 )
 
@@ -35,5 +37,39 @@ func TestOutputOneByteOverLimit(t *testing.T) {
 	out, err := r.Run(context.Background(), action("over.by.one", ""))
 	if !errors.Is(err, ErrOutputTooLarge) {
 		t.Fatalf("Run = %d bytes, %v; want ErrOutputTooLarge", len(out), err)
+	}
+}
+
+// A program that floods stderr passes at most MaxLogBytes of log lines to
+// Log, then one line saying how many it dropped; its output still counts.
+// Every line used to be passed on, for as long as the program ran.
+func TestStderrFloodIsBounded(t *testing.T) {
+	t.Parallel()
+	r, dir := newTestRunner(t, nil)
+	const lines = 400_000 // 10 bytes each with the newline: about 4 MiB
+	writeProgram(t, dir, KindAction, "noisy", `yes 'log line' | head -n `+strconv.Itoa(lines)+` >&2; echo '"done"'`)
+	var got []string
+	total := 0
+	inv := action("noisy", "")
+	inv.Log = func(l string) { got = append(got, l); total += len(l) + 1 }
+	out, err := r.Run(context.Background(), inv)
+	if err != nil || string(out) != `"done"` {
+		t.Fatalf("Run = %s, %v", out, err)
+	}
+	if len(got) < 2 {
+		t.Fatalf("got %d log lines", len(got))
+	}
+	last := got[len(got)-1]
+	if total > MaxLogBytes+len(last)+1 {
+		t.Errorf("Log received %d bytes, want at most MaxLogBytes (%d) plus the closing line", total, MaxLogBytes)
+	}
+	kept := len(got) - 1
+	if want := fmt.Sprintf("…[%d more stderr lines dropped: a run logs at most %d bytes]", lines-kept, MaxLogBytes); last != want {
+		t.Errorf("last line = %q, want %q", last, want)
+	}
+	for i, l := range got[:kept] {
+		if l != "log line" {
+			t.Fatalf("line %d = %q", i, l)
+		}
 	}
 }

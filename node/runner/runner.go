@@ -59,6 +59,13 @@ const (
 	// MaxLogLine is the longest stderr line passed to Invocation.Log; longer
 	// lines are cut and end with TruncatedMark.
 	MaxLogLine = 16 << 10
+	// MaxLogBytes bounds what one run of an executable passes to
+	// Invocation.Log: its stderr lines, counting a newline for each. Past
+	// it further lines are read and dropped (the program is not stopped)
+	// and, when the program has finished, one last line says how many were
+	// dropped. Without a bound, a program writing stderr in a loop filled
+	// service.log, or a remote caller's stream, for its whole timeout.
+	MaxLogBytes = 1 << 20
 )
 
 // TruncatedMark ends a log line that was cut at MaxLogLine bytes.
