@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -383,5 +384,57 @@ func TestNudgeSplitsLongLists(t *testing.T) {
 	}
 	if total != len(ids) {
 		t.Fatalf("nudges named %d subscriptions (%v), want %d", total, got, len(ids))
+	}
+}
+
+// A subscriber that opens a new stream for its subscription (it reconnected
+// after its old connection went quiet) replaces the deliverer of the old
+// one. The old deliverer only stopped when it next waited for publications
+// or acks: one blocked writing to a stream nobody reads any more (yamux's
+// window full) held on until stream_timeout, and one with publications
+// queued kept sending them into the old stream up to its window.
+func TestReplacedDeliveryStreamEndsAtOnce(t *testing.T) {
+	pub := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.StreamTimeout = 5 * time.Minute }))
+	h := newStockHost(t, pub)
+	tok := issue(t, pub, localapi.IssueRequest{Subscribe: []string{"f.>"}, Bearers: []string{"vt://" + h.ID().String()}})
+	first := rawSubscribe(t, h, pub, tok.Token, wire.SubscribeRequest{Pattern: "f.>", Receiver: "rec"})
+	// 48 MiB queued: more than yamux lets through a stream nobody reads.
+	data := json.RawMessage(`"` + strings.Repeat("x", 64<<10-2) + `"`)
+	msgs := make([]node.Message, 768)
+	for i := range msgs {
+		msgs[i] = node.Message{Subject: "f.a", Data: data}
+	}
+	if _, err := pub.PublishBatch(testCtx(t), msgs); err != nil {
+		t.Fatal(err)
+	}
+	second := rawSubscribe(t, h, pub, tok.Token, wire.SubscribeRequest{SubscriptionID: first.resp.SubscriptionID, Pattern: "f.>", Receiver: "rec"})
+	var last atomic.Uint64
+	end := first.readUntilEnd(&last)
+	select {
+	case err := <-end:
+		if !errors.Is(err, network.ErrReset) && !errors.Is(err, io.EOF) {
+			t.Fatalf("the replaced stream ended with %v, want a reset", err)
+		}
+		// At most what the transport had buffered (under 16 MiB) may
+		// still arrive; the old deliverer went on to send nearly all.
+		if last.Load() >= uint64(len(msgs)/2) {
+			t.Fatalf("the replaced stream delivered %d of %d publications after it was replaced", last.Load(), len(msgs))
+		}
+	case <-time.After(testTimeout):
+		t.Fatalf("the replaced stream was still open after %v (stream_timeout 5m; %d delivered on it)", testTimeout, last.Load())
+	}
+	// The new stream gets everything.
+	var got atomic.Uint64
+	done := second.readUntilEnd(&got)
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		if got.Load() != uint64(len(msgs)) {
+			return fmt.Errorf("new stream delivered up to %d of %d", got.Load(), len(msgs))
+		}
+		return nil
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("the new stream ended: %v", err)
+	default:
 	}
 }

@@ -338,6 +338,10 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 	defer cancel()
 	at := nw.attached.attach(sub.ID, cancel, pathOf(s.s.Conn()), s.peer)
 	defer nw.attached.detach(sub.ID, at)
+	// Replaced by a newer stream of the same subscription, kicked, or the
+	// node closing: the stream ends at once, also while a write waits for
+	// a subscriber that no longer reads it (up to stream_timeout).
+	defer context.AfterFunc(ctx, func() { _ = s.s.Reset() })()
 	timeout := n.cfg.Limits.StreamTimeout
 
 	var mu sync.Mutex
@@ -373,10 +377,13 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 				ackErr <- wire.Errorf(wire.CodeBadRequest, "ack %d for %s is outside what was sent", seq, id)
 				return
 			}
-			if seq > acked {
-				acked = seq
-				waitingSince = time.Now()
+			if seq == acked {
+				// Nothing new (a repeated ack): nothing to release.
+				mu.Unlock()
+				continue
 			}
+			acked = seq
+			waitingSince = time.Now()
 			mu.Unlock()
 			if err := n.queues.Ack(sub.ID, seq); err != nil {
 				ackErr <- err
@@ -402,6 +409,11 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 	var buf []byte
 	deliveries := make([]wire.Delivery, 0, deliverBatch)
 	for {
+		if ctx.Err() != nil {
+			// Replaced (above): stop now, not once the window is full or
+			// the queue empty.
+			return nil
+		}
 		mu.Lock()
 		inflight := sent - acked
 		since := waitingSince
