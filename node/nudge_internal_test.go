@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
+
 	"github.com/coattail/coattail/topics"
 )
 
@@ -51,6 +53,76 @@ func TestNudgeBackOffIgnoresOtherSubscriptions(t *testing.T) {
 			}
 			if len(p.delay) != 1 || len(p.next) != 1 {
 				t.Fatalf("back-off state for %d/%d subscribers, want 1", len(p.delay), len(p.next))
+			}
+		})
+	}
+}
+
+// fakeConn and fakeStream stand in for a libp2p connection and stream in
+// tests of bookkeeping that only compares and resets them.
+type fakeConn struct{ network.Conn }
+
+type fakeStream struct {
+	network.Stream
+	conn  network.Conn
+	reset chan struct{}
+}
+
+func (s *fakeStream) Conn() network.Conn { return s.conn }
+func (s *fakeStream) Reset() error {
+	close(s.reset)
+	return nil
+}
+
+// A nudge means the publisher has publications for the subscription and no
+// stream to send them on. A subscriber whose stream is dead without libp2p
+// knowing it yet (the network dropped the connection silently) only woke
+// loops waiting to retry, so its subscription stayed stuck on the dead
+// stream until the keep-alive gave up. Now a stream that has been up for
+// longer than staleAfter, on another connection than the nudge's, is reset
+// and the loop woken; a fresh stream, or one on the nudge's own connection,
+// is left alone.
+func TestNudgeResetsStaleStream(t *testing.T) {
+	old, nudgeConn := &fakeConn{}, &fakeConn{}
+	cases := []struct {
+		name      string
+		conn      network.Conn
+		age       time.Duration
+		publisher string
+		via       network.Conn
+		wantReset bool
+	}{
+		{"stale stream on another connection", old, 2 * staleAfter, "P", nudgeConn, true},
+		{"fresh stream", old, 0, "P", nudgeConn, false},
+		{"stream on the nudge's connection", nudgeConn, 2 * staleAfter, "P", nudgeConn, false},
+		{"nudge from another publisher", old, 2 * staleAfter, "Q", nudgeConn, false},
+		{"no connection known", old, 2 * staleAfter, "P", nil, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			st := &fakeStream{conn: c.conn, reset: make(chan struct{})}
+			l := &subLoop{publisher: "P", wake: make(chan struct{}, 1), stream: st, streamSince: time.Now().Add(-c.age)}
+			ss := &subscriberSide{loops: map[string]*subLoop{"s1": l}}
+			ss.wake(c.publisher, []string{"s1", "unknown"}, c.via)
+			select {
+			case <-st.reset:
+				if !c.wantReset {
+					t.Fatal("the stream was reset")
+				}
+			case <-time.After(200 * time.Millisecond):
+				if c.wantReset {
+					t.Fatal("the stale stream was not reset")
+				}
+			}
+			woken := len(l.wake) == 1
+			if woken != (c.publisher == "P") {
+				t.Fatalf("loop woken: %v, want %v", woken, c.publisher == "P")
+			}
+			ss.mu.Lock()
+			cleared := l.stream == nil
+			ss.mu.Unlock()
+			if cleared != c.wantReset {
+				t.Fatalf("stream cleared: %v, want %v", cleared, c.wantReset)
 			}
 		})
 	}

@@ -82,8 +82,10 @@ type subLoop struct {
 	publisher string
 	cancel    context.CancelFunc
 	wake      chan struct{}
-	// stream is the subscription's current stream (nil while down).
-	stream network.Stream
+	// stream is the subscription's current stream (nil while down), set
+	// at streamSince.
+	stream      network.Stream
+	streamSince time.Time
 	// ran is the highest sequence whose publication was processed by this
 	// loop, durable or not (the loop's goroutine only): a stream after one
 	// whose progress could not be saved must not run those again.
@@ -204,9 +206,24 @@ func (ss *subscriberSide) stopLoop(id string) {
 	}
 }
 
+// staleAfter is how long a subscription's stream must have been up before
+// a nudge from its publisher over another connection is taken to mean the
+// stream is dead (see wake). Between the subscribe answer, which sets the
+// stream here, and the publisher attaching its deliverer there are a few
+// milliseconds; a nudge sent in that gap must not cut a fresh stream.
+const staleAfter = 5 * time.Second
+
 // wake makes the loops of the given subscriptions at publisher, if they
-// wait to reconnect, try now.
-func (ss *subscriberSide) wake(publisher string, ids []string) {
+// wait to reconnect, try now. A nudge means the publisher holds
+// publications for these subscriptions and no stream to deliver them on:
+// a loop that still has a stream, over another connection than the one
+// the nudge came on, and for longer than staleAfter, has a dead stream
+// whose connection libp2p has not noticed yet (a network that dropped
+// the connection without a reset, a publisher host that restarted
+// elsewhere): it is reset so that the loop reconnects now instead of
+// after the connection's keep-alive gives up (30–60 s). via is the
+// nudge's connection (nil: none known; only waiting loops are woken).
+func (ss *subscriberSide) wake(publisher string, ids []string, via network.Conn) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	for _, id := range ids {
@@ -217,6 +234,10 @@ func (ss *subscriberSide) wake(publisher string, ids []string) {
 		select {
 		case l.wake <- struct{}{}:
 		default:
+		}
+		if st := l.stream; st != nil && via != nil && st.Conn() != via && time.Since(l.streamSince) > staleAfter {
+			l.stream = nil
+			go st.Reset()
 		}
 	}
 }
@@ -286,6 +307,7 @@ func (ss *subscriberSide) run(ctx context.Context, sub outSub, l *subLoop, s *se
 func (ss *subscriberSide) setStream(l *subLoop, st network.Stream) {
 	ss.mu.Lock()
 	l.stream = st
+	l.streamSince = time.Now()
 	retry := !l.moved
 	l.moved = false
 	ss.mu.Unlock()
@@ -969,7 +991,7 @@ func (nw *netsvc) handleDeliverNudge(st network.Stream, p peer.ID) {
 		_ = st.Reset()
 		return
 	}
-	nw.n.subscriber.wake(p.String(), h.SubscriptionIDs)
+	nw.n.subscriber.wake(p.String(), h.SubscriptionIDs, st.Conn())
 	var ans wire.DeliverAnswer
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
