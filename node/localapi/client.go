@@ -18,6 +18,20 @@ import (
 // ErrNotRunning is returned when no service answers on the socket.
 var ErrNotRunning = errors.New("localapi: service not running")
 
+// ErrAnswerTooLarge is returned for an answer over MaxAnswer bytes, or a
+// line of a streamed answer over MaxStreamLine bytes.
+var ErrAnswerTooLarge = errors.New("localapi: answer too large")
+
+// Answer size limits of the client. The service's largest answers are
+// listings (64 MiB holds some 200,000 subscriptions) and a perform's
+// result line (its output is at most limits.max_output, itself at most
+// 64 MiB, and JSON escaping can grow it); whatever answers on the socket,
+// a broken service or another program, cannot make the client read more.
+const (
+	MaxAnswer     = 64 << 20  // a whole answer that is not streamed
+	MaxStreamLine = 128 << 20 // one line of a streamed answer
+)
+
 // Client talks to one instance's control API.
 type Client struct {
 	hc    *http.Client
@@ -71,14 +85,51 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		return err
 	}
 	defer resp.Body.Close()
+	body := &capReader{r: resp.Body, left: MaxAnswer}
 	if out == nil {
-		_, _ = io.Copy(io.Discard, resp.Body)
+		if _, err := io.Copy(io.Discard, body); errors.Is(err, ErrAnswerTooLarge) {
+			return tooLarge(method, path, MaxAnswer)
+		}
 		return nil
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+	if err := json.NewDecoder(body).Decode(out); err != nil {
+		if errors.Is(err, ErrAnswerTooLarge) {
+			return tooLarge(method, path, MaxAnswer)
+		}
 		return fmt.Errorf("localapi: decode answer to %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+func tooLarge(method, path string, limit int) error {
+	return fmt.Errorf("%w: the answer to %s %s%s is over the limit of %d MiB (is the socket a coattail service of this version?)",
+		ErrAnswerTooLarge, method, Prefix, path, limit>>20)
+}
+
+// capReader reads at most left bytes of r; reading more is an error,
+// ErrAnswerTooLarge, not the end of the answer.
+type capReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		// One byte more tells an answer of exactly the limit from a
+		// longer one.
+		var b [1]byte
+		n, err := c.r.Read(b[:])
+		if n > 0 {
+			return 0, ErrAnswerTooLarge
+		}
+		return 0, err
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	return n, err
 }
 
 func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
@@ -130,7 +181,7 @@ func (c *Client) Stream(ctx context.Context, method, path string, in, out any, o
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 128<<20)
+	sc.Buffer(make([]byte, 64<<10), MaxStreamLine)
 	for sc.Scan() {
 		var l StreamLine
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
@@ -157,6 +208,9 @@ func (c *Client) Stream(ctx context.Context, method, path string, in, out any, o
 		}
 	}
 	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return tooLarge(method, path, MaxStreamLine)
+		}
 		if errors.Is(err, io.ErrUnexpectedEOF) {
 			return fmt.Errorf("localapi: the service closed the connection before answering (was it stopped, or did it crash? see its log): %w", err)
 		}
