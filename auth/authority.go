@@ -96,12 +96,13 @@ type Authority struct {
 	cbMu     sync.Mutex
 	onRevoke []func(tokenID string)
 
-	// issuing holds the ids of the tokens Issue is storing. Their records
-	// can be in the store before Issue knows whether it succeeded, and a
-	// failed Issue removes its record again, so Token and Tokens leave them
-	// out: a token is listed only once Issue has handed it to its caller.
-	issuingMu sync.Mutex
-	issuing   map[string]struct{}
+	// pending holds the ids of the tokens Issue and the validations
+	// AddValidation are storing. Their records can be in the store before
+	// the call knows whether it succeeded, and a failed call removes its
+	// record again, so look-ups and lists leave them out: a record is
+	// listed only once its call has returned it.
+	pendingMu sync.Mutex
+	pending   map[string]struct{}
 
 	// addingVT runs concurrent AddValidation calls of one token as one.
 	addingVT singleflight.Group
@@ -136,7 +137,7 @@ func NewAuthority(key crypto.PrivKey, store ds.Batching) (*Authority, error) {
 		now:     time.Now,
 		cache:   make(map[cacheKey]*Grant),
 		done:    make(map[string]doneEntry),
-		issuing: make(map[string]struct{}),
+		pending: make(map[string]struct{}),
 	}
 	a.parser = jwt.NewParser(
 		jwt.WithValidMethods([]string{algEdDSA}),
@@ -210,8 +211,8 @@ func (a *Authority) Issue(ctx context.Context, o IssueOptions) (Record, error) {
 		return Record{}, err
 	}
 	rec := Record{ID: c.ID, Token: signed, Claims: c, IssuedAt: now}
-	a.setIssuing(rec.ID, true)
-	defer a.setIssuing(rec.ID, false)
+	a.setPending(rec.ID, true)
+	defer a.setPending(rec.ID, false)
 	if err := a.putJSON(ctx, tokensPrefix, rec.ID, rec); err != nil {
 		// The caller gets no token, so nobody can hold this one: its
 		// record must not stay behind as an issued token.
@@ -220,20 +221,20 @@ func (a *Authority) Issue(ctx context.Context, o IssueOptions) (Record, error) {
 	return rec, nil
 }
 
-func (a *Authority) setIssuing(id string, on bool) {
-	a.issuingMu.Lock()
-	defer a.issuingMu.Unlock()
+func (a *Authority) setPending(id string, on bool) {
+	a.pendingMu.Lock()
+	defer a.pendingMu.Unlock()
 	if on {
-		a.issuing[id] = struct{}{}
+		a.pending[id] = struct{}{}
 	} else {
-		delete(a.issuing, id)
+		delete(a.pending, id)
 	}
 }
 
-func (a *Authority) isIssuing(id string) bool {
-	a.issuingMu.Lock()
-	defer a.issuingMu.Unlock()
-	_, ok := a.issuing[id]
+func (a *Authority) isPending(id string) bool {
+	a.pendingMu.Lock()
+	defer a.pendingMu.Unlock()
+	_, ok := a.pending[id]
 	return ok
 }
 
@@ -623,7 +624,7 @@ func (a *Authority) Token(ctx context.Context, id string) (Record, error) {
 	if err := a.getJSON(ctx, tokensPrefix, id, &rec); err != nil {
 		return Record{}, err
 	}
-	if a.isIssuing(rec.ID) {
+	if a.isPending(rec.ID) {
 		return Record{}, fmt.Errorf("%w: no token with id %s", ErrNotFound, rec.ID)
 	}
 	return rec, nil
@@ -636,7 +637,7 @@ func (a *Authority) Tokens(ctx context.Context) ([]Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	recs = slices.DeleteFunc(recs, func(r Record) bool { return a.isIssuing(r.ID) })
+	recs = slices.DeleteFunc(recs, func(r Record) bool { return a.isPending(r.ID) })
 	slices.SortFunc(recs, func(x, y Record) int {
 		if c := x.IssuedAt.Compare(y.IssuedAt); c != 0 {
 			return c

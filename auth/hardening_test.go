@@ -165,3 +165,48 @@ func TestConcurrentAddValidationStoresOnce(t *testing.T) {
 		}
 	}
 }
+
+// An AddValidation whose store sync failed returned an error but left its
+// record: the operator, told it failed, added the token again and got the
+// record back without any sync, or listed a validation they were told was
+// not added.
+func TestFailedAddValidationLeavesNoRecord(t *testing.T) {
+	ctx := context.Background()
+	store := &hookStore{Batching: newStore()}
+	alice := fixtureOver(t, newKey(t), store)
+	vt, err := newFixture(t).a.IssueValidation(IssueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inFlight []Validation
+	listed := false
+	store.onSync = func(prefix ds.Key) {
+		if prefix == validationsPrefix && !listed {
+			listed = true
+			inFlight, err = alice.a.Validations(ctx)
+		}
+	}
+	store.fail.Store(true)
+	_, addErr := alice.a.AddValidation(ctx, vt)
+	store.fail.Store(false)
+	store.onSync = nil
+	if addErr == nil || !strings.Contains(addErr.Error(), "disk on fire") {
+		t.Fatalf("AddValidation with a failing sync: %v, want the sync error", addErr)
+	}
+	if err != nil || !listed {
+		t.Fatalf("listing during the add: listed %v, %v", listed, err)
+	}
+	if len(inFlight) != 0 {
+		t.Errorf("while the failing add ran, Validations listed %d records", len(inFlight))
+	}
+	if keys := storedKeys(t, store, validationsPrefix); len(keys) != 0 {
+		t.Errorf("after the failed add the store holds validation records %v", keys)
+	}
+	v, err := alice.a.AddValidation(ctx, vt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all, err := alice.a.Validations(ctx); err != nil || len(all) != 1 || all[0].ID != v.ID {
+		t.Errorf("after a successful retry, Validations = %v, %v; want only %s", all, err, v.ID)
+	}
+}

@@ -103,8 +103,10 @@ func (a *Authority) addValidation(ctx context.Context, raw string, c Claims) (Va
 		exp := c.ExpiresAt.UTC()
 		v.Expires = &exp
 	}
+	a.setPending(v.ID, true)
+	defer a.setPending(v.ID, false)
 	if err := a.putJSON(ctx, validationsPrefix, v.ID, v); err != nil {
-		return Validation{}, err
+		return Validation{}, a.undoPut(ctx, validationsPrefix, v.ID, err)
 	}
 	return v, nil
 }
@@ -115,15 +117,20 @@ func (a *Authority) Validation(ctx context.Context, id string) (Validation, erro
 	if err := a.getJSON(ctx, validationsPrefix, id, &v); err != nil {
 		return Validation{}, err
 	}
+	if a.isPending(v.ID) {
+		return Validation{}, fmt.Errorf("%w: no validation with id %s", ErrNotFound, v.ID)
+	}
 	return v, nil
 }
 
-// Validations returns every stored validation, oldest first.
+// Validations returns every stored validation, oldest first. Validations
+// that AddValidation has not yet returned are left out.
 func (a *Authority) Validations(ctx context.Context) ([]Validation, error) {
 	vs, err := listJSON[Validation](ctx, a.store, validationsPrefix)
 	if err != nil {
 		return nil, err
 	}
+	vs = slices.DeleteFunc(vs, func(v Validation) bool { return a.isPending(v.ID) })
 	slices.SortFunc(vs, func(x, y Validation) int {
 		if c := x.AddedAt.Compare(y.AddedAt); c != 0 {
 			return c
