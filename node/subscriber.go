@@ -206,6 +206,14 @@ func (ss *subscriberSide) stopLoop(id string) {
 	}
 }
 
+// running reports whether subscription id has a loop, for publisher.
+func (ss *subscriberSide) running(id, publisher string) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	l := ss.loops[id]
+	return l != nil && l.publisher == publisher
+}
+
 // staleAfter is how long a subscription's stream must have been up before
 // a nudge from its publisher over another connection is taken to mean the
 // stream is dead (see wake). Between the subscribe answer, which sets the
@@ -996,6 +1004,9 @@ func (nw *netsvc) handleDeliverNudge(st network.Stream, p peer.ID) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, id := range h.SubscriptionIDs {
+		if nw.n.subscriber.running(id, p.String()) {
+			continue // held, and at p: no datastore read
+		}
 		sub, err := nw.n.subscriber.subs.Get(ctx, id)
 		if errors.Is(err, datastore.ErrNotFound) || err == nil && sub.Publisher != p.String() {
 			ans.Unknown = append(ans.Unknown, id)
