@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
@@ -91,6 +93,7 @@ func buildHost(n *Node) (host.Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	var relaySwarm atomic.Pointer[swarm.Swarm] // for staticRelaySource
 	opts := []libp2p.Option{
 		libp2p.Identity(n.key),
 		libp2p.ListenAddrStrings(nc.Listen...),
@@ -128,7 +131,7 @@ func buildHost(n *Node) (host.Host, error) {
 		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, libp2p.EnableAutoRelayWithStaticRelays(static, autorelay.WithBootDelay(0)))
+		opts = append(opts, libp2p.EnableAutoRelayWithPeerSource(staticRelaySource(static, &relaySwarm), staticRelayOptions(len(static))...))
 	}
 	portInUse := func(err error) error {
 		return fmt.Errorf("%w: %v (another program, or another instance, uses the port in network.listen of %s)", ErrPortInUse, err, n.layout.Config())
@@ -143,7 +146,64 @@ func buildHost(n *Node) (host.Host, error) {
 		}
 		return nil, fmt.Errorf("node: start libp2p host: %w", err)
 	}
+	if sw, ok := h.Network().(*swarm.Swarm); ok {
+		relaySwarm.Store(sw)
+	}
 	return h, nil
+}
+
+// How AutoRelay retries the static relays (docs/NAT.md, "A relay that was
+// down"). AutoRelay asks its peer source for candidates at most every
+// staticRelayInterval while it holds fewer reservations than there are
+// static relays, and dials each relay it is not connected to. A relay
+// that refused a reservation is skipped for staticRelayBackoff (libp2p's
+// default is an hour, meant for relays found at random on a public
+// network, not for the few an operator listed).
+const (
+	staticRelayInterval = 30 * time.Second
+	staticRelayBackoff  = time.Minute
+)
+
+// staticRelayOptions are AutoRelay's options for n static relays: what
+// autorelay.WithStaticRelays sets (use every relay, wait for none), no
+// boot delay (the relays are chosen already: reserve on the first one
+// that answers), and the retry timing above.
+func staticRelayOptions(n int) []autorelay.Option {
+	return []autorelay.Option{
+		autorelay.WithMaxCandidates(n),
+		autorelay.WithMinCandidates(n),
+		autorelay.WithNumRelays(n),
+		autorelay.WithBootDelay(0),
+		autorelay.WithMinInterval(staticRelayInterval),
+		autorelay.WithBackoff(staticRelayBackoff),
+	}
+}
+
+// staticRelaySource is AutoRelay's peer source for the static relays:
+// autorelay.WithStaticRelays's, except that it first clears the swarm's
+// dial back-off of each relay this host is not connected to. AutoRelay
+// dials a candidate through the swarm, whose back-off after failed dials
+// grows quadratically to 5 minutes (5s + tries² s); a relay that was down
+// for a few minutes was therefore retried less and less often, and one
+// that came back could wait 5 minutes to be used. With the back-off
+// cleared, each relay is dialled once per staticRelayInterval while it is
+// not held, and used within about that long of coming back. sw is the
+// host's swarm, set once libp2p.New returns (nil before: nothing has been
+// dialled yet).
+func staticRelaySource(static []peer.AddrInfo, sw *atomic.Pointer[swarm.Swarm]) autorelay.PeerSource {
+	return func(_ context.Context, num int) <-chan peer.AddrInfo {
+		num = min(num, len(static))
+		out := make(chan peer.AddrInfo, num)
+		defer close(out)
+		s := sw.Load()
+		for _, ai := range static[:num] {
+			if s != nil && s.Connectedness(ai.ID) != network.Connected {
+				s.Backoff().Clear(ai.ID)
+			}
+			out <- ai
+		}
+		return out
+	}
 }
 
 // resourceLimits are libp2p's own default limits, auto-scaled to the
