@@ -893,15 +893,21 @@ func (nw *netsvc) handleRevokeNotice(st network.Stream, p peer.ID) {
 }
 
 // removePeerSubscriptions forgets (and, best effort, ends at the publisher)
-// every subscription held at a removed peer.
+// every subscription held at a removed peer. Once the peer could not be
+// told about one, the others are only forgotten here: a peer that cannot
+// be reached would otherwise cost a dial timeout per subscription (its
+// leftovers go when it next nudges: we answer that we hold none).
 func (n *Node) removePeerSubscriptions(ctx context.Context, id string) {
 	subs, err := n.subscriber.subs.List(ctx)
 	if err != nil {
 		return
 	}
+	reachable := true
 	for _, sub := range subs {
 		if sub.Publisher == id {
-			_ = n.remoteUnsubscribe(ctx, sub)
+			if reachable && n.remoteUnsubscribe(ctx, sub) != nil {
+				reachable = false
+			}
 			n.subscriber.forget(ctx, sub.ID)
 		}
 	}
