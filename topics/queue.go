@@ -125,6 +125,11 @@ type QueueOptions struct {
 	Logger *slog.Logger
 }
 
+// Test hooks, nil outside tests: testHookAdmin runs in AddSubscription and
+// removals once they found the queues open (holding adminMu), and
+// testHookCloseWaitsAdmin in Close just before it waits for adminMu.
+var testHookAdmin, testHookCloseWaitsAdmin func()
+
 // Tuning of the committer. A round is bounded so that one huge burst cannot
 // make every publisher in it wait for a giant write, and releases are
 // bounded so that acking a million messages at once does not stall
@@ -185,7 +190,11 @@ const (
 //
 //	adminMu → commitMu → Queues.mu → queue.mu → dirtyMu
 //
-// adminMu serialises AddSubscription and removals. commitMu is held by the
+// adminMu serialises AddSubscription, removals and Close: Close sets the
+// closed flag and then waits for the admin operation in progress, so none
+// writes to the datastore once Close has returned (its caller closes the
+// datastore next), and those that come later see the flag and return
+// ErrClosed without writing. commitMu is held by the
 // committer while it builds and commits a round, and by AddSubscription and
 // removals, so log positions, reference counts and subscription starts
 // change in one order. Queues.mu guards the subscription map and the
@@ -809,6 +818,9 @@ func (qs *Queues) AddSubscription(ctx context.Context, s Subscription) error {
 	if closed {
 		return ErrClosed
 	}
+	if testHookAdmin != nil {
+		testHookAdmin()
+	}
 	if old != nil {
 		if sameSubscription(old.sub, s) {
 			return nil
@@ -919,6 +931,9 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 		}
 	}
 	qs.mu.RUnlock()
+	if testHookAdmin != nil {
+		testHookAdmin()
+	}
 	if len(victims) == 0 {
 		return nil, nil
 	}
@@ -2103,14 +2118,23 @@ func (qs *Queues) MarkSent(id string, seq uint64) {
 }
 
 // Close stops accepting publications, waits for those in flight to become
-// durable, writes pending ack deletions and queue counters, and closes every
-// Wait channel. It does not close the datastore. It is safe to call more
-// than once.
+// durable and for an AddSubscription or removal in progress to finish,
+// writes pending ack deletions and queue counters, and closes every Wait
+// channel. Once it has returned, Queues no longer writes to the datastore
+// (every operation returns ErrClosed), so the caller may close it. Close
+// does not close the datastore itself. It is safe to call more than once.
 func (qs *Queues) Close() error {
 	qs.closeOnce.Do(func() {
 		qs.mu.Lock()
 		qs.closed = true
 		qs.mu.Unlock()
+		// An admin operation that found the queues open may still be on
+		// its way to the datastore: wait for it. Later ones see closed.
+		if testHookCloseWaitsAdmin != nil {
+			testHookCloseWaitsAdmin()
+		}
+		qs.adminMu.Lock()
+		defer qs.adminMu.Unlock()
 		qs.senders.Wait() // the committer drains them meanwhile
 		close(qs.reqs)
 		<-qs.syncerDone

@@ -431,6 +431,11 @@ type plStore struct {
 	commits     atomic.Int64 // commit attempts
 	gate        atomic.Pointer[chan struct{}]
 	waiting     atomic.Int64 // Syncs waiting at the gate
+
+	// Once closed is set (the datastore was closed), every commit and
+	// Sync fails and is counted in late: pebble panics on them.
+	closed atomic.Bool
+	late   atomic.Int64
 }
 
 type plOp struct {
@@ -455,7 +460,14 @@ func (s *plStore) Batch(context.Context) (ds.Batch, error) {
 	return &plBatch{s: s}, nil
 }
 
+// errPLClosed is returned by a closed plStore.
+var errPLClosed = errors.New("plStore: write after the datastore was closed")
+
 func (s *plStore) commit(ctx context.Context, ops []plOp) error {
+	if s.closed.Load() {
+		s.late.Add(1)
+		return errPLClosed
+	}
 	s.commits.Add(1)
 	for {
 		n := s.failCommits.Load()
@@ -484,6 +496,10 @@ func (s *plStore) commit(ctx context.Context, ops []plOp) error {
 }
 
 func (s *plStore) Sync(context.Context, ds.Key) error {
+	if s.closed.Load() {
+		s.late.Add(1)
+		return errPLClosed
+	}
 	if g := s.gate.Load(); g != nil {
 		s.waiting.Add(1)
 		<-*g
@@ -814,5 +830,75 @@ func TestAdminNotAcknowledgedAfterAFailedSync(t *testing.T) {
 	}
 	if _, ok := qs2.Subscription("old"); removeErr == nil && ok {
 		t.Error("RemoveSubscription succeeded, but the subscription is back after a crash")
+	}
+}
+
+// An AddSubscription or removal that found the queues open just before
+// Close must be done with the datastore when Close returns: the caller
+// closes the datastore next, and pebble panics on a write after that. Admin
+// operations after Close fail with ErrClosed and write nothing.
+func TestAdminRacingCloseDoesNotWriteAfterClose(t *testing.T) {
+	ops := map[string]func(qs *Queues) error{
+		"add": func(qs *Queues) error {
+			return qs.AddSubscription(context.Background(), Subscription{ID: "new", Subscriber: "p", Pattern: "a", TokenID: "t", Receiver: "r"})
+		},
+		"remove": func(qs *Queues) error {
+			_, err := qs.RemoveSubscription(context.Background(), "old")
+			return err
+		},
+		"remove-where": func(qs *Queues) error {
+			_, err := qs.RemoveWhere(context.Background(), func(Subscription) bool { return true })
+			return err
+		},
+	}
+	for name, op := range ops {
+		t.Run(name, func(t *testing.T) {
+			store := newPLStore()
+			qs := openQueues(t, store, QueueOptions{})
+			addSub(t, qs, "old", "a")
+			publish(t, qs, msg("a", "m1"))
+
+			closeErr := make(chan error, 1)
+			closeWaits := make(chan struct{})
+			testHookCloseWaitsAdmin = func() { close(closeWaits) }
+			testHookAdmin = func() {
+				testHookAdmin = nil
+				// The operation found the queues open. Close now, and
+				// close the datastore as soon as Close returns.
+				go func() {
+					err := qs.Close()
+					store.closed.Store(true)
+					closeErr <- err
+				}()
+				select {
+				case err := <-closeErr:
+					closeErr <- err
+				case <-closeWaits: // Close waits for this operation
+				}
+			}
+			t.Cleanup(func() { testHookAdmin, testHookCloseWaitsAdmin = nil, nil })
+
+			err := op(qs)
+			t.Logf("%s racing Close = %v", name, err)
+			if err := <-closeErr; err != nil {
+				t.Errorf("Close = %v", err)
+			}
+			if n := store.late.Load(); n > 0 {
+				t.Fatalf("%d writes or Syncs reached the datastore after Close returned", n)
+			}
+			if err != nil && !errors.Is(err, ErrClosed) {
+				t.Errorf("%s racing Close = %v, want success or ErrClosed", name, err)
+			}
+
+			// After Close: refused, nothing written.
+			for after, op := range ops {
+				if err := op(qs); !errors.Is(err, ErrClosed) {
+					t.Errorf("%s after Close = %v, want ErrClosed", after, err)
+				}
+			}
+			if n := store.late.Load(); n > 0 {
+				t.Fatalf("%d writes or Syncs after Close", n)
+			}
+		})
 	}
 }
