@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -40,6 +41,10 @@ func newNewCmd(a *app) *cobra.Command {
 				}
 				o.dir = args[0]
 			}
+			if inst, sub, ok := enclosingProgramDir(o.dir); ok {
+				return fmt.Errorf("%s is inside the %s/ directory of the instance in %s, whose programs it would turn into (its config.yml, key and socket listed as %s); choose a directory outside %s",
+					o.dir, sub, inst, sub, filepath.Join(inst, sub))
+			}
 			l, err := node.CreateInstance(o.dir, node.CreateOptions{Port: o.port, Loopback: o.loopback})
 			if err != nil {
 				return err
@@ -55,6 +60,47 @@ func newNewCmd(a *app) *cobra.Command {
 	cmd.Flags().IntVar(&o.port, "port", node.DefaultPort, "TCP and UDP (QUIC) port to listen on; 0 picks free ports at start")
 	cmd.Flags().BoolVar(&o.loopback, "loopback", false, "listen on 127.0.0.1 only and never ask routers for port mappings (labs, demos, tests)")
 	return cmd
+}
+
+// enclosingProgramDir reports the instance, if any, whose actions/ or
+// receivers/ directory holds dir at any depth, judging dir both as written
+// and with the symlinks of its existing part resolved.
+func enclosingProgramDir(dir string) (inst, sub string, found bool) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", "", false
+	}
+	for _, d := range []string{abs, resolveExisting(abs)} {
+		for p := d; ; {
+			parent := filepath.Dir(p)
+			if parent == p {
+				break
+			}
+			l := node.Layout{Dir: parent}
+			if (p == l.Actions() || p == l.Receivers()) && node.IsInstance(parent) {
+				return parent, filepath.Base(p), true
+			}
+			p = parent
+		}
+	}
+	return "", "", false
+}
+
+// resolveExisting resolves the symlinks in the longest existing prefix of
+// the absolute path p and appends the rest unchanged.
+func resolveExisting(p string) string {
+	rest := ""
+	for d := p; ; {
+		if r, err := filepath.EvalSymlinks(d); err == nil {
+			return filepath.Join(r, rest)
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return p
+		}
+		rest = filepath.Join(filepath.Base(d), rest)
+		d = parent
+	}
 }
 
 func newServiceCmd(a *app) *cobra.Command {
