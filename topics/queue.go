@@ -1427,21 +1427,26 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 	} else {
 		b, err = qs.store.Batch(ctx)
 	}
-	if err != nil {
-		return fmt.Errorf("topics: batch: %w", err)
-	}
-	// All keys of the round are built in one buffer and sliced from one
-	// string: ds.Key wants a string, and a conversion per key would cost an
-	// allocation per entry on the hot path.
-	arena := make([]byte, 0, len(rd.puts)*logKeyLen)
-	for _, p := range rd.puts {
-		arena = appendLogKey(arena, p.pos)
-	}
-	keys := string(arena)
+	// Without a batch nothing is written, but the in-memory side below is
+	// applied all the same: the committer has already counted the round's
+	// references, and only the positions recorded below let a later ack
+	// or removal release them.
 	var firstErr error
-	for i, p := range rd.puts {
-		if firstErr = b.Put(ctx, ds.RawKey(keys[i*logKeyLen:(i+1)*logKeyLen]), p.val); firstErr != nil {
-			break
+	if err != nil {
+		firstErr = fmt.Errorf("batch: %w", err)
+	} else {
+		// All keys of the round are built in one buffer and sliced from
+		// one string: ds.Key wants a string, and a conversion per key
+		// would cost an allocation per entry on the hot path.
+		arena := make([]byte, 0, len(rd.puts)*logKeyLen)
+		for _, p := range rd.puts {
+			arena = appendLogKey(arena, p.pos)
+		}
+		keys := string(arena)
+		for i, p := range rd.puts {
+			if firstErr = b.Put(ctx, ds.RawKey(keys[i*logKeyLen:(i+1)*logKeyLen]), p.val); firstErr != nil {
+				break
+			}
 		}
 	}
 	var gone []uint64

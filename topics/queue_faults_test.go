@@ -428,6 +428,7 @@ type plStore struct {
 
 	failCommits atomic.Int32 // the next n commits fail
 	failSyncs   atomic.Int32 // the next n Syncs fail
+	failBatches atomic.Int32 // the next n Batch calls fail
 	commits     atomic.Int64 // commit attempts
 	gate        atomic.Pointer[chan struct{}]
 	waiting     atomic.Int64 // Syncs waiting at the gate
@@ -457,6 +458,15 @@ func (s *plStore) Delete(ctx context.Context, k ds.Key) error {
 }
 
 func (s *plStore) Batch(context.Context) (ds.Batch, error) {
+	for {
+		n := s.failBatches.Load()
+		if n <= 0 {
+			break
+		}
+		if s.failBatches.CompareAndSwap(n, n-1) {
+			return nil, errors.New("injected batch failure")
+		}
+	}
 	return &plBatch{s: s}, nil
 }
 
@@ -900,5 +910,33 @@ func TestAdminRacingCloseDoesNotWriteAfterClose(t *testing.T) {
 				t.Fatalf("%d writes or Syncs after Close", n)
 			}
 		})
+	}
+}
+
+// A round whose batch cannot even be created has already counted its log
+// entries' references. The queues must record the entries' positions all
+// the same, or nothing ever releases those references: the log's counts
+// (and the entries) would leak until a restart.
+func TestFailedBatchDoesNotLeakReferences(t *testing.T) {
+	ctx := context.Background()
+	store := newPLStore()
+	qs := openQueues(t, store, QueueOptions{})
+	addSub(t, qs, "s", "a")
+	addSub(t, qs, "t", "a")
+	publish(t, qs, msg("a", "m1"))
+	store.failBatches.Store(1)
+	if _, err := qs.Publish(ctx, []Message{msg("a", "m2")}, nil); err == nil {
+		t.Fatal("Publish succeeded although its batch could not be created")
+	}
+	// Removing every subscription releases every reference.
+	removed, err := qs.RemoveWhere(ctx, func(Subscription) bool { return true })
+	if err != nil || len(removed) != 2 {
+		t.Fatalf("RemoveWhere = %d, %v", len(removed), err)
+	}
+	qs.commitMu.Lock()
+	refs, old := slices.Clone(qs.refs), len(qs.oldRefs)
+	qs.commitMu.Unlock()
+	if len(refs) != 0 || old != 0 {
+		t.Fatalf("with no subscription left, the log still counts references %v (and %d old ones)", refs, old)
 	}
 }
