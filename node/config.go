@@ -519,6 +519,20 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// Warnings lists what a valid config allows but a user should know at
+// start: settings that work, yet not everywhere they might expect.
+func (c *Config) Warnings() []string {
+	var w []string
+	// A local perform may return more than a peer may send, so this is
+	// allowed; but such an output cannot be published (publishing refuses
+	// data over max_payload) nor read by a remote caller (which reads
+	// frames up to its own max_payload + 64KiB).
+	if l := c.Limits; l.MaxOutput > l.MaxPayload {
+		w = append(w, fmt.Sprintf("max_output %v exceeds max_payload %v: outputs above %v cannot be published with --notify or returned to remote callers", l.MaxOutput, l.MaxPayload, l.MaxPayload))
+	}
+	return w
+}
+
 var configTemplate = template.Must(template.New("config").Funcs(template.FuncMap{
 	"list": func(xs []string) string {
 		if len(xs) == 0 {
@@ -585,7 +599,10 @@ limits:
   action_timeout: {{.C.Limits.ActionTimeout}}
   # Largest input or publication accepted. Default: 1MiB.
   max_payload: {{.C.Limits.MaxPayload}}
-  # Largest stdout an action may produce. Default: 1MiB.
+  # Largest stdout an action may produce. Default: 1MiB. Above max_payload
+  # (allowed: a local perform may return more than a peer may send), an
+  # output over max_payload cannot be published with --notify or returned
+  # to a remote caller; the service logs a warning at start.
   max_output: {{.C.Limits.MaxOutput}}
   # Most publications queued for one subscription. Default: 1000000.
   queue_bound: {{.C.Limits.QueueBound}}

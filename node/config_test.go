@@ -1,11 +1,14 @@
 package node_test
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -310,5 +313,57 @@ func TestParseConfigDuplicateRelays(t *testing.T) {
 	}
 	if relays[1].ID.String() != other || len(relays[1].Addrs) != 1 {
 		t.Errorf("second relay = %v, want %s at one address", relays[1], other)
+	}
+}
+
+// lockedBuffer is a log sink that nodes may write to from any goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// max_output above max_payload is allowed (a local perform may return
+// more than a peer may send), and the service says at start, once, what
+// it costs.
+func TestMaxOutputAboveMaxPayloadWarnsAtStart(t *testing.T) {
+	const want = "max_output 2MiB exceeds max_payload 1MiB: outputs above 1MiB cannot be published with --notify or returned to remote callers"
+	got, err := node.ParseConfig("config.yml", []byte("limits:\n  max_payload: 1MiB\n  max_output: 2MiB\n"))
+	if err != nil {
+		t.Fatalf("max_output above max_payload refused: %v", err)
+	}
+	if w := got.Warnings(); len(w) != 1 || w[0] != want {
+		t.Errorf("Warnings() = %q, want [%q]", w, want)
+	}
+	def := node.DefaultConfig(node.DefaultPort)
+	if w := def.Warnings(); len(w) != 0 {
+		t.Errorf("the default config warns: %q", w)
+	}
+
+	for _, c := range []struct {
+		name   string
+		output node.ByteSize
+		warns  int
+	}{{"above", 2 << 20, 1}, {"equal", 1 << 20, 0}} {
+		var logs lockedBuffer
+		newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxPayload, l.MaxOutput = 1<<20, c.output }),
+			func(o *node.Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+		if n := strings.Count(logs.String(), "level=WARN msg=\"config: max_output"); n != c.warns {
+			t.Errorf("%s: %d max_output warnings at start, want %d; log:\n%s", c.name, n, c.warns, logs.String())
+		}
+		if c.warns > 0 && !strings.Contains(logs.String(), want) {
+			t.Errorf("%s: the warning does not say %q; log:\n%s", c.name, want, logs.String())
+		}
 	}
 }

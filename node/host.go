@@ -435,6 +435,9 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 	nw.stopNudger = stopNudger
 	go nw.nudger(nctx)
 	n.auth.OnRevoke(nw.sess.revoke)
+	for _, w := range n.cfg.Warnings() {
+		n.log.Warn("config: " + w)
+	}
 	n.log.Info("libp2p host started", "peer_id", h.ID().String(), "addrs", addrStrings(h.Addrs()), "relay_service", nw.relay != nil)
 	return nw, nil
 }
