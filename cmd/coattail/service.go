@@ -42,7 +42,7 @@ func newNewCmd(a *app) *cobra.Command {
 				o.dir = args[0]
 			}
 			if inst, sub, ok := enclosingProgramDir(o.dir); ok {
-				return fmt.Errorf("%s is inside the %s/ directory of the instance in %s, whose programs it would turn into (its config.yml, key and socket listed as %s); choose a directory outside %s",
+				return fmt.Errorf("%s is inside the %s/ directory of the instance in %s: the new instance's files (config.yml, keys, socket) would be listed as that instance's %s; choose a directory outside %s",
 					o.dir, sub, inst, sub, filepath.Join(inst, sub))
 			}
 			l, err := node.CreateInstance(o.dir, node.CreateOptions{Port: o.port, Loopback: o.loopback})
