@@ -133,7 +133,7 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		MaxHeaderBytes:    controlMaxHeader,
 	}
 	srvErr := make(chan error, 1)
-	go func() { srvErr <- srv.Serve(ln) }()
+	go func() { srvErr <- srv.Serve(newLimitListener(ln, controlMaxConns)) }()
 	// However RunService returns from here on, the server ends before
 	// the node closes: requests in progress are cancelled (BaseContext)
 	// and then waited for, so no handler outlives the node it serves.
@@ -183,11 +183,75 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 // limits.stream_timeout). The idle timeout is longer than the client's own (30s), so an idle
 // keep-alive connection is always closed by the client and a new request
 // never races the server's close.
-const (
+//
+// At most controlMaxConns connections are served at once (each holds a
+// file descriptor, which the service shares with its libp2p host); a
+// connection beyond them waits in the socket's backlog until one closes,
+// as a burst of CLI commands expects, and is then served. Every held
+// connection is bounded by the timeouts above or runs a request.
+//
+// Variables, not constants, only so that tests can shorten them.
+var (
 	controlReadTimeout = 10 * time.Second
 	controlIdleTimeout = 2 * time.Minute
 	controlMaxHeader   = 64 << 10
+	controlMaxConns    = 128
 )
+
+// limitListener accepts at most cap(slots) connections open at once:
+// Accept takes the next connection from the backlog only once one of them
+// has closed.
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newLimitListener(l net.Listener, n int) *limitListener {
+	return &limitListener{Listener: l, slots: make(chan struct{}, n), done: make(chan struct{})}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	select {
+	case l.slots <- struct{}{}:
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &limitConn{Conn: c, release: func() { <-l.slots }}, nil
+}
+
+func (l *limitListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+// limitConn gives its slot back when it is closed (once, however often
+// it is closed).
+type limitConn struct {
+	net.Conn
+	release func()
+	once    sync.Once
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
+
+// CloseWrite keeps net/http's half-close before it closes a connection.
+func (c *limitConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
 
 // bodyDeadline bounds how long a request body may take to arrive and lifts
 // the bound once the body has been read, so a streamed answer can run on.
