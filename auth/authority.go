@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"strings"
@@ -71,11 +72,14 @@ type cacheKey struct {
 // Lock order: mu before cacheMu; cbMu is never held with either, so OnRevoke
 // callbacks may call back into the Authority.
 type Authority struct {
-	priv   ed25519.PrivateKey
-	pub    ed25519.PublicKey
-	id     peer.ID
-	store  ds.Batching
-	now    func() time.Time
+	priv  ed25519.PrivateKey
+	pub   ed25519.PublicKey
+	id    peer.ID
+	store ds.Batching
+	now   func() time.Time
+	// mono is the time since the Authority was made on the monotonic
+	// clock, which, unlike now, never steps back or jumps.
+	mono   func() time.Duration
 	parser *jwt.Parser
 
 	// mu serialises changes to token records (claim, revoke) against
@@ -89,7 +93,7 @@ type Authority struct {
 	// closes so holders of a Grant learn about it without polling.
 	// Entries of expired tokens are swept when the map has doubled since
 	// the last sweep (donePruneAt), so it does not grow with every token
-	// ever used.
+	// ever used; see pruneDoneLocked for what "expired" must mean there.
 	done        map[string]doneEntry
 	donePruneAt int
 
@@ -129,12 +133,14 @@ func NewAuthority(key crypto.PrivKey, store ds.Batching) (*Authority, error) {
 		return nil, fmt.Errorf("%w: derive peer id: %w", ErrKey, err)
 	}
 	priv := ed25519.PrivateKey(raw)
+	start := time.Now()
 	a := &Authority{
 		priv:    priv,
 		pub:     priv.Public().(ed25519.PublicKey),
 		id:      id,
 		store:   store,
 		now:     time.Now,
+		mono:    func() time.Duration { return time.Since(start) },
 		cache:   make(map[cacheKey]*Grant),
 		done:    make(map[string]doneEntry),
 		pending: make(map[string]struct{}),
@@ -500,8 +506,11 @@ func (a *Authority) grant(key cacheKey, c *Claims, r Remote) *Grant {
 			a.pruneDoneLocked()
 		}
 		e = doneEntry{ch: make(chan struct{}), expires: c.Expires()}
-		a.done[c.ID] = e
 	}
+	if !e.expires.IsZero() {
+		e.until = max(e.until, a.monoExpiry(e.expires))
+	}
+	a.done[c.ID] = e
 	g := newGrant(c, a.id, r.Peer, e.ch)
 	if len(a.cache) >= maxCachedGrants {
 		a.evictLocked()
@@ -514,21 +523,60 @@ func (a *Authority) grant(key cacheKey, c *Claims, r Remote) *Grant {
 type doneEntry struct {
 	ch      chan struct{}
 	expires time.Time // zero: never
+	// until is when, on a.mono's clock, every grant made with ch has
+	// outlived the token, as each grant's holder counted its remaining
+	// time when the grant was made (plus doneGrace).
+	until time.Duration
 }
 
 // minDonePrune is the size below which the done map is never swept.
 const minDonePrune = 1024
 
-// pruneDoneLocked forgets the revocation channels of expired tokens. That
-// is safe: no new grant can be made for them, and the grants that hold the
-// channel have expired too (their streams end at expiry). A valid token's
-// channel is never dropped, or its older grants would miss a revocation.
+// doneGrace is how long after its expiry a grant's holder may take to end
+// what the grant allowed (the node ends a stream a second after Verify's
+// leeway), during which its revocation channel is kept.
+const doneGrace = time.Minute
+
+// monoExpiry returns when, on a.mono's clock, a token that expires at exp
+// stops being valid by Verify's rule as the wall clock tells it now, plus
+// doneGrace; saturated instead of overflowing for far expiries.
+func (a *Authority) monoExpiry(exp time.Time) time.Duration {
+	u := a.mono() + doneGrace
+	rem := exp.Add(Leeway).Sub(a.now())
+	if rem > 0 && rem > time.Duration(math.MaxInt64)-u {
+		return time.Duration(math.MaxInt64)
+	}
+	return u + rem
+}
+
+// pruneDoneLocked forgets the revocation channels of expired tokens. A
+// valid token's channel must never be dropped, or its older grants would
+// miss a revocation, and the wall clock that Verify uses can step: jump
+// ahead (a token looks expired, and is valid again once the clock is set
+// right) or step back (an expired token becomes valid again). So a channel
+// goes only when the token is expired by Verify's rule now (expiredAt) and
+// also on the monotonic clock, counted from each of its grants (until),
+// by which time the holders of those grants have ended their streams. The
+// token's cached grants go with it: served after a step back of the clock,
+// they would carry the dropped channel, which no Revoke closes any more.
 // Callers hold cacheMu.
 func (a *Authority) pruneDoneLocked() {
-	now := a.now()
+	now, mono := a.now(), a.mono()
+	var pruned map[string]bool
 	for id, e := range a.done {
-		if expiredAt(e.expires, now) {
+		if expiredAt(e.expires, now) && mono >= e.until {
 			delete(a.done, id)
+			if pruned == nil {
+				pruned = make(map[string]bool)
+			}
+			pruned[id] = true
+		}
+	}
+	if pruned != nil {
+		for k, g := range a.cache {
+			if pruned[g.TokenID] {
+				delete(a.cache, k)
+			}
 		}
 	}
 	a.donePruneAt = max(2*len(a.done), minDonePrune)

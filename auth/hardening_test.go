@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -208,5 +209,97 @@ func TestFailedAddValidationLeavesNoRecord(t *testing.T) {
 	}
 	if all, err := alice.a.Validations(ctx); err != nil || len(all) != 1 || all[0].ID != v.ID {
 		t.Errorf("after a successful retry, Validations = %v, %v; want only %s", all, err, v.ID)
+	}
+}
+
+// sweepDone runs the done-channel sweep now, as the next new token's
+// grant would once the map is large enough.
+func sweepDone(a *Authority) {
+	a.cacheMu.Lock()
+	defer a.cacheMu.Unlock()
+	a.pruneDoneLocked()
+}
+
+// The wall clock jumped ahead past a token's expiry, a sweep dropped the
+// token's revocation channel, and the clock was set right: the token was
+// valid again, but its grants (open streams, and the cached grant served
+// to the same remote) held a channel that Revoke no longer closed.
+func TestDoneSweepSurvivesWallClockJump(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	rec := f.issue(t, IssueOptions{Reusable: true, ExpiresIn: time.Hour})
+	bob := direct(newPeer(t), "10.0.0.1")
+	g, err := f.a.Verify(ctx, rec.Token, bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.stepWall(24 * time.Hour)
+	sweepDone(f.a)
+	f.stepWall(-24 * time.Hour)
+	g2, err := f.a.Verify(ctx, rec.Token, bob)
+	if err != nil {
+		t.Fatalf("Verify once the clock is right again: %v", err)
+	}
+	g3, err := f.a.Verify(ctx, rec.Token, direct(newPeer(t), "10.0.0.2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.a.Revoke(ctx, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	for name, g := range map[string]*Grant{"grant made before the jump": g, "grant served after it": g2, "new grant": g3} {
+		if !g.Revoked() {
+			t.Errorf("%s did not see the revocation", name)
+		}
+	}
+}
+
+// A token expired, a sweep dropped its revocation channel, and then the
+// wall clock stepped back before its expiry, so Verify accepted it again:
+// the same remote was served the cached grant, which carried the dropped
+// channel, so a stream opened with it missed the token's revocation.
+func TestDoneSweepSurvivesWallClockStepBack(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	rec := f.issue(t, IssueOptions{Reusable: true, ExpiresIn: time.Hour})
+	bob := direct(newPeer(t), "10.0.0.1")
+	if _, err := f.a.Verify(ctx, rec.Token, bob); err != nil {
+		t.Fatal(err)
+	}
+	f.advance(2 * time.Hour)
+	sweepDone(f.a)
+	f.a.cacheMu.Lock()
+	_, kept := f.a.done[rec.ID]
+	f.a.cacheMu.Unlock()
+	if kept {
+		t.Fatal("setup: the sweep kept the channel of a token that expired an hour ago")
+	}
+	f.stepWall(-2 * time.Hour)
+	g, err := f.a.Verify(ctx, rec.Token, bob)
+	if err != nil {
+		t.Fatalf("Verify after the clock stepped back: %v", err)
+	}
+	if err := f.a.Revoke(ctx, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if !g.Revoked() {
+		t.Error("a grant served after the clock stepped back did not see the revocation")
+	}
+}
+
+// A token's remaining time on the monotonic clock saturates: for an expiry
+// beyond what a Duration holds (exp may be up to the year 9999) adding it
+// wrapped into the past, and the sweep would have dropped the channel of a
+// token valid for centuries.
+func TestMonoExpirySaturates(t *testing.T) {
+	f := newFixture(t)
+	near := f.a.monoExpiry(f.a.now().Add(time.Hour))
+	for _, exp := range []time.Time{
+		f.a.now().Add(time.Duration(math.MaxInt64)),
+		time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC),
+	} {
+		if got := f.a.monoExpiry(exp); got < near {
+			t.Errorf("monoExpiry(%s) = %v, before an hour from now (%v)", exp.Format(time.RFC3339), got, near)
+		}
 	}
 }

@@ -16,11 +16,13 @@ import (
 )
 
 // fixture is an Authority with a movable clock over an in-memory store.
+// skew moves its wall clock (a.now), monoSkew its monotonic one (a.mono).
 type fixture struct {
-	a     *Authority
-	key   crypto.PrivKey
-	store ds.Batching
-	skew  *atomic.Int64
+	a        *Authority
+	key      crypto.PrivKey
+	store    ds.Batching
+	skew     *atomic.Int64
+	monoSkew *atomic.Int64
 }
 
 func newKey(t testing.TB) crypto.PrivKey {
@@ -45,13 +47,22 @@ func fixtureOver(t testing.TB, key crypto.PrivKey, store ds.Batching) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	skew := new(atomic.Int64)
+	skew, monoSkew := new(atomic.Int64), new(atomic.Int64)
 	a.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
-	return &fixture{a: a, key: key, store: store, skew: skew}
+	realMono := a.mono
+	a.mono = func() time.Duration { return realMono() + time.Duration(monoSkew.Load()) }
+	return &fixture{a: a, key: key, store: store, skew: skew, monoSkew: monoSkew}
 }
 
-// advance moves the fixture's clock forward.
-func (f *fixture) advance(d time.Duration) { f.skew.Add(int64(d)) }
+// advance moves the fixture's clock forward: time passes.
+func (f *fixture) advance(d time.Duration) {
+	f.skew.Add(int64(d))
+	f.monoSkew.Add(int64(d))
+}
+
+// stepWall sets the wall clock ahead (d > 0) or back (d < 0) without time
+// passing, as an operator or NTP correcting the clock does.
+func (f *fixture) stepWall(d time.Duration) { f.skew.Add(int64(d)) }
 
 func (f *fixture) issue(t testing.TB, o IssueOptions) Record {
 	t.Helper()
