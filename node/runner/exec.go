@@ -90,11 +90,23 @@ func (r *Runner) env(inv Invocation) []string {
 }
 
 // locate finds the executable for inv, or says precisely why it cannot run.
+//
+// A symlink in the program directory is followed wherever it points, also
+// outside the instance: the directory is the owner's (an instance whose
+// actions/ or receivers/ every user may write to is refused), and a link
+// is how an owner installs a program kept elsewhere. The name is checked,
+// the target is not; its execute bit decides, as for a plain file.
 func (r *Runner) locate(inv Invocation) (string, error) {
 	path := r.Path(inv.Kind, inv.Name)
 	st, err := os.Stat(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
+		if target, lerr := os.Readlink(path); lerr == nil {
+			return "", &runError{
+				msg:      fmt.Sprintf("runner: %s %q is a symlink (%s) to %s, which does not exist", inv.Kind, inv.Name, path, target),
+				sentinel: ErrNotFound,
+			}
+		}
 		return "", &runError{
 			msg:      fmt.Sprintf("runner: no %s %q (looked in %s)", inv.Kind, inv.Name, filepath.Dir(path)),
 			sentinel: ErrNotFound,

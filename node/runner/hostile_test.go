@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -71,5 +74,39 @@ func TestStderrFloodIsBounded(t *testing.T) {
 		if l != "log line" {
 			t.Fatalf("line %d = %q", i, l)
 		}
+	}
+}
+
+// A symlink in actions/ is followed, also to a program outside the
+// instance (the owner's choice, documented in locate); a dangling one is
+// reported as such rather than as a missing action.
+func TestSymlinkedPrograms(t *testing.T) {
+	t.Parallel()
+	r, dir := newTestRunner(t, nil)
+	elsewhere := filepath.Join(t.TempDir(), "echo.sh")
+	if err := os.WriteFile(elsewhere, []byte("#!/bin/sh\nexec cat\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(elsewhere, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	actions := filepath.Join(dir, "actions")
+	if err := os.MkdirAll(actions, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(elsewhere, filepath.Join(actions, "linked")); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := r.Run(context.Background(), action("linked", `{"x":1}`)); err != nil || string(out) != `{"x":1}` {
+		t.Errorf("symlink to a program outside the instance: %s, %v; want the input back", out, err)
+	}
+
+	gone := filepath.Join(t.TempDir(), "removed.sh")
+	if err := os.Symlink(gone, filepath.Join(actions, "dangling")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.Run(context.Background(), action("dangling", `{}`))
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "is a symlink") || !strings.Contains(err.Error(), gone) {
+		t.Errorf("dangling symlink: err = %v, want ErrNotFound naming the link and its missing target %s", err, gone)
 	}
 }

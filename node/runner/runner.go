@@ -10,6 +10,11 @@
 // when the program exits, times out or is cancelled, so that no child of a
 // script outlives its run.
 //
+// A program is found by its name in the instance's actions/ or receivers/
+// directory only: a name is a subject and never a path. A symlink there is
+// followed, also to a file outside the instance; the directory is the
+// owner's to populate.
+//
 // The runner knows nothing of libp2p, tokens or subscriptions: package node
 // decides who may run what and passes the result on.
 package runner
