@@ -57,8 +57,9 @@ var (
 	ErrAckOutOfRange = errors.New("topics: ack beyond the last queued sequence")
 	// ErrInvalidQueueOptions is returned by OpenQueues for bad options.
 	ErrInvalidQueueOptions = errors.New("topics: invalid queue options")
-	// ErrStorageFailed is returned by Publish once writing a round of
-	// publications to the datastore has failed: the sequences of that round
+	// ErrStorageFailed is returned by Publish when writing its round of
+	// publications to the datastore fails (also to a call the round refused
+	// as full), and to every call after that: the sequences of that round
 	// are spent, and numbering more after them would not survive a restart
 	// (the log is replayed without the lost round). Restart the instance.
 	ErrStorageFailed = errors.New("topics: queue storage failed; restart the instance")
@@ -1602,12 +1603,18 @@ func (qs *Queues) finish(rd *round, err error) {
 	}
 	if err != nil && len(rd.reqs) > 0 {
 		qs.setFailed(err)
-	}
-	for _, r := range rd.reqs {
-		if err != nil && r.err == nil {
-			r.err = err
+		// Every caller of the round learns that the storage failed, also
+		// one its round refused as full: ErrQueueFull would tell it to
+		// retry later, and the queues refuse everything until reopened.
+		serr := fmt.Errorf("%w: %w", ErrStorageFailed, err)
+		for _, r := range rd.reqs {
+			if !errors.Is(r.err, ErrStorageFailed) {
+				r.err = serr
+			}
 			r.n = 0
 		}
+	}
+	for _, r := range rd.reqs {
 		r.done <- struct{}{}
 	}
 }

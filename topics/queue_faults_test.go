@@ -940,3 +940,37 @@ func TestFailedBatchDoesNotLeakReferences(t *testing.T) {
 		t.Fatalf("with no subscription left, the log still counts references %v (and %d old ones)", refs, old)
 	}
 }
+
+// A call refused as full in a round whose Sync fails must learn that the
+// storage failed (ErrStorageFailed), not ErrQueueFull: that would tell it
+// to retry later, and the queues refuse everything until they are reopened.
+func TestQueueFullInFailedRoundReportsStorageFailure(t *testing.T) {
+	store := newPLStore()
+	qs := openQueues(t, store, QueueOptions{Bound: 1})
+	addSub(t, qs, "full", "a")
+	addSub(t, qs, "room", "b")
+	publish(t, qs, msg("a", "a1"), msg("b", "b1")) // "full" is at its bound
+
+	// Hold the committer in a releases-only round (an ack wakes it) so
+	// that both publications below wait for the same next round.
+	qs.commitMu.Lock()
+	if err := qs.Ack("room", 1); err != nil {
+		qs.commitMu.Unlock()
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(qs.kick) == 0 })
+	full := publishAsync(qs, "a", "a2")
+	room := publishAsync(qs, "b", "b2")
+	waitFor(t, func() bool { return len(qs.reqs) == 2 })
+	store.failSyncs.Store(1)
+	qs.commitMu.Unlock()
+
+	rFull, rRoom := <-full, <-room
+	t.Logf("full: %v; room: %v", rFull.err, rRoom.err)
+	if !errors.Is(rRoom.err, ErrStorageFailed) {
+		t.Fatalf("the publication whose Sync failed = %v, want ErrStorageFailed", rRoom.err)
+	}
+	if !errors.Is(rFull.err, ErrStorageFailed) || errors.Is(rFull.err, ErrQueueFull) {
+		t.Fatalf("the publication refused as full in the failed round = %v, want ErrStorageFailed", rFull.err)
+	}
+}
