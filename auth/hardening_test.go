@@ -10,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/uuid"
 	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // hookStore fails Sync while fail is set (after the write it follows has
@@ -300,6 +303,48 @@ func TestMonoExpirySaturates(t *testing.T) {
 	} {
 		if got := f.a.monoExpiry(exp); got < near {
 			t.Errorf("monoExpiry(%s) = %v, before an hour from now (%v)", exp.Format(time.RFC3339), got, near)
+		}
+	}
+}
+
+// sub == iss was compared as text, so a validation token naming its peer
+// in two spellings (base58 and CIDv1) was refused, although both name the
+// same key; and the comparison must still refuse another peer.
+func TestValidationSubComparedAsPeerID(t *testing.T) {
+	ctx := context.Background()
+	alice, bob := newFixture(t), newFixture(t)
+	id := bob.a.PeerID()
+	raw, err := bob.key.Raw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cidForm := peer.ToCid(id).String()
+	if cidForm == id.String() {
+		t.Fatal("setup: the CIDv1 spelling equals the base58 one")
+	}
+	sign := func(iss, sub string) string {
+		now := time.Now().UTC().Truncate(time.Second)
+		return forge(t, jwt.SigningMethodEdDSA, Claims{
+			RegisteredClaims: jwt.RegisteredClaims{
+				Issuer: iss, Subject: sub, ID: uuid.NewString(),
+				IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now),
+			},
+			Type: TypeValidation,
+		}, ed25519Priv(raw))
+	}
+	for _, c := range []struct{ iss, sub string }{{id.String(), cidForm}, {cidForm, id.String()}} {
+		v, err := alice.a.AddValidation(ctx, sign(c.iss, c.sub))
+		if err != nil {
+			t.Errorf("iss %s, sub %s: %v", c.iss, c.sub, err)
+			continue
+		}
+		if v.PeerID != id.String() {
+			t.Errorf("iss %s, sub %s: stored peer id %s, want %s", c.iss, c.sub, v.PeerID, id)
+		}
+	}
+	for _, sub := range []string{newPeer(t).String(), peer.ToCid(newPeer(t)).String(), "", "not-a-peer-id"} {
+		if _, err := alice.a.AddValidation(ctx, sign(id.String(), sub)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("sub %q with bob's iss: %v, want ErrInvalid", sub, err)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // Validation is a stored validation token: proof that the holder of PeerID's
@@ -60,8 +61,14 @@ func (a *Authority) AddValidation(ctx context.Context, raw string) (Validation, 
 	if c.Type != TypeValidation {
 		return Validation{}, fmt.Errorf("%w: typ %q is not %s", ErrTokenType, truncate(c.Type), TypeValidation)
 	}
-	if c.Subject != c.Issuer {
-		return Validation{}, fmt.Errorf("%w: a validation token's sub must equal its iss", ErrInvalid)
+	// Compared as peer ids, not as text: one id has several spellings
+	// (base58 multihash, CIDv1 in any multibase), all naming the same key.
+	id, err := c.IssuerID()
+	if err != nil {
+		return Validation{}, err
+	}
+	if sub, err := peer.Decode(c.Subject); err != nil || sub != id {
+		return Validation{}, fmt.Errorf("%w: a validation token's sub must be the peer id in its iss", ErrInvalid)
 	}
 	if err := c.CheckTime(a.now()); err != nil {
 		return Validation{}, err
@@ -71,7 +78,7 @@ func (a *Authority) AddValidation(ctx context.Context, raw string) (Validation, 
 	// is the token itself, not its jti, which any signer can reuse. The
 	// shared call does not stop when one of its callers gives up.
 	shared, err, _ := a.addingVT.Do(raw, func() (any, error) {
-		return a.addValidation(context.WithoutCancel(ctx), raw, c)
+		return a.addValidation(context.WithoutCancel(ctx), raw, c, id)
 	})
 	if err != nil {
 		return Validation{}, err
@@ -79,19 +86,15 @@ func (a *Authority) AddValidation(ctx context.Context, raw string) (Validation, 
 	return shared.(Validation), nil
 }
 
-// addValidation stores the checked validation token raw unless it is
-// stored already. AddValidation runs one at a time per token.
-func (a *Authority) addValidation(ctx context.Context, raw string, c Claims) (Validation, error) {
+// addValidation stores the checked validation token raw of peer id unless
+// it is stored already. AddValidation runs one at a time per token.
+func (a *Authority) addValidation(ctx context.Context, raw string, c Claims, id peer.ID) (Validation, error) {
 	existing, err := a.Validations(ctx)
 	if err != nil {
 		return Validation{}, err
 	}
 	if i := slices.IndexFunc(existing, func(v Validation) bool { return v.Token == raw }); i >= 0 {
 		return existing[i], nil
-	}
-	id, err := c.IssuerID()
-	if err != nil {
-		return Validation{}, err
 	}
 	v := Validation{
 		ID:      uuid.NewString(),
