@@ -2,6 +2,9 @@ package auth
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"math"
 	"strings"
@@ -346,5 +349,46 @@ func TestValidationSubComparedAsPeerID(t *testing.T) {
 		if _, err := alice.a.AddValidation(ctx, sign(id.String(), sub)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("sub %q with bob's iss: %v, want ErrInvalid", sub, err)
 		}
+	}
+}
+
+// Decode and AddValidation take the verification key from the token's own
+// iss, which makes them the place for the classic confusion attack: MAC the
+// claims with the public key bytes (HS256), or send no signature at all.
+// Only EdDSA is accepted there too.
+func TestStoreLessPathsPinEdDSA(t *testing.T) {
+	ctx := context.Background()
+	alice, bob := newFixture(t), newFixture(t)
+	pub, err := bob.key.GetPublic().Raw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	c := Claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer: bob.a.PeerID().String(), Subject: bob.a.PeerID().String(), ID: uuid.NewString(),
+			IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now),
+		},
+		Type: TypeValidation,
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, raw := range map[string]string{
+		"none":                        forge(t, jwt.SigningMethodNone, c, jwt.UnsafeAllowNoneSignatureType),
+		"HS256 keyed with iss's key":  forge(t, jwt.SigningMethodHS256, c, pub),
+		"HS512 keyed with iss's key":  forge(t, jwt.SigningMethodHS512, c, pub),
+		"ES256 with an unrelated key": forge(t, jwt.SigningMethodES256, c, ecKey),
+	} {
+		if _, err := Decode(raw); !errors.Is(err, ErrAlgorithm) {
+			t.Errorf("%s: Decode: %v, want ErrAlgorithm", name, err)
+		}
+		if _, err := alice.a.AddValidation(ctx, raw); !errors.Is(err, ErrAlgorithm) {
+			t.Errorf("%s: AddValidation: %v, want ErrAlgorithm", name, err)
+		}
+	}
+	if vs, err := alice.a.Validations(ctx); err != nil || len(vs) != 0 {
+		t.Errorf("validations stored from forged tokens: %v, %v", vs, err)
 	}
 }
