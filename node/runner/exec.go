@@ -139,6 +139,11 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 	runCtx, cancel := context.WithTimeoutCause(runCtx, r.cfg.Timeout, errTimeoutCause)
 	defer cancel()
 
+	if err := r.acquire(runCtx, ctx, inv); err != nil {
+		return nil, err
+	}
+	defer r.release()
+
 	stdout := &cappedBuffer{max: r.cfg.MaxOutput, onOverflow: func() { cancelCause(errOverflow) }}
 	stderr := newLineWriter(inv.Log)
 
@@ -219,6 +224,32 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 	}
 	return r.finishOutput(inv, stdout.buf.Bytes())
 }
+
+// acquire takes one of the MaxRunning slots for an executable, waiting for
+// one within the run's own deadline (runCtx), so that a queued run never
+// lasts longer than action_timeout in all.
+func (r *Runner) acquire(runCtx, ctx context.Context, inv Invocation) error {
+	select {
+	case r.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case r.slots <- struct{}{}:
+		return nil
+	case <-runCtx.Done():
+		if context.Cause(runCtx) == errTimeoutCause {
+			return &runError{
+				msg:      fmt.Sprintf("runner: %s %q timed out after %v waiting to start (%d programs already running)", inv.Kind, inv.Name, r.cfg.Timeout, cap(r.slots)),
+				sentinel: ErrTimeout,
+				cause:    context.DeadlineExceeded,
+			}
+		}
+		return fmt.Errorf("runner: %s %q stopped while waiting to start (%d programs already running): %w", inv.Kind, inv.Name, cap(r.slots), ctx.Err())
+	}
+}
+
+func (r *Runner) release() { <-r.slots }
 
 // stdinFor returns what the program reads as its standard input: all of
 // input, written before the program starts (a pre-filled pipe when input

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Stdout past max_output fails the run even when it is a child, still
@@ -108,5 +110,57 @@ func TestSymlinkedPrograms(t *testing.T) {
 	_, err := r.Run(context.Background(), action("dangling", `{}`))
 	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "is a symlink") || !strings.Contains(err.Error(), gone) {
 		t.Errorf("dangling symlink: err = %v, want ErrNotFound naming the link and its missing target %s", err, gone)
+	}
+}
+
+// Executables beyond MaxRunning wait for a slot instead of starting: with
+// one slot held by a running program, a second run does not start before
+// its caller gives up, and starts once the slot is free. Every run used to
+// start at once, however many were running.
+func TestMaxRunningBoundsExecutables(t *testing.T) {
+	t.Parallel()
+	r, dir := newTestRunner(t, func(c *Config) { c.MaxRunning = 1 })
+	release := filepath.Join(dir, "release")
+	started := filepath.Join(dir, "started")
+	writeProgram(t, dir, KindAction, "hold", `touch held; while [ ! -e release ]; do sleep 0.01; done; echo 1`)
+	writeProgram(t, dir, KindAction, "quick", `touch started; echo 2`)
+
+	held := make(chan error, 1)
+	go func() {
+		_, err := r.Run(context.Background(), action("hold", ""))
+		held <- err
+	}()
+	checkFor(t, "the first program to run", func() bool {
+		_, err := os.Stat(filepath.Join(dir, "held"))
+		return err == nil
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	out, err := r.Run(ctx, action("quick", ""))
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "waiting to start") {
+		t.Errorf("second run while the only slot is taken = %s, %v; want it stopped while waiting to start", out, err)
+	}
+	if _, err := os.Stat(started); err == nil {
+		t.Error("the second program started although the only slot was taken")
+	}
+
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-held; err != nil {
+		t.Fatalf("first run: %v", err)
+	}
+	if out, err := r.Run(context.Background(), action("quick", "")); err != nil || string(out) != "2" {
+		t.Errorf("run after the slot was freed = %s, %v; want 2", out, err)
+	}
+	// In-process handlers take no slot.
+	if err := r.Register(KindAction, "go.quick", func(context.Context, Invocation) (json.RawMessage, error) {
+		return json.RawMessage("3"), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := r.Run(context.Background(), action("go.quick", "")); err != nil || string(out) != "3" {
+		t.Errorf("in-process handler = %s, %v", out, err)
 	}
 }

@@ -61,6 +61,13 @@ const (
 	DefaultTimeout   = 30 * time.Second
 	DefaultMaxInput  = 1 << 20
 	DefaultMaxOutput = 1 << 20
+	// DefaultMaxRunning bounds the executables (not in-process handlers)
+	// running at once. It is well above what one peer can start
+	// (limits.max_streams_per_peer) so that it only holds many peers, or a
+	// burst of deliveries, to a number of processes the machine can take;
+	// it is also high enough that receivers which cascade, each waiting on
+	// a nested perform that needs a slot of its own, do not fill it.
+	DefaultMaxRunning = 1024
 	// MaxLogLine is the longest stderr line passed to Invocation.Log; longer
 	// lines are cut and end with TruncatedMark.
 	MaxLogLine = 16 << 10
@@ -127,14 +134,19 @@ type Config struct {
 	Timeout   time.Duration // per run; default DefaultTimeout
 	MaxInput  int           // bytes; default DefaultMaxInput
 	MaxOutput int           // stdout bytes; default DefaultMaxOutput
-	Logger    *slog.Logger  // default discards
+	// MaxRunning is how many executables may run at once; default
+	// DefaultMaxRunning. A run beyond it waits for a slot, within its
+	// timeout: the wait counts toward Timeout.
+	MaxRunning int
+	Logger     *slog.Logger // default discards
 }
 
 // Runner runs actions and receivers. It is safe for concurrent use; runs do
-// not serialise on each other.
+// not serialise on each other, up to Config.MaxRunning executables at once.
 type Runner struct {
 	cfg     Config
-	baseEnv []string // filtered parent environment plus the per-instance variables
+	baseEnv []string      // filtered parent environment plus the per-instance variables
+	slots   chan struct{} // one element per running executable; capacity MaxRunning
 
 	mu       sync.RWMutex
 	handlers map[Kind]map[string]Handler
@@ -151,6 +163,9 @@ func New(cfg Config) *Runner {
 	}
 	if cfg.MaxOutput <= 0 {
 		cfg.MaxOutput = DefaultMaxOutput
+	}
+	if cfg.MaxRunning <= 0 {
+		cfg.MaxRunning = DefaultMaxRunning
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -169,6 +184,7 @@ func New(cfg Config) *Runner {
 	return &Runner{
 		cfg:     cfg,
 		baseEnv: baseEnv(cfg, os.Environ()),
+		slots:   make(chan struct{}, cfg.MaxRunning),
 		handlers: map[Kind]map[string]Handler{
 			KindAction:   {},
 			KindReceiver: {},
