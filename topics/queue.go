@@ -185,7 +185,10 @@ const (
 // Durable messages become visible to Read, and wake Wait channels, only
 // after their Sync. Releases (acks, drops) are applied by the committer
 // without a Sync: a lost release only means a redelivery, which the
-// subscriber drops as a duplicate.
+// subscriber drops as a duplicate. The messages that a round's
+// publications push out of a drop_oldest queue are dropped (hidden and
+// counted) when the round is durable, and released by a later round: never
+// for publications that were lost.
 //
 // Lock order (a goroutine holding one may take only those after it):
 //
@@ -266,7 +269,6 @@ type queue struct {
 
 	// Committer-only state, guarded by Queues.commitMu.
 	cNext  uint64 // next sequence to assign (runs ahead of next until synced)
-	cDrop  uint64 // head implied by drop_oldest, as far as assigned
 	cHead  uint64 // sequences below it are released: their references dropped
 	cAdd   int    // scratch: entries of the request being checked
 	cCount int    // scratch: entries a round may route here (sizes its touch)
@@ -314,7 +316,7 @@ type touch struct {
 	q     *queue
 	first uint64 // first sequence assigned in this round
 	next  uint64 // next sequence after this round
-	drop  uint64 // head implied by drop_oldest after this round
+	drop  uint64 // head implied by drop_oldest after this round (0: none)
 	items []Item
 	pos   []uint64 // log position of each item
 }
@@ -608,7 +610,6 @@ func (qs *Queues) load(ctx context.Context) error {
 		q.acked = min(m.acked, q.next-1)
 		q.head = max(q.cHead, q.acked+1)
 		q.released = q.cHead
-		q.cDrop = q.cHead
 		q.dropped, q.delivered, q.redelivered = m.dropped, m.delivered, m.redelivered
 		q.sentMax, q.lastDelivered = m.sentMax, m.lastDelivered
 		if q.head > q.cHead {
@@ -641,7 +642,7 @@ func (qs *Queues) load(ctx context.Context) error {
 }
 
 func newQueue(s Subscription, start uint64) *queue {
-	return &queue{sub: s, start: start, next: 1, head: 1, released: 1, cNext: 1, cDrop: 1, cHead: 1}
+	return &queue{sub: s, start: start, next: 1, head: 1, released: 1, cNext: 1, cHead: 1}
 }
 
 // maxDenseRefs bounds the span of refs; see oldRefs.
@@ -1464,11 +1465,15 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 			q.pos.add(t.items[i].Seq, t.pos[i])
 		}
 		head := q.head
-		if qs.drop && q.cNext-max(head, q.cDrop) > qs.bound {
-			q.cDrop = q.cNext - qs.bound
+		// drop_oldest: the head this round's publications push the
+		// queue to. finish applies it (head and counter) only once the
+		// round is durable, and a later round releases the dropped
+		// entries like acknowledged ones: a drop must not outlive the
+		// publications that caused it when their round is lost.
+		if qs.drop && q.cNext-head > qs.bound {
+			t.drop = q.cNext - qs.bound
 		}
-		t.drop = q.cDrop
-		to := max(head, q.cDrop)
+		to := head
 		redirty := false
 		if to > q.cHead && to-q.cHead > maxDeletesPerRound {
 			to = q.cHead + maxDeletesPerRound
@@ -1487,9 +1492,6 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 		}
 		meta := subMeta{start: q.start, baseSeq: q.cHead - 1, acked: q.acked, dropped: q.dropped,
 			delivered: q.delivered, redelivered: q.redelivered, sentMax: q.sentMax, lastDelivered: q.lastDelivered}
-		if q.cDrop > head {
-			meta.dropped += q.cDrop - head // counted in memory once the round is durable
-		}
 		if p, ok := q.pos.lookup(q.cHead); ok {
 			meta.baseG = p - 1
 		} else {
@@ -1574,21 +1576,25 @@ func (qs *Queues) finish(rd *round, err error) {
 	budget := qs.memBudget()
 	for _, t := range rd.touches {
 		q := t.q
+		dropped := false
 		q.mu.Lock()
-		if t.drop > q.head {
-			q.dropped += t.drop - q.head
-			q.head = t.drop
-		}
-		q.trimLocked()
 		if err != nil {
 			// The committer's sequences are spent (no later round numbers
 			// any: see setFailed), but they are not durable: a restart may
 			// or may not find them. They are not made visible, so that
 			// nothing is read or acked under a number a restart may give
-			// to another publication.
+			// to another publication; nor are the drops they would cause
+			// applied (see writeRound), so the queue keeps, and counts as
+			// dropped, what the datastore does.
 			q.mem.reset()
 			q.memBytes = 0
 		} else {
+			if t.drop > q.head {
+				q.dropped += t.drop - q.head
+				q.head = t.drop
+				q.trimLocked()
+				dropped = true
+			}
 			for i := range t.items {
 				if t.items[i].Seq >= q.head {
 					q.pushLocked(t.items[i], budget)
@@ -1600,6 +1606,9 @@ func (qs *Queues) finish(rd *round, err error) {
 			}
 		}
 		q.mu.Unlock()
+		if dropped {
+			qs.markDirty(q) // release the dropped entries, as an ack does
+		}
 	}
 	if err != nil && len(rd.reqs) > 0 {
 		qs.setFailed(err)

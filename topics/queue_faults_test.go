@@ -974,3 +974,44 @@ func TestQueueFullInFailedRoundReportsStorageFailure(t *testing.T) {
 		t.Fatalf("the publication refused as full in the failed round = %v, want ErrStorageFailed", rFull.err)
 	}
 }
+
+// Under drop_oldest, the messages a round's publications push out of a
+// full queue must stay when that round is lost: in memory (Read, Dropped)
+// and in the datastore, also after later rounds (here another queue's ack)
+// rewrite the queue's state. Otherwise a failed publication silently loses
+// messages that were accepted before it.
+func TestDropsOfAFailedRoundAreNotApplied(t *testing.T) {
+	ctx := context.Background()
+	store := newPLStore()
+	opts := QueueOptions{Bound: 2, Policy: PolicyDropOldest}
+	qs := openQueues(t, store, opts)
+	addSub(t, qs, "s", "a")
+	addSub(t, qs, "o", "a")
+	publish(t, qs, msg("a", "m1"), msg("a", "m2")) // both queues are full
+
+	store.failCommits.Store(1)
+	if _, err := qs.Publish(ctx, []Message{msg("a", "m3")}, nil); err == nil {
+		t.Fatal("Publish succeeded although its commit failed")
+	}
+	check := func(qs *Queues, when string) {
+		t.Helper()
+		wantItems(t, readAll(t, qs, "s", 0), "1:a:m1", "2:a:m2")
+		if st := status(t, qs, "s"); st.Dropped != 0 {
+			t.Fatalf("%s: Dropped = %d for a publication that was never stored", when, st.Dropped)
+		}
+	}
+	check(qs, "after the failed round")
+
+	// A later round writes the state of s again (it is dirty since the
+	// failed round) with another queue's release.
+	commits := store.commits.Load()
+	if err := qs.Ack("o", 1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return store.commits.Load() > commits })
+	check(qs, "after a later round")
+
+	// The process restarts on what it wrote.
+	qs2 := openQueues(t, store.crash(t, store.unsynced()), opts)
+	check(qs2, "after a restart")
+}
