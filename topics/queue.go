@@ -1492,6 +1492,13 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 		}
 		meta := subMeta{start: q.start, baseSeq: q.cHead - 1, acked: q.acked, dropped: q.dropped,
 			delivered: q.delivered, redelivered: q.redelivered, sentMax: q.sentMax, lastDelivered: q.lastDelivered}
+		// Every sequence from acked+1 to head-1 was dropped. A restart
+		// brings back those at or above the stored base (a release held
+		// back by maxDeletesPerRound), and counts them when it drops them
+		// again: the stored count leaves them out.
+		if back := max(q.cHead, q.acked+1); head > back {
+			meta.dropped -= head - back
+		}
 		if p, ok := q.pos.lookup(q.cHead); ok {
 			meta.baseG = p - 1
 		} else {

@@ -1015,3 +1015,37 @@ func TestDropsOfAFailedRoundAreNotApplied(t *testing.T) {
 	qs2 := openQueues(t, store.crash(t, store.unsynced()), opts)
 	check(qs2, "after a restart")
 }
+
+// A release is capped at maxDeletesPerRound entries per round, so a queue
+// that drops more than that at once stores its state in steps. A restart
+// between them brings the dropped messages above the stored base back and
+// drops them again: the stored counter must not have counted them already.
+func TestDropsBeyondOneReleaseRoundCountedOnceAcrossACrash(t *testing.T) {
+	store := newPLStore()
+	opts := QueueOptions{Bound: 1, Policy: PolicyDropOldest, MemoryPerQueue: 1 << 10}
+	qs := openQueues(t, store, opts)
+	addSub(t, qs, "s", "a")
+	msgs := make([]Message, maxDeletesPerRound+1000)
+	for i := range msgs {
+		msgs[i] = msg("a", strconv.Itoa(i))
+	}
+	publish(t, qs, msgs...) // one round; then releases in two
+	waitFor(t, func() bool { return len(logPositions(t, store)) == 1 })
+	if st := status(t, qs, "s"); st.Dropped != uint64(len(msgs)-1) {
+		t.Fatalf("Dropped = %d, want %d", st.Dropped, len(msgs)-1)
+	}
+
+	// Crash after the first release round only (the publication round was
+	// synced; releases are not).
+	qs2 := openQueues(t, store.crash(t, 1), opts)
+	st := status(t, qs2, "s")
+	t.Logf("after the crash: next %d, depth %d, dropped %d", st.NextSeq, st.Depth, st.Dropped)
+	// Nothing was acknowledged: every sequence is queued or dropped, once.
+	if st.Dropped+st.Depth != st.NextSeq-1 {
+		t.Fatalf("after the crash: dropped %d + depth %d != %d sequences", st.Dropped, st.Depth, st.NextSeq-1)
+	}
+	publish(t, qs2, msg("a", "last"))
+	if st := status(t, qs2, "s"); st.Dropped != uint64(len(msgs)) || st.Depth != 1 {
+		t.Fatalf("after one more publication: dropped %d, depth %d; want %d, 1", st.Dropped, st.Depth, len(msgs))
+	}
+}
