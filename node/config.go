@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/big"
 	"os"
 	"reflect"
 	"slices"
@@ -39,8 +40,31 @@ func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
 	if err != nil || v > 1<<40 {
 		return fmt.Errorf("line %d: invalid size %q (use bytes or a unit: 64KiB, 1MiB)", n.Line, n.Value)
 	}
+	// humanize truncates a fraction of a byte: "0.5" was 0, which for
+	// relay_limit_data means no limit at all.
+	if !wholeBytes(n.Value) {
+		return fmt.Errorf("line %d: size %q is not a whole number of bytes", n.Line, n.Value)
+	}
 	*b = ByteSize(v)
 	return nil
+}
+
+// wholeBytes reports whether the size s (which humanize.ParseBytes
+// accepted) is a whole number of bytes: "1.5KiB" is, "1.5" is not.
+func wholeBytes(s string) bool {
+	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' && r != ',' })
+	if i < 0 {
+		i = len(s)
+	}
+	num, ok := new(big.Rat).SetString(strings.ReplaceAll(s[:i], ",", ""))
+	if !ok {
+		return false
+	}
+	unit, err := humanize.ParseBytes("1" + s[i:])
+	if err != nil {
+		return false
+	}
+	return num.Mul(num, new(big.Rat).SetUint64(unit)).IsInt()
 }
 
 // MarshalYAML writes the size as String does, so it reads back exactly.
@@ -287,6 +311,10 @@ func checkScalars(n *yaml.Node, t reflect.Type, path string) error {
 			}
 		case ft.Kind() == reflect.Int && val.Kind == yaml.ScalarNode && val.ShortTag() == "!!float":
 			errs = append(errs, fmt.Errorf("%s (line %d): %s is not a whole number", name, val.Line, val.Value))
+		case ft.Kind() == reflect.Bool && val.Kind == yaml.ScalarNode && val.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) != 0:
+			// yaml.v3 refuses "true" in quotes but takes "yes", "on"
+			// and "y" in quotes as true: one rule for all of them.
+			errs = append(errs, fmt.Errorf("%s (line %d): %q is in quotes, so it is text, not a boolean; write true or false without quotes", name, val.Line, val.Value))
 		}
 	}
 	return errors.Join(errs...)
@@ -399,6 +427,37 @@ func fieldByTag(t reflect.Type, name string) (reflect.StructField, bool) {
 	return reflect.StructField{}, false
 }
 
+// The longest limits.action_timeout and limits.stream_timeout.
+const (
+	maxActionTimeout = 7 * 24 * time.Hour
+	maxStreamTimeout = 24 * time.Hour
+)
+
+// hostTransport reports whether m is an address on a transport this
+// host's libp2p speaks: an IP address (or with dns a DNS name), then
+// tcp/<port> or udp/<port>/quic-v1, and nothing after it.
+func hostTransport(m ma.Multiaddr, dns bool) bool {
+	if len(m) < 2 {
+		return false
+	}
+	switch m[0].Code() {
+	case ma.P_IP4, ma.P_IP6:
+	case ma.P_DNS, ma.P_DNS4, ma.P_DNS6:
+		if !dns {
+			return false
+		}
+	default:
+		return false
+	}
+	switch rest := m[1:]; {
+	case len(rest) == 1 && rest[0].Code() == ma.P_TCP:
+		return true
+	case len(rest) == 2 && rest[0].Code() == ma.P_UDP && rest[1].Code() == ma.P_QUIC_V1:
+		return true
+	}
+	return false
+}
+
 // Validate reports every problem at once.
 func (c *Config) Validate() error {
 	var errs []error
@@ -407,8 +466,15 @@ func (c *Config) Validate() error {
 		bad("network.listen: at least one address is required")
 	}
 	for _, s := range c.Network.Listen {
-		if _, err := ma.NewMultiaddr(s); err != nil {
+		m, err := ma.NewMultiaddr(s)
+		if err != nil {
 			bad("network.listen: %q is not a multiaddr: %v", s, err)
+			continue
+		}
+		// libp2p skips, with a line in its own log only, an address no
+		// transport can listen on when another address works.
+		if !hostTransport(m, false) {
+			bad("network.listen: %q is not an address this instance can listen on: write /ip4/<ip>/tcp/<port> or /ip4/<ip>/udp/<port>/quic-v1 (or /ip6/...)", s)
 		}
 	}
 	for _, s := range c.Network.Announce {
@@ -426,6 +492,8 @@ func (c *Config) Validate() error {
 			bad("network.announce: %q has port 0; announce the port others reach you at", s)
 		case p2pErr == nil:
 			bad("network.announce: %q names a peer id; leave /p2p/... out", s)
+		case !hostTransport(m, true):
+			bad("network.announce: %q is not an address this instance can be dialled at: write /ip4/<ip>/tcp/<port> or .../udp/<port>/quic-v1 (or /ip6/, /dns/, /dns4/, /dns6/<name>/...)", s)
 		}
 	}
 	for _, s := range c.Network.Relays {
@@ -436,6 +504,20 @@ func (c *Config) Validate() error {
 		}
 		if _, err := m.ValueForProtocol(ma.P_P2P); err != nil {
 			bad("network.relays: %q must end in /p2p/<peer-id>", s)
+			continue
+		}
+		// What the host will do with it (StaticRelays), checked now
+		// rather than when the service starts.
+		ai, err := peer.AddrInfoFromP2pAddr(m)
+		switch {
+		case err != nil:
+			bad("network.relays: %q must end in /p2p/<peer-id>: %v", s, err)
+		case isRelayAddr(m):
+			bad("network.relays: %q goes through another relay (/p2p-circuit); a relay must be reachable directly", s)
+		case len(ai.Addrs) == 0:
+			bad("network.relays: %q has no address before /p2p/<peer-id>; write the relay's address, e.g. /ip4/<ip>/tcp/<port>/p2p/<peer-id>", s)
+		case !hostTransport(ai.Addrs[0], true):
+			bad("network.relays: %q is not an address this instance can dial: write /ip4/<ip>/tcp/<port>/p2p/<peer-id> or .../udp/<port>/quic-v1/p2p/<peer-id> (or /ip6/, /dns/, /dns4/, /dns6/<name>/...)", s)
 		}
 	}
 	for _, key := range addrLists {
@@ -466,8 +548,11 @@ func (c *Config) Validate() error {
 		bad("network.relay_max_circuits: must be at least 1 (got %d)", c.Network.RelayMaxCircuits)
 	}
 	l := c.Limits
-	if l.ActionTimeout < 10*time.Millisecond {
-		bad("limits.action_timeout: %v is too short (minimum 10ms)", l.ActionTimeout)
+	// Upper bounds: a perform's deadline is action_timeout +
+	// stream_timeout, which overflowed into the past (every perform timed
+	// out at once) for values near the largest duration.
+	if l.ActionTimeout < 10*time.Millisecond || l.ActionTimeout > maxActionTimeout {
+		bad("limits.action_timeout: %v is out of range (10ms..%v)", l.ActionTimeout, maxActionTimeout)
 	}
 	if l.MaxPayload < 1024 || l.MaxPayload > 64<<20 {
 		bad("limits.max_payload: %v is out of range (1KiB..64MiB)", l.MaxPayload)
@@ -496,8 +581,8 @@ func (c *Config) Validate() error {
 	if l.MaxStreamsPerPeer < 1 {
 		bad("limits.max_streams_per_peer: must be at least 1 (got %d)", l.MaxStreamsPerPeer)
 	}
-	if l.StreamTimeout < time.Second {
-		bad("limits.stream_timeout: %v is too short (minimum 1s)", l.StreamTimeout)
+	if l.StreamTimeout < time.Second || l.StreamTimeout > maxStreamTimeout {
+		bad("limits.stream_timeout: %v is out of range (1s..%v)", l.StreamTimeout, maxStreamTimeout)
 	}
 	if l.MaxHops < 1 || l.MaxHops > 1000 {
 		bad("limits.max_hops: %d is out of range (1..1000)", l.MaxHops)
@@ -547,17 +632,19 @@ var configTemplate = template.Must(template.New("config").Funcs(template.FuncMap
 }).Parse(`# Coattail instance configuration.
 # Every setting is listed with its default value; delete a line to get the default.
 # Unknown keys and keys without a value are errors. Sizes take units (64KiB, 1MiB);
-# durations take 500ms, 30s, 2m, 1h.
+# durations take 500ms, 30s, 2m, 1h; booleans are true or false, without quotes.
 
 network:
-  # Multiaddrs the libp2p host listens on. TCP and QUIC share one port
+  # Multiaddrs the libp2p host listens on: /ip4/<ip>/tcp/<port> or
+  # /ip4/<ip>/udp/<port>/quic-v1 (or /ip6/...). TCP and QUIC share one port
   # (default {{.Port}}; choose another with 'coattail new --port').
   listen:{{list .C.Network.Listen}}
   # Extra addresses to put in tokens and tell connected peers (for example
   # a public DNS name or a forwarded port). Observed and relay addresses
   # are added automatically.
   announce:{{list .C.Network.Announce}}
-  # Static circuit-relay v2 relays (full multiaddrs ending in /p2p/<peer-id>).
+  # Static circuit-relay v2 relays (full multiaddrs ending in /p2p/<peer-id>;
+  # one relay at several addresses takes one line per address).
   # When this instance is behind NAT it reserves a slot on them, and its
   # tokens carry the resulting /p2p-circuit addresses. Default: none.
   relays:{{list .C.Network.Relays}}
@@ -595,7 +682,8 @@ network:
   conn_high: {{.C.Network.ConnHigh}}
 
 limits:
-  # How long an action or receiver may run before it is killed. Default: 30s.
+  # How long an action or receiver may run before it is killed (10ms to
+  # 168h). Default: 30s.
   action_timeout: {{.C.Limits.ActionTimeout}}
   # Largest input or publication accepted. Default: 1MiB.
   max_payload: {{.C.Limits.MaxPayload}}
@@ -626,7 +714,8 @@ limits:
   # while connected, a long-lived stream that does not count against
   # max_streams_per_peer). Default: 1024.
   max_subscriptions_per_peer: {{.C.Limits.MaxSubscriptionsPerPeer}}
-  # Longest wait for one frame on a request stream. Default: 1m0s.
+  # Longest wait for one frame on a request stream (1s to 24h).
+  # Default: 1m0s.
   stream_timeout: {{.C.Limits.StreamTimeout}}
   # Most hops a cascade may take (a receiver performing with --notify adds
   # one); a publication beyond it is refused and logged. Default: 16.

@@ -141,6 +141,40 @@ func TestParseConfigRefusesBadValues(t *testing.T) {
 		"fraction int":     {"limits:\n  max_hops: 1.9\n", "limits.max_hops (line 2): 1.9 is not a whole number"},
 		"fraction retries": {"limits:\n  receiver_retries: 2.0\n", "limits.receiver_retries"},
 		"relay fraction s": {"network:\n  relay_limit_duration: 1500ms\n", "not a whole number of seconds"},
+		// Taken silently before: a fraction of a byte was truncated
+		// (0.5 is 0: no relay data limit at all), ...
+		"fraction byte":       {"network:\n  relay_limit_data: 0.5\n", "line 2: size \"0.5\" is not a whole number of bytes"},
+		"fraction bytes":      {"limits:\n  max_payload: 1048576.7\n", "not a whole number of bytes"},
+		"fraction bytes text": {"limits:\n  max_payload: \"1048576.7\"\n", "not a whole number of bytes"},
+		// ... a timeout so long that action_timeout + stream_timeout
+		// overflowed into the past, ...
+		"action timeout huge": {"limits:\n  action_timeout: 9223372036854775807ns\n", "limits.action_timeout"},
+		"stream timeout huge": {"limits:\n  stream_timeout: 1000000h\n", "limits.stream_timeout"},
+		// ... "yes" in quotes as true (while "true" in quotes was refused), ...
+		"quoted yes":  {"network:\n  port_mapping: \"yes\"\n", "network.port_mapping (line 2): \"yes\" is in quotes"},
+		"quoted off":  {"network:\n  autonat: 'off'\n", "network.autonat (line 2)"},
+		"quoted true": {"network:\n  hole_punching: \"true\"\n", "line 2"},
+		// ... listen addresses libp2p skips with a line in its own log, ...
+		"listen no transport": {"network:\n  listen: [/ip4/127.0.0.1/tcp/5210, /ip4/127.0.0.1]\n", "\"/ip4/127.0.0.1\" is not an address this instance can listen on"},
+		"listen old quic":     {"network:\n  listen: [/ip4/127.0.0.1/udp/5210/quic]\n", "can listen on"},
+		"listen dns":          {"network:\n  listen: [/dns4/localhost/tcp/5210]\n", "can listen on"},
+		"listen websocket":    {"network:\n  listen: [/ip4/127.0.0.1/tcp/5210/ws]\n", "can listen on"},
+		// ... announced addresses no peer could dial, ...
+		"announce no port": {"network:\n  announce: [/ip4/203.0.113.7]\n", "can be dialled at"},
+		"announce udp":     {"network:\n  announce: [/ip4/203.0.113.7/udp/5210]\n", "can be dialled at"},
+		// ... and relays AutoRelay could not use, or that failed only
+		// when the service started.
+		"relay no address": {"network:\n  relays: [/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN]\n", "has no address before /p2p/<peer-id>"},
+		"relay circuit":    {"network:\n  relays: [/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA]\n", "goes through another relay"},
+		"relay id inside":  {"network:\n  relays: [/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit]\n", "must end in /p2p/<peer-id>"},
+		"relay udp only":   {"network:\n  relays: [/ip4/192.0.2.1/udp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN]\n", "can dial"},
+		// yaml.v3 refuses these itself; kept so that stays true.
+		"duplicate key":        {"limits:\n  max_hops: 3\n  max_hops: 4\n", "line 3"},
+		"duplicate section":    {"log:\n  level: info\nlog:\n  file: x.log\n", "line 3"},
+		"unknown nested key":   {"log:\n  levle: debug\n", "levle"},
+		"quoted int":           {"limits:\n  max_hops: \"16\"\n", "line 2"},
+		"bare int duration":    {"limits:\n  action_timeout: 30\n", "line 2"},
+		"unknown key in merge": {"limits: &x\n  max_hops: 3\nnetwork:\n  <<: *x\n", "max_hops"},
 	}
 	for name, c := range cases {
 		_, err := node.ParseConfig("config.yml", []byte(c.in))
@@ -248,6 +282,30 @@ func TestParseConfigOneDocument(t *testing.T) {
 		if _, err := node.ParseConfig("c.yml", []byte("limits:\n  rate_limit: 10\n"+tail)); err != nil {
 			t.Errorf("a config ending in %q: %v", tail, err)
 		}
+	}
+}
+
+// What the stricter checks must keep accepting: sizes with a fraction of
+// a unit that make whole bytes, YAML 1.1 booleans without quotes (yaml.v3
+// reads them as written), DNS relays and announce addresses, QUIC
+// relays, IPv6 listen addresses, and the longest timeouts.
+func TestParseConfigAcceptsReasonableValues(t *testing.T) {
+	const id = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+	in := "network:\n" +
+		"  listen: [/ip6/::1/tcp/5210, /ip6/::1/udp/5210/quic-v1]\n" +
+		"  announce: [/dns/example.org/tcp/5210, /dns6/example.org/udp/5210/quic-v1]\n" +
+		"  relays: [/dns4/relay.example.org/tcp/4001/p2p/" + id + ", /ip4/192.0.2.1/udp/4001/quic-v1/p2p/" + id + "]\n" +
+		"  port_mapping: no\n  hole_punching: on\n  autonat: off\n" +
+		"  relay_limit_data: 1.5MiB\n" +
+		"limits:\n  max_payload: 0.5MiB\n  action_timeout: 168h\n  stream_timeout: 24h\n"
+	got, err := node.ParseConfig("config.yml", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, l := got.Network, got.Limits
+	if nc.PortMapping || !nc.HolePunch || nc.AutoNAT || nc.RelayLimitData != 3<<19 || l.MaxPayload != 1<<19 ||
+		l.ActionTimeout != 168*time.Hour || l.StreamTimeout != 24*time.Hour || len(nc.Relays) != 2 {
+		t.Errorf("parsed %+v", got)
 	}
 }
 
