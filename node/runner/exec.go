@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -250,6 +251,25 @@ func (r *Runner) acquire(runCtx, ctx context.Context, inv Invocation) error {
 }
 
 func (r *Runner) release() { <-r.slots }
+
+// closeInheritedOnExec sets close-on-exec on every descriptor above 2 that
+// this process has open. Setting it on one that Go opened, or on one
+// closed and reused meanwhile, changes nothing: Go sets it on all of its
+// own.
+func closeInheritedOnExec() {
+	for _, dir := range []string{"/proc/self/fd", "/dev/fd"} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+				syscall.CloseOnExec(fd)
+			}
+		}
+		return
+	}
+}
 
 // stdinFor returns what the program reads as its standard input: all of
 // input, written before the program starts (a pre-filled pipe when input

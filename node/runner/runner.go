@@ -154,6 +154,12 @@ type Runner struct {
 
 // New returns a Runner for the instance in cfg.Dir. Zero limits take their
 // defaults. The parent environment is captured now, not per run.
+//
+// New also marks every open descriptor of this process above stderr
+// close-on-exec, so that programs get stdin, stdout and stderr only. Go
+// opens its own descriptors that way, but not those this process
+// inherited (from a shell, a supervisor, the headless start's readiness
+// pipe), which every action and receiver would otherwise inherit in turn.
 func New(cfg Config) *Runner {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
@@ -181,6 +187,7 @@ func New(cfg Config) *Runner {
 			cfg.Binary = abs
 		}
 	}
+	closeInheritedOnExec()
 	return &Runner{
 		cfg:     cfg,
 		baseEnv: baseEnv(cfg, os.Environ()),
