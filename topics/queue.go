@@ -758,25 +758,35 @@ func (qs *Queues) release(pos uint64) bool {
 	return c == 1
 }
 
+// deleteKeys deletes keys, in batches of at most maxDeletesPerRound, and
+// makes the deletions durable.
 func (qs *Queues) deleteKeys(ctx context.Context, keys []ds.Key) error {
 	for len(keys) > 0 {
 		n := min(len(keys), maxDeletesPerRound)
-		b, err := qs.store.Batch(ctx)
-		if err != nil {
-			return fmt.Errorf("topics: delete queue keys: %w", err)
-		}
-		for _, k := range keys[:n] {
-			if err := b.Delete(ctx, k); err != nil {
-				return fmt.Errorf("topics: delete %s: %w", k, err)
-			}
-		}
-		if err := b.Commit(ctx); err != nil {
-			return fmt.Errorf("topics: delete queue keys: %w", err)
+		if err := qs.deleteBatch(ctx, keys[:n]); err != nil {
+			return err
 		}
 		keys = keys[n:]
 	}
 	if err := qs.sync(ctx, ds.RawKey(queueNamespace)); err != nil {
 		return fmt.Errorf("topics: sync: %w", err)
+	}
+	return nil
+}
+
+// deleteBatch deletes keys in one batch, without a Sync.
+func (qs *Queues) deleteBatch(ctx context.Context, keys []ds.Key) error {
+	b, err := qs.store.Batch(ctx)
+	if err != nil {
+		return fmt.Errorf("topics: delete queue keys: %w", err)
+	}
+	for _, k := range keys {
+		if err := b.Delete(ctx, k); err != nil {
+			return fmt.Errorf("topics: delete %s: %w", k, err)
+		}
+	}
+	if err := b.Commit(ctx); err != nil {
+		return fmt.Errorf("topics: delete queue keys: %w", err)
 	}
 	return nil
 }
@@ -890,7 +900,7 @@ func sameSubscription(a, b Subscription) bool {
 
 // RemoveSubscription removes subscription id and its queue, durably: log
 // entries that only it still needed are deleted. Wait channels of the
-// queue are closed.
+// queue are closed. On failure, see RemoveWhere.
 func (qs *Queues) RemoveSubscription(ctx context.Context, id string) (Subscription, error) {
 	removed, err := qs.remove(ctx, func(s Subscription) bool { return s.ID == id }, id)
 	if err != nil {
@@ -905,6 +915,12 @@ func (qs *Queues) RemoveSubscription(ctx context.Context, id string) (Subscripti
 // RemoveWhere removes every subscription for which fn returns true (for
 // example all made with a revoked token, or all of one subscriber) with
 // their queues, durably, and returns them sorted by id.
+//
+// If removing fails, the error says so, and the queues keep what the
+// datastore holds: when the subscription records could not be deleted
+// nothing is removed (and nil is returned); once they are deleted the
+// subscriptions are removed, and a later failure (to make that durable)
+// is returned with them.
 func (qs *Queues) RemoveWhere(ctx context.Context, fn func(Subscription) bool) ([]Subscription, error) {
 	return qs.remove(ctx, fn, "")
 }
@@ -942,10 +958,12 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 	slices.SortFunc(victims, func(a, b *queue) int { return cmp.Compare(a.sub.ID, b.sub.ID) })
 
 	// commitMu keeps the committer out while the victims' references are
-	// counted and released. The records go in the first batch: once they
-	// are gone, a restart no longer counts the victims' references, so a
-	// crash between batches leaves only entries that the next open
-	// deletes as unneeded.
+	// counted and released. The records go first, in one batch of their
+	// own: until it is committed nothing has changed, and once it is, a
+	// restart no longer counts the victims' references, so the victims
+	// are removed in memory at once, whatever happens to the rest (a
+	// failure or crash later leaves only entries that the next open
+	// deletes as unneeded).
 	qs.commitMu.Lock()
 	defer qs.commitMu.Unlock()
 	// A queue whose last state write failed has released entries in
@@ -954,10 +972,19 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 	if err := qs.writeDirtyLocked(ctx); err != nil {
 		return nil, err
 	}
-	release := make(map[uint64]uint32)
-	keys := make([]ds.Key, 0, 2*len(victims))
+	records := make([]ds.Key, 0, 2*len(victims))
 	for _, q := range victims {
-		keys = append(keys, ds.RawKey(subKey(q.sub.ID)), ds.RawKey(subMetaKey(q.sub.ID)))
+		records = append(records, ds.RawKey(subKey(q.sub.ID)), ds.RawKey(subMetaKey(q.sub.ID)))
+	}
+	if err := qs.deleteBatch(ctx, records); err != nil {
+		return nil, err // nothing removed
+	}
+	// From here on the committer skips these queues.
+	for _, q := range victims {
+		q.removed.Store(true)
+	}
+	release := make(map[uint64]uint32)
+	for _, q := range victims {
 		q.mu.Lock()
 		q.pos.each(q.cHead, q.cNext, func(_, pos uint64) bool {
 			release[pos]++
@@ -972,17 +999,11 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 		}
 	}
 	slices.Sort(gone)
+	keys := make([]ds.Key, 0, len(gone))
 	var key []byte
 	for _, pos := range gone {
 		key = appendLogKey(key[:0], pos)
 		keys = append(keys, ds.RawKey(string(key)))
-	}
-	if err := qs.deleteKeys(ctx, keys); err != nil {
-		return nil, err
-	}
-	// From here on the committer skips these queues.
-	for _, q := range victims {
-		q.removed.Store(true)
 	}
 	for pos, n := range release {
 		qs.decRefs(pos, n)
@@ -1005,6 +1026,19 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 		q.memBytes = 0
 		q.pos = posIndex{}
 		q.mu.Unlock()
+	}
+	for len(keys) > 0 {
+		n := min(len(keys), maxDeletesPerRound)
+		if err := qs.deleteBatch(ctx, keys[:n]); err != nil {
+			// Nothing counts on them any more; the next open deletes them.
+			qs.log.Warn("deleting the log entries of removed subscriptions failed; they are deleted at the next start", "entries", len(keys), "err", err)
+			break
+		}
+		keys = keys[n:]
+	}
+	if err := qs.sync(ctx, ds.RawKey(queueNamespace)); err != nil {
+		// Removed here, but a machine crash may bring them back.
+		return out, fmt.Errorf("topics: remove subscriptions: sync: %w", err)
 	}
 	return out, nil
 }

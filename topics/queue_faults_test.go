@@ -429,6 +429,7 @@ type plStore struct {
 	failCommits atomic.Int32 // the next n commits fail
 	failSyncs   atomic.Int32 // the next n Syncs fail
 	failBatches atomic.Int32 // the next n Batch calls fail
+	failCommit  atomic.Int64 // the commit attempt with this number (see commits) fails
 	commits     atomic.Int64 // commit attempts
 	gate        atomic.Pointer[chan struct{}]
 	waiting     atomic.Int64 // Syncs waiting at the gate
@@ -478,7 +479,9 @@ func (s *plStore) commit(ctx context.Context, ops []plOp) error {
 		s.late.Add(1)
 		return errPLClosed
 	}
-	s.commits.Add(1)
+	if s.commits.Add(1) == s.failCommit.Load() {
+		return errors.New("injected commit failure")
+	}
 	for {
 		n := s.failCommits.Load()
 		if n <= 0 {
@@ -1047,5 +1050,61 @@ func TestDropsBeyondOneReleaseRoundCountedOnceAcrossACrash(t *testing.T) {
 	publish(t, qs2, msg("a", "last"))
 	if st := status(t, qs2, "s"); st.Dropped != uint64(len(msgs)) || st.Depth != 1 {
 		t.Fatalf("after one more publication: dropped %d, depth %d; want %d, 1", st.Dropped, st.Depth, len(msgs))
+	}
+}
+
+// A removal whose datastore writes fail part-way must leave the queues as
+// the datastore has them: removed once the subscription records are
+// deleted (a restart no longer knows them, so publications routed to them
+// meanwhile would be lost with them, and their references would hold log
+// entries back), and untouched while they are not.
+func TestRemoveFailingPartWayIsConsistent(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		fail    func(s *plStore)
+		removed bool
+	}{
+		{"records-commit", func(s *plStore) { s.failCommit.Store(s.commits.Load() + 1) }, false},
+		{"log-commit", func(s *plStore) { s.failCommit.Store(s.commits.Load() + 2) }, true},
+		{"sync", func(s *plStore) { s.failSyncs.Store(1) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			store := newPLStore()
+			qs := openQueues(t, store, QueueOptions{})
+			addSub(t, qs, "s", "a")
+			addSub(t, qs, "o", "b")
+			publish(t, qs, msg("a", "a1"), msg("a", "a2"), msg("b", "b1"))
+
+			tc.fail(store)
+			_, err := qs.RemoveSubscription(ctx, "s")
+			t.Logf("RemoveSubscription = %v", err)
+			if _, live := qs.Subscription("s"); live == tc.removed {
+				t.Fatalf("after the failure, subscription s is live: %v, want %v", live, !tc.removed)
+			}
+			if tc.removed {
+				if _, err := qs.Read("s", 0, 0, 0); !errors.Is(err, ErrNoSubscription) {
+					t.Fatalf("Read of the removed queue = %v, want ErrNoSubscription", err)
+				}
+			} else {
+				if err == nil {
+					t.Fatal("RemoveSubscription succeeded although nothing was deleted")
+				}
+				wantItems(t, readAll(t, qs, "s", 0), "1:a:a1", "2:a:a2")
+			}
+
+			// The process restarts on what it wrote.
+			store2 := store.crash(t, store.unsynced())
+			qs2 := openQueues(t, store2, QueueOptions{})
+			if _, live := qs2.Subscription("s"); live == tc.removed {
+				t.Fatalf("after a restart, subscription s is live: %v, want %v", live, !tc.removed)
+			}
+			if tc.removed {
+				wantPositions(t, store2, []uint64{3}) // b1; s's entries deleted by the open
+			} else {
+				wantItems(t, readAll(t, qs2, "s", 0), "1:a:a1", "2:a:a2")
+			}
+			wantItems(t, readAll(t, qs2, "o", 0), "1:b:b1")
+		})
 	}
 }
