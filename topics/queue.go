@@ -1985,10 +1985,10 @@ func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]I
 	add := func(i int, val []byte) error {
 		r := refs[i]
 		if val == nil {
-			// Released meanwhile (acked or dropped), unless the
-			// datastore lost it.
+			// Released meanwhile (acked, dropped, or the subscription
+			// removed), unless the datastore lost it.
 			q.mu.Lock()
-			lost := r.seq >= q.released
+			lost := r.seq >= q.released && !q.removed.Load()
 			q.mu.Unlock()
 			if lost {
 				qs.log.Warn("queued publication missing from the log; skipped", "subscription", q.sub.ID, "seq", r.seq, "position", r.pos)

@@ -1108,3 +1108,50 @@ func TestRemoveFailingPartWayIsConsistent(t *testing.T) {
 		})
 	}
 }
+
+// gatedGet holds the next Get, once armed, until gate is closed.
+type gatedGet struct {
+	ds.Batching
+	armed   atomic.Bool
+	waiting atomic.Int64
+	gate    chan struct{}
+}
+
+func (s *gatedGet) Get(ctx context.Context, k ds.Key) ([]byte, error) {
+	if s.armed.CompareAndSwap(true, false) {
+		s.waiting.Add(1)
+		<-s.gate
+	}
+	return s.Batching.Get(ctx, k)
+}
+
+// A Read from the datastore that finds the entries gone because the
+// subscription was removed meanwhile must not warn that the datastore
+// lost queued publications.
+func TestRemoveRacingReadDoesNotWarn(t *testing.T) {
+	store := &gatedGet{Batching: datastore.NewMemory().Batching(), gate: make(chan struct{})}
+	wc := &warnCount{}
+	// A budget of one byte caches nothing: Read goes to the datastore.
+	qs := openQueues(t, store, QueueOptions{MemoryPerQueue: 1, Logger: slog.New(wc)})
+	addSub(t, qs, "s", "a")
+	publish(t, qs, msg("a", "a1"), msg("a", "a2"), msg("a", "a3"))
+
+	store.armed.Store(true)
+	read := make(chan error, 1)
+	go func() {
+		items, err := qs.Read("s", 0, 0, 0)
+		t.Logf("Read racing the removal: %q, %v", summary(items), err)
+		read <- err
+	}()
+	waitFor(t, func() bool { return store.waiting.Load() == 1 }) // positions mapped, fetching
+	if _, err := qs.RemoveSubscription(context.Background(), "s"); err != nil {
+		t.Fatal(err)
+	}
+	close(store.gate)
+	if err := <-read; err != nil {
+		t.Fatalf("Read racing the removal = %v", err)
+	}
+	if n := wc.n.Load(); n > 0 {
+		t.Fatalf("%d warnings that queued publications are missing from the log, for a removed subscription", n)
+	}
+}
