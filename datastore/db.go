@@ -37,6 +37,9 @@ var (
 	ErrInvalidID = errors.New("datastore: invalid id")
 	// ErrClosed is returned by DB.Sync after Close.
 	ErrClosed = errors.New("datastore: closed")
+	// ErrNotDatastore is returned by Open for a directory that holds other
+	// files but no database: Open does not create one among them.
+	ErrNotDatastore = errors.New("datastore: directory holds no datastore")
 )
 
 // SchemaVersion is the on-disk schema this build reads and writes. Bump it
@@ -94,7 +97,10 @@ func WithSyncWrites() Option {
 
 // Open opens, creating it if needed, the pebble database in dir. If another
 // process has it open the error wraps ErrLocked; if it was written by a newer
-// schema the error wraps ErrSchemaTooNew.
+// schema the error wraps ErrSchemaTooNew. A database is created only in a
+// new or empty directory: one that holds other files but no database is
+// refused with ErrNotDatastore (a mistyped path must not scatter pebble's
+// files among the user's).
 func Open(dir string, opts ...Option) (*DB, error) {
 	o := options{cacheSize: DefaultCacheSize}
 	for _, opt := range opts {
@@ -104,6 +110,10 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("datastore: create %s: %w", dir, err)
+	}
+	// Before anything is changed in it (its permissions included).
+	if err := checkDir(dir); err != nil {
+		return nil, err
 	}
 	// Its records include secrets (issued tokens): owner only, also for a
 	// directory of ours an older version created 0755 (pebble's files are
@@ -174,6 +184,47 @@ func Open(dir string, opts ...Option) (*DB, error) {
 		return nil, errors.Join(err, db.Close())
 	}
 	return db, nil
+}
+
+// checkDir refuses a directory that holds files of its own but no pebble
+// database. Files pebble creates are allowed without a manifest (an Open
+// interrupted while creating the database leaves them, and another Open
+// creating it at this moment holds them), so only a file pebble would not
+// have written marks the directory as someone else's.
+func checkDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("datastore: read %s: %w", dir, err)
+	}
+	foreign := ""
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case strings.HasPrefix(name, "marker.manifest."), strings.HasPrefix(name, "MANIFEST-"), name == "CURRENT":
+			return nil // a database, whatever else lies beside it
+		case foreign == "" && !isPebbleFile(name):
+			foreign = name
+		}
+	}
+	if foreign != "" {
+		return fmt.Errorf("%w: %s is not empty (it holds %.64q, for example) and holds no database; refusing to create one among other files: use a new or empty directory", ErrNotDatastore, dir, foreign)
+	}
+	return nil
+}
+
+// isPebbleFile reports whether name is one that pebble creates in its
+// directory: LOCK, OPTIONS-<n>, marker.*, <n>.log, <n>.sst, <n>.blob or a
+// temporary *.dbtmp.
+func isPebbleFile(name string) bool {
+	switch {
+	case name == "LOCK", strings.HasPrefix(name, "OPTIONS-"), strings.HasPrefix(name, "marker."), strings.HasSuffix(name, ".dbtmp"):
+		return true
+	}
+	base, ext, ok := strings.Cut(name, ".")
+	if !ok || base == "" || strings.Trim(base, "0123456789") != "" {
+		return false
+	}
+	return ext == "log" || ext == "sst" || ext == "blob"
 }
 
 // isLockConflict reports whether err from pebble.LockDirectory means the

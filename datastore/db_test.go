@@ -360,3 +360,74 @@ func TestOpenRefusesForeignDatabase(t *testing.T) {
 		}
 	}
 }
+
+// Open creates a database only in a new or empty directory: pointed at one
+// that holds other files (a mistyped path, a home directory) it refuses,
+// rather than scatter pebble's files among them, and changes nothing
+// there. New and empty directories and existing databases still open.
+func TestOpenRefusesDirectoryOfOtherFiles(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "photos"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	db, err := Open(dir)
+	if err == nil {
+		_ = db.Close()
+		t.Fatal("Open created a database among other files")
+	}
+	if !errors.Is(err, ErrNotDatastore) {
+		t.Fatalf("Open of a directory of other files = %v, want ErrNotDatastore", err)
+	}
+	t.Logf("error shown to the user: %v", err)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, ",") != "notes.txt,photos" {
+		t.Errorf("the refused directory now holds %q", names)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("the refused directory's mode changed: %v, %v", fi.Mode(), err)
+	}
+
+	opens := map[string]string{
+		"new":   filepath.Join(t.TempDir(), "data"),
+		"empty": t.TempDir(),
+		// An Open interrupted before pebble wrote its manifest.
+		"lock only": t.TempDir(),
+	}
+	if err := os.WriteFile(filepath.Join(opens["lock only"], "LOCK"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, dir := range opens {
+		db, err := Open(dir)
+		if err != nil {
+			t.Fatalf("Open of a %s directory = %v", name, err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// Now an existing database, also with a file of someone else's
+		// beside it.
+		if err := os.WriteFile(filepath.Join(dir, "README"), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		db, err = Open(dir)
+		if err != nil {
+			t.Fatalf("reopening the database made in a %s directory = %v", name, err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
