@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -254,12 +255,19 @@ func cleanPath(p string) string {
 // streamed marks a handler that wrote its own answer.
 var streamed = &struct{ streamed bool }{}
 
-// decodeBody decodes the request body, one JSON value and nothing after
-// it but white space, into v.
+// decodeBody decodes the request body, one JSON object and nothing after
+// it but white space, into v. Every request body is an object: an empty
+// body, or null (which decoded as an empty request: POST /v1/tokens with
+// null issued a token with the default permissions), is refused.
 func decodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
+	br := bufio.NewReader(r.Body)
+	err := firstByte(br, '{')
+	if err != nil {
+		return bodyError(err)
+	}
+	dec := json.NewDecoder(br)
 	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
+	err = dec.Decode(v)
 	if err == nil {
 		// Read on to the end of the body (dec.More stops at a '}' or
 		// ']' and accepted `{...}]`), which also tells net/http that
@@ -273,9 +281,46 @@ func decodeBody(r *http.Request, v any) error {
 			return badRequest("invalid request body: trailing data after the JSON value")
 		}
 	}
+	return bodyError(err)
+}
+
+// firstByte's errors: an empty body, one that is not a JSON object.
+var (
+	errEmptyBody = errors.New("empty")
+	errNotObject = errors.New("not a JSON object")
+)
+
+// firstByte skips white space and checks that the next byte is want,
+// leaving it unread.
+func firstByte(br *bufio.Reader, want byte) error {
+	for {
+		b, err := br.ReadByte()
+		if errors.Is(err, io.EOF) {
+			return errEmptyBody
+		}
+		if err != nil {
+			return err
+		}
+		switch b {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case want:
+			return br.UnreadByte()
+		}
+		return errNotObject
+	}
+}
+
+func bodyError(err error) error {
 	if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
 		return &localapi.Error{Status: http.StatusRequestEntityTooLarge, Code: localapi.CodeBadRequest,
 			Message: fmt.Sprintf("request body over the limit of %d bytes", mbe.Limit)}
+	}
+	switch {
+	case errors.Is(err, errEmptyBody):
+		return badRequest("invalid request body: it is empty; send a JSON object")
+	case errors.Is(err, errNotObject):
+		return badRequest("invalid request body: not a JSON object (it must start with '{')")
 	}
 	return badRequest("invalid request body: %v", err)
 }
