@@ -77,3 +77,20 @@ func TestControlBodyNotObject(t *testing.T) {
 		t.Errorf("issue with a JSON object: HTTP %d %+v", code, e)
 	}
 }
+
+// A duration too large for a Duration is refused as out of range: it
+// wrapped, and expires_in 1e300 was refused as negative (or, for another
+// value, could come out as an unrelated positive duration).
+func TestControlDurationOutOfRange(t *testing.T) {
+	l := runService(t, node.LoopbackConfig(0))
+	for _, body := range []string{`{"expires_in":1e300}`, `{"not_before":1e11}`, `{"expires_in":-1e300}`} {
+		code, e := rawRequest(t, l, http.MethodPost, "/v1/tokens", body)
+		if code != http.StatusBadRequest || e.Code != localapi.CodeBadRequest || !strings.Contains(e.Message, "out of range") {
+			t.Errorf("POST /v1/tokens %s: HTTP %d %+v; want a bad request saying out of range", body, code, e)
+		}
+	}
+	// A duration in range is taken as before.
+	if code, e := rawRequest(t, l, http.MethodPost, "/v1/tokens", `{"expires_in":3600}`); code != http.StatusOK {
+		t.Errorf("issue expiring in an hour: HTTP %d %+v", code, e)
+	}
+}

@@ -8,6 +8,8 @@ package localapi
 
 import (
 	"encoding/json"
+	"fmt"
+	"math"
 	"time"
 )
 
@@ -80,13 +82,19 @@ func (d Duration) MarshalJSON() ([]byte, error) {
 	return json.Marshal(time.Duration(d).Seconds())
 }
 
-// UnmarshalJSON reads seconds.
+// UnmarshalJSON reads seconds. A number of seconds that a Duration cannot
+// hold (beyond about 292 years either way) is refused: converted, it
+// wrapped to an unrelated value (1e300 came out negative).
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s float64
 	if err := json.Unmarshal(b, &s); err != nil {
 		return err
 	}
-	*d = Duration(s * float64(time.Second))
+	ns := s * float64(time.Second)
+	if !(ns > math.MinInt64 && ns < math.MaxInt64) {
+		return fmt.Errorf("duration of %g seconds is out of range (at most about 292 years)", s)
+	}
+	*d = Duration(ns)
 	return nil
 }
 
