@@ -192,6 +192,13 @@ func (n *Node) Handler(stop func()) http.Handler {
 		if err := decodeBody(r, &req); err != nil {
 			return nil, err
 		}
+		// Without these the answer was "no subscription to \"\" at ".
+		if req.Peer == "" {
+			return nil, badRequest("unsubscribe needs the peer whose subscription to end (see: coattail subscriptions list)")
+		}
+		if err := topics.ValidatePattern(req.Pattern); err != nil {
+			return nil, err
+		}
 		cnt, err := n.Unsubscribe(r.Context(), req)
 		return localapi.UnsubscribeResult{Removed: cnt}, err
 	})

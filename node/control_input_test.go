@@ -94,3 +94,20 @@ func TestControlDurationOutOfRange(t *testing.T) {
 		t.Errorf("issue expiring in an hour: HTTP %d %+v", code, e)
 	}
 }
+
+// An unsubscribe without a peer or with a pattern that is not one is a bad
+// request that says what is wrong; it was answered not found, "no
+// subscription to "" at ".
+func TestControlUnsubscribeInput(t *testing.T) {
+	l := runService(t, node.LoopbackConfig(0))
+	for _, body := range []string{`{}`, `{"pattern":"a"}`, `{"peer":"p"}`, `{"peer":"p","pattern":"a b"}`} {
+		code, e := rawRequest(t, l, http.MethodPost, "/v1/subscriptions/remove", body)
+		if code != http.StatusBadRequest || e.Code != localapi.CodeBadRequest {
+			t.Errorf("unsubscribe %s: HTTP %d %+v; want a bad request", body, code, e)
+		}
+	}
+	// A well-formed one that matches nothing is still not found.
+	if code, e := rawRequest(t, l, http.MethodPost, "/v1/subscriptions/remove", `{"peer":"p","pattern":"a.>"}`); code != http.StatusNotFound || e.Code != localapi.CodeNotFound {
+		t.Errorf("unsubscribe matching nothing: HTTP %d %+v; want not found", code, e)
+	}
+}
