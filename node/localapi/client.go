@@ -63,7 +63,10 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 
 // InProcess returns a client that serves requests with h in this process,
 // over an in-memory connection, so the exact same HTTP path is exercised as
-// over the socket. Close stops the in-memory server.
+// over the socket. Close stops the in-memory server, waiting (up to
+// inProcessDrain) for handlers still running: a request the caller gave up
+// on (Ctrl-C) may still be in its handler, and the caller closes the node
+// and its datastore right after Close.
 func InProcess(h http.Handler) *Client {
 	l := newPipeListener()
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
@@ -71,9 +74,18 @@ func InProcess(h http.Handler) *Client {
 	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return l.dial(ctx) }}
 	return &Client{hc: &http.Client{Transport: tr, CheckRedirect: noRedirects}, close: func() error {
 		tr.CloseIdleConnections()
-		return srv.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), inProcessDrain)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			return errors.Join(err, srv.Close())
+		}
+		return nil
 	}}
 }
+
+// inProcessDrain bounds how long closing an in-process client waits for
+// running handlers (their requests were cancelled; they end soon).
+const inProcessDrain = 10 * time.Second
 
 // Close releases the client's connections.
 func (c *Client) Close() error { return c.close() }

@@ -143,3 +143,36 @@ func TestClientErrorAlwaysHasCode(t *testing.T) {
 	_, err = c.Perform(testCtx(t), localapi.PerformRequest{Action: "a"}, nil)
 	check("empty stream error", err, 0)
 }
+
+// The offline CLI serves its one request in process and closes the node
+// right after the client. A request the caller gave up on (Ctrl-C) may
+// still be in its handler: Close returned at once, and the handler went on
+// to use a closed datastore. Close now waits for running handlers.
+func TestInProcessCloseWaitsForHandlers(t *testing.T) {
+	started := make(chan struct{})
+	var finished sync.WaitGroup
+	finished.Add(1)
+	done := false
+	c := localapi.InProcess(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer finished.Done()
+		close(started)
+		<-r.Context().Done()               // the caller gave up
+		time.Sleep(200 * time.Millisecond) // a handler finishing its work
+		done = true
+	}))
+	ctx, cancel := context.WithCancel(testCtx(t))
+	errc := make(chan error, 1)
+	go func() { errc <- c.Do(ctx, http.MethodGet, "/v1/slow", nil, nil) }()
+	<-started
+	cancel()
+	if err := <-errc; err == nil {
+		t.Fatal("a cancelled request succeeded")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if !done {
+		t.Fatal("Close returned while a handler was still running")
+	}
+	finished.Wait()
+}
