@@ -56,8 +56,71 @@ type netsvc struct {
 	relay *relayv2.Relay
 	nat   *natState
 
-	stopNudger context.CancelFunc
+	// handlers tracks every goroutine serving a peer's stream, and the
+	// nudger's: close cancels and waits for them before the node closes
+	// the queues and the datastore they use.
+	handlers *handlers
 }
+
+// handlers is a set of running goroutines with one context, cancelled at
+// shut; after shut no new one is admitted.
+type handlers struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.RWMutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func newHandlers() *handlers {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &handlers{ctx: ctx, cancel: cancel}
+}
+
+// begin admits a goroutine, to be ended with end; false once shut.
+func (h *handlers) begin() bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.closed {
+		return false
+	}
+	h.wg.Add(1)
+	return true
+}
+
+func (h *handlers) end() { h.wg.Done() }
+
+// shut cancels the handlers' context and admits no more.
+func (h *handlers) shut() {
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
+	h.cancel()
+}
+
+// wait waits, up to timeout, for every admitted goroutine to end, and
+// reports whether they did.
+func (h *handlers) wait(timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		h.wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// handlersDrain bounds how long closing a node waits for its stream
+// handlers once their contexts are cancelled and their streams reset (an
+// action they run is killed at once; a receiver or action ignoring its
+// context may keep one longer).
+const handlersDrain = 10 * time.Second
 
 // natState is what the host's event bus has said about NAT traversal,
 // kept for `service status`.
@@ -403,7 +466,7 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 		return nil, err
 	}
 	nw := &netsvc{n: n, host: h, limits: newPeerLimits(n.cfg.Limits), sess: newSessions(), attached: newAttached(h.ConnManager()),
-		subAddrs: datastore.NewStore[[]string](n.db.Batching(), "/subs/addrs")}
+		subAddrs: datastore.NewStore[[]string](n.db.Batching(), "/subs/addrs"), handlers: newHandlers()}
 	nw.restoreSubscribers(context.Background())
 	fail := func(err error) (*netsvc, error) {
 		if nw.nat != nil {
@@ -431,9 +494,12 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 		}
 	}
 	nw.register()
-	nctx, stopNudger := context.WithCancel(context.Background())
-	nw.stopNudger = stopNudger
-	go nw.nudger(nctx)
+	if nw.handlers.begin() {
+		go func() {
+			defer nw.handlers.end()
+			nw.nudger(nw.handlers.ctx)
+		}()
+	}
 	n.auth.OnRevoke(nw.sess.revoke)
 	for _, w := range n.cfg.Warnings() {
 		n.log.Warn("config: " + w)
@@ -443,10 +509,13 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 }
 
 func (nw *netsvc) close() error {
-	nw.stopNudger()
 	for _, p := range allProtocols {
 		nw.host.RemoveStreamHandler(p)
 	}
+	// Handlers' contexts end (actions they run are stopped), then the host
+	// resets their streams (unblocking reads and writes); the node closes
+	// the queues and the datastore only once they have returned.
+	nw.handlers.shut()
 	var errs []error
 	if nw.relay != nil {
 		errs = append(errs, nw.relay.Close())
@@ -454,7 +523,11 @@ func (nw *netsvc) close() error {
 	if nw.nat != nil {
 		errs = append(errs, nw.nat.sub.Close())
 	}
-	return errors.Join(append(errs, nw.host.Close())...)
+	errs = append(errs, nw.host.Close())
+	if !nw.handlers.wait(handlersDrain) {
+		nw.n.log.Error("stream handlers still running after the host closed; closing the datastore anyway", "waited", handlersDrain)
+	}
+	return errors.Join(errs...)
 }
 
 func (nw *netsvc) fillStatus(s *localapi.Status) {

@@ -10,9 +10,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -251,5 +253,44 @@ func TestRemotePerformCallerHalfCloseIsToldWhy(t *testing.T) {
 				t.Errorf("answered %s (%s), want %s", e.Code, e.Message, wire.CodeBadRequest)
 			}
 		})
+	}
+}
+
+// Closing a node while a peer's stream is being served: the handler's
+// context is cancelled and Close waits for it to return before it closes
+// the queues and the datastore under it. Handlers ran on a context of
+// their own and were not waited for, so one still finishing (here the
+// perform handler, whose runner waits a second for the pipes a grandchild
+// outside the action's process group holds) went on after Close, towards
+// a closed datastore.
+func TestCloseWaitsForStreamHandlers(t *testing.T) {
+	var logs syncBuffer
+	a := newTestNode(t, func(o *node.Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	b := newTestNode(t, withQuietLog())
+	writeAction(t, a, "hold", `#!/bin/sh
+dir=$(cat | tr -d '"')
+setsid sh -c 'echo $$ > "$0/escaped.pid"; exec sleep 30' "$dir" &
+echo $$ > "$dir/main.pid"
+wait
+`)
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Perform: []string{">"}})
+	dir := t.TempDir()
+	in, _ := json.Marshal(dir)
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Perform(testCtx(t), localapi.PerformRequest{Peer: pid, Action: "hold", Input: in}, nil)
+		done <- err
+	}()
+	readPID(t, filepath.Join(dir, "main.pid"))
+	escaped := readPID(t, filepath.Join(dir, "escaped.pid"))
+	t.Cleanup(func() { _ = syscall.Kill(escaped, syscall.SIGKILL) })
+	if err := a.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if !strings.Contains(logs.String(), `msg="request failed"`) {
+		t.Fatalf("Close returned before the perform handler finished; log so far:\n%s", logs.String())
+	}
+	if err := waitErr(t, done, "the perform at a closed node"); err == nil {
+		t.Error("a perform at a node that closed succeeded")
 	}
 }

@@ -118,6 +118,11 @@ func remoteOf(c network.Conn) auth.Remote {
 // token, verified before anything else happens).
 func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.StreamHandler {
 	return func(st network.Stream) {
+		if !nw.handlers.begin() {
+			_ = st.Reset() // closing
+			return
+		}
+		defer nw.handlers.end()
 		p := st.Conn().RemotePeer()
 		log := nw.n.log.With("peer", p.String(), "protocol", string(st.Protocol()))
 		s := newSession(st, nw.n.maxFrame(), p, st.Protocol())
@@ -154,7 +159,7 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 			_ = st.Reset()
 			return
 		}
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := context.WithCancel(nw.handlers.ctx)
 		defer cancel()
 		// Revocation resets the stream, but a handler that no longer reads
 		// it (perform, once the request is in) would not notice: cancel its
@@ -219,6 +224,11 @@ func (nw *netsvc) dropRefusedSubscription(s *session, p peer.ID) {
 // authenticated by the peer id of the secure channel, and they are short.
 func (nw *netsvc) servePeer(fn func(st network.Stream, p peer.ID)) network.StreamHandler {
 	return func(st network.Stream) {
+		if !nw.handlers.begin() {
+			_ = st.Reset() // closing
+			return
+		}
+		defer nw.handlers.end()
 		p := st.Conn().RemotePeer()
 		if v := nw.limits.acquire(p); !v.ok() {
 			_ = st.Reset()

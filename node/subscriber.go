@@ -1038,7 +1038,13 @@ func (nw *netsvc) nudger(ctx context.Context) {
 		}
 		due := plan.due(time.Now(), nw.n.queues.Status(), func(id string) bool { return nw.attached.path(id) != "" })
 		for sub, ids := range due {
-			go nw.nudge(ctx, sub, ids)
+			if !nw.handlers.begin() {
+				return
+			}
+			go func() {
+				defer nw.handlers.end()
+				nw.nudge(ctx, sub, ids)
+			}()
 		}
 	}
 }
