@@ -1,14 +1,12 @@
 package node_test
 
 import (
-	"bytes"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -374,24 +372,6 @@ func TestParseConfigDuplicateRelays(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log sink that nodes may write to from any goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // max_output above max_payload is allowed (a local perform may return
 // more than a peer may send), and the service says at start, once, what
 // it costs.
@@ -414,7 +394,7 @@ func TestMaxOutputAboveMaxPayloadWarnsAtStart(t *testing.T) {
 		output node.ByteSize
 		warns  int
 	}{{"above", 2 << 20, 1}, {"equal", 1 << 20, 0}} {
-		var logs lockedBuffer
+		var logs syncBuffer
 		newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxPayload, l.MaxOutput = 1<<20, c.output }),
 			func(o *node.Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 		if n := strings.Count(logs.String(), "level=WARN msg=\"config: max_output"); n != c.warns {
