@@ -1848,6 +1848,13 @@ func (qs *Queues) takeDirty() []*queue {
 	return dirty
 }
 
+// hasDirty reports whether some queue waits for a round.
+func (qs *Queues) hasDirty() bool {
+	qs.dirtyMu.Lock()
+	defer qs.dirtyMu.Unlock()
+	return len(qs.dirty) > 0
+}
+
 // writeDirtyLocked writes the pending releases and the state of every
 // dirty queue now, in one batch without a Sync, as the committer's next
 // round would. Called with commitMu held.
@@ -2219,6 +2226,14 @@ func (qs *Queues) Close() error {
 				rd.touches = append(rd.touches, &touch{q: q, first: q.cNext})
 			}
 			err := qs.writeRound(ctx, rd)
+			// A round releases at most maxDeletesPerRound entries per
+			// queue and marks the queue dirty for the rest: write rounds
+			// until none is left, or a restart brings back entries whose
+			// drop (drop_oldest) was counted, and keeps acked ones on
+			// disk until their next release.
+			for err == nil && qs.hasDirty() {
+				err = qs.writeDirtyLocked(ctx)
+			}
 			qs.commitMu.Unlock()
 			if err == nil {
 				err = qs.sync(ctx, ds.RawKey(queueNamespace))

@@ -1411,3 +1411,46 @@ func TestQueueRefsStayBoundedBehindSlowSubscription(t *testing.T) {
 		}
 	})
 }
+
+// Close writes the queues' last state. A round releases at most
+// maxDeletesPerRound log entries per queue, and Close wrote one round
+// after the committer's last: acknowledging many times that just before
+// Close left the rest on disk (and dropped ones of a drop_oldest queue
+// came back after a restart).
+func TestCloseReleasesEverythingAcked(t *testing.T) {
+	store := datastore.NewMemory().Batching()
+	qs := openQueues(t, store, QueueOptions{})
+	addSub(t, qs, "s", ">")
+	const n = maxDeletesPerRound * 8
+	batch := make([]Message, 0, 4096)
+	for i := 0; i < n; i += len(batch) {
+		batch = batch[:0]
+		for j := i; j < min(n, i+4096); j++ {
+			batch = append(batch, msg("a", "1"))
+		}
+		if _, err := qs.Publish(context.Background(), batch, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The committer is held while the ack and Close arrive, as on a busy
+	// machine: the releases are left to Close.
+	qs.commitMu.Lock()
+	if err := qs.Ack("s", n); err != nil {
+		qs.commitMu.Unlock()
+		t.Fatal(err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- qs.Close() }()
+	time.Sleep(100 * time.Millisecond) // let Close reach the committer
+	qs.commitMu.Unlock()
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if left := len(logPositions(t, store)); left != 0 {
+		t.Fatalf("%d of %d acknowledged log entries left on disk after Close", left, n)
+	}
+	reopened := openQueues(t, store, QueueOptions{})
+	if items, err := reopened.Read("s", 0, 10, 1<<20); err != nil || len(items) != 0 {
+		t.Fatalf("after reopening: %d items (%v), want none", len(items), err)
+	}
+}
