@@ -143,6 +143,9 @@ type LimitsConfig struct {
 	MaxHops                 int           `yaml:"max_hops"`
 	ReceiverRetries         int           `yaml:"receiver_retries"`
 	ReceiverBackoff         time.Duration `yaml:"receiver_backoff"`
+	// MaxRunning bounds the executable actions and receivers running at
+	// once (in-process handlers are not counted).
+	MaxRunning int `yaml:"max_running"`
 }
 
 // LogConfig configures the service log.
@@ -192,6 +195,7 @@ func DefaultConfig(port int) Config {
 			MaxHops:                 16,
 			ReceiverRetries:         3,
 			ReceiverBackoff:         500 * time.Millisecond,
+			MaxRunning:              1024,
 		},
 		Log: LogConfig{File: "service.log", Level: "info"},
 	}
@@ -593,6 +597,9 @@ func (c *Config) Validate() error {
 	if l.ReceiverBackoff < time.Millisecond || l.ReceiverBackoff > time.Hour {
 		bad("limits.receiver_backoff: %v is out of range (1ms..1h)", l.ReceiverBackoff)
 	}
+	if l.MaxRunning < 1 || l.MaxRunning > 65536 {
+		bad("limits.max_running: %d is out of range (1..65536)", l.MaxRunning)
+	}
 	if c.Log.File == "" {
 		bad("log.file: must not be empty")
 	}
@@ -725,6 +732,10 @@ limits:
   # Defaults: 3 and 500ms.
   receiver_retries: {{.C.Limits.ReceiverRetries}}
   receiver_backoff: {{.C.Limits.ReceiverBackoff}}
+  # Programs (executable actions and receivers) running at once; one
+  # more waits for a slot within its action_timeout. In-process handlers
+  # are not counted. Default: 1024.
+  max_running: {{.C.Limits.MaxRunning}}
 
 log:
   # Service log (JSON lines), relative to the instance directory.

@@ -118,6 +118,8 @@ func TestParseConfigRefusesBadValues(t *testing.T) {
 		"queue policy":     {"limits:\n  queue_full: maybe\n", "limits.queue_full"},
 		"negative rate":    {"limits:\n  rate_limit: -1\n", "limits.rate_limit"},
 		"zero streams":     {"limits:\n  max_streams_per_peer: 0\n", "limits.max_streams_per_peer"},
+		"zero running":     {"limits:\n  max_running: 0\n", "limits.max_running"},
+		"huge running":     {"limits:\n  max_running: 100000\n", "limits.max_running"},
 		"tiny total":       {"limits:\n  queue_memory_total: 64KiB\n", "limits.queue_memory_total"},
 		"transport":        {"network:\n  prefer_transport: udp\n", "network.prefer_transport"},
 		"listen garbage":   {"network:\n  listen: [not-an-addr]\n", "not-an-addr"},

@@ -150,14 +150,15 @@ func New(o Options) (*Node, error) {
 		bin, _ = os.Executable()
 	}
 	n.runner = runner.New(runner.Config{
-		Dir:       o.Dir,
-		PeerID:    id.String(),
-		Socket:    n.layout.Socket(),
-		Binary:    bin,
-		Timeout:   o.Config.Limits.ActionTimeout,
-		MaxInput:  int(o.Config.Limits.MaxPayload),
-		MaxOutput: int(o.Config.Limits.MaxOutput),
-		Logger:    o.Logger,
+		Dir:        o.Dir,
+		PeerID:     id.String(),
+		Socket:     n.layout.Socket(),
+		Binary:     bin,
+		Timeout:    o.Config.Limits.ActionTimeout,
+		MaxInput:   int(o.Config.Limits.MaxPayload),
+		MaxOutput:  int(o.Config.Limits.MaxOutput),
+		MaxRunning: o.Config.Limits.MaxRunning,
+		Logger:     o.Logger,
 	})
 	return n, nil
 }
