@@ -20,6 +20,7 @@ import (
 
 	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node/localapi"
+	"golang.org/x/sys/unix"
 )
 
 // Service errors.
@@ -88,11 +89,11 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	logger, closeLog, err := openLog(l, cfg)
+	logger, logFile, err := openLog(l, cfg)
 	if err != nil {
 		return err
 	}
-	defer closeLog()
+	defer logFile.Close()
 	db, err := openDBRetry(ctx, l)
 	if err != nil {
 		return err
@@ -466,14 +467,179 @@ func listenPrivate(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-func openLog(l Layout, cfg Config) (*slog.Logger, func(), error) {
-	f, err := os.OpenFile(l.LogFile(cfg), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+// Service log rotation. The service log is rotated by size, so that a
+// service that runs for months cannot fill the disk: once service.log
+// would grow past LogMaxSize it is renamed service.log.1 (service.log.1
+// becomes .2, and so on), the oldest beyond LogKeep is deleted, and a new
+// service.log is started. The log therefore takes at most
+// (LogKeep+1) x LogMaxSize. COATTAIL_LOG_MAX_SIZE (bytes, or with a K, M
+// or G suffix, powers of 1024) overrides LogMaxSize; 0 turns rotation off.
+// SIGHUP (see `coattail service start --help`) reopens the file, for
+// an external logrotate that moves it away.
+const (
+	LogMaxSize    = 10 << 20
+	LogKeep       = 3
+	EnvLogMaxSize = "COATTAIL_LOG_MAX_SIZE"
+)
+
+// logMaxSize returns the rotation size: LogMaxSize, or the environment's.
+func logMaxSize() (int64, error) {
+	v := strings.TrimSpace(os.Getenv(EnvLogMaxSize))
+	if v == "" {
+		return LogMaxSize, nil
+	}
+	mult := int64(1)
+	switch strings.ToUpper(v[len(v)-1:]) {
+	case "K":
+		mult = 1 << 10
+	case "M":
+		mult = 1 << 20
+	case "G":
+		mult = 1 << 30
+	}
+	if mult != 1 {
+		v = v[:len(v)-1]
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("node: %s=%q: want a size in bytes (e.g. 10485760, 10M), or 0 for no rotation", EnvLogMaxSize, os.Getenv(EnvLogMaxSize))
+	}
+	return n * mult, nil
+}
+
+// rotatingLog is the service log file, rotated by size (see LogMaxSize).
+// When the process's stdout and stderr are that file (a headless service:
+// a panic lands there), they follow it to each new file.
+type rotatingLog struct {
+	mu      sync.Mutex
+	path    string
+	max     int64 // 0: never rotate
+	keep    int
+	f       *os.File
+	size    int64
+	stdio   bool // fds 1 and 2 are the log file
+	failed  bool // the last rotation failed: do not retry on every write
+	onError func(error)
+}
+
+func openRotatingLog(path string, max int64, keep int) (*rotatingLog, error) {
+	r := &rotatingLog{path: path, max: max, keep: keep}
+	if err := r.open(); err != nil {
+		return nil, err
+	}
+	// A headless service's stdout and stderr were opened on this file by
+	// its launcher; keep them on service.log once it is rotated.
+	if fi, err := r.f.Stat(); err == nil {
+		if ei, err := os.Stderr.Stat(); err == nil && os.SameFile(fi, ei) {
+			r.stdio = true
+		}
+	}
+	return r, nil
+}
+
+func (r *rotatingLog) open() error {
+	f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	var size int64
+	if fi, err := f.Stat(); err == nil {
+		size = fi.Size()
+	}
+	r.f, r.size = f, size
+	return nil
+}
+
+// Write appends p, first rotating the file if p would take it past max.
+func (r *rotatingLog) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	var rotErr error
+	if r.max > 0 && r.size > 0 && r.size+int64(len(p)) > r.max && !r.failed {
+		if rotErr = r.rotate(); rotErr != nil {
+			// Keep logging to the file we have rather than lose lines;
+			// rotation is tried again after the next reopen.
+			r.failed = true
+		}
+	}
+	n, err := 0, error(os.ErrClosed)
+	if r.f != nil {
+		n, err = r.f.Write(p)
+		r.size += int64(n)
+	}
+	r.mu.Unlock()
+	if rotErr != nil && r.onError != nil {
+		r.onError(rotErr) // logs through Write: not under r.mu
+	}
+	return n, err
+}
+
+// rotate shifts path.(k) to path.(k+1), path to path.1, and opens a new path.
+func (r *rotatingLog) rotate() error {
+	if r.keep < 1 {
+		if err := os.Remove(r.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("node: rotating %s: %w", r.path, err)
+		}
+	} else {
+		_ = os.Remove(fmt.Sprintf("%s.%d", r.path, r.keep))
+		for k := r.keep - 1; k >= 1; k-- {
+			_ = os.Rename(fmt.Sprintf("%s.%d", r.path, k), fmt.Sprintf("%s.%d", r.path, k+1))
+		}
+		if err := os.Rename(r.path, r.path+".1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("node: rotating %s: %w", r.path, err)
+		}
+	}
+	return r.reopenLocked()
+}
+
+func (r *rotatingLog) reopenLocked() error {
+	old := r.f
+	if err := r.open(); err != nil {
+		return fmt.Errorf("node: reopening %s: %w", r.path, err)
+	}
+	if r.stdio {
+		_ = unix.Dup2(int(r.f.Fd()), 1)
+		_ = unix.Dup2(int(r.f.Fd()), 2)
+	}
+	r.failed = false
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+// Reopen opens the log file again at its path (after an external tool
+// moved it away).
+func (r *rotatingLog) Reopen() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reopenLocked()
+}
+
+func (r *rotatingLog) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.f == nil {
+		return nil
+	}
+	err := r.f.Close()
+	r.f = nil
+	return err
+}
+
+func openLog(l Layout, cfg Config) (*slog.Logger, *rotatingLog, error) {
+	max, err := logMaxSize()
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := openRotatingLog(l.LogFile(cfg), max, LogKeep)
 	if err != nil {
 		return nil, nil, fmt.Errorf("node: log file: %w", err)
 	}
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
-	return slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: lvl})), func() { f.Close() }, nil
+	logger := slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: lvl}))
+	f.onError = func(err error) { logger.Error("log rotation failed", "err", err) }
+	return logger, f, nil
 }
 
 // checkRuntimeDir makes sure dir is a directory of this user that nobody

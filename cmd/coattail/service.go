@@ -119,6 +119,15 @@ func newServiceStartCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "start",
 		Short: "Run the instance's service (foreground, or --headless in the background)",
+		Long: `Run the instance's service: in the foreground, or with --headless in the
+background (it returns once the service is ready and prints its pid). Starting
+an instance whose service already runs fails (exit 1) and names its pid.
+
+The service logs JSON lines to log.file (service.log). When the file would grow
+past 10 MiB it is renamed service.log.1 (older ones shift to .2 and .3; the
+oldest is deleted), so the log never takes more than 40 MiB.
+COATTAIL_LOG_MAX_SIZE sets another size (bytes, or 512K, 50M, 1G; 0: never
+rotate).`,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := a.layout()
