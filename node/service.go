@@ -66,6 +66,9 @@ type ServiceOptions struct {
 	Ready func(pid int)
 	// Binary is the coattail executable actions get as COATTAIL_BIN.
 	Binary string
+	// ReopenLog, when set, reopens the log file at its path on every value
+	// received (SIGHUP, after an external logrotate moved it away).
+	ReopenLog <-chan os.Signal
 }
 
 // RunService runs an instance until ctx is done or a stop request
@@ -94,6 +97,24 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		return err
 	}
 	defer logFile.Close()
+	if o.ReopenLog != nil {
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				case <-o.ReopenLog:
+					if err := logFile.Reopen(); err != nil {
+						logger.Error("reopening the log file", "err", err)
+					} else {
+						logger.Info("log file reopened")
+					}
+				}
+			}
+		}()
+	}
 	db, err := openDBRetry(ctx, l)
 	if err != nil {
 		return err

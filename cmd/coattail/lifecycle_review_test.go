@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // service.log is rotated by size and keeps a bounded number of old files,
@@ -58,4 +60,61 @@ func TestLifecycleServiceLogRotates(t *testing.T) {
 	}
 	a.env = append(a.env, "COATTAIL_LOG_MAX_SIZE=lots")
 	a.mustFail([]string{"service", "start", "--headless"}, "COATTAIL_LOG_MAX_SIZE")
+}
+
+// SIGHUP does not kill a headless service: it reopens service.log (as an
+// external logrotate expects) and the service runs on. SIGTERM then stops
+// it gracefully: it exits and leaves no socket, pid file or registration.
+func TestLifecycleServiceSignals(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	pid := a.start()
+	if err := os.Rename(a.path("service.log"), a.path("service.log.moved")); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 20*time.Second, func() error {
+		b, err := os.ReadFile(a.path("service.log"))
+		if err != nil {
+			return fmt.Errorf("after SIGHUP: %v (service alive: %v)", err, processAlive(pid))
+		}
+		if !strings.Contains(string(b), "log file reopened") {
+			return fmt.Errorf("service.log after SIGHUP: %s", b)
+		}
+		return nil
+	})
+	if !processAlive(pid) {
+		t.Fatal("the service died on SIGHUP")
+	}
+	var list []map[string]any
+	a.decodeJSON(a.mustRun("service", "status", "--json"), &list)
+	if len(list) != 1 || list[0]["pid"] != float64(pid) {
+		t.Fatalf("service status after SIGHUP: %v, want pid %d", list, pid)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 30*time.Second, func() error {
+		if processAlive(pid) {
+			return fmt.Errorf("pid %d still runs after SIGTERM", pid)
+		}
+		return nil
+	})
+	for _, f := range []string{"coattail.sock", "service.pid"} {
+		if _, err := os.Lstat(a.path(f)); err == nil {
+			t.Errorf("%s left behind after SIGTERM", f)
+		}
+	}
+	if ents, _ := os.ReadDir(runtimeDir(t)); len(ents) != 0 {
+		t.Errorf("registration left behind after SIGTERM: %v", ents)
+	}
+	b, err := os.ReadFile(a.path("service.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"service stopping"`) {
+		t.Errorf("service.log lacks the graceful stop:\n%s", b)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
@@ -127,8 +128,14 @@ The service logs JSON lines to log.file (service.log). When the file would grow
 past 10 MiB it is renamed service.log.1 (older ones shift to .2 and .3; the
 oldest is deleted), so the log never takes more than 40 MiB.
 COATTAIL_LOG_MAX_SIZE sets another size (bytes, or 512K, 50M, 1G; 0: never
-rotate).`,
-		Args:  cobra.NoArgs,
+rotate).
+
+Signals: SIGTERM and SIGINT (Ctrl-C) stop the service gracefully, as
+'coattail service stop' does, and it exits 0. SIGHUP reopens the log file (for
+an external logrotate that moves it away) and the service runs on; only a
+foreground service whose stdin is a terminal stops on SIGHUP, as on Ctrl-C
+(its terminal has closed).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := a.layout()
 			if err != nil {
@@ -169,10 +176,31 @@ func (a *app) startForeground(ctx context.Context, l node.Layout, o *startOption
 		}
 		os.Unsetenv(envReadyFD)
 	}
+	// SIGTERM and SIGINT stop the service gracefully (main). SIGHUP
+	// reopens the log file, except that a service running in a terminal
+	// stops as on Ctrl-C: its terminal has gone.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var reopen <-chan os.Signal = hup
+	if ready == nil && isTerminal(os.Stdin) {
+		reopen = nil
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			select {
+			case <-hup:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
 	bin, _ := os.Executable()
 	err := node.RunService(ctx, l, node.ServiceOptions{
-		Relay:  o.relay,
-		Binary: bin,
+		Relay:     o.relay,
+		Binary:    bin,
+		ReopenLog: reopen,
 		Ready: func(pid int) {
 			if ready != nil {
 				fmt.Fprintf(ready, "ready %d\n", pid)
