@@ -487,7 +487,7 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 			return nil
 		}
 		if err != nil {
-			return err
+			return publishReadError(err)
 		}
 		if t != wire.TPublish {
 			return wire.Errorf(wire.CodeBadRequest, "expected a publish frame, got type %d", t)
@@ -527,6 +527,10 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 			pubs = append(pubs, publication{Subject: subj, Data: json.RawMessage(p.Data), Hop: int(p.Hop)})
 			return nil
 		})
+		if errors.Is(err, wire.ErrMalformed) {
+			// A broken batch is the publisher's fault, not this instance's.
+			return fmt.Errorf("%w: %w", ErrBadRequest, err)
+		}
 		if err != nil {
 			return err
 		}
@@ -539,4 +543,17 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 			return err
 		}
 	}
+}
+
+// publishReadError is what a publish stream answers when reading its next
+// frame failed: a frame that breaks the framing (empty, of an unknown
+// type, cut short, a length over 64 bits) is the publisher's bad request,
+// too_large when it is over the limit, and a publisher that stayed silent
+// past stream_timeout mid-batch is told so. Unwrapped, these errors were
+// answered internal, as if this instance were broken.
+func publishReadError(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err) {
+		return wire.Errorf(wire.CodeTimeout, "no publish frame within limits.stream_timeout")
+	}
+	return fmt.Errorf("%w: reading a publish frame: %w", ErrBadRequest, err)
 }
