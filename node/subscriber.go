@@ -48,9 +48,13 @@ type deadLetter struct {
 	Seq          uint64          `json:"seq"`
 	Hop          uint32          `json:"hop"`
 	Data         json.RawMessage `json:"data"`
-	Error        string          `json:"error"`
-	Attempts     int             `json:"attempts"`
-	FailedAt     time.Time       `json:"failed_at"`
+	// Raw holds a publication that is not JSON (a faulty or hostile
+	// publisher sent it): Data cannot, as JSON cannot encode it. Data is
+	// null then.
+	Raw      []byte    `json:"raw,omitempty"`
+	Error    string    `json:"error"`
+	Attempts int       `json:"attempts"`
+	FailedAt time.Time `json:"failed_at"`
 }
 
 // subscriberSide runs the subscriptions this instance holds: one loop per
@@ -672,7 +676,15 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		return fmt.Errorf("receiver %q for publication %d not finished: %w", sub.Receiver, d.Seq, ctx.Err())
 	}
 	dl := deadLetter{ID: fmt.Sprintf("%s.%020d", sub.ID, d.Seq), Subscription: sub.ID, Publisher: sub.Publisher, Receiver: sub.Receiver,
-		Subject: d.Subject, Seq: d.Seq, Hop: d.Hop, Data: append(json.RawMessage(nil), d.Data...), Error: err.Error(), Attempts: attempts, FailedAt: time.Now().UTC()}
+		Subject: d.Subject, Seq: d.Seq, Hop: d.Hop, Error: err.Error(), Attempts: attempts, FailedAt: time.Now().UTC()}
+	if len(d.Data) > 0 && !jsonx.Valid(d.Data) {
+		// Stored as JSON it could not be written at all: the publication
+		// would come back after every reconnect and block the ones behind
+		// it for good.
+		dl.Raw = append([]byte(nil), d.Data...)
+	} else {
+		dl.Data = append(json.RawMessage(nil), d.Data...)
+	}
 	// Made durable by the progress sync that follows it.
 	if perr := n.subscriber.dead.Put(context.Background(), dl.ID, dl); perr != nil {
 		n.log.Error("cannot park failed publication; it will be delivered again", "subscription", sub.ID, "seq", d.Seq, "err", perr)
@@ -945,7 +957,11 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 	if err != nil {
 		return err
 	}
-	_, err = n.runner.Run(ctx, runner.Invocation{Kind: runner.KindReceiver, Name: d.Receiver, Input: d.Data, Caller: d.Publisher, Log: onLog,
+	input := d.Data
+	if d.Raw != nil {
+		input = d.Raw // not JSON: the runner says so, and the entry records it
+	}
+	_, err = n.runner.Run(ctx, runner.Invocation{Kind: runner.KindReceiver, Name: d.Receiver, Input: input, Caller: d.Publisher, Log: onLog,
 		Env: map[string]string{
 			"COATTAIL_PUBLISHER": d.Publisher, "COATTAIL_SUBJECT": d.Subject, "COATTAIL_SEQUENCE": strconv.FormatUint(d.Seq, 10),
 			"COATTAIL_SUBSCRIPTION": d.Subscription, "COATTAIL_HOP": strconv.FormatUint(uint64(d.Hop), 10), "COATTAIL_REPLAY": "1",

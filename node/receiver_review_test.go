@@ -1,0 +1,119 @@
+package node_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/wire"
+	"github.com/google/uuid"
+)
+
+// Review of the receiver side: retries, dead letters, replay and drop.
+
+// writeReceiver installs an executable receiver script in n's receivers/.
+func writeReceiver(t testing.TB, n *node.Node, name, script string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(n.Dir(), "receivers", name), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readLines reads a file of lines ("" when it does not exist yet).
+func readLines(t testing.TB, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Fields(string(b))
+}
+
+// A publication that is not JSON (a faulty or hostile publisher sent it)
+// is parked in the dead letters like any other that its receiver cannot
+// handle, and the publications behind it run. It could not be stored as
+// a dead letter (its data went into a JSON record as raw JSON), so the
+// subscription failed, reconnected, got it again and never got past it.
+func TestReceiverNonJSONPublicationIsParked(t *testing.T) {
+	for _, inProc := range []bool{false, true} {
+		t.Run(fmt.Sprintf("inproc=%v", inProc), func(t *testing.T) {
+			pub := newTestNode(t, withQuietLog())
+			sub := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) {
+				l.ReceiverRetries = 1
+				l.ReceiverBackoff = time.Millisecond
+			}))
+			ran := filepath.Join(t.TempDir(), "ran")
+			if inProc {
+				var mu sync.Mutex
+				if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+					mu.Lock()
+					defer mu.Unlock()
+					f, err := os.OpenFile(ran, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+					if err != nil {
+						return nil, err
+					}
+					defer f.Close()
+					_, err = fmt.Fprintln(f, node.InvocationFrom(ctx).Sequence)
+					return nil, err
+				}); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				writeReceiver(t, sub, "rec", "#!/bin/sh\ncat >/dev/null\necho $COATTAIL_SEQUENCE >> "+ran+"\n")
+			}
+			id := uuid.NewString()
+			bad := dlv(id, 1)
+			bad.Data = []byte("not json \xff")
+			c1, _ := scriptedSubscribe(t, pub, sub, id, deliverFrame(bad, dlv(id, 2)))
+			// The subscriber acks 2 on this stream once 1 is parked and 2 ran.
+			for {
+				_ = c1.s.SetReadDeadline(time.Now().Add(testTimeout))
+				typ, payload, err := c1.r.Next()
+				if err != nil {
+					t.Fatalf("no ack for seq 2 on the first stream (%v); receiver ran %v", err, readLines(t, ran))
+				}
+				if typ != wire.TAck {
+					continue
+				}
+				_, seq, err := wire.DecodeAck(payload)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if seq == 2 {
+					break
+				}
+			}
+			if got := readLines(t, ran); len(got) != 1 || got[0] != "2" {
+				t.Fatalf("receiver ran for %v, want [2] (seq 1 is not JSON)", got)
+			}
+			dl, err := sub.DeadLetters(testCtx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(dl) != 1 || dl[0].Seq != 1 || !strings.Contains(dl[0].Error, "JSON") {
+				t.Fatalf("dead letters = %+v, want seq 1, not JSON", dl)
+			}
+			// Replaying it fails the same way and keeps it; dropping it works.
+			if err := sub.ReplayDeadLetter(testCtx(t), dl[0].ID, nil); err == nil || !strings.Contains(err.Error(), "JSON") {
+				t.Fatalf("replay of a publication that is not JSON = %v, want a JSON error", err)
+			}
+			if err := sub.DropDeadLetter(testCtx(t), dl[0].ID); err != nil {
+				t.Fatal(err)
+			}
+			if dl, _ := sub.DeadLetters(testCtx(t)); len(dl) != 0 {
+				t.Fatalf("dead letters after drop: %+v", dl)
+			}
+		})
+	}
+}
