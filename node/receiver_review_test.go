@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
 	"github.com/google/uuid"
 )
@@ -115,5 +116,84 @@ func TestReceiverNonJSONPublicationIsParked(t *testing.T) {
 				t.Fatalf("dead letters after drop: %+v", dl)
 			}
 		})
+	}
+}
+
+// A receiver's output is not used: one that exits 0 after printing
+// something that is not JSON handled its publication. It was taken for a
+// failure, run again for every retry (repeating whatever it did) and
+// parked.
+func TestReceiverNonJSONOutputIsNotRetried(t *testing.T) {
+	pub := newTestNode(t, withQuietLog())
+	sub := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) {
+		l.ReceiverRetries = 2
+		l.ReceiverBackoff = time.Millisecond
+	}))
+	ran := filepath.Join(t.TempDir(), "ran")
+	writeReceiver(t, sub, "chatty", "#!/bin/sh\ncat >/dev/null\necho $COATTAIL_SEQUENCE >> "+ran+"\necho handled it\n")
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"out.>"}})
+	ctx := testCtx(t)
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "out.>", Receiver: "chatty"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{`1`, `2`} {
+		if _, err := pub.Publish(ctx, "out.x", json.RawMessage(d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// In order: once 2 ran, 1 is finished, retries and all.
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		if got := readLines(t, ran); len(got) == 0 || got[len(got)-1] != "2" {
+			return fmt.Errorf("receiver ran %v", got)
+		}
+		return nil
+	})
+	if got := readLines(t, ran); strings.Join(got, ",") != "1,2" {
+		t.Fatalf("receiver ran for %v, want once for each of 1,2", got)
+	}
+	if dl, err := sub.DeadLetters(ctx); err != nil || len(dl) != 0 {
+		t.Fatalf("dead letters = %+v, %v; want none", dl, err)
+	}
+}
+
+// A replayed receiver that exits 0 after printing something that is not
+// JSON succeeded: the dead letter goes. It stayed, with one more attempt.
+func TestReplayNonJSONOutputSucceeds(t *testing.T) {
+	pub := newTestNode(t, withQuietLog())
+	sub := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) {
+		l.ReceiverRetries = 0
+		l.ReceiverBackoff = time.Millisecond
+	}))
+	dir := t.TempDir()
+	ran, ok := filepath.Join(dir, "ran"), filepath.Join(dir, "ok")
+	writeReceiver(t, sub, "flaky", "#!/bin/sh\ncat >/dev/null\necho $COATTAIL_SEQUENCE >> "+ran+
+		"\n[ -e "+ok+" ] || { echo not yet >&2; exit 1; }\necho fine now\n")
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"rp.>"}})
+	ctx := testCtx(t)
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "rp.>", Receiver: "flaky"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(ctx, "rp.x", json.RawMessage(`{"n":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	var dl []localapi.DeadLetter
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		var err error
+		if dl, err = sub.DeadLetters(ctx); err != nil || len(dl) != 1 {
+			return fmt.Errorf("dead letters %+v, %v", dl, err)
+		}
+		return nil
+	})
+	if err := os.WriteFile(ok, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.ReplayDeadLetter(ctx, dl[0].ID, nil); err != nil {
+		t.Fatalf("replay of a receiver that exits 0 = %v, want success", err)
+	}
+	if left, err := sub.DeadLetters(ctx); err != nil || len(left) != 0 {
+		t.Fatalf("dead letters after a successful replay = %+v, %v", left, err)
+	}
+	if got := readLines(t, ran); len(got) != 2 {
+		t.Fatalf("receiver ran %d times, want 2 (delivery, replay)", len(got))
 	}
 }

@@ -644,7 +644,16 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 			},
 			Log: func(line string) { n.logReceiverLine(sub.Receiver, sub.ID, d.Seq, line) },
 		}
-		run = func() error { _, err := n.runner.Run(ctx, inv); return err }
+		run = func() error {
+			_, err := n.runner.Run(ctx, inv)
+			if receiverOutputIgnored(err, false) {
+				// It exited 0: handled. Running it again would repeat
+				// what it did.
+				n.log.Warn("receiver succeeded but printed output that is not JSON; output ignored", "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "err", err)
+				return nil
+			}
+			return err
+		}
 	}
 	var err error
 	attempts := 0
@@ -693,6 +702,16 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 	n.stats.deadLetters.Add(1)
 	n.log.Error("receiver failed; publication parked in dead letters", "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "attempts", attempts, "err", err)
 	return nil
+}
+
+// receiverOutputIgnored reports whether err from the runner only says what
+// a receiver that finished successfully printed: a receiver's output is
+// not used (an in-process receiver's is not even looked at), so output
+// that is not JSON, or from an in-process handler too large, does not make
+// the publication fail and run again. An executable's output past the
+// limit is not one of these: the runner killed it before it finished.
+func receiverOutputIgnored(err error, inProc bool) bool {
+	return errors.Is(err, runner.ErrBadOutput) || inProc && errors.Is(err, runner.ErrOutputTooLarge)
 }
 
 // forget deletes a subscription record and its progress here.
@@ -961,11 +980,16 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 	if d.Raw != nil {
 		input = d.Raw // not JSON: the runner says so, and the entry records it
 	}
+	_, inProc := n.inProcessReceiver(d.Receiver)
 	_, err = n.runner.Run(ctx, runner.Invocation{Kind: runner.KindReceiver, Name: d.Receiver, Input: input, Caller: d.Publisher, Log: onLog,
 		Env: map[string]string{
 			"COATTAIL_PUBLISHER": d.Publisher, "COATTAIL_SUBJECT": d.Subject, "COATTAIL_SEQUENCE": strconv.FormatUint(d.Seq, 10),
 			"COATTAIL_SUBSCRIPTION": d.Subscription, "COATTAIL_HOP": strconv.FormatUint(uint64(d.Hop), 10), "COATTAIL_REPLAY": "1",
 		}})
+	if receiverOutputIgnored(err, inProc) {
+		n.log.Warn("replayed receiver succeeded but printed output that is not JSON; output ignored", "id", id, "err", err)
+		err = nil
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			// It failed again: the list shows this failure, not the first.
