@@ -197,3 +197,75 @@ func TestReplayNonJSONOutputSucceeds(t *testing.T) {
 		t.Fatalf("receiver ran %d times, want 2 (delivery, replay)", len(got))
 	}
 }
+
+// A drop while the dead letter is being replayed is refused: the replay
+// decides. It was let through: when the replay then failed, its record of
+// the failure brought the dropped dead letter back.
+func TestDropDuringReplayIsRefused(t *testing.T) {
+	pub := newTestNode(t, withQuietLog())
+	sub := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) {
+		l.ReceiverRetries = 0
+		l.ReceiverBackoff = time.Millisecond
+	}))
+	var mu sync.Mutex
+	calls := 0
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+		mu.Lock()
+		calls++
+		n := calls
+		mu.Unlock()
+		if n == 2 { // the replay
+			entered <- struct{}{}
+			<-release
+		}
+		return nil, fmt.Errorf("failure %d", n)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"dr.>"}})
+	ctx := testCtx(t)
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "dr.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(ctx, "dr.a", json.RawMessage(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	var dl []localapi.DeadLetter
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		var err error
+		if dl, err = sub.DeadLetters(ctx); err != nil || len(dl) != 1 {
+			return fmt.Errorf("dead letters %+v, %v", dl, err)
+		}
+		return nil
+	})
+	done := make(chan error, 1)
+	go func() { done <- sub.ReplayDeadLetter(ctx, dl[0].ID, nil) }()
+	<-entered
+	dropErr := sub.DropDeadLetter(ctx, dl[0].ID)
+	close(release)
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "failure 2") {
+		t.Fatalf("replay = %v, want the receiver's second failure", err)
+	}
+	left, err := sub.DeadLetters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dropErr == nil && len(left) != 0 {
+		t.Fatalf("a drop during a replay succeeded, yet the failed replay brought the dead letter back: %+v", left)
+	}
+	var le *localapi.Error
+	if !errors.As(dropErr, &le) || le.Code != localapi.CodeConflict {
+		t.Fatalf("drop during a replay = %v, want a conflict", dropErr)
+	}
+	if len(left) != 1 || left[0].Attempts != dl[0].Attempts+1 {
+		t.Fatalf("dead letters after the refused drop and failed replay = %+v, want the entry with one more attempt", left)
+	}
+	// Once the replay is over, the drop works.
+	if err := sub.DropDeadLetter(ctx, dl[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := sub.DeadLetters(ctx); len(left) != 0 {
+		t.Fatalf("dead letters after drop: %+v", left)
+	}
+}

@@ -968,8 +968,8 @@ func deadLetterView(d deadLetter) localapi.DeadLetter {
 // A replay of an entry that is being replayed already is refused
 // (CodeConflict).
 func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(string)) error {
-	if _, busy := n.subscriber.replaying.LoadOrStore(id, struct{}{}); busy {
-		return &localapi.Error{Status: http.StatusConflict, Code: localapi.CodeConflict, Message: "dead letter " + id + " is being replayed already"}
+	if !n.subscriber.claimDead(id) {
+		return errDeadBusy(id)
 	}
 	defer n.subscriber.replaying.Delete(id)
 	d, err := n.subscriber.dead.Get(ctx, id)
@@ -1019,8 +1019,26 @@ func (ss *subscriberSide) deleteDead(ctx context.Context, id string) error {
 	return ss.n.db.Sync(ctx, ds.RawKey("/deadletters"))
 }
 
-// DropDeadLetter deletes a parked publication.
+// claimDead marks dead letter id as being replayed or dropped, reporting
+// false when it is already: a drop during a replay would otherwise be
+// undone by the replay recording its failure, or be followed by the
+// receiver running after all.
+func (ss *subscriberSide) claimDead(id string) bool {
+	_, busy := ss.replaying.LoadOrStore(id, struct{}{})
+	return !busy
+}
+
+func errDeadBusy(id string) error {
+	return &localapi.Error{Status: http.StatusConflict, Code: localapi.CodeConflict, Message: "dead letter " + id + " is being replayed or dropped already"}
+}
+
+// DropDeadLetter deletes a parked publication. A dead letter being
+// replayed is not dropped (CodeConflict): the replay decides.
 func (n *Node) DropDeadLetter(ctx context.Context, id string) error {
+	if !n.subscriber.claimDead(id) {
+		return errDeadBusy(id)
+	}
+	defer n.subscriber.replaying.Delete(id)
 	if _, err := n.subscriber.dead.Get(ctx, id); err != nil {
 		return err
 	}
