@@ -480,6 +480,9 @@ func wireLogLine(line string) string {
 // answers each batch once it is durably queued.
 func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 	var stored uint64
+	// A frame may be 64 KiB over max_payload, a publication may not: it
+	// is bounded as a local one is (PublishRequest).
+	maxData := int(nw.n.cfg.Limits.MaxPayload)
 	for {
 		_ = s.s.SetReadDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
 		t, payload, err := s.r.Next()
@@ -518,6 +521,9 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 					return wire.Errorf(wire.CodeForbidden, "token %s does not allow publishing %q", s.grant.TokenID, p.Subject)
 				}
 				rawSubj, subj = p.Subject, strings.Clone(p.Subject)
+			}
+			if len(p.Data) > maxData {
+				return wire.Errorf(wire.CodeTooLarge, "publication %d of the batch (%q) is %d bytes, over limits.max_payload (%d bytes)", len(pubs)+1, subj, len(p.Data), maxData)
 			}
 			// Checked here, at the source: a publication that is not JSON
 			// would otherwise reach every subscriber's dead letters.

@@ -77,3 +77,78 @@ func TestPublishReviewBrokenFramesAreBadRequest(t *testing.T) {
 		})
 	}
 }
+
+// max_payload bounds a remote publication as it bounds a local one
+// (SECURITY.md: "Largest action input or publication"): a publication of
+// exactly max_payload bytes is queued, one byte more is refused too_large
+// with nothing of its batch queued. The frame limit is max_payload + 64
+// KiB, and only that was checked, so a remote publisher could queue
+// publications 64 KiB over the limit that a local one could not.
+func TestPublishReviewDataOverMaxPayload(t *testing.T) {
+	const maxPayload = 1024
+	a := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.MaxPayload = maxPayload }))
+	prSubscriber(t, a, "x.>")
+
+	p, pr := rvPublishStream(t, a)
+	rvWrite(t, p, prFrame("x.a", jsonString(maxPayload)))
+	var res wire.PublishResult
+	rvExpect(t, pr, wire.TResult, &res)
+	if res != (wire.PublishResult{Accepted: 1, LastSeq: 1, Published: 1}) {
+		t.Fatalf("answer to a publication of max_payload bytes: %+v", res)
+	}
+	rvWrite(t, p, prFrame("x.a", []byte(`1`), jsonString(maxPayload+1)))
+	rvExpectCode(t, pr, wire.CodeTooLarge)
+	if d := prDepth(t, a); d != 1 {
+		t.Fatalf("queued %d publications, want only the first one", d)
+	}
+}
+
+// A frame of exactly the frame limit (max_payload + 64 KiB) is read and
+// its publications, each within max_payload, are queued; a frame one byte
+// longer is refused too_large from its header, and nothing of it queued.
+func TestPublishReviewFrameAtAndOverLimit(t *testing.T) {
+	const maxPayload = 1024
+	maxFrame := maxPayload + 64<<10
+	a := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.MaxPayload = maxPayload }))
+	prSubscriber(t, a, "x.>")
+
+	// A batch whose frame length (type byte + payload) is exactly
+	// maxFrame: publications of 600-byte strings, the last one sized to fit.
+	frameOf := func(size int) ([]byte, int) {
+		var datas [][]byte
+		enc := func() []byte { return prFrame("x.a", datas...) }
+		for len(enc())+600+300 <= size {
+			datas = append(datas, jsonString(600))
+		}
+		// A last publication of 300..900 bytes fills the frame exactly
+		// (its length prefix is 2 bytes whatever its size in that range).
+		datas = append(datas, jsonString(size-len(enc())-8))
+		for len(enc()) < size {
+			datas[len(datas)-1] = jsonString(len(datas[len(datas)-1]) + 1)
+		}
+		for len(enc()) > size {
+			datas[len(datas)-1] = jsonString(len(datas[len(datas)-1]) - 1)
+		}
+		return enc(), len(datas)
+	}
+	// The whole frame is the header (3 bytes of length + type byte) plus
+	// a payload of maxFrame - 1 bytes.
+	f, n := frameOf(3 + maxFrame)
+	r := wire.NewReader(strings.NewReader(string(f)), maxFrame)
+	if _, payload, err := r.Next(); err != nil || len(payload) != maxFrame-1 {
+		t.Fatalf("test frame: payload %d bytes, err %v; want %d", len(payload), err, maxFrame-1)
+	}
+	p, pr := rvPublishStream(t, a)
+	rvWrite(t, p, f)
+	var res wire.PublishResult
+	rvExpect(t, pr, wire.TResult, &res)
+	if res != (wire.PublishResult{Accepted: n, LastSeq: uint64(n), Published: n}) {
+		t.Fatalf("answer to a frame of the limit with %d publications: %+v", n, res)
+	}
+	over, _ := frameOf(3 + maxFrame + 1)
+	sendFrames(t, p, over)
+	rvExpectCode(t, pr, wire.CodeTooLarge)
+	if d := prDepth(t, a); d != uint64(n) {
+		t.Fatalf("queued %d publications, want the %d of the first frame", d, n)
+	}
+}
