@@ -3,13 +3,15 @@ package node_test
 // Capability checks under races and hostile input (found by review).
 
 import (
-	"github.com/coattail/coattail/node"
+	"context"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -227,7 +229,6 @@ func TestPeerAddRotationWithConcurrentCalls(t *testing.T) {
 	a := newTestNode(t, withQuietLog())
 	b := newTestNode(t, withQuietLog())
 	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Perform: []string{">"}})
-	ctx := testCtx(t)
 	for i := range 80 {
 		tok := issue(t, a, localapi.IssueRequest{Perform: []string{">"}})
 		stop := make(chan struct{})
@@ -242,12 +243,20 @@ func TestPeerAddRotationWithConcurrentCalls(t *testing.T) {
 						return
 					default:
 						b.PeerRecordTokenID(pid)
+						// Still racing AddPeer, without starving it (and
+						// the hosts) of a CPU under GOMAXPROCS=1.
+						runtime.Gosched()
 					}
 				}
 			}()
 		}
-		if _, err := b.AddPeer(ctx, tok.Token); err != nil {
-			t.Fatal(err)
+		// A deadline per AddPeer: one for all 80 round trips made the
+		// test's speed an assertion.
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		_, err := b.AddPeer(ctx, tok.Token)
+		cancel()
+		if err != nil {
+			t.Fatalf("iteration %d: %v", i, err)
 		}
 		close(stop)
 		wg.Wait()
