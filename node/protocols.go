@@ -483,8 +483,13 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 	// A frame may be 64 KiB over max_payload, a publication may not: it
 	// is bounded as a local one is (PublishRequest).
 	maxData := int(nw.n.cfg.Limits.MaxPayload)
+	// Every answer has its own write deadline, the error frame serve sends
+	// when this returns one too: the stream's first deadline, set when it
+	// opened, would cut off the answers of a stream that lives longer.
+	st := nw.n.cfg.Limits.StreamTimeout
+	defer func() { _ = s.s.SetWriteDeadline(time.Now().Add(st)) }()
 	for {
-		_ = s.s.SetReadDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
+		_ = s.s.SetReadDeadline(time.Now().Add(st))
 		t, payload, err := s.r.Next()
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -545,7 +550,7 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 			return err
 		}
 		stored += uint64(len(pubs))
-		if err := s.send(wire.TResult, wire.PublishResult{Accepted: len(pubs), LastSeq: stored, Published: cnt}); err != nil {
+		if err := s.sendWithin(st, wire.TResult, wire.PublishResult{Accepted: len(pubs), LastSeq: stored, Published: cnt}); err != nil {
 			return err
 		}
 	}

@@ -8,6 +8,7 @@ package node_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
@@ -150,5 +151,25 @@ func TestPublishReviewFrameAtAndOverLimit(t *testing.T) {
 	rvExpectCode(t, pr, wire.CodeTooLarge)
 	if d := prDepth(t, a); d != uint64(n) {
 		t.Fatalf("queued %d publications, want the %d of the first frame", d, n)
+	}
+}
+
+// Each answer on a publish stream has its own write deadline (PROTOCOL.md:
+// "every flush has its own deadline, set just before the operation"). The
+// stream's first deadline, stream_timeout after it opened, stayed in force
+// for writes, so a publisher that kept a stream open longer than that, each
+// batch well within the timeout, had its next batch stored and its answer
+// cut off: it could not know the batch was durable.
+func TestPublishReviewLongLivedStreamKeepsAnswering(t *testing.T) {
+	a := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.StreamTimeout = time.Second }))
+	p, pr := rvPublishStream(t, a)
+	for i := 1; i <= 4; i++ {
+		rvWrite(t, p, prFrame("x.a", []byte(`1`)))
+		var res wire.PublishResult
+		rvExpect(t, pr, wire.TResult, &res)
+		if res.LastSeq != uint64(i) || res.Accepted != 1 {
+			t.Fatalf("answer %d: %+v", i, res)
+		}
+		time.Sleep(600 * time.Millisecond) // well within stream_timeout between batches
 	}
 }
