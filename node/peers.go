@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -424,6 +425,12 @@ func (n *Node) remotePerform(ctx context.Context, req localapi.PerformRequest, o
 func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) (localapi.PublishResult, error) {
 	if err := topics.ValidateSubject(req.Action); err != nil {
 		return localapi.PublishResult{}, err
+	}
+	// The wire carries a hop in 32 bits: a larger one was cut to its low
+	// bits (2^32 went out as 0, past the remote's max_hops), a negative
+	// one wrapped.
+	if req.Hop < 0 || uint64(req.Hop) > math.MaxUint32 {
+		return localapi.PublishResult{}, fmt.Errorf("%w: hop %d is out of range (0..%d)", ErrBadRequest, req.Hop, uint32(math.MaxUint32))
 	}
 	datas := req.Batch
 	if len(datas) == 0 {

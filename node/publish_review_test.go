@@ -6,6 +6,8 @@ package node_test
 // instance stored and what it answered.
 
 import (
+	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -171,5 +173,24 @@ func TestPublishReviewLongLivedStreamKeepsAnswering(t *testing.T) {
 			t.Fatalf("answer %d: %+v", i, res)
 		}
 		time.Sleep(600 * time.Millisecond) // well within stream_timeout between batches
+	}
+}
+
+// A hop that does not fit the wire's 32 bits is refused by the publisher,
+// and a negative one too: it was cut to its low 32 bits, so hop 2^32 went
+// out as hop 0, past the remote's max_hops (which cuts receiver loops), and
+// hop -1 as 4294967295.
+func TestPublishReviewHopOutOfRange(t *testing.T) {
+	a, b := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	prSubscriber(t, a, "h.>")
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Publish: []string{">"}})
+	for _, hop := range []int{1 << 32, -1} {
+		res, err := b.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "h.a", Data: json.RawMessage(`1`), Hop: hop})
+		if !errors.Is(err, node.ErrBadRequest) {
+			t.Errorf("hop %d: got %+v, %v; want a local bad request", hop, res, err)
+		}
+	}
+	if d := prDepth(t, a); d != 0 {
+		t.Fatalf("queued %d publications, want none", d)
 	}
 }
