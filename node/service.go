@@ -911,13 +911,24 @@ func StopService(ctx context.Context, l Layout, pid int) (int, error) {
 	st, err := c.Status(sctx)
 	cancel()
 	if err != nil {
+		listening := socketListening(sock)
+		if pid != 0 && !listening {
+			// Registered and alive, but its control socket is gone: its
+			// instance directory was deleted or moved. The registration
+			// (pid and start time) says the process is that service.
+			if r, ok := registrationOf(pid); ok && r.registered() {
+				return terminate(ctx, pid)
+			}
+		}
 		// Not answering is not the same as not running: a stopped
-		// (SIGSTOP) or stuck service still holds the instance.
+		// (SIGSTOP) or stuck service still holds the instance. But with
+		// nobody listening on the socket, the pid file is stale and its
+		// pid may belong to another process by now.
 		owner := pid
 		if owner == 0 {
 			owner, _ = pidFromFile(l)
 		}
-		if owner > 0 && alive(owner) && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) {
+		if owner > 0 && alive(owner) && listening {
 			return owner, fmt.Errorf("node: service pid %d does not answer on its control socket (stopped or stuck?): %v; it is still running: resume it (kill -CONT %d) or end it (kill %d)", owner, err, owner, owner)
 		}
 		if _, rerr := Running(l); rerr != nil && pid == 0 {
@@ -936,4 +947,47 @@ func StopService(ctx context.Context, l Layout, pid int) (int, error) {
 		}
 	}
 	return st.PID, nil
+}
+
+// socketListening reports whether a process listens on the unix socket at
+// path: connecting is refused (ECONNREFUSED) or finds no file (ENOENT)
+// only when none does. A stopped or stuck service still listens (the
+// kernel queues the connection).
+func socketListening(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return true
+	}
+	return !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOTDIR)
+}
+
+// registrationOf reads the runtime directory's registration of pid.
+func registrationOf(pid int) (registration, bool) {
+	b, err := os.ReadFile(filepath.Join(RuntimeDir(), strconv.Itoa(pid)+".json"))
+	if err != nil {
+		return registration{}, false
+	}
+	var r registration
+	if json.Unmarshal(b, &r) != nil || r.PID != pid {
+		return registration{}, false
+	}
+	return r, true
+}
+
+// terminate stops a service that cannot be asked (its control socket is
+// gone) with SIGTERM, which it handles as a stop request, and waits until
+// it has exited.
+func terminate(ctx context.Context, pid int) (int, error) {
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		return 0, fmt.Errorf("node: stopping service pid %d: %w", pid, err)
+	}
+	for alive(pid) {
+		select {
+		case <-ctx.Done():
+			return pid, fmt.Errorf("node: service pid %d did not stop: %w", pid, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return pid, nil
 }

@@ -6,7 +6,9 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -117,4 +119,68 @@ func TestLifecycleServiceSignals(t *testing.T) {
 	if !strings.Contains(string(b), `"service stopping"`) {
 		t.Errorf("service.log lacks the graceful stop:\n%s", b)
 	}
+}
+
+// A service SIGKILLed leaves its socket file and pid file behind; by the
+// time the operator runs `service stop`, the pid may belong to another
+// process. Nobody listens on the socket, so the service is not running:
+// stop must say so, not call that process a stuck service and tell the
+// operator to kill it.
+func TestLifecycleStopWithStalePidFileOfReusedPid(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	pid := a.start()
+	killAndWait(t, pid)
+	if _, err := os.Lstat(a.path("coattail.sock")); err != nil {
+		t.Fatalf("a SIGKILLed service should leave its socket file: %v", err)
+	}
+	other := exec.Command("sleep", "300") // stands for the process that got the pid
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Process.Kill(); _ = other.Wait() })
+	if err := os.WriteFile(a.path("service.pid"), []byte(strconv.Itoa(other.Process.Pid)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := a.mustFail([]string{"service", "stop"}, "not running")
+	if strings.Contains(out, "still running") || strings.Contains(out, strconv.Itoa(other.Process.Pid)) {
+		t.Errorf("service stop blamed an unrelated process: %s", out)
+	}
+	if !processAlive(other.Process.Pid) {
+		t.Error("the unrelated process is gone")
+	}
+	// And the instance starts again.
+	a.start()
+}
+
+// A service whose instance directory was moved (or deleted) while it runs
+// has lost its control socket, but is still listed by `service status`;
+// `service stop <pid>` stops it (its registration proves which process
+// it is) rather than calling it stuck.
+func TestLifecycleStopServiceOfMovedInstance(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	pid := a.start()
+	moved := a.dir + "-moved"
+	if err := os.Rename(a.dir, moved); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { killAndWait(t, pid) })
+	parent := filepath.Dir(a.dir)
+	out, stderr, code := a.runIn(parent, "service", "stop", strconv.Itoa(pid))
+	if code != 0 {
+		t.Fatalf("service stop %d: exit %d: %s", pid, code, stderr)
+	}
+	if !strings.Contains(out, strconv.Itoa(pid)) {
+		t.Errorf("service stop printed %q, want the pid", out)
+	}
+	if processAlive(pid) {
+		t.Fatalf("pid %d still runs after service stop", pid)
+	}
+	if ents, _ := os.ReadDir(runtimeDir(t)); len(ents) != 0 {
+		t.Errorf("registration left behind: %v", ents)
+	}
+	// The instance runs again from where it now is.
+	a.dir = moved
+	a.start()
 }
