@@ -457,8 +457,35 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 		}
 		return n.remotePublish(ctx, req.Peer, pubs)
 	}
-	cnt, err := n.publish(ctx, pubs, req.To)
+	to, err := canonicalPeerIDs(req.To)
+	if err != nil {
+		return localapi.PublishResult{}, err
+	}
+	cnt, err := n.publish(ctx, pubs, to)
 	return localapi.PublishResult{Published: cnt}, err
+}
+
+// canonicalPeerIDs returns a --to list as the peer ids subscriptions are
+// recorded under (base58), once each. A peer id has other spellings (CIDv1)
+// that matched no subscription, so a publish --to one of them reached
+// nobody without a word. An entry that is no peer id is a bad request.
+func canonicalPeerIDs(ids []string) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	out := make([]string, 0, len(ids))
+	seen := make(map[peer.ID]bool, len(ids))
+	for _, id := range ids {
+		p, err := peer.Decode(id)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --to %q is not a peer id (see: coattail subscribers list)", ErrBadRequest, clip(id))
+		}
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p.String())
+		}
+	}
+	return out, nil
 }
 
 // remotePublish sends publications to a peer in frames of up to the

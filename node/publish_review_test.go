@@ -16,6 +16,7 @@ import (
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // prSubscriber creates a subscription to pattern on a from a stock host,
@@ -192,5 +193,30 @@ func TestPublishReviewHopOutOfRange(t *testing.T) {
 	}
 	if d := prDepth(t, a); d != 0 {
 		t.Fatalf("queued %d publications, want none", d)
+	}
+}
+
+// --to names peers by id, in any of the spellings peer ids have (base58,
+// CIDv1), once or more: each matching subscription is published to once.
+// A CIDv1 spelling matched nobody, and the publish reported 0 without a
+// word.
+func TestPublishReviewToAnySpellingOfPeerID(t *testing.T) {
+	a := newTestNode(t, withQuietLog())
+	h := prSubscriber(t, a, "t.>")
+	cid := peer.ToCid(h.ID()).String()
+	res, err := a.PublishRequest(testCtx(t), localapi.PublishRequest{Action: "t.a", Data: json.RawMessage(`1`), To: []string{cid, cid}})
+	if err != nil || res.Published != 1 {
+		t.Fatalf("publish --to %s (twice), the subscriber %s = %+v, %v; want published 1", cid, h.ID(), res, err)
+	}
+	res, err = a.PublishRequest(testCtx(t), localapi.PublishRequest{Action: "t.a", Data: json.RawMessage(`2`), To: []string{h.ID().String(), cid}})
+	if err != nil || res.Published != 1 {
+		t.Fatalf("publish --to %s and %s = %+v, %v; want published 1", h.ID(), cid, res, err)
+	}
+	if d := prDepth(t, a); d != 2 {
+		t.Fatalf("queued %d, want 2", d)
+	}
+	_, err = a.PublishRequest(testCtx(t), localapi.PublishRequest{Action: "t.a", Data: json.RawMessage(`1`), To: []string{"nobody"}})
+	if !errors.Is(err, node.ErrBadRequest) {
+		t.Fatalf("publish --to nobody: %v, want a bad request", err)
 	}
 }
