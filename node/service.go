@@ -84,6 +84,19 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	if err := checkInstanceWritable(l); err != nil {
 		return err
 	}
+	// The pid file is locked for as long as the service runs, from before
+	// it opens anything: a second start, even one racing this one, is told
+	// at once that the instance runs (or is starting), rather than waiting
+	// for the datastore and failing on it; and `service stop` finds a
+	// service that is still starting.
+	pidFile, err := lockPIDFile(l)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		_ = os.Remove(l.PIDFile())
+		pidFile.Close() // releases the lock, after the removal
+	}()
 	cfg, err := LoadConfig(l.Config())
 	if err != nil {
 		return err
@@ -200,10 +213,6 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		logger.Warn("cannot register in runtime dir", "err", err)
 	}
 	defer unregister()
-	if err := os.WriteFile(l.PIDFile(), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
-		return fmt.Errorf("node: pid file: %w", err)
-	}
-	defer os.Remove(l.PIDFile())
 	logger.Info("service ready", "pid", os.Getpid(), "peer_id", n.ID().String(), "socket", l.Socket())
 	if o.Ready != nil {
 		o.Ready(os.Getpid())
@@ -740,7 +749,7 @@ func Running(l Layout) (localapi.Status, error) {
 	if err == nil {
 		return st, nil
 	}
-	if pid, ok := pidFromFile(l); ok && !alive(pid) {
+	if pid, ok := pidFromFile(l); ok && !alive(pid) && !pidFileLocked(l) {
 		_ = os.Remove(l.PIDFile())
 	}
 	return localapi.Status{}, fmt.Errorf("%w in %s", ErrNotRunning, l.Dir)
@@ -905,6 +914,11 @@ func StopService(ctx context.Context, l Layout, pid int) (int, error) {
 			return 0, fmt.Errorf("%w: no coattail service with pid %d (see: coattail service status)", ErrNotRunning, pid)
 		}
 	}
+	if pid == 0 {
+		// A service still starting is stopped once it is ready, rather
+		// than reported as not running and left to come up.
+		waitStarted(ctx, l)
+	}
 	c := localapi.Dial(sock)
 	defer c.Close()
 	sctx, cancel := context.WithTimeout(ctx, stopStatusTimeout)
@@ -990,4 +1004,74 @@ func terminate(ctx context.Context, pid int) (int, error) {
 		}
 	}
 	return pid, nil
+}
+
+// lockPIDFile takes the instance's pid file, locked (flock) and holding
+// this process's pid, or reports ErrAlreadyRunning when another service
+// of the instance holds it. The lock goes with the process, so a file left
+// by a killed service is simply taken over.
+func lockPIDFile(l Layout) (*os.File, error) {
+	f, err := os.OpenFile(l.PIDFile(), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("node: pid file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("node: pid file %s: %w", l.PIDFile(), err)
+		}
+		if st, perr := probe(l); perr == nil {
+			return nil, fmt.Errorf("%w: instance %s (pid %d)", ErrAlreadyRunning, l.Dir, st.PID)
+		}
+		if pid, ok := pidFromFile(l); ok {
+			return nil, fmt.Errorf("%w: instance %s (pid %d, starting)", ErrAlreadyRunning, l.Dir, pid)
+		}
+		return nil, fmt.Errorf("%w: instance %s (starting)", ErrAlreadyRunning, l.Dir)
+	}
+	// A path that no longer names the file we locked (a stopping service
+	// removed it meanwhile) would let a second service lock a new one.
+	fi, ferr := f.Stat()
+	pi, perr := os.Stat(l.PIDFile())
+	if ferr != nil || perr != nil || !os.SameFile(fi, pi) {
+		f.Close()
+		return lockPIDFile(l)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("node: pid file: %w", err)
+	}
+	return f, nil
+}
+
+// pidFileLocked reports whether a service (running, or starting) holds
+// the instance's pid file.
+func pidFileLocked(l Layout) bool {
+	f, err := os.Open(l.PIDFile())
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+	if err == nil {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	}
+	return errors.Is(err, syscall.EWOULDBLOCK)
+}
+
+// waitStarted waits while a service of l is starting (it holds the pid
+// file but does not listen on its socket yet) and reports whether one was.
+func waitStarted(ctx context.Context, l Layout) bool {
+	waited := false
+	for !socketListening(l.Socket()) && pidFileLocked(l) {
+		waited = true
+		select {
+		case <-ctx.Done():
+			return waited
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return waited
 }

@@ -184,3 +184,135 @@ func TestLifecycleStopServiceOfMovedInstance(t *testing.T) {
 	a.dir = moved
 	a.start()
 }
+
+// holdData runs an offline perform of an action that sleeps, so that the
+// instance's datastore is held (as any offline command holds it) until
+// the returned process ends; it returns once the action runs.
+func holdData(t *testing.T, a *instance, secs int) *proc {
+	t.Helper()
+	a.writeScript("actions", "hold", fmt.Sprintf("touch \"$COATTAIL_INSTANCE/holding\"\nsleep %d\nexec cat\n", secs))
+	p := a.spawn("action", "perform", "--action", "hold", "--data", "1")
+	checkFor(t, 30*time.Second, func() error {
+		if _, err := os.Stat(a.path("holding")); err != nil {
+			return fmt.Errorf("the offline perform has not run its action yet: %v", err)
+		}
+		return nil
+	})
+	return p
+}
+
+// serviceProcesses returns the pids of the foreground service processes
+// (what a headless start runs) of the instance in dir.
+func serviceProcesses(t *testing.T, dir string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) == 5 && args[0] == binPath && args[1] == "--instance" && args[2] == dir &&
+			args[3] == "service" && args[4] == "start" && processAlive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// Starts that race while the first service is still starting (here it
+// waits for an offline command's hold on the datastore) are told at once
+// that the instance is running or starting; none waits for the datastore
+// and fails on it. Exactly one service comes up.
+func TestLifecycleConcurrentStarts(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	hold := holdData(t, a, 3)
+	const n = 3
+	starts := make([]*proc, n)
+	for k := range starts {
+		starts[k] = a.spawn("service", "start", "--headless")
+	}
+	ok, pid := 0, 0
+	for _, p := range starts {
+		code := p.wait(t)
+		if code == 0 {
+			ok++
+			pid, _ = strconv.Atoi(strings.TrimSpace(p.stdout()))
+			continue
+		}
+		if !strings.Contains(p.stderr(), "already running") {
+			t.Errorf("a racing start failed with %q, want \"already running\"", p.stderr())
+		}
+		if strings.Contains(p.stderr(), "datastore") || strings.Contains(p.stderr(), "in use") {
+			t.Errorf("a racing start showed the datastore error: %s", p.stderr())
+		}
+	}
+	if code := hold.wait(t); code != 0 {
+		t.Errorf("the offline perform failed: %s", hold.stderr())
+	}
+	if ok != 1 || pid <= 0 {
+		t.Fatalf("%d of %d racing starts succeeded, want 1", ok, n)
+	}
+	t.Cleanup(func() { a.cleanupService(pid) })
+	var list []map[string]any
+	a.decodeJSON(a.mustRun("service", "status", "--json"), &list)
+	if len(list) != 1 || list[0]["pid"] != float64(pid) {
+		t.Errorf("service status after racing starts: %v, want one service, pid %d", list, pid)
+	}
+}
+
+// `service stop` while the service is still starting stops it once it is
+// up, instead of saying it is not running and leaving it to come up.
+func TestLifecycleStopDuringStartup(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	hold := holdData(t, a, 5)
+	start := a.spawn("service", "start", "--headless")
+	var pid int
+	checkFor(t, 30*time.Second, func() error {
+		pids := serviceProcesses(t, a.dir)
+		if len(pids) != 1 {
+			return fmt.Errorf("service processes of %s: %v", a.dir, pids)
+		}
+		pid = pids[0]
+		// Still starting: it holds the pid file, and waits for the
+		// datastore before it opens its control socket.
+		b, err := os.ReadFile(a.path("service.pid"))
+		if err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(pid) {
+			return fmt.Errorf("service.pid of the starting service: %q, %v", b, err)
+		}
+		if _, err := os.Lstat(a.path("coattail.sock")); err == nil {
+			return fmt.Errorf("the service (pid %d) already has its socket", pid)
+		}
+		return nil
+	})
+	t.Cleanup(func() { killAndWait(t, pid) })
+	out, stderr, code := a.run("service", "stop")
+	if code != 0 {
+		t.Fatalf("service stop during start-up: exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(out, strconv.Itoa(pid)) {
+		t.Errorf("service stop printed %q, want pid %d", out, pid)
+	}
+	if processAlive(pid) {
+		t.Fatalf("the service (pid %d) still runs after service stop", pid)
+	}
+	if code := start.wait(t); code != 0 {
+		t.Logf("the start that was stopped exited %d: %s", code, start.stderr())
+	}
+	hold.wait(t)
+	var list []map[string]any
+	a.decodeJSON(a.mustRun("service", "status", "--json"), &list)
+	if len(list) != 0 {
+		t.Errorf("service status after stop: %v", list)
+	}
+}
