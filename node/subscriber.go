@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -944,17 +945,47 @@ func (n *Node) removePeerSubscriptions(ctx context.Context, id string) {
 	}
 }
 
-// DeadLetters lists parked publications.
+// deadLetterDataBudget is how many bytes of publications' data, as the
+// control API encodes them, one dead-letter list carries: half of the
+// control client's answer limit (localapi.MaxAnswer), the rest being left
+// for the other fields. Publications may be up to 64 MiB each
+// (limits.max_payload); a list that carried them all would not be shown at
+// all, and the ids needed to replay or drop them would not be seen.
+const deadLetterDataBudget = localapi.MaxAnswer / 2
+
+// DeadLetters lists parked publications. Their data is included until
+// deadLetterDataBudget is spent; after that, entries have no data (null),
+// so that the list can always be shown.
 func (n *Node) DeadLetters(ctx context.Context) ([]localapi.DeadLetter, error) {
 	dls, err := n.subscriber.dead.List(ctx)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]localapi.DeadLetter, 0, len(dls))
+	budget, left := deadLetterDataBudget, 0
 	for _, d := range dls {
-		out = append(out, deadLetterView(d))
+		v := deadLetterView(d)
+		if size := encodedJSONSize(v.Data); size > budget {
+			v.Data = nil
+			left++
+		} else {
+			budget -= size
+		}
+		out = append(out, v)
+	}
+	if left > 0 {
+		n.log.Warn("dead-letter list: data left out of entries to keep the answer within the control API's limit",
+			"entries", len(out), "without_data", left, "limit_bytes", deadLetterDataBudget)
 	}
 	return out, nil
+}
+
+// encodedJSONSize is the size of raw JSON once encoding/json wrote it
+// with HTML escaping (as the control API does): <, > and & become \u003c
+// and so on, U+2028 and U+2029 \u2028 and \u2029.
+func encodedJSONSize(b json.RawMessage) int {
+	return len(b) + 5*(bytes.Count(b, []byte("<"))+bytes.Count(b, []byte(">"))+bytes.Count(b, []byte("&"))) +
+		3*(bytes.Count(b, []byte("\u2028"))+bytes.Count(b, []byte("\u2029")))
 }
 
 func deadLetterView(d deadLetter) localapi.DeadLetter {

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// The dead-letter list is not paged: it is one answer of the control API,
+// which the CLI reads up to 64 MiB. Publications may be up to 64 MiB each
+// (limits.max_payload), and their JSON grows when it is encoded (an HTML
+// character such as < becomes \u003c), so a few parked ones (two here) made
+// `deadletters list` fail ("answer too large"), with or without --json,
+// and the ids needed to replay or drop them could not be seen. The list
+// now leaves out the data past a budget: it is always shown.
+func TestDeadLettersListOfLargePublications(t *testing.T) {
+	t.Parallel()
+	a, b := newInstance(t, "a"), newInstance(t, "b")
+	for _, i := range []*instance{a, b} {
+		i.setConfig("max_payload", "40MiB")
+	}
+	b.setConfig("receiver_retries", "0")
+	b.setConfig("receiver_backoff", "1ms")
+	b.writeScript("receivers", "refuses", "cat >/dev/null\necho refused >&2\nexit 1\n")
+	a.start()
+	b.start()
+	b.addPeer(a)
+	b.subscribe(a, "big", "refuses")
+
+	big := `"` + strings.Repeat("a", 34<<20) + `"` // two are over 64 MiB
+	for _, d := range []string{`"small"`, big, big} {
+		if code, stderr := a.publishStdin("big", []string{d}); code != 0 {
+			t.Fatalf("publish: exit %d: %s", code, stderr)
+		}
+	}
+	var dls []deadLetterJSON
+	checkFor(t, deliveryTimeout, func() error {
+		out, stderr, code := b.run("deadletters", "list", "--json")
+		if code != 0 {
+			return fmt.Errorf("deadletters list --json: exit %d: %s", code, stderr)
+		}
+		dls = nil
+		b.decodeJSON(out, &dls)
+		if len(dls) != 3 {
+			return fmt.Errorf("%d dead letters, want 3", len(dls))
+		}
+		return nil
+	})
+	if dls[0].Seq != 1 || dls[0].Data != "small" {
+		t.Errorf("first dead letter = %+v, want seq 1 with its data \"small\"", dls[0])
+	}
+	out := b.mustRun("deadletters", "list")
+	for _, d := range dls {
+		if !strings.Contains(out, d.ID) {
+			t.Errorf("deadletters list does not show %s:\n%s", d.ID, out)
+		}
+		if !strings.Contains(d.Error, "refused") {
+			t.Errorf("dead letter %s error %q, want the receiver's", d.ID, d.Error)
+		}
+	}
+	// What the list shows can be acted on.
+	b.mustRun("deadletters", "drop", dls[2].ID)
+	if n := len(b.deadLetters()); n != 2 {
+		t.Fatalf("%d dead letters after a drop, want 2", n)
+	}
+}
