@@ -379,7 +379,13 @@ func runLab(ctx context.Context, o labOptions, bin string, progress func(string,
 	if rep.Killed > 0 {
 		rep.Problems = append(rep.Problems, fmt.Sprintf("%d service(s) did not stop when asked and were killed", rep.Killed))
 	}
-	if o.keep || runErr != nil || !rep.OK() {
+	// An interrupted run (Ctrl-C, SIGTERM) is the user's choice, not a
+	// failure to inspect: its directories go unless --keep.
+	interrupted := ctx.Err() != nil
+	if interrupted {
+		runErr = fmt.Errorf("lab: interrupted; stopped the %d service(s) it had started", rep.Stopped+rep.Killed)
+	}
+	if o.keep || (!interrupted && (runErr != nil || !rep.OK())) {
 		rep.Dir = dir
 		progress("kept %s for inspection", dir)
 	} else if err := os.RemoveAll(dir); err != nil {

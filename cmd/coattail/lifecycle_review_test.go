@@ -4,12 +4,15 @@ package main
 // signals, start-up races, instances that vanish under their service.
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -314,5 +317,101 @@ func TestLifecycleStopDuringStartup(t *testing.T) {
 	a.decodeJSON(a.mustRun("service", "status", "--json"), &list)
 	if len(list) != 0 {
 		t.Errorf("service status after stop: %v", list)
+	}
+}
+
+// lockedBuf is a bytes.Buffer the test reads while a process writes it.
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *lockedBuf) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *lockedBuf) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// processesUnder returns the live processes whose command line mentions dir.
+func processesUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []string
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), dir) && processAlive(pid) {
+			found = append(found, e.Name()+": "+strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	return found
+}
+
+// Ctrl-C during `coattail lab` stops every service it started, removes
+// its temporary instance directories (nothing failed: the user stopped
+// it), says it was interrupted and exits non-zero.
+func TestLifecycleLabInterrupted(t *testing.T) {
+	t.Parallel()
+	needBinary(t)
+	parent, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binPath, "lab", "--nodes", "6", "--parallel", "2", "--messages", "1000", "--dir", parent)
+	cmd.Env = childEnv(t)
+	var stdout, stderr lockedBuf
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		for _, p := range processesUnder(t, parent) {
+			if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {
+				killAndWait(t, pid)
+			}
+		}
+	})
+	checkFor(t, 60*time.Second, func() error {
+		if !strings.Contains(stderr.String(), "lab: created") {
+			return fmt.Errorf("the lab has not created its instances yet: %s", stderr.String())
+		}
+		return nil
+	})
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	var exitErr *exec.ExitError
+	select {
+	case err := <-done:
+		if !errors.As(err, &exitErr) || exitErr.ExitCode() == 0 {
+			t.Errorf("an interrupted lab exited with %v, want a non-zero exit", err)
+		}
+	case <-time.After(commandTimeout):
+		t.Fatal("the lab did not exit after Ctrl-C")
+	}
+	if !strings.Contains(stderr.String(), "interrupted") {
+		t.Errorf("stderr does not say the lab was interrupted:\n%s", stderr.String())
+	}
+	if left := processesUnder(t, parent); len(left) > 0 {
+		t.Errorf("processes left running after Ctrl-C:\n%s", strings.Join(left, "\n"))
+	}
+	if ents, _ := os.ReadDir(parent); len(ents) != 0 {
+		t.Errorf("the interrupted lab left %d entries in --dir %s", len(ents), parent)
 	}
 }
