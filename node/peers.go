@@ -489,8 +489,13 @@ func canonicalPeerIDs(ids []string) ([]string, error) {
 }
 
 // remotePublish sends publications to a peer in frames of up to the
-// payload limit, pipelined: every frame goes out before the answers are
-// read.
+// payload limit, pipelined: the answers are read while frames are still
+// being written, so a refusal of an early frame ends the publish at once
+// with the peer's reason (the peer stops reading: waiting to finish
+// writing first held the stream until its deadline, and then reported the
+// failed write). On an error, it says how many publications the peer
+// stored: the first ones, in order, up to the last answer read
+// (PROTOCOL.md: last_seq), and none after.
 func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publication) (localapi.PublishResult, error) {
 	s, err := n.open(ctx, peerID, wire.ProtoPublish, nil)
 	if err != nil {
@@ -499,49 +504,91 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 	defer s.s.Close()
 	stop := context.AfterFunc(ctx, func() { _ = s.s.Reset() })
 	defer stop()
-	now := time.Now().UnixNano()
+	// Split into frames first, so that the answers can be read, and
+	// checked against what each frame carried, while the frames go out.
 	limit := int(n.cfg.Limits.MaxPayload)
-	frames := 0
-	var batch []wire.Publication
-	var buf []byte
-	size := 0
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
+	var counts []int
+	for i, size := 0, 0; i < len(pubs); i++ {
+		sz := len(pubs[i].Subject) + len(pubs[i].Data) + 32
+		if len(counts) == 0 || size+sz > limit || counts[len(counts)-1] >= wire.MaxPublishBatch {
+			counts, size = append(counts, 0), 0
 		}
-		buf = wire.AppendPublishBatch(buf[:0], batch)
-		batch, size = batch[:0], 0
-		frames++
-		s.wmu.Lock()
-		defer s.wmu.Unlock()
-		return s.w.Frame(wire.TPublish, buf)
-	}
-	for _, p := range pubs {
-		sz := len(p.Subject) + len(p.Data) + 32
-		if size+sz > limit || len(batch) >= wire.MaxPublishBatch {
-			if err := flush(); err != nil {
-				return localapi.PublishResult{}, err
-			}
-		}
-		batch = append(batch, wire.Publication{Subject: p.Subject, Data: p.Data, Hop: uint32(p.Hop), Time: now})
+		counts[len(counts)-1]++
 		size += sz
 	}
-	if err := flush(); err != nil {
-		return localapi.PublishResult{}, err
-	}
-	s.wmu.Lock()
-	err = s.w.Flush()
-	s.wmu.Unlock()
-	if err != nil {
-		return localapi.PublishResult{}, err
-	}
-	total := 0
-	for i := 0; i < frames; i++ {
-		var res wire.PublishResult
-		if err := s.result(&res, nil); err != nil {
-			return localapi.PublishResult{Published: total}, err
+	st := n.cfg.Limits.StreamTimeout
+	var stored, total int
+	answers := make(chan error, 1)
+	go func() {
+		err := func() error {
+			for i, c := range counts {
+				_ = s.s.SetReadDeadline(time.Now().Add(st))
+				var res wire.PublishResult
+				if err := s.result(&res, nil); err != nil {
+					return err
+				}
+				if res.Accepted != c || res.LastSeq != uint64(stored+c) || res.Published < 0 {
+					return fmt.Errorf("%w %s answered batch %d of %d publications with accepted %d, last_seq %d (want %d), published %d",
+						ErrPeer, s.peer, i+1, c, res.Accepted, res.LastSeq, stored+c, res.Published)
+				}
+				stored += c
+				total += res.Published
+			}
+			return nil
+		}()
+		if err != nil {
+			// The peer refused a frame and reads no more: a write still
+			// blocked on it would wait for its deadline.
+			_ = s.s.Reset()
 		}
-		total += res.Published
+		answers <- err
+	}()
+	werr := func() error {
+		now := time.Now().UnixNano()
+		var batch []wire.Publication
+		var buf []byte
+		next := 0
+		for _, c := range counts {
+			batch = batch[:0]
+			for _, p := range pubs[next : next+c] {
+				batch = append(batch, wire.Publication{Subject: p.Subject, Data: p.Data, Hop: uint32(p.Hop), Time: now})
+			}
+			next += c
+			buf = wire.AppendPublishBatch(buf[:0], batch)
+			s.wmu.Lock()
+			_ = s.s.SetWriteDeadline(time.Now().Add(st))
+			err := s.w.Frame(wire.TPublish, buf)
+			s.wmu.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		_ = s.s.SetWriteDeadline(time.Now().Add(st))
+		return s.w.Flush()
+	}()
+	if werr != nil {
+		// The peer's refusal, which makes it stop reading, or a deadline.
+		// An answer already in says why; otherwise end the reading.
+		select {
+		case err = <-answers:
+		case <-time.After(2 * time.Second):
+			_ = s.s.Reset()
+			err = <-answers
+		}
+		var we *wire.Error
+		if !errors.As(err, &we) {
+			err = werr
+		}
+	} else {
+		err = <-answers
+	}
+	if err != nil {
+		if !stop() && ctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+		}
+		return localapi.PublishResult{Published: total}, fmt.Errorf("node: %d of %d publications were stored at %s (the first %d, in order), the rest were not: %w", stored, len(pubs), peerID, stored, err)
 	}
 	return localapi.PublishResult{Published: total}, nil
 }

@@ -177,6 +177,43 @@ func TestPublishReviewLongLivedStreamKeepsAnswering(t *testing.T) {
 	}
 }
 
+// A remote publish refused part-way says exactly which publications were
+// stored (PROTOCOL.md: "The publisher knows exactly what is durable from
+// the last last_seq it read"). The remote's refusal came back alone, so a
+// user could not tell whether to publish again all, some or none.
+func TestPublishReviewRefusalSaysWhatWasStored(t *testing.T) {
+	a := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.QueueBound = 3 }))
+	// b's small max_payload puts each publication in a frame of its own.
+	b := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 1024 }))
+	prSubscriber(t, a, "q.>")
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Publish: []string{">"}})
+	batch := make([]json.RawMessage, 5)
+	for i := range batch {
+		batch[i] = jsonString(700)
+	}
+	_, err := b.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "q.a", Batch: batch})
+	wantWireCode(t, err, wire.CodeUnavailable)
+	errorsContain(t, err, "3 of 5", "stored")
+	if d := prDepth(t, a); d != 3 {
+		t.Fatalf("queued %d, want 3", d)
+	}
+}
+
+// A remote publish refused at its first frame, while the publisher is
+// still writing the rest, reports the remote's refusal, not the failed
+// write, and says that nothing was stored.
+func TestPublishReviewEarlyRefusalOfLargePublish(t *testing.T) {
+	a, b := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Publish: []string{"ok.>"}})
+	batch := make([]json.RawMessage, 24)
+	for i := range batch {
+		batch[i] = jsonString(1 << 20)
+	}
+	_, err := b.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "no.a", Batch: batch})
+	wantWireCode(t, err, wire.CodeForbidden)
+	errorsContain(t, err, "0 of 24")
+}
+
 // A hop that does not fit the wire's 32 bits is refused by the publisher,
 // and a negative one too: it was cut to its low 32 bits, so hop 2^32 went
 // out as hop 0, past the remote's max_hops (which cuts receiver loops), and
