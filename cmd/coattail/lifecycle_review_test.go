@@ -415,3 +415,44 @@ func TestLifecycleLabInterrupted(t *testing.T) {
 		t.Errorf("the interrupted lab left %d entries in --dir %s", len(ents), parent)
 	}
 }
+
+// Ctrl-C on `service start --headless` while the service is still
+// starting stops that service: it does not come up behind the user's back
+// after the command failed.
+func TestLifecycleStartHeadlessInterrupted(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	hold := holdData(t, a, 5)
+	start := a.spawn("service", "start", "--headless")
+	var pid int
+	checkFor(t, 30*time.Second, func() error {
+		pids := serviceProcesses(t, a.dir)
+		if len(pids) != 1 {
+			return fmt.Errorf("service processes of %s: %v", a.dir, pids)
+		}
+		pid = pids[0]
+		return nil
+	})
+	t.Cleanup(func() { killAndWait(t, pid) })
+	if err := start.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if code := start.wait(t); code == 0 {
+		t.Errorf("an interrupted start exited 0: %s", start.stdout())
+	}
+	if !strings.Contains(start.stderr(), "interrupted") {
+		t.Errorf("the interrupted start said %q", start.stderr())
+	}
+	checkFor(t, 30*time.Second, func() error {
+		if processAlive(pid) {
+			return fmt.Errorf("the service (pid %d) of the interrupted start still runs", pid)
+		}
+		return nil
+	})
+	hold.wait(t)
+	var list []map[string]any
+	a.decodeJSON(a.mustRun("service", "status", "--json"), &list)
+	if len(list) != 0 {
+		t.Errorf("a service runs after its start was interrupted: %v", list)
+	}
+}
