@@ -151,12 +151,15 @@ func (r *Reader) readPayload(size int) ([]byte, error) {
 		return p, err
 	}
 	// Grow geometrically so a stream of slowly growing frames does not
-	// reallocate on each one, but never past the limit.
+	// reallocate on each one, but never past the limit. The first step is
+	// the size of the read buffer (4 KiB on a request stream), not a
+	// fixed 64 KiB: a header followed by silence costs what a stream
+	// costs anyway, and each later step doubles only what has arrived.
 	target := min(max(size, 2*cap(r.buf)), r.max)
 	buf := r.buf[:0]
 	for len(buf) < size {
 		if len(buf) == cap(buf) {
-			nb := make([]byte, len(buf), min(max(2*cap(buf), ioBufferSize), target))
+			nb := make([]byte, len(buf), min(max(2*cap(buf), r.br.Size()), target))
 			copy(nb, buf)
 			buf = nb
 		}
