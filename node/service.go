@@ -856,8 +856,9 @@ func ListServices(ctx context.Context) ([]localapi.Status, error) {
 		cancel()
 		c.Close()
 		if err != nil {
-			// Alive but not answering: still starting or stuck; show what we know.
-			st = localapi.Status{PID: r.PID, Instance: r.Instance}
+			// Alive but not answering: still starting or stuck; show what
+			// we know, with the documented shape (lists [], never null).
+			st = unansweredStatus(r)
 		}
 		if st.PID != r.PID {
 			// The socket now belongs to a newer service of the same
@@ -1074,4 +1075,46 @@ func waitStarted(ctx context.Context, l Layout) bool {
 		}
 	}
 	return waited
+}
+
+// unansweredStatus is what `service status` shows of a registered service
+// that does not answer (stopped with SIGSTOP, or stuck): its pid and
+// instance, its peer id (from the identity key) and its start time (from
+// /proc), Online false, and empty lists.
+func unansweredStatus(r registration) localapi.Status {
+	st := localapi.Status{PID: r.PID, Instance: r.Instance, ListenAddrs: []string{}, Addrs: []string{}}
+	if id, err := PeerIDOf(Layout{Dir: r.Instance}); err == nil {
+		st.PeerID = id.String()
+	}
+	if t, ok := procStartTime(r.PID); ok {
+		st.StartedAt = t
+		st.Uptime = localapi.Duration(time.Since(t))
+	}
+	return st
+}
+
+// procStartTime returns when process pid started: its start in clock
+// ticks since boot (/proc/<pid>/stat) after the boot time (btime in
+// /proc/stat). Linux reports ticks to user space as USER_HZ, 100 per
+// second.
+func procStartTime(pid int) (time.Time, bool) {
+	ticks, ok := procStart(pid)
+	if !ok {
+		return time.Time{}, false
+	}
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return time.Time{}, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, found := strings.CutPrefix(line, "btime "); found {
+			boot, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return time.Time{}, false
+			}
+			const userHZ = 100
+			return time.Unix(boot, 0).Add(time.Duration(ticks) * time.Second / userHZ), true
+		}
+	}
+	return time.Time{}, false
 }

@@ -456,3 +456,56 @@ func TestLifecycleStartHeadlessInterrupted(t *testing.T) {
 		t.Errorf("a service runs after its start was interrupted: %v", list)
 	}
 }
+
+// `service status --json` of a service that does not answer (stopped with
+// SIGSTOP, or stuck) keeps the documented shape: lists are [], never null,
+// and it shows the peer id and start time it can know without asking.
+func TestLifecycleStatusOfUnansweringService(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	id := a.peerID()
+	pid := a.start()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	checkFor(t, 10*time.Second, func() error {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return err
+		}
+		if k := strings.LastIndexByte(string(b), ')'); k < 0 || k+2 >= len(b) || b[k+2] != 'T' {
+			return fmt.Errorf("pid %d is not stopped yet", pid)
+		}
+		return nil
+	})
+	var list []map[string]any
+	out := a.mustRun("service", "status", "--json")
+	a.decodeJSON(out, &list)
+	if len(list) != 1 {
+		t.Fatalf("service status --json: %s", out)
+	}
+	st := list[0]
+	for _, k := range []string{"pid", "instance", "peer_id", "version", "online", "listen_addrs", "addrs", "started_at", "uptime", "connected_peers", "counters"} {
+		if _, ok := st[k]; !ok {
+			t.Errorf("status lacks %q: %s", k, out)
+		}
+	}
+	for _, k := range []string{"listen_addrs", "addrs"} {
+		if _, isList := st[k].([]any); !isList {
+			t.Errorf("%s is %v, want a list ([] when empty, never null)", k, st[k])
+		}
+	}
+	if st["online"] != false || st["pid"] != float64(pid) || st["instance"] != a.dir {
+		t.Errorf("status of the stopped service: %s", out)
+	}
+	if st["peer_id"] != id {
+		t.Errorf("peer_id %v, want %s", st["peer_id"], id)
+	}
+	if started, _ := st["started_at"].(string); strings.HasPrefix(started, "0001-") {
+		t.Errorf("started_at %q of a service that started", started)
+	}
+	if text := a.mustRun("service", "status"); !strings.Contains(text, "not answering") {
+		t.Errorf("service status does not say the service is not answering:\n%s", text)
+	}
+}

@@ -325,7 +325,10 @@ func newServiceStatusCmd(a *app) *cobra.Command {
 			rows := [][]string{}
 			for _, s := range list {
 				reach := s.Reachable
-				if reach == "" {
+				switch {
+				case !s.Online:
+					reach = "not answering"
+				case reach == "":
 					reach = "-"
 				}
 				if n := len(s.Relays); n > 0 {
