@@ -538,6 +538,7 @@ func (n *Node) Perform(ctx context.Context, req localapi.PerformRequest, onLog f
 	}
 	// A cascade past the limit stops before its action runs, not only
 	// before it publishes: an action need not notify to have effects.
+	req.Hop = cascadeHop(ctx, req.Hop)
 	if err := n.checkHop(req.Action, req.Hop, "not run"); err != nil {
 		return localapi.PerformResult{}, err
 	}

@@ -243,6 +243,18 @@ func InvocationFrom(ctx context.Context) *Invocation {
 	return inv
 }
 
+// cascadeHop is the hop of a perform or publication made with ctx: made
+// by an in-process receiver, it continues the cascade of the publication
+// being handled, one hop further (as the CLI does from COATTAIL_HOP for an
+// executable receiver), so that limits.max_hops also stops loops between
+// Go receivers. A larger hop given explicitly stands.
+func cascadeHop(ctx context.Context, hop int) int {
+	if inv := InvocationFrom(ctx); inv != nil && inv.Kind == string(runner.KindReceiver) {
+		return max(hop, int(inv.Hop)+1)
+	}
+	return hop
+}
+
 // Log sends one log line of an in-process handler to whoever performed it
 // (the CLI, or a remote caller), like a stderr line of an executable.
 func Log(ctx context.Context, line string) {

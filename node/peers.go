@@ -426,6 +426,7 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 	if err := topics.ValidateSubject(req.Action); err != nil {
 		return localapi.PublishResult{}, err
 	}
+	req.Hop = cascadeHop(ctx, req.Hop)
 	// The wire carries a hop in 32 bits: a larger one was cut to its low
 	// bits (2^32 went out as 0, past the remote's max_hops), a negative
 	// one wrapped.
@@ -454,6 +455,11 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 	if req.Peer != "" {
 		if len(req.To) > 0 {
 			return localapi.PublishResult{}, fmt.Errorf("%w: --to cannot be combined with --peer (the peer chooses its subscribers)", ErrBadRequest)
+		}
+		// Our own limit first, as perform does: a loop through this
+		// instance stops here, whatever the peer's limit.
+		if err := n.checkHop(req.Action, req.Hop, "not published"); err != nil {
+			return localapi.PublishResult{}, err
 		}
 		return n.remotePublish(ctx, req.Peer, pubs)
 	}

@@ -190,6 +190,9 @@ func (n *Node) publish(ctx context.Context, pubs []publication, to []string) (in
 
 // Publish publishes data to the subscribers of subject from this instance
 // and returns the number of subscription queues that took it, once durable.
+// Called with the context of an in-process receiver, the publication
+// continues that receiver's cascade one hop further (limits.max_hops), as
+// do PublishBatch, PublishRequest and Perform.
 func (n *Node) Publish(ctx context.Context, subject string, data json.RawMessage) (int, error) {
 	r, err := n.PublishRequest(ctx, localapi.PublishRequest{Action: subject, Data: data})
 	return r.Published, err
@@ -199,6 +202,7 @@ func (n *Node) Publish(ctx context.Context, subject string, data json.RawMessage
 // the fast path for a program that publishes at a high rate.
 func (n *Node) PublishBatch(ctx context.Context, msgs []Message) (int, error) {
 	pubs := make([]publication, 0, len(msgs))
+	hop := cascadeHop(ctx, 0)
 	for _, m := range msgs {
 		if err := topics.ValidateSubject(m.Subject); err != nil {
 			return 0, err
@@ -209,7 +213,7 @@ func (n *Node) PublishBatch(ctx context.Context, msgs []Message) (int, error) {
 		if !jsonx.Valid(m.Data) {
 			return 0, fmt.Errorf("%w: data for %q is not valid JSON in UTF-8", ErrBadRequest, m.Subject)
 		}
-		pubs = append(pubs, publication{Subject: m.Subject, Data: m.Data})
+		pubs = append(pubs, publication{Subject: m.Subject, Data: m.Data, Hop: hop})
 	}
 	return n.publish(ctx, pubs, nil)
 }
