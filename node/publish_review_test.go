@@ -257,3 +257,80 @@ func TestPublishReviewToAnySpellingOfPeerID(t *testing.T) {
 		t.Fatalf("publish --to nobody: %v, want a bad request", err)
 	}
 }
+
+// The answers count exactly (PROTOCOL.md, PublishResult): accepted is the
+// batch's size, last_seq the publications stored on the stream so far,
+// published the queue entries written, one per matching subscription (none
+// for a subject nobody subscribes to, and none for an empty batch). A
+// batch with one refused publication (outside the token's subjects, a
+// wildcard, not JSON, a hop past max_hops) is refused whole: nothing of
+// it is queued, and the earlier batches stay stored.
+func TestPublishReviewCountsAndAllOrNothing(t *testing.T) {
+	a := newTestNode(t, withQuietLog())
+	h := newStockHost(t, a)
+	sub := issue(t, a, localapi.IssueRequest{Subscribe: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
+	for _, pat := range []string{"c.>", "c.a"} {
+		_ = rawSubscribe(t, h, a, sub.Token, wire.SubscribeRequest{Pattern: pat, Receiver: "r"}).s.Reset()
+	}
+	depth := func() (total uint64) {
+		for _, s := range a.Subscribers() {
+			total += s.Depth
+		}
+		return total
+	}
+	tok := issue(t, a, localapi.IssueRequest{Publish: []string{"c.>", "z.>"}, Bearers: []string{"vt://" + h.ID().String()}})
+	one := func(subject string, hop uint32, data string) wire.Publication {
+		return wire.Publication{Subject: subject, Hop: hop, Data: []byte(data), Time: 1}
+	}
+	batch := func(ps ...wire.Publication) []byte { return wire.AppendPublishBatch(nil, ps) }
+	for _, bad := range []struct {
+		name string
+		pub  wire.Publication
+		code wire.Code
+	}{
+		{"outside the token", one("d.a", 0, `1`), wire.CodeForbidden},
+		{"wildcard", one("c.*", 0, `1`), wire.CodeBadRequest},
+		{"tail wildcard", one("c.>", 0, `1`), wire.CodeBadRequest},
+		{"not JSON", one("c.a", 0, `{`), wire.CodeBadRequest},
+		{"not UTF-8", one("c.a", 0, "\"\xff\""), wire.CodeBadRequest},
+		{"past max_hops", one("c.a", 17, `1`), wire.CodeBadRequest},
+	} {
+		t.Run(bad.name, func(t *testing.T) {
+			before := depth()
+			s := rawStream(t, h, a, wire.ProtoPublish)
+			w, r, we := openAuthed(t, s, tok.Token)
+			if we != nil {
+				t.Fatal(we)
+			}
+			want := []wire.PublishResult{
+				{Accepted: 3, LastSeq: 3, Published: 5}, // c.a twice (2 subscriptions each), c.b once
+				{Accepted: 1, LastSeq: 4, Published: 0}, // nobody subscribes to z.q
+				{Accepted: 0, LastSeq: 4, Published: 0}, // an empty batch
+			}
+			for _, f := range [][]byte{
+				batch(one("c.a", 0, `1`), one("c.a", 1, `{"x":2}`), one("c.b", 16, `"3"`)),
+				batch(one("z.q", 0, `1`)),
+				batch(),
+				batch(one("c.a", 0, `1`), bad.pub, one("c.a", 0, `1`)),
+			} {
+				if err := w.Frame(wire.TPublish, f); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := w.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			for i, wr := range want {
+				var res wire.PublishResult
+				rvExpect(t, r, wire.TResult, &res)
+				if res != wr {
+					t.Fatalf("answer %d: %+v, want %+v", i+1, res, wr)
+				}
+			}
+			rvExpectCode(t, r, bad.code)
+			if d := depth(); d != before+5 {
+				t.Fatalf("queue entries went from %d to %d, want +5 (the first batch's)", before, d)
+			}
+		})
+	}
+}
