@@ -146,6 +146,12 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 	defer r.release()
 
 	stdout := &cappedBuffer{max: r.cfg.MaxOutput, onOverflow: func() { cancelCause(errOverflow) }}
+	if inv.Kind == KindReceiver {
+		// Nobody uses a receiver's output: a receiver that prints a lot
+		// (a tool's report) has handled its publication all the same, so
+		// what is over the limit is dropped instead of failing the run.
+		stdout.onOverflow = nil
+	}
 	stderr := newLineWriter(inv.Log)
 
 	stdin, closeStdin := stdinFor(inv.Input)
@@ -192,7 +198,7 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 	// Stdout past the limit fails the run however the program ended: a
 	// child that overflowed it after the program exited 0 would otherwise
 	// pass as exitedOK, and the truncated output as the result.
-	if stdout.overflowed {
+	if stdout.overflowed && stdout.onOverflow != nil {
 		return nil, r.tooLarge(inv)
 	}
 
@@ -222,6 +228,11 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 			"kind", inv.Kind, "name", inv.Name)
 	case waitErr != nil:
 		return nil, fmt.Errorf("runner: %s %q: %w", inv.Kind, inv.Name, waitErr)
+	}
+	if stdout.overflowed {
+		r.cfg.Logger.Warn("receiver output over max_output dropped (a receiver's output is not used)",
+			"name", inv.Name, "max_output", r.cfg.MaxOutput)
+		return nil, nil
 	}
 	return r.finishOutput(inv, stdout.buf.Bytes())
 }
@@ -362,9 +373,14 @@ type cappedBuffer struct {
 	overflowed bool
 }
 
+// Write keeps at most max bytes. Past them it calls onOverflow and fails
+// or, with no onOverflow, drops the rest and goes on reading.
 func (b *cappedBuffer) Write(p []byte) (int, error) {
-	if b.buf.Len()+len(p) > b.max {
+	if b.overflowed || b.buf.Len()+len(p) > b.max {
 		b.overflowed = true
+		if b.onOverflow == nil {
+			return len(p), nil
+		}
 		b.onOverflow()
 		return 0, errOverflow
 	}

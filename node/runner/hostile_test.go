@@ -164,3 +164,25 @@ func TestMaxRunningBoundsExecutables(t *testing.T) {
 		t.Errorf("in-process handler = %s, %v", out, err)
 	}
 }
+
+// A receiver's output is not used: one that prints more than max_output
+// (a tool's report) has handled its publication. It was killed at the
+// limit and failed, so it was retried, running again, and parked.
+func TestReceiverOutputOverLimitIsDropped(t *testing.T) {
+	t.Parallel()
+	r, dir := newTestRunner(t, func(c *Config) { c.MaxOutput = 1024 })
+	marker := filepath.Join(t.TempDir(), "finished")
+	writeProgram(t, dir, KindReceiver, "chatty", `head -c 100000 /dev/zero | tr '\0' 'a'; touch `+marker)
+	out, err := r.Run(context.Background(), Invocation{Kind: KindReceiver, Name: "chatty", Input: json.RawMessage(`1`)})
+	if err != nil || out != nil {
+		t.Fatalf("Run = %d bytes, %v; want no output and no error", len(out), err)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the receiver was stopped before it finished: %v", err)
+	}
+	// An action's output is its result: over the limit still fails.
+	writeProgram(t, dir, KindAction, "chatty", `head -c 100000 /dev/zero | tr '\0' 'a'`)
+	if _, err := r.Run(context.Background(), action("chatty", "")); !errors.Is(err, ErrOutputTooLarge) {
+		t.Fatalf("action over max_output: %v, want ErrOutputTooLarge", err)
+	}
+}
