@@ -213,6 +213,12 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		logger.Warn("cannot register in runtime dir", "err", err)
 	}
 	defer unregister()
+	regDone := make(chan struct{})
+	go func() {
+		defer close(regDone)
+		keepRegistered(ctx, l, logger, err == nil)
+	}()
+	defer func() { stop(); <-regDone }() // before unregister
 	logger.Info("service ready", "pid", os.Getpid(), "peer_id", n.ID().String(), "socket", l.Socket())
 	if o.Ready != nil {
 		o.Ready(os.Getpid())
@@ -1117,4 +1123,61 @@ func procStartTime(pid int) (time.Time, bool) {
 		}
 	}
 	return time.Time{}, false
+}
+
+// registerInterval is how often a running service checks its
+// registration. A variable only so that tests can shorten it.
+var registerInterval = time.Minute
+
+// keepRegistered puts the service's registration back when it is gone and
+// keeps it fresh, until ctx ends. A service runs for months, and its
+// registration does not always last that long: XDG_RUNTIME_DIR is removed
+// when its user's last session ends (a service started over ssh outlives
+// the login), and systemd-tmpfiles deletes files in /tmp that nobody has
+// touched for 10 days. Without it, `service status` would not list the
+// service and `service stop PID` would not find it.
+func keepRegistered(ctx context.Context, l Layout, logger *slog.Logger, registered bool) {
+	path := filepath.Join(RuntimeDir(), strconv.Itoa(os.Getpid())+".json")
+	t := time.NewTicker(registerInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fi, err := os.Stat(path)
+		switch {
+		case err == nil:
+			if time.Since(fi.ModTime()) > time.Hour {
+				now := time.Now()
+				_ = os.Chtimes(path, now, now)
+			}
+			registered = true
+			continue
+		case !errors.Is(err, os.ErrNotExist):
+			continue
+		}
+		if ctx.Err() != nil {
+			return // stopping: the registration is being removed
+		}
+		// The deferred unregister of RunService removes the same path.
+		if _, err := register(l); err != nil {
+			if registered {
+				logger.Warn("cannot register in runtime dir again", "err", err)
+			}
+			registered = false
+			continue
+		}
+		if ctx.Err() != nil {
+			_ = os.Remove(path)
+			return
+		}
+		if !registered {
+			logger.Info("registered in runtime dir again", "dir", RuntimeDir())
+		} else {
+			logger.Info("registration was removed; registered again", "dir", RuntimeDir())
+		}
+		registered = true
+	}
 }
