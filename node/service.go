@@ -1018,7 +1018,7 @@ func terminate(ctx context.Context, pid int) (int, error) {
 // of the instance holds it. The lock goes with the process, so a file left
 // by a killed service is simply taken over.
 func lockPIDFile(l Layout) (*os.File, error) {
-	f, err := os.OpenFile(l.PIDFile(), os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(l.PIDFile(), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("node: pid file: %w", err)
 	}
@@ -1043,7 +1043,13 @@ func lockPIDFile(l Layout) (*os.File, error) {
 		f.Close()
 		return lockPIDFile(l)
 	}
-	if err := f.Truncate(0); err == nil {
+	// Owner-only: another user who can open the file could hold a
+	// shared lock on it and keep the service from starting.
+	err = f.Chmod(0o600)
+	if err == nil {
+		err = f.Truncate(0)
+	}
+	if err == nil {
 		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	if err != nil {

@@ -509,3 +509,23 @@ func TestLifecycleStatusOfUnansweringService(t *testing.T) {
 		t.Errorf("service status does not say the service is not answering:\n%s", text)
 	}
 }
+
+// What a running service keeps in its instance directory is its user's
+// only: the key, the log, the control socket and the pid file (which the
+// service locks: another user who could open it could hold a lock on it
+// and keep the service from starting).
+func TestLifecycleServiceFileModes(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	a.start()
+	for _, f := range []string{"keys/identity.key", "service.log", "coattail.sock", "service.pid"} {
+		fi, err := os.Lstat(a.path(f))
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			t.Errorf("%s has mode %04o, want no access for group and others", f, perm)
+		}
+	}
+}
