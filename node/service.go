@@ -223,9 +223,22 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	if o.Ready != nil {
 		o.Ready(os.Getpid())
 	}
+	deleted := make(chan struct{})
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		watchInstanceDir(ctx, l, deleted)
+	}()
+	defer func() { stop(); <-watchDone }()
 	var serveErr error
 	select {
 	case <-ctx.Done():
+	case <-deleted:
+		// Its data, keys and programs are gone with it (the files it has
+		// open live on, unreachable): nothing it does from here on would
+		// last, and no CLI command can reach it. Stop, non-zero.
+		logger.Error("the instance directory was deleted; stopping", "dir", l.Dir)
+		serveErr = fmt.Errorf("node: the instance directory %s was deleted while its service ran", l.Dir)
 	case err := <-srvErr:
 		if !errors.Is(err, http.ErrServerClosed) {
 			// The service cannot be controlled any more: stop, and say
@@ -1185,5 +1198,37 @@ func keepRegistered(ctx context.Context, l Layout, logger *slog.Logger, register
 			logger.Info("registration was removed; registered again", "dir", RuntimeDir())
 		}
 		registered = true
+	}
+}
+
+// instanceCheckInterval is how often a running service checks that its
+// instance directory still exists. A variable only so that tests can
+// shorten it.
+var instanceCheckInterval = 2 * time.Second
+
+// watchInstanceDir closes deleted once the instance directory has been
+// deleted (its link count, through a descriptor held open, is 0), and
+// returns then or when ctx ends. A directory moved elsewhere is not
+// deleted: its service runs on, reachable through the socket at the new
+// path, and `service stop PID` stops it.
+func watchInstanceDir(ctx context.Context, l Layout, deleted chan<- struct{}) {
+	d, err := os.Open(l.Dir)
+	if err != nil {
+		return
+	}
+	defer d.Close()
+	t := time.NewTicker(instanceCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(d.Fd()), &st); err == nil && st.Nlink == 0 {
+			close(deleted)
+			return
+		}
 	}
 }

@@ -529,3 +529,30 @@ func TestLifecycleServiceFileModes(t *testing.T) {
 		}
 	}
 }
+
+// A service whose instance directory is deleted while it runs (rm -rf
+// without service stop) stops by itself, non-zero, and unregisters, rather
+// than running on for ever with its data unlinked and no way to reach it.
+func TestLifecycleServiceOfDeletedInstanceStops(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	pid := a.start()
+	t.Cleanup(func() { killAndWait(t, pid) })
+	checkFor(t, 30*time.Second, func() error {
+		// The service may create files while the tree is removed.
+		return os.RemoveAll(a.dir)
+	})
+	checkFor(t, 60*time.Second, func() error {
+		if processAlive(pid) {
+			return fmt.Errorf("the service (pid %d) of the deleted instance still runs", pid)
+		}
+		return nil
+	})
+	if ents, _ := os.ReadDir(runtimeDir(t)); len(ents) != 0 {
+		t.Errorf("registration left behind: %v", ents)
+	}
+	out, stderr, code := a.runIn(filepath.Dir(a.dir), "service", "status", "--json")
+	if code != 0 || strings.TrimSpace(out) != "[]" {
+		t.Errorf("service status after the instance was deleted: exit %d, %s %s", code, out, stderr)
+	}
+}

@@ -134,7 +134,11 @@ Signals: SIGTERM and SIGINT (Ctrl-C) stop the service gracefully, as
 'coattail service stop' does, and it exits 0. SIGHUP reopens the log file (for
 an external logrotate that moves it away) and the service runs on; only a
 foreground service whose stdin is a terminal stops on SIGHUP, as on Ctrl-C
-(its terminal has closed).`,
+(its terminal has closed).
+
+A service whose instance directory is deleted while it runs stops by itself
+(exit 1). One whose directory is moved runs on: stop it from its new place or
+with 'coattail service stop PID'.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := a.layout()
