@@ -566,5 +566,8 @@ func publishReadError(err error) error {
 	if errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err) {
 		return wire.Errorf(wire.CodeTimeout, "no publish frame within limits.stream_timeout")
 	}
+	if errors.Is(err, wire.ErrFrameTooLarge) {
+		return wire.Errorf(wire.CodeTooLarge, "a publish frame over this instance's limit (limits.max_payload + 64 KiB); send smaller batches: %v", err)
+	}
 	return fmt.Errorf("%w: reading a publish frame: %w", ErrBadRequest, err)
 }

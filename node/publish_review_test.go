@@ -151,7 +151,11 @@ func TestPublishReviewFrameAtAndOverLimit(t *testing.T) {
 	}
 	over, _ := frameOf(3 + maxFrame + 1)
 	sendFrames(t, p, over)
-	rvExpectCode(t, pr, wire.CodeTooLarge)
+	// Said as such: it was "node: bad request: reading a publish frame:
+	// wire: frame too large", a bad request with the code too_large.
+	if e := readErrorFrame(t, pr); e.Code != wire.CodeTooLarge || !strings.Contains(e.Message, "limits.max_payload") || strings.Contains(e.Message, "bad request") {
+		t.Fatalf("frame over the limit answered %s: %s", e.Code, e.Message)
+	}
 	if d := prDepth(t, a); d != uint64(n) {
 		t.Fatalf("queued %d publications, want the %d of the first frame", d, n)
 	}
