@@ -512,7 +512,13 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 	defer stop()
 	// Split into frames first, so that the answers can be read, and
 	// checked against what each frame carried, while the frames go out.
-	limit := int(n.cfg.Limits.MaxPayload)
+	// Frames carry at most 1 MiB of publications (less when this
+	// instance's max_payload is smaller): the peer reads frames of its own
+	// max_payload + 64 KiB, which this side does not know, and 1 MiB is
+	// the default. Packed up to this instance's limit, a bulk publish
+	// from an instance that raised it was refused too_large by every
+	// default peer. A publication over 1 MiB still goes, alone in its frame.
+	limit := min(int(n.cfg.Limits.MaxPayload), wire.DefaultMaxPayload)
 	var counts []int
 	for i, size := 0, 0; i < len(pubs); i++ {
 		sz := len(pubs[i].Subject) + len(pubs[i].Data) + 32

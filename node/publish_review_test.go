@@ -338,3 +338,26 @@ func TestPublishReviewCountsAndAllOrNothing(t *testing.T) {
 		})
 	}
 }
+
+// A publisher whose max_payload is larger than its peer's default splits a
+// remote publish of small publications into frames that peer reads (1 MiB
+// of publications at most, as the default max_payload allows). It packed
+// frames up to its own limit, so raising max_payload on the publisher made
+// every bulk publish to a default peer fail with too_large.
+func TestPublishReviewFramesFitADefaultPeer(t *testing.T) {
+	a := newTestNode(t, withQuietLog())
+	b := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 8 << 20 }))
+	prSubscriber(t, a, "big.>")
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Publish: []string{">"}})
+	batch := make([]json.RawMessage, 3000)
+	for i := range batch {
+		batch[i] = jsonString(1000)
+	}
+	res, err := b.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "big.a", Batch: batch})
+	if err != nil || res.Published != len(batch) {
+		t.Fatalf("publish of %d publications of 1000 bytes = %+v, %v; want all published", len(batch), res, err)
+	}
+	if d := prDepth(t, a); d != uint64(len(batch)) {
+		t.Fatalf("queued %d, want %d", d, len(batch))
+	}
+}
