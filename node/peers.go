@@ -286,7 +286,12 @@ func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, 
 	}
 	if err := expectOK(s); err != nil {
 		_ = st.Reset()
-		return nil, errors.Join(err, ctx.Err())
+		if !stop() {
+			// ctx ended and reset the stream under the read: the
+			// "reset" is ours, not a peer failure.
+			return nil, ctx.Err()
+		}
+		return nil, err
 	}
 	if !stop() {
 		return nil, ctx.Err() // ctx ended just now: the stream was reset
