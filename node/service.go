@@ -213,10 +213,11 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		logger.Warn("cannot register in runtime dir", "err", err)
 	}
 	defer unregister()
+	registered := err == nil
 	regDone := make(chan struct{})
 	go func() {
 		defer close(regDone)
-		keepRegistered(ctx, l, logger, err == nil)
+		keepRegistered(ctx, l, logger, registered)
 	}()
 	defer func() { stop(); <-regDone }() // before unregister
 	logger.Info("service ready", "pid", os.Getpid(), "peer_id", n.ID().String(), "socket", l.Socket())
