@@ -177,7 +177,7 @@ func TestPublishReviewLongLivedStreamKeepsAnswering(t *testing.T) {
 		if res.LastSeq != uint64(i) || res.Accepted != 1 {
 			t.Fatalf("answer %d: %+v", i, res)
 		}
-		time.Sleep(600 * time.Millisecond) // well within stream_timeout between batches
+		time.Sleep(400 * time.Millisecond) // well within stream_timeout between batches
 	}
 }
 
