@@ -367,7 +367,7 @@ func TestForgottenSubscriptionLeavesNoProgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	close(release)
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
 		if sub.HasProgress(info.ID) {
 			return fmt.Errorf("progress of forgotten subscription %s is still stored", info.ID)
 		}
@@ -479,7 +479,7 @@ func TestSubscribeIsIdempotent(t *testing.T) {
 	if _, err := pub.Publish(ctx, "idem.a", json.RawMessage(`1`)); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
 		if n := c.count(); n != 2 {
 			return fmt.Errorf("receivers ran %d times, want 2 (once per subscription)", n)
 		}
@@ -525,7 +525,7 @@ func TestReplayFailureIsRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	var dl []localapi.DeadLetter
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
 		var err error
 		if dl, err = sub.DeadLetters(ctx); err != nil || len(dl) != 1 {
 			return fmt.Errorf("dead letters %+v, %v", dl, err)
