@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // service.log is rotated by size and keeps a bounded number of old files,
@@ -188,10 +190,10 @@ func TestLifecycleStopServiceOfMovedInstance(t *testing.T) {
 	a.start()
 }
 
-// holdData runs an offline perform of an action that sleeps, so that the
+// lrHoldData runs an offline perform of an action that sleeps, so that the
 // instance's datastore is held (as any offline command holds it) until
 // the returned process ends; it returns once the action runs.
-func holdData(t *testing.T, a *instance, secs int) *proc {
+func lrHoldData(t *testing.T, a *instance, secs int) *proc {
 	t.Helper()
 	a.writeScript("actions", "hold", fmt.Sprintf("touch \"$COATTAIL_INSTANCE/holding\"\nsleep %d\nexec cat\n", secs))
 	p := a.spawn("action", "perform", "--action", "hold", "--data", "1")
@@ -204,9 +206,9 @@ func holdData(t *testing.T, a *instance, secs int) *proc {
 	return p
 }
 
-// serviceProcesses returns the pids of the foreground service processes
+// lrServiceProcesses returns the pids of the foreground service processes
 // (what a headless start runs) of the instance in dir.
-func serviceProcesses(t *testing.T, dir string) []int {
+func lrServiceProcesses(t *testing.T, dir string) []int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -238,7 +240,7 @@ func serviceProcesses(t *testing.T, dir string) []int {
 func TestLifecycleConcurrentStarts(t *testing.T) {
 	t.Parallel()
 	a := newInstance(t, "a")
-	hold := holdData(t, a, 3)
+	hold := lrHoldData(t, a, 3)
 	const n = 3
 	starts := make([]*proc, n)
 	for k := range starts {
@@ -278,11 +280,11 @@ func TestLifecycleConcurrentStarts(t *testing.T) {
 func TestLifecycleStopDuringStartup(t *testing.T) {
 	t.Parallel()
 	a := newInstance(t, "a")
-	hold := holdData(t, a, 5)
+	hold := lrHoldData(t, a, 5)
 	start := a.spawn("service", "start", "--headless")
 	var pid int
 	checkFor(t, 30*time.Second, func() error {
-		pids := serviceProcesses(t, a.dir)
+		pids := lrServiceProcesses(t, a.dir)
 		if len(pids) != 1 {
 			return fmt.Errorf("service processes of %s: %v", a.dir, pids)
 		}
@@ -320,26 +322,26 @@ func TestLifecycleStopDuringStartup(t *testing.T) {
 	}
 }
 
-// lockedBuf is a bytes.Buffer the test reads while a process writes it.
-type lockedBuf struct {
+// lrLockedBuf is a bytes.Buffer the test reads while a process writes it.
+type lrLockedBuf struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (w *lockedBuf) Write(p []byte) (int, error) {
+func (w *lrLockedBuf) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.Write(p)
 }
 
-func (w *lockedBuf) String() string {
+func (w *lrLockedBuf) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.String()
 }
 
-// processesUnder returns the live processes whose command line mentions dir.
-func processesUnder(t *testing.T, dir string) []string {
+// lrProcessesUnder returns the live processes whose command line mentions dir.
+func lrProcessesUnder(t *testing.T, dir string) []string {
 	t.Helper()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -371,7 +373,7 @@ func TestLifecycleLabInterrupted(t *testing.T) {
 	}
 	cmd := exec.Command(binPath, "lab", "--nodes", "6", "--parallel", "2", "--messages", "1000", "--dir", parent)
 	cmd.Env = childEnv(t)
-	var stdout, stderr lockedBuf
+	var stdout, stderr lrLockedBuf
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
@@ -381,7 +383,7 @@ func TestLifecycleLabInterrupted(t *testing.T) {
 	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
-		for _, p := range processesUnder(t, parent) {
+		for _, p := range lrProcessesUnder(t, parent) {
 			if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {
 				killAndWait(t, pid)
 			}
@@ -408,7 +410,7 @@ func TestLifecycleLabInterrupted(t *testing.T) {
 	if !strings.Contains(stderr.String(), "interrupted") {
 		t.Errorf("stderr does not say the lab was interrupted:\n%s", stderr.String())
 	}
-	if left := processesUnder(t, parent); len(left) > 0 {
+	if left := lrProcessesUnder(t, parent); len(left) > 0 {
 		t.Errorf("processes left running after Ctrl-C:\n%s", strings.Join(left, "\n"))
 	}
 	if ents, _ := os.ReadDir(parent); len(ents) != 0 {
@@ -422,11 +424,11 @@ func TestLifecycleLabInterrupted(t *testing.T) {
 func TestLifecycleStartHeadlessInterrupted(t *testing.T) {
 	t.Parallel()
 	a := newInstance(t, "a")
-	hold := holdData(t, a, 5)
+	hold := lrHoldData(t, a, 5)
 	start := a.spawn("service", "start", "--headless")
 	var pid int
 	checkFor(t, 30*time.Second, func() error {
-		pids := serviceProcesses(t, a.dir)
+		pids := lrServiceProcesses(t, a.dir)
 		if len(pids) != 1 {
 			return fmt.Errorf("service processes of %s: %v", a.dir, pids)
 		}
@@ -554,5 +556,77 @@ func TestLifecycleServiceOfDeletedInstanceStops(t *testing.T) {
 	out, stderr, code := a.runIn(filepath.Dir(a.dir), "service", "status", "--json")
 	if code != 0 || strings.TrimSpace(out) != "[]" {
 		t.Errorf("service status after the instance was deleted: exit %d, %s %s", code, out, stderr)
+	}
+}
+
+// lrOpenPTY opens a pseudo-terminal pair; the test skips where there is none.
+func lrOpenPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		m.Close()
+		t.Skipf("unlocking the pseudo-terminal: %v", err)
+	}
+	n, err := unix.IoctlGetUint32(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		m.Close()
+		t.Skipf("pseudo-terminal number: %v", err)
+	}
+	sl, err := os.OpenFile("/dev/pts/"+strconv.Itoa(int(n)), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		m.Close()
+		t.Skipf("opening the pseudo-terminal: %v", err)
+	}
+	return m, sl
+}
+
+// A foreground service run from a terminal stops gracefully when the
+// terminal goes away (SIGHUP), as on Ctrl-C: it leaves no socket, pid file
+// or registration, and exits 0.
+func TestLifecycleForegroundServiceTerminalHangup(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	master, slave := lrOpenPTY(t)
+	defer master.Close()
+	cmd := exec.Command(binPath, "service", "start")
+	cmd.Dir = a.dir
+	cmd.Env = childEnv(t)
+	cmd.Stdin = slave
+	var out lrLockedBuf
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+	checkFor(t, 60*time.Second, func() error {
+		if !strings.Contains(out.String(), "Coattail service running") {
+			return fmt.Errorf("the foreground service is not ready: %s", out.String())
+		}
+		return nil
+	})
+	master.Close() // the terminal goes: its session leader gets SIGHUP
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("the foreground service exited with %v on hangup, want 0 (output: %s)", err, out.String())
+		}
+		done <- nil // for the clean-up
+	case <-time.After(commandTimeout):
+		t.Fatal("the foreground service runs on after its terminal closed")
+	}
+	for _, f := range []string{"coattail.sock", "service.pid"} {
+		if _, err := os.Lstat(a.path(f)); err == nil {
+			t.Errorf("%s left behind after the terminal closed", f)
+		}
+	}
+	if ents, _ := os.ReadDir(runtimeDir(t)); len(ents) != 0 {
+		t.Errorf("registration left behind after the terminal closed: %v", ents)
 	}
 }
