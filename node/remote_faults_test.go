@@ -155,12 +155,17 @@ func TestRemotePerformPastMaxHopsDoesNotRun(t *testing.T) {
 	}
 }
 
-// A remote publish past max_hops is refused with bad_request.
+// A remote publish past the peer's max_hops is refused with bad_request.
 func TestRemotePublishHopLimitCode(t *testing.T) {
-	a, c := newTestNode(t), newTestNode(t)
+	// The publishing instance's own limit is checked first (16 here); a
+	// hop within it but past the peer's limit (4) is the peer's refusal.
+	a, c := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxHops = 4 })), newTestNode(t)
 	pid, _ := connectPeers(t, a, c, localapi.IssueRequest{Publish: []string{">"}})
-	_, err := c.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "x.y", Data: json.RawMessage(`1`), Hop: 17})
+	_, err := c.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "x.y", Data: json.RawMessage(`1`), Hop: 10})
 	wantWireCode(t, err, wire.CodeBadRequest)
+	if _, err := c.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "x.y", Data: json.RawMessage(`1`), Hop: 17}); !errors.Is(err, node.ErrHopLimit) {
+		t.Fatalf("publish past this instance's max_hops: %v, want ErrHopLimit", err)
+	}
 }
 
 // A full queue under the reject policy answers unavailable (PROTOCOL.md).
