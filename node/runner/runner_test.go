@@ -819,7 +819,7 @@ func TestFailedProgramTakesItsChildren(t *testing.T) {
 		t.Fatalf("Run = %v, want the exit status", err)
 	}
 	pid := readPID(t, pidf)
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for !processGone(pid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("child %d of a failed program still runs", pid)
@@ -832,7 +832,12 @@ func TestFailedProgramTakesItsChildren(t *testing.T) {
 // its stdout, succeeded: the deadline passing while Wait waits for the
 // pipes does not make it a timeout.
 func TestSuccessNearDeadlineWithStraggler(t *testing.T) {
-	r, dir := newTestRunner(t, func(c *Config) { c.Timeout = 1500 * time.Millisecond })
+	// The program exits after its `sleep 1` (never before 1s) and Wait then
+	// waits up to waitDelay (1s) for the straggler's pipe: a deadline
+	// at 1.9s falls in that wait whenever the program exits between 0.9s
+	// and 1.9s, so a busy machine may start it 0.9s late (at 1.5s, 0.5s
+	// late made it a timeout).
+	r, dir := newTestRunner(t, func(c *Config) { c.Timeout = 1900 * time.Millisecond })
 	pidf := filepath.Join(dir, "child.pid")
 	writeProgram(t, dir, KindAction, "ok", `sleep 60 & echo $! > `+pidf+`; sleep 1; echo '{"ok":true}'; exit 0`)
 	out, err := r.Run(context.Background(), action("ok", ""))
@@ -840,7 +845,7 @@ func TestSuccessNearDeadlineWithStraggler(t *testing.T) {
 		t.Fatalf("Run = %s, %v; want the program's output", out, err)
 	}
 	pid := readPID(t, pidf)
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for !processGone(pid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("straggler %d still runs", pid)
