@@ -577,6 +577,12 @@ func openRotatingLog(path string, max int64, keep int) (*rotatingLog, error) {
 	if err := r.open(); err != nil {
 		return nil, err
 	}
+	// Only a regular file is rotated: log.file may name a device or a
+	// pipe (/dev/stderr for journald, /dev/null), which must never be
+	// renamed.
+	if fi, err := r.f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		r.max = 0
+	}
 	// A headless service's stdout and stderr were opened on this file by
 	// its launcher; keep them on service.log once it is rotated.
 	if fi, err := r.f.Stat(); err == nil {

@@ -630,3 +630,28 @@ func TestLifecycleForegroundServiceTerminalHangup(t *testing.T) {
 		t.Errorf("registration left behind after the terminal closed: %v", ents)
 	}
 }
+
+// Only a regular log file is rotated. log.file may name a device (here
+// /dev/null through a symlink, as /dev/stderr is one): rotation must not
+// rename it away.
+func TestLifecycleLogRotationSkipsDevices(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	link := filepath.Join(t.TempDir(), "devnull")
+	if err := os.Symlink("/dev/null", link); err != nil {
+		t.Fatal(err)
+	}
+	a.setConfig("file", link)
+	a.env = append(a.env, "COATTAIL_LOG_MAX_SIZE=100")
+	for range 2 {
+		pid := a.start()
+		a.mustRun("service", "stop")
+		killAndWait(t, pid)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("the log symlink to /dev/null was replaced: %v, %v", fi, err)
+	}
+	if _, err := os.Lstat(link + ".1"); err == nil {
+		t.Errorf("a device log file was rotated to %s.1", link)
+	}
+}
