@@ -152,6 +152,10 @@ type LimitsConfig struct {
 type LogConfig struct {
 	File  string `yaml:"file"`
 	Level string `yaml:"level"`
+	// RotateSize is the size past which the log file is rotated (0:
+	// never); RotateKeep how many rotated files are kept.
+	RotateSize ByteSize `yaml:"rotate_size"`
+	RotateKeep int      `yaml:"rotate_keep"`
 }
 
 // DefaultConfig returns the configuration of a new instance listening on port.
@@ -197,7 +201,7 @@ func DefaultConfig(port int) Config {
 			ReceiverBackoff:         500 * time.Millisecond,
 			MaxRunning:              1024,
 		},
-		Log: LogConfig{File: "service.log", Level: "info"},
+		Log: LogConfig{File: "service.log", Level: "info", RotateSize: 10 << 20, RotateKeep: 3},
 	}
 }
 
@@ -603,6 +607,12 @@ func (c *Config) Validate() error {
 	if c.Log.File == "" {
 		bad("log.file: must not be empty")
 	}
+	if c.Log.RotateSize < 0 {
+		bad("log.rotate_size: must not be negative (0: never rotate; got %v)", c.Log.RotateSize)
+	}
+	if c.Log.RotateKeep < 0 || c.Log.RotateKeep > 1000 {
+		bad("log.rotate_keep: %d is out of range (0..1000)", c.Log.RotateKeep)
+	}
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":
 	default:
@@ -743,6 +753,11 @@ log:
   file: {{.C.Log.File}}
   # debug, info, warn or error. Default: info.
   level: {{.C.Log.Level}}
+  # Past this size the file is renamed service.log.1 (older ones shift to
+  # .2, .3, ...) and a new one started; 0: never rotate. Default: 10MiB.
+  rotate_size: {{.C.Log.RotateSize}}
+  # Rotated files kept (the oldest beyond is deleted). Default: 3.
+  rotate_keep: {{.C.Log.RotateKeep}}
 `))
 
 // RenderConfig writes c as a commented config.yml.

@@ -120,6 +120,7 @@ func TestParseConfigRefusesBadValues(t *testing.T) {
 		"zero streams":     {"limits:\n  max_streams_per_peer: 0\n", "limits.max_streams_per_peer"},
 		"zero running":     {"limits:\n  max_running: 0\n", "limits.max_running"},
 		"huge running":     {"limits:\n  max_running: 100000\n", "limits.max_running"},
+		"negative rotate":  {"log:\n  rotate_keep: -1\n", "log.rotate_keep"},
 		"tiny total":       {"limits:\n  queue_memory_total: 64KiB\n", "limits.queue_memory_total"},
 		"transport":        {"network:\n  prefer_transport: udp\n", "network.prefer_transport"},
 		"listen garbage":   {"network:\n  listen: [not-an-addr]\n", "not-an-addr"},

@@ -519,45 +519,14 @@ func listenPrivate(path string) (net.Listener, error) {
 
 // Service log rotation. The service log is rotated by size, so that a
 // service that runs for months cannot fill the disk: once service.log
-// would grow past LogMaxSize it is renamed service.log.1 (service.log.1
-// becomes .2, and so on), the oldest beyond LogKeep is deleted, and a new
-// service.log is started. The log therefore takes at most
-// (LogKeep+1) x LogMaxSize. COATTAIL_LOG_MAX_SIZE (bytes, or with a K, M
-// or G suffix, powers of 1024) overrides LogMaxSize; 0 turns rotation off.
-// SIGHUP (see `coattail service start --help`) reopens the file, for
-// an external logrotate that moves it away.
-const (
-	LogMaxSize    = 10 << 20
-	LogKeep       = 3
-	EnvLogMaxSize = "COATTAIL_LOG_MAX_SIZE"
-)
+// would grow past log.rotate_size it is renamed service.log.1
+// (service.log.1 becomes .2, and so on), the oldest beyond log.rotate_keep
+// is deleted, and a new service.log is started. The log therefore takes at
+// most (rotate_keep+1) x rotate_size; rotate_size 0 turns rotation off.
+// SIGHUP (see `coattail service start --help`) reopens the file, for an
+// external logrotate that moves it away.
 
-// logMaxSize returns the rotation size: LogMaxSize, or the environment's.
-func logMaxSize() (int64, error) {
-	v := strings.TrimSpace(os.Getenv(EnvLogMaxSize))
-	if v == "" {
-		return LogMaxSize, nil
-	}
-	mult := int64(1)
-	switch strings.ToUpper(v[len(v)-1:]) {
-	case "K":
-		mult = 1 << 10
-	case "M":
-		mult = 1 << 20
-	case "G":
-		mult = 1 << 30
-	}
-	if mult != 1 {
-		v = v[:len(v)-1]
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("node: %s=%q: want a size in bytes (e.g. 10485760, 10M), or 0 for no rotation", EnvLogMaxSize, os.Getenv(EnvLogMaxSize))
-	}
-	return n * mult, nil
-}
-
-// rotatingLog is the service log file, rotated by size (see LogMaxSize).
+// rotatingLog is the service log file, rotated by size (see above).
 // When the process's stdout and stderr are that file (a headless service:
 // a panic lands there), they follow it to each new file.
 type rotatingLog struct {
@@ -683,11 +652,7 @@ func (r *rotatingLog) Close() error {
 }
 
 func openLog(l Layout, cfg Config) (*slog.Logger, *rotatingLog, error) {
-	max, err := logMaxSize()
-	if err != nil {
-		return nil, nil, err
-	}
-	f, err := openRotatingLog(l.LogFile(cfg), max, LogKeep)
+	f, err := openRotatingLog(l.LogFile(cfg), int64(cfg.Log.RotateSize), cfg.Log.RotateKeep)
 	if err != nil {
 		return nil, nil, fmt.Errorf("node: log file: %w", err)
 	}

@@ -26,7 +26,7 @@ func TestLifecycleServiceLogRotates(t *testing.T) {
 	t.Parallel()
 	a := newInstance(t, "a")
 	const max = 600 // bytes; a start and a stop write about 500
-	a.env = append(a.env, fmt.Sprintf("COATTAIL_LOG_MAX_SIZE=%d", max))
+	a.setConfig("rotate_size", strconv.Itoa(max))
 	for range 7 {
 		pid := a.start()
 		a.mustRun("service", "stop")
@@ -65,8 +65,8 @@ func TestLifecycleServiceLogRotates(t *testing.T) {
 	if !strings.Contains(string(b), `"service stopping"`) {
 		t.Errorf("the current service.log lacks the last stop:\n%s", b)
 	}
-	a.env = append(a.env, "COATTAIL_LOG_MAX_SIZE=lots")
-	a.mustFail([]string{"service", "start", "--headless"}, "COATTAIL_LOG_MAX_SIZE")
+	a.setConfig("rotate_size", "lots")
+	a.mustFail([]string{"service", "start", "--headless"}, `invalid size "lots"`)
 }
 
 // SIGHUP does not kill a headless service: it reopens service.log (as an
@@ -642,7 +642,7 @@ func TestLifecycleLogRotationSkipsDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.setConfig("file", link)
-	a.env = append(a.env, "COATTAIL_LOG_MAX_SIZE=100")
+	a.setConfig("rotate_size", "100")
 	for range 2 {
 		pid := a.start()
 		a.mustRun("service", "stop")

@@ -125,10 +125,9 @@ background (it returns once the service is ready and prints its pid). Starting
 an instance whose service already runs fails (exit 1) and names its pid.
 
 The service logs JSON lines to log.file (service.log). When the file would grow
-past 10 MiB it is renamed service.log.1 (older ones shift to .2 and .3; the
-oldest is deleted), so the log never takes more than 40 MiB.
-COATTAIL_LOG_MAX_SIZE sets another size (bytes, or 512K, 50M, 1G; 0: never
-rotate).
+past log.rotate_size (10MiB) it is renamed service.log.1 (older ones shift to
+.2 and .3; the oldest beyond log.rotate_keep, 3, is deleted), so the log never
+takes more than 40 MiB by default. rotate_size 0 never rotates.
 
 Signals: SIGTERM and SIGINT (Ctrl-C) stop the service gracefully, as
 'coattail service stop' does, and it exits 0. SIGHUP reopens the log file (for
