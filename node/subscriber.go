@@ -966,7 +966,7 @@ func (n *Node) DeadLetters(ctx context.Context) ([]localapi.DeadLetter, error) {
 	for _, d := range dls {
 		v := deadLetterView(d)
 		if size := encodedJSONSize(v.Data); size > budget {
-			v.Data = nil
+			v.Data, v.DataOmitted = nil, true
 			left++
 		} else {
 			budget -= size
@@ -990,7 +990,7 @@ func encodedJSONSize(b json.RawMessage) int {
 
 func deadLetterView(d deadLetter) localapi.DeadLetter {
 	return localapi.DeadLetter{ID: d.ID, Subscription: d.Subscription, Publisher: d.Publisher, Receiver: d.Receiver, Subject: d.Subject,
-		Seq: d.Seq, Hop: d.Hop, Data: d.Data, Error: d.Error, Attempts: d.Attempts, FailedAt: d.FailedAt}
+		Seq: d.Seq, Hop: d.Hop, Data: d.Data, NotJSON: d.Raw != nil, Error: d.Error, Attempts: d.Attempts, FailedAt: d.FailedAt}
 }
 
 // ReplayDeadLetter runs the receiver again for a parked publication and

@@ -46,8 +46,11 @@ func TestDeadLettersListOfLargePublications(t *testing.T) {
 		}
 		return nil
 	})
-	if dls[0].Seq != 1 || dls[0].Data != "small" {
+	if dls[0].Seq != 1 || dls[0].Data != "small" || dls[0].Omitted {
 		t.Errorf("first dead letter = %+v, want seq 1 with its data \"small\"", dls[0])
+	}
+	if omitted := !dls[1].Omitted || dls[1].Data != nil || dls[2].Omitted != (dls[2].Data == nil); omitted {
+		t.Errorf("dead letters 2 and 3: %v/%v and %v/%v; want the second without its data and data_omitted, the third either with its data or marked", dls[1].Omitted, dls[1].Data != nil, dls[2].Omitted, dls[2].Data != nil)
 	}
 	out := b.mustRun("deadletters", "list")
 	for _, d := range dls {

@@ -44,6 +44,7 @@ type deadLetterJSON struct {
 	Subject  string `json:"subject"`
 	Seq      uint64 `json:"seq"`
 	Data     any    `json:"data"`
+	Omitted  bool   `json:"data_omitted"`
 	Error    string `json:"error"`
 	Attempts int    `json:"attempts"`
 }

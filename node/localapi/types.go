@@ -283,7 +283,12 @@ type DeadLetter struct {
 	Seq          uint64          `json:"seq"`
 	Hop          uint32          `json:"hop"`
 	Data         json.RawMessage `json:"data"`
-	Error        string          `json:"error"`
-	Attempts     int             `json:"attempts"`
-	FailedAt     time.Time       `json:"failed_at"`
+	// DataOmitted: Data was left out of a list too large to carry it
+	// all (Data is null, not the publication's). NotJSON: the
+	// publication was not JSON (kept as bytes; Data is null).
+	DataOmitted bool      `json:"data_omitted,omitempty"`
+	NotJSON     bool      `json:"not_json,omitempty"`
+	Error       string    `json:"error"`
+	Attempts    int       `json:"attempts"`
+	FailedAt    time.Time `json:"failed_at"`
 }
