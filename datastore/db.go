@@ -61,6 +61,10 @@ type DB struct {
 	batching ds.Batching
 	pebble   *pebbleds.Datastore // nil for the in-memory backend
 	lock     *pebble.Lock        // directory lock, released after the database closes
+	// dir and dirInfo are the database's directory as Open found it
+	// (pebble only): Close does not flush into a directory that is gone.
+	dir     string
+	dirInfo os.FileInfo
 
 	closeOnce sync.Once
 	closeErr  error
@@ -179,7 +183,8 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	if o.syncWrites {
 		wo = pebble.Sync
 	}
-	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo}, pebble: pds, lock: lock}
+	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo}, pebble: pds, lock: lock, dir: dir}
+	db.dirInfo, _ = os.Stat(dir)
 	if err := db.checkSchema(context.Background(), dir); err != nil {
 		return nil, errors.Join(err, db.Close())
 	}
@@ -326,6 +331,17 @@ func (d *DB) Close() error {
 		d.mu.Lock()
 		d.closed = true
 		d.mu.Unlock()
+		if d.dirGone() {
+			// Deleted (or replaced) under the open database: pebble's
+			// flush on close would create files in a directory that does
+			// not exist, and pebble ends the process when that fails.
+			// Nothing written now could be found again anyway.
+			d.closeErr = fmt.Errorf("%w: %s was removed while the database was open; it was not flushed", ErrClosed, d.dir)
+			if d.lock != nil {
+				_ = d.lock.Close()
+			}
+			return
+		}
 		if err := d.batching.Close(); err != nil {
 			d.closeErr = fmt.Errorf("datastore: close: %w", err)
 		}
@@ -448,6 +464,16 @@ func (s pebbleBatching) GetSorted(ctx context.Context, keys [][]byte, fn func(in
 		}
 	}
 	return errors.Join(err, it.Close())
+}
+
+// dirGone reports whether the database's directory is no longer the one
+// Open opened (false for the in-memory backend).
+func (d *DB) dirGone() bool {
+	if d.dirInfo == nil {
+		return false
+	}
+	fi, err := os.Stat(d.dir)
+	return err != nil || !os.SameFile(fi, d.dirInfo)
 }
 
 // pebbleLogger adapts pebble's printf-style logger to slog.

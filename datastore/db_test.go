@@ -2,6 +2,7 @@ package datastore
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -429,5 +430,26 @@ func TestOpenRefusesDirectoryOfOtherFiles(t *testing.T) {
 		if err := db.Close(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A database whose directory is deleted while it is open (a user's rm -rf
+// of a running instance) is closed without the flush pebble does on close:
+// that flush creates a new log file in the missing directory, and pebble
+// ends the process when it cannot.
+func TestCloseAfterDirectoryDeleted(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Batching().Put(context.Background(), ds.NewKey("/k"), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "removed") {
+		t.Fatalf("Close after the directory was deleted: %v", err)
 	}
 }
