@@ -154,9 +154,9 @@ func runServiceGoroutines() int {
 	return strings.Count(string(buf), "node.RunService")
 }
 
-// A service that fails after its control socket is up (here: its pid file
-// cannot be written) closes the socket's server: nothing keeps serving a
-// closed node.
+// A service that fails after its control socket is up (here: its
+// instance directory is deleted while it runs) closes the socket's
+// server: nothing keeps serving a closed node.
 func TestControlServiceFailureClosesServer(t *testing.T) {
 	rt := t.TempDir()
 	t.Setenv(node.EnvRuntimeDir, rt)
@@ -164,13 +164,17 @@ func TestControlServiceFailureClosesServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Join(l.PIDFile(), "x"), 0o700); err != nil {
-		t.Fatal(err)
-	}
 	before := runServiceGoroutines()
-	err = node.RunService(testCtx(t), l, node.ServiceOptions{})
-	if err == nil || !strings.Contains(err.Error(), "pid file") {
-		t.Fatalf("RunService with an unwritable pid file: %v", err)
+	err = node.RunService(testCtx(t), l, node.ServiceOptions{Ready: func(int) {
+		if _, err := os.Stat(l.Socket()); err != nil {
+			t.Errorf("ready without a control socket: %v", err)
+		}
+		if err := os.RemoveAll(l.Dir); err != nil {
+			t.Error(err)
+		}
+	}})
+	if err == nil || !strings.Contains(err.Error(), "deleted") {
+		t.Fatalf("RunService whose instance directory was deleted: %v", err)
 	}
 	checkFor(t, testTimeout, 10*time.Millisecond, func() error {
 		if n := runServiceGoroutines(); n > before {

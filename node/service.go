@@ -220,17 +220,22 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		keepRegistered(ctx, l, logger, registered)
 	}()
 	defer func() { stop(); <-regDone }() // before unregister
+	// Watched from before the service is ready: a directory deleted at
+	// any moment after that is noticed.
+	deleted := make(chan struct{})
+	watchDone := make(chan struct{})
+	dirHandle, dirErr := os.Open(l.Dir)
+	go func() {
+		defer close(watchDone)
+		if dirErr == nil {
+			watchInstanceDir(ctx, dirHandle, deleted)
+		}
+	}()
+	defer func() { stop(); <-watchDone }()
 	logger.Info("service ready", "pid", os.Getpid(), "peer_id", n.ID().String(), "socket", l.Socket())
 	if o.Ready != nil {
 		o.Ready(os.Getpid())
 	}
-	deleted := make(chan struct{})
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		watchInstanceDir(ctx, l, deleted)
-	}()
-	defer func() { stop(); <-watchDone }()
 	var serveErr error
 	select {
 	case <-ctx.Done():
@@ -1183,11 +1188,7 @@ var instanceCheckInterval = 2 * time.Second
 // returns then or when ctx ends. A directory moved elsewhere is not
 // deleted: its service runs on, reachable through the socket at the new
 // path, and `service stop PID` stops it.
-func watchInstanceDir(ctx context.Context, l Layout, deleted chan<- struct{}) {
-	d, err := os.Open(l.Dir)
-	if err != nil {
-		return
-	}
+func watchInstanceDir(ctx context.Context, d *os.File, deleted chan<- struct{}) {
 	defer d.Close()
 	t := time.NewTicker(instanceCheckInterval)
 	defer t.Stop()
