@@ -82,6 +82,8 @@ type Node struct {
 	net     *netsvc // nil when offline
 	started time.Time
 	stats   counters
+	// noisy samples the log lines peers can cause at will.
+	noisy *logSampler
 
 	mu       sync.Mutex
 	closed   bool
@@ -142,6 +144,7 @@ func New(o Options) (*Node, error) {
 		return nil, err
 	}
 	n.subscriber = newSubscriberSide(n)
+	n.noisy = newLogSampler()
 	// Offline too (a CLI revoking with no service running): a revoked
 	// token's subscriptions go with it.
 	n.auth.OnRevoke(n.onTokenRevoked)

@@ -143,7 +143,9 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 		_ = st.SetDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
 		g, err := nw.authenticate(s)
 		if err != nil {
-			log.Info("stream refused", "err", err)
+			if ok, extra := nw.n.noisy.allow(); ok {
+				log.Info("stream refused", append([]any{"err", err}, extra...)...)
+			}
 			we := toWireError(err)
 			_ = s.send(wire.TError, we)
 			if st.Protocol() == wire.ProtoSubscribe && (we.Code == wire.CodeUnauthorized || we.Code == wire.CodeForbidden) {
@@ -192,7 +194,9 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 		}
 		if err != nil {
 			if !errors.Is(err, network.ErrReset) && !errors.Is(err, io.EOF) {
-				log.Info("request failed", "token_id", g.TokenID, "err", err)
+				if ok, extra := nw.n.noisy.allow(); ok {
+					log.Info("request failed", append([]any{"token_id", g.TokenID, "err", err}, extra...)...)
+				}
 			}
 			_ = s.send(wire.TError, toWireError(err))
 		}

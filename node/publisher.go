@@ -298,7 +298,9 @@ func (n *Node) checkHop(subject string, hop int, notDone string) error {
 	}
 	if hop > n.cfg.Limits.MaxHops {
 		err := fmt.Errorf("%w: %q arrived after %d hops (limits.max_hops %d); %s, to stop a cascade loop", ErrHopLimit, subject, hop, n.cfg.Limits.MaxHops, notDone)
-		n.log.Error("cascade stopped", "subject", subject, "hop", hop, "err", err)
+		if ok, extra := n.noisy.allow(); ok {
+			n.log.Error("cascade stopped", append([]any{"subject", subject, "hop", hop, "err", err}, extra...)...)
+		}
 		return err
 	}
 	return nil
