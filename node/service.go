@@ -700,6 +700,12 @@ func checkSharedRuntimeDir(dir string) error {
 	return checkRuntimeDir(dir)
 }
 
+// registrationPath is where, in the runtime directory dir, the service
+// of process pid registers.
+func registrationPath(dir string, pid int) string {
+	return filepath.Join(dir, strconv.Itoa(pid)+".json")
+}
+
 func register(l Layout) (func(), error) {
 	dir := RuntimeDir()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -708,7 +714,7 @@ func register(l Layout) (func(), error) {
 	if err := checkSharedRuntimeDir(dir); err != nil {
 		return func() {}, err
 	}
-	path := filepath.Join(dir, strconv.Itoa(os.Getpid())+".json")
+	path := registrationPath(dir, os.Getpid())
 	start, _ := procStart(os.Getpid())
 	b, _ := json.Marshal(registration{PID: os.Getpid(), Instance: l.Dir, Socket: l.Socket(), Start: start})
 	// Written aside and renamed into place: rename replaces whatever is at
@@ -975,7 +981,7 @@ func socketListening(path string) bool {
 
 // registrationOf reads the runtime directory's registration of pid.
 func registrationOf(pid int) (registration, bool) {
-	b, err := os.ReadFile(filepath.Join(RuntimeDir(), strconv.Itoa(pid)+".json"))
+	b, err := os.ReadFile(registrationPath(RuntimeDir(), pid))
 	if err != nil {
 		return registration{}, false
 	}
@@ -1133,7 +1139,7 @@ var registerInterval = time.Minute
 // touched for 10 days. Without it, `service status` would not list the
 // service and `service stop PID` would not find it.
 func keepRegistered(ctx context.Context, l Layout, logger *slog.Logger, registered bool) {
-	path := filepath.Join(RuntimeDir(), strconv.Itoa(os.Getpid())+".json")
+	path := registrationPath(RuntimeDir(), os.Getpid())
 	t := time.NewTicker(registerInterval)
 	defer t.Stop()
 	for {
