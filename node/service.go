@@ -1071,18 +1071,15 @@ func pidFileLocked(l Layout) bool {
 }
 
 // waitStarted waits while a service of l is starting (it holds the pid
-// file but does not listen on its socket yet) and reports whether one was.
-func waitStarted(ctx context.Context, l Layout) bool {
-	waited := false
+// file but does not listen on its socket yet), or until ctx ends.
+func waitStarted(ctx context.Context, l Layout) {
 	for !socketListening(l.Socket()) && pidFileLocked(l) {
-		waited = true
 		select {
 		case <-ctx.Done():
-			return waited
+			return
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return waited
 }
 
 // unansweredStatus is what `service status` shows of a registered service
