@@ -41,15 +41,6 @@ func prDepth(t *testing.T, a *node.Node) uint64 {
 	return subs[0].Depth
 }
 
-// prFrame is a TPublish frame of one publication per data.
-func prFrame(subject string, datas ...[]byte) []byte {
-	ps := make([]wire.Publication, len(datas))
-	for i, d := range datas {
-		ps[i] = wire.Publication{Subject: subject, Data: d, Time: 1}
-	}
-	return wire.AppendFrame(nil, wire.TPublish, wire.AppendPublishBatch(nil, ps))
-}
-
 // jsonString is a JSON string value of exactly n bytes (n >= 2).
 func jsonString(n int) []byte {
 	return []byte(`"` + strings.Repeat("a", n-2) + `"`)
@@ -94,13 +85,13 @@ func TestPublishReviewDataOverMaxPayload(t *testing.T) {
 	prSubscriber(t, a, "x.>")
 
 	p, pr := rvPublishStream(t, a)
-	rvWrite(t, p, prFrame("x.a", jsonString(maxPayload)))
+	rvWrite(t, p, rvBatch("x.a", jsonString(maxPayload)))
 	var res wire.PublishResult
 	rvExpect(t, pr, wire.TResult, &res)
 	if res != (wire.PublishResult{Accepted: 1, LastSeq: 1, Published: 1}) {
 		t.Fatalf("answer to a publication of max_payload bytes: %+v", res)
 	}
-	rvWrite(t, p, prFrame("x.a", []byte(`1`), jsonString(maxPayload+1)))
+	rvWrite(t, p, rvBatch("x.a", []byte(`1`), jsonString(maxPayload+1)))
 	rvExpectCode(t, pr, wire.CodeTooLarge)
 	if d := prDepth(t, a); d != 1 {
 		t.Fatalf("queued %d publications, want only the first one", d)
@@ -120,7 +111,7 @@ func TestPublishReviewFrameAtAndOverLimit(t *testing.T) {
 	// maxFrame: publications of 600-byte strings, the last one sized to fit.
 	frameOf := func(size int) ([]byte, int) {
 		var datas [][]byte
-		enc := func() []byte { return prFrame("x.a", datas...) }
+		enc := func() []byte { return rvBatch("x.a", datas...) }
 		for len(enc())+600+300 <= size {
 			datas = append(datas, jsonString(600))
 		}
@@ -171,7 +162,7 @@ func TestPublishReviewLongLivedStreamKeepsAnswering(t *testing.T) {
 	a := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.StreamTimeout = time.Second }))
 	p, pr := rvPublishStream(t, a)
 	for i := 1; i <= 4; i++ {
-		rvWrite(t, p, prFrame("x.a", []byte(`1`)))
+		rvWrite(t, p, rvBatch("x.a", []byte(`1`)))
 		var res wire.PublishResult
 		rvExpect(t, pr, wire.TResult, &res)
 		if res.LastSeq != uint64(i) || res.Accepted != 1 {

@@ -67,8 +67,13 @@ func rvWrite(t *testing.T, s network.Stream, frames ...[]byte) {
 	}
 }
 
-func rvBatch(subject, data string) []byte {
-	return wire.AppendFrame(nil, wire.TPublish, wire.AppendPublishBatch(nil, []wire.Publication{{Subject: subject, Data: []byte(data), Time: 1}}))
+// rvBatch is a TPublish frame of one publication to subject per data.
+func rvBatch(subject string, datas ...[]byte) []byte {
+	ps := make([]wire.Publication, len(datas))
+	for i, d := range datas {
+		ps[i] = wire.Publication{Subject: subject, Data: d, Time: 1}
+	}
+	return wire.AppendFrame(nil, wire.TPublish, wire.AppendPublishBatch(nil, ps))
 }
 
 // A publication received on /coattail/publish keeps its subject: the next
@@ -94,7 +99,7 @@ func TestRemotePublicationKeepsItsSubject(t *testing.T) {
 	pr := wire.NewReader(p, 0)
 	rvWrite(t, p, hello)
 	rvExpect(t, pr, wire.TOK, nil)
-	rvWrite(t, p, rvBatch("orders.aaaa", "1"))
+	rvWrite(t, p, rvBatch("orders.aaaa", []byte("1")))
 	var res wire.PublishResult
 	rvExpect(t, pr, wire.TResult, &res)
 	if res.Published != 1 {
@@ -102,7 +107,7 @@ func TestRemotePublicationKeepsItsSubject(t *testing.T) {
 	}
 	// Same size and layout, subject not allowed: refused, but read into
 	// the same buffer.
-	rvWrite(t, p, rvBatch("secret.zzzz", "2"))
+	rvWrite(t, p, rvBatch("secret.zzzz", []byte("2")))
 	if typ, _, _ := pr.Next(); typ != wire.TError {
 		t.Fatalf("forbidden batch answered %s", typ)
 	}
