@@ -71,17 +71,27 @@ func checkFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// processGone reports whether pid no longer runs. A killed orphan may stay
-// a zombie until some ancestor reaps it, which counts as gone.
-func processGone(pid int) bool {
+// procStat returns the fields of /proc/<pid>/stat from the state (field
+// 3) on: state, ppid, ...; ok is false when it cannot be read (pid is gone).
+func procStat(pid int) (fields []string, ok bool) {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return true
+		return nil, false
 	}
 	// Format: pid (comm) state ...; comm may contain spaces.
 	s := string(stat)
 	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && (s[i+2] == 'Z' || s[i+2] == 'X')
+	if i < 0 {
+		return nil, true
+	}
+	return strings.Fields(s[i+1:]), true
+}
+
+// processGone reports whether pid no longer runs. A killed orphan may stay
+// a zombie until some ancestor reaps it, which counts as gone.
+func processGone(pid int) bool {
+	f, ok := procStat(pid)
+	return !ok || len(f) > 0 && (f[0] == "Z" || f[0] == "X")
 }
 
 func readPID(t *testing.T, path string) int {
