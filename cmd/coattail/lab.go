@@ -993,11 +993,11 @@ func (l *labRun) teardown() (stopped, killed int) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		_, err := node.StopService(ctx, n.layout, 0)
 		cancel()
-		ok := err == nil && !labAlive(n.pid)
+		ok := err == nil && !pidAlive(n.pid)
 		if !ok {
 			_ = syscall.Kill(n.pid, syscall.SIGKILL)
 			for range 100 {
-				if !labAlive(n.pid) {
+				if !pidAlive(n.pid) {
 					break
 				}
 				time.Sleep(20 * time.Millisecond)
@@ -1025,7 +1025,7 @@ func launchedPID(l node.Layout) int {
 			return st.PID
 		}
 		if b, err := os.ReadFile(l.PIDFile()); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && labAlive(pid) {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pidAlive(pid) {
 				return pid
 			}
 		}
@@ -1034,9 +1034,10 @@ func launchedPID(l node.Layout) int {
 	return 0
 }
 
-// labAlive reports whether pid still runs; a zombie counts as gone (its
-// parent, init, reaps it when it gets to it).
-func labAlive(pid int) bool {
+// pidAlive reports whether pid still runs; a zombie counts as gone (it
+// only waits for its parent to reap it: init, or a headless start that
+// released it and never will).
+func pidAlive(pid int) bool {
 	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
 		return false
 	}

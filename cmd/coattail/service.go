@@ -286,25 +286,13 @@ func (a *app) startHeadless(ctx context.Context, l node.Layout, o *startOptions)
 		// back. SIGTERM stops it as `service stop` would.
 		_ = syscall.Kill(pid, syscall.SIGTERM)
 		for range 500 {
-			if err := syscall.Kill(pid, 0); err != nil || serviceExited(pid) {
+			if !pidAlive(pid) {
 				return fmt.Errorf("interrupted: the service (pid %d) was stopped before it was ready", pid)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 		return fmt.Errorf("interrupted: the service (pid %d) was asked to stop before it was ready, and still runs; see %s", pid, l.LogFile(cfg))
 	}
-}
-
-// serviceExited reports whether pid has exited and is a zombie that only
-// waits to be reaped (this launcher released it, so it never reaps it).
-func serviceExited(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	k := strings.LastIndexByte(s, ')')
-	return k >= 0 && k+2 < len(s) && s[k+2] == 'Z'
 }
 
 func newServiceStatusCmd(a *app) *cobra.Command {
