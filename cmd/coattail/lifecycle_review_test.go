@@ -16,8 +16,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // service.log is rotated by size and keeps a bounded number of old files,
@@ -559,38 +557,13 @@ func TestLifecycleServiceOfDeletedInstanceStops(t *testing.T) {
 	}
 }
 
-// lrOpenPTY opens a pseudo-terminal pair; the test skips where there is none.
-func lrOpenPTY(t *testing.T) (master, slave *os.File) {
-	t.Helper()
-	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		t.Skipf("no pseudo-terminal: %v", err)
-	}
-	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
-		m.Close()
-		t.Skipf("unlocking the pseudo-terminal: %v", err)
-	}
-	n, err := unix.IoctlGetUint32(int(m.Fd()), unix.TIOCGPTN)
-	if err != nil {
-		m.Close()
-		t.Skipf("pseudo-terminal number: %v", err)
-	}
-	sl, err := os.OpenFile("/dev/pts/"+strconv.Itoa(int(n)), os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		m.Close()
-		t.Skipf("opening the pseudo-terminal: %v", err)
-	}
-	return m, sl
-}
-
 // A foreground service run from a terminal stops gracefully when the
 // terminal goes away (SIGHUP), as on Ctrl-C: it leaves no socket, pid file
 // or registration, and exits 0.
 func TestLifecycleForegroundServiceTerminalHangup(t *testing.T) {
 	t.Parallel()
 	a := newInstance(t, "a")
-	master, slave := lrOpenPTY(t)
-	defer master.Close()
+	master, slave := openPTY(t)
 	cmd := exec.Command(binPath, "service", "start")
 	cmd.Dir = a.dir
 	cmd.Env = childEnv(t)
