@@ -349,21 +349,27 @@ func (i *instance) decodeJSON(s string, v any) {
 // captured as it arrives.
 type proc struct {
 	cmd      *exec.Cmd
-	mu       sync.Mutex
-	out, err bytes.Buffer
+	out, err lockedBuffer
 	done     chan struct{}
 	code     int
 }
 
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
+// lockedBuffer is a bytes.Buffer the test reads while a process writes it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
 }
 
-func (w lockedWriter) Write(p []byte) (int, error) {
+func (w *lockedBuffer) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.Write(p)
+}
+
+func (w *lockedBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }
 
 // spawn starts coattail with args in the background.
@@ -375,8 +381,8 @@ func (i *instance) spawn(args ...string) *proc {
 	p.cmd.Dir = i.dir
 	p.cmd.Env = childEnv(i.t, i.env...)
 	p.cmd.WaitDelay = 5 * time.Second
-	p.cmd.Stdout = lockedWriter{&p.mu, &p.out}
-	p.cmd.Stderr = lockedWriter{&p.mu, &p.err}
+	p.cmd.Stdout = &p.out
+	p.cmd.Stderr = &p.err
 	if err := p.cmd.Start(); err != nil {
 		cancel()
 		i.t.Fatal(err)
@@ -400,8 +406,8 @@ func (i *instance) spawn(args ...string) *proc {
 	return p
 }
 
-func (p *proc) stdout() string { p.mu.Lock(); defer p.mu.Unlock(); return p.out.String() }
-func (p *proc) stderr() string { p.mu.Lock(); defer p.mu.Unlock(); return p.err.String() }
+func (p *proc) stdout() string { return p.out.String() }
+func (p *proc) stderr() string { return p.err.String() }
 
 func (p *proc) exited() bool {
 	select {

@@ -4,7 +4,6 @@ package main
 // signals, start-up races, instances that vanish under their service.
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -320,24 +318,6 @@ func TestLifecycleStopDuringStartup(t *testing.T) {
 	}
 }
 
-// lrLockedBuf is a bytes.Buffer the test reads while a process writes it.
-type lrLockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *lrLockedBuf) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *lrLockedBuf) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 // lrProcessesUnder returns the live processes whose command line mentions dir.
 func lrProcessesUnder(t *testing.T, dir string) []string {
 	t.Helper()
@@ -371,7 +351,7 @@ func TestLifecycleLabInterrupted(t *testing.T) {
 	}
 	cmd := exec.Command(binPath, "lab", "--nodes", "6", "--parallel", "2", "--messages", "1000", "--dir", parent)
 	cmd.Env = childEnv(t)
-	var stdout, stderr lrLockedBuf
+	var stdout, stderr lockedBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
@@ -568,7 +548,7 @@ func TestLifecycleForegroundServiceTerminalHangup(t *testing.T) {
 	cmd.Dir = a.dir
 	cmd.Env = childEnv(t)
 	cmd.Stdin = slave
-	var out lrLockedBuf
+	var out lockedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	if err := cmd.Start(); err != nil {
