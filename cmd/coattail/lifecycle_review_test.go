@@ -202,15 +202,14 @@ func lrHoldData(t *testing.T, a *instance, secs int) *proc {
 	return p
 }
 
-// lrServiceProcesses returns the pids of the foreground service processes
-// (what a headless start runs) of the instance in dir.
-func lrServiceProcesses(t *testing.T, dir string) []int {
+// lrEachCmdline calls fn with the pid and the command line (arguments
+// separated by NUL bytes) of every process whose command line it can read.
+func lrEachCmdline(t *testing.T, fn func(pid int, cmdline string)) {
 	t.Helper()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pids []int
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -220,12 +219,22 @@ func lrServiceProcesses(t *testing.T, dir string) []int {
 		if err != nil {
 			continue
 		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		fn(pid, string(b))
+	}
+}
+
+// lrServiceProcesses returns the pids of the foreground service processes
+// (what a headless start runs) of the instance in dir.
+func lrServiceProcesses(t *testing.T, dir string) []int {
+	t.Helper()
+	var pids []int
+	lrEachCmdline(t, func(pid int, cmdline string) {
+		args := strings.Split(strings.TrimRight(cmdline, "\x00"), "\x00")
 		if len(args) == 5 && args[0] == binPath && args[1] == "--instance" && args[2] == dir &&
 			args[3] == "service" && args[4] == "start" && processAlive(pid) {
 			pids = append(pids, pid)
 		}
-	}
+	})
 	return pids
 }
 
@@ -321,21 +330,12 @@ func TestLifecycleStopDuringStartup(t *testing.T) {
 // lrProcessesUnder returns the live processes whose command line mentions dir.
 func lrProcessesUnder(t *testing.T, dir string) []string {
 	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var found []string
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+	lrEachCmdline(t, func(pid int, cmdline string) {
+		if strings.Contains(cmdline, dir) && processAlive(pid) {
+			found = append(found, strconv.Itoa(pid)+": "+strings.ReplaceAll(cmdline, "\x00", " "))
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(b), dir) && processAlive(pid) {
-			found = append(found, e.Name()+": "+strings.ReplaceAll(string(b), "\x00", " "))
-		}
-	}
+	})
 	return found
 }
 
