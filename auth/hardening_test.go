@@ -9,7 +9,6 @@ import (
 	"math"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,26 +18,6 @@ import (
 	"github.com/ipfs/go-datastore/query"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
-
-// hookStore fails Sync while fail is set (after the write it follows has
-// reached the store, as a full disk leaves it) and calls onSync, if set,
-// at the start of every Sync: the moment a write is in the live store but
-// its call has not returned.
-type hookStore struct {
-	ds.Batching
-	fail   atomic.Bool
-	onSync func(prefix ds.Key)
-}
-
-func (s *hookStore) Sync(ctx context.Context, prefix ds.Key) error {
-	if s.onSync != nil {
-		s.onSync(prefix)
-	}
-	if s.fail.Load() {
-		return errors.New("disk on fire")
-	}
-	return s.Batching.Sync(ctx, prefix)
-}
 
 // storedKeys lists the keys under prefix straight from the store, past
 // anything Authority filters.
@@ -60,7 +39,7 @@ func storedKeys(t *testing.T, store ds.Read, prefix ds.Key) []string {
 // while Issue is still deciding either.
 func TestFailedIssueLeavesNoRecord(t *testing.T) {
 	ctx := context.Background()
-	store := &hookStore{Batching: newStore()}
+	store := &syncFailStore{Batching: newStore()}
 	f := fixtureOver(t, newKey(t), store)
 	kept := f.issue(t, IssueOptions{Reusable: true})
 
@@ -179,7 +158,7 @@ func TestConcurrentAddValidationStoresOnce(t *testing.T) {
 // not added.
 func TestFailedAddValidationLeavesNoRecord(t *testing.T) {
 	ctx := context.Background()
-	store := &hookStore{Batching: newStore()}
+	store := &syncFailStore{Batching: newStore()}
 	alice := fixtureOver(t, newKey(t), store)
 	vt, err := newFixture(t).a.IssueValidation(IssueOptions{})
 	if err != nil {

@@ -179,14 +179,21 @@ func TestSubSecondExpiryIsNotShortened(t *testing.T) {
 }
 
 // syncFailStore fails Sync while fail is set, after the write it follows
-// has reached the store: the state a full or failing disk leaves.
+// has reached the store: the state a full or failing disk leaves. It calls
+// onSync, if set, at the start of every Sync: the moment a write is in the
+// live store but its call has not returned. syncs counts the Syncs that
+// succeeded.
 type syncFailStore struct {
 	ds.Batching
-	fail  atomic.Bool
-	syncs atomic.Int64
+	fail   atomic.Bool
+	syncs  atomic.Int64
+	onSync func(prefix ds.Key)
 }
 
 func (s *syncFailStore) Sync(ctx context.Context, prefix ds.Key) error {
+	if s.onSync != nil {
+		s.onSync(prefix)
+	}
 	if s.fail.Load() {
 		return errors.New("disk on fire")
 	}
