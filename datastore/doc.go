@@ -1,9 +1,10 @@
 // Package datastore owns Coattail's persistent storage: opening the embedded
-// pebble database of an instance (one process at a time), its schema
-// version, the in-memory variant used by unit tests, and Store, a typed JSON
-// store over one namespace. Packages that need more than Store (ordered
-// queues, batches spanning namespaces) use DB.Batching directly, but only
-// under the namespaces they own in the table below.
+// pebble database of an instance (one process at a time; created only in a
+// new or empty directory, never among other files: ErrNotDatastore), its
+// schema version, the in-memory variant used by unit tests, and Store, a
+// typed JSON store over one namespace. Packages that need more than Store
+// (ordered queues, batches spanning namespaces) use DB.Batching directly, but
+// only under the namespaces they own in the table below.
 //
 // # Key layout
 //

@@ -648,8 +648,9 @@ var configTemplate = template.Must(template.New("config").Funcs(template.FuncMap
 	},
 }).Parse(`# Coattail instance configuration.
 # Every setting is listed with its default value; delete a line to get the default.
-# Unknown keys and keys without a value are errors. Sizes take units (64KiB, 1MiB);
-# durations take 500ms, 30s, 2m, 1h; booleans are true or false, without quotes.
+# Unknown or repeated keys, keys without a value and an address listed twice are
+# errors. Sizes take units (64KiB, 1MiB); durations take 500ms, 30s, 2m, 1h;
+# booleans are true or false, without quotes.
 
 network:
   # Multiaddrs the libp2p host listens on: /ip4/<ip>/tcp/<port> or
@@ -657,8 +658,8 @@ network:
   # (default {{.Port}}; choose another with 'coattail new --port').
   listen:{{list .C.Network.Listen}}
   # Extra addresses to put in tokens and tell connected peers (for example
-  # a public DNS name or a forwarded port). Observed and relay addresses
-  # are added automatically.
+  # a public DNS name or a forwarded port; TCP or QUIC, as in listen, or
+  # /dns/<name>/...). Observed and relay addresses are added automatically.
   announce:{{list .C.Network.Announce}}
   # Static circuit-relay v2 relays (full multiaddrs ending in /p2p/<peer-id>;
   # one relay at several addresses takes one line per address).
@@ -704,7 +705,8 @@ limits:
   action_timeout: {{.C.Limits.ActionTimeout}}
   # Largest input or publication accepted. Default: 1MiB.
   max_payload: {{.C.Limits.MaxPayload}}
-  # Largest stdout an action may produce. Default: 1MiB. Above max_payload
+  # Largest stdout an action may produce (a receiver's is not used: past
+  # it, the rest is dropped). Default: 1MiB. Above max_payload
   # (allowed: a local perform may return more than a peer may send), an
   # output over max_payload cannot be published with --notify or returned
   # to a remote caller; the service logs a warning at start.
@@ -734,8 +736,9 @@ limits:
   # Longest wait for one frame on a request stream (1s to 24h).
   # Default: 1m0s.
   stream_timeout: {{.C.Limits.StreamTimeout}}
-  # Most hops a cascade may take (a receiver performing with --notify adds
-  # one); a publication beyond it is refused and logged. Default: 16.
+  # Most hops a cascade may take (each perform or publish by a receiver
+  # adds one); a perform or publication beyond it is refused and logged.
+  # Default: 16.
   max_hops: {{.C.Limits.MaxHops}}
   # How often a failing receiver is retried before its publication is
   # parked in the dead-letter list, and the first back-off (doubling).
@@ -753,8 +756,10 @@ log:
   file: {{.C.Log.File}}
   # debug, info, warn or error. Default: info.
   level: {{.C.Log.Level}}
-  # Past this size the file is renamed service.log.1 (older ones shift to
-  # .2, .3, ...) and a new one started; 0: never rotate. Default: 10MiB.
+  # Past this size the file, if a regular file (not /dev/stderr), is renamed
+  # service.log.1 (older ones shift to .2, .3, ...) and a new one started;
+  # 0: never rotate. SIGHUP reopens it (for an external logrotate).
+  # Default: 10MiB.
   rotate_size: {{.C.Log.RotateSize}}
   # Rotated files kept (the oldest beyond is deleted). Default: 3.
   rotate_keep: {{.C.Log.RotateKeep}}

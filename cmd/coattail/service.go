@@ -121,13 +121,15 @@ func newServiceStartCmd(a *app) *cobra.Command {
 		Use:   "start",
 		Short: "Run the instance's service (foreground, or --headless in the background)",
 		Long: `Run the instance's service: in the foreground, or with --headless in the
-background (it returns once the service is ready and prints its pid). Starting
-an instance whose service already runs fails (exit 1) and names its pid.
+background (it returns once the service is ready and prints its pid; Ctrl-C
+before then stops the service). Starting an instance whose service already
+runs, or is starting, fails (exit 1) and names its pid.
 
-The service logs JSON lines to log.file (service.log). When the file would grow
-past log.rotate_size (10MiB) it is renamed service.log.1 (older ones shift to
-.2 and .3; the oldest beyond log.rotate_keep, 3, is deleted), so the log never
-takes more than 40 MiB by default. rotate_size 0 never rotates.
+The service logs JSON lines to log.file (service.log). When the file (a
+regular file; never a device such as /dev/stderr) would grow past
+log.rotate_size (10MiB) it is renamed service.log.1 (older ones shift to .2 and
+.3; the oldest beyond log.rotate_keep, 3, is deleted), so the log never takes
+more than 40 MiB by default. rotate_size 0 never rotates.
 
 Signals: SIGTERM and SIGINT (Ctrl-C) stop the service gracefully, as
 'coattail service stop' does, and it exits 0. SIGHUP reopens the log file (for
@@ -338,7 +340,15 @@ func newServiceStopCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "stop [pid]",
 		Short: "Stop a service (default: the instance of the current directory) and wait until it has exited",
-		Args:  cobra.MaximumNArgs(1),
+		Long: `Stop a service (default: the instance of the current directory, or of PID)
+and wait until it has exited; actions and receivers still running stop with it.
+
+Without PID, a service still starting is stopped once it is ready. One that
+does not answer within 5s (stopped with SIGSTOP, or stuck) is reported with its
+pid and the command fails; a pid file left by a killed service means "not
+running". 'stop PID' also stops a service whose instance directory was moved or
+deleted.`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pid := 0
 			var l node.Layout

@@ -2,8 +2,10 @@
 // request and response types shared by the service (package node) and its
 // clients, and the small Go client the CLI uses. The API is HTTP/JSON under
 // the versioned prefix /v1, served on a unix socket in the instance directory
-// (owner-only), or in-process when no service is running. Streaming answers
-// are newline-delimited JSON.
+// (owner-only), or in-process when no service is running. A request body is
+// one JSON object. Streaming answers are newline-delimited JSON; the
+// client reads at most MaxAnswer of an answer and MaxStreamLine of a
+// streamed line (ErrAnswerTooLarge).
 package localapi
 
 import (

@@ -8,7 +8,11 @@
 // edits take effect on the next run. The runner enforces a timeout, an input
 // size limit and an output size limit, and kills the whole process group
 // when the program exits, times out or is cancelled, so that no child of a
-// script outlives its run.
+// script outlives its run. A receiver's stdout past the output limit is
+// dropped instead of failing the run (node does not use it). At most Config.MaxRunning
+// executables run at once (a run beyond waits for a slot within its
+// timeout), a program gets only stdin, stdout and stderr as descriptors,
+// and at most MaxLogBytes of its stderr lines are passed on per run.
 //
 // A program is found by its name in the instance's actions/ or receivers/
 // directory only: a name is a subject and never a path. A symlink there is
