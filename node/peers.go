@@ -499,8 +499,9 @@ func canonicalPeerIDs(ids []string) ([]string, error) {
 	return out, nil
 }
 
-// remotePublish sends publications to a peer in frames of up to the
-// payload limit, pipelined: the answers are read while frames are still
+// remotePublish sends publications to a peer in frames of at most 1 MiB
+// of publications (wire.DefaultMaxPayload, or this instance's smaller
+// max_payload; see below), pipelined: the answers are read while frames are still
 // being written, so a refusal of an early frame ends the publish at once
 // with the peer's reason (the peer stops reading: waiting to finish
 // writing first held the stream until its deadline, and then reported the
