@@ -69,8 +69,9 @@ type subscriberSide struct {
 	// subscribing makes Subscribe idempotent: concurrent requests for the
 	// same publisher, pattern and receiver share one subscription.
 	subscribing singleflight.Group
-	// replaying holds the ids of dead letters being replayed: a second
-	// replay of one would run its receiver twice.
+	// replaying holds the ids of dead letters being replayed or dropped
+	// (claimDead, releaseDead): a second replay of one would run its
+	// receiver twice, and a drop during a replay would be undone by it.
 	replaying sync.Map
 	// adding serialises the check that a new subscription's id is not held
 	// already with the write of its record.
@@ -1002,7 +1003,7 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 	if !n.subscriber.claimDead(id) {
 		return errDeadBusy(id)
 	}
-	defer n.subscriber.replaying.Delete(id)
+	defer n.subscriber.releaseDead(id)
 	d, err := n.subscriber.dead.Get(ctx, id)
 	if err != nil {
 		return err
@@ -1059,6 +1060,9 @@ func (ss *subscriberSide) claimDead(id string) bool {
 	return !busy
 }
 
+// releaseDead ends a claimDead claim.
+func (ss *subscriberSide) releaseDead(id string) { ss.replaying.Delete(id) }
+
 func errDeadBusy(id string) error {
 	return &localapi.Error{Status: http.StatusConflict, Code: localapi.CodeConflict, Message: "dead letter " + id + " is being replayed or dropped already"}
 }
@@ -1069,7 +1073,7 @@ func (n *Node) DropDeadLetter(ctx context.Context, id string) error {
 	if !n.subscriber.claimDead(id) {
 		return errDeadBusy(id)
 	}
-	defer n.subscriber.replaying.Delete(id)
+	defer n.subscriber.releaseDead(id)
 	if _, err := n.subscriber.dead.Get(ctx, id); err != nil {
 		return err
 	}
