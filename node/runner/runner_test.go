@@ -829,13 +829,7 @@ func TestFailedProgramTakesItsChildren(t *testing.T) {
 		t.Fatalf("Run = %v, want the exit status", err)
 	}
 	pid := readPID(t, pidf)
-	deadline := time.Now().Add(20 * time.Second)
-	for !processGone(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("child %d of a failed program still runs", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	checkFor(t, fmt.Sprintf("child %d of a failed program to end", pid), func() bool { return processGone(pid) })
 }
 
 // A program that exits 0 shortly before its deadline, while a child holds
@@ -855,11 +849,5 @@ func TestSuccessNearDeadlineWithStraggler(t *testing.T) {
 		t.Fatalf("Run = %s, %v; want the program's output", out, err)
 	}
 	pid := readPID(t, pidf)
-	deadline := time.Now().Add(20 * time.Second)
-	for !processGone(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("straggler %d still runs", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	checkFor(t, fmt.Sprintf("straggler %d to end", pid), func() bool { return processGone(pid) })
 }
