@@ -307,10 +307,7 @@ func queueModel(t *testing.T, seed uint64) {
 			// crash leaves of the store.
 			deadline := time.Now().Add(5 * time.Second)
 			for {
-				qs.dirtyMu.Lock()
-				d := len(qs.dirty)
-				qs.dirtyMu.Unlock()
-				if d == 0 || injected || time.Now().After(deadline) {
+				if !qs.hasDirty() || injected || time.Now().After(deadline) {
 					break
 				}
 				time.Sleep(time.Millisecond)
