@@ -354,18 +354,18 @@ func checkDuplicates(doc *yaml.Node) error {
 			if !slices.Contains(addrLists, key) || list.Kind != yaml.SequenceNode {
 				continue
 			}
-			seen := map[string]int{} // normalized address -> line
+			var items []*yaml.Node
+			var addrs []string
 			for _, item := range list.Content {
 				if item.Kind != yaml.ScalarNode {
 					continue // the decoder reports it
 				}
-				k := normalAddr(item.Value)
-				if first, dup := seen[k]; dup {
-					errs = append(errs, fmt.Errorf("network.%s (line %d): %s is listed twice (also line %d); delete one", key, item.Line, item.Value, first))
-					continue
-				}
-				seen[k] = item.Line
+				items = append(items, item)
+				addrs = append(addrs, item.Value)
 			}
+			eachDuplicate(addrs, func(i, first int) {
+				errs = append(errs, fmt.Errorf("network.%s (line %d): %s is listed twice (also line %d); delete one", key, items[i].Line, items[i].Value, items[first].Line))
+			})
 		}
 	}
 	return errors.Join(errs...)
@@ -381,20 +381,33 @@ func normalAddr(s string) string {
 	return s
 }
 
-// duplicateAddrs reports each address of list that an earlier entry
-// already names; key names the list in errors.
-func duplicateAddrs(key string, list []string) []error {
-	var errs []error
-	seen := map[string]int{}
-	for i, s := range list {
+// eachDuplicate calls dup(i, first) for each address addrs[i] that an
+// earlier entry, addrs[first], already names (compared by normalAddr), in
+// order. checkDuplicates (YAML, naming lines) and Validate (configs built
+// in code, naming entry numbers) both find duplicates with it.
+func eachDuplicate(addrs []string, dup func(i, first int)) {
+	seen := make(map[string]int, len(addrs)) // normalized address -> first index
+	for i, s := range addrs {
 		k := normalAddr(s)
-		if first, dup := seen[k]; dup {
-			errs = append(errs, fmt.Errorf("network.%s: %s is listed twice (entries %d and %d); delete one", key, s, first+1, i+1))
+		if first, ok := seen[k]; ok {
+			dup(i, first)
 			continue
 		}
 		seen[k] = i
 	}
-	return errs
+}
+
+// addrList is the list of network named key, one of addrLists.
+func (n *NetworkConfig) addrList(key string) []string {
+	switch key {
+	case "listen":
+		return n.Listen
+	case "announce":
+		return n.Announce
+	case "relays":
+		return n.Relays
+	}
+	panic("node: no network address list " + key)
 }
 
 // StaticRelays is network.relays as AutoRelay takes it: one entry per
@@ -529,8 +542,10 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, key := range addrLists {
-		list := map[string][]string{"listen": c.Network.Listen, "announce": c.Network.Announce, "relays": c.Network.Relays}[key]
-		errs = append(errs, duplicateAddrs(key, list)...)
+		list := c.Network.addrList(key)
+		eachDuplicate(list, func(i, first int) {
+			bad("network.%s: %s is listed twice (entries %d and %d); delete one", key, list[i], first+1, i+1)
+		})
 	}
 	if p := c.Network.PreferTransport; p != PreferTCP && p != PreferQUIC {
 		bad("network.prefer_transport: %q is not %q or %q", p, PreferTCP, PreferQUIC)
