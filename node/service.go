@@ -823,8 +823,18 @@ func (r registration) registered() bool {
 	return !ok || start == r.Start
 }
 
+// listProbeTimeout bounds ListServices' question to one service; one that
+// does not answer in this long is listed as not answering.
+const listProbeTimeout = 3 * time.Second
+
+// listProbes is how many services ListServices asks at once, so that N
+// stuck services cost about one listProbeTimeout rather than N of them.
+const listProbes = 16
+
 // ListServices returns the status of every service registered on this
-// machine, removing registrations whose process is gone.
+// machine, removing registrations whose process is gone. It asks the
+// services at once (at most listProbes at a time) and lists them sorted by
+// instance.
 func ListServices(ctx context.Context) ([]localapi.Status, error) {
 	dir := RuntimeDir()
 	ents, err := os.ReadDir(dir)
@@ -837,7 +847,13 @@ func ListServices(ctx context.Context) ([]localapi.Status, error) {
 	if err := checkSharedRuntimeDir(dir); err != nil {
 		return nil, err
 	}
-	out := []localapi.Status{}
+	type entry struct {
+		path string
+		reg  registration
+		st   localapi.Status
+		ok   bool // st is listed; false: a stale registration, removed
+	}
+	var regs []*entry
 	for _, e := range ents {
 		if !strings.HasSuffix(e.Name(), ".json") {
 			continue
@@ -852,27 +868,50 @@ func ListServices(ctx context.Context) ([]localapi.Status, error) {
 			_ = os.Remove(path)
 			continue
 		}
-		c := localapi.Dial(r.Socket)
-		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		st, err := c.Status(cctx)
-		cancel()
-		c.Close()
-		if err != nil {
-			// Alive but not answering: still starting or stuck; show what
-			// we know, with the documented shape (lists [], never null).
-			st = unansweredStatus(r)
+		regs = append(regs, &entry{path: path, reg: r})
+	}
+	sem := make(chan struct{}, listProbes)
+	var wg sync.WaitGroup
+	for _, en := range regs {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			en.st, en.ok = probeRegistered(ctx, en.path, en.reg)
+		})
+	}
+	wg.Wait()
+	out := []localapi.Status{}
+	for _, en := range regs {
+		if en.ok {
+			out = append(out, en.st)
 		}
-		if st.PID != r.PID {
-			// The socket now belongs to a newer service of the same
-			// instance: this registration's process died without
-			// unregistering (and its pid may since have been reused).
-			_ = os.Remove(path)
-			continue
-		}
-		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Instance < out[j].Instance })
 	return out, nil
+}
+
+// probeRegistered asks the service of registration r (read from path) for
+// its status. ok is false when the registration is stale: another service
+// of the same instance now answers on the socket, and path is removed.
+func probeRegistered(ctx context.Context, path string, r registration) (st localapi.Status, ok bool) {
+	c := localapi.Dial(r.Socket)
+	cctx, cancel := context.WithTimeout(ctx, listProbeTimeout)
+	st, err := c.Status(cctx)
+	cancel()
+	c.Close()
+	if err != nil {
+		// Alive but not answering: still starting or stuck; show what
+		// we know, with the documented shape (lists [], never null).
+		st = unansweredStatus(r)
+	}
+	if st.PID != r.PID {
+		// The socket now belongs to a newer service of the same
+		// instance: this registration's process died without
+		// unregistering (and its pid may since have been reused).
+		_ = os.Remove(path)
+		return localapi.Status{}, false
+	}
+	return st, true
 }
 
 // ErrInsecureInstance is returned when the instance directory, or its

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -449,16 +450,7 @@ func TestLifecycleStatusOfUnansweringService(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
-	checkFor(t, 10*time.Second, func() error {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return err
-		}
-		if k := strings.LastIndexByte(string(b), ')'); k < 0 || k+2 >= len(b) || b[k+2] != 'T' {
-			return fmt.Errorf("pid %d is not stopped yet", pid)
-		}
-		return nil
-	})
+	lrWaitStopped(t, pid)
 	var list []map[string]any
 	out := a.mustRun("service", "status", "--json")
 	a.decodeJSON(out, &list)
@@ -487,6 +479,112 @@ func TestLifecycleStatusOfUnansweringService(t *testing.T) {
 	}
 	if text := a.mustRun("service", "status"); !strings.Contains(text, "not answering") {
 		t.Errorf("service status does not say the service is not answering:\n%s", text)
+	}
+}
+
+// lrWaitStopped waits until pid is stopped (state T in /proc/<pid>/stat),
+// as it is soon after SIGSTOP.
+func lrWaitStopped(t *testing.T, pid int) {
+	t.Helper()
+	checkFor(t, 10*time.Second, func() error {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return err
+		}
+		if k := strings.LastIndexByte(string(b), ')'); k < 0 || k+2 >= len(b) || b[k+2] != 'T' {
+			return fmt.Errorf("pid %d is not stopped yet", pid)
+		}
+		return nil
+	})
+}
+
+// `service status` asks the services at once, not one after another (so N
+// stuck services do not make it wait N times the probe timeout). With two
+// of three services stopped (SIGSTOP) it lists all three, sorted by
+// instance, the stopped two as not answering and the third as it answers;
+// no registration is dropped. Once continued, all three answer again.
+func TestLifecycleStatusOfSeveralUnansweringServices(t *testing.T) {
+	t.Parallel()
+	insts := []*instance{newInstance(t, "a"), newInstance(t, "b"), newInstance(t, "c")}
+	pids := make([]int, len(insts))
+	for k, in := range insts {
+		pids[k] = in.start()
+	}
+	stopped := map[int]bool{pids[0]: true, pids[2]: true}
+	for pid := range stopped {
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	}
+	for pid := range stopped {
+		lrWaitStopped(t, pid)
+	}
+	a := insts[0]
+	began := time.Now()
+	out := a.mustRun("service", "status", "--json")
+	t.Logf("service status --json with %d of %d services stopped took %v", len(stopped), len(insts), time.Since(began))
+	var list []map[string]any
+	a.decodeJSON(out, &list)
+	if len(list) != len(insts) {
+		t.Fatalf("service status --json lists %d services, want %d: %s", len(list), len(insts), out)
+	}
+	instances := make([]string, len(list))
+	for k, st := range list {
+		instances[k], _ = st["instance"].(string)
+	}
+	if !slices.IsSorted(instances) {
+		t.Errorf("service status --json is not sorted by instance: %v", instances)
+	}
+	for k, in := range insts {
+		pid := pids[k]
+		i := slices.Index(instances, in.dir)
+		if i < 0 {
+			t.Errorf("service status --json lacks %s (pid %d): %s", in.name, pid, out)
+			continue
+		}
+		st := list[i]
+		if st["pid"] != float64(pid) {
+			t.Errorf("%s: pid %v, want %d", in.name, st["pid"], pid)
+		}
+		if want := !stopped[pid]; st["online"] != want {
+			t.Errorf("%s (pid %d, stopped %v): online %v, want %v", in.name, pid, stopped[pid], st["online"], want)
+		}
+	}
+	text := a.mustRun("service", "status")
+	if n := strings.Count(text, "not answering"); n != len(stopped) {
+		t.Errorf("service status says \"not answering\" %d times, want %d:\n%s", n, len(stopped), text)
+	}
+	if ents, _ := os.ReadDir(runtimeDir(t)); len(ents) != len(insts) {
+		t.Errorf("%d registrations after service status, want %d: %v", len(ents), len(insts), ents)
+	}
+
+	for pid := range stopped {
+		if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkFor(t, 30*time.Second, func() error {
+		var list []map[string]any
+		out := a.mustRun("service", "status", "--json")
+		a.decodeJSON(out, &list)
+		online := 0
+		for _, st := range list {
+			if st["online"] == true {
+				online++
+			}
+		}
+		if len(list) != len(insts) || online != len(insts) {
+			return fmt.Errorf("after SIGCONT, %d of %d listed services answer, want %d: %s", online, len(list), len(insts), out)
+		}
+		return nil
+	})
+	for k, in := range insts {
+		in.mustRun("service", "stop")
+		killAndWait(t, pids[k])
+	}
+	if ents, _ := os.ReadDir(runtimeDir(t)); len(ents) != 0 {
+		t.Errorf("registrations left behind after service stop: %v", ents)
 	}
 }
 
