@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/cockroachdb/pebble/v2"
 	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
 )
@@ -189,4 +190,112 @@ func (s *Store[T]) List(ctx context.Context) ([]T, error) {
 		out[i] = e.Value
 	}
 	return out, nil
+}
+
+// Scan calls fn with the id of each record that sorts after after (every
+// record when after is ""), in id order (byte order, as Entries sorts),
+// until fn returns false or an error, or the records end. get decodes the
+// record; it may be called only during fn, and a record fn skips is not
+// decoded. A non-empty after must be a valid id; it need not exist.
+//
+// On a pebble DB one iterator reads from after on, so a page of a large
+// namespace costs the page, not the namespace (a prefix query starts at
+// the prefix and cannot seek). Other datastores (the in-memory one, which
+// has no key order) are read whole and sorted.
+func (s *Store[T]) Scan(ctx context.Context, after string, fn func(id string, get func() (T, error)) (bool, error)) error {
+	if after != "" {
+		if err := ValidateID(after); err != nil {
+			return err
+		}
+	}
+	prefix := s.ns.String()
+	if prefix != "/" {
+		prefix += "/"
+	}
+	decode := func(key string, raw []byte) (T, error) {
+		var v T
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return v, fmt.Errorf("%w: %s: %w", ErrCorrupt, key, err)
+		}
+		return v, nil
+	}
+	pb, ok := s.d.(pebbleBatching)
+	if !ok {
+		return s.scanSorted(ctx, prefix, after, decode, fn)
+	}
+	lower := []byte(prefix)
+	if after != "" {
+		// The least key after prefix+after.
+		lower = append([]byte(prefix+after), 0)
+	}
+	it, err := pb.DB.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return fmt.Errorf("datastore: list %s: %w", s.ns, err)
+	}
+	for valid := it.First(); valid; valid = it.Next() {
+		if err = ctx.Err(); err != nil {
+			break
+		}
+		key := string(it.Key())
+		id := key[len(prefix):]
+		if ValidateID(id) != nil {
+			continue // nested deeper: not a record of this store
+		}
+		var more bool
+		more, err = fn(id, func() (T, error) {
+			raw, err := it.ValueAndErr()
+			if err != nil {
+				var zero T
+				return zero, fmt.Errorf("datastore: get %s: %w", key, err)
+			}
+			return decode(key, raw)
+		})
+		if err != nil || !more {
+			break
+		}
+	}
+	if err == nil {
+		if err = it.Error(); err != nil {
+			err = fmt.Errorf("datastore: list %s: %w", s.ns, err)
+		}
+	}
+	return errors.Join(err, it.Close())
+}
+
+// scanSorted is Scan for a datastore without a key order of its own.
+func (s *Store[T]) scanSorted(ctx context.Context, prefix, after string, decode func(string, []byte) (T, error),
+	fn func(id string, get func() (T, error)) (bool, error)) error {
+	res, err := s.d.Query(ctx, query.Query{Prefix: s.ns.String()})
+	if err != nil {
+		return fmt.Errorf("datastore: list %s: %w", s.ns, err)
+	}
+	entries, err := res.Rest()
+	if err != nil {
+		return fmt.Errorf("datastore: list %s: %w", s.ns, err)
+	}
+	slices.SortFunc(entries, func(a, b query.Entry) int { return cmp.Compare(a.Key, b.Key) })
+	for _, e := range entries {
+		id, ok := strings.CutPrefix(e.Key, prefix)
+		if !ok || ValidateID(id) != nil || id <= after {
+			continue
+		}
+		more, err := fn(id, func() (T, error) { return decode(e.Key, e.Value) })
+		if err != nil || !more {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// prefixEnd is the least key after every key that starts with prefix, or
+// nil when there is none.
+func prefixEnd(prefix string) []byte {
+	for i := len(prefix) - 1; i >= 0; i-- {
+		if prefix[i] != 0xff {
+			end := []byte(prefix[:i+1])
+			end[i]++
+			return end
+		}
+	}
+	return nil
 }
