@@ -212,7 +212,29 @@ func (n *Node) Handler(stop func()) http.Handler {
 		return struct{}{}, n.RevokeSubscriber(r.Context(), r.PathValue("id"))
 	})
 	route("GET "+p+"/deadletters", func(w http.ResponseWriter, r *http.Request) (any, error) {
-		return n.DeadLetters(r.Context())
+		q := r.URL.Query()
+		var dq localapi.DeadLetterQuery
+		if q.Has("limit") {
+			l, err := strconv.Atoi(q.Get("limit"))
+			if err != nil || l < 1 || l > localapi.MaxDeadLetterPage {
+				return nil, badRequest("query parameter limit=%q is not a number from 1 to %d", q.Get("limit"), localapi.MaxDeadLetterPage)
+			}
+			dq.Limit = l
+		}
+		// An empty after is a script's unset variable: it would list the
+		// first page again, for ever.
+		if q.Has("after") && q.Get("after") == "" {
+			return nil, badRequest("query parameter after is empty; leave it out to list from the first dead letter")
+		}
+		dq.After = q.Get("after")
+		if q.Has("data") {
+			b, err := strconv.ParseBool(q.Get("data"))
+			if err != nil {
+				return nil, badRequest("query parameter data=%q is not a boolean (1, true, 0 or false)", q.Get("data"))
+			}
+			dq.Data = b
+		}
+		return n.DeadLetters(r.Context(), dq)
 	})
 	route("POST "+p+"/deadletters/{id}/replay", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		ctx, cancel := context.WithCancel(r.Context())

@@ -36,7 +36,7 @@ func TestControlShutdownOutlivedByHandler(t *testing.T) {
 						err = fmt.Errorf("panic: %v", v)
 					}
 				}()
-				_, err = n.DeadLetters(context.Background())
+				_, err = n.DeadLetters(context.Background(), localapi.DeadLetterQuery{})
 				return err
 			}()
 		})

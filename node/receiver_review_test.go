@@ -98,7 +98,7 @@ func TestReceiverNonJSONPublicationIsParked(t *testing.T) {
 			if got := readLines(t, ran); len(got) != 1 || got[0] != "2" {
 				t.Fatalf("receiver ran for %v, want [2] (seq 1 is not JSON)", got)
 			}
-			dl, err := sub.DeadLetters(testCtx(t))
+			dl, err := allDeadLetters(testCtx(t), sub)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,7 +112,7 @@ func TestReceiverNonJSONPublicationIsParked(t *testing.T) {
 			if err := sub.DropDeadLetter(testCtx(t), dl[0].ID); err != nil {
 				t.Fatal(err)
 			}
-			if dl, _ := sub.DeadLetters(testCtx(t)); len(dl) != 0 {
+			if dl, _ := allDeadLetters(testCtx(t), sub); len(dl) != 0 {
 				t.Fatalf("dead letters after drop: %+v", dl)
 			}
 		})
@@ -151,7 +151,7 @@ func TestReceiverNonJSONOutputIsNotRetried(t *testing.T) {
 	if got := readLines(t, ran); strings.Join(got, ",") != "1,2" {
 		t.Fatalf("receiver ran for %v, want once for each of 1,2", got)
 	}
-	if dl, err := sub.DeadLetters(ctx); err != nil || len(dl) != 0 {
+	if dl, err := allDeadLetters(ctx, sub); err != nil || len(dl) != 0 {
 		t.Fatalf("dead letters = %+v, %v; want none", dl, err)
 	}
 }
@@ -179,7 +179,7 @@ func TestReplayNonJSONOutputSucceeds(t *testing.T) {
 	var dl []localapi.DeadLetter
 	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
 		var err error
-		if dl, err = sub.DeadLetters(ctx); err != nil || len(dl) != 1 {
+		if dl, err = allDeadLetters(ctx, sub); err != nil || len(dl) != 1 {
 			return fmt.Errorf("dead letters %+v, %v", dl, err)
 		}
 		return nil
@@ -190,7 +190,7 @@ func TestReplayNonJSONOutputSucceeds(t *testing.T) {
 	if err := sub.ReplayDeadLetter(ctx, dl[0].ID, nil); err != nil {
 		t.Fatalf("replay of a receiver that exits 0 = %v, want success", err)
 	}
-	if left, err := sub.DeadLetters(ctx); err != nil || len(left) != 0 {
+	if left, err := allDeadLetters(ctx, sub); err != nil || len(left) != 0 {
 		t.Fatalf("dead letters after a successful replay = %+v, %v", left, err)
 	}
 	if got := readLines(t, ran); len(got) != 2 {
@@ -234,7 +234,7 @@ func TestDropDuringReplayIsRefused(t *testing.T) {
 	var dl []localapi.DeadLetter
 	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
 		var err error
-		if dl, err = sub.DeadLetters(ctx); err != nil || len(dl) != 1 {
+		if dl, err = allDeadLetters(ctx, sub); err != nil || len(dl) != 1 {
 			return fmt.Errorf("dead letters %+v, %v", dl, err)
 		}
 		return nil
@@ -247,7 +247,7 @@ func TestDropDuringReplayIsRefused(t *testing.T) {
 	if err := <-done; err == nil || !strings.Contains(err.Error(), "failure 2") {
 		t.Fatalf("replay = %v, want the receiver's second failure", err)
 	}
-	left, err := sub.DeadLetters(ctx)
+	left, err := allDeadLetters(ctx, sub)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +265,7 @@ func TestDropDuringReplayIsRefused(t *testing.T) {
 	if err := sub.DropDeadLetter(ctx, dl[0].ID); err != nil {
 		t.Fatal(err)
 	}
-	if left, _ := sub.DeadLetters(ctx); len(left) != 0 {
+	if left, _ := allDeadLetters(ctx, sub); len(left) != 0 {
 		t.Fatalf("dead letters after drop: %+v", left)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,7 +40,8 @@ type outSub struct {
 }
 
 // deadLetter is a publication whose receiver kept failing, stored under
-// /deadletters/<subscription>.<seq>.
+// /deadletters/<subscription>.<seq>. deadLetterSummary is its fields but
+// the publication's.
 type deadLetter struct {
 	ID           string          `json:"id"`
 	Subscription string          `json:"subscription"`
@@ -954,31 +956,125 @@ func (n *Node) removePeerSubscriptions(ctx context.Context, id string) {
 // all, and the ids needed to replay or drop them would not be seen.
 const deadLetterDataBudget = localapi.MaxAnswer / 2
 
-// DeadLetters lists parked publications. Their data is included until
-// deadLetterDataBudget is spent; after that, entries have no data (null),
-// so that the list can always be shown.
-func (n *Node) DeadLetters(ctx context.Context) ([]localapi.DeadLetter, error) {
-	dls, err := n.subscriber.dead.List(ctx)
+// DeadLetters lists one page of the parked publications, in id order (by
+// subscription, then sequence), which is the datastore's key order: a
+// page is read from q.After on, whatever the number of dead letters.
+//
+// Their data only with q.Data, until deadLetterDataBudget is spent: the
+// page then ends before the entry that would pass it, More set, so that
+// the next page carries it. An entry whose data alone passes the budget
+// is listed without it (DataOmitted), so that the list can always be
+// shown.
+func (n *Node) DeadLetters(ctx context.Context, q localapi.DeadLetterQuery) (localapi.DeadLetterList, error) {
+	limit := q.Limit
+	switch {
+	case limit == 0:
+		limit = localapi.DefaultDeadLetterPage
+	case limit < 0 || limit > localapi.MaxDeadLetterPage:
+		return localapi.DeadLetterList{}, badRequest("dead-letter list limit %d is not from 1 to %d", limit, localapi.MaxDeadLetterPage)
+	}
+	if q.After != "" && !isDeadLetterID(q.After) {
+		return localapi.DeadLetterList{}, badRequest("%q is not a dead letter id: they are <subscription>.<sequence of 20 digits> (see: coattail deadletters list)", q.After)
+	}
+	out := localapi.DeadLetterList{DeadLetters: []localapi.DeadLetter{}}
+	// full ends the page at limit entries: with one more after them,
+	// there are more.
+	full := func() bool {
+		out.More = len(out.DeadLetters) == limit
+		return out.More
+	}
+	budget, omitted := deadLetterDataBudget, 0
+	var err error
+	if q.Data {
+		err = n.subscriber.dead.Scan(ctx, q.After, func(_ string, get func() (deadLetter, error)) (bool, error) {
+			if full() {
+				return false, nil
+			}
+			d, err := get()
+			if err != nil {
+				return false, err
+			}
+			v := deadLetterView(d)
+			switch size := encodedJSONSize(v.Data); {
+			case size > deadLetterDataBudget:
+				v.Data, v.DataOmitted = nil, true
+				omitted++
+			case size > budget:
+				out.More = true // the next page carries it
+				return false, nil
+			default:
+				budget -= size
+			}
+			out.DeadLetters = append(out.DeadLetters, v)
+			return true, nil
+		})
+	} else {
+		// Decoded without the publications: they are skipped, not copied.
+		summaries := datastore.NewStore[deadLetterSummary](n.db.Batching(), n.subscriber.dead.Namespace().String())
+		err = summaries.Scan(ctx, q.After, func(_ string, get func() (deadLetterSummary, error)) (bool, error) {
+			if full() {
+				return false, nil
+			}
+			d, err := get()
+			if err != nil {
+				return false, err
+			}
+			out.DeadLetters = append(out.DeadLetters, localapi.DeadLetter{ID: d.ID, Subscription: d.Subscription, Publisher: d.Publisher,
+				Receiver: d.Receiver, Subject: d.Subject, Seq: d.Seq, Hop: d.Hop, NotJSON: bool(d.Raw), Error: d.Error, Attempts: d.Attempts, FailedAt: d.FailedAt})
+			return true, nil
+		})
+	}
 	if err != nil {
-		return nil, err
+		return localapi.DeadLetterList{}, err
 	}
-	out := make([]localapi.DeadLetter, 0, len(dls))
-	budget, left := deadLetterDataBudget, 0
-	for _, d := range dls {
-		v := deadLetterView(d)
-		if size := encodedJSONSize(v.Data); size > budget {
-			v.Data, v.DataOmitted = nil, true
-			left++
-		} else {
-			budget -= size
-		}
-		out = append(out, v)
+	if out.More {
+		out.Next = out.DeadLetters[len(out.DeadLetters)-1].ID
 	}
-	if left > 0 {
-		n.log.Warn("dead-letter list: data left out of entries to keep the answer within the control API's limit",
-			"entries", len(out), "without_data", left, "limit_bytes", deadLetterDataBudget)
+	if omitted > 0 {
+		n.log.Warn("dead-letter list: data left out of entries larger than the control API's answer carries",
+			"entries", len(out.DeadLetters), "without_data", omitted, "limit_bytes", deadLetterDataBudget)
 	}
 	return out, nil
+}
+
+// deadLetterSummary is a deadLetter without its publication, which
+// decoding skips: a list without data does not copy publications of up
+// to limits.max_payload each.
+type deadLetterSummary struct {
+	ID           string    `json:"id"`
+	Subscription string    `json:"subscription"`
+	Publisher    string    `json:"publisher"`
+	Receiver     string    `json:"receiver"`
+	Subject      string    `json:"subject"`
+	Seq          uint64    `json:"seq"`
+	Hop          uint32    `json:"hop"`
+	Raw          present   `json:"raw"`
+	Error        string    `json:"error"`
+	Attempts     int       `json:"attempts"`
+	FailedAt     time.Time `json:"failed_at"`
+}
+
+// present records whether a JSON value is there (not null), not the value.
+type present bool
+
+func (p *present) UnmarshalJSON(b []byte) error {
+	*p = string(b) != "null"
+	return nil
+}
+
+// isDeadLetterID reports whether id has the form of the ids park gives
+// dead letters: <subscription>.<sequence as 20 digits>.
+func isDeadLetterID(id string) bool {
+	i := strings.LastIndexByte(id, '.')
+	if i < 1 || len(id)-i-1 != 20 || datastore.ValidateID(id) != nil {
+		return false
+	}
+	for _, c := range id[i+1:] {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // encodedJSONSize is the size of raw JSON once encoding/json wrote it

@@ -327,7 +327,7 @@ func TestInProcessReceiverTimeout(t *testing.T) {
 	if hung != 2 {
 		t.Fatalf("the hung publication was called %d times, want 2 (1 retry)", hung)
 	}
-	dl, err := sub.DeadLetters(ctx)
+	dl, err := allDeadLetters(ctx, sub)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -527,7 +527,7 @@ func TestReplayFailureIsRecorded(t *testing.T) {
 	var dl []localapi.DeadLetter
 	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
 		var err error
-		if dl, err = sub.DeadLetters(ctx); err != nil || len(dl) != 1 {
+		if dl, err = allDeadLetters(ctx, sub); err != nil || len(dl) != 1 {
 			return fmt.Errorf("dead letters %+v, %v", dl, err)
 		}
 		return nil
@@ -536,7 +536,7 @@ func TestReplayFailureIsRecorded(t *testing.T) {
 	if err := sub.ReplayDeadLetter(ctx, first.ID, nil); err == nil || !strings.Contains(err.Error(), "failure 2") {
 		t.Fatalf("replay = %v, want the receiver's second failure", err)
 	}
-	dl, err := sub.DeadLetters(ctx)
+	dl, err := allDeadLetters(ctx, sub)
 	if err != nil || len(dl) != 1 {
 		t.Fatalf("dead letters after a failed replay = %+v, %v", dl, err)
 	}
@@ -560,7 +560,7 @@ func TestReplayFailureIsRecorded(t *testing.T) {
 	if calls != 3 {
 		t.Fatalf("receiver called %d times, want 3 (delivery, failed replay, replay)", calls)
 	}
-	if dl, _ := sub.DeadLetters(ctx); len(dl) != 0 {
+	if dl, _ := allDeadLetters(ctx, sub); len(dl) != 0 {
 		t.Fatalf("dead letters after a successful replay: %+v", dl)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/coattail/coattail/node"
@@ -157,33 +158,61 @@ func newSubscribersCmd(a *app) *cobra.Command {
 
 func newDeadLettersCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "deadletters", Short: "Publications whose receiver kept failing"}
-	var asJSON bool
+	var (
+		asJSON, withData bool
+		limit            int
+		after            string
+	)
 	ls := &cobra.Command{
 		Use:   "list",
-		Short: "List parked publications",
-		Args:  cobra.NoArgs,
+		Short: "List parked publications, a page at a time",
+		Long: `List parked publications in id order (by subscription, then sequence),
+--limit at a time (default 100; 0 lists them all). When more follow, --json
+says so ("more": true, "next": the id to pass to --after) and the table ends
+with a hint on stderr. --data adds each publication's data to --json.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case limit < 0:
+				return fmt.Errorf("--limit %d: give how many dead letters to list (0 lists them all)", limit)
+			case cmd.Flags().Changed("after") && strings.TrimSpace(after) == "":
+				return fmt.Errorf("--after needs the id of a dead letter to list after (see: %s)", cmd.CommandPath())
+			case withData && !asJSON:
+				return fmt.Errorf("--data goes with --json: the table does not show publications")
+			}
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
-				dls, err := c.DeadLetters(cmd.Context())
+				list, err := listDeadLetters(cmd, c, limit, after, withData)
 				if err != nil {
 					return err
 				}
 				if asJSON {
-					return printJSON(a.out, dls)
+					return printJSON(a.out, list)
 				}
-				if len(dls) == 0 {
+				switch {
+				case len(list.DeadLetters) > 0:
+					rows := [][]string{}
+					for _, d := range list.DeadLetters {
+						rows = append(rows, []string{d.ID, d.Receiver, d.Subject, strconv.Itoa(d.Attempts), d.FailedAt.Local().Format(time.RFC3339), d.Error})
+					}
+					if err := table(a.out, []string{"ID", "RECEIVER", "SUBJECT", "ATTEMPTS", "FAILED", "ERROR"}, rows); err != nil {
+						return err
+					}
+				case after != "":
+					fmt.Fprintf(a.out, "No dead letters after %s.\n", safeText(after))
+				default:
 					fmt.Fprintln(a.out, "No dead letters.")
-					return nil
 				}
-				rows := [][]string{}
-				for _, d := range dls {
-					rows = append(rows, []string{d.ID, d.Receiver, d.Subject, strconv.Itoa(d.Attempts), d.FailedAt.Local().Format(time.RFC3339), d.Error})
+				if list.More {
+					fmt.Fprintf(a.err, "More dead letters follow; list them with: %s --after %s\n", cmd.CommandPath(), safeText(list.Next))
 				}
-				return table(a.out, []string{"ID", "RECEIVER", "SUBJECT", "ATTEMPTS", "FAILED", "ERROR"}, rows)
+				return nil
 			})
 		},
 	}
-	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON: {\"dead_letters\": [...], \"more\": bool, \"next\": id}")
+	ls.Flags().IntVar(&limit, "limit", localapi.DefaultDeadLetterPage, "list at most this many (0: all)")
+	ls.Flags().StringVar(&after, "after", "", "list the dead letters after this id (the previous page's last, or \"next\" of --json)")
+	ls.Flags().BoolVar(&withData, "data", false, "include each publication's data (with --json)")
 	replay := &cobra.Command{
 		Use:   "replay <id>",
 		Short: "Run the receiver again; on success the publication leaves the list",
@@ -215,4 +244,29 @@ func newDeadLettersCmd(a *app) *cobra.Command {
 	}
 	cmd.AddCommand(ls, replay, drop)
 	return cmd
+}
+
+// listDeadLetters reads limit dead letters (all for 0) after after, in
+// pages of at most localapi.MaxDeadLetterPage: the service answers no
+// more at once, and a page with data may end early to stay within the
+// answer's budget.
+func listDeadLetters(cmd *cobra.Command, c *node.Conn, limit int, after string, data bool) (localapi.DeadLetterList, error) {
+	out := localapi.DeadLetterList{DeadLetters: []localapi.DeadLetter{}}
+	q := localapi.DeadLetterQuery{After: after, Data: data}
+	for {
+		q.Limit = localapi.MaxDeadLetterPage
+		if limit > 0 {
+			q.Limit = min(q.Limit, limit-len(out.DeadLetters))
+		}
+		page, err := c.DeadLetters(cmd.Context(), q)
+		if err != nil {
+			return localapi.DeadLetterList{}, err
+		}
+		out.DeadLetters = append(out.DeadLetters, page.DeadLetters...)
+		out.More, out.Next = page.More, page.Next
+		if !page.More || limit > 0 && len(out.DeadLetters) >= limit || page.Next == "" {
+			return out, nil
+		}
+		q.After = page.Next
+	}
 }

@@ -37,7 +37,7 @@ type subscriberJSON struct {
 	Dropped    uint64 `json:"dropped"`
 }
 
-// deadLetterJSON is `deadletters list --json`.
+// deadLetterJSON is an entry of `deadletters list --json`.
 type deadLetterJSON struct {
 	ID       string `json:"id"`
 	Receiver string `json:"receiver"`
@@ -74,11 +74,22 @@ func (i *instance) subscribers() []subscriberJSON {
 	return v
 }
 
+// deadLetterListJSON is `deadletters list --json`: one page.
+type deadLetterListJSON struct {
+	DeadLetters []deadLetterJSON `json:"dead_letters"`
+	More        bool             `json:"more"`
+	Next        string           `json:"next"`
+}
+
+// deadLetters returns every dead letter, with its data.
 func (i *instance) deadLetters() []deadLetterJSON {
 	i.t.Helper()
-	var v []deadLetterJSON
-	i.decodeJSON(i.mustRun("deadletters", "list", "--json"), &v)
-	return v
+	var v deadLetterListJSON
+	i.decodeJSON(i.mustRun("deadletters", "list", "--json", "--data", "--limit", "0"), &v)
+	if v.DeadLetters == nil || v.More {
+		i.t.Fatalf("%s: deadletters list --json --limit 0: dead_letters %v, more %v; want them all", i.name, v.DeadLetters, v.More)
+	}
+	return v.DeadLetters
 }
 
 // counters returns this instance's counters. `service status --json` lists

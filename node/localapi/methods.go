@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strconv"
 )
 
 // Status returns the instance's status.
@@ -146,10 +147,24 @@ func (c *Client) RevokeSubscriber(ctx context.Context, id string) error {
 	return c.Do(ctx, http.MethodDelete, "/subscribers/"+segment(id), nil, nil)
 }
 
-// DeadLetters lists parked publications.
-func (c *Client) DeadLetters(ctx context.Context) ([]DeadLetter, error) {
-	var out []DeadLetter
-	return out, c.Do(ctx, http.MethodGet, "/deadletters", nil, &out)
+// DeadLetters lists one page of the parked publications.
+func (c *Client) DeadLetters(ctx context.Context, q DeadLetterQuery) (DeadLetterList, error) {
+	v := url.Values{}
+	if q.Limit != 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	if q.After != "" {
+		v.Set("after", q.After)
+	}
+	if q.Data {
+		v.Set("data", "1")
+	}
+	path := "/deadletters"
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	var out DeadLetterList
+	return out, c.Do(ctx, http.MethodGet, path, nil, &out)
 }
 
 // ReplayDeadLetter runs the receiver again for a parked publication.

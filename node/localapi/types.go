@@ -275,19 +275,54 @@ type UnsubscribeResult struct {
 	Removed int `json:"removed"`
 }
 
+// DeadLetterQuery asks for one page of the dead letters (see
+// DeadLetterList). In the control API it is the query parameters limit,
+// after and data of GET /deadletters.
+type DeadLetterQuery struct {
+	// Limit is how many entries at most (1 to MaxDeadLetterPage; 0 means
+	// DefaultDeadLetterPage).
+	Limit int
+	// After lists the entries after this id (in id order); it need not be
+	// a dead letter that still exists. "" starts at the first.
+	After string
+	// Data includes the publications' data.
+	Data bool
+}
+
+// DefaultDeadLetterPage and MaxDeadLetterPage bound the entries of one
+// dead-letter list.
+const (
+	DefaultDeadLetterPage = 100
+	MaxDeadLetterPage     = 1000
+)
+
+// DeadLetterList is one page of the dead letters, in id order: by
+// subscription, then by sequence.
+type DeadLetterList struct {
+	DeadLetters []DeadLetter `json:"dead_letters"`
+	// More says that entries follow the last of DeadLetters; Next is the
+	// id to list them after (DeadLetterQuery.After). A page may hold fewer
+	// entries than asked for and still have more: one with data ends
+	// where the data would pass the answer's budget.
+	More bool   `json:"more"`
+	Next string `json:"next,omitempty"`
+}
+
 // DeadLetter is a publication whose receiver kept failing.
 type DeadLetter struct {
-	ID           string          `json:"id"`
-	Subscription string          `json:"subscription"`
-	Publisher    string          `json:"publisher"`
-	Receiver     string          `json:"receiver"`
-	Subject      string          `json:"subject"`
-	Seq          uint64          `json:"seq"`
-	Hop          uint32          `json:"hop"`
-	Data         json.RawMessage `json:"data"`
-	// DataOmitted: Data was left out of a list too large to carry it
-	// all (Data is null, not the publication's). NotJSON: the
-	// publication was not JSON (kept as bytes; Data is null).
+	ID           string `json:"id"`
+	Subscription string `json:"subscription"`
+	Publisher    string `json:"publisher"`
+	Receiver     string `json:"receiver"`
+	Subject      string `json:"subject"`
+	Seq          uint64 `json:"seq"`
+	Hop          uint32 `json:"hop"`
+	// Data is the publication, in a list asked for with data only.
+	Data json.RawMessage `json:"data,omitempty"`
+	// DataOmitted: Data was asked for but left out, as the publication
+	// alone is larger than an answer carries (Data is absent, not the
+	// publication's). NotJSON: the publication was not JSON (kept as
+	// bytes; Data is absent).
 	DataOmitted bool      `json:"data_omitted,omitempty"`
 	NotJSON     bool      `json:"not_json,omitempty"`
 	Error       string    `json:"error"`
