@@ -58,7 +58,10 @@ func TestWireReaderStalledFrameCostsItsBufferOnly(t *testing.T) {
 		}
 		// The reader itself was allocated before; what remains is the
 		// payload buffer (and the goroutine's few bytes).
-		if grew := after.TotalAlloc - before.TotalAlloc; grew > uint64(2*bufSize+sent+1024) {
+		// TotalAlloc counts the whole process (the runtime allocates a
+		// little on its own under load): the margin is generous, still far
+		// below the 64 KiB a stalled frame used to cost.
+		if grew := after.TotalAlloc - before.TotalAlloc; grew > uint64(2*bufSize+sent+16<<10) {
 			t.Errorf("a stalled frame of which %d bytes arrived cost %d bytes, want at most about %d", sent, grew, 2*bufSize+sent)
 		}
 	}
