@@ -32,6 +32,9 @@ type subscriberJSON struct {
 	Subscriber string `json:"subscriber"`
 	Pattern    string `json:"pattern"`
 	TokenID    string `json:"token_id"`
+	Connected  bool   `json:"connected"`
+	NextSeq    uint64 `json:"next_seq"`
+	Acked      uint64 `json:"acked"`
 	Depth      uint64 `json:"queue_depth"`
 	Delivered  uint64 `json:"delivered"`
 	Dropped    uint64 `json:"dropped"`
@@ -120,6 +123,30 @@ func (i *instance) subscriberFor(id string) (subscriberJSON, bool) {
 		}
 	}
 	return subscriberJSON{}, false
+}
+
+// waitDrained checks that pub queued exactly queued publications for the
+// subscription id (sequences 1..queued: nothing more, nothing less) and
+// waits until the subscriber acked them all. A subscriber acks an
+// executable receiver's publication only after the receiver ran and its
+// progress was saved, so once this returns every receiver run for the
+// subscription is over and nothing more will arrive.
+func (pub *instance) waitDrained(id string, queued uint64, timeout time.Duration) {
+	pub.t.Helper()
+	checkFor(pub.t, timeout, func() error {
+		s, ok := pub.subscriberFor(id)
+		switch {
+		case !ok:
+			return fmt.Errorf("%s does not list subscription %s", pub.name, id)
+		case s.NextSeq != queued+1:
+			// Every publication is in before this is called: a wrong
+			// count is final, not a wait.
+			pub.t.Fatalf("%s queued %d publication(s) for subscription %s (%s), want exactly %d", pub.name, s.NextSeq-1, id, s.Pattern, queued)
+		case s.Acked != queued || s.Depth != 0:
+			return fmt.Errorf("%s: subscription %s (%s) acked %d of %d, queue_depth %d", pub.name, id, s.Pattern, s.Acked, queued, s.Depth)
+		}
+		return nil
+	})
 }
 
 // fixPort makes the instance listen on one fixed loopback TCP port, so that
