@@ -313,6 +313,11 @@ func (n *Node) Close() error {
 	for i := len(fns) - 1; i >= 0; i-- {
 		errs = append(errs, fns[i]())
 	}
+	// In-process handlers whose runs were cancelled or timed out may still
+	// be running (they ignore their context); they may use this node.
+	if !n.runner.WaitHandlers(handlersDrain) {
+		n.log.Error("in-process handlers still running after their runs ended; closing the datastore anyway", "waited", handlersDrain)
+	}
 	errs = append(errs, n.queues.Close(), n.closeDB())
 	return errors.Join(errs...)
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -292,5 +293,42 @@ wait
 	}
 	if err := waitErr(t, done, "the perform at a closed node"); err == nil {
 		t.Error("a perform at a node that closed succeeded")
+	}
+}
+
+// An in-process action that ignores its context outlives its run: Run
+// returns when the caller gives up, and the handler goes on. Closing the
+// node waits for it before closing the datastore the handler may use; it
+// used to close at once.
+func TestCloseWaitsForAbandonedInProcessHandler(t *testing.T) {
+	a := newTestNode(t, withQuietLog())
+	started := make(chan struct{})
+	var finished atomic.Bool
+	register(t, a, "stubborn", func(ctx context.Context, _ json.RawMessage) (json.RawMessage, error) {
+		close(started)
+		<-ctx.Done()
+		time.Sleep(300 * time.Millisecond) // ignores the cancellation for a while
+		finished.Store(true)
+		return nil, nil
+	})
+	ctx, cancel := context.WithCancel(testCtx(t))
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Perform(ctx, localapi.PerformRequest{Action: "stubborn", Input: json.RawMessage(`1`)}, nil)
+		done <- err
+	}()
+	<-started
+	cancel()
+	if err := waitErr(t, done, "the cancelled perform"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled perform: %v", err)
+	}
+	if finished.Load() {
+		t.Fatal("the perform waited for the handler; this test needs it abandoned")
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !finished.Load() {
+		t.Fatal("Close returned while an abandoned in-process handler still ran")
 	}
 }

@@ -154,6 +154,54 @@ type Runner struct {
 
 	mu       sync.RWMutex
 	handlers map[Kind]map[string]Handler
+
+	// calls counts in-process handler calls still running, including
+	// those whose Run returned already (deadline, cancellation): see
+	// WaitHandlers.
+	callsMu   sync.Mutex
+	calls     int
+	callsIdle chan struct{} // closed when calls drops to 0
+}
+
+func (r *Runner) callStarted() {
+	r.callsMu.Lock()
+	if r.calls == 0 {
+		r.callsIdle = make(chan struct{})
+	}
+	r.calls++
+	r.callsMu.Unlock()
+}
+
+func (r *Runner) callEnded() {
+	r.callsMu.Lock()
+	r.calls--
+	if r.calls == 0 {
+		close(r.callsIdle)
+	}
+	r.callsMu.Unlock()
+}
+
+// WaitHandlers waits, up to timeout, until no in-process handler call is
+// running, and reports whether none is. Run returns at a run's deadline or
+// cancellation even when its handler ignores its context; the handler goes
+// on in the background, and whoever closes what handlers use (a node
+// closing its datastore) waits for it here first.
+func (r *Runner) WaitHandlers(timeout time.Duration) bool {
+	r.callsMu.Lock()
+	if r.calls == 0 {
+		r.callsMu.Unlock()
+		return true
+	}
+	idle := r.callsIdle
+	r.callsMu.Unlock()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-idle:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // New returns a Runner for the instance in cfg.Dir. Zero limits take their
@@ -528,7 +576,9 @@ func (r *Runner) runHandler(ctx context.Context, h Handler, inv Invocation) (jso
 		err error
 	}
 	done := make(chan result, 1) // buffered: a late handler must not leak blocked
+	r.callStarted()
 	go func() {
+		defer r.callEnded()
 		defer func() {
 			if p := recover(); p != nil {
 				r.cfg.Logger.Error("in-process handler panicked",
