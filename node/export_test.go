@@ -41,3 +41,11 @@ func (n *Node) HasProgress(id string) bool {
 	ok, err := n.db.Batching().Has(context.Background(), seqKey(id))
 	return err == nil && ok
 }
+
+// SetHandlersDrain sets how long Close waits for handlers and subscription
+// loops; the returned func restores it.
+func SetHandlersDrain(d time.Duration) func() {
+	prev := handlersDrain
+	handlersDrain = d
+	return func() { handlersDrain = prev }
+}

@@ -119,8 +119,10 @@ func (h *handlers) wait(timeout time.Duration) bool {
 // handlersDrain bounds how long closing a node waits for its stream
 // handlers once their contexts are cancelled and their streams reset (an
 // action they run is killed at once; a receiver or action ignoring its
-// context may keep one longer).
-const handlersDrain = 10 * time.Second
+// context may keep one longer), for its subscription loops, and for
+// in-process handlers that outlived their runs. A variable only so that
+// tests can shorten it.
+var handlersDrain = 10 * time.Second
 
 // natState is what the host's event bus has said about NAT traversal,
 // kept for `service status`.

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -330,5 +331,36 @@ func TestCloseWaitsForAbandonedInProcessHandler(t *testing.T) {
 	}
 	if !finished.Load() {
 		t.Fatal("Close returned while an abandoned in-process handler still ran")
+	}
+}
+
+// A subscription loop inside an in-process receiver that ignores its
+// cancelled context cannot be ended; closing the node waited for it for
+// ever (a service stop hung). It now waits handlersDrain, logs, and closes.
+func TestCloseDoesNotHangOnStuckReceiver(t *testing.T) {
+	pub, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	started, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	defer close(release)
+	if err := sub.RegisterReceiver("stuck", func(context.Context, json.RawMessage) (json.RawMessage, error) {
+		once.Do(func() { close(started) })
+		<-release // ignores its context
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{">"}})
+	if _, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pid, Pattern: "s.>", Receiver: "stuck"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(testCtx(t), "s.a", json.RawMessage(`1`)); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	defer node.SetHandlersDrain(200 * time.Millisecond)()
+	closed := make(chan error, 1)
+	go func() { closed <- sub.Close() }()
+	if err := waitErr(t, closed, "Close of a node whose receiver is stuck"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -183,9 +183,24 @@ func (ss *subscriberSide) start(sub outSub, initial *session) {
 	}()
 }
 
+// close ends every subscription loop and waits for them, up to
+// handlersDrain: a loop inside an in-process receiver that ignores its
+// cancelled context cannot be ended, and must not hold the node's Close
+// (a service stop) for ever.
 func (ss *subscriberSide) close() error {
 	ss.stop()
-	ss.wg.Wait()
+	done := make(chan struct{})
+	go func() {
+		ss.wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(handlersDrain)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		ss.n.log.Error("a subscription's receiver ignores its cancelled context; closing without it", "waited", handlersDrain)
+	}
 	return nil
 }
 
