@@ -23,6 +23,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/quic-go/quic-go"
 )
 
 // Peer errors.
@@ -245,6 +246,19 @@ func (n *Node) open(ctx context.Context, id string, proto protocol.ID, req any) 
 }
 
 func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, token string, req any) (*session, error) {
+	s, err := nw.openWithOnce(ctx, pid, proto, token, req)
+	var reset *quic.StatelessResetError
+	if errors.As(err, &reset) && ctx.Err() == nil {
+		// The stream went out on a QUIC connection the peer no longer
+		// has (it restarted, or crashed, since): its new process answered
+		// with a stateless reset, so it never saw the request. That
+		// connection is closed now; once more on another (or a new) one.
+		s, err = nw.openWithOnce(ctx, pid, proto, token, req)
+	}
+	return s, err
+}
+
+func (nw *netsvc) openWithOnce(ctx context.Context, pid peer.ID, proto protocol.ID, token string, req any) (*session, error) {
 	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	st, err := nw.host.NewStream(network.WithAllowLimitedConn(dctx, "coattail"), pid, proto)
@@ -282,7 +296,7 @@ func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, 
 		if errors.As(err, &we) {
 			return nil, we
 		}
-		return nil, fmt.Errorf("%w %s: %v", ErrPeer, pid, err)
+		return nil, fmt.Errorf("%w %s: %w", ErrPeer, pid, err)
 	}
 	if err := expectOK(s); err != nil {
 		_ = st.Reset()
@@ -303,7 +317,7 @@ func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, 
 func expectOK(s *session) error {
 	t, payload, err := s.r.Next()
 	if err != nil {
-		return fmt.Errorf("%w %s closed the stream: %v", ErrPeer, s.peer, err)
+		return fmt.Errorf("%w %s closed the stream: %w", ErrPeer, s.peer, err)
 	}
 	switch t {
 	case wire.TOK:
