@@ -248,11 +248,12 @@ func (n *Node) open(ctx context.Context, id string, proto protocol.ID, req any) 
 func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, token string, req any) (*session, error) {
 	s, err := nw.openWithOnce(ctx, pid, proto, token, req)
 	var reset *quic.StatelessResetError
-	if errors.As(err, &reset) && ctx.Err() == nil {
-		// The stream went out on a QUIC connection the peer no longer
-		// has (it restarted, or crashed, since): its new process answered
-		// with a stateless reset, so it never saw the request. That
-		// connection is closed now; once more on another (or a new) one.
+	// The stream went out, or was being opened, on a QUIC connection the
+	// peer no longer has (it restarted, or crashed, since): its new
+	// process answered with a stateless reset, so it never saw the
+	// request. That connection is closed now; again on another (or a new)
+	// one, a couple of times (there may be more than one stale).
+	for retry := 0; retry < 2 && errors.As(err, &reset) && ctx.Err() == nil; retry++ {
 		s, err = nw.openWithOnce(ctx, pid, proto, token, req)
 	}
 	return s, err
@@ -263,7 +264,7 @@ func (nw *netsvc) openWithOnce(ctx context.Context, pid peer.ID, proto protocol.
 	defer cancel()
 	st, err := nw.host.NewStream(network.WithAllowLimitedConn(dctx, "coattail"), pid, proto)
 	if err != nil {
-		return nil, fmt.Errorf("%w %s is unreachable: %v", ErrPeer, pid, err)
+		return nil, fmt.Errorf("%w %s is unreachable: %w", ErrPeer, pid, err)
 	}
 	s := newSession(st, nw.n.maxFrame(), pid, proto)
 	_ = st.SetDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
