@@ -246,6 +246,7 @@ func (n *Node) open(ctx context.Context, id string, proto protocol.ID, req any) 
 }
 
 func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, token string, req any) (*session, error) {
+	began := time.Now()
 	s, err := nw.openWithOnce(ctx, pid, proto, token, req)
 	var reset *quic.StatelessResetError
 	// The stream went out, or was being opened, on a QUIC connection the
@@ -254,6 +255,17 @@ func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, 
 	// request. That connection is closed now; again on another (or a new)
 	// one, a couple of times (there may be more than one stale).
 	for retry := 0; retry < 2 && errors.As(err, &reset) && ctx.Err() == nil; retry++ {
+		// The peer restarted: every QUIC connection to it from before
+		// this call is to its old process (the one that failed may not
+		// even show as closed yet, and the old process may have dialed
+		// us too). Close them, or the next stream would be opened on one
+		// of them again; TCP connections would have been reset by the
+		// peer's kernel and are left to the swarm.
+		for _, c := range nw.host.Network().ConnsToPeer(pid) {
+			if c.ConnState().Transport == "quic-v1" && c.Stat().Opened.Before(began) {
+				_ = c.Close()
+			}
+		}
 		s, err = nw.openWithOnce(ctx, pid, proto, token, req)
 	}
 	return s, err
