@@ -200,3 +200,34 @@ func TestTokenRevokePromptsOnStderr(t *testing.T) {
 		t.Errorf("revoke answered y: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }
+
+// A bearer ipv4://0.0.0.0/0 lets any peer that connects directly use the
+// token, as --reusable does; issuing one says so on stderr (a narrower
+// CIDR, or none, does not).
+func TestTokenIssueWarnsOfAnyAddressBearer(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	for _, tc := range []struct {
+		bearers string
+		warn    bool
+	}{
+		{"ipv4://0.0.0.0/0", true},
+		{"ipv4://10.0.0.0/8", false},
+		{"", false},
+	} {
+		args := []string{"token", "issue", "--print-raw-token", "--quiet"}
+		if tc.bearers != "" {
+			args = append(args, "--bearers", tc.bearers)
+		}
+		stdout, stderr, code := a.run(args...)
+		if code != 0 {
+			t.Fatalf("token issue --bearers %q: exit %d: %s", tc.bearers, code, stderr)
+		}
+		if strings.Count(strings.TrimSpace(stdout), ".") != 2 {
+			t.Errorf("token issue --bearers %q printed %q, want only the token on stdout", tc.bearers, stdout)
+		}
+		if got := strings.Contains(stderr, "any peer"); got != tc.warn {
+			t.Errorf("token issue --bearers %q: warned %v, want %v (stderr: %q)", tc.bearers, got, tc.warn, stderr)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"golang.org/x/sys/unix"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -127,6 +128,11 @@ func newTokenIssueCmd(a *app) *cobra.Command {
 				t, err := c.IssueToken(cmd.Context(), req)
 				if err != nil {
 					return err
+				}
+				for _, b := range req.Bearers {
+					if anyAddress(b) {
+						fmt.Fprintf(a.err, "warning: bearer %s lets any peer that connects from any address use this token, like --reusable; name the peer with vt://<peer-id>, or a narrower CIDR\n", b)
+					}
 				}
 				if asJSON {
 					return printJSON(a.out, t)
@@ -340,4 +346,15 @@ func newTokenDecodeCmd(a *app) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the claims as JSON")
 	return cmd
+}
+
+// anyAddress reports whether bearer is an ipv4:// CIDR that every address
+// matches (/0): a token any directly connected peer may use.
+func anyAddress(bearer string) bool {
+	cidr, ok := strings.CutPrefix(bearer, auth.SchemeIPv4)
+	if !ok {
+		return false
+	}
+	p, err := netip.ParsePrefix(cidr)
+	return err == nil && p.Bits() == 0
 }
