@@ -547,6 +547,12 @@ type rotatingLog struct {
 }
 
 func openRotatingLog(path string, max int64, keep int) (*rotatingLog, error) {
+	// A log.file that is a symlink (service.log → /var/log/coattail/...)
+	// is rotated where it points: renaming the link would leave the
+	// target to grow under service.log.1 and a new plain file in its place.
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
 	r := &rotatingLog{path: path, max: max, keep: keep}
 	if err := r.open(); err != nil {
 		return nil, err

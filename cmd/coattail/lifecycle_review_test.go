@@ -706,3 +706,41 @@ func TestLifecycleLogRotationSkipsDevices(t *testing.T) {
 		t.Errorf("a device log file was rotated to %s.1", link)
 	}
 }
+
+// A log.file that is a symlink to a regular file elsewhere is rotated
+// where it points: the link stays, and the rotated files sit beside its
+// target. Rotation renamed the link itself (the target kept growing as
+// service.log.1's target, and a plain file replaced the link).
+func TestLifecycleLogRotationFollowsSymlink(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	dir := t.TempDir()
+	target := filepath.Join(dir, "coattail.log")
+	if err := os.WriteFile(target, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := a.path("linked.log")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	a.setConfig("file", link)
+	a.setConfig("rotate_size", "600")
+	for range 4 {
+		pid := a.start()
+		a.mustRun("service", "stop")
+		killAndWait(t, pid)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("log.file is no longer the symlink: %v, %v", fi, err)
+	}
+	if _, err := os.Stat(target + ".1"); err != nil {
+		t.Errorf("the target was not rotated beside itself: %v", err)
+	}
+	if _, err := os.Lstat(link + ".1"); err == nil {
+		t.Errorf("the symlink itself was rotated to %s.1", link)
+	}
+	b, err := os.ReadFile(target)
+	if err != nil || !strings.Contains(string(b), `"service stopping"`) {
+		t.Errorf("the target does not hold the last stop (%v):\n%s", err, b)
+	}
+}
