@@ -101,11 +101,12 @@ func (h *handlers) shut() {
 // wait waits, up to timeout, for every admitted goroutine to end, and
 // reports whether they did.
 func (h *handlers) wait(timeout time.Duration) bool {
-	done := make(chan struct{})
-	go func() {
-		h.wg.Wait()
-		close(done)
-	}()
+	return waitFor(waitGroupDone(&h.wg), timeout)
+}
+
+// waitFor waits up to timeout for done to be closed and reports whether
+// it was.
+func waitFor(done <-chan struct{}, timeout time.Duration) bool {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
@@ -114,6 +115,18 @@ func (h *handlers) wait(timeout time.Duration) bool {
 	case <-t.C:
 		return false
 	}
+}
+
+// waitGroupDone returns a channel closed once wg's counter is zero (its
+// goroutine outlives a waitFor that timed out, as the stuck goroutines
+// waited for do).
+func waitGroupDone(wg *sync.WaitGroup) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	return done
 }
 
 // handlersDrain bounds how long closing a node waits for its stream

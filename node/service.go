@@ -359,14 +359,7 @@ func (f *controlInflight) wait(d time.Duration) bool {
 	}
 	idle := f.idle
 	f.mu.Unlock()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-idle:
-		return true
-	case <-t.C:
-		return false
-	}
+	return waitFor(idle, d)
 }
 
 // closeWhenIdle arranges for fn to be called when the last running

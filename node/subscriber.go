@@ -189,16 +189,7 @@ func (ss *subscriberSide) start(sub outSub, initial *session) {
 // (a service stop) for ever.
 func (ss *subscriberSide) close() error {
 	ss.stop()
-	done := make(chan struct{})
-	go func() {
-		ss.wg.Wait()
-		close(done)
-	}()
-	t := time.NewTimer(handlersDrain)
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
+	if !waitFor(waitGroupDone(&ss.wg), handlersDrain) {
 		ss.n.log.Error("a subscription's receiver ignores its cancelled context; closing without it", "waited", handlersDrain)
 	}
 	return nil
