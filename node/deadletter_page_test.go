@@ -14,6 +14,30 @@ import (
 	"github.com/coattail/coattail/node/localapi"
 )
 
+// parkOne subscribes sub to pattern at pub with receiver, publishes data
+// on subject, and waits until that publication is sub's one dead letter
+// (the receiver must keep failing).
+func parkOne(t *testing.T, pub, sub *node.Node, pattern, receiver, subject, data string) localapi.DeadLetter {
+	t.Helper()
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{pattern}})
+	ctx := testCtx(t)
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: pattern, Receiver: receiver}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(ctx, subject, json.RawMessage(data)); err != nil {
+		t.Fatal(err)
+	}
+	var dl []localapi.DeadLetter
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		var err error
+		if dl, err = allDeadLetters(ctx, sub); err != nil || len(dl) != 1 {
+			return fmt.Errorf("dead letters %+v, %v", dl, err)
+		}
+		return nil
+	})
+	return dl[0]
+}
+
 // allDeadLetters lists every dead letter of n with its data, page by page.
 func allDeadLetters(ctx context.Context, n *node.Node) ([]localapi.DeadLetter, error) {
 	out := []localapi.DeadLetter{}

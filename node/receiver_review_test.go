@@ -168,26 +168,12 @@ func TestReplayNonJSONOutputSucceeds(t *testing.T) {
 	ran, ok := filepath.Join(dir, "ran"), filepath.Join(dir, "ok")
 	writeReceiver(t, sub, "flaky", "#!/bin/sh\ncat >/dev/null\necho $COATTAIL_SEQUENCE >> "+ran+
 		"\n[ -e "+ok+" ] || { echo not yet >&2; exit 1; }\necho fine now\n")
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"rp.>"}})
 	ctx := testCtx(t)
-	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "rp.>", Receiver: "flaky"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pub.Publish(ctx, "rp.x", json.RawMessage(`{"n":1}`)); err != nil {
-		t.Fatal(err)
-	}
-	var dl []localapi.DeadLetter
-	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
-		var err error
-		if dl, err = allDeadLetters(ctx, sub); err != nil || len(dl) != 1 {
-			return fmt.Errorf("dead letters %+v, %v", dl, err)
-		}
-		return nil
-	})
+	parked := parkOne(t, pub, sub, "rp.>", "flaky", "rp.x", `{"n":1}`)
 	if err := os.WriteFile(ok, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := sub.ReplayDeadLetter(ctx, dl[0].ID, nil); err != nil {
+	if err := sub.ReplayDeadLetter(ctx, parked.ID, nil); err != nil {
 		t.Fatalf("replay of a receiver that exits 0 = %v, want success", err)
 	}
 	if left, err := allDeadLetters(ctx, sub); err != nil || len(left) != 0 {
@@ -223,26 +209,12 @@ func TestDropDuringReplayIsRefused(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"dr.>"}})
 	ctx := testCtx(t)
-	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "dr.>", Receiver: "rec"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pub.Publish(ctx, "dr.a", json.RawMessage(`1`)); err != nil {
-		t.Fatal(err)
-	}
-	var dl []localapi.DeadLetter
-	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
-		var err error
-		if dl, err = allDeadLetters(ctx, sub); err != nil || len(dl) != 1 {
-			return fmt.Errorf("dead letters %+v, %v", dl, err)
-		}
-		return nil
-	})
+	parked := parkOne(t, pub, sub, "dr.>", "rec", "dr.a", `1`)
 	done := make(chan error, 1)
-	go func() { done <- sub.ReplayDeadLetter(ctx, dl[0].ID, nil) }()
+	go func() { done <- sub.ReplayDeadLetter(ctx, parked.ID, nil) }()
 	<-entered
-	dropErr := sub.DropDeadLetter(ctx, dl[0].ID)
+	dropErr := sub.DropDeadLetter(ctx, parked.ID)
 	close(release)
 	if err := <-done; err == nil || !strings.Contains(err.Error(), "failure 2") {
 		t.Fatalf("replay = %v, want the receiver's second failure", err)
@@ -258,11 +230,11 @@ func TestDropDuringReplayIsRefused(t *testing.T) {
 	if !errors.As(dropErr, &le) || le.Code != localapi.CodeConflict {
 		t.Fatalf("drop during a replay = %v, want a conflict", dropErr)
 	}
-	if len(left) != 1 || left[0].Attempts != dl[0].Attempts+1 {
+	if len(left) != 1 || left[0].Attempts != parked.Attempts+1 {
 		t.Fatalf("dead letters after the refused drop and failed replay = %+v, want the entry with one more attempt", left)
 	}
 	// Once the replay is over, the drop works.
-	if err := sub.DropDeadLetter(ctx, dl[0].ID); err != nil {
+	if err := sub.DropDeadLetter(ctx, parked.ID); err != nil {
 		t.Fatal(err)
 	}
 	if left, _ := allDeadLetters(ctx, sub); len(left) != 0 {

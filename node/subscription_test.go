@@ -516,23 +516,8 @@ func TestReplayFailureIsRecorded(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"dl.>"}})
 	ctx := testCtx(t)
-	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "dl.>", Receiver: "rec"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pub.Publish(ctx, "dl.a", json.RawMessage(`1`)); err != nil {
-		t.Fatal(err)
-	}
-	var dl []localapi.DeadLetter
-	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
-		var err error
-		if dl, err = allDeadLetters(ctx, sub); err != nil || len(dl) != 1 {
-			return fmt.Errorf("dead letters %+v, %v", dl, err)
-		}
-		return nil
-	})
-	first := dl[0]
+	first := parkOne(t, pub, sub, "dl.>", "rec", "dl.a", `1`)
 	if err := sub.ReplayDeadLetter(ctx, first.ID, nil); err == nil || !strings.Contains(err.Error(), "failure 2") {
 		t.Fatalf("replay = %v, want the receiver's second failure", err)
 	}
