@@ -287,14 +287,7 @@ func TestLifecycleStopDuringStartup(t *testing.T) {
 	t.Parallel()
 	a := newInstance(t, "a")
 	hold := lrHoldData(t, a, 5)
-	start := a.spawn("service", "start", "--headless")
-	var pid int
-	checkFor(t, 30*time.Second, func() error {
-		pids := lrServiceProcesses(t, a.dir)
-		if len(pids) != 1 {
-			return fmt.Errorf("service processes of %s: %v", a.dir, pids)
-		}
-		pid = pids[0]
+	start, pid := lrSpawnStart(t, a, func(pid int) error {
 		// Still starting: it holds the pid file, and waits for the
 		// datastore before it opens its control socket.
 		b, err := os.ReadFile(a.path("service.pid"))
@@ -404,16 +397,7 @@ func TestLifecycleStartHeadlessInterrupted(t *testing.T) {
 	t.Parallel()
 	a := newInstance(t, "a")
 	hold := lrHoldData(t, a, 5)
-	start := a.spawn("service", "start", "--headless")
-	var pid int
-	checkFor(t, 30*time.Second, func() error {
-		pids := lrServiceProcesses(t, a.dir)
-		if len(pids) != 1 {
-			return fmt.Errorf("service processes of %s: %v", a.dir, pids)
-		}
-		pid = pids[0]
-		return nil
-	})
+	start, pid := lrSpawnStart(t, a, func(int) error { return nil })
 	t.Cleanup(func() { killAndWait(t, pid) })
 	if err := start.cmd.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
@@ -743,4 +727,21 @@ func TestLifecycleLogRotationFollowsSymlink(t *testing.T) {
 	if err != nil || !strings.Contains(string(b), `"service stopping"`) {
 		t.Errorf("the target does not hold the last stop (%v):\n%s", err, b)
 	}
+}
+
+// lrSpawnStart spawns `service start --headless` for a and waits until
+// exactly one service process of a runs and ready(its pid) holds.
+func lrSpawnStart(t *testing.T, a *instance, ready func(pid int) error) (*proc, int) {
+	t.Helper()
+	start := a.spawn("service", "start", "--headless")
+	var pid int
+	checkFor(t, 30*time.Second, func() error {
+		pids := lrServiceProcesses(t, a.dir)
+		if len(pids) != 1 {
+			return fmt.Errorf("service processes of %s: %v", a.dir, pids)
+		}
+		pid = pids[0]
+		return ready(pid)
+	})
+	return start, pid
 }
