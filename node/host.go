@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/coattail/coattail/datastore"
+	"github.com/coattail/coattail/node/internal/inflight"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/event"
@@ -62,14 +63,12 @@ type netsvc struct {
 	handlers *handlers
 }
 
-// handlers is a set of running goroutines with one context, cancelled at
-// shut; after shut no new one is admitted.
+// handlers is a set of running goroutines (Begin, End, Wait) with one
+// context, cancelled at shut; after shut no new one is admitted.
 type handlers struct {
 	ctx    context.Context
 	cancel context.CancelFunc
-	mu     sync.RWMutex
-	closed bool
-	wg     sync.WaitGroup
+	inflight.Tracker
 }
 
 func newHandlers() *handlers {
@@ -77,56 +76,10 @@ func newHandlers() *handlers {
 	return &handlers{ctx: ctx, cancel: cancel}
 }
 
-// begin admits a goroutine, to be ended with end; false once shut.
-func (h *handlers) begin() bool {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	if h.closed {
-		return false
-	}
-	h.wg.Add(1)
-	return true
-}
-
-func (h *handlers) end() { h.wg.Done() }
-
 // shut cancels the handlers' context and admits no more.
 func (h *handlers) shut() {
-	h.mu.Lock()
-	h.closed = true
-	h.mu.Unlock()
+	h.Shut()
 	h.cancel()
-}
-
-// wait waits, up to timeout, for every admitted goroutine to end, and
-// reports whether they did.
-func (h *handlers) wait(timeout time.Duration) bool {
-	return waitFor(waitGroupDone(&h.wg), timeout)
-}
-
-// waitFor waits up to timeout for done to be closed and reports whether
-// it was.
-func waitFor(done <-chan struct{}, timeout time.Duration) bool {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-t.C:
-		return false
-	}
-}
-
-// waitGroupDone returns a channel closed once wg's counter is zero (its
-// goroutine outlives a waitFor that timed out, as the stuck goroutines
-// waited for do).
-func waitGroupDone(wg *sync.WaitGroup) <-chan struct{} {
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	return done
 }
 
 // handlersDrain bounds how long closing a node waits for its stream
@@ -509,9 +462,9 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 		}
 	}
 	nw.register()
-	if nw.handlers.begin() {
+	if nw.handlers.Begin() {
 		go func() {
-			defer nw.handlers.end()
+			defer nw.handlers.End()
 			nw.nudger(nw.handlers.ctx)
 		}()
 	}
@@ -539,7 +492,7 @@ func (nw *netsvc) close() error {
 		errs = append(errs, nw.nat.sub.Close())
 	}
 	errs = append(errs, nw.host.Close())
-	if !nw.handlers.wait(handlersDrain) {
+	if !nw.handlers.Wait(handlersDrain) {
 		nw.n.log.Error("stream handlers still running after the host closed; closing the datastore anyway", "waited", handlersDrain)
 	}
 	return errors.Join(errs...)

@@ -118,11 +118,11 @@ func remoteOf(c network.Conn) auth.Remote {
 // token, verified before anything else happens).
 func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.StreamHandler {
 	return func(st network.Stream) {
-		if !nw.handlers.begin() {
+		if !nw.handlers.Begin() {
 			_ = st.Reset() // closing
 			return
 		}
-		defer nw.handlers.end()
+		defer nw.handlers.End()
 		p := st.Conn().RemotePeer()
 		log := nw.n.log.With("peer", p.String(), "protocol", string(st.Protocol()))
 		s := newSession(st, nw.n.maxFrame(), p, st.Protocol())
@@ -228,11 +228,11 @@ func (nw *netsvc) dropRefusedSubscription(s *session, p peer.ID) {
 // authenticated by the peer id of the secure channel, and they are short.
 func (nw *netsvc) servePeer(fn func(st network.Stream, p peer.ID)) network.StreamHandler {
 	return func(st network.Stream) {
-		if !nw.handlers.begin() {
+		if !nw.handlers.Begin() {
 			_ = st.Reset() // closing
 			return
 		}
-		defer nw.handlers.end()
+		defer nw.handlers.End()
 		p := st.Conn().RemotePeer()
 		if v := nw.limits.acquire(p); !v.ok() {
 			_ = st.Reset()

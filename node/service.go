@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/coattail/coattail/datastore"
+	"github.com/coattail/coattail/node/internal/inflight"
 	"github.com/coattail/coattail/node/localapi"
 	"golang.org/x/sys/unix"
 )
@@ -138,13 +139,13 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		return err
 	}
 	n.ownDB = true
-	var inflight controlInflight
+	var requests controlInflight
 	defer func() {
 		// A control request that outlived shutdown (its handler ignored
 		// its cancelled context) still uses the node: the last such
 		// request to end closes it, rather than its datastore being
 		// closed under it.
-		if inflight.closeWhenIdle(func() {
+		if requests.WhenIdle(func() {
 			if cerr := n.Close(); cerr != nil {
 				logger.Error("closing the node after the last control request", "err", cerr)
 			}
@@ -178,7 +179,7 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		// stopped (its action killed), not left running without its
 		// timeout after the service is gone.
 		BaseContext:       func(net.Listener) context.Context { return ctx },
-		Handler:           inflight.wrap(h, n.controlWriteTimeout()),
+		Handler:           requests.wrap(h, n.controlWriteTimeout()),
 		ReadHeaderTimeout: controlReadTimeout,
 		IdleTimeout:       controlIdleTimeout,
 		MaxHeaderBytes:    controlMaxHeader,
@@ -192,19 +193,19 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	// Shutdown waits for connections (controlShutdownTimeout), Close cuts
 	// those left, and their handlers get controlShutdownGrace more to
 	// return; one that still runs (it ignores its context) is not waited
-	// for, but the node stays open for it (see closeWhenIdle above).
+	// for, but the node stays open for it (see WhenIdle above).
 	shutdown := sync.OnceFunc(func() {
 		logger.Info("service stopping")
 		stop()
-		inflight.stop()
+		requests.Shut()
 		sctx, cancel := context.WithTimeout(context.Background(), controlShutdownTimeout)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {
 			_ = srv.Close()
 		}
-		if !inflight.wait(controlShutdownGrace) {
+		if !requests.Wait(controlShutdownGrace) {
 			logger.Error("control requests still run after the service stopped (their handlers ignore cancellation); the node and its datastore are closed when they end",
-				"requests", inflight.count())
+				"requests", requests.Count())
 		}
 	})
 	defer shutdown()
@@ -292,87 +293,18 @@ var controlHandlerHook func(*Node, http.Handler) http.Handler
 // controlInflight counts the control requests whose handlers run. Once
 // the service stops, a new request is answered unavailable, and shutdown
 // waits for the running ones before the node closes.
-type controlInflight struct {
-	mu       sync.Mutex
-	n        int
-	stopping bool
-	idle     chan struct{} // closed when n drops to 0, if someone waits
-	onIdle   func()        // called when n drops to 0, once
-}
+type controlInflight struct{ inflight.Tracker }
 
 func (f *controlInflight) wrap(h http.Handler, d time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
-		if f.stopping {
-			f.mu.Unlock()
+		if !f.Begin() {
 			writeError(w, &localapi.Error{Status: http.StatusServiceUnavailable, Code: localapi.CodeUnavailable,
 				Message: "the service is stopping"}, d)
 			return
 		}
-		f.n++
-		f.mu.Unlock()
-		defer f.leave()
+		defer f.End()
 		h.ServeHTTP(w, r)
 	})
-}
-
-func (f *controlInflight) leave() {
-	f.mu.Lock()
-	f.n--
-	var fn func()
-	if f.n == 0 {
-		if f.idle != nil {
-			close(f.idle)
-			f.idle = nil
-		}
-		fn, f.onIdle = f.onIdle, nil
-	}
-	f.mu.Unlock()
-	if fn != nil {
-		fn()
-	}
-}
-
-// stop makes the requests that come from now on be refused.
-func (f *controlInflight) stop() {
-	f.mu.Lock()
-	f.stopping = true
-	f.mu.Unlock()
-}
-
-func (f *controlInflight) count() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.n
-}
-
-// wait waits up to d for the running requests to end and reports whether
-// none runs.
-func (f *controlInflight) wait(d time.Duration) bool {
-	f.mu.Lock()
-	if f.n == 0 {
-		f.mu.Unlock()
-		return true
-	}
-	if f.idle == nil {
-		f.idle = make(chan struct{})
-	}
-	idle := f.idle
-	f.mu.Unlock()
-	return waitFor(idle, d)
-}
-
-// closeWhenIdle arranges for fn to be called when the last running
-// request ends and reports true; with none running it reports false and
-// fn is the caller's to call.
-func (f *controlInflight) closeWhenIdle(fn func()) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.n == 0 {
-		return false
-	}
-	f.onIdle = fn
-	return true
 }
 
 // limitListener accepts at most cap(slots) connections open at once:

@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"github.com/coattail/coattail/datastore"
+	"github.com/coattail/coattail/node/internal/inflight"
 	"github.com/coattail/coattail/node/internal/jsonx"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/runner"
@@ -79,11 +80,11 @@ type subscriberSide struct {
 	// already with the write of its record.
 	adding sync.Mutex
 
-	mu    sync.Mutex
-	loops map[string]*subLoop
-	wg    sync.WaitGroup
-	ctx   context.Context
-	stop  context.CancelFunc
+	mu           sync.Mutex
+	loops        map[string]*subLoop
+	loopsRunning inflight.Tracker
+	ctx          context.Context
+	stop         context.CancelFunc
 }
 
 type subLoop struct {
@@ -170,9 +171,9 @@ func (ss *subscriberSide) start(sub outSub, initial *session) {
 	ctx, cancel := context.WithCancel(ss.ctx)
 	l := &subLoop{publisher: sub.Publisher, cancel: cancel, wake: make(chan struct{}, 1)}
 	ss.loops[sub.ID] = l
-	ss.wg.Add(1)
+	ss.loopsRunning.Begin() // never shut: ss.ctx refuses new loops
 	go func() {
-		defer ss.wg.Done()
+		defer ss.loopsRunning.End()
 		ss.run(ctx, sub, l, initial)
 		ss.mu.Lock()
 		if ss.loops[sub.ID] == l {
@@ -189,7 +190,7 @@ func (ss *subscriberSide) start(sub outSub, initial *session) {
 // (a service stop) for ever.
 func (ss *subscriberSide) close() error {
 	ss.stop()
-	if !waitFor(waitGroupDone(&ss.wg), handlersDrain) {
+	if !ss.loopsRunning.Wait(handlersDrain) {
 		ss.n.log.Error("a subscription's receiver ignores its cancelled context; closing without it", "waited", handlersDrain)
 	}
 	return nil
@@ -1233,11 +1234,11 @@ func (nw *netsvc) nudger(ctx context.Context) {
 		}
 		due := plan.due(time.Now(), nw.n.queues.Status(), func(id string) bool { return nw.attached.path(id) != "" })
 		for sub, ids := range due {
-			if !nw.handlers.begin() {
+			if !nw.handlers.Begin() {
 				return
 			}
 			go func() {
-				defer nw.handlers.end()
+				defer nw.handlers.End()
 				nw.nudge(ctx, sub, ids)
 			}()
 		}

@@ -39,6 +39,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/coattail/coattail/node/internal/inflight"
 	"github.com/coattail/coattail/node/internal/textx"
 	"github.com/coattail/coattail/topics"
 )
@@ -158,27 +159,7 @@ type Runner struct {
 	// calls counts in-process handler calls still running, including
 	// those whose Run returned already (deadline, cancellation): see
 	// WaitHandlers.
-	callsMu   sync.Mutex
-	calls     int
-	callsIdle chan struct{} // closed when calls drops to 0
-}
-
-func (r *Runner) callStarted() {
-	r.callsMu.Lock()
-	if r.calls == 0 {
-		r.callsIdle = make(chan struct{})
-	}
-	r.calls++
-	r.callsMu.Unlock()
-}
-
-func (r *Runner) callEnded() {
-	r.callsMu.Lock()
-	r.calls--
-	if r.calls == 0 {
-		close(r.callsIdle)
-	}
-	r.callsMu.Unlock()
+	calls inflight.Tracker
 }
 
 // WaitHandlers waits, up to timeout, until no in-process handler call is
@@ -187,21 +168,7 @@ func (r *Runner) callEnded() {
 // on in the background, and whoever closes what handlers use (a node
 // closing its datastore) waits for it here first.
 func (r *Runner) WaitHandlers(timeout time.Duration) bool {
-	r.callsMu.Lock()
-	if r.calls == 0 {
-		r.callsMu.Unlock()
-		return true
-	}
-	idle := r.callsIdle
-	r.callsMu.Unlock()
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-idle:
-		return true
-	case <-t.C:
-		return false
-	}
+	return r.calls.Wait(timeout)
 }
 
 // New returns a Runner for the instance in cfg.Dir. Zero limits take their
@@ -576,9 +543,9 @@ func (r *Runner) runHandler(ctx context.Context, h Handler, inv Invocation) (jso
 		err error
 	}
 	done := make(chan result, 1) // buffered: a late handler must not leak blocked
-	r.callStarted()
+	r.calls.Begin()              // never shut
 	go func() {
-		defer r.callEnded()
+		defer r.calls.End()
 		defer func() {
 			if p := recover(); p != nil {
 				r.cfg.Logger.Error("in-process handler panicked",
