@@ -10,7 +10,12 @@ func TestTracker(t *testing.T) {
 	if !tr.Wait(0) {
 		t.Fatal("Wait with nothing in progress reported work")
 	}
-	if !tr.Begin() || !tr.Begin() || tr.Count() != 2 {
+	for range 2 {
+		if !tr.Begin() {
+			t.Fatal("Begin refused work before Shut")
+		}
+	}
+	if tr.Count() != 2 {
 		t.Fatalf("two Begins: count %d", tr.Count())
 	}
 	if tr.Wait(10 * time.Millisecond) {
@@ -28,7 +33,7 @@ func TestTracker(t *testing.T) {
 	go func() { done <- tr.Wait(time.Minute) }()
 	tr.End()
 	if !<-done || !called || tr.Count() != 0 {
-		t.Fatalf("after the last End: wait, called, count = ?, %v, %d", called, tr.Count())
+		t.Fatalf("after the last End: called %v, count %d (or Wait timed out)", called, tr.Count())
 	}
 	if tr.WhenIdle(func() {}) {
 		t.Fatal("WhenIdle with nothing in progress reported work")
