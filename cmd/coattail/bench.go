@@ -5,11 +5,13 @@ package main
 // (package perf, which `make bench` runs too).
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"time"
 
@@ -35,6 +37,8 @@ type benchOptions struct {
 	timeout      time.Duration
 	asJSON       bool
 	cpuProfile   string
+	processes    bool
+	serveSub     bool // hidden: be one subscriber process of a --processes bench
 }
 
 func newBenchCmd(a *app) *cobra.Command {
@@ -55,9 +59,18 @@ Prints the three rates and the ratios, and the CPU used.
 Modes: paced keeps at most --window bytes published but not yet processed
 (subscribers that keep up); burst publishes everything at once (a backlog read
 back from the datastore, as after an outage). The instances share this
-machine's cores, so the numbers are a lower bound for separate machines.`,
+machine's cores, so the numbers are a lower bound for separate machines.
+
+With --processes every subscriber instance runs in a process of its own (this
+binary, started by the bench), as separate services on one machine would; the
+publisher stays in the bench's process, and the CPU counted is that of all of
+them. --cpuprofile profiles the bench's process only.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.serveSub {
+				tuneGC()
+				return perf.ServeSubscriber(cmd.Context(), a.in, a.out)
+			}
 			po, err := o.options()
 			if err != nil {
 				return err
@@ -118,6 +131,9 @@ machine's cores, so the numbers are a lower bound for separate machines.`,
 	f.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	f.BoolVar(&o.asJSON, "json", false, "print the result as JSON")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the durable run to this file")
+	f.BoolVar(&o.processes, "processes", false, "run each subscriber instance in a process of its own, as separate services would")
+	f.BoolVar(&o.serveSub, "serve-subscriber", false, "run one subscriber instance of a --processes bench, driven over stdin and stdout")
+	_ = f.MarkHidden("serve-subscriber")
 	return cmd
 }
 
@@ -172,6 +188,15 @@ func (o *benchOptions) options() (perf.DeliveryOptions, error) {
 	if po.Window == 0 && len(errs) == 0 {
 		bad("--window must be positive")
 	}
+	if o.processes {
+		exe, err := os.Executable()
+		if err != nil {
+			bad("--processes: cannot find this program to start subscriber processes: %v", err)
+		}
+		po.Spawn = func(ctx context.Context) *exec.Cmd {
+			return exec.CommandContext(ctx, exe, "bench", "--serve-subscriber")
+		}
+	}
 	if len(errs) > 0 {
 		return po, fmt.Errorf("%w: %w", errBenchOptions, errors.Join(errs...))
 	}
@@ -184,8 +209,12 @@ func printBench(w io.Writer, r perf.DeliveryResult) {
 	if r.Window > 0 {
 		mode = fmt.Sprintf("%s (at most %s outstanding)", mode, humanize.IBytes(uint64(r.Window)))
 	}
-	fmt.Fprintf(w, "durable delivery on loopback: 1 publisher -> %d subscriber host(s), %s each, %s receiver\n",
-		r.Subscribers, humanize.IBytes(uint64(r.Size)), r.Receiver)
+	where := "all in this process"
+	if r.Processes {
+		where = "each subscriber in its own process"
+	}
+	fmt.Fprintf(w, "durable delivery on loopback: 1 publisher -> %d subscriber host(s), %s each, %s receiver, %s\n",
+		r.Subscribers, humanize.IBytes(uint64(r.Size)), r.Receiver, where)
 	fmt.Fprintf(w, "%d publications, %s, batches of %d from %d goroutines, over %s\n\n", r.Messages, mode, r.Batch, r.Publishers, r.Transport)
 	rate := func(v float64) string { return humanize.Comma(int64(math.Round(v))) }
 	_ = table(w, []string{"", "MSGS/S", "MB/S", "DURABLE / BASELINE"}, [][]string{

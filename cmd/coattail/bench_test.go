@@ -57,6 +57,26 @@ func TestBenchCommand(t *testing.T) {
 		"--subscribers", "2", "--transport", "quic", "--size", "1KiB", "--json"), &r)
 	check(r, 1024, 2, 40, "burst", "quic", "executable")
 
+	// Each subscriber in a process of its own (this binary), which exits
+	// with the bench.
+	r = perf.DeliveryResult{}
+	dir = t.TempDir()
+	i.decodeJSON(i.mustRun("bench", "--processes", "--subscribers", "2", "--messages", "3000", "--json", "--dir", dir), &r)
+	check(r, 128, 2, 3000, "paced", "tcp", "inprocess")
+	if !r.Processes {
+		t.Fatalf("--processes result says the subscribers ran in the bench's process: %+v", r)
+	}
+	for _, sub := range []string{"subscriber-0", "subscriber-1"} {
+		if _, err := os.Stat(filepath.Join(dir, sub, "config.yml")); err != nil {
+			t.Fatalf("--processes: no %s instance: %v", sub, err)
+		}
+	}
+	lrEachCmdline(t, func(pid int, cmdline string) {
+		if strings.HasPrefix(cmdline, binPath+"\x00") && strings.Contains(cmdline, "\x00--serve-subscriber") && processAlive(pid) {
+			t.Fatalf("subscriber process %d outlived the bench", pid)
+		}
+	})
+
 	out := i.mustRun("bench", "--messages", "3000", "--size", "4KiB")
 	for _, want := range []string{"coattail, durable", "raw libp2p stream", "disk (fdatasync)", "3000 publications", "4.0 KiB", "the faster of a run before"} {
 		if !strings.Contains(out, want) {

@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
 	"strings"
@@ -27,6 +28,7 @@ import (
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 )
 
@@ -87,8 +89,15 @@ type DeliveryOptions struct {
 	// Timeout bounds the whole run (default 10 minutes).
 	Timeout time.Duration
 	// CPUProfile, if set, receives a CPU profile (pprof format) of the
-	// durable run only, without the baselines.
+	// durable run only, without the baselines (of this process only).
 	CPUProfile io.Writer
+	// Spawn, if set, runs every subscriber instance in a process of its
+	// own, as separate services are: it returns the command of a process
+	// that calls ServeSubscriber with its stdin and stdout (the bench
+	// starts it and kills it when the run ends). The publisher stays in
+	// this process; a paced publisher then counts publications not yet
+	// acknowledged (processed and durably recorded) as outstanding.
+	Spawn func(ctx context.Context) *exec.Cmd
 }
 
 // DeliveryResult is what Delivery measured. Rates are per subscriber
@@ -103,10 +112,11 @@ type DeliveryResult struct {
 	Publishers  int     `json:"publishers"`
 	Transport   string  `json:"transport"`
 	Receiver    string  `json:"receiver"`
+	Processes   bool    `json:"processes"` // subscribers in processes of their own (Spawn)
 	Seconds     float64 `json:"seconds"`
 	MsgsPerSec  float64 `json:"msgs_per_sec"`
 	MBPerSec    float64 `json:"mb_per_sec"`
-	Cores       float64 `json:"cores"` // CPU this process used during the durable run
+	Cores       float64 `json:"cores"` // CPU the bench's processes used during the durable run
 	// Raw: the same payloads and batching over one libp2p stream from the
 	// publisher host to every subscriber host at once, nothing stored.
 	// It runs once before and once after the durable run (RawRuns); the
@@ -183,21 +193,45 @@ func (c *counter) handle(context.Context, json.RawMessage) (json.RawMessage, err
 	return nil, nil
 }
 
-// cluster is a publisher and its subscribers.
+// cluster is a publisher and its subscribers, in this process (subs) or
+// in processes of their own (procs).
 type cluster struct {
 	pub    *node.Node
 	subs   []*node.Node
-	counts []*counter
+	procs  []*subProcess
+	counts []*counter // the in-process receivers of subs
+	// acked is the fewest publications any subscription has acknowledged,
+	// refreshed by pollAcked when the receivers cannot be counted here.
+	acked    atomic.Int64
+	stopPoll func()
 }
 
 func (c *cluster) close() error {
+	if c.stopPoll != nil {
+		c.stopPoll()
+	}
 	var errs []error
 	for _, n := range append([]*node.Node{c.pub}, c.subs...) {
 		if n != nil {
 			errs = append(errs, n.Close())
 		}
 	}
+	for _, p := range c.procs {
+		errs = append(errs, p.close())
+	}
 	return errors.Join(errs...)
+}
+
+// subIDs returns the peer ids of the subscriber instances.
+func (c *cluster) subIDs() []peer.ID {
+	ids := make([]peer.ID, 0, len(c.subs)+len(c.procs))
+	for _, n := range c.subs {
+		ids = append(ids, n.ID())
+	}
+	for _, p := range c.procs {
+		ids = append(ids, p.id)
+	}
+	return ids
 }
 
 // startNode creates and starts an instance in dir, listening on loopback.
@@ -223,6 +257,36 @@ func startNode(ctx context.Context, dir string, o DeliveryOptions) (*node.Node, 
 	return n, nil
 }
 
+// addReceiver gives a subscriber instance the bench's receiver; the
+// counter counts an in-process receiver's calls (nil for an executable).
+func addReceiver(sub *node.Node, kind string) (*counter, error) {
+	if kind == ReceiverExecutable {
+		path := filepath.Join(sub.Dir(), "receivers", benchReceiver)
+		if err := os.WriteFile(path, []byte(execReceiver), 0o755); err != nil {
+			return nil, fmt.Errorf("perf: receiver: %w", err)
+		}
+		return nil, nil
+	}
+	cnt := &counter{}
+	if err := sub.RegisterReceiver(benchReceiver, cnt.handle); err != nil {
+		return nil, fmt.Errorf("perf: receiver: %w", err)
+	}
+	return cnt, nil
+}
+
+// subscribe makes sub a peer of the token's issuer (the publisher) and
+// subscribes its receiver to the bench's subjects there.
+func subscribe(ctx context.Context, sub *node.Node, token string) error {
+	p, err := sub.AddPeer(ctx, token)
+	if err != nil {
+		return fmt.Errorf("perf: peer add: %w", err)
+	}
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: p.ID, Pattern: benchPattern, Receiver: benchReceiver}); err != nil {
+		return fmt.Errorf("perf: subscribe: %w", err)
+	}
+	return nil
+}
+
 func newCluster(ctx context.Context, dir string, o DeliveryOptions) (c *cluster, err error) {
 	c = &cluster{}
 	defer func() {
@@ -235,55 +299,76 @@ func newCluster(ctx context.Context, dir string, o DeliveryOptions) (c *cluster,
 		return c, fmt.Errorf("perf: publisher: %w", err)
 	}
 	for i := range o.Subscribers {
-		sub, err := startNode(ctx, filepath.Join(dir, fmt.Sprintf("subscriber-%d", i)), o)
-		if err != nil {
-			return c, fmt.Errorf("perf: subscriber %d: %w", i, err)
-		}
-		c.subs = append(c.subs, sub)
-		if o.Receiver == ReceiverExecutable {
-			path := filepath.Join(sub.Dir(), "receivers", benchReceiver)
-			if err := os.WriteFile(path, []byte(execReceiver), 0o755); err != nil {
-				return c, fmt.Errorf("perf: receiver: %w", err)
+		subDir := filepath.Join(dir, fmt.Sprintf("subscriber-%d", i))
+		var join func(token string) error
+		if o.Spawn != nil {
+			p, err := startSubProcess(ctx, o.Spawn, subConfig{Dir: subDir, Transport: o.Transport,
+				Receiver: o.Receiver, Messages: o.Messages, Size: o.Size})
+			if err != nil {
+				return c, fmt.Errorf("perf: subscriber %d: %w", i, err)
 			}
+			c.procs = append(c.procs, p)
+			join = p.subscribe
 		} else {
-			cnt := &counter{}
-			c.counts = append(c.counts, cnt)
-			if err := sub.RegisterReceiver(benchReceiver, cnt.handle); err != nil {
-				return c, fmt.Errorf("perf: receiver: %w", err)
+			sub, cnt, err := startSubscriber(ctx, subDir, o)
+			if err != nil {
+				return c, fmt.Errorf("perf: subscriber %d: %w", i, err)
 			}
+			c.subs = append(c.subs, sub)
+			if cnt != nil {
+				c.counts = append(c.counts, cnt)
+			}
+			serveRaw(sub, o.Messages, o.Size)
+			join = func(token string) error { return subscribe(ctx, sub, token) }
 		}
 		tok, err := c.pub.IssueToken(ctx, localapi.IssueRequest{Subscribe: []string{benchPattern}})
 		if err != nil {
 			return c, fmt.Errorf("perf: token: %w", err)
 		}
-		p, err := sub.AddPeer(ctx, tok.Token)
-		if err != nil {
-			return c, fmt.Errorf("perf: peer add: %w", err)
+		if err := join(tok.Token); err != nil {
+			return c, fmt.Errorf("perf: subscriber %d: %w", i, err)
 		}
-		if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: p.ID, Pattern: benchPattern, Receiver: benchReceiver}); err != nil {
-			return c, fmt.Errorf("perf: subscribe: %w", err)
-		}
+	}
+	if len(c.counts) == 0 {
+		c.pollAcked()
 	}
 	return c, nil
 }
 
-// processed returns the fewest publications any subscriber has processed:
-// counted by the in-process receivers, or acked (processed and durably
-// recorded) for executable ones.
-func (c *cluster) processed() int64 {
-	least := int64(-1)
-	if len(c.counts) > 0 {
-		for _, cnt := range c.counts {
-			if v := cnt.n.Load(); least < 0 || v < least {
-				least = v
+// pollAcked refreshes c.acked from the publisher's queues until close.
+// One poller, not every publishing goroutine: reading the queues' status
+// takes each queue's lock, which the delivery path takes too.
+func (c *cluster) pollAcked() {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	c.stopPoll = func() { close(stop); <-done }
+	every := 500 * time.Microsecond
+	if c.procs == nil {
+		every = 2 * time.Millisecond // an executable receiver takes ~2 ms a run
+	}
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			c.acked.Store(c.leastAcked())
+			select {
+			case <-stop:
+				return
+			case <-t.C:
 			}
 		}
-		return least
-	}
+	}()
+}
+
+// leastAcked returns the fewest publications any subscription at the
+// publisher has acknowledged.
+func (c *cluster) leastAcked() int64 {
 	st := c.pub.Subscribers()
-	if len(st) < len(c.subs) {
+	if len(st) < len(c.subs)+len(c.procs) {
 		return 0
 	}
+	least := int64(-1)
 	for _, s := range st {
 		if v := int64(s.Acked); least < 0 || v < least {
 			least = v
@@ -292,15 +377,26 @@ func (c *cluster) processed() int64 {
 	return max(least, 0)
 }
 
-// pollEvery is how often waiting on processed() polls: the in-process
-// count is an atomic read, while acks are read from the publisher's queue
-// status, which costs more, and an executable receiver takes ~2 ms a run
-// anyway.
-func (c *cluster) pollEvery() time.Duration {
-	if len(c.counts) > 0 {
-		return 100 * time.Microsecond
+// processed returns the fewest publications any subscriber has processed:
+// counted by the in-process receivers here, else acked (processed and
+// durably recorded).
+func (c *cluster) processed() int64 {
+	if len(c.counts) == 0 {
+		return c.acked.Load()
 	}
-	return 2 * time.Millisecond
+	least := int64(-1)
+	for _, cnt := range c.counts {
+		if v := cnt.n.Load(); least < 0 || v < least {
+			least = v
+		}
+	}
+	return least
+}
+
+// pollEvery is how often waiting on processed() polls: an atomic read
+// either way.
+func (c *cluster) pollEvery() time.Duration {
+	return 100 * time.Microsecond
 }
 
 // payload returns a JSON string of exactly size bytes.
@@ -344,7 +440,8 @@ func Delivery(ctx context.Context, o DeliveryOptions) (DeliveryResult, error) {
 
 func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryResult, error) {
 	r := DeliveryResult{Size: o.Size, Subscribers: o.Subscribers, Messages: o.Messages, Mode: "burst",
-		Batch: BatchFor(o.Size), Publishers: o.Publishers, Transport: o.Transport, Receiver: o.Receiver}
+		Batch: BatchFor(o.Size), Publishers: o.Publishers, Transport: o.Transport, Receiver: o.Receiver,
+		Processes: o.Spawn != nil}
 	data := payload(o.Size)
 	var processed func() int64
 	window := int64(0)
@@ -355,10 +452,10 @@ func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryRe
 	}
 
 	var err error
-	if r.RawRuns[0], err = rawStreamRate(ctx, c.pub, c.subs, o.Messages, data); err != nil {
+	if r.RawRuns[0], err = rawStreamRate(ctx, c.pub, c.subIDs(), o.Messages, data); err != nil {
 		return r, err
 	}
-	cpu0, err := cpuTime()
+	cpu0, err := c.cpuTime()
 	if err != nil {
 		return r, err
 	}
@@ -376,8 +473,11 @@ func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryRe
 	if err != nil {
 		return r, err
 	}
-	cpu1, err := cpuTime()
+	cpu1, err := c.cpuTime()
 	if err != nil {
+		return r, err
+	}
+	if err := c.checkExactlyOnce(int64(o.Messages)); err != nil {
 		return r, err
 	}
 	r.Seconds = elapsed.Seconds()
@@ -385,7 +485,7 @@ func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryRe
 	r.MBPerSec = r.MsgsPerSec * float64(o.Size) / 1e6
 	r.Cores = (cpu1 - cpu0).Seconds() / r.Seconds
 
-	if r.RawRuns[1], err = rawStreamRate(ctx, c.pub, c.subs, o.Messages, data); err != nil {
+	if r.RawRuns[1], err = rawStreamRate(ctx, c.pub, c.subIDs(), o.Messages, data); err != nil {
 		return r, err
 	}
 	raw := max(r.RawRuns[0], r.RawRuns[1])
@@ -459,37 +559,37 @@ func publishAll(ctx context.Context, pub *node.Node, o DeliveryOptions, data jso
 	return <-errs
 }
 
-// rawStreamRate sends total length-prefixed payloads from one host to each
-// of the others, all at once, over one libp2p stream each, a batch per
-// write, and returns messages per second per destination until every
-// reader has counted them all.
-func rawStreamRate(ctx context.Context, from *node.Node, to []*node.Node, total int, data []byte) (float64, error) {
-	counted := make(chan error, len(to))
-	for _, dst := range to {
-		dst.Host().SetStreamHandler(rawProto, func(s network.Stream) {
-			defer s.Close()
-			br := bufio.NewReaderSize(s, 256<<10)
-			buf := make([]byte, len(data))
-			for i := 0; i < total; i++ {
-				n, err := binary.ReadUvarint(br)
-				if err == nil && n != uint64(len(data)) {
-					err = fmt.Errorf("raw frame of %d bytes, want %d", n, len(data))
-				}
-				if err == nil {
-					_, err = io.ReadFull(br, buf)
-				}
-				if err != nil {
-					counted <- err
-					_ = s.Reset()
-					return
-				}
+// serveRaw makes n the receiving end of the raw baseline: each raw stream
+// must carry total length-prefixed payloads of size bytes; once all are
+// read the reader answers one byte (a stream that carries anything else is
+// reset, which fails the run).
+func serveRaw(n *node.Node, total, size int) {
+	n.Host().SetStreamHandler(rawProto, func(s network.Stream) {
+		defer s.Close()
+		br := bufio.NewReaderSize(s, 256<<10)
+		buf := make([]byte, size)
+		for i := 0; i < total; i++ {
+			n, err := binary.ReadUvarint(br)
+			if err == nil && n != uint64(size) {
+				err = fmt.Errorf("raw frame of %d bytes, want %d", n, size)
 			}
-			_, err := s.Write([]byte{1})
-			counted <- err
-		})
-		defer dst.Host().RemoveStreamHandler(rawProto)
-	}
+			if err == nil {
+				_, err = io.ReadFull(br, buf)
+			}
+			if err != nil {
+				_ = s.Reset()
+				return
+			}
+		}
+		_, _ = s.Write([]byte{1})
+	})
+}
 
+// rawStreamRate sends total length-prefixed payloads from one host to each
+// of the others (each serving serveRaw), all at once, over one libp2p
+// stream each, a batch per write, and returns messages per second per
+// destination until every reader has counted them all.
+func rawStreamRate(ctx context.Context, from *node.Node, to []peer.ID, total int, data []byte) (float64, error) {
 	frame := append(binary.AppendUvarint(nil, uint64(len(data))), data...)
 	per := BatchFor(len(data))
 	batch := make([]byte, 0, len(frame)*per)
@@ -501,7 +601,7 @@ func rawStreamRate(ctx context.Context, from *node.Node, to []*node.Node, total 
 	for _, dst := range to {
 		go func() {
 			sent <- func() error {
-				s, err := from.Host().NewStream(ctx, dst.ID(), rawProto)
+				s, err := from.Host().NewStream(ctx, dst, rawProto)
 				if err != nil {
 					return err
 				}
@@ -525,11 +625,6 @@ func rawStreamRate(ctx context.Context, from *node.Node, to []*node.Node, total 
 	}
 	if err := errors.Join(errs...); err != nil {
 		return 0, fmt.Errorf("perf: raw stream: %w", err)
-	}
-	for range to {
-		if err := <-counted; err != nil {
-			return 0, fmt.Errorf("perf: raw stream reader: %w", err)
-		}
 	}
 	return float64(total) / time.Since(start).Seconds(), nil
 }
@@ -563,6 +658,38 @@ func diskRate(dir string, total int, data []byte, syncEvery int) (float64, error
 		}
 	}
 	return float64(total) / time.Since(start).Seconds(), nil
+}
+
+// cpuTime returns the CPU time (user and system) this process and the
+// subscriber processes have used.
+func (c *cluster) cpuTime() (time.Duration, error) {
+	total, err := cpuTime()
+	for _, p := range c.procs {
+		_, cpu, perr := p.stats()
+		total += cpu
+		err = errors.Join(err, perr)
+	}
+	return total, err
+}
+
+// checkExactlyOnce verifies, once every subscription acknowledged all
+// publications, that each counted receiver ran exactly once per
+// publication.
+func (c *cluster) checkExactlyOnce(want int64) error {
+	var errs []error
+	for i, cnt := range c.counts {
+		if got := cnt.n.Load(); got != want {
+			errs = append(errs, fmt.Errorf("perf: subscriber %d processed %d publications, want %d", i, got, want))
+		}
+	}
+	for i, p := range c.procs {
+		got, _, err := p.stats()
+		if err == nil && got != want && p.counted {
+			err = fmt.Errorf("perf: subscriber %d processed %d publications, want %d", i, got, want)
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // cpuTime returns the CPU time (user and system) this process has used.
