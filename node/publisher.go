@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -286,7 +287,11 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 	if s.release != nil {
 		s.release()
 	}
-	return nw.deliver(ctx, s, sub, next-1, window)
+	maxFrame := wire.DefaultMaxFrame
+	if req.MaxFrame > 0 {
+		maxFrame = req.MaxFrame
+	}
+	return nw.deliver(ctx, s, sub, next-1, window, maxFrame)
 }
 
 // checkHop refuses a perform or publication of subject that a cascade
@@ -335,10 +340,11 @@ func (nw *netsvc) addSubscription(ctx context.Context, sub topics.Subscription) 
 }
 
 // deliver pushes sub's queue down s: frames of up to deliverBatch
-// messages, at most window unacked, acks read concurrently. It returns
-// when the stream fails, the grant is revoked or expires, or a newer
-// stream for the same subscription takes over.
-func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscription, sent uint64, window int) error {
+// messages that fit the subscriber's maxFrame, at most window unacked,
+// acks read concurrently. It returns when the stream fails, the grant is
+// revoked or expires, or a newer stream for the same subscription takes
+// over.
+func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscription, sent uint64, window, maxFrame int) error {
 	n := nw.n
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -414,6 +420,11 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 	defer ackTimer.Stop()
 	var buf []byte
 	deliveries := make([]wire.Delivery, 0, deliverBatch)
+	// Read a frame's worth of subject and data bytes, leaving room for the
+	// frame's own encoding (deliveryOverhead), so that a subscriber whose
+	// max_payload is small gets frames it reads: it refuses a larger one,
+	// and would then be sent the same frame again for ever.
+	budget := max(1, min(deliverBytes, maxFrame-deliveryOverhead))
 	for {
 		if ctx.Err() != nil {
 			// Replaced (above): stop now, not once the window is full or
@@ -427,7 +438,7 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 		var items []topics.Item
 		if inflight < uint64(window) {
 			var err error
-			items, err = n.queues.Read(sub.ID, sent, min(deliverBatch, window-int(inflight)), deliverBytes)
+			items, err = n.queues.Read(sub.ID, sent, min(deliverBatch, window-int(inflight)), budget)
 			if err != nil {
 				return err
 			}
@@ -438,7 +449,6 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 				deliveries = append(deliveries, wire.Delivery{SubscriptionID: sub.ID, Seq: it.Seq,
 					Publication: wire.Publication{Subject: it.Message.Subject, Data: it.Message.Data, Hop: it.Message.Hop, Time: it.Message.Time}})
 			}
-			buf = wire.AppendDeliveries(buf[:0], deliveries)
 			last := items[len(items)-1].Seq
 			// Counted as sent before it is written: a fast subscriber's
 			// ack may arrive before Flush returns.
@@ -450,7 +460,8 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 			mu.Unlock()
 			_ = s.s.SetWriteDeadline(time.Now().Add(timeout))
 			s.wmu.Lock()
-			err := s.w.Frame(wire.TDeliver, buf)
+			var err error
+			buf, err = writeDeliveries(s.w, buf, deliveries, maxFrame)
 			if err == nil {
 				err = s.w.Flush()
 			}
@@ -502,6 +513,29 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 			return nil
 		}
 	}
+}
+
+// deliveryOverhead bounds what a TDeliver frame holds beyond its items'
+// subjects and data: the type byte, mode, count and subscription id, and
+// per item its sequence delta, hop, time and the two lengths.
+const deliveryOverhead = 1 + 1 + binary.MaxVarintLen64 + topics.MaxSubscriptionIDLen + binary.MaxVarintLen64 +
+	deliverBatch*(4*binary.MaxVarintLen64+binary.MaxVarintLen32)
+
+// writeDeliveries writes ds as TDeliver frames, one unless a frame would
+// be larger than maxFrame, in which case ds is split in halves (a
+// delivery alone in its frame goes as it is); buf is scratch space,
+// returned for reuse.
+func writeDeliveries(w *wire.Writer, buf []byte, ds []wire.Delivery, maxFrame int) ([]byte, error) {
+	buf = wire.AppendDeliveries(buf[:0], ds)
+	if 1+len(buf) <= maxFrame || len(ds) == 1 {
+		return buf, w.Frame(wire.TDeliver, buf)
+	}
+	h := len(ds) / 2
+	buf, err := writeDeliveries(w, buf, ds[:h], maxFrame)
+	if err != nil {
+		return buf, err
+	}
+	return writeDeliveries(w, buf, ds[h:], maxFrame)
 }
 
 // handleUnsubscribe serves /coattail/unsubscribe.

@@ -400,7 +400,7 @@ func (ss *subscriberSide) resume(ctx context.Context, sub outSub) (*session, err
 		}
 	}
 	s, err := ss.n.open(ctx, sub.Publisher, wire.ProtoSubscribe,
-		wire.SubscribeRequest{SubscriptionID: sub.ID, Pattern: sub.Pattern, Receiver: sub.Receiver, ResumeAfter: last})
+		wire.SubscribeRequest{SubscriptionID: sub.ID, Pattern: sub.Pattern, Receiver: sub.Receiver, ResumeAfter: last, MaxFrame: ss.n.maxFrame()})
 	if err != nil {
 		return nil, err
 	}
@@ -778,7 +778,7 @@ func (n *Node) Subscribe(ctx context.Context, req localapi.SubscribeRequest) (lo
 
 // subscribe makes a new subscription at the publisher and starts its loop.
 func (n *Node) subscribe(ctx context.Context, req localapi.SubscribeRequest) (localapi.Subscription, error) {
-	s, err := n.open(ctx, req.Peer, wire.ProtoSubscribe, wire.SubscribeRequest{Pattern: req.Pattern, Receiver: req.Receiver})
+	s, err := n.open(ctx, req.Peer, wire.ProtoSubscribe, wire.SubscribeRequest{Pattern: req.Pattern, Receiver: req.Receiver, MaxFrame: n.maxFrame()})
 	if err != nil {
 		return localapi.Subscription{}, err
 	}

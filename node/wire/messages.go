@@ -92,6 +92,10 @@ type SubscribeRequest struct {
 	// Window is the most deliveries the subscriber accepts unacknowledged;
 	// 0 lets the publisher choose.
 	Window int `json:"window,omitempty"`
+	// MaxFrame is the largest frame the subscriber reads (type byte and
+	// payload: its max_payload + 64 KiB on a Coattail node); the publisher
+	// keeps every TDeliver frame within it. 0 means DefaultMaxFrame.
+	MaxFrame int `json:"max_frame,omitempty"`
 }
 
 // SubscribeResponse answers SubscribeRequest (TResult).
