@@ -22,7 +22,7 @@ func TestWriteDeliveriesSplitsToTheLimit(t *testing.T) {
 	}
 	var out bytes.Buffer
 	w := wire.NewWriter(&out)
-	if _, err := writeDeliveries(w, nil, ds, maxFrame); err != nil {
+	if _, err := writeDeliveries(w, nil, ds, maxFrame, func(d *wire.Delivery) { t.Errorf("delivery %d omitted", d.Seq) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Flush(); err != nil {
@@ -59,13 +59,35 @@ func TestWriteDeliveriesSplitsToTheLimit(t *testing.T) {
 		}
 	}
 
+	// A delivery too large for a frame of its own goes without its data,
+	// in its own frame; those around it go whole.
 	out.Reset()
-	big := []wire.Delivery{{SubscriptionID: "s", Seq: 7, Publication: wire.Publication{Subject: "a", Data: bytes.Repeat([]byte("1"), maxFrame)}}}
-	if _, err := writeDeliveries(w, nil, big, maxFrame); err != nil {
+	big := []wire.Delivery{ds[0], {SubscriptionID: "s", Seq: 7, Publication: wire.Publication{Subject: "a", Data: bytes.Repeat([]byte("1"), maxFrame)}}, ds[1]}
+	var omitted []uint64
+	if _, err := writeDeliveries(w, nil, big, maxFrame, func(d *wire.Delivery) { omitted = append(omitted, d.Seq) }); err != nil {
 		t.Fatal(err)
 	}
 	_ = w.Flush()
-	if _, payload, err := wire.NewReader(&out, 1<<20).Next(); err != nil || len(payload) <= maxFrame {
-		t.Fatalf("a delivery over the limit: %d bytes, %v; want it alone in its frame", len(payload), err)
+	if len(omitted) != 1 || omitted[0] != 7 || len(big[1].Data) != maxFrame {
+		t.Fatalf("omitted %v (want [7]); the caller's delivery has %d bytes of data left (want it untouched)", omitted, len(big[1].Data))
+	}
+	var got []wire.Delivery
+	r = wire.NewReader(&out, maxFrame)
+	for range 3 {
+		_, payload, err := r.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := wire.DecodeDeliveries(payload, func(d *wire.Delivery) error {
+			got = append(got, wire.Delivery{Seq: d.Seq, Omitted: d.Omitted, Publication: wire.Publication{Data: bytes.Clone(d.Data)}})
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got) != 3 || got[0].Seq != 1 || got[0].Omitted != 0 || !bytes.Equal(got[0].Data, ds[0].Data) ||
+		got[1].Seq != 7 || got[1].Omitted != uint64(maxFrame) || len(got[1].Data) != 0 ||
+		got[2].Seq != 2 || got[2].Omitted != 0 || !bytes.Equal(got[2].Data, ds[1].Data) {
+		t.Fatalf("frames carried %+v; want seq 1 whole, seq 7 without its %d bytes, seq 2 whole", got, maxFrame)
 	}
 }

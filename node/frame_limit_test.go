@@ -64,3 +64,66 @@ func TestSmallSubscriberFrameLimit(t *testing.T) {
 		t.Fatalf("processed %d publications, not each once in order", len(got))
 	}
 }
+
+// A publication larger than the subscriber accepts (the publisher allows
+// more than it does) is sent without its data and parked at the
+// subscriber as a dead letter that says so; it used to be refused and sent
+// again for ever, holding back every publication after it. It cannot be
+// replayed, only dropped.
+func TestPublicationTooLargeForSubscriberIsParked(t *testing.T) {
+	pub := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 4 << 20 }))
+	sub := newTestNode(t)
+	var mu sync.Mutex
+	var got []string
+	if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+		mu.Lock()
+		got = append(got, fmt.Sprintf("%d %s", node.InvocationFrom(ctx).Sequence, in))
+		mu.Unlock()
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"p.>"}})
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "p.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	big := json.RawMessage(`"` + strings.Repeat("y", 2<<20) + `"`)
+	for _, m := range []node.Message{{Subject: "p.a", Data: json.RawMessage(`1`)}, {Subject: "p.big", Data: big}, {Subject: "p.a", Data: json.RawMessage(`3`)}} {
+		if _, err := pub.PublishBatch(ctx, []node.Message{m}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if s := pub.Subscribers(); len(s) != 1 || s[0].Acked != 3 {
+			return fmt.Errorf("subscribers at the publisher: %+v; want all 3 publications acked", s)
+		}
+		return nil
+	})
+	mu.Lock()
+	if strings.Join(got, ",") != "1 1,3 3" {
+		t.Fatalf("the receiver ran for %q, want the two small publications, in order", got)
+	}
+	mu.Unlock()
+	list, err := sub.DeadLetters(ctx, localapi.DeadLetterQuery{Data: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.DeadLetters) != 1 {
+		t.Fatalf("dead letters %+v, want the large publication", list.DeadLetters)
+	}
+	d := list.DeadLetters[0]
+	if d.Seq != 2 || d.Subject != "p.big" || d.TooLarge != uint64(len(big)) || d.Data != nil || !strings.Contains(d.Error, "larger than this instance accepts") {
+		t.Fatalf("dead letter %+v; want seq 2, p.big, too_large %d, no data, a clear error", d, len(big))
+	}
+	if summary, err := sub.DeadLetters(ctx, localapi.DeadLetterQuery{}); err != nil || len(summary.DeadLetters) != 1 || summary.DeadLetters[0].TooLarge != uint64(len(big)) {
+		t.Fatalf("dead letters without data: %+v, %v; want too_large there too", summary, err)
+	}
+	err = sub.ReplayDeadLetter(ctx, d.ID, nil)
+	if err == nil || !strings.Contains(err.Error(), "cannot be replayed") {
+		t.Fatalf("replay of a publication that never arrived = %v, want a clear refusal", err)
+	}
+	if err := sub.DropDeadLetter(ctx, d.ID); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -461,7 +461,14 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 			_ = s.s.SetWriteDeadline(time.Now().Add(timeout))
 			s.wmu.Lock()
 			var err error
-			buf, err = writeDeliveries(s.w, buf, deliveries, maxFrame)
+			buf, err = writeDeliveries(s.w, buf, deliveries, maxFrame, func(d *wire.Delivery) {
+				// The subscriber's limit decides how often: sampled.
+				if ok, extra := n.noisy.allow(); ok {
+					n.log.Warn("publication larger than the subscriber accepts; sent without its data (the subscriber parks it as a dead letter)",
+						append([]any{"subscription", sub.ID, "subscriber", sub.Subscriber, "seq", d.Seq, "subject", d.Subject,
+							"bytes", len(d.Data), "subscriber_max_frame", maxFrame}, extra...)...)
+				}
+			})
 			if err == nil {
 				err = s.w.Flush()
 			}
@@ -522,20 +529,30 @@ const deliveryOverhead = 1 + 1 + binary.MaxVarintLen64 + topics.MaxSubscriptionI
 	deliverBatch*(4*binary.MaxVarintLen64+binary.MaxVarintLen32)
 
 // writeDeliveries writes ds as TDeliver frames, one unless a frame would
-// be larger than maxFrame, in which case ds is split in halves (a
-// delivery alone in its frame goes as it is); buf is scratch space,
-// returned for reuse.
-func writeDeliveries(w *wire.Writer, buf []byte, ds []wire.Delivery, maxFrame int) ([]byte, error) {
+// be larger than maxFrame, in which case ds is split in halves. A
+// delivery too large for a frame of its own goes without its data
+// (wire.Delivery.Omitted): the subscriber cannot read it, and sent whole
+// it would be refused, and sent again, for ever, holding back everything
+// queued after it. omitted reports those. buf is scratch space, returned
+// for reuse.
+func writeDeliveries(w *wire.Writer, buf []byte, ds []wire.Delivery, maxFrame int, omitted func(*wire.Delivery)) ([]byte, error) {
 	buf = wire.AppendDeliveries(buf[:0], ds)
-	if 1+len(buf) <= maxFrame || len(ds) == 1 {
+	if 1+len(buf) <= maxFrame {
+		return buf, w.Frame(wire.TDeliver, buf)
+	}
+	if len(ds) == 1 {
+		d := ds[0]
+		d.Omitted, d.Data = uint64(len(d.Data)), nil
+		omitted(&ds[0])
+		buf = wire.AppendDeliveries(buf[:0], []wire.Delivery{d})
 		return buf, w.Frame(wire.TDeliver, buf)
 	}
 	h := len(ds) / 2
-	buf, err := writeDeliveries(w, buf, ds[:h], maxFrame)
+	buf, err := writeDeliveries(w, buf, ds[:h], maxFrame, omitted)
 	if err != nil {
 		return buf, err
 	}
-	return writeDeliveries(w, buf, ds[h:], maxFrame)
+	return writeDeliveries(w, buf, ds[h:], maxFrame, omitted)
 }
 
 // handleUnsubscribe serves /coattail/unsubscribe.

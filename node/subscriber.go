@@ -55,7 +55,11 @@ type deadLetter struct {
 	// Raw holds a publication that is not JSON (a faulty or hostile
 	// publisher sent it): Data cannot, as JSON cannot encode it. Data is
 	// null then.
-	Raw      []byte    `json:"raw,omitempty"`
+	Raw []byte `json:"raw,omitempty"`
+	// TooLarge is the size of a publication that never arrived: larger
+	// than this instance's frames, the publisher sent it without its data
+	// (Data is null). It cannot be replayed.
+	TooLarge uint64    `json:"too_large,omitempty"`
 	Error    string    `json:"error"`
 	Attempts int       `json:"attempts"`
 	FailedAt time.Time `json:"failed_at"`
@@ -610,6 +614,10 @@ var errProgressNotSaved = errors.New("progress of the subscription could not be 
 // in-process receivers to limits.action_timeout: their context is
 // cancelled when a call takes longer (see callWatchdog).
 func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delivery, h Handler, calls *callWatchdog) error {
+	if d.Omitted > 0 {
+		return n.park(sub, d, fmt.Errorf("publication of %d bytes is larger than this instance accepts (limits.max_payload %v: frames of at most %d bytes); the publisher sent it without its data, so the receiver was not run",
+			d.Omitted, n.cfg.Limits.MaxPayload, n.maxFrame()), 0)
+	}
 	// The runner checks that the input is JSON (it comes from another
 	// peer), so it is not validated here too: that would be a second pass
 	// over every payload. Empty data is not JSON, though the runner would
@@ -695,8 +703,15 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		// not failed: the publication runs again after a restart.
 		return fmt.Errorf("receiver %q for publication %d not finished: %w", sub.Receiver, d.Seq, ctx.Err())
 	}
+	return n.park(sub, d, err, attempts)
+}
+
+// park records publication d of sub in the dead-letter list with the
+// error that stopped it, and returns nil once it is stored (made durable
+// by the progress sync that follows), or why it is not.
+func (n *Node) park(sub outSub, d *wire.Delivery, err error, attempts int) error {
 	dl := deadLetter{ID: fmt.Sprintf("%s.%020d", sub.ID, d.Seq), Subscription: sub.ID, Publisher: sub.Publisher, Receiver: sub.Receiver,
-		Subject: d.Subject, Seq: d.Seq, Hop: d.Hop, Error: err.Error(), Attempts: attempts, FailedAt: time.Now().UTC()}
+		Subject: d.Subject, Seq: d.Seq, Hop: d.Hop, TooLarge: d.Omitted, Error: err.Error(), Attempts: attempts, FailedAt: time.Now().UTC()}
 	if len(d.Data) > 0 && !jsonx.Valid(d.Data) {
 		// Stored as JSON it could not be written at all: the publication
 		// would come back after every reconnect and block the ones behind
@@ -711,7 +726,11 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		return fmt.Errorf("park publication %d in the dead letters: %w", d.Seq, perr)
 	}
 	n.stats.deadLetters.Add(1)
-	n.log.Error("receiver failed; publication parked in dead letters", "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "attempts", attempts, "err", err)
+	msg := "receiver failed; publication parked in dead letters"
+	if d.Omitted > 0 {
+		msg = "publication too large for this instance; parked in dead letters without its data"
+	}
+	n.log.Error(msg, "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "attempts", attempts, "err", err)
 	return nil
 }
 
@@ -1027,7 +1046,7 @@ func (n *Node) DeadLetters(ctx context.Context, q localapi.DeadLetterQuery) (loc
 				return false, err
 			}
 			out.DeadLetters = append(out.DeadLetters, localapi.DeadLetter{ID: d.ID, Subscription: d.Subscription, Publisher: d.Publisher,
-				Receiver: d.Receiver, Subject: d.Subject, Seq: d.Seq, Hop: d.Hop, NotJSON: bool(d.Raw), Error: d.Error, Attempts: d.Attempts, FailedAt: d.FailedAt})
+				Receiver: d.Receiver, Subject: d.Subject, Seq: d.Seq, Hop: d.Hop, NotJSON: bool(d.Raw), TooLarge: d.TooLarge, Error: d.Error, Attempts: d.Attempts, FailedAt: d.FailedAt})
 			return true, nil
 		})
 	}
@@ -1056,6 +1075,7 @@ type deadLetterSummary struct {
 	Seq          uint64    `json:"seq"`
 	Hop          uint32    `json:"hop"`
 	Raw          present   `json:"raw"`
+	TooLarge     uint64    `json:"too_large"`
 	Error        string    `json:"error"`
 	Attempts     int       `json:"attempts"`
 	FailedAt     time.Time `json:"failed_at"`
@@ -1093,8 +1113,11 @@ func encodedJSONSize(b json.RawMessage) int {
 }
 
 func deadLetterView(d deadLetter) localapi.DeadLetter {
+	if d.Raw != nil || d.TooLarge > 0 {
+		d.Data = nil // stored as null: there is no JSON publication to show
+	}
 	return localapi.DeadLetter{ID: d.ID, Subscription: d.Subscription, Publisher: d.Publisher, Receiver: d.Receiver, Subject: d.Subject,
-		Seq: d.Seq, Hop: d.Hop, Data: d.Data, NotJSON: d.Raw != nil, Error: d.Error, Attempts: d.Attempts, FailedAt: d.FailedAt}
+		Seq: d.Seq, Hop: d.Hop, Data: d.Data, NotJSON: d.Raw != nil, TooLarge: d.TooLarge, Error: d.Error, Attempts: d.Attempts, FailedAt: d.FailedAt}
 }
 
 // ReplayDeadLetter runs the receiver again for a parked publication and
@@ -1110,6 +1133,10 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 	d, err := n.subscriber.dead.Get(ctx, id)
 	if err != nil {
 		return err
+	}
+	if d.TooLarge > 0 {
+		return &localapi.Error{Status: http.StatusConflict, Code: localapi.CodeConflict,
+			Message: fmt.Sprintf("dead letter %s cannot be replayed: the publication (%d bytes) was larger than this instance accepts and never arrived; drop it (deadletters drop %s), and raise limits.max_payload to receive such publications", id, d.TooLarge, id)}
 	}
 	input := d.Data
 	if d.Raw != nil {

@@ -323,9 +323,13 @@ type DeadLetter struct {
 	// alone is larger than an answer carries (Data is absent, not the
 	// publication's). NotJSON: the publication was not JSON (kept as
 	// bytes; Data is absent).
-	DataOmitted bool      `json:"data_omitted,omitempty"`
-	NotJSON     bool      `json:"not_json,omitempty"`
-	Error       string    `json:"error"`
-	Attempts    int       `json:"attempts"`
-	FailedAt    time.Time `json:"failed_at"`
+	DataOmitted bool `json:"data_omitted,omitempty"`
+	NotJSON     bool `json:"not_json,omitempty"`
+	// TooLarge is the size of a publication that never arrived: larger
+	// than this instance accepts (limits.max_payload), the publisher sent
+	// it without its data. It cannot be replayed, only dropped.
+	TooLarge uint64    `json:"too_large,omitempty"`
+	Error    string    `json:"error"`
+	Attempts int       `json:"attempts"`
+	FailedAt time.Time `json:"failed_at"`
 }

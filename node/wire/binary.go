@@ -27,13 +27,20 @@ type Delivery struct {
 	SubscriptionID string
 	Seq            uint64
 	Publication
+	// Omitted, when not 0, is the length of the data the publisher left
+	// out: the publication alone is larger than the subscriber's frames
+	// (its max_frame), and Data is empty. The subscriber records it as
+	// not delivered instead of waiting for it for ever.
+	Omitted uint64
 }
 
 // Deliveries payload modes: whether the subscription id is written once for
-// the frame or once per item.
+// the frame or once per item, or (modeOmitted) once for items whose data
+// was left out.
 const (
 	modeShared  = 0
 	modePerItem = 1
+	modeOmitted = 2
 )
 
 // Smallest encodings, used to refuse a count the payload cannot hold before
@@ -128,15 +135,22 @@ func walkPublishBatch(b []byte, p *Publication, fn func(*Publication) error) err
 // usual case, so the id is written once per frame. Each item's sequence is
 // sent as its difference from the previous item's (the first from 0, modulo
 // 2^64), so the consecutive sequences of a batch cost one byte each.
+//
+// Mode 2 is mode 0 for deliveries whose data was left out (Omitted > 0):
+// each item's data is empty and followed by uvarint(Omitted). It is used
+// when the first delivery has Omitted set; every delivery of such a frame
+// must then be of the same subscription and have Omitted set.
 func AppendDeliveries(dst []byte, ds []Delivery) []byte {
 	mode := byte(modeShared)
 	var shared string
 	if len(ds) > 0 {
 		shared = ds[0].SubscriptionID
-		for i := 1; i < len(ds); i++ {
+		if ds[0].Omitted > 0 {
+			mode = modeOmitted
+		}
+		for i := 1; i < len(ds) && mode == modeShared; i++ {
 			if ds[i].SubscriptionID != shared {
 				mode = modePerItem
-				break
 			}
 		}
 	}
@@ -150,7 +164,7 @@ func AppendDeliveries(dst []byte, ds []Delivery) []byte {
 	dst = slices.Grow(dst, size)
 	dst = append(dst, mode)
 	dst = binary.AppendUvarint(dst, uint64(len(ds)))
-	if mode == modeShared {
+	if mode != modePerItem {
 		dst = appendString(dst, shared)
 	}
 	var prev uint64
@@ -161,6 +175,13 @@ func AppendDeliveries(dst []byte, ds []Delivery) []byte {
 		}
 		dst = binary.AppendUvarint(dst, d.Seq-prev)
 		prev = d.Seq
+		if mode == modeOmitted {
+			p := d.Publication
+			p.Data = nil
+			dst = AppendPublication(dst, &p)
+			dst = binary.AppendUvarint(dst, d.Omitted)
+			continue
+		}
 		dst = AppendPublication(dst, &d.Publication)
 	}
 	return dst
@@ -187,7 +208,7 @@ func walkDeliveries(b []byte, d *Delivery, fn func(*Delivery) error) error {
 		return malformed("deliveries", -1, "mode")
 	}
 	mode := b[0]
-	if mode != modeShared && mode != modePerItem {
+	if mode != modeShared && mode != modePerItem && mode != modeOmitted {
 		return malformed("deliveries", -1, fmt.Sprintf("unknown mode %d", mode))
 	}
 	count, b, ok := uvarint(b[1:])
@@ -198,7 +219,7 @@ func walkDeliveries(b []byte, d *Delivery, fn func(*Delivery) error) error {
 	// does to *d must not change the items after it.
 	minItem := minDelivery
 	var id string
-	if mode == modeShared {
+	if mode != modePerItem {
 		if id, b, ok = str(b); !ok {
 			return malformed("deliveries", -1, "subscription id")
 		}
@@ -224,6 +245,15 @@ func walkDeliveries(b []byte, d *Delivery, fn func(*Delivery) error) error {
 		var field string
 		if b, field = decodePublication(b, &d.Publication); field != "" {
 			return malformed("deliveries", i, field)
+		}
+		d.Omitted = 0
+		if mode == modeOmitted {
+			if len(d.Data) != 0 {
+				return malformed("deliveries", i, "data of an omitted publication")
+			}
+			if d.Omitted, b, ok = uvarint(b); !ok || d.Omitted == 0 {
+				return malformed("deliveries", i, "omitted length")
+			}
 		}
 		if fn != nil {
 			if err := fn(d); err != nil {

@@ -65,7 +65,7 @@ func equalDeliveries(a, b []wire.Delivery) bool {
 		return false
 	}
 	for i := range a {
-		if a[i].SubscriptionID != b[i].SubscriptionID || a[i].Seq != b[i].Seq || !equalPublication(&a[i].Publication, &b[i].Publication) {
+		if a[i].SubscriptionID != b[i].SubscriptionID || a[i].Seq != b[i].Seq || a[i].Omitted != b[i].Omitted || !equalPublication(&a[i].Publication, &b[i].Publication) {
 			return false
 		}
 	}
@@ -101,6 +101,8 @@ func TestDeliveriesRoundTrip(t *testing.T) {
 		"mixed":     append(makeDeliveries("x", 10, 3, 5), makeDeliveries("y", 1, 3, 5)...),
 		"edges":     edgeDeliveries(),
 		"seq-wraps": {{SubscriptionID: "s", Seq: math.MaxUint64}, {SubscriptionID: "s", Seq: 1}},
+		"omitted": {{SubscriptionID: "s", Seq: 9, Publication: wire.Publication{Subject: "a.b", Hop: 2, Time: 5}, Omitted: 2 << 20},
+			{SubscriptionID: "s", Seq: 10, Publication: wire.Publication{Subject: "a.c"}, Omitted: math.MaxUint64}},
 	}
 	for name, in := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -142,8 +144,9 @@ func TestDeliveriesConsecutiveSeqIsOneByte(t *testing.T) {
 // callback, no panic.
 func TestDeliveriesTruncated(t *testing.T) {
 	for name, ds := range map[string][]wire.Delivery{
-		"shared": makeDeliveries("sub", 7, 5, 3),
-		"mixed":  edgeDeliveries(),
+		"shared":  makeDeliveries("sub", 7, 5, 3),
+		"mixed":   edgeDeliveries(),
+		"omitted": {{SubscriptionID: "s", Seq: 3, Publication: wire.Publication{Subject: "a"}, Omitted: 300}},
 	} {
 		payload := wire.AppendDeliveries(nil, ds)
 		for cut := range len(payload) {
@@ -173,6 +176,10 @@ func TestDeliveriesCorrupt(t *testing.T) {
 		// mode 0, count 1, empty id, delta 1, empty subject, hop 2^32.
 		"hop over u32":    {0, 1, 0, 1, 0, 0x80, 0x80, 0x80, 0x80, 0x10, 0, 0},
 		"varint overflow": {0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01},
+		// mode 2, count 1, id "s", delta 1, empty subject, hop 0, time 0, then:
+		"omitted with data":      {2, 1, 1, 's', 1, 0, 0, 0, 1, 'x', 5},
+		"omitted length 0":       {2, 1, 1, 's', 1, 0, 0, 0, 0, 0},
+		"omitted length missing": {2, 1, 1, 's', 1, 0, 0, 0, 0},
 	}
 	for name, payload := range cases {
 		err := wire.DecodeDeliveries(payload, func(*wire.Delivery) error {

@@ -53,6 +53,7 @@ func FuzzDecodeDeliveries(f *testing.F) {
 	f.Add(wire.AppendDeliveries(nil, makeDeliveries("sub", 1, 3, 4)))
 	f.Add(wire.AppendDeliveries(nil, edgeDeliveries()))
 	f.Add(wire.AppendDeliveries(nil, nil))
+	f.Add(wire.AppendDeliveries(nil, []wire.Delivery{{SubscriptionID: "s", Seq: 2, Publication: wire.Publication{Subject: "a"}, Omitted: 1 << 21}}))
 	f.Add([]byte{1, 1, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var ds []wire.Delivery
