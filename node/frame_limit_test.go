@@ -127,3 +127,28 @@ func TestPublicationTooLargeForSubscriberIsParked(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A remote publish to a peer whose limits.max_payload is small packs its
+// frames to the limit the peer tells in its answer to the hello. It used
+// to pack 1 MiB, which such a peer refused (too_large) after storing
+// nothing but the first frames' worth.
+func TestRemotePublishFitsPeerFrameLimit(t *testing.T) {
+	a := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 1024 }))
+	b := newTestNode(t, withQuietLog())
+	prSubscriber(t, a, "q.>")
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Publish: []string{">"}})
+	batch := make([]json.RawMessage, 3000)
+	for i := range batch {
+		batch[i] = jsonString(500)
+	}
+	res, err := b.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "q.a", Batch: batch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Published != 3000 {
+		t.Fatalf("published %d queue entries, want 3000", res.Published)
+	}
+	if d := prDepth(t, a); d != 3000 {
+		t.Fatalf("queued %d at the peer, want 3000", d)
+	}
+}

@@ -326,7 +326,7 @@ func (nw *netsvc) openWithOnce(ctx context.Context, pid peer.ID, proto protocol.
 	return s, nil
 }
 
-// expectOK reads the answer to a hello.
+// expectOK reads the answer to a hello, and the frame limit it tells.
 func expectOK(s *session) error {
 	t, payload, err := s.r.Next()
 	if err != nil {
@@ -334,6 +334,13 @@ func expectOK(s *session) error {
 	}
 	switch t {
 	case wire.TOK:
+		// Fields this version does not know are ignored: the answer is
+		// an object so that later versions can add some.
+		var ok wire.OK
+		if err := json.Unmarshal(payload, &ok); err != nil {
+			return fmt.Errorf("%w %s sent a malformed answer to the hello: %v", ErrPeer, s.peer, err)
+		}
+		s.peerMaxFrame = ok.MaxFrame
 		return nil
 	case wire.TError:
 		return s.remoteError(payload)
@@ -545,13 +552,15 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 	defer stop()
 	// Split into frames first, so that the answers can be read, and
 	// checked against what each frame carried, while the frames go out.
-	// Frames carry at most 1 MiB of publications (less when this
-	// instance's max_payload is smaller): the peer reads frames of its own
-	// max_payload + 64 KiB, which this side does not know, and 1 MiB is
-	// the default. Packed up to this instance's limit, a bulk publish
-	// from an instance that raised it was refused too_large by every
-	// default peer. A publication over 1 MiB still goes, alone in its frame.
+	// Frames carry at most 1 MiB of publications, less when the peer
+	// reads smaller frames (its max_payload + 64 KiB, told in its answer
+	// to the hello; a peer that does not say reads 1 MiB + 64 KiB) or
+	// this instance's max_payload is smaller. A publication over the
+	// limit still goes, alone in its frame.
 	limit := min(int(n.cfg.Limits.MaxPayload), wire.DefaultMaxPayload)
+	if s.peerMaxFrame > 0 {
+		limit = min(limit, s.peerMaxFrame-frameOverhead)
+	}
 	var counts []int
 	for i, size := 0, 0; i < len(pubs); i++ {
 		sz := len(pubs[i].Subject) + len(pubs[i].Data) + 32

@@ -58,6 +58,9 @@ type session struct {
 	w     *wire.Writer
 	grant *auth.Grant // server side only
 	peer  peer.ID
+	// peerMaxFrame is the largest frame the acceptor reads, from its
+	// answer to the hello (opener side; 0: it did not say).
+	peerMaxFrame int
 	// release frees the stream's slot in the per-peer stream limit (server
 	// side); a subscription stream frees it once it turns into a long-lived
 	// delivery stream, bounded by limits.max_subscriptions_per_peer instead.
@@ -267,7 +270,7 @@ func (nw *netsvc) authenticate(s *session) (*auth.Grant, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.send(wire.TOK, struct{}{}); err != nil {
+	if err := s.send(wire.TOK, wire.OK{MaxFrame: nw.n.maxFrame()}); err != nil {
 		return nil, err
 	}
 	return g, nil

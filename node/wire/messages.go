@@ -19,9 +19,14 @@ type Hello struct {
 	Version string `json:"version"` // must equal Version
 }
 
-// OK is the payload of a TOK frame: an empty JSON object, so that a later
-// version can add fields without changing the frame type.
-type OK struct{}
+// OK is the payload of a TOK frame (and of some TResults): a JSON object,
+// so that fields can be added without changing the frame type.
+type OK struct {
+	// MaxFrame, in answer to a Hello, is the largest frame the acceptor
+	// reads (type byte and payload): an opener keeps the frames it sends
+	// on the stream within it. 0 (absent) means DefaultMaxFrame.
+	MaxFrame int `json:"max_frame,omitempty"`
+}
 
 // ListRequest asks for the actions (or, with Receivers, the receivers) of
 // the remote instance that the caller's token lets it use.
