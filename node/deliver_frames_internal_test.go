@@ -22,7 +22,7 @@ func TestWriteDeliveriesSplitsToTheLimit(t *testing.T) {
 	}
 	var out bytes.Buffer
 	w := wire.NewWriter(&out)
-	if _, err := writeDeliveries(w, nil, ds, maxFrame, func(d *wire.Delivery) { t.Errorf("delivery %d omitted", d.Seq) }); err != nil {
+	if _, err := writeDeliveries(w, nil, ds, maxFrame, true, func(d *wire.Delivery) { t.Errorf("delivery %d omitted", d.Seq) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Flush(); err != nil {
@@ -64,7 +64,7 @@ func TestWriteDeliveriesSplitsToTheLimit(t *testing.T) {
 	out.Reset()
 	big := []wire.Delivery{ds[0], {SubscriptionID: "s", Seq: 7, Publication: wire.Publication{Subject: "a", Data: bytes.Repeat([]byte("1"), maxFrame)}}, ds[1]}
 	var omitted []uint64
-	if _, err := writeDeliveries(w, nil, big, maxFrame, func(d *wire.Delivery) { omitted = append(omitted, d.Seq) }); err != nil {
+	if _, err := writeDeliveries(w, nil, big, maxFrame, true, func(d *wire.Delivery) { omitted = append(omitted, d.Seq) }); err != nil {
 		t.Fatal(err)
 	}
 	_ = w.Flush()

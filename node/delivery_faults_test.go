@@ -32,13 +32,14 @@ type fakeSub struct {
 	r   *wire.Reader
 }
 
-// scriptedPublisher replaces pub's subscribe handler with one that hands
-// every accepted stream (hello and request read) to the test.
+// scriptedPublisher replaces pub's subscribe handlers (every version)
+// with one that hands every accepted stream (hello and request read) to
+// the test.
 func scriptedPublisher(t *testing.T, pub *node.Node) <-chan fakeSub {
 	ch := make(chan fakeSub, 16)
 	done := make(chan struct{})
 	t.Cleanup(func() { close(done) })
-	pub.Host().SetStreamHandler(wire.ProtoSubscribe, func(s network.Stream) {
+	handler := func(s network.Stream) {
 		r := wire.NewReader(s, 0)
 		var h wire.Hello
 		if err := r.Expect(wire.THello, &h); err != nil {
@@ -52,7 +53,9 @@ func scriptedPublisher(t *testing.T, pub *node.Node) <-chan fakeSub {
 		}
 		ch <- fakeSub{req: req, s: s, r: r}
 		<-done
-	})
+	}
+	pub.Host().SetStreamHandler(wire.ProtoSubscribe, handler)
+	pub.Host().SetStreamHandler(wire.ProtoSubscribe11, handler)
 	return ch
 }
 

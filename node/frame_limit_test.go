@@ -11,6 +11,7 @@ import (
 
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/wire"
 )
 
 // A subscriber whose limits.max_payload is small reads small frames: the
@@ -150,5 +151,107 @@ func TestRemotePublishFitsPeerFrameLimit(t *testing.T) {
 	}
 	if d := prDepth(t, a); d != 3000 {
 		t.Fatalf("queued %d at the peer, want 3000", d)
+	}
+}
+
+// Subscribe and publish are served in 1.0.0 beside 1.1.0 (PROTOCOL.md,
+// "Versioning"): a 1.0.0 subscriber gets the 1.0.0 layout, in which the
+// answer to its hello is {} and a publication too large for the default
+// frame still comes whole (mode 2 is 1.1.0's), and max_frame is not a key
+// of its request; on 1.1.0 the answer says the acceptor's max_frame, and a
+// hello naming another version is refused.
+func TestSubscribeVersionsSideBySide(t *testing.T) {
+	a := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 4 << 20 }))
+	h := newStockHost(t, a)
+	tok := issue(t, a, localapi.IssueRequest{Subscribe: []string{"v.>"}, Publish: []string{"v.>"}, Bearers: []string{"vt://" + h.ID().String()}})
+	hello := func(v string) []byte { return jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: v}) }
+
+	// 1.0.0: {} in answer to the hello; max_frame refused.
+	s := rawStream(t, h, a, wire.ProtoSubscribe)
+	rvWrite(t, s, hello(wire.Version), jsonFrame(t, wire.TRequest, wire.SubscribeRequest{Pattern: "v.>", Receiver: "r", MaxFrame: 1 << 30}))
+	r := wire.NewReader(s, 0)
+	if typ, payload, err := r.Next(); err != nil || typ != wire.TOK || string(payload) != "{}" {
+		t.Fatalf("1.0.0 hello answered %s %q, %v; want TOK {}", typ, payload, err)
+	}
+	rvExpectCode(t, r, wire.CodeBadRequest)
+
+	s = rawStream(t, h, a, wire.ProtoSubscribe)
+	rvWrite(t, s, hello(wire.Version), jsonFrame(t, wire.TRequest, wire.SubscribeRequest{Pattern: "v.>", Receiver: "r"}))
+	r = wire.NewReader(s, 8<<20)
+	rvExpect(t, r, wire.TOK, nil)
+	rvExpect(t, r, wire.TResult, nil)
+	big := json.RawMessage(`"` + strings.Repeat("z", 2<<20) + `"`)
+	if _, err := a.Publish(testCtx(t), "v.big", big); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.SetReadDeadline(time.Now().Add(20 * time.Second))
+	typ, payload, err := r.Next()
+	if err != nil || typ != wire.TDeliver {
+		t.Fatalf("got %s, %v; want a delivery", typ, err)
+	}
+	if err := wire.DecodeDeliveries(payload, func(d *wire.Delivery) error {
+		if d.Omitted != 0 || len(d.Data) != len(big) {
+			t.Errorf("a 1.0.0 subscriber got %d bytes, omitted %d; want the publication whole", len(d.Data), d.Omitted)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Reset()
+
+	// 1.1.0: the answer says max_frame; a hello naming 1.0.0 is refused.
+	for _, proto := range []string{wire.ProtoSubscribe11, wire.ProtoPublish11} {
+		s = rawStream(t, h, a, proto)
+		rvWrite(t, s, hello(wire.Version11))
+		var ok wire.OK
+		rvExpect(t, wire.NewReader(s, 0), wire.TOK, &ok)
+		if ok.MaxFrame != 4<<20+64<<10 {
+			t.Fatalf("%s: hello answered max_frame %d, want max_payload + 64 KiB", proto, ok.MaxFrame)
+		}
+		s = rawStream(t, h, a, proto)
+		rvWrite(t, s, hello(wire.Version))
+		rvExpectCode(t, wire.NewReader(s, 0), wire.CodeVersion)
+	}
+}
+
+// A publication larger than the subscriber's max_payload that still fits
+// its frames (max_payload + 64 KiB) is parked the same way, without
+// running the receiver: it used to run it (an in-process receiver got
+// more than the limit; the runner refused it to an executable one, which
+// was retried and parked with its data, never to replay).
+func TestPublicationOverSubscriberMaxPayloadIsParked(t *testing.T) {
+	pub := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 4 << 20 }))
+	sub := newTestNode(t)
+	var c counter
+	if err := sub.RegisterReceiver("rec", c.handler); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"p.>"}})
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "p.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	over := json.RawMessage(`"` + strings.Repeat("y", 1<<20+10<<10) + `"`)
+	if _, err := pub.Publish(ctx, "p.over", over); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(ctx, "p.a", json.RawMessage(`2`)); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if s := pub.Subscribers(); len(s) != 1 || s[0].Acked != 2 {
+			return fmt.Errorf("subscribers at the publisher: %+v; want both publications acked", s)
+		}
+		return nil
+	})
+	if c.count() != 1 {
+		t.Fatalf("the receiver ran %d times, want once (the small publication)", c.count())
+	}
+	list, err := sub.DeadLetters(ctx, localapi.DeadLetterQuery{Data: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.DeadLetters) != 1 || list.DeadLetters[0].TooLarge != uint64(len(over)) || list.DeadLetters[0].Data != nil || list.DeadLetters[0].Attempts != 0 {
+		t.Fatalf("dead letters %+v; want the large publication, too_large %d, without data, never attempted", list.DeadLetters, len(over))
 	}
 }

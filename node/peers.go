@@ -274,17 +274,29 @@ func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, 
 func (nw *netsvc) openWithOnce(ctx context.Context, pid peer.ID, proto protocol.ID, token string, req any) (*session, error) {
 	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	st, err := nw.host.NewStream(network.WithAllowLimitedConn(dctx, "coattail"), pid, proto)
+	// Every version of the operation is offered, the newest first; the
+	// hello names the one the peer chose (from what identify told, so
+	// without a round trip of its own).
+	var protos []protocol.ID
+	for _, p := range wire.Newest(string(proto)) {
+		protos = append(protos, protocol.ID(p))
+	}
+	st, err := nw.host.NewStream(network.WithAllowLimitedConn(dctx, "coattail"), pid, protos...)
 	if err != nil {
 		return nil, fmt.Errorf("%w %s is unreachable: %w", ErrPeer, pid, err)
 	}
-	s := newSession(st, nw.n.maxFrame(), pid, proto)
+	version := wire.VersionOf(string(st.Protocol()))
+	if sr, ok := req.(wire.SubscribeRequest); ok && version != wire.Version11 {
+		sr.MaxFrame = 0 // a 1.0.0 publisher knows no such key
+		req = sr
+	}
+	s := newSession(st, nw.n.maxFrame(), pid, st.Protocol())
 	_ = st.SetDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
 	// The deadline bounds a silent peer; ctx (a closing node, a caller
 	// that gave up) ends the wait at once.
 	stop := context.AfterFunc(ctx, func() { _ = st.Reset() })
 	defer stop()
-	err = s.w.JSON(wire.THello, wire.Hello{Token: token, Version: wire.Version})
+	err = s.w.JSON(wire.THello, wire.Hello{Token: token, Version: version})
 	if err == nil && req != nil {
 		err = s.w.JSON(wire.TRequest, req)
 	}
@@ -334,10 +346,8 @@ func expectOK(s *session) error {
 	}
 	switch t {
 	case wire.TOK:
-		// Fields this version does not know are ignored: the answer is
-		// an object so that later versions can add some.
 		var ok wire.OK
-		if err := json.Unmarshal(payload, &ok); err != nil {
+		if err := wire.DecodeJSON(payload, &ok); err != nil {
 			return fmt.Errorf("%w %s sent a malformed answer to the hello: %v", ErrPeer, s.peer, err)
 		}
 		s.peerMaxFrame = ok.MaxFrame

@@ -29,7 +29,13 @@ import (
 )
 
 // allProtocols are the request/response protocols this node serves.
-var allProtocols = []protocol.ID{wire.ProtoList, wire.ProtoPerform, wire.ProtoPublish, wire.ProtoSubscribe, wire.ProtoUnsubscribe, wire.ProtoRevoke, wire.ProtoDeliver}
+var allProtocols = []protocol.ID{wire.ProtoList, wire.ProtoPerform, wire.ProtoPublish, wire.ProtoSubscribe, wire.ProtoUnsubscribe, wire.ProtoRevoke, wire.ProtoDeliver,
+	wire.ProtoPublish11, wire.ProtoSubscribe11}
+
+// isSubscribe reports whether proto is a version of subscribe.
+func isSubscribe(proto protocol.ID) bool {
+	return proto == wire.ProtoSubscribe || proto == wire.ProtoSubscribe11
+}
 
 // frameOverhead is the room a frame needs beyond its payload.
 const frameOverhead = 64 << 10
@@ -45,7 +51,7 @@ const (
 
 func newSession(st network.Stream, maxFrame int, p peer.ID, proto protocol.ID) *session {
 	bs := requestBuffer
-	if proto == wire.ProtoSubscribe {
+	if isSubscribe(proto) {
 		bs = deliveryBuffer
 	}
 	return &session{s: st, r: wire.NewReaderSize(st, maxFrame, bs), w: wire.NewWriterSize(st, bs), peer: p}
@@ -93,7 +99,9 @@ func (nw *netsvc) register() {
 	nw.host.SetStreamHandler(wire.ProtoList, nw.serve(nw.handleList))
 	nw.host.SetStreamHandler(wire.ProtoPerform, nw.serve(nw.handlePerform))
 	nw.host.SetStreamHandler(wire.ProtoPublish, nw.serve(nw.handlePublish))
+	nw.host.SetStreamHandler(wire.ProtoPublish11, nw.serve(nw.handlePublish))
 	nw.host.SetStreamHandler(wire.ProtoSubscribe, nw.serve(nw.handleSubscribe))
+	nw.host.SetStreamHandler(wire.ProtoSubscribe11, nw.serve(nw.handleSubscribe))
 	nw.host.SetStreamHandler(wire.ProtoUnsubscribe, nw.serve(nw.handleUnsubscribe))
 	nw.host.SetStreamHandler(wire.ProtoRevoke, nw.servePeer(nw.handleRevokeNotice))
 	nw.host.SetStreamHandler(wire.ProtoDeliver, nw.servePeer(nw.handleDeliverNudge))
@@ -151,7 +159,7 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 			}
 			we := toWireError(err)
 			_ = s.send(wire.TError, we)
-			if st.Protocol() == wire.ProtoSubscribe && (we.Code == wire.CodeUnauthorized || we.Code == wire.CodeForbidden) {
+			if isSubscribe(st.Protocol()) && (we.Code == wire.CodeUnauthorized || we.Code == wire.CodeForbidden) {
 				nw.dropRefusedSubscription(s, p)
 			}
 			_ = st.Close()
@@ -260,17 +268,24 @@ func (nw *netsvc) authenticate(s *session) (*auth.Grant, error) {
 	if err := wire.DecodeJSON(payload, &h); err != nil {
 		return nil, fmt.Errorf("%w: hello: %s", ErrBadRequest, clip(err.Error()))
 	}
-	if h.Version != wire.Version {
+	// The hello names the version of the protocol ID the stream was
+	// opened with.
+	version := wire.VersionOf(string(s.s.Protocol()))
+	if h.Version != version {
 		if h.Version == "" {
-			return nil, wire.Errorf(wire.CodeVersion, "the hello names no protocol version; this instance speaks %s", wire.Version)
+			return nil, wire.Errorf(wire.CodeVersion, "the hello names no protocol version; this stream speaks %s", version)
 		}
-		return nil, wire.Errorf(wire.CodeVersion, "remote speaks coattail protocol %q, this instance speaks %s", clip(h.Version), wire.Version)
+		return nil, wire.Errorf(wire.CodeVersion, "remote speaks coattail protocol %q, this stream speaks %s", clip(h.Version), version)
 	}
 	g, err := nw.n.auth.Verify(context.Background(), h.Token, remoteOf(s.s.Conn()))
 	if err != nil {
 		return nil, err
 	}
-	if err := s.send(wire.TOK, wire.OK{MaxFrame: nw.n.maxFrame()}); err != nil {
+	ok := wire.OK{}
+	if version == wire.Version11 {
+		ok.MaxFrame = nw.n.maxFrame()
+	}
+	if err := s.send(wire.TOK, ok); err != nil {
 		return nil, err
 	}
 	return g, nil

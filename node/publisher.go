@@ -233,6 +233,9 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 	if err := readRequest(s, &req); err != nil {
 		return err
 	}
+	if req.MaxFrame != 0 && s.s.Protocol() != wire.ProtoSubscribe11 {
+		return wire.Errorf(wire.CodeBadRequest, "max_frame is a key of %s, not of %s", wire.ProtoSubscribe11, s.s.Protocol())
+	}
 	n := nw.n
 	var sub topics.Subscription
 	if req.SubscriptionID == "" {
@@ -287,11 +290,15 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 	if s.release != nil {
 		s.release()
 	}
-	maxFrame := wire.DefaultMaxFrame
-	if req.MaxFrame > 0 {
+	// 1.1.0 subscribers say how large a frame they read, and take a
+	// publication too large for one without its data; 1.0.0 ones read
+	// wire.DefaultMaxFrame (unless configured otherwise, which they cannot
+	// tell) and get every publication whole.
+	maxFrame, omit := wire.DefaultMaxFrame, s.s.Protocol() == wire.ProtoSubscribe11
+	if omit && req.MaxFrame > 0 {
 		maxFrame = req.MaxFrame
 	}
-	return nw.deliver(ctx, s, sub, next-1, window, maxFrame)
+	return nw.deliver(ctx, s, sub, next-1, window, maxFrame, omit)
 }
 
 // checkHop refuses a perform or publication of subject that a cascade
@@ -344,7 +351,7 @@ func (nw *netsvc) addSubscription(ctx context.Context, sub topics.Subscription) 
 // acks read concurrently. It returns when the stream fails, the grant is
 // revoked or expires, or a newer stream for the same subscription takes
 // over.
-func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscription, sent uint64, window, maxFrame int) error {
+func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscription, sent uint64, window, maxFrame int, omit bool) error {
 	n := nw.n
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -461,7 +468,7 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 			_ = s.s.SetWriteDeadline(time.Now().Add(timeout))
 			s.wmu.Lock()
 			var err error
-			buf, err = writeDeliveries(s.w, buf, deliveries, maxFrame, func(d *wire.Delivery) {
+			buf, err = writeDeliveries(s.w, buf, deliveries, maxFrame, omit, func(d *wire.Delivery) {
 				// The subscriber's limit decides how often: sampled.
 				if ok, extra := n.noisy.allow(); ok {
 					n.log.Warn("publication larger than the subscriber accepts; sent without its data (the subscriber parks it as a dead letter)",
@@ -529,15 +536,15 @@ const deliveryOverhead = 1 + 1 + binary.MaxVarintLen64 + topics.MaxSubscriptionI
 	deliverBatch*(4*binary.MaxVarintLen64+binary.MaxVarintLen32)
 
 // writeDeliveries writes ds as TDeliver frames, one unless a frame would
-// be larger than maxFrame, in which case ds is split in halves. A
-// delivery too large for a frame of its own goes without its data
-// (wire.Delivery.Omitted): the subscriber cannot read it, and sent whole
-// it would be refused, and sent again, for ever, holding back everything
-// queued after it. omitted reports those. buf is scratch space, returned
-// for reuse.
-func writeDeliveries(w *wire.Writer, buf []byte, ds []wire.Delivery, maxFrame int, omitted func(*wire.Delivery)) ([]byte, error) {
+// be larger than maxFrame, in which case ds is split in halves. With omit
+// (a 1.1.0 subscriber), a delivery too large for a frame of its own goes
+// without its data (wire.Delivery.Omitted): the subscriber cannot read
+// it, and sent whole it would be refused, and sent again, for ever,
+// holding back everything queued after it; omitted reports those.
+// Without, it goes whole. buf is scratch space, returned for reuse.
+func writeDeliveries(w *wire.Writer, buf []byte, ds []wire.Delivery, maxFrame int, omit bool, omitted func(*wire.Delivery)) ([]byte, error) {
 	buf = wire.AppendDeliveries(buf[:0], ds)
-	if 1+len(buf) <= maxFrame {
+	if 1+len(buf) <= maxFrame || len(ds) == 1 && !omit {
 		return buf, w.Frame(wire.TDeliver, buf)
 	}
 	if len(ds) == 1 {
@@ -548,11 +555,11 @@ func writeDeliveries(w *wire.Writer, buf []byte, ds []wire.Delivery, maxFrame in
 		return buf, w.Frame(wire.TDeliver, buf)
 	}
 	h := len(ds) / 2
-	buf, err := writeDeliveries(w, buf, ds[:h], maxFrame, omitted)
+	buf, err := writeDeliveries(w, buf, ds[:h], maxFrame, omit, omitted)
 	if err != nil {
 		return buf, err
 	}
-	return writeDeliveries(w, buf, ds[h:], maxFrame, omitted)
+	return writeDeliveries(w, buf, ds[h:], maxFrame, omit, omitted)
 }
 
 // handleUnsubscribe serves /coattail/unsubscribe.

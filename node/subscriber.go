@@ -614,9 +614,20 @@ var errProgressNotSaved = errors.New("progress of the subscription could not be 
 // in-process receivers to limits.action_timeout: their context is
 // cancelled when a call takes longer (see callWatchdog).
 func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delivery, h Handler, calls *callWatchdog) error {
-	if d.Omitted > 0 {
-		return n.park(sub, d, fmt.Errorf("publication of %d bytes is larger than this instance accepts (limits.max_payload %v: frames of at most %d bytes); the publisher sent it without its data, so the receiver was not run",
-			d.Omitted, n.cfg.Limits.MaxPayload, n.maxFrame()), 0)
+	if d.Omitted > 0 || len(d.Data) > int(n.cfg.Limits.MaxPayload) {
+		// Too large for this instance: the publisher left the data out
+		// (too large for a frame), or it fit the frame's headroom but not
+		// max_payload, which no receiver here is given.
+		how := "it arrived"
+		tl := *d
+		if tl.Omitted == 0 {
+			tl.Omitted = uint64(len(d.Data))
+		} else {
+			how = "the publisher sent it without its data"
+		}
+		tl.Data = nil
+		return n.park(sub, &tl, fmt.Errorf("publication of %d bytes is larger than this instance accepts (limits.max_payload %v); %s, but the receiver was not run and it is not kept",
+			tl.Omitted, n.cfg.Limits.MaxPayload, how), 0)
 	}
 	// The runner checks that the input is JSON (it comes from another
 	// peer), so it is not validated here too: that would be a second pass

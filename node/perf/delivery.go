@@ -96,8 +96,12 @@ type DeliveryOptions struct {
 	// that calls ServeSubscriber with its stdin and stdout (the bench
 	// starts it and kills it when the run ends). The publisher stays in
 	// this process; a paced publisher then counts publications not yet
-	// acknowledged (processed and durably recorded) as outstanding.
+	// acknowledged (processed and durably recorded) as outstanding. When
+	// the run ends the bench closes the process's stdin and waits for it
+	// to exit (killing it after 30 s); one that exits before fails the run.
 	Spawn func(ctx context.Context) *exec.Cmd
+
+	died context.CancelCauseFunc // set by Delivery: ends the run
 }
 
 // DeliveryResult is what Delivery measured. Rates are per subscriber
@@ -303,7 +307,7 @@ func newCluster(ctx context.Context, dir string, o DeliveryOptions) (c *cluster,
 		var join func(token string) error
 		if o.Spawn != nil {
 			p, err := startSubProcess(ctx, o.Spawn, subConfig{Dir: subDir, Transport: o.Transport,
-				Receiver: o.Receiver, Messages: o.Messages, Size: o.Size})
+				Receiver: o.Receiver, Messages: o.Messages, Size: o.Size}, o.died)
 			if err != nil {
 				return c, fmt.Errorf("perf: subscriber %d: %w", i, err)
 			}
@@ -414,6 +418,11 @@ func Delivery(ctx context.Context, o DeliveryOptions) (DeliveryResult, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
+	// A subscriber process that exits during the run ends it at once,
+	// with its exit status and stderr as the cause.
+	ctx, died := context.WithCancelCause(ctx)
+	defer died(nil)
+	o.died = died
 	dir := o.Dir
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "coattail-bench-")
@@ -432,8 +441,12 @@ func Delivery(ctx context.Context, o DeliveryOptions) (DeliveryResult, error) {
 			return r, nil
 		}
 	}
-	if ctx.Err() != nil {
+	switch cause := context.Cause(ctx); {
+	case cause == nil:
+	case errors.Is(cause, context.DeadlineExceeded):
 		err = fmt.Errorf("%w (gave up after %v)", err, o.Timeout)
+	default:
+		err = errors.Join(cause, err)
 	}
 	return DeliveryResult{}, err
 }
@@ -692,11 +705,17 @@ func (c *cluster) checkExactlyOnce(want int64) error {
 	return errors.Join(errs...)
 }
 
-// cpuTime returns the CPU time (user and system) this process has used.
+// cpuTime returns the CPU time (user and system) this process and its
+// children that have exited (executable receivers; subscriber processes
+// only once they are gone, after the run) have used.
 func cpuTime() (time.Duration, error) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, fmt.Errorf("perf: getrusage: %w", err)
+	var total time.Duration
+	for _, who := range []int{syscall.RUSAGE_SELF, syscall.RUSAGE_CHILDREN} {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(who, &ru); err != nil {
+			return 0, fmt.Errorf("perf: getrusage: %w", err)
+		}
+		total += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+	return total, nil
 }

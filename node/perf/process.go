@@ -5,7 +5,8 @@ package perf
 // scheduler, heap and garbage collector. The bench process keeps the
 // publisher and talks to each subscriber process over its stdin and stdout,
 // one JSON object per line: a subConfig first, then subRequests, each
-// answered by one subReply. Closing stdin stops the subscriber.
+// answered by one subReply. Closing stdin stops the subscriber, also when
+// the bench dies (its end of the pipe closes).
 
 import (
 	"bufio"
@@ -17,7 +18,6 @@ import (
 	"io"
 	"os/exec"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/coattail/coattail/node"
@@ -116,18 +116,21 @@ type subProcess struct {
 	id      peer.ID
 	counted bool       // its receiver is in-process: stats report what it processed
 	mu      sync.Mutex // one request at a time
-	closed  bool
+	closed  bool       // close has begun: an exit is expected
+	exited  chan struct{}
+	waitErr error // set before exited is closed
 }
 
+// requestTimeout bounds one request to a subscriber process (a subscribe
+// dials the publisher); one that does not answer in time is killed.
+const requestTimeout = time.Minute
+
 // startSubProcess starts a subscriber process with spawn and configures
-// it; the process is killed when ctx ends.
-func startSubProcess(ctx context.Context, spawn func(context.Context) *exec.Cmd, cfg subConfig) (*subProcess, error) {
-	p := &subProcess{cmd: spawn(ctx), counted: cfg.Receiver != ReceiverExecutable}
+// it; the process is killed when ctx ends, and died (if not nil) is
+// called if it exits before close.
+func startSubProcess(ctx context.Context, spawn func(context.Context) *exec.Cmd, cfg subConfig, died func(error)) (*subProcess, error) {
+	p := &subProcess{cmd: spawn(ctx), counted: cfg.Receiver != ReceiverExecutable, exited: make(chan struct{})}
 	p.cmd.Stderr = &p.stderr
-	if p.cmd.SysProcAttr == nil {
-		// Never outlive the bench, whatever ends it.
-		p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	}
 	var err error
 	if p.in, err = p.cmd.StdinPipe(); err != nil {
 		return nil, fmt.Errorf("perf: subscriber process: %w", err)
@@ -140,6 +143,18 @@ func startSubProcess(ctx context.Context, spawn func(context.Context) *exec.Cmd,
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("perf: subscriber process: %w", err)
 	}
+	go func() {
+		// Wait closes the pipes once the process is gone, which ends a
+		// request waiting for its answer.
+		p.waitErr = p.cmd.Wait()
+		close(p.exited)
+		p.mu.Lock()
+		expected := p.closed
+		p.mu.Unlock()
+		if !expected && died != nil {
+			died(fmt.Errorf("perf: subscriber process %d exited during the run (%v); its stderr: %q", p.cmd.Process.Pid, p.waitErr, tail(p.stderr.Bytes(), 2048)))
+		}
+	}()
 	rep, err := p.roundTrip(cfg)
 	if err == nil {
 		p.id, err = peer.Decode(rep.ID)
@@ -154,6 +169,8 @@ func startSubProcess(ctx context.Context, spawn func(context.Context) *exec.Cmd,
 func (p *subProcess) roundTrip(v any) (subReply, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	hung := time.AfterFunc(requestTimeout, func() { _ = p.cmd.Process.Kill() })
+	defer hung.Stop()
 	var rep subReply
 	b, err := json.Marshal(v)
 	if err == nil {
@@ -192,14 +209,14 @@ func (p *subProcess) close() error {
 	p.closed = true
 	p.mu.Unlock()
 	_ = p.in.Close()
-	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
 	var err error
 	select {
-	case err = <-done:
+	case <-p.exited:
+		err = p.waitErr
 	case <-time.After(30 * time.Second):
 		_ = p.cmd.Process.Kill()
-		err = errors.Join(errors.New("did not exit within 30s of its stdin closing; killed"), <-done)
+		<-p.exited
+		err = errors.Join(errors.New("did not exit within 30s of its stdin closing; killed"), p.waitErr)
 	}
 	if err != nil {
 		return fmt.Errorf("perf: subscriber process %d: %w; its stderr: %q", p.cmd.Process.Pid, err, tail(p.stderr.Bytes(), 2048))

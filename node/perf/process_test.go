@@ -7,13 +7,24 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
-// envServe makes the test binary a subscriber process (see TestMain).
-const envServe = "COATTAIL_PERF_TEST_SUBSCRIBER"
+// envServe makes the test binary a subscriber process (see TestMain);
+// envDieAfter makes that process exit (status 7) after a while.
+const (
+	envServe    = "COATTAIL_PERF_TEST_SUBSCRIBER"
+	envDieAfter = "COATTAIL_PERF_TEST_DIE_AFTER"
+)
 
 func TestMain(m *testing.M) {
 	if os.Getenv(envServe) == "1" {
+		if d, err := time.ParseDuration(os.Getenv(envDieAfter)); err == nil {
+			time.AfterFunc(d, func() {
+				os.Stderr.WriteString("dying as asked\n")
+				os.Exit(7)
+			})
+		}
 		if err := ServeSubscriber(context.Background(), os.Stdin, os.Stdout); err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")
 			os.Exit(1)
@@ -98,6 +109,30 @@ func TestDeliveryProcessFails(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A subscriber process that exits during the run ends it at once, saying
+// so (it used to wait for the run's timeout).
+func TestDeliveryProcessDiesMidRun(t *testing.T) {
+	spawn := func(ctx context.Context) *exec.Cmd {
+		cmd := spawnSelf(ctx)
+		cmd.Env = append(cmd.Env, envDieAfter+"=300ms")
+		return cmd
+	}
+	start := time.Now()
+	_, err := Delivery(t.Context(), DeliveryOptions{Size: 128, Subscribers: 1, Messages: 50_000_000, Paced: true,
+		Dir: t.TempDir(), Spawn: spawn, Timeout: 2 * time.Minute})
+	if err == nil {
+		t.Fatal("Delivery succeeded")
+	}
+	for _, want := range []string{"exited during the run", "exit status 7", "dying as asked"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+	if d := time.Since(start); d > time.Minute {
+		t.Fatalf("Delivery took %v to notice", d)
 	}
 }
 

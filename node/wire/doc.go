@@ -15,12 +15,22 @@
 // reuses, so a caller that retains them must copy them first.
 package wire
 
-// Version is the wire version this package speaks. Every protocol ID below
-// ends in it, and Hello and DeliverHello carry it.
+import "strings"
+
+// Version is the wire version of every protocol this package speaks. Every
+// protocol ID below ends in a version, and Hello and DeliverHello carry the
+// version of their stream's protocol ID.
 const Version = "1.0.0"
 
-// Protocol IDs, one per operation. They are untyped so they convert to
-// libp2p's protocol.ID without this package importing libp2p.
+// Version11 is the second version of subscribe and publish, served beside
+// their 1.0.0 (docs/PROTOCOL.md, "Versioning"): it adds frame limits. On
+// subscribe, SubscribeRequest.MaxFrame and TDeliver mode 2 (a publication
+// sent without its data); on both, the acceptor's OK.MaxFrame in answer to
+// the hello.
+const Version11 = "1.1.0"
+
+// Protocol IDs, one per operation and version. They are untyped so they
+// convert to libp2p's protocol.ID without this package importing libp2p.
 const (
 	ProtoList        = "/coattail/list/" + Version
 	ProtoPerform     = "/coattail/perform/" + Version
@@ -29,10 +39,40 @@ const (
 	ProtoUnsubscribe = "/coattail/unsubscribe/" + Version
 	ProtoDeliver     = "/coattail/deliver/" + Version
 	ProtoRevoke      = "/coattail/revoke/" + Version
+
+	ProtoPublish11   = "/coattail/publish/" + Version11
+	ProtoSubscribe11 = "/coattail/subscribe/" + Version11
 )
 
-// Protocols lists every protocol ID of this version, in a stable order, so a
-// host can register or advertise them together.
+// Protocols lists every protocol ID this package speaks, in a stable order,
+// so a host can register or advertise them together.
 func Protocols() []string {
-	return []string{ProtoList, ProtoPerform, ProtoPublish, ProtoSubscribe, ProtoUnsubscribe, ProtoDeliver, ProtoRevoke}
+	return []string{ProtoList, ProtoPerform, ProtoPublish, ProtoSubscribe, ProtoUnsubscribe, ProtoDeliver, ProtoRevoke, ProtoPublish11, ProtoSubscribe11}
+}
+
+// VersionOf returns the version a protocol ID ends in ("" for an ID that
+// is not /coattail/<op>/<version>).
+func VersionOf(id string) string {
+	rest, ok := strings.CutPrefix(id, "/coattail/")
+	if !ok {
+		return ""
+	}
+	i := strings.IndexByte(rest, '/')
+	if i < 1 || i == len(rest)-1 {
+		return ""
+	}
+	return rest[i+1:]
+}
+
+// Newest returns the protocol IDs to offer for an operation given by its
+// 1.0.0 ID, newest version first: the opener of a stream offers them all
+// and the acceptor picks the newest it serves.
+func Newest(id string) []string {
+	switch id {
+	case ProtoSubscribe:
+		return []string{ProtoSubscribe11, ProtoSubscribe}
+	case ProtoPublish:
+		return []string{ProtoPublish11, ProtoPublish}
+	}
+	return []string{id}
 }

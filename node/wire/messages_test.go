@@ -150,9 +150,21 @@ func TestProtocolIDs(t *testing.T) {
 	want := []string{
 		"/coattail/list/1.0.0", "/coattail/perform/1.0.0", "/coattail/publish/1.0.0",
 		"/coattail/subscribe/1.0.0", "/coattail/unsubscribe/1.0.0", "/coattail/deliver/1.0.0", "/coattail/revoke/1.0.0",
+		"/coattail/publish/1.1.0", "/coattail/subscribe/1.1.0",
 	}
 	if got := wire.Protocols(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
+	}
+	for id, v := range map[string]string{wire.ProtoSubscribe11: "1.1.0", wire.ProtoList: "1.0.0", "/coattail/x/": "", "/other/a/1.0.0": "", "/coattail/list": ""} {
+		if got := wire.VersionOf(id); got != v {
+			t.Errorf("VersionOf(%q) = %q, want %q", id, got, v)
+		}
+	}
+	if got := wire.Newest(wire.ProtoSubscribe); !reflect.DeepEqual(got, []string{wire.ProtoSubscribe11, wire.ProtoSubscribe}) {
+		t.Errorf("Newest(subscribe) = %v, want 1.1.0 then 1.0.0", got)
+	}
+	if got := wire.Newest(wire.ProtoList); !reflect.DeepEqual(got, []string{wire.ProtoList}) {
+		t.Errorf("Newest(list) = %v, want only 1.0.0", got)
 	}
 }
 
