@@ -255,3 +255,37 @@ func TestPublicationOverSubscriberMaxPayloadIsParked(t *testing.T) {
 		t.Fatalf("dead letters %+v; want the large publication, too_large %d, without data, never attempted", list.DeadLetters, len(over))
 	}
 }
+
+// With a peer that serves only 1.0.0 of subscribe and publish (an older
+// instance), subscribing and publishing fall back to 1.0.0 and work.
+func TestFallbackToVersion100(t *testing.T) {
+	old := newTestNode(t)
+	old.Host().RemoveStreamHandler(wire.ProtoSubscribe11)
+	old.Host().RemoveStreamHandler(wire.ProtoPublish11)
+	sub := newTestNode(t)
+	var c counter
+	if err := sub.RegisterReceiver("rec", c.handler); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	pid, _ := connectPeers(t, old, sub, localapi.IssueRequest{Subscribe: []string{"p.>"}, Publish: []string{"p.>"}})
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "p.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.PublishRequest(ctx, localapi.PublishRequest{Peer: pid, Action: "p.a", Batch: []json.RawMessage{json.RawMessage(`1`), json.RawMessage(`2`)}}); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if c.count() != 2 {
+			return fmt.Errorf("the receiver ran %d times, want 2", c.count())
+		}
+		return nil
+	})
+	for _, conn := range sub.Host().Network().ConnsToPeer(old.ID()) {
+		for _, st := range conn.GetStreams() {
+			if p := string(st.Protocol()); p == wire.ProtoSubscribe11 || p == wire.ProtoPublish11 {
+				t.Fatalf("a stream to the 1.0.0 peer speaks %s", p)
+			}
+		}
+	}
+}
