@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,44 @@ import (
 	"github.com/coattail/coattail/node/wire"
 )
 
+// flSubscribe subscribes sub's in-process receiver "rec" (h) to "p.>" at
+// pub.
+func flSubscribe(t *testing.T, pub, sub *node.Node, h node.Handler) {
+	t.Helper()
+	if err := sub.RegisterReceiver("rec", h); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"p.>"}})
+	if _, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pid, Pattern: "p.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// flRecorder is an in-process receiver recording "<seq> <input>" per run
+// (with short, only the input's characters 1 to 4).
+type flRecorder struct {
+	mu    sync.Mutex
+	got   []string
+	short bool
+}
+
+func (r *flRecorder) handle(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+	s := string(in)
+	if r.short {
+		s = s[1:5]
+	}
+	r.mu.Lock()
+	r.got = append(r.got, fmt.Sprintf("%d %s", node.InvocationFrom(ctx).Sequence, s))
+	r.mu.Unlock()
+	return nil, nil
+}
+
+func (r *flRecorder) runs() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
+}
+
 // A subscriber whose limits.max_payload is small reads small frames: the
 // publisher packs its deliveries to fit them. It used to send frames of up
 // to 256 KiB of publications, which such a subscriber refused, and then
@@ -21,21 +60,9 @@ import (
 func TestSmallSubscriberFrameLimit(t *testing.T) {
 	pub := newTestNode(t)
 	sub := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 1024 }))
-	var mu sync.Mutex
-	var got []string
-	if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
-		mu.Lock()
-		got = append(got, fmt.Sprintf("%d %s", node.InvocationFrom(ctx).Sequence, in[1:5]))
-		mu.Unlock()
-		return nil, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	rec := &flRecorder{short: true}
+	flSubscribe(t, pub, sub, rec.handle)
 	ctx := testCtx(t)
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"p.>"}})
-	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "p.>", Receiver: "rec"}); err != nil {
-		t.Fatal(err)
-	}
 	// Queued while the subscriber is away, so that they go out as a
 	// backlog, in frames as large as the publisher makes them.
 	if err := sub.Host().Network().ClosePeer(pub.ID()); err != nil {
@@ -52,16 +79,12 @@ func TestSmallSubscriberFrameLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(got) < total {
-			return fmt.Errorf("the subscriber processed %d of %d publications", len(got), total)
+		if n := len(rec.runs()); n < total {
+			return fmt.Errorf("the subscriber processed %d of %d publications", n, total)
 		}
 		return nil
 	})
-	mu.Lock()
-	defer mu.Unlock()
-	if strings.Join(got, ",") != strings.Join(want, ",") {
+	if got := rec.runs(); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("processed %d publications, not each once in order", len(got))
 	}
 }
@@ -74,21 +97,9 @@ func TestSmallSubscriberFrameLimit(t *testing.T) {
 func TestPublicationTooLargeForSubscriberIsParked(t *testing.T) {
 	pub := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 4 << 20 }))
 	sub := newTestNode(t)
-	var mu sync.Mutex
-	var got []string
-	if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
-		mu.Lock()
-		got = append(got, fmt.Sprintf("%d %s", node.InvocationFrom(ctx).Sequence, in))
-		mu.Unlock()
-		return nil, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	rec := &flRecorder{}
+	flSubscribe(t, pub, sub, rec.handle)
 	ctx := testCtx(t)
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"p.>"}})
-	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "p.>", Receiver: "rec"}); err != nil {
-		t.Fatal(err)
-	}
 	big := json.RawMessage(`"` + strings.Repeat("y", 2<<20) + `"`)
 	for _, m := range []node.Message{{Subject: "p.a", Data: json.RawMessage(`1`)}, {Subject: "p.big", Data: big}, {Subject: "p.a", Data: json.RawMessage(`3`)}} {
 		if _, err := pub.PublishBatch(ctx, []node.Message{m}); err != nil {
@@ -101,11 +112,9 @@ func TestPublicationTooLargeForSubscriberIsParked(t *testing.T) {
 		}
 		return nil
 	})
-	mu.Lock()
-	if strings.Join(got, ",") != "1 1,3 3" {
+	if got := rec.runs(); strings.Join(got, ",") != "1 1,3 3" {
 		t.Fatalf("the receiver ran for %q, want the two small publications, in order", got)
 	}
-	mu.Unlock()
 	list, err := sub.DeadLetters(ctx, localapi.DeadLetterQuery{Data: true})
 	if err != nil {
 		t.Fatal(err)
@@ -223,14 +232,8 @@ func TestPublicationOverSubscriberMaxPayloadIsParked(t *testing.T) {
 	pub := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 4 << 20 }))
 	sub := newTestNode(t)
 	var c counter
-	if err := sub.RegisterReceiver("rec", c.handler); err != nil {
-		t.Fatal(err)
-	}
+	flSubscribe(t, pub, sub, c.handler)
 	ctx := testCtx(t)
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"p.>"}})
-	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "p.>", Receiver: "rec"}); err != nil {
-		t.Fatal(err)
-	}
 	over := json.RawMessage(`"` + strings.Repeat("y", 1<<20+10<<10) + `"`)
 	if _, err := pub.Publish(ctx, "p.over", over); err != nil {
 		t.Fatal(err)
