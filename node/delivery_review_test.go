@@ -445,3 +445,32 @@ func TestReplacedDeliveryStreamEndsAtOnce(t *testing.T) {
 	default:
 	}
 }
+
+// A subscription id from the publisher so long that its dead letters' ids
+// ("<id>.<20 digits>") could not be stored is refused at subscribe time:
+// taken, a failing publication could be neither parked nor passed, and the
+// subscription stalled on it for ever. One just short enough is taken.
+func TestSubscribeRefusesAnIDTooLongForDeadLetters(t *testing.T) {
+	ctx := testCtx(t)
+	pub, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	if err := sub.RegisterReceiver("rec", (&counter{}).handler); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"f.>"}})
+	conns := scriptedPublisher(t, pub)
+	for _, c := range []struct {
+		n  int
+		ok bool
+	}{{492, false}, {491, true}} {
+		errc := make(chan error, 1)
+		go func() {
+			_, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"})
+			errc <- err
+		}()
+		nextSub(t, conns).accept(t, strings.Repeat("k", c.n))
+		err := <-errc
+		if c.ok != (err == nil) || !c.ok && !strings.Contains(err.Error(), "bad subscription id") {
+			t.Fatalf("subscription id of %d bytes: Subscribe = %v, want ok %v", c.n, err, c.ok)
+		}
+	}
+}

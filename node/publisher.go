@@ -432,6 +432,15 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 	// max_payload is small gets frames it reads: it refuses a larger one,
 	// and would then be sent the same frame again for ever.
 	budget := max(1, min(deliverBytes, maxFrame-deliveryOverhead))
+	// Over a limited relay circuit, one delivery per frame: the relay cuts
+	// the circuit after so many bytes, and a subscriber only processes
+	// whole frames, so a frame of several deliveries larger than what a
+	// circuit carries would be cut every time and sent again on the next,
+	// for ever; one at a time, each that crosses is processed and saved.
+	perFrame := deliverBatch
+	if s.s.Conn().Stat().Limited {
+		perFrame = 1
+	}
 	for {
 		if ctx.Err() != nil {
 			// Replaced (above): stop now, not once the window is full or
@@ -445,7 +454,7 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 		var items []topics.Item
 		if inflight < uint64(window) {
 			var err error
-			items, err = n.queues.Read(sub.ID, sent, min(deliverBatch, window-int(inflight)), budget)
+			items, err = n.queues.Read(sub.ID, sent, min(perFrame, window-int(inflight)), budget)
 			if err != nil {
 				return err
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	ma "github.com/multiformats/go-multiaddr"
 )
@@ -107,6 +109,67 @@ func TestSubscriptionMovesFromRelayToDirect(t *testing.T) {
 			if got[i] != 1 {
 				return fmt.Errorf("publication %d ran the receiver %d times", i, got[i])
 			}
+		}
+		return nil
+	})
+}
+
+// Over a relay circuit that carries little (here 64 KiB, libp2p's default
+// is 128 KiB), publications that each fit still all arrive: they go one
+// per frame. Eight to a frame (the window over a limited connection),
+// every frame was larger than a circuit carries, was cut, and was sent
+// again on the next circuit, for ever.
+func TestDeliveryOverTightRelayCircuit(t *testing.T) {
+	ctx := testCtx(t)
+	relay := newTestNode(t, withQuietLog(), func(o *node.Options) { o.Relay = true; o.Config.Network.RelayLimitData = 64 << 10 })
+	pub, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	relayTCP := relay.Host().Addrs()[0]
+	if _, err := client.Reserve(ctx, pub.Host(), peer.AddrInfo{ID: relay.ID(), Addrs: []ma.Multiaddr{relayTCP}}); err != nil {
+		t.Fatalf("reserve a slot on the relay: %v", err)
+	}
+	var c counter
+	if err := sub.RegisterReceiver("rec", c.handler); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"r.>"}})
+	// No direct path either way (as behind symmetric NATs): both stop
+	// listening, and the subscriber knows the publisher only through its
+	// circuit.
+	for _, n := range []*node.Node{pub, sub} {
+		var direct []ma.Multiaddr
+		for _, a := range n.Host().Network().ListenAddresses() {
+			if _, err := a.ValueForProtocol(ma.P_CIRCUIT); err != nil {
+				direct = append(direct, a)
+			}
+		}
+		n.Host().Network().(*swarm.Swarm).ListenClose(direct...)
+	}
+	if err := sub.Host().Network().ClosePeer(pub.ID()); err != nil {
+		t.Fatal(err)
+	}
+	sub.Host().Peerstore().ClearAddrs(pub.ID())
+	circuit := ma.StringCast(fmt.Sprintf("%s/p2p/%s/p2p-circuit", relayTCP, relay.ID()))
+	sub.Host().Peerstore().AddAddrs(pub.ID(), []ma.Multiaddr{circuit}, time.Hour)
+	if err := sub.Host().Connect(network.WithAllowLimitedConn(ctx, "test"), peer.AddrInfo{ID: pub.ID(), Addrs: []ma.Multiaddr{circuit}}); err != nil {
+		t.Fatalf("connect through the relay: %v", err)
+	}
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "r.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	if subs := pub.Subscribers(); len(subs) != 1 || subs[0].Path != "relayed" {
+		t.Fatalf("subscribers %+v, want one on a relayed stream", subs)
+	}
+	const total = 40
+	msgs := make([]node.Message, total)
+	for i := range msgs {
+		msgs[i] = node.Message{Subject: "r.a", Data: json.RawMessage(`"` + strings.Repeat("x", 12<<10) + `"`)}
+	}
+	if _, err := pub.PublishBatch(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if s := pub.Subscribers(); len(s) != 1 || s[0].Acked != total || c.count() != total {
+			return fmt.Errorf("acked %+v, receiver ran %d times; want %d each", s, c.count(), total)
 		}
 		return nil
 	})

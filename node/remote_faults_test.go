@@ -264,15 +264,19 @@ func TestRemotePublishRefusesNonJSON(t *testing.T) {
 // JSON whose strings are not UTF-8 is refused too, remotely and locally:
 // encoding/json accepts it, and a receiver's decoder would turn the bad
 // bytes into U+FFFD, so two distinct publications could arrive as one.
+//
+// So is JSON nested deeper than encoding/json takes (10 000 levels): it
+// passed the hot path's validator, and no subscriber could park it.
 func TestPublishRefusesNonUTF8JSON(t *testing.T) {
 	a := newTestNode(t)
-	bad := []byte("{\"id\":\"\xff\"}")
-	if _, err := a.Publish(testCtx(t), "x.a", bad); err == nil || !strings.Contains(err.Error(), "not valid JSON in UTF-8") {
-		t.Fatalf("local publish of non-UTF-8 JSON: %v, want refused as not valid JSON in UTF-8", err)
+	for _, bad := range [][]byte{[]byte("{\"id\":\"\xff\"}"), []byte(strings.Repeat("[", 10001) + strings.Repeat("]", 10001))} {
+		if _, err := a.Publish(testCtx(t), "x.a", bad); err == nil || !strings.Contains(err.Error(), "not valid JSON in UTF-8") {
+			t.Fatalf("local publish of %d bytes of bad JSON: %v, want refused as not valid JSON in UTF-8", len(bad), err)
+		}
+		p, pr := rvPublishStream(t, a)
+		rvWrite(t, p, wire.AppendFrame(nil, wire.TPublish, wire.AppendPublishBatch(nil, []wire.Publication{{Subject: "x.a", Data: bad, Time: 1}})))
+		rvExpectCode(t, pr, wire.CodeBadRequest)
 	}
-	p, pr := rvPublishStream(t, a)
-	rvWrite(t, p, wire.AppendFrame(nil, wire.TPublish, wire.AppendPublishBatch(nil, []wire.Publication{{Subject: "x.a", Data: bad, Time: 1}})))
-	rvExpectCode(t, pr, wire.CodeBadRequest)
 }
 
 // A validation token presented in a hello is refused as unauthorized, like

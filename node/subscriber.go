@@ -717,16 +717,23 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 	return n.park(sub, d, err, attempts)
 }
 
+// maxSubscriptionIDLen bounds the subscription ids a subscriber takes
+// from a publisher: a dead letter's id is the subscription's, a dot and
+// the sequence in 20 digits, and must be a valid datastore id.
+const maxSubscriptionIDLen = datastore.MaxIDLen - 21
+
 // park records publication d of sub in the dead-letter list with the
 // error that stopped it, and returns nil once it is stored (made durable
 // by the progress sync that follows), or why it is not.
 func (n *Node) park(sub outSub, d *wire.Delivery, err error, attempts int) error {
 	dl := deadLetter{ID: fmt.Sprintf("%s.%020d", sub.ID, d.Seq), Subscription: sub.ID, Publisher: sub.Publisher, Receiver: sub.Receiver,
 		Subject: d.Subject, Seq: d.Seq, Hop: d.Hop, TooLarge: d.Omitted, Error: err.Error(), Attempts: attempts, FailedAt: time.Now().UTC()}
-	if len(d.Data) > 0 && !jsonx.Valid(d.Data) {
+	if len(d.Data) > 0 && (!jsonx.Valid(d.Data) || !json.Valid(d.Data)) {
 		// Stored as JSON it could not be written at all: the publication
 		// would come back after every reconnect and block the ones behind
-		// it for good.
+		// it for good. (encoding/json, which stores it, has the last word:
+		// it is the one that must take it. Parking is rare; two checks
+		// cost nothing here.)
 		dl.Raw = append([]byte(nil), d.Data...)
 	} else {
 		dl.Data = append(json.RawMessage(nil), d.Data...)
@@ -819,7 +826,13 @@ func (n *Node) subscribe(ctx context.Context, req localapi.SubscribeRequest) (lo
 	}
 	_ = s.s.SetDeadline(time.Time{})
 	sub := outSub{ID: resp.SubscriptionID, Publisher: req.Peer, Pattern: req.Pattern, Receiver: req.Receiver, CreatedAt: time.Now().UTC()}
-	if err := datastore.ValidateID(sub.ID); err != nil {
+	err = datastore.ValidateID(sub.ID)
+	if err == nil && len(sub.ID) > maxSubscriptionIDLen {
+		// Its dead letters' ids could not be stored, and a publication
+		// that failed could then be neither parked nor passed.
+		err = fmt.Errorf("%d bytes long (at most %d)", len(sub.ID), maxSubscriptionIDLen)
+	}
+	if err != nil {
 		_ = s.s.Reset()
 		return localapi.Subscription{}, fmt.Errorf("%w %s: bad subscription id: %v", ErrPeer, req.Peer, err)
 	}

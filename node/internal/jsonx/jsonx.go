@@ -8,10 +8,17 @@
 package jsonx
 
 import (
+	"bytes"
 	"unicode/utf8"
 
 	segjson "github.com/segmentio/encoding/json"
 )
+
+// MaxDepth is how deeply arrays and objects may nest: encoding/json's own
+// limit. segmentio's validator has none, and a value nested deeper would
+// pass here and then fail in every encoding/json that handles it (a dead
+// letter could not be stored, a receiver's runner would refuse it).
+const MaxDepth = 10000
 
 // Valid reports whether b is exactly one valid JSON value, as
 // encoding/json.Valid does, and is UTF-8 (RFC 8259 section 8.1). JSON
@@ -19,4 +26,36 @@ import (
 // encoding/json.Valid does not check that, and its decoder would turn each
 // bad byte into U+FFFD, so distinct payloads could reach a receiver as
 // the same one.
-func Valid(b []byte) bool { return utf8.Valid(b) && segjson.Valid(b) }
+func Valid(b []byte) bool { return utf8.Valid(b) && segjson.Valid(b) && shallow(b) }
+
+// shallow reports whether b (valid JSON) nests at most MaxDepth deep. Only
+// a value with more than MaxDepth brackets can be deeper, and counting
+// them is cheap; the exact scan runs only then.
+func shallow(b []byte) bool {
+	if len(b) <= 2*MaxDepth || bytes.Count(b, []byte("["))+bytes.Count(b, []byte("{")) <= MaxDepth {
+		return true
+	}
+	depth, inString, escaped := 0, false, false
+	for _, c := range b {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '[' || c == '{':
+			if depth++; depth > MaxDepth {
+				return false
+			}
+		case c == ']' || c == '}':
+			depth--
+		}
+	}
+	return true
+}
