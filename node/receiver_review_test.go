@@ -250,3 +250,51 @@ func TestDropDuringReplayIsRefused(t *testing.T) {
 		t.Fatalf("dead letters after drop: %+v", left)
 	}
 }
+
+// A delivery whose subject the subscription's pattern does not match (a
+// faulty or lying publisher) does not run the receiver: it is parked,
+// saying why, and the publications behind it run.
+func TestDeliveryOutsideThePatternIsParked(t *testing.T) {
+	pub, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	var mu sync.Mutex
+	var ran []string
+	if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		ran = append(ran, node.InvocationFrom(ctx).Subject)
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	id := uuid.NewString()
+	other := dlv(id, 2)
+	other.Subject = "g.x"
+	third := dlv(id, 3)
+	third.Subject = "f.b"
+	c1, _ := scriptedSubscribe(t, pub, sub, id, deliverFrame(dlv(id, 1), other, third))
+	for {
+		_ = c1.s.SetReadDeadline(time.Now().Add(testTimeout))
+		typ, payload, err := c1.r.Next()
+		if err != nil {
+			t.Fatalf("no ack for seq 3: %v", err)
+		}
+		if typ != wire.TAck {
+			continue
+		}
+		if _, seq, err := wire.DecodeAck(payload); err != nil || seq == 3 {
+			break
+		}
+	}
+	mu.Lock()
+	if strings.Join(ran, ",") != "f.a,f.b" {
+		t.Fatalf("the receiver ran for %v, want f.a and f.b only", ran)
+	}
+	mu.Unlock()
+	dl, err := allDeadLetters(testCtx(t), sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dl) != 1 || dl[0].Seq != 2 || dl[0].Subject != "g.x" || !strings.Contains(dl[0].Error, "does not match") {
+		t.Fatalf("dead letters %+v, want seq 2 (g.x) parked as outside the pattern", dl)
+	}
+}

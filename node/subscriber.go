@@ -535,6 +535,7 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 			}
 		}
 	}
+	var matched string // the last subject seen to match sub.Pattern
 	for {
 		t, payload, err := s.r.Next()
 		if err != nil {
@@ -563,7 +564,20 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 			if saveFailed.Load() {
 				return errProgressNotSaved // running more would run them again later
 			}
-			if err := ss.n.handlePublication(ctx, sub, d, h, calls); err != nil {
+			// A publisher sends a subscription only subjects its pattern
+			// matches; a receiver is not run for any other (a faulty or
+			// lying publisher): the publication is parked. Checked once
+			// per new subject, not per publication.
+			if d.Subject != matched && topics.Match(sub.Pattern, d.Subject) {
+				matched = strings.Clone(d.Subject)
+			}
+			if d.Subject != matched {
+				err := fmt.Errorf("%w %s sent subject %q, which the subscription's pattern %q does not match; the receiver was not run",
+					ErrPeer, sub.Publisher, clip(d.Subject), sub.Pattern)
+				if err := ss.n.park(sub, d, err, 0); err != nil {
+					return err
+				}
+			} else if err := ss.n.handlePublication(ctx, sub, d, h, calls); err != nil {
 				return err // not finished: not recorded, runs again later
 			}
 			last = d.Seq
