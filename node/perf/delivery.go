@@ -3,7 +3,9 @@
 // publish → subscriber-ack throughput between real instances on loopback,
 // beside a raw libp2p stream between the same hosts and the disk the
 // publisher's queue is written to. It owns nothing else; the instances it
-// starts live in a temporary directory and are stopped when it returns.
+// starts (in this process, or the subscribers in processes of their own:
+// ServeSubscriber) live in a temporary directory and are stopped when it
+// returns.
 package perf
 
 import (
