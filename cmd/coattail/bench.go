@@ -223,5 +223,9 @@ func printBench(w io.Writer, r perf.DeliveryResult) {
 		{"disk (fdatasync)", rate(r.DiskMBPerSec * 1e6 / float64(r.Size)), fmt.Sprintf("%.1f", r.DiskMBPerSec), fmt.Sprintf("%.2fx", r.XDisk)},
 	})
 	fmt.Fprintf(w, "\ndurable run took %.2fs and %.2f cores; rates are per subscriber host (every host got every publication)\n", r.Seconds, r.Cores)
+	if r.Processes && r.PublisherCPUPerMsg > 0 {
+		fmt.Fprintf(w, "publisher process: %.2f cores, %.2f µs of CPU per publication (one core: %s publications/s); raw sender: %.2f µs per message (%.2fx)\n",
+			r.PublisherCores, r.PublisherCPUPerMsg, rate(1e6/r.PublisherCPUPerMsg), r.RawSenderCPUPerMsg, r.XRawCPU)
+	}
 	fmt.Fprintf(w, "raw stream: the faster of a run before (%s msgs/s) and after (%s msgs/s) the durable run\n", rate(r.RawRuns[0]), rate(r.RawRuns[1]))
 }

@@ -63,8 +63,11 @@ func TestBenchCommand(t *testing.T) {
 	dir = t.TempDir()
 	i.decodeJSON(i.mustRun("bench", "--processes", "--subscribers", "2", "--messages", "3000", "--json", "--dir", dir), &r)
 	check(r, 128, 2, 3000, "paced", "tcp", "inprocess")
-	if !r.Processes {
-		t.Fatalf("--processes result says the subscribers ran in the bench's process: %+v", r)
+	if !r.Processes || r.PublisherCPUPerMsg <= 0 || r.XRawCPU <= 0 {
+		t.Fatalf("--processes result says the subscribers ran in the bench's process, or no publisher CPU: %+v", r)
+	}
+	if out := i.mustRun("bench", "--processes", "--messages", "3000"); !strings.Contains(out, "publisher process:") || !strings.Contains(out, "µs of CPU per publication") {
+		t.Fatalf("bench --processes output lacks the publisher's CPU:\n%s", out)
 	}
 	for _, sub := range []string{"subscriber-0", "subscriber-1"} {
 		if _, err := os.Stat(filepath.Join(dir, sub, "config.yml")); err != nil {

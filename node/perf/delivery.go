@@ -136,6 +136,16 @@ type DeliveryResult struct {
 	// directory, one fdatasync per Publishers batches.
 	DiskMBPerSec float64 `json:"disk_mb_per_sec"`
 	XDisk        float64 `json:"x_disk"`
+	// With Processes, the CPU of the bench's own process alone: it holds
+	// the publisher (with the publishing goroutines) and, in the raw runs,
+	// only the sending end. What a publisher costs apart from its
+	// subscribers, per publication (to every subscriber host), beside what
+	// the raw stream's sender costs per message (the lower of its two
+	// runs); XRawCPU is the raw cost over the publisher's.
+	PublisherCores     float64 `json:"publisher_cores,omitempty"`
+	PublisherCPUPerMsg float64 `json:"publisher_cpu_us_per_msg,omitempty"`
+	RawSenderCPUPerMsg float64 `json:"raw_sender_cpu_us_per_msg,omitempty"`
+	XRawCPU            float64 `json:"x_raw_cpu,omitempty"`
 }
 
 // BatchFor returns the number of messages of size bytes per batch.
@@ -466,11 +476,27 @@ func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryRe
 		processed = c.processed
 	}
 
-	var err error
-	if r.RawRuns[0], err = rawStreamRate(ctx, c.pub, c.subIDs(), o.Messages, data); err != nil {
+	var rawCPU [2]time.Duration // this process's CPU in each raw run
+	raw := func(i int) error {
+		s0, err := selfCPU()
+		if err != nil {
+			return err
+		}
+		if r.RawRuns[i], err = rawStreamRate(ctx, c.pub, c.subIDs(), o.Messages, data); err != nil {
+			return err
+		}
+		s1, err := selfCPU()
+		rawCPU[i] = s1 - s0
+		return err
+	}
+	if err := raw(0); err != nil {
 		return r, err
 	}
 	cpu0, err := c.cpuTime()
+	if err != nil {
+		return r, err
+	}
+	self0, err := selfCPU()
 	if err != nil {
 		return r, err
 	}
@@ -488,6 +514,10 @@ func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryRe
 	if err != nil {
 		return r, err
 	}
+	self1, err := selfCPU()
+	if err != nil {
+		return r, err
+	}
 	cpu1, err := c.cpuTime()
 	if err != nil {
 		return r, err
@@ -500,11 +530,20 @@ func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryRe
 	r.MBPerSec = r.MsgsPerSec * float64(o.Size) / 1e6
 	r.Cores = (cpu1 - cpu0).Seconds() / r.Seconds
 
-	if r.RawRuns[1], err = rawStreamRate(ctx, c.pub, c.subIDs(), o.Messages, data); err != nil {
+	if err := raw(1); err != nil {
 		return r, err
 	}
-	raw := max(r.RawRuns[0], r.RawRuns[1])
-	r.RawMsgsPerSec, r.RawMBPerSec, r.XRaw = raw, raw*float64(o.Size)/1e6, r.MsgsPerSec/raw
+	best := max(r.RawRuns[0], r.RawRuns[1])
+	r.RawMsgsPerSec, r.RawMBPerSec, r.XRaw = best, best*float64(o.Size)/1e6, r.MsgsPerSec/best
+	if c.procs != nil {
+		perMsg := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(o.Messages) }
+		r.PublisherCores = (self1 - self0).Seconds() / r.Seconds
+		r.PublisherCPUPerMsg = perMsg(self1 - self0)
+		r.RawSenderCPUPerMsg = perMsg(min(rawCPU[0], rawCPU[1]))
+		if r.PublisherCPUPerMsg > 0 {
+			r.XRawCPU = r.RawSenderCPUPerMsg / r.PublisherCPUPerMsg
+		}
+	}
 	disk, err := diskRate(c.pub.Dir(), o.Messages, data, o.Publishers)
 	if err != nil {
 		return r, err
@@ -705,6 +744,15 @@ func (c *cluster) checkExactlyOnce(want int64) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// selfCPU returns the CPU time (user and system) of this process alone.
+func selfCPU() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, fmt.Errorf("perf: getrusage: %w", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
 // cpuTime returns the CPU time (user and system) this process and its

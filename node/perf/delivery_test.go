@@ -17,6 +17,9 @@ func TestDeliveryRun(t *testing.T) {
 	if r.MsgsPerSec <= 0 || r.RawMsgsPerSec <= 0 || r.DiskMBPerSec <= 0 || r.XRaw <= 0 || r.XDisk <= 0 {
 		t.Fatalf("rates: %+v", r)
 	}
+	if r.Processes || r.PublisherCores != 0 || r.XRawCPU != 0 {
+		t.Fatalf("an in-process run reports a publisher process apart: %+v", r)
+	}
 }
 
 func TestDeliveryOptions(t *testing.T) {

@@ -3,6 +3,7 @@ package perf
 import (
 	"context"
 	"os"
+	"math"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -61,6 +62,12 @@ func TestDeliveryRunProcesses(t *testing.T) {
 		}
 		if !r.Processes || r.Subscribers != 2 || r.Messages != 4000 || r.MsgsPerSec <= 0 || r.RawMsgsPerSec <= 0 || r.Cores <= 0 {
 			t.Fatalf("result: %+v", r)
+		}
+		// The publisher's own CPU is part of the whole, and its ratio to
+		// the raw sender's is what the fields say.
+		if r.PublisherCores <= 0 || r.PublisherCores > r.Cores || r.PublisherCPUPerMsg <= 0 || r.RawSenderCPUPerMsg <= 0 ||
+			math.Abs(r.XRawCPU-r.RawSenderCPUPerMsg/r.PublisherCPUPerMsg) > 1e-9 {
+			t.Fatalf("publisher CPU: %+v", r)
 		}
 		if len(started) != 2 {
 			t.Fatalf("%d subscriber processes started, want 2", len(started))
