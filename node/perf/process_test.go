@@ -2,8 +2,8 @@ package perf
 
 import (
 	"context"
-	"os"
 	"math"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
