@@ -199,22 +199,12 @@ func TestRemotePerformCallerGoneKillsAction(t *testing.T) {
 	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Perform: []string{">"}})
 	dir := t.TempDir()
 	in, _ := json.Marshal(dir)
+
 	ctx, cancel := context.WithCancel(testCtx(t))
 	done := make(chan error, 1)
 	go func() {
-		for {
-			_, err := b.Perform(ctx, localapi.PerformRequest{Peer: pid, Action: "hold", Input: in}, nil)
-			// AddPeer's list stream holds the only slot until its handler
-			// has returned, a moment after its answer: under load, long
-			// enough for this stream to be refused. Try again.
-			var we *wire.Error
-			if errors.As(err, &we) && we.Code == wire.CodeRateLimited && ctx.Err() == nil {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			done <- err
-			return
-		}
+		_, err := b.Perform(ctx, localapi.PerformRequest{Peer: pid, Action: "hold", Input: in}, nil)
+		done <- err
 	}()
 	main, child := readPID(t, filepath.Join(dir, "main.pid")), readPID(t, filepath.Join(dir, "child.pid"))
 	cancel()
@@ -372,5 +362,28 @@ func TestCloseDoesNotHangOnStuckReceiver(t *testing.T) {
 	go func() { closed <- sub.Close() }()
 	if err := waitErr(t, closed, "Close of a node whose receiver is stuck"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A peer making one request at a time is never refused by
+// max_streams_per_peer: the stream's slot is freed as its answer goes out.
+// It was freed once the handler had returned, a moment later, and a peer
+// that opened its next stream at once was refused rate_limited (here,
+// with a limit of 1, within a few dozen requests).
+func TestOneRequestAtATimeIsNeverRateLimited(t *testing.T) {
+	a := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.MaxStreamsPerPeer = 1 }))
+	b := newTestNode(t, withQuietLog())
+	var echo counter
+	register(t, a, "echo", echo.handler)
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Perform: []string{">"}})
+	for i := range 300 {
+		if _, err := perform(testCtx(t), b, pid, "echo", `1`); err != nil {
+			t.Fatalf("perform %d: %v", i, err)
+		}
+		if i%10 == 0 {
+			if _, err := b.ListActions(testCtx(t), false, pid); err != nil {
+				t.Fatalf("list after perform %d: %v", i, err)
+			}
+		}
 	}
 }

@@ -71,11 +71,26 @@ type session struct {
 	// side); a subscription stream frees it once it turns into a long-lived
 	// delivery stream, bounded by limits.max_subscriptions_per_peer instead.
 	release func()
-	wmu     sync.Mutex
+	// manyResults: a TResult does not end the stream (publish answers
+	// each batch); otherwise the first TResult, like any TError, is the
+	// stream's last answer.
+	manyResults bool
+	wmu         sync.Mutex
+}
+
+// answered frees the stream's slot as its last answer goes out: the peer
+// may open its next stream the moment it reads it, and with the slot held
+// until the handler had returned, a peer making one request at a time was
+// refused rate_limited when its next stream came first.
+func (s *session) answered(t wire.Type) {
+	if s.release != nil && (t == wire.TError || t == wire.TResult && !s.manyResults) {
+		s.release()
+	}
 }
 
 // send writes and flushes one JSON frame; safe for concurrent use.
 func (s *session) send(t wire.Type, v any) error {
+	s.answered(t)
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if err := s.w.JSON(t, v); err != nil {
@@ -86,6 +101,7 @@ func (s *session) send(t wire.Type, v any) error {
 
 // sendWithin is send with a write deadline of d from now.
 func (s *session) sendWithin(d time.Duration, t wire.Type, v any) error {
+	s.answered(t)
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	_ = s.s.SetWriteDeadline(time.Now().Add(d))
@@ -150,6 +166,7 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 			return
 		}
 		s.release = sync.OnceFunc(func() { nw.limits.release(p) })
+		s.manyResults = st.Protocol() == wire.ProtoPublish || st.Protocol() == wire.ProtoPublish11
 		defer s.release()
 		_ = st.SetDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
 		g, err := nw.authenticate(s)
