@@ -156,9 +156,13 @@ func TestDeliveryOverTightRelayCircuit(t *testing.T) {
 	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "r.>", Receiver: "rec"}); err != nil {
 		t.Fatal(err)
 	}
-	if subs := pub.Subscribers(); len(subs) != 1 || subs[0].Path != "relayed" {
-		t.Fatalf("subscribers %+v, want one on a relayed stream", subs)
-	}
+	// The publisher attaches the stream a moment after its answer.
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if subs := pub.Subscribers(); len(subs) != 1 || subs[0].Path != "relayed" {
+			return fmt.Errorf("subscribers %+v, want one on a relayed stream", subs)
+		}
+		return nil
+	})
 	const total = 40
 	msgs := make([]node.Message, total)
 	for i := range msgs {
