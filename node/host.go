@@ -16,11 +16,13 @@ import (
 	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node/internal/inflight"
 	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/wire"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
@@ -477,8 +479,8 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 }
 
 func (nw *netsvc) close() error {
-	for _, p := range allProtocols {
-		nw.host.RemoveStreamHandler(p)
+	for _, p := range wire.Protocols() {
+		nw.host.RemoveStreamHandler(protocol.ID(p))
 	}
 	// Handlers' contexts end (actions they run are stopped), then the host
 	// resets their streams (unblocking reads and writes); the node closes

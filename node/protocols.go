@@ -28,10 +28,6 @@ import (
 	manet "github.com/multiformats/go-multiaddr/net"
 )
 
-// allProtocols are the request/response protocols this node serves.
-var allProtocols = []protocol.ID{wire.ProtoList, wire.ProtoPerform, wire.ProtoPublish, wire.ProtoSubscribe, wire.ProtoUnsubscribe, wire.ProtoRevoke, wire.ProtoDeliver,
-	wire.ProtoPublish11, wire.ProtoSubscribe11}
-
 // isSubscribe reports whether proto is a version of subscribe.
 func isSubscribe(proto protocol.ID) bool {
 	return proto == wire.ProtoSubscribe || proto == wire.ProtoSubscribe11
