@@ -147,10 +147,7 @@ func TestRemotePublishFitsPeerFrameLimit(t *testing.T) {
 	b := newTestNode(t, withQuietLog())
 	prSubscriber(t, a, "q.>")
 	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Publish: []string{">"}})
-	batch := make([]json.RawMessage, 3000)
-	for i := range batch {
-		batch[i] = jsonString(500)
-	}
+	batch := jsonBatch(3000, 500)
 	res, err := b.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "q.a", Batch: batch})
 	if err != nil {
 		t.Fatal(err)

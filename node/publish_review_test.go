@@ -46,6 +46,15 @@ func jsonString(n int) []byte {
 	return []byte(`"` + strings.Repeat("a", n-2) + `"`)
 }
 
+// jsonBatch returns count publications, each a JSON string of n bytes.
+func jsonBatch(count, n int) []json.RawMessage {
+	batch := make([]json.RawMessage, count)
+	for i := range batch {
+		batch[i] = jsonString(n)
+	}
+	return batch
+}
+
 // A frame that breaks the framing or the batch layout on a publish stream
 // is a protocol violation answered bad_request (PROTOCOL.md, Frames: node
 // "answers TError with code bad_request"). The reader's errors went to the
@@ -182,10 +191,7 @@ func TestPublishReviewRefusalSaysWhatWasStored(t *testing.T) {
 	b := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 1024 }))
 	prSubscriber(t, a, "q.>")
 	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Publish: []string{">"}})
-	batch := make([]json.RawMessage, 5)
-	for i := range batch {
-		batch[i] = jsonString(700)
-	}
+	batch := jsonBatch(5, 700)
 	_, err := b.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "q.a", Batch: batch})
 	wantWireCode(t, err, wire.CodeUnavailable)
 	errorsContain(t, err, "3 of 5", "stored")
@@ -200,10 +206,7 @@ func TestPublishReviewRefusalSaysWhatWasStored(t *testing.T) {
 func TestPublishReviewEarlyRefusalOfLargePublish(t *testing.T) {
 	a, b := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
 	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Publish: []string{"ok.>"}})
-	batch := make([]json.RawMessage, 24)
-	for i := range batch {
-		batch[i] = jsonString(1 << 20)
-	}
+	batch := jsonBatch(24, 1<<20)
 	_, err := b.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "no.a", Batch: batch})
 	wantWireCode(t, err, wire.CodeForbidden)
 	errorsContain(t, err, "0 of 24")
@@ -340,10 +343,7 @@ func TestPublishReviewFramesFitADefaultPeer(t *testing.T) {
 	b := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 8 << 20 }))
 	prSubscriber(t, a, "big.>")
 	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Publish: []string{">"}})
-	batch := make([]json.RawMessage, 3000)
-	for i := range batch {
-		batch[i] = jsonString(1000)
-	}
+	batch := jsonBatch(3000, 1000)
 	res, err := b.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "big.a", Batch: batch})
 	if err != nil || res.Published != len(batch) {
 		t.Fatalf("publish of %d publications of 1000 bytes = %+v, %v; want all published", len(batch), res, err)
