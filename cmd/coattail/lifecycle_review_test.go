@@ -24,11 +24,7 @@ func TestLifecycleServiceLogRotates(t *testing.T) {
 	a := newInstance(t, "a")
 	const max = 600 // bytes; a start and a stop write about 500
 	a.setConfig("rotate_size", strconv.Itoa(max))
-	for range 7 {
-		pid := a.start()
-		a.mustRun("service", "stop")
-		killAndWait(t, pid)
-	}
+	lrStartStop(t, a, 7)
 	logs, err := filepath.Glob(a.path("service.log*"))
 	if err != nil {
 		t.Fatal(err)
@@ -201,6 +197,17 @@ func lrHoldData(t *testing.T, a *instance, secs int) *proc {
 		return nil
 	})
 	return p
+}
+
+// lrStartStop starts a's service and stops it, times times, making sure
+// each time that its process is gone.
+func lrStartStop(t *testing.T, a *instance, times int) {
+	t.Helper()
+	for range times {
+		pid := a.start()
+		a.mustRun("service", "stop")
+		killAndWait(t, pid)
+	}
 }
 
 // lrEachCmdline calls fn with the pid and the command line (arguments
@@ -678,11 +685,7 @@ func TestLifecycleLogRotationSkipsDevices(t *testing.T) {
 	}
 	a.setConfig("file", link)
 	a.setConfig("rotate_size", "100")
-	for range 2 {
-		pid := a.start()
-		a.mustRun("service", "stop")
-		killAndWait(t, pid)
-	}
+	lrStartStop(t, a, 2)
 	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
 		t.Errorf("the log symlink to /dev/null was replaced: %v, %v", fi, err)
 	}
@@ -709,11 +712,7 @@ func TestLifecycleLogRotationFollowsSymlink(t *testing.T) {
 	}
 	a.setConfig("file", link)
 	a.setConfig("rotate_size", "600")
-	for range 4 {
-		pid := a.start()
-		a.mustRun("service", "stop")
-		killAndWait(t, pid)
-	}
+	lrStartStop(t, a, 4)
 	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
 		t.Fatalf("log.file is no longer the symlink: %v, %v", fi, err)
 	}
