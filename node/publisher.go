@@ -233,7 +233,12 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 	if err := readRequest(s, &req); err != nil {
 		return err
 	}
-	if req.MaxFrame != 0 && s.s.Protocol() != wire.ProtoSubscribe11 {
+	// 1.1.0 subscribers say how large a frame they read, and take a
+	// publication too large for one without its data; 1.0.0 ones read
+	// wire.DefaultMaxFrame (unless configured otherwise, which they cannot
+	// tell) and get every publication whole.
+	v11 := s.s.Protocol() == wire.ProtoSubscribe11
+	if req.MaxFrame != 0 && !v11 {
 		return wire.Errorf(wire.CodeBadRequest, "max_frame is a key of %s, not of %s", wire.ProtoSubscribe11, s.s.Protocol())
 	}
 	n := nw.n
@@ -290,15 +295,11 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 	if s.release != nil {
 		s.release()
 	}
-	// 1.1.0 subscribers say how large a frame they read, and take a
-	// publication too large for one without its data; 1.0.0 ones read
-	// wire.DefaultMaxFrame (unless configured otherwise, which they cannot
-	// tell) and get every publication whole.
-	maxFrame, omit := wire.DefaultMaxFrame, s.s.Protocol() == wire.ProtoSubscribe11
-	if omit && req.MaxFrame > 0 {
+	maxFrame := wire.DefaultMaxFrame
+	if v11 && req.MaxFrame > 0 {
 		maxFrame = req.MaxFrame
 	}
-	return nw.deliver(ctx, s, sub, next-1, window, maxFrame, omit)
+	return nw.deliver(ctx, s, sub, next-1, window, maxFrame, v11)
 }
 
 // checkHop refuses a perform or publication of subject that a cascade
