@@ -700,7 +700,8 @@ network:
   # 0: unlimited circuits). A reset subscription reconnects and resumes from
   # its last ack, over a direct connection if hole punching made one.
   # relay_limit_data must exceed the largest publication that crosses the
-  # relay. libp2p's own defaults (2m, 128KiB) are meant for public relays
+  # relay by 16KiB (a larger one arrives as a dead letter without its
+  # data). libp2p's own defaults (2m, 128KiB) are meant for public relays
   # that only bootstrap hole punching. The duration is in whole seconds.
   # Defaults: 1h0m0s and 64MiB.
   relay_limit_duration: {{.C.Network.RelayLimitDuration}}

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math"
 	"strings"
 	"testing"
 
 	"github.com/coattail/coattail/node/wire"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 )
 
 // writeDeliveries splits a batch whose frame would be over the
@@ -89,5 +92,41 @@ func TestWriteDeliveriesSplitsToTheLimit(t *testing.T) {
 		got[1].Seq != 7 || got[1].Omitted != uint64(maxFrame) || len(got[1].Data) != 0 ||
 		got[2].Seq != 2 || got[2].Omitted != 0 || !bytes.Equal(got[2].Data, ds[1].Data) {
 		t.Fatalf("frames carried %+v; want seq 1 whole, seq 7 without its %d bytes, seq 2 whole", got, maxFrame)
+	}
+}
+
+// statConn is a connection that only reports its stats.
+type statConn struct {
+	network.Conn
+	stat network.ConnStats
+}
+
+func (c statConn) Stat() network.ConnStats { return c.stat }
+
+// circuitFrameLimit leaves circuitMargin of a relay's data limit for what
+// else crosses a circuit, half of a small limit, and nothing to limit
+// when the relay set no data limit.
+func TestCircuitFrameLimit(t *testing.T) {
+	limited := func(data any) network.Conn {
+		st := network.ConnStats{}
+		st.Limited = true
+		st.Extra = map[any]any{client.StatLimitData: data}
+		return statConn{stat: st}
+	}
+	for _, tc := range []struct {
+		c    network.Conn
+		want int
+	}{
+		{limited(uint64(128 << 10)), 128<<10 - circuitMargin},
+		{limited(uint64(20 << 10)), 10 << 10},
+		{limited(uint64(1)), 1},
+		{limited(uint64(0)), 0},
+		{limited("not a number"), 0},
+		{statConn{stat: network.ConnStats{}}, 0},
+		{limited(uint64(1) << 63), math.MaxInt32},
+	} {
+		if got := circuitFrameLimit(tc.c); got != tc.want {
+			t.Errorf("circuitFrameLimit(%v) = %d, want %d", tc.c.Stat().Extra, got, tc.want)
+		}
 	}
 }

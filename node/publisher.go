@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 )
 
 // Delivery tuning. The window bounds the deliveries a subscriber holds
@@ -432,16 +434,23 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 	// frame's own encoding (deliveryOverhead), so that a subscriber whose
 	// max_payload is small gets frames it reads: it refuses a larger one,
 	// and would then be sent the same frame again for ever.
-	budget := max(1, min(deliverBytes, maxFrame-deliveryOverhead))
 	// Over a limited relay circuit, one delivery per frame: the relay cuts
 	// the circuit after so many bytes, and a subscriber only processes
 	// whole frames, so a frame of several deliveries larger than what a
 	// circuit carries would be cut every time and sent again on the next,
 	// for ever; one at a time, each that crosses is processed and saved.
+	// A single publication larger than a circuit carries would be the
+	// same: it goes without its data (a 1.1.0 subscriber parks it as a
+	// dead letter), so that what is queued behind it moves on.
 	perFrame := deliverBatch
+	circuitLimit := 0
 	if s.s.Conn().Stat().Limited {
 		perFrame = 1
+		if l := circuitFrameLimit(s.s.Conn()); omit && l > 0 && l < maxFrame {
+			circuitLimit, maxFrame = l, l
+		}
 	}
+	budget := max(1, min(deliverBytes, maxFrame-deliveryOverhead))
 	for {
 		if ctx.Err() != nil {
 			// Replaced (above): stop now, not once the window is full or
@@ -481,6 +490,12 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 			buf, err = writeDeliveries(s.w, buf, deliveries, maxFrame, omit, func(d *wire.Delivery) {
 				// The subscriber's limit decides how often: sampled.
 				if ok, extra := n.noisy.allow(); ok {
+					if circuitLimit > 0 {
+						n.log.Warn("publication larger than the relay circuit to the subscriber carries; sent without its data (the subscriber parks it as a dead letter)",
+							append([]any{"subscription", sub.ID, "subscriber", sub.Subscriber, "seq", d.Seq, "subject", d.Subject,
+								"bytes", len(d.Data), "circuit_max_frame", circuitLimit}, extra...)...)
+						return
+					}
 					n.log.Warn("publication larger than the subscriber accepts; sent without its data (the subscriber parks it as a dead letter)",
 						append([]any{"subscription", sub.ID, "subscriber", sub.Subscriber, "seq", d.Seq, "subject", d.Subject,
 							"bytes", len(d.Data), "subscriber_max_frame", maxFrame}, extra...)...)
@@ -537,6 +552,27 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 			return nil
 		}
 	}
+}
+
+// circuitMargin is what a relay circuit is taken to carry towards the
+// subscriber besides the delivery that has to cross it: the security
+// handshake, protocol negotiation, identify, pings, the subscribe answer
+// and framing. A fresh circuit (the subscriber opens one after each cut)
+// carries a few KiB of these: a 56 KiB publication crossed a fresh 64 KiB
+// circuit on loopback; twice that leaves room for hosts with many
+// addresses.
+const circuitMargin = 16 << 10
+
+// circuitFrameLimit is the largest delivery frame that crosses c, a
+// limited relay circuit, on a fresh circuit: the relay's data limit (it
+// cuts the circuit after so many bytes each way) less circuitMargin, or
+// half the limit when that is smaller. 0: c has no data limit.
+func circuitFrameLimit(c network.Conn) int {
+	data, _ := c.Stat().Extra[client.StatLimitData].(uint64)
+	if data == 0 {
+		return 0
+	}
+	return int(min(data-min(circuitMargin, data/2), math.MaxInt32))
 }
 
 // deliveryOverhead bounds what a TDeliver frame holds beyond its items'

@@ -114,27 +114,21 @@ func TestSubscriptionMovesFromRelayToDirect(t *testing.T) {
 	})
 }
 
-// Over a relay circuit that carries little (here 64 KiB, libp2p's default
-// is 128 KiB), publications that each fit still all arrive: they go one
-// per frame. Eight to a frame (the window over a limited connection),
-// every frame was larger than a circuit carries, was cut, and was sent
-// again on the next circuit, for ever.
-func TestDeliveryOverTightRelayCircuit(t *testing.T) {
+// relayedOnly returns a publisher and a subscriber that reach each other
+// only through a relay whose circuits carry limitData bytes each way (no
+// direct path either way, as behind symmetric NATs): both stop listening
+// directly, and the subscriber knows the publisher only through its
+// circuit. The subscriber holds a token to subscribe to r.>.
+func relayedOnly(t *testing.T, limitData node.ByteSize) (pub, sub *node.Node) {
+	t.Helper()
 	ctx := testCtx(t)
-	relay := newTestNode(t, withQuietLog(), func(o *node.Options) { o.Relay = true; o.Config.Network.RelayLimitData = 64 << 10 })
-	pub, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	relay := newTestNode(t, withQuietLog(), func(o *node.Options) { o.Relay = true; o.Config.Network.RelayLimitData = limitData })
+	pub, sub = newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
 	relayTCP := relay.Host().Addrs()[0]
 	if _, err := client.Reserve(ctx, pub.Host(), peer.AddrInfo{ID: relay.ID(), Addrs: []ma.Multiaddr{relayTCP}}); err != nil {
 		t.Fatalf("reserve a slot on the relay: %v", err)
 	}
-	var c counter
-	if err := sub.RegisterReceiver("rec", c.handler); err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"r.>"}})
-	// No direct path either way (as behind symmetric NATs): both stop
-	// listening, and the subscriber knows the publisher only through its
-	// circuit.
+	connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"r.>"}})
 	for _, n := range []*node.Node{pub, sub} {
 		var direct []ma.Multiaddr
 		for _, a := range n.Host().Network().ListenAddresses() {
@@ -153,7 +147,14 @@ func TestDeliveryOverTightRelayCircuit(t *testing.T) {
 	if err := sub.Host().Connect(network.WithAllowLimitedConn(ctx, "test"), peer.AddrInfo{ID: pub.ID(), Addrs: []ma.Multiaddr{circuit}}); err != nil {
 		t.Fatalf("connect through the relay: %v", err)
 	}
-	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "r.>", Receiver: "rec"}); err != nil {
+	return pub, sub
+}
+
+// subscribeRelayed subscribes sub's receiver to r.> at pub (set up by
+// relayedOnly) and waits until the publisher streams it over the relay.
+func subscribeRelayed(t *testing.T, pub, sub *node.Node, receiver string) {
+	t.Helper()
+	if _, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pub.ID().String(), Pattern: "r.>", Receiver: receiver}); err != nil {
 		t.Fatal(err)
 	}
 	// The publisher attaches the stream a moment after its answer.
@@ -163,6 +164,21 @@ func TestDeliveryOverTightRelayCircuit(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Over a relay circuit that carries little (here 64 KiB, libp2p's default
+// is 128 KiB), publications that each fit still all arrive: they go one
+// per frame. Eight to a frame (the window over a limited connection),
+// every frame was larger than a circuit carries, was cut, and was sent
+// again on the next circuit, for ever.
+func TestDeliveryOverTightRelayCircuit(t *testing.T) {
+	ctx := testCtx(t)
+	pub, sub := relayedOnly(t, 64<<10)
+	var c counter
+	if err := sub.RegisterReceiver("rec", c.handler); err != nil {
+		t.Fatal(err)
+	}
+	subscribeRelayed(t, pub, sub, "rec")
 	const total = 40
 	msgs := make([]node.Message, total)
 	for i := range msgs {
@@ -177,4 +193,48 @@ func TestDeliveryOverTightRelayCircuit(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A publication larger than a relay circuit carries never crosses it: it
+// was cut, sent again on the next circuit, and cut again, for ever, and
+// everything queued behind it waited. It goes without its data instead;
+// the subscriber parks it as a dead letter that says why, and the
+// publications behind it arrive.
+func TestPublicationLargerThanRelayCircuitIsParked(t *testing.T) {
+	ctx := testCtx(t)
+	pub, sub := relayedOnly(t, 64<<10)
+	rec := &flRecorder{}
+	if err := sub.RegisterReceiver("rec", rec.handle); err != nil {
+		t.Fatal(err)
+	}
+	subscribeRelayed(t, pub, sub, "rec")
+	big := json.RawMessage(`"` + strings.Repeat("y", 80<<10) + `"`)
+	for _, m := range []node.Message{{Subject: "r.a", Data: json.RawMessage(`1`)}, {Subject: "r.big", Data: big}, {Subject: "r.a", Data: json.RawMessage(`3`)}} {
+		if _, err := pub.PublishBatch(ctx, []node.Message{m}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if s := pub.Subscribers(); len(s) != 1 || s[0].Acked != 3 {
+			return fmt.Errorf("subscribers at the publisher: %+v; want all 3 publications acked", s)
+		}
+		return nil
+	})
+	if got := rec.runs(); strings.Join(got, ",") != "1 1,3 3" {
+		t.Fatalf("the receiver ran for %q, want the two small publications, in order", got)
+	}
+	list, err := sub.DeadLetters(ctx, localapi.DeadLetterQuery{Data: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.DeadLetters) != 1 {
+		t.Fatalf("dead letters %+v, want the large publication", list.DeadLetters)
+	}
+	d := list.DeadLetters[0]
+	if d.Seq != 2 || d.Subject != "r.big" || d.TooLarge != uint64(len(big)) || d.Data != nil || !strings.Contains(d.Error, "relay circuit") {
+		t.Fatalf("dead letter %+v; want seq 2, r.big, too_large %d, no data, the relay circuit named as the reason", d, len(big))
+	}
+	if err := sub.ReplayDeadLetter(ctx, d.ID, nil); err == nil || !strings.Contains(err.Error(), "relay circuit") {
+		t.Fatalf("replay of a publication that never arrived = %v, want a refusal naming the relay circuit", err)
+	}
 }

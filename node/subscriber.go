@@ -640,6 +640,12 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 			how = "the publisher sent it without its data"
 		}
 		tl.Data = nil
+		if tl.Omitted <= uint64(n.cfg.Limits.MaxPayload) {
+			// Not too large for this instance: for the relay circuit it
+			// had to cross (the publisher's only reason to leave it out).
+			return n.park(sub, &tl, fmt.Errorf("publication of %d bytes is larger than the relay circuit between the publisher and this instance carries (the relay's data limit); the publisher sent it without its data, so the receiver was not run and it is not kept (a direct connection, or a relay with a larger relay_limit_data, carries it)",
+				tl.Omitted), 0)
+		}
 		return n.park(sub, &tl, fmt.Errorf("publication of %d bytes is larger than this instance accepts (limits.max_payload %v); %s, but the receiver was not run and it is not kept",
 			tl.Omitted, n.cfg.Limits.MaxPayload, how), 0)
 	}
@@ -1173,8 +1179,12 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 		return err
 	}
 	if d.TooLarge > 0 {
+		why := "was larger than this instance accepts and never arrived; drop it (deadletters drop %[1]s), and raise limits.max_payload to receive such publications"
+		if d.TooLarge <= uint64(n.cfg.Limits.MaxPayload) {
+			why = "never arrived (it was larger than the relay circuit from its publisher carries, or than this instance accepted then); drop it (deadletters drop %[1]s)"
+		}
 		return &localapi.Error{Status: http.StatusConflict, Code: localapi.CodeConflict,
-			Message: fmt.Sprintf("dead letter %s cannot be replayed: the publication (%d bytes) was larger than this instance accepts and never arrived; drop it (deadletters drop %s), and raise limits.max_payload to receive such publications", id, d.TooLarge, id)}
+			Message: fmt.Sprintf("dead letter %[1]s cannot be replayed: the publication (%[2]d bytes) "+why, id, d.TooLarge)}
 	}
 	input := d.Data
 	if d.Raw != nil {
