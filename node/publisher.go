@@ -289,6 +289,13 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 		// than a circuit carries, and the backlog would never drain.
 		window = min(window, limitedDeliverWindow)
 	}
+	// Attached before the answer: once the subscriber has it, `subscribers
+	// list` here shows the subscription connected (it showed it not
+	// connected for a moment after the subscribe returned).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	at := nw.attached.attach(sub.ID, cancel, pathOf(s.s.Conn()), s.peer)
+	defer nw.attached.detach(sub.ID, at)
 	if err := s.send(wire.TResult, wire.SubscribeResponse{SubscriptionID: sub.ID, NextSeq: next, Window: window}); err != nil {
 		return err
 	}
@@ -353,13 +360,9 @@ func (nw *netsvc) addSubscription(ctx context.Context, sub topics.Subscription) 
 // messages that fit the subscriber's maxFrame, at most window unacked,
 // acks read concurrently. It returns when the stream fails, the grant is
 // revoked or expires, or a newer stream for the same subscription takes
-// over.
+// over (ctx, which the caller attached as sub's deliverer, ends).
 func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscription, sent uint64, window, maxFrame int, omit bool) error {
 	n := nw.n
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	at := nw.attached.attach(sub.ID, cancel, pathOf(s.s.Conn()), s.peer)
-	defer nw.attached.detach(sub.ID, at)
 	// Replaced by a newer stream of the same subscription, kicked, or the
 	// node closing: the stream ends at once, also while a write waits for
 	// a subscriber that no longer reads it (up to stream_timeout).

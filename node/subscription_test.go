@@ -549,3 +549,35 @@ func TestReplayFailureIsRecorded(t *testing.T) {
 		t.Fatalf("dead letters after a successful replay: %+v", dl)
 	}
 }
+
+// Once Subscribe returns, the publisher lists the subscription as
+// connected: it attaches the stream before it answers. It used to attach
+// it a moment after, and `subscribers list` right after a subscribe
+// showed the subscription not connected.
+func TestSubscribersListConnectedOnceSubscribed(t *testing.T) {
+	ctx := testCtx(t)
+	pub, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	var c counter
+	if err := sub.RegisterReceiver("rec", c.handler); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{">"}})
+	for i := range 20 {
+		s, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: fmt.Sprintf("c%d.>", i), Receiver: "rec"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, ss := range pub.Subscribers() {
+			if ss.ID == s.ID {
+				found = true
+				if !ss.Connected || ss.Path != "direct" {
+					t.Fatalf("subscription %d right after Subscribe returned: %+v, want connected over a direct stream", i, ss)
+				}
+			}
+		}
+		if !found {
+			t.Fatalf("subscription %s is not listed at the publisher", s.ID)
+		}
+	}
+}
