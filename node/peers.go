@@ -551,7 +551,8 @@ func canonicalPeerIDs(ids []string) ([]string, error) {
 // writing first held the stream until its deadline, and then reported the
 // failed write). On an error, it says how many publications the peer
 // stored: the first ones, in order, up to the last answer read
-// (PROTOCOL.md: last_seq), and none after.
+// (PROTOCOL.md: last_seq), and none after when the peer refused the next;
+// when no answer came (the stream broke) it may have stored more.
 func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publication) (localapi.PublishResult, error) {
 	s, err := n.open(ctx, peerID, wire.ProtoPublish, nil)
 	if err != nil {
@@ -652,7 +653,19 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 		if !stop() && ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 		}
-		return localapi.PublishResult{Published: total}, fmt.Errorf("node: %d of %d publications were stored at %s (the first %d, in order), the rest were not: %w", stored, len(pubs), peerID, stored, err)
+		var refused *wire.Error
+		switch {
+		case !errors.As(err, &refused):
+			// No answer for the rest: the peer may have stored some.
+			err = fmt.Errorf("node: %s confirmed %d of %d publications (the first %d, in order); the rest got no answer, so it may or may not have stored them: %w", peerID, stored, len(pubs), stored, err)
+		case len(pubs) == 1:
+			err = fmt.Errorf("node: %s did not store the publication: %w", peerID, err)
+		case stored == 0:
+			err = fmt.Errorf("node: %s stored 0 of %d publications: %w", peerID, len(pubs), err)
+		default:
+			err = fmt.Errorf("node: %s stored %d of %d publications (the first %d, in order), not the rest: %w", peerID, stored, len(pubs), stored, err)
+		}
+		return localapi.PublishResult{Published: total}, err
 	}
 	return localapi.PublishResult{Published: total}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -239,21 +240,32 @@ func newActionPublishCmd(a *app) *cobra.Command {
 const (
 	publishBatch      = 4096
 	publishBatchBytes = 16 << 20
+	// maxStdinLine bounds one stdin line (the scanner's buffer).
+	maxStdinLine = 64 << 20
 )
 
 // publishLines publishes each stdin line as one message, in batches, and
 // reports the total.
 func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.PublishRequest) error {
 	sc := bufio.NewScanner(a.in)
-	sc.Buffer(make([]byte, 64<<10), 64<<20)
-	total, lines, published, lineNo, batchBytes := 0, 0, 0, 0, 0
+	sc.Buffer(make([]byte, 64<<10), maxStdinLine)
+	// first and last: the stdin line numbers the batch starts and ends at.
+	total, lines, published, lineNo, batchBytes, first, last := 0, 0, 0, 0, 0, 0, 0
 	send := func() error {
 		if len(req.Batch) == 0 {
 			return nil
 		}
 		res, err := c.Publish(cmd.Context(), req)
 		if err != nil {
-			return fmt.Errorf("after %d published line(s): %w", published, err)
+			var answered *localapi.Error
+			if !errors.As(err, &answered) {
+				// No answer (the service went away): the batch may or may
+				// not have been stored, and publishing it again blindly
+				// could publish it twice.
+				return fmt.Errorf("%d line(s) before stdin line %d were published; the batch of stdin lines %d-%d (%d line(s)) got no answer, so it may or may not have been published: %w",
+					published, first, first, last, len(req.Batch), err)
+			}
+			return fmt.Errorf("%d line(s) before stdin line %d were published; the batch of stdin lines %d-%d was refused: %w", published, first, first, last, err)
 		}
 		total += res.Published
 		published += len(req.Batch)
@@ -268,13 +280,22 @@ func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.Publis
 		}
 		lines++
 		if !json.Valid(line) {
-			return fmt.Errorf("stdin line %d is not valid JSON (%d line(s) before it were published, none after)", lineNo, published)
+			// Everything before it is published, nothing from it on: where
+			// to start again does not depend on how lines were batched.
+			if err := send(); err != nil {
+				return err
+			}
+			return fmt.Errorf("stdin line %d is not valid JSON: the %d line(s) before it were published, none from it on", lineNo, published)
 		}
 		if len(req.Batch) > 0 && batchBytes+len(line) > publishBatchBytes {
 			if err := send(); err != nil {
 				return err
 			}
 		}
+		if len(req.Batch) == 0 {
+			first = lineNo
+		}
+		last = lineNo
 		req.Batch = append(req.Batch, json.RawMessage(bytes.Clone(line)))
 		batchBytes += len(line)
 		if len(req.Batch) >= publishBatch {
@@ -284,7 +305,13 @@ func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.Publis
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("reading stdin: %w", err)
+		if serr := send(); serr != nil {
+			return serr
+		}
+		if errors.Is(err, bufio.ErrTooLong) {
+			return fmt.Errorf("stdin line %d is longer than %d MiB (a publication is at most limits.max_payload): the %d line(s) before it were published, none from it on", lineNo+1, maxStdinLine>>20, published)
+		}
+		return fmt.Errorf("reading stdin after line %d: %w (the %d line(s) before it were published)", lineNo, err, published)
 	}
 	if err := send(); err != nil {
 		return err

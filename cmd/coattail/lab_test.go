@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -314,9 +315,11 @@ func TestPublishStdinBatch(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "published 2 message(s)") {
 		t.Fatalf("publish --stdin: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
 	}
-	// Lines are numbered as in the input, blank ones included.
-	_, stderr, code = a.runStdin("1\n\n{bad\n", "action", "publish", "--action", "lab.0", "--stdin")
-	if code == 0 || !strings.Contains(stderr, "stdin line 3 is not valid JSON") {
+	// Lines are numbered as in the input, blank ones included; the lines
+	// before a bad one are published, whatever the batching, and none
+	// after.
+	_, stderr, code = a.runStdin("1\n\n{bad\n4\n", "action", "publish", "--action", "lab.0", "--stdin")
+	if code == 0 || !strings.Contains(stderr, "stdin line 3 is not valid JSON: the 1 line(s) before it were published, none from it on") {
 		t.Fatalf("publish --stdin of a bad line: exit %d, stderr: %s", code, stderr)
 	}
 	// 80 MB of 100 KB lines: batches are cut by bytes too, not only by
@@ -337,5 +340,52 @@ func TestLabSmallMeshDefaultDegree(t *testing.T) {
 	checkLabReport(t, rep, 3, 3*2, 5)
 	if rep.Topology != labMesh {
 		t.Errorf("topology %q, want the default mesh", rep.Topology)
+	}
+}
+
+// When the service goes away during `action publish --stdin`, the error
+// says which lines were published and which batch got no answer (it may
+// or may not have been stored): it said "after 4096 published line(s):
+// EOF", and publishing again from there published the unanswered batch
+// twice.
+func TestPublishStdinServiceGone(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	pid := a.start()
+	cmd := exec.Command(binPath, "action", "publish", "--action", "lab.0", "--stdin")
+	cmd.Dir, cmd.Env = a.dir, childEnv(t, a.env...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	// The first batch (4096 lines) goes once full; wait for it to be in.
+	if _, err := in.Write(bytes.Repeat([]byte("1\n"), publishBatch+2)); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 30*time.Second, func() error {
+		if c := a.counters(); c.Published != publishBatch {
+			return fmt.Errorf("published %d, want the first batch (%d)", c.Published, publishBatch)
+		}
+		return nil
+	})
+	killAndWait(t, pid)
+	_ = in.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-time.After(commandTimeout):
+		t.Fatal("publish --stdin did not exit after its service died")
+	}
+	want := fmt.Sprintf("%d line(s) before stdin line %d were published; the batch of stdin lines %d-%d (2 line(s)) got no answer, so it may or may not have been published",
+		publishBatch, publishBatch+1, publishBatch+1, publishBatch+2)
+	if err == nil || !strings.Contains(errb.String(), want) {
+		t.Fatalf("publish --stdin whose service died: %v\nstdout: %s\nstderr: %s\nwant: %s", err, out.String(), errb.String(), want)
 	}
 }
