@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -141,19 +142,51 @@ func parseData(s string) (json.RawMessage, error) {
 	return json.RawMessage(s), nil
 }
 
+// maxStdinInput bounds what `action perform --stdin` reads: the control
+// API takes request bodies up to 70 MiB, and the service refuses an input
+// over its limits.max_payload with its own message.
+const maxStdinInput = 64 << 20
+
+// readStdinInput reads all of r as one JSON value, the input of a perform.
+func readStdinInput(r io.Reader) (json.RawMessage, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxStdinInput+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading stdin: %w", err)
+	}
+	if len(b) > maxStdinInput {
+		return nil, fmt.Errorf("stdin is larger than %d MiB (an input is at most the service's limits.max_payload)", maxStdinInput>>20)
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, fmt.Errorf("stdin is empty: --stdin takes the input as one JSON value (for no input, leave out --stdin)")
+	}
+	if !json.Valid(b) {
+		return nil, fmt.Errorf("stdin is not one valid JSON value (%d bytes; for one publication per line use action publish --stdin)", len(b))
+	}
+	return json.RawMessage(bytes.TrimSpace(b)), nil
+}
+
 func newActionPerformCmd(a *app) *cobra.Command {
 	var req localapi.PerformRequest
 	var data string
-	var quiet bool
+	var quiet, fromStdin bool
 	cmd := &cobra.Command{
-		Use:   "perform --action NAME [--data JSON] [--notify] [--peer ID]",
+		Use:   "perform --action NAME [--data JSON | --stdin] [--notify] [--peer ID]",
 		Short: "Run an action here or on a peer and print its JSON output",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := notEmpty(cmd, "peer", "to"); err != nil {
 				return err
 			}
-			in, err := parseData(data)
+			var in json.RawMessage
+			var err error
+			if fromStdin {
+				if cmd.Flags().Changed("data") {
+					return fmt.Errorf("--stdin and --data cannot be combined")
+				}
+				in, err = readStdinInput(a.in)
+			} else {
+				in, err = parseData(data)
+			}
 			if err != nil {
 				return err
 			}
@@ -180,6 +213,7 @@ func newActionPerformCmd(a *app) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&req.Action, "action", "", "action name (subject)")
 	cmd.Flags().StringVar(&data, "data", "", "JSON input (default null)")
+	cmd.Flags().BoolVar(&fromStdin, "stdin", false, "read the JSON input from stdin (one value, up to 64 MiB; for inputs too large for an argument)")
 	cmd.Flags().BoolVar(&req.Notify, "notify", false, "publish the output to the action's subscribers")
 	cmd.Flags().StringVar(&req.Peer, "peer", "", "perform on this peer instead of here")
 	cmd.Flags().StringSliceVar(&req.To, "to", nil, "with --notify: only notify subscribers with these peer ids")

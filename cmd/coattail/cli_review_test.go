@@ -231,3 +231,26 @@ func TestTokenIssueWarnsOfAnyAddressBearer(t *testing.T) {
 		}
 	}
 }
+
+// `action perform --stdin` takes an input too large for an argument
+// (Linux caps one at 128 KiB; max_payload is 1 MiB): --data could not carry
+// it at all. Stdin must hold one JSON value.
+func TestPerformStdinInput(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	a.writeScript("actions", "echo", "cat\n")
+	big := `{"pad":"` + strings.Repeat("x", 300<<10) + `"}`
+	stdout, stderr, code := a.runStdin(big+"\n", "action", "perform", "--action", "echo", "--stdin", "--quiet")
+	if code != 0 || strings.TrimSpace(stdout) != big {
+		t.Fatalf("perform --stdin: exit %d, %d bytes out (want the %d-byte input back), stderr: %s", code, len(stdout), len(big), stderr)
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"1\n2\n", "stdin is not one valid JSON value"},
+		{"{bad", "stdin is not one valid JSON value"},
+	} {
+		_, stderr, code := a.runStdin(tc.in, "action", "perform", "--action", "echo", "--stdin")
+		if code == 0 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("perform --stdin of %q: exit %d, stderr %q, want %q", tc.in, code, stderr, tc.want)
+		}
+	}
+}

@@ -33,6 +33,8 @@ func TestRunFlagErrors(t *testing.T) {
 		{"missing --action on publish", []string{"action", "publish"}, `required flag(s) "action" not set`},
 		{"bad --data JSON", []string{"action", "perform", "--action", "echo", "--data", "{bad"}, "--data is not valid JSON"},
 		{"bad --data JSON on publish", []string{"action", "publish", "--action", "echo", "--data", "[1,"}, "--data is not valid JSON"},
+		{"empty --stdin on perform", []string{"action", "perform", "--action", "echo", "--stdin"}, "stdin is empty"},
+		{"--stdin and --data on perform", []string{"action", "perform", "--action", "echo", "--stdin", "--data", "1"}, "--stdin and --data cannot be combined"},
 		{"bad --expires-in", []string{"token", "issue", "--expires-in", "soon"}, `--expires-in "soon": use a duration such as`},
 		{"negative --not-before", []string{"token", "issue", "--not-before", "-1h"}, "--not-before"},
 		{"bad --expires-in on validation", []string{"validation", "issue", "--expires-in", "3 days"}, "--expires-in"},
