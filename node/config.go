@@ -248,17 +248,21 @@ func emptyDocument(n *yaml.Node) bool {
 // fraction for a whole number are errors.
 func ParseConfig(name string, b []byte) (Config, error) {
 	c := DefaultConfig(DefaultPort)
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // empty file: all defaults
-		return Config{}, fmt.Errorf("%w: %s: %s", ErrConfig, name, strings.TrimPrefix(err.Error(), "yaml: "))
-	}
-	var doc yaml.Node // the first document again, as written
+	// The first document as written, checked first: unknown and repeated
+	// keys, and values of the wrong kind, are named in the config's terms
+	// (yaml.v3 says "field x not found in type node.Config" and "cannot
+	// unmarshal !!str `5x` into time.Duration").
+	var doc yaml.Node
 	if err := yaml.Unmarshal(b, &doc); err == nil {
 		err := errors.Join(checkScalars(&doc, reflect.TypeFor[Config](), ""), checkDuplicates(&doc))
 		if err != nil {
 			return Config{}, fmt.Errorf("%w: %s: %w", ErrConfig, name, err)
 		}
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // empty file: all defaults
+		return Config{}, fmt.Errorf("%w: %s: %s", ErrConfig, name, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	// A second document (after ---) would otherwise be ignored unchecked.
 	// Empty ones (a trailing ---, as some generators write) are fine.
@@ -296,27 +300,63 @@ func checkScalars(n *yaml.Node, t reflect.Type, path string) error {
 		return nil // yaml.v3 reports the type mismatch with its line
 	}
 	var errs []error
+	seen := make(map[string]int, len(n.Content)/2) // key -> line
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		key, val := n.Content[i], n.Content[i+1]
-		f, ok := fieldByTag(t, key.Value)
-		if !ok {
-			continue // unknown key: the strict decoder names it
+		if key.ShortTag() == "!!merge" {
+			continue // "<<: *alias": the decoder checks what it merges in
+		}
+		if val.Kind == yaml.AliasNode && val.Alias != nil {
+			val = val.Alias
 		}
 		name := key.Value
 		if path != "" {
 			name = path + "." + key.Value
 		}
+		if first, ok := seen[key.Value]; ok {
+			errs = append(errs, fmt.Errorf("%s (line %d): set twice (also line %d); delete one", name, key.Line, first))
+			continue
+		}
+		seen[key.Value] = key.Line
+		f, ok := fieldByTag(t, key.Value)
+		if !ok {
+			where := "at the top level"
+			if path != "" {
+				where = "in " + path
+			}
+			errs = append(errs, fmt.Errorf("%s (line %d): unknown key %s; the keys there are %s", name, key.Line, where, strings.Join(yamlKeys(t), ", ")))
+			continue
+		}
 		ft := f.Type
+		isScalar := val.Kind == yaml.ScalarNode
 		switch {
-		case val.Kind == yaml.ScalarNode && val.ShortTag() == "!!null":
+		case isScalar && val.ShortTag() == "!!null":
 			if ft.Kind() == reflect.Struct || ft.Kind() == reflect.Slice {
 				continue // an empty section keeps its defaults; an empty list is empty
 			}
 			errs = append(errs, fmt.Errorf("%s (line %d): no value; write one, or delete the line to keep the default", name, key.Line))
+		case ft.Kind() == reflect.Struct && val.Kind != yaml.MappingNode:
+			errs = append(errs, fmt.Errorf("%s (line %d): is a section: its keys go on the lines below it, indented", name, val.Line))
 		case ft.Kind() == reflect.Struct:
 			if err := checkScalars(val, ft, name); err != nil {
 				errs = append(errs, err)
 			}
+		case ft.Kind() == reflect.Slice && val.Kind != yaml.SequenceNode:
+			errs = append(errs, fmt.Errorf("%s (line %d): is a list: write [a, b] or one \"- item\" per line below it", name, val.Line))
+		case ft.Kind() != reflect.Slice && !isScalar:
+			errs = append(errs, fmt.Errorf("%s (line %d): is one value, not a list or a section", name, val.Line))
+		case ft == reflect.TypeFor[time.Duration]():
+			if _, err := time.ParseDuration(val.Value); err != nil || val.ShortTag() != "!!str" {
+				errs = append(errs, fmt.Errorf("%s (line %d): %q is not a duration; write one such as 30s, 5m or 1h30m", name, val.Line, val.Value))
+			}
+		case ft.Kind() == reflect.Int && val.ShortTag() == "!!str":
+			if _, err := strconv.Atoi(val.Value); err == nil {
+				errs = append(errs, fmt.Errorf("%s (line %d): %q is in quotes, so it is text; write the number without quotes", name, val.Line, val.Value))
+				break
+			}
+			errs = append(errs, fmt.Errorf("%s (line %d): %q is not a whole number", name, val.Line, val.Value))
+		case ft.Kind() == reflect.Bool && val.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) == 0 && val.ShortTag() != "!!bool" && !yaml11Bool(val.Value):
+			errs = append(errs, fmt.Errorf("%s (line %d): %q is not a boolean; write true or false", name, val.Line, val.Value))
 		case ft.Kind() == reflect.Int && val.Kind == yaml.ScalarNode && val.ShortTag() == "!!float":
 			errs = append(errs, fmt.Errorf("%s (line %d): %s is not a whole number", name, val.Line, val.Value))
 		case ft.Kind() == reflect.Bool && val.Kind == yaml.ScalarNode && val.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) != 0:
@@ -326,6 +366,28 @@ func checkScalars(n *yaml.Node, t reflect.Type, path string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// yaml11Bool reports whether yaml.v3 takes s, unquoted, for a boolean
+// field (YAML 1.1's spellings: yes, no, on, off, y, n and their cases).
+func yaml11Bool(s string) bool {
+	switch s {
+	case "y", "Y", "yes", "Yes", "YES", "on", "On", "ON",
+		"n", "N", "no", "No", "NO", "off", "Off", "OFF":
+		return true
+	}
+	return false
+}
+
+// yamlKeys lists the config keys of struct type t, in order.
+func yamlKeys(t reflect.Type) []string {
+	var keys []string
+	for i := range t.NumField() {
+		if tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); tag != "" && tag != "-" {
+			keys = append(keys, tag)
+		}
+	}
+	return keys
 }
 
 // addrLists are the network keys that hold lists of multiaddrs.

@@ -132,7 +132,7 @@ func TestParseConfigRefusesBadValues(t *testing.T) {
 		"water marks":      {"network:\n  conn_low: 10\n  conn_high: 5\n", "conn_high"},
 		"log level":        {"log:\n  level: chatty\n", "log.level"},
 		"not a mapping":    {"- just\n- a list\n", "line 1"},
-		"wrong type":       {"network:\n  port_mapping: sometimes\n", "line 2"},
+		"wrong type":       {"network:\n  port_mapping: sometimes\n", "network.port_mapping (line 2): \"sometimes\" is not a boolean"},
 		// yaml.v3 takes these silently: an empty value keeps the
 		// default, a fraction is truncated into an int.
 		"empty size":       {"limits:\n  max_payload:\n", "limits.max_payload (line 2): no value"},
@@ -169,12 +169,20 @@ func TestParseConfigRefusesBadValues(t *testing.T) {
 		"relay circuit":    {"network:\n  relays: [/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA]\n", "goes through another relay"},
 		"relay id inside":  {"network:\n  relays: [/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit]\n", "must end in /p2p/<peer-id>"},
 		"relay udp only":   {"network:\n  relays: [/ip4/192.0.2.1/udp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN]\n", "can dial"},
-		// yaml.v3 refuses these itself; kept so that stays true.
-		"duplicate key":        {"limits:\n  max_hops: 3\n  max_hops: 4\n", "line 3"},
-		"duplicate section":    {"log:\n  level: info\nlog:\n  file: x.log\n", "line 3"},
-		"unknown nested key":   {"log:\n  levle: debug\n", "levle"},
-		"quoted int":           {"limits:\n  max_hops: \"16\"\n", "line 2"},
-		"bare int duration":    {"limits:\n  action_timeout: 30\n", "line 2"},
+		// yaml.v3 refuses these itself, in its own terms ("field levle
+		// not found in type node.LogConfig", "cannot unmarshal !!str `5x`
+		// into time.Duration"): named in the config's terms instead.
+		"duplicate key":        {"limits:\n  max_hops: 3\n  max_hops: 4\n", "limits.max_hops (line 3): set twice (also line 2); delete one"},
+		"duplicate section":    {"log:\n  level: info\nlog:\n  file: x.log\n", "log (line 3): set twice (also line 1)"},
+		"unknown nested key":   {"log:\n  levle: debug\n", "log.levle (line 2): unknown key in log; the keys there are file, level, "},
+		"unknown top key":      {"bogus_key: 1\n", "bogus_key (line 1): unknown key at the top level; the keys there are network, limits, log"},
+		"quoted int":           {"limits:\n  max_hops: \"16\"\n", "limits.max_hops (line 2): \"16\" is in quotes"},
+		"text int":             {"limits:\n  max_hops: many\n", "limits.max_hops (line 2): \"many\" is not a whole number"},
+		"bare int duration":    {"limits:\n  action_timeout: 30\n", "limits.action_timeout (line 2): \"30\" is not a duration; write one such as 30s"},
+		"bad duration":         {"limits:\n  action_timeout: 5x\n", "limits.action_timeout (line 2): \"5x\" is not a duration"},
+		"section as value":     {"limits: 5\n", "limits (line 1): is a section"},
+		"value as list":        {"limits:\n  max_hops: [1]\n", "limits.max_hops (line 2): is one value"},
+		"list as value":        {"network:\n  listen: /ip4/127.0.0.1/tcp/1\n", "network.listen (line 2): is a list"},
 		"unknown key in merge": {"limits: &x\n  max_hops: 3\nnetwork:\n  <<: *x\n", "max_hops"},
 	}
 	for name, c := range cases {
