@@ -298,3 +298,34 @@ func TestDeliveryOutsideThePatternIsParked(t *testing.T) {
 		t.Fatalf("dead letters %+v, want seq 2 (g.x) parked as outside the pattern", dl)
 	}
 }
+
+// Subscribing a receiver that cannot run (not executable, a directory) is
+// refused, saying why: it was accepted, and every publication went
+// straight to the dead letters. A missing one is refused as before.
+func TestSubscribeRefusesReceiverThatCannotRun(t *testing.T) {
+	ctx := testCtx(t)
+	pub, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{">"}})
+	if err := os.WriteFile(filepath.Join(sub.Dir(), "receivers", "noexec"), []byte("#!/bin/sh\ncat\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(sub.Dir(), "receivers", "dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for rec, want := range map[string]string{"noexec": "chmod +x", "dir": "is a directory", "missing": `no receiver "missing" here`} {
+		_, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "a.>", Receiver: rec})
+		if !errors.Is(err, node.ErrBadRequest) || !strings.Contains(err.Error(), want) {
+			t.Errorf("subscribe receiver %s: %v, want a bad request saying %q", rec, err, want)
+		}
+	}
+	if subs, err := sub.Subscriptions(ctx); err != nil || len(subs) != 0 {
+		t.Fatalf("subscriptions %+v, %v; want none", subs, err)
+	}
+	if s := pub.Subscribers(); len(s) != 0 {
+		t.Fatalf("subscribers at the publisher %+v, want none", s)
+	}
+	writeReceiver(t, sub, "ok", "#!/bin/sh\ncat >/dev/null\n")
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "a.>", Receiver: "ok"}); err != nil {
+		t.Fatalf("subscribe an executable receiver: %v", err)
+	}
+}

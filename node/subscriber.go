@@ -800,8 +800,11 @@ func (n *Node) Subscribe(ctx context.Context, req localapi.SubscribeRequest) (lo
 	if err := topics.ValidateSubject(req.Receiver); err != nil {
 		return localapi.Subscription{}, fmt.Errorf("receiver name: %w", err)
 	}
-	if !n.runner.Exists(runner.KindReceiver, req.Receiver) {
+	if err := n.runner.Check(runner.KindReceiver, req.Receiver); errors.Is(err, runner.ErrNotFound) {
 		return localapi.Subscription{}, fmt.Errorf("%w: no receiver %q here (create it with: coattail action create --receiver --name %s)", ErrBadRequest, req.Receiver, req.Receiver)
+	} else if err != nil {
+		// Every publication would fail and be parked as a dead letter.
+		return localapi.Subscription{}, fmt.Errorf("%w: receiver %q cannot run, so every publication would be parked as a dead letter: %w", ErrBadRequest, req.Receiver, err)
 	}
 	if _, err := n.peerRecord(ctx, req.Peer); err != nil {
 		return localapi.Subscription{}, err
@@ -1176,7 +1179,7 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 	defer n.subscriber.releaseDead(id)
 	d, err := n.subscriber.dead.Get(ctx, id)
 	if err != nil {
-		return err
+		return deadNotFound(id, err)
 	}
 	if d.TooLarge > 0 {
 		why := "was larger than this instance accepts and never arrived; drop it (deadletters drop %[1]s), and raise limits.max_payload to receive such publications"
@@ -1253,9 +1256,19 @@ func (n *Node) DropDeadLetter(ctx context.Context, id string) error {
 	}
 	defer n.subscriber.releaseDead(id)
 	if _, err := n.subscriber.dead.Get(ctx, id); err != nil {
-		return err
+		return deadNotFound(id, err)
 	}
 	return n.subscriber.deleteDead(ctx, id)
+}
+
+// deadNotFound says that there is no dead letter id, in the user's terms
+// (the datastore names its key); other errors pass unchanged.
+func deadNotFound(id string, err error) error {
+	if errors.Is(err, datastore.ErrNotFound) {
+		return &localapi.Error{Status: http.StatusNotFound, Code: localapi.CodeNotFound,
+			Message: fmt.Sprintf("no dead letter %q (see: coattail deadletters list)", id)}
+	}
+	return err
 }
 
 // handleDeliverNudge serves /coattail/deliver: a publisher that holds

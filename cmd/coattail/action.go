@@ -206,6 +206,7 @@ func newActionPerformCmd(a *app) *cobra.Command {
 				fmt.Fprintln(a.out, string(res.Output))
 				if req.Notify && !quiet {
 					fmt.Fprintf(a.err, "published to %d subscription(s)\n", res.Published)
+					a.hintNoneOfTo(req.To, res.Published, req.Action, req.Peer)
 				}
 				return nil
 			})
@@ -255,6 +256,7 @@ func newActionPublishCmd(a *app) *cobra.Command {
 					return err
 				}
 				fmt.Fprintf(a.out, "published to %d subscription(s)\n", res.Published)
+				a.hintNoneOfTo(req.To, res.Published, req.Action, req.Peer)
 				return nil
 			})
 		},
@@ -266,6 +268,21 @@ func newActionPublishCmd(a *app) *cobra.Command {
 	cmd.Flags().BoolVar(&fromStdin, "stdin", false, "publish one message per line of stdin (each line a JSON value), in batches")
 	_ = cmd.MarkFlagRequired("action")
 	return cmd
+}
+
+// hintNoneOfTo says on stderr, when a publication restricted with --to
+// reached no subscription, that none of those peers holds a matching one:
+// a wrong peer id or subject otherwise passes without a word (exit 0: a
+// publication with no subscribers is not an error).
+func (a *app) hintNoneOfTo(to []string, published int, subject, peer string) {
+	if len(to) == 0 || published > 0 {
+		return
+	}
+	where := "here (see: coattail subscribers list)"
+	if peer != "" {
+		where = "at " + peer + " (its subscribers list shows them)"
+	}
+	fmt.Fprintf(a.err, "note: none of the --to peer(s) holds a subscription matching %q %s\n", subject, where)
 }
 
 // A publish call carries at most publishBatch stdin lines and about

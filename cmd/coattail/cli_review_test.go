@@ -254,3 +254,16 @@ func TestPerformStdinInput(t *testing.T) {
 		}
 	}
 }
+
+// An id that names nothing is refused in the user's terms: dead letters
+// said "datastore: not found: /deadletters/<id>", the datastore's key.
+func TestUnknownIDsAreNamed(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	for _, cmd := range []string{"replay", "drop"} {
+		stderr := a.mustFail([]string{"deadletters", cmd, "nope"}, `no dead letter "nope" (see: coattail deadletters list)`)
+		if strings.Contains(stderr, "/deadletters/") {
+			t.Errorf("deadletters %s of an unknown id names a datastore key: %s", cmd, stderr)
+		}
+	}
+}

@@ -711,6 +711,12 @@ func TestSubsToAndFullQueues(t *testing.T) {
 	if out := p1.mustRun("action", "publish", "--action", "to.x", "--data", `"only s2"`, "--to", s2.peerID()); !strings.Contains(out, "published to 1 subscription(s)") {
 		t.Errorf("publish --to printed %q", out)
 	}
+	// A --to that reaches nobody (a peer without a matching subscription)
+	// says so on stderr; it is no error.
+	if stdout, stderr, code := p1.run("action", "publish", "--action", "full.x", "--data", `"nobody"`, "--to", s2.peerID()); code != 0 ||
+		!strings.Contains(stdout, "published to 0 subscription(s)") || !strings.Contains(stderr, `none of the --to peer(s) holds a subscription matching "full.x"`) {
+		t.Errorf("publish --to a peer without a matching subscription: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
 	// A --to that is not a peer id, or --to without --notify, is refused:
 	// it would otherwise publish to nobody (or to everybody) silently.
 	p1.mustFail([]string{"action", "publish", "--action", "to.x", "--data", `1`, "--to", "not-a-peer"}, `--to "not-a-peer" is not a peer id`)

@@ -388,6 +388,20 @@ func (r *Runner) Exists(kind Kind, name string) bool {
 	return err == nil && !st.IsDir()
 }
 
+// Check reports why the kind/name program could not run now, as Run
+// would (ErrNotFound, ErrNotExecutable, a bad name), or nil when it could:
+// an in-process handler, or an executable file.
+func (r *Runner) Check(kind Kind, name string) error {
+	if err := checkName(kind, name); err != nil {
+		return err
+	}
+	if r.handler(kind, name) != nil {
+		return nil
+	}
+	_, err := r.locate(Invocation{Kind: kind, Name: name})
+	return err
+}
+
 // reservedEnv are the variables the runner sets itself; Invocation.Env may
 // not replace them, so that a program can trust what they say.
 var reservedEnv = map[string]bool{
