@@ -239,10 +239,20 @@ func (n *Node) open(ctx context.Context, id string, proto protocol.ID, req any) 
 		return nil, err
 	}
 	pid, _ := peer.Decode(r.ID)
-	if len(n.host.Peerstore().Addrs(pid)) == 0 {
-		n.host.Peerstore().AddAddrs(pid, parseAddrs(r.Addrs), peerstore.PermanentAddrTTL)
-	}
+	n.net.knowPeerAddrs(pid, r)
 	return n.net.openWith(ctx, pid, proto, r.Token, req)
+}
+
+// knowPeerAddrs puts the addresses of an added peer's record (those of the
+// token last added for it) in the peerstore, for good. They are added to
+// whatever else the peerstore knows of the peer (what identify told, a
+// subscriber's remembered addresses, restored at start): libp2p dials
+// every known address, and one that fails does not stop the others. They
+// used to be added only to a peerstore that knew none, so a peer that
+// moved stayed unreachable at the address its refreshed record gave while
+// an older one (remembered from when it subscribed) was known.
+func (nw *netsvc) knowPeerAddrs(pid peer.ID, r peerRecord) {
+	nw.host.Peerstore().AddAddrs(pid, parseAddrs(r.Addrs), peerstore.PermanentAddrTTL)
 }
 
 func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, token string, req any) (*session, error) {

@@ -1,0 +1,91 @@
+package node_test
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"testing"
+
+	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/localapi"
+)
+
+// movedPeers sets up the tester's scenario: s is a publisher that p, an
+// added peer of s, once subscribed to (so s remembers where p listened,
+// /subs/addrs), and p then moved to other ports (every start of a
+// reopenable node listens on new random ports). s has not yet been given
+// a token carrying p's new addresses. It returns both nodes running, s's
+// reopen, and p's id as s knows it.
+func movedPeers(t *testing.T) (s, p *node.Node, reopenS func() *node.Node, pid string) {
+	t.Helper()
+	ctx := testCtx(t)
+	_, openS := reopenable(t)
+	_, openP := reopenable(t)
+	setupP := func(n *node.Node) {
+		register(t, n, "echo", (&counter{}).handler)
+		if err := n.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s = openS(false, nil)
+	p = openP(false, setupP)
+	sid, _ := connectPeers(t, s, p, localapi.IssueRequest{Subscribe: []string{"mv.>"}})
+	if _, err := p.Subscribe(ctx, localapi.SubscribeRequest{Peer: sid, Pattern: "mv.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ = connectPeers(t, p, s, localapi.IssueRequest{Perform: []string{"echo"}})
+	if _, err := p.Unsubscribe(ctx, localapi.SubscribeRequest{Peer: sid, Pattern: "mv.>"}); err != nil {
+		t.Fatal(err)
+	}
+	old := p.Host().Addrs()
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p = openP(false, setupP) // new ports: p moved
+	t.Cleanup(func() { _ = p.Close() })
+	for _, a := range p.Host().Addrs() {
+		if slices.ContainsFunc(old, a.Equal) {
+			t.Skipf("p listens on %s again after its restart (the kernel chose the same port); the test needs it to move", a)
+		}
+	}
+	reopenS = func() *node.Node {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s = openS(false, nil)
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	return s, p, reopenS, pid
+}
+
+// The tester's report: a peer that was once a subscriber moved to another
+// port, and `peer add` with a fresh token refreshed its record; after a
+// restart of this service, perform dialled only the address remembered
+// from the subscription (restored into the peerstore at start), because
+// the record's addresses were added only to a peerstore that knew none.
+// The record's addresses are always dialled, alongside the others.
+func TestPeerMovedIsReachableAtRefreshedAddressAfterRestart(t *testing.T) {
+	ctx := testCtx(t)
+	s, p, reopenS, pid := movedPeers(t)
+	tok := issue(t, p, localapi.IssueRequest{Perform: []string{"echo"}})
+	shown, err := s.AddPeer(ctx, tok.Token) // `peer add` with p's new address
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(shown.Addrs, tok.Addrs) {
+		t.Fatalf("peer show lists %v, want the new token's addresses %v", shown.Addrs, tok.Addrs)
+	}
+	// The running service learnt the new addresses with the token.
+	if _, err := perform(ctx, s, pid, "echo", `"running"`); err != nil {
+		t.Fatalf("perform on the peer that moved, right after its record was refreshed: %v", err)
+	}
+	s = reopenS()
+	res, err := perform(ctx, s, pid, "echo", `"moved"`)
+	if err != nil {
+		t.Fatalf("perform on the peer that moved, after its record was refreshed: %v", err)
+	}
+	if string(res.Output) != `"moved"` {
+		t.Fatalf("output %s", res.Output)
+	}
+}
