@@ -438,6 +438,7 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 	nw := &netsvc{n: n, host: h, limits: newPeerLimits(n.cfg.Limits), sess: newSessions(), attached: newAttached(h.ConnManager()),
 		subAddrs: datastore.NewStore[[]string](n.db.Batching(), "/subs/addrs"), handlers: newHandlers()}
 	nw.restoreSubscribers(context.Background())
+	nw.restorePeers(context.Background())
 	fail := func(err error) (*netsvc, error) {
 		if nw.nat != nil {
 			nw.nat.sub.Close()

@@ -8,6 +8,8 @@ import (
 
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 )
 
 // movedPeers sets up the tester's scenario: s is a publisher that p, an
@@ -87,5 +89,29 @@ func TestPeerMovedIsReachableAtRefreshedAddressAfterRestart(t *testing.T) {
 	}
 	if string(res.Output) != `"moved"` {
 		t.Fatalf("output %s", res.Output)
+	}
+}
+
+// At start, the service puts every added peer's addresses in the
+// peerstore, so that dials that go through no peer record (a publisher's
+// nudge of a subscriber, a revocation notice) find a moved peer where its
+// latest token says it is, and not only where it was remembered.
+func TestPeerRecordAddressesKnownAtStart(t *testing.T) {
+	ctx := testCtx(t)
+	s, p, reopenS, pid := movedPeers(t)
+	tok := issue(t, p, localapi.IssueRequest{Perform: []string{"echo"}})
+	if _, err := s.AddPeer(ctx, tok.Token); err != nil {
+		t.Fatal(err)
+	}
+	s = reopenS()
+	id, err := peer.Decode(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := s.Host().Peerstore().Addrs(id)
+	for _, a := range tok.Addrs {
+		if !slices.ContainsFunc(known, func(m ma.Multiaddr) bool { return m.String() == a }) {
+			t.Errorf("after a restart, the peerstore knows %v for the peer, not its record's address %s", known, a)
+		}
 	}
 }

@@ -255,6 +255,22 @@ func (nw *netsvc) knowPeerAddrs(pid peer.ID, r peerRecord) {
 	nw.host.Peerstore().AddAddrs(pid, parseAddrs(r.Addrs), peerstore.PermanentAddrTTL)
 }
 
+// restorePeers puts every added peer's record addresses in the peerstore
+// at start, so that dials made without the record (a publisher's nudge of
+// a subscriber, a revocation notice) try them too.
+func (nw *netsvc) restorePeers(ctx context.Context) {
+	recs, err := nw.n.peers.List(ctx)
+	if err != nil {
+		nw.n.log.Warn("cannot load peer addresses", "err", err)
+		return
+	}
+	for _, r := range recs {
+		if pid, err := peer.Decode(r.ID); err == nil {
+			nw.knowPeerAddrs(pid, r)
+		}
+	}
+}
+
 func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, token string, req any) (*session, error) {
 	began := time.Now()
 	s, err := nw.openWithOnce(ctx, pid, proto, token, req)
