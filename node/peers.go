@@ -205,7 +205,9 @@ func (n *Node) changePeer(id string, change func() error) error {
 
 // RemovePeer forgets a peer and closes connections to it.
 func (n *Node) RemovePeer(ctx context.Context, id string) error {
-	if _, err := n.peerRecord(ctx, id); err != nil {
+	if _, err := n.peerRecord(ctx, id); errors.Is(err, ErrUnknownPeer) {
+		return fmt.Errorf("%w %s: it is not added here, so there is nothing to remove (see: coattail peer list)", ErrUnknownPeer, id)
+	} else if err != nil {
 		return err
 	}
 	n.removePeerSubscriptions(ctx, id)

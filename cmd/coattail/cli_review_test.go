@@ -256,7 +256,8 @@ func TestPerformStdinInput(t *testing.T) {
 }
 
 // An id that names nothing is refused in the user's terms: dead letters
-// said "datastore: not found: /deadletters/<id>", the datastore's key.
+// said "datastore: not found: /deadletters/<id>", the datastore's key, and
+// peer remove of a peer that is not added said to add it first.
 func TestUnknownIDsAreNamed(t *testing.T) {
 	t.Parallel()
 	a := newInstance(t, "a")
@@ -265,5 +266,10 @@ func TestUnknownIDsAreNamed(t *testing.T) {
 		if strings.Contains(stderr, "/deadletters/") {
 			t.Errorf("deadletters %s of an unknown id names a datastore key: %s", cmd, stderr)
 		}
+	}
+	// Removing a peer that is not added said to add it first.
+	const pid = "12D3KooWPXuFEH7Bb9kpKaXrAd8qeRTfLyDof9EKyvSdcAu7EZ5o"
+	if stderr := a.mustFail([]string{"peer", "remove", "--id", pid}, "nothing to remove", "peer list"); strings.Contains(stderr, "add it first") {
+		t.Errorf("peer remove of an unknown peer advises adding it: %s", stderr)
 	}
 }
