@@ -40,7 +40,9 @@ const (
 )
 
 // subscriberAddrTTL is how long a publisher keeps a subscriber's addresses
-// after it was last seen (the peerstore persists across restarts).
+// in its peerstore after it was last seen (the peerstore is in memory;
+// /subs/addrs keeps them across restarts, and each start restores them
+// for this long again).
 const subscriberAddrTTL = 7 * 24 * time.Hour
 
 // rememberSubscriber keeps where a subscriber listens, in the peerstore
