@@ -8,6 +8,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 func runCLI(t *testing.T, args ...string) (stdout, stderr string, code int) {
@@ -126,5 +127,20 @@ func TestBadHopEnvironment(t *testing.T) {
 				t.Errorf("COATTAIL_HOP=%s %s: exit %d, stdout %q, stderr %q; want refused naming COATTAIL_HOP", v, args[1], code, stdout, stderr)
 			}
 		}
+	}
+}
+
+// An expiry that has passed is marked: a peer whose token expired was
+// listed with what it allowed, like any other.
+func TestExpiresColumn(t *testing.T) {
+	past, future := time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	if got := expires(nil); got != "never" {
+		t.Errorf("expires(nil) = %q", got)
+	}
+	if got := expires(&past); !strings.HasSuffix(got, " (expired)") || !strings.HasPrefix(got, past.Local().Format(time.RFC3339)) {
+		t.Errorf("expires(an hour ago) = %q, want the time marked expired", got)
+	}
+	if got := expires(&future); got != future.Local().Format(time.RFC3339) {
+		t.Errorf("expires(in an hour) = %q, want the time alone", got)
 	}
 }

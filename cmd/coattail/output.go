@@ -56,6 +56,17 @@ func when(t *time.Time, none string) string {
 	return t.Local().Format(time.RFC3339)
 }
 
+// expires is an EXPIRES column or field: "never", the time, or the time
+// marked expired once it has passed (a peer's token that expired still
+// lists what it allowed, and every call with it fails).
+func expires(t *time.Time) string {
+	s := when(t, "never")
+	if t != nil && !t.IsZero() && time.Now().After(*t) {
+		s += " (expired)"
+	}
+	return s
+}
+
 // streamPath is the CONNECTED column of a subscription's stream: "no",
 // or how it reaches the other side ("direct" or "relayed").
 func streamPath(connected bool, path string) string {

@@ -72,7 +72,7 @@ func newValidationCmd(a *app) *cobra.Command {
 				}
 				rows := [][]string{}
 				for _, v := range vs {
-					rows = append(rows, []string{v.ID, v.PeerID, v.AddedAt.Local().Format(time.RFC3339), when(v.ExpiresAt, "never")})
+					rows = append(rows, []string{v.ID, v.PeerID, v.AddedAt.Local().Format(time.RFC3339), expires(v.ExpiresAt)})
 				}
 				return table(a.out, []string{"ID", "PEER ID", "ADDED", "EXPIRES"}, rows)
 			})
@@ -92,7 +92,7 @@ func newValidationCmd(a *app) *cobra.Command {
 				if showJSON {
 					return printJSON(a.out, v)
 				}
-				return kv(a.out, "ID", v.ID, "Peer ID", v.PeerID, "Added", v.AddedAt.Local().Format(time.RFC3339), "Expires", when(v.ExpiresAt, "never"))
+				return kv(a.out, "ID", v.ID, "Peer ID", v.PeerID, "Added", v.AddedAt.Local().Format(time.RFC3339), "Expires", expires(v.ExpiresAt))
 			})
 		},
 	}
@@ -160,7 +160,7 @@ func newPeerCmd(a *app) *cobra.Command {
 					if p.Connected {
 						conn = p.Connection
 					}
-					rows = append(rows, []string{p.ID, conn, list(p.Perform), list(p.Publish), list(p.Subscribe), when(p.ExpiresAt, "never")})
+					rows = append(rows, []string{p.ID, conn, list(p.Perform), list(p.Publish), list(p.Subscribe), expires(p.ExpiresAt)})
 				}
 				return table(a.out, []string{"PEER ID", "CONNECTED", "PERFORM", "PUBLISH", "SUBSCRIBE", "EXPIRES"}, rows)
 			})
@@ -199,7 +199,7 @@ func newPeerCmd(a *app) *cobra.Command {
 					"Peer ID", p.ID,
 					"Token ID", p.TokenID,
 					"Added", p.AddedAt.Local().Format(time.RFC3339),
-					"Expires", when(p.ExpiresAt, "never"),
+					"Expires", expires(p.ExpiresAt),
 					"Performable", list(p.Perform),
 					"Publishable", list(p.Publish),
 					"Subscribable", list(p.Subscribe),

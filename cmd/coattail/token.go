@@ -179,7 +179,7 @@ func printToken(a *app, t localapi.Token) {
 		"Issuer", t.Issuer,
 		"Issued", t.IssuedAt.Local().Format(time.RFC3339),
 		"Not before", when(t.NotBefore, "now"),
-		"Expires", when(t.ExpiresAt, "never"),
+		"Expires", expires(t.ExpiresAt),
 		"Performable", list(t.Perform),
 		"Publishable", list(t.Publish),
 		"Subscribable", list(t.Subscribe),
@@ -213,7 +213,7 @@ func newTokenListCmd(a *app) *cobra.Command {
 					if t.ClaimedBy != "" {
 						b = "claimed by " + t.ClaimedBy
 					}
-					rows = append(rows, []string{t.ID, t.IssuedAt.Local().Format(time.RFC3339), when(t.ExpiresAt, "never"), list(t.Perform), list(t.Publish), list(t.Subscribe), b})
+					rows = append(rows, []string{t.ID, t.IssuedAt.Local().Format(time.RFC3339), expires(t.ExpiresAt), list(t.Perform), list(t.Publish), list(t.Subscribe), b})
 				}
 				return table(a.out, []string{"ID", "ISSUED", "EXPIRES", "PERFORM", "PUBLISH", "SUBSCRIBE", "BEARERS"}, rows)
 			})
@@ -334,7 +334,7 @@ func newTokenDecodeCmd(a *app) *cobra.Command {
 				"Issuer", c.Issuer,
 				"Issued", iat,
 				"Not before", when(nbf, "-"),
-				"Expires", when(exp, "never"),
+				"Expires", expires(exp),
 				"Performable", list(c.Perform),
 				"Publishable", list(c.Publish),
 				"Subscribable", list(c.Subscribe),
