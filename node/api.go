@@ -608,5 +608,15 @@ func (n *Node) ListActions(ctx context.Context, receivers bool, peerID string) (
 	for _, i := range infos {
 		out = append(out, localapi.ActionInfo{Name: i.Name, Kind: string(i.Kind), InProcess: i.InProcess, Executable: i.Executable, Path: i.Path})
 	}
+	// Files that are skipped (a name that is no subject, a directory) are
+	// listed with why, after the others: a user who dropped "My Action.js"
+	// into actions/ was otherwise told nothing.
+	bad, err := n.runner.Invalid(kind)
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range bad {
+		out = append(out, localapi.ActionInfo{Name: b.Name, Kind: string(kind), Path: n.runner.Path(kind, b.Name), Skipped: b.Reason})
+	}
 	return out, nil
 }

@@ -90,7 +90,9 @@ func newActionListCmd(a *app) *cobra.Command {
 				}
 				for _, x := range acts {
 					src := x.Path
-					if x.InProcess {
+					if x.Skipped != "" {
+						src += " (skipped: " + x.Skipped + ")"
+					} else if x.InProcess {
 						src = "(in-process)"
 					} else if !x.Executable {
 						src += " (not executable: chmod +x)"

@@ -215,6 +215,25 @@ func TestFoundation(t *testing.T) {
 	if len(infos) != 1 || infos[0].Name != "orders.created" || infos[0].Kind != "receiver" {
 		t.Errorf("action list --receivers --json = %+v", infos)
 	}
+	// A file whose name is no subject (the original Coattail's "My
+	// Action.js") is listed as skipped, saying why, not left out silently.
+	if err := os.WriteFile(a.path("actions", "My Action.js"), []byte("#!/bin/sh\ncat\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if list := a.mustRun("action", "list"); !strings.Contains(list, "My Action.js (skipped: ") {
+		t.Errorf("action list does not say why My Action.js is skipped:\n%s", list)
+	}
+	var skipped []struct {
+		Name    string `json:"name"`
+		Skipped string `json:"skipped"`
+	}
+	a.decodeJSON(a.mustRun("action", "list", "--json"), &skipped)
+	if n := len(skipped); n != 6 || skipped[5].Name != "My Action.js" || skipped[5].Skipped == "" || skipped[0].Skipped != "" {
+		t.Errorf("action list --json = %+v, want the five actions, then My Action.js with why it is skipped", skipped)
+	}
+	if err := os.Remove(a.path("actions", "My Action.js")); err != nil {
+		t.Fatal(err)
+	}
 
 	// Stop waits until the process has exited.
 	if out := a.mustRun("service", "stop"); !strings.Contains(out, strconv.Itoa(pid)) {

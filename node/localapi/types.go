@@ -110,6 +110,11 @@ type ActionInfo struct {
 	Performable  *bool  `json:"performable,omitempty"`
 	Publishable  *bool  `json:"publishable,omitempty"`
 	Subscribable *bool  `json:"subscribable,omitempty"`
+	// Skipped says why a file in the instance's actions/ or receivers/
+	// is not offered (its name is not a valid subject, it is a
+	// directory, ...); such an entry cannot be performed or subscribed.
+	// Local lists only.
+	Skipped string `json:"skipped,omitempty"`
 }
 
 // PerformRequest runs an action locally or, with Peer, on a peer.
