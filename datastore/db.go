@@ -79,6 +79,8 @@ type options struct {
 	logger     *slog.Logger
 	cacheSize  int64
 	syncWrites bool
+	// ownerKind and ownerCommand are recorded beside the lock (WithOwner).
+	ownerKind, ownerCommand string
 }
 
 // WithLogger routes pebble's own log messages to l. Without it they are
@@ -100,7 +102,8 @@ func WithSyncWrites() Option {
 }
 
 // Open opens, creating it if needed, the pebble database in dir. If another
-// process has it open the error wraps ErrLocked; if it was written by a newer
+// process has it open the error is a *LockedError (it wraps ErrLocked) that
+// says which process, when that can be known; if it was written by a newer
 // schema the error wraps ErrSchemaTooNew. A database is created only in a
 // new or empty directory: one that holds other files but no database is
 // refused with ErrNotDatastore (a mistyped path must not scatter pebble's
@@ -146,10 +149,13 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	lock, err := pebble.LockDirectory(dir, vfs.Default)
 	if err != nil {
 		if isLockConflict(err) {
-			return nil, fmt.Errorf("%w: %s is already open (is a coattail service running for this instance? stop it or use the running service)", ErrLocked, dir)
+			// Who holds it is for the caller to judge (a service, a
+			// short command that will finish): say who, not what to do.
+			return nil, &LockedError{Dir: dir, Owner: readOwner(dir)}
 		}
 		return nil, fmt.Errorf("datastore: lock %s: %w", dir, err)
 	}
+	writeOwner(dir, o)
 
 	logger := o.logger
 	if logger == nil {
@@ -177,6 +183,7 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	}
 	pds, err := pebbleds.NewDatastore(dir, dsopts...)
 	if err != nil {
+		removeOwner(dir)
 		return nil, errors.Join(fmt.Errorf("datastore: open %s: %w", dir, err), lock.Close())
 	}
 	wo := pebble.NoSync
@@ -219,10 +226,11 @@ func checkDir(dir string) error {
 
 // isPebbleFile reports whether name is one that pebble creates in its
 // directory: LOCK, OPTIONS-<n>, marker.*, <n>.log, <n>.sst, <n>.blob or a
-// temporary *.dbtmp.
+// temporary *.dbtmp; or Open's own LOCK.owner, which it writes beside LOCK
+// before pebble creates the database.
 func isPebbleFile(name string) bool {
 	switch {
-	case name == "LOCK", strings.HasPrefix(name, "OPTIONS-"), strings.HasPrefix(name, "marker."), strings.HasSuffix(name, ".dbtmp"):
+	case name == "LOCK", name == ownerFile, strings.HasPrefix(name, "OPTIONS-"), strings.HasPrefix(name, "marker."), strings.HasSuffix(name, ".dbtmp"):
 		return true
 	}
 	base, ext, ok := strings.Cut(name, ".")
@@ -346,6 +354,7 @@ func (d *DB) Close() error {
 			d.closeErr = fmt.Errorf("datastore: close: %w", err)
 		}
 		if d.lock != nil {
+			removeOwner(d.dir) // while the lock is still ours
 			// pebble dropped its reference on close; this releases ours and
 			// with it the file lock, so another process may open the
 			// directory.

@@ -99,7 +99,7 @@ func TestLockHelperProcess(t *testing.T) {
 	if dir == "" {
 		t.Skip("helper process for TestOpenLockedByOtherProcess")
 	}
-	db, err := Open(dir)
+	db, err := Open(dir, WithOwner(helperOwnerKind, helperOwnerCommand))
 	if err != nil {
 		os.Stdout.WriteString("error: " + err.Error() + "\n")
 		os.Exit(2)

@@ -1,6 +1,8 @@
 // Package datastore owns Coattail's persistent storage: opening the embedded
-// pebble database of an instance (one process at a time; created only in a
-// new or empty directory, never among other files: ErrNotDatastore), its
+// pebble database of an instance (one process at a time: the holder records
+// its pid, and what it is, in LOCK.owner beside pebble's LOCK, so that
+// another process is told by whom it is taken (LockedError); created only in
+// a new or empty directory, never among other files: ErrNotDatastore), its
 // schema version, the in-memory variant used by unit tests, and Store, a
 // typed JSON store over one namespace. Packages that need more than Store
 // (ordered queues, batches spanning namespaces) use DB.Batching directly, but

@@ -48,7 +48,7 @@ func Connect(ctx context.Context, l Layout) (*Conn, error) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		db, err := datastore.Open(l.Data())
+		db, err := datastore.Open(l.Data(), datastore.WithOwner(holderOffline, command))
 		if err == nil {
 			n, err := New(Options{Dir: l.Dir, Config: cfg, DB: db, Offline: true, Logger: offlineLogger()})
 			if err != nil {
@@ -70,7 +70,8 @@ func Connect(ctx context.Context, l Layout) (*Conn, error) {
 			return &Conn{Client: localapi.Dial(l.Socket()), Online: true}, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("node: the instance's data is in use by another coattail process that is not answering on %s; wait for it to finish and retry", l.Socket())
+			return nil, &dataInUseError{err: err, msg: fmt.Sprintf(
+				"node: the instance's data is in use by %s; wait for it to finish and retry", holderText(ownerOf(err)))}
 		}
 		select {
 		case <-ctx.Done():

@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node/internal/inflight"
 	"github.com/coattail/coattail/node/localapi"
 	"golang.org/x/sys/unix"
@@ -70,6 +69,9 @@ type ServiceOptions struct {
 	// ReopenLog, when set, reopens the log file at its path on every value
 	// received (SIGHUP, after an external logrotate moved it away).
 	ReopenLog <-chan os.Signal
+	// Notice, when set, is told what a starting service waits for, when
+	// it waits long (another process holds the instance's data).
+	Notice func(msg string)
 }
 
 // RunService runs an instance until ctx is done or a stop request
@@ -129,7 +131,12 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 			}
 		}()
 	}
-	db, err := openDBRetry(ctx, l)
+	db, err := openDBRetry(ctx, l, func(msg string) {
+		logger.Info(msg)
+		if o.Notice != nil {
+			o.Notice(msg)
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -395,23 +402,6 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 		b.once.Do(b.lift)
 	}
 	return n, err
-}
-
-// openDBRetry opens the datastore, waiting briefly while a short-lived CLI
-// command that runs without the service still holds it.
-func openDBRetry(ctx context.Context, l Layout) (*datastore.DB, error) {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		db, err := datastore.Open(l.Data())
-		if err == nil || !errors.Is(err, datastore.ErrLocked) || time.Now().After(deadline) {
-			return db, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // listenPrivate listens on a unix socket at path that only this user can

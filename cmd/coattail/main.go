@@ -70,6 +70,9 @@ func newRootCmd(a *app) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	// An offline command records what it is beside the instance's data
+	// lock, so that a process that finds the data in use can say.
+	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) { node.SetCommand(cmd.CommandPath()) }
 	root.PersistentFlags().StringVar(&a.instance, "instance", "", "instance directory (default: $COATTAIL_INSTANCE, else the current directory or its nearest parent holding an instance)")
 	root.AddCommand(
 		newVersionCmd(a),

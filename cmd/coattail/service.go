@@ -206,6 +206,13 @@ func (a *app) startForeground(ctx context.Context, l node.Layout, o *startOption
 		Relay:     o.relay,
 		Binary:    bin,
 		ReopenLog: reopen,
+		Notice: func(msg string) {
+			if ready != nil {
+				fmt.Fprintf(ready, "wait %s\n", strings.ReplaceAll(msg, "\n", "; "))
+				return
+			}
+			fmt.Fprintln(a.err, msg)
+		},
 		Ready: func(pid int) {
 			if ready != nil {
 				fmt.Fprintf(ready, "ready %d\n", pid)
@@ -264,36 +271,58 @@ func (a *app) startHeadless(ctx context.Context, l node.Layout, o *startOptions)
 	pw.Close()
 	pid := child.Process.Pid
 	_ = child.Process.Release()
-	line := make(chan string, 1)
+	// The child reports "ready PID" or "error MSG", after any number of
+	// "wait MSG" (what it waits for, when that takes long).
+	lines, quit := make(chan string), make(chan struct{})
+	defer close(quit)
 	go func() {
-		s, _ := bufio.NewReader(pr).ReadString('\n')
-		line <- strings.TrimSpace(s)
-	}()
-	select {
-	case s := <-line:
-		switch {
-		case strings.HasPrefix(s, "ready "):
-			fmt.Fprintf(a.out, "%d\n", pid)
-			return nil
-		case strings.HasPrefix(s, "error "):
-			return errors.New(strings.TrimPrefix(s, "error "))
-		default:
-			return fmt.Errorf("the service exited during start-up; see %s", l.LogFile(cfg))
-		}
-	case <-time.After(60 * time.Second):
-		return fmt.Errorf("the service (pid %d) did not become ready within 60s; see %s", pid, l.LogFile(cfg))
-	case <-ctx.Done():
-		// Interrupted (Ctrl-C) before the service was ready: the user
-		// gave up on starting it, so it does not come up behind their
-		// back. SIGTERM stops it as `service stop` would.
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-		for range 500 {
-			if !pidAlive(pid) {
-				return fmt.Errorf("interrupted: the service (pid %d) was stopped before it was ready", pid)
+		defer close(lines)
+		r := bufio.NewReader(pr)
+		for {
+			s, err := r.ReadString('\n')
+			if s != "" {
+				select {
+				case lines <- strings.TrimSpace(s):
+				case <-quit:
+					return
+				}
 			}
-			time.Sleep(20 * time.Millisecond)
+			if err != nil {
+				return
+			}
 		}
-		return fmt.Errorf("interrupted: the service (pid %d) was asked to stop before it was ready, and still runs; see %s", pid, l.LogFile(cfg))
+	}()
+	timeout := time.After(60 * time.Second)
+	for {
+		select {
+		case s, ok := <-lines:
+			switch {
+			case ok && strings.HasPrefix(s, "wait "):
+				fmt.Fprintln(a.err, safeText(strings.TrimPrefix(s, "wait ")))
+				continue
+			case ok && strings.HasPrefix(s, "ready "):
+				fmt.Fprintf(a.out, "%d\n", pid)
+				return nil
+			case ok && strings.HasPrefix(s, "error "):
+				return errors.New(strings.TrimPrefix(s, "error "))
+			default:
+				return fmt.Errorf("the service exited during start-up; see %s", l.LogFile(cfg))
+			}
+		case <-timeout:
+			return fmt.Errorf("the service (pid %d) did not become ready within 60s; see %s", pid, l.LogFile(cfg))
+		case <-ctx.Done():
+			// Interrupted (Ctrl-C) before the service was ready: the user
+			// gave up on starting it, so it does not come up behind their
+			// back. SIGTERM stops it as `service stop` would.
+			_ = syscall.Kill(pid, syscall.SIGTERM)
+			for range 500 {
+				if !pidAlive(pid) {
+					return fmt.Errorf("interrupted: the service (pid %d) was stopped before it was ready", pid)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			return fmt.Errorf("interrupted: the service (pid %d) was asked to stop before it was ready, and still runs; see %s", pid, l.LogFile(cfg))
+		}
 	}
 }
 
