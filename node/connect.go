@@ -70,6 +70,9 @@ func Connect(ctx context.Context, l Layout) (*Conn, error) {
 			return &Conn{Client: localapi.Dial(l.Socket()), Online: true}, nil
 		}
 		if time.Now().After(deadline) {
+			if o := ownerOf(err); o != nil && o.Kind == holderService {
+				return nil, &dataInUseError{err: err, msg: fmt.Sprintf("node: the instance's service (pid %d) holds its data, and %s", o.PID, unansweredService(l, o.PID))}
+			}
 			return nil, &dataInUseError{err: err, msg: fmt.Sprintf(
 				"node: the instance's data is in use by %s; wait for it to finish and retry", holderText(ownerOf(err)))}
 		}

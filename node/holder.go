@@ -111,3 +111,32 @@ func openDBRetry(ctx context.Context, l Layout, notice func(string)) (*datastore
 		}
 	}
 }
+
+// serviceReady reports whether process pid is a service that has been
+// ready: it registered (after it began to listen on its control socket),
+// and its registration's start time is the process's.
+func serviceReady(pid int) bool {
+	r, ok := registrationOf(pid)
+	return ok && r.registered()
+}
+
+// unansweredService says what is known of the service pid of l, which
+// holds the instance (its pid file, or its data) but did not answer on its
+// control socket, and what to do about it: a phrase that follows "the
+// service" or "it".
+func unansweredService(l Layout, pid int) string {
+	switch {
+	case socketListening(l.Socket()):
+		return fmt.Sprintf("does not answer on its control socket (stopped or stuck?); resume it (kill -CONT %d) or end it (kill %d)", pid, pid)
+	case serviceReady(pid):
+		return fmt.Sprintf("runs, but its control socket %s is gone; stop it with 'coattail service stop' (or kill %d) and start it again", l.Socket(), pid)
+	default:
+		return fmt.Sprintf("is starting (it does not listen on %s yet); retry in a moment, or stop it with 'coattail service stop' (or kill %d)", l.Socket(), pid)
+	}
+}
+
+// SocketGone reports whether nothing listens on the control socket of the
+// instance in dir: its file is missing, or no process listens on it.
+func SocketGone(dir string) bool {
+	return !socketListening(Layout{Dir: dir}.Socket())
+}

@@ -893,8 +893,20 @@ func StopService(ctx context.Context, l Layout, pid int) (int, error) {
 			// Registered and alive, but its control socket is gone: its
 			// instance directory was deleted or moved. The registration
 			// (pid and start time) says the process is that service.
-			if r, ok := registrationOf(pid); ok && r.registered() {
+			if serviceReady(pid) {
 				return terminate(ctx, pid)
+			}
+		}
+		if pid == 0 && !listening {
+			// The instance's pid file is held (a service of the
+			// instance runs) by the process it names, which has been
+			// ready (registered), yet nobody listens on its socket:
+			// the socket file was removed. Stop it as `stop PID` does.
+			if owner, ok := pidFromFile(l); ok && pidFileLocked(l) && alive(owner) {
+				if serviceReady(owner) {
+					return terminate(ctx, owner)
+				}
+				return owner, fmt.Errorf("node: the instance's service (pid %d) does not listen on its control socket %s (still starting, or the socket is gone and it has not registered); end it with: kill %d", owner, l.Socket(), owner)
 			}
 		}
 		// Not answering is not the same as not running: a stopped
@@ -987,6 +999,10 @@ func lockPIDFile(l Layout) (*os.File, error) {
 			return nil, fmt.Errorf("%w: instance %s (pid %d)", ErrAlreadyRunning, l.Dir, st.PID)
 		}
 		if pid, ok := pidFromFile(l); ok {
+			if serviceReady(pid) {
+				// Ready once, and not answering now.
+				return nil, fmt.Errorf("%w: instance %s (pid %d): it %s", ErrAlreadyRunning, l.Dir, pid, unansweredService(l, pid))
+			}
 			return nil, fmt.Errorf("%w: instance %s (pid %d, starting)", ErrAlreadyRunning, l.Dir, pid)
 		}
 		return nil, fmt.Errorf("%w: instance %s (starting)", ErrAlreadyRunning, l.Dir)
@@ -1031,9 +1047,14 @@ func pidFileLocked(l Layout) bool {
 }
 
 // waitStarted waits while a service of l is starting (it holds the pid
-// file but does not listen on its socket yet), or until ctx ends.
+// file but does not listen on its socket yet, and has not registered), or
+// until ctx ends. A service that registered has been ready: if it does not
+// listen, its socket file is gone, and waiting would not help.
 func waitStarted(ctx context.Context, l Layout) {
 	for !socketListening(l.Socket()) && pidFileLocked(l) {
+		if pid, ok := pidFromFile(l); ok && serviceReady(pid) {
+			return
+		}
 		select {
 		case <-ctx.Done():
 			return

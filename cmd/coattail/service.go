@@ -348,6 +348,9 @@ func newServiceStatusCmd(a *app) *cobra.Command {
 			for _, s := range list {
 				reach := s.Reachable
 				switch {
+				case !s.Online && node.SocketGone(s.Instance):
+					// Moved or deleted with its directory, or removed.
+					reach = "not answering (control socket gone)"
 				case !s.Online:
 					reach = "not answering"
 				case reach == "":

@@ -5,9 +5,11 @@ package main
 // running with the same identity.
 
 import (
+	"os"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // While an offline command holds the instance's data, a command that
@@ -42,4 +44,40 @@ func TestServiceStartWhileOfflineCommandHoldsData(t *testing.T) {
 		t.Errorf("the offline perform failed: %s", hold.stderr())
 	}
 	a.mustRun("peer", "list")
+}
+
+// While a running service has no control socket (here a file stands in
+// the socket's place, so it cannot make a new one), `service stop` without
+// a pid stops it all the same, by its pid file and registration (it used
+// to wait 30 s and say "not running"), and the other commands name its pid
+// and say what to do (they said "starting", or "wait and retry").
+func TestServiceStopWithoutControlSocket(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	pid := a.start()
+	sock := a.path("coattail.sock")
+	if err := os.Remove(sock); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sock, []byte("not a socket\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := strconv.Itoa(pid)
+	if out := a.mustRun("service", "status"); !strings.Contains(out, "control socket gone") || !strings.Contains(out, p) {
+		t.Errorf("service status does not say the socket is gone:\n%s", out)
+	}
+	a.mustFail([]string{"service", "start", "--headless"}, "already running", "pid "+p, "control socket", "is gone", "coattail service stop", "kill "+p)
+	a.mustFail([]string{"peer", "list"}, "pid "+p, "is gone", "coattail service stop")
+	begin := time.Now()
+	out := a.mustRun("service", "stop")
+	if !strings.Contains(out, p) {
+		t.Errorf("service stop printed %q, want pid %d", out, pid)
+	}
+	if processAlive(pid) {
+		t.Fatalf("pid %d still runs after service stop", pid)
+	}
+	if took := time.Since(begin); took > 15*time.Second {
+		t.Errorf("service stop took %v", took)
+	}
+	a.start()
 }
