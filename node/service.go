@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -167,14 +168,6 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		logger.Error("start failed", "err", err)
 		return err
 	}
-	// A socket file left by a crashed service is stale: probe said nobody
-	// answers on it.
-	_ = os.Remove(l.Socket())
-	ln, err := listenPrivate(l.Socket())
-	if err != nil {
-		return fmt.Errorf("node: control socket: %w", err)
-	}
-	defer os.Remove(l.Socket())
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	h := bodyDeadline(n.Handler(stop), controlReadTimeout)
@@ -191,9 +184,11 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		IdleTimeout:       controlIdleTimeout,
 		MaxHeaderBytes:    controlMaxHeader,
 	}
-	srvErr := make(chan error, 1)
-	lln := newLimitListener(ln, controlMaxConns)
-	go func() { srvErr <- srv.Serve(lln) }()
+	sock, err := serveControl(l, srv)
+	if err != nil {
+		return err
+	}
+	defer sock.remove()
 	// However RunService returns from here on, the server ends before
 	// the node closes: requests in progress are cancelled (BaseContext)
 	// and then waited for, so no handler outlives the node it serves.
@@ -233,6 +228,10 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	deleted := make(chan struct{})
 	watchDone := make(chan struct{})
 	dirHandle, dirErr := os.Open(l.Dir)
+	var dirInfo os.FileInfo
+	if dirErr == nil {
+		dirInfo, dirErr = dirHandle.Stat()
+	}
 	go func() {
 		defer close(watchDone)
 		if dirErr == nil {
@@ -240,6 +239,16 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		}
 	}()
 	defer func() { stop(); <-watchDone }()
+	// A control socket file removed while the service runs (by a /tmp
+	// cleaner, say) is made again, so the CLI can reach the service.
+	sockDone := make(chan struct{})
+	go func() {
+		defer close(sockDone)
+		if dirErr == nil {
+			sock.keep(ctx, dirInfo, logger)
+		}
+	}()
+	defer func() { stop(); <-sockDone }()
 	logger.Info("service ready", "pid", os.Getpid(), "peer_id", n.ID().String(), "socket", l.Socket())
 	if o.Ready != nil {
 		o.Ready(os.Getpid())
@@ -253,7 +262,7 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		// last, and no CLI command can reach it. Stop, non-zero.
 		logger.Error("the instance directory was deleted; stopping", "dir", l.Dir)
 		serveErr = fmt.Errorf("node: the instance directory %s was deleted while its service ran", l.Dir)
-	case err := <-srvErr:
+	case err := <-sock.failed:
 		if !errors.Is(err, http.ErrServerClosed) {
 			// The service cannot be controlled any more: stop, and say
 			// so with a non-zero exit rather than as a clean stop.
@@ -322,10 +331,15 @@ type limitListener struct {
 	slots chan struct{}
 	done  chan struct{}
 	once  sync.Once
+	// retired is set when a new socket replaced this one: its Serve's
+	// end is not a failure of the control socket.
+	retired atomic.Bool
 }
 
-func newLimitListener(l net.Listener, n int) *limitListener {
-	return &limitListener{Listener: l, slots: make(chan struct{}, n), done: make(chan struct{})}
+// newLimitListener limits l to the free places in slots, which the
+// listeners that replace one another on the control socket share.
+func newLimitListener(l net.Listener, slots chan struct{}) *limitListener {
+	return &limitListener{Listener: l, slots: slots, done: make(chan struct{})}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -342,9 +356,18 @@ func (l *limitListener) Accept() (net.Conn, error) {
 	return &limitConn{Conn: c, release: func() { <-l.slots }}, nil
 }
 
+// Close closes the listener once; closing it again does nothing (a
+// replaced listener is closed by controlSocket, and again by net/http).
 func (l *limitListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return l.Listener.Close()
+	err := net.ErrClosed
+	l.once.Do(func() {
+		close(l.done)
+		err = l.Listener.Close()
+	})
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
 }
 
 // limitConn gives its slot back when it is closed (once, however often

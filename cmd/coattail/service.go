@@ -139,7 +139,8 @@ foreground service whose stdin is a terminal stops on SIGHUP, as on Ctrl-C
 
 A service whose instance directory is deleted while it runs stops by itself
 (exit 1). One whose directory is moved runs on: stop it from its new place or
-with 'coattail service stop PID'.`,
+with 'coattail service stop PID'. One whose control socket file is removed
+listens on a new one within 2s.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := a.layout()

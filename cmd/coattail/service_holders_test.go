@@ -5,6 +5,7 @@ package main
 // running with the same identity.
 
 import (
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -44,6 +45,31 @@ func TestServiceStartWhileOfflineCommandHoldsData(t *testing.T) {
 		t.Errorf("the offline perform failed: %s", hold.stderr())
 	}
 	a.mustRun("peer", "list")
+}
+
+// A service whose control socket file is removed while it runs (a /tmp
+// cleaner) makes a new one, and is reachable again; it used to stay
+// unreachable until killed.
+func TestServiceControlSocketRemovedIsMadeAgain(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	pid := a.start()
+	if err := os.Remove(a.path("coattail.sock")); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 20*time.Second, func() error {
+		var list []map[string]any
+		a.decodeJSON(a.mustRun("service", "status", "--json"), &list)
+		if len(list) != 1 || list[0]["online"] != true || list[0]["pid"] != float64(pid) {
+			return fmt.Errorf("service status: %v, want pid %d online", list, pid)
+		}
+		return nil
+	})
+	a.mustRun("peer", "list")
+	a.mustRun("service", "stop")
+	if processAlive(pid) {
+		t.Fatalf("pid %d still runs after service stop", pid)
+	}
 }
 
 // While a running service has no control socket (here a file stands in
