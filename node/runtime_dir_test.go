@@ -33,7 +33,7 @@ func TestRuntimeDirIsOurs(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv(EnvRuntimeDir, rt)
-	unregister, err := register(Layout{Dir: "/x"})
+	unregister, err := register(Layout{Dir: "/x"}, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/coattail/coattail/node/internal/inflight"
 	"github.com/coattail/coattail/node/localapi"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"golang.org/x/sys/unix"
 )
 
@@ -58,6 +59,10 @@ type registration struct {
 	// since boot): with it a registration left by a killed service is
 	// told apart from an unrelated process that got the same pid.
 	Start uint64 `json:"start,omitempty"`
+	// PeerID is the service's peer id: a copy of its instance is refused
+	// (claimIdentity) by the identity it runs with, even if the key file
+	// has changed since.
+	PeerID string `json:"peer_id,omitempty"`
 }
 
 // ServiceOptions configures RunService.
@@ -114,6 +119,20 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		return err
 	}
 	defer logFile.Close()
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("node: peer id: %w", err)
+	}
+	// Before anything is opened: a copy of a running instance must not
+	// come up as a second peer with its identity.
+	releaseID, err := claimIdentity(l, id, func(err error) {
+		logger.Warn("cannot check that no other service runs with this peer id", "err", err)
+	})
+	if err != nil {
+		logger.Error("start refused", "err", err)
+		return err
+	}
+	defer releaseID()
 	if o.ReopenLog != nil {
 		done := make(chan struct{})
 		defer close(done)
@@ -211,7 +230,7 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		}
 	})
 	defer shutdown()
-	unregister, err := register(l)
+	unregister, err := register(l, id)
 	if err != nil {
 		logger.Warn("cannot register in runtime dir", "err", err)
 	}
@@ -220,7 +239,7 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	regDone := make(chan struct{})
 	go func() {
 		defer close(regDone)
-		keepRegistered(ctx, l, logger, registered)
+		keepRegistered(ctx, l, id, logger, registered)
 	}()
 	defer func() { stop(); <-regDone }() // before unregister
 	// Watched from before the service is ready: a directory deleted at
@@ -650,7 +669,7 @@ func registrationPath(dir string, pid int) string {
 	return filepath.Join(dir, strconv.Itoa(pid)+".json")
 }
 
-func register(l Layout) (func(), error) {
+func register(l Layout, id peer.ID) (func(), error) {
 	dir := RuntimeDir()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return func() {}, err
@@ -660,7 +679,7 @@ func register(l Layout) (func(), error) {
 	}
 	path := registrationPath(dir, os.Getpid())
 	start, _ := procStart(os.Getpid())
-	b, _ := json.Marshal(registration{PID: os.Getpid(), Instance: l.Dir, Socket: l.Socket(), Start: start})
+	b, _ := json.Marshal(registration{PID: os.Getpid(), Instance: l.Dir, Socket: l.Socket(), Start: start, PeerID: id.String()})
 	// Written aside and renamed into place: rename replaces whatever is at
 	// path (a symlink included) instead of writing through it.
 	tmp, err := os.CreateTemp(dir, ".register-*")
@@ -1088,12 +1107,14 @@ func waitStarted(ctx context.Context, l Layout) {
 
 // unansweredStatus is what `service status` shows of a registered service
 // that does not answer (stopped with SIGSTOP, or stuck): its pid and
-// instance, its peer id (from the identity key) and its start time (from
-// /proc), Online false, and empty lists.
+// instance, its peer id (from its registration, else from the identity
+// key) and its start time (from /proc), Online false, and empty lists.
 func unansweredStatus(r registration) localapi.Status {
-	st := localapi.Status{PID: r.PID, Instance: r.Instance, ListenAddrs: []string{}, Addrs: []string{}}
-	if id, err := PeerIDOf(Layout{Dir: r.Instance}); err == nil {
-		st.PeerID = id.String()
+	st := localapi.Status{PID: r.PID, Instance: r.Instance, ListenAddrs: []string{}, Addrs: []string{}, PeerID: r.PeerID}
+	if st.PeerID == "" { // registered by an older version
+		if id, err := PeerIDOf(Layout{Dir: r.Instance}); err == nil {
+			st.PeerID = id.String()
+		}
 	}
 	if t, ok := procStartTime(r.PID); ok {
 		st.StartedAt = t
@@ -1139,7 +1160,7 @@ var registerInterval = time.Minute
 // the login), and systemd-tmpfiles deletes files in /tmp that nobody has
 // touched for 10 days. Without it, `service status` would not list the
 // service and `service stop PID` would not find it.
-func keepRegistered(ctx context.Context, l Layout, logger *slog.Logger, registered bool) {
+func keepRegistered(ctx context.Context, l Layout, id peer.ID, logger *slog.Logger, registered bool) {
 	path := registrationPath(RuntimeDir(), os.Getpid())
 	t := time.NewTicker(registerInterval)
 	defer t.Stop()
@@ -1165,7 +1186,7 @@ func keepRegistered(ctx context.Context, l Layout, logger *slog.Logger, register
 			return // stopping: the registration is being removed
 		}
 		// The deferred unregister of RunService removes the same path.
-		if _, err := register(l); err != nil {
+		if _, err := register(l, id); err != nil {
 			if registered {
 				logger.Warn("cannot register in runtime dir again", "err", err)
 			}

@@ -123,7 +123,10 @@ func newServiceStartCmd(a *app) *cobra.Command {
 		Long: `Run the instance's service: in the foreground, or with --headless in the
 background (it returns once the service is ready and prints its pid; Ctrl-C
 before then stops the service). Starting an instance whose service already
-runs, or is starting, fails (exit 1) and names its pid.
+runs, or is starting, fails (exit 1) and names its pid; so does starting a
+copy of an instance directory while the original's service runs (the two
+would be one peer id): give a copy its own identity with 'coattail new DIR'
+and copy actions/, receivers/ and config.yml into it, not keys/ or data/.
 
 The service logs JSON lines to log.file (service.log). When the file (a
 regular file; never a device such as /dev/stderr) would grow past

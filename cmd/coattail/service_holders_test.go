@@ -7,6 +7,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -106,4 +108,56 @@ func TestServiceStopWithoutControlSocket(t *testing.T) {
 		t.Errorf("service stop took %v", took)
 	}
 	a.start()
+}
+
+// copyInstance copies a's directory to a new one (as `cp -r` would), less
+// its socket and pid file, and returns it as an instance.
+func copyInstance(t *testing.T, a *instance, name string) *instance {
+	t.Helper()
+	dir := filepath.Join(filepath.Dir(a.dir), name)
+	if out, err := exec.Command("cp", "-a", a.dir, dir).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	for _, f := range []string{"coattail.sock", "service.pid"} {
+		_ = os.Remove(filepath.Join(dir, f))
+	}
+	return &instance{t: t, name: name, dir: dir}
+}
+
+// A copy of an instance directory (its identity key with it) is refused
+// while the original's service runs: it used to come up as a second peer
+// with the same id, and its publications were lost. The message names the
+// original and its pid and says how a copy gets its own identity. Once
+// the original is gone (killed: its registration is left behind), the
+// copy starts.
+func TestServiceStartRefusesCopiedInstance(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "alice")
+	pid := a.start()
+	b := copyInstance(t, a, "alice2")
+	b.mustFail([]string{"service", "start", "--headless"}, "peer id", a.peerID(), a.dir, "pid "+strconv.Itoa(pid), "copy", "coattail new", "keys/")
+	var list []map[string]any
+	a.decodeJSON(a.mustRun("service", "status", "--json"), &list)
+	if len(list) != 1 {
+		t.Errorf("service status lists %d services, want the original only: %v", len(list), list)
+	}
+	killAndWait(t, pid)
+	b.start()
+	// And the other way round; and two starting at once: one comes up.
+	a.mustFail([]string{"service", "start", "--headless"}, "peer id", b.dir)
+	b.mustRun("service", "stop")
+	pa, pb := a.spawn("service", "start", "--headless"), b.spawn("service", "start", "--headless")
+	ok := 0
+	for _, p := range []*proc{pa, pb} {
+		if p.wait(t) == 0 {
+			ok++
+			started, _ := strconv.Atoi(strings.TrimSpace(p.stdout()))
+			t.Cleanup(func() { killAndWait(t, started) })
+		} else if !strings.Contains(p.stderr(), "peer id") {
+			t.Errorf("a racing start failed with %q, want the peer id in use", p.stderr())
+		}
+	}
+	if ok != 1 {
+		t.Errorf("%d of the original and its copy started at once, want 1", ok)
+	}
 }
