@@ -168,7 +168,8 @@ func lockExclusive(path string) (f *os.File, held bool, err error) {
 		f.Close()
 		return lockExclusive(path)
 	}
-	if err := f.Chmod(0o600); err == nil {
+	err = f.Chmod(0o600)
+	if err == nil {
 		err = f.Truncate(0)
 	}
 	if err != nil {
