@@ -465,7 +465,7 @@ func (i *instance) runQuiet(input string, args ...string) (code int, stderr stri
 	}
 	// As in exec: the datastore is never "locked" to the user (Errorf is
 	// safe in a goroutine).
-	if strings.Contains(strings.ToLower(errb.String()), "locked") {
+	if showsLocked(errb.String()) {
 		i.t.Errorf("%s: coattail %s showed a locked error: %s", i.name, strings.Join(args, " "), errb.String())
 	}
 	return code, errb.String()
