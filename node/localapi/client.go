@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -166,6 +167,13 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
+		var oe *net.OpError
+		if ctx.Err() == nil && !(errors.As(err, &oe) && oe.Op == "dial") {
+			// Sent, or being sent, and no answer: the service went away.
+			// net/http's own words for it name its internals
+			// ("readLoopPeekFailLocked: read unix @->/tmp/...").
+			return nil, &closedError{err: err}
+		}
 		return nil, err
 	}
 	if resp.StatusCode/100 != 2 {
@@ -224,12 +232,29 @@ func (c *Client) Stream(ctx context.Context, method, path string, in, out any, o
 			return tooLarge(method, path, MaxStreamLine)
 		}
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("localapi: the service closed the connection before answering (was it stopped, or did it crash? see its log): %w", err)
+			return &closedError{err: err}
 		}
 		return fmt.Errorf("localapi: stream: %w", err)
 	}
 	return errors.New("localapi: stream ended without a result (was the service stopped?)")
 }
+
+// closedError is a request the service closed the connection of before
+// answering it (it stopped, or crashed): whether it did what was asked
+// cannot be known from here.
+type closedError struct{ err error }
+
+func (e *closedError) Error() string {
+	why := "the connection was closed"
+	if errors.Is(e.err, syscall.ECONNRESET) {
+		why = "the connection was reset"
+	} else if !errors.Is(e.err, io.EOF) && !errors.Is(e.err, io.ErrUnexpectedEOF) {
+		why = e.err.Error()
+	}
+	return "localapi: the service closed the connection before answering (was it stopped, or did it crash? see its log): " + why
+}
+
+func (e *closedError) Unwrap() error { return e.err }
 
 // pipeListener is a net.Listener whose connections are in-memory pipes.
 type pipeListener struct {

@@ -3,7 +3,10 @@ package localapi_test
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -175,4 +178,39 @@ func TestInProcessCloseWaitsForHandlers(t *testing.T) {
 		t.Fatal("Close returned while a handler was still running")
 	}
 	finished.Wait()
+}
+
+// A service that goes away after a request was sent (it closes or resets
+// the connection without an answer) is reported as such, not in
+// net/http's words, which name its internals ("readLoopPeekFailLocked:
+// read unix @->/tmp/...: connection reset by peer").
+func TestClientServiceGoneBeforeAnswering(t *testing.T) {
+	for _, reset := range []bool{false, true} {
+		sock := filepath.Join(t.TempDir(), "s")
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				if !reset {
+					_, _ = c.Read(make([]byte, 4096)) // the request
+				} else {
+					// Closed with the request unread: the client's read
+					// is reset.
+					time.Sleep(50 * time.Millisecond)
+				}
+				_ = c.Close()
+			}
+		}()
+		err = localapi.Dial(sock).Do(testCtx(t), http.MethodPost, "/actions/publish", localapi.PublishRequest{Action: "a"}, nil)
+		ln.Close()
+		if err == nil || !strings.Contains(err.Error(), "the service closed the connection before answering") || strings.Contains(err.Error(), "readLoop") || strings.Contains(err.Error(), sock) {
+			t.Errorf("reset %v: %v, want the service named as gone, without net/http's internals or the socket path", reset, err)
+		}
+	}
 }
