@@ -115,3 +115,36 @@ func TestPeerRecordAddressesKnownAtStart(t *testing.T) {
 		}
 	}
 }
+
+// A publisher forgets the remembered addresses of a peer that no longer
+// subscribes to it when it restarts: /subs/addrs kept one entry for every
+// peer that ever subscribed, for ever, and restored each at every start.
+// A peer that still subscribes is remembered.
+func TestFormerSubscriberAddressesForgottenAtStart(t *testing.T) {
+	ctx := testCtx(t)
+	_, openP := reopenable(t)
+	p := openP(false, nil)
+	s1, s2 := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	for _, s := range []*node.Node{s1, s2} {
+		if err := s.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
+			t.Fatal(err)
+		}
+		pid, _ := connectPeers(t, p, s, localapi.IssueRequest{Subscribe: []string{"f.>"}})
+		if _, err := s.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s1.Unsubscribe(ctx, localapi.SubscribeRequest{Peer: p.ID().String(), Pattern: "f.>"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p = openP(false, nil)
+	if known := p.Host().Peerstore().Addrs(s1.ID()); len(known) != 0 {
+		t.Errorf("after a restart the publisher still knows %v for a peer that unsubscribed", known)
+	}
+	if known := p.Host().Peerstore().Addrs(s2.ID()); len(known) == 0 {
+		t.Error("after a restart the publisher knows no address of a peer that still subscribes")
+	}
+}

@@ -62,16 +62,25 @@ func (nw *netsvc) rememberSubscriber(ctx context.Context, p peer.ID) {
 }
 
 // restoreSubscribers loads the persisted subscriber addresses into the
-// peerstore at start.
+// peerstore at start. Those of a peer that no longer holds a subscription
+// here (it unsubscribed, was revoked or removed) are deleted instead: they
+// were kept for ever, one entry for every peer that ever subscribed.
 func (nw *netsvc) restoreSubscribers(ctx context.Context) {
 	entries, err := nw.subAddrs.Entries(ctx)
 	if err != nil {
 		nw.n.log.Warn("cannot load subscriber addresses", "err", err)
 		return
 	}
+	holds := make(map[string]bool)
+	for _, q := range nw.n.queues.Status() {
+		holds[q.Subscriber] = true
+	}
 	for _, e := range entries {
 		pid, err := peer.Decode(e.ID)
-		if err != nil {
+		if err != nil || !holds[pid.String()] {
+			if err := nw.subAddrs.Delete(ctx, e.ID); err != nil {
+				nw.n.log.Warn("cannot delete the addresses of a former subscriber", "subscriber", e.ID, "err", err)
+			}
 			continue
 		}
 		nw.host.Peerstore().AddAddrs(pid, parseAddrs(e.Value), subscriberAddrTTL)
