@@ -1,12 +1,10 @@
 package datastore
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -114,38 +112,15 @@ func TestLockHelperProcess(t *testing.T) {
 
 func TestOpenLockedByOtherProcess(t *testing.T) {
 	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLockHelperProcess$")
-	cmd.Env = append(os.Environ(), helperEnv+"="+dir)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = stdin.Close()
-		_ = cmd.Wait()
-	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil || line != "ready\n" {
-		t.Fatalf("helper did not open the datastore: %q, %v", line, err)
-	}
+	_, stop := startLockHelper(t, dir)
 
-	_, err = Open(dir)
+	_, err := Open(dir)
 	if !errors.Is(err, ErrLocked) {
 		t.Fatalf("Open while another process holds it = %v, want ErrLocked", err)
 	}
 	t.Logf("error shown to the user: %v", err)
 
-	if err := stdin.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Wait(); err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("helper exited with %v", err)
 	}
 	db, err := Open(dir)

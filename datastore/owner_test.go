@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -19,10 +20,11 @@ const (
 )
 
 // startLockHelper runs TestLockHelperProcess holding dir open and returns
-// its process; it ends when the test does.
-func startLockHelper(t *testing.T, dir string) *exec.Cmd {
+// its process; it ends when the test does, or when stop is called (which
+// reports how it exited).
+func startLockHelper(t *testing.T, dir string) (cmd *exec.Cmd, stop func() error) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLockHelperProcess$")
+	cmd = exec.Command(os.Args[0], "-test.run=^TestLockHelperProcess$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+dir)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -35,15 +37,21 @@ func startLockHelper(t *testing.T, dir string) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = stdin.Close()
-		_ = cmd.Wait()
-	})
+	var once sync.Once
+	var waitErr error
+	stop = func() error {
+		once.Do(func() {
+			_ = stdin.Close()
+			waitErr = cmd.Wait()
+		})
+		return waitErr
+	}
+	t.Cleanup(func() { _ = stop() })
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil || line != "ready\n" {
 		t.Fatalf("helper did not open the datastore: %q, %v", line, err)
 	}
-	return cmd
+	return cmd, stop
 }
 
 // A process that finds the datastore taken learns which process has it
@@ -52,7 +60,7 @@ func startLockHelper(t *testing.T, dir string) *exec.Cmd {
 // when an offline command held it).
 func TestOpenLockedNamesTheHolder(t *testing.T) {
 	dir := t.TempDir()
-	helper := startLockHelper(t, dir)
+	helper, _ := startLockHelper(t, dir)
 	fi, err := os.Stat(filepath.Join(dir, ownerFile))
 	if err != nil {
 		t.Fatalf("the holder recorded nothing: %v", err)

@@ -28,6 +28,42 @@ func flSubscribe(t *testing.T, pub, sub *node.Node, h node.Handler) {
 	}
 }
 
+// parkedAmongSmall publishes <prefix>.a 1, then big on <prefix>.big, then
+// <prefix>.a 3, waits until the publisher has all three acked, checks that
+// the receiver rec ran for the two small ones, in order, and that sub
+// parked big as its one dead letter, without its data (too_large its
+// size), and returns that dead letter.
+func parkedAmongSmall(t *testing.T, pub, sub *node.Node, rec *flRecorder, prefix string, big json.RawMessage) localapi.DeadLetter {
+	t.Helper()
+	ctx := testCtx(t)
+	for _, m := range []node.Message{{Subject: prefix + ".a", Data: json.RawMessage(`1`)}, {Subject: prefix + ".big", Data: big}, {Subject: prefix + ".a", Data: json.RawMessage(`3`)}} {
+		if _, err := pub.PublishBatch(ctx, []node.Message{m}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if s := pub.Subscribers(); len(s) != 1 || s[0].Acked != 3 {
+			return fmt.Errorf("subscribers at the publisher: %+v; want all 3 publications acked", s)
+		}
+		return nil
+	})
+	if got := rec.runs(); strings.Join(got, ",") != "1 1,3 3" {
+		t.Fatalf("the receiver ran for %q, want the two small publications, in order", got)
+	}
+	list, err := sub.DeadLetters(ctx, localapi.DeadLetterQuery{Data: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.DeadLetters) != 1 {
+		t.Fatalf("dead letters %+v, want the large publication", list.DeadLetters)
+	}
+	d := list.DeadLetters[0]
+	if d.Seq != 2 || d.Subject != prefix+".big" || d.TooLarge != uint64(len(big)) || d.Data != nil {
+		t.Fatalf("dead letter %+v; want seq 2, %s.big, too_large %d, no data", d, prefix, len(big))
+	}
+	return d
+}
+
 // flRecorder is an in-process receiver recording "<seq> <input>" per run
 // (with short, only the input's characters 1 to 4).
 type flRecorder struct {
@@ -101,35 +137,14 @@ func TestPublicationTooLargeForSubscriberIsParked(t *testing.T) {
 	flSubscribe(t, pub, sub, rec.handle)
 	ctx := testCtx(t)
 	big := json.RawMessage(`"` + strings.Repeat("y", 2<<20) + `"`)
-	for _, m := range []node.Message{{Subject: "p.a", Data: json.RawMessage(`1`)}, {Subject: "p.big", Data: big}, {Subject: "p.a", Data: json.RawMessage(`3`)}} {
-		if _, err := pub.PublishBatch(ctx, []node.Message{m}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
-		if s := pub.Subscribers(); len(s) != 1 || s[0].Acked != 3 {
-			return fmt.Errorf("subscribers at the publisher: %+v; want all 3 publications acked", s)
-		}
-		return nil
-	})
-	if got := rec.runs(); strings.Join(got, ",") != "1 1,3 3" {
-		t.Fatalf("the receiver ran for %q, want the two small publications, in order", got)
-	}
-	list, err := sub.DeadLetters(ctx, localapi.DeadLetterQuery{Data: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(list.DeadLetters) != 1 {
-		t.Fatalf("dead letters %+v, want the large publication", list.DeadLetters)
-	}
-	d := list.DeadLetters[0]
-	if d.Seq != 2 || d.Subject != "p.big" || d.TooLarge != uint64(len(big)) || d.Data != nil || !strings.Contains(d.Error, "larger than this instance accepts") {
-		t.Fatalf("dead letter %+v; want seq 2, p.big, too_large %d, no data, a clear error", d, len(big))
+	d := parkedAmongSmall(t, pub, sub, rec, "p", big)
+	if !strings.Contains(d.Error, "larger than this instance accepts") {
+		t.Fatalf("dead letter %+v; want an error saying it is larger than this instance accepts", d)
 	}
 	if summary, err := sub.DeadLetters(ctx, localapi.DeadLetterQuery{}); err != nil || len(summary.DeadLetters) != 1 || summary.DeadLetters[0].TooLarge != uint64(len(big)) {
 		t.Fatalf("dead letters without data: %+v, %v; want too_large there too", summary, err)
 	}
-	err = sub.ReplayDeadLetter(ctx, d.ID, nil)
+	err := sub.ReplayDeadLetter(ctx, d.ID, nil)
 	if err == nil || !strings.Contains(err.Error(), "cannot be replayed") {
 		t.Fatalf("replay of a publication that never arrived = %v, want a clear refusal", err)
 	}
