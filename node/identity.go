@@ -147,7 +147,8 @@ func readIdentityHolder(path string) identityHolder {
 // lockExclusive opens (creating it, 0600) and flocks the file at path.
 // held reports that another open file holds the lock; the lock goes with
 // the process, so a file left by a killed process is simply taken over.
-// The file is truncated for its new holder to write in.
+// The file is truncated for its new holder to write in. A service's pid
+// file and its identity lock are held with it.
 func lockExclusive(path string) (f *os.File, held bool, err error) {
 	f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {

@@ -1028,15 +1028,13 @@ func terminate(ctx context.Context, pid int) (int, error) {
 // of the instance holds it. The lock goes with the process, so a file left
 // by a killed service is simply taken over.
 func lockPIDFile(l Layout) (*os.File, error) {
-	f, err := os.OpenFile(l.PIDFile(), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
+	// Owner-only (lockExclusive): another user who can open the file could
+	// hold a shared lock on it and keep the service from starting.
+	f, held, err := lockExclusive(l.PIDFile())
+	switch {
+	case err != nil:
 		return nil, fmt.Errorf("node: pid file: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("node: pid file %s: %w", l.PIDFile(), err)
-		}
+	case held:
 		if st, perr := probe(l); perr == nil {
 			return nil, fmt.Errorf("%w: instance %s (pid %d)", ErrAlreadyRunning, l.Dir, st.PID)
 		}
@@ -1049,24 +1047,7 @@ func lockPIDFile(l Layout) (*os.File, error) {
 		}
 		return nil, fmt.Errorf("%w: instance %s (starting)", ErrAlreadyRunning, l.Dir)
 	}
-	// A path that no longer names the file we locked (a stopping service
-	// removed it meanwhile) would let a second service lock a new one.
-	fi, ferr := f.Stat()
-	pi, perr := os.Stat(l.PIDFile())
-	if ferr != nil || perr != nil || !os.SameFile(fi, pi) {
-		f.Close()
-		return lockPIDFile(l)
-	}
-	// Owner-only: another user who can open the file could hold a
-	// shared lock on it and keep the service from starting.
-	err = f.Chmod(0o600)
-	if err == nil {
-		err = f.Truncate(0)
-	}
-	if err == nil {
-		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	}
-	if err != nil {
+	if _, err := f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("node: pid file: %w", err)
 	}
