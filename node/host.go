@@ -502,7 +502,16 @@ func (nw *netsvc) close() error {
 }
 
 func (nw *netsvc) fillStatus(s *localapi.Status) {
-	s.ListenAddrs = addrStrings(nw.host.Network().ListenAddresses())
+	// Without the relay transport's bare "/p2p-circuit": it is no
+	// address (reservations show as circuit addresses in Addrs), and it
+	// read as if relaying were on when it is off.
+	var listen []ma.Multiaddr
+	for _, a := range nw.host.Network().ListenAddresses() {
+		if a.String() != "/p2p-circuit" {
+			listen = append(listen, a)
+		}
+	}
+	s.ListenAddrs = addrStrings(listen)
 	s.Addrs = addrStrings(nw.host.Addrs())
 	s.Peers = len(nw.host.Network().Peers())
 	nw.nat.mu.Lock()

@@ -684,6 +684,10 @@ func TestControlAPI(t *testing.T) {
 	if st.PeerID != a.ID().String() || !st.Online || len(st.ListenAddrs) == 0 || st.Version != node.Version || st.Instance != a.Dir() {
 		t.Errorf("status = %+v", st)
 	}
+	// The relay transport's bare /p2p-circuit is no address to list.
+	if slices.Contains(st.ListenAddrs, "/p2p-circuit") {
+		t.Errorf("status lists /p2p-circuit among the listen addresses: %v", st.ListenAddrs)
+	}
 
 	acts, err := ca.Actions(ctx, false, "")
 	if err != nil {
