@@ -165,11 +165,11 @@ func (n *Node) Handler(stop func()) http.Handler {
 		return struct{}{}, n.auth.RemoveValidation(r.Context(), r.PathValue("id"))
 	})
 	route("POST "+p+"/peers", func(w http.ResponseWriter, r *http.Request) (any, error) {
-		var req localapi.AddTokenRequest
+		var req localapi.AddPeerRequest
 		if err := decodeBody(r, &req); err != nil {
 			return nil, err
 		}
-		return n.AddPeer(r.Context(), req.Token)
+		return n.AddPeerRequest(r.Context(), req)
 	})
 	route("GET "+p+"/peers", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		return n.ListPeers(r.Context())

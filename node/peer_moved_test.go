@@ -3,8 +3,12 @@ package node_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
@@ -147,4 +151,61 @@ func TestFormerSubscriberAddressesForgottenAtStart(t *testing.T) {
 	if known := p.Host().Peerstore().Addrs(s2.ID()); len(known) == 0 {
 		t.Error("after a restart the publisher knows no address of a peer that still subscribes")
 	}
+}
+
+// Replacing a peer's token by one that does not allow a subscription held
+// there is refused, saying which; --force ends those subscriptions at
+// both ends first. The replacement was taken silently, and the publisher
+// removed the subscriptions at their next reconnect, with what it had
+// queued for them. A replacement that allows them all is taken as before.
+func TestPeerTokenReplacementKeepsSubscriptionsAllowed(t *testing.T) {
+	ctx := testCtx(t)
+	pub, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	if err := sub.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"orders.>"}})
+	for _, p := range []string{"orders.*", "orders.>"} {
+		if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: p, Receiver: "rec"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := func(want int) {
+		t.Helper()
+		subs, err := sub.Subscriptions(ctx)
+		if err != nil || len(subs) != want {
+			t.Fatalf("subscriptions %+v, %v; want %d", subs, err, want)
+		}
+		checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+			if s := pub.Subscribers(); len(s) != want {
+				return fmt.Errorf("subscribers at the publisher %+v, want %d", s, want)
+			}
+			return nil
+		})
+	}
+
+	wider := issue(t, pub, localapi.IssueRequest{Subscribe: []string{">"}})
+	if _, err := sub.AddPeer(ctx, wider.Token); err != nil {
+		t.Fatalf("a replacement that allows every subscription: %v", err)
+	}
+	held(2)
+
+	narrower := issue(t, pub, localapi.IssueRequest{Subscribe: []string{"orders.eu.>"}})
+	_, err := sub.AddPeer(ctx, narrower.Token)
+	var le *localapi.Error
+	if !errors.As(err, &le) || le.Code != localapi.CodeConflict || !strings.Contains(err.Error(), `"orders.*"`) || !strings.Contains(err.Error(), `"orders.>"`) || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("a replacement that allows neither subscription: %v; want a conflict naming both and --force", err)
+	}
+	if p, err := sub.ShowPeer(ctx, pid); err != nil || p.TokenID != wider.ID {
+		t.Fatalf("after the refusal the peer holds token %s (%v), want the one before, %s", p.TokenID, err, wider.ID)
+	}
+	held(2)
+
+	if _, err := sub.AddPeerRequest(ctx, localapi.AddPeerRequest{Token: narrower.Token, Force: true}); err != nil {
+		t.Fatalf("forced replacement: %v", err)
+	}
+	if p, err := sub.ShowPeer(ctx, pid); err != nil || p.TokenID != narrower.ID {
+		t.Fatalf("after the forced replacement the peer holds token %s (%v), want %s", p.TokenID, err, narrower.ID)
+	}
+	held(0)
 }

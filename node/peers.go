@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,9 +58,20 @@ func (r peerRecord) view() localapi.Peer {
 // secure channel proves the remote is that issuer), and authenticates once
 // so the issuer verifies — and, for a claim-on-first-use token, binds — it.
 func (n *Node) AddPeer(ctx context.Context, raw string) (localapi.Peer, error) {
+	return n.AddPeerRequest(ctx, localapi.AddPeerRequest{Token: raw})
+}
+
+// AddPeerRequest is AddPeer, and with req.Force it replaces a peer's token
+// by one that does not allow every subscription held at the peer, ending
+// those first. Without Force such a replacement is refused: the publisher
+// checks each subscription against the token its subscriber presents when
+// it reconnects, so the subscriptions the new token does not allow would
+// be removed there at their next reconnect, with what was queued for
+// them, and nobody told.
+func (n *Node) AddPeerRequest(ctx context.Context, req localapi.AddPeerRequest) (localapi.Peer, error) {
 	// A token pasted from a terminal or read from a file usually ends in
 	// a newline; only the token itself is verified.
-	raw = strings.TrimSpace(raw)
+	raw := strings.TrimSpace(req.Token)
 	c, err := auth.Decode(raw)
 	if err != nil {
 		return localapi.Peer{}, err
@@ -90,6 +103,28 @@ func (n *Node) AddPeer(ctx context.Context, raw string) (localapi.Peer, error) {
 	if _, err := n.net.remoteListWith(ctx, pid, raw); err != nil {
 		return localapi.Peer{}, err
 	}
+	uncovered, err := n.subscriptionsNotAllowed(ctx, rec.ID, c.Subscribe)
+	if err != nil {
+		return localapi.Peer{}, err
+	}
+	if len(uncovered) > 0 && !req.Force {
+		var list []string
+		for _, s := range uncovered {
+			list = append(list, fmt.Sprintf("%q (subscription %s, receiver %s)", s.Pattern, s.ID, s.Receiver))
+		}
+		return localapi.Peer{}, &localapi.Error{Status: http.StatusConflict, Code: localapi.CodeConflict,
+			Message: fmt.Sprintf("the new token of %s does not allow subscribing to %s; the peer would remove %s at the next reconnect, with what is queued there. "+
+				"Ask the peer for a token that also allows %s, or add this one with --force, which ends %s now, at both ends",
+				rec.ID, strings.Join(list, ", "), them(len(list)), them(len(list)), them(len(list)))}
+	}
+	for _, s := range uncovered {
+		// Ended with the token they were made with, still the record's.
+		if err := n.remoteUnsubscribe(ctx, s); err != nil {
+			n.log.Warn("subscription not allowed by the peer's new token: the peer could not be told; forgotten here", "subscription", s.ID, "peer", rec.ID, "err", err)
+		}
+		n.subscriber.forget(ctx, s.ID)
+		n.log.Info("subscription ended: the peer's new token does not allow it", "subscription", s.ID, "peer", rec.ID, "pattern", s.Pattern)
+	}
 	if err := n.changePeer(rec.ID, func() error {
 		if err := n.peers.Put(ctx, rec.ID, rec); err != nil {
 			return err
@@ -100,6 +135,32 @@ func (n *Node) AddPeer(ctx context.Context, raw string) (localapi.Peer, error) {
 	}
 	n.log.Info("peer added", "peer", rec.ID, "token_id", rec.TokenID)
 	return n.ShowPeer(ctx, rec.ID)
+}
+
+// them is "that subscription" or "those subscriptions".
+func them(n int) string {
+	if n == 1 {
+		return "that subscription"
+	}
+	return "those subscriptions"
+}
+
+// subscriptionsNotAllowed lists the subscriptions this instance holds at
+// peer id whose pattern no pattern of subscribe (a token's grants)
+// covers.
+func (n *Node) subscriptionsNotAllowed(ctx context.Context, id string, subscribe []string) ([]outSub, error) {
+	subs, err := n.subscriber.subs.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []outSub
+	for _, s := range subs {
+		if s.Publisher != id || slices.ContainsFunc(subscribe, func(p string) bool { return topics.Covers(p, s.Pattern) }) {
+			continue
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }
 
 func parseAddrs(ss []string) []ma.Multiaddr {

@@ -118,13 +118,20 @@ func newValidationCmd(a *app) *cobra.Command {
 func newPeerCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "peer", Short: "Add, list, show and remove peers"}
 	var token string
+	var force bool
 	add := &cobra.Command{
-		Use:   "add --token TOKEN",
-		Short: "Add the issuer of a token as a peer (dials the addresses the token carries)",
-		Args:  cobra.NoArgs,
+		Use:   "add --token TOKEN [--force]",
+		Short: "Add the issuer of a token as a peer (dials the addresses the token carries), or replace its token",
+		Long: `Add the issuer of a token as a peer: the token is verified with the peer,
+which it names, at the addresses it carries. Adding a token of a peer already
+added replaces the token held for it. A replacement that does not allow a
+subscription held at the peer is refused (the peer would remove that
+subscription at its next reconnect); --force ends such subscriptions now, at
+both ends, and replaces the token.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
-				p, err := c.AddPeer(cmd.Context(), strings.TrimSpace(token))
+				p, err := c.AddPeerRequest(cmd.Context(), localapi.AddPeerRequest{Token: strings.TrimSpace(token), Force: force})
 				if err != nil {
 					return err
 				}
@@ -134,6 +141,7 @@ func newPeerCmd(a *app) *cobra.Command {
 		},
 	}
 	add.Flags().StringVar(&token, "token", "", "capability token issued to you by the peer")
+	add.Flags().BoolVar(&force, "force", false, "replace the peer's token even if it does not allow subscriptions held there (they are ended)")
 	_ = add.MarkFlagRequired("token")
 
 	var listJSON bool

@@ -97,8 +97,14 @@ func (c *Client) RemoveValidation(ctx context.Context, id string) error {
 
 // AddPeer adds the issuer of token as a peer.
 func (c *Client) AddPeer(ctx context.Context, token string) (Peer, error) {
+	return c.AddPeerRequest(ctx, AddPeerRequest{Token: token})
+}
+
+// AddPeerRequest adds the issuer of r.Token as a peer, or replaces the
+// token held for it (see AddPeerRequest).
+func (c *Client) AddPeerRequest(ctx context.Context, r AddPeerRequest) (Peer, error) {
 	var out Peer
-	return out, c.Do(ctx, http.MethodPost, "/peers", AddTokenRequest{Token: token}, &out)
+	return out, c.Do(ctx, http.MethodPost, "/peers", r, &out)
 }
 
 // Peers lists added peers.

@@ -212,6 +212,15 @@ type AddTokenRequest struct {
 	Token string `json:"token"`
 }
 
+// AddPeerRequest adds the issuer of Token as a peer, or replaces the token
+// held for it. A replacement that does not allow a subscription this
+// instance holds at the peer is refused unless Force, which ends those
+// subscriptions (at both ends) first.
+type AddPeerRequest struct {
+	Token string `json:"token"`
+	Force bool   `json:"force,omitempty"`
+}
+
 // Peer is a peer this instance added with a token it was issued.
 type Peer struct {
 	ID          string     `json:"id"`
