@@ -99,7 +99,10 @@ func (n *Node) AddPeerRequest(ctx context.Context, req localapi.AddPeerRequest) 
 	if len(addrs) == 0 {
 		return localapi.Peer{}, fmt.Errorf("%w: the token carries no usable address of its issuer (was it issued while the issuer's service was stopped?)", auth.ErrInvalid)
 	}
-	n.host.Peerstore().AddAddrs(pid, addrs, peerstore.PermanentAddrTTL)
+	// For the verification only: kept for good once it succeeds. A token
+	// that fails (a wrong address, another instance's) left its addresses
+	// dialled for this peer until the service restarted.
+	n.host.Peerstore().AddAddrs(pid, addrs, peerstore.TempAddrTTL)
 	if _, err := n.net.remoteListWith(ctx, pid, raw); err != nil {
 		return localapi.Peer{}, err
 	}
@@ -133,6 +136,7 @@ func (n *Node) AddPeerRequest(ctx context.Context, req localapi.AddPeerRequest) 
 	}); err != nil {
 		return localapi.Peer{}, err
 	}
+	n.host.Peerstore().AddAddrs(pid, addrs, peerstore.PermanentAddrTTL)
 	n.log.Info("peer added", "peer", rec.ID, "token_id", rec.TokenID)
 	return n.ShowPeer(ctx, rec.ID)
 }
