@@ -49,3 +49,12 @@ func SetHandlersDrain(d time.Duration) func() {
 	handlersDrain = d
 	return func() { handlersDrain = prev }
 }
+
+// SetRelayCheckAfter sets how soon, and how often, a node looks for
+// static relays that give it no relay address; the returned func
+// restores it.
+func SetRelayCheckAfter(d time.Duration) func() {
+	prev := relayCheckAfter
+	relayCheckAfter = d
+	return func() { relayCheckAfter = prev }
+}

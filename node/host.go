@@ -463,6 +463,13 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 		if err := kickAutoRelay(h); err != nil {
 			return fail(err)
 		}
+		if static, err := n.cfg.Network.StaticRelays(); err == nil && nw.handlers.Begin() {
+			every := relayCheckAfter
+			go func() {
+				defer nw.handlers.End()
+				nw.checkRelays(nw.handlers.ctx, static, every)
+			}()
+		}
 	}
 	nw.register()
 	if nw.handlers.Begin() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -213,4 +214,48 @@ func TestPublicationLargerThanRelayCircuitIsParked(t *testing.T) {
 	if err := sub.ReplayDeadLetter(ctx, d.ID, nil); err == nil || !strings.Contains(err.Error(), "relay circuit") {
 		t.Fatalf("replay of a publication that never arrived = %v, want a refusal naming the relay circuit", err)
 	}
+}
+
+// A static relay that gives the instance no relay address is logged with
+// why: one that cannot be reached, one that runs no relay service, one
+// reachable only at non-public addresses (libp2p announces relay
+// addresses only through public ones). AutoRelay said nothing, and
+// `service status` just had no relay_reservations.
+func TestStaticRelayProblemsAreLogged(t *testing.T) {
+	defer node.SetRelayCheckAfter(100 * time.Millisecond)()
+	relay := newTestNode(t, withQuietLog(), func(o *node.Options) { o.Relay = true })
+	plain := newTestNode(t, withQuietLog())
+	gone := newTestNode(t, withQuietLog())
+	goneAddr := fmt.Sprintf("%s/p2p/%s", gone.Host().Addrs()[0], gone.ID())
+	if err := gone.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	newTestNode(t, func(o *node.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		o.Config.Network.Relays = []string{
+			fmt.Sprintf("%s/p2p/%s", relay.Host().Addrs()[0], relay.ID()),
+			fmt.Sprintf("%s/p2p/%s", plain.Host().Addrs()[0], plain.ID()),
+			goneAddr,
+		}
+	})
+	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		out := logs.String()
+		for id, want := range map[peer.ID]string{
+			relay.ID(): "has none",
+			plain.ID(): "does not run a relay service",
+			gone.ID():  "cannot be reached",
+		} {
+			found := false
+			for _, line := range strings.Split(out, "\n") {
+				if strings.Contains(line, "static relay gives this instance no relay address") && strings.Contains(line, id.String()) && strings.Contains(line, want) {
+					found = true
+				}
+			}
+			if !found {
+				return fmt.Errorf("no warning for relay %s saying %q in:\n%s", id, want, out)
+			}
+		}
+		return nil
+	})
 }
