@@ -537,10 +537,11 @@ func (n *Node) Status() localapi.Status {
 			DeadLetters: n.stats.deadLetters.Load(),
 		},
 	}
+	// Since start, as the other counters are: the queues' own counters,
+	// persisted across restarts, are in subscribers list.
+	tot := n.queues.Totals()
+	s.Counters.Delivered, s.Counters.Redelivered, s.Counters.Dropped = tot.Delivered, tot.Redelivered, tot.Dropped
 	for _, q := range n.queues.Status() {
-		s.Counters.Delivered += q.Delivered
-		s.Counters.Redelivered += q.Redelivered
-		s.Counters.Dropped += q.Dropped
 		s.Queues = append(s.Queues, localapi.QueueStatus{SubscriptionID: q.ID, Depth: q.Depth, Delivered: q.Delivered})
 	}
 	if n.net != nil {

@@ -233,6 +233,10 @@ type Queues struct {
 	dirtyMu sync.Mutex
 	dirty   []*queue
 
+	// Totals since OpenQueues (see Totals), over every queue including
+	// removed ones; unlike the per-queue counters they are not persisted.
+	totDelivered, totRedelivered, totDropped atomic.Uint64
+
 	// Log state, guarded by commitMu. refs[p-refBase] is the number of
 	// subscriptions that still need the entry at position p;
 	// refBase+len(refs) == nextPos.
@@ -1054,6 +1058,25 @@ func (qs *Queues) Subscription(id string) (Subscription, bool) {
 	return q.sub, true
 }
 
+// QueueTotals are counters over every subscription queue.
+type QueueTotals struct {
+	Delivered   uint64
+	Redelivered uint64
+	Dropped     uint64
+}
+
+// Totals returns what was delivered, redelivered and dropped since
+// OpenQueues, over every queue (also those removed since). The per-queue
+// counters in Status are totals since the subscription was created,
+// persisted across restarts.
+func (qs *Queues) Totals() QueueTotals {
+	return QueueTotals{
+		Delivered:   qs.totDelivered.Load(),
+		Redelivered: qs.totRedelivered.Load(),
+		Dropped:     qs.totDropped.Load(),
+	}
+}
+
 // Status returns a snapshot of every queue, sorted by subscription id.
 func (qs *Queues) Status() []QueueStatus {
 	qs.mu.RLock()
@@ -1632,6 +1655,7 @@ func (qs *Queues) finish(rd *round, err error) {
 		} else {
 			if t.drop > q.head {
 				q.dropped += t.drop - q.head
+				qs.totDropped.Add(t.drop - q.head)
 				q.head = t.drop
 				q.trimLocked()
 				dropped = true
@@ -2175,10 +2199,14 @@ func (qs *Queues) MarkSent(id string, seq uint64) {
 	lo := max(q.cursor+1, q.head)
 	if seq >= lo {
 		if q.sentMax >= lo {
-			q.redelivered += min(q.sentMax, seq) - lo + 1
+			n := min(q.sentMax, seq) - lo + 1
+			q.redelivered += n
+			qs.totRedelivered.Add(n)
 		}
 		if seq > q.sentMax {
-			q.delivered += seq - max(q.sentMax+1, lo) + 1
+			n := seq - max(q.sentMax+1, lo) + 1
+			q.delivered += n
+			qs.totDelivered.Add(n)
 		}
 	}
 	q.cursor = seq

@@ -1454,3 +1454,58 @@ func TestCloseReleasesEverythingAcked(t *testing.T) {
 		t.Fatalf("after reopening: %d items (%v), want none", len(items), err)
 	}
 }
+
+// TestQueueTotalsSinceOpen: Totals count from OpenQueues, while the
+// per-queue counters in Status are persisted across restarts; a removed
+// queue's deliveries stay in the totals.
+func TestQueueTotalsSinceOpen(t *testing.T) {
+	dir := t.TempDir()
+	db, err := datastore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, err := OpenQueues(context.Background(), db.Batching(), QueueOptions{Bound: 2, Policy: PolicyDropOldest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addSub(t, qs, "s", "a")
+	for i := 1; i <= 5; i++ {
+		publish(t, qs, msg("a", strconv.Itoa(i)))
+	}
+	if _, err := qs.Resume("s", 0); err != nil {
+		t.Fatal(err)
+	}
+	qs.MarkSent("s", 5)
+	if _, err := qs.Resume("s", 4); err != nil {
+		t.Fatal(err)
+	}
+	qs.MarkSent("s", 5)
+	if got, want := qs.Totals(), (QueueTotals{Delivered: 2, Redelivered: 1, Dropped: 3}); got != want {
+		t.Fatalf("Totals = %+v, want %+v", got, want)
+	}
+	if err := qs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db = openPebble(t, dir)
+	qs = openQueues(t, db.Batching(), QueueOptions{Bound: 2, Policy: PolicyDropOldest})
+	if got := qs.Totals(); got != (QueueTotals{}) {
+		t.Fatalf("Totals after restart = %+v, want zero", got)
+	}
+	if st := status(t, qs, "s"); st.Delivered != 2 || st.Redelivered != 1 || st.Dropped != 3 {
+		t.Fatalf("status after restart = %+v, want the persisted delivered 2, redelivered 1, dropped 3", st)
+	}
+	publish(t, qs, msg("a", "6"))
+	if _, err := qs.Resume("s", 5); err != nil {
+		t.Fatal(err)
+	}
+	qs.MarkSent("s", 6)
+	if _, err := qs.RemoveSubscription(context.Background(), "s"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := qs.Totals(), (QueueTotals{Delivered: 1}); got != want {
+		t.Fatalf("Totals after a delivery and removal = %+v, want %+v", got, want)
+	}
+}

@@ -57,7 +57,10 @@ type Status struct {
 	Queues      []QueueStatus `json:"queues,omitempty"`
 }
 
-// Counters are service-wide totals since start.
+// Counters are service-wide totals since start: every one starts from 0
+// when the service starts. Delivered, Redelivered and Dropped also count
+// subscriptions removed since; the per-subscription counters (QueueStatus,
+// Subscriber) are totals since the subscription was created, persisted.
 type Counters struct {
 	Performed   uint64 `json:"performed"`
 	Published   uint64 `json:"published"`
@@ -69,7 +72,8 @@ type Counters struct {
 	DeadLetters uint64 `json:"dead_letters"`
 }
 
-// QueueStatus is one subscription queue at a publisher.
+// QueueStatus is one subscription queue at a publisher. Delivered is the
+// total since the subscription was created, kept across restarts.
 type QueueStatus struct {
 	SubscriptionID string `json:"subscription_id"`
 	Depth          uint64 `json:"depth"`
