@@ -34,6 +34,7 @@ type benchOptions struct {
 	transport    string
 	receiver     string
 	dir          string
+	keep         bool
 	timeout      time.Duration
 	asJSON       bool
 	cpuProfile   string
@@ -47,7 +48,8 @@ func newBenchCmd(a *app) *cobra.Command {
 		Use:   "bench [--size 128B] [--subscribers 1] [--mode paced|burst]",
 		Short: "Measure durable delivery on this machine against a raw libp2p stream and the disk",
 		Long: `Start a publisher and --subscribers subscriber instances in one process, on
-127.0.0.1, each with its own datastore in a temporary directory; subscribe each
+127.0.0.1, each with its own datastore in a new directory inside --dir (default:
+the system temp directory), removed afterwards unless --keep or the run failed; subscribe each
 to the publisher with a receiver; publish --messages publications of --size
 bytes and wait until every subscriber has processed (and durably recorded)
 them all. In the same run and between the same hosts, send the same payloads
@@ -93,10 +95,25 @@ them. --cpuprofile profiles the bench's process only.`,
 				}()
 				po.CPUProfile = prof
 			}
+			// The instances go in a directory of their own inside --dir
+			// (default: the system temp directory), as lab's do, so that
+			// runs into the same --dir do not collide; it is removed
+			// afterwards unless --keep, or the run failed (not
+			// interrupted), for inspection.
+			dir, err := benchDir(o.dir)
+			if err != nil {
+				return err
+			}
+			po.Dir = dir
 			tuneGC() // measure what the service runs
 			fmt.Fprintf(a.err, "bench: %d publications of %s to %d subscriber host(s), %s...\n",
 				po.Messages, humanize.IBytes(uint64(po.Size)), po.Subscribers, o.mode)
 			r, err := perf.Delivery(cmd.Context(), po)
+			if o.keep || (err != nil && cmd.Context().Err() == nil) {
+				fmt.Fprintf(a.err, "bench: kept %s\n", dir)
+			} else if rerr := os.RemoveAll(dir); rerr != nil {
+				fmt.Fprintf(a.err, "bench: removing %s: %v\n", dir, rerr)
+			}
 			if err != nil {
 				if errors.Is(err, perf.ErrOptions) {
 					return fmt.Errorf("%w: %w", errBenchOptions, err)
@@ -127,7 +144,8 @@ them. --cpuprofile profiles the bench's process only.`,
 	f.IntVar(&o.publishers, "publishers", perf.DefaultPublishers, "goroutines publishing at once")
 	f.StringVar(&o.transport, "transport", node.PreferTCP, "tcp or quic")
 	f.StringVar(&o.receiver, "receiver", perf.ReceiverInProcess, "inprocess (a Go function) or executable (a shell script: a process per publication)")
-	f.StringVar(&o.dir, "dir", "", "where to create the instances (default: a temporary directory, removed afterwards)")
+	f.StringVar(&o.dir, "dir", "", "parent directory for the run's instances, created in a new subdirectory of it (default: the system temp directory)")
+	f.BoolVar(&o.keep, "keep", false, "keep the instance directories after the run (a failed run keeps them anyway)")
 	f.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	f.BoolVar(&o.asJSON, "json", false, "print the result as JSON")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the durable run to this file")
@@ -179,8 +197,8 @@ func (o *benchOptions) options() (perf.DeliveryOptions, error) {
 	if o.publishers < 1 || o.publishers > 1024 {
 		bad("--publishers %d is out of range (1..1024)", o.publishers)
 	}
-	if o.messages == 0 && po.Size > 0 {
-		po.Messages = min(1_000_000, max(10_000, (512<<20)/po.Size))
+	if o.messages == 0 {
+		po.Messages = min(1_000_000, max(10_000, (512<<20)/max(po.Size, 1)))
 	}
 	if o.timeout <= 0 {
 		bad("--timeout %v must be positive", o.timeout)
@@ -200,7 +218,27 @@ func (o *benchOptions) options() (perf.DeliveryOptions, error) {
 	if len(errs) > 0 {
 		return po, fmt.Errorf("%w: %w", errBenchOptions, errors.Join(errs...))
 	}
+	// What perf refuses is refused before anything is created or printed.
+	if err := po.Check(); err != nil {
+		return po, fmt.Errorf("%w: %w", errBenchOptions, err)
+	}
 	return po, nil
+}
+
+// benchDir creates a new directory for a run's instances inside parent
+// (default: the system temp directory).
+func benchDir(parent string) (string, error) {
+	if parent == "" {
+		parent = os.TempDir()
+	}
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return "", fmt.Errorf("bench: --dir: %w", err)
+	}
+	dir, err := os.MkdirTemp(parent, "coattail-bench-")
+	if err != nil {
+		return "", fmt.Errorf("bench: --dir: %w", err)
+	}
+	return dir, nil
 }
 
 // printBench prints a result as a short table.

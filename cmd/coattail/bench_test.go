@@ -37,7 +37,7 @@ func TestBenchCommand(t *testing.T) {
 	dir := t.TempDir()
 	var r perf.DeliveryResult
 	prof := filepath.Join(t.TempDir(), "cpu.pprof")
-	i.decodeJSON(i.mustRun("bench", "--messages", "5000", "--json", "--dir", dir, "--cpuprofile", prof), &r)
+	i.decodeJSON(i.mustRun("bench", "--messages", "5000", "--json", "--dir", dir, "--keep", "--cpuprofile", prof), &r)
 	check(r, 128, 1, 5000, "paced", "tcp", "inprocess")
 	if b, err := os.ReadFile(prof); err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
 		t.Fatalf("--cpuprofile did not write a (gzipped) pprof profile: %d bytes, %v", len(b), err)
@@ -46,8 +46,8 @@ func TestBenchCommand(t *testing.T) {
 		t.Fatalf("paced window = %d, want the default %d", r.Window, perf.DefaultWindow)
 	}
 	for _, sub := range []string{"publisher", "subscriber-0"} {
-		if _, err := os.Stat(filepath.Join(dir, sub, "config.yml")); err != nil {
-			t.Fatalf("--dir does not hold the %s instance: %v", sub, err)
+		if _, err := os.Stat(filepath.Join(benchRunDir(t, dir), sub, "config.yml")); err != nil {
+			t.Fatalf("--dir --keep does not hold the %s instance: %v", sub, err)
 		}
 	}
 
@@ -61,7 +61,7 @@ func TestBenchCommand(t *testing.T) {
 	// with the bench.
 	r = perf.DeliveryResult{}
 	dir = t.TempDir()
-	i.decodeJSON(i.mustRun("bench", "--processes", "--subscribers", "2", "--messages", "3000", "--json", "--dir", dir), &r)
+	i.decodeJSON(i.mustRun("bench", "--processes", "--subscribers", "2", "--messages", "3000", "--json", "--dir", dir, "--keep"), &r)
 	check(r, 128, 2, 3000, "paced", "tcp", "inprocess")
 	if !r.Processes || r.PublisherCPUPerMsg <= 0 || r.XRawCPU <= 0 {
 		t.Fatalf("--processes result says the subscribers ran in the bench's process, or no publisher CPU: %+v", r)
@@ -70,7 +70,7 @@ func TestBenchCommand(t *testing.T) {
 		t.Fatalf("bench --processes output lacks the publisher's CPU:\n%s", out)
 	}
 	for _, sub := range []string{"subscriber-0", "subscriber-1"} {
-		if _, err := os.Stat(filepath.Join(dir, sub, "config.yml")); err != nil {
+		if _, err := os.Stat(filepath.Join(benchRunDir(t, dir), sub, "config.yml")); err != nil {
 			t.Fatalf("--processes: no %s instance: %v", sub, err)
 		}
 	}
@@ -88,6 +88,35 @@ func TestBenchCommand(t *testing.T) {
 	}
 }
 
+// benchRunDir returns the one run directory a bench created in parent.
+func benchRunDir(t *testing.T, parent string) string {
+	t.Helper()
+	entries, err := os.ReadDir(parent)
+	if err != nil || len(entries) != 1 || !entries[0].IsDir() {
+		t.Fatalf("--dir %s holds %d entries (%v), want one run directory", parent, len(entries), err)
+	}
+	return filepath.Join(parent, entries[0].Name())
+}
+
+// bench --dir D creates its instances in a new directory inside D, as lab
+// does, and removes it after a successful run: a second run into the same
+// D used to fail with "instance already exists in D/publisher", and each
+// run left hundreds of MB behind.
+func TestBenchDirRunsTwice(t *testing.T) {
+	i := newInstance(t, "benchdir")
+	dir := filepath.Join(t.TempDir(), "new", "parent")
+	for range 2 {
+		i.mustRun("bench", "--messages", "200", "--dir", dir)
+		if entries, err := os.ReadDir(dir); err != nil || len(entries) != 0 {
+			t.Fatalf("after a successful bench --dir holds %d entries (%v), want none", len(entries), err)
+		}
+	}
+	_, stderr, code := i.run("bench", "--messages", "200", "--dir", dir, "--keep")
+	if code != 0 || !strings.Contains(stderr, "bench: kept "+benchRunDir(t, dir)) {
+		t.Fatalf("bench --keep: exit %d, stderr %q; want it to name the kept directory", code, stderr)
+	}
+}
+
 func TestBenchBadFlags(t *testing.T) {
 	i := newInstance(t, "benchflags")
 	i.mustFail([]string{"bench", "--size", "banana", "--mode", "fast", "--window", "-1", "--messages", "-3"},
@@ -96,6 +125,14 @@ func TestBenchBadFlags(t *testing.T) {
 		"size 2097152 is out of range", "subscribers 0 is out of range", `transport "udp"`, `receiver "python"`)
 	i.mustFail([]string{"bench", "--size", "64KiB", "--window", "1KiB"}, "window 1024 is smaller than one message")
 	i.mustFail([]string{"bench", "extra"}, "unknown command")
+	// Only the size is wrong: no second error about the messages derived
+	// from it, and nothing printed before the error.
+	for _, size := range []string{"0", "4B"} {
+		stderr := i.mustFail([]string{"bench", "--size", size}, "is out of range (8..1048576 bytes)")
+		if strings.Contains(stderr, "messages") || strings.Contains(stderr, "publications") || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("bench --size %s: stderr %q, want only the size error", size, stderr)
+		}
+	}
 	i.mustFail([]string{"bench", "--cpuprofile", filepath.Join(t.TempDir(), "no", "such", "dir", "cpu.pprof")}, "--cpuprofile")
 }
 

@@ -153,6 +153,10 @@ func BatchFor(size int) int {
 	return max(1, min(MaxBatch, BatchBytes/max(size, 1)))
 }
 
+// Check reports what Delivery would refuse in o (an error wrapping
+// ErrOptions), without running anything.
+func (o DeliveryOptions) Check() error { return o.defaults() }
+
 func (o *DeliveryOptions) defaults() error {
 	if o.Window == 0 {
 		o.Window = DefaultWindow
