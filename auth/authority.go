@@ -619,7 +619,9 @@ func (a *Authority) Revoke(ctx context.Context, id string) error {
 		if err != nil {
 			return fmt.Errorf("auth: read token %s: %w", id, err)
 		}
-		return fmt.Errorf("%w: no token with id %s", ErrNotFound, id)
+		// Revoking deletes the record, so an id revoked already is not
+		// known either: say that it may be one.
+		return fmt.Errorf("%w: no token with id %s (never issued here, or revoked already: a revoked token's record is deleted)", ErrNotFound, id)
 	}
 	if err := a.store.Delete(ctx, k); err != nil {
 		a.mu.Unlock()

@@ -184,8 +184,16 @@ func printToken(a *app, t localapi.Token) {
 		"Publishable", list(t.Publish),
 		"Subscribable", list(t.Subscribe),
 		"Bearers", bearers,
+		"Reusable", yesNo(t.Reusable),
 		"Addresses", list(t.Addrs),
 	)
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 func newTokenListCmd(a *app) *cobra.Command {
@@ -210,8 +218,13 @@ func newTokenListCmd(a *app) *cobra.Command {
 				rows := [][]string{}
 				for _, t := range ts {
 					b := list(t.Bearers)
-					if t.ClaimedBy != "" {
+					switch {
+					case t.ClaimedBy != "":
 						b = "claimed by " + t.ClaimedBy
+					case t.Reusable && len(t.Bearers) == 0:
+						b = "anyone (reusable)"
+					case t.Reusable:
+						b += " (reusable)"
 					}
 					rows = append(rows, []string{t.ID, t.IssuedAt.Local().Format(time.RFC3339), expires(t.ExpiresAt), list(t.Perform), list(t.Publish), list(t.Subscribe), b})
 				}
