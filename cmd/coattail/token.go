@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"time"
 
@@ -43,6 +44,10 @@ func (f *lifetimeFlags) durations() (nbf, exp time.Duration, err error) {
 			return 0, nil
 		}
 		d, err := str2duration.ParseDuration(s)
+		if err != nil && durationSyntax.MatchString(s) {
+			// Well-formed, so it failed on overflow.
+			return 0, fmt.Errorf("--%s %q is too long: at most %s (about 292 years)", flag, s, maxDurationText)
+		}
 		if err != nil || d < 0 {
 			return 0, fmt.Errorf("--%s %q: use a duration such as 30s, 10m, 2h, 1d or 1w", flag, s)
 		}
@@ -61,6 +66,14 @@ func (f *lifetimeFlags) durations() (nbf, exp time.Duration, err error) {
 	}
 	return
 }
+
+// durationSyntax is what str2duration.ParseDuration accepts; a string
+// matching it that does not parse is too long for a time.Duration.
+var durationSyntax = regexp.MustCompile(`^[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d|w))+$`)
+
+// maxDurationText is the longest time.Duration in the units --expires-in
+// takes (math.MaxInt64 nanoseconds, rounded down to the second).
+const maxDurationText = "15250w1d23h47m16s"
 
 // deliver shows a new raw token: printed with --print-raw-token, else
 // copied to the clipboard when one is available, else printed.

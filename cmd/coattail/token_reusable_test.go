@@ -48,3 +48,23 @@ func TestTokenShowListReusable(t *testing.T) {
 	a.mustRun("token", "revoke", "--force", single)
 	a.mustFail([]string{"token", "revoke", "--force", single}, "no token with id "+single, "revoked already")
 }
+
+// An --expires-in (or --not-before) that is well-formed but longer than a
+// duration can be says it is too long and gives the maximum, instead of
+// asking for a duration such as 30s.
+func TestTokenIssueDurationTooLong(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	for _, tc := range []struct{ flag, val string }{
+		{"--expires-in", "99999999w"},
+		{"--expires-in", "15251w"},
+		{"--not-before", "9999999999999999999999s"},
+	} {
+		stderr := a.mustFail([]string{"token", "issue", tc.flag, tc.val}, tc.flag+` "`+tc.val+`" is too long: at most 15250w1d23h47m16s`)
+		if strings.Contains(stderr, "use a duration such as") {
+			t.Errorf("token issue %s %s: %s", tc.flag, tc.val, stderr)
+		}
+	}
+	a.mustFail([]string{"token", "issue", "--expires-in", "1x"}, "use a duration such as 30s")
+	a.issue("--expires-in", "15250w1d23h47m16s") // the maximum itself is accepted
+}
