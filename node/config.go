@@ -262,7 +262,7 @@ func ParseConfig(name string, b []byte) (Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // empty file: all defaults
-		return Config{}, fmt.Errorf("%w: %s: %s", ErrConfig, name, strings.TrimPrefix(err.Error(), "yaml: "))
+		return Config{}, fmt.Errorf("%w: %s: %s", ErrConfig, name, yamlError(b, err))
 	}
 	// A second document (after ---) would otherwise be ignored unchecked.
 	// Empty ones (a trailing ---, as some generators write) are fine.

@@ -416,3 +416,20 @@ func TestMaxOutputAboveMaxPayloadWarnsAtStart(t *testing.T) {
 		}
 	}
 }
+
+// A YAML error on the first line names it: yaml.v3 leaves the line out
+// there ("found character that cannot start any token" for a tab), while
+// it gives it for the same error further down.
+func TestParseConfigFirstLineErrorHasLine(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"\tlimits:\n  max_payload: 1MiB\n", "config.yml: line 1: found character that cannot start any token (a tab: YAML indents with spaces only)"},
+		{"\t", "config.yml: line 1: found character that cannot start any token (a tab"},
+		{"limits:\n\tmax_payload: 1MiB\n", "config.yml: line 2: found character that cannot start any token"},
+		{"limits: [\n", "config.yml: line 1: did not find expected node content"},
+	} {
+		_, err := node.ParseConfig("config.yml", []byte(tc.in))
+		if !errors.Is(err, node.ErrConfig) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ParseConfig(%q) = %v, want %q", tc.in, err, tc.want)
+		}
+	}
+}
