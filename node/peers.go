@@ -540,8 +540,25 @@ func listOn(s *session) ([]localapi.ActionInfo, error) {
 	return out, nil
 }
 
+// pipelineMax is the largest perform input sent right behind the hello,
+// in the same write. A request that size is within any peer's frame limit
+// (max_payload is at least 1 KiB, a frame 64 KiB more) and within the
+// stream's flow-control window, so the write cannot block on a peer that
+// refused it.
+const pipelineMax = 32 << 10
+
 func (n *Node) remotePerform(ctx context.Context, req localapi.PerformRequest, onLog func(string)) (localapi.PerformResult, error) {
-	s, err := n.open(ctx, req.Peer, wire.ProtoPerform, wire.PerformRequest{Action: req.Action, Input: req.Input, Notify: req.Notify, Hop: req.Hop, To: req.To})
+	wreq := wire.PerformRequest{Action: req.Action, Input: req.Input, Notify: req.Notify, Hop: req.Hop, To: req.To}
+	// A larger request is sent once the hello is accepted, and the answer
+	// is read while it is written: a peer that refuses it (over its
+	// max_payload) stops reading, and a write that waited for the peer to
+	// take it all blocked until stream_timeout before the refusal was read.
+	large := len(req.Input) > pipelineMax
+	var first any = wreq
+	if large {
+		first = nil
+	}
+	s, err := n.open(ctx, req.Peer, wire.ProtoPerform, first)
 	if err != nil {
 		return localapi.PerformResult{}, err
 	}
@@ -551,11 +568,43 @@ func (n *Node) remotePerform(ctx context.Context, req localapi.PerformRequest, o
 	// away, the stream is reset and the remote cancels the action.
 	stop := context.AfterFunc(ctx, func() { _ = s.s.Reset() })
 	defer stop()
+	var written chan error
+	if large {
+		written = make(chan error, 1)
+		go func() {
+			_ = s.s.SetWriteDeadline(time.Now().Add(n.cfg.Limits.StreamTimeout))
+			err := s.w.JSON(wire.TRequest, wreq)
+			if err == nil {
+				err = s.w.Flush()
+			}
+			if err != nil {
+				// The peer may have refused the request and stopped
+				// reading: its error frame, if it sent one, says why.
+				_ = s.s.SetReadDeadline(time.Now().Add(2 * time.Second))
+			}
+			written <- err
+		}()
+	}
 	var res wire.PerformResult
-	if err := s.result(&res, onLog); err != nil {
+	err = s.result(&res, onLog)
+	if large {
+		if err != nil {
+			_ = s.s.Reset() // a write still blocked on a peer that stopped reading
+		}
+		var we *wire.Error
+		if werr := <-written; werr != nil && err != nil && !errors.As(err, &we) && ctx.Err() == nil {
+			err = fmt.Errorf("%w %s: sending the perform request: %w", ErrPeer, s.peer, werr)
+		}
+	}
+	if err != nil {
 		if !stop() && ctx.Err() != nil {
 			// The reset was ours: the caller gave up, the peer did nothing.
 			return localapi.PerformResult{}, fmt.Errorf("node: perform of %q on %s stopped: %w", req.Action, req.Peer, ctx.Err())
+		}
+		var we *wire.Error
+		if large && errors.As(err, &we) && we.Code == wire.CodeTooLarge && !strings.Contains(we.Message, "max_payload") {
+			// A peer before this release says only "frame too large".
+			err = fmt.Errorf("node: %s refused the perform request of %d bytes of input: it is over the peer's limits.max_payload: %w", req.Peer, len(req.Input), err)
 		}
 		return localapi.PerformResult{}, err
 	}

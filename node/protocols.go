@@ -408,6 +408,13 @@ func (nw *netsvc) handleList(ctx context.Context, s *session) error {
 func (nw *netsvc) handlePerform(ctx context.Context, s *session) error {
 	var req wire.PerformRequest
 	if err := readRequest(s, &req); err != nil {
+		if errors.Is(err, wire.ErrFrameTooLarge) {
+			msg := err.Error()
+			if i := strings.Index(msg, "wire: "); i >= 0 {
+				msg = msg[i:]
+			}
+			return wire.Errorf(wire.CodeTooLarge, "the perform request is over this instance's limits.max_payload (%v, and 64 KiB for the rest of the request): %s", nw.n.cfg.Limits.MaxPayload, msg)
+		}
 		return err
 	}
 	if err := topics.ValidateSubject(req.Action); err != nil {

@@ -1,0 +1,71 @@
+package node_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/wire"
+)
+
+// A remote perform whose input is over the peer's limits.max_payload fails
+// at once with the peer's too_large, naming max_payload. The request went
+// out pipelined behind the hello and the answer was read only once it was
+// written: the peer refused it and stopped reading, so for an input larger
+// than the stream's flow-control window the write blocked until
+// stream_timeout (60 s by default) and only then was the refusal read.
+func TestRemotePerformOverPeerMaxPayloadFailsAtOnce(t *testing.T) {
+	long := withLimits(func(l *node.LimitsConfig) { l.StreamTimeout = 10 * time.Minute })
+	a := newTestNode(t, long, withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 1024 }))
+	b := newTestNode(t, long)
+	var echo counter
+	register(t, a, "echo", echo.handler)
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Perform: []string{">"}})
+	for _, size := range []int{200 << 10, 400 << 10, 1000 << 10} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			input := `"` + strings.Repeat("x", size) + `"`
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			began := time.Now()
+			_, err := perform(ctx, b, pid, "echo", input)
+			if took := time.Since(began); took > 5*time.Second {
+				t.Fatalf("perform of %d bytes took %v (err %v), want a prompt refusal", size, took, err)
+			}
+			wantWireCode(t, err, wire.CodeTooLarge)
+			errorsContain(t, err, "max_payload")
+		})
+	}
+	// The small path still works, in one round trip.
+	if _, err := perform(testCtx(t), b, pid, "echo", `"small"`); err != nil {
+		t.Fatal(err)
+	}
+	if echo.count() != 1 {
+		t.Fatalf("echo ran %d times, want 1", echo.count())
+	}
+}
+
+// A large input within the peer's limit is performed (it is sent after the
+// answer to the hello, and read while it is written).
+func TestRemotePerformLargeInputWithinLimit(t *testing.T) {
+	a, b := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	var echo counter
+	register(t, a, "echo", echo.handler)
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Perform: []string{">"}})
+	input := `"` + strings.Repeat("y", 900<<10) + `"`
+	res, err := perform(testCtx(t), b, pid, "echo", input)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out string
+	if err := json.Unmarshal(res.Output, &out); err != nil || len(out) != 900<<10 {
+		t.Fatalf("output of %d bytes (%v), want the input back", len(out), err)
+	}
+}
+
+var _ = errors.Is
