@@ -123,22 +123,26 @@ func (pl *peerLimits) pruneLocked(now time.Time) {
 }
 
 // sessions tracks open streams by the token that authorized them, so a
-// revocation closes them at once.
+// revocation ends them at once: each is reset, or ended by its own end
+// function (a perform stream, whose caller is told why).
 type sessions struct {
 	mu    sync.Mutex
-	byTok map[string]map[network.Stream]struct{}
+	byTok map[string]map[network.Stream]func()
 }
 
-func newSessions() *sessions { return &sessions{byTok: map[string]map[network.Stream]struct{}{}} }
+func newSessions() *sessions { return &sessions{byTok: map[string]map[network.Stream]func(){}} }
 
-func (s *sessions) add(tokenID string, st network.Stream) {
+// add registers st under tokenID; end (nil: reset the stream) is called
+// when the token is revoked. It must not block: revocation calls it
+// synchronously.
+func (s *sessions) add(tokenID string, st network.Stream, end func()) {
 	s.mu.Lock()
 	m := s.byTok[tokenID]
 	if m == nil {
-		m = map[network.Stream]struct{}{}
+		m = map[network.Stream]func(){}
 		s.byTok[tokenID] = m
 	}
-	m[st] = struct{}{}
+	m[st] = end
 	s.mu.Unlock()
 }
 
@@ -158,7 +162,11 @@ func (s *sessions) revoke(tokenID string) {
 	m := s.byTok[tokenID]
 	delete(s.byTok, tokenID)
 	s.mu.Unlock()
-	for st := range m {
-		_ = st.Reset()
+	for st, end := range m {
+		if end != nil {
+			end()
+		} else {
+			_ = st.Reset()
+		}
 	}
 }

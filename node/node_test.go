@@ -269,6 +269,8 @@ func TestExpiredAndNotYetValidTokensRefused(t *testing.T) {
 	}
 }
 
+// A revoked token's perform in flight is stopped at once, and its caller
+// told that the token was revoked; the next is refused.
 func TestRevokeClosesOpenStreamAndRefusesNext(t *testing.T) {
 	a, b := newTestNode(t), newTestNode(t)
 	blk := newBlocker()
@@ -289,10 +291,11 @@ func TestRevokeClosesOpenStreamAndRefusesNext(t *testing.T) {
 	if err := a.RevokeToken(ctx, tok.ID); err != nil {
 		t.Fatalf("RevokeToken: %v", err)
 	}
+	// The caller of the perform in flight is told why it ended; it used to
+	// see only "reset the stream before answering".
 	err := waitErr(t, done, "the open perform stream to end after revocation")
-	if !errors.Is(err, node.ErrPeer) {
-		t.Fatalf("open perform after revocation: got %v, want the stream closed (ErrPeer)", err)
-	}
+	wantWireCode(t, err, wire.CodeUnauthorized)
+	errorsContain(t, err, "token revoked", tok.ID)
 	// The action under the revoked stream is cancelled, not left running.
 	waitFor(t, blk.canceled, "the action's context to end")
 

@@ -68,4 +68,32 @@ func TestRemotePerformLargeInputWithinLimit(t *testing.T) {
 	}
 }
 
-var _ = errors.Is
+// The caller of a remote perform of an executable action whose token is
+// revoked while it runs (and logs) is told that the token was revoked, at
+// once; it used to see "reset the stream before answering".
+func TestRevokeDuringExecutablePerformTellsCaller(t *testing.T) {
+	a, b := newTestNode(t), newTestNode(t)
+	writeAction(t, a, "slow", "#!/bin/sh\necho started >&2\nexec sleep 30\n")
+	pid, tok := connectPeers(t, a, b, localapi.IssueRequest{Perform: []string{">"}})
+	ctx := testCtx(t)
+	logged := make(chan struct{}, 16)
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Perform(ctx, localapi.PerformRequest{Peer: pid, Action: "slow", Input: json.RawMessage(`null`)}, func(string) { logged <- struct{}{} })
+		done <- err
+	}()
+	waitFor(t, logged, "the action's first log line")
+	began := time.Now()
+	if err := a.RevokeToken(ctx, tok.ID); err != nil {
+		t.Fatal(err)
+	}
+	err := waitErr(t, done, "the perform to end after revocation")
+	if took := time.Since(began); took > 5*time.Second {
+		t.Errorf("the perform ended %v after the revocation", took)
+	}
+	if errors.Is(err, node.ErrPeer) {
+		t.Fatalf("got %v, want the peer's unauthorized", err)
+	}
+	wantWireCode(t, err, wire.CodeUnauthorized)
+	errorsContain(t, err, "token revoked")
+}

@@ -71,7 +71,9 @@ type session struct {
 	// each batch); otherwise the first TResult, like any TError, is the
 	// stream's last answer.
 	manyResults bool
-	wmu         sync.Mutex
+	// final: the stream's last answer went out (server side).
+	final atomic.Bool
+	wmu   sync.Mutex
 }
 
 // answered frees the stream's slot as its last answer goes out: the peer
@@ -79,8 +81,11 @@ type session struct {
 // until the handler had returned, a peer making one request at a time was
 // refused rate_limited when its next stream came first.
 func (s *session) answered(t wire.Type) {
-	if s.release != nil && (t == wire.TError || t == wire.TResult && !s.manyResults) {
-		s.release()
+	if t == wire.TError || t == wire.TResult && !s.manyResults {
+		s.final.Store(true)
+		if s.release != nil {
+			s.release()
+		}
 	}
 }
 
@@ -179,7 +184,28 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 			return
 		}
 		s.grant = g
-		nw.sess.add(g.TokenID, st)
+		// A perform stream is not reset on revocation: its handler's
+		// context ends (below) and its waits are cut short, and the
+		// caller is told that the token was revoked. It used to see only
+		// "reset the stream before answering".
+		perform := st.Protocol() == wire.ProtoPerform
+		var end func()
+		if perform {
+			end = func() {
+				now := time.Now()
+				_ = st.SetReadDeadline(now)
+				_ = st.SetWriteDeadline(now.Add(time.Second))
+				// An action that ignores its context (an in-process
+				// handler) must not hold the caller: it is cut off as
+				// before, only later.
+				time.AfterFunc(5*time.Second, func() {
+					if !s.final.Load() {
+						_ = st.Reset()
+					}
+				})
+			}
+		}
+		nw.sess.add(g.TokenID, st, end)
 		defer nw.sess.remove(g.TokenID, st)
 		if g.Revoked() { // revoked between Verify and add: OnRevoke missed this stream
 			_ = st.Reset()
@@ -212,6 +238,10 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 		}
 		err = fn(ctx, s)
 		if g.Revoked() {
+			if perform {
+				nw.tellRevoked(s, g.TokenID)
+				return
+			}
 			// Revocation already reset the stream; there is nobody to tell.
 			_ = st.Reset()
 			return
@@ -226,6 +256,22 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 		}
 		_ = st.Close()
 	}
+}
+
+// tellRevoked ends a perform stream whose token was revoked while it ran:
+// unless its answer already went out, the caller is told (unauthorized)
+// that the token was revoked and the action stopped. A stream that cannot
+// take the error within a second is reset.
+func (nw *netsvc) tellRevoked(s *session, tokenID string) {
+	if !s.final.Load() {
+		_ = s.s.SetWriteDeadline(time.Now().Add(time.Second))
+		e := wire.Errorf(wire.CodeUnauthorized, "%v: token %s was revoked while the request ran; the action was stopped", auth.ErrRevoked, tokenID)
+		if err := s.send(wire.TError, e); err != nil {
+			_ = s.s.Reset()
+			return
+		}
+	}
+	_ = s.s.Close()
 }
 
 // dropRefusedSubscription removes the subscription that a subscribe
