@@ -2196,19 +2196,30 @@ func (qs *Queues) MarkSent(id string, seq uint64) {
 	if seq <= q.cursor {
 		return
 	}
-	lo := max(q.cursor+1, q.head)
-	if seq >= lo {
+	// What was sent is [cursor+1, seq] but for sequences dropped
+	// (drop_oldest) before they were sent: those between the ack
+	// watermark and head. Sequences below head that are acked were sent,
+	// though: a fast subscriber's ack may come in before MarkSent (the
+	// deliverer calls it once its write returns), and counting from head
+	// left them out of delivered for good.
+	count := func(lo, hi uint64) {
+		if hi < lo {
+			return
+		}
 		if q.sentMax >= lo {
-			n := min(q.sentMax, seq) - lo + 1
+			n := min(q.sentMax, hi) - lo + 1
 			q.redelivered += n
 			qs.totRedelivered.Add(n)
 		}
-		if seq > q.sentMax {
-			n := seq - max(q.sentMax+1, lo) + 1
+		if hi > q.sentMax {
+			n := hi - max(q.sentMax+1, lo) + 1
 			q.delivered += n
 			qs.totDelivered.Add(n)
 		}
 	}
+	lo := q.cursor + 1
+	count(lo, min(seq, q.acked))
+	count(max(lo, q.acked+1, q.head), seq)
 	q.cursor = seq
 	q.sentMax = max(q.sentMax, seq)
 	q.lastDelivered = time.Now().UnixNano()

@@ -301,8 +301,9 @@ func TestQueueDurableAcrossRestart(t *testing.T) {
 	// b, which acked nothing, still needs it.
 	wantPositions(t, db.Batching(), span(1, 10))
 	st := status(t, qs, "a")
-	// 1..4 were acked before MarkSent reported them, so only 5 and 6 count.
-	if st.Acked != 4 || st.NextSeq != 11 || st.Depth != 6 || st.Delivered != 2 || st.LastDelivered.IsZero() {
+	// 1..4 were acked before MarkSent reported them: an ack is for what
+	// was sent, so they count with 5 and 6 (TestMarkSentAfterAckCountsDelivered).
+	if st.Acked != 4 || st.NextSeq != 11 || st.Depth != 6 || st.Delivered != 6 || st.LastDelivered.IsZero() {
 		t.Fatalf("status after restart = %+v", st)
 	}
 	// Sequences continue where they left off.
@@ -1507,5 +1508,38 @@ func TestQueueTotalsSinceOpen(t *testing.T) {
 	}
 	if got, want := qs.Totals(), (QueueTotals{Delivered: 1}); got != want {
 		t.Fatalf("Totals after a delivery and removal = %+v, want %+v", got, want)
+	}
+}
+
+// The deliverer reports what it sent (MarkSent) once its write returns;
+// a fast subscriber's ack may come in before that. Acked sequences were
+// sent, and count as delivered: counting from the queue's head, which the
+// ack had moved, left them out for good (a chaos soak saw delivered stay
+// below acked).
+func TestMarkSentAfterAckCountsDelivered(t *testing.T) {
+	qs := openQueues(t, datastore.NewMemory().Batching(), QueueOptions{})
+	addSub(t, qs, "s", "x")
+	for range 3 {
+		if _, err := qs.Publish(context.Background(), []Message{msg("x", "1")}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := qs.Resume("s", 0); err != nil {
+		t.Fatal(err)
+	}
+	// Frame 1..3 written; the ack for 2 arrives before MarkSent(3).
+	if err := qs.Ack("s", 2); err != nil {
+		t.Fatal(err)
+	}
+	qs.MarkSent("s", 3)
+	if err := qs.Ack("s", 3); err != nil {
+		t.Fatal(err)
+	}
+	st := qs.Status()
+	if len(st) != 1 || st[0].Delivered != 3 || st[0].Redelivered != 0 || st[0].Acked != 3 {
+		t.Fatalf("status %+v, want 3 delivered, none redelivered, 3 acked", st)
+	}
+	if tot := qs.Totals(); tot.Delivered != 3 || tot.Redelivered != 0 {
+		t.Fatalf("totals %+v, want 3 delivered, none redelivered", tot)
 	}
 }
