@@ -196,6 +196,13 @@ func (n *Node) publish(ctx context.Context, pubs []publication, to []string) (in
 	}
 	cnt, err := n.queues.Publish(ctx, msgs, filter)
 	if err != nil {
+		if errors.Is(err, topics.ErrQueueFull) {
+			// The caller is told; the operator should be too (a
+			// subscriber down or too slow for this long). Sampled.
+			if ok, extra := n.noisy.allow(); ok {
+				n.log.Warn("publication refused: a subscription's queue is full", append([]any{"subject", msgs[0].Subject, "err", err}, extra...)...)
+			}
+		}
 		return 0, err
 	}
 	n.stats.published.Add(uint64(len(pubs)))

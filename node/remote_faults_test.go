@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -173,9 +174,11 @@ func TestRemotePublishHopLimitCode(t *testing.T) {
 	}
 }
 
-// A full queue under the reject policy answers unavailable (PROTOCOL.md).
+// A full queue under the reject policy answers unavailable (PROTOCOL.md),
+// and the publishing instance logs it (only the caller was told).
 func TestRemotePublishQueueFullCode(t *testing.T) {
-	a := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.QueueBound = 1 }))
+	var logs syncBuffer
+	a := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.QueueBound = 1 }), func(o *node.Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 	c := newTestNode(t)
 	h := newStockHost(t, a)
 	tok := issue(t, a, localapi.IssueRequest{Subscribe: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
@@ -198,6 +201,9 @@ func TestRemotePublishQueueFullCode(t *testing.T) {
 		if strings.Contains(err.Error(), secret) {
 			t.Errorf("the remote publisher was told %q: %v", secret, err)
 		}
+	}
+	if !strings.Contains(logs.String(), "publication refused: a subscription's queue is full") {
+		t.Errorf("the refusal is not in the publishing instance's log:\n%s", logs.String())
 	}
 }
 
