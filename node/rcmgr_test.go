@@ -1,0 +1,74 @@
+package node_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coattail/coattail/node/localapi"
+)
+
+// One subscriber may hold limits.max_subscriptions_per_peer subscriptions
+// at one publisher, each with its own delivery stream. libp2p's resource
+// manager at its default limits reset the subscribe stream past about 64
+// per protocol and peer (error code 0x1002, "stream limit exceeded"), so
+// the 76th or so `action subscribe` failed and the publisher logged nothing.
+func TestManySubscriptionsFromOnePeer(t *testing.T) {
+	const subs = 300
+	pub, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	var mu sync.Mutex
+	got := map[int]int{}
+	if err := sub.RegisterReceiver("rec", func(_ context.Context, in json.RawMessage) (json.RawMessage, error) {
+		var i int
+		if err := json.Unmarshal(in, &i); err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		got[i]++
+		mu.Unlock()
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"many.>"}})
+	ctx := testCtx(t)
+	for i := range subs {
+		if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "many." + strconv.Itoa(i), Receiver: "rec"}); err != nil {
+			t.Fatalf("subscription %d of %d: %v", i+1, subs, err)
+		}
+	}
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		n := 0
+		for _, s := range pub.Subscribers() {
+			if s.Connected {
+				n++
+			}
+		}
+		if n != subs {
+			return fmt.Errorf("%d of %d subscriptions connected", n, subs)
+		}
+		return nil
+	})
+	for i := range subs {
+		if _, err := pub.Publish(ctx, "many."+strconv.Itoa(i), json.RawMessage(strconv.Itoa(i))); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) != subs {
+			return fmt.Errorf("%d of %d subscriptions got their publication", len(got), subs)
+		}
+		for i, n := range got {
+			if n != 1 {
+				return fmt.Errorf("publication %d delivered %d times", i, n)
+			}
+		}
+		return nil
+	})
+}
