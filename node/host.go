@@ -118,7 +118,8 @@ func buildHost(n *Node) (host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: connection manager: %w", err)
 	}
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(n.cfg.Limits, nc)))
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(n.cfg.Limits, nc)),
+		rcmgr.WithMetrics(rcmgrLog{log: n.log, noisy: n.noisy}))
 	if err != nil {
 		return nil, fmt.Errorf("node: resource manager: %w", err)
 	}

@@ -376,7 +376,7 @@ func (nw *netsvc) openWithOnce(ctx context.Context, pid peer.ID, proto protocol.
 	}
 	st, err := nw.host.NewStream(network.WithAllowLimitedConn(dctx, "coattail"), pid, protos...)
 	if err != nil {
-		return nil, fmt.Errorf("%w %s is unreachable: %w", ErrPeer, pid, err)
+		return nil, fmt.Errorf("%w %s is unreachable: %w", ErrPeer, pid, explainLimit(err))
 	}
 	version := wire.VersionOf(string(st.Protocol()))
 	if sr, ok := req.(wire.SubscribeRequest); ok && version != wire.Version11 {
@@ -435,7 +435,7 @@ func (nw *netsvc) openWithOnce(ctx context.Context, pid peer.ID, proto protocol.
 func expectOK(s *session) error {
 	t, payload, err := s.r.Next()
 	if err != nil {
-		return fmt.Errorf("%w %s closed the stream: %w", ErrPeer, s.peer, err)
+		return fmt.Errorf("%w %s closed the stream: %w", ErrPeer, s.peer, explainLimit(err))
 	}
 	switch t {
 	case wire.TOK:
@@ -496,7 +496,7 @@ func (s *session) noAnswer(err error) error {
 	case errors.Is(err, wire.ErrFrameTooLarge):
 		return fmt.Errorf("%w %s sent a frame over this instance's limit (limits.max_payload + 64 KiB): %v", ErrPeer, s.peer, err)
 	case errors.Is(err, network.ErrReset):
-		return fmt.Errorf("%w %s reset the stream before answering: %v", ErrPeer, s.peer, err)
+		return fmt.Errorf("%w %s reset the stream before answering: %v", ErrPeer, s.peer, explainLimit(err))
 	}
 	return fmt.Errorf("%w %s closed the stream before answering: %v", ErrPeer, s.peer, err)
 }

@@ -1,10 +1,16 @@
 package node
 
 import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/coattail/coattail/node/wire"
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 )
@@ -65,6 +71,38 @@ func TestResourceLimitsFollowConfig(t *testing.T) {
 		}
 		if sys.FD != want.System.FD {
 			t.Errorf("system FD %d, want libp2p's %d", sys.FD, want.System.FD)
+		}
+	}
+}
+
+// A stream that a resource manager refused is explained: the peer's
+// resource manager resets it with code 0x1002, and libp2p says no more
+// than "stream reset (remote): code: 0x1002".
+func TestLimitRefusalExplained(t *testing.T) {
+	remote := fmt.Errorf("wire: read frame: %w", &network.StreamError{ErrorCode: network.StreamResourceLimitExceeded, Remote: true})
+	if got := explainLimit(remote).Error(); !strings.Contains(got, "the peer's libp2p resource manager refused the stream") || !strings.Contains(got, "max_subscriptions_per_peer") {
+		t.Errorf("remote refusal: %q", got)
+	}
+	local := fmt.Errorf("open stream: %w", network.ErrResourceLimitExceeded)
+	if got := explainLimit(local).Error(); !strings.Contains(got, "this instance's libp2p resource manager refused the stream") {
+		t.Errorf("local refusal: %q", got)
+	}
+	other := &network.StreamError{ErrorCode: network.StreamProtocolNegotiationFailed, Remote: true}
+	if got := explainLimit(other); got != error(other) {
+		t.Errorf("another reset: %q, want it unchanged", got)
+	}
+}
+
+// What the resource manager refuses is logged on the refusing side.
+func TestResourceManagerRefusalLogged(t *testing.T) {
+	var buf bytes.Buffer
+	r := rcmgrLog{log: slog.New(slog.NewTextHandler(&buf, nil)), noisy: newLogSampler()}
+	p := peer.ID("peer-x")
+	r.BlockProtocolPeer(wire.ProtoSubscribe11, p)
+	got := buf.String()
+	for _, want := range []string{"level=WARN", "libp2p resource manager refused a stream", wire.ProtoSubscribe11, p.String(), "max_subscriptions_per_peer"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("log %q lacks %q", got, want)
 		}
 	}
 }

@@ -1,0 +1,97 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// rcmgrLog is the resource manager's metrics reporter: it logs what the
+// resource manager refuses. libp2p resets a refused stream before any
+// handler sees it, so without this the refusing side logged nothing and
+// only the other side learnt of it (as a reset with code 0x1002). The
+// lines are warnings, sampled as other peer-caused messages are; a refused
+// memory reservation is only a debug line (yamux asks for more window
+// memory at a lower priority as a matter of course, and does without).
+type rcmgrLog struct {
+	log   *slog.Logger
+	noisy *logSampler
+}
+
+const rcmgrRefused = "libp2p resource manager refused"
+
+func (r rcmgrLog) warn(what string, attrs ...any) {
+	ok, extra := r.noisy.allow()
+	if !ok {
+		return
+	}
+	r.log.Warn(rcmgrRefused+" "+what+" (SECURITY.md, Limits: the resource manager's limits follow limits.max_subscriptions_per_peer and max_streams_per_peer)", append(attrs, extra...)...)
+}
+
+func (r rcmgrLog) BlockConn(dir network.Direction, usefd bool) {
+	r.warn("a connection: too many connections in total, or no file descriptor left", "direction", dir.String())
+}
+
+func (r rcmgrLog) BlockStream(p peer.ID, dir network.Direction) {
+	r.warn("a stream: too many streams with the peer, in total, or not yet negotiated", "peer", p.String(), "direction", dir.String())
+}
+
+func (r rcmgrLog) BlockPeer(p peer.ID) {
+	r.warn("a connection: too many connections or too much memory with the peer", "peer", p.String())
+}
+
+func (r rcmgrLog) BlockProtocol(proto protocol.ID) {
+	r.warn("a stream: too many streams of its protocol in total", "protocol", string(proto))
+}
+
+func (r rcmgrLog) BlockProtocolPeer(proto protocol.ID, p peer.ID) {
+	r.warn("a stream: too many streams of its protocol with the peer", "protocol", string(proto), "peer", p.String())
+}
+
+func (r rcmgrLog) BlockService(svc string) {
+	r.warn("a stream: too many streams of its service in total", "service", svc)
+}
+
+func (r rcmgrLog) BlockServicePeer(svc string, p peer.ID) {
+	r.warn("a stream: too many streams of its service with the peer", "service", svc, "peer", p.String())
+}
+
+func (r rcmgrLog) BlockMemory(size int) {
+	r.log.Debug(rcmgrRefused+" a memory reservation", "bytes", size)
+}
+
+func (rcmgrLog) AllowConn(network.Direction, bool)      {}
+func (rcmgrLog) AllowStream(peer.ID, network.Direction) {}
+func (rcmgrLog) AllowPeer(peer.ID)                      {}
+func (rcmgrLog) AllowProtocol(protocol.ID)              {}
+func (rcmgrLog) AllowService(string)                    {}
+func (rcmgrLog) AllowMemory(int)                        {}
+
+// limitRefusal says, for an error of a stream or its opening, which
+// resource manager refused the stream and which limits are likely
+// exhausted ("" when it is not such a refusal).
+func limitRefusal(err error) string {
+	var se *network.StreamError
+	if errors.As(err, &se) && se.ErrorCode == network.StreamResourceLimitExceeded {
+		if se.Remote {
+			return "the peer's libp2p resource manager refused the stream: too many streams from this instance, or in total, at the peer; its limits.max_subscriptions_per_peer and max_streams_per_peer set its limits for one peer"
+		}
+		return "this instance's libp2p resource manager refused the stream"
+	}
+	if errors.Is(err, network.ErrResourceLimitExceeded) {
+		return "this instance's libp2p resource manager refused the stream: too many streams with that peer or in total; limits.max_subscriptions_per_peer and max_streams_per_peer set its limits for one peer"
+	}
+	return ""
+}
+
+// explainLimit adds limitRefusal's explanation to err, if any.
+func explainLimit(err error) error {
+	if why := limitRefusal(err); why != "" {
+		return fmt.Errorf("%w; %s", err, why)
+	}
+	return err
+}
