@@ -376,7 +376,7 @@ func (nw *netsvc) openWithOnce(ctx context.Context, pid peer.ID, proto protocol.
 	}
 	st, err := nw.host.NewStream(network.WithAllowLimitedConn(dctx, "coattail"), pid, protos...)
 	if err != nil {
-		return nil, fmt.Errorf("%w %s is unreachable: %w", ErrPeer, pid, explainLimit(err))
+		return nil, fmt.Errorf("%w %s is unreachable: %w", ErrPeer, pid, nw.explainOpen(pid, err))
 	}
 	version := wire.VersionOf(string(st.Protocol()))
 	if sr, ok := req.(wire.SubscribeRequest); ok && version != wire.Version11 {

@@ -1,9 +1,11 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -94,4 +96,40 @@ func explainLimit(err error) error {
 		return fmt.Errorf("%w; %s", err, why)
 	}
 	return err
+}
+
+// quicMaxStreams is how many streams one side of a QUIC connection may
+// have open at once toward the other: libp2p's QUIC transport fixes it
+// (quic-go's MaxIncomingStreams), and an opener over it waits for a
+// stream to close.
+const quicMaxStreams = 256
+
+// explainOpen is explainLimit for an error of opening a stream to p, and
+// explains a stream that timed out waiting for QUIC's stream limit.
+func (nw *netsvc) explainOpen(p peer.ID, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) && nw.quicStreamsFull(p) {
+		return fmt.Errorf("%w; every connection to the peer is QUIC with %d streams opened by this instance, QUIC's limit in libp2p (over TCP, network.prefer_transport: tcp, there is none)", err, quicMaxStreams)
+	}
+	return explainLimit(err)
+}
+
+// quicStreamsFull reports whether every connection to p is a QUIC one on
+// which this host has opened quicMaxStreams streams or more.
+func (nw *netsvc) quicStreamsFull(p peer.ID) bool {
+	conns := nw.host.Network().ConnsToPeer(p)
+	for _, c := range conns {
+		if !strings.HasPrefix(c.ConnState().Transport, "quic") {
+			return false
+		}
+		n := 0
+		for _, st := range c.GetStreams() {
+			if st.Stat().Direction == network.DirOutbound {
+				n++
+			}
+		}
+		if n < quicMaxStreams {
+			return false
+		}
+	}
+	return len(conns) > 0
 }

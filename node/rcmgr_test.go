@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
 )
 
@@ -71,4 +73,38 @@ func TestManySubscriptionsFromOnePeer(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Over QUIC a connection carries at most 256 streams opened by one side
+// (libp2p's QUIC transport fixes it): the subscribe that would open the
+// 257th waits for a stream, and its error says why instead of only
+// "failed to open stream: timed out".
+func TestQUICStreamLimitExplained(t *testing.T) {
+	quic := func(o *node.Options) { o.Config.Network.PreferTransport = node.PreferQUIC }
+	pub, sub := newTestNode(t, withQuietLog(), quic), newTestNode(t, withQuietLog(), quic)
+	if err := sub.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"q.>"}})
+	ctx := testCtx(t)
+	const quicStreams = 256
+	for i := range quicStreams {
+		if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "q." + strconv.Itoa(i), Receiver: "rec"}); err != nil {
+			t.Fatalf("subscription %d: %v", i+1, err)
+		}
+	}
+	for _, c := range sub.Host().Network().ConnsToPeer(pub.ID()) {
+		if !strings.HasPrefix(c.ConnState().Transport, "quic") {
+			t.Skipf("the subscriber reached the publisher over %s, not QUIC", c.ConnState().Transport)
+		}
+	}
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := sub.Subscribe(short, localapi.SubscribeRequest{Peer: pid, Pattern: "q.last", Receiver: "rec"})
+	if err == nil {
+		t.Skip("the 257th stream over QUIC was opened: libp2p's QUIC limit has gone")
+	}
+	if !strings.Contains(err.Error(), "QUIC's limit") || !strings.Contains(err.Error(), "prefer_transport: tcp") {
+		t.Fatalf("the 257th subscription over QUIC: %v; want the error to name QUIC's stream limit", err)
+	}
 }
