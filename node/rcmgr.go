@@ -108,7 +108,7 @@ const quicMaxStreams = 256
 // explains a stream that timed out waiting for QUIC's stream limit.
 func (nw *netsvc) explainOpen(p peer.ID, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) && nw.quicStreamsFull(p) {
-		return fmt.Errorf("%w; every connection to the peer is QUIC with %d streams opened by this instance, QUIC's limit in libp2p (over TCP, network.prefer_transport: tcp, there is none)", err, quicMaxStreams)
+		return fmt.Errorf("%w; every connection to the peer is QUIC with %d streams opened by this instance, QUIC's limit in libp2p (TCP has none: a publisher listening on TCP only avoids it)", err, quicMaxStreams)
 	}
 	return explainLimit(err)
 }
