@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"sync"
 	"time"
@@ -112,6 +113,7 @@ type subProcess struct {
 	cmd     *exec.Cmd
 	in      io.WriteCloser
 	out     *json.Decoder
+	stdout  *os.File     // out's pipe, closed by close
 	stderr  bytes.Buffer // read only after Wait
 	id      peer.ID
 	counted bool       // its receiver is in-process: stats report what it processed
@@ -135,17 +137,26 @@ func startSubProcess(ctx context.Context, spawn func(context.Context) *exec.Cmd,
 	if p.in, err = p.cmd.StdinPipe(); err != nil {
 		return nil, fmt.Errorf("perf: subscriber process: %w", err)
 	}
-	stdout, err := p.cmd.StdoutPipe()
+	// A pipe of our own, not StdoutPipe: Wait closes that one's read end
+	// as soon as the process is gone, so an answer it wrote just before
+	// exiting could be lost ("file already closed") instead of read. Ours
+	// reads to EOF, which comes when the process (its only writer) exits.
+	stdout, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("perf: subscriber process: %w", err)
 	}
+	p.stdout = stdout
+	p.cmd.Stdout = w
 	p.out = json.NewDecoder(stdout)
-	if err := p.cmd.Start(); err != nil {
+	err = p.cmd.Start()
+	w.Close()
+	if err != nil {
+		stdout.Close()
 		return nil, fmt.Errorf("perf: subscriber process: %w", err)
 	}
 	go func() {
-		// Wait closes the pipes once the process is gone, which ends a
-		// request waiting for its answer.
+		// The process gone, its stdout reads EOF, which ends a request
+		// waiting for its answer.
 		p.waitErr = p.cmd.Wait()
 		close(p.exited)
 		p.mu.Lock()
@@ -218,6 +229,7 @@ func (p *subProcess) close() error {
 		<-p.exited
 		err = errors.Join(errors.New("did not exit within 30s of its stdin closing; killed"), p.waitErr)
 	}
+	p.stdout.Close()
 	if err != nil {
 		return fmt.Errorf("perf: subscriber process %d: %w; its stderr: %q", p.cmd.Process.Pid, err, tail(p.stderr.Bytes(), 2048))
 	}
