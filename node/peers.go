@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/coattail/coattail/auth"
@@ -347,7 +348,10 @@ func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, 
 	// process answered with a stateless reset, so it never saw the
 	// request. That connection is closed now; again on another (or a new)
 	// one, a couple of times (there may be more than one stale).
-	for retry := 0; retry < 2 && errors.As(err, &reset) && ctx.Err() == nil; retry++ {
+	// Likewise a TCP connection to the peer's old process that the swarm
+	// has not yet seen closed: the peer's kernel resets it, and its new
+	// process never saw the request either.
+	for retry := 0; retry < 2 && (errors.As(err, &reset) || staleTCP(err)) && ctx.Err() == nil; retry++ {
 		// The peer restarted: every QUIC connection to it from before
 		// this call is to its old process (the one that failed may not
 		// even show as closed yet, and the old process may have dialed
@@ -362,6 +366,13 @@ func (nw *netsvc) openWith(ctx context.Context, pid peer.ID, proto protocol.ID, 
 		s, err = nw.openWithOnce(ctx, pid, proto, token, req)
 	}
 	return s, err
+}
+
+// staleTCP reports whether err is a TCP connection reset by the peer's
+// kernel (ECONNRESET, or EPIPE for a write after it): the connection was
+// to a process that no longer has it.
+func staleTCP(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 func (nw *netsvc) openWithOnce(ctx context.Context, pid peer.ID, proto protocol.ID, token string, req any) (*session, error) {
