@@ -34,8 +34,8 @@ type lifetimeFlags struct {
 func (f *lifetimeFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.notBefore, "not-before", "", "usable only after this long from now (30s, 10m, 2h, 1d, 1w)")
 	cmd.Flags().StringVar(&f.expiresIn, "expires-in", "", "expires this long from now (30s, 10m, 2h, 1d, 1w; default: never)")
-	cmd.Flags().BoolVar(&f.printRaw, "print-raw-token", false, "print the raw token instead of copying it to the clipboard")
-	cmd.Flags().BoolVar(&f.quiet, "quiet", false, "with --print-raw-token: print only the token")
+	cmd.Flags().BoolVar(&f.printRaw, "print-raw-token", false, "print the raw token (without it, the token is copied to the clipboard when a clipboard tool and a display are found, else printed)")
+	cmd.Flags().BoolVar(&f.quiet, "quiet", false, "leave out the token's details: only the raw token (or the clipboard notice)")
 }
 
 func (f *lifetimeFlags) durations() (nbf, exp time.Duration, err error) {
