@@ -32,8 +32,8 @@ var (
 )
 
 const (
-	subjectHint = `(allowed: letters, digits, '_' and '-', tokens separated by '.', e.g. "orders.created")`
-	patternHint = `(allowed: letters, digits, '_' and '-', tokens separated by '.', '*' for exactly one token, '>' as the last token for one or more tokens, e.g. "orders.*" or "orders.>")`
+	subjectHint = `(allowed: ASCII letters, digits, '_' and '-', tokens separated by '.', e.g. "orders.created")`
+	patternHint = `(allowed: ASCII letters, digits, '_' and '-', tokens separated by '.', '*' for exactly one token, '>' as the last token for one or more tokens, e.g. "orders.*" or "orders.>")`
 )
 
 // problemKind names what is wrong with a subject or pattern. Validation

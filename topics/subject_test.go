@@ -18,7 +18,7 @@ func TestValidateSubject(t *testing.T) {
 		{"Orders_2.created-eu.X", ""},
 		{strings.Repeat("a", MaxSubjectLen), ""},
 		{strings.Repeat("a.", MaxTokens-1) + "a", ""},
-		{"My Action", `topics: invalid subject "My Action": token "My Action" contains ' ' (allowed: letters, digits, '_' and '-', tokens separated by '.', e.g. "orders.created")`},
+		{"My Action", `topics: invalid subject "My Action": token "My Action" contains ' ' (allowed: ASCII letters, digits, '_' and '-', tokens separated by '.', e.g. "orders.created")`},
 		{"", `invalid subject "": empty`},
 		{".orders", `starts with '.'`},
 		{"orders.", `ends with '.'`},

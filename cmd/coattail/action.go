@@ -48,7 +48,7 @@ func newActionCreateCmd(a *app) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&name, "name", "", "action name: a subject such as orders.created (letters, digits, '_', '-', tokens separated by '.')")
+	cmd.Flags().StringVar(&name, "name", "", "action name: a subject such as orders.created (ASCII letters, digits, '_', '-', tokens separated by '.')")
 	cmd.Flags().BoolVar(&receiver, "receiver", false, "create a receiver instead of an action")
 	_ = cmd.MarkFlagRequired("name")
 	return cmd

@@ -173,7 +173,7 @@ func TestFoundation(t *testing.T) {
 
 	// Names that are not subjects.
 	for _, name := range []string{"My Action", "a..b", "a/b"} {
-		stderr := a.mustFail([]string{"action", "create", "--name", name}, "allowed: letters, digits")
+		stderr := a.mustFail([]string{"action", "create", "--name", name}, "allowed: ASCII letters, digits")
 		if !strings.Contains(stderr, name) {
 			t.Errorf("refusal of %q does not name it: %s", name, stderr)
 		}
