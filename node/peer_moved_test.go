@@ -201,6 +201,13 @@ func TestPeerTokenReplacementKeepsSubscriptionsAllowed(t *testing.T) {
 	}
 	held(2)
 
+	// The token held is often replaced because it was revoked (or
+	// expired): the forced unsubscribe goes with the new one. With the
+	// revoked one the publisher refused it, kept the subscriptions and
+	// queued for nobody.
+	if err := pub.RevokeToken(ctx, wider.ID); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := sub.AddPeerRequest(ctx, localapi.AddPeerRequest{Token: narrower.Token, Force: true}); err != nil {
 		t.Fatalf("forced replacement: %v", err)
 	}

@@ -122,8 +122,12 @@ func (n *Node) AddPeerRequest(ctx context.Context, req localapi.AddPeerRequest) 
 				rec.ID, strings.Join(list, ", "), them(len(list)), them(len(list)), them(len(list)))}
 	}
 	for _, s := range uncovered {
-		// Ended with the token they were made with, still the record's.
-		if err := n.remoteUnsubscribe(ctx, s); err != nil {
+		// Ended with the new token, just verified: the old one is often
+		// being replaced because it expired or was revoked, and the peer
+		// would refuse it (which unsubscribe otherwise takes for "gone
+		// already"), keeping the subscription and queueing for nobody.
+		// Unsubscribing needs only to be the subscription's subscriber.
+		if err := n.unsubscribeWith(ctx, pid, raw, s.ID); err != nil {
 			n.log.Warn("subscription not allowed by the peer's new token: the peer could not be told; forgotten here", "subscription", s.ID, "peer", rec.ID, "err", err)
 		}
 		n.subscriber.forget(ctx, s.ID)
@@ -140,6 +144,22 @@ func (n *Node) AddPeerRequest(ctx context.Context, req localapi.AddPeerRequest) 
 	n.host.Peerstore().AddAddrs(pid, addrs, peerstore.PermanentAddrTTL)
 	n.log.Info("peer added", "peer", rec.ID, "token_id", rec.TokenID)
 	return n.ShowPeer(ctx, rec.ID)
+}
+
+// unsubscribeWith ends subscription id at peer pid, authenticated with
+// token; a subscription the peer no longer has counts as ended.
+func (n *Node) unsubscribeWith(ctx context.Context, pid peer.ID, token, id string) error {
+	s, err := n.net.openWith(ctx, pid, wire.ProtoUnsubscribe, token, wire.UnsubscribeRequest{SubscriptionID: id})
+	if err != nil {
+		return err
+	}
+	defer s.s.Close()
+	var ok wire.OK
+	var we *wire.Error
+	if err := s.result(&ok, nil); err != nil && !(errors.As(err, &we) && we.Code == wire.CodeNotFound) {
+		return err
+	}
+	return nil
 }
 
 // them is "that subscription" or "those subscriptions".
