@@ -71,7 +71,13 @@ func claimIdentity(l Layout, id peer.ID, warn func(error)) (release func(), err 
 			warn(err)
 		}
 		release = func() {
-			_ = os.Remove(path)
+			// Only if the path is still the file locked: after the
+			// runtime directory was wiped, it may be another service's.
+			if fi, err := f.Stat(); err == nil {
+				if pi, err := os.Stat(path); err == nil && os.SameFile(fi, pi) {
+					_ = os.Remove(path)
+				}
+			}
 			f.Close() // releases the lock, after the removal
 		}
 	}
