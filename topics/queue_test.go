@@ -382,28 +382,38 @@ func TestQueueDropOldestAtBound(t *testing.T) {
 	})
 }
 
-func TestQueueDropOldestAcrossRestart(t *testing.T) {
+// dropOldestFive opens queues bounded at 2 under drop_oldest on pebble in
+// a new directory, adds subscription s to a and publishes a 1..5 (1..3
+// are dropped). reopen closes the queues and the store and opens both
+// again, as a restart would.
+func dropOldestFive(t *testing.T) (qs *Queues, reopen func() *Queues) {
+	t.Helper()
 	dir := t.TempDir()
-	db, err := datastore.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	qs, err := OpenQueues(context.Background(), db.Batching(), QueueOptions{Bound: 2, Policy: PolicyDropOldest})
-	if err != nil {
-		t.Fatal(err)
-	}
+	o := QueueOptions{Bound: 2, Policy: PolicyDropOldest}
+	db := openPebble(t, dir)
+	qs = openQueues(t, db.Batching(), o)
 	addSub(t, qs, "s", "a")
 	for i := 1; i <= 5; i++ {
 		publish(t, qs, msg("a", strconv.Itoa(i)))
 	}
-	if err := qs.Close(); err != nil {
-		t.Fatal(err)
+	cur := qs
+	return qs, func() *Queues {
+		t.Helper()
+		if err := cur.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		db = openPebble(t, dir)
+		cur = openQueues(t, db.Batching(), o)
+		return cur
 	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	db = openPebble(t, dir)
-	qs = openQueues(t, db.Batching(), QueueOptions{Bound: 2, Policy: PolicyDropOldest})
+}
+
+func TestQueueDropOldestAcrossRestart(t *testing.T) {
+	_, reopen := dropOldestFive(t)
+	qs := reopen()
 	wantItems(t, readAll(t, qs, "s", 0), "4:a:4", "5:a:5")
 	publish(t, qs, msg("a", "6"))
 	wantItems(t, readAll(t, qs, "s", 0), "5:a:5", "6:a:6")
@@ -1460,19 +1470,7 @@ func TestCloseReleasesEverythingAcked(t *testing.T) {
 // per-queue counters in Status are persisted across restarts; a removed
 // queue's deliveries stay in the totals.
 func TestQueueTotalsSinceOpen(t *testing.T) {
-	dir := t.TempDir()
-	db, err := datastore.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	qs, err := OpenQueues(context.Background(), db.Batching(), QueueOptions{Bound: 2, Policy: PolicyDropOldest})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addSub(t, qs, "s", "a")
-	for i := 1; i <= 5; i++ {
-		publish(t, qs, msg("a", strconv.Itoa(i)))
-	}
+	qs, reopen := dropOldestFive(t)
 	if _, err := qs.Resume("s", 0); err != nil {
 		t.Fatal(err)
 	}
@@ -1484,14 +1482,7 @@ func TestQueueTotalsSinceOpen(t *testing.T) {
 	if got, want := qs.Totals(), (QueueTotals{Delivered: 2, Redelivered: 1, Dropped: 3}); got != want {
 		t.Fatalf("Totals = %+v, want %+v", got, want)
 	}
-	if err := qs.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	db = openPebble(t, dir)
-	qs = openQueues(t, db.Batching(), QueueOptions{Bound: 2, Policy: PolicyDropOldest})
+	qs = reopen()
 	if got := qs.Totals(); got != (QueueTotals{}) {
 		t.Fatalf("Totals after restart = %+v, want zero", got)
 	}
