@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -179,6 +180,34 @@ func (c *counter) handler(ctx context.Context, in json.RawMessage) (json.RawMess
 }
 
 func (c *counter) count() int64 { return c.n.Load() }
+
+// numberRuns is an in-process receiver for publications that are JSON
+// integers: it counts how often it ran for each number.
+type numberRuns struct {
+	mu  sync.Mutex
+	got map[int]int
+}
+
+func (r *numberRuns) handler(_ context.Context, in json.RawMessage) (json.RawMessage, error) {
+	var i int
+	if err := json.Unmarshal(in, &i); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	if r.got == nil {
+		r.got = map[int]int{}
+	}
+	r.got[i]++
+	r.mu.Unlock()
+	return nil, nil
+}
+
+// runs returns how often the receiver ran for each number so far.
+func (r *numberRuns) runs() map[int]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.got)
+}
 
 // register registers an in-process action and fails the test on error.
 func register(t testing.TB, n *node.Node, name string, h node.Handler) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,18 +26,8 @@ func TestManySubscriptionsFromOnePeer(t *testing.T) {
 	// machine, -race).
 	tcp := func(o *node.Options) { o.Config.Network.Listen = []string{"/ip4/127.0.0.1/tcp/0"} }
 	pub, sub := newTestNode(t, withQuietLog(), tcp), newTestNode(t, withQuietLog(), tcp)
-	var mu sync.Mutex
-	got := map[int]int{}
-	if err := sub.RegisterReceiver("rec", func(_ context.Context, in json.RawMessage) (json.RawMessage, error) {
-		var i int
-		if err := json.Unmarshal(in, &i); err != nil {
-			return nil, err
-		}
-		mu.Lock()
-		got[i]++
-		mu.Unlock()
-		return nil, nil
-	}); err != nil {
+	var runs numberRuns
+	if err := sub.RegisterReceiver("rec", runs.handler); err != nil {
 		t.Fatal(err)
 	}
 	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"many.>"}})
@@ -66,8 +55,7 @@ func TestManySubscriptionsFromOnePeer(t *testing.T) {
 		}
 	}
 	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
-		mu.Lock()
-		defer mu.Unlock()
+		got := runs.runs()
 		if len(got) != subs {
 			return fmt.Errorf("%d of %d subscriptions got their publication", len(got), subs)
 		}

@@ -1,13 +1,11 @@
 package node_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -35,18 +33,8 @@ func TestSubscriptionMovesFromRelayToDirect(t *testing.T) {
 		t.Fatalf("reserve a slot on the relay: %v", err)
 	}
 
-	var mu sync.Mutex
-	got := map[int]int{}
-	if err := sub.RegisterReceiver("rec", func(_ context.Context, in json.RawMessage) (json.RawMessage, error) {
-		n, err := strconv.Atoi(string(in))
-		if err != nil {
-			return nil, err
-		}
-		mu.Lock()
-		got[n]++
-		mu.Unlock()
-		return nil, nil
-	}); err != nil {
+	var runs numberRuns
+	if err := sub.RegisterReceiver("rec", runs.handler); err != nil {
 		t.Fatal(err)
 	}
 	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"mv.>"}})
@@ -104,8 +92,7 @@ func TestSubscriptionMovesFromRelayToDirect(t *testing.T) {
 	path("direct")
 	publish(51, 100)
 	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		mu.Lock()
-		defer mu.Unlock()
+		got := runs.runs()
 		for i := 1; i <= 100; i++ {
 			if got[i] != 1 {
 				return fmt.Errorf("publication %d ran the receiver %d times", i, got[i])
