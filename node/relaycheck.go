@@ -53,7 +53,7 @@ func relayProblem(ctx context.Context, nw *netsvc, ai peer.AddrInfo, reservation
 // per distinct reason, until ctx ends.
 func (nw *netsvc) checkRelays(ctx context.Context, static []peer.AddrInfo, every time.Duration) {
 	said := make(map[peer.ID]string)
-	t := time.NewTimer(every)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -80,6 +80,5 @@ func (nw *netsvc) checkRelays(ctx context.Context, static []peer.AddrInfo, every
 				said[ai.ID] = why
 			}
 		}
-		t.Reset(every)
 	}
 }
