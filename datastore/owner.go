@@ -94,7 +94,7 @@ func (e *LockedError) Unwrap() error { return ErrLocked }
 // that finds the database taken cannot say by whom, nothing more.
 func writeOwner(dir string, o options) {
 	rec := Owner{PID: os.Getpid(), Kind: o.ownerKind, Command: o.ownerCommand}
-	rec.Start, _ = procStart(rec.PID)
+	rec.Start, _ = ProcessStart(rec.PID)
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return
@@ -136,17 +136,20 @@ func readOwner(dir string) *Owner {
 		return nil
 	}
 	if o.Start != 0 {
-		if start, ok := procStart(o.PID); ok && start != o.Start {
+		if start, ok := ProcessStart(o.PID); ok && start != o.Start {
 			return nil // the pid is another process's now
 		}
 	}
 	return &o
 }
 
-// procStart returns the start time of process pid in clock ticks since
-// boot (field 22 of /proc/<pid>/stat; the fields after the command name,
-// which may hold spaces and parentheses, start after its last ')').
-func procStart(pid int) (uint64, bool) {
+// ProcessStart returns the start time of process pid in clock ticks
+// since boot (field 22 of /proc/<pid>/stat; the fields after the command
+// name, which may hold spaces and parentheses, start after its last ')');
+// ok is false if it cannot be read. With the pid it names a process
+// across pid reuse: the owner record here, and the node's service
+// registrations.
+func ProcessStart(pid int) (start uint64, ok bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, false

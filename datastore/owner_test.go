@@ -118,7 +118,7 @@ func TestOwnerRecordLifetime(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	start, ok := procStart(os.Getpid())
+	start, ok := ProcessStart(os.Getpid())
 	if !ok {
 		t.Skip("no /proc")
 	}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/coattail/coattail/datastore"
 )
 
 // A copy of an instance (its identity key with it) is refused while a
@@ -54,7 +56,7 @@ func TestClaimIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = other.Process.Kill(); _ = other.Wait() })
-	start, ok := procStart(other.Process.Pid)
+	start, ok := datastore.ProcessStart(other.Process.Pid)
 	if !ok {
 		t.Skip("no /proc")
 	}

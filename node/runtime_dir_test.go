@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/coattail/coattail/datastore"
 )
 
 // The runtime directory may have been created by someone else first (the
@@ -125,9 +127,9 @@ func TestRegistrationOfReusedPidIsStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv(EnvRuntimeDir, rt)
-	start, ok := procStart(os.Getpid())
+	start, ok := datastore.ProcessStart(os.Getpid())
 	if !ok || start == 0 {
-		t.Fatalf("procStart(self) = %d, %v", start, ok)
+		t.Fatalf("ProcessStart(self) = %d, %v", start, ok)
 	}
 	write := func(name string, r registration) string {
 		t.Helper()

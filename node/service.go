@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node/internal/inflight"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -678,7 +679,7 @@ func register(l Layout, id peer.ID) (func(), error) {
 		return func() {}, err
 	}
 	path := registrationPath(dir, os.Getpid())
-	start, _ := procStart(os.Getpid())
+	start, _ := datastore.ProcessStart(os.Getpid())
 	b, _ := json.Marshal(registration{PID: os.Getpid(), Instance: l.Dir, Socket: l.Socket(), Start: start, PeerID: id.String()})
 	// Written aside and renamed into place: rename replaces whatever is at
 	// path (a symlink included) instead of writing through it.
@@ -762,17 +763,6 @@ func procStat(pid int) []string {
 	return strings.Fields(s[k+1:])
 }
 
-// procStart returns the start time of process pid in clock ticks since
-// boot (field 22 of /proc/<pid>/stat); ok is false if it cannot be read.
-func procStart(pid int) (uint64, bool) {
-	f := procStat(pid)
-	if len(f) < 20 {
-		return 0, false
-	}
-	v, err := strconv.ParseUint(f[19], 10, 64)
-	return v, err == nil
-}
-
 // registered reports whether r's process is still the service that wrote
 // r: alive, and (when r records it) started when that service started.
 func (r registration) registered() bool {
@@ -782,7 +772,7 @@ func (r registration) registered() bool {
 	if r.Start == 0 {
 		return true // written by an older version, or /proc was unreadable
 	}
-	start, ok := procStart(r.PID)
+	start, ok := datastore.ProcessStart(r.PID)
 	return !ok || start == r.Start
 }
 
@@ -1109,7 +1099,7 @@ func unansweredStatus(r registration) localapi.Status {
 // /proc/stat). Linux reports ticks to user space as USER_HZ, 100 per
 // second.
 func procStartTime(pid int) (time.Time, bool) {
-	ticks, ok := procStart(pid)
+	ticks, ok := datastore.ProcessStart(pid)
 	if !ok {
 		return time.Time{}, false
 	}
