@@ -327,7 +327,13 @@ func (n *Node) open(ctx context.Context, id string, proto protocol.ID, req any) 
 		return nil, err
 	}
 	pid, _ := peer.Decode(r.ID)
-	n.net.knowPeerAddrs(pid, r)
+	// The record's addresses are in the peerstore for good since the
+	// peer was added (AddPeer) or the service started (restorePeers), so
+	// each request need not parse and add them again; only if libp2p
+	// knows none at all.
+	if len(n.host.Peerstore().Addrs(pid)) == 0 {
+		n.net.knowPeerAddrs(pid, r)
+	}
 	return n.net.openWith(ctx, pid, proto, r.Token, req)
 }
 
@@ -336,9 +342,10 @@ func (n *Node) open(ctx context.Context, id string, proto protocol.ID, req any) 
 // whatever else the peerstore knows of the peer (what identify told, a
 // subscriber's remembered addresses, restored at start): libp2p dials
 // every known address, and one that fails does not stop the others. They
-// used to be added only to a peerstore that knew none, so a peer that
-// moved stayed unreachable at the address its refreshed record gave while
-// an older one (remembered from when it subscribed) was known.
+// used to be added only by a request that found the peerstore knowing
+// none, so a peer that moved stayed unreachable at the address its
+// refreshed record gave while an older one (remembered from when it
+// subscribed) was known: restorePeers adds them at start.
 func (nw *netsvc) knowPeerAddrs(pid peer.ID, r peerRecord) {
 	nw.host.Peerstore().AddAddrs(pid, parseAddrs(r.Addrs), peerstore.PermanentAddrTTL)
 }
