@@ -100,9 +100,9 @@ them. --cpuprofile profiles the bench's process only.`,
 			// runs into the same --dir do not collide; it is removed
 			// afterwards unless --keep, or the run failed (not
 			// interrupted), for inspection.
-			dir, err := benchDir(o.dir)
+			dir, err := runDir(o.dir, "coattail-bench-")
 			if err != nil {
-				return err
+				return fmt.Errorf("bench: --dir: %w", err)
 			}
 			po.Dir = dir
 			tuneGC() // measure what the service runs
@@ -225,20 +225,18 @@ func (o *benchOptions) options() (perf.DeliveryOptions, error) {
 	return po, nil
 }
 
-// benchDir creates a new directory for a run's instances inside parent
-// (default: the system temp directory).
-func benchDir(parent string) (string, error) {
+// runDir creates a new directory, its name starting with prefix, for the
+// instances of a bench or lab run inside parent (created if missing;
+// default: the system temp directory), so that runs into the same --dir
+// do not collide.
+func runDir(parent, prefix string) (string, error) {
 	if parent == "" {
 		parent = os.TempDir()
 	}
 	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return "", fmt.Errorf("bench: --dir: %w", err)
+		return "", err
 	}
-	dir, err := os.MkdirTemp(parent, "coattail-bench-")
-	if err != nil {
-		return "", fmt.Errorf("bench: --dir: %w", err)
-	}
-	return dir, nil
+	return os.MkdirTemp(parent, prefix)
 }
 
 // printBench prints a result as a short table.

@@ -344,14 +344,7 @@ func runLab(ctx context.Context, o labOptions, bin string, progress func(string,
 	if err != nil {
 		return nil, err
 	}
-	parent := o.dir
-	if parent == "" {
-		parent = os.TempDir()
-	}
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, fmt.Errorf("%w: %w", errLabSetup, err)
-	}
-	dir, err := os.MkdirTemp(parent, "ctlab")
+	dir, err := runDir(o.dir, "ctlab")
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errLabSetup, err)
 	}
