@@ -118,7 +118,12 @@ func buildHost(n *Node) (host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: connection manager: %w", err)
 	}
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(n.cfg.Limits, nc)),
+	limits, streams := resourceLimits(n.cfg.Limits, nc)
+	if streams.Clamped() {
+		n.log.Info("libp2p resource manager: this machine's memory holds fewer streams with one peer than the limits ask for (SECURITY.md, The libp2p resource manager)",
+			"streams_per_peer", streams.Peer, "asked", streams.PeerWanted, "streams_all_peers", streams.System)
+	}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits),
 		rcmgr.WithMetrics(rcmgrLog{log: n.log, noisy: n.noisy}))
 	if err != nil {
 		return nil, fmt.Errorf("node: resource manager: %w", err)
@@ -238,167 +243,6 @@ func staticRelaySource(static []peer.AddrInfo, sw *atomic.Pointer[swarm.Swarm]) 
 		}
 		return out
 	}
-}
-
-// resourceLimits are the libp2p resource manager's limits: libp2p's
-// defaults, auto-scaled to the machine, as libp2p.New would configure them
-// (including the per-service and per-protocol limits of libp2p's bundled
-// services: identify, ping, AutoNAT, hole punching, the relay; without
-// them each of those fell back to the generic service defaults, which let
-// one peer hold 64 times the ping or hole-punch streams libp2p allows),
-// with the stream and connection limits that Coattail's own limits need
-// raised (SECURITY.md, "Limits"). Coattail polices each peer itself
-// (limits.max_streams_per_peer, max_subscriptions_per_peer); the resource
-// manager stays a backstop above those, so that a peer within them is
-// never reset by libp2p (at libp2p's defaults a subscriber's 65th or so
-// subscription stream to one publisher was reset with "stream limit
-// exceeded"), and bounds what all peers together may hold.
-func resourceLimits(l LimitsConfig, nc NetworkConfig) rcmgr.ConcreteLimitConfig {
-	limits := rcmgr.DefaultLimits
-	libp2p.SetDefaultServiceLimits(&limits)
-	// System-wide: room for many peers (a publisher with hundreds of
-	// subscribers, each with a few subscriptions, each a long-lived
-	// stream), scaled with the memory libp2p allows itself (an eighth of
-	// the machine's) as libp2p's own defaults are. libp2p's defaults
-	// (1024 inbound streams and 64 inbound connections, plus as many per
-	// GiB) are sized for a node whose peers each hold a few streams.
-	limits.SystemBaseLimit.StreamsInbound = systemStreams
-	limits.SystemBaseLimit.StreamsOutbound = systemStreams
-	limits.SystemBaseLimit.Streams = 2 * systemStreams
-	limits.SystemLimitIncrease.StreamsInbound = systemStreams
-	limits.SystemLimitIncrease.StreamsOutbound = systemStreams
-	limits.SystemLimitIncrease.Streams = 2 * systemStreams
-	limits.SystemBaseLimit.ConnsInbound = systemConns
-	limits.SystemBaseLimit.ConnsOutbound = systemConns
-	limits.SystemBaseLimit.Conns = 2 * systemConns
-	limits.SystemLimitIncrease.ConnsInbound = systemConns
-	limits.SystemLimitIncrease.ConnsOutbound = systemConns
-	limits.SystemLimitIncrease.Conns = 2 * systemConns
-	def := limits.AutoScale()
-	dp := def.ToPartialLimitConfig()
-
-	// Streams one peer may make Coattail hold, per direction: its
-	// subscriptions' delivery streams and its request streams, each twice
-	// over. A subscription stream that was reset on one side may still
-	// count on the other when its subscription resumes on a new stream (a
-	// connection that died is noticed at different times at its ends), and
-	// a request stream leaves Coattail's count as its last answer goes out
-	// but libp2p's only once both sides have closed it.
-	subs, reqs := min(l.MaxSubscriptionsPerPeer, maxLimitBase), min(l.MaxStreamsPerPeer, maxLimitBase)
-	subStreams := 2*subs + reqs
-	reqStreams := 2 * reqs
-	perPeer := 2*subs + 2*reqs
-
-	pc := rcmgr.PartialLimitConfig{
-		ProtocolPeer: map[protocol.ID]rcmgr.ResourceLimits{},
-		Protocol:     map[protocol.ID]rcmgr.ResourceLimits{},
-	}
-	for _, p := range wire.Protocols() {
-		n := reqStreams
-		if isSubscribe(protocol.ID(p)) {
-			n = subStreams
-		}
-		pc.ProtocolPeer[protocol.ID(p)] = rcmgr.ResourceLimits{
-			StreamsInbound: rcmgr.LimitVal(n), StreamsOutbound: rcmgr.LimitVal(n), Streams: rcmgr.LimitVal(2 * n),
-		}
-		// All peers together are bounded by the system limits.
-		pc.Protocol[protocol.ID(p)] = rcmgr.ResourceLimits{
-			StreamsInbound: rcmgr.Unlimited, StreamsOutbound: rcmgr.Unlimited, Streams: rcmgr.Unlimited,
-		}
-	}
-	// Per peer: libp2p's own allowance (for its protocols) plus Coattail's.
-	// Memory too: yamux reserves each stream's initial receive window (256
-	// KiB) in its peer's scope, and a connection whose peer is refused an
-	// inbound stream's reservation is closed, not just the stream; so one
-	// peer's nominal streams (its subscriptions and request streams) must
-	// fit in its memory limit, and that in the system's.
-	pd := dp.PeerDefault
-	pc.PeerDefault = rcmgr.ResourceLimits{
-		StreamsInbound:  plus(pd.StreamsInbound, perPeer),
-		StreamsOutbound: plus(pd.StreamsOutbound, perPeer),
-		Streams:         plus(pd.Streams, 2*perPeer),
-		Memory:          plus64(pd.Memory, int64(subs+reqs)*streamWindow),
-	}
-	// One peer within its limits must fit in the system limits however
-	// they scaled; and connections up to twice network.conn_high (the
-	// connection manager trims above it, but not the connections that
-	// carry subscriptions).
-	sys := dp.System
-	conns := min(nc.ConnHigh, maxLimitBase)
-	pc.System = rcmgr.ResourceLimits{
-		StreamsInbound:  atLeast(sys.StreamsInbound, pc.PeerDefault.StreamsInbound),
-		StreamsOutbound: atLeast(sys.StreamsOutbound, pc.PeerDefault.StreamsOutbound),
-		Streams:         atLeast(sys.Streams, pc.PeerDefault.Streams),
-		ConnsInbound:    atLeast(sys.ConnsInbound, rcmgr.LimitVal(2*conns)),
-		ConnsOutbound:   atLeast(sys.ConnsOutbound, rcmgr.LimitVal(2*conns)),
-		Conns:           atLeast(sys.Conns, rcmgr.LimitVal(4*conns)),
-		Memory:          atLeast64(sys.Memory, pc.PeerDefault.Memory),
-	}
-	// Every stream is transient until its protocol is negotiated: a
-	// subscriber resuming all its subscriptions at once (after either side
-	// restarted) opens them together.
-	tr := dp.Transient
-	burst := rcmgr.LimitVal(subs + reqs)
-	pc.Transient = rcmgr.ResourceLimits{
-		StreamsInbound:  atLeast(tr.StreamsInbound, burst),
-		StreamsOutbound: atLeast(tr.StreamsOutbound, burst),
-		Streams:         atLeast(tr.Streams, 2*burst),
-	}
-	return pc.Build(def)
-}
-
-// The system-wide stream and connection limits per direction, before
-// scaling, and added per GiB of the memory libp2p allows itself (an
-// eighth of the machine's; libp2p's own defaults scale so too): 4096
-// streams and 256 connections, so 4096 + 4096 streams on a machine with
-// 8 GiB. Memory stays at libp2p's default (that eighth, unless one peer's
-// limit needs more), which bounds the connections' buffers however many
-// streams they carry: at 256 KiB reserved per yamux stream, the eighth
-// holds about as many streams as the stream limits allow.
-const (
-	systemStreams = 4096
-	systemConns   = 256
-)
-
-// maxLimitBase caps the config values the limits are computed from, so
-// that a huge one (the config bounds max_subscriptions_per_peer only from
-// below) cannot overflow them.
-const maxLimitBase = 1 << 24
-
-// atLeast is v raised to n (a limit of libp2p's that is unlimited stays so).
-func atLeast(v, n rcmgr.LimitVal) rcmgr.LimitVal {
-	if v == rcmgr.Unlimited {
-		return v
-	}
-	return max(v, n)
-}
-
-// atLeast64 is atLeast for memory.
-func atLeast64(v, n rcmgr.LimitVal64) rcmgr.LimitVal64 {
-	if v == rcmgr.Unlimited64 {
-		return v
-	}
-	return max(v, n)
-}
-
-// plus64 is plus for memory.
-func plus64(v rcmgr.LimitVal64, n int64) rcmgr.LimitVal64 {
-	if v == rcmgr.Unlimited64 {
-		return v
-	}
-	return v + rcmgr.LimitVal64(n)
-}
-
-// streamWindow is what yamux reserves for each stream it opens or
-// accepts: its initial receive window.
-const streamWindow = 256 << 10
-
-// plus is v raised by n (a limit of libp2p's that is unlimited stays so).
-func plus(v rcmgr.LimitVal, n int) rcmgr.LimitVal {
-	if v == rcmgr.Unlimited {
-		return v
-	}
-	return v + rcmgr.LimitVal(n)
 }
 
 // parseAnnounce parses network.announce.

@@ -31,7 +31,7 @@ func (r rcmgrLog) warn(what string, attrs ...any) {
 	if !ok {
 		return
 	}
-	r.log.Warn(rcmgrRefused+" "+what+" (SECURITY.md, The libp2p resource manager: its limits follow limits.max_subscriptions_per_peer and max_streams_per_peer)", append(attrs, extra...)...)
+	r.log.Warn(rcmgrRefused+" "+what+" (SECURITY.md, The libp2p resource manager: its limits follow limits.max_subscriptions_per_peer and max_streams_per_peer, within what the machine's memory holds)", append(attrs, extra...)...)
 }
 
 func (r rcmgrLog) BlockConn(dir network.Direction, usefd bool) {

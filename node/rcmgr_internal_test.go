@@ -2,10 +2,14 @@ package node
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coattail/coattail/node/wire"
 	"github.com/libp2p/go-libp2p"
@@ -17,60 +21,101 @@ import (
 
 // The resource manager's limits follow Coattail's: one peer may hold
 // limits.max_subscriptions_per_peer subscription streams plus
-// max_streams_per_peer request streams, in either direction, and the
-// system-wide limits hold at least one such peer.
+// max_streams_per_peer request streams, twice over, when the machine's
+// memory allows; and in every scope the memory holds the initial window of
+// every stream the stream limits allow, however far busy streams' windows
+// grew (a refused window closes the connection; a refused stream is only
+// reset, with an explanation).
 func TestResourceLimitsFollowConfig(t *testing.T) {
-	for _, tc := range []struct{ subs, reqs int }{{1024, 128}, {5000, 16}, {3, 2}} {
+	const gib = 1 << 30
+	for _, tc := range []struct {
+		subs, reqs int
+		mem        int64 // libp2p's memory: an eighth of the machine's
+		clamped    bool
+	}{
+		{1024, 128, 3 * gib, false}, // 24 GiB
+		{5000, 16, 3 * gib, true},   // one peer at half of 12636
+		{3, 2, 3 * gib, false},
+		{1024, 128, gib / 4, true}, // 2 GiB
+		{1024, 128, gib / 8, true}, // 1 GiB
+		{1 << 30, 1 << 30, 3 * gib, true},
+	} {
 		cfg := DefaultConfig(0)
 		cfg.Limits.MaxSubscriptionsPerPeer, cfg.Limits.MaxStreamsPerPeer = tc.subs, tc.reqs
-		pc := resourceLimits(cfg.Limits, cfg.Network).ToPartialLimitConfig()
-		t.Logf("subs %d, reqs %d: system %+v, transient %+v, peer %+v, subscribe per peer %+v", tc.subs, tc.reqs,
+		lc, sl := limitsFor(cfg.Limits, cfg.Network, tc.mem, 4096)
+		pc := lc.ToPartialLimitConfig()
+		name := fmt.Sprintf("subs %d, reqs %d, libp2p memory %d MiB", tc.subs, tc.reqs, tc.mem>>20)
+		t.Logf("%s: %+v; system %+v, transient %+v, peer %+v, subscribe per peer %+v", name, sl,
 			pc.System, pc.Transient, pc.PeerDefault, pc.ProtocolPeer[wire.ProtoSubscribe11])
-		need := tc.subs + tc.reqs
-		for _, p := range []string{wire.ProtoSubscribe, wire.ProtoSubscribe11} {
-			pp := pc.ProtocolPeer[protocol.ID(p)]
-			if int(pp.StreamsInbound) < need || int(pp.StreamsOutbound) < need {
-				t.Errorf("%s per peer: %+v, want at least %d streams each way", p, pp, need)
-			}
-			if l := pc.Protocol[protocol.ID(p)]; l.StreamsInbound != rcmgr.Unlimited {
-				t.Errorf("%s for all peers: %+v, want bounded by the system limits only", p, l)
-			}
-		}
-		for _, p := range []string{wire.ProtoPerform, wire.ProtoPublish11, wire.ProtoList, wire.ProtoDeliver} {
-			if pp := pc.ProtocolPeer[protocol.ID(p)]; int(pp.StreamsInbound) < tc.reqs || int(pp.StreamsOutbound) < tc.reqs {
-				t.Errorf("%s per peer: %+v, want at least %d streams each way", p, pp, tc.reqs)
-			}
-		}
 		peer, sys, tr := pc.PeerDefault, pc.System, pc.Transient
-		if int(peer.StreamsInbound) < need || int(peer.StreamsOutbound) < need {
-			t.Errorf("per peer: %+v, want at least %d streams each way", peer, need)
+
+		// Memory never binds before a stream limit.
+		if int64(peer.Memory) < memoryFor(int(peer.Streams)) || peer.StreamsInbound > peer.Streams || peer.StreamsOutbound > peer.Streams {
+			t.Errorf("%s: per peer %+v: memory short of its streams' windows", name, peer)
 		}
-		if int64(peer.Memory) < int64(need)*streamWindow {
-			t.Errorf("per peer memory %d, want room for %d streams' windows", peer.Memory, need)
+		if int64(sys.Memory) < memoryFor(int(sys.Streams)) || sys.StreamsInbound > sys.Streams || sys.StreamsOutbound > sys.Streams {
+			t.Errorf("%s: system %+v: memory short of its streams' windows", name, sys)
 		}
-		if sys.StreamsInbound < peer.StreamsInbound || sys.StreamsOutbound < peer.StreamsOutbound || sys.Memory < peer.Memory {
-			t.Errorf("system %+v holds less than one peer %+v", sys, peer)
-		}
-		if int(sys.ConnsInbound) < 2*cfg.Network.ConnHigh {
-			t.Errorf("system inbound connections %d, want at least twice conn_high %d", sys.ConnsInbound, cfg.Network.ConnHigh)
-		}
-		if int(tr.StreamsInbound) < need || int(tr.StreamsOutbound) < need {
-			t.Errorf("transient %+v, want at least %d streams each way (a subscriber resuming at once)", tr, need)
-		}
-		if sys.StreamsInbound < systemStreams {
-			t.Errorf("system inbound streams %d, want at least %d", sys.StreamsInbound, systemStreams)
-		}
-		// libp2p's own services keep their limits.
+		// The memory stays within twice libp2p's own bound (an eighth of
+		// the machine plus 128 MiB), whatever the config asks for.
 		def := rcmgr.DefaultLimits
 		libp2p.SetDefaultServiceLimits(&def)
-		want := def.AutoScale().ToPartialLimitConfig()
+		want := def.Scale(tc.mem, 4096).ToPartialLimitConfig()
+		if int64(sys.Memory) > 2*int64(want.System.Memory) {
+			t.Errorf("%s: system memory %d MiB, over twice libp2p's %d MiB", name, sys.Memory>>20, want.System.Memory>>20)
+		}
+		if sl.Clamped() != tc.clamped {
+			t.Errorf("%s: clamped %v, want %v (%+v)", name, sl.Clamped(), tc.clamped, sl)
+		}
+		if int(peer.Streams) != sl.Peer || int(sys.Streams) != sl.System {
+			t.Errorf("%s: limits %+v / %+v do not match %+v", name, peer, sys, sl)
+		}
+		if tc.clamped {
+			// One peer may take half of what all may hold.
+			if sl.Peer != sl.System/2 {
+				t.Errorf("%s: %+v, want one peer at half the system", name, sl)
+			}
+		} else {
+			need := 2*tc.subs + 2*tc.reqs
+			if sl.Peer < need {
+				t.Errorf("%s: %d streams per peer, want at least %d", name, sl.Peer, need)
+			}
+			if sl.System < 2*sl.Peer || sl.System < systemStreams {
+				t.Errorf("%s: %d streams for all peers, want at least two peers' %d and %d", name, sl.System, sl.Peer, systemStreams)
+			}
+			for _, p := range []string{wire.ProtoSubscribe, wire.ProtoSubscribe11} {
+				if pp := pc.ProtocolPeer[protocol.ID(p)]; int(pp.StreamsInbound) < 2*tc.subs+tc.reqs || int(pp.StreamsOutbound) < 2*tc.subs+tc.reqs {
+					t.Errorf("%s: %s per peer: %+v, want at least %d streams each way", name, p, pp, 2*tc.subs+tc.reqs)
+				}
+			}
+			for _, p := range []string{wire.ProtoPerform, wire.ProtoPublish11, wire.ProtoList, wire.ProtoDeliver} {
+				if pp := pc.ProtocolPeer[protocol.ID(p)]; int(pp.StreamsInbound) < 2*tc.reqs || int(pp.StreamsOutbound) < 2*tc.reqs {
+					t.Errorf("%s: %s per peer: %+v, want at least %d streams each way", name, p, pp, 2*tc.reqs)
+				}
+			}
+			if int(tr.StreamsInbound) < tc.subs+tc.reqs || int(tr.StreamsOutbound) < tc.subs+tc.reqs {
+				t.Errorf("%s: transient %+v, want at least %d streams each way (a subscriber resuming at once)", name, tr, tc.subs+tc.reqs)
+			}
+		}
+		for _, p := range []string{wire.ProtoSubscribe11, wire.ProtoPerform} {
+			if l := pc.Protocol[protocol.ID(p)]; l.StreamsInbound != rcmgr.Unlimited {
+				t.Errorf("%s: %s for all peers: %+v, want bounded by the system limits only", name, p, l)
+			}
+			if pp := pc.ProtocolPeer[protocol.ID(p)]; int(pp.Streams) > sl.Peer {
+				t.Errorf("%s: %s per peer %+v above the peer's %d", name, p, pp, sl.Peer)
+			}
+		}
+		if int(sys.ConnsInbound) < 2*cfg.Network.ConnHigh {
+			t.Errorf("%s: system inbound connections %d, want at least twice conn_high %d", name, sys.ConnsInbound, cfg.Network.ConnHigh)
+		}
+		// libp2p's own services keep their limits.
 		for svc, l := range want.Service {
 			if pc.Service[svc] != l {
-				t.Errorf("service %s: %+v, want libp2p's %+v", svc, pc.Service[svc], l)
+				t.Errorf("%s: service %s: %+v, want libp2p's %+v", name, svc, pc.Service[svc], l)
 			}
 		}
 		if sys.FD != want.System.FD {
-			t.Errorf("system FD %d, want libp2p's %d", sys.FD, want.System.FD)
+			t.Errorf("%s: system FD %d, want libp2p's %d", name, sys.FD, want.System.FD)
 		}
 	}
 }
@@ -104,5 +149,132 @@ func TestResourceManagerRefusalLogged(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("log %q lacks %q", got, want)
 		}
+	}
+}
+
+// A peer that opens streams until the resource manager refuses one meets
+// a stream limit, whose refusal resets only that stream and says why, and
+// never the memory limit, whose refusal closes the whole connection (and
+// every subscription on it) — even after busy streams' windows grew. On a
+// machine with 1 GiB (libp2p's memory an eighth of it) and the default
+// limits, one peer used to be allowed ~2300 streams by count but ~1400 by
+// memory: the connection was closed in between.
+func TestStreamLimitBindsBeforeMemory(t *testing.T) {
+	cfg := DefaultConfig(0)
+	lc, sl := limitsFor(cfg.Limits, cfg.Network, 1<<30/8, 4096)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.ResourceManager(rm))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	// The server's end of each stream: one byte to say it was accepted,
+	// then read everything until the stream ends.
+	srv.SetStreamHandler(protocol.ID(wire.ProtoSubscribe11), func(s network.Stream) {
+		defer s.Close()
+		if _, err := s.Write([]byte{1}); err == nil {
+			_, _ = io.Copy(io.Discard, s)
+		}
+	})
+	// A peer without limits of its own.
+	crm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(rcmgr.InfiniteLimits))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.ResourceManager(crm))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := cli.Connect(ctx, peer.AddrInfo{ID: srv.ID(), Addrs: srv.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	conns := cli.Network().ConnsToPeer(srv.ID())
+	if len(conns) != 1 {
+		t.Fatalf("%d connections, want 1", len(conns))
+	}
+	conn := conns[0]
+	open := func() (network.Stream, error) {
+		s, err := cli.NewStream(ctx, srv.ID(), protocol.ID(wire.ProtoSubscribe11))
+		if err != nil {
+			return nil, err
+		}
+		_ = s.SetDeadline(time.Now().Add(30 * time.Second))
+		// The server's byte (libp2p may finish negotiating the protocol
+		// only now).
+		var b [1]byte
+		if _, err := io.ReadFull(s, b[:]); err != nil {
+			_ = s.Reset()
+			return nil, err
+		}
+		return s, nil
+	}
+	const busy = 16
+	var held []network.Stream
+	// Busy streams first: their windows grow toward yamux's 16 MiB.
+	for range busy {
+		s, err := open()
+		if err != nil {
+			t.Fatalf("stream %d: %v", len(held)+1, err)
+		}
+		held = append(held, s)
+		if _, err := s.Write(make([]byte, 16<<20)); err != nil {
+			t.Fatalf("writing to stream %d: %v", len(held), err)
+		}
+	}
+	var used int64
+	_ = rm.ViewPeer(cli.ID(), func(ps network.PeerScope) error { used = ps.Stat().Memory; return nil })
+	t.Logf("after %d busy streams the peer's scope holds %d MiB of its %d MiB", busy, used>>20, memoryFor(sl.Peer)>>20)
+	var refused error
+	for len(held) <= sl.Peer {
+		s, err := open()
+		if err != nil {
+			refused = err
+			break
+		}
+		held = append(held, s)
+	}
+	if refused == nil {
+		t.Fatalf("%d streams accepted, over the per-peer limit %d", len(held), sl.Peer)
+	}
+	if conn.IsClosed() {
+		t.Fatalf("the connection was closed after %d streams (limit %d): %v", len(held), sl.Peer, refused)
+	}
+	var se *network.StreamError
+	if !errors.As(refused, &se) || se.ErrorCode != network.StreamResourceLimitExceeded {
+		t.Fatalf("stream %d refused with %v, want a reset for a resource limit (0x1002)", len(held)+1, refused)
+	}
+	if len(held) < sl.Peer-16 { // libp2p's own streams (identify) count too
+		t.Fatalf("only %d streams accepted, want about the per-peer limit %d", len(held), sl.Peer)
+	}
+	// The connection still carries the streams it held, and new ones
+	// once some end.
+	for _, s := range held[:4] {
+		_ = s.Reset()
+	}
+	for i := range 4 {
+		// Refused until the server has seen the resets.
+		deadline := time.Now().Add(time.Minute)
+		for {
+			_, err := open()
+			if err == nil {
+				break
+			}
+			if !errors.As(err, &se) || se.ErrorCode != network.StreamResourceLimitExceeded || time.Now().After(deadline) {
+				t.Fatalf("stream %d after 4 were reset: %v", i+1, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if conn.IsClosed() {
+		t.Fatal("the connection was closed")
+	}
+	if _, err := held[len(held)-1].Write([]byte("still here")); err != nil {
+		t.Fatalf("a held stream: %v", err)
 	}
 }
