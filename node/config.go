@@ -121,6 +121,9 @@ type NetworkConfig struct {
 	RelayLimitData       ByteSize      `yaml:"relay_limit_data"`
 	RelayMaxReservations int           `yaml:"relay_max_reservations"`
 	RelayMaxCircuits     int           `yaml:"relay_max_circuits"`
+	// RelayMaxReservationsPerIP caps the reservations from one IP address
+	// (libp2p's cap, 8 by default; its cap per ASN follows, at least 32).
+	RelayMaxReservationsPerIP int `yaml:"relay_max_reservations_per_ip"`
 	// ConnLow/ConnHigh are the connection manager's water marks.
 	ConnLow  int `yaml:"conn_low"`
 	ConnHigh int `yaml:"conn_high"`
@@ -178,10 +181,11 @@ func DefaultConfig(port int) Config {
 			ConnLow:         64,
 			ConnHigh:        256,
 
-			RelayLimitDuration:   time.Hour,
-			RelayLimitData:       64 << 20,
-			RelayMaxReservations: 128,
-			RelayMaxCircuits:     16,
+			RelayLimitDuration:        time.Hour,
+			RelayLimitData:            64 << 20,
+			RelayMaxReservations:      128,
+			RelayMaxCircuits:          16,
+			RelayMaxReservationsPerIP: 8,
 		},
 		Limits: LimitsConfig{
 			ActionTimeout:           30 * time.Second,
@@ -632,6 +636,9 @@ func (c *Config) Validate() error {
 	if c.Network.RelayMaxCircuits < 1 {
 		bad("network.relay_max_circuits: must be at least 1 (got %d)", c.Network.RelayMaxCircuits)
 	}
+	if c.Network.RelayMaxReservationsPerIP < 1 {
+		bad("network.relay_max_reservations_per_ip: must be at least 1 (got %d)", c.Network.RelayMaxReservationsPerIP)
+	}
 	l := c.Limits
 	// Upper bounds: a perform's deadline is action_timeout +
 	// stream_timeout, which overflowed into the past (every perform timed
@@ -768,10 +775,13 @@ network:
   # Defaults: 1h0m0s and 64MiB.
   relay_limit_duration: {{.C.Network.RelayLimitDuration}}
   relay_limit_data: {{.C.Network.RelayLimitData}}
-  # When relaying: how many peers may hold a reservation, and how many
-  # relayed connections each peer may have open. Defaults: 128 and 16.
+  # When relaying: how many peers may hold a reservation, how many
+  # relayed connections each peer may have open, and how many peers from
+  # one IP address may hold a reservation (instances behind one NAT share
+  # its address). Defaults: 128, 16 and 8.
   relay_max_reservations: {{.C.Network.RelayMaxReservations}}
   relay_max_circuits: {{.C.Network.RelayMaxCircuits}}
+  relay_max_reservations_per_ip: {{.C.Network.RelayMaxReservationsPerIP}}
   # Connection manager water marks: above conn_high, idle connections are
   # trimmed down to conn_low. Defaults: 64 and 256.
   conn_low: {{.C.Network.ConnLow}}

@@ -345,6 +345,8 @@ func relayResources(nc NetworkConfig) relayv2.Resources {
 	rc := relayv2.DefaultResources()
 	rc.MaxReservations = nc.RelayMaxReservations
 	rc.MaxCircuits = nc.RelayMaxCircuits
+	rc.MaxReservationsPerIP = nc.RelayMaxReservationsPerIP
+	rc.MaxReservationsPerASN = max(rc.MaxReservationsPerASN, nc.RelayMaxReservationsPerIP)
 	if nc.RelayLimitDuration == 0 && nc.RelayLimitData == 0 {
 		rc.Limit = nil
 		return rc
@@ -446,7 +448,8 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 		return fail(err)
 	}
 	if n.opts.Relay || n.cfg.Network.RelayServer {
-		r, err := relayv2.New(h, relayv2.WithResources(relayResources(n.cfg.Network)))
+		r, err := relayv2.New(h, relayv2.WithResources(relayResources(n.cfg.Network)),
+			relayv2.WithMetricsTracer(relayLog{log: n.log, noisy: n.noisy, nc: n.cfg.Network}))
 		if err != nil {
 			return fail(fmt.Errorf("node: start relay service: %w", err))
 		}

@@ -2,13 +2,17 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	pbv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/pb"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/proto"
 	manet "github.com/multiformats/go-multiaddr/net"
 )
@@ -38,6 +42,15 @@ func relayProblem(ctx context.Context, nw *netsvc, ai peer.AddrInfo, reservation
 		// Identify has run by the time Connect returns.
 		return "it does not run a relay service (on the relay: coattail service start --relay, or relay_service: true)"
 	}
+	// Ask for a reservation to learn whether the relay gives one (the
+	// relay keeps one per peer: AutoRelay's later one replaces it).
+	if _, err := client.Reserve(ctx, h, ai); err != nil {
+		var re client.ReservationError
+		if errors.As(err, &re) && re.Status == pbv2.Status_RESERVATION_REFUSED {
+			return "it refuses this instance a reservation: it holds as many as it allows in all or from this instance's IP address (on the relay: network.relay_max_reservations, relay_max_reservations_per_ip; instances behind one NAT share an address); AutoRelay asks again every " + staticRelayBackoff.String()
+		}
+		return fmt.Sprintf("it refuses this instance a reservation: %v", err)
+	}
 	var public bool
 	for _, a := range h.Peerstore().Addrs(ai.ID) {
 		public = public || manet.IsPublicAddr(a)
@@ -45,8 +58,46 @@ func relayProblem(ctx context.Context, nw *netsvc, ai peer.AddrInfo, reservation
 	if !public {
 		return fmt.Sprintf("it runs a relay service, but libp2p announces relay addresses only through a relay's public addresses, and it has none (%v): peers cannot be told how to reach this instance through it (docs/NAT.md)", ai.Addrs)
 	}
-	return "it runs a relay service and has a public address, but no reservation was made yet (it may have refused one: relay_max_reservations); AutoRelay retries every " + staticRelayInterval.String()
+	return "it runs a relay service, has a public address and gives a reservation, but AutoRelay has not taken one yet; it retries every " + staticRelayInterval.String()
 }
+
+// relayLog is the relay service's metrics tracer: it logs the
+// reservations and circuits the relay refuses for its limits (libp2p
+// logs them only at debug level, so an operator never learnt why, say,
+// the ninth instance behind one NAT got no reservation). The lines are
+// warnings, sampled as other peer-caused messages are.
+type relayLog struct {
+	log   *slog.Logger
+	noisy *logSampler
+	nc    NetworkConfig
+}
+
+func (r relayLog) ReservationRequestHandled(status pbv2.Status) {
+	if status != pbv2.Status_RESERVATION_REFUSED {
+		return
+	}
+	if ok, extra := r.noisy.allow(); ok {
+		r.log.Warn("relay service refused a reservation: it holds as many as network.relay_max_reservations allows, or as relay_max_reservations_per_ip allows from the requester's IP address (instances behind one NAT share an address)",
+			append([]any{"relay_max_reservations", r.nc.RelayMaxReservations, "relay_max_reservations_per_ip", r.nc.RelayMaxReservationsPerIP}, extra...)...)
+	}
+}
+
+func (r relayLog) ConnectionRequestHandled(status pbv2.Status) {
+	if status != pbv2.Status_RESOURCE_LIMIT_EXCEEDED {
+		return
+	}
+	if ok, extra := r.noisy.allow(); ok {
+		r.log.Warn("relay service refused a relayed connection: one of its ends has as many as network.relay_max_circuits allows open, or the resource manager refused the buffers",
+			append([]any{"relay_max_circuits", r.nc.RelayMaxCircuits}, extra...)...)
+	}
+}
+
+func (relayLog) RelayStatus(bool)               {}
+func (relayLog) ConnectionOpened()              {}
+func (relayLog) ConnectionClosed(time.Duration) {}
+func (relayLog) ReservationAllowed(bool)        {}
+func (relayLog) ReservationClosed(int)          {}
+func (relayLog) BytesTransferred(int)           {}
 
 // checkRelays logs, every (relayCheckAfter, read by the caller) from
 // start on, each static relay that gives this host no relay address, once
