@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net"
 	"slices"
@@ -120,7 +121,14 @@ func buildHost(n *Node) (host.Host, error) {
 	}
 	limits, streams := resourceLimits(n.cfg.Limits, nc)
 	if streams.Clamped() {
-		n.log.Info("libp2p resource manager: this machine's memory holds fewer streams with one peer than the limits ask for (SECURITY.md, The libp2p resource manager)",
+		// Info only where one peer cannot reach the config's limits even
+		// one way (a machine with 2 GiB at the defaults; 8 GiB holds them
+		// one way, not quite twice over).
+		level := slog.LevelDebug
+		if streams.Short() {
+			level = slog.LevelInfo
+		}
+		n.log.Log(context.Background(), level, "libp2p resource manager: this machine's memory holds fewer streams with one peer than the limits ask for (SECURITY.md, The libp2p resource manager)",
 			"streams_per_peer", streams.Peer, "asked", streams.PeerWanted, "streams_all_peers", streams.System)
 	}
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits),

@@ -24,7 +24,15 @@ type streamLimits struct {
 	Peer int
 	// System is how many streams all peers together may hold.
 	System int
+	// OneWay is what one peer needs to hold its subscriptions and request
+	// streams once, in one direction, plus libp2p's own: less than that
+	// per peer and a subscriber cannot reach max_subscriptions_per_peer.
+	OneWay int
 }
+
+// Short reports whether one peer cannot even hold max_subscriptions_per_peer
+// subscriptions and max_streams_per_peer requests in one direction.
+func (s streamLimits) Short() bool { return s.Peer < s.OneWay }
 
 // Clamped reports whether the machine's memory allows one peer fewer
 // streams than the config asks for.
@@ -109,7 +117,7 @@ func limitsFor(l LimitsConfig, nc NetworkConfig, mem int64, fds int) (rcmgr.Conc
 	for _, sl := range dp.ServicePeer {
 		own += int(sl.Streams)
 	}
-	sl := streamLimits{PeerWanted: own + 2*subs + 2*reqs}
+	sl := streamLimits{PeerWanted: own + 2*subs + 2*reqs, OneWay: own + subs + reqs}
 
 	// All peers: libp2p's scaled stream limits raised to hold a few
 	// hundred subscribers with a few subscriptions each, and two peers at

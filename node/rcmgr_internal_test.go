@@ -32,13 +32,15 @@ func TestResourceLimitsFollowConfig(t *testing.T) {
 		subs, reqs int
 		mem        int64 // libp2p's memory: an eighth of the machine's
 		clamped    bool
+		short      bool // not even S + R one way
 	}{
-		{1024, 128, 3 * gib, false}, // 24 GiB
-		{5000, 16, 3 * gib, true},   // one peer at half of 12636
-		{3, 2, 3 * gib, false},
-		{1024, 128, gib / 4, true}, // 2 GiB
-		{1024, 128, gib / 8, true}, // 1 GiB
-		{1 << 30, 1 << 30, 3 * gib, true},
+		{1024, 128, 3 * gib, false, false}, // 24 GiB
+		{5000, 16, 3 * gib, true, false},   // one peer at half of 12636
+		{3, 2, 3 * gib, false, false},
+		{1024, 128, gib, true, false},    // 8 GiB
+		{1024, 128, gib / 4, true, true}, // 2 GiB
+		{1024, 128, gib / 8, true, true}, // 1 GiB
+		{1 << 30, 1 << 30, 3 * gib, true, true},
 	} {
 		cfg := DefaultConfig(0)
 		cfg.Limits.MaxSubscriptionsPerPeer, cfg.Limits.MaxStreamsPerPeer = tc.subs, tc.reqs
@@ -69,6 +71,9 @@ func TestResourceLimitsFollowConfig(t *testing.T) {
 		}
 		if int(peer.Streams) != sl.Peer || int(sys.Streams) != sl.System {
 			t.Errorf("%s: limits %+v / %+v do not match %+v", name, peer, sys, sl)
+		}
+		if sl.Short() != tc.short {
+			t.Errorf("%s: short %v, want %v (%+v)", name, sl.Short(), tc.short, sl)
 		}
 		if tc.clamped {
 			// One peer may take half of what all may hold.
