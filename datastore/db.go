@@ -198,6 +198,19 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	return db, nil
 }
 
+// Dir is the database's directory ("" for the in-memory backend).
+func (db *DB) Dir() string { return db.dir }
+
+// FreeSpace is how many bytes the file system holding the database has
+// available to this process (statfs's available blocks).
+func (db *DB) FreeSpace() (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(db.dir, &st); err != nil {
+		return 0, fmt.Errorf("datastore: free space of %s: %w", db.dir, err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}
+
 // checkDir refuses a directory that holds files of its own but no pebble
 // database. Files pebble creates are allowed without a manifest (an Open
 // interrupted while creating the database leaves them, and another Open
@@ -328,6 +341,31 @@ func (d *DB) Sync(ctx context.Context, prefix ds.Key) error {
 	}
 	if err := d.batching.Sync(ctx, prefix); err != nil {
 		return fmt.Errorf("datastore: sync: %w", err)
+	}
+	return nil
+}
+
+// Reclaim gives disk space held by deleted entries back as soon as it can:
+// it flushes the memtable (deletions still in memory free nothing on
+// disk, and with writes refused for want of room the memtable would not
+// fill and flush on its own) and compacts every key, which drops deleted
+// entries and the files that held only them. The in-memory backend has
+// nothing to reclaim.
+func (d *DB) Reclaim(ctx context.Context) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return ErrClosed
+	}
+	if d.pebble == nil {
+		return nil
+	}
+	if err := d.pebble.DB.Flush(); err != nil {
+		return fmt.Errorf("datastore: reclaim: flush: %w", err)
+	}
+	// Every key starts with '/' (ds.Key), the byte before '0'.
+	if err := d.pebble.DB.Compact(ctx, []byte("/"), []byte("0"), false); err != nil {
+		return fmt.Errorf("datastore: reclaim: compact: %w", err)
 	}
 	return nil
 }

@@ -425,7 +425,7 @@ func toAPIError(err error) *localapi.Error {
 	case errors.Is(err, auth.ErrNotFound), errors.Is(err, runner.ErrNotFound), errors.Is(err, datastore.ErrNotFound), errors.Is(err, ErrUnknownPeer),
 		errors.Is(err, topics.ErrNoSubscription):
 		e.Status, e.Code = http.StatusNotFound, localapi.CodeNotFound
-	case errors.Is(err, topics.ErrQueueFull):
+	case errors.Is(err, topics.ErrQueueFull), errors.Is(err, topics.ErrNoSpace):
 		e.Status, e.Code = http.StatusInsufficientStorage, localapi.CodeFailed
 	case errors.Is(err, ErrOffline):
 		e.Status, e.Code = http.StatusServiceUnavailable, localapi.CodeUnavailable

@@ -131,13 +131,16 @@ type NetworkConfig struct {
 
 // LimitsConfig bounds what one peer or one action may cost.
 type LimitsConfig struct {
-	ActionTimeout           time.Duration `yaml:"action_timeout"`
-	MaxPayload              ByteSize      `yaml:"max_payload"`
-	MaxOutput               ByteSize      `yaml:"max_output"`
-	QueueBound              int           `yaml:"queue_bound"`
-	QueueFull               string        `yaml:"queue_full"`
-	QueueMemory             ByteSize      `yaml:"queue_memory"`
-	QueueMemoryTotal        ByteSize      `yaml:"queue_memory_total"`
+	ActionTimeout    time.Duration `yaml:"action_timeout"`
+	MaxPayload       ByteSize      `yaml:"max_payload"`
+	MaxOutput        ByteSize      `yaml:"max_output"`
+	QueueBound       int           `yaml:"queue_bound"`
+	QueueFull        string        `yaml:"queue_full"`
+	QueueMemory      ByteSize      `yaml:"queue_memory"`
+	QueueMemoryTotal ByteSize      `yaml:"queue_memory_total"`
+	// MinFreeDisk is the room publications must leave on the disk that
+	// holds data/: below it they are refused (0: never).
+	MinFreeDisk             ByteSize      `yaml:"min_free_disk"`
 	RateLimit               float64       `yaml:"rate_limit"`
 	RateBurst               int           `yaml:"rate_burst"`
 	MaxStreamsPerPeer       int           `yaml:"max_streams_per_peer"`
@@ -195,6 +198,7 @@ func DefaultConfig(port int) Config {
 			QueueFull:               QueueFullReject,
 			QueueMemory:             16 << 20,
 			QueueMemoryTotal:        256 << 20,
+			MinFreeDisk:             256 << 20,
 			RateLimit:               2000,
 			RateBurst:               4000,
 			MaxStreamsPerPeer:       128,
@@ -811,6 +815,11 @@ limits:
   # All subscriptions together keep at most this much in memory: each gets
   # min(queue_memory, queue_memory_total / subscriptions). Default: 256MiB.
   queue_memory_total: {{.C.Limits.QueueMemoryTotal}}
+  # Publications are refused (the publisher is told why) while the disk
+  # holding data/ has less than this free: a full disk would stop the
+  # service, and deliveries, acks and the rest still need a little room.
+  # 0 disables the check. Default: 256MiB.
+  min_free_disk: {{.C.Limits.MinFreeDisk}}
   # Requests per second one peer may make (token bucket) and its burst.
   # Defaults: 2000 and 4000.
   rate_limit: {{.C.Limits.RateLimit}}

@@ -5,11 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
 )
@@ -171,4 +175,57 @@ func TestControlDeadLettersQuery(t *testing.T) {
 			t.Errorf("?%s: %d %s; want a bad request", q, code, body)
 		}
 	}
+}
+
+// With its disk below limits.min_free_disk a subscriber does not park a
+// publication its receiver refused (a dead letter keeps the data; pebble
+// ends the process when a write finds the disk full): it leaves it
+// unacknowledged and says so, and parks it once there is room again.
+func TestParkWaitsForDiskSpace(t *testing.T) {
+	var logs syncBuffer
+	pub := newTestNode(t, withQuietLog())
+	sub := newTestNode(t, withLimits(func(l *node.LimitsConfig) {
+		l.ReceiverRetries = 0
+		l.ReceiverBackoff = time.Millisecond
+		l.MinFreeDisk = 1 << 30
+	}), func(o *node.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		db, err := datastore.Open(t.TempDir()) // on disk: the in-memory store has no disk to check
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.DB = db
+	})
+	var free atomic.Uint64 // bytes
+	node.SetFreeSpace(sub, func() (uint64, error) { return free.Load(), nil })
+	if err := sub.RegisterReceiver("refuses", func(context.Context, json.RawMessage) (json.RawMessage, error) {
+		return nil, errors.New("refused")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"dl.>"}})
+	ctx := testCtx(t)
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "dl.>", Receiver: "refuses"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(ctx, "dl.x", json.RawMessage(`{"n":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		if !strings.Contains(logs.String(), "cannot park failed publication; it will be delivered again") || !strings.Contains(logs.String(), "limits.min_free_disk") {
+			return errors.New("the subscriber did not say it could not park")
+		}
+		return nil
+	})
+	if dls, err := allDeadLetters(ctx, sub); err != nil || len(dls) != 0 {
+		t.Fatalf("dead letters %v (%v) with the disk full, want none", dls, err)
+	}
+	free.Store(1 << 40)
+	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
+		dls, err := allDeadLetters(ctx, sub)
+		if err != nil || len(dls) != 1 || dls[0].Seq != 1 {
+			return fmt.Errorf("dead letters %+v (%v), want publication 1", dls, err)
+		}
+		return nil
+	})
 }

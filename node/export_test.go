@@ -58,3 +58,12 @@ func SetRelayCheckAfter(d time.Duration) func() {
 	relayCheckAfter = d
 	return func() { relayCheckAfter = prev }
 }
+
+// SetFreeSpace replaces how n's disk-space guard learns the free space
+// (limits.min_free_disk must be set and the datastore on disk) and makes
+// it look again at once.
+func SetFreeSpace(n *Node, free func() (uint64, error)) {
+	n.space.mu.Lock()
+	defer n.space.mu.Unlock()
+	n.space.free, n.space.checked = free, time.Time{}
+}

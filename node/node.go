@@ -82,6 +82,9 @@ type Node struct {
 	net     *netsvc // nil when offline
 	started time.Time
 	stats   counters
+	// space refuses writes that grow the datastore while its disk is
+	// nearly full (limits.min_free_disk; nil when off).
+	space *spaceGuard
 	// noisy samples the log lines peers can cause at will.
 	noisy *logSampler
 
@@ -132,7 +135,20 @@ func New(o Options) (*Node, error) {
 		return nil, err
 	}
 	n.peers = datastore.NewStore[peerRecord](n.db.Batching(), "/peers")
+	var spaceCheck func(int) error // nil: no check
+	if reserve := o.Config.Limits.MinFreeDisk; reserve > 0 && n.db.Dir() != "" {
+		db, log := n.db, o.Logger
+		g := &spaceGuard{free: db.FreeSpace, reserve: uint64(reserve), what: db.Dir(), log: log}
+		g.reclaim = func() {
+			if err := db.Reclaim(context.Background()); err != nil && !errors.Is(err, datastore.ErrClosed) {
+				log.Warn("reclaiming disk space failed", "err", err)
+			}
+		}
+		spaceCheck = g.check
+		n.space = g
+	}
 	n.queues, err = topics.OpenQueues(context.Background(), n.db.Batching(), topics.QueueOptions{
+		SpaceCheck:     spaceCheck,
 		Bound:          o.Config.Limits.QueueBound,
 		Policy:         o.Config.Limits.QueueFull,
 		MemoryPerQueue: int(o.Config.Limits.QueueMemory),

@@ -375,6 +375,9 @@ func toWireError(err error) *wire.Error {
 	// API have the details.
 	case errors.Is(err, topics.ErrQueueFull):
 		return &wire.Error{Code: wire.CodeUnavailable, Message: "a subscriber's queue at the remote instance is full (queue_full: reject); nothing of this batch was queued, retry later"}
+	// Its message names a local path.
+	case errors.Is(err, topics.ErrNoSpace):
+		return &wire.Error{Code: wire.CodeUnavailable, Message: "the remote instance's disk is almost full (limits.min_free_disk); nothing of this batch was queued, retry later"}
 	case errors.Is(err, topics.ErrClosed):
 		code = wire.CodeUnavailable
 	case errors.Is(err, topics.ErrNoSubscription):

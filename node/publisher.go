@@ -203,6 +203,11 @@ func (n *Node) publish(ctx context.Context, pubs []publication, to []string) (in
 				n.log.Warn("publication refused: a subscription's queue is full", append([]any{"subject", msgs[0].Subject, "err", err}, extra...)...)
 			}
 		}
+		if errors.Is(err, topics.ErrNoSpace) {
+			if ok, extra := n.noisy.allow(); ok {
+				n.log.Warn("publication refused: the disk is almost full", append([]any{"subject", msgs[0].Subject, "err", err}, extra...)...)
+			}
+		}
 		return 0, err
 	}
 	n.stats.published.Add(uint64(len(pubs)))

@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"github.com/coattail/coattail/auth"
+	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
+	"github.com/coattail/coattail/topics"
 	"github.com/libp2p/go-libp2p/core/network"
 )
 
@@ -298,4 +300,43 @@ func TestHelloWithValidationTokenIsUnauthorized(t *testing.T) {
 	pr := wire.NewReader(p, 0)
 	rvWrite(t, p, jsonFrame(t, wire.THello, wire.Hello{Token: vt, Version: wire.Version}))
 	rvExpectCode(t, pr, wire.CodeUnauthorized)
+}
+
+// A publisher whose disk is below limits.min_free_disk refuses
+// publications, locally and from peers: a peer is told unavailable
+// without the instance's paths, the publishing instance logs it.
+func TestRemotePublishNoSpaceCode(t *testing.T) {
+	var logs syncBuffer
+	a := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MinFreeDisk = 1 << 60 }), func(o *node.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		db, err := datastore.Open(t.TempDir()) // on disk: the in-memory store has no disk to check
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.DB = db
+	})
+	c := newTestNode(t)
+	h := newStockHost(t, a)
+	tok := issue(t, a, localapi.IssueRequest{Subscribe: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
+	s := rawStream(t, h, a, wire.ProtoSubscribe)
+	rvWrite(t, s, jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version}), jsonFrame(t, wire.TRequest, wire.SubscribeRequest{Pattern: "q.>", Receiver: "r"}))
+	r := wire.NewReader(s, 0)
+	rvExpect(t, r, wire.TOK, nil)
+	rvExpect(t, r, wire.TResult, nil)
+	_ = s.Reset()
+	if _, err := a.Publish(testCtx(t), "q.a", json.RawMessage(`1`)); !errors.Is(err, topics.ErrNoSpace) || !strings.Contains(err.Error(), "limits.min_free_disk") {
+		t.Fatalf("local publish: %v, want ErrNoSpace naming limits.min_free_disk", err)
+	}
+	pid, _ := connectPeers(t, a, c, localapi.IssueRequest{Publish: []string{">"}})
+	_, err := c.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "q.a", Data: json.RawMessage(`2`)})
+	wantWireCode(t, err, wire.CodeUnavailable)
+	if !strings.Contains(err.Error(), "disk is almost full") || strings.Contains(err.Error(), a.Dir()) {
+		t.Errorf("remote publish: %v, want the disk named without its path", err)
+	}
+	if !strings.Contains(logs.String(), "publication refused: the disk is almost full") {
+		t.Errorf("the refusal is not in the publishing instance's log:\n%s", logs.String())
+	}
+	if st := a.Subscribers(); len(st) != 1 || st[0].Depth != 0 {
+		t.Errorf("subscribers %+v, want one with nothing queued", st)
+	}
 }

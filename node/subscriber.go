@@ -758,6 +758,15 @@ func (n *Node) park(sub outSub, d *wire.Delivery, err error, attempts int) error
 	} else {
 		dl.Data = append(json.RawMessage(nil), d.Data...)
 	}
+	// A dead letter keeps the publication: with the disk nearly full it
+	// is not parked but delivered again later (pebble ends the process
+	// when a write finds the disk full).
+	if n.space != nil {
+		if serr := n.space.check(len(d.Data)); serr != nil {
+			n.log.Error("cannot park failed publication; it will be delivered again", "subscription", sub.ID, "seq", d.Seq, "err", serr)
+			return fmt.Errorf("park publication %d in the dead letters: %w", d.Seq, serr)
+		}
+	}
 	// Made durable by the progress sync that follows it.
 	if perr := n.subscriber.dead.Put(context.Background(), dl.ID, dl); perr != nil {
 		n.log.Error("cannot park failed publication; it will be delivered again", "subscription", sub.ID, "seq", d.Seq, "err", perr)

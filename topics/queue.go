@@ -43,6 +43,9 @@ var (
 	// ErrQueueFull is returned by Publish under PolicyReject when a message
 	// would overflow a matching queue; the error names the subscription.
 	ErrQueueFull = errors.New("topics: queue full")
+	// ErrNoSpace is returned by Publish when QueueOptions.SpaceCheck says
+	// the disk has too little room left: nothing of the call was queued.
+	ErrNoSpace = errors.New("topics: not enough disk space")
 	// ErrNoSubscription is returned for an unknown (or removed) subscription.
 	ErrNoSubscription = errors.New("topics: no such subscription")
 	// ErrClosed is returned by every operation after Queues.Close.
@@ -124,6 +127,14 @@ type QueueOptions struct {
 	MemoryTotal int
 	// Logger receives warnings about stored state; nil discards them.
 	Logger *slog.Logger
+	// SpaceCheck, if set, is asked before each round of publications is
+	// written, with the round's size in bytes; an error refuses every
+	// publication of the round (ErrNoSpace, wrapping it). Deletions and
+	// queue state are still written: they are small, and they are what
+	// frees the disk. pebble, the store of package datastore, exits the
+	// process when a write finds the disk full, so the room must be
+	// checked before.
+	SpaceCheck func(bytes int) error
 }
 
 // Test hooks, nil outside tests: testHookAdmin runs in AddSubscription and
@@ -215,6 +226,8 @@ type Queues struct {
 	memTot int
 	nsubs  atomic.Int64 // len(subs), read without Queues.mu by the syncer
 	log    *slog.Logger
+	// spaceCheck is QueueOptions.SpaceCheck, called by the committer.
+	spaceCheck func(bytes int) error
 
 	adminMu  sync.Mutex
 	commitMu sync.Mutex
@@ -449,6 +462,7 @@ func OpenQueues(ctx context.Context, store ds.Batching, o QueueOptions) (*Queues
 		memCap:     DefaultMemoryPerQueue,
 		memTot:     DefaultMemoryTotal,
 		log:        o.Logger,
+		spaceCheck: o.SpaceCheck,
 		subs:       make(map[string]*queue),
 		trie:       NewTrie[*queue](),
 		nextPos:    1,
@@ -1337,9 +1351,23 @@ func (qs *Queues) commitRound(first *pubReq) {
 	// restart will not find them: a request queued before Publish began
 	// refusing must not be numbered after them either.
 	failed := qs.failed.Load()
+	var noSpace error
+	if qs.spaceCheck != nil && failed == nil && len(rd.reqs) > 0 {
+		bytes := 0
+		for _, r := range rd.reqs {
+			bytes += r.bytes
+		}
+		if err := qs.spaceCheck(bytes); err != nil {
+			noSpace = fmt.Errorf("%w: %w; nothing of this publication was queued", ErrNoSpace, err)
+		}
+	}
 	for _, r := range rd.reqs {
 		if failed != nil {
 			r.err = *failed
+			continue
+		}
+		if noSpace != nil {
+			r.err = noSpace
 			continue
 		}
 		if !qs.drop && !qs.admit(r, &scratch) {

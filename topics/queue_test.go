@@ -1534,3 +1534,42 @@ func TestMarkSentAfterAckCountsDelivered(t *testing.T) {
 		t.Fatalf("totals %+v, want 3 delivered, none redelivered", tot)
 	}
 }
+
+// While QueueOptions.SpaceCheck refuses, Publish fails with ErrNoSpace
+// (wrapping its reason) and writes nothing of the call, whatever the full
+// policy; acks still go through; once it allows, sequences continue
+// without a gap. The check sees the size of what would be written.
+func TestQueueRefusesWithoutSpace(t *testing.T) {
+	for _, policy := range []string{PolicyReject, PolicyDropOldest} {
+		t.Run(policy, func(t *testing.T) {
+			backends(t, func(t *testing.T, store ds.Batching) {
+				var low atomic.Bool
+				var asked atomic.Int64
+				why := errors.New("the disk has 3 MiB free")
+				qs := openQueues(t, store, QueueOptions{Bound: 100, Policy: policy, SpaceCheck: func(n int) error {
+					asked.Store(int64(n))
+					if low.Load() {
+						return why
+					}
+					return nil
+				}})
+				addSub(t, qs, "s", "a")
+				publish(t, qs, msg("a", "1"), msg("a", "2"))
+				if n := asked.Load(); n < int64(len("12")) {
+					t.Fatalf("SpaceCheck asked about %d bytes for two publications", n)
+				}
+				low.Store(true)
+				_, err := qs.Publish(context.Background(), []Message{msg("a", "3")}, nil)
+				if !errors.Is(err, ErrNoSpace) || !errors.Is(err, why) {
+					t.Fatalf("Publish without space = %v, want ErrNoSpace wrapping %v", err, why)
+				}
+				if err := qs.Ack("s", 1); err != nil {
+					t.Fatalf("ack without space: %v", err)
+				}
+				low.Store(false)
+				publish(t, qs, msg("a", "4"))
+				wantItems(t, readAll(t, qs, "s", 0), "2:a:2", "3:a:4")
+			})
+		})
+	}
+}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A publisher whose disk fills while its subscriber is away refuses
+// further publications with an error that says why, and keeps running:
+// pebble exits the process when a write finds the disk full, so the
+// service used to die ("pebble: fatal commit error: … no space left on
+// device") with the publisher's CLI told only that the service closed the
+// connection. Everything it accepted is delivered once the subscriber is
+// back, and it accepts publications again once they are. The publisher's
+// instance lives on a small tmpfs, which needs root (CI runs as root).
+func TestPublisherDiskFull(t *testing.T) {
+	needBinary(t)
+	stop := t.Skipf
+	if os.Getenv("COATTAIL_REQUIRE_NAT_TESTS") != "" {
+		stop = t.Fatalf
+	}
+	if runtime.GOOS != "linux" || os.Geteuid() != 0 {
+		stop("disk full: needs root on Linux to mount a tmpfs")
+	}
+	parent, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", parent).CombinedOutput(); err != nil {
+		stop("mount tmpfs: %v: %s", err, out)
+	}
+	// Registered before the service starts, so it runs after the
+	// service's cleanup has stopped it.
+	t.Cleanup(func() {
+		// The service's files may stay busy for a moment after it exited.
+		var out []byte
+		for try := 0; try < 50; try++ {
+			if out, err = exec.Command("umount", parent).CombinedOutput(); err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Errorf("umount %s: %v: %s", parent, err, out)
+	})
+	pub := &instance{t: t, name: "pub", dir: filepath.Join(parent, "pub")}
+	if _, stderr, code := pub.runIn(parent, "new", "pub", "--loopback", "--port", "0"); code != 0 {
+		t.Fatalf("new: exit %d: %s", code, stderr)
+	}
+	pub.setConfig("min_free_disk", "128MiB")
+	pub.start()
+	sub := newInstance(t, "sub")
+	// Records the start of each publication ({"n":<n>,...); reading 256
+	// KiB with the shell's read would take a system call per byte.
+	sub.writeScript("receivers", "rec", `data=$(head -c 16); cat >/dev/null
+echo "$COATTAIL_SUBJECT $COATTAIL_SEQUENCE $COATTAIL_HOP $data" >>got.txt
+`)
+	sub.start()
+	sub.addPeer(pub, "--subscribable", "fill.>", "--publishable", "fill.>")
+	sub.subscribe(pub, "fill.>", "rec")
+	sub.mustRun("service", "stop")
+
+	// 256 KiB publications, 40 a batch, until a batch is refused. (pebble
+	// itself holds up to ~300 MiB of the disk: its write-ahead logs are
+	// preallocated to 110% of the 64 MiB memtable, and up to three are kept
+	// for reuse.)
+	pad := strings.Repeat("x", 256<<10)
+	accepted, refused := 0, ""
+	for batch := 0; batch < 60 && refused == ""; batch++ {
+		lines := make([]string, 40)
+		for k := range lines {
+			lines[k] = fmt.Sprintf(`{"n":%d,"pad":"%s"}`, accepted+k+1, pad)
+		}
+		code, stderr := pub.publishStdin("fill.a", lines)
+		if code == 0 {
+			accepted += len(lines)
+		} else {
+			refused = stderr
+		}
+	}
+	if refused == "" {
+		t.Fatalf("%d publications of 256 KiB accepted on a 512 MiB disk with 128 MiB reserved", accepted)
+	}
+	for _, want := range []string{"disk", "min_free_disk"} {
+		if !strings.Contains(refused, want) {
+			t.Errorf("refusal %q lacks %q", refused, want)
+		}
+	}
+	if !processAlive(pub.pid) {
+		t.Fatalf("the publisher's service died when its disk filled; its log:\n%s", tailFile(pub.path("service.log")))
+	}
+	t.Logf("%d accepted before: %s", accepted, strings.TrimSpace(refused))
+	if !pub.logContains("publication refused: the disk is almost full") {
+		t.Error("the publisher's log does not say why it refused")
+	}
+
+	// The subscriber comes back and gets everything accepted, once each,
+	// in order.
+	t.Logf("%s: the subscriber comes back", time.Now().Format(time.TimeOnly))
+	sub.start()
+	lines := sub.waitLines("got.txt", accepted, 3*time.Minute)
+	for k, l := range lines {
+		if want := fmt.Sprintf(`fill.a %d 0 {"n":%d,`, k+1, k+1); !strings.HasPrefix(l, want) {
+			t.Fatalf("line %d: %.60q, want prefix %q (%d lines, want %d)", k+1, l, want, len(lines), accepted)
+		}
+	}
+	if len(lines) != accepted {
+		t.Fatalf("%d deliveries, want %d", len(lines), accepted)
+	}
+	t.Logf("%s: all delivered", time.Now().Format(time.TimeOnly))
+	// With the queue drained the disk has room again (the publisher
+	// reclaims the space of delivered publications while it refuses).
+	checkFor(t, time.Minute, func() error {
+		code, stderr := pub.publishStdin("fill.a", []string{strconv.Quote("after")})
+		if code != 0 {
+			return fmt.Errorf("publish after the drain: exit %d: %s", code, stderr)
+		}
+		return nil
+	})
+	sub.waitLastLine("got.txt", `"after"`, time.Minute)
+}
+
+// tailFile is the end of a file, for failure messages.
+func tailFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b[max(0, len(b)-4096):])
+}

@@ -1,0 +1,90 @@
+package node
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dustin/go-humanize"
+)
+
+// spaceGuard is the queues' SpaceCheck, and the check before a dead letter
+// is stored: it refuses both while the disk holding data/ has less than
+// limits.min_free_disk free. pebble exits
+// the process when a write finds the disk full (its write-ahead log cannot
+// be left half written), so a publisher filling the disk, with a
+// subscriber away, used to crash the service; now the publisher is told,
+// and deliveries, acks and the rest keep the room they need (they free the
+// disk as subscribers catch up).
+//
+// The file system is asked at most every spaceRecheck, or sooner once the
+// rounds written since the last look add up to an eighth of the reserve,
+// so a fast publisher cannot outrun the reserve between two looks.
+type spaceGuard struct {
+	free    func() (uint64, error)
+	reserve uint64
+	what    string // the directory, for the error
+	// reclaim, run in the background at most every reclaimEvery while
+	// publications are refused, gives the space of delivered (deleted)
+	// publications back to the file system.
+	reclaim func()
+	log     *slog.Logger
+
+	reclaiming atomic.Bool
+	reclaimed  time.Time // under mu
+
+	mu      sync.Mutex
+	checked time.Time
+	since   uint64 // bytes of rounds since checked
+	err     error  // the last verdict
+}
+
+// spaceRecheck is how often spaceGuard asks the file system, and
+// reclaimEvery how often at most it has the datastore reclaim space.
+const (
+	spaceRecheck = 100 * time.Millisecond
+	reclaimEvery = 10 * time.Second
+)
+
+func (g *spaceGuard) check(bytes int) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.since += uint64(max(bytes, 0))
+	if !g.checked.IsZero() && time.Since(g.checked) < spaceRecheck && g.since < g.reserve/8 {
+		return g.err
+	}
+	g.checked, g.since = time.Now(), 0
+	free, err := g.free()
+	switch {
+	case err != nil:
+		// Unknown (a file system without statfs): pebble will say
+		// more if writing fails.
+		g.err = nil
+	case free < g.reserve:
+		g.startReclaim(free)
+		g.err = fmt.Errorf("the disk holding %s has %s free, less than limits.min_free_disk (%s): free some room, or let subscribers catch up (delivered publications are deleted)",
+			g.what, humanize.IBytes(free), humanize.IBytes(g.reserve))
+	default:
+		g.err = nil
+	}
+	return g.err
+}
+
+// startReclaim runs reclaim in the background unless it runs already or
+// ran within reclaimEvery. Called with g.mu held.
+func (g *spaceGuard) startReclaim(free uint64) {
+	if g.reclaim == nil || time.Since(g.reclaimed) < reclaimEvery || !g.reclaiming.CompareAndSwap(false, true) {
+		return
+	}
+	g.reclaimed = time.Now()
+	g.log.Warn("the disk is almost full: publications and dead letters are refused until there is room (limits.min_free_disk); reclaiming the space of deleted entries", "dir", g.what, "free", humanize.IBytes(free), "min_free_disk", humanize.IBytes(g.reserve))
+	go func() {
+		defer g.reclaiming.Store(false)
+		g.reclaim()
+		g.mu.Lock()
+		g.checked = time.Time{} // look again at the next round
+		g.mu.Unlock()
+	}()
+}
