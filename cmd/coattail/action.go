@@ -172,7 +172,7 @@ func newActionPerformCmd(a *app) *cobra.Command {
 	var data string
 	var quiet, fromStdin bool
 	cmd := &cobra.Command{
-		Use:   "perform --action NAME [--data JSON | --stdin] [--notify] [--peer ID]",
+		Use:   "perform --action NAME [--data JSON | --stdin] [--notify [--to ID,...]] [--peer ID] [-q]",
 		Short: "Run an action here or on a peer and print its JSON output",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -230,7 +230,7 @@ func newActionPublishCmd(a *app) *cobra.Command {
 	var data string
 	var fromStdin bool
 	cmd := &cobra.Command{
-		Use:   "publish --action NAME --data JSON [--peer ID]",
+		Use:   "publish --action NAME [--data JSON | --stdin] [--to ID,...] [--peer ID]",
 		Short: "Publish data to an action's subscribers without performing it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -264,9 +264,9 @@ func newActionPublishCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&req.Action, "action", "", "action name (subject)")
-	cmd.Flags().StringVar(&data, "data", "", "JSON data")
+	cmd.Flags().StringVar(&data, "data", "", "JSON data (default null)")
 	cmd.Flags().StringVar(&req.Peer, "peer", "", "publish on this peer (needs its publish permission)")
-	cmd.Flags().StringSliceVar(&req.To, "to", nil, "only notify subscribers with these peer ids")
+	cmd.Flags().StringSliceVar(&req.To, "to", nil, "only notify subscribers with these peer ids (not with --peer: a peer chooses its own subscribers)")
 	cmd.Flags().BoolVar(&fromStdin, "stdin", false, "publish one message per line of stdin (each line a JSON value), in batches")
 	_ = cmd.MarkFlagRequired("action")
 	return cmd
