@@ -4,6 +4,7 @@ package main
 // each test pins one place where the product and the docs disagreed.
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -59,5 +60,50 @@ func TestPublishToWithPeerRefused(t *testing.T) {
 	_, stderr, code = b.run("action", "perform", "--peer", a.peerID(), "--action", "orders.created", "--data", "1", "--notify", "--to", b.peerID())
 	if code != 0 || !strings.Contains(stderr, "published to 1 subscription(s)") {
 		t.Fatalf("perform --peer --notify --to the subscriber: exit %d, stderr %q; want 1 published", code, stderr)
+	}
+}
+
+// The command for the next page that `deadletters list` prints on stderr
+// keeps the page size (--limit) and the instance (--instance) it was
+// given: run as printed, from another directory, it lists the next page of
+// the same size. It used to drop both: the "next page" was up to 100
+// entries, of whatever instance the current directory held.
+func TestDeadLettersNextPageCommandKeepsFlags(t *testing.T) {
+	t.Parallel()
+	a, b := newInstance(t, "a"), newInstance(t, "b")
+	b.setConfig("receiver_retries", "0")
+	b.setConfig("receiver_backoff", "1ms")
+	b.writeScript("receivers", "refuses", "cat >/dev/null\necho refused >&2\nexit 1\n")
+	a.start()
+	b.start()
+	b.addPeer(a)
+	b.subscribe(a, "jobs", "refuses")
+	a.mustPublishRange("jobs", 1, 5)
+	checkFor(t, deliveryTimeout, func() error {
+		if n := len(b.deadLetters()); n != 5 {
+			return fmt.Errorf("%d dead letters, want 5", n)
+		}
+		return nil
+	})
+	got := b.deadLetters()
+	elsewhere := t.TempDir()
+
+	_, stderr, code := b.runIn(elsewhere, "--instance", b.dir, "deadletters", "list", "--limit", "2")
+	want := "coattail deadletters list --instance " + b.dir + " --limit 2 --after " + got[1].ID
+	if code != 0 || !strings.Contains(stderr, want) {
+		t.Fatalf("deadletters list --limit 2: exit %d, stderr %q; want the next page's command %q", code, stderr, want)
+	}
+	// The printed command, run as it is, lists the next 2.
+	i := strings.Index(stderr, "coattail deadletters list")
+	args := strings.Fields(strings.TrimSpace(stderr[i:]))[1:]
+	out, stderr, code := b.runIn(elsewhere, args...)
+	if code != 0 || strings.Count(out, "\n") != 3 || !strings.Contains(out, got[2].ID) || !strings.Contains(out, got[3].ID) ||
+		!strings.Contains(stderr, "--limit 2 --after "+got[3].ID) {
+		t.Fatalf("the printed next-page command: exit %d; want a header and entries 3 and 4, and the command for the page after:\n%s\nstderr: %s", code, out, stderr)
+	}
+	// Without flags it stays the short form.
+	_, stderr, _ = b.run("deadletters", "list", "--limit", "4")
+	if !strings.Contains(stderr, "coattail deadletters list --limit 4 --after "+got[3].ID) || strings.Contains(stderr, "--instance") {
+		t.Errorf("deadletters list --limit 4 in the instance: stderr %q", stderr)
 	}
 }

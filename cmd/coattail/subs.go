@@ -203,7 +203,7 @@ with a hint on stderr. --data adds each publication's data to --json.`,
 					fmt.Fprintln(a.out, "No dead letters.")
 				}
 				if list.More {
-					fmt.Fprintf(a.err, "More dead letters follow; list them with: %s --after %s\n", cmd.CommandPath(), safeText(list.Next))
+					fmt.Fprintf(a.err, "More dead letters follow; list them with: %s\n", nextPageCommand(cmd, a.instance, limit, list.Next))
 				}
 				return nil
 			})
@@ -244,6 +244,30 @@ with a hint on stderr. --data adds each publication's data to --json.`,
 	}
 	cmd.AddCommand(ls, replay, drop)
 	return cmd
+}
+
+// nextPageCommand is the command that lists the page after next: this
+// one with --after next, keeping the --instance and --limit it was given,
+// so that a page of 10 is followed by another page of 10 of the same
+// instance.
+func nextPageCommand(cmd *cobra.Command, instance string, limit int, next string) string {
+	parts := []string{cmd.CommandPath()}
+	if cmd.Flags().Changed("instance") {
+		parts = append(parts, "--instance", shellArg(instance))
+	}
+	if cmd.Flags().Changed("limit") {
+		parts = append(parts, "--limit", strconv.Itoa(limit))
+	}
+	parts = append(parts, "--after", shellArg(next))
+	return safeText(strings.Join(parts, " "))
+}
+
+// shellArg quotes s for a POSIX shell unless it needs no quoting.
+func shellArg(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // listDeadLetters reads limit dead letters (all for 0) after after, in
