@@ -1191,9 +1191,11 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 		return deadNotFound(id, err)
 	}
 	if d.TooLarge > 0 {
-		why := "was larger than this instance accepts and never arrived; drop it (deadletters drop %[1]s), and raise limits.max_payload to receive such publications"
+		// Its data is not here: left out by the publisher, or (when it
+		// fit a frame) dropped on arrival. Either way it was not kept.
+		why := "was larger than this instance accepts, so its data was not kept; drop it (deadletters drop %[1]s), and raise limits.max_payload to receive such publications"
 		if d.TooLarge <= uint64(n.cfg.Limits.MaxPayload) {
-			why = "never arrived (it was larger than the relay circuit from its publisher carries, or than this instance accepted then); drop it (deadletters drop %[1]s)"
+			why = "was not kept (it was larger than the relay circuit from its publisher carries, or than this instance accepted then); drop it (deadletters drop %[1]s)"
 		}
 		return &localapi.Error{Status: http.StatusConflict, Code: localapi.CodeConflict,
 			Message: fmt.Sprintf("dead letter %[1]s cannot be replayed: the publication (%[2]d bytes) "+why, id, d.TooLarge)}
