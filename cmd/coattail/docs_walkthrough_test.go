@@ -5,6 +5,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -105,5 +107,38 @@ func TestDeadLettersNextPageCommandKeepsFlags(t *testing.T) {
 	_, stderr, _ = b.run("deadletters", "list", "--limit", "4")
 	if !strings.Contains(stderr, "coattail deadletters list --limit 4 --after "+got[3].ID) || strings.Contains(stderr, "--instance") {
 		t.Errorf("deadletters list --limit 4 in the instance: stderr %q", stderr)
+	}
+}
+
+// `coattail new` ends with the command to run next. Created in the current
+// directory (`coattail new "./"`, as the original Coattail's README has
+// it, or no directory at all) that is only `coattail service start
+// --headless`; it said "cd ./ && ...". A directory with a space is quoted
+// so that the line can be pasted into a shell.
+func TestNewNextStep(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	for _, c := range []struct {
+		dir  string // made first, and where coattail new runs
+		args []string
+		want string
+	}{
+		{"here", []string{"./"}, "  next:    coattail service start --headless\n"},
+		{"bare", nil, "  next:    coattail service start --headless\n"},
+		{"", []string{"my shop"}, "  next:    cd 'my shop' && coattail service start --headless\n"},
+		{"", []string{"shop"}, "  next:    cd shop && coattail service start --headless\n"},
+	} {
+		parent := t.TempDir()
+		dir := parent
+		if c.dir != "" {
+			dir = filepath.Join(parent, c.dir)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out, stderr, code := a.runIn(dir, append(append([]string{"new"}, c.args...), "--loopback", "--port", "0")...)
+		if code != 0 || !strings.HasSuffix(out, c.want) {
+			t.Errorf("coattail new %q in %s: exit %d, stdout %q (stderr %q); want it to end with %q", c.args, c.dir, code, out, stderr, c.want)
+		}
 	}
 }

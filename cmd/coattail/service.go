@@ -54,13 +54,24 @@ func newNewCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.out, "Created Coattail instance in %s\n  peer id: %s\n  config:  %s\n  next:    cd %s && coattail service start --headless\n", l.Dir, id, l.Config(), o.dir)
+			next := "coattail service start --headless"
+			if !sameDir(l.Dir, ".") {
+				next = "cd " + shellArg(o.dir) + " && " + next
+			}
+			fmt.Fprintf(a.out, "Created Coattail instance in %s\n  peer id: %s\n  config:  %s\n  next:    %s\n", l.Dir, id, l.Config(), safeText(next))
 			return nil
 		},
 	}
 	cmd.Flags().IntVar(&o.port, "port", node.DefaultPort, "TCP and UDP (QUIC) port to listen on; 0 picks free ports at start")
 	cmd.Flags().BoolVar(&o.loopback, "loopback", false, "listen on 127.0.0.1 only and never ask routers for port mappings (labs, demos, tests)")
 	return cmd
+}
+
+// sameDir reports whether the directories a and b are the same one.
+func sameDir(a, b string) bool {
+	sa, errA := os.Stat(a)
+	sb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(sa, sb)
 }
 
 // enclosingProgramDir reports the instance, if any, whose actions/ or
