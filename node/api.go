@@ -21,6 +21,7 @@ import (
 	"github.com/coattail/coattail/node/runner"
 	"github.com/coattail/coattail/node/wire"
 	"github.com/coattail/coattail/topics"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // maxControlBody bounds a control API request body.
@@ -73,13 +74,14 @@ func (n *Node) Handler(stop func()) http.Handler {
 		if q.Has("peer") && q.Get("peer") == "" {
 			return nil, badRequest("query parameter peer is empty; leave it out to list this instance's actions")
 		}
-		return n.ListActions(r.Context(), receivers, q.Get("peer"))
+		return n.ListActions(r.Context(), receivers, canonicalPeer(q.Get("peer")))
 	})
 	route("POST "+p+"/actions/perform", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		var req localapi.PerformRequest
 		if err := decodeBody(r, &req); err != nil {
 			return nil, err
 		}
+		req.Peer = canonicalPeer(req.Peer)
 		return streamed, n.streamPerform(w, r, req)
 	})
 	route("POST "+p+"/actions/publish", func(w http.ResponseWriter, r *http.Request) (any, error) {
@@ -87,6 +89,7 @@ func (n *Node) Handler(stop func()) http.Handler {
 		if err := decodeBody(r, &req); err != nil {
 			return nil, err
 		}
+		req.Peer = canonicalPeer(req.Peer)
 		return n.PublishRequest(r.Context(), req)
 	})
 	route("POST "+p+"/tokens", func(w http.ResponseWriter, r *http.Request) (any, error) {
@@ -175,16 +178,17 @@ func (n *Node) Handler(stop func()) http.Handler {
 		return n.ListPeers(r.Context())
 	})
 	route("GET "+p+"/peers/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
-		return n.ShowPeer(r.Context(), r.PathValue("id"))
+		return n.ShowPeer(r.Context(), canonicalPeer(r.PathValue("id")))
 	})
 	route("DELETE "+p+"/peers/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
-		return struct{}{}, n.RemovePeer(r.Context(), r.PathValue("id"))
+		return struct{}{}, n.RemovePeer(r.Context(), canonicalPeer(r.PathValue("id")))
 	})
 	route("POST "+p+"/subscriptions", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		var req localapi.SubscribeRequest
 		if err := decodeBody(r, &req); err != nil {
 			return nil, err
 		}
+		req.Peer = canonicalPeer(req.Peer)
 		return n.Subscribe(r.Context(), req)
 	})
 	route("POST "+p+"/subscriptions/remove", func(w http.ResponseWriter, r *http.Request) (any, error) {
@@ -192,6 +196,7 @@ func (n *Node) Handler(stop func()) http.Handler {
 		if err := decodeBody(r, &req); err != nil {
 			return nil, err
 		}
+		req.Peer = canonicalPeer(req.Peer)
 		// Without these the answer was "no subscription to \"\" at ".
 		if req.Peer == "" {
 			return nil, badRequest("unsubscribe needs the peer whose subscription to end (see: coattail subscriptions list)")
@@ -283,6 +288,20 @@ func cleanPath(p string) string {
 
 // streamed marks a handler that wrote its own answer.
 var streamed = &struct{ streamed bool }{}
+
+// canonicalPeer spells a peer id the way peers are stored and compared
+// (base58), so that a CIDv1 spelling finds the same peer, as --to already
+// did. What is not a peer id is left as it is, for the error that names it.
+func canonicalPeer(id string) string {
+	if id == "" {
+		return id
+	}
+	p, err := peer.Decode(id)
+	if err != nil {
+		return id
+	}
+	return p.String()
+}
 
 // decodeBody decodes the request body, one JSON object and nothing after
 // it but white space, into v. Every request body is an object: an empty

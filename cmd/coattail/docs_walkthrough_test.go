@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // The usage lines of `action perform --help` and `action publish --help`
@@ -140,5 +142,50 @@ func TestNewNextStep(t *testing.T) {
 		if code != 0 || !strings.HasSuffix(out, c.want) {
 			t.Errorf("coattail new %q in %s: exit %d, stdout %q (stderr %q); want it to end with %q", c.args, c.dir, code, out, stderr, c.want)
 		}
+	}
+}
+
+// A peer id in its CIDv1 spelling (bafz..., as other libp2p tools print
+// it) names the same peer as its base58 spelling wherever a peer is
+// expected (--peer, --id), as it already did for --to. It used to be
+// "unknown peer bafz...: add it first" for a peer that was added.
+func TestPeerIDSpellings(t *testing.T) {
+	t.Parallel()
+	a, b := newInstance(t, "a"), newInstance(t, "b")
+	a.writeScript("actions", "orders.created", "cat\n")
+	b.writeScript("receivers", "orders.log", "cat >/dev/null\n")
+	a.start()
+	b.start()
+	b.addPeer(a, "--performable", "orders.created")
+	pid, err := peer.Decode(a.peerID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cid := peer.ToCid(pid).String()
+
+	if out := b.mustRun("peer", "show", "--id", cid); !strings.Contains(out, a.peerID()) {
+		t.Errorf("peer show --id %s:\n%s", cid, out)
+	}
+	if out := b.mustRun("action", "list", "--peer", cid); !strings.Contains(out, "orders.created") {
+		t.Errorf("action list --peer %s:\n%s", cid, out)
+	}
+	if out := b.mustRun("action", "perform", "--peer", cid, "--action", "orders.created", "--data", `{"x":1}`); strings.TrimSpace(out) != `{"x":1}` {
+		t.Errorf("action perform --peer %s: %q", cid, out)
+	}
+	id := strings.TrimSpace(b.mustRun("action", "subscribe", "--peer", cid, "--action", "orders.>", "--receiver", "orders.log"))
+	// The same subscription, whichever spelling: not a second one.
+	if again := strings.TrimSpace(b.mustRun("action", "subscribe", "--peer", a.peerID(), "--action", "orders.>", "--receiver", "orders.log")); again != id {
+		t.Errorf("subscribing again with the base58 id gave %s, want the existing %s", again, id)
+	}
+	if subs := b.subscriptions(); len(subs) != 1 || subs[0].Publisher != a.peerID() {
+		t.Errorf("subscriptions %+v; want one, at %s", subs, a.peerID())
+	}
+	b.mustRun("action", "unsubscribe", "--peer", cid, "--action", "orders.>")
+	if subs := b.subscriptions(); len(subs) != 0 {
+		t.Errorf("after unsubscribe --peer %s: subscriptions %+v", cid, subs)
+	}
+	b.mustRun("peer", "remove", "--id", cid)
+	if out := b.mustRun("peer", "list"); strings.Contains(out, a.peerID()) {
+		t.Errorf("after peer remove --id %s:\n%s", cid, out)
 	}
 }
