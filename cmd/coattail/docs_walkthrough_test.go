@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -187,5 +188,24 @@ func TestPeerIDSpellings(t *testing.T) {
 	b.mustRun("peer", "remove", "--id", cid)
 	if out := b.mustRun("peer", "list"); strings.Contains(out, a.peerID()) {
 		t.Errorf("after peer remove --id %s:\n%s", cid, out)
+	}
+}
+
+// `token decode` says Reusable: yes or no, as `token show` does (it said
+// true or false).
+func TestTokenDecodeReusableYesNo(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{{nil, "no"}, {[]string{"--reusable"}, "yes"}} {
+		tok := a.issue(c.args...)
+		for _, cmd := range [][]string{{"token", "decode", tok}, {"token", "show", a.tokenID(tok)}} {
+			out := a.mustRun(cmd...)
+			if !regexp.MustCompile(`(?m)^Reusable: +` + c.want + `$`).MatchString(out) {
+				t.Errorf("coattail %s %s (issued with %q): want Reusable: %s:\n%s", cmd[0], cmd[1], c.args, c.want, out)
+			}
+		}
 	}
 }

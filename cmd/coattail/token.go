@@ -365,7 +365,7 @@ func newTokenDecodeCmd(a *app) *cobra.Command {
 				"Publishable", list(c.Publish),
 				"Subscribable", list(c.Subscribe),
 				"Bearers", list(c.Bearers),
-				"Reusable", fmt.Sprint(c.Reusable),
+				"Reusable", yesNo(c.Reusable),
 				"Addresses", list(c.Addrs),
 			)
 		},
