@@ -220,7 +220,7 @@ func newActionPerformCmd(a *app) *cobra.Command {
 	cmd.Flags().BoolVar(&req.Notify, "notify", false, "publish the output to the action's subscribers")
 	cmd.Flags().StringVar(&req.Peer, "peer", "", "perform on this peer instead of here")
 	cmd.Flags().StringSliceVar(&req.To, "to", nil, "with --notify: only notify subscribers with these peer ids")
-	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "do not print the action's log lines")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "do not print the action's log lines, nor (with --notify) how many subscriptions it was published to")
 	_ = cmd.MarkFlagRequired("action")
 	return cmd
 }

@@ -27,6 +27,7 @@ func TestPerformPublishHelpMatchesDocs(t *testing.T) {
 	}{
 		{[]string{"action", "perform", "--help"}, []string{
 			"coattail action perform --action NAME [--data JSON | --stdin] [--notify [--to ID,...]] [--peer ID] [-q]",
+			"do not print the action's log lines, nor (with --notify) how many subscriptions it was published to",
 		}},
 		{[]string{"action", "publish", "--help"}, []string{
 			"coattail action publish --action NAME [--data JSON | --stdin] [--to ID,...] [--peer ID]",
@@ -65,6 +66,10 @@ func TestPublishToWithPeerRefused(t *testing.T) {
 	_, stderr, code = b.run("action", "perform", "--peer", a.peerID(), "--action", "orders.created", "--data", "1", "--notify", "--to", b.peerID())
 	if code != 0 || !strings.Contains(stderr, "published to 1 subscription(s)") {
 		t.Fatalf("perform --peer --notify --to the subscriber: exit %d, stderr %q; want 1 published", code, stderr)
+	}
+	// -q leaves out that count, as its help says.
+	if _, stderr, code = b.run("action", "perform", "--peer", a.peerID(), "--action", "orders.created", "--data", "1", "--notify", "-q"); code != 0 || stderr != "" {
+		t.Fatalf("perform --notify -q: exit %d, stderr %q; want nothing on stderr", code, stderr)
 	}
 }
 
