@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -471,6 +472,52 @@ func TestSubscribeRefusesAnIDTooLongForDeadLetters(t *testing.T) {
 		err := <-errc
 		if c.ok != (err == nil) || !c.ok && !strings.Contains(err.Error(), "bad subscription id") {
 			t.Fatalf("subscription id of %d bytes: Subscribe = %v, want ok %v", c.n, err, c.ok)
+		}
+	}
+}
+
+// `subscribers revoke` on a streaming subscription: the subscriber learns
+// that it was revoked or removed (from the deliverer, the resume or the
+// revoke notice, whichever comes first), never a bare "topics: no such
+// subscription".
+func TestRevokedSubscriberToldWhy(t *testing.T) {
+	for range 5 {
+		var logs syncBuffer
+		pub := newTestNode(t, withQuietLog())
+		sub := newTestNode(t, func(o *node.Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+		var runs atomic.Int64
+		if err := sub.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) {
+			runs.Add(1)
+			return nil, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"rv.>"}})
+		ctx := testCtx(t)
+		s, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "rv.>", Receiver: "rec"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pub.Publish(ctx, "rv.x", json.RawMessage(`1`)); err != nil {
+			t.Fatal(err)
+		}
+		checkFor(t, testTimeout, 10*time.Millisecond, func() error {
+			if runs.Load() != 1 {
+				return errors.New("not delivered yet")
+			}
+			return nil
+		})
+		if err := pub.RevokeSubscriber(ctx, s.ID); err != nil {
+			t.Fatal(err)
+		}
+		checkFor(t, testTimeout, 10*time.Millisecond, func() error {
+			if subs, err := sub.Subscriptions(ctx); err != nil || len(subs) != 0 {
+				return fmt.Errorf("the subscriber still holds %v (%v)", subs, err)
+			}
+			return nil
+		})
+		if out := logs.String(); strings.Contains(out, "no such subscription") || !strings.Contains(out, "revoked") {
+			t.Fatalf("the subscriber's log does not say it was revoked:\n%s", out)
 		}
 	}
 }

@@ -491,6 +491,12 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 		if inflight < uint64(window) {
 			var err error
 			items, err = n.queues.Read(sub.ID, sent, min(perFrame, window-int(inflight)), budget)
+			if errors.Is(err, topics.ErrNoSubscription) {
+				// Removed here (revoked, its token revoked,
+				// unsubscribed) while it streamed: say so as a resume
+				// would, rather than "topics: no such subscription".
+				return wire.Errorf(wire.CodeNotFound, "subscription %s was revoked or removed at %s", sub.ID, n.id)
+			}
 			if err != nil {
 				return err
 			}
