@@ -566,6 +566,12 @@ func (n *Node) Status() localapi.Status {
 	if n.net != nil {
 		n.net.fillStatus(&s)
 	}
+	if n.db.Dir() != "" {
+		if free, err := n.db.FreeSpace(); err == nil {
+			s.DiskFree = free
+			s.DiskLow = n.space != nil && free < n.space.reserve
+		}
+	}
 	return s
 }
 

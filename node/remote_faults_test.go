@@ -339,4 +339,10 @@ func TestRemotePublishNoSpaceCode(t *testing.T) {
 	if st := a.Subscribers(); len(st) != 1 || st[0].Depth != 0 {
 		t.Errorf("subscribers %+v, want one with nothing queued", st)
 	}
+	if st := a.Status(); !st.DiskLow || st.DiskFree == 0 {
+		t.Errorf("status disk_free %d, disk_low %v; want the free space and low", st.DiskFree, st.DiskLow)
+	}
+	if st := c.Status(); st.DiskLow {
+		t.Errorf("status of an in-memory instance: disk_low")
+	}
 }

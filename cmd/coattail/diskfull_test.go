@@ -99,6 +99,28 @@ echo "$COATTAIL_SUBJECT $COATTAIL_SEQUENCE $COATTAIL_HOP $data" >>got.txt
 	if !pub.logContains("publication refused: the disk is almost full") {
 		t.Error("the publisher's log does not say why it refused")
 	}
+	var list []struct {
+		Instance string `json:"instance"`
+		DiskFree uint64 `json:"disk_free"`
+		DiskLow  bool   `json:"disk_low"`
+	}
+	pub.decodeJSON(pub.mustRun("service", "status", "--json"), &list)
+	found := false
+	for _, st := range list {
+		if st.Instance != pub.dir {
+			continue
+		}
+		found = true
+		if !st.DiskLow || st.DiskFree == 0 || st.DiskFree >= 128<<20 {
+			t.Errorf("service status --json: disk_free %d, disk_low %v", st.DiskFree, st.DiskLow)
+		}
+	}
+	if !found {
+		t.Errorf("service status --json does not list %s", pub.dir)
+	}
+	if _, stderr, _ := pub.run("service", "status"); !strings.Contains(stderr, "less than limits.min_free_disk") {
+		t.Errorf("service status says nothing of the disk on stderr: %q", stderr)
+	}
 
 	// The subscriber comes back and gets everything accepted, once each,
 	// in order.

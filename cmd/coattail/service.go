@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coattail/coattail/node"
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 )
 
@@ -376,7 +377,15 @@ func newServiceStatusCmd(a *app) *cobra.Command {
 				}
 				rows = append(rows, []string{strconv.Itoa(s.PID), s.Instance, s.PeerID, strings.Join(s.ListenAddrs, " "), reach, time.Duration(s.Uptime).Round(time.Second).String()})
 			}
-			return table(a.out, []string{"PID", "INSTANCE", "PEER ID", "LISTEN", "REACHABILITY", "UPTIME"}, rows)
+			if err := table(a.out, []string{"PID", "INSTANCE", "PEER ID", "LISTEN", "REACHABILITY", "UPTIME"}, rows); err != nil {
+				return err
+			}
+			for _, s := range list {
+				if s.DiskLow {
+					fmt.Fprintf(a.err, "warning: %s: the disk holding its data has %s free, less than limits.min_free_disk: it refuses publications\n", s.Instance, humanize.IBytes(s.DiskFree))
+				}
+			}
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")

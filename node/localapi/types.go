@@ -55,6 +55,11 @@ type Status struct {
 	Peers       int           `json:"connected_peers"`
 	Counters    Counters      `json:"counters"`
 	Queues      []QueueStatus `json:"queues,omitempty"`
+	// DiskFree is what the disk holding data/ has free, in bytes (0 when
+	// unknown), and DiskLow whether that is below limits.min_free_disk:
+	// publications are refused meanwhile.
+	DiskFree uint64 `json:"disk_free,omitempty"`
+	DiskLow  bool   `json:"disk_low,omitempty"`
 }
 
 // Counters are service-wide totals since start: every one starts from 0
