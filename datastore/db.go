@@ -345,13 +345,16 @@ func (d *DB) Sync(ctx context.Context, prefix ds.Key) error {
 	return nil
 }
 
-// Reclaim gives disk space held by deleted entries back as soon as it can:
-// it flushes the memtable (deletions still in memory free nothing on
-// disk, and with writes refused for want of room the memtable would not
-// fill and flush on its own) and compacts every key, which drops deleted
-// entries and the files that held only them. The in-memory backend has
-// nothing to reclaim.
-func (d *DB) Reclaim(ctx context.Context) error {
+// Reclaim gives disk space held by deleted entries back as soon as it can.
+// It flushes the memtable: deletions still in memory free nothing on disk
+// (and with writes refused for want of room the memtable would not fill
+// and flush on its own); once flushed, pebble drops the files whose
+// entries were all deleted (deletion-only compactions), which is where
+// delivered publications end up. With compact, it then also compacts
+// every key, which drops deleted entries from files that hold live ones
+// too — costly (it rewrites the database), so for rare use. The in-memory
+// backend has nothing to reclaim.
+func (d *DB) Reclaim(ctx context.Context, compact bool) error {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	if d.closed {
@@ -362,6 +365,9 @@ func (d *DB) Reclaim(ctx context.Context) error {
 	}
 	if err := d.pebble.DB.Flush(); err != nil {
 		return fmt.Errorf("datastore: reclaim: flush: %w", err)
+	}
+	if !compact {
+		return nil
 	}
 	// Every key starts with '/' (ds.Key), the byte before '0'.
 	if err := d.pebble.DB.Compact(ctx, []byte("/"), []byte("0"), false); err != nil {

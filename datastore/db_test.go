@@ -1,14 +1,17 @@
 package datastore
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	ds "github.com/ipfs/go-datastore"
@@ -426,5 +429,75 @@ func TestCloseAfterDirectoryDeleted(t *testing.T) {
 	}
 	if err := db.Close(); !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "removed") {
 		t.Fatalf("Close after the directory was deleted: %v", err)
+	}
+}
+
+// Reclaim gives back the disk space of deleted entries that a flush alone
+// would otherwise leave until the memtable filled: the files that held
+// only them go.
+func TestReclaimFreesDeletedEntries(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	sstBytes := func() int64 {
+		var n int64
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if strings.HasSuffix(e.Name(), ".sst") {
+				if fi, err := e.Info(); err == nil {
+					n += fi.Size()
+				}
+			}
+		}
+		return n
+	}
+	val := bytes.Repeat([]byte{'x'}, 64<<10)
+	b := db.Batching()
+	for i := range 100 {
+		if err := b.Put(ctx, ds.NewKey(fmt.Sprintf("/reclaim/%04d", i)), val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Reclaim(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := sstBytes(); n < 6<<20 {
+		t.Fatalf("%d bytes of tables after flushing 6.4 MB of entries", n)
+	}
+	// As the queues delete delivered publications: one range tombstone.
+	sb, err := b.(interface {
+		SizedBatch(context.Context, int) (ds.Batch, error)
+	}).SizedBatch(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.(interface {
+		DeleteRange(context.Context, []byte, []byte) error
+	}).DeleteRange(ctx, []byte("/reclaim/0000"), []byte("/reclaim/9999")); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A flush is enough: pebble drops the tables the tombstone covers.
+	if err := db.Reclaim(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for sstBytes() > 1<<20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes of tables left after deleting everything and reclaiming", sstBytes())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := db.Reclaim(ctx, true); err != nil {
+		t.Fatalf("Reclaim with compaction: %v", err)
+	}
+	if err := NewMemory().Reclaim(ctx, true); err != nil {
+		t.Errorf("in-memory Reclaim: %v", err)
 	}
 }

@@ -28,12 +28,15 @@ type spaceGuard struct {
 	what    string // the directory, for the error
 	// reclaim, run in the background at most every reclaimEvery while
 	// publications are refused, gives the space of delivered (deleted)
-	// publications back to the file system.
-	reclaim func()
+	// publications back to the file system; with compact it also
+	// rewrites the datastore, which it does at most every compactEvery,
+	// when reclaiming without did not make room.
+	reclaim func(compact bool)
 	log     *slog.Logger
 
 	reclaiming atomic.Bool
 	reclaimed  time.Time // under mu
+	compacted  time.Time // by the reclaiming goroutine only
 
 	mu      sync.Mutex
 	checked time.Time
@@ -46,6 +49,7 @@ type spaceGuard struct {
 const (
 	spaceRecheck = 100 * time.Millisecond
 	reclaimEvery = 10 * time.Second
+	compactEvery = 10 * time.Minute
 )
 
 func (g *spaceGuard) check(bytes int) error {
@@ -82,7 +86,11 @@ func (g *spaceGuard) startReclaim(free uint64) {
 	g.log.Warn("the disk is almost full: publications and dead letters are refused until there is room (limits.min_free_disk); reclaiming the space of deleted entries", "dir", g.what, "free", humanize.IBytes(free), "min_free_disk", humanize.IBytes(g.reserve))
 	go func() {
 		defer g.reclaiming.Store(false)
-		g.reclaim()
+		g.reclaim(false)
+		if free, err := g.free(); err == nil && free < g.reserve && time.Since(g.compacted) >= compactEvery {
+			g.compacted = time.Now()
+			g.reclaim(true)
+		}
 		g.mu.Lock()
 		g.checked = time.Time{} // look again at the next round
 		g.mu.Unlock()

@@ -139,8 +139,8 @@ func New(o Options) (*Node, error) {
 	if reserve := o.Config.Limits.MinFreeDisk; reserve > 0 && n.db.Dir() != "" {
 		db, log := n.db, o.Logger
 		g := &spaceGuard{free: db.FreeSpace, reserve: uint64(reserve), what: db.Dir(), log: log}
-		g.reclaim = func() {
-			if err := db.Reclaim(context.Background()); err != nil && !errors.Is(err, datastore.ErrClosed) {
+		g.reclaim = func(compact bool) {
+			if err := db.Reclaim(context.Background(), compact); err != nil && !errors.Is(err, datastore.ErrClosed) {
 				log.Warn("reclaiming disk space failed", "err", err)
 			}
 		}
