@@ -176,7 +176,7 @@ func TestVerifyRejects(t *testing.T) {
 				}
 				return attempt{rec.Token, direct(bob, "")}
 			},
-			want: ErrRevoked, frag: "has been revoked",
+			want: ErrRevoked, frag: "was revoked at ",
 		},
 		{
 			name: "signed by our key but not the issued record",

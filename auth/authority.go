@@ -29,6 +29,11 @@ import (
 var (
 	tokensPrefix      = ds.NewKey("/auth/tokens")
 	validationsPrefix = ds.NewKey("/auth/validations")
+	// revokedPrefix keeps, per revoked token id, when it was revoked
+	// (the token's record is deleted), so that a revoked token presented
+	// again, or revoked again, is named as such.
+	revokedPrefix = ds.NewKey("/auth/revoked")
+	authPrefix    = ds.NewKey("/auth")
 )
 
 // maxCachedGrants bounds the verification cache. Every entry stands for a
@@ -469,6 +474,9 @@ func (a *Authority) liveRecord(ctx context.Context, id, raw string) (Record, err
 	var rec Record
 	err := a.getJSON(ctx, tokensPrefix, id, &rec)
 	if errors.Is(err, ErrNotFound) {
+		if at, ok := a.revokedAt(ctx, id); ok {
+			return Record{}, fmt.Errorf("%w: token %s was revoked at %s", ErrRevoked, id, at.Format(time.RFC3339))
+		}
 		return Record{}, fmt.Errorf("%w: token %s has been revoked or was not issued by this store", ErrRevoked, id)
 	}
 	if err != nil {
@@ -619,9 +627,22 @@ func (a *Authority) Revoke(ctx context.Context, id string) error {
 		if err != nil {
 			return fmt.Errorf("auth: read token %s: %w", id, err)
 		}
-		// Revoking deletes the record, so an id revoked already is not
-		// known either: say that it may be one.
-		return fmt.Errorf("%w: no token with id %s (never issued here, or revoked already: a revoked token's record is deleted)", ErrNotFound, id)
+		if at, ok := a.revokedAt(ctx, id); ok {
+			return fmt.Errorf("%w: token %s was revoked already, at %s", ErrNotFound, id, at.Format(time.RFC3339))
+		}
+		// Revoked before revocations were recorded (their records
+		// were only deleted), or never issued.
+		return fmt.Errorf("%w: no token with id %s (never issued here, or revoked already)", ErrNotFound, id)
+	}
+	// The revocation record first, synced with the delete below: lost in
+	// a crash with it (the token then stays live: revoke it again), or
+	// kept without it (the token is not revoked; the record only names
+	// tokens that were, and a later revocation rewrites it).
+	rk, _ := recordKey(revokedPrefix, id) // id is a valid uuid (k above)
+	rb, _ := json.Marshal(revocation{RevokedAt: time.Now().UTC()})
+	if err := a.store.Put(ctx, rk, rb); err != nil {
+		a.mu.Unlock()
+		return fmt.Errorf("auth: record the revocation of token %s: %w", id, err)
 	}
 	if err := a.store.Delete(ctx, k); err != nil {
 		a.mu.Unlock()
@@ -632,7 +653,7 @@ func (a *Authority) Revoke(ctx context.Context, id string) error {
 	// they would be served from the cache while a retried Revoke reports
 	// "no token with id".
 	var syncErr error
-	if err := a.store.Sync(ctx, tokensPrefix); err != nil {
+	if err := a.store.Sync(ctx, authPrefix); err != nil {
 		syncErr = fmt.Errorf("auth: token %s is revoked, but syncing the store failed, so the revocation may not survive a crash: %w", id, err)
 	}
 	a.cacheMu.Lock()
@@ -655,6 +676,20 @@ func (a *Authority) Revoke(ctx context.Context, id string) error {
 		fn(id)
 	}
 	return syncErr
+}
+
+// revocation is the record a revoked token leaves.
+type revocation struct {
+	RevokedAt time.Time `json:"revoked_at"`
+}
+
+// revokedAt reports when token id was revoked, if this store recorded it.
+func (a *Authority) revokedAt(ctx context.Context, id string) (time.Time, bool) {
+	var r revocation
+	if err := a.getJSON(ctx, revokedPrefix, id, &r); err != nil {
+		return time.Time{}, false
+	}
+	return r.RevokedAt, true
 }
 
 // OnRevoke registers fn to be called, synchronously and in registration
@@ -758,8 +793,11 @@ func (a *Authority) deleteKey(ctx context.Context, prefix ds.Key, id string) err
 }
 
 func kindOf(prefix ds.Key) string {
-	if prefix == validationsPrefix {
+	switch prefix {
+	case validationsPrefix:
 		return "validation"
+	case revokedPrefix:
+		return "revocation"
 	}
 	return "token"
 }

@@ -374,3 +374,30 @@ func TestOutlandishDatesRefused(t *testing.T) {
 		t.Errorf("ordinary dates: %v", err)
 	}
 }
+
+// A revoked token is named as such when it is presented again or revoked
+// again (its record is deleted; a revocation record says when), while an
+// id that was never issued is "never issued here".
+func TestRevokedTokenNamedAsRevoked(t *testing.T) {
+	ctx := context.Background()
+	f := fixtureOver(t, newKey(t), newStore())
+	rec := f.issue(t, IssueOptions{Reusable: true, Publish: []string{"x"}})
+	if err := f.a.Revoke(ctx, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.a.Verify(ctx, rec.Token, direct(newPeer(t), "10.0.0.1"))
+	if !errors.Is(err, ErrRevoked) || !strings.Contains(err.Error(), "was revoked at 20") {
+		t.Errorf("Verify of a revoked token: %v, want it named revoked with the time", err)
+	}
+	err = f.a.Revoke(ctx, rec.ID)
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "was revoked already, at 20") {
+		t.Errorf("second Revoke: %v, want ErrNotFound naming the earlier revocation", err)
+	}
+	err = f.a.Revoke(ctx, "8c5c8b8e-4a52-4f43-9d55-7d1c1e6e4a10")
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "never issued here") {
+		t.Errorf("Revoke of an unknown id: %v", err)
+	}
+	if recs, err := f.a.Tokens(ctx); err != nil || len(recs) != 0 {
+		t.Errorf("tokens after revocation: %v (%v), want none", recs, err)
+	}
+}

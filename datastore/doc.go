@@ -17,6 +17,7 @@
 //	/meta/schema-version                       decimal schema version ("1")        datastore
 //	/auth/tokens/<id>                          issued capability token record      auth
 //	/auth/validations/<id>                     imported validation token           auth
+//	/auth/revoked/<id>                         when a revoked token was revoked    auth
 //	/peers/<peer-id>                           peer this instance added            node
 //	/subs/out/<sub-id>                         subscription held at another peer   node
 //	/subs/in/<sub-id>                          subscription another peer holds here topics

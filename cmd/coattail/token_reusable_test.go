@@ -43,10 +43,9 @@ func TestTokenShowListReusable(t *testing.T) {
 		t.Errorf("token list row of a single-use token says reusable: %q", l)
 	}
 
-	// Revoking twice: the second says the id may have been revoked
-	// already (the record is deleted, so the store cannot tell).
+	// Revoking twice: the second says it was revoked already, and when.
 	a.mustRun("token", "revoke", "--force", single)
-	a.mustFail([]string{"token", "revoke", "--force", single}, "no token with id "+single, "revoked already")
+	a.mustFail([]string{"token", "revoke", "--force", single}, "token "+single+" was revoked already, at ")
 }
 
 // An --expires-in (or --not-before) that is well-formed but longer than a
