@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coattail/coattail/auth"
 	"gopkg.in/yaml.v3"
 )
 
@@ -97,7 +98,9 @@ func TestFoundation(t *testing.T) {
 		t.Fatal("second new changed the identity key")
 	}
 
-	a.setConfig("action_timeout", "1s")
+	// limits.action_timeout stays at its generous default here: the test
+	// shows the timeout itself (1s) on a service of its own below, so that
+	// no other action races it on a busy machine.
 	pid := a.start()
 	if !processAlive(pid) {
 		t.Fatalf("service pid %d is not running", pid)
@@ -163,7 +166,6 @@ func TestFoundation(t *testing.T) {
 	}{
 		{"fail", []string{`"fail"`, "status 1", "boom: disk on fire"}},
 		{"badjson", []string{`"badjson"`, "invalid JSON", "this is not json"}},
-		{"slow", []string{`"slow"`, "timed out after 1s"}},
 		{"big", []string{`"big"`, "output exceeds"}},
 		{"missing", []string{`"missing"`, "no action"}},
 	} {
@@ -302,6 +304,31 @@ func TestFoundation(t *testing.T) {
 		t.Fatalf("service stop %d: exit %d, alive %v, stderr %s", newPID, code, processAlive(newPID), stderr)
 	}
 	a.mustFail([]string{"service", "stop", strconv.Itoa(newPID)}, "not running")
+
+	// An action that outlives limits.action_timeout fails as a timeout,
+	// naming it, and the service keeps serving. With max_running 1, a
+	// timed-out action that kept its slot would make every later perform
+	// wait for it; echo runs under the same 1s limit, so one that merely
+	// ran late on a busy machine is tried again.
+	a.setConfig("action_timeout", "1s")
+	a.setConfig("max_running", "1")
+	pid = a.start()
+	a.mustFail([]string{"action", "perform", "--action", "slow", "--data", "{}"}, `"slow"`, "timed out after 1s")
+	sts = a.status()
+	if len(sts) != 1 || sts[0].PID != pid || !sts[0].Online {
+		t.Fatalf("service status after an action timed out = %+v, want pid %d online", sts, pid)
+	}
+	checkFor(t, 60*time.Second, func() error {
+		stdout, stderr, code := a.run("action", "perform", "--action", "echo", "--data", `"still here"`)
+		if code == 0 && strings.TrimSpace(stdout) == `"still here"` {
+			return nil
+		}
+		err := fmt.Errorf("echo after a timeout: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+		if code == 0 || !strings.Contains(stderr, "timed out after 1s") {
+			t.Fatal(err)
+		}
+		return err
+	})
 }
 
 func hasPrefix(xs []string, prefix string) bool {
@@ -572,7 +599,10 @@ func TestPeeringAndRemoteExecution(t *testing.T) {
 	a, b, c := newInstance(t, "a"), newInstance(t, "b"), newInstance(t, "c")
 	a.writeScript("actions", "echo", "echo 'hello from echo' >&2\nexec cat\n")
 	a.writeScript("actions", "secret", "echo '\"secret\"'\n")
-	a.writeScript("actions", "slow", "echo started >&2\nsleep 20\n")
+	// slow outlives the wait for its log line and the revocation below
+	// however busy the machine: only the revocation can end it early.
+	a.writeScript("actions", "slow", "echo started >&2\nsleep 600\n")
+	a.setConfig("action_timeout", "15m")
 	a.start()
 	b.start()
 	c.start()
@@ -583,8 +613,23 @@ func TestPeeringAndRemoteExecution(t *testing.T) {
 		t.Fatalf("peer add printed %q, want the issuer's peer id %s", out, aID)
 	}
 	// A short-lived token for c, added at once so that it expires later.
-	short := a.issue("--performable", "echo", "--expires-in", "2s")
-	c.mustRun("peer", "add", "--token", short)
+	// On a busy machine the add can come after it expired (2s, plus the
+	// verifier's leeway); then a new one is tried. A refusal while the
+	// token was surely still valid (its exp, whole seconds, is at least
+	// 1s after issue) fails the test.
+	checkFor(t, 2*time.Minute, func() error {
+		issued := time.Now()
+		short := a.issue("--performable", "echo", "--expires-in", "2s")
+		_, stderr, code := c.run("peer", "add", "--token", short)
+		switch {
+		case code == 0:
+			return nil
+		case strings.Contains(stderr, "expired") && time.Since(issued) >= time.Second+auth.Leeway:
+			return fmt.Errorf("the short-lived token expired before c added it: %s", stderr)
+		}
+		t.Fatalf("c: peer add of a fresh short-lived token: exit %d: %s", code, stderr)
+		return nil
+	})
 
 	// Remote list shows what the token allows.
 	var acts []remoteAction
@@ -658,8 +703,8 @@ func TestPeeringAndRemoteExecution(t *testing.T) {
 		return nil
 	})
 	a.mustRun("token", "revoke", "--force", a.tokenID(tok))
-	if code := slow.wait(t); code == 0 {
-		t.Errorf("a perform whose token was revoked mid-run succeeded: %s", slow.stdout())
+	if code := slow.wait(t); code == 0 || !strings.Contains(slow.stderr(), "revoked") {
+		t.Errorf("a perform whose token was revoked mid-run: exit %d, stdout %q, stderr %q; want a failure saying it was revoked", code, slow.stdout(), slow.stderr())
 	}
 	if slow.stdout() != "" {
 		t.Errorf("revoked perform printed output %q", slow.stdout())
