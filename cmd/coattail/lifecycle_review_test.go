@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -183,20 +184,37 @@ func TestLifecycleStopServiceOfMovedInstance(t *testing.T) {
 	a.start()
 }
 
-// lrHoldData runs an offline perform of an action that sleeps, so that the
-// instance's datastore is held (as any offline command holds it) until
-// the returned process ends; it returns once the action runs.
-func lrHoldData(t *testing.T, a *instance, secs int) *proc {
+// lrHoldData runs an offline perform of an action that holds the
+// instance's datastore (as any offline command holds it) until release is
+// called, or the test ends; it returns once the action runs. The hold is
+// not a sleep: it lasts until the test has seen what it waits for, however
+// busy the machine.
+func lrHoldData(t *testing.T, a *instance) (hold *proc, release func()) {
 	t.Helper()
-	a.writeScript("actions", "hold", fmt.Sprintf("touch \"$COATTAIL_INSTANCE/holding\"\nsleep %d\nexec cat\n", secs))
+	// The offline perform's action_timeout must not end the hold first.
+	a.setConfig("action_timeout", "15m")
+	a.writeScript("actions", "hold", "touch \"$COATTAIL_INSTANCE/holding\"\n"+
+		"while [ ! -e \"$COATTAIL_INSTANCE/release\" ]; do sleep 0.05; done\nexec cat\n")
 	p := a.spawn("action", "perform", "--action", "hold", "--data", "1")
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			if err := os.WriteFile(a.path("release"), nil, 0o644); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(release)
 	checkFor(t, 30*time.Second, func() error {
+		if p.exited() {
+			t.Fatalf("the offline perform that holds the datastore exited: %s", p.stderr())
+		}
 		if _, err := os.Stat(a.path("holding")); err != nil {
 			return fmt.Errorf("the offline perform has not run its action yet: %v", err)
 		}
 		return nil
 	})
-	return p
+	return p, release
 }
 
 // lrStartStop starts a's service and stops it, times times, making sure
@@ -253,12 +271,27 @@ func lrServiceProcesses(t *testing.T, dir string) []int {
 func TestLifecycleConcurrentStarts(t *testing.T) {
 	t.Parallel()
 	a := newInstance(t, "a")
-	hold := lrHoldData(t, a, 3)
+	hold, release := lrHoldData(t, a)
 	const n = 3
 	starts := make([]*proc, n)
 	for k := range starts {
 		starts[k] = a.spawn("service", "start", "--headless")
 	}
+	// While the hold lasts no service can come up; the starts that lost
+	// the race are told so at once, and only then does the hold end.
+	checkFor(t, 60*time.Second, func() error {
+		exited := 0
+		for _, p := range starts {
+			if p.exited() {
+				exited++
+			}
+		}
+		if exited < n-1 {
+			return fmt.Errorf("%d of %d racing starts have exited while the first waits for the datastore", exited, n)
+		}
+		return nil
+	})
+	release()
 	ok, pid := 0, 0
 	for _, p := range starts {
 		code := p.wait(t)
@@ -293,7 +326,7 @@ func TestLifecycleConcurrentStarts(t *testing.T) {
 func TestLifecycleStopDuringStartup(t *testing.T) {
 	t.Parallel()
 	a := newInstance(t, "a")
-	hold := lrHoldData(t, a, 5)
+	hold, release := lrHoldData(t, a)
 	start, pid := lrSpawnStart(t, a, func(pid int) error {
 		// Still starting: it holds the pid file, and waits for the
 		// datastore before it opens its control socket.
@@ -307,7 +340,21 @@ func TestLifecycleStopDuringStartup(t *testing.T) {
 		return nil
 	})
 	t.Cleanup(func() { killAndWait(t, pid) })
-	out, stderr, code := a.run("service", "stop")
+	stop := a.spawn("service", "stop")
+	// The service cannot be ready before the hold ends, so a stop that
+	// ends before then did not wait for it. (On a busy machine the stop
+	// may not get that far in this time; it is then only less tested.)
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if stop.exited() {
+			t.Fatalf("service stop ended while the service was still starting: exit %d, stdout %q, stderr %q", stop.code, stop.stdout(), stop.stderr())
+		}
+	}
+	release()
+	code := stop.wait(t)
+	out, stderr := stop.stdout(), stop.stderr()
+	if showsLocked(stderr) {
+		t.Errorf("service stop showed a locked error: %s", stderr)
+	}
 	if code != 0 {
 		t.Fatalf("service stop during start-up: exit %d: %s", code, stderr)
 	}
@@ -403,7 +450,7 @@ func TestLifecycleLabInterrupted(t *testing.T) {
 func TestLifecycleStartHeadlessInterrupted(t *testing.T) {
 	t.Parallel()
 	a := newInstance(t, "a")
-	hold := lrHoldData(t, a, 5)
+	hold, release := lrHoldData(t, a)
 	start, pid := lrSpawnStart(t, a, func(int) error { return nil })
 	t.Cleanup(func() { killAndWait(t, pid) })
 	if err := start.cmd.Process.Signal(os.Interrupt); err != nil {
@@ -421,6 +468,7 @@ func TestLifecycleStartHeadlessInterrupted(t *testing.T) {
 		}
 		return nil
 	})
+	release()
 	hold.wait(t)
 	var list []map[string]any
 	a.decodeJSON(a.mustRun("service", "status", "--json"), &list)

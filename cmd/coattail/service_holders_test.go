@@ -23,14 +23,27 @@ import (
 func TestServiceStartWhileOfflineCommandHoldsData(t *testing.T) {
 	t.Parallel()
 	a := newInstance(t, "a")
-	hold := lrHoldData(t, a, 8)
+	hold, release := lrHoldData(t, a)
 	holder := strconv.Itoa(hold.cmd.Process.Pid)
 	stderr := a.mustFail([]string{"peer", "list"}, "in use by", `offline command "coattail action perform"`, "pid "+holder, "wait for it to finish")
 	if strings.Contains(stderr, "not answering") {
 		t.Errorf("peer list: %s", stderr)
 	}
-	out, stderr, code := a.run("service", "start", "--headless")
-	if code != 0 {
+	// The start says what it waits for; only then does the hold end.
+	start := a.spawn("service", "start", "--headless")
+	checkFor(t, 60*time.Second, func() error {
+		if start.exited() {
+			t.Fatalf("service start while the offline command runs: exit %d, stdout %q, stderr %q", start.code, start.stdout(), start.stderr())
+		}
+		if !strings.Contains(start.stderr(), "Waiting for") {
+			return fmt.Errorf("service start has not said what it waits for: %q", start.stderr())
+		}
+		return nil
+	})
+	release()
+	code := start.wait(t)
+	out, stderr := start.stdout(), start.stderr()
+	if code != 0 || showsLocked(stderr) {
 		t.Fatalf("service start while the offline command runs: exit %d: %s", code, stderr)
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(out))
