@@ -45,7 +45,11 @@ func zombieChildren(t *testing.T) []int {
 func TestRunsLeakNoDescriptorsOrZombies(t *testing.T) {
 	r, dir := newTestRunner(t, func(c *Config) { c.Timeout = 200 * time.Millisecond; c.MaxOutput = 1024 })
 	writeProgram(t, dir, KindAction, "echo", `exec cat`)
-	writeProgram(t, dir, KindAction, "quiet", `cat >/dev/null`)
+	// quiet must succeed, so it runs under the default timeout, not the
+	// 200ms that ends slow and flood quickly and that a busy machine can
+	// take just to start a shell.
+	long, longDir := newTestRunner(t, func(c *Config) { c.MaxOutput = 1024 })
+	writeProgram(t, longDir, KindAction, "quiet", `cat >/dev/null`)
 	writeProgram(t, dir, KindAction, "fail", `exit 3`)
 	writeProgram(t, dir, KindAction, "slow", `sleep 30`)
 	writeProgram(t, dir, KindAction, "flood", `exec yes`)
@@ -58,7 +62,7 @@ func TestRunsLeakNoDescriptorsOrZombies(t *testing.T) {
 		for _, name := range []string{"echo", "fail", "slow", "flood", "bg", "badshebang", "missing"} {
 			_, _ = r.Run(context.Background(), action(name, `{"i":1}`))
 		}
-		if _, err := r.Run(context.Background(), action("quiet", bigInput)); err != nil {
+		if _, err := long.Run(context.Background(), action("quiet", bigInput)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -377,7 +377,9 @@ func TestRunEmptyInputIsNull(t *testing.T) {
 
 func TestRunTimeoutKillsProcessGroup(t *testing.T) {
 	t.Parallel()
-	r, dir := newTestRunner(t, func(c *Config) { c.Timeout = 300 * time.Millisecond })
+	// The timeout leaves a busy machine ample time to start the shell and
+	// have it write the child's pid, which this test then checks is gone.
+	r, dir := newTestRunner(t, func(c *Config) { c.Timeout = 3 * time.Second })
 	pidFile := filepath.Join(dir, "child.pid")
 	// The child sleep holds stdout open too, so Run would hang on it if it
 	// survived the timeout.
@@ -390,7 +392,7 @@ func TestRunTimeoutKillsProcessGroup(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("err = %v, want it to wrap context.DeadlineExceeded", err)
 	}
-	if want := `runner: action "slow" timed out after 300ms`; err.Error() != want {
+	if want := `runner: action "slow" timed out after 3s`; err.Error() != want {
 		t.Errorf("err = %q, want %q", err, want)
 	}
 	pid := readPID(t, pidFile)
