@@ -73,15 +73,28 @@ func TestServiceStartWaitsForOfflineCommand(t *testing.T) {
 	})
 
 	t.Run("waits for it", func(t *testing.T) {
+		// The command ends once the service has said it waits for it, not
+		// after a time the service may not yet have got that far in; and
+		// the service would give up only long after that.
+		dataWaitOffline = time.Minute
 		db := hold()
+		noticed := make(chan struct{})
 		go func() {
-			time.Sleep(time.Second)
+			<-noticed
 			db.Close()
 		}()
+		notice := func(msg string) {
+			opts.Notice(msg)
+			select {
+			case <-noticed:
+			default:
+				close(noticed)
+			}
+		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() {
-			done <- RunService(ctx, l, ServiceOptions{Notice: opts.Notice, Ready: func(int) { cancel() }})
+			done <- RunService(ctx, l, ServiceOptions{Notice: notice, Ready: func(int) { cancel() }})
 		}()
 		select {
 		case err := <-done:

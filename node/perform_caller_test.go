@@ -303,12 +303,15 @@ wait
 // used to close at once.
 func TestCloseWaitsForAbandonedInProcessHandler(t *testing.T) {
 	a := newTestNode(t, withQuietLog())
-	started := make(chan struct{})
+	started, abandoned := make(chan struct{}), make(chan struct{})
 	var finished atomic.Bool
 	register(t, a, "stubborn", func(ctx context.Context, _ json.RawMessage) (json.RawMessage, error) {
 		close(started)
 		<-ctx.Done()
-		time.Sleep(300 * time.Millisecond) // ignores the cancellation for a while
+		// Ignores the cancellation: runs on until the test has seen the
+		// perform return, then for a while longer, into the node's Close.
+		<-abandoned
+		time.Sleep(300 * time.Millisecond)
 		finished.Store(true)
 		return nil, nil
 	})
@@ -326,6 +329,7 @@ func TestCloseWaitsForAbandonedInProcessHandler(t *testing.T) {
 	if finished.Load() {
 		t.Fatal("the perform waited for the handler; this test needs it abandoned")
 	}
+	close(abandoned)
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -168,16 +168,21 @@ func TestPublishReviewFrameAtAndOverLimit(t *testing.T) {
 // batch well within the timeout, had its next batch stored and its answer
 // cut off: it could not know the batch was durable.
 func TestPublishReviewLongLivedStreamKeepsAnswering(t *testing.T) {
-	a := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.StreamTimeout = time.Second }))
+	// Batches 200ms apart, far within the 2s stream_timeout (the idle
+	// read deadline between batches) even on a busy machine, until the
+	// stream has lived well past its first deadline.
+	const streamTimeout = 2 * time.Second
+	a := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) { l.StreamTimeout = streamTimeout }))
 	p, pr := rvPublishStream(t, a)
-	for i := 1; i <= 4; i++ {
+	opened := time.Now() // the stream opened before this
+	for i := 1; i == 1 || time.Since(opened) < streamTimeout+time.Second; i++ {
 		rvWrite(t, p, rvBatch("x.a", []byte(`1`)))
 		var res wire.PublishResult
 		rvExpect(t, pr, wire.TResult, &res)
 		if res.LastSeq != uint64(i) || res.Accepted != 1 {
-			t.Fatalf("answer %d: %+v", i, res)
+			t.Fatalf("answer %d, %v after the stream opened: %+v", i, time.Since(opened).Round(time.Millisecond), res)
 		}
-		time.Sleep(400 * time.Millisecond) // well within stream_timeout between batches
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 

@@ -457,7 +457,9 @@ func processGone(pid int) bool {
 }
 
 func TestHungActionKilledAtTimeout(t *testing.T) {
-	a := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.ActionTimeout = 300 * time.Millisecond }))
+	// The timeout leaves a busy machine ample time to start the script and
+	// have it write both pids, which the test then checks are gone.
+	a := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.ActionTimeout = 3 * time.Second }))
 	b := newTestNode(t)
 	var echo counter
 	register(t, a, "echo", echo.handler)

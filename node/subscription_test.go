@@ -283,7 +283,10 @@ func TestInProcessReceiverLog(t *testing.T) {
 // parked in the dead letters, and the publications behind it go on.
 func TestInProcessReceiverTimeout(t *testing.T) {
 	limits := withLimits(func(l *node.LimitsConfig) {
-		l.ActionTimeout = 150 * time.Millisecond
+		// "a" and "b" return at once, but on a busy machine under -race
+		// their goroutines may wait a while to run: the timeout leaves
+		// them ample time, and only "hang" reaches it.
+		l.ActionTimeout = 2 * time.Second
 		l.ReceiverRetries = 1
 		l.ReceiverBackoff = 10 * time.Millisecond
 	})
