@@ -30,11 +30,13 @@ func TestRemotePerformOverPeerMaxPayloadFailsAtOnce(t *testing.T) {
 	for _, size := range []int{200 << 10, 400 << 10, 1000 << 10} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			input := `"` + strings.Repeat("x", size) + `"`
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			began := time.Now()
 			_, err := perform(ctx, b, pid, "echo", input)
-			if took := time.Since(began); took > 5*time.Second {
+			// Prompt: far within the 10 min stream_timeout the write used
+			// to block for, however busy the machine.
+			if took := time.Since(began); took > time.Minute {
 				t.Fatalf("perform of %d bytes took %v (err %v), want a prompt refusal", size, took, err)
 			}
 			wantWireCode(t, err, wire.CodeTooLarge)
@@ -88,7 +90,9 @@ func TestRevokeDuringExecutablePerformTellsCaller(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := waitErr(t, done, "the perform to end after revocation")
-	if took := time.Since(began); took > 5*time.Second {
+	// At once: well before the action's 30 s sleep would have ended it,
+	// however busy the machine.
+	if took := time.Since(began); took > 20*time.Second {
 		t.Errorf("the perform ended %v after the revocation", took)
 	}
 	if errors.Is(err, node.ErrPeer) {
