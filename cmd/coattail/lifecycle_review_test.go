@@ -205,6 +205,13 @@ func lrHoldData(t *testing.T, a *instance) (hold *proc, release func()) {
 		})
 	}
 	t.Cleanup(release)
+	// A test that fails while a service waits for the hold leaves no
+	// service to come up once the hold ends (this runs before release).
+	t.Cleanup(func() {
+		for _, pid := range lrServiceProcesses(t, a.dir) {
+			killAndWait(t, pid)
+		}
+	})
 	checkFor(t, 30*time.Second, func() error {
 		if p.exited() {
 			t.Fatalf("the offline perform that holds the datastore exited: %s", p.stderr())
