@@ -21,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 )
 
 // Delivery tuning. The window bounds the deliveries a subscriber holds
@@ -45,15 +46,36 @@ const (
 // for this long again).
 const subscriberAddrTTL = 7 * 24 * time.Hour
 
+// identifyWait bounds how long a subscribe waits for identify to learn
+// where a newly connected subscriber listens (rememberSubscriber).
+const identifyWait = 5 * time.Second
+
 // rememberSubscriber keeps where a subscriber listens, in the peerstore
 // for longer than libp2p's default and in the datastore (/subs/addrs), so
 // a restarted publisher can nudge it to reconnect (deliver protocol) even
 // when the subscriber's address is in no token.
-func (nw *netsvc) rememberSubscriber(ctx context.Context, p peer.ID) {
+func (nw *netsvc) rememberSubscriber(ctx context.Context, c network.Conn) {
+	p := c.RemotePeer()
 	ps := nw.host.Peerstore()
 	addrs := ps.Addrs(p)
 	if len(addrs) == 0 {
-		return
+		// A subscriber that subscribes as soon as it has connected can
+		// do so before identify has told this host where it listens:
+		// its addresses were not remembered (until its next subscribe
+		// stream), and a restart in between forgot them.
+		if ids, ok := nw.host.(interface{ IDService() identify.IDService }); ok {
+			t := time.NewTimer(identifyWait)
+			select {
+			case <-ids.IDService().IdentifyWait(c):
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+			addrs = ps.Addrs(p)
+		}
+		if len(addrs) == 0 {
+			return
+		}
 	}
 	ps.AddAddrs(p, addrs, subscriberAddrTTL)
 	if err := nw.subAddrs.Put(ctx, p.String(), addrStrings(addrs)); err != nil {
@@ -319,11 +341,14 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 	defer cancel()
 	at := nw.attached.attach(sub.ID, cancel, pathOf(s.s.Conn()), s.peer)
 	defer nw.attached.detach(sub.ID, at)
+	// Remembered before the answer: once the subscriber has it, a
+	// publisher that stops (a service stop right after the subscribe)
+	// still finds the subscriber's addresses after its restart.
+	nw.rememberSubscriber(ctx, s.s.Conn())
 	if err := s.send(wire.TResult, wire.SubscribeResponse{SubscriptionID: sub.ID, NextSeq: next, Window: window}); err != nil {
 		return err
 	}
 	_ = s.s.SetDeadline(time.Time{})
-	nw.rememberSubscriber(ctx, s.peer)
 	if s.release != nil {
 		s.release()
 	}
