@@ -532,7 +532,7 @@ func (s *session) noAnswer(err error) error {
 	case errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
 		return fmt.Errorf("%w %s did not answer in time: %w", ErrPeer, s.peer, os.ErrDeadlineExceeded)
 	case errors.Is(err, wire.ErrFrameTooLarge):
-		return fmt.Errorf("%w %s sent a frame over this instance's limit (limits.max_payload + 64 KiB): %v", ErrPeer, s.peer, err)
+		return fmt.Errorf("%w %s sent a frame over this instance's limit (limits.max_payload + 64 KiB): %w", ErrPeer, s.peer, err)
 	case errors.Is(err, network.ErrReset):
 		return fmt.Errorf("%w %s reset the stream before answering: %v", ErrPeer, s.peer, explainLimit(err))
 	}
@@ -638,6 +638,10 @@ func (n *Node) remotePerform(ctx context.Context, req localapi.PerformRequest, o
 		if !stop() && ctx.Err() != nil {
 			// The reset was ours: the caller gave up, the peer did nothing.
 			return localapi.PerformResult{}, fmt.Errorf("node: perform of %q on %s stopped: %w", req.Action, req.Peer, ctx.Err())
+		}
+		if errors.Is(err, wire.ErrFrameTooLarge) {
+			// The answer, not the request: the action ran there.
+			return localapi.PerformResult{}, fmt.Errorf("%w; the action ran on %s, but its output is larger than this instance takes (raise limits.max_payload here to receive it)", err, req.Peer)
 		}
 		var we *wire.Error
 		if large && errors.As(err, &we) && we.Code == wire.CodeTooLarge && !strings.Contains(we.Message, "max_payload") {

@@ -85,3 +85,25 @@ func TestRemotePerformNotifyPublishesOnce(t *testing.T) {
 		t.Errorf("receiver ran %d times, want 2 (one perform --notify, one marker)", got.count())
 	}
 }
+
+// A remote action whose output is larger than the caller's frames (its
+// max_payload is smaller than the performer's max_output): the caller is
+// told the action ran and which limit to raise, not only that a frame was
+// too large.
+func TestRemotePerformOutputOverCallerLimit(t *testing.T) {
+	a := newTestNode(t)
+	b := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxPayload = 4 << 10 }))
+	var ran counter
+	register(t, a, "big", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+		ran.handler(ctx, in)
+		return json.RawMessage(`"` + strings.Repeat("b", 200<<10) + `"`), nil
+	})
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Perform: []string{">"}})
+	_, err := perform(testCtx(t), b, pid, "big", `1`)
+	if err == nil || !strings.Contains(err.Error(), "the action ran on") || !strings.Contains(err.Error(), "limits.max_payload") {
+		t.Fatalf("perform with output over the caller's frames: %v, want it to say the action ran and to name limits.max_payload", err)
+	}
+	if n := ran.count(); n != 1 {
+		t.Errorf("action ran %d times", n)
+	}
+}
