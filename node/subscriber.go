@@ -87,8 +87,12 @@ type subscriberSide struct {
 	mu           sync.Mutex
 	loops        map[string]*subLoop
 	loopsRunning inflight.Tracker
-	ctx          context.Context
-	stop         context.CancelFunc
+	// ended remembers, for a while, the subscriptions a publisher ended
+	// (by its answer on the stream): its revoke notice, which says why,
+	// usually arrives just after. Under mu; bounded by endedKeep.
+	ended map[string]endedSub
+	ctx   context.Context
+	stop  context.CancelFunc
 }
 
 type subLoop struct {
@@ -309,6 +313,7 @@ func (ss *subscriberSide) run(ctx context.Context, sub outSub, l *subLoop, s *se
 		}
 		if permanent(err) {
 			log.Warn("subscription ended by the publisher", "err", err)
+			ss.noteEnded(sub)
 			ss.forget(context.Background(), sub.ID)
 			return
 		}
@@ -987,6 +992,50 @@ func (n *Node) subscriptionView(ctx context.Context, s outSub) localapi.Subscrip
 	return v
 }
 
+// endedSub is a subscription its publisher ended, remembered for
+// endedKeep (noteEnded, endedBy).
+type endedSub struct {
+	publisher string
+	at        time.Time
+}
+
+// endedKeep is how long, and endedMax for how many subscriptions at most,
+// a subscription its publisher ended is remembered to take its revoke
+// notice.
+const (
+	endedKeep = time.Minute
+	endedMax  = 1024
+)
+
+// noteEnded remembers that sub's publisher ended it.
+func (ss *subscriberSide) noteEnded(sub outSub) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	now := time.Now()
+	if ss.ended == nil {
+		ss.ended = make(map[string]endedSub)
+	}
+	for id, e := range ss.ended {
+		if now.Sub(e.at) > endedKeep || len(ss.ended) >= endedMax {
+			delete(ss.ended, id)
+		}
+	}
+	ss.ended[sub.ID] = endedSub{publisher: sub.Publisher, at: now}
+}
+
+// endedBy reports, once, whether publisher p ended subscription id within
+// endedKeep.
+func (ss *subscriberSide) endedBy(id string, p peer.ID) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	e, ok := ss.ended[id]
+	if !ok || e.publisher != p.String() || time.Since(e.at) > endedKeep {
+		return false
+	}
+	delete(ss.ended, id)
+	return true
+}
+
 // handleRevokeNotice serves /coattail/revoke: a publisher telling us it
 // dropped one of our subscriptions. It is authenticated by the publisher's
 // peer id from the secure channel: only the publisher of a subscription
@@ -1001,6 +1050,13 @@ func (nw *netsvc) handleRevokeNotice(st network.Stream, p peer.ID) {
 	ss := nw.n.subscriber
 	sub, err := ss.subs.Get(context.Background(), notice.SubscriptionID)
 	if err != nil || sub.Publisher != p.String() {
+		if ss.endedBy(notice.SubscriptionID, p) {
+			// Ended already on the publisher's answer on the stream;
+			// this is why.
+			nw.n.log.Warn("subscription revoked by the publisher", "subscription", notice.SubscriptionID, "publisher", p.String(), "reason", notice.Reason)
+			_ = s.send(wire.TOK, wire.OK{})
+			return
+		}
 		_ = s.send(wire.TError, wire.Errorf(wire.CodeNotFound, "no subscription %s of yours here", notice.SubscriptionID))
 		return
 	}
