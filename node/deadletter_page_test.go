@@ -63,21 +63,8 @@ func allDeadLetters(ctx context.Context, n *node.Node) ([]localapi.DeadLetter, e
 // receiver always refuses; it returns sub's dead letters.
 func parkDeadLetters(t *testing.T, count int) (*node.Node, []localapi.DeadLetter) {
 	t.Helper()
-	pub := newTestNode(t, withQuietLog())
-	sub := newTestNode(t, withQuietLog(), withLimits(func(l *node.LimitsConfig) {
-		l.ReceiverRetries = 0
-		l.ReceiverBackoff = time.Millisecond
-	}))
-	if err := sub.RegisterReceiver("refuses", func(context.Context, json.RawMessage) (json.RawMessage, error) {
-		return nil, errors.New("refused")
-	}); err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"dl.>"}})
+	pub, sub := refusingSubscription(t, withQuietLog())
 	ctx := testCtx(t)
-	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "dl.>", Receiver: "refuses"}); err != nil {
-		t.Fatal(err)
-	}
 	for i := range count {
 		if _, err := pub.Publish(ctx, "dl.x", json.RawMessage(fmt.Sprintf(`{"n":%d}`, i+1))); err != nil {
 			t.Fatal(err)
@@ -92,6 +79,28 @@ func parkDeadLetters(t *testing.T, count int) (*node.Node, []localapi.DeadLetter
 		return nil
 	})
 	return sub, dls
+}
+
+// refusingSubscription returns a publisher and a subscriber (made with
+// subOpts too) subscribed to dl.> with a receiver that refuses every
+// publication at once (no retries): each becomes a dead letter.
+func refusingSubscription(t *testing.T, subOpts ...nodeOption) (pub, sub *node.Node) {
+	t.Helper()
+	pub = newTestNode(t, withQuietLog())
+	sub = newTestNode(t, append([]nodeOption{withLimits(func(l *node.LimitsConfig) {
+		l.ReceiverRetries = 0
+		l.ReceiverBackoff = time.Millisecond
+	})}, subOpts...)...)
+	if err := sub.RegisterReceiver("refuses", func(context.Context, json.RawMessage) (json.RawMessage, error) {
+		return nil, errors.New("refused")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"dl.>"}})
+	if _, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pid, Pattern: "dl.>", Receiver: "refuses"}); err != nil {
+		t.Fatal(err)
+	}
+	return pub, sub
 }
 
 // 250 dead letters listed 100 at a time, each page after the last one's
@@ -183,12 +192,7 @@ func TestControlDeadLettersQuery(t *testing.T) {
 // unacknowledged and says so, and parks it once there is room again.
 func TestParkWaitsForDiskSpace(t *testing.T) {
 	var logs syncBuffer
-	pub := newTestNode(t, withQuietLog())
-	sub := newTestNode(t, withLimits(func(l *node.LimitsConfig) {
-		l.ReceiverRetries = 0
-		l.ReceiverBackoff = time.Millisecond
-		l.MinFreeDisk = 1 << 30
-	}), func(o *node.Options) {
+	pub, sub := refusingSubscription(t, withLimits(func(l *node.LimitsConfig) { l.MinFreeDisk = 1 << 30 }), func(o *node.Options) {
 		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 		db, err := datastore.Open(t.TempDir()) // on disk: the in-memory store has no disk to check
 		if err != nil {
@@ -198,16 +202,7 @@ func TestParkWaitsForDiskSpace(t *testing.T) {
 	})
 	var free atomic.Uint64 // bytes
 	node.SetFreeSpace(sub, func() (uint64, error) { return free.Load(), nil })
-	if err := sub.RegisterReceiver("refuses", func(context.Context, json.RawMessage) (json.RawMessage, error) {
-		return nil, errors.New("refused")
-	}); err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"dl.>"}})
 	ctx := testCtx(t)
-	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "dl.>", Receiver: "refuses"}); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := pub.Publish(ctx, "dl.x", json.RawMessage(`{"n":1}`)); err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
 	"github.com/coattail/coattail/topics"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 )
 
@@ -182,14 +183,7 @@ func TestRemotePublishQueueFullCode(t *testing.T) {
 	var logs syncBuffer
 	a := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.QueueBound = 1 }), func(o *node.Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 	c := newTestNode(t)
-	h := newStockHost(t, a)
-	tok := issue(t, a, localapi.IssueRequest{Subscribe: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
-	s := rawStream(t, h, a, wire.ProtoSubscribe)
-	rvWrite(t, s, jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version}), jsonFrame(t, wire.TRequest, wire.SubscribeRequest{Pattern: "q.>", Receiver: "r"}))
-	r := wire.NewReader(s, 0)
-	rvExpect(t, r, wire.TOK, nil)
-	rvExpect(t, r, wire.TResult, nil)
-	_ = s.Reset()
+	h := holdSubscription(t, a, "q.>")
 	pid, _ := connectPeers(t, a, c, localapi.IssueRequest{Publish: []string{">"}})
 	_, err := c.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "q.a", Batch: []json.RawMessage{json.RawMessage(`1`), json.RawMessage(`2`)}})
 	wantWireCode(t, err, wire.CodeUnavailable)
@@ -316,14 +310,7 @@ func TestRemotePublishNoSpaceCode(t *testing.T) {
 		o.DB = db
 	})
 	c := newTestNode(t)
-	h := newStockHost(t, a)
-	tok := issue(t, a, localapi.IssueRequest{Subscribe: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
-	s := rawStream(t, h, a, wire.ProtoSubscribe)
-	rvWrite(t, s, jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version}), jsonFrame(t, wire.TRequest, wire.SubscribeRequest{Pattern: "q.>", Receiver: "r"}))
-	r := wire.NewReader(s, 0)
-	rvExpect(t, r, wire.TOK, nil)
-	rvExpect(t, r, wire.TResult, nil)
-	_ = s.Reset()
+	holdSubscription(t, a, "q.>")
 	if _, err := a.Publish(testCtx(t), "q.a", json.RawMessage(`1`)); !errors.Is(err, topics.ErrNoSpace) || !strings.Contains(err.Error(), "limits.min_free_disk") {
 		t.Fatalf("local publish: %v, want ErrNoSpace naming limits.min_free_disk", err)
 	}
@@ -345,4 +332,20 @@ func TestRemotePublishNoSpaceCode(t *testing.T) {
 	if st := c.Status(); st.DiskLow {
 		t.Errorf("status of an in-memory instance: disk_low")
 	}
+}
+
+// holdSubscription has a plain libp2p host subscribe to pattern at a and
+// go away (no deliveries are taken): publications matching pattern queue
+// for it. It returns the host.
+func holdSubscription(t *testing.T, a *node.Node, pattern string) host.Host {
+	t.Helper()
+	h := newStockHost(t, a)
+	tok := issue(t, a, localapi.IssueRequest{Subscribe: []string{">"}, Bearers: []string{"vt://" + h.ID().String()}})
+	s := rawStream(t, h, a, wire.ProtoSubscribe)
+	rvWrite(t, s, jsonFrame(t, wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version}), jsonFrame(t, wire.TRequest, wire.SubscribeRequest{Pattern: pattern, Receiver: "r"}))
+	r := wire.NewReader(s, 0)
+	rvExpect(t, r, wire.TOK, nil)
+	rvExpect(t, r, wire.TResult, nil)
+	_ = s.Reset()
+	return h
 }

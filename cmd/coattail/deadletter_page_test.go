@@ -12,14 +12,7 @@ import (
 // page on stderr. Garbage --limit and --after are refused.
 func TestDeadLettersListPaged(t *testing.T) {
 	t.Parallel()
-	a, b := newInstance(t, "a"), newInstance(t, "b")
-	b.setConfig("receiver_retries", "0")
-	b.setConfig("receiver_backoff", "1ms")
-	b.writeScript("receivers", "refuses", "cat >/dev/null\necho refused >&2\nexit 1\n")
-	a.start()
-	b.start()
-	b.addPeer(a)
-	b.subscribe(a, "jobs", "refuses")
+	a, b := refusingPair(t, "jobs")
 	a.mustPublishRange("jobs", 1, 250)
 	checkFor(t, deliveryTimeout, func() error {
 		if n := len(b.deadLetters()); n != 250 {

@@ -16,17 +16,7 @@ import (
 // ends a page before data that would pass it): it is always shown.
 func TestDeadLettersListOfLargePublications(t *testing.T) {
 	t.Parallel()
-	a, b := newInstance(t, "a"), newInstance(t, "b")
-	for _, i := range []*instance{a, b} {
-		i.setConfig("max_payload", "40MiB")
-	}
-	b.setConfig("receiver_retries", "0")
-	b.setConfig("receiver_backoff", "1ms")
-	b.writeScript("receivers", "refuses", "cat >/dev/null\necho refused >&2\nexit 1\n")
-	a.start()
-	b.start()
-	b.addPeer(a)
-	b.subscribe(a, "big", "refuses")
+	a, b := refusingPair(t, "big", "max_payload", "40MiB")
 
 	big := `"` + strings.Repeat("a", 34<<20) + `"` // two are over 64 MiB
 	for _, d := range []string{`"small"`, big, big} {

@@ -80,14 +80,7 @@ func TestPublishToWithPeerRefused(t *testing.T) {
 // entries, of whatever instance the current directory held.
 func TestDeadLettersNextPageCommandKeepsFlags(t *testing.T) {
 	t.Parallel()
-	a, b := newInstance(t, "a"), newInstance(t, "b")
-	b.setConfig("receiver_retries", "0")
-	b.setConfig("receiver_backoff", "1ms")
-	b.writeScript("receivers", "refuses", "cat >/dev/null\necho refused >&2\nexit 1\n")
-	a.start()
-	b.start()
-	b.addPeer(a)
-	b.subscribe(a, "jobs", "refuses")
+	a, b := refusingPair(t, "jobs")
 	a.mustPublishRange("jobs", 1, 5)
 	checkFor(t, deliveryTimeout, func() error {
 		if n := len(b.deadLetters()); n != 5 {

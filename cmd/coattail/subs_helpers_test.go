@@ -326,3 +326,24 @@ func writeFile(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// refusingPair starts a publisher a and a subscriber b whose receiver
+// "refuses" fails every publication at once (no retries), subscribed to
+// pattern at a: each publication becomes one of b's dead letters. Settings
+// (key, value pairs) are applied to both before they start.
+func refusingPair(t *testing.T, pattern string, settings ...string) (a, b *instance) {
+	t.Helper()
+	a, b = newInstance(t, "a"), newInstance(t, "b")
+	for k := 0; k+1 < len(settings); k += 2 {
+		a.setConfig(settings[k], settings[k+1])
+		b.setConfig(settings[k], settings[k+1])
+	}
+	b.setConfig("receiver_retries", "0")
+	b.setConfig("receiver_backoff", "1ms")
+	b.writeScript("receivers", "refuses", "cat >/dev/null\necho refused >&2\nexit 1\n")
+	a.start()
+	b.start()
+	b.addPeer(a)
+	b.subscribe(a, pattern, "refuses")
+	return a, b
+}
