@@ -55,7 +55,8 @@ const (
 func (g *spaceGuard) check(bytes int) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.since += uint64(max(bytes, 0))
+	n := uint64(max(bytes, 0))
+	g.since += n
 	if !g.checked.IsZero() && time.Since(g.checked) < spaceRecheck && g.since < g.reserve/8 {
 		return g.err
 	}
@@ -66,6 +67,12 @@ func (g *spaceGuard) check(bytes int) error {
 		// Unknown (a file system without statfs): pebble will say
 		// more if writing fails.
 		g.err = nil
+	case free >= g.reserve && free-g.reserve < n:
+		// Room above the reserve, but not for this write: refuse it
+		// alone (smaller ones may still fit).
+		g.err = nil
+		return fmt.Errorf("the disk holding %s has %s free: writing %s would leave less than limits.min_free_disk (%s)",
+			g.what, humanize.IBytes(free), humanize.IBytes(n), humanize.IBytes(g.reserve))
 	case free < g.reserve:
 		g.startReclaim(free)
 		g.err = fmt.Errorf("the disk holding %s has %s free, less than limits.min_free_disk (%s): free some room, or let subscribers catch up (delivered publications are deleted)",
