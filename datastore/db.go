@@ -70,6 +70,11 @@ type DB struct {
 	closeErr  error
 	mu        sync.RWMutex // guards closed against Sync racing Close
 	closed    bool
+	// stop is cancelled as Close begins, so that a Reclaim in progress
+	// (which holds mu) gives up instead of keeping Close waiting for a
+	// compaction of the whole database.
+	stop       context.Context
+	cancelStop context.CancelFunc
 }
 
 // Option configures Open.
@@ -191,6 +196,7 @@ func Open(dir string, opts ...Option) (*DB, error) {
 		wo = pebble.Sync
 	}
 	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo}, pebble: pds, lock: lock, dir: dir}
+	db.stop, db.cancelStop = context.WithCancel(context.Background())
 	db.dirInfo, _ = os.Stat(dir)
 	if err := db.checkSchema(context.Background(), dir); err != nil {
 		return nil, errors.Join(err, db.Close())
@@ -369,6 +375,20 @@ func (d *DB) Reclaim(ctx context.Context, compact bool) error {
 	if !compact {
 		return nil
 	}
+	// A compaction writes its output before it deletes its inputs: with
+	// less room than the database takes it would fill the disk, and
+	// pebble ends the process when a write then finds it full.
+	free, err := d.FreeSpace()
+	if err != nil {
+		return err
+	}
+	if used := d.pebble.DB.Metrics().DiskSpaceUsage(); free < used {
+		return fmt.Errorf("datastore: reclaim: not compacting: %d bytes free, less than the %d the database takes", free, used)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(d.stop, cancel)
+	defer stop()
 	// Every key starts with '/' (ds.Key), the byte before '0'.
 	if err := d.pebble.DB.Compact(ctx, []byte("/"), []byte("0"), false); err != nil {
 		return fmt.Errorf("datastore: reclaim: compact: %w", err)
@@ -380,6 +400,9 @@ func (d *DB) Reclaim(ctx context.Context, compact bool) error {
 // is safe to call more than once.
 func (d *DB) Close() error {
 	d.closeOnce.Do(func() {
+		if d.cancelStop != nil {
+			d.cancelStop()
+		}
 		d.mu.Lock()
 		d.closed = true
 		d.mu.Unlock()
