@@ -189,16 +189,23 @@ const streamWindow = 256 << 10
 const otherMemory = 16 << 20
 
 // memoryFor is the memory a scope needs to give n streams their initial
-// windows however far yamux grew the windows of busy ones: those grow only
-// while the scope stays under 129/256 of its memory, so the other 127/256
-// must hold the n windows (and otherMemory).
+// windows however far windows grew: yamux grows a busy stream's only while
+// the scope stays under 129/256 of its memory, but QUIC grows a
+// connection's while it stays under 153/256 (libp2p's quic transport
+// reserves at ReservationPriorityMedium, in the connection's peer's and
+// the system's scopes too), so the other 103/256 must hold the n windows
+// (and otherMemory).
 func memoryFor(n int) int64 {
-	return (int64(n)*streamWindow + otherMemory) * 256 / 127
+	return (int64(n)*streamWindow + otherMemory) * 256 / windowShare
 }
+
+// windowShare is the 256ths of a scope's memory that window growth leaves
+// to initial windows: 256 less ReservationPriorityMedium+1.
+const windowShare = 256 - (152 + 1)
 
 // streamsIn is how many streams memoryFor fits in mem (at least 1).
 func streamsIn(mem int64) int {
-	return int(max(1, min((mem*127/256-otherMemory)/streamWindow, maxLimitBase)))
+	return int(max(1, min((mem*windowShare/256-otherMemory)/streamWindow, maxLimitBase)))
 }
 
 // The system-wide connection limits per direction, before scaling, and

@@ -35,7 +35,7 @@ func TestResourceLimitsFollowConfig(t *testing.T) {
 		short      bool // not even S + R one way
 	}{
 		{1024, 128, 3 * gib, false, false}, // 24 GiB
-		{5000, 16, 3 * gib, true, false},   // one peer at half of 12636
+		{5000, 16, 3 * gib, true, true},    // one peer at half of 10236
 		{3, 2, 3 * gib, false, false},
 		{1024, 128, gib, true, false},    // 8 GiB
 		{1024, 128, gib / 4, true, true}, // 2 GiB
