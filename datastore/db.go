@@ -174,11 +174,13 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	// The arena is touched only as it fills, so an idle instance's memory
 	// does not grow. Compressing such short-lived data is wasted CPU.
 	popts := &pebble.Options{
+		FS:           noPreallocFS{vfs.Default},
 		Lock:         lock,
 		Logger:       pebbleLogger{l: logger},
 		MemTableSize: MemTableSize,
 	}
 	popts.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
+	popts.WithFSDefaults() // pebble's disk health checks, around noPreallocFS
 	dsopts := []pebbleds.Option{
 		pebbleds.WithPebbleOpts(popts),
 		pebbleds.WithCacheSize(o.cacheSize),

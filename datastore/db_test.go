@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -499,5 +500,46 @@ func TestReclaimFreesDeletedEntries(t *testing.T) {
 	}
 	if err := NewMemory().Reclaim(ctx, true); err != nil {
 		t.Errorf("in-memory Reclaim: %v", err)
+	}
+}
+
+// A write-ahead log takes the disk its writes need, not the 70 MiB pebble
+// preallocates for each (110% of the memtable): right after Open some
+// eight small logs took ~560 MiB, enough to fill a disk that the disk
+// guard's reserve (limits.min_free_disk) still called roomy.
+func TestWALNotPreallocated(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Batching().Put(ctx, ds.NewKey("/x"), []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Sync(ctx, ds.NewKey("/")); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := 0
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".log") {
+			continue
+		}
+		logs++
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(dir, e.Name()), &st); err != nil {
+			t.Fatal(err)
+		}
+		if alloc := st.Blocks * 512; alloc > 8<<20 {
+			t.Errorf("%s: %d bytes allocated for a log holding one small entry", e.Name(), alloc)
+		}
+	}
+	if logs == 0 {
+		t.Fatal("no write-ahead log found")
 	}
 }

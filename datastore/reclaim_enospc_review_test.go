@@ -5,22 +5,22 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	ds "github.com/ipfs/go-datastore"
 )
 
 // Review: Reclaim(ctx, true) rewrites the whole database; on a nearly full
 // disk whose data is live (a subscriber away) it needs free space about
-// the size of that data, so it drives the disk to ENOSPC itself. Needs
-// COATTAIL_REVIEW_TMPFS: a small tmpfs mount point.
+// the size of that data, so it drove the disk to ENOSPC itself. On a
+// tmpfs of its own (root).
 func TestReviewReclaimCompactFillsDisk(t *testing.T) {
-	mnt := os.Getenv("COATTAIL_REVIEW_TMPFS")
-	if mnt == "" {
-		t.Skip("COATTAIL_REVIEW_TMPFS not set")
-	}
+	mnt := tmpfs(t, "1g")
 	ctx := context.Background()
 	dir := filepath.Join(mnt, "db")
 	db, err := Open(dir)
@@ -67,4 +67,34 @@ func TestReviewReclaimCompactFillsDisk(t *testing.T) {
 	if after < before/2 {
 		t.Errorf("free space went from %d to %d MiB", before>>20, after>>20)
 	}
+}
+
+// tmpfs mounts a tmpfs of size on a new directory for the test (unmounted
+// when it ends) and returns it. It needs root on Linux: the test is skipped
+// without, or fails with COATTAIL_REQUIRE_NAT_TESTS set (CI runs as root).
+func tmpfs(t *testing.T, size string) string {
+	t.Helper()
+	stop := t.Skipf
+	if os.Getenv("COATTAIL_REQUIRE_NAT_TESTS") != "" {
+		stop = t.Fatalf
+	}
+	if runtime.GOOS != "linux" || os.Geteuid() != 0 {
+		stop("needs root on Linux to mount a tmpfs")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		stop("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		var out []byte
+		var err error
+		for try := 0; try < 50; try++ {
+			if out, err = exec.Command("umount", dir).CombinedOutput(); err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Errorf("umount %s: %v: %s", dir, err, out)
+	})
+	return dir
 }
