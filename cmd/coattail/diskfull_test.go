@@ -66,10 +66,7 @@ echo "$COATTAIL_SUBJECT $COATTAIL_SEQUENCE $COATTAIL_HOP $data" >>got.txt
 	sub.subscribe(pub, "fill.>", "rec")
 	sub.mustRun("service", "stop")
 
-	// 256 KiB publications, 40 a batch, until a batch is refused. (pebble
-	// itself holds up to ~300 MiB of the disk: its write-ahead logs are
-	// preallocated to 110% of the 64 MiB memtable, and up to three are kept
-	// for reuse.)
+	// 256 KiB publications, 40 a batch, until a batch is refused.
 	pad := strings.Repeat("x", 256<<10)
 	accepted, refused := 0, ""
 	for batch := 0; batch < 60 && refused == ""; batch++ {
