@@ -409,11 +409,46 @@ func (nw *netsvc) watchNAT() error {
 					// host has learnt a public address of its own; before
 					// that, a relayed connection cannot be upgraded.
 					log.Info("hole punching ready: the host knows a public address of its own")
+					nw.closeRelayedOnly()
 				}
 			}
 		}
 	}()
 	return nil
+}
+
+// closeRelayedOnly closes the connections to every peer reached only
+// through a relay, once this host is ready to hole-punch. libp2p
+// coordinates a hole punch only when a relayed connection is made, and only
+// if both hosts have the DCUtR handler by then; a host registers it only
+// once it knows a public address of its own, a fraction of a second after
+// it starts. A subscriber or publisher restarting behind NAT reconnects
+// through the relay within that fraction of a second, so its connection
+// stayed relayed (for up to the relay's duration limit, an hour by
+// default). Closed, it is made again (a subscription reconnects at once,
+// resuming after its last processed sequence), and this time hole
+// punching can upgrade it.
+func (nw *netsvc) closeRelayedOnly() {
+	net := nw.host.Network()
+	for _, p := range net.Peers() {
+		conns := net.ConnsToPeer(p)
+		if len(conns) == 0 || !allRelayed(conns) {
+			continue
+		}
+		nw.n.log.Info("closing a relayed connection made before hole punching was ready, so that it is made again and can be upgraded", "peer", p.String())
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}
+}
+
+func allRelayed(conns []network.Conn) bool {
+	for _, c := range conns {
+		if !isRelayed(c) {
+			return false
+		}
+	}
+	return true
 }
 
 // kickAutoRelay starts the search for relay reservations at once. libp2p's

@@ -202,6 +202,9 @@ type natOptions struct {
 	publications, padding int
 	// want is B's connection to A at the end: direct or relayed.
 	want string
+	// restart: then SIGKILL and restart B, then A, each time checking
+	// that the subscription is back on a want connection and delivers.
+	restart bool
 }
 
 // natFlow is the user's story across NAT: B adds a token from A, performs
@@ -331,6 +334,34 @@ func natFlow(t *testing.T, o natOptions) {
 	publish(o.publications+1, o.publications+3)
 	waitAll(o.publications + 3)
 
+	if o.restart {
+		last := o.publications + 3
+		for _, victim := range []struct {
+			i  *instance
+			ns string
+		}{{b, lab.ns("b")}, {a, lab.ns("a")}} {
+			// A restarted instance reconnects through the relay before it
+			// is ready to hole-punch (it has not yet learnt its public
+			// address); that connection must not stay relayed.
+			killAndWait(t, victim.i.pid)
+			victim.i.startIn(victim.ns)
+			publish(last+1, last+3)
+			last += 3
+			waitAll(last)
+			// Hole punching takes a second or two once both sides are
+			// ready; the relay's duration limit (1h) would end a relayed
+			// connection only much later.
+			checkFor(t, 30*time.Second, func() error {
+				p = b.natPeer(aID)
+				if !p.Connected || p.Connection != o.want {
+					return fmt.Errorf("after restarting %s, B's connection to A is %q (connected %v, via %v), want %q", victim.i.name, p.Connection, p.Connected, p.RemoteAddrs, o.want)
+				}
+				return nil
+			})
+			t.Logf("%s NAT, %s restarted: B reaches A %s, via %v", o.kind, victim.i.name, p.Connection, p.RemoteAddrs)
+		}
+	}
+
 	// AutoNAT's verdict is in status. Its timing is libp2p's (a 15s boot
 	// delay, then a 90s retry whenever a probe is inconclusive, as one
 	// through a relayed peer is), too slow to wait for here; but an
@@ -350,7 +381,7 @@ func natFlow(t *testing.T, o natOptions) {
 // relay first and hole punching upgrades the connection to direct.
 func TestNATCone(t *testing.T) {
 	t.Parallel()
-	natFlow(t, natOptions{kind: "cone", publications: 5, want: "direct"})
+	natFlow(t, natOptions{kind: "cone", publications: 5, want: "direct", restart: true})
 }
 
 // TestNATSymmetric: behind two NATs that randomise ports, hole punching
