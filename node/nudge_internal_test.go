@@ -1,6 +1,7 @@
 package node
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,7 +61,15 @@ func TestNudgeBackOffIgnoresOtherSubscriptions(t *testing.T) {
 
 // fakeConn and fakeStream stand in for a libp2p connection and stream in
 // tests of bookkeeping that only compares and resets them.
-type fakeConn struct{ network.Conn }
+type fakeConn struct {
+	network.Conn
+	closed atomic.Bool
+}
+
+func (c *fakeConn) Close() error {
+	c.closed.Store(true)
+	return nil
+}
 
 type fakeStream struct {
 	network.Stream
@@ -81,7 +90,11 @@ func (s *fakeStream) Reset() error {
 // stream until the keep-alive gave up. Now a stream that has been up for
 // longer than staleAfter, on another connection than the nudge's, is reset
 // and the loop woken; a fresh stream, or one on the nudge's own connection,
-// is left alone.
+// is left alone. The stale stream's connection is closed too: left open,
+// it carried the loop's next subscribe (libp2p prefers the connection with
+// more streams), which hung on it until its keep-alive gave up (the NAT
+// lab: a router that forgot its mappings left the relay's half of a
+// circuit alive for 30 s and more).
 func TestNudgeResetsStaleStream(t *testing.T) {
 	old, nudgeConn := &fakeConn{}, &fakeConn{}
 	cases := []struct {
@@ -100,6 +113,7 @@ func TestNudgeResetsStaleStream(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			c.conn.(*fakeConn).closed.Store(false)
 			st := &fakeStream{conn: c.conn, reset: make(chan struct{})}
 			l := &subLoop{publisher: "P", wake: make(chan struct{}, 1), stream: st, streamSince: time.Now().Add(-c.age)}
 			ss := &subscriberSide{loops: map[string]*subLoop{"s1": l}}
@@ -123,6 +137,19 @@ func TestNudgeResetsStaleStream(t *testing.T) {
 			ss.mu.Unlock()
 			if cleared != c.wantReset {
 				t.Fatalf("stream cleared: %v, want %v", cleared, c.wantReset)
+			}
+			// The stale stream's connection is closed too: the loop's
+			// next subscribe would otherwise be opened on it and hang.
+			if c.wantReset {
+				deadline := time.Now().Add(time.Second)
+				for !c.conn.(*fakeConn).closed.Load() {
+					if time.Now().After(deadline) {
+						t.Fatal("the stale stream's connection was not closed")
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			} else if c.conn.(*fakeConn).closed.Load() {
+				t.Fatal("a connection was closed")
 			}
 		})
 	}

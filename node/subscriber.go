@@ -251,8 +251,9 @@ const staleAfter = 5 * time.Second
 // the nudge came on, and for longer than staleAfter, has a dead stream
 // whose connection libp2p has not noticed yet (a network that dropped
 // the connection without a reset, a publisher host that restarted
-// elsewhere): it is reset so that the loop reconnects now instead of
-// after the connection's keep-alive gives up (30–60 s). via is the
+// elsewhere): it is reset, and its connection closed, so that the loop
+// reconnects now instead of after the connection's keep-alive gives up
+// (30–60 s). via is the
 // nudge's connection (nil: none known; only waiting loops are woken).
 func (ss *subscriberSide) wake(publisher string, ids []string, via network.Conn) {
 	ss.mu.Lock()
@@ -268,7 +269,15 @@ func (ss *subscriberSide) wake(publisher string, ids []string, via network.Conn)
 		}
 		if st := l.stream; st != nil && via != nil && st.Conn() != via && time.Since(l.streamSince) > staleAfter {
 			l.stream = nil
-			go st.Reset()
+			// The connection goes too: the publisher would have nudged
+			// over it if it still had it. Left open, it would carry the
+			// loop's next subscribe (libp2p picks the connection with the
+			// most streams, and streams opened on a dead one hang there),
+			// which would hang until its keep-alive gives up.
+			go func() {
+				_ = st.Reset()
+				_ = st.Conn().Close()
+			}()
 		}
 	}
 }

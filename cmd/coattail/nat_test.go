@@ -205,7 +205,17 @@ type natOptions struct {
 	// restart: then SIGKILL and restart B, then A, each time checking
 	// that the subscription is back on a want connection and delivers.
 	restart bool
+	// mappingLost: then flush router A's NAT mappings (conntrack -F), so
+	// that A's connection to the relay dies at A and lives on at the relay
+	// (a NAT that forgot its mappings, or rebooted), and check that the
+	// subscription delivers again within mappingLostWithin.
+	mappingLost bool
 }
+
+// mappingLostWithin bounds recovery after a NAT forgot its mappings: well
+// under the keep-alive timeout (30–60 s) after which libp2p notices a
+// connection whose packets go nowhere.
+const mappingLostWithin = 20 * time.Second
 
 // natFlow is the user's story across NAT: B adds a token from A, performs
 // A's action remotely, subscribes to it and receives every publication.
@@ -284,8 +294,8 @@ func natFlow(t *testing.T, o natOptions) {
 				"--data", fmt.Sprintf(`{"id":%d,"pad":%q}`, n, pad))
 		}
 	}
-	waitAll := func(to int) {
-		checkFor(t, natTimeout, func() error {
+	waitAllWithin := func(to int, within time.Duration) {
+		checkFor(t, within, func() error {
 			got, err := received(t, b)
 			if err != nil {
 				return err
@@ -298,6 +308,7 @@ func natFlow(t *testing.T, o natOptions) {
 			return nil
 		})
 	}
+	waitAll := func(to int) { waitAllWithin(to, natTimeout) }
 	publish(1, o.publications)
 	waitAll(o.publications)
 
@@ -362,6 +373,18 @@ func natFlow(t *testing.T, o natOptions) {
 		}
 	}
 
+	if o.mappingLost {
+		last := o.publications + 3
+		flush := exec.Command("ip", "netns", "exec", lab.ns("ra"), "conntrack", "-F")
+		if out, err := flush.CombinedOutput(); err != nil {
+			t.Fatalf("conntrack -F in router A: %v\n%s", err, out)
+		}
+		start := time.Now()
+		publish(last+1, last+3)
+		waitAllWithin(last+3, mappingLostWithin)
+		t.Logf("%s NAT: delivering again %v after router A forgot its mappings", o.kind, time.Since(start).Round(time.Millisecond))
+	}
+
 	// AutoNAT's verdict is in status. Its timing is libp2p's (a 15s boot
 	// delay, then a 90s retry whenever a probe is inconclusive, as one
 	// through a relayed peer is), too slow to wait for here; but an
@@ -398,7 +421,22 @@ func TestNATSymmetric(t *testing.T) {
 		publications: 40,
 		padding:      4 << 10,
 		want:         "relayed",
+		mappingLost:  haveConntrack(t),
 	})
+}
+
+// haveConntrack reports whether conntrack (to flush a router's NAT
+// mappings) is installed; without it the check that needs it is skipped
+// (failed under COATTAIL_REQUIRE_NAT_TESTS).
+func haveConntrack(t *testing.T) bool {
+	if _, err := exec.LookPath("conntrack"); err != nil {
+		if os.Getenv("COATTAIL_REQUIRE_NAT_TESTS") != "" {
+			t.Fatalf("NAT lab: conntrack is not installed (apt-get install -y conntrack)")
+		}
+		t.Logf("NAT lab: conntrack is not installed (apt-get install -y conntrack); the lost-mapping check is skipped")
+		return false
+	}
+	return true
 }
 
 // TestRelayLimitsConfig needs no lab: the relay_* keys are documented in a
