@@ -124,6 +124,12 @@ type NetworkConfig struct {
 	// RelayMaxReservationsPerIP caps the reservations from one IP address
 	// (libp2p's cap, 8 by default; its cap per ASN follows, at least 32).
 	RelayMaxReservationsPerIP int `yaml:"relay_max_reservations_per_ip"`
+	// MaxConnsPerIP bounds the connections one IP address may hold with
+	// this instance at once (libp2p's per-address cap, 8 by default), and
+	// scales how fast it may open new ones (libp2p: 16 at once, then one
+	// every 5 s, per 8). The static relays' addresses are exempt: every
+	// connection through a relay has its address.
+	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
 	// ConnLow/ConnHigh are the connection manager's water marks.
 	ConnLow  int `yaml:"conn_low"`
 	ConnHigh int `yaml:"conn_high"`
@@ -189,6 +195,7 @@ func DefaultConfig(port int) Config {
 			RelayMaxReservations:      128,
 			RelayMaxCircuits:          16,
 			RelayMaxReservationsPerIP: 8,
+			MaxConnsPerIP:             8,
 		},
 		Limits: LimitsConfig{
 			ActionTimeout:           30 * time.Second,
@@ -640,6 +647,9 @@ func (c *Config) Validate() error {
 	if c.Network.RelayMaxCircuits < 1 {
 		bad("network.relay_max_circuits: must be at least 1 (got %d)", c.Network.RelayMaxCircuits)
 	}
+	if c.Network.MaxConnsPerIP < 1 || c.Network.MaxConnsPerIP > 1<<20 {
+		bad("network.max_conns_per_ip: %d is out of range (1..1048576)", c.Network.MaxConnsPerIP)
+	}
 	if c.Network.RelayMaxReservationsPerIP < 1 {
 		bad("network.relay_max_reservations_per_ip: must be at least 1 (got %d)", c.Network.RelayMaxReservationsPerIP)
 	}
@@ -786,6 +796,13 @@ network:
   relay_max_reservations: {{.C.Network.RelayMaxReservations}}
   relay_max_circuits: {{.C.Network.RelayMaxCircuits}}
   relay_max_reservations_per_ip: {{.C.Network.RelayMaxReservationsPerIP}}
+  # Connections one IP address may hold with this instance at once, and
+  # (scaled with it) how fast it may open new ones: libp2p's guard against
+  # one host flooding. Instances behind one NAT share an address: raise it
+  # for a site with more than this many. Connections through the static
+  # relays (network.relays), which all carry a relay's address, are exempt.
+  # Default: 8.
+  max_conns_per_ip: {{.C.Network.MaxConnsPerIP}}
   # Connection manager water marks: above conn_high, idle connections are
   # trimmed down to conn_low. Defaults: 64 and 256.
   conn_low: {{.C.Network.ConnLow}}

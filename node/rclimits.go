@@ -2,11 +2,16 @@ package node
 
 import (
 	"math"
+	"net/netip"
+	"slices"
+	"time"
 
 	"github.com/coattail/coattail/node/wire"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/x/rate"
+	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/pbnjay/memory"
 	"golang.org/x/sys/unix"
 )
@@ -229,4 +234,66 @@ func atLeast(v, n rcmgr.LimitVal) rcmgr.LimitVal {
 		return v
 	}
 	return max(v, n)
+}
+
+// connLimitOptions are the resource manager's per-address connection
+// limits: at most nc.MaxConnsPerIP connections from (or to) one IPv4
+// address or IPv6 /56 at once (8 times that per /48), and new ones at
+// libp2p's rate scaled with it (libp2p, at 8: a burst of 16, then one every
+// 5 s). The addresses of the static relays are exempt from both: every
+// connection through a relay carries the relay's address, so a subscriber
+// whose circuits were cut often (a relay's data limit) got one circuit
+// every 5 s after its first 16, and one reaching more than 8 peers through
+// a relay was refused the ninth connection. The relay itself bounds what
+// one peer may do through it (relay_max_circuits, reservations).
+func connLimitOptions(nc NetworkConfig) []rcmgr.Option {
+	n := max(nc.MaxConnsPerIP, 1)
+	perSec := 0.2 * float64(n) / 8
+	ipv4 := []rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: n}}
+	ipv6 := []rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: n}, {PrefixLength: 48, ConnCount: 8 * n}}
+	limiter := &rate.Limiter{
+		// Loopback is never limited (libp2p's default too).
+		NetworkPrefixLimits: []rate.PrefixLimit{
+			{Prefix: netip.MustParsePrefix("127.0.0.0/8")},
+			{Prefix: netip.MustParsePrefix("::1/128")},
+		},
+		SubnetRateLimiter: rate.SubnetLimiter{
+			IPv4SubnetLimits: []rate.SubnetLimit{{PrefixLength: 32, Limit: rate.Limit{RPS: perSec, Burst: 2 * n}}},
+			IPv6SubnetLimits: []rate.SubnetLimit{
+				{PrefixLength: 56, Limit: rate.Limit{RPS: perSec, Burst: 2 * n}},
+				{PrefixLength: 48, Limit: rate.Limit{RPS: 2.5 * perSec, Burst: 10 * n}},
+			},
+			GracePeriod: time.Minute,
+		},
+	}
+	// Replacing libp2p's list: loopback stays unlimited.
+	v4 := slices.Clone(rcmgr.DefaultNetworkPrefixLimitV4)
+	v6 := slices.Clone(rcmgr.DefaultNetworkPrefixLimitV6)
+	relays, _ := nc.StaticRelays() // validated with the config
+	for _, ai := range relays {
+		for _, a := range ai.Addrs {
+			ip, err := manet.ToIP(a)
+			if err != nil {
+				continue // a DNS name: resolved by libp2p, not exempt
+			}
+			addr, ok := netip.AddrFromSlice(ip)
+			if !ok {
+				continue
+			}
+			addr = addr.Unmap()
+			prefix := netip.PrefixFrom(addr, addr.BitLen())
+			limiter.NetworkPrefixLimits = append(limiter.NetworkPrefixLimits, rate.PrefixLimit{Prefix: prefix})
+			l := rcmgr.NetworkPrefixLimit{Network: prefix, ConnCount: math.MaxInt}
+			if addr.Is4() {
+				v4 = append(v4, l)
+			} else {
+				v6 = append(v6, l)
+			}
+		}
+	}
+	return []rcmgr.Option{
+		rcmgr.WithLimitPerSubnet(ipv4, ipv6),
+		rcmgr.WithNetworkPrefixLimit(v4, v6),
+		rcmgr.WithConnRateLimiters(limiter),
+	}
 }

@@ -13,10 +13,12 @@ import (
 
 	"github.com/coattail/coattail/node/wire"
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	ma "github.com/multiformats/go-multiaddr"
 )
 
 // The resource manager's limits follow Coattail's: one peer may hold
@@ -167,7 +169,7 @@ func TestResourceManagerRefusalLogged(t *testing.T) {
 func TestStreamLimitBindsBeforeMemory(t *testing.T) {
 	cfg := DefaultConfig(0)
 	lc, sl := limitsFor(cfg.Limits, cfg.Network, 1<<30/8, 4096)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc))
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc), connLimitOptions(cfg.Network)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,5 +283,70 @@ func TestStreamLimitBindsBeforeMemory(t *testing.T) {
 	}
 	if _, err := held[len(held)-1].Write([]byte("still here")); err != nil {
 		t.Fatalf("a held stream: %v", err)
+	}
+}
+
+// network.max_conns_per_ip sets libp2p's per-address connection cap and
+// scales its rate; connections through a static relay (all of which carry
+// the relay's address) and on loopback are exempt from both. At libp2p's
+// defaults a subscriber reaching peers through one relay was refused its
+// ninth connection, and got one circuit every 5 s after its first 16.
+func TestConnLimitsPerIP(t *testing.T) {
+	relayKey, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayID, _ := peer.IDFromPrivateKey(relayKey)
+	cfg := DefaultConfig(0)
+	cfg.Network.MaxConnsPerIP = 3
+	cfg.Network.Relays = []string{"/ip4/192.0.0.193/tcp/4001/p2p/" + relayID.String()}
+	lc, _ := limitsFor(cfg.Limits, cfg.Network, 3<<30, 4096)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc), connLimitOptions(cfg.Network)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rm.Close()
+	open := func(addr string) (network.ConnManagementScope, error) {
+		return rm.OpenConnection(network.DirOutbound, true, ma.StringCast(addr))
+	}
+	// Concurrent connections from one address: 3.
+	var held []network.ConnManagementScope
+	for i := range 4 {
+		s, err := open("/ip4/10.1.2.3/tcp/4001")
+		if i < 3 && err != nil {
+			t.Fatalf("connection %d from one address: %v", i+1, err)
+		}
+		if i == 3 && err == nil {
+			t.Fatal("a fourth concurrent connection from one address with max_conns_per_ip 3")
+		}
+		if err == nil {
+			held = append(held, s)
+		}
+	}
+	// New connections from one address: a burst of 6, then refused.
+	for i := range 7 {
+		s, err := open("/ip4/10.1.2.4/tcp/4001")
+		if i < 6 && err != nil {
+			t.Fatalf("new connection %d from one address: %v", i+1, err)
+		}
+		if i == 6 && err == nil {
+			t.Fatal("a seventh new connection at once from one address with max_conns_per_ip 3")
+		}
+		if err == nil {
+			s.Done()
+		}
+	}
+	// Through the relay, and on loopback: 50 at once, each new.
+	for _, addr := range []string{"/ip4/192.0.0.193/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit", "/ip4/127.0.0.1/tcp/4001"} {
+		for i := range 50 {
+			s, err := open(addr)
+			if err != nil {
+				t.Fatalf("%s: connection %d: %v", addr, i+1, err)
+			}
+			held = append(held, s)
+		}
+	}
+	for _, s := range held {
+		s.Done()
 	}
 }
