@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"time"
+
+	ma "github.com/multiformats/go-multiaddr"
 )
 
 // PreferTCPRanker exposes the dial ranker to the external tests.
@@ -66,4 +68,12 @@ func SetFreeSpace(n *Node, free func() (uint64, error)) {
 	n.space.mu.Lock()
 	defer n.space.mu.Unlock()
 	n.space.free, n.space.checked = free, time.Time{}
+}
+
+// TreatRelayAddrsAsPublic makes the static-relay check take every address
+// (loopback too) for a public one, until the returned func is called.
+func TreatRelayAddrsAsPublic() func() {
+	prev := relayAddrPublic
+	relayAddrPublic = func(ma.Multiaddr) bool { return true }
+	return func() { relayAddrPublic = prev }
 }

@@ -24,6 +24,11 @@ import (
 // `service status` without relay_reservations and the log silent.
 var relayCheckAfter = 45 * time.Second
 
+// relayAddrPublic is manet.IsPublicAddr, which libp2p applies to a relay's
+// addresses before it announces circuit addresses through it. A variable
+// for tests on loopback.
+var relayAddrPublic = manet.IsPublicAddr
+
 // relayProblem says why static relay ai gives this host no relay address
 // yet, or "" when it does (reservations are this host's circuit
 // addresses). It may dial the relay (bounded by ctx) to learn why.
@@ -42,21 +47,24 @@ func relayProblem(ctx context.Context, nw *netsvc, ai peer.AddrInfo, reservation
 		// Identify has run by the time Connect returns.
 		return "it does not run a relay service (on the relay: coattail service start --relay, or relay_service: true)"
 	}
-	// Ask for a reservation to learn whether the relay gives one (the
-	// relay keeps one per peer: AutoRelay's later one replaces it).
+	var public bool
+	for _, a := range h.Peerstore().Addrs(ai.ID) {
+		public = public || relayAddrPublic(a)
+	}
+	if !public {
+		return fmt.Sprintf("it runs a relay service, but libp2p announces relay addresses only through a relay's public addresses, and it has none (%v): peers cannot be told how to reach this instance through it (docs/NAT.md)", ai.Addrs)
+	}
+	// Ask for a reservation to learn whether the relay gives one. It
+	// holds no slot of its own: the relay keeps one per peer, which
+	// AutoRelay's reservation takes over. (Not for a relay without a
+	// public address, above: AutoRelay would never use that reservation,
+	// and it would hold a slot for nothing.)
 	if _, err := client.Reserve(ctx, h, ai); err != nil {
 		var re client.ReservationError
 		if errors.As(err, &re) && re.Status == pbv2.Status_RESERVATION_REFUSED {
 			return "it refuses this instance a reservation: it holds as many as it allows in all or from this instance's IP address (on the relay: network.relay_max_reservations, relay_max_reservations_per_ip; instances behind one NAT share an address); AutoRelay asks again every " + staticRelayBackoff.String()
 		}
 		return fmt.Sprintf("it refuses this instance a reservation: %v", err)
-	}
-	var public bool
-	for _, a := range h.Peerstore().Addrs(ai.ID) {
-		public = public || manet.IsPublicAddr(a)
-	}
-	if !public {
-		return fmt.Sprintf("it runs a relay service, but libp2p announces relay addresses only through a relay's public addresses, and it has none (%v): peers cannot be told how to reach this instance through it (docs/NAT.md)", ai.Addrs)
 	}
 	return "it runs a relay service, has a public address and gives a reservation, but AutoRelay has not taken one yet; it retries every " + staticRelayInterval.String()
 }
