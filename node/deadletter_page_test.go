@@ -63,7 +63,7 @@ func allDeadLetters(ctx context.Context, n *node.Node) ([]localapi.DeadLetter, e
 // receiver always refuses; it returns sub's dead letters.
 func parkDeadLetters(t *testing.T, count int) (*node.Node, []localapi.DeadLetter) {
 	t.Helper()
-	pub, sub := refusingSubscription(t, withQuietLog())
+	pub, sub, _ := refusingSubscription(t, withQuietLog())
 	ctx := testCtx(t)
 	for i := range count {
 		if _, err := pub.Publish(ctx, "dl.x", json.RawMessage(fmt.Sprintf(`{"n":%d}`, i+1))); err != nil {
@@ -83,15 +83,18 @@ func parkDeadLetters(t *testing.T, count int) (*node.Node, []localapi.DeadLetter
 
 // refusingSubscription returns a publisher and a subscriber (made with
 // subOpts too) subscribed to dl.> with a receiver that refuses every
-// publication at once (no retries): each becomes a dead letter.
-func refusingSubscription(t *testing.T, subOpts ...nodeOption) (pub, sub *node.Node) {
+// publication at once (no retries): each becomes a dead letter. runs
+// counts the receiver's runs.
+func refusingSubscription(t *testing.T, subOpts ...nodeOption) (pub, sub *node.Node, runs *atomic.Int64) {
 	t.Helper()
 	pub = newTestNode(t, withQuietLog())
 	sub = newTestNode(t, append([]nodeOption{withLimits(func(l *node.LimitsConfig) {
 		l.ReceiverRetries = 0
 		l.ReceiverBackoff = time.Millisecond
 	})}, subOpts...)...)
+	runs = new(atomic.Int64)
 	if err := sub.RegisterReceiver("refuses", func(context.Context, json.RawMessage) (json.RawMessage, error) {
+		runs.Add(1)
 		return nil, errors.New("refused")
 	}); err != nil {
 		t.Fatal(err)
@@ -100,7 +103,7 @@ func refusingSubscription(t *testing.T, subOpts ...nodeOption) (pub, sub *node.N
 	if _, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pid, Pattern: "dl.>", Receiver: "refuses"}); err != nil {
 		t.Fatal(err)
 	}
-	return pub, sub
+	return pub, sub, runs
 }
 
 // 250 dead letters listed 100 at a time, each page after the last one's
@@ -188,11 +191,12 @@ func TestControlDeadLettersQuery(t *testing.T) {
 
 // With its disk below limits.min_free_disk a subscriber does not park a
 // publication its receiver refused (a dead letter keeps the data; pebble
-// ends the process when a write finds the disk full): it leaves it
-// unacknowledged and says so, and parks it once there is room again.
+// ends the process when a write finds the disk full): the subscription
+// waits, says so, and parks it once there is room again, without running
+// the receiver again meanwhile.
 func TestParkWaitsForDiskSpace(t *testing.T) {
 	var logs syncBuffer
-	pub, sub := refusingSubscription(t, withLimits(func(l *node.LimitsConfig) { l.MinFreeDisk = 1 << 30 }), func(o *node.Options) {
+	pub, sub, runs := refusingSubscription(t, withLimits(func(l *node.LimitsConfig) { l.MinFreeDisk = 1 << 30 }), func(o *node.Options) {
 		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 		db, err := datastore.Open(t.TempDir()) // on disk: the in-memory store has no disk to check
 		if err != nil {
@@ -207,7 +211,7 @@ func TestParkWaitsForDiskSpace(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
-		if !strings.Contains(logs.String(), "cannot park failed publication; it will be delivered again") || !strings.Contains(logs.String(), "limits.min_free_disk") {
+		if !strings.Contains(logs.String(), "cannot park failed publication until the disk has room") || !strings.Contains(logs.String(), "limits.min_free_disk") {
 			return errors.New("the subscriber did not say it could not park")
 		}
 		return nil
@@ -215,6 +219,7 @@ func TestParkWaitsForDiskSpace(t *testing.T) {
 	if dls, err := allDeadLetters(ctx, sub); err != nil || len(dls) != 0 {
 		t.Fatalf("dead letters %v (%v) with the disk full, want none", dls, err)
 	}
+	time.Sleep(3 * time.Second) // it keeps waiting, without running the receiver again
 	free.Store(1 << 40)
 	checkFor(t, testTimeout, 20*time.Millisecond, func() error {
 		dls, err := allDeadLetters(ctx, sub)
@@ -223,4 +228,9 @@ func TestParkWaitsForDiskSpace(t *testing.T) {
 		}
 		return nil
 	})
+	// The subscription waited: its receiver ran once, not again on
+	// redeliveries while the disk was full.
+	if n := runs.Load(); n != 1 {
+		t.Errorf("receiver ran %d times, want 1", n)
+	}
 }

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -102,4 +103,28 @@ func (g *spaceGuard) startReclaim(free uint64) {
 		g.checked = time.Time{} // look again at the next round
 		g.mu.Unlock()
 	}()
+}
+
+// spaceRetry is how often wait asks again.
+const spaceRetry = 2 * time.Second
+
+// wait returns once a write of bytes passes check, or ctx's error wrapped
+// with the last refusal. The first refusal is passed to refused.
+func (g *spaceGuard) wait(ctx context.Context, bytes int, refused func(error)) error {
+	said := false
+	for {
+		err := g.check(bytes)
+		if err == nil {
+			return nil
+		}
+		if !said {
+			refused(err)
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", ctx.Err(), err)
+		case <-time.After(spaceRetry):
+		}
+	}
 }

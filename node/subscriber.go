@@ -588,7 +588,7 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 			if d.Subject != matched {
 				err := fmt.Errorf("%w %s sent subject %q, which the subscription's pattern %q does not match; the receiver was not run",
 					ErrPeer, sub.Publisher, clip(d.Subject), sub.Pattern)
-				if err := ss.n.park(sub, d, err, 0); err != nil {
+				if err := ss.n.park(ctx, sub, d, err, 0); err != nil {
 					return err
 				}
 			} else if err := ss.n.handlePublication(ctx, sub, d, h, calls); err != nil {
@@ -657,10 +657,10 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		if tl.Omitted <= uint64(n.cfg.Limits.MaxPayload) {
 			// Not too large for this instance: for the relay circuit it
 			// had to cross (the publisher's only reason to leave it out).
-			return n.park(sub, &tl, fmt.Errorf("publication of %d bytes is larger than the relay circuit between the publisher and this instance carries (the relay's data limit); the publisher sent it without its data, so the receiver was not run and it is not kept (a direct connection, or a relay with a larger relay_limit_data, carries it)",
+			return n.park(ctx, sub, &tl, fmt.Errorf("publication of %d bytes is larger than the relay circuit between the publisher and this instance carries (the relay's data limit); the publisher sent it without its data, so the receiver was not run and it is not kept (a direct connection, or a relay with a larger relay_limit_data, carries it)",
 				tl.Omitted), 0)
 		}
-		return n.park(sub, &tl, fmt.Errorf("publication of %d bytes is larger than this instance accepts (limits.max_payload %v); %s, but the receiver was not run and it is not kept",
+		return n.park(ctx, sub, &tl, fmt.Errorf("publication of %d bytes is larger than this instance accepts (limits.max_payload %v); %s, but the receiver was not run and it is not kept",
 			tl.Omitted, n.cfg.Limits.MaxPayload, how), 0)
 	}
 	// The runner checks that the input is JSON (it comes from another
@@ -748,7 +748,7 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		// not failed: the publication runs again after a restart.
 		return fmt.Errorf("receiver %q for publication %d not finished: %w", sub.Receiver, d.Seq, ctx.Err())
 	}
-	return n.park(sub, d, err, attempts)
+	return n.park(ctx, sub, d, err, attempts)
 }
 
 // maxSubscriptionIDLen bounds the subscription ids a subscriber takes
@@ -759,7 +759,7 @@ const maxSubscriptionIDLen = datastore.MaxIDLen - 21
 // park records publication d of sub in the dead-letter list with the
 // error that stopped it, and returns nil once it is stored (made durable
 // by the progress sync that follows), or why it is not.
-func (n *Node) park(sub outSub, d *wire.Delivery, err error, attempts int) error {
+func (n *Node) park(ctx context.Context, sub outSub, d *wire.Delivery, err error, attempts int) error {
 	dl := deadLetter{ID: fmt.Sprintf("%s.%020d", sub.ID, d.Seq), Subscription: sub.ID, Publisher: sub.Publisher, Receiver: sub.Receiver,
 		Subject: d.Subject, Seq: d.Seq, Hop: d.Hop, TooLarge: d.Omitted, Error: err.Error(), Attempts: attempts, FailedAt: time.Now().UTC()}
 	if len(d.Data) > 0 && (!jsonx.Valid(d.Data) || !json.Valid(d.Data)) {
@@ -772,12 +772,15 @@ func (n *Node) park(sub outSub, d *wire.Delivery, err error, attempts int) error
 	} else {
 		dl.Data = append(json.RawMessage(nil), d.Data...)
 	}
-	// A dead letter keeps the publication: with the disk nearly full it
-	// is not parked but delivered again later (pebble ends the process
-	// when a write finds the disk full).
+	// A dead letter keeps the publication: with the disk nearly full the
+	// subscription waits until there is room (pebble ends the process
+	// when a write finds the disk full). Not parked and delivered again
+	// instead, its failing receiver would run again, retries and all, on
+	// every redelivery.
 	if n.space != nil {
-		if serr := n.space.check(len(d.Data)); serr != nil {
-			n.log.Error("cannot park failed publication; it will be delivered again", "subscription", sub.ID, "seq", d.Seq, "err", serr)
+		if serr := n.space.wait(ctx, len(d.Data), func(why error) {
+			n.log.Error("cannot park failed publication until the disk has room; its subscription waits", "subscription", sub.ID, "seq", d.Seq, "err", why)
+		}); serr != nil {
 			return fmt.Errorf("park publication %d in the dead letters: %w", d.Seq, serr)
 		}
 	}
