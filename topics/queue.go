@@ -2200,6 +2200,15 @@ func (qs *Queues) Resume(id string, subscriberLast uint64) (uint64, error) {
 	}
 	q.mu.Lock()
 	a := min(subscriberLast, q.next-1)
+	if a > q.sentMax {
+		// The subscriber processed publications this queue has no record
+		// of sending: sent before a crash that lost the count (counters
+		// are written with the queue's state, lazily). They were
+		// delivered; count them in the subscription's total (not in
+		// Totals, which counts since this start).
+		q.delivered += a - q.sentMax
+		q.sentMax = a
+	}
 	changed := q.ackLocked(a)
 	from := max(a+1, q.head)
 	q.cursor = from - 1
