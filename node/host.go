@@ -132,7 +132,7 @@ func buildHost(n *Node) (host.Host, error) {
 			"streams_per_peer", streams.Peer, "asked", streams.PeerWanted, "streams_all_peers", streams.System)
 	}
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits),
-		append(connLimitOptions(nc), rcmgr.WithMetrics(rcmgrLog{log: n.log, noisy: n.noisy}))...)
+		append(connLimitOptions(nc, n.opts.Relay || nc.RelayServer), rcmgr.WithMetrics(rcmgrLog{log: n.log, noisy: n.noisy}))...)
 	if err != nil {
 		return nil, fmt.Errorf("node: resource manager: %w", err)
 	}

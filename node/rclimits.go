@@ -246,8 +246,15 @@ func atLeast(v, n rcmgr.LimitVal) rcmgr.LimitVal {
 // every 5 s after its first 16, and one reaching more than 8 peers through
 // a relay was refused the ninth connection. The relay itself bounds what
 // one peer may do through it (relay_max_circuits, reservations).
-func connLimitOptions(nc NetworkConfig) []rcmgr.Option {
+//
+// A relay (relay is true) takes at least relay_max_reservations_per_ip
+// connections from one address: each instance holding a reservation holds
+// a connection, and those behind one NAT share its address.
+func connLimitOptions(nc NetworkConfig, relay bool) []rcmgr.Option {
 	n := max(nc.MaxConnsPerIP, 1)
+	if relay {
+		n = max(n, nc.RelayMaxReservationsPerIP)
+	}
 	perSec := 0.2 * float64(n) / 8
 	ipv4 := []rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: n}}
 	ipv6 := []rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: n}, {PrefixLength: 48, ConnCount: 8 * n}}

@@ -169,7 +169,7 @@ func TestResourceManagerRefusalLogged(t *testing.T) {
 func TestStreamLimitBindsBeforeMemory(t *testing.T) {
 	cfg := DefaultConfig(0)
 	lc, sl := limitsFor(cfg.Limits, cfg.Network, 1<<30/8, 4096)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc), connLimitOptions(cfg.Network)...)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +301,7 @@ func TestConnLimitsPerIP(t *testing.T) {
 	cfg.Network.MaxConnsPerIP = 3
 	cfg.Network.Relays = []string{"/ip4/192.0.0.193/tcp/4001/p2p/" + relayID.String()}
 	lc, _ := limitsFor(cfg.Limits, cfg.Network, 3<<30, 4096)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc), connLimitOptions(cfg.Network)...)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc), connLimitOptions(cfg.Network, false)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,6 +343,31 @@ func TestConnLimitsPerIP(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: connection %d: %v", addr, i+1, err)
 			}
+			held = append(held, s)
+		}
+	}
+	for _, s := range held {
+		s.Done()
+	}
+
+	// A relay takes relay_max_reservations_per_ip connections from one
+	// address even above max_conns_per_ip.
+	cfg.Network.RelayMaxReservationsPerIP = 5
+	relayRM, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc), connLimitOptions(cfg.Network, true)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relayRM.Close()
+	held = held[:0]
+	for i := range 6 {
+		s, err := relayRM.OpenConnection(network.DirInbound, true, ma.StringCast("/ip4/10.9.9.9/tcp/5555"))
+		if i < 5 && err != nil {
+			t.Fatalf("relay: connection %d from one address: %v", i+1, err)
+		}
+		if i == 5 && err == nil {
+			t.Fatal("relay: a sixth connection from one address with relay_max_reservations_per_ip 5")
+		}
+		if err == nil {
 			held = append(held, s)
 		}
 	}
