@@ -353,6 +353,20 @@ func (d *DB) Sync(ctx context.Context, prefix ds.Key) error {
 	return nil
 }
 
+// Unflushed is how many bytes pebble has yet to write to its tables: what
+// its memtables hold, which a flush writes again although it is in the
+// write-ahead logs already (0 for the in-memory backend or once closed).
+// A flush that finds no room for them fails and is retried for ever, and
+// writes wait for it: the disk's reserve must hold them.
+func (d *DB) Unflushed() uint64 {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed || d.pebble == nil {
+		return 0
+	}
+	return d.pebble.DB.Metrics().WAL.Size
+}
+
 // Reclaim gives disk space held by deleted entries back as soon as it can.
 // It flushes the memtable: deletions still in memory free nothing on disk
 // (and with writes refused for want of room the memtable would not fill

@@ -569,7 +569,7 @@ func (n *Node) Status() localapi.Status {
 	if n.db.Dir() != "" {
 		if free, err := n.db.FreeSpace(); err == nil {
 			s.DiskFree = free
-			s.DiskLow = n.space != nil && free < n.space.reserve
+			s.DiskLow = n.space != nil && n.space.low(free)
 		}
 	}
 	return s

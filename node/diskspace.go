@@ -26,6 +26,14 @@ import (
 type spaceGuard struct {
 	free    func() (uint64, error)
 	reserve uint64
+	// pending, when set, is what the datastore has yet to write to disk
+	// from memory (pebble's memtables, flushed to tables): the reserve
+	// must be kept after it. Else a reserve below a memtable (64 MiB)
+	// let publications fill the disk up to where pebble's flush found no
+	// room: it retried for ever, every write waited for it (deliveries,
+	// acks, a subscriber's connection, service stop), and the instance
+	// never drained.
+	pending func() uint64
 	what    string // the directory, for the error
 	// reclaim, run in the background at most every reclaimEvery while
 	// publications are refused, gives the space of delivered (deleted)
@@ -63,25 +71,49 @@ func (g *spaceGuard) check(bytes int) error {
 	}
 	g.checked, g.since = time.Now(), 0
 	free, err := g.free()
+	var pending uint64
+	if err == nil && g.pending != nil {
+		pending = g.pending()
+	}
+	need := g.reserve + pending
 	switch {
 	case err != nil:
 		// Unknown (a file system without statfs): pebble will say
 		// more if writing fails.
 		g.err = nil
-	case free >= g.reserve && free-g.reserve < n:
+	case free >= need && free-need < n:
 		// Room above the reserve, but not for this write: refuse it
 		// alone (smaller ones may still fit).
 		g.err = nil
-		return fmt.Errorf("the disk holding %s has %s free: writing %s would leave less than limits.min_free_disk (%s)",
-			g.what, humanize.IBytes(free), humanize.IBytes(n), humanize.IBytes(g.reserve))
-	case free < g.reserve:
+		return fmt.Errorf("the disk holding %s has %s free: writing %s would leave less than limits.min_free_disk (%s)%s",
+			g.what, humanize.IBytes(free), humanize.IBytes(n), humanize.IBytes(g.reserve), pendingNote(pending))
+	case free < need:
 		g.startReclaim(free)
-		g.err = fmt.Errorf("the disk holding %s has %s free, less than limits.min_free_disk (%s): free some room, or let subscribers catch up (delivered publications are deleted)",
-			g.what, humanize.IBytes(free), humanize.IBytes(g.reserve))
+		g.err = fmt.Errorf("the disk holding %s has %s free, less than limits.min_free_disk (%s)%s: free some room, or let subscribers catch up (delivered publications are deleted)",
+			g.what, humanize.IBytes(free), humanize.IBytes(g.reserve), pendingNote(pending))
 	default:
 		g.err = nil
 	}
 	return g.err
+}
+
+// low reports whether free is below what the guard keeps: the reserve
+// plus what the datastore has yet to write from memory.
+func (g *spaceGuard) low(free uint64) bool {
+	need := g.reserve
+	if g.pending != nil {
+		need += g.pending()
+	}
+	return free < need
+}
+
+// pendingNote names, in a refusal, the room kept for the datastore's
+// writes from memory.
+func pendingNote(pending uint64) string {
+	if pending == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" plus the %s its datastore holds in memory and has yet to write", humanize.IBytes(pending))
 }
 
 // startReclaim runs reclaim in the background unless it runs already or

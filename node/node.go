@@ -138,7 +138,7 @@ func New(o Options) (*Node, error) {
 	var spaceCheck func(int) error // nil: no check
 	if reserve := o.Config.Limits.MinFreeDisk; reserve > 0 && n.db.Dir() != "" {
 		db, log := n.db, o.Logger
-		g := &spaceGuard{free: db.FreeSpace, reserve: uint64(reserve), what: db.Dir(), log: log}
+		g := &spaceGuard{free: db.FreeSpace, pending: db.Unflushed, reserve: uint64(reserve), what: db.Dir(), log: log}
 		g.reclaim = func(compact bool) {
 			if err := db.Reclaim(context.Background(), compact); err != nil && !errors.Is(err, datastore.ErrClosed) {
 				log.Warn("reclaiming disk space failed", "err", err)

@@ -382,7 +382,7 @@ func newServiceStatusCmd(a *app) *cobra.Command {
 			}
 			for _, s := range list {
 				if s.DiskLow {
-					fmt.Fprintf(a.err, "warning: %s: the disk holding its data has %s free, less than limits.min_free_disk: it refuses publications\n", s.Instance, humanize.IBytes(s.DiskFree))
+					fmt.Fprintf(a.err, "warning: %s: the disk holding its data has %s free, less than limits.min_free_disk (plus what its datastore has yet to write from memory): it refuses publications\n", s.Instance, humanize.IBytes(s.DiskFree))
 				}
 			}
 			return nil
