@@ -607,7 +607,7 @@ func (n *Node) Perform(ctx context.Context, req localapi.PerformRequest, onLog f
 	if req.Notify {
 		pr, err := n.PublishRequest(ctx, localapi.PublishRequest{Action: req.Action, Data: out, To: req.To, Hop: req.Hop})
 		if err != nil {
-			return res, fmt.Errorf("node: action %q ran but publishing its output failed: %w", req.Action, err)
+			return res, &notPublishedError{action: req.Action, err: err}
 		}
 		res.Published = pr.Published
 	}
@@ -646,3 +646,17 @@ func (n *Node) ListActions(ctx context.Context, receivers bool, peerID string) (
 	}
 	return out, nil
 }
+
+// notPublishedError is a perform --notify whose action ran but whose output
+// was not published: performing it again would run it again, which a
+// remote caller must be told (not only why the publication was refused).
+type notPublishedError struct {
+	action string
+	err    error
+}
+
+func (e *notPublishedError) Error() string {
+	return fmt.Sprintf("node: action %q ran but publishing its output failed: %v", e.action, e.err)
+}
+
+func (e *notPublishedError) Unwrap() error { return e.err }

@@ -361,6 +361,14 @@ func toWireError(err error) *wire.Error {
 	if errors.As(err, &we) {
 		return we
 	}
+	// The action ran: the refusal's "retry later" would run it again.
+	var np *notPublishedError
+	if errors.As(err, &np) {
+		w := *toWireError(np.err)
+		w.Message = fmt.Sprintf("action %q ran on the remote instance but its output was not published (performing it again runs it again): %s",
+			np.action, strings.TrimSuffix(w.Message, "; nothing of this batch was queued, retry later"))
+		return &w
+	}
 	code := wire.CodeInternal
 	switch {
 	case isAuthError(err), errors.Is(err, auth.ErrInvalid), errors.Is(err, auth.ErrTokenType):

@@ -334,6 +334,38 @@ func TestRemotePublishNoSpaceCode(t *testing.T) {
 	}
 }
 
+// A remote perform --notify whose output the peer could not publish for
+// want of room says that the action ran (performing it again runs it
+// again), not only the publication's "nothing of this batch was queued,
+// retry later".
+func TestRemotePerformNotifyNoSpaceSaysItRan(t *testing.T) {
+	a := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MinFreeDisk = 1 << 60 }), func(o *node.Options) {
+		db, err := datastore.Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.DB = db
+	})
+	c := newTestNode(t)
+	var echo counter
+	register(t, a, "q.echo", echo.handler)
+	holdSubscription(t, a, "q.>")
+	pid, _ := connectPeers(t, a, c, localapi.IssueRequest{Perform: []string{">"}, Publish: []string{">"}})
+	_, err := c.Perform(testCtx(t), localapi.PerformRequest{Peer: pid, Action: "q.echo", Input: json.RawMessage(`1`), Notify: true}, nil)
+	wantWireCode(t, err, wire.CodeUnavailable)
+	if echo.count() != 1 {
+		t.Fatalf("the action ran %d times, want 1", echo.count())
+	}
+	for _, want := range []string{"ran", "not published", "runs it again", "disk is almost full"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("remote perform --notify: %v; want %q in it", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "retry later") || strings.Contains(err.Error(), a.Dir()) {
+		t.Errorf("remote perform --notify: %v; want neither retry later nor the peer's path", err)
+	}
+}
+
 // holdSubscription has a plain libp2p host subscribe to pattern at a and
 // go away (no deliveries are taken): publications matching pattern queue
 // for it. It returns the host.
