@@ -650,8 +650,8 @@ func (c *Config) Validate() error {
 	if c.Network.MaxConnsPerIP < 1 || c.Network.MaxConnsPerIP > 1<<20 {
 		bad("network.max_conns_per_ip: %d is out of range (1..1048576)", c.Network.MaxConnsPerIP)
 	}
-	if c.Network.RelayMaxReservationsPerIP < 1 {
-		bad("network.relay_max_reservations_per_ip: must be at least 1 (got %d)", c.Network.RelayMaxReservationsPerIP)
+	if c.Network.RelayMaxReservationsPerIP < 1 || c.Network.RelayMaxReservationsPerIP > 1<<20 {
+		bad("network.relay_max_reservations_per_ip: %d is out of range (1..1048576)", c.Network.RelayMaxReservationsPerIP)
 	}
 	l := c.Limits
 	// Upper bounds: a perform's deadline is action_timeout +

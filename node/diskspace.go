@@ -45,6 +45,7 @@ type spaceGuard struct {
 
 	reclaiming atomic.Bool
 	reclaimed  time.Time // under mu
+	warned     bool      // under mu: the low disk was logged as a warning
 	compacted  time.Time // by the reclaiming goroutine only
 
 	mu      sync.Mutex
@@ -89,10 +90,10 @@ func (g *spaceGuard) check(bytes int) error {
 			g.what, humanize.IBytes(free), humanize.IBytes(n), humanize.IBytes(g.reserve), pendingNote(pending))
 	case free < need:
 		g.startReclaim(free)
-		g.err = fmt.Errorf("the disk holding %s has %s free, less than limits.min_free_disk (%s)%s: free some room, or let subscribers catch up (delivered publications are deleted)",
+		g.err = fmt.Errorf("the disk holding %s has %s free, less than limits.min_free_disk (%s)%s: free some room (publications are deleted once their subscribers have them)",
 			g.what, humanize.IBytes(free), humanize.IBytes(g.reserve), pendingNote(pending))
 	default:
-		g.err = nil
+		g.err, g.warned = nil, false
 	}
 	return g.err
 }
@@ -123,7 +124,13 @@ func (g *spaceGuard) startReclaim(free uint64) {
 		return
 	}
 	g.reclaimed = time.Now()
-	g.log.Warn("the disk is almost full: publications and dead letters are refused until there is room (limits.min_free_disk); reclaiming the space of deleted entries", "dir", g.what, "free", humanize.IBytes(free), "min_free_disk", humanize.IBytes(g.reserve))
+	// A warning when the disk turns low; while it stays low, the
+	// reclaims every reclaimEvery are debug lines.
+	level := slog.LevelDebug
+	if !g.warned {
+		level, g.warned = slog.LevelWarn, true
+	}
+	g.log.Log(context.Background(), level, "the disk is almost full: publications and dead letters are refused until there is room (limits.min_free_disk); reclaiming the space of deleted entries", "dir", g.what, "free", humanize.IBytes(free), "min_free_disk", humanize.IBytes(g.reserve))
 	go func() {
 		defer g.reclaiming.Store(false)
 		g.reclaim(false)
