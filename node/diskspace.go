@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/coattail/coattail/datastore"
 	"github.com/dustin/go-humanize"
 )
 
@@ -73,7 +74,9 @@ func (g *spaceGuard) check(bytes int) error {
 	g.checked, g.since = time.Now(), 0
 	free, err := g.free()
 	var pending uint64
-	if err == nil && g.pending != nil {
+	if err == nil && g.pending != nil && free < g.reserve+pendingMax {
+		// Only near the reserve: pebble's metrics take its locks, and
+		// can wait for a manifest write.
 		pending = g.pending()
 	}
 	need := g.reserve + pending
@@ -102,11 +105,15 @@ func (g *spaceGuard) check(bytes int) error {
 // plus what the datastore has yet to write from memory.
 func (g *spaceGuard) low(free uint64) bool {
 	need := g.reserve
-	if g.pending != nil {
+	if g.pending != nil && free < g.reserve+pendingMax {
 		need += g.pending()
 	}
 	return free < need
 }
+
+// pendingMax bounds what the datastore can hold in memory unwritten: its
+// memtables until writes stop (two full and the one being filled).
+const pendingMax = 3 * datastore.MemTableSize
 
 // pendingNote names, in a refusal, the room kept for the datastore's
 // writes from memory.

@@ -277,24 +277,36 @@ func connLimitOptions(nc NetworkConfig, relay bool) []rcmgr.Option {
 	v4 := slices.Clone(rcmgr.DefaultNetworkPrefixLimitV4)
 	v6 := slices.Clone(rcmgr.DefaultNetworkPrefixLimitV6)
 	relays, _ := nc.StaticRelays() // validated with the config
+	// A relay's connections are not capped by count (the relay bounds
+	// circuits per peer), and their rate only loosely: anyone can churn
+	// handshakes through a public relay.
+	relayRate := rate.Limit{RPS: 16, Burst: 512}
+	exempt := func(p netip.Prefix) {
+		limiter.NetworkPrefixLimits = append(limiter.NetworkPrefixLimits, rate.PrefixLimit{Prefix: p, Limit: relayRate})
+		l := rcmgr.NetworkPrefixLimit{Network: p, ConnCount: math.MaxInt}
+		if p.Addr().Is4() {
+			v4 = append(v4, l)
+		} else {
+			v6 = append(v6, l)
+		}
+	}
 	for _, ai := range relays {
 		for _, a := range ai.Addrs {
 			ip, err := manet.ToIP(a)
 			if err != nil {
-				continue // a DNS name: resolved by libp2p, not exempt
+				continue // a DNS name: not exempt (documented)
 			}
 			addr, ok := netip.AddrFromSlice(ip)
 			if !ok {
 				continue
 			}
-			addr = addr.Unmap()
-			prefix := netip.PrefixFrom(addr, addr.BitLen())
-			limiter.NetworkPrefixLimits = append(limiter.NetworkPrefixLimits, rate.PrefixLimit{Prefix: prefix})
-			l := rcmgr.NetworkPrefixLimit{Network: prefix, ConnCount: math.MaxInt}
-			if addr.Is4() {
-				v4 = append(v4, l)
-			} else {
-				v6 = append(v6, l)
+			// A connection's address keeps the form it was dialled in
+			// (an IPv4-mapped IPv6 address stays IPv6), and a prefix of
+			// one form never contains the other: both are exempt.
+			exempt(netip.PrefixFrom(addr, addr.BitLen()))
+			if addr.Is4In6() {
+				u := addr.Unmap()
+				exempt(netip.PrefixFrom(u, u.BitLen()))
 			}
 		}
 	}

@@ -299,7 +299,7 @@ func TestConnLimitsPerIP(t *testing.T) {
 	relayID, _ := peer.IDFromPrivateKey(relayKey)
 	cfg := DefaultConfig(0)
 	cfg.Network.MaxConnsPerIP = 3
-	cfg.Network.Relays = []string{"/ip4/192.0.0.193/tcp/4001/p2p/" + relayID.String()}
+	cfg.Network.Relays = []string{"/ip4/192.0.0.193/tcp/4001/p2p/" + relayID.String(), "/ip6/::ffff:192.0.0.194/tcp/4001/p2p/" + relayID.String()}
 	lc, _ := limitsFor(cfg.Limits, cfg.Network, 3<<30, 4096)
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc), connLimitOptions(cfg.Network, false)...)
 	if err != nil {
@@ -336,18 +336,25 @@ func TestConnLimitsPerIP(t *testing.T) {
 			s.Done()
 		}
 	}
-	// Through the relay, and on loopback: 50 at once, each new.
-	for _, addr := range []string{"/ip4/192.0.0.193/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit", "/ip4/127.0.0.1/tcp/4001"} {
-		for i := range 50 {
+	for _, s := range held {
+		s.Done()
+	}
+	// Through the relay, and on loopback: 40 at once, each new (fewer
+	// than the resource manager's connection limits).
+	for _, addr := range []string{"/ip4/192.0.0.193/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit", "/ip4/127.0.0.1/tcp/4001",
+		// An IPv4-mapped relay address, in either form.
+		"/ip6/::ffff:192.0.0.194/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit", "/ip4/192.0.0.194/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit"} {
+		held = held[:0]
+		for i := range 40 {
 			s, err := open(addr)
 			if err != nil {
 				t.Fatalf("%s: connection %d: %v", addr, i+1, err)
 			}
 			held = append(held, s)
 		}
-	}
-	for _, s := range held {
-		s.Done()
+		for _, s := range held {
+			s.Done()
+		}
 	}
 
 	// A relay takes relay_max_reservations_per_ip connections from one

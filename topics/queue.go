@@ -2204,9 +2204,17 @@ func (qs *Queues) Resume(id string, subscriberLast uint64) (uint64, error) {
 		// The subscriber processed publications this queue has no record
 		// of sending: sent before a crash that lost the count (counters
 		// are written with the queue's state, lazily). They were
-		// delivered; count them in the subscription's total (not in
-		// Totals, which counts since this start).
-		q.delivered += a - q.sentMax
+		// delivered, but for those dropped (drop_oldest) before they were
+		// sent, between the ack watermark and head, which are counted in
+		// dropped already (as MarkSent counts). In the subscription's
+		// total only (not in Totals, which counts since this start).
+		lo := q.sentMax + 1
+		if hi := min(a, q.acked); hi >= lo {
+			q.delivered += hi - lo + 1
+		}
+		if lo2 := max(lo, q.acked+1, q.head); a >= lo2 {
+			q.delivered += a - lo2 + 1
+		}
 		q.sentMax = a
 	}
 	changed := q.ackLocked(a)

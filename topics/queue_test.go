@@ -1609,3 +1609,23 @@ func TestResumeCountsDeliveriesLostInACrash(t *testing.T) {
 		}
 	})
 }
+
+// The same with drop_oldest: publications dropped before they were sent
+// are counted as dropped, not also as delivered by the resume. (The lost
+// sends are those a queue never recorded: here none was.)
+func TestResumeCountsDeliveriesLostInACrashNotDropped(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		qs := openQueues(t, store, QueueOptions{Bound: 2, Policy: PolicyDropOldest})
+		addSub(t, qs, "s", "a")
+		publish(t, qs, msg("a", "1"), msg("a", "2"), msg("a", "3"), msg("a", "4"), msg("a", "5")) // 1..3 dropped
+		if st := status(t, qs, "s"); st.Delivered != 0 || st.Dropped != 3 {
+			t.Fatalf("before: delivered %d, dropped %d; want 0, 3", st.Delivered, st.Dropped)
+		}
+		if _, err := qs.Resume("s", 5); err != nil {
+			t.Fatal(err)
+		}
+		if st := status(t, qs, "s"); st.Delivered != 2 || st.Dropped != 3 {
+			t.Fatalf("after the subscriber's resume at 5: delivered %d, dropped %d; want 2, 3", st.Delivered, st.Dropped)
+		}
+	})
+}
