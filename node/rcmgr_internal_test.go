@@ -306,54 +306,21 @@ func TestConnLimitsPerIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rm.Close()
-	open := func(addr string) (network.ConnManagementScope, error) {
-		return rm.OpenConnection(network.DirOutbound, true, ma.StringCast(addr))
-	}
 	// Concurrent connections from one address: 3.
-	var held []network.ConnManagementScope
-	for i := range 4 {
-		s, err := open("/ip4/10.1.2.3/tcp/4001")
-		if i < 3 && err != nil {
-			t.Fatalf("connection %d from one address: %v", i+1, err)
-		}
-		if i == 3 && err == nil {
-			t.Fatal("a fourth concurrent connection from one address with max_conns_per_ip 3")
-		}
-		if err == nil {
-			held = append(held, s)
-		}
+	if n := takes(rm, network.DirOutbound, "/ip4/10.1.2.3/tcp/4001", 10, true); n != 3 {
+		t.Errorf("%d concurrent connections from one address with max_conns_per_ip 3, want 3", n)
 	}
 	// New connections from one address: a burst of 6, then refused.
-	for i := range 7 {
-		s, err := open("/ip4/10.1.2.4/tcp/4001")
-		if i < 6 && err != nil {
-			t.Fatalf("new connection %d from one address: %v", i+1, err)
-		}
-		if i == 6 && err == nil {
-			t.Fatal("a seventh new connection at once from one address with max_conns_per_ip 3")
-		}
-		if err == nil {
-			s.Done()
-		}
-	}
-	for _, s := range held {
-		s.Done()
+	if n := takes(rm, network.DirOutbound, "/ip4/10.1.2.4/tcp/4001", 10, false); n != 6 {
+		t.Errorf("%d new connections at once from one address with max_conns_per_ip 3, want 6", n)
 	}
 	// Through the relay, and on loopback: 40 at once, each new (fewer
 	// than the resource manager's connection limits).
 	for _, addr := range []string{"/ip4/192.0.0.193/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit", "/ip4/127.0.0.1/tcp/4001",
 		// An IPv4-mapped relay address, in either form.
 		"/ip6/::ffff:192.0.0.194/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit", "/ip4/192.0.0.194/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit"} {
-		held = held[:0]
-		for i := range 40 {
-			s, err := open(addr)
-			if err != nil {
-				t.Fatalf("%s: connection %d: %v", addr, i+1, err)
-			}
-			held = append(held, s)
-		}
-		for _, s := range held {
-			s.Done()
+		if n := takes(rm, network.DirOutbound, addr, 40, true); n != 40 {
+			t.Errorf("%s: %d of 40 connections at once", addr, n)
 		}
 	}
 
@@ -365,20 +332,32 @@ func TestConnLimitsPerIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer relayRM.Close()
-	held = held[:0]
-	for i := range 6 {
-		s, err := relayRM.OpenConnection(network.DirInbound, true, ma.StringCast("/ip4/10.9.9.9/tcp/5555"))
-		if i < 5 && err != nil {
-			t.Fatalf("relay: connection %d from one address: %v", i+1, err)
+	if n := takes(relayRM, network.DirInbound, "/ip4/10.9.9.9/tcp/5555", 10, true); n != 5 {
+		t.Errorf("relay: %d connections from one address with relay_max_reservations_per_ip 5, want 5", n)
+	}
+}
+
+// takes opens connections from (or to) addr on rm until one is refused or
+// max are open, and returns how many it got: held open together (hold), or
+// each closed at once (new connections, for the rate limits). It closes
+// those it held before it returns.
+func takes(rm network.ResourceManager, dir network.Direction, addr string, max int, hold bool) int {
+	var held []network.ConnManagementScope
+	defer func() {
+		for _, s := range held {
+			s.Done()
 		}
-		if i == 5 && err == nil {
-			t.Fatal("relay: a sixth connection from one address with relay_max_reservations_per_ip 5")
+	}()
+	for n := 0; n < max; n++ {
+		s, err := rm.OpenConnection(dir, true, ma.StringCast(addr))
+		if err != nil {
+			return n
 		}
-		if err == nil {
+		if hold {
 			held = append(held, s)
+		} else {
+			s.Done()
 		}
 	}
-	for _, s := range held {
-		s.Done()
-	}
+	return max
 }
