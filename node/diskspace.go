@@ -74,10 +74,8 @@ func (g *spaceGuard) check(bytes int) error {
 	g.checked, g.since = time.Now(), 0
 	free, err := g.free()
 	var pending uint64
-	if err == nil && g.pending != nil && free < g.reserve+pendingMax {
-		// Only near the reserve: pebble's metrics take its locks, and
-		// can wait for a manifest write.
-		pending = g.pending()
+	if err == nil {
+		pending = g.pendingNear(free)
 	}
 	need := g.reserve + pending
 	switch {
@@ -104,11 +102,17 @@ func (g *spaceGuard) check(bytes int) error {
 // low reports whether free is below what the guard keeps: the reserve
 // plus what the datastore has yet to write from memory.
 func (g *spaceGuard) low(free uint64) bool {
-	need := g.reserve
-	if g.pending != nil && free < g.reserve+pendingMax {
-		need += g.pending()
+	return free < g.reserve+g.pendingNear(free)
+}
+
+// pendingNear is what the datastore has yet to write from memory, asked
+// only when free is near the reserve (pebble's metrics take its locks,
+// and can wait for a manifest write); 0 otherwise, or without pending.
+func (g *spaceGuard) pendingNear(free uint64) uint64 {
+	if g.pending == nil || free >= g.reserve+pendingMax {
+		return 0
 	}
-	return free < need
+	return g.pending()
 }
 
 // pendingMax bounds what the datastore can hold in memory unwritten: its
