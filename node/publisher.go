@@ -218,16 +218,18 @@ func (n *Node) publish(ctx context.Context, pubs []publication, to []string) (in
 	}
 	cnt, err := n.queues.Publish(ctx, msgs, filter)
 	if err != nil {
-		if errors.Is(err, topics.ErrQueueFull) {
-			// The caller is told; the operator should be too (a
-			// subscriber down or too slow for this long). Sampled.
-			if ok, extra := n.noisy.allow(); ok {
-				n.log.Warn("publication refused: a subscription's queue is full", append([]any{"subject", msgs[0].Subject, "err", err}, extra...)...)
-			}
+		// The caller is told; the operator should be too (a subscriber
+		// down or too slow for this long, a disk filling). Sampled.
+		why := ""
+		switch {
+		case errors.Is(err, topics.ErrQueueFull):
+			why = "a subscription's queue is full"
+		case errors.Is(err, topics.ErrNoSpace):
+			why = "the disk is almost full"
 		}
-		if errors.Is(err, topics.ErrNoSpace) {
+		if why != "" {
 			if ok, extra := n.noisy.allow(); ok {
-				n.log.Warn("publication refused: the disk is almost full", append([]any{"subject", msgs[0].Subject, "err", err}, extra...)...)
+				n.log.Warn("publication refused: "+why, append([]any{"subject", msgs[0].Subject, "err", err}, extra...)...)
 			}
 		}
 		return 0, err
