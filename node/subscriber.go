@@ -353,11 +353,8 @@ func (ss *subscriberSide) setStream(l *subLoop, st network.Stream) {
 	l.moved = false
 	ss.mu.Unlock()
 	if st != nil && retry && isRelayed(st.Conn()) {
-		for _, c := range ss.n.host.Network().ConnsToPeer(st.Conn().RemotePeer()) {
-			if !isRelayed(c) {
-				ss.upgraded(st.Conn().RemotePeer().String())
-				return
-			}
+		if pub := st.Conn().RemotePeer(); !allRelayed(ss.n.host.Network().ConnsToPeer(pub)) {
+			ss.upgraded(pub.String())
 		}
 	}
 }
