@@ -2208,13 +2208,7 @@ func (qs *Queues) Resume(id string, subscriberLast uint64) (uint64, error) {
 		// sent, between the ack watermark and head, which are counted in
 		// dropped already (as MarkSent counts). In the subscription's
 		// total only (not in Totals, which counts since this start).
-		lo := q.sentMax + 1
-		if hi := min(a, q.acked); hi >= lo {
-			q.delivered += hi - lo + 1
-		}
-		if lo2 := max(lo, q.acked+1, q.head); a >= lo2 {
-			q.delivered += a - lo2 + 1
-		}
+		q.sendable(q.sentMax+1, a, func(lo, hi uint64) { q.delivered += hi - lo + 1 })
 		q.sentMax = a
 	}
 	changed := q.ackLocked(a)
@@ -2248,9 +2242,6 @@ func (qs *Queues) MarkSent(id string, seq uint64) {
 	// deliverer calls it once its write returns), and counting from head
 	// left them out of delivered for good.
 	count := func(lo, hi uint64) {
-		if hi < lo {
-			return
-		}
 		if q.sentMax >= lo {
 			n := min(q.sentMax, hi) - lo + 1
 			q.redelivered += n
@@ -2262,12 +2253,23 @@ func (qs *Queues) MarkSent(id string, seq uint64) {
 			qs.totDelivered.Add(n)
 		}
 	}
-	lo := q.cursor + 1
-	count(lo, min(seq, q.acked))
-	count(max(lo, q.acked+1, q.head), seq)
+	q.sendable(q.cursor+1, seq, count)
 	q.cursor = seq
 	q.sentMax = max(q.sentMax, seq)
 	q.lastDelivered = time.Now().UnixNano()
+}
+
+// sendable calls fn with the parts of [lo, hi] that were not dropped
+// (drop_oldest) before they could be sent: those up to the ack watermark
+// (acked, so sent), and those from head on (queued); the sequences
+// between were dropped. Called with q.mu held.
+func (q *queue) sendable(lo, hi uint64, fn func(lo, hi uint64)) {
+	if h := min(hi, q.acked); h >= lo {
+		fn(lo, h)
+	}
+	if l := max(lo, q.acked+1, q.head); hi >= l {
+		fn(l, hi)
+	}
 }
 
 // Close stops accepting publications, waits for those in flight to become
