@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"github.com/coattail/coattail/node/internal/inflight"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
+	"github.com/dustin/go-humanize"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -118,6 +120,13 @@ func buildHost(n *Node) (host.Host, error) {
 	cm, err := connmgr.NewConnManager(nc.ConnLow, nc.ConnHigh, connmgr.WithGracePeriod(connGrace))
 	if err != nil {
 		return nil, fmt.Errorf("node: connection manager: %w", err)
+	}
+	if mem := MachineMemory(); mem.Cgroup {
+		attrs := []any{"cgroup_limit", humanize.IBytes(mem.Bytes), "machine", humanize.IBytes(mem.Machine)}
+		if soft := debug.SetMemoryLimit(-1); soft < math.MaxInt64 {
+			attrs = append(attrs, "go_memory_limit", humanize.IBytes(uint64(soft)))
+		}
+		n.log.Info("memory: this process's cgroup (a container's or service unit's limit) allows less than the machine has; libp2p's resource limits are sized to the cgroup's", attrs...)
 	}
 	limits, streams := resourceLimits(n.cfg.Limits, nc)
 	if streams.Clamped() {

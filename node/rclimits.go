@@ -12,7 +12,6 @@ import (
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/x/rate"
 	manet "github.com/multiformats/go-multiaddr/net"
-	"github.com/pbnjay/memory"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,7 +51,7 @@ func resourceLimits(l LimitsConfig, nc NetworkConfig) (rcmgr.ConcreteLimitConfig
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
 		fds = int(min(rl.Cur, math.MaxInt32)) / 2 // as libp2p's AutoScale
 	}
-	return limitsFor(l, nc, int64(memory.TotalMemory()/8), fds)
+	return limitsFor(l, nc, int64(MachineMemory().Bytes/8), fds)
 }
 
 // limitsFor computes the resource manager's limits for a machine on which

@@ -181,10 +181,24 @@ listens on a new one within 2s.`,
 // environment wins.
 const serviceGCPercent = 200
 
-// tuneGC applies serviceGCPercent unless the user set GOGC.
+// cgroupMemoryShare is the part of a cgroup's memory limit given to Go's
+// soft memory limit: the rest is for what Go does not count (stacks of
+// cgo, the kernel's page cache charged to the cgroup is reclaimable).
+const cgroupMemoryShare = 0.9
+
+// tuneGC applies serviceGCPercent unless the user set GOGC, and, in a
+// cgroup with a memory limit (a container), a soft memory limit of 90 % of
+// it unless the user set GOMEMLIMIT: with GOGC=200 the heap may grow to
+// three times what is live, and near the cgroup's limit the collector
+// should work harder rather than the kernel end the process.
 func tuneGC() {
 	if _, set := os.LookupEnv("GOGC"); !set {
 		debug.SetGCPercent(serviceGCPercent)
+	}
+	if mem := node.MachineMemory(); mem.Cgroup {
+		if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
+			debug.SetMemoryLimit(int64(float64(mem.Bytes) * cgroupMemoryShare))
+		}
 	}
 }
 
