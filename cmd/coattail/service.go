@@ -182,8 +182,10 @@ listens on a new one within 2s.`,
 const serviceGCPercent = 200
 
 // cgroupMemoryShare is the part of a cgroup's memory limit given to Go's
-// soft memory limit: the rest is for what Go does not count (stacks of
-// cgo, the kernel's page cache charged to the cgroup is reclaimable).
+// soft memory limit. It bounds only Go's heap: pebble's memtables and
+// block cache are C allocations in a cgo build, and the kernel charges the
+// cgroup for page cache too (reclaimable), so the limit steers the
+// collector rather than guaranteeing the process stays inside the cgroup.
 const cgroupMemoryShare = 0.9
 
 // tuneGC applies serviceGCPercent unless the user set GOGC, and, in a
