@@ -19,6 +19,9 @@ import (
 )
 
 func main() {
+	if code, ran := runAsInit(); ran {
+		os.Exit(code)
+	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	cancel()
