@@ -38,6 +38,7 @@ import (
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
+	madns "github.com/multiformats/go-multiaddr-dns"
 	manet "github.com/multiformats/go-multiaddr/net"
 )
 
@@ -140,8 +141,14 @@ func buildHost(n *Node) (host.Host, error) {
 		n.log.Log(context.Background(), level, "libp2p resource manager: this machine's memory holds fewer streams with one peer than the limits ask for (SECURITY.md, The libp2p resource manager)",
 			"streams_per_peer", streams.Peer, "asked", streams.PeerWanted, "streams_all_peers", streams.System)
 	}
+	staticRelays, _ := nc.StaticRelays() // validated with the config
+	relayIPs, unresolved := relayAddresses(context.Background(), staticRelays, madns.DefaultResolver)
+	if len(unresolved) > 0 {
+		n.log.Warn("static relay addresses whose DNS names did not resolve at start: connections through them share the per-address connection caps (network.max_conns_per_ip) until the service restarts; give relays by IP address to avoid it",
+			"addrs", unresolved)
+	}
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits),
-		append(connLimitOptions(nc, n.opts.Relay || nc.RelayServer), rcmgr.WithMetrics(rcmgrLog{log: n.log, noisy: n.noisy}))...)
+		append(connLimitOptions(nc, n.opts.Relay || nc.RelayServer, relayIPs), rcmgr.WithMetrics(rcmgrLog{log: n.log, noisy: n.noisy}))...)
 	if err != nil {
 		return nil, fmt.Errorf("node: resource manager: %w", err)
 	}

@@ -1,16 +1,21 @@
 package node
 
 import (
+	"context"
 	"math"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/coattail/coattail/node/wire"
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/x/rate"
+	ma "github.com/multiformats/go-multiaddr"
+	madns "github.com/multiformats/go-multiaddr-dns"
 	manet "github.com/multiformats/go-multiaddr/net"
 	"golang.org/x/sys/unix"
 )
@@ -246,10 +251,12 @@ func atLeast(v, n rcmgr.LimitVal) rcmgr.LimitVal {
 // a relay was refused the ninth connection. The relay itself bounds what
 // one peer may do through it (relay_max_circuits, reservations).
 //
+// relayIPs are the static relays' IP addresses (see relayAddresses).
+//
 // A relay (relay is true) takes at least relay_max_reservations_per_ip
 // connections from one address: each instance holding a reservation holds
 // a connection, and those behind one NAT share its address.
-func connLimitOptions(nc NetworkConfig, relay bool) []rcmgr.Option {
+func connLimitOptions(nc NetworkConfig, relay bool, relayIPs []netip.Addr) []rcmgr.Option {
 	n := max(nc.MaxConnsPerIP, 1)
 	if relay {
 		n = max(n, nc.RelayMaxReservationsPerIP)
@@ -275,7 +282,6 @@ func connLimitOptions(nc NetworkConfig, relay bool) []rcmgr.Option {
 	// Replacing libp2p's list: loopback stays unlimited.
 	v4 := slices.Clone(rcmgr.DefaultNetworkPrefixLimitV4)
 	v6 := slices.Clone(rcmgr.DefaultNetworkPrefixLimitV6)
-	relays, _ := nc.StaticRelays() // validated with the config
 	// A relay's connections are not capped by count (the relay bounds
 	// circuits per peer), and their rate only loosely: anyone can churn
 	// handshakes through a public relay.
@@ -289,24 +295,14 @@ func connLimitOptions(nc NetworkConfig, relay bool) []rcmgr.Option {
 			v6 = append(v6, l)
 		}
 	}
-	for _, ai := range relays {
-		for _, a := range ai.Addrs {
-			ip, err := manet.ToIP(a)
-			if err != nil {
-				continue // a DNS name: not exempt (documented)
-			}
-			addr, ok := netip.AddrFromSlice(ip)
-			if !ok {
-				continue
-			}
-			// A connection's address keeps the form it was dialled in
-			// (an IPv4-mapped IPv6 address stays IPv6), and a prefix of
-			// one form never contains the other: both are exempt.
-			exempt(netip.PrefixFrom(addr, addr.BitLen()))
-			if addr.Is4In6() {
-				u := addr.Unmap()
-				exempt(netip.PrefixFrom(u, u.BitLen()))
-			}
+	for _, addr := range relayIPs {
+		// A connection's address keeps the form it was dialled in
+		// (an IPv4-mapped IPv6 address stays IPv6), and a prefix of
+		// one form never contains the other: both are exempt.
+		exempt(netip.PrefixFrom(addr, addr.BitLen()))
+		if addr.Is4In6() {
+			u := addr.Unmap()
+			exempt(netip.PrefixFrom(u, u.BitLen()))
 		}
 	}
 	return []rcmgr.Option{
@@ -314,4 +310,76 @@ func connLimitOptions(nc NetworkConfig, relay bool) []rcmgr.Option {
 		rcmgr.WithNetworkPrefixLimit(v4, v6),
 		rcmgr.WithConnRateLimiters(limiter),
 	}
+}
+
+// relayResolveTimeout bounds the DNS lookups of relayAddresses at start.
+const relayResolveTimeout = 3 * time.Second
+
+// relayAddresses returns the IP addresses of the static relays: those
+// given by address, and those given by DNS name (/dns, /dns4, /dns6,
+// /dnsaddr) resolved now with r, all at once within relayResolveTimeout.
+// The addresses given by a name that did not resolve are returned in
+// failed (its relay's connections get the per-address caps until the
+// service restarts; so do addresses a name points to later).
+func relayAddresses(ctx context.Context, relays []peer.AddrInfo, r *madns.Resolver) (ips []netip.Addr, failed []string) {
+	add := func(a ma.Multiaddr) bool {
+		ip, err := manet.ToIP(a)
+		if err != nil {
+			return false
+		}
+		if addr, ok := netip.AddrFromSlice(ip); ok && !slices.Contains(ips, addr) {
+			ips = append(ips, addr)
+		}
+		return true
+	}
+	var named []ma.Multiaddr
+	for _, ai := range relays {
+		for _, a := range ai.Addrs {
+			if !add(a) && madns.Matches(a) {
+				named = append(named, a)
+			}
+		}
+	}
+	if len(named) == 0 {
+		return ips, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, relayResolveTimeout)
+	defer cancel()
+	got := make([][]ma.Multiaddr, len(named))
+	var wg sync.WaitGroup
+	for i, a := range named {
+		wg.Go(func() { got[i] = resolveAll(ctx, r, a, 4) })
+	}
+	wg.Wait()
+	for i, addrs := range got {
+		resolved := false
+		for _, a := range addrs {
+			resolved = add(a) || resolved
+		}
+		if !resolved {
+			failed = append(failed, named[i].String())
+		}
+	}
+	return ips, failed
+}
+
+// resolveAll resolves a's DNS components until none is left (a /dnsaddr
+// record may name a /dns4 address), at most depth times over; what does
+// not resolve is left out.
+func resolveAll(ctx context.Context, r *madns.Resolver, a ma.Multiaddr, depth int) []ma.Multiaddr {
+	if !madns.Matches(a) {
+		return []ma.Multiaddr{a}
+	}
+	if depth == 0 {
+		return nil
+	}
+	addrs, err := r.Resolve(ctx, a)
+	if err != nil {
+		return nil
+	}
+	var out []ma.Multiaddr
+	for _, b := range addrs {
+		out = append(out, resolveAll(ctx, r, b, depth-1)...)
+	}
+	return out
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	ma "github.com/multiformats/go-multiaddr"
+	madns "github.com/multiformats/go-multiaddr-dns"
 )
 
 // The resource manager's limits follow Coattail's: one peer may hold
@@ -299,9 +302,30 @@ func TestConnLimitsPerIP(t *testing.T) {
 	relayID, _ := peer.IDFromPrivateKey(relayKey)
 	cfg := DefaultConfig(0)
 	cfg.Network.MaxConnsPerIP = 3
-	cfg.Network.Relays = []string{"/ip4/192.0.0.193/tcp/4001/p2p/" + relayID.String(), "/ip6/::ffff:192.0.0.194/tcp/4001/p2p/" + relayID.String()}
+	cfg.Network.Relays = []string{"/ip4/192.0.0.193/tcp/4001/p2p/" + relayID.String(), "/ip6/::ffff:192.0.0.194/tcp/4001/p2p/" + relayID.String(),
+		// Given by DNS name: exempt at the addresses the name has at start.
+		"/dns4/relay.example/tcp/4001/p2p/" + relayID.String(), "/dns/relay.example/udp/4001/quic-v1/p2p/" + relayID.String(),
+		"/dns6/gone.example/tcp/4001/p2p/" + relayID.String(), "/dnsaddr/relays.example/p2p/" + relayID.String()}
+	relays, err := cfg.Network.StaticRelays()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolver, err := madns.NewResolver(madns.WithDefaultResolver(&madns.MockResolver{
+		IP: map[string][]net.IPAddr{
+			"relay.example":  {{IP: net.ParseIP("192.0.0.195")}, {IP: net.ParseIP("192.0.0.196")}},
+			"relay6.example": {{IP: net.ParseIP("2001:db8::7")}},
+		},
+		TXT: map[string][]string{"_dnsaddr.relays.example": {"dnsaddr=/dns6/relay6.example/tcp/4001/p2p/" + relayID.String()}},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayIPs, unresolved := relayAddresses(context.Background(), relays, resolver)
+	if want := []string{"/dns6/gone.example/tcp/4001"}; !slices.Equal(unresolved, want) {
+		t.Errorf("unresolved relay addresses %q, want %q", unresolved, want)
+	}
 	lc, _ := limitsFor(cfg.Limits, cfg.Network, 3<<30, 4096)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc), connLimitOptions(cfg.Network, false)...)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc), connLimitOptions(cfg.Network, false, relayIPs)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +342,11 @@ func TestConnLimitsPerIP(t *testing.T) {
 	// than the resource manager's connection limits).
 	for _, addr := range []string{"/ip4/192.0.0.193/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit", "/ip4/127.0.0.1/tcp/4001",
 		// An IPv4-mapped relay address, in either form.
-		"/ip6/::ffff:192.0.0.194/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit", "/ip4/192.0.0.194/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit"} {
+		"/ip6/::ffff:192.0.0.194/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit", "/ip4/192.0.0.194/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit",
+		// Both addresses of the relay given by name.
+		"/ip4/192.0.0.195/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit", "/ip4/192.0.0.196/udp/4001/quic-v1/p2p/" + relayID.String() + "/p2p-circuit",
+		// The one a /dnsaddr record names by /dns6 name.
+		"/ip6/2001:db8::7/tcp/4001/p2p/" + relayID.String() + "/p2p-circuit"} {
 		if n := takes(rm, network.DirOutbound, addr, 40, true); n != 40 {
 			t.Errorf("%s: %d of 40 connections at once", addr, n)
 		}
@@ -327,7 +355,7 @@ func TestConnLimitsPerIP(t *testing.T) {
 	// A relay takes relay_max_reservations_per_ip connections from one
 	// address even above max_conns_per_ip.
 	cfg.Network.RelayMaxReservationsPerIP = 5
-	relayRM, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc), connLimitOptions(cfg.Network, true)...)
+	relayRM, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(lc), connLimitOptions(cfg.Network, true, relayIPs)...)
 	if err != nil {
 		t.Fatal(err)
 	}
