@@ -11,12 +11,13 @@ import (
 func SetSaveSeqFault(fail func(id string) error) func() {
 	var on atomic.Bool
 	on.Store(true)
-	saveSeqFault = func(id string) error {
+	f := func(id string) error {
 		if !on.Load() {
 			return nil
 		}
 		return fail(id)
 	}
+	saveSeqFault.Store(&f)
 	return func() { on.Store(false) }
 }
 

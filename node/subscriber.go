@@ -137,13 +137,14 @@ func (ss *subscriberSide) lastSeq(ctx context.Context, id string) (uint64, error
 	return binary.BigEndian.Uint64(b), nil
 }
 
-// saveSeqFault, when set (by tests), fails saveSeq with its error.
-var saveSeqFault func(id string) error
+// saveSeqFault, when set (by tests), fails saveSeq with its error. Set
+// while subscriptions run, so atomic.
+var saveSeqFault atomic.Pointer[func(id string) error]
 
 // saveSeq durably records that everything up to seq was processed.
 func (ss *subscriberSide) saveSeq(ctx context.Context, id string, seq uint64) error {
-	if f := saveSeqFault; f != nil {
-		if err := f(id); err != nil {
+	if f := saveSeqFault.Load(); f != nil {
+		if err := (*f)(id); err != nil {
 			return err
 		}
 	}
