@@ -133,7 +133,11 @@ func (n *Node) AddPeerRequest(ctx context.Context, req localapi.AddPeerRequest) 
 		n.subscriber.forget(ctx, s.ID)
 		n.log.Info("subscription ended: the peer's new token does not allow it", "subscription", s.ID, "peer", rec.ID, "pattern", s.Pattern)
 	}
+	replaced := false
 	if err := n.changePeer(rec.ID, func() error {
+		if old, err := n.peers.Get(ctx, rec.ID); err == nil {
+			replaced = old.TokenID != rec.TokenID
+		}
 		if err := n.peers.Put(ctx, rec.ID, rec); err != nil {
 			return err
 		}
@@ -143,6 +147,9 @@ func (n *Node) AddPeerRequest(ctx context.Context, req localapi.AddPeerRequest) 
 	}
 	n.host.Peerstore().AddAddrs(pid, addrs, peerstore.PermanentAddrTTL)
 	n.log.Info("peer added", "peer", rec.ID, "token_id", rec.TokenID)
+	if replaced {
+		n.subscriber.rotated(rec.ID)
+	}
 	return n.ShowPeer(ctx, rec.ID)
 }
 

@@ -321,6 +321,27 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 			_, _ = n.queues.RemoveSubscription(ctx, sub.ID)
 			return wire.Errorf(wire.CodeForbidden, "token %s no longer allows subscribing to %q; subscription %s removed", s.grant.TokenID, sub.Pattern, sub.ID)
 		}
+		if sub.TokenID != s.grant.TokenID {
+			// The subscriber rotated its token (peer add with a new one):
+			// the subscription is the new token's from now on, so that
+			// the old one's expiry or revocation no longer ends it.
+			old := sub.TokenID
+			rebound, err := n.queues.Rebind(ctx, sub.ID, s.grant.TokenID)
+			if err != nil && rebound.ID == "" {
+				return err
+			}
+			if err != nil {
+				n.log.Warn("subscription rebound to a new token, perhaps not durably", "subscription", sub.ID, "err", err)
+			}
+			sub = rebound
+			if s.grant.Revoked() {
+				// Revoked while it was rebound: the revocation's clean-up
+				// may have looked for the old token id.
+				_, _ = n.queues.RemoveSubscription(context.Background(), sub.ID)
+				return wire.Errorf(wire.CodeUnauthorized, "token %s was revoked", s.grant.TokenID)
+			}
+			n.log.Info("subscription now held with the subscriber's new token", "subscription", sub.ID, "subscriber", sub.Subscriber, "token_id", sub.TokenID, "was", old)
+		}
 	}
 	next, err := n.queues.Resume(sub.ID, req.ResumeAfter)
 	if err != nil {
@@ -479,6 +500,17 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 		defer t.Stop()
 		expire = t.C
 	}
+	// rebound is the end of a stream whose token expired or was revoked
+	// after the subscription was rebound to another token (the
+	// subscriber rotated and resumed on a newer stream): only this
+	// stream ends, and the subscriber is not told the subscription is
+	// gone. nil when the subscription is still this token's.
+	rebound := func() error {
+		if now, ok := n.queues.Subscription(sub.ID); ok && now.TokenID != s.grant.TokenID {
+			return wire.Errorf(wire.CodeTimeout, "token %s of this stream ended; subscription %s is held with token %s now", s.grant.TokenID, sub.ID, now.TokenID)
+		}
+		return nil
+	}
 	ackTimer := time.NewTimer(timeout)
 	defer ackTimer.Stop()
 	var buf []byte
@@ -601,8 +633,14 @@ func (nw *netsvc) deliver(ctx context.Context, s *session, sub topics.Subscripti
 		case <-ackTimeout:
 			return wire.Errorf(wire.CodeTimeout, "no ack for %v", timeout)
 		case <-s.grant.Done():
+			if err := rebound(); err != nil {
+				return err
+			}
 			return wire.Errorf(wire.CodeUnauthorized, "token %s was revoked", s.grant.TokenID)
 		case <-expire:
+			if err := rebound(); err != nil {
+				return err
+			}
 			_, _ = n.queues.RemoveSubscription(context.Background(), sub.ID)
 			n.log.Info("subscription removed: token expired", "subscription", sub.ID, "token_id", sub.TokenID)
 			return wire.Errorf(wire.CodeUnauthorized, "token %s expired; subscription %s removed", s.grant.TokenID, sub.ID)

@@ -113,6 +113,10 @@ type subLoop struct {
 	// the relay is not moved again in a loop (the next direct connection
 	// event will).
 	moving, moved bool
+	// rotating is set when stream was reset because the publisher's
+	// token was replaced (peer add): the loop resumes at once, with the
+	// new token.
+	rotating bool
 }
 
 func newSubscriberSide(n *Node) *subscriberSide {
@@ -327,6 +331,10 @@ func (ss *subscriberSide) run(ctx context.Context, sub outSub, l *subLoop, s *se
 			ss.forget(context.Background(), sub.ID)
 			return
 		}
+		if ss.takeRotating(l) {
+			log.Info("subscription resuming with the publisher's new token")
+			continue
+		}
 		if ss.takeMoving(l) {
 			log.Info("subscription moving to a direct connection")
 			continue
@@ -389,6 +397,36 @@ func (ss *subscriberSide) upgraded(publisher string) {
 		l.moving = true
 		go l.stream.Reset()
 	}
+}
+
+// rotated is called when publisher's token was replaced (peer add): each
+// subscription at publisher with a stream open resumes on a new one,
+// presenting the new token, so that the publisher holds the subscription
+// with it from then on. Until then the stream was authorized by the old
+// token, and at that token's expiry (or revocation) the publisher removed
+// the subscription, with what was queued for it, although the subscriber
+// held a valid replacement. What was in flight is resent and dropped here
+// as duplicates.
+func (ss *subscriberSide) rotated(publisher string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for _, l := range ss.loops {
+		if l.publisher != publisher || l.stream == nil || l.rotating {
+			continue // a loop reconnecting presents the new token anyway
+		}
+		l.rotating = true
+		go l.stream.Reset()
+	}
+}
+
+// takeRotating reports, and clears, whether the loop's stream was reset to
+// resume with a new token.
+func (ss *subscriberSide) takeRotating(l *subLoop) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	r := l.rotating
+	l.rotating = false
+	return r
 }
 
 // takeMoving reports, and clears, whether the loop's stream was reset to

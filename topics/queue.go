@@ -279,8 +279,13 @@ type Queues struct {
 
 // queue is one subscription's queue.
 type queue struct {
-	sub   Subscription
-	start uint64 // first log position it may be routed; set at creation
+	sub   Subscription // TokenID as created: see token
+	start uint64       // first log position it may be routed; set at creation
+
+	// token is the id of the token the subscription is now held with
+	// (Rebind changes it; sub.TokenID stays as created). Read it with
+	// subscription.
+	token atomic.Pointer[string]
 
 	removed atomic.Bool
 
@@ -660,7 +665,17 @@ func (qs *Queues) load(ctx context.Context) error {
 }
 
 func newQueue(s Subscription, start uint64) *queue {
-	return &queue{sub: s, start: start, next: 1, head: 1, released: 1, cNext: 1, cHead: 1}
+	q := &queue{sub: s, start: start, next: 1, head: 1, released: 1, cNext: 1, cHead: 1}
+	q.token.Store(&s.TokenID)
+	return q
+}
+
+// subscription returns the subscription, with the token it is held with
+// now.
+func (q *queue) subscription() Subscription {
+	s := q.sub
+	s.TokenID = *q.token.Load()
+	return s
 }
 
 // maxDenseRefs bounds the span of refs; see oldRefs.
@@ -852,7 +867,7 @@ func (qs *Queues) AddSubscription(ctx context.Context, s Subscription) error {
 		testHookAdmin()
 	}
 	if old != nil {
-		if sameSubscription(old.sub, s) {
+		if sameSubscription(old.subscription(), s) {
 			return nil
 		}
 		return fmt.Errorf("%w: %q", ErrSubscriptionExists, s.ID)
@@ -911,6 +926,51 @@ func (qs *Queues) AddSubscription(ctx context.Context, s Subscription) error {
 	return nil
 }
 
+// Rebind records that subscription id is now held with token tokenID (its
+// subscriber presented another token, a rotation, when it resumed): the
+// record is rewritten durably, and from then on the subscription is the
+// new token's (RemoveWhere by token id, Status). The subscription as it
+// is now is returned; rebinding to the token it already has is a no-op.
+// If the record was written but its sync failed, the subscription is
+// rebound and returned all the same, with the error.
+func (qs *Queues) Rebind(ctx context.Context, id, tokenID string) (Subscription, error) {
+	if tokenID == "" {
+		return Subscription{}, fmt.Errorf("%w: subscription %q: empty token id", ErrInvalidSubscription, id)
+	}
+	qs.adminMu.Lock()
+	defer qs.adminMu.Unlock()
+	qs.mu.RLock()
+	closed, q := qs.closed, qs.subs[id]
+	qs.mu.RUnlock()
+	switch {
+	case closed:
+		return Subscription{}, ErrClosed
+	case q == nil:
+		return Subscription{}, fmt.Errorf("%w: %q", ErrNoSubscription, id)
+	}
+	s := q.subscription()
+	if s.TokenID == tokenID {
+		return s, nil
+	}
+	s.TokenID = tokenID
+	raw, err := json.Marshal(s)
+	if err != nil {
+		return Subscription{}, fmt.Errorf("topics: encode subscription %q: %w", id, err)
+	}
+	if err := qs.store.Put(ctx, ds.RawKey(subKey(id)), raw); err != nil {
+		return Subscription{}, fmt.Errorf("topics: rebind subscription %q: %w", id, err)
+	}
+	if err := qs.sync(ctx, ds.RawKey(subsNamespace)); err != nil {
+		// Held with the new token from here on all the same: a crash
+		// may bring back the old one, which the subscriber replaces again
+		// when it resumes.
+		q.token.Store(&tokenID)
+		return s, fmt.Errorf("topics: rebind subscription %q: sync: %w", id, err)
+	}
+	q.token.Store(&tokenID)
+	return s, nil
+}
+
 func sameSubscription(a, b Subscription) bool {
 	return a.ID == b.ID && a.Subscriber == b.Subscriber && a.Pattern == b.Pattern &&
 		a.TokenID == b.TokenID && a.Receiver == b.Receiver && a.CreatedAt.Equal(b.CreatedAt)
@@ -961,7 +1021,7 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 		}
 	} else {
 		for _, q := range qs.subs {
-			if fn(q.sub) {
+			if fn(q.subscription()) {
 				victims = append(victims, q)
 			}
 		}
@@ -1033,7 +1093,7 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 	for i, q := range victims {
 		delete(qs.subs, q.sub.ID)
 		qs.trie.Remove(q.sub.Pattern, q)
-		out[i] = q.sub
+		out[i] = q.subscription()
 	}
 	qs.nsubs.Store(int64(len(qs.subs)))
 	qs.mu.Unlock()
@@ -1069,7 +1129,7 @@ func (qs *Queues) Subscription(id string) (Subscription, bool) {
 	if q == nil {
 		return Subscription{}, false
 	}
-	return q.sub, true
+	return q.subscription(), true
 }
 
 // QueueTotals are counters over every subscription queue.
@@ -1104,7 +1164,7 @@ func (qs *Queues) Status() []QueueStatus {
 	for i, q := range qlist {
 		q.mu.Lock()
 		st := QueueStatus{
-			Subscription: q.sub,
+			Subscription: q.subscription(),
 			NextSeq:      q.next,
 			Acked:        q.acked,
 			Delivered:    q.delivered,
@@ -1168,7 +1228,7 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 			if filter != nil {
 				ok, seen := verdict[q]
 				if !seen {
-					ok = filter(q.sub)
+					ok = filter(q.subscription())
 					if verdict == nil {
 						verdict = make(map[*queue]bool)
 					}

@@ -1629,3 +1629,52 @@ func TestResumeCountsDeliveriesLostInACrashNotDropped(t *testing.T) {
 		}
 	})
 }
+
+// TestRebindToken: a subscription rebound to another token (its
+// subscriber rotated) is that token's from then on — in Subscription,
+// Status and RemoveWhere by token id — also after a restart; its queue is
+// untouched.
+func TestRebindToken(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		ctx := context.Background()
+		qs := openQueues(t, store, QueueOptions{})
+		s := addSub(t, qs, "s", "orders.>")
+		if _, err := qs.Publish(ctx, []Message{{Subject: "orders.a", Data: []byte(`1`)}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		got, err := qs.Rebind(ctx, "s", "tok-new")
+		if err != nil || got.TokenID != "tok-new" || got.Pattern != s.Pattern || got.Subscriber != s.Subscriber {
+			t.Fatalf("Rebind = %+v, %v", got, err)
+		}
+		if again, err := qs.Rebind(ctx, "s", "tok-new"); err != nil || again != got {
+			t.Errorf("Rebind to the same token = %+v, %v; want a no-op", again, err)
+		}
+		if _, err := qs.Rebind(ctx, "nope", "tok-new"); !errors.Is(err, ErrNoSubscription) {
+			t.Errorf("Rebind of an unknown subscription: %v, want ErrNoSubscription", err)
+		}
+		if _, err := qs.Rebind(ctx, "s", ""); err == nil {
+			t.Error("Rebind to an empty token id succeeded")
+		}
+		if st := qs.Status(); len(st) != 1 || st[0].TokenID != "tok-new" || st[0].Depth != 1 {
+			t.Errorf("Status after Rebind: %+v", st)
+		}
+		// The old token's revocation no longer finds it.
+		if removed, err := qs.RemoveWhere(ctx, func(s Subscription) bool { return s.TokenID == "tok-s" }); err != nil || len(removed) != 0 {
+			t.Fatalf("RemoveWhere(old token) removed %v, %v", removed, err)
+		}
+		if err := qs.Close(); err != nil {
+			t.Fatal(err)
+		}
+		qs = openQueues(t, store, QueueOptions{})
+		if now, ok := qs.Subscription("s"); !ok || now.TokenID != "tok-new" {
+			t.Fatalf("after a restart: %+v (present %v), want token tok-new", now, ok)
+		}
+		if items, err := qs.Read("s", 0, 10, 1<<20); err != nil || len(items) != 1 || string(items[0].Message.Data) != "1" {
+			t.Fatalf("after a restart the queue holds %+v, %v; want the one publication", items, err)
+		}
+		removed, err := qs.RemoveWhere(ctx, func(s Subscription) bool { return s.TokenID == "tok-new" })
+		if err != nil || len(removed) != 1 || removed[0].TokenID != "tok-new" {
+			t.Fatalf("RemoveWhere(new token) = %+v, %v", removed, err)
+		}
+	})
+}
