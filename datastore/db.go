@@ -16,6 +16,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
 	dssync "github.com/ipfs/go-datastore/sync"
 	pebbleds "github.com/ipfs/go-ds-pebble"
 )
@@ -30,7 +31,9 @@ var (
 	// newer Coattail whose schema this build does not understand.
 	ErrSchemaTooNew = errors.New("datastore: schema version too new")
 	// ErrCorrupt is returned when a stored record or the schema version
-	// cannot be decoded.
+	// cannot be decoded, and by Open for a database pebble finds damaged.
+	// Errors of pebble's that report damaged data (a block whose checksum
+	// does not match) do not wrap it: IsCorruption recognises both.
 	ErrCorrupt = errors.New("datastore: corrupt record")
 	// ErrInvalidID is returned when a record id is empty, contains '/' or is
 	// otherwise unusable as a key segment.
@@ -179,6 +182,14 @@ func Open(dir string, opts ...Option) (*DB, error) {
 		Logger:       pebbleLogger{l: logger},
 		MemTableSize: MemTableSize,
 	}
+	// pebble's default for a checksum mismatch found on a read is to end
+	// the process (through Fatalf): one damaged block then took the whole
+	// service down, at every start. The read itself fails with an error
+	// that IsCorruption recognises, which the caller handles (the queues
+	// skip the publication it held); here it is only logged.
+	popts.AddEventListener(pebble.EventListener{DataCorruption: func(info pebble.DataCorruptionInfo) {
+		logger.Error("on-disk corruption in the datastore", "component", "pebble", "file", info.Path, "keys", info.Bounds.String(), "err", info.Details)
+	}})
 	popts.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
 	popts.WithFSDefaults() // pebble's disk health checks, around noPreallocFS
 	dsopts := []pebbleds.Option{
@@ -191,6 +202,12 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	pds, err := pebbleds.NewDatastore(dir, dsopts...)
 	if err != nil {
 		removeOwner(dir)
+		if pebble.IsCorruptionError(err) {
+			// A damaged manifest or write-ahead log: pebble cannot
+			// reconstruct the database, and nothing here can repair it.
+			err = fmt.Errorf("%w: %s is damaged and cannot be opened (%w); restore it from a backup, or move it aside (for example to %s.damaged) to start with an empty one: everything it held (subscriptions, queued publications, peers, issued tokens, dead letters) is then gone", ErrCorrupt, dir, err, dir)
+			return nil, errors.Join(err, lock.Close())
+		}
 		return nil, errors.Join(fmt.Errorf("datastore: open %s: %w", dir, err), lock.Close())
 	}
 	wo := pebble.NoSync
@@ -454,10 +471,26 @@ func (d *DB) Close() error {
 // Get each (a Get builds and tears down an iterator over every level), and
 // is how a queue reads a backlog back.
 type SortedGetter interface {
-	// GetSorted calls fn(i, value) for each keys[i] in order; value is nil
-	// for a missing key and valid only during the call. keys must be in
-	// ascending byte order. An error from fn stops the read and is returned.
-	GetSorted(ctx context.Context, keys [][]byte, fn func(i int, value []byte) error) error
+	// GetSorted calls fn(i, value, nil) for each keys[i] in order; value
+	// is nil for a missing key and valid only during the call. keys must
+	// be in ascending byte order. A key whose data cannot be read because
+	// it is damaged (IsCorruption) is passed as fn(i, nil, err), and the
+	// read goes on with the next key; any other read error ends the read
+	// and is returned, as is an error from fn.
+	GetSorted(ctx context.Context, keys [][]byte, fn func(i int, value []byte, err error) error) error
+}
+
+// Scanner is implemented by the Batching of a pebble DB: an ordered scan of
+// a key range that reports a read error, unlike go-ds-pebble's Query,
+// which ends its results early without one when its iterator fails
+// (a damaged block looked like the end of the data).
+type Scanner interface {
+	// Scan calls fn for each key k with start <= k < end, in order, until
+	// fn returns an error (returned as is). key and value are valid only
+	// during the call. A read error ends the scan and is returned
+	// (IsCorruption for damaged data); a scan started again after the
+	// damaged part (a later start) goes on from there.
+	Scan(ctx context.Context, start, end []byte, fn func(key, value []byte) error) error
 }
 
 // SizedBatcher is implemented by the Batching of a pebble DB: a batch whose
@@ -533,29 +566,131 @@ func (b *sizedBatch) Commit(context.Context) error {
 	return nil
 }
 
-func (s pebbleBatching) GetSorted(ctx context.Context, keys [][]byte, fn func(int, []byte) error) error {
+func (s pebbleBatching) GetSorted(ctx context.Context, keys [][]byte, fn func(int, []byte, error) error) error {
 	if len(keys) == 0 {
 		return nil
 	}
 	upper := append(bytes.Clone(keys[len(keys)-1]), 0)
-	it, err := s.DB.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: keys[0], UpperBound: upper})
-	if err != nil {
-		return fmt.Errorf("datastore: read: %w", err)
-	}
-	for i, k := range keys {
+	var it *pebble.Iterator
+	var err error
+	for i := 0; i < len(keys) && err == nil; i++ {
+		k := keys[i]
+		if it == nil {
+			if it, err = s.DB.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: k, UpperBound: upper}); err != nil {
+				return fmt.Errorf("datastore: read: %w", err)
+			}
+		}
 		// Ascending seeks let pebble continue from the current position
 		// instead of searching every level again.
-		var val []byte
-		if it.SeekGE(k) && bytes.Equal(it.Key(), k) {
-			if val, err = it.ValueAndErr(); err != nil {
+		val, rerr := seekValue(it, k)
+		if rerr != nil && IsCorruption(rerr) {
+			// Continuing from the previous key may have stepped into a
+			// damaged block before this key's: ask a new iterator that
+			// starts at the key. A damaged block costs the keys in it,
+			// not those after (the failed iterator keeps its error, and
+			// Close returns it).
+			_ = it.Close()
+			if it, err = s.DB.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: k, UpperBound: upper}); err != nil {
+				return fmt.Errorf("datastore: read: %w", err)
+			}
+			if val, rerr = seekValue(it, k); rerr != nil && IsCorruption(rerr) {
+				_ = it.Close()
+				it, val = nil, nil
+			}
+		}
+		if rerr != nil {
+			rerr = fmt.Errorf("datastore: read %s: %w", k, rerr)
+			if !IsCorruption(rerr) {
+				err = rerr
 				break
 			}
 		}
-		if err = fn(i, val); err != nil {
+		err = fn(i, val, rerr)
+	}
+	if it != nil {
+		err = errors.Join(err, it.Close())
+	}
+	return err
+}
+
+// seekValue positions it at k and returns k's value (nil when missing).
+func seekValue(it *pebble.Iterator, k []byte) ([]byte, error) {
+	if !it.SeekGE(k) {
+		return nil, it.Error()
+	}
+	if !bytes.Equal(it.Key(), k) {
+		return nil, nil
+	}
+	return it.ValueAndErr()
+}
+
+func (s pebbleBatching) Scan(ctx context.Context, start, end []byte, fn func(key, value []byte) error) error {
+	it, err := s.DB.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: start, UpperBound: end})
+	if err != nil {
+		return fmt.Errorf("datastore: scan: %w", err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		val, verr := it.ValueAndErr()
+		if verr != nil {
+			err = fmt.Errorf("datastore: scan: read %s: %w", it.Key(), verr)
+			break
+		}
+		if err = fn(it.Key(), val); err != nil {
 			break
 		}
 	}
+	if err == nil {
+		if ierr := it.Error(); ierr != nil {
+			err = fmt.Errorf("datastore: scan: %w", ierr)
+		}
+	}
 	return errors.Join(err, it.Close())
+}
+
+// Query is go-ds-pebble's, but for the plain queries every caller makes (a
+// prefix, in key order or none): those are answered here, so that a read
+// error is returned rather than ending the results early as if the data
+// ended there (go-ds-pebble stops at a failed iterator step without
+// reporting its error).
+func (s pebbleBatching) Query(ctx context.Context, q query.Query) (query.Results, error) {
+	plain := len(q.Filters) == 0 && q.Limit == 0 && q.Offset == 0 && !q.ReturnsSizes &&
+		(len(q.Orders) == 0 || len(q.Orders) == 1 && isOrderByKey(q.Orders[0]))
+	if !plain {
+		return s.Datastore.Query(ctx, q)
+	}
+	prefix := ds.NewKey(q.Prefix).String()
+	if prefix != "/" {
+		prefix += "/"
+	}
+	var entries []query.Entry
+	err := s.Scan(ctx, []byte(prefix), prefixEnd(prefix), func(k, v []byte) error {
+		e := query.Entry{Key: string(k)}
+		if !q.KeysOnly {
+			e.Value = bytes.Clone(v)
+		}
+		entries = append(entries, e)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return query.ResultsWithEntries(q, entries), nil
+}
+
+func isOrderByKey(o query.Order) bool {
+	switch o.(type) {
+	case query.OrderByKey, *query.OrderByKey:
+		return true
+	}
+	return false
+}
+
+// IsCorruption reports whether err says that stored data is damaged: a
+// record that does not decode (ErrCorrupt), or data pebble found damaged
+// (a checksum mismatch in a table, a damaged log or manifest), rather than
+// a failure to read it (an I/O error, a closed database).
+func IsCorruption(err error) bool {
+	return err != nil && (errors.Is(err, ErrCorrupt) || pebble.IsCorruptionError(err))
 }
 
 // dirGone reports whether the database's directory is no longer the one

@@ -252,7 +252,7 @@ func TestGetSorted(t *testing.T) {
 	}
 	keys := [][]byte{[]byte("/q/00"), []byte("/q/01"), []byte("/q/02"), []byte("/q/03"), []byte("/q/04"), []byte("/q/09")}
 	var got []string
-	if err := sg.GetSorted(ctx, keys, func(i int, v []byte) error {
+	if err := sg.GetSorted(ctx, keys, func(i int, v []byte, _ error) error {
 		got = append(got, string(keys[i])+"="+string(v))
 		return nil
 	}); err != nil {
@@ -264,10 +264,10 @@ func TestGetSorted(t *testing.T) {
 	}
 	stop := errors.New("stop")
 	calls := 0
-	if err := sg.GetSorted(ctx, keys, func(int, []byte) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
+	if err := sg.GetSorted(ctx, keys, func(int, []byte, error) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
 		t.Fatalf("GetSorted with a failing callback = %v after %d calls, want stop after 1", err, calls)
 	}
-	if err := sg.GetSorted(ctx, nil, func(int, []byte) error { t.Fatal("called for no keys"); return nil }); err != nil {
+	if err := sg.GetSorted(ctx, nil, func(int, []byte, error) error { t.Fatal("called for no keys"); return nil }); err != nil {
 		t.Fatal(err)
 	}
 }

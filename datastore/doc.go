@@ -58,10 +58,21 @@
 // # Beyond go-datastore
 //
 // The pebble Batching also implements SortedGetter (many keys read in order
-// with one iterator) and SizedBatcher (a batch allocated at its final size,
-// whose batches implement RangeDeleter: one tombstone for a key range). The
-// queues use them when present and fall back to plain go-datastore calls on
-// the in-memory store.
+// with one iterator), Scanner (an ordered scan of a key range from any key)
+// and SizedBatcher (a batch allocated at its final size, whose batches
+// implement RangeDeleter: one tombstone for a key range). The queues use
+// them when present and fall back to plain go-datastore calls on the
+// in-memory store.
+//
+// # Damaged data
+//
+// A read of data pebble finds damaged (a table block whose checksum does
+// not match) fails with an error IsCorruption recognises; pebble's default
+// of ending the process then is replaced by an error log. Plain prefix
+// queries are answered by the Batching itself, so that such an error is
+// returned (go-ds-pebble's scan ends early without one), and GetSorted
+// reports a damaged key and goes on with the next. A database pebble
+// cannot open at all is refused with ErrCorrupt and what to do.
 //
 // The datastore returned by DB.Batching must not be used after DB.Close:
 // pebble treats use after close as a programming error.
