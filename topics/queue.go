@@ -66,8 +66,11 @@ var (
 	// are spent, and numbering more after them would not survive a restart
 	// (the log is replayed without the lost round). Restart the instance.
 	ErrStorageFailed = errors.New("topics: queue storage failed; restart the instance")
-	// ErrCorruptQueue is returned when a stored subscription, queue record
-	// or message cannot be decoded.
+	// ErrCorruptQueue is the cause logged for a stored subscription, queue
+	// record or message that cannot be decoded. Queues do not fail for it:
+	// a subscription whose records are damaged is dropped when the queues
+	// open, and a publication whose log entry is damaged is skipped and
+	// counted (QueueStatus.Corrupt).
 	ErrCorruptQueue = errors.New("topics: corrupt queue record")
 )
 
@@ -93,12 +96,16 @@ type Subscription struct {
 // QueueStatus is a snapshot of one subscription's queue.
 type QueueStatus struct {
 	Subscription
-	NextSeq       uint64    `json:"next_seq"`
-	Acked         uint64    `json:"acked"`
-	Depth         uint64    `json:"depth"`
-	Delivered     uint64    `json:"delivered"`
-	Redelivered   uint64    `json:"redelivered"`
-	Dropped       uint64    `json:"dropped"`
+	NextSeq     uint64 `json:"next_seq"`
+	Acked       uint64 `json:"acked"`
+	Depth       uint64 `json:"depth"`
+	Delivered   uint64 `json:"delivered"`
+	Redelivered uint64 `json:"redelivered"`
+	Dropped     uint64 `json:"dropped"`
+	// Corrupt counts the publications queued for the subscription that
+	// were lost because their stored log entry was damaged (unreadable):
+	// skipped, never delivered.
+	Corrupt       uint64    `json:"corrupt"`
 	LastDelivered time.Time `json:"last_delivered,omitempty"`
 }
 
@@ -248,7 +255,7 @@ type Queues struct {
 
 	// Totals since OpenQueues (see Totals), over every queue including
 	// removed ones; unlike the per-queue counters they are not persisted.
-	totDelivered, totRedelivered, totDropped atomic.Uint64
+	totDelivered, totRedelivered, totDropped, totCorrupt atomic.Uint64
 
 	// Log state, guarded by commitMu. refs[p-refBase] is the number of
 	// subscriptions that still need the entry at position p;
@@ -308,6 +315,9 @@ type queue struct {
 	sentMax       uint64 // highest sequence ever reported by MarkSent
 	cursor        uint64 // highest sequence reported by MarkSent since the last Resume
 	lastDelivered int64
+	corrupt       uint64   // publications lost to a damaged log entry (subMeta.corrupt)
+	corruptSeen   uint64   // highest sequence counted in corrupt
+	lost          []seqRun // sequences whose log entry is unreadable: Read skips them
 	pos           posIndex // log position of each sequence from cHead to cNext-1
 	mem           itemRing // most recent durable items, contiguous, ending at next-1
 	memBytes      int
@@ -509,24 +519,41 @@ func (qs *Queues) load(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("topics: list subscriptions: %w", err)
 	}
+	// A subscription whose record or state is damaged is dropped, with
+	// its records: without its pattern nothing can be routed to it, and
+	// without its state the sequences of what is queued for it are
+	// unknown, and numbering them afresh would make its subscriber take
+	// new publications for ones it processed. Its subscriber is told
+	// not_found when it next resumes, and subscribes again.
+	var garbage []ds.Key
+	dropped := 0
+	drop := func(key string, s Subscription, why error) {
+		dropped++
+		id := strings.TrimPrefix(key, subsNamespace+"/")
+		garbage = append(garbage, ds.RawKey(key))
+		if validateSubscription(Subscription{ID: id, Pattern: "x"}) == nil {
+			garbage = append(garbage, ds.RawKey(subMetaKey(id)))
+		}
+		qs.log.Error("subscription dropped: its stored record is damaged; what was queued for it is lost, and its subscriber must subscribe again (it is told when it next connects)",
+			"subscription", id, "subscriber", s.Subscriber, "pattern", s.Pattern, "key", key, "err", why)
+	}
 	for _, e := range entries {
 		var s Subscription
 		if err := json.Unmarshal(e.Value, &s); err != nil {
-			return fmt.Errorf("%w: %s: %w", ErrCorruptQueue, e.Key, err)
+			drop(e.Key, s, fmt.Errorf("%w: %w", ErrCorruptQueue, err))
+			continue
 		}
 		if err := validateSubscription(s); err != nil || subKey(s.ID) != e.Key {
-			return fmt.Errorf("%w: %s holds subscription %q that does not belong there", ErrCorruptQueue, e.Key, s.ID)
+			drop(e.Key, s, fmt.Errorf("%w: it holds subscription %q, which does not belong there", ErrCorruptQueue, s.ID))
+			continue
 		}
 		q := newQueue(s, 0)
-		qs.subs[s.ID] = q
 		if err := qs.trie.Insert(s.Pattern, q); err != nil {
-			return fmt.Errorf("%w: %s: %w", ErrCorruptQueue, e.Key, err)
+			drop(e.Key, s, fmt.Errorf("%w: %w", ErrCorruptQueue, err))
+			continue
 		}
+		qs.subs[s.ID] = q
 	}
-	qs.nsubs.Store(int64(len(qs.subs)))
-
-	// Subscription states.
-	var garbage []ds.Key
 	metas := make(map[*queue]subMeta, len(qs.subs))
 	floor := uint64(0) // nextPos must stay above every position a state names
 	res, err = qs.store.Query(ctx, query.Query{Prefix: subMetaPrefix})
@@ -545,9 +572,13 @@ func (qs *Queues) load(ctx context.Context) error {
 		}
 		m, err := decodeSubMeta(e.Value)
 		if err != nil {
-			return fmt.Errorf("%s: %w", e.Key, err)
+			delete(qs.subs, q.sub.ID)
+			qs.trie.Remove(q.sub.Pattern, q)
+			drop(subKey(q.sub.ID), q.sub, fmt.Errorf("its queue state %s: %w", e.Key, err))
+			continue
 		}
 		metas[q] = m
+		q.corrupt, q.corruptSeen = m.corrupt, m.corruptSeen
 		q.start = m.start
 		q.cNext = m.baseSeq + 1
 		q.cHead = m.baseSeq + 1
@@ -556,59 +587,144 @@ func (qs *Queues) load(ctx context.Context) error {
 
 	// The log, in position order: each entry's routing, replayed against
 	// the subscriptions' bases, gives every subscription its sequences.
-	res, err = qs.store.Query(ctx, query.Query{Prefix: logPrefix, Orders: []query.Order{query.OrderByKey{}}})
-	if err != nil {
-		return fmt.Errorf("topics: scan queue log: %w", err)
-	}
 	first := true
 	var pos uint64
 	var cnt uint32
+	var lostTo []string // subscriptions the damaged entry at pos counts for
+	damaged := false
 	route := func(q *queue) {
 		if m, ok := metas[q]; ok && q.start <= pos && pos > m.baseG {
+			if damaged {
+				q.addLost(q.cNext)
+				if q.cNext > m.corruptSeen {
+					// Counted once: a restart finds it again until the
+					// acks after it release it.
+					q.corrupt++
+					q.corruptSeen = q.cNext
+					qs.totCorrupt.Add(1)
+					qs.markDirty(q)
+				}
+				lostTo = append(lostTo, q.sub.ID)
+			}
 			q.pos.add(q.cNext, pos)
 			q.cNext++
 			cnt++
 		}
 	}
-	for {
-		r, ok := res.NextSync()
-		if !ok {
-			break
+	// A damaged entry whose routing is unknown counts for every
+	// subscription it may have been routed to. Numbered for one it was not
+	// routed to, it costs that subscription a gap in its sequences (and
+	// perhaps a rerun of publications after it that its subscriber had
+	// processed before the restart); left out of one it was routed to,
+	// every later publication would take a sequence its subscriber
+	// already processed, and be dropped there as a duplicate.
+	everyone := func() {
+		for _, q := range qs.subs {
+			route(q)
 		}
-		if r.Error != nil {
-			return errors.Join(fmt.Errorf("topics: scan queue log: %w", r.Error), res.Close())
-		}
-		p, ok := parseSeq(strings.TrimPrefix(r.Key, logPrefix))
-		if !ok || p == 0 || !first && p <= pos {
-			qs.log.Warn("deleting malformed queue log key", "key", r.Key)
-			garbage = append(garbage, ds.RawKey(r.Key))
-			continue
-		}
-		e, err := decodeEntry(r.Value, false)
-		if err != nil {
-			return errors.Join(fmt.Errorf("%s: %w", r.Key, err), res.Close())
+	}
+	// at takes the entry at position p (damaged: its routing is known only
+	// if e.routed); it reports false for a key out of order.
+	at := func(p uint64, key string, e *logEntry, cause error) bool {
+		if p == 0 || !first && p <= pos {
+			return false
 		}
 		if first {
 			qs.refBase, first = p, false
 		}
-		pos, cnt = p, 0
+		pos, cnt, lostTo, damaged = p, 0, lostTo[:0], cause != nil
 		qs.extendRefs(pos)
-		if e.listed {
+		switch {
+		case e == nil || !e.routed:
+			everyone()
+		case e.listed:
 			for _, id := range e.ids {
 				if q := qs.subs[id]; q != nil {
 					route(q)
 				}
 			}
-		} else {
+		default:
 			qs.trie.MatchFunc(e.Subject, route)
 		}
 		qs.refs = append(qs.refs, cnt)
 		if cnt == 0 {
-			garbage = append(garbage, ds.RawKey(r.Key))
+			garbage = append(garbage, ds.RawKey(key))
+		}
+		if damaged && len(lostTo) > 0 {
+			how := "routed to"
+			if e == nil || !e.routed {
+				how = "possibly routed to (its routing is unreadable too)"
+			}
+			slices.Sort(lostTo)
+			qs.log.Error("queued publication lost: its stored log entry is damaged and cannot be read; the subscriptions it was queued for skip it",
+				"position", p, "key", key, "subscriptions", describeIDs(lostTo), "routing", how, "err", cause)
+		}
+		return true
+	}
+	entry := func(key string, val []byte) {
+		p, ok := parseSeq(strings.TrimPrefix(key, logPrefix))
+		var e logEntry
+		var cause error
+		if ok {
+			if e, cause = decodeEntry(val, false); cause != nil {
+				cause = fmt.Errorf("%s: %w", key, cause)
+			}
+		}
+		if !ok || !at(p, key, &e, cause) {
+			qs.log.Warn("deleting malformed queue log key", "key", key)
+			garbage = append(garbage, ds.RawKey(key))
 		}
 	}
-	if err := res.Close(); err != nil {
-		return fmt.Errorf("topics: scan queue log: %w", err)
+	var holeEnd uint64 // 0, or the end of a damaged part of the log that runs past its last key
+	hole := func(from, to uint64, cause error) {
+		if to == maxLogPos {
+			// How far the damage reaches is unknown, and so are the
+			// entries it holds: every subscription may have lost some.
+			// A range deletion over it lets reads and new entries (logged
+			// above it) step over the damaged block.
+			holeEnd = max(from, pos+1)
+			for q := range metas {
+				q.corrupt++
+				qs.totCorrupt.Add(1)
+				qs.markDirty(q)
+			}
+			qs.log.Error("the queue log is damaged from this position on and cannot be read: the publications queued there are lost (how many is unknown); the subscriptions skip them",
+				"position", from, "key", string(appendLogKey(nil, from)), "err", cause)
+			return
+		}
+		for p := from; p <= to; p++ {
+			at(p, string(appendLogKey(nil, p)), nil, fmt.Errorf("position %d of the damaged log positions %d to %d: %w", p, from, to, cause))
+		}
+	}
+	if sc, ok := qs.store.(rangeScanner); ok {
+		if err := scanLog(ctx, sc, entry, hole); err != nil {
+			return fmt.Errorf("topics: scan queue log: %w", err)
+		}
+	} else {
+		res, err := qs.store.Query(ctx, query.Query{Prefix: logPrefix, Orders: []query.Order{query.OrderByKey{}}})
+		if err != nil {
+			return fmt.Errorf("topics: scan queue log: %w", err)
+		}
+		for {
+			r, ok := res.NextSync()
+			if !ok {
+				break
+			}
+			if r.Error != nil {
+				return errors.Join(fmt.Errorf("topics: scan queue log: %w", r.Error), res.Close())
+			}
+			entry(r.Key, r.Value)
+		}
+		if err := res.Close(); err != nil {
+			return fmt.Errorf("topics: scan queue log: %w", err)
+		}
+	}
+	if holeEnd > 0 {
+		// New entries are logged from holeEnd on, under the deletion.
+		pos = max(pos, holeEnd)
+		if err := qs.deleteLogFrom(ctx, holeEnd); err != nil {
+			return err
+		}
 	}
 	qs.nextPos = max(pos, floor) + 1
 	if first {
@@ -618,6 +734,7 @@ func (qs *Queues) load(ctx context.Context) error {
 
 	var fresh []*queue
 
+	qs.nsubs.Store(int64(len(qs.subs)))
 	for _, q := range qs.subs {
 		m, ok := metas[q]
 		if !ok {
@@ -1137,6 +1254,7 @@ type QueueTotals struct {
 	Delivered   uint64
 	Redelivered uint64
 	Dropped     uint64
+	Corrupt     uint64
 }
 
 // Totals returns what was delivered, redelivered and dropped since
@@ -1148,6 +1266,7 @@ func (qs *Queues) Totals() QueueTotals {
 		Delivered:   qs.totDelivered.Load(),
 		Redelivered: qs.totRedelivered.Load(),
 		Dropped:     qs.totDropped.Load(),
+		Corrupt:     qs.totCorrupt.Load(),
 	}
 }
 
@@ -1170,6 +1289,7 @@ func (qs *Queues) Status() []QueueStatus {
 			Delivered:    q.delivered,
 			Redelivered:  q.redelivered,
 			Dropped:      q.dropped,
+			Corrupt:      q.corrupt,
 		}
 		if q.next > q.head {
 			st.Depth = q.next - q.head
@@ -1636,7 +1756,8 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 			q.pos.trim(to)
 		}
 		meta := subMeta{start: q.start, baseSeq: q.cHead - 1, acked: q.acked, dropped: q.dropped,
-			delivered: q.delivered, redelivered: q.redelivered, sentMax: q.sentMax, lastDelivered: q.lastDelivered}
+			delivered: q.delivered, redelivered: q.redelivered, sentMax: q.sentMax, lastDelivered: q.lastDelivered,
+			corrupt: q.corrupt, corruptSeen: q.corruptSeen}
 		// Every sequence from acked+1 to head-1 was dropped. A restart
 		// brings back those at or above the stored base (a release held
 		// back by maxDeletesPerRound), and counts them when it drops them
@@ -1835,6 +1956,9 @@ func (q *queue) trimLocked() {
 	for q.mem.n > 0 && q.mem.at(0).Seq < q.head {
 		q.memBytes -= itemSize(q.mem.at(0))
 		q.mem.pop()
+	}
+	if len(q.lost) > 0 {
+		q.trimLost()
 	}
 }
 
@@ -2041,7 +2165,7 @@ func (qs *Queues) Read(id string, after uint64, maxItems, maxBytes int) ([]Item,
 // order more cheaply than one Get each (the pebble backend of package
 // datastore: one iterator instead of one per key).
 type sortedGetter interface {
-	GetSorted(ctx context.Context, keys [][]byte, fn func(i int, value []byte) error) error
+	GetSorted(ctx context.Context, keys [][]byte, fn func(i int, value []byte, err error) error) error
 }
 
 // rangeDeleter is implemented by batches that delete a key range with one
@@ -2100,9 +2224,14 @@ func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]I
 	var keyBuf []byte
 	bytes := 0
 	full := false
-	// add appends the entry of refs[i], read as val (nil: not found).
-	add := func(i int, val []byte) error {
+	// add appends the entry of refs[i], read as val (nil: not found), or
+	// skips it when the store says it is damaged (rerr).
+	add := func(i int, val []byte, rerr error) error {
 		r := refs[i]
+		if rerr != nil {
+			qs.lose(q, r.seq, r.pos, rerr)
+			return nil
+		}
 		if val == nil {
 			// Released meanwhile (acked, dropped, or the subscription
 			// removed), unless the datastore lost it.
@@ -2116,7 +2245,8 @@ func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]I
 		}
 		e, err := decodeEntry(val, true)
 		if err != nil {
-			return fmt.Errorf("topics: read %s: %w", keys[i], err)
+			qs.lose(q, r.seq, r.pos, fmt.Errorf("%s: %w", keys[i], err))
+			return nil
 		}
 		sz := len(e.Subject) + len(e.Data)
 		if len(out) > 0 && maxBytes > 0 && bytes+sz > maxBytes {
@@ -2136,7 +2266,11 @@ func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]I
 		refs = refs[:0]
 		q.mu.Lock()
 		start = max(start, q.head)
+		lost := len(q.lost) > 0
 		q.pos.each(start, q.next, func(seq, pos uint64) bool {
+			if lost && q.isLost(seq) {
+				return true // known unreadable: skipped
+			}
 			refs = append(refs, ref{seq, pos})
 			return len(refs) < want
 		})
@@ -2155,23 +2289,28 @@ func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]I
 		if sorted != nil {
 			// The store's value is only valid during the call, and
 			// decodeEntry aliases it: hand it a copy.
-			err = sorted.GetSorted(context.Background(), keys, func(i int, val []byte) error {
+			err = sorted.GetSorted(context.Background(), keys, func(i int, val []byte, rerr error) error {
 				if val != nil {
 					val = slices.Clone(val)
 				}
-				return add(i, val)
+				return add(i, val, rerr)
 			})
 		} else {
 			for i := range refs {
 				val, gerr := qs.store.Get(context.Background(), ds.RawKey(string(keys[i])))
-				if errors.Is(gerr, ds.ErrNotFound) {
-					val, gerr = nil, nil
-				}
-				if gerr != nil {
+				var rerr error
+				switch {
+				case errors.Is(gerr, ds.ErrNotFound):
+					val = nil
+				case unreadable(gerr):
+					val, rerr = nil, gerr
+				case gerr != nil:
 					err = gerr
+				}
+				if err != nil {
 					break
 				}
-				if err = add(i, val); err != nil {
+				if err = add(i, val, rerr); err != nil {
 					break
 				}
 			}
@@ -2268,7 +2407,9 @@ func (qs *Queues) Resume(id string, subscriberLast uint64) (uint64, error) {
 		// sent, between the ack watermark and head, which are counted in
 		// dropped already (as MarkSent counts). In the subscription's
 		// total only (not in Totals, which counts since this start).
-		q.sendable(q.sentMax+1, a, func(lo, hi uint64) { q.delivered += hi - lo + 1 })
+		q.sendable(q.sentMax+1, a, func(lo, hi uint64) {
+			q.notLost(lo, hi, func(lo, hi uint64) { q.delivered += hi - lo + 1 })
+		})
 		q.sentMax = a
 	}
 	changed := q.ackLocked(a)
@@ -2313,7 +2454,12 @@ func (qs *Queues) MarkSent(id string, seq uint64) {
 			qs.totDelivered.Add(n)
 		}
 	}
-	q.sendable(q.cursor+1, seq, count)
+	if len(q.lost) == 0 {
+		q.sendable(q.cursor+1, seq, count)
+	} else {
+		// Lost sequences were skipped, not sent.
+		q.sendable(q.cursor+1, seq, func(lo, hi uint64) { q.notLost(lo, hi, count) })
+	}
 	q.cursor = seq
 	q.sentMax = max(q.sentMax, seq)
 	q.lastDelivered = time.Now().UnixNano()

@@ -32,6 +32,10 @@ const (
 const (
 	logCodecV1     = 1
 	subMetaCodecV1 = 1
+	// subMetaCodecV2 is V1 with the corruption counters appended. A state
+	// whose counters are zero is written as V1, which coattail releases
+	// before V2 read too.
+	subMetaCodecV2 = 2
 )
 
 // Routing of a log entry: which subscriptions it was queued for.
@@ -140,6 +144,10 @@ type logEntry struct {
 	Message
 	listed bool
 	ids    []string // routeListed only
+	// routed: the routing decoded, even if the rest did not (a listed
+	// entry whose message is damaged): which subscriptions it was queued
+	// for is known.
+	routed bool
 }
 
 // decodeEntry decodes a value written by appendEntry. The returned Data
@@ -178,8 +186,12 @@ func decodeEntry(b []byte, skipIDs bool) (logEntry, error) {
 	default:
 		return e, fmt.Errorf("%w: unknown route kind %d", ErrCorruptQueue, b[1])
 	}
+	e.routed = e.listed && !skipIDs
 	m, err := decodeBody(b, p)
 	e.Message = m
+	if err == nil {
+		e.routed = true
+	}
 	return e, err
 }
 
@@ -230,27 +242,41 @@ type subMeta struct {
 	redelivered   uint64
 	sentMax       uint64
 	lastDelivered int64 // unix nanos, 0 if never
+	// corrupt counts the subscription's publications lost because their
+	// log entry was unreadable; corruptSeen is the highest sequence
+	// counted, so that one still stored is not counted again at a restart.
+	corrupt, corruptSeen uint64
 }
 
 // subMetaMaxLen is the longest encoding of a subMeta.
-const subMetaMaxLen = 1 + 8*binary.MaxVarintLen64 + binary.MaxVarintLen64
+const subMetaMaxLen = 1 + 10*binary.MaxVarintLen64 + binary.MaxVarintLen64
 
 // appendSubMeta appends the stored form of m:
 //
 //	version byte | uvarint start, baseG, baseSeq, acked, dropped, delivered,
-//	redelivered, sentMax | varint lastDelivered
+//	redelivered, sentMax | varint lastDelivered | V2: uvarint corrupt, corruptSeen
 func appendSubMeta(dst []byte, m *subMeta) []byte {
-	dst = append(dst, subMetaCodecV1)
+	v2 := m.corrupt != 0 || m.corruptSeen != 0
+	if v2 {
+		dst = append(dst, subMetaCodecV2)
+	} else {
+		dst = append(dst, subMetaCodecV1)
+	}
 	for _, v := range [...]uint64{m.start, m.baseG, m.baseSeq, m.acked, m.dropped, m.delivered, m.redelivered, m.sentMax} {
 		dst = binary.AppendUvarint(dst, v)
 	}
-	return binary.AppendVarint(dst, m.lastDelivered)
+	dst = binary.AppendVarint(dst, m.lastDelivered)
+	if v2 {
+		dst = binary.AppendUvarint(dst, m.corrupt)
+		dst = binary.AppendUvarint(dst, m.corruptSeen)
+	}
+	return dst
 }
 
 // decodeSubMeta decodes a value written by appendSubMeta.
 func decodeSubMeta(b []byte) (subMeta, error) {
 	var m subMeta
-	if len(b) == 0 || b[0] != subMetaCodecV1 {
+	if len(b) == 0 || b[0] != subMetaCodecV1 && b[0] != subMetaCodecV2 {
 		return m, fmt.Errorf("%w: unknown subscription state format", ErrCorruptQueue)
 	}
 	p := 1
@@ -263,10 +289,24 @@ func decodeSubMeta(b []byte) (subMeta, error) {
 		p += n
 	}
 	v, n := binary.Varint(b[p:])
-	if n <= 0 || p+n != len(b) {
+	if n <= 0 {
 		return m, fmt.Errorf("%w: truncated subscription state", ErrCorruptQueue)
 	}
+	p += n
 	m.lastDelivered = v
+	if b[0] == subMetaCodecV2 {
+		for _, f := range []*uint64{&m.corrupt, &m.corruptSeen} {
+			v, n := binary.Uvarint(b[p:])
+			if n <= 0 {
+				return m, fmt.Errorf("%w: truncated subscription state", ErrCorruptQueue)
+			}
+			*f = v
+			p += n
+		}
+	}
+	if p != len(b) {
+		return m, fmt.Errorf("%w: truncated subscription state", ErrCorruptQueue)
+	}
 	if m.start == 0 || m.baseG+1 < m.start {
 		return m, fmt.Errorf("%w: subscription state start %d, base %d", ErrCorruptQueue, m.start, m.baseG)
 	}

@@ -673,9 +673,15 @@ func TestQueueCorruptRecords(t *testing.T) {
 	if err := store.Put(ctx, ds.RawKey(subKey("s")), []byte("{not json")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenQueues(ctx, store, QueueOptions{}); !errors.Is(err, ErrCorruptQueue) {
+	// Dropped, not refused (TestDamagedSubscriptionDropped has more).
+	qs, err := OpenQueues(ctx, store, QueueOptions{})
+	if err != nil {
 		t.Fatalf("OpenQueues with corrupt subscription = %v", err)
 	}
+	if _, ok := qs.Subscription("s"); ok {
+		t.Fatal("the corrupt subscription was loaded")
+	}
+	_ = qs.Close()
 	if _, err := decodeSubMeta([]byte{9, 1, 2}); !errors.Is(err, ErrCorruptQueue) {
 		t.Fatalf("decodeSubMeta(bad version) = %v", err)
 	}

@@ -1,0 +1,264 @@
+package topics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/coattail/coattail/datastore"
+)
+
+// Damaged storage.
+//
+// A log entry that cannot be read (pebble reports a checksum mismatch in
+// the block that holds it, or its value does not decode) holds a
+// publication that is lost: nothing can deliver it. Its sequence is
+// recorded in the queue's lost runs, counted in QueueStatus.Corrupt and
+// logged as an error, and Read skips it, so that the publications queued
+// after it are delivered (the subscriber sees a gap in the sequences, as
+// after drop_oldest, and its next ack releases the entry). Only damage is
+// skipped: any other read error is returned, and the deliverer retries.
+
+// seqRun is the sequences lo to hi, inclusive.
+type seqRun struct{ lo, hi uint64 }
+
+// unreadable reports whether err says that a stored record is damaged,
+// rather than that it could not be read this time.
+func unreadable(err error) bool {
+	return errors.Is(err, ErrCorruptQueue) || datastore.IsCorruption(err)
+}
+
+func (q *queue) lostIndex(seq uint64) (int, bool) {
+	return slices.BinarySearchFunc(q.lost, seq, func(r seqRun, s uint64) int {
+		switch {
+		case r.hi < s:
+			return -1
+		case r.lo > s:
+			return 1
+		}
+		return 0
+	})
+}
+
+// isLost reports whether seq is lost. Called with q.mu held.
+func (q *queue) isLost(seq uint64) bool {
+	_, ok := q.lostIndex(seq)
+	return ok
+}
+
+// addLost records seq as lost and reports whether it was not already.
+// Called with q.mu held (or by load).
+func (q *queue) addLost(seq uint64) bool {
+	i, ok := q.lostIndex(seq)
+	if ok {
+		return false
+	}
+	switch {
+	case i > 0 && q.lost[i-1].hi+1 == seq:
+		q.lost[i-1].hi = seq
+		if i < len(q.lost) && q.lost[i].lo == seq+1 {
+			q.lost[i-1].hi = q.lost[i].hi
+			q.lost = slices.Delete(q.lost, i, i+1)
+		}
+	case i < len(q.lost) && q.lost[i].lo == seq+1:
+		q.lost[i].lo = seq
+	default:
+		q.lost = slices.Insert(q.lost, i, seqRun{seq, seq})
+	}
+	return true
+}
+
+// trimLost forgets the lost sequences that neither Read nor MarkSent can
+// meet again: below head (acked or dropped) and already reported sent.
+func (q *queue) trimLost() {
+	cut := min(q.head, q.cursor+1)
+	i := 0
+	for i < len(q.lost) && q.lost[i].hi < cut {
+		i++
+	}
+	if i == len(q.lost) {
+		q.lost = nil
+		return
+	}
+	q.lost = q.lost[i:]
+	if q.lost[0].lo < cut {
+		q.lost[0].lo = cut
+	}
+}
+
+// notLost calls fn with the parts of lo..hi that are not lost.
+func (q *queue) notLost(lo, hi uint64, fn func(lo, hi uint64)) {
+	for _, r := range q.lost {
+		if r.hi < lo {
+			continue
+		}
+		if r.lo > hi {
+			break
+		}
+		if r.lo > lo {
+			fn(lo, r.lo-1)
+		}
+		if r.hi >= hi {
+			return
+		}
+		lo = r.hi + 1
+	}
+	if lo <= hi {
+		fn(lo, hi)
+	}
+}
+
+// lose records that the log entry of q's sequence seq, at position pos,
+// cannot be read: the publication is skipped, counted and logged.
+func (qs *Queues) lose(q *queue, seq, pos uint64, cause error) {
+	q.mu.Lock()
+	if seq < q.head || q.removed.Load() || !q.addLost(seq) {
+		q.mu.Unlock()
+		return
+	}
+	q.corrupt++
+	q.corruptSeen = max(q.corruptSeen, seq)
+	total := q.corrupt
+	q.mu.Unlock()
+	qs.totCorrupt.Add(1)
+	qs.markDirty(q) // persist the counter
+	qs.log.Error("queued publication lost: its stored log entry is damaged and cannot be read; skipped, the publications after it are delivered",
+		"subscription", q.sub.ID, "subscriber", q.sub.Subscriber, "seq", seq, "position", pos,
+		"key", string(appendLogKey(nil, pos)), "corrupt", total, "err", cause)
+}
+
+// rangeScanner is implemented by stores that scan a key range reporting
+// read errors, and can be asked to start anywhere (package datastore's
+// pebble backend): a damaged part of the log is then stepped over.
+type rangeScanner interface {
+	Scan(ctx context.Context, start, end []byte, fn func(key, value []byte) error) error
+}
+
+// errStopScan ends a probe's scan at its first key.
+var errStopScan = errors.New("topics: stop scan")
+
+// maxLogPos is the largest position a log key can hold.
+const maxLogPos = ^uint64(0)
+
+// scanLog calls entry for every log key in order, and hole for each span
+// of positions the store could not read (damaged): positions from to to
+// (inclusive) may hold entries, which are lost. A hole whose end could not
+// be found (to == maxLogPos) runs to the end of the log.
+func scanLog(ctx context.Context, sc rangeScanner, entry func(key string, val []byte), hole func(from, to uint64, err error)) error {
+	end := []byte(queueNamespace + "/log0") // just above every log key
+	start := []byte(logPrefix)
+	var key []byte
+	for {
+		last, seen := uint64(0), false
+		err := sc.Scan(ctx, start, end, func(k, v []byte) error {
+			entry(string(k), v)
+			if p, ok := parseSeq(string(k[len(logPrefix):])); ok {
+				last, seen = p, true
+			}
+			return nil
+		})
+		if err == nil || !datastore.IsCorruption(err) {
+			return err
+		}
+		from := uint64(0)
+		if seen {
+			from = last + 1
+		} else if p, ok := parseSeq(string(start[len(logPrefix):])); ok {
+			from = p
+		}
+		// Find the first position from which the log reads again: a
+		// damaged block fails every seek into it and none beyond it, so
+		// the positions where a scan starts well are those above some
+		// boundary. Double the step until one reads, then bisect.
+		probe := func(p uint64) (bool, error) {
+			key = appendLogKey(key[:0], p)
+			err := sc.Scan(ctx, key, end, func([]byte, []byte) error { return errStopScan })
+			switch {
+			case err == nil || errors.Is(err, errStopScan):
+				return true, nil
+			case datastore.IsCorruption(err):
+				return false, nil
+			}
+			return false, err
+		}
+		bad, good := from, uint64(0) // bad fails (as the scan did); good reads, 0: none found
+		// Damage that reaches the end of the log (the last block of log
+		// keys in a table: its index sends every later log key there)
+		// costs one probe, not sixty-four.
+		if ok, perr := probe(maxLogPos); perr != nil {
+			return perr
+		} else if !ok {
+			hole(from, maxLogPos, err)
+			return nil
+		}
+		for step := uint64(1); ; step *= 2 {
+			p := bad + step
+			if p < bad || step == 1<<63 {
+				break // no position above reads
+			}
+			ok, perr := probe(p)
+			if perr != nil {
+				return perr
+			}
+			if ok {
+				good = p
+				break
+			}
+			bad = p
+		}
+		if good == 0 {
+			hole(from, maxLogPos, err)
+			return nil
+		}
+		for good-bad > 1 {
+			mid := bad + (good-bad)/2
+			ok, perr := probe(mid)
+			if perr != nil {
+				return perr
+			}
+			if ok {
+				good = mid
+			} else {
+				bad = mid
+			}
+		}
+		hole(from, good-1, err)
+		start = appendLogKey(nil, good)
+	}
+}
+
+// describeIDs renders subscription ids for a log line, at most a few.
+func describeIDs(ids []string) string {
+	const show = 8
+	if len(ids) <= show {
+		return fmt.Sprint(ids)
+	}
+	return fmt.Sprintf("%v and %d more", ids[:show], len(ids)-show)
+}
+
+// deleteLogFrom deletes every log entry from position from on, with one
+// range deletion where the store has them (the pebble backend: reads then
+// step over a damaged block under it instead of failing in it), else one
+// key at a time (what a scan finds).
+func (qs *Queues) deleteLogFrom(ctx context.Context, from uint64) error {
+	sb, ok := qs.store.(sizedBatcher)
+	if !ok {
+		return nil // no store without range deletions can have a damaged block
+	}
+	b, err := sb.SizedBatch(ctx, 2*logKeyLen+64)
+	if err != nil {
+		return fmt.Errorf("topics: delete the damaged queue log: %w", err)
+	}
+	rd, ok := b.(rangeDeleter)
+	if !ok {
+		return nil
+	}
+	if err := rd.DeleteRange(ctx, appendLogKey(nil, from), []byte(queueNamespace+"/log0")); err != nil {
+		return fmt.Errorf("topics: delete the damaged queue log: %w", err)
+	}
+	if err := b.Commit(ctx); err != nil {
+		return fmt.Errorf("topics: delete the damaged queue log: %w", err)
+	}
+	return nil
+}
