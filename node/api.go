@@ -559,7 +559,7 @@ func (n *Node) Status() localapi.Status {
 	// Since start, as the other counters are: the queues' own counters,
 	// persisted across restarts, are in subscribers list.
 	tot := n.queues.Totals()
-	s.Counters.Delivered, s.Counters.Redelivered, s.Counters.Dropped = tot.Delivered, tot.Redelivered, tot.Dropped
+	s.Counters.Delivered, s.Counters.Redelivered, s.Counters.Dropped, s.Counters.Corrupt = tot.Delivered, tot.Redelivered, tot.Dropped, tot.Corrupt
 	for _, q := range n.queues.Status() {
 		s.Queues = append(s.Queues, localapi.QueueStatus{SubscriptionID: q.ID, Depth: q.Depth, Delivered: q.Delivered})
 	}

@@ -745,7 +745,7 @@ func (n *Node) Subscribers() []localapi.Subscriber {
 	for _, q := range st {
 		v := localapi.Subscriber{ID: q.ID, Subscriber: q.Subscriber, Pattern: q.Pattern, TokenID: q.TokenID,
 			Receiver: q.Receiver, CreatedAt: q.CreatedAt, NextSeq: q.NextSeq, Acked: q.Acked, Depth: q.Depth,
-			Delivered: q.Delivered, Redelivered: q.Redelivered, Dropped: q.Dropped}
+			Delivered: q.Delivered, Redelivered: q.Redelivered, Dropped: q.Dropped, Corrupt: q.Corrupt}
 		if !q.LastDelivered.IsZero() {
 			t := q.LastDelivered
 			v.LastDelivered = &t

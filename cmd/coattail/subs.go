@@ -133,7 +133,15 @@ func newSubscribersCmd(a *app) *cobra.Command {
 					rows = append(rows, []string{s.ID, s.Subscriber, s.Pattern, s.TokenID, strconv.FormatUint(s.Depth, 10),
 						strconv.FormatUint(s.Delivered, 10), when(s.LastDelivered, "-"), streamPath(s.Connected, s.Path)})
 				}
-				return table(a.out, []string{"ID", "SUBSCRIBER", "PATTERN", "SUBSCRIBED WITH TOKEN", "QUEUE", "DELIVERED", "LAST DELIVERED", "CONNECTED"}, rows)
+				if err := table(a.out, []string{"ID", "SUBSCRIBER", "PATTERN", "SUBSCRIBED WITH TOKEN", "QUEUE", "DELIVERED", "LAST DELIVERED", "CONNECTED"}, rows); err != nil {
+					return err
+				}
+				for _, s := range subs {
+					if s.Corrupt > 0 {
+						fmt.Fprintf(a.err, "Warning: subscription %s lost %d queued publication(s): their stored entries were damaged (service.log has each)\n", s.ID, s.Corrupt)
+					}
+				}
+				return nil
 			})
 		},
 	}

@@ -72,6 +72,9 @@ type Counters struct {
 	Delivered   uint64 `json:"delivered"`
 	Redelivered uint64 `json:"redelivered"`
 	Dropped     uint64 `json:"dropped"`
+	// Corrupt counts queued publications lost because their stored log
+	// entry was damaged (see Subscriber.Corrupt).
+	Corrupt     uint64 `json:"corrupt"`
 	Received    uint64 `json:"received"`
 	Duplicates  uint64 `json:"duplicates"`
 	DeadLetters uint64 `json:"dead_letters"`
@@ -283,13 +286,17 @@ type Subscriber struct {
 	Connected  bool      `json:"connected"`
 	// Path is how the delivery stream reaches the subscriber while
 	// connected: "direct", or "relayed" through a circuit relay.
-	Path          string     `json:"path,omitempty"`
-	NextSeq       uint64     `json:"next_seq"`
-	Acked         uint64     `json:"acked"`
-	Depth         uint64     `json:"queue_depth"`
-	Delivered     uint64     `json:"delivered"`
-	Redelivered   uint64     `json:"redelivered"`
-	Dropped       uint64     `json:"dropped"`
+	Path        string `json:"path,omitempty"`
+	NextSeq     uint64 `json:"next_seq"`
+	Acked       uint64 `json:"acked"`
+	Depth       uint64 `json:"queue_depth"`
+	Delivered   uint64 `json:"delivered"`
+	Redelivered uint64 `json:"redelivered"`
+	Dropped     uint64 `json:"dropped"`
+	// Corrupt counts the publications queued for the subscription that
+	// were lost because their stored entry was damaged: skipped, never
+	// delivered (the service logs each as an error).
+	Corrupt       uint64     `json:"corrupt"`
 	LastDelivered *time.Time `json:"last_delivered,omitempty"`
 }
 
