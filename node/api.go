@@ -409,7 +409,8 @@ func requestError(r *http.Request, err error) *localapi.Error {
 	e := toAPIError(err)
 	if r.Context().Err() != nil && errors.Is(err, context.Canceled) {
 		c := *e
-		c.Message = "the service stopped before the request completed: " + c.Message
+		c.Message = "the service stopped before the request completed, so it may or may not have taken effect: " + c.Message
+		c.Interrupted = true
 		return &c
 	}
 	return e

@@ -310,13 +310,18 @@ func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.Publis
 		}
 		res, err := c.Publish(cmd.Context(), req)
 		if err != nil {
+			// No answer (the service went away), or the service stopped
+			// while it published (it may have queued the batch before it
+			// noticed): the batch may or may not have been stored, and
+			// publishing it again blindly could publish it twice.
 			var answered *localapi.Error
 			if !errors.As(err, &answered) {
-				// No answer (the service went away): the batch may or may
-				// not have been stored, and publishing it again blindly
-				// could publish it twice.
 				return fmt.Errorf("%d line(s) before stdin line %d were published; the batch of stdin lines %d-%d (%d line(s)) got no answer, so it may or may not have been published: %w",
 					published, first, first, last, len(req.Batch), err)
+			}
+			if answered.Interrupted {
+				return fmt.Errorf("%d line(s) before stdin line %d were published; the service stopped while it published the batch of stdin lines %d-%d (%d line(s)), so it may or may not have been published",
+					published, first, first, last, len(req.Batch))
 			}
 			return fmt.Errorf("%d line(s) before stdin line %d were published; the batch of stdin lines %d-%d was refused: %w", published, first, first, last, err)
 		}

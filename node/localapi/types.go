@@ -24,6 +24,10 @@ type Error struct {
 	Status  int    `json:"-"`
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// Interrupted is set when the service stopped while the request ran:
+	// what it had done by then (a publication queued, an action run) is
+	// unknown, as if no answer had come.
+	Interrupted bool `json:"interrupted,omitempty"`
 }
 
 func (e *Error) Error() string { return e.Message }
