@@ -15,6 +15,7 @@
 //
 //	Key                                        Value                               Owner
 //	/meta/schema-version                       decimal schema version ("1")        datastore
+//	/meta/peer-id                              peer id of the key the data is for  node
 //	/auth/tokens/<id>                          issued capability token record      auth
 //	/auth/validations/<id>                     imported validation token           auth
 //	/auth/revoked/<id>                         when a revoked token was revoked    auth

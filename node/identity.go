@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	ds "github.com/ipfs/go-datastore"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -20,6 +22,41 @@ import (
 // sequence number from one ignores the other's (its publications are
 // lost).
 var ErrIdentityInUse = errors.New("node: peer id in use by another service")
+
+// ErrIdentityMismatch is returned by New when the instance's identity key
+// is not the one its data was written with.
+var ErrIdentityMismatch = errors.New("node: the identity key does not match the instance's data")
+
+// peerIDKey records the peer id of the identity key an instance's data
+// was written with.
+var peerIDKey = ds.NewKey("/meta/peer-id")
+
+// checkDataIdentity makes sure db holds the data of peer id: it records
+// id in a datastore that does not say whose it is yet (a new instance, or
+// one from before the record existed), and refuses one written with
+// another identity key. Everything in data/ is bound to that key: the
+// tokens it issued are signed with it, subscriptions and peers know the
+// instance by its peer id. With another key in keys/ the service started
+// silently, its issued tokens listed as valid, and it queued publications
+// for subscribers that could never reach it.
+func checkDataIdentity(ctx context.Context, db ds.Batching, l Layout, id peer.ID) error {
+	b, err := db.Get(ctx, peerIDKey)
+	switch {
+	case errors.Is(err, ds.ErrNotFound):
+		if err := db.Put(ctx, peerIDKey, []byte(id.String())); err != nil {
+			return fmt.Errorf("node: record the instance's peer id: %w", err)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("node: read the instance's peer id: %w", err)
+	case string(b) == id.String():
+		return nil
+	}
+	return fmt.Errorf("%w: %s is peer %s, but %s was written by peer %s (with another identity key): the key was replaced, or data/ was copied from another instance. "+
+		"The tokens, subscriptions and peers in data/ are %s's and do not work with this key. Put %s's key back in %s, "+
+		"or, to give this instance the new identity, move %s aside (the instance then starts with no tokens, peers or subscriptions); see \"Rotate the identity key\" in docs/SECURITY.md",
+		ErrIdentityMismatch, l.IdentityKey(), id, l.Data(), b, b, b, l.IdentityKey(), l.Data())
+}
 
 // identityHolder is what a service writes in its identity lock file.
 type identityHolder struct {

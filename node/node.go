@@ -129,6 +129,10 @@ func New(o Options) (*Node, error) {
 		}
 		n.db, n.ownDB = db, true
 	}
+	if err := checkDataIdentity(context.Background(), n.db.Batching(), n.layout, id); err != nil {
+		n.closeDB()
+		return nil, err
+	}
 	n.auth, err = auth.NewAuthority(n.key, n.db.Batching())
 	if err != nil {
 		n.closeDB()
