@@ -1216,11 +1216,22 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 	qs.mu.Unlock()
 	for _, q := range victims {
 		q.mu.Lock()
+		var left uint64
+		if q.next > q.head {
+			left = q.next - q.head
+		}
 		q.wakeLocked()
 		q.mem.reset()
 		q.memBytes = 0
 		q.pos = posIndex{}
 		q.mu.Unlock()
+		if left > 0 {
+			// Counted nowhere else: the queue and its counters go with
+			// the subscription (why it was removed is logged by whoever
+			// removed it).
+			qs.log.Info("removed subscription's queue discarded: publications its subscriber had not acknowledged are not delivered",
+				"subscription", q.sub.ID, "subscriber", q.sub.Subscriber, "discarded", left)
+		}
 	}
 	for len(keys) > 0 {
 		n := min(len(keys), maxDeletesPerRound)

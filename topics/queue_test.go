@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -1683,4 +1684,36 @@ func TestRebindToken(t *testing.T) {
 			t.Fatalf("RemoveWhere(new token) = %+v, %v", removed, err)
 		}
 	})
+}
+
+// TestRemoveLogsDiscarded: removing a subscription whose queue still holds
+// publications its subscriber had not acknowledged says how many were
+// discarded (they were counted nowhere: dropped counts only what a full
+// queue drops, and the queue's counters go with it).
+func TestRemoveLogsDiscarded(t *testing.T) {
+	ctx := context.Background()
+	var logs bytes.Buffer
+	qs := openQueues(t, datastore.NewMemory().Batching(), QueueOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	addSub(t, qs, "s", "orders.>")
+	addSub(t, qs, "idle", "orders.>")
+	msgs := []Message{{Subject: "orders.a", Data: []byte(`1`)}, {Subject: "orders.a", Data: []byte(`2`)}, {Subject: "orders.a", Data: []byte(`3`)}}
+	if _, err := qs.Publish(ctx, msgs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := qs.Ack("idle", 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := qs.Ack("s", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := qs.RemoveWhere(ctx, func(Subscription) bool { return true }); err != nil {
+		t.Fatal(err)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "subscription=s ") || !strings.Contains(out, "discarded=2") {
+		t.Errorf("removing a queue with 2 unacknowledged publications logged:\n%s", out)
+	}
+	if strings.Contains(out, "subscription=idle ") {
+		t.Errorf("removing a drained queue logged a discard:\n%s", out)
+	}
 }
