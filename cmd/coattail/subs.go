@@ -221,37 +221,126 @@ with a hint on stderr. --data adds each publication's data to --json.`,
 	ls.Flags().IntVar(&limit, "limit", localapi.DefaultDeadLetterPage, "list at most this many (0: all)")
 	ls.Flags().StringVar(&after, "after", "", "list the dead letters after this id (the previous page's last, or \"next\" of --json)")
 	ls.Flags().BoolVar(&withData, "data", false, "include each publication's data (with --json)")
+	var all bool
+	var onlySub string
 	replay := &cobra.Command{
-		Use:   "replay <id>",
+		Use:   "replay <id> | --all [--subscription ID]",
 		Short: "Run the receiver again; on success the publication leaves the list",
-		Args:  oneID("dead letter id"),
+		Long: `Run a parked publication's receiver again; on success the publication leaves
+the list. --all replays every dead letter (of one subscription with
+--subscription), in id order (by subscription, then sequence), and stops at
+the first that fails again: the receiver is likely still broken, and the
+rest stay parked.`,
+		Args: idOrAll(&all, &onlySub),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
-				err := c.ReplayDeadLetter(cmd.Context(), args[0], func(l string) { fmt.Fprintln(a.err, safeText(l)) })
+				replayOne := func(id string) error {
+					return c.ReplayDeadLetter(cmd.Context(), id, func(l string) { fmt.Fprintln(a.err, safeText(l)) })
+				}
+				if !all {
+					if err := replayOne(args[0]); err != nil {
+						return err
+					}
+					fmt.Fprintf(a.out, "Replayed %s\n", args[0])
+					return nil
+				}
+				n, err := eachDeadLetter(cmd, c, onlySub, func(id string) error {
+					if err := replayOne(id); err != nil {
+						return fmt.Errorf("%s failed again (it stays parked, with those after it): %w", id, err)
+					}
+					fmt.Fprintf(a.out, "Replayed %s\n", id)
+					return nil
+				})
 				if err != nil {
-					return err
+					return fmt.Errorf("replayed %d dead letter(s); %w", n, err)
 				}
-				fmt.Fprintf(a.out, "Replayed %s\n", args[0])
+				fmt.Fprintf(a.out, "Replayed %d dead letter(s)\n", n)
 				return nil
 			})
 		},
 	}
+	replay.Flags().BoolVar(&all, "all", false, "replay every dead letter (of --subscription), stopping at the first that fails again")
+	replay.Flags().StringVar(&onlySub, "subscription", "", "with --all: only this subscription's dead letters")
+	var dropAll bool
+	var dropSub string
 	drop := &cobra.Command{
-		Use:   "drop <id>",
+		Use:   "drop <id> | --all [--subscription ID]",
 		Short: "Delete a parked publication",
-		Args:  oneID("dead letter id"),
+		Long: `Delete a parked publication (its receiver is not run). --all deletes every
+dead letter (of one subscription with --subscription).`,
+		Args: idOrAll(&dropAll, &dropSub),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
-				if err := c.DropDeadLetter(cmd.Context(), args[0]); err != nil {
-					return err
+				if !dropAll {
+					if err := c.DropDeadLetter(cmd.Context(), args[0]); err != nil {
+						return err
+					}
+					fmt.Fprintf(a.out, "Dropped %s\n", args[0])
+					return nil
 				}
-				fmt.Fprintf(a.out, "Dropped %s\n", args[0])
+				n, err := eachDeadLetter(cmd, c, dropSub, func(id string) error { return c.DropDeadLetter(cmd.Context(), id) })
+				if err != nil {
+					return fmt.Errorf("dropped %d dead letter(s); %w", n, err)
+				}
+				fmt.Fprintf(a.out, "Dropped %d dead letter(s)\n", n)
 				return nil
 			})
 		},
 	}
+	drop.Flags().BoolVar(&dropAll, "all", false, "delete every dead letter (of --subscription)")
+	drop.Flags().StringVar(&dropSub, "subscription", "", "with --all: only this subscription's dead letters")
 	cmd.AddCommand(ls, replay, drop)
 	return cmd
+}
+
+// idOrAll takes one dead letter id, or none with --all (and --subscription
+// only with --all).
+func idOrAll(all *bool, sub *string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		switch {
+		case *all && len(args) > 0:
+			return fmt.Errorf("give a dead letter id or --all, not both (see: %s --help)", cmd.CommandPath())
+		case cmd.Flags().Changed("subscription") && !*all:
+			return fmt.Errorf("--subscription goes with --all (see: %s --help)", cmd.CommandPath())
+		case cmd.Flags().Changed("subscription") && strings.TrimSpace(*sub) == "":
+			return fmt.Errorf("--subscription needs a subscription id (see: coattail subscriptions list)")
+		case *all:
+			return nil
+		}
+		return oneID("dead letter id")(cmd, args)
+	}
+}
+
+// eachDeadLetter calls fn with the id of every dead letter (of
+// subscription sub, when not empty), in id order, until fn fails, and
+// returns how many it handled. The list is read a page at a time, each
+// from the last id handled on: fn may delete what it was given.
+func eachDeadLetter(cmd *cobra.Command, c *node.Conn, sub string, fn func(id string) error) (int, error) {
+	n, after := 0, ""
+	if sub != "" {
+		// Ids are <subscription>.<sequence, 20 digits>: the subscription's
+		// first follows its sequence 0, which none has.
+		after = sub + ".00000000000000000000"
+	}
+	for {
+		page, err := c.DeadLetters(cmd.Context(), localapi.DeadLetterQuery{After: after, Limit: localapi.MaxDeadLetterPage})
+		if err != nil {
+			return n, err
+		}
+		for _, d := range page.DeadLetters {
+			if sub != "" && d.Subscription != sub {
+				return n, nil // past the subscription's
+			}
+			if err := fn(d.ID); err != nil {
+				return n, err
+			}
+			n++
+			after = d.ID
+		}
+		if !page.More || len(page.DeadLetters) == 0 {
+			return n, nil
+		}
+	}
 }
 
 // nextPageCommand is the command that lists the page after next: this
