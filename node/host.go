@@ -116,11 +116,14 @@ var connGrace = time.Minute
 // subscribers than network.conn_high would do that every grace period).
 func subscriptionTag(id string) string { return "coattail-sub:" + id }
 
-func buildHost(n *Node) (host.Host, error) {
+// buildHost makes the libp2p host, and returns its hole-punch service
+// (nil unless network.hole_punching), which libp2p keeps to itself
+// otherwise: repunch asks it for further attempts.
+func buildHost(n *Node) (host.Host, *holepunch.Service, error) {
 	nc := n.cfg.Network
 	cm, err := connmgr.NewConnManager(nc.ConnLow, nc.ConnHigh, connmgr.WithGracePeriod(connGrace))
 	if err != nil {
-		return nil, fmt.Errorf("node: connection manager: %w", err)
+		return nil, nil, fmt.Errorf("node: connection manager: %w", err)
 	}
 	if mem := MachineMemory(); mem.Cgroup {
 		attrs := []any{"cgroup_limit", humanize.IBytes(mem.Bytes), "machine", humanize.IBytes(mem.Machine)}
@@ -150,11 +153,11 @@ func buildHost(n *Node) (host.Host, error) {
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits),
 		append(connLimitOptions(nc, n.opts.Relay || nc.RelayServer, relayIPs), rcmgr.WithMetrics(rcmgrLog{log: n.log, noisy: n.noisy}))...)
 	if err != nil {
-		return nil, fmt.Errorf("node: resource manager: %w", err)
+		return nil, nil, fmt.Errorf("node: resource manager: %w", err)
 	}
 	announce, err := parseAnnounce(nc.Announce)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var relaySwarm atomic.Pointer[swarm.Swarm] // for staticRelaySource
 	opts := []libp2p.Option{
@@ -176,8 +179,14 @@ func buildHost(n *Node) (host.Host, error) {
 	if nc.PortMapping {
 		opts = append(opts, libp2p.NATPortMap())
 	}
+	var hps *holepunch.Service
 	if nc.HolePunch {
-		opts = append(opts, libp2p.EnableHolePunching())
+		// An option is handed the service libp2p creates: the only way
+		// to reach it from outside the host.
+		opts = append(opts, libp2p.EnableHolePunching(func(s *holepunch.Service) error {
+			hps = s
+			return nil
+		}))
 	}
 	if nc.AutoNAT {
 		opts = append(opts, libp2p.EnableAutoNATv2(), libp2p.EnableNATService())
@@ -192,7 +201,7 @@ func buildHost(n *Node) (host.Host, error) {
 		// and AutoRelay strove for a reservation on each "relay".
 		static, err := nc.StaticRelays()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		opts = append(opts, libp2p.EnableAutoRelayWithPeerSource(staticRelaySource(static, &relaySwarm), staticRelayOptions(len(static))...))
 	}
@@ -200,19 +209,19 @@ func buildHost(n *Node) (host.Host, error) {
 		return fmt.Errorf("%w: %v (another program, or another instance, uses the port in network.listen of %s)", ErrPortInUse, err, n.layout.Config())
 	}
 	if err := probeListen(nc.Listen); err != nil {
-		return nil, portInUse(err)
+		return nil, nil, portInUse(err)
 	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use") {
-			return nil, portInUse(err)
+			return nil, nil, portInUse(err)
 		}
-		return nil, fmt.Errorf("node: start libp2p host: %w", err)
+		return nil, nil, fmt.Errorf("node: start libp2p host: %w", err)
 	}
 	if sw, ok := h.Network().(*swarm.Swarm); ok {
 		relaySwarm.Store(sw)
 	}
-	return h, nil
+	return h, hps, nil
 }
 
 // How AutoRelay retries the static relays (docs/NAT.md, "A relay that was
@@ -485,7 +494,7 @@ func kickAutoRelay(h host.Host) error {
 }
 
 func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
-	h, err := buildHost(n)
+	h, hps, err := buildHost(n)
 	if err != nil {
 		return nil, err
 	}
@@ -531,6 +540,12 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 		go func() {
 			defer nw.handlers.End()
 			nw.nudger(nw.handlers.ctx)
+		}()
+	}
+	if hps != nil && nw.handlers.Begin() {
+		go func() {
+			defer nw.handlers.End()
+			nw.repunch(nw.handlers.ctx, hps)
 		}()
 	}
 	n.auth.OnRevoke(nw.sess.revoke)
