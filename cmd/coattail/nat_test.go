@@ -62,12 +62,12 @@ type natLab struct {
 	prefix string
 }
 
-func newNATLab(t *testing.T, kind string) *natLab {
+func newNATLab(t *testing.T, kind, tag string) *natLab {
 	t.Helper()
 	requireNATLab(t)
-	// Unique per process and kind, so parallel tests and a lab a developer
-	// left up never collide.
-	l := &natLab{t: t, prefix: fmt.Sprintf("ct%d%c", os.Getpid()%1000000, kind[0])}
+	// Unique per process, kind and tag, so parallel tests and a lab a
+	// developer left up never collide.
+	l := &natLab{t: t, prefix: fmt.Sprintf("ct%d%c%s", os.Getpid()%1000000, kind[0], tag)}
 	t.Cleanup(func() {
 		if out, err := l.script("down"); err != nil {
 			t.Errorf("natlab down: %v\n%s", err, out)
@@ -210,6 +210,15 @@ type natOptions struct {
 	// (a NAT that forgot its mappings, or rebooted), and check that the
 	// subscription delivers again within mappingLostWithin.
 	mappingLost bool
+	// outage: then router A's uplink goes down and comes back with the
+	// routers dropping direct packets between them (stale state), so that
+	// the hole punch on the relayed connection made meanwhile fails; once
+	// it has, direct packets pass again, and the pair must be direct again
+	// within outageDirectWithin with every publication delivered once.
+	outage bool
+	// labTag tells this test's lab apart from another test's of the same
+	// kind.
+	labTag string
 }
 
 // mappingLostWithin bounds recovery after a NAT forgot its mappings: well
@@ -220,7 +229,7 @@ const mappingLostWithin = 20 * time.Second
 // natFlow is the user's story across NAT: B adds a token from A, performs
 // A's action remotely, subscribes to it and receives every publication.
 func natFlow(t *testing.T, o natOptions) {
-	lab := newNATLab(t, o.kind)
+	lab := newNATLab(t, o.kind, o.labTag)
 
 	relay := natInstance(t, "relay")
 	for k, v := range o.relayConfig {
@@ -231,6 +240,13 @@ func natFlow(t *testing.T, o natOptions) {
 
 	a := natInstance(t, "a", relayAddr)
 	b := natInstance(t, "b", relayAddr)
+	if o.outage {
+		// libp2p's hole-punch log (debug) tells when its own attempts
+		// on a relayed connection have failed.
+		for _, i := range []*instance{a, b} {
+			i.env = append(i.env, "GOLOG_LOG_LEVEL=p2p-holepunch=debug")
+		}
+	}
 	a.writeScript("actions", "orders.created", "exec cat\n")
 	b.writeScript("receivers", "orders.log",
 		`id=$(cat | sed -n 's/.*"id":\([0-9]*\).*/\1/p')`+"\n"+
@@ -345,6 +361,10 @@ func natFlow(t *testing.T, o natOptions) {
 	publish(o.publications+1, o.publications+3)
 	waitAll(o.publications + 3)
 
+	if o.outage {
+		natOutage(t, lab, a, b, aID, o.publications+3, publish, waitAll)
+	}
+
 	if o.restart {
 		last := o.publications + 3
 		for _, victim := range []struct {
@@ -405,6 +425,155 @@ func natFlow(t *testing.T, o natOptions) {
 func TestNATCone(t *testing.T) {
 	t.Parallel()
 	natFlow(t, natOptions{kind: "cone", publications: 5, want: "direct", restart: true})
+}
+
+// TestNATConeOutage: after router A's uplink was down, the routers' stale
+// state (modelled here by dropping direct packets between them for a
+// while) makes libp2p's hole punch on the new relayed connection fail.
+// libp2p never tries again on that connection, which stayed relayed up to
+// the relay's duration limit (1h); Coattail tries again, so the
+// pair is direct again soon after direct packets pass, and the
+// subscription moves to it without losing or repeating a publication.
+func TestNATConeOutage(t *testing.T) {
+	t.Parallel()
+	if !haveSS(t) {
+		return
+	}
+	natFlow(t, natOptions{kind: "cone", labTag: "o", publications: 3, want: "direct", outage: true})
+}
+
+// outageDirectWithin bounds how long after hole punching can work again
+// the pair must be direct: Coattail's first retry comes 30 s after the
+// pair is seen reached only through the relay (a scan every 5 s), and the
+// relay's limit would have kept it relayed for an hour.
+const outageDirectWithin = 45 * time.Second
+
+// natOutage is TestNATConeOutage's fault and recovery (natOptions.outage).
+// last is the last publication published so far.
+func natOutage(t *testing.T, lab *natLab, a, b *instance, aID string, last int, publish func(from, to int), waitAll func(to int)) {
+	wan := map[string]string{"ra": "192.0.0.194", "rb": "192.0.0.195"}
+	other := map[string]string{"ra": wan["rb"], "rb": wan["ra"]}
+	inNS := func(node string, args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", lab.ns(node)}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%s in %s: %v\n%s", strings.Join(args, " "), node, err, out)
+		}
+	}
+	// stale drops (op -I) or lets through again (-D) every packet between
+	// the two routers' public addresses, both ways, on both routers:
+	// what a router that still holds the state of the connections it
+	// carried before an outage does to a new hole punch on the same
+	// ports, made sure. The relay's traffic is not touched. Dropped in
+	// FORWARD, no packet leaves conntrack state behind.
+	stale := func(op string) {
+		for r, o := range other {
+			inNS(r, "iptables", op, "FORWARD", "-s", o, "-j", "DROP")
+			inNS(r, "iptables", op, "FORWARD", "-d", o, "-j", "DROP")
+		}
+	}
+	punchFailures := func() int {
+		n := 0
+		for _, i := range []*instance{a, b} {
+			log, _ := os.ReadFile(i.path("service.log"))
+			n += strings.Count(string(log), "all retries for hole punch")
+		}
+		return n
+	}
+	failedBefore := punchFailures()
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, i := range []*instance{a, b} {
+			log, _ := os.ReadFile(i.path("service.log"))
+			lines := strings.Split(strings.TrimSpace(string(log)), "\n")
+			t.Logf("== %s's service.log, last lines:\n%s", i.name, strings.Join(lines[max(0, len(lines)-60):], "\n"))
+		}
+	})
+
+	stale("-I")
+	t.Cleanup(func() {
+		for r, o := range other {
+			for _, d := range []string{"-s", "-d"} {
+				_ = exec.Command("ip", "netns", "exec", lab.ns(r), "iptables", "-D", "FORWARD", d, o, "-j", "DROP").Run()
+			}
+		}
+	})
+	inNS("ra", "ip", "link", "set", "wan", "down")
+	// Every connection through router A is lost with its uplink: A's to
+	// the relay (and the circuits in it) and the direct one to B. Their
+	// ends would learn that from keep-alive in about 40 s; the test
+	// aborts them at once, on A, on the relay and on B (the resets go
+	// nowhere).
+	inNS("a", "ss", "-K", "-t", "dst", "192.0.0.192/26")
+	inNS("pub", "ss", "-K", "-t", "dst", wan["ra"])
+	inNS("b", "ss", "-K", "-t", "dst", wan["ra"])
+	time.Sleep(2 * time.Second)
+	inNS("ra", "ip", "link", "set", "wan", "up")
+
+	// The subscription comes back through the relay, and libp2p's hole
+	// punch on that connection fails.
+	publish(last+1, last+3)
+	last += 3
+	waitAll(last)
+	checkFor(t, natTimeout, func() error {
+		if p := b.natPeer(aID); !p.Connected || p.Connection != "relayed" {
+			return fmt.Errorf("during the outage's aftermath, B's connection to A is %q (connected %v, via %v), want relayed", p.Connection, p.Connected, p.RemoteAddrs)
+		}
+		if n := punchFailures(); n <= failedBefore {
+			return fmt.Errorf("libp2p's hole punch on the relayed connection has not failed yet (%d failures logged)", n)
+		}
+		return nil
+	})
+	stale("-D")
+	start := time.Now()
+	// Deliveries go on, relayed, then on the direct connection.
+	publish(last+1, last+3)
+	last += 3
+	var p natPeer
+	checkFor(t, outageDirectWithin, func() error {
+		p = b.natPeer(aID)
+		if !p.Connected || p.Connection != "direct" {
+			return fmt.Errorf("%v after hole punching can work again, B's connection to A is %q (connected %v, via %v), want direct", time.Since(start).Round(time.Second), p.Connection, p.Connected, p.RemoteAddrs)
+		}
+		return nil
+	})
+	t.Logf("cone NAT after an outage: direct again %v after hole punching could work, via %v", time.Since(start).Round(time.Millisecond), p.RemoteAddrs)
+	checkFor(t, natTimeout, func() error {
+		var subs []struct {
+			Connected bool   `json:"connected"`
+			Path      string `json:"path"`
+		}
+		b.decodeJSON(b.mustRun("subscriptions", "list", "--json"), &subs)
+		if len(subs) != 1 || !subs[0].Connected || subs[0].Path != "direct" {
+			return fmt.Errorf("B's subscriptions: %+v, want one connected direct", subs)
+		}
+		return nil
+	})
+	publish(last+1, last+3)
+	last += 3
+	// Every publication once (received fails on a duplicate), none lost.
+	waitAll(last)
+	got, err := received(t, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != last {
+		t.Fatalf("B's receiver has %d publications, want %d", len(got), last)
+	}
+}
+
+// haveSS reports whether ss (iproute2; to abort connections) is
+// installed, skipping the test (failing it under
+// COATTAIL_REQUIRE_NAT_TESTS) when not.
+func haveSS(t *testing.T) bool {
+	if _, err := exec.LookPath("ss"); err != nil {
+		if os.Getenv("COATTAIL_REQUIRE_NAT_TESTS") != "" {
+			t.Fatalf("NAT lab: ss is not installed (apt-get install -y iproute2)")
+		}
+		t.Skip("NAT lab: ss is not installed (apt-get install -y iproute2)")
+	}
+	return true
 }
 
 // TestNATSymmetric: behind two NATs that randomise ports, hole punching
