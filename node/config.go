@@ -244,6 +244,31 @@ func LoadConfig(path string) (Config, error) {
 	return ParseConfig(path, b)
 }
 
+// ConfigSetsNothing reports whether the config file at path sets no key
+// at all (empty, or comments only): every setting then takes its default,
+// which listens on every interface and asks the router for a port mapping.
+// An unreadable or invalid file is not "nothing" (LoadConfig says why).
+func ConfigSetsNothing(path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return false
+	}
+	if doc.Kind == 0 || emptyDocument(&doc) {
+		return true // no document at all: an empty or comment-only file
+	}
+	return len(doc.Content) == 1 && doc.Content[0].Kind == yaml.MappingNode && len(doc.Content[0].Content) == 0
+}
+
+// EmptyConfigWarning says what a config file that sets nothing means.
+func EmptyConfigWarning(l Layout) string {
+	return fmt.Sprintf("%s sets nothing, so every setting takes its default: listening on every interface (port %d, TCP and QUIC) and asking the router for a port mapping, so other machines can reach this instance; "+
+		"if that is not meant, write the settings (coattail new --loopback writes a config for this machine only)", l.Config(), DefaultPort)
+}
+
 // emptyDocument reports whether n is a YAML document with no content, or
 // only a null.
 func emptyDocument(n *yaml.Node) bool {

@@ -120,6 +120,16 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		return err
 	}
 	defer logFile.Close()
+	if ConfigSetsNothing(l.Config()) {
+		// A truncated or emptied file (a --loopback instance's) would
+		// otherwise make the instance reachable from other machines
+		// without a word.
+		msg := EmptyConfigWarning(l)
+		logger.Warn(msg)
+		if o.Notice != nil {
+			o.Notice("warning: " + msg)
+		}
+	}
 	id, err := peer.IDFromPrivateKey(key)
 	if err != nil {
 		return fmt.Errorf("node: peer id: %w", err)

@@ -81,6 +81,7 @@ func newRootCmd(a *app) *cobra.Command {
 		newVersionCmd(a),
 		newNewCmd(a),
 		newServiceCmd(a),
+		newConfigCmd(a),
 		newActionCmd(a),
 		newTokenCmd(a),
 		newValidationCmd(a),
