@@ -181,7 +181,7 @@ func (n *Node) Handler(stop func()) http.Handler {
 		return n.ShowPeer(r.Context(), canonicalPeer(r.PathValue("id")))
 	})
 	route("DELETE "+p+"/peers/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
-		return struct{}{}, n.RemovePeer(r.Context(), canonicalPeer(r.PathValue("id")))
+		return n.RemovePeerResult(r.Context(), canonicalPeer(r.PathValue("id")))
 	})
 	route("POST "+p+"/subscriptions", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		var req localapi.SubscribeRequest

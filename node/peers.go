@@ -298,19 +298,26 @@ func (n *Node) changePeer(id string, change func() error) error {
 
 // RemovePeer forgets a peer and closes connections to it.
 func (n *Node) RemovePeer(ctx context.Context, id string) error {
+	_, err := n.RemovePeerResult(ctx, id)
+	return err
+}
+
+// RemovePeerResult is RemovePeer, saying which of the subscriptions held
+// at the peer the peer could not be told had ended.
+func (n *Node) RemovePeerResult(ctx context.Context, id string) (localapi.RemovedPeer, error) {
 	if _, err := n.peerRecord(ctx, id); errors.Is(err, ErrUnknownPeer) {
-		return fmt.Errorf("%w %s: it is not added here, so there is nothing to remove (see: coattail peer list)", ErrUnknownPeer, id)
+		return localapi.RemovedPeer{}, fmt.Errorf("%w %s: it is not added here, so there is nothing to remove (see: coattail peer list)", ErrUnknownPeer, id)
 	} else if err != nil {
-		return err
+		return localapi.RemovedPeer{}, err
 	}
-	n.removePeerSubscriptions(ctx, id)
+	untold := n.removePeerSubscriptions(ctx, id)
 	if err := n.changePeer(id, func() error {
 		if err := n.peers.Delete(ctx, id); err != nil {
 			return err
 		}
 		return n.db.Sync(ctx, n.peers.Namespace())
 	}); err != nil {
-		return err
+		return localapi.RemovedPeer{}, err
 	}
 	if n.host != nil {
 		if pid, err := peer.Decode(id); err == nil {
@@ -318,8 +325,8 @@ func (n *Node) RemovePeer(ctx context.Context, id string) error {
 			_ = n.host.Network().ClosePeer(pid)
 		}
 	}
-	n.log.Info("peer removed", "peer", id)
-	return nil
+	n.log.Info("peer removed", "peer", id, "subscriptions_untold", len(untold))
+	return localapi.RemovedPeer{Untold: untold}, nil
 }
 
 // open opens an authorized stream to an added peer. A non-nil req is sent

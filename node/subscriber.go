@@ -1118,10 +1118,10 @@ func (nw *netsvc) handleRevokeNotice(st network.Stream, p peer.ID) {
 // told about one, the others are only forgotten here: a peer that cannot
 // be reached would otherwise cost a dial timeout per subscription (its
 // leftovers go when it next nudges: we answer that we hold none).
-func (n *Node) removePeerSubscriptions(ctx context.Context, id string) {
+func (n *Node) removePeerSubscriptions(ctx context.Context, id string) (untold []string) {
 	subs, err := n.subscriber.subs.List(ctx)
 	if err != nil {
-		return
+		return nil
 	}
 	reachable := true
 	for _, sub := range subs {
@@ -1129,9 +1129,13 @@ func (n *Node) removePeerSubscriptions(ctx context.Context, id string) {
 			if reachable && n.remoteUnsubscribe(ctx, sub) != nil {
 				reachable = false
 			}
+			if !reachable {
+				untold = append(untold, sub.ID)
+			}
 			n.subscriber.forget(ctx, sub.ID)
 		}
 	}
+	return untold
 }
 
 // deadLetterDataBudget is how many bytes of publications' data, as the

@@ -110,15 +110,21 @@ func TestNudgeRemovesSubscriptionTheSubscriberForgot(t *testing.T) {
 	ctx := testCtx(t)
 	sub := open(false)
 	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"o.>"}})
-	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "o.>", Receiver: "rec"}); err != nil {
+	made, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "o.>", Receiver: "rec"})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := sub.Close(); err != nil {
 		t.Fatal(err)
 	}
 	off := open(true)
-	if err := off.RemovePeer(ctx, pid); err != nil { // the publisher cannot be told
+	removed, err := off.RemovePeerResult(ctx, pid)
+	if err != nil {
 		t.Fatal(err)
+	}
+	// The publisher cannot be told, and the answer says so.
+	if len(removed.Untold) != 1 || removed.Untold[0] != made.ID {
+		t.Errorf("RemovePeerResult offline: untold %v, want [%s]", removed.Untold, made.ID)
 	}
 	if err := off.Close(); err != nil {
 		t.Fatal(err)

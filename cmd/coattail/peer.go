@@ -232,10 +232,15 @@ both ends, and replaces the token.`,
 				return err
 			}
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
-				if err := c.RemovePeer(cmd.Context(), rmID); err != nil {
+				res, err := c.RemovePeer(cmd.Context(), rmID)
+				if err != nil {
 					return err
 				}
 				fmt.Fprintf(a.out, "Removed peer %s\n", rmID)
+				if len(res.Untold) > 0 {
+					fmt.Fprintf(a.err, "The peer could not be told that %d subscription(s) held there ended (%s); it removes them when it next reaches this instance.\n",
+						len(res.Untold), safeText(strings.Join(res.Untold, ", ")))
+				}
 				return nil
 			})
 		},

@@ -76,7 +76,7 @@ func TestControlClientAnswerLimit(t *testing.T) {
 	if _, err := c.Subscriptions(testCtx(t)); !errors.Is(err, localapi.ErrAnswerTooLarge) || !strings.Contains(err.Error(), "/v1/subscriptions") {
 		t.Errorf("answer over MaxAnswer bytes: %v; want ErrAnswerTooLarge naming the route", err)
 	}
-	if err := c.RemovePeer(testCtx(t), "x"); !errors.Is(err, localapi.ErrAnswerTooLarge) {
+	if _, err := c.RemovePeer(testCtx(t), "x"); !errors.Is(err, localapi.ErrAnswerTooLarge) {
 		t.Errorf("discarded answer over MaxAnswer bytes: %v; want ErrAnswerTooLarge", err)
 	}
 	if _, err := c.Perform(testCtx(t), localapi.PerformRequest{Action: "a"}, nil); !errors.Is(err, localapi.ErrAnswerTooLarge) {

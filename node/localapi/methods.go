@@ -120,8 +120,9 @@ func (c *Client) Peer(ctx context.Context, id string) (Peer, error) {
 }
 
 // RemovePeer forgets a peer.
-func (c *Client) RemovePeer(ctx context.Context, id string) error {
-	return c.Do(ctx, http.MethodDelete, "/peers/"+segment(id), nil, nil)
+func (c *Client) RemovePeer(ctx context.Context, id string) (RemovedPeer, error) {
+	var out RemovedPeer
+	return out, c.Do(ctx, http.MethodDelete, "/peers/"+segment(id), nil, &out)
 }
 
 // Subscribe subscribes a local receiver to a pattern at a peer.

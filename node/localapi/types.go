@@ -43,6 +43,16 @@ const (
 	CodeInternal    = "internal"
 )
 
+// RemovedPeer is the answer to a peer removal.
+type RemovedPeer struct {
+	// Untold are the ids of the subscriptions this instance held at the
+	// peer that the peer could not be told had ended (it was unreachable,
+	// or the service is stopped): they are ended here, and the peer
+	// removes them when it next reaches this instance and learns they
+	// are gone. Left out when none.
+	Untold []string `json:"untold,omitempty"`
+}
+
 // Status describes a running (or offline) instance.
 type Status struct {
 	PID         int           `json:"pid"`
