@@ -196,3 +196,49 @@ func TestEmbedRegisterNilHandler(t *testing.T) {
 		t.Error("RegisterReceiver(name, nil) = nil; want an error")
 	}
 }
+
+// A program that restarts and registers its in-process receiver a few
+// seconds after Start (slow initialisation between the two) finds the
+// publications queued meanwhile parked as dead letters ("no receiver"):
+// stored subscriptions start delivering at Start, and a receiver not
+// registered yet counts as a failing one. Nothing says receivers must be
+// registered before Start.
+func TestEmbedReceiverRegisteredAfterStartLosesNothing(t *testing.T) {
+	ctx := testCtx(t)
+	pub := newTestNode(t)
+	_, open := reopenable(t)
+	var runs atomic.Int64
+	h := func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) { runs.Add(1); return nil, nil }
+	sub := open(false, func(n *node.Node) { _ = n.RegisterReceiver("rec", h) })
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"p.>"}})
+	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "p.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := pub.Publish(ctx, "p.a", json.RawMessage(`1`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub = open(false, nil)
+	t.Cleanup(func() { _ = sub.Close() })
+	time.Sleep(5 * time.Second) // the program initialises something else
+	if err := sub.RegisterReceiver("rec", h); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 15*time.Second, 50*time.Millisecond, func() error {
+		if s := pub.Subscribers(); len(s) != 1 || s[0].Acked != 3 {
+			return errors.New("not all acked yet")
+		}
+		return nil
+	})
+	dl, err := sub.DeadLetters(ctx, localapi.DeadLetterQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if runs.Load() != 3 || len(dl.DeadLetters) != 0 {
+		t.Errorf("receiver ran %d times, %d dead letters (first: %+v); want 3 runs and none parked", runs.Load(), len(dl.DeadLetters), dl.DeadLetters)
+	}
+}
