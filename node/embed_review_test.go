@@ -82,7 +82,9 @@ func TestEmbedSlowReceiverAfterCloseDoesNotCrash(t *testing.T) {
 		return
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestEmbedSlowReceiverAfterCloseDoesNotCrash$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "COATTAIL_EMBED_CHILD=1")
+	// The child's temp dirs go under this test's, which is removed even
+	// when the child crashes before its own cleanups.
+	cmd.Env = append(os.Environ(), "COATTAIL_EMBED_CHILD=1", "TMPDIR="+t.TempDir())
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		if len(out) > 3000 {
