@@ -62,6 +62,7 @@ const MemTableSize = 64 << 20
 // (NewMemory). It is safe for concurrent use.
 type DB struct {
 	batching ds.Batching
+	guard    *opGuard            // of batching's operations; nil for the in-memory backend
 	pebble   *pebbleds.Datastore // nil for the in-memory backend
 	lock     *pebble.Lock        // directory lock, released after the database closes
 	// dir and dirInfo are the database's directory as Open found it
@@ -214,7 +215,8 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	if o.syncWrites {
 		wo = pebble.Sync
 	}
-	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo}, pebble: pds, lock: lock, dir: dir}
+	g := &opGuard{}
+	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo, g: g}, guard: g, pebble: pds, lock: lock, dir: dir}
 	db.stop, db.cancelStop = context.WithCancel(context.Background())
 	db.dirInfo, _ = os.Stat(dir)
 	if err := db.checkSchema(context.Background(), dir); err != nil {
@@ -450,8 +452,11 @@ func (d *DB) Close() error {
 			}
 			return
 		}
+		if d.guard != nil && !d.guard.shut(closeWait) {
+			d.closeErr = fmt.Errorf("datastore: close: operations still running after %v; closed under them", closeWait)
+		}
 		if err := d.batching.Close(); err != nil {
-			d.closeErr = fmt.Errorf("datastore: close: %w", err)
+			d.closeErr = errors.Join(d.closeErr, fmt.Errorf("datastore: close: %w", err))
 		}
 		if d.lock != nil {
 			removeOwner(d.dir) // while the lock is still ours
@@ -513,19 +518,26 @@ type RangeDeleter interface {
 }
 
 // pebbleBatching adds GetSorted and SizedBatch to the pebble datastore.
+// Every use of pebble goes through its guard g (guard.go).
 type pebbleBatching struct {
 	*pebbleds.Datastore
 	wo *pebble.WriteOptions
+	g  *opGuard
 }
 
 func (s pebbleBatching) SizedBatch(_ context.Context, size int) (ds.Batch, error) {
-	return &sizedBatch{b: s.DB.NewBatchWithSize(size), wo: s.wo}, nil
+	if !s.g.enter() {
+		return nil, ErrClosed
+	}
+	defer s.g.exit()
+	return &sizedBatch{b: s.DB.NewBatchWithSize(size), wo: s.wo, g: s.g}, nil
 }
 
 // sizedBatch is a ds.Batch over a pre-sized pebble batch.
 type sizedBatch struct {
 	b  *pebble.Batch
 	wo *pebble.WriteOptions
+	g  *opGuard
 }
 
 // errBatchCommitted is returned by a sizedBatch used after Commit.
@@ -557,6 +569,10 @@ func (b *sizedBatch) Commit(context.Context) error {
 	if b.b == nil {
 		return errBatchCommitted
 	}
+	if !b.g.enter() {
+		return ErrClosed
+	}
+	defer b.g.exit()
 	err := b.b.Commit(b.wo)
 	_ = b.b.Close()
 	b.b = nil
@@ -570,6 +586,10 @@ func (s pebbleBatching) GetSorted(ctx context.Context, keys [][]byte, fn func(in
 	if len(keys) == 0 {
 		return nil
 	}
+	if !s.g.enter() {
+		return ErrClosed
+	}
+	defer s.g.exit()
 	upper := append(bytes.Clone(keys[len(keys)-1]), 0)
 	var it *pebble.Iterator
 	var err error
@@ -625,6 +645,10 @@ func seekValue(it *pebble.Iterator, k []byte) ([]byte, error) {
 }
 
 func (s pebbleBatching) Scan(ctx context.Context, start, end []byte, fn func(key, value []byte) error) error {
+	if !s.g.enter() {
+		return ErrClosed
+	}
+	defer s.g.exit()
 	it, err := s.DB.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: start, UpperBound: end})
 	if err != nil {
 		return fmt.Errorf("datastore: scan: %w", err)
@@ -656,7 +680,7 @@ func (s pebbleBatching) Query(ctx context.Context, q query.Query) (query.Results
 	plain := len(q.Filters) == 0 && q.Limit == 0 && q.Offset == 0 && !q.ReturnsSizes &&
 		(len(q.Orders) == 0 || len(q.Orders) == 1 && isOrderByKey(q.Orders[0]))
 	if !plain {
-		return s.Datastore.Query(ctx, q)
+		return s.query(ctx, q)
 	}
 	prefix := ds.NewKey(q.Prefix).String()
 	if prefix != "/" {

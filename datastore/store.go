@@ -223,6 +223,10 @@ func (s *Store[T]) Scan(ctx context.Context, after string, fn func(id string, ge
 	if !ok {
 		return s.scanSorted(ctx, prefix, after, decode, fn)
 	}
+	if !pb.g.enter() {
+		return ErrClosed
+	}
+	defer pb.g.exit()
 	lower := []byte(prefix)
 	if after != "" {
 		// The least key after prefix+after.
