@@ -18,6 +18,7 @@ import (
 	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node/internal/jsonx"
 	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/runner"
 	"github.com/coattail/coattail/node/wire"
 	"github.com/coattail/coattail/topics"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -445,6 +446,11 @@ func (nw *netsvc) openWithOnce(ctx context.Context, pid peer.ID, proto protocol.
 	if err == nil && req != nil {
 		err = s.w.JSON(wire.TRequest, req)
 	}
+	if errors.Is(err, wire.ErrEncode) {
+		// Nothing was sent: the request itself is bad, not the peer.
+		_ = st.Reset()
+		return nil, fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
 	if err == nil {
 		err = s.w.Flush()
 	}
@@ -600,6 +606,11 @@ func listOn(s *session) ([]localapi.ActionInfo, error) {
 const pipelineMax = 32 << 10
 
 func (n *Node) remotePerform(ctx context.Context, req localapi.PerformRequest, onLog func(string)) (localapi.PerformResult, error) {
+	// Refused here as a local perform's is (the request carries the input
+	// as JSON, so it could not even be encoded).
+	if len(req.Input) > 0 && !jsonx.Valid(req.Input) {
+		return localapi.PerformResult{}, fmt.Errorf("%w: input for action %q is not valid JSON in UTF-8", runner.ErrBadInput, req.Action)
+	}
 	wreq := wire.PerformRequest{Action: req.Action, Input: req.Input, Notify: req.Notify, Hop: req.Hop, To: req.To}
 	// A larger request is sent once the hello is accepted, and the answer
 	// is read while it is written: a peer that refuses it (over its

@@ -23,6 +23,10 @@ var (
 	// field, trailing data, a length that runs past the payload, an integer
 	// out of range.
 	ErrMalformed = errors.New("wire: malformed payload")
+	// ErrEncode is returned by Writer.JSON for a value that cannot be
+	// encoded (such as a json.RawMessage that is not JSON): nothing was
+	// written.
+	ErrEncode = errors.New("wire: encode")
 	// ErrVersion is wrapped by every *VersionError.
 	ErrVersion = errors.New("wire: version mismatch")
 )

@@ -282,7 +282,7 @@ func (w *Writer) JSON(t Type, v any) error {
 	}
 	w.scratch.Reset()
 	if err := w.enc.Encode(v); err != nil {
-		return fmt.Errorf("wire: encode %s: %w", t, err)
+		return fmt.Errorf("%w %s: %w", ErrEncode, t, err)
 	}
 	b := bytes.TrimSuffix(w.scratch.Bytes(), []byte{'\n'}) // Encoder ends each value with a newline
 	err := w.Frame(t, b)
