@@ -201,16 +201,26 @@ func (n *Node) Dir() string { return n.layout.Dir }
 // RegisterAction registers an in-process action; it takes precedence over
 // an executable of the same name.
 func (n *Node) RegisterAction(name string, h Handler) error {
+	if h == nil {
+		return fmt.Errorf("%w: action %q: the handler is nil", ErrBadRequest, name)
+	}
 	return n.runner.Register(runner.KindAction, name, adapt(h))
 }
 
 // RegisterReceiver registers an in-process receiver. It is called inline
 // on its subscription's goroutine, one publication at a time, and must
 // honour ctx: ctx is cancelled when a call runs longer than
-// limits.action_timeout, and the call then fails as a timeout (retried,
-// then parked in the dead letters). Its input and its Invocation's Subject
-// are its own copies: it may keep them after it returns.
+// limits.action_timeout, and a call that then returns an error fails as a
+// timeout (retried, then parked in the dead letters); one that returns nil
+// all the same has handled its publication. Its input and its Invocation's Subject
+// are its own copies (a retry gets a new copy): it may keep them after it
+// returns. Register receivers before Start: the subscriptions held with
+// them resume when Start returns, and until a receiver exists its
+// subscriptions' publications wait at the publisher.
 func (n *Node) RegisterReceiver(name string, h Handler) error {
+	if h == nil {
+		return fmt.Errorf("%w: receiver %q: the handler is nil", ErrBadRequest, name)
+	}
 	if err := n.runner.Register(runner.KindReceiver, name, adapt(h)); err != nil {
 		return err
 	}

@@ -662,6 +662,10 @@ func (ss *subscriberSide) consume(ctx context.Context, sub outSub, l *subLoop, s
 	}
 }
 
+// errReceiverMissing ends a subscription's stream whose receiver does not
+// exist; the stream resumes, with back-off, until it does.
+var errReceiverMissing = errors.New("node: the subscription's receiver does not exist")
+
 // errProgressNotSaved stops a subscription's receivers when its progress
 // could not be saved.
 var errProgressNotSaved = errors.New("progress of the subscription could not be saved")
@@ -708,6 +712,10 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		data = nil
 	}
 	var run func() error
+	// fresh gives an in-process receiver a new copy of the input before a
+	// retry: the failed call may have written over its own (nil for an
+	// executable, whose input is written to its stdin each time).
+	var fresh func()
 	if h != nil {
 		// In-process receivers are the embedding program's own code: they
 		// run inline on the subscription's goroutine (no process, no extra
@@ -719,6 +727,7 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		// next frame overwrites; a receiver may keep them (as a NATS
 		// message's), so it gets its own copy.
 		subject, in := cloneDelivery(d.Subject, data)
+		fresh = func() { _, in = cloneDelivery("", data) }
 		inv := Invocation{Kind: string(runner.KindReceiver), Name: sub.Receiver, Caller: sub.Publisher,
 			Publisher: sub.Publisher, Subject: subject, Sequence: d.Seq, Subscription: sub.ID, Hop: d.Hop, receiverLog: n}
 		run = func() error {
@@ -764,6 +773,19 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 			break
 		}
 		err = run()
+		if h == nil && errors.Is(err, runner.ErrNotFound) {
+			// No such receiver, now: an executable deleted or renamed,
+			// or an in-process one registered only after Start. Nothing
+			// is run or parked: the publication stays queued at the
+			// publisher, and the subscription tries again (with back-off)
+			// until the receiver exists, so none of its publications is
+			// parked for want of it.
+			if ok, extra := n.noisy.allow(); ok {
+				n.log.Warn("receiver does not exist: the subscription's publications wait at the publisher until it does (create it, or register an in-process receiver before Start)",
+					append([]any{"receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "err", err}, extra...)...)
+			}
+			return fmt.Errorf("%w: %w", errReceiverMissing, err)
+		}
 		// Input that is not JSON fails the same way every time.
 		if err == nil || ctx.Err() != nil || attempts > n.cfg.Limits.ReceiverRetries || errors.Is(err, runner.ErrBadInput) {
 			break
@@ -775,6 +797,9 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, time.Hour)
+		if fresh != nil {
+			fresh()
+		}
 	}
 	if err == nil {
 		return nil
