@@ -26,3 +26,11 @@ func SetSaveSeqFault(fail func(id string) error) func() {
 func (n *Node) Nudge(ctx context.Context, subscriber string, ids []string) {
 	n.net.nudge(ctx, subscriber, ids)
 }
+
+// SetResumedHook makes every subscription loop call f once its stream to
+// the publisher is resumed, before the loop records it as its stream; the
+// returned func removes it.
+func SetResumedHook(f func()) func() {
+	testHookResumed.Store(&f)
+	return func() { testHookResumed.Store(nil) }
+}

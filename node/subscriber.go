@@ -84,8 +84,13 @@ type subscriberSide struct {
 	// already with the write of its record.
 	adding sync.Mutex
 
-	mu           sync.Mutex
-	loops        map[string]*subLoop
+	mu    sync.Mutex
+	loops map[string]*subLoop
+	// rotations counts, per publisher, the replacements of the token
+	// presented to it (rotated). A loop notes the count before it opens
+	// a stream and records the stream only if it is unchanged: the
+	// stream may otherwise carry the old token. Under mu.
+	rotations    map[string]uint64
 	loopsRunning inflight.Tracker
 	// ended remembers, for a while, the subscriptions a publisher ended
 	// (by its answer on the stream): its revoke notice, which says why,
@@ -122,7 +127,7 @@ type subLoop struct {
 func newSubscriberSide(n *Node) *subscriberSide {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &subscriberSide{n: n, subs: datastore.NewStore[outSub](n.db.Batching(), "/subs/out"),
-		dead: datastore.NewStore[deadLetter](n.db.Batching(), "/deadletters"), loops: map[string]*subLoop{}, ctx: ctx, stop: cancel}
+		dead: datastore.NewStore[deadLetter](n.db.Batching(), "/deadletters"), loops: map[string]*subLoop{}, rotations: map[string]uint64{}, ctx: ctx, stop: cancel}
 }
 
 func seqKey(id string) ds.Key { return ds.RawKey("/subs/seq/" + id) }
@@ -140,6 +145,10 @@ func (ss *subscriberSide) lastSeq(ctx context.Context, id string) (uint64, error
 	}
 	return binary.BigEndian.Uint64(b), nil
 }
+
+// testHookResumed, when set (by tests), is called by a subscription loop
+// once it has resumed its stream, before it records it as its stream.
+var testHookResumed atomic.Pointer[func()]
 
 // saveSeqFault, when set (by tests), fails saveSeq with its error. Set
 // while subscriptions run, so atomic.
@@ -167,12 +176,14 @@ func (ss *subscriberSide) startAll() error {
 		return err
 	}
 	for _, s := range subs {
-		ss.start(s, nil)
+		ss.start(s, nil, 0)
 	}
 	return nil
 }
 
-func (ss *subscriberSide) start(sub outSub, initial *session) {
+// start runs a loop for sub; initial, if not nil, is the stream that made
+// the subscription, opened when the publisher's rotation count was gen.
+func (ss *subscriberSide) start(sub outSub, initial *session, gen uint64) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.loops[sub.ID] != nil || ss.ctx.Err() != nil {
@@ -187,7 +198,7 @@ func (ss *subscriberSide) start(sub outSub, initial *session) {
 	ss.loopsRunning.Begin() // never shut: ss.ctx refuses new loops
 	go func() {
 		defer ss.loopsRunning.End()
-		ss.run(ctx, sub, l, initial)
+		ss.run(ctx, sub, l, initial, gen)
 		ss.mu.Lock()
 		if ss.loops[sub.ID] == l {
 			delete(ss.loops, sub.ID)
@@ -300,22 +311,36 @@ func permanent(err error) bool {
 	return errors.Is(err, ErrUnknownPeer)
 }
 
-func (ss *subscriberSide) run(ctx context.Context, sub outSub, l *subLoop, s *session) {
+func (ss *subscriberSide) run(ctx context.Context, sub outSub, l *subLoop, s *session, gen uint64) {
 	log := ss.n.log.With("subscription", sub.ID, "publisher", sub.Publisher)
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		var err error
 		if s == nil {
+			gen = ss.rotation(sub.Publisher)
 			s, err = ss.resume(ctx, sub)
+			if f := testHookResumed.Load(); f != nil && err == nil {
+				(*f)()
+			}
+		}
+		if err == nil && !ss.setStream(l, s.s, gen) {
+			// The token was replaced while the stream was opened, so
+			// rotated did not reset it: it may carry the old one, and
+			// the publisher would hold the subscription with that token
+			// until the stream ended (its revocation or expiry removed
+			// it).
+			_ = s.s.Reset()
+			s = nil
+			log.Info("subscription resuming with the publisher's new token")
+			continue
 		}
 		if err == nil {
-			ss.setStream(l, s.s)
 			pub := s.s.Conn().RemotePeer()
 			ss.n.host.ConnManager().Protect(pub, subscriptionTag(sub.ID))
 			var progressed bool
 			progressed, err = ss.consume(ctx, sub, l, s)
 			ss.n.host.ConnManager().Unprotect(pub, subscriptionTag(sub.ID))
-			ss.setStream(l, nil)
+			ss.setStream(l, nil, 0)
 			_ = s.s.Reset()
 			s = nil
 			if progressed {
@@ -353,9 +378,15 @@ func (ss *subscriberSide) run(ctx context.Context, sub outSub, l *subLoop, s *se
 // setStream records the subscription's current stream (nil: down). A
 // stream opened over a relay while a direct connection to the publisher
 // exists (the hole punch finished while it was being opened) is moved at
-// once, as upgraded would have done.
-func (ss *subscriberSide) setStream(l *subLoop, st network.Stream) {
+// once, as upgraded would have done. A stream opened when the publisher's
+// rotation count was gen is refused (false) if the token was replaced
+// since.
+func (ss *subscriberSide) setStream(l *subLoop, st network.Stream, gen uint64) bool {
 	ss.mu.Lock()
+	if st != nil && ss.rotations[l.publisher] != gen {
+		ss.mu.Unlock()
+		return false
+	}
 	l.stream = st
 	l.streamSince = time.Now()
 	retry := !l.moved
@@ -366,6 +397,7 @@ func (ss *subscriberSide) setStream(l *subLoop, st network.Stream) {
 			ss.upgraded(pub.String())
 		}
 	}
+	return true
 }
 
 // upgraded is called when a direct connection to publisher is established:
@@ -410,6 +442,9 @@ func (ss *subscriberSide) upgraded(publisher string) {
 func (ss *subscriberSide) rotated(publisher string) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	// A loop opening a stream now may have read the old token: it opens
+	// another (setStream).
+	ss.rotations[publisher]++
 	for _, l := range ss.loops {
 		if l.publisher != publisher || l.stream == nil || l.rotating {
 			continue // a loop reconnecting presents the new token anyway
@@ -417,6 +452,13 @@ func (ss *subscriberSide) rotated(publisher string) {
 		l.rotating = true
 		go l.stream.Reset()
 	}
+}
+
+// rotation returns publisher's rotation count (see rotations).
+func (ss *subscriberSide) rotation(publisher string) uint64 {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.rotations[publisher]
 }
 
 // takeRotating reports, and clears, whether the loop's stream was reset to
@@ -925,6 +967,7 @@ func (n *Node) Subscribe(ctx context.Context, req localapi.SubscribeRequest) (lo
 
 // subscribe makes a new subscription at the publisher and starts its loop.
 func (n *Node) subscribe(ctx context.Context, req localapi.SubscribeRequest) (localapi.Subscription, error) {
+	gen := n.subscriber.rotation(req.Peer)
 	s, err := n.open(ctx, req.Peer, wire.ProtoSubscribe, wire.SubscribeRequest{Pattern: req.Pattern, Receiver: req.Receiver, MaxFrame: n.maxFrame()})
 	if err != nil {
 		return localapi.Subscription{}, err
@@ -951,7 +994,7 @@ func (n *Node) subscribe(ctx context.Context, req localapi.SubscribeRequest) (lo
 		return localapi.Subscription{}, err
 	}
 	n.log.Info("subscribed", "subscription", sub.ID, "publisher", sub.Publisher, "pattern", sub.Pattern, "receiver", sub.Receiver)
-	n.subscriber.start(sub, s)
+	n.subscriber.start(sub, s, gen)
 	return n.subscriptionView(ctx, sub), nil
 }
 
