@@ -579,6 +579,9 @@ func (n *Node) Status() localapi.Status {
 // Perform runs an action locally or on a peer; with Notify the output is
 // published to the action's subscribers.
 func (n *Node) Perform(ctx context.Context, req localapi.PerformRequest, onLog func(string)) (localapi.PerformResult, error) {
+	if n.isClosed() {
+		return localapi.PerformResult{}, ErrClosed
+	}
 	if len(req.To) > 0 && !req.Notify {
 		return localapi.PerformResult{}, fmt.Errorf("%w: --to chooses whom --notify publishes to; it needs --notify", ErrBadRequest)
 	}

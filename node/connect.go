@@ -72,6 +72,8 @@ func Connect(ctx context.Context, l Layout) (*Conn, error) {
 		if time.Now().After(deadline) {
 			if o := ownerOf(err); o != nil && o.Kind == holderService {
 				return nil, &dataInUseError{err: err, msg: fmt.Sprintf("node: the instance's service (pid %d) holds its data, and %s", o.PID, unansweredService(l, o.PID))}
+			} else if o != nil && o.Kind == holderEmbedded {
+				return nil, &dataInUseError{err: err, msg: "node: the instance's data is held by " + holderText(o)}
 			}
 			return nil, &dataInUseError{err: err, msg: fmt.Sprintf(
 				"node: the instance's data is in use by %s; wait for it to finish and retry", holderText(ownerOf(err)))}

@@ -12,8 +12,9 @@ import (
 // Kinds of process that record themselves as the holder of an instance's
 // datastore (datastore.WithOwner).
 const (
-	holderService = "service"
-	holderOffline = "offline command"
+	holderService  = "service"
+	holderOffline  = "offline command"
+	holderEmbedded = "embedding program"
 )
 
 // command is the CLI command this process runs, recorded beside the
@@ -49,6 +50,8 @@ func holderText(o *datastore.Owner) string {
 		return fmt.Sprintf("an offline coattail command (pid %d)", o.PID)
 	case o.Kind == holderService:
 		return fmt.Sprintf("the coattail service pid %d", o.PID)
+	case o.Kind == holderEmbedded:
+		return fmt.Sprintf("the program %q (pid %d), which embeds this instance (package node); commands reach it only if it serves the control socket (Node.ServeControl)", o.Command, o.PID)
 	default:
 		return o.String()
 	}

@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -30,6 +31,13 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
+
+// ErrClosed is returned by a node's methods after Close (it is
+// datastore.ErrClosed, which the datastore's operations return).
+var ErrClosed = datastore.ErrClosed
+
+// isClosed reports whether Close was called.
+func (n *Node) isClosed() bool { return n.shut.Load() }
 
 // ErrOffline is returned for operations that need the network when the
 // node runs without a libp2p host (the CLI with the service stopped).
@@ -91,6 +99,7 @@ type Node struct {
 	mu       sync.Mutex
 	closed   bool
 	closeFns []func() error
+	shut     atomic.Bool // closed, read without mu (the publish path)
 }
 
 type counters struct {
@@ -123,7 +132,7 @@ func New(o Options) (*Node, error) {
 	n.id = id
 	n.db = o.DB
 	if n.db == nil {
-		db, err := datastore.Open(n.layout.Data())
+		db, err := datastore.Open(n.layout.Data(), datastore.WithOwner(holderEmbedded, filepath.Base(os.Args[0])))
 		if err != nil {
 			return nil, err
 		}
@@ -337,6 +346,7 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.closed = true
+	n.shut.Store(true)
 	fns := n.closeFns
 	n.mu.Unlock()
 	var errs []error

@@ -197,6 +197,9 @@ type publication struct {
 // of the subscriber peer ids in to, when to is not empty) and returns how
 // many queue entries it wrote, once they are durable.
 func (n *Node) publish(ctx context.Context, pubs []publication, to []string) (int, error) {
+	if n.isClosed() {
+		return 0, ErrClosed
+	}
 	if err := checkPeerIDs(to); err != nil {
 		return 0, err
 	}
