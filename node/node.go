@@ -315,8 +315,16 @@ func (n *Node) logReceiverLine(receiver, subscription string, seq uint64, line s
 	n.log.Info("receiver log", "receiver", receiver, "subscription", subscription, "seq", seq, "line", line)
 }
 
-// Start brings up the libp2p host and protocols (unless offline).
+// Start brings up the libp2p host and protocols (unless offline), and
+// resumes the subscriptions this instance holds. ctx bounds only what
+// Start waits for; the node runs until Close. A node starts once.
 func (n *Node) Start(ctx context.Context) error {
+	switch {
+	case n.isClosed():
+		return ErrClosed
+	case n.net != nil:
+		return errors.New("node: already started")
+	}
 	n.started = time.Now()
 	if n.opts.Offline {
 		return nil
