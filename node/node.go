@@ -316,8 +316,8 @@ func (n *Node) logReceiverLine(receiver, subscription string, seq uint64, line s
 }
 
 // Start brings up the libp2p host and protocols (unless offline), and
-// resumes the subscriptions this instance holds. ctx bounds only what
-// Start waits for; the node runs until Close. A node starts once.
+// resumes the subscriptions this instance holds. The node runs until
+// Close: cancelling ctx does not stop it. A node starts once.
 func (n *Node) Start(ctx context.Context) error {
 	switch {
 	case n.isClosed():
