@@ -3,7 +3,21 @@
 // local control API served to the CLI, the action runner, and the service
 // lifecycle (start, stop, status across the machine). A Go program embeds an
 // instance with New, registers in-process actions and receivers, and calls
-// Start and Close.
+// Start and Close (and ServeControl to let the CLI reach it).
+//
+// # Errors
+//
+// The errors of the embedding API wrap sentinels to match with errors.Is:
+// ErrBadRequest (a request that can never succeed: data that is not JSON
+// or over limits.max_payload, a nil handler), ErrUnknownPeer (no such
+// peer added), ErrPeer (the peer failed or broke the protocol), ErrOffline,
+// ErrClosed (after Close), ErrHopLimit (a cascade past limits.max_hops),
+// topics.ErrInvalidSubject and topics.ErrInvalidPattern, and the runner's
+// for what an action did (runner.ErrNotFound, runner.ErrBadInput,
+// runner.ErrInputTooLarge, runner.ErrTimeout, runner.ErrExit; an
+// in-process handler's own error is wrapped too). A peer's refusal is a
+// *wire.Error, whose Code says why (forbidden, unauthorized, too_large,
+// …). Messages are written for people and may name CLI commands.
 //
 // Lock order: Node.mu is never held while calling into auth, datastore,
 // topics or the network.
