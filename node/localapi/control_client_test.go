@@ -57,7 +57,7 @@ func TestControlClientAnswerLimit(t *testing.T) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /v1/peers", list(localapi.MaxAnswer))
 	mux.Handle("GET /v1/subscriptions", list(localapi.MaxAnswer+1))
-	mux.HandleFunc("DELETE /v1/peers/{id}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("DELETE /v1/tokens/{id}", func(w http.ResponseWriter, r *http.Request) {
 		padding(w, localapi.MaxAnswer+1)
 	})
 	mux.HandleFunc("POST /v1/actions/perform", func(w http.ResponseWriter, r *http.Request) {
@@ -76,7 +76,7 @@ func TestControlClientAnswerLimit(t *testing.T) {
 	if _, err := c.Subscriptions(testCtx(t)); !errors.Is(err, localapi.ErrAnswerTooLarge) || !strings.Contains(err.Error(), "/v1/subscriptions") {
 		t.Errorf("answer over MaxAnswer bytes: %v; want ErrAnswerTooLarge naming the route", err)
 	}
-	if _, err := c.RemovePeer(testCtx(t), "x"); !errors.Is(err, localapi.ErrAnswerTooLarge) {
+	if err := c.RevokeToken(testCtx(t), "x"); !errors.Is(err, localapi.ErrAnswerTooLarge) {
 		t.Errorf("discarded answer over MaxAnswer bytes: %v; want ErrAnswerTooLarge", err)
 	}
 	if _, err := c.Perform(testCtx(t), localapi.PerformRequest{Action: "a"}, nil); !errors.Is(err, localapi.ErrAnswerTooLarge) {
