@@ -18,6 +18,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/xhit/go-str2duration/v2"
 	"gopkg.in/yaml.v3"
 )
 
@@ -294,9 +295,17 @@ func ParseConfig(name string, b []byte) (Config, error) {
 	// unmarshal !!str `5x` into time.Duration").
 	var doc yaml.Node
 	if err := yaml.Unmarshal(b, &doc); err == nil {
-		err := errors.Join(checkScalars(&doc, reflect.TypeFor[Config](), ""), checkDuplicates(&doc))
+		var rewrote bool
+		err := errors.Join(checkScalars(&doc, reflect.TypeFor[Config](), "", &rewrote), checkDuplicates(&doc))
 		if err != nil {
 			return Config{}, fmt.Errorf("%w: %s: %w", ErrConfig, name, err)
+		}
+		if rewrote {
+			// Durations in days or weeks (as --expires-in takes them),
+			// rewritten in Go's units, which yaml.v3 decodes.
+			if b, err = yaml.Marshal(&doc); err != nil {
+				return Config{}, fmt.Errorf("%w: %s: %w", ErrConfig, name, err)
+			}
 		}
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
@@ -329,12 +338,15 @@ func ParseConfig(name string, b []byte) (Config, error) {
 // "max_hops: 1.9" to 1). A section left empty ("limits:" with every line
 // under it deleted) keeps its defaults, and an empty list is an empty
 // list. t is the Go type n decodes into; path names it in errors.
-func checkScalars(n *yaml.Node, t reflect.Type, path string) error {
+//
+// A duration may also be given in days and weeks ("7d", "1w2d"), as the
+// CLI's durations: it is rewritten in place in Go's units (*rewrote set).
+func checkScalars(n *yaml.Node, t reflect.Type, path string, rewrote *bool) error {
 	if n.Kind == yaml.DocumentNode {
 		if len(n.Content) == 0 {
 			return nil
 		}
-		return checkScalars(n.Content[0], t, path)
+		return checkScalars(n.Content[0], t, path, rewrote)
 	}
 	if n.Kind != yaml.MappingNode || t.Kind() != reflect.Struct {
 		return nil // yaml.v3 reports the type mismatch with its line
@@ -378,7 +390,7 @@ func checkScalars(n *yaml.Node, t reflect.Type, path string) error {
 		case ft.Kind() == reflect.Struct && val.Kind != yaml.MappingNode:
 			errs = append(errs, fmt.Errorf("%s (line %d): is a section: its keys go on the lines below it, indented", name, val.Line))
 		case ft.Kind() == reflect.Struct:
-			if err := checkScalars(val, ft, name); err != nil {
+			if err := checkScalars(val, ft, name, rewrote); err != nil {
 				errs = append(errs, err)
 			}
 		case ft.Kind() == reflect.Slice && val.Kind != yaml.SequenceNode:
@@ -386,8 +398,14 @@ func checkScalars(n *yaml.Node, t reflect.Type, path string) error {
 		case ft.Kind() != reflect.Slice && !isScalar:
 			errs = append(errs, fmt.Errorf("%s (line %d): is one value, not a list or a section", name, val.Line))
 		case ft == reflect.TypeFor[time.Duration]():
-			if _, err := time.ParseDuration(val.Value); err != nil || val.ShortTag() != "!!str" {
-				errs = append(errs, fmt.Errorf("%s (line %d): %q is not a duration; write one such as 30s, 5m or 1h30m", name, val.Line, val.Value))
+			_, err := time.ParseDuration(val.Value)
+			if err != nil && val.ShortTag() == "!!str" {
+				if d, derr := str2duration.ParseDuration(val.Value); derr == nil {
+					val.Value, err, *rewrote = d.String(), nil, true
+				}
+			}
+			if err != nil || val.ShortTag() != "!!str" {
+				errs = append(errs, fmt.Errorf("%s (line %d): %q is not a duration; write one such as 30s, 5m, 1h30m or 7d", name, val.Line, val.Value))
 			}
 		case ft.Kind() == reflect.Int && val.ShortTag() == "!!str":
 			if _, err := strconv.Atoi(val.Value); err == nil {
@@ -772,7 +790,7 @@ var configTemplate = template.Must(template.New("config").Funcs(template.FuncMap
 }).Parse(`# Coattail instance configuration.
 # Every setting is listed with its default value; delete a line to get the default.
 # Unknown or repeated keys, keys without a value and an address listed twice are
-# errors. Sizes take units (64KiB, 1MiB); durations take 500ms, 30s, 2m, 1h;
+# errors. Sizes take units (64KiB, 1MiB); durations take 500ms, 30s, 2m, 1h, 7d;
 # booleans are true or false, without quotes.
 
 network:

@@ -107,6 +107,29 @@ func TestParseConfigSizesAndDurations(t *testing.T) {
 	}
 }
 
+// Durations take days and weeks as the CLI's do (--expires-in 7d): they
+// were refused in the config ("not a duration") while the CLI took them.
+// Every other key keeps its value and its error line.
+func TestParseConfigDurationsInDaysAndWeeks(t *testing.T) {
+	in := "# a comment\nnetwork:\n  relay_limit_duration: 1w1d\nlimits:\n  stream_timeout: \"1d\"\n  receiver_backoff: 1h\n  max_payload: 64KiB\n"
+	got, err := node.ParseConfig("config.yml", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Network.RelayLimitDuration != 8*24*time.Hour || got.Limits.StreamTimeout != 24*time.Hour ||
+		got.Limits.ReceiverBackoff != time.Hour || got.Limits.MaxPayload != 64<<10 {
+		t.Errorf("parsed %v, %v, %v, %v", got.Network.RelayLimitDuration, got.Limits.StreamTimeout, got.Limits.ReceiverBackoff, got.Limits.MaxPayload)
+	}
+	// Out of range in days is said in hours, as the limit is.
+	if _, err := node.ParseConfig("config.yml", []byte("limits:\n  stream_timeout: 2d\n")); err == nil || !strings.Contains(err.Error(), "48h0m0s is out of range") {
+		t.Errorf("stream_timeout 2d: %v", err)
+	}
+	_, err = node.ParseConfig("config.yml", []byte("limits:\n  stream_timeout: 1d\n  action_timeout: soon\n"))
+	if err == nil || !strings.Contains(err.Error(), "action_timeout (line 3)") || !strings.Contains(err.Error(), "7d") {
+		t.Errorf("a bad duration beside a day one: %v", err)
+	}
+}
+
 func TestParseConfigRefusesBadValues(t *testing.T) {
 	cases := map[string]struct{ in, mention string }{
 		"size word":         {"limits:\n  max_payload: lots\n", "lots"},
