@@ -150,13 +150,14 @@ func (pl *punchPlan) due(p peer.ID, eligible bool, opened, now time.Time) bool {
 // done records how an attempt with p ended: nil (a direct connection),
 // busy (libp2p's own attempt was running: try again at the next scan,
 // not counted) or failed. It returns the failures so far and the wait
-// before the next attempt (0 when there is none).
+// before the next attempt (0 when there is none); failures is -1 when p
+// has no schedule any more (it stopped being relayed-only meanwhile).
 func (pl *punchPlan) done(p peer.ID, err error, now time.Time) (failures int, next time.Duration) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	st := pl.peers[p]
 	if st == nil {
-		return 0, 0
+		return -1, 0
 	}
 	st.running = false
 	switch {
@@ -235,6 +236,8 @@ func (nw *netsvc) repunch(ctx context.Context, hps *holepunch.Service) {
 				case err == nil:
 					nw.n.log.Info("hole punch retried over a relayed connection: direct now", "peer", p.String())
 				case errors.Is(err, holepunch.ErrHolePunchActive):
+				case failures < 0:
+					nw.n.log.Debug("hole punch retried over a relayed connection failed; the peer is no longer reached only through a relay", "peer", p.String(), "err", err.Error())
 				case next == 0:
 					nw.n.log.Info("hole punch retried over a relayed connection failed; no more tries until a new relayed connection is made", "peer", p.String(), "tries", failures, "err", err.Error())
 				default:

@@ -160,7 +160,7 @@ func TestPunchPlan(t *testing.T) {
 	if len(pl.peers) != 0 {
 		t.Fatalf("forget kept %v", pl.peers)
 	}
-	if n, next := pl.done(p, failed, now); n != 0 || next != 0 {
-		t.Fatalf("done for a forgotten peer = %d, %v; want 0, 0", n, next)
+	if n, next := pl.done(p, failed, now); n != -1 || next != 0 {
+		t.Fatalf("done for a forgotten peer = %d, %v; want -1 (no schedule), 0", n, next)
 	}
 }
