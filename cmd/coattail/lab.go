@@ -70,6 +70,8 @@ type labOptions struct {
 	connLow     int
 	connHigh    int
 	asJSON      bool
+	chaos       int     // interruptions during the storm and drain
+	chaosStop   float64 // share of them that are `service stop`, not SIGKILL
 }
 
 func newLabCmd(a *app) *cobra.Command {
@@ -85,7 +87,14 @@ delivery latency (publish to receiver run) p50/p99 and loss, stops every
 service, and exits non-zero when anything was lost, duplicated or reordered.
 
 Topologies: star (node 0 publishes to all others), chain (node i subscribes to
-node i-1), mesh (each node subscribes to --degree random others, --seed).`,
+node i-1), mesh (each node subscribes to --degree random others, --seed).
+
+--chaos K takes a random node down K times during the storm and the drain
+(SIGKILL, or service stop for a --chaos-stop share), restarting it after a
+short random pause (--seed). Every publication whose publish call returned
+must still arrive once, in order; one whose call the interruption cut may
+arrive (whole, never half a batch) or not; a subscriber interrupted while its
+receiver ran may run that one publication again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// The default degree fits any mesh: with fewer than 4 nodes
@@ -138,6 +147,8 @@ node i-1), mesh (each node subscribes to --degree random others, --seed).`,
 	f.IntVar(&o.connLow, "conn-low", 32, "network.conn_low of every instance")
 	f.IntVar(&o.connHigh, "conn-high", 192, "network.conn_high of every instance")
 	f.BoolVar(&o.asJSON, "json", false, "print the report as JSON")
+	f.IntVar(&o.chaos, "chaos", 0, "take a random node down this many times during the storm and drain, and restart it (0: none)")
+	f.Float64Var(&o.chaosStop, "chaos-stop", 0.25, "--chaos: share of the interruptions that are a graceful service stop rather than SIGKILL (0..1)")
 	return cmd
 }
 
@@ -174,6 +185,12 @@ func (o *labOptions) validate() error {
 	}
 	if o.connLow < 1 || o.connHigh < o.connLow {
 		bad("--conn-low/--conn-high: need 1 <= conn-low <= conn-high (got %d, %d)", o.connLow, o.connHigh)
+	}
+	if o.chaos < 0 || o.chaos > 10_000 {
+		bad("--chaos %d is out of range (0..10000)", o.chaos)
+	}
+	if !(o.chaosStop >= 0 && o.chaosStop <= 1) {
+		bad("--chaos-stop %v is out of range (0..1)", o.chaosStop)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", errLabOptions, errors.Join(errs...))
@@ -234,6 +251,8 @@ type labNode struct {
 	// launched: `service start` was run; the service may be up even when
 	// pid is 0 (the launcher was interrupted before it printed the pid).
 	launched bool
+	// st guards pid and conn while the chaos takes the node down.
+	st labNodeState
 }
 
 func (n *labNode) subject() string { return "lab." + strconv.Itoa(n.index) }
@@ -305,6 +324,17 @@ type labReport struct {
 	Storm                localapi.Duration `json:"storm_s"`
 	Drain                localapi.Duration `json:"drain_s"`
 	Teardown             localapi.Duration `json:"teardown_s"`
+	Chaos                int               `json:"chaos,omitempty"`
+	Kills                int               `json:"kills,omitempty"`
+	Stops                int               `json:"stops,omitempty"`
+	Restarts             int               `json:"restarts,omitempty"`
+	ChaosFailures        int               `json:"chaos_failures,omitempty"` // nodes that did not come back
+	Uncertain            int               `json:"uncertain,omitempty"`      // messages in publish calls cut by a kill or stop
+	UncertainDelivered   int               `json:"uncertain_delivered,omitempty"`
+	Reruns               int               `json:"reruns,omitempty"` // receiver re-runs of a publication in flight at an interruption
+	PartialBatches       int               `json:"partial_batches,omitempty"`
+	LogErrors            int               `json:"log_errors"` // ERROR lines in the services' logs
+	ChaosEvents          []labChaosEvent   `json:"chaos_events,omitempty"`
 	Wall                 localapi.Duration `json:"wall_s"`
 	Throughput           float64           `json:"deliveries_per_s"`
 	Stopped              int               `json:"stopped"`
@@ -330,6 +360,8 @@ func (r *labReport) failures() []string {
 	add(r.Unexpected, "unexpected")
 	add(r.BadLines, "unreadable receiver lines")
 	add(int(r.DeadLetters), "dead letters")
+	add(r.PartialBatches, "partly delivered batches")
+	add(r.ChaosFailures, "nodes that did not come back")
 	if r.Expected == 0 {
 		f = append(f, "nothing was expected: no subscriptions")
 	}
@@ -356,7 +388,7 @@ func runLab(ctx context.Context, o labOptions, bin string, progress func(string,
 		l.fanout[e.Pub]++
 	}
 	rep := &labReport{Topology: o.topology, Nodes: o.nodes, Subscriptions: len(edges),
-		MessagesPerPublisher: o.messages, Batch: o.batch, Rate: o.rate}
+		MessagesPerPublisher: o.messages, Batch: o.batch, Rate: o.rate, Chaos: o.chaos}
 	if o.topology == labMesh {
 		rep.Degree, rep.Seed = o.degree, o.seed
 	}
@@ -407,15 +439,73 @@ func (l *labRun) exercise(ctx context.Context, rep *labReport) error {
 	l.progress("wired %d subscriptions in a %s (%.1fs)", len(l.edges), l.o.topology, time.Since(start).Seconds())
 
 	storm := time.Now()
-	published, err := l.storm(ctx)
+	// The chaos runs beside the storm and the drain; a node it cannot
+	// bring back ends both.
+	sctx, scancel := context.WithCancelCause(ctx)
+	defer scancel(nil)
+	var chaos *labChaos
+	chaosDone := make(chan struct{})
+	var chaosErr error
+	if l.o.chaos > 0 {
+		chaos = newLabChaos(l, storm)
+		go func() {
+			defer close(chaosDone)
+			if chaosErr = chaos.run(sctx); chaosErr != nil && sctx.Err() == nil {
+				scancel(chaosErr)
+			}
+		}()
+	} else {
+		close(chaosDone)
+	}
+	// waitChaos ends the chaos (if still running) and reports it.
+	waitChaos := func(stop bool) {
+		if stop {
+			scancel(context.Canceled)
+		}
+		<-chaosDone
+		if chaos != nil {
+			chaos.report(rep)
+		}
+	}
+	published, uncertain, err := l.storm(sctx)
 	rep.Published = published
 	rep.Storm = localapi.Duration(time.Since(storm))
 	if err != nil {
+		waitChaos(true)
+		if cause := context.Cause(sctx); ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+			return cause
+		}
 		return err
+	}
+	for _, bs := range uncertain {
+		for _, b := range bs {
+			rep.Uncertain += b.Count
+		}
 	}
 	l.progress("published %d messages from %d publishers (%.1fs)", published, rep.Publishers, time.Since(storm).Seconds())
 	rep.Expected = len(l.edges) * l.o.messages
-	drained := l.drain(ctx, rep.Expected)
+	for _, e := range l.edges {
+		for _, b := range uncertain[e.Pub] {
+			rep.Expected -= b.Count
+		}
+	}
+	if chaos != nil {
+		chaos.inDrain.Store(true)
+		if rep.Uncertain > 0 {
+			l.progress("%d message(s) in publish calls cut by the chaos may or may not arrive", rep.Uncertain)
+		}
+	}
+	expect := func() labExpect {
+		if chaos == nil {
+			return labExpect{}
+		}
+		return chaos.expect(uncertain)
+	}
+	drained := l.drain(sctx, rep.Expected, chaosDone, expect)
+	waitChaos(!drained)
+	if chaosErr != nil && ctx.Err() == nil && !errors.Is(chaosErr, context.Canceled) {
+		return chaosErr
+	}
 	rep.Drain = localapi.Duration(time.Since(storm) - time.Duration(rep.Storm))
 
 	// Memory first: what the services hold with their work done.
@@ -444,8 +534,12 @@ func (l *labRun) exercise(ctx context.Context, rep *labReport) error {
 	}
 
 	logs, bad := l.readLogs()
-	t := tallyLab(l.edges, l.o.messages, l.peerIDs(), logs)
+	t := tallyLabExpect(l.edges, l.o.messages, l.peerIDs(), logs, expect())
 	rep.BadLines = bad + t.BadRecords
+	rep.UncertainDelivered, rep.Reruns, rep.PartialBatches = t.Uncertain, t.Reruns, t.PartialBatches
+	errLines, nerr := l.logErrors(5)
+	rep.LogErrors = nerr
+	rep.Problems = append(rep.Problems, errLines...)
 	rep.Delivered, rep.Lost, rep.Duplicates = t.Delivered, t.Expected-t.Delivered, t.Duplicates
 	rep.OutOfOrder, rep.Unexpected = t.OutOfOrder, t.Unexpected
 	rep.Problems = append(rep.Problems, t.Examples...)
@@ -481,6 +575,7 @@ func (l *labRun) create() error {
 		return err
 	}
 	width := len(strconv.Itoa(l.o.nodes - 1))
+	ports := map[int]bool{}
 	for i := range l.o.nodes {
 		name := fmt.Sprintf("n%0*d", width, i)
 		dir := filepath.Join(l.dir, name)
@@ -496,6 +591,18 @@ func (l *labRun) create() error {
 			return fmt.Errorf("%w: %s: %w", errLabSetup, name, err)
 		}
 		cfg.Network.ConnLow, cfg.Network.ConnHigh = l.o.connLow, l.o.connHigh
+		if l.o.chaos > 0 {
+			// A restarted node listens where it did, as a real instance
+			// (its configured port) does: on a new ephemeral port, the
+			// subscribers of a restarted publisher that had restarted
+			// too could reach it no more (each knows only the other's
+			// old address).
+			port, err := labFreePort(ports)
+			if err != nil {
+				return fmt.Errorf("%w: %s: %w", errLabSetup, name, err)
+			}
+			cfg.Network.Listen = node.LoopbackConfig(port).Network.Listen
+		}
 		conf, err := node.RenderConfig(cfg, 0)
 		if err != nil {
 			return fmt.Errorf("%w: %s: %w", errLabSetup, name, err)
@@ -598,6 +705,24 @@ func (l *labRun) startAll(ctx context.Context) error {
 }
 
 func (l *labRun) start(ctx context.Context, n *labNode) error {
+	pid, c, err := l.launch(ctx, n)
+	if err != nil {
+		n.st.mu.Lock()
+		n.pid = pid // 0 unknown: teardown looks for it
+		n.st.mu.Unlock()
+		return err
+	}
+	up := make(chan struct{})
+	close(up)
+	n.st.mu.Lock()
+	n.pid, n.conn, n.st.up = pid, c, up
+	n.st.mu.Unlock()
+	return nil
+}
+
+// launch runs `service start --headless` in n's directory and opens the
+// service's control API.
+func (l *labRun) launch(ctx context.Context, n *labNode) (int, *node.Conn, error) {
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, l.bin, "--instance", n.layout.Dir, "service", "start", "--headless")
@@ -610,22 +735,21 @@ func (l *labRun) start(ctx context.Context, n *labNode) error {
 	cmd.WaitDelay = 5 * time.Second
 	n.launched = true
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%w: %s: service start: %w: %s", errLabSetup, n.name, err, strings.TrimSpace(errb.String()))
+		return 0, nil, fmt.Errorf("%w: %s: service start: %w: %s", errLabSetup, n.name, err, strings.TrimSpace(errb.String()))
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(out.String()))
 	if err != nil || pid <= 0 {
-		return fmt.Errorf("%w: %s: service start printed %q, want a pid", errLabSetup, n.name, out.String())
+		return 0, nil, fmt.Errorf("%w: %s: service start printed %q, want a pid", errLabSetup, n.name, out.String())
 	}
-	n.pid = pid
 	c, err := node.Connect(ctx, n.layout)
 	if err != nil {
-		return fmt.Errorf("%w: %s: %w", errLabSetup, n.name, err)
+		return pid, nil, fmt.Errorf("%w: %s: %w", errLabSetup, n.name, err)
 	}
-	n.conn = c
 	if !c.Online {
-		return fmt.Errorf("%w: %s: the service (pid %d) does not answer on its control socket", errLabSetup, n.name, pid)
+		_ = c.Close()
+		return pid, nil, fmt.Errorf("%w: %s: the service (pid %d) does not answer on its control socket", errLabSetup, n.name, pid)
 	}
-	return nil
+	return pid, c, nil
 }
 
 // wire gives each subscriber a token from its publisher, bound to its peer
@@ -656,9 +780,15 @@ type labData struct {
 
 // storm publishes o.messages from every publisher at once and returns how
 // many messages went out. Each publish must reach every subscription of
-// its publisher: the answer counts the queue entries written.
-func (l *labRun) storm(ctx context.Context) (int, error) {
+// its publisher: the answer counts the queue entries written. A publish
+// call that fails because the chaos took its publisher down meanwhile is
+// not an error: its batch is returned as uncertain (it may or may not have
+// been queued; it is not published again, which would publish it twice),
+// and the publisher goes on with the next batch once it is back.
+func (l *labRun) storm(ctx context.Context) (int, map[int][]labBatch, error) {
 	var published atomic.Int64
+	var mu sync.Mutex
+	uncertain := map[int][]labBatch{}
 	var pubs []int
 	for i, f := range l.fanout {
 		if f > 0 {
@@ -680,6 +810,10 @@ func (l *labRun) storm(ctx context.Context) (int, error) {
 					}
 				}
 			}
+			conn, epoch, err := n.session(ctx)
+			if err != nil {
+				return err
+			}
 			batch = batch[:0]
 			now := time.Now().UnixNano()
 			for m := first; m < min(first+l.o.batch, l.o.messages); m++ {
@@ -689,7 +823,13 @@ func (l *labRun) storm(ctx context.Context) (int, error) {
 				}
 				batch = append(batch, b)
 			}
-			res, err := n.conn.Publish(ctx, localapi.PublishRequest{Action: n.subject(), Batch: batch})
+			res, err := conn.Publish(ctx, localapi.PublishRequest{Action: n.subject(), Batch: batch})
+			if err != nil && ctx.Err() == nil && n.interruptedSince(epoch) {
+				mu.Lock()
+				uncertain[n.index] = append(uncertain[n.index], labBatch{First: first, Count: len(batch)})
+				mu.Unlock()
+				continue
+			}
 			if err != nil {
 				return fmt.Errorf("%s: publish after %d message(s): %w", n.name, first, err)
 			}
@@ -700,22 +840,45 @@ func (l *labRun) storm(ctx context.Context) (int, error) {
 		}
 		return nil
 	})
-	return int(published.Load()), err
+	return int(published.Load()), uncertain, err
 }
 
 // drain waits until the receivers have written want lines in all, or no
-// line arrived for the idle timeout. It reports whether all arrived.
-func (l *labRun) drain(ctx context.Context, want int) bool {
-	last, lastChange, lastReport := -1, time.Now(), time.Now()
+// line arrived for the idle timeout. It reports whether all arrived. With
+// chaos, line counts include re-runs and publications of cut calls, so
+// it waits for the chaos to end and then until every required delivery is
+// in the logs and every publisher's queues are empty (nothing unacked: a
+// cut call's batch, if queued, has arrived); the idle timeout runs only
+// once the chaos has ended.
+func (l *labRun) drain(ctx context.Context, want int, chaosDone <-chan struct{}, expect func() labExpect) bool {
+	last, lastChange, lastReport, lastCheck := -1, time.Now(), time.Now(), time.Time{}
 	for {
 		got := 0
 		for _, n := range l.nodes {
 			got += labCountLines(filepath.Join(n.layout.Dir, labLog))
 		}
-		if got >= want {
-			return true
+		chaosOver := true
+		if l.o.chaos > 0 {
+			select {
+			case <-chaosDone:
+			default:
+				chaosOver = false
+			}
 		}
-		if got != last {
+		if got >= want {
+			if l.o.chaos == 0 {
+				return true
+			}
+			if chaosOver && time.Since(lastCheck) >= 500*time.Millisecond {
+				lastCheck = time.Now()
+				logs, _ := l.readLogs()
+				t := tallyLabExpect(l.edges, l.o.messages, l.peerIDs(), logs, expect())
+				if t.Delivered >= t.Expected && l.queuesEmpty(ctx) {
+					return true
+				}
+			}
+		}
+		if got != last || !chaosOver {
 			last, lastChange = got, time.Now()
 		}
 		if time.Since(lastChange) > l.o.idleTimeout {
@@ -839,15 +1002,18 @@ func labParseEpoch(s string) (int64, error) {
 
 // labTally is what the receiver logs show against the topology.
 type labTally struct {
-	Expected   int
-	Delivered  int // distinct (subscription, message) pairs
-	Duplicates int
-	OutOfOrder int
-	Unexpected int // not from a publisher of this subscriber, or no such message
-	BadRecords int
-	Received   map[int]int // receiver runs per node
-	Latencies  []time.Duration
-	Examples   []string // the first few problems, for the report
+	Expected       int // required deliveries
+	Delivered      int // distinct required (subscription, message) pairs
+	Uncertain      int // distinct deliveries of messages from cut publish calls
+	Reruns         int // allowed re-runs after an interruption of the subscriber
+	Duplicates     int
+	OutOfOrder     int
+	Unexpected     int // not from a publisher of this subscriber, or no such message
+	PartialBatches int // cut publish calls that arrived in part
+	BadRecords     int
+	Received       map[int]int // receiver runs per node
+	Latencies      []time.Duration
+	Examples       []string // the first few problems, for the report
 }
 
 // tallyLab checks logs (per subscriber node, in append order)
@@ -855,23 +1021,41 @@ type labTally struct {
 // appear exactly once at each of its subscribers, in order, with rising
 // sequence numbers, and come from the publisher's peer id.
 func tallyLab(edges []labEdge, messages int, peerIDs []string, logs map[int][]labRecord) labTally {
+	return tallyLabExpect(edges, messages, peerIDs, logs, labExpect{})
+}
+
+// tallyLabExpect is tallyLab with the allowances of a chaos run (see
+// labExpect): messages of cut publish calls are not required, but each
+// such batch arrives whole at every subscription of its publisher or at
+// none; and a subscriber node taken down k times may show, per
+// subscription, up to k re-runs, each right after the record it repeats.
+func tallyLabExpect(edges []labEdge, messages int, peerIDs []string, logs map[int][]labRecord, x labExpect) labTally {
 	type state struct {
-		seen    []bool
-		lastN   int
-		lastSeq uint64
+		seen     []bool
+		lastN    int
+		lastSeq  uint64
+		prev     *labRecord // the subscription's previous record
+		reruns   int
+		required int
 	}
 	subs := map[labEdge]*state{}
+	t := labTally{Received: map[int]int{}}
 	for _, e := range edges {
-		subs[e] = &state{seen: make([]bool, messages), lastN: -1}
+		st := &state{seen: make([]bool, messages), lastN: -1, required: messages}
+		for _, b := range x.Uncertain[e.Pub] {
+			st.required -= b.Count
+		}
+		subs[e] = st
+		t.Expected += st.required
 	}
-	t := labTally{Expected: len(edges) * messages, Received: map[int]int{}}
 	example := func(f string, a ...any) {
 		if len(t.Examples) < 10 {
 			t.Examples = append(t.Examples, fmt.Sprintf(f, a...))
 		}
 	}
 	for sub, recs := range logs {
-		for _, r := range recs {
+		for i := range recs {
+			r := &recs[i]
 			t.Received[sub]++
 			e := labEdge{Pub: r.Data.Pub, Sub: sub}
 			st := subs[e]
@@ -889,12 +1073,24 @@ func tallyLab(edges []labEdge, messages int, peerIDs []string, logs map[int][]la
 				example("node %d received message %d from node %d, which never published it", sub, r.Data.N, r.Data.Pub)
 				continue
 			case st.seen[r.Data.N]:
+				if p := st.prev; p != nil && p.Data == r.Data && p.Seq == r.Seq && st.reruns < x.Interrupted[sub] {
+					// The publication in flight when the subscriber went
+					// down, run again after its restart.
+					st.reruns++
+					t.Reruns++
+					continue
+				}
 				t.Duplicates++
 				example("node %d ran its receiver twice for node %d's message %d", sub, r.Data.Pub, r.Data.N)
 				continue
 			}
 			st.seen[r.Data.N] = true
-			t.Delivered++
+			st.prev = r
+			if x.uncertain(r.Data.Pub, r.Data.N) {
+				t.Uncertain++
+			} else {
+				t.Delivered++
+			}
 			if r.Data.N < st.lastN || r.Seq <= st.lastSeq {
 				t.OutOfOrder++
 				example("node %d got node %d's message %d (seq %d) after message %d (seq %d)", sub, r.Data.Pub, r.Data.N, r.Seq, st.lastN, st.lastSeq)
@@ -906,9 +1102,40 @@ func tallyLab(edges []labEdge, messages int, peerIDs []string, logs map[int][]la
 	for _, e := range edges {
 		st := subs[e]
 		for n, ok := range st.seen {
-			if !ok {
+			if !ok && !x.uncertain(e.Pub, n) {
 				example("node %d never received node %d's message %d", e.Sub, e.Pub, n)
 				break
+			}
+		}
+	}
+	// A cut publish call queued its batch for every subscription of its
+	// publisher in one commit, or for none.
+	for p, bs := range x.Uncertain {
+		for _, b := range bs {
+			whole, none := 0, 0
+			for _, e := range edges {
+				if e.Pub != p {
+					continue
+				}
+				got := 0
+				for m := b.First; m < b.First+b.Count; m++ {
+					if subs[e].seen[m] {
+						got++
+					}
+				}
+				switch got {
+				case 0:
+					none++
+				case b.Count:
+					whole++
+				default:
+					t.PartialBatches++
+					example("node %d received %d of the %d messages %d-%d of node %d's cut publish call", e.Sub, got, b.Count, b.First, b.First+b.Count-1, p)
+				}
+			}
+			if whole > 0 && none > 0 {
+				t.PartialBatches++
+				example("node %d's cut publish call of messages %d-%d reached %d of its subscriptions and not %d", p, b.First, b.First+b.Count-1, whole, none)
 			}
 		}
 	}
@@ -1076,8 +1303,21 @@ func printLabReport(w io.Writer, r *labReport) {
 		"time", fmt.Sprintf("setup %s, storm %s, drain %s, teardown %s, wall %s; %.0f deliveries/s",
 			labSecs(r.Setup), labSecs(r.Storm), labSecs(r.Drain), labSecs(r.Teardown), labSecs(r.Wall), r.Throughput),
 		"teardown", fmt.Sprintf("%d stopped, %d killed", r.Stopped, r.Killed),
-		"result", verdict,
+		"service logs", fmt.Sprintf("%d ERROR line(s)", r.LogErrors),
 	)
+	if r.Chaos > 0 {
+		_ = kv(w, "chaos", fmt.Sprintf("%d interruption(s): %d killed, %d stopped, %d restarted; %d message(s) in cut publish calls (%d deliveries of them), %d receiver re-run(s), %d partly delivered batch(es)",
+			r.Chaos, r.Kills, r.Stops, r.Restarts, r.Uncertain, r.UncertainDelivered, r.Reruns, r.PartialBatches))
+		for _, e := range r.ChaosEvents {
+			line := fmt.Sprintf("  %7.2fs %-4s %s (pid %d) in the %s, down %s, restart %s, now pid %d",
+				time.Duration(e.At).Seconds(), e.Kind, e.Node, e.OldPID, e.Phase, labSecs(e.Down), labSecs(e.Restart), e.NewPID)
+			if e.Error != "" {
+				line += ": " + e.Error
+			}
+			fmt.Fprintln(w, line)
+		}
+	}
+	_ = kv(w, "result", verdict)
 	for _, p := range r.Problems {
 		fmt.Fprintln(w, "  -", p)
 	}

@@ -18,12 +18,12 @@ import (
 
 func TestLabFlagErrors(t *testing.T) {
 	t.Setenv("COATTAIL_RUNTIME_DIR", t.TempDir())
-	stdout, stderr, code := runCLI(t, "lab", "--nodes", "1", "--topology", "ring", "--batch", "0", "--messages", "0", "--idle-timeout", "10ms", "--conn-low", "9", "--conn-high", "3")
+	stdout, stderr, code := runCLI(t, "lab", "--nodes", "1", "--topology", "ring", "--batch", "0", "--messages", "0", "--idle-timeout", "10ms", "--conn-low", "9", "--conn-high", "3", "--chaos", "-1", "--chaos-stop", "2")
 	if code != 1 || stdout != "" {
 		t.Fatalf("exit %d, stdout %q; want exit 1 and nothing on stdout", code, stdout)
 	}
 	// Every problem is reported at once.
-	for _, want := range []string{"lab: invalid options", "--nodes 1", `--topology "ring"`, "--batch 0", "--messages 0", "--idle-timeout", "conn-low <= conn-high"} {
+	for _, want := range []string{"lab: invalid options", "--nodes 1", `--topology "ring"`, "--batch 0", "--messages 0", "--idle-timeout", "conn-low <= conn-high", "--chaos -1", "--chaos-stop 2"} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)
 		}
@@ -387,5 +387,126 @@ func TestPublishStdinServiceGone(t *testing.T) {
 		publishBatch, publishBatch+1, publishBatch+1, publishBatch+2)
 	if err == nil || !strings.Contains(errb.String(), want) {
 		t.Fatalf("publish --stdin whose service died: %v\nstdout: %s\nstderr: %s\nwant: %s", err, out.String(), errb.String(), want)
+	}
+}
+
+// A chaos run's allowances: messages of a cut publish call are accepted
+// but not required, whole or not at all; a subscriber taken down k times
+// may re-run, per subscription, up to k publications, each right after
+// the record it repeats; anything else still fails.
+func TestLabTallyChaos(t *testing.T) {
+	// Node 0 publishes 6 messages (3 calls of 2) to nodes 1 and 2; the
+	// call of messages 2-3 was cut by an interruption.
+	edges := []labEdge{{Pub: 0, Sub: 1}, {Pub: 0, Sub: 2}}
+	ids := []string{"P0", "P1", "P2"}
+	rec := func(seq uint64, n int) labRecord {
+		return labRecord{Seq: seq, Recv: 2000, Publisher: "P0", Data: labData{Pub: 0, N: n, Sent: 1000}}
+	}
+	all := func(ns ...int) []labRecord {
+		var rs []labRecord
+		for i, n := range ns {
+			rs = append(rs, rec(uint64(i+1), n))
+		}
+		return rs
+	}
+	cut := labExpect{Uncertain: map[int][]labBatch{0: {{First: 2, Count: 2}}}, Interrupted: map[int]int{1: 1}}
+	for _, tc := range []struct {
+		name string
+		logs map[int][]labRecord
+		x    labExpect
+		ok   bool
+		want func(labTally) bool
+	}{
+		{"cut batch arrived", map[int][]labRecord{1: all(0, 1, 2, 3, 4, 5), 2: all(0, 1, 2, 3, 4, 5)}, cut, true,
+			func(x labTally) bool { return x.Expected == 8 && x.Delivered == 8 && x.Uncertain == 4 }},
+		{"cut batch did not", map[int][]labRecord{1: all(0, 1, 4, 5), 2: all(0, 1, 4, 5)}, cut, true,
+			func(x labTally) bool { return x.Delivered == 8 && x.Uncertain == 0 }},
+		{"half a cut batch", map[int][]labRecord{1: all(0, 1, 2, 4, 5), 2: all(0, 1, 2, 4, 5)}, cut, false,
+			func(x labTally) bool { return x.PartialBatches == 2 }},
+		{"cut batch at one subscription only", map[int][]labRecord{1: all(0, 1, 2, 3, 4, 5), 2: all(0, 1, 4, 5)}, cut, false,
+			func(x labTally) bool { return x.PartialBatches == 1 }},
+		{"a returned batch is still required", map[int][]labRecord{1: all(0, 1, 2, 3, 4), 2: all(0, 1, 2, 3, 4, 5)}, cut, false,
+			func(x labTally) bool { return x.Delivered == 7 }},
+		{"re-run after the interrupted subscriber's restart",
+			map[int][]labRecord{1: {rec(1, 0), rec(2, 1), rec(2, 1), rec(3, 4), rec(4, 5)}, 2: all(0, 1, 4, 5)}, cut, true,
+			func(x labTally) bool { return x.Reruns == 1 && x.Duplicates == 0 && x.Received[1] == 5 }},
+		{"two re-runs for one interruption",
+			map[int][]labRecord{1: {rec(1, 0), rec(1, 0), rec(2, 1), rec(2, 1), rec(3, 4), rec(4, 5)}, 2: all(0, 1, 4, 5)}, cut, false,
+			func(x labTally) bool { return x.Reruns == 1 && x.Duplicates == 1 }},
+		{"re-run at a subscriber never interrupted",
+			map[int][]labRecord{1: all(0, 1, 4, 5), 2: {rec(1, 0), rec(1, 0), rec(2, 1), rec(3, 4), rec(4, 5)}}, cut, false,
+			func(x labTally) bool { return x.Duplicates == 1 }},
+		{"a duplicate that is not the last record",
+			map[int][]labRecord{1: {rec(1, 0), rec(2, 1), rec(1, 0), rec(3, 4), rec(4, 5)}, 2: all(0, 1, 4, 5)}, cut, false,
+			func(x labTally) bool { return x.Duplicates == 1 && x.Reruns == 0 }},
+		{"without chaos a re-run is a duplicate",
+			map[int][]labRecord{1: {rec(1, 0), rec(1, 0), rec(2, 1), rec(3, 2)}, 2: all(0, 1, 2)}, labExpect{}, false,
+			func(x labTally) bool { return x.Duplicates == 1 && x.Reruns == 0 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			msgs := 6
+			if tc.x.Uncertain == nil {
+				msgs = 3
+			}
+			x := tallyLabExpect(edges, msgs, ids, tc.logs, tc.x)
+			ok := x.Delivered == x.Expected && x.Duplicates+x.OutOfOrder+x.Unexpected+x.PartialBatches == 0
+			if ok != tc.ok || !tc.want(x) || (!ok && len(x.Examples) == 0) {
+				t.Errorf("ok %v, want %v; tally %+v", ok, tc.ok, x)
+			}
+		})
+	}
+	r := &labReport{Expected: 10, Delivered: 10, PartialBatches: 1}
+	if r.OK() {
+		t.Error("a partly delivered batch passed")
+	}
+	r = &labReport{Expected: 10, Delivered: 10, ChaosFailures: 1}
+	if r.OK() {
+		t.Error("a node that did not come back passed")
+	}
+}
+
+// A small chaos lab: three interruptions (SIGKILL or service stop) of
+// random nodes during the storm and the drain, each node restarted; every
+// publication whose call returned arrives once, in order, and nothing the
+// lab started survives it.
+func TestLabChaos(t *testing.T) {
+	t.Parallel()
+	const nodes, degree, messages = 6, 2, 60
+	rep, stderr := runLabCmd(t, "--nodes", "6", "--topology", "mesh", "--degree", "2", "--messages", "60", "--batch", "5",
+		"--rate", "60", "--chaos", "3", "--chaos-stop", "0.3", "--seed", "5")
+	if !rep.OK() || rep.Lost+rep.Duplicates+rep.OutOfOrder+rep.Unexpected+rep.BadLines+rep.PartialBatches != 0 || rep.DeadLetters != 0 {
+		t.Fatalf("chaos lab failed: %+v\nproblems %v\n%s", rep, rep.Problems, stderr)
+	}
+	if rep.Chaos != 3 || len(rep.ChaosEvents) != 3 || rep.Kills+rep.Stops != 3 || rep.Restarts != 3 || rep.ChaosFailures != 0 {
+		t.Errorf("chaos: %d asked, %d events, %d kills + %d stops, %d restarts, %d failures",
+			rep.Chaos, len(rep.ChaosEvents), rep.Kills, rep.Stops, rep.Restarts, rep.ChaosFailures)
+	}
+	if all := nodes * degree * messages; rep.Expected > all || rep.Expected < all-rep.Uncertain*degree*nodes || rep.Delivered != rep.Expected {
+		t.Errorf("delivered %d of %d required (%d in all, %d messages in cut calls)", rep.Delivered, rep.Expected, all, rep.Uncertain)
+	}
+	if rep.Published+rep.Uncertain != rep.Publishers*messages {
+		t.Errorf("published %d + %d uncertain, want %d", rep.Published, rep.Uncertain, rep.Publishers*messages)
+	}
+	for _, e := range rep.ChaosEvents {
+		if e.OldPID <= 0 || e.NewPID <= 0 || e.Error != "" || (e.Kind != "kill" && e.Kind != "stop") {
+			t.Errorf("chaos event %+v", e)
+		}
+		if processAlive(e.OldPID) {
+			t.Errorf("%s's old service (pid %d) still runs", e.Node, e.OldPID)
+		}
+	}
+	for _, n := range rep.PerNode {
+		if processAlive(n.PID) {
+			t.Errorf("node %s (pid %d) still runs after the lab", n.Name, n.PID)
+		}
+	}
+	if rep.LogErrors != 0 {
+		t.Errorf("%d ERROR lines in the services' logs: %v", rep.LogErrors, rep.Problems)
+	}
+	if rep.Dir != "" {
+		t.Errorf("a clean run kept its directory %s", rep.Dir)
+	}
+	if !strings.Contains(stderr, "chaos 3/3") {
+		t.Errorf("progress lacks the chaos:\n%s", stderr)
 	}
 }
