@@ -522,6 +522,11 @@ func (l *labRun) exercise(ctx context.Context, rep *labReport) error {
 	}
 	rep.RSS, rep.PeakRSS = labSummarize(rss), labSummarize(peak)
 	for _, n := range l.nodes {
+		if n.conn == nil {
+			// Interrupted while the chaos had it down.
+			rep.Problems = append(rep.Problems, fmt.Sprintf("%s: down at the end of the run", n.name))
+			continue
+		}
 		// Measured even after an interrupt: the report says what arrived.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		st, err := n.conn.Status(sctx)

@@ -54,6 +54,9 @@ type labChaosEvent struct {
 	Down    localapi.Duration `json:"down_s"`    // from the kill or stop to the restart's ready control socket
 	Restart localapi.Duration `json:"restart_s"` // `service start` until ready
 	Error   string            `json:"error,omitempty"`
+	// Interrupted: the run was interrupted (Ctrl-C) while the node was
+	// down; it was not restarted, and that is no failure of it.
+	Interrupted bool `json:"interrupted,omitempty"`
 }
 
 // labBatch is a run of messages published in one call.
@@ -163,11 +166,12 @@ func (c *labChaos) run(ctx context.Context) error {
 		c.events = append(c.events, ev)
 		c.interrupted[i]++
 		c.mu.Unlock()
-		c.l.progress("chaos %d/%d: %s %s (pid %d) in the %s, back as pid %d after %.1fs",
-			k+1, o.chaos, ev.Kind, ev.Node, ev.OldPID, ev.Phase, ev.NewPID, time.Duration(ev.Down).Seconds())
 		if err != nil {
+			c.l.progress("chaos %d/%d: %s %s (pid %d) in the %s: %s", k+1, o.chaos, ev.Kind, ev.Node, ev.OldPID, ev.Phase, ev.Error)
 			return err
 		}
+		c.l.progress("chaos %d/%d: %s %s (pid %d) in the %s, back as pid %d after %.1fs",
+			k+1, o.chaos, ev.Kind, ev.Node, ev.OldPID, ev.Phase, ev.NewPID, time.Duration(ev.Down).Seconds())
 	}
 	return nil
 }
@@ -223,6 +227,7 @@ func (c *labChaos) bounce(ctx context.Context, n *labNode, stop bool, pause time
 	}
 	select {
 	case <-ctx.Done():
+		ev.Interrupted = true
 		return fail("interrupted while down")
 	case <-time.After(pause):
 	}
@@ -230,6 +235,10 @@ func (c *labChaos) bounce(ctx context.Context, n *labNode, stop bool, pause time
 	newPID, newConn, err := c.l.launch(ctx, n)
 	ev.Restart = localapi.Duration(time.Since(restart))
 	if err != nil {
+		n.st.mu.Lock()
+		n.pid = newPID // 0 unknown: teardown looks for it
+		n.st.mu.Unlock()
+		ev.Interrupted = ctx.Err() != nil
 		return fail("restart: %v", err)
 	}
 	ev.NewPID = newPID
@@ -261,9 +270,12 @@ func (c *labChaos) report(rep *labReport) {
 		} else {
 			rep.Kills++
 		}
-		if e.Error == "" {
+		switch {
+		case e.Error == "":
 			rep.Restarts++
-		} else {
+		case e.Interrupted:
+			rep.Problems = append(rep.Problems, fmt.Sprintf("chaos: %s %s: the run was interrupted while it was down", e.Kind, e.Node))
+		default:
 			rep.ChaosFailures++
 			rep.Problems = append(rep.Problems, fmt.Sprintf("chaos: %s %s: %s", e.Kind, e.Node, e.Error))
 		}
