@@ -833,6 +833,7 @@ func (l *labRun) storm(ctx context.Context) (int, map[int][]labBatch, error) {
 				mu.Lock()
 				uncertain[n.index] = append(uncertain[n.index], labBatch{First: first, Count: len(batch)})
 				mu.Unlock()
+				l.progress("%s: the publish call of messages %d-%d was cut (it may or may not have queued them): %v", n.name, first, first+len(batch)-1, err)
 				continue
 			}
 			if err != nil {
