@@ -1314,6 +1314,14 @@ func (qs *Queues) Status() []QueueStatus {
 	return out
 }
 
+// handoffGrace is how long Publish still waits for the outcome of a
+// request the committer has taken once its ctx ends. A variable for tests.
+var handoffGrace = 5 * time.Second
+
+// testHookHandoff, when set (by tests, before any Publish), is called by
+// Publish once the committer has its request.
+var testHookHandoff func()
+
 // Publish appends each message to every subscription whose pattern matches
 // its subject and that passes filter (nil passes all), with the next
 // sequence number of that subscription. It returns the number of queue
@@ -1323,8 +1331,10 @@ func (qs *Queues) Status() []QueueStatus {
 //
 // Under PolicyReject, if any message would overflow a matching queue the
 // call fails with an error wrapping ErrQueueFull and nothing of it is
-// written. If ctx ends first, Publish returns its error, but the messages
-// may still be queued (delivery is at-least-once either way).
+// written. If ctx ends before the committer took the call, Publish
+// returns its error and nothing is written; once taken, it waits for the
+// outcome (up to handoffGrace after ctx ended; past that it returns ctx's
+// error and the messages may still be queued).
 //
 // filter runs on the caller's goroutine and must not call back into qs.
 func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subscription) bool) (int, error) {
@@ -1449,11 +1459,25 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 		return 0, ctx.Err()
 	}
 
+	if testHookHandoff != nil {
+		testHookHandoff()
+	}
 	select {
 	case <-r.done:
 	case <-ctx.Done():
-		// r is still referenced by the committer; it is not recycled.
-		return 0, fmt.Errorf("topics: publish: %w (the messages may still be queued)", ctx.Err())
+		// The committer has the request and commits or fails it within
+		// a round (milliseconds): its outcome, not "may still be queued",
+		// is what a caller cut by a service stop should hear. Only a
+		// round stuck longer than handoffGrace (a stalled disk) leaves
+		// the outcome unknown.
+		t := time.NewTimer(handoffGrace)
+		select {
+		case <-r.done:
+			t.Stop()
+		case <-t.C:
+			// r is still referenced by the committer; it is not recycled.
+			return 0, fmt.Errorf("topics: publish: %w (the messages may still be queued)", ctx.Err())
+		}
 	}
 	n, err := r.n, r.err
 	qs.reqPool.Put(r)

@@ -1717,3 +1717,49 @@ func TestRemoveLogsDiscarded(t *testing.T) {
 		t.Errorf("removing a drained queue logged a discard:\n%s", out)
 	}
 }
+
+// A Publish whose ctx ends after the committer took it (a control request
+// cut by a service stop) reports the outcome of the commit, not "may still
+// be queued": the caller learns the publications were stored. One taken by
+// a round stuck past handoffGrace still says it does not know.
+func TestPublishCancelledAfterHandoffReportsOutcome(t *testing.T) {
+	qs := openQueues(t, datastore.NewMemory().Batching(), QueueOptions{})
+	addSub(t, qs, "s", ">")
+	handedOff := make(chan struct{}, 1)
+	testHookHandoff = func() { handedOff <- struct{}{} }
+	defer func() { testHookHandoff = nil }()
+	// Publish with the committer held, and end ctx once it has the request.
+	publish := func() chan error {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			n, err := qs.Publish(ctx, []Message{msg("a", "1")}, nil)
+			if err == nil && n != 1 {
+				err = fmt.Errorf("published %d, want 1", n)
+			}
+			done <- err
+		}()
+		<-handedOff
+		cancel()
+		return done
+	}
+	qs.commitMu.Lock()
+	done := publish()
+	time.Sleep(50 * time.Millisecond) // Publish is waiting past its ctx
+	qs.commitMu.Unlock()
+	if err := <-done; err != nil {
+		t.Fatalf("publish cancelled after the hand-off: %v, want its success", err)
+	}
+	if st := status(t, qs, "s"); st.NextSeq != 2 {
+		t.Fatalf("next_seq %d, want the publication queued", st.NextSeq)
+	}
+
+	defer func(g time.Duration) { handoffGrace = g }(handoffGrace)
+	handoffGrace = 50 * time.Millisecond
+	qs.commitMu.Lock()
+	err := <-publish()
+	qs.commitMu.Unlock()
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "may still be queued") {
+		t.Fatalf("publish stuck past the grace: %v, want ctx's error saying it may still be queued", err)
+	}
+}
