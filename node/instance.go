@@ -59,6 +59,10 @@ func IsInstance(dir string) bool {
 
 // CreateOptions configures a new instance.
 type CreateOptions struct {
+	// Port is the TCP and UDP port the config listens on. 0 asks for any
+	// free port at every start: peers then find the instance only at the
+	// addresses it told them last (fine for tests; two instances that
+	// both restart on port 0 lose each other).
 	Port     int
 	Loopback bool // listen on 127.0.0.1 only, no port mapping (labs, demos, tests)
 }
