@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"sync"
 )
 
@@ -32,15 +30,7 @@ func (n *Node) ServeControl(ctx context.Context) error {
 		return fmt.Errorf("%w: something already answers on %s", ErrAlreadyRunning, n.layout.Socket())
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	h := bodyDeadline(n.Handler(nil), controlReadTimeout)
-	srv := &http.Server{
-		// Requests end with the node: a perform in progress is stopped.
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-		Handler:           h,
-		ReadHeaderTimeout: controlReadTimeout,
-		IdleTimeout:       controlIdleTimeout,
-		MaxHeaderBytes:    controlMaxHeader,
-	}
+	srv := controlServer(ctx, bodyDeadline(n.Handler(nil), controlReadTimeout))
 	sock, err := serveControl(n.layout, srv)
 	if err != nil {
 		cancel()
@@ -48,11 +38,7 @@ func (n *Node) ServeControl(ctx context.Context) error {
 	}
 	stop := sync.OnceFunc(func() {
 		cancel()
-		sctx, done := context.WithTimeout(context.Background(), controlShutdownTimeout)
-		defer done()
-		if err := srv.Shutdown(sctx); err != nil {
-			_ = srv.Close()
-		}
+		shutdownControl(srv)
 		sock.remove()
 	})
 	// Whichever comes first: ctx, or Close (before the datastore closes).

@@ -204,16 +204,7 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 	if controlHandlerHook != nil {
 		h = controlHandlerHook(n, h)
 	}
-	srv := &http.Server{
-		// Requests end with the service: a perform in progress is
-		// stopped (its action killed), not left running without its
-		// timeout after the service is gone.
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-		Handler:           requests.wrap(h, n.controlWriteTimeout()),
-		ReadHeaderTimeout: controlReadTimeout,
-		IdleTimeout:       controlIdleTimeout,
-		MaxHeaderBytes:    controlMaxHeader,
-	}
+	srv := controlServer(ctx, requests.wrap(h, n.controlWriteTimeout()))
 	sock, err := serveControl(l, srv)
 	if err != nil {
 		return err
@@ -230,11 +221,7 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		logger.Info("service stopping")
 		stop()
 		requests.Shut()
-		sctx, cancel := context.WithTimeout(context.Background(), controlShutdownTimeout)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			_ = srv.Close()
-		}
+		shutdownControl(srv)
 		if !requests.Wait(controlShutdownGrace) {
 			logger.Error("control requests still run after the service stopped (their handlers ignore cancellation); the node and its datastore are closed when they end",
 				"requests", requests.Count())
@@ -331,6 +318,30 @@ var (
 	controlShutdownTimeout = 5 * time.Second
 	controlShutdownGrace   = 5 * time.Second
 )
+
+// controlServer is the control API's HTTP server for handler h. Requests
+// end with ctx (the service or the node): a perform in progress is
+// stopped (its action killed), not left running without its timeout after
+// the service is gone.
+func controlServer(ctx context.Context, h http.Handler) *http.Server {
+	return &http.Server{
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		Handler:           h,
+		ReadHeaderTimeout: controlReadTimeout,
+		IdleTimeout:       controlIdleTimeout,
+		MaxHeaderBytes:    controlMaxHeader,
+	}
+}
+
+// shutdownControl stops srv: it waits controlShutdownTimeout for its
+// connections to end, then cuts those left.
+func shutdownControl(srv *http.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), controlShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		_ = srv.Close()
+	}
+}
 
 // controlHandlerHook, if set (by tests), wraps the control API handler of
 // the services RunService starts.
