@@ -591,13 +591,21 @@ func (s pebbleBatching) GetSorted(ctx context.Context, keys [][]byte, fn func(in
 	}
 	defer s.g.exit()
 	upper := append(bytes.Clone(keys[len(keys)-1]), 0)
+	// iterFrom is an iterator over keys from k on.
+	iterFrom := func(k []byte) (*pebble.Iterator, error) {
+		it, err := s.DB.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: k, UpperBound: upper})
+		if err != nil {
+			return nil, fmt.Errorf("datastore: read: %w", err)
+		}
+		return it, nil
+	}
 	var it *pebble.Iterator
 	var err error
 	for i := 0; i < len(keys) && err == nil; i++ {
 		k := keys[i]
 		if it == nil {
-			if it, err = s.DB.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: k, UpperBound: upper}); err != nil {
-				return fmt.Errorf("datastore: read: %w", err)
+			if it, err = iterFrom(k); err != nil {
+				return err
 			}
 		}
 		// Ascending seeks let pebble continue from the current position
@@ -610,8 +618,8 @@ func (s pebbleBatching) GetSorted(ctx context.Context, keys [][]byte, fn func(in
 			// not those after (the failed iterator keeps its error, and
 			// Close returns it).
 			_ = it.Close()
-			if it, err = s.DB.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: k, UpperBound: upper}); err != nil {
-				return fmt.Errorf("datastore: read: %w", err)
+			if it, err = iterFrom(k); err != nil {
+				return err
 			}
 			if val, rerr = seekValue(it, k); rerr != nil && IsCorruption(rerr) {
 				_ = it.Close()
