@@ -548,6 +548,7 @@ func (n *Node) Status() localapi.Status {
 		Version:   Version,
 		Online:    n.host != nil,
 		StartedAt: n.started,
+		Metrics:   n.metricsURL,
 		Uptime:    localapi.Duration(time.Since(n.started).Round(time.Millisecond)),
 		Counters: localapi.Counters{
 			Performed:   n.stats.performed.Load(),

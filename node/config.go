@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"math/big"
+	"net"
 	"os"
 	"reflect"
 	"slices"
@@ -100,6 +101,7 @@ type Config struct {
 	Network NetworkConfig `yaml:"network"`
 	Limits  LimitsConfig  `yaml:"limits"`
 	Log     LogConfig     `yaml:"log"`
+	Metrics MetricsConfig `yaml:"metrics"`
 }
 
 // NetworkConfig configures the libp2p host.
@@ -169,6 +171,13 @@ type LogConfig struct {
 	// never); RotateKeep how many rotated files are kept.
 	RotateSize ByteSize `yaml:"rotate_size"`
 	RotateKeep int      `yaml:"rotate_keep"`
+}
+
+// MetricsConfig configures the Prometheus endpoint.
+type MetricsConfig struct {
+	// Listen is the host:port the service serves /metrics on (port 0
+	// picks a free one; service status shows it); "" is off.
+	Listen string `yaml:"listen"`
 }
 
 // DefaultConfig returns the configuration of a new instance listening on port.
@@ -759,6 +768,11 @@ func (c *Config) Validate() error {
 	default:
 		bad("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
 	}
+	if c.Metrics.Listen != "" {
+		if _, err := metricsHost(c.Metrics.Listen); err != nil {
+			bad("metrics.listen: %v", err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -773,7 +787,35 @@ func (c *Config) Warnings() []string {
 	if l := c.Limits; l.MaxOutput > l.MaxPayload {
 		w = append(w, fmt.Sprintf("max_output %v exceeds max_payload %v: outputs above %v cannot be published with --notify or returned to remote callers", l.MaxOutput, l.MaxPayload, l.MaxPayload))
 	}
+	if host, err := metricsHost(c.Metrics.Listen); err == nil && c.Metrics.Listen != "" && !loopbackHost(host) {
+		w = append(w, fmt.Sprintf("metrics.listen %s is reachable from other machines and has no authentication: anyone who reaches it sees this instance's peer id, its subscribers' peer ids and subscription patterns (use 127.0.0.1, or a firewall)", c.Metrics.Listen))
+	}
 	return w
+}
+
+// metricsHost checks a metrics.listen address (host:port, the host an IP
+// address, "localhost" or empty for every interface) and returns its host.
+func metricsHost(addr string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("%q is not host:port (for example 127.0.0.1:9464)", addr)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || (p == 0 && port != "0") {
+		return "", fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	if host != "" && host != "localhost" && net.ParseIP(host) == nil {
+		return "", fmt.Errorf("%q: host %q is not an IP address or localhost (a name could resolve to an address other machines reach)", addr, host)
+	}
+	return host, nil
+}
+
+// loopbackHost reports whether a metrics.listen host is loopback only.
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 var configTemplate = template.Must(template.New("config").Funcs(template.FuncMap{
@@ -920,6 +962,14 @@ log:
   rotate_size: {{.C.Log.RotateSize}}
   # Rotated files kept (the oldest beyond is deleted). Default: 3.
   rotate_keep: {{.C.Log.RotateKeep}}
+
+metrics:
+  # Serve Prometheus metrics at http://<listen>/metrics: this instance's
+  # counters and queues (coattail_*), libp2p's (libp2p_*) and Go's. host:port,
+  # the host an IP address or localhost; port 0 picks a free port (service
+  # status --json shows the URL). The endpoint has no authentication: keep
+  # it on 127.0.0.1 or behind a firewall. "" turns it off. Default: "".
+  listen: {{printf "%q" .C.Metrics.Listen}}
 `))
 
 // RenderConfig writes c as a commented config.yml.

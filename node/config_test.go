@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -155,6 +156,9 @@ func TestParseConfigRefusesBadValues(t *testing.T) {
 		"announce peer id":  {"network:\n  announce: [/ip4/203.0.113.7/tcp/5210/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA]\n", "leave /p2p/... out"},
 		"water marks":       {"network:\n  conn_low: 10\n  conn_high: 5\n", "conn_high"},
 		"log level":         {"log:\n  level: chatty\n", "log.level"},
+		"metrics no port":   {"metrics:\n  listen: 127.0.0.1\n", "metrics.listen: \"127.0.0.1\" is not host:port"},
+		"metrics big port":  {"metrics:\n  listen: 127.0.0.1:70000\n", "metrics.listen"},
+		"metrics name":      {"metrics:\n  listen: metrics.example.org:9464\n", "not an IP address or localhost"},
 		"not a mapping":     {"- just\n- a list\n", "line 1"},
 		"wrong type":        {"network:\n  port_mapping: sometimes\n", "network.port_mapping (line 2): \"sometimes\" is not a boolean"},
 		// yaml.v3 takes these silently: an empty value keeps the
@@ -253,6 +257,7 @@ func TestRenderConfigRoundTrips(t *testing.T) {
 	odd.Limits.RateLimit = 12.5
 	odd.Limits.QueueFull = node.QueueFullDropOldest
 	odd.Log.Level = "debug"
+	odd.Metrics.Listen = "[::1]:9464"
 	for name, c := range map[string]node.Config{
 		"default":  node.DefaultConfig(node.DefaultPort),
 		"loopback": node.LoopbackConfig(0),
@@ -454,6 +459,24 @@ func TestParseConfigFirstLineErrorHasLine(t *testing.T) {
 		_, err := node.ParseConfig("config.yml", []byte(tc.in))
 		if !errors.Is(err, node.ErrConfig) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ParseConfig(%q) = %v, want %q", tc.in, err, tc.want)
+		}
+	}
+}
+
+// metrics.listen on loopback is quiet; on an address other machines reach
+// it is valid but warned about (the endpoint has no authentication).
+func TestMetricsListenWarning(t *testing.T) {
+	for addr, warn := range map[string]bool{
+		"": false, "127.0.0.1:9464": false, "localhost:0": false, "[::1]:9464": false,
+		"0.0.0.0:9464": true, ":9464": true, "192.0.2.7:9464": true,
+	} {
+		c, err := node.ParseConfig("config.yml", []byte(fmt.Sprintf("metrics:\n  listen: %q\n", addr)))
+		if err != nil {
+			t.Fatalf("metrics.listen %q: %v", addr, err)
+		}
+		got := strings.Contains(strings.Join(c.Warnings(), "\n"), "metrics.listen")
+		if got != warn {
+			t.Errorf("metrics.listen %q: warned %v, want %v (%q)", addr, got, warn, c.Warnings())
 		}
 	}
 }

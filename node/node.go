@@ -104,6 +104,10 @@ type Node struct {
 	net     *netsvc // nil when offline
 	started time.Time
 	stats   counters
+	// metricsURL is where RunService serves the Prometheus metrics
+	// (metrics.listen); "" when it does not. Set before the control
+	// socket serves, never changed after.
+	metricsURL string
 	// space refuses writes that grow the datastore while its disk is
 	// nearly full (limits.min_free_disk; nil when off).
 	space *spaceGuard

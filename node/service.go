@@ -198,6 +198,16 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 		logger.Error("start failed", "err", err)
 		return err
 	}
+	if addr := cfg.Metrics.Listen; addr != "" {
+		ms, err := serveMetrics(addr, n, logger)
+		if err != nil {
+			logger.Error("start failed", "err", err)
+			return err
+		}
+		defer ms.close() // before the node closes
+		n.metricsURL = ms.URL()
+		logger.Info("serving metrics", "url", n.metricsURL)
+	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	h := bodyDeadline(n.Handler(stop), controlReadTimeout)

@@ -16,7 +16,8 @@ func newConfigCmd(a *app) *cobra.Command {
 		Short: "Check config.yml without starting the service",
 		Long: `Check the instance's config.yml as the service would read it at start, without
 starting it (as nats-server -t does): every mistake is named with its key
-and line, and the exit code is 1. With the service running, it also says
+and line, and the exit code is 1; what is valid but worth knowing (a setting
+that does not work everywhere) is a warning on stderr. With the service running, it also says
 whether the file changed after the service started: the service reads its
 config only at start, so a change takes effect at the next start.`,
 		Args: cobra.NoArgs,
@@ -25,10 +26,14 @@ config only at start, so a change takes effect at the next start.`,
 			if err != nil {
 				return err
 			}
-			if _, err := node.LoadConfig(l.Config()); err != nil {
+			cfg, err := node.LoadConfig(l.Config())
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(a.out, "%s is valid\n", l.Config())
+			for _, w := range cfg.Warnings() {
+				fmt.Fprintf(a.err, "warning: %s\n", w)
+			}
 			if node.ConfigSetsNothing(l.Config()) {
 				fmt.Fprintf(a.err, "warning: %s\n", node.EmptyConfigWarning(l))
 			}

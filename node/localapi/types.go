@@ -74,6 +74,9 @@ type Status struct {
 	// publications are refused meanwhile.
 	DiskFree uint64 `json:"disk_free,omitempty"`
 	DiskLow  bool   `json:"disk_low,omitempty"`
+	// Metrics is the URL of the service's Prometheus endpoint
+	// (metrics.listen), when it serves one.
+	Metrics string `json:"metrics,omitempty"`
 }
 
 // Counters are service-wide totals since start: every one starts from 0
