@@ -571,3 +571,56 @@ func TestDoneChannelsOfExpiredTokensArePruned(t *testing.T) {
 		}
 	}
 }
+
+// PruneExpired deletes only the records of tokens expired before the
+// cutoff (never those without an expiry, nor those keep keeps), a dry run
+// deletes nothing, and a pruned token stays refused as expired.
+func TestPruneExpired(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	bob := newPeer(t)
+	never := f.issue(t, IssueOptions{Reusable: true})
+	soon := f.issue(t, IssueOptions{Reusable: true, ExpiresIn: time.Minute})
+	kept := f.issue(t, IssueOptions{Reusable: true, ExpiresIn: time.Minute})
+	later := f.issue(t, IssueOptions{Reusable: true, ExpiresIn: 48 * time.Hour})
+	if _, err := f.a.Verify(ctx, soon.Token, direct(bob, "")); err != nil {
+		t.Fatal(err) // cached grant: pruning must not leave it usable
+	}
+	keep := func(r Record) bool { return r.ID == kept.ID }
+	ids := func(rs []Record) []string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.ID)
+		}
+		return out
+	}
+	cutoff := time.Now().Add(time.Hour) // soon and kept expired by then, later not
+	got, err := f.a.PruneExpired(ctx, cutoff, keep, true)
+	if err != nil || !slices.Equal(ids(got), []string{soon.ID}) {
+		t.Fatalf("dry run: %v, %v; want [%s]", ids(got), err, soon.ID)
+	}
+	if all, _ := f.a.Tokens(ctx); len(all) != 4 {
+		t.Fatalf("a dry run deleted: %d tokens left, want 4", len(all))
+	}
+	got, err = f.a.PruneExpired(ctx, cutoff, keep, false)
+	if err != nil || !slices.Equal(ids(got), []string{soon.ID}) {
+		t.Fatalf("prune: %v, %v; want [%s]", ids(got), err, soon.ID)
+	}
+	all, _ := f.a.Tokens(ctx)
+	left, want := ids(all), []string{never.ID, kept.ID, later.ID}
+	slices.Sort(left)
+	slices.Sort(want)
+	if !slices.Equal(left, want) {
+		t.Fatalf("left %v, want %v", left, want)
+	}
+	if _, err := f.a.Token(ctx, soon.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Token(pruned) = %v, want ErrNotFound", err)
+	}
+	f.advance(time.Hour)
+	if _, err := f.a.Verify(ctx, soon.Token, direct(bob, "")); !errors.Is(err, ErrExpired) {
+		t.Fatalf("pruned token: %v, want ErrExpired", err)
+	}
+	if _, err := f.a.Verify(ctx, later.Token, direct(bob, "")); err != nil {
+		t.Fatalf("unpruned token: %v", err)
+	}
+}

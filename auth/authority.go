@@ -678,6 +678,43 @@ func (a *Authority) Revoke(ctx context.Context, id string) error {
 	return syncErr
 }
 
+// PruneExpired deletes the records of tokens that expired before cutoff
+// (by Verify's rule, leeway included), except those keep says to keep, and
+// returns them, oldest first. A pruned token stays refused: its signed
+// expiry is checked before its record. Pruning is final even if the clock
+// was wrong (a token is not valid again once the clock is set right), so
+// callers pass a cutoff in the past. With dryRun nothing is deleted.
+func (a *Authority) PruneExpired(ctx context.Context, cutoff time.Time, keep func(Record) bool, dryRun bool) ([]Record, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	recs, err := a.Tokens(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Record
+	for _, r := range recs {
+		if r.Claims.ExpiresAt == nil || !expiredAt(r.Claims.ExpiresAt.Time, cutoff) || (keep != nil && keep(r)) {
+			continue
+		}
+		if !dryRun {
+			k, err := recordKey(tokensPrefix, r.ID)
+			if err == nil {
+				err = a.store.Delete(ctx, k)
+			}
+			if err != nil {
+				return out, fmt.Errorf("auth: prune token %s: %w", r.ID, err)
+			}
+		}
+		out = append(out, r)
+	}
+	if len(out) > 0 && !dryRun {
+		if err := a.store.Sync(ctx, authPrefix); err != nil {
+			return out, fmt.Errorf("auth: pruned %d token record(s), but syncing the store failed, so some may come back after a crash: %w", len(out), err)
+		}
+	}
+	return out, nil
+}
+
 // revocation is the record a revoked token leaves.
 type revocation struct {
 	RevokedAt time.Time `json:"revoked_at"`

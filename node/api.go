@@ -121,6 +121,13 @@ func (n *Node) Handler(stop func()) http.Handler {
 		t.Token = ""
 		return t, nil
 	})
+	route("POST "+p+"/tokens/prune", func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req localapi.PruneTokensRequest
+		if err := decodeBody(r, &req); err != nil {
+			return nil, err
+		}
+		return n.PruneTokens(r.Context(), req)
+	})
 	route("DELETE "+p+"/tokens/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		return struct{}{}, n.RevokeToken(r.Context(), r.PathValue("id"))
 	})

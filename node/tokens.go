@@ -40,6 +40,31 @@ func (n *Node) RevokeToken(ctx context.Context, id string) error {
 	return nil
 }
 
+// PruneTokens deletes the records of tokens that expired more than
+// req.ExpiredFor ago (they are refused either way) and lists them. A token
+// a subscription held here still names is kept: the subscription ends with
+// it when its expiry is handled, and its record says which token it was.
+func (n *Node) PruneTokens(ctx context.Context, req localapi.PruneTokensRequest) (localapi.PruneTokensResult, error) {
+	if req.ExpiredFor < 0 {
+		return localapi.PruneTokensResult{}, badRequest("--expired-for must not be negative")
+	}
+	inUse := map[string]bool{}
+	for _, q := range n.queues.Status() {
+		inUse[q.TokenID] = true
+	}
+	recs, err := n.auth.PruneExpired(ctx, time.Now().Add(-time.Duration(req.ExpiredFor)), func(r auth.Record) bool { return inUse[r.ID] }, req.DryRun)
+	out := localapi.PruneTokensResult{Pruned: make([]localapi.Token, 0, len(recs)), DryRun: req.DryRun}
+	for _, r := range recs {
+		t := tokenView(r)
+		t.Token = ""
+		out.Pruned = append(out.Pruned, t)
+	}
+	if len(recs) > 0 && !req.DryRun {
+		n.log.Info("expired tokens pruned", "tokens", len(recs))
+	}
+	return out, err
+}
+
 // advertisedAddrs are the addresses put in tokens: the live host's
 // addresses when online (including relay addresses), else the configured
 // listen and announce addresses that name a concrete host.

@@ -20,7 +20,7 @@ import (
 
 func newTokenCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Issue, list, show, revoke and decode capability tokens"}
-	cmd.AddCommand(newTokenIssueCmd(a), newTokenListCmd(a), newTokenShowCmd(a), newTokenRevokeCmd(a), newTokenIssuerCmd(a), newTokenDecodeCmd(a))
+	cmd.AddCommand(newTokenIssueCmd(a), newTokenListCmd(a), newTokenShowCmd(a), newTokenRevokeCmd(a), newTokenPruneCmd(a), newTokenIssuerCmd(a), newTokenDecodeCmd(a))
 	return cmd
 }
 
@@ -38,25 +38,28 @@ func (f *lifetimeFlags) add(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&f.quiet, "quiet", false, "leave out the token's details: only the raw token (or the clipboard notice)")
 }
 
-func (f *lifetimeFlags) durations() (nbf, exp time.Duration, err error) {
-	parse := func(flag, s string) (time.Duration, error) {
-		if s == "" {
-			return 0, nil
-		}
-		d, err := str2duration.ParseDuration(s)
-		if err != nil && durationSyntax.MatchString(s) {
-			// Well-formed, so it failed on overflow.
-			return 0, fmt.Errorf("--%s %q is too long: at most %s (about 292 years)", flag, s, maxDurationText)
-		}
-		if err != nil || d < 0 {
-			return 0, fmt.Errorf("--%s %q: use a duration such as 30s, 10m, 2h, 1d or 1w", flag, s)
-		}
-		return d, nil
+// parseDurationFlag reads the duration flag --name (30s, 10m, 2h, 1d, 1w);
+// "" is 0.
+func parseDurationFlag(name, s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
 	}
-	if nbf, err = parse("not-before", f.notBefore); err != nil {
+	d, err := str2duration.ParseDuration(s)
+	if err != nil && durationSyntax.MatchString(s) {
+		// Well-formed, so it failed on overflow.
+		return 0, fmt.Errorf("--%s %q is too long: at most %s (about 292 years)", name, s, maxDurationText)
+	}
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("--%s %q: use a duration such as 30s, 10m, 2h, 1d or 1w", name, s)
+	}
+	return d, nil
+}
+
+func (f *lifetimeFlags) durations() (nbf, exp time.Duration, err error) {
+	if nbf, err = parseDurationFlag("not-before", f.notBefore); err != nil {
 		return
 	}
-	if exp, err = parse("expires-in", f.expiresIn); err != nil {
+	if exp, err = parseDurationFlag("expires-in", f.expiresIn); err != nil {
 		return
 	}
 	// An expiry of 0 means "never" to the control API: a token asked to
@@ -298,6 +301,51 @@ func newTokenRevokeCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "do not ask for confirmation")
+	return cmd
+}
+
+func newTokenPruneCmd(a *app) *cobra.Command {
+	var asJSON, dryRun bool
+	var expiredFor string
+	cmd := &cobra.Command{
+		Use:   "prune",
+		Short: "Delete the records of expired tokens, so token list shows the live ones",
+		Long: `Delete the records of the tokens that expired (more than --expired-for ago), and
+list them. An expired token is refused whether or not its record is kept, and a
+pruned one stays refused; but pruning is final: were this machine's clock set
+too far ahead, a token that only looked expired is revoked by it. A token a
+subscription held here still names is kept until that subscription ends.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d, err := parseDurationFlag("expired-for", expiredFor)
+			if err != nil {
+				return err
+			}
+			return a.withConn(cmd.Context(), func(c *node.Conn) error {
+				res, err := c.PruneTokens(cmd.Context(), localapi.PruneTokensRequest{ExpiredFor: localapi.Duration(d), DryRun: dryRun})
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(a.out, res)
+				}
+				verb := "Pruned"
+				if dryRun {
+					verb = "Would prune"
+				}
+				for _, t := range res.Pruned {
+					fmt.Fprintf(a.out, "%s token %s (expired %s)\n", verb, t.ID, t.ExpiresAt.Local().Format(time.RFC3339))
+				}
+				if len(res.Pruned) == 0 {
+					fmt.Fprintln(a.out, "No expired tokens to prune.")
+				}
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&expiredFor, "expired-for", "", "only tokens expired at least this long (30s, 10m, 2h, 1d, 1w; default: every expired token)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be pruned, delete nothing")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
 

@@ -66,6 +66,12 @@ func (c *Client) RevokeToken(ctx context.Context, id string) error {
 	return c.Do(ctx, http.MethodDelete, "/tokens/"+segment(id), nil, nil)
 }
 
+// PruneTokens deletes the records of long-expired tokens.
+func (c *Client) PruneTokens(ctx context.Context, r PruneTokensRequest) (PruneTokensResult, error) {
+	var out PruneTokensResult
+	return out, c.Do(ctx, http.MethodPost, "/tokens/prune", r, &out)
+}
+
 // IssueValidation issues a validation token for this instance.
 func (c *Client) IssueValidation(ctx context.Context, r ValidationIssueRequest) (ValidationIssueResult, error) {
 	var out ValidationIssueResult

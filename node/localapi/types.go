@@ -216,6 +216,20 @@ type Token struct {
 	ClaimedBy string     `json:"claimed_by,omitempty"`
 }
 
+// PruneTokensRequest asks to delete the records of tokens that expired
+// more than ExpiredFor ago; DryRun only lists them.
+type PruneTokensRequest struct {
+	ExpiredFor Duration `json:"expired_for"`
+	DryRun     bool     `json:"dry_run"`
+}
+
+// PruneTokensResult lists the pruned tokens (without the raw token), or
+// with DryRun those that would be.
+type PruneTokensResult struct {
+	Pruned []Token `json:"pruned"`
+	DryRun bool    `json:"dry_run,omitempty"`
+}
+
 // ValidationIssueRequest issues a validation token.
 type ValidationIssueRequest struct {
 	NotBefore Duration `json:"not_before"`
