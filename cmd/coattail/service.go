@@ -118,7 +118,7 @@ func resolveExisting(p string) string {
 
 func newServiceCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "service", Short: "Start, stop and list instance services"}
-	cmd.AddCommand(newServiceStartCmd(a), newServiceStatusCmd(a), newServiceStopCmd(a))
+	cmd.AddCommand(newServiceStartCmd(a), newServiceStatusCmd(a), newServiceStopCmd(a), newServiceLogsCmd(a))
 	return cmd
 }
 

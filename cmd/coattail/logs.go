@@ -1,0 +1,315 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/coattail/coattail/node"
+	"github.com/spf13/cobra"
+)
+
+func newServiceLogsCmd(a *app) *cobra.Command {
+	var (
+		lines  int
+		follow bool
+		asJSON bool
+		level  string
+	)
+	cmd := &cobra.Command{
+		Use:   "logs",
+		Short: "Print the instance's service log (the last lines; -f to follow)",
+		Long: `Print the last --lines lines of the instance's service log (log.file in
+config.yml), one event per line: time, level, message, then its fields as
+key=value. --json prints the lines as stored (JSON). --level leaves out the
+events below a level. -f keeps printing what the service logs until
+interrupted, also across a rotation of the file. Lines that are not log events
+(what a crashing service printed) are printed as they are. The service need not
+run.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if lines < 0 {
+				return fmt.Errorf("--lines %d must not be negative (0: the whole log)", lines)
+			}
+			minLevel, ok := logLevels[strings.ToUpper(level)]
+			if !ok {
+				return fmt.Errorf("--level %q is not one of debug, info, warn, error", level)
+			}
+			l, err := a.layout()
+			if err != nil {
+				return err
+			}
+			cfg, err := node.LoadConfig(l.Config())
+			if err != nil {
+				return err
+			}
+			path := l.LogFile(cfg)
+			if real, err := filepath.EvalSymlinks(path); err == nil {
+				path = real
+			}
+			fi, err := os.Stat(path)
+			switch {
+			case errors.Is(err, os.ErrNotExist):
+				return fmt.Errorf("no service log at %s yet (the service has not started since log.file was set)", path)
+			case err != nil:
+				return err
+			case !fi.Mode().IsRegular():
+				return fmt.Errorf("log.file %s is not a regular file (a device or pipe): the service's log goes there, and cannot be read back here", cfg.Log.File)
+			}
+			p := logPrinter{out: a.out, json: asJSON, min: minLevel}
+			f, err := os.Open(path)
+			if err != nil {
+				return err
+			}
+			defer func() { f.Close() }() // followLog may replace f
+			start, err := tailOffset(f, lines)
+			if err != nil {
+				return err
+			}
+			if _, err := f.Seek(start, io.SeekStart); err != nil {
+				return err
+			}
+			r := bufio.NewReaderSize(f, 64<<10)
+			off, err := p.copy(r, start, follow)
+			if err != nil || !follow {
+				return err
+			}
+			return followLog(cmd.Context(), path, &f, r, off, &p)
+		},
+	}
+	cmd.Flags().IntVarP(&lines, "lines", "n", 20, "how many of the last lines to print (0: the whole log)")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines until interrupted")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the lines as stored (JSON)")
+	cmd.Flags().StringVar(&level, "level", "debug", "leave out events below this level: debug, info, warn or error")
+	return cmd
+}
+
+var logLevels = map[string]int{"DEBUG": 0, "INFO": 1, "WARN": 2, "ERROR": 3}
+
+// tailOffset returns where the last n lines of f begin (0 for n == 0 or
+// a file with fewer lines), reading backwards from its end.
+func tailOffset(f *os.File, n int) (int64, error) {
+	if n == 0 {
+		return 0, nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	end := fi.Size()
+	if end == 0 {
+		return 0, nil
+	}
+	buf := make([]byte, 64<<10)
+	// The last n lines start after the (n+1)-th newline from the end,
+	// counting the one that ends the file; a last line still being
+	// written (no newline yet) is one of the n.
+	target := n + 1
+	if _, err := f.ReadAt(buf[:1], end-1); err != nil {
+		return 0, err
+	}
+	if buf[0] != '\n' {
+		target = n
+	}
+	pos, seen := end, 0
+	for pos > 0 {
+		k := min(int64(len(buf)), pos)
+		pos -= k
+		chunk := buf[:k]
+		if _, err := f.ReadAt(chunk, pos); err != nil {
+			return 0, err
+		}
+		for i := len(chunk) - 1; i >= 0; i-- {
+			if chunk[i] != '\n' {
+				continue
+			}
+			if seen++; seen == target {
+				return pos + int64(i) + 1, nil
+			}
+		}
+	}
+	return 0, nil
+}
+
+// logPrinter prints log lines.
+type logPrinter struct {
+	out  io.Writer
+	json bool
+	min  int
+	// partial holds a last line read without its newline (the service
+	// is writing it): printed once complete.
+	partial []byte
+}
+
+// copy prints the complete lines r holds from offset off and returns the
+// offset after the last complete one. Without follow, a last line without
+// its newline is printed too.
+func (p *logPrinter) copy(r *bufio.Reader, off int64, follow bool) (int64, error) {
+	for {
+		line, err := r.ReadBytes('\n')
+		if len(line) > 0 && line[len(line)-1] == '\n' {
+			off += int64(len(line))
+			line = append(p.partial, line...)
+			p.partial = nil
+			p.line(line)
+		} else if len(line) > 0 {
+			p.partial = append(p.partial, line...)
+			off += int64(len(line))
+		}
+		if errors.Is(err, io.EOF) {
+			if !follow && len(p.partial) > 0 {
+				p.line(p.partial)
+				p.partial = nil
+			}
+			return off, nil
+		}
+		if err != nil {
+			return off, err
+		}
+	}
+}
+
+// line prints one line, as stored or rendered, unless below the level.
+func (p *logPrinter) line(b []byte) {
+	b = bytes.TrimRight(b, "\r\n")
+	if len(b) == 0 {
+		return
+	}
+	ev, ok := parseLogEvent(b)
+	if ok && logLevels[ev.level] < p.min {
+		return
+	}
+	if p.json || !ok {
+		fmt.Fprintf(p.out, "%s\n", b)
+		return
+	}
+	var sb strings.Builder
+	sb.WriteString(ev.time)
+	sb.WriteByte(' ')
+	fmt.Fprintf(&sb, "%-5s ", ev.level)
+	sb.WriteString(ev.msg)
+	for _, kv := range ev.fields {
+		sb.WriteByte(' ')
+		sb.WriteString(kv[0])
+		sb.WriteByte('=')
+		sb.WriteString(kv[1])
+	}
+	fmt.Fprintln(p.out, sb.String())
+}
+
+type logEvent struct {
+	time, level, msg string
+	fields           [][2]string // in the order logged
+}
+
+// parseLogEvent reads one slog JSON line, keeping the order of its fields.
+// A string value is printed bare unless it holds a space, a quote or an
+// '=' (then quoted); other values as their JSON.
+func parseLogEvent(b []byte) (logEvent, bool) {
+	var ev logEvent
+	if len(b) == 0 || b[0] != '{' || !json.Valid(b) {
+		return ev, false
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	if _, err := dec.Token(); err != nil { // {
+		return ev, false
+	}
+	for dec.More() {
+		kt, err := dec.Token()
+		if err != nil {
+			return ev, false
+		}
+		key, _ := kt.(string)
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return ev, false
+		}
+		var s string
+		isString := json.Unmarshal(raw, &s) == nil
+		switch {
+		case key == "time" && isString && ev.time == "":
+			if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+				s = t.UTC().Format("2006-01-02T15:04:05.000Z")
+			}
+			ev.time = s
+		case key == "level" && isString && ev.level == "":
+			ev.level = s
+		case key == "msg" && isString && ev.msg == "":
+			ev.msg = s
+		default:
+			v := string(raw)
+			if isString {
+				v = s
+				if s == "" || strings.ContainsAny(s, " \"=\t\n") {
+					v = fmt.Sprintf("%q", s)
+				}
+			}
+			ev.fields = append(ev.fields, [2]string{key, v})
+		}
+	}
+	if _, ok := logLevels[ev.level]; !ok || ev.time == "" {
+		return ev, false
+	}
+	return ev, true
+}
+
+// followLog keeps printing what is appended to the log at path until ctx
+// ends. A rotation (path names another file) starts over at the
+// beginning of the new file once what the old one still had is printed; a
+// truncation in place (copytruncate) starts over at its beginning.
+func followLog(ctx context.Context, path string, fp **os.File, r *bufio.Reader, off int64, p *logPrinter) error {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		var err error
+		if off, err = p.copy(r, off, true); err != nil {
+			return err
+		}
+		cur, err := (*fp).Stat()
+		if err != nil {
+			return err
+		}
+		now, err := os.Stat(path)
+		if err != nil {
+			continue // rotated, the new file not made yet
+		}
+		if !os.SameFile(cur, now) {
+			// Rotated: the service writes to the new file, so the old
+			// one is complete; finish it first.
+			if _, err := p.copy(r, off, false); err != nil {
+				return err
+			}
+			nf, err := os.Open(path)
+			if err != nil {
+				continue
+			}
+			(*fp).Close()
+			*fp = nf
+			r.Reset(nf)
+			off = 0
+			continue
+		}
+		if now.Size() < off {
+			p.partial = nil
+			if _, err := (*fp).Seek(0, io.SeekStart); err != nil {
+				return err
+			}
+			r.Reset(*fp)
+			off = 0
+		}
+	}
+}
