@@ -600,6 +600,7 @@ func (n *Node) Perform(ctx context.Context, req localapi.PerformRequest, onLog f
 	// before it publishes: an action need not notify to have effects.
 	req.Hop = cascadeHop(ctx, req.Hop)
 	if err := n.checkHop(req.Action, req.Hop, "not run"); err != nil {
+		n.noteHopLimit(ctx, err, req.Run, "perform", req.Action, req.Hop)
 		return localapi.PerformResult{}, err
 	}
 	if req.Peer != "" {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -64,5 +66,112 @@ func TestInProcessReceiverCascadeCountsHops(t *testing.T) {
 	}
 	if !errors.Is(last, node.ErrHopLimit) {
 		t.Fatalf("the publication past max_hops: %v, want ErrHopLimit", last)
+	}
+}
+
+// A loop a → b → a of in-process receivers, with retries configured. At
+// hop limits.max_hops, a's receiver publishes again and is refused; what
+// it does then decides: a failure is the hop limit's, which the node knows
+// (it refused the cascade itself, whatever error the receiver returns),
+// so the publication is parked after that one run instead of being run
+// again on every retry (each refused the same: the hop is the
+// publication's). A receiver that handles the refusal has handled its
+// publication; one that fails at the limit without a refused cascade is
+// retried as any failure.
+func TestHopLimitFailureParkedWithoutRetries(t *testing.T) {
+	const maxHops, retries = 3, 2
+	for _, tc := range []struct {
+		name string
+		// atLimit is what a's receiver does at hop maxHops, once its
+		// publication was refused (err; nil when it does not publish).
+		cascade  bool
+		atLimit  func(err error) error
+		attempts int    // of the dead letter; 0: none
+		errStart string // its error's start
+	}{
+		// The error does not wrap ErrHopLimit: the node knows regardless.
+		{"fails", true, func(err error) error { return fmt.Errorf("loop: %v", err) }, 1, "cascade hop limit: "},
+		{"handles", true, func(error) error { return nil }, 0, ""},
+		{"fails without cascading", false, func(error) error { return errors.New("unrelated failure") }, retries + 1, `runner: failed: receiver "r" failed: unrelated failure`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			limits := withLimits(func(l *node.LimitsConfig) {
+				l.MaxHops, l.ReceiverRetries, l.ReceiverBackoff = maxHops, retries, time.Millisecond
+			})
+			a, b := newTestNode(t, limits), newTestNode(t, limits)
+			aID, _ := connectPeers(t, a, b, localapi.IssueRequest{Subscribe: []string{"loop.a"}})
+			bID, _ := connectPeers(t, b, a, localapi.IssueRequest{Subscribe: []string{"loop.b"}})
+			var mu sync.Mutex
+			runs := map[string]int{} // "node hop" -> runs
+			loop := func(self *node.Node, name, mine string) node.Handler {
+				return func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+					inv := node.InvocationFrom(ctx)
+					mu.Lock()
+					runs[fmt.Sprintf("%s %d", name, inv.Hop)]++
+					mu.Unlock()
+					if inv.Hop < maxHops || tc.cascade {
+						_, err := self.Publish(ctx, mine, in)
+						if inv.Hop < maxHops {
+							return nil, err
+						}
+						if !errors.Is(err, node.ErrHopLimit) {
+							t.Errorf("%s's publication at hop %d: %v, want ErrHopLimit", name, inv.Hop+1, err)
+						}
+						return nil, tc.atLimit(err)
+					}
+					return nil, tc.atLimit(nil)
+				}
+			}
+			if err := a.RegisterReceiver("r", loop(a, "a", "loop.a")); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.RegisterReceiver("r", loop(b, "b", "loop.b")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: bID, Pattern: "loop.b", Receiver: "r"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: aID, Pattern: "loop.a", Receiver: "r"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.Publish(testCtx(t), "loop.a", json.RawMessage(`"ping"`)); err != nil {
+				t.Fatal(err)
+			}
+			// hop 0 reaches b, 1 a, 2 b, 3 a, where the loop ends: once
+			// a's subscription has processed (or parked) its second
+			// publication, nothing is in flight.
+			checkFor(t, testTimeout, 10*time.Millisecond, func() error {
+				subs, err := a.Subscriptions(testCtx(t))
+				if err != nil {
+					return err
+				}
+				if len(subs) != 1 || subs[0].LastSeq != 2 {
+					return fmt.Errorf("a's subscriptions %+v, want loop.b processed up to 2", subs)
+				}
+				return nil
+			})
+			atLimit := 1
+			if tc.attempts > 0 {
+				atLimit = tc.attempts
+			}
+			mu.Lock()
+			if want := map[string]int{"b 0": 1, "a 1": 1, "b 2": 1, "a 3": atLimit}; !maps.Equal(runs, want) {
+				t.Errorf("runs per node and hop %v, want %v", runs, want)
+			}
+			mu.Unlock()
+			dl, err := a.DeadLetters(testCtx(t), localapi.DeadLetterQuery{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case tc.attempts == 0:
+				if len(dl.DeadLetters) != 0 {
+					t.Errorf("a parked %+v, want nothing", dl.DeadLetters)
+				}
+			case len(dl.DeadLetters) != 1 || dl.DeadLetters[0].Seq != 2 || dl.DeadLetters[0].Attempts != tc.attempts ||
+				!strings.HasPrefix(dl.DeadLetters[0].Error, tc.errStart):
+				t.Errorf("a's dead letters %+v, want seq 2 after %d attempt(s), its error starting %q", dl.DeadLetters, tc.attempts, tc.errStart)
+			}
+		})
 	}
 }

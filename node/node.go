@@ -113,6 +113,8 @@ type Node struct {
 	space *spaceGuard
 	// noisy samples the log lines peers can cause at will.
 	noisy *logSampler
+	// hops records the receiver runs whose cascade the hop limit refused.
+	hops *hopRefusals
 
 	mu       sync.Mutex
 	closed   bool
@@ -192,6 +194,7 @@ func New(o Options) (*Node, error) {
 	}
 	n.subscriber = newSubscriberSide(n)
 	n.noisy = newLogSampler()
+	n.hops = newHopRefusals(o.Config.Limits.ActionTimeout)
 	// Offline too (a CLI revoking with no service running): a revoked
 	// token's subscriptions go with it.
 	n.auth.OnRevoke(n.onTokenRevoked)

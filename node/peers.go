@@ -717,6 +717,7 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 		// Our own limit first, as perform does: a loop through this
 		// instance stops here, whatever the peer's limit.
 		if err := n.checkHop(req.Action, req.Hop, "not published"); err != nil {
+			n.noteHopLimit(ctx, err, req.Run, "publish", req.Action, req.Hop)
 			return localapi.PublishResult{}, err
 		}
 		return n.remotePublish(ctx, req.Peer, pubs)
@@ -726,6 +727,7 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 		return localapi.PublishResult{}, err
 	}
 	cnt, err := n.publish(ctx, pubs, to)
+	n.noteHopLimit(ctx, err, req.Run, "publish", req.Action, req.Hop)
 	return localapi.PublishResult{Published: cnt}, err
 }
 

@@ -268,7 +268,11 @@ func (n *Node) PublishBatch(ctx context.Context, msgs []Message) (int, error) {
 		}
 		pubs = append(pubs, publication{Subject: m.Subject, Data: m.Data, Hop: hop})
 	}
-	return n.publish(ctx, pubs, nil)
+	cnt, err := n.publish(ctx, pubs, nil)
+	if len(pubs) > 0 {
+		n.noteHopLimit(ctx, err, nil, "publish", pubs[0].Subject, hop)
+	}
+	return cnt, err
 }
 
 // Message is one publication for PublishBatch.

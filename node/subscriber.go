@@ -792,6 +792,7 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 				"COATTAIL_SEQUENCE":     strconv.FormatUint(d.Seq, 10),
 				"COATTAIL_SUBSCRIPTION": sub.ID,
 				"COATTAIL_HOP":          strconv.FormatUint(uint64(d.Hop), 10),
+				"COATTAIL_RUN":          n.hops.key,
 			},
 			Log: func(line string) { n.logReceiverLine(sub.Receiver, sub.ID, d.Seq, line) },
 		}
@@ -827,6 +828,14 @@ func (n *Node) handlePublication(ctx context.Context, sub outSub, d *wire.Delive
 					append([]any{"receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "err", err}, extra...)...)
 			}
 			return fmt.Errorf("%w: %w", errReceiverMissing, err)
+		}
+		if err != nil && ctx.Err() == nil {
+			// Its cascade refused for the hop limit, it failed: so would
+			// every retry, at the publication's hop.
+			if f, ok := n.hops.take(sub.ID, d.Seq, d.Hop); ok {
+				err = &hopLimitError{f: f, maxHops: n.cfg.Limits.MaxHops, err: err}
+				break
+			}
 		}
 		// Input that is not JSON fails the same way every time.
 		if err == nil || ctx.Err() != nil || attempts > n.cfg.Limits.ReceiverRetries || errors.Is(err, runner.ErrBadInput) {
@@ -894,8 +903,12 @@ func (n *Node) park(ctx context.Context, sub outSub, d *wire.Delivery, err error
 	}
 	n.stats.deadLetters.Add(1)
 	msg := "receiver failed; publication parked in dead letters"
-	if d.Omitted > 0 {
+	var hl *hopLimitError
+	switch {
+	case d.Omitted > 0:
 		msg = "publication too large for this instance; parked in dead letters without its data"
+	case errors.As(err, &hl):
+		msg = "receiver failed after the hop limit refused its cascade; publication parked in dead letters without retries"
 	}
 	n.log.Error(msg, "receiver", sub.Receiver, "subscription", sub.ID, "seq", d.Seq, "attempts", attempts, "err", err)
 	return nil
@@ -1385,13 +1398,19 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 		Env: map[string]string{
 			"COATTAIL_PUBLISHER": d.Publisher, "COATTAIL_SUBJECT": d.Subject, "COATTAIL_SEQUENCE": strconv.FormatUint(d.Seq, 10),
 			"COATTAIL_SUBSCRIPTION": d.Subscription, "COATTAIL_HOP": strconv.FormatUint(uint64(d.Hop), 10), "COATTAIL_REPLAY": "1",
+			"COATTAIL_RUN": n.hops.key,
 		}})
 	if receiverOutputIgnored(err, inProc) {
 		n.log.Warn("replayed receiver succeeded but printed output that is not JSON; output ignored", "id", id, "err", err)
 		err = nil
 	}
 	if err != nil {
+		var hl *hopLimitError
 		if ctx.Err() == nil {
+			if f, ok := n.hops.take(d.Subscription, d.Seq, d.Hop); ok {
+				hl = &hopLimitError{f: f, maxHops: n.cfg.Limits.MaxHops, err: err}
+				err = hl
+			}
 			// It failed again: the list shows this failure, not the first.
 			d.Error, d.Attempts, d.FailedAt = err.Error(), d.Attempts+1, time.Now().UTC()
 			// Synced like every other change of the dead letters.
@@ -1403,6 +1422,13 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 			if perr != nil {
 				n.log.Warn("cannot record a failed replay", "id", id, "err", perr)
 			}
+		}
+		if hl != nil {
+			// Replayed at its publication's hop, its cascade is refused
+			// as it was: say so, and what would change it.
+			return &localapi.Error{Status: http.StatusUnprocessableEntity, Code: localapi.CodeFailed,
+				Message: fmt.Sprintf("dead letter %[1]s failed again on the cascade hop limit: the receiver's %[2]s of %[3]q at hop %[4]d was refused (limits.max_hops %[5]d), as it is on every replay (a replay runs at the publication's hop, %[6]d); raise limits.max_hops and restart the service to let the cascade go further, or drop it (deadletters drop %[1]s). The receiver then failed: %[7]v",
+					id, hl.f.op, hl.f.subject, hl.f.hop, hl.maxHops, d.Hop, hl.err)}
 		}
 		return err
 	}

@@ -155,6 +155,22 @@ type PerformRequest struct {
 	To     []string        `json:"to,omitempty"`
 	Hop    int             `json:"hop,omitempty"`
 	Caller string          `json:"caller,omitempty"`
+	// Run, from a receiver's cascade, names the receiver run it is made
+	// from (see ReceiverRun).
+	Run *ReceiverRun `json:"run,omitempty"`
+}
+
+// ReceiverRun names the run of an executable receiver a perform or
+// publish comes from: the CLI fills it from the receiver's COATTAIL_RUN,
+// COATTAIL_SUBSCRIPTION and COATTAIL_SEQUENCE. When the cascade is refused
+// for limits.max_hops, the service then knows that the run's failure is
+// the hop limit's and parks its publication at once instead of retrying
+// it (every run would be refused the same). Key is the COATTAIL_RUN the
+// service gave its receivers; a request whose Key is not it names no run.
+type ReceiverRun struct {
+	Key          string `json:"key"`
+	Subscription string `json:"subscription"`
+	Sequence     uint64 `json:"sequence"`
 }
 
 // PerformResult is the outcome of a perform.
@@ -170,6 +186,7 @@ type PublishRequest struct {
 	Peer   string          `json:"peer,omitempty"`
 	To     []string        `json:"to,omitempty"`
 	Hop    int             `json:"hop,omitempty"`
+	Run    *ReceiverRun    `json:"run,omitempty"` // as PerformRequest.Run
 	// Batch publishes many messages (each a JSON value) in one call and
 	// one durable commit; Data must then be empty.
 	Batch []json.RawMessage `json:"batch,omitempty"`
