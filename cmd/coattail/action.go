@@ -134,6 +134,20 @@ func hopFromEnv() (int, error) {
 	return int(h) + 1, nil
 }
 
+// runFromEnv names the receiver run this perform or publish is made from
+// (nil outside one): a cascade the service refuses for limits.max_hops
+// then parks that run's publication at once when the receiver fails,
+// rather than retrying it. Variables that are not the service's are not
+// an error: without them, the failure is only retried as any other.
+func runFromEnv() *localapi.ReceiverRun {
+	key, sub := os.Getenv("COATTAIL_RUN"), os.Getenv("COATTAIL_SUBSCRIPTION")
+	seq, err := strconv.ParseUint(os.Getenv("COATTAIL_SEQUENCE"), 10, 64)
+	if key == "" || sub == "" || err != nil {
+		return nil
+	}
+	return &localapi.ReceiverRun{Key: key, Subscription: sub, Sequence: seq}
+}
+
 func parseData(s string) (json.RawMessage, error) {
 	if strings.TrimSpace(s) == "" {
 		return json.RawMessage("null"), nil
@@ -196,6 +210,7 @@ func newActionPerformCmd(a *app) *cobra.Command {
 			if req.Hop, err = hopFromEnv(); err != nil {
 				return err
 			}
+			req.Run = runFromEnv()
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
 				res, err := c.Perform(cmd.Context(), req, func(line string) {
 					if !quiet {
@@ -241,6 +256,7 @@ func newActionPublishCmd(a *app) *cobra.Command {
 			if req.Hop, err = hopFromEnv(); err != nil {
 				return err
 			}
+			req.Run = runFromEnv()
 			if fromStdin {
 				if data != "" {
 					return fmt.Errorf("--stdin and --data cannot be combined")
