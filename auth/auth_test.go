@@ -624,3 +624,41 @@ func TestPruneExpired(t *testing.T) {
 		t.Fatalf("unpruned token: %v", err)
 	}
 }
+
+// RevokeRecord returns the record it revoked (who held the token) and
+// when; a later Verify of the token names it with a *RevokedError at that
+// time, which an issuer may pass on to the holder.
+func TestRevokeRecordAndRevokedError(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	rec := f.issue(t, IssueOptions{})
+	bob := newPeer(t)
+	if _, err := f.a.Verify(ctx, rec.Token, direct(bob, "")); err != nil {
+		t.Fatal(err)
+	}
+	rv, err := f.a.RevokeRecord(ctx, strings.ToUpper(rec.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rv.Record.ID != rec.ID || rv.Record.ClaimedBy != bob.String() || rv.At.IsZero() {
+		t.Fatalf("RevokeRecord = %+v, want the record claimed by %s and a time", rv, bob)
+	}
+	_, err = f.a.Verify(ctx, rec.Token, direct(bob, ""))
+	var re *RevokedError
+	if !errors.As(err, &re) || !errors.Is(err, ErrRevoked) {
+		t.Fatalf("verify after revoke: %T %v, want a *RevokedError", err, err)
+	}
+	if re.TokenID != rec.ID || !re.At.Equal(rv.At) {
+		t.Fatalf("RevokedError = %+v, want token %s revoked at %v", re, rec.ID, rv.At)
+	}
+	if _, err := f.a.RevokeRecord(ctx, rec.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second revoke: %v", err)
+	}
+	// A token never issued here (its record absent, no revocation) is
+	// refused as revoked, but without an id to pass on.
+	other := fixtureOver(t, f.key, newStore()).issue(t, IssueOptions{})
+	_, err = f.a.Verify(ctx, other.Token, direct(bob, ""))
+	if !errors.Is(err, ErrRevoked) || errors.As(err, &re) {
+		t.Fatalf("verify of an unrecorded token: %T %v, want a plain ErrRevoked", err, err)
+	}
+}

@@ -475,7 +475,7 @@ func (a *Authority) liveRecord(ctx context.Context, id, raw string) (Record, err
 	err := a.getJSON(ctx, tokensPrefix, id, &rec)
 	if errors.Is(err, ErrNotFound) {
 		if at, ok := a.revokedAt(ctx, id); ok {
-			return Record{}, fmt.Errorf("%w: token %s was revoked at %s", ErrRevoked, id, at.Format(time.RFC3339))
+			return Record{}, &RevokedError{TokenID: id, At: at}
 		}
 		return Record{}, fmt.Errorf("%w: token %s has been revoked or was not issued by this store", ErrRevoked, id)
 	}
@@ -614,39 +614,67 @@ func (a *Authority) evictLocked() {
 // happens and the sync error is returned: the token is revoked in this
 // process, but the revocation may not survive a crash.
 func (a *Authority) Revoke(ctx context.Context, id string) error {
+	_, err := a.RevokeRecord(ctx, id)
+	return err
+}
+
+// Revocation describes a token that RevokeRecord revoked.
+type Revocation struct {
+	// Record is the token's record as it was (its claims name its
+	// bearers, ClaimedBy its claimer): zero if it could not be decoded.
+	Record Record
+	// At is when it was revoked.
+	At time.Time
+}
+
+// RevokeRecord is Revoke, also returning what was revoked, so that the
+// caller can tell the token's holders. It returns a non-zero Revocation
+// whenever the token was revoked, also with the error of a failed sync.
+func (a *Authority) RevokeRecord(ctx context.Context, id string) (Revocation, error) {
 	k, err := recordKey(tokensPrefix, id)
 	if err != nil {
-		return err
+		return Revocation{}, err
 	}
 	// Canonical form, so the cache and callbacks see the id Issue produced.
 	id = k.BaseNamespace()
 	a.mu.Lock()
-	// Has, not Get: a record too corrupt to decode must still be revocable.
-	if ok, err := a.store.Has(ctx, k); err != nil || !ok {
+	// The raw bytes, decoded only for the caller: a record too corrupt to
+	// decode must still be revocable.
+	raw, err := a.store.Get(ctx, k)
+	if errors.Is(err, ds.ErrNotFound) {
+		err = nil
+		raw = nil
+	}
+	if err != nil || raw == nil {
 		a.mu.Unlock()
 		if err != nil {
-			return fmt.Errorf("auth: read token %s: %w", id, err)
+			return Revocation{}, fmt.Errorf("auth: read token %s: %w", id, err)
 		}
 		if at, ok := a.revokedAt(ctx, id); ok {
-			return fmt.Errorf("%w: token %s was revoked already, at %s", ErrNotFound, id, at.Format(time.RFC3339))
+			return Revocation{}, fmt.Errorf("%w: token %s was revoked already, at %s", ErrNotFound, id, at.Format(time.RFC3339))
 		}
 		// Revoked before revocations were recorded (their records
 		// were only deleted), or never issued.
-		return fmt.Errorf("%w: no token with id %s (never issued here, or revoked already)", ErrNotFound, id)
+		return Revocation{}, fmt.Errorf("%w: no token with id %s (never issued here, or revoked already)", ErrNotFound, id)
 	}
+	var rv Revocation
+	if json.Unmarshal(raw, &rv.Record) != nil {
+		rv.Record = Record{ID: id}
+	}
+	rv.At = time.Now().UTC()
 	// The revocation record first, synced with the delete below: lost in
 	// a crash with it (the token then stays live: revoke it again), or
 	// kept without it (the token is not revoked; the record only names
 	// tokens that were, and a later revocation rewrites it).
 	rk, _ := recordKey(revokedPrefix, id) // id is a valid uuid (k above)
-	rb, _ := json.Marshal(revocation{RevokedAt: time.Now().UTC()})
+	rb, _ := json.Marshal(revocation{RevokedAt: rv.At})
 	if err := a.store.Put(ctx, rk, rb); err != nil {
 		a.mu.Unlock()
-		return fmt.Errorf("auth: record the revocation of token %s: %w", id, err)
+		return Revocation{}, fmt.Errorf("auth: record the revocation of token %s: %w", id, err)
 	}
 	if err := a.store.Delete(ctx, k); err != nil {
 		a.mu.Unlock()
-		return fmt.Errorf("auth: delete token %s: %w", id, err)
+		return Revocation{}, fmt.Errorf("auth: delete token %s: %w", id, err)
 	}
 	// From here the record is gone from the live store, so the token is
 	// revoked whether or not the sync succeeds: its grants must go too, or
@@ -675,7 +703,7 @@ func (a *Authority) Revoke(ctx context.Context, id string) error {
 	for _, fn := range cbs {
 		fn(id)
 	}
-	return syncErr
+	return rv, syncErr
 }
 
 // PruneExpired deletes the records of tokens that expired before cutoff

@@ -16,7 +16,11 @@
 // are safe to log and to return to the remote peer.
 package auth
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"time"
+)
 
 // Sentinel errors. Every error returned by this package wraps one of them
 // (check with errors.Is) and adds a specific, token-free explanation.
@@ -51,3 +55,20 @@ var (
 	// ErrOptions: IssueOptions (permissions, bearers, times) are invalid.
 	ErrOptions = errors.New("auth: invalid issue options")
 )
+
+// RevokedError is the ErrRevoked of a token this instance signed and is
+// known to have revoked (its revocation is recorded): Verify returns it
+// only after the token's signature verified, so TokenID names a token of
+// this issuer. A token whose record is merely missing or different gets a
+// plain ErrRevoked.
+type RevokedError struct {
+	TokenID string
+	At      time.Time // when it was revoked
+}
+
+func (e *RevokedError) Error() string {
+	return fmt.Sprintf("%v: token %s was revoked at %s", ErrRevoked, e.TokenID, e.At.Format(time.RFC3339))
+}
+
+// Unwrap makes errors.Is(err, ErrRevoked) true.
+func (e *RevokedError) Unwrap() error { return ErrRevoked }
