@@ -22,11 +22,13 @@ import "strings"
 // version of their stream's protocol ID.
 const Version = "1.0.0"
 
-// Version11 is the second version of subscribe and publish, served beside
-// their 1.0.0 (docs/PROTOCOL.md, "Versioning"): it adds frame limits. On
-// subscribe, SubscribeRequest.MaxFrame and TDeliver mode 2 (a publication
-// sent without its data); on both, the acceptor's OK.MaxFrame in answer to
-// the hello.
+// Version11 is the second version of subscribe, publish and revoke, served
+// beside their 1.0.0 (docs/PROTOCOL.md, "Versioning"). On subscribe and
+// publish it adds frame limits: on subscribe, SubscribeRequest.MaxFrame and
+// TDeliver mode 2 (a publication sent without its data); on both, the
+// acceptor's OK.MaxFrame in answer to the hello. On revoke it adds
+// RevokeNotice.TokenID and RevokedAt: the issuer of a token tells its
+// holder that the token was revoked.
 const Version11 = "1.1.0"
 
 // Protocol IDs, one per operation and version. They are untyped so they
@@ -42,12 +44,13 @@ const (
 
 	ProtoPublish11   = "/coattail/publish/" + Version11
 	ProtoSubscribe11 = "/coattail/subscribe/" + Version11
+	ProtoRevoke11    = "/coattail/revoke/" + Version11
 )
 
 // Protocols lists every protocol ID this package speaks, in a stable order,
 // so a host can register or advertise them together.
 func Protocols() []string {
-	return []string{ProtoList, ProtoPerform, ProtoPublish, ProtoSubscribe, ProtoUnsubscribe, ProtoDeliver, ProtoRevoke, ProtoPublish11, ProtoSubscribe11}
+	return []string{ProtoList, ProtoPerform, ProtoPublish, ProtoSubscribe, ProtoUnsubscribe, ProtoDeliver, ProtoRevoke, ProtoPublish11, ProtoSubscribe11, ProtoRevoke11}
 }
 
 // VersionOf returns the version a protocol ID ends in ("" for an ID that

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 	"unicode/utf8"
 )
 
@@ -116,10 +117,19 @@ type UnsubscribeRequest struct {
 }
 
 // RevokeNotice tells a subscriber that the publisher dropped its
-// subscription, for example because the token behind it was revoked.
+// subscription, for example because the token behind it was revoked, and,
+// on revoke 1.1.0, tells the holder of a token that its issuer revoked it.
+// A notice names a subscription, a token, or both; in 1.0.0 always a
+// subscription, and TokenID and RevokedAt are refused there (bad_request).
 type RevokeNotice struct {
-	SubscriptionID string `json:"subscription_id"`
+	SubscriptionID string `json:"subscription_id,omitempty"`
 	Reason         string `json:"reason,omitempty"`
+	// TokenID (1.1.0) is the id of a token the sender issued to the
+	// receiver and has revoked. The receiver acts on it only if the token
+	// it holds for the sender has that id and was issued by the sender.
+	TokenID string `json:"token_id,omitempty"`
+	// RevokedAt (1.1.0, with TokenID) is when the issuer revoked it.
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
 }
 
 // DeliverHello opens a deliver stream. The publisher opens that stream

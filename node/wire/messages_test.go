@@ -150,7 +150,7 @@ func TestProtocolIDs(t *testing.T) {
 	want := []string{
 		"/coattail/list/1.0.0", "/coattail/perform/1.0.0", "/coattail/publish/1.0.0",
 		"/coattail/subscribe/1.0.0", "/coattail/unsubscribe/1.0.0", "/coattail/deliver/1.0.0", "/coattail/revoke/1.0.0",
-		"/coattail/publish/1.1.0", "/coattail/subscribe/1.1.0",
+		"/coattail/publish/1.1.0", "/coattail/subscribe/1.1.0", "/coattail/revoke/1.1.0",
 	}
 	if got := wire.Protocols(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
@@ -183,5 +183,40 @@ func TestDecodeJSONObjectsOnly(t *testing.T) {
 	var e wire.Error
 	if err := wire.DecodeJSON([]byte(`{"code":"rate_limited","message":"m","retry_after_ms":9223372036854775807}`), &e); err != nil || e.RetryAfter() != time.Hour {
 		t.Errorf("retry_after_ms near 2^63: %v, %v; want it clamped to an hour", e.RetryAfter(), err)
+	}
+}
+
+// A revoke 1.1.0 token notice carries token_id and revoked_at; a 1.0.0
+// notice (a subscription) decodes into the same message without them,
+// and the strict decoder still refuses keys it does not know.
+func TestRevokeNoticeTokenFields(t *testing.T) {
+	at := time.Date(2026, 11, 27, 21, 0, 0, 0, time.UTC)
+	var buf bytes.Buffer
+	w := wire.NewWriter(&buf)
+	if err := w.JSON(wire.TRequest, wire.RevokeNotice{TokenID: "t1", RevokedAt: &at, Reason: "token revoked"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_, payload, err := wire.NewReader(&buf, 1<<16).Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"reason":"token revoked","token_id":"t1","revoked_at":"2026-11-27T21:00:00Z"}`; string(payload) != want {
+		t.Fatalf("token notice = %s, want %s", payload, want)
+	}
+	var n wire.RevokeNotice
+	if err := wire.DecodeJSON(payload, &n); err != nil || n.TokenID != "t1" || n.RevokedAt == nil || !n.RevokedAt.Equal(at) || n.SubscriptionID != "" {
+		t.Fatalf("decoded %+v, %v", n, err)
+	}
+	n = wire.RevokeNotice{}
+	if err := wire.DecodeJSON([]byte(`{"subscription_id":"s1","reason":"token revoked"}`), &n); err != nil || n.SubscriptionID != "s1" || n.TokenID != "" || n.RevokedAt != nil {
+		t.Fatalf("1.0.0 notice decoded %+v, %v", n, err)
+	}
+	for _, in := range []string{`{"subscription_id":"s1","token":"x"}`, `{"token_id":"t1","revoked_at":"yesterday"}`} {
+		if err := wire.DecodeJSON([]byte(in), new(wire.RevokeNotice)); !errors.Is(err, wire.ErrMalformed) {
+			t.Errorf("%s: %v, want ErrMalformed", in, err)
+		}
 	}
 }
