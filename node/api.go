@@ -445,6 +445,8 @@ func toAPIError(err error) *localapi.Error {
 		case wire.CodeNotFound:
 			e.Status, e.Code = http.StatusNotFound, localapi.CodeNotFound
 		}
+	case errors.Is(err, ErrPeerTokenRevoked):
+		e.Status, e.Code = http.StatusForbidden, localapi.CodeForbidden
 	case errors.As(err, &mbe):
 		e.Status, e.Code = http.StatusRequestEntityTooLarge, localapi.CodeBadRequest
 	case errors.Is(err, datastore.ErrInvalidID):

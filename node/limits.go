@@ -157,6 +157,17 @@ func (s *sessions) remove(tokenID string, st network.Stream) {
 	s.mu.Unlock()
 }
 
+// peers lists the peers of the streams tokenID authorizes.
+func (s *sessions) peers(tokenID string) []peer.ID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []peer.ID
+	for st := range s.byTok[tokenID] {
+		out = append(out, st.Conn().RemotePeer())
+	}
+	return out
+}
+
 func (s *sessions) revoke(tokenID string) {
 	s.mu.Lock()
 	m := s.byTok[tokenID]

@@ -299,9 +299,14 @@ func TestRevokeClosesOpenStreamAndRefusesNext(t *testing.T) {
 	// The action under the revoked stream is cancelled, not left running.
 	waitFor(t, blk.canceled, "the action's context to end")
 
+	// The next is refused: by the issuer, which tells the holder which
+	// token it revoked first, or, once the holder knows, by the holder
+	// itself; either way the holder's error says what to do.
 	_, err = perform(ctx, b, pid, "echo", `1`)
-	wantWireCode(t, err, wire.CodeUnauthorized)
-	errorsContain(t, err, "revoked")
+	if !errors.Is(err, node.ErrPeerTokenRevoked) {
+		t.Fatalf("perform after revocation: %T %v, want node.ErrPeerTokenRevoked", err, err)
+	}
+	errorsContain(t, err, "revoked by its issuer", tok.ID, "coattail peer add --token")
 	if echo.count() != 0 {
 		t.Errorf("echo ran %d times after revocation", echo.count())
 	}

@@ -48,11 +48,47 @@ type peerRecord struct {
 	Publish   []string   `json:"publish"`
 	Subscribe []string   `json:"subscribe"`
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// RevokedAt is set when the peer told us that it revoked Token, and
+	// when (markTokenRevoked). Added later: older records lack it (not
+	// revoked). A new token for the peer replaces the whole record.
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
 }
 
 func (r peerRecord) view() localapi.Peer {
 	return localapi.Peer{ID: r.ID, TokenID: r.TokenID, AddedAt: r.AddedAt, Addrs: nonNil(r.Addrs),
-		Perform: nonNil(r.Perform), Publish: nonNil(r.Publish), Subscribe: nonNil(r.Subscribe), ExpiresAt: r.ExpiresAt}
+		Perform: nonNil(r.Perform), Publish: nonNil(r.Publish), Subscribe: nonNil(r.Subscribe), ExpiresAt: r.ExpiresAt,
+		RevokedAt: r.RevokedAt}
+}
+
+// revoked returns the error of a call that would need the record's
+// token, if its issuer told us that it revoked it.
+func (r peerRecord) revoked() error {
+	if r.RevokedAt == nil {
+		return nil
+	}
+	return &TokenRevokedError{Peer: r.ID, TokenID: r.TokenID, At: *r.RevokedAt}
+}
+
+// ErrPeerTokenRevoked is matched (errors.Is) by every *TokenRevokedError.
+var ErrPeerTokenRevoked = errors.New("node: the peer revoked its token")
+
+// TokenRevokedError is the local refusal of a call to a peer whose token,
+// the one held here for it, its issuer (that peer) told us it revoked:
+// the call is not even sent. It also matches auth.ErrRevoked.
+type TokenRevokedError struct {
+	Peer    string
+	TokenID string
+	At      time.Time // when the issuer revoked it
+}
+
+func (e *TokenRevokedError) Error() string {
+	return fmt.Sprintf("the token for peer %s (token id %s) was revoked by its issuer at %s; ask for a new one and run `coattail peer add --token <token>`",
+		e.Peer, e.TokenID, e.At.Local().Format(time.RFC3339))
+}
+
+// Is matches ErrPeerTokenRevoked and auth.ErrRevoked.
+func (e *TokenRevokedError) Is(target error) bool {
+	return target == ErrPeerTokenRevoked || target == auth.ErrRevoked
 }
 
 // AddPeer adds the issuer of a token: it checks the token's signature
@@ -297,6 +333,59 @@ func (n *Node) changePeer(id string, change func() error) error {
 	return change()
 }
 
+// markTokenRevoked records, durably, that peer p revoked the token held
+// here for it, at at: p must be that token's issuer. The claim alone is not
+// trusted: the record kept under p's id must hold a token with that id
+// whose signed iss is p (Decode checks the signature against the key in
+// iss). A notice from any other peer finds another record, or none, and is
+// answered not_found; so is a notice for a token no longer held (replaced
+// by peer add).
+func (n *Node) markTokenRevoked(ctx context.Context, p peer.ID, tokenID string, at time.Time) error {
+	id := p.String()
+	notHeld := wire.Errorf(wire.CodeNotFound, "no token %s of yours is held here", clip(tokenID))
+	marked := false
+	err := n.changePeer(id, func() error {
+		rec, err := n.peers.Get(ctx, id)
+		if errors.Is(err, datastore.ErrNotFound) {
+			return notHeld
+		}
+		if err != nil {
+			return err
+		}
+		if rec.TokenID != tokenID {
+			return notHeld
+		}
+		c, err := auth.Decode(rec.Token)
+		if err != nil || c.ID != tokenID {
+			return notHeld
+		}
+		if iss, err := peer.Decode(c.Issuer); err != nil || iss != p {
+			return notHeld
+		}
+		if rec.RevokedAt != nil {
+			return nil // told already
+		}
+		rec.RevokedAt = &at
+		if err := n.peers.Put(ctx, id, rec); err != nil {
+			return err
+		}
+		marked = true
+		return n.db.Sync(ctx, n.peers.Namespace())
+	})
+	if err != nil {
+		var we *wire.Error
+		if !errors.As(err, &we) {
+			n.log.Error("cannot record that a peer revoked its token", "peer", id, "token_id", tokenID, "err", err)
+		}
+		return err
+	}
+	if marked {
+		n.log.Warn("the peer revoked the token it issued us; ask it for a new one and add it with: coattail peer add --token <token>",
+			"peer", id, "token_id", tokenID, "revoked_at", at.Format(time.RFC3339))
+	}
+	return nil
+}
+
 // RemovePeer forgets a peer and closes connections to it.
 func (n *Node) RemovePeer(ctx context.Context, id string) error {
 	_, err := n.RemovePeerResult(ctx, id)
@@ -341,6 +430,10 @@ func (n *Node) open(ctx context.Context, id string, proto protocol.ID, req any) 
 	if err != nil {
 		return nil, err
 	}
+	// Its issuer told us: the call would only be refused.
+	if err := r.revoked(); err != nil {
+		return nil, err
+	}
 	pid, _ := peer.Decode(r.ID)
 	// The record's addresses are in the peerstore for good since the
 	// peer was added (AddPeer) or the service started (restorePeers), so
@@ -349,7 +442,18 @@ func (n *Node) open(ctx context.Context, id string, proto protocol.ID, req any) 
 	if len(n.host.Peerstore().Addrs(pid)) == 0 {
 		n.net.knowPeerAddrs(pid, r)
 	}
-	return n.net.openWith(ctx, pid, proto, r.Token, req)
+	s, err := n.net.openWith(ctx, pid, proto, r.Token, req)
+	if wire.IsCode(err, wire.CodeUnauthorized) {
+		// A peer that refuses a token because it revoked it tells us
+		// so (a revoke 1.1.0 notice) before it answers: the record is
+		// marked by now. Say what to do rather than relay the refusal.
+		if cur, cerr := n.peerRecord(ctx, id); cerr == nil && cur.TokenID == r.TokenID {
+			if rerr := cur.revoked(); rerr != nil {
+				return nil, rerr
+			}
+		}
+	}
+	return s, err
 }
 
 // knowPeerAddrs puts the addresses of an added peer's record (those of the

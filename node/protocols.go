@@ -121,6 +121,7 @@ func (nw *netsvc) register() {
 	nw.host.SetStreamHandler(wire.ProtoSubscribe11, nw.serve(nw.handleSubscribe))
 	nw.host.SetStreamHandler(wire.ProtoUnsubscribe, nw.serve(nw.handleUnsubscribe))
 	nw.host.SetStreamHandler(wire.ProtoRevoke, nw.servePeer(nw.handleRevokeNotice))
+	nw.host.SetStreamHandler(wire.ProtoRevoke11, nw.servePeer(nw.handleRevokeNotice))
 	nw.host.SetStreamHandler(wire.ProtoDeliver, nw.servePeer(nw.handleDeliverNudge))
 	// A direct connection to a publisher (a hole punch that succeeded, or
 	// a dial that did) takes over subscriptions streamed through a relay.
@@ -174,6 +175,10 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 		if err != nil {
 			if ok, extra := nw.n.noisy.allow(); ok {
 				log.Info("stream refused", append([]any{"err", err}, extra...)...)
+			}
+			if re, ok := revokedRefusal(err); ok {
+				// Its holder learns which token, and records it, first.
+				nw.tellRefused(p, re)
 			}
 			we := toWireError(err)
 			_ = s.send(wire.TError, we)

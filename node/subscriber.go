@@ -299,8 +299,12 @@ func (ss *subscriberSide) wake(publisher string, ids []string, via network.Conn)
 }
 
 // permanent reports whether a publisher's answer means the subscription is
-// gone for good (revoked, removed, or the token no longer valid).
+// gone for good (revoked, removed, or the token no longer valid, also when
+// the publisher told us before that it revoked it).
 func permanent(err error) bool {
+	if errors.Is(err, ErrPeerTokenRevoked) {
+		return true
+	}
 	var we *wire.Error
 	if errors.As(err, &we) {
 		switch we.Code {
@@ -1166,15 +1170,43 @@ func (ss *subscriberSide) endedBy(id string, p peer.ID) bool {
 }
 
 // handleRevokeNotice serves /coattail/revoke: a publisher telling us it
-// dropped one of our subscriptions. It is authenticated by the publisher's
-// peer id from the secure channel: only the publisher of a subscription
-// can end it.
+// dropped one of our subscriptions, or (1.1.0) the issuer of the token we
+// hold for it telling us it revoked that token. It is authenticated by the
+// remote's peer id from the secure channel: only the publisher of a
+// subscription can end it, and only the issuer of a token can mark it
+// revoked here.
 func (nw *netsvc) handleRevokeNotice(st network.Stream, p peer.ID) {
 	s := &session{s: st, r: wire.NewReaderSize(st, 64<<10, requestBuffer), w: wire.NewWriterSize(st, requestBuffer), peer: p}
 	var notice wire.RevokeNotice
 	if err := readRequest(s, &notice); err != nil {
 		_ = s.send(wire.TError, toWireError(err))
 		return
+	}
+	v11 := st.Protocol() == wire.ProtoRevoke11
+	switch {
+	case !v11 && (notice.TokenID != "" || notice.RevokedAt != nil):
+		_ = s.send(wire.TError, wire.Errorf(wire.CodeBadRequest, "token_id and revoked_at are revoke %s keys; this stream speaks %s", wire.Version11, wire.Version))
+		return
+	case notice.TokenID == "" && notice.SubscriptionID == "" && v11:
+		_ = s.send(wire.TError, wire.Errorf(wire.CodeBadRequest, "a revoke notice names a subscription or a token"))
+		return
+	case notice.TokenID == "" && notice.RevokedAt != nil:
+		_ = s.send(wire.TError, wire.Errorf(wire.CodeBadRequest, "revoked_at without token_id"))
+		return
+	}
+	if notice.TokenID != "" {
+		at := time.Now().UTC()
+		if notice.RevokedAt != nil && !notice.RevokedAt.IsZero() && notice.RevokedAt.Before(at) {
+			at = notice.RevokedAt.UTC()
+		}
+		if err := nw.n.markTokenRevoked(context.Background(), p, notice.TokenID, at); err != nil {
+			_ = s.send(wire.TError, toWireError(err))
+			return
+		}
+		if notice.SubscriptionID == "" {
+			_ = s.send(wire.TOK, wire.OK{})
+			return
+		}
 	}
 	ss := nw.n.subscriber
 	sub, err := ss.subs.Get(context.Background(), notice.SubscriptionID)

@@ -30,16 +30,6 @@ func (n *Node) IssueToken(ctx context.Context, req localapi.IssueRequest) (local
 	return tokenView(rec), nil
 }
 
-// RevokeToken revokes a token; sessions that rely on it are closed by the
-// OnRevoke hook the network registers.
-func (n *Node) RevokeToken(ctx context.Context, id string) error {
-	if err := n.auth.Revoke(ctx, id); err != nil {
-		return err
-	}
-	n.log.Info("token revoked", "token_id", id)
-	return nil
-}
-
 // PruneTokens deletes the records of tokens that expired more than
 // req.ExpiredFor ago (they are refused either way) and lists them. A token
 // a subscription held here still names is kept: the subscription ends with

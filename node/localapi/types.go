@@ -283,14 +283,18 @@ type AddPeerRequest struct {
 
 // Peer is a peer this instance added with a token it was issued.
 type Peer struct {
-	ID          string     `json:"id"`
-	TokenID     string     `json:"token_id"`
-	AddedAt     time.Time  `json:"added_at"`
-	Addrs       []string   `json:"addrs"`
-	Perform     []string   `json:"perform"`
-	Publish     []string   `json:"publish"`
-	Subscribe   []string   `json:"subscribe"`
-	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
+	ID        string     `json:"id"`
+	TokenID   string     `json:"token_id"`
+	AddedAt   time.Time  `json:"added_at"`
+	Addrs     []string   `json:"addrs"`
+	Perform   []string   `json:"perform"`
+	Publish   []string   `json:"publish"`
+	Subscribe []string   `json:"subscribe"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// RevokedAt is set once the peer told us that it revoked the token we
+	// hold for it (when it did): every call to the peer fails here until
+	// a new token of it is added.
+	RevokedAt   *time.Time `json:"revoked_at,omitempty"`
 	Connected   bool       `json:"connected"`
 	Connection  string     `json:"connection,omitempty"` // direct, relayed or empty
 	RemoteAddrs []string   `json:"remote_addrs,omitempty"`
