@@ -67,6 +67,17 @@ func expires(t *time.Time) string {
 	return s
 }
 
+// peerExpires is a peer's EXPIRES column or field: expires, marked
+// revoked once the peer told us that it revoked the token we hold for it
+// (it still lists what the token allowed, and every call with it fails).
+func peerExpires(expiresAt, revokedAt *time.Time) string {
+	s := expires(expiresAt)
+	if revokedAt != nil {
+		s += " (revoked)"
+	}
+	return s
+}
+
 // streamPath is the CONNECTED column of a subscription's stream: "no",
 // or how it reaches the other side ("direct" or "relayed").
 func streamPath(connected bool, path string) string {

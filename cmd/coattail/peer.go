@@ -168,7 +168,7 @@ both ends, and replaces the token.`,
 					if p.Connected {
 						conn = p.Connection
 					}
-					rows = append(rows, []string{p.ID, conn, list(p.Perform), list(p.Publish), list(p.Subscribe), expires(p.ExpiresAt)})
+					rows = append(rows, []string{p.ID, conn, list(p.Perform), list(p.Publish), list(p.Subscribe), peerExpires(p.ExpiresAt, p.RevokedAt)})
 				}
 				return table(a.out, []string{"PEER ID", "CONNECTED", "PERFORM", "PUBLISH", "SUBSCRIBE", "EXPIRES"}, rows)
 			})
@@ -203,18 +203,23 @@ both ends, and replaces the token.`,
 						conn += fmt.Sprintf(", rtt %v", time.Duration(p.RTT).Round(10*time.Microsecond))
 					}
 				}
-				return kv(a.out,
+				pairs := []string{
 					"Peer ID", p.ID,
 					"Token ID", p.TokenID,
 					"Added", p.AddedAt.Local().Format(time.RFC3339),
-					"Expires", expires(p.ExpiresAt),
+					"Expires", peerExpires(p.ExpiresAt, p.RevokedAt),
+				}
+				if p.RevokedAt != nil {
+					pairs = append(pairs, "Revoked", when(p.RevokedAt, "")+" by the peer; ask it for a new token and run: coattail peer add --token <token>")
+				}
+				return kv(a.out, append(pairs,
 					"Performable", list(p.Perform),
 					"Publishable", list(p.Publish),
 					"Subscribable", list(p.Subscribe),
 					"Addresses", list(p.Addrs),
 					"Connection", conn,
 					"Remote addrs", list(p.RemoteAddrs),
-				)
+				)...)
 			})
 		},
 	}
