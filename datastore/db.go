@@ -216,7 +216,9 @@ func Open(dir string, opts ...Option) (*DB, error) {
 		wo = pebble.Sync
 	}
 	g := &opGuard{}
-	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo, g: g}, guard: g, pebble: pds, lock: lock, dir: dir}
+	// popts has pebble's defaults now (NewDatastore set them): the
+	// tables are read with its comparer when a damaged block is cut out.
+	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo, g: g, dir: dir, popts: popts}, guard: g, pebble: pds, lock: lock, dir: dir}
 	db.stop, db.cancelStop = context.WithCancel(context.Background())
 	db.dirInfo, _ = os.Stat(dir)
 	if err := db.checkSchema(context.Background(), dir); err != nil {
@@ -521,8 +523,10 @@ type RangeDeleter interface {
 // Every use of pebble goes through its guard g (guard.go).
 type pebbleBatching struct {
 	*pebbleds.Datastore
-	wo *pebble.WriteOptions
-	g  *opGuard
+	wo    *pebble.WriteOptions
+	g     *opGuard
+	dir   string          // the database's directory (CutDamage)
+	popts *pebble.Options // its options, with pebble's defaults (CutDamage)
 }
 
 func (s pebbleBatching) SizedBatch(_ context.Context, size int) (ds.Batch, error) {

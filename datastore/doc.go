@@ -72,8 +72,11 @@
 // of ending the process then is replaced by an error log. Plain prefix
 // queries are answered by the Batching itself, so that such an error is
 // returned (go-ds-pebble's scan ends early without one), and GetSorted
-// reports a damaged key and goes on with the next. A database pebble
-// cannot open at all is refused with ErrCorrupt and what to do.
+// reports a damaged key and goes on with the next. A damaged block that
+// no read steps over (a table's index sends every later key under its
+// prefix there, also those newer tables hold) can be cut out with
+// DamageCutter, keeping everything else. A database pebble cannot open at
+// all is refused with ErrCorrupt and what to do.
 //
 // The datastore returned by DB.Batching must not be used after DB.Close:
 // pebble treats use after close as a programming error.
