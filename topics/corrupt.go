@@ -19,6 +19,13 @@ import (
 // after it are delivered (the subscriber sees a gap in the sequences, as
 // after drop_oldest, and its next ack releases the entry). Only damage is
 // skipped: any other read error is returned, and the deliverer retries.
+//
+// A damaged block that no read steps over (the last block of log entries
+// of an older table: its index sends every later log key there, also
+// those a newer table holds) is cut out of the store at load where it can
+// be (cutDamage): the entries after it are read, and its positions up to
+// the first of them are marked lost, so that every later load numbers
+// them as this one.
 
 // seqRun is the sequences lo to hi, inclusive.
 type seqRun struct{ lo, hi uint64 }
@@ -141,14 +148,93 @@ var errStopScan = errors.New("topics: stop scan")
 // maxLogPos is the largest position a log key can hold.
 const maxLogPos = ^uint64(0)
 
+// lostEntry is the value of a log entry that was in a damaged table block
+// cut out of the store (cutDamage): it stands for the lost publication,
+// so that every load numbers the publications after it as the first did.
+// It does not decode as an entry (an older coattail finds it damaged too).
+const lostEntry = "\x00lost"
+
+// errLostEntry is decodeEntry's error for lostEntry.
+var errLostEntry = fmt.Errorf("%w: its entry was in a damaged storage block, which was cut out", ErrCorruptQueue)
+
+// damageCutter is implemented by stores that can cut a damaged block out
+// (package datastore's pebble backend).
+type damageCutter interface {
+	CutDamage(ctx context.Context, cause error, at, limit []byte, mark func(next []byte) ([]datastore.KV, error)) (bool, error)
+}
+
+// maxCuts bounds the damaged blocks one load cuts out.
+const maxCuts = 16
+
+// maxLostMarks bounds the positions one cut marks lost (a damaged block
+// holds a few hundred entries at most; more would be positions long
+// deleted).
+const maxLostMarks = 1 << 20
+
+// cutDamage cuts out of the store the damaged block that the read error
+// cause met at log position from, which no read steps over (its table's
+// index sends every later log key there), keeping every entry that can be
+// read (those a newer table holds). The positions from from to the first
+// entry kept are written as lostEntry. It reports whether it cut, and
+// whether any log entry follows from.
+func cutDamage(ctx context.Context, dc damageCutter, from uint64, cause error) (cut, more bool, err error) {
+	end := []byte(queueNamespace + "/log0")
+	cut, err = dc.CutDamage(ctx, cause, appendLogKey(nil, from), end, func(next []byte) ([]datastore.KV, error) {
+		if next == nil {
+			return nil, nil // no entry follows
+		}
+		more = true
+		p, ok := parseSeq(string(next[len(logPrefix):])) // next is below limit: a log key
+		if !ok || p < from {
+			return nil, nil // a malformed key, which the load deletes
+		}
+		if p-from > maxLostMarks {
+			return nil, fmt.Errorf("topics: the damaged queue log positions %d to %d are too many to mark lost", from, p-1)
+		}
+		marks := make([]datastore.KV, 0, p-from) // none if from itself is kept
+		for q := from; q < p; q++ {
+			marks = append(marks, datastore.KV{Key: appendLogKey(nil, q), Value: []byte(lostEntry)})
+		}
+		return marks, nil
+	})
+	if err != nil || !cut {
+		return false, false, err
+	}
+	return true, more, nil
+}
+
 // scanLog calls entry for every log key in order, and hole for each span
 // of positions the store could not read (damaged): positions from to to
 // (inclusive) may hold entries, which are lost. A hole whose end could not
-// be found (to == maxLogPos) runs to the end of the log.
-func scanLog(ctx context.Context, sc rangeScanner, entry func(key string, val []byte), hole func(from, to uint64, err error)) error {
+// be found (to == maxLogPos) runs to the end of the log. Damage that no
+// read steps over is cut out of the store first where it can be (dc, if
+// not nil): the entries after it are then read.
+func scanLog(ctx context.Context, sc rangeScanner, dc damageCutter, entry func(key string, val []byte), hole func(from, to uint64, err error)) error {
 	end := []byte(queueNamespace + "/log0") // just above every log key
 	start := []byte(logPrefix)
 	var key []byte
+	cuts := 0
+	// toEnd handles damage from from on that no read steps over: cut out,
+	// the log is read on from there; else it is a hole to the end.
+	toEnd := func(from uint64, cause error) (bool, error) {
+		if dc != nil && cuts < maxCuts {
+			cuts++
+			cut, more, err := cutDamage(ctx, dc, from, cause)
+			switch {
+			case err != nil && ctx.Err() != nil:
+				return false, ctx.Err()
+			case err != nil:
+				// As before cutting was tried: the damage and the
+				// entries after it are lost.
+				cause = fmt.Errorf("%w (and it could not be cut out: %w)", cause, err)
+			case cut && more:
+				start = appendLogKey(nil, from)
+				return true, nil
+			}
+		}
+		hole(from, maxLogPos, cause)
+		return false, nil
+	}
 	for {
 		last, seen := uint64(0), false
 		err := sc.Scan(ctx, start, end, func(k, v []byte) error {
@@ -189,7 +275,13 @@ func scanLog(ctx context.Context, sc rangeScanner, entry func(key string, val []
 		if ok, perr := probe(maxLogPos); perr != nil {
 			return perr
 		} else if !ok {
-			hole(from, maxLogPos, err)
+			again, cerr := toEnd(from, err)
+			if cerr != nil {
+				return cerr
+			}
+			if again {
+				continue
+			}
 			return nil
 		}
 		for step := uint64(1); ; step *= 2 {
@@ -208,7 +300,13 @@ func scanLog(ctx context.Context, sc rangeScanner, entry func(key string, val []
 			bad = p
 		}
 		if good == 0 {
-			hole(from, maxLogPos, err)
+			again, cerr := toEnd(from, err)
+			if cerr != nil {
+				return cerr
+			}
+			if again {
+				continue
+			}
 			return nil
 		}
 		for good-bad > 1 {

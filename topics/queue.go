@@ -697,7 +697,8 @@ func (qs *Queues) load(ctx context.Context) error {
 		}
 	}
 	if sc, ok := qs.store.(rangeScanner); ok {
-		if err := scanLog(ctx, sc, entry, hole); err != nil {
+		dc, _ := qs.store.(damageCutter)
+		if err := scanLog(ctx, sc, dc, entry, hole); err != nil {
 			return fmt.Errorf("topics: scan queue log: %w", err)
 		}
 	} else {

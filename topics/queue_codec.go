@@ -157,6 +157,9 @@ type logEntry struct {
 func decodeEntry(b []byte, skipIDs bool) (logEntry, error) {
 	var e logEntry
 	if len(b) < 2 || b[0] != logCodecV1 {
+		if string(b) == lostEntry {
+			return e, errLostEntry
+		}
 		return e, fmt.Errorf("%w: unknown log entry format", ErrCorruptQueue)
 	}
 	p := 2

@@ -385,3 +385,210 @@ func TestDamagedTableBlock(t *testing.T) {
 		})
 	}
 }
+
+// tableHolding names the sstable of dir that holds needle, or "".
+func tableHolding(t *testing.T, dir, needle string) string {
+	t.Helper()
+	ssts, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
+	for _, f := range ssts {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(b, []byte(needle)) {
+			return f
+		}
+	}
+	return ""
+}
+
+// reopen opens the queues of dir again, logging to rec.
+func reopen(t *testing.T, dir string, o QueueOptions, rec *logRecorder) (*datastore.DB, *Queues) {
+	t.Helper()
+	db, err := datastore.Open(dir, datastore.WithLogger(slog.New(rec)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Logger = slog.New(rec)
+	qs, err := OpenQueues(context.Background(), db.Batching(), o)
+	if err != nil {
+		db.Close()
+		t.Fatalf("OpenQueues: %v", err)
+	}
+	return db, qs
+}
+
+func closeBoth(t *testing.T, db *datastore.DB, qs *Queues) {
+	t.Helper()
+	if err := qs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDamagedLastBlockOfOlderTable: the damaged block is the last block of
+// queue log entries in an older sstable, and newer publications are in a
+// newer sstable. The older table's index sends every later log key to the
+// damaged block, so every read at or after it failed, and the load took
+// the damage to run to the end of the log and deleted it, the newer
+// readable publications included. Only the damaged publication may be
+// lost: the newer ones are read in order, numbered as before, at open and
+// after restarts (and after a compaction of everything), and publications
+// made after that survive further restarts.
+func TestDamagedLastBlockOfOlderTable(t *testing.T) {
+	policies(t, func(t *testing.T, policy string) {
+		dir := t.TempDir()
+		ctx := context.Background()
+		data := func(i int) string { return fmt.Sprintf("m%d-%s", i, strings.Repeat(fmt.Sprint(i%10), 8<<10)) }
+		db, err := datastore.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := QueueOptions{Policy: policy, Bound: 100}
+		qs, err := OpenQueues(ctx, db.Batching(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addSub(t, qs, "s", "a.>")
+		addSub(t, qs, "other", "b.>")
+		for i := 1; i <= 5; i++ {
+			publish(t, qs, msg("a.x", data(i)))
+		}
+		// Entries 1-5 and the subscriptions' states in a table of the
+		// bottom level (two tables in level 0 would be compacted into
+		// one)...
+		if err := db.Reclaim(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		for i := 6; i <= 8; i++ {
+			publish(t, qs, msg("a.x", data(i)))
+		}
+		publish(t, qs, msg("b.x", "b1"))
+		if err := qs.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// ...and 6-8 and b1 in a newer one, in level 0.
+		if err := db.Reclaim(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		old, newer := tableHolding(t, dir, data(5)[:64]), tableHolding(t, dir, data(6)[:64])
+		if old == "" || newer == "" || old == newer {
+			t.Fatalf("entry 5 is in table %q and entry 6 in %q: want two tables", old, newer)
+		}
+		flipInTables(t, dir, []byte(data(5)[:64]))
+		want := []string{"1:m1", "2:m2", "3:m3", "4:m4", "6:m6", "7:m7", "8:m8"}
+		check := func(when string, qs *Queues, rec *logRecorder, extra ...string) {
+			t.Helper()
+			var got []string
+			for _, it := range readAll(t, qs, "s", 0) {
+				got = append(got, fmt.Sprintf("%d:%s", it.Seq, it.Message.Data[:2]))
+			}
+			// The lost one keeps its sequence: the ones after it are
+			// numbered as before the damage.
+			if w := slices.Concat(want, extra); !slices.Equal(got, w) {
+				t.Fatalf("%s: read %v, want %v; errors %q", when, got, w, rec.errors())
+			}
+			wantItems(t, readAll(t, qs, "other", 0), "1:b.x:b1")
+			if st := status(t, qs, "s"); st.Corrupt != 1 {
+				t.Fatalf("%s: corrupt = %d, want 1", when, st.Corrupt)
+			}
+		}
+		for restart := range 2 {
+			rec := &logRecorder{}
+			db, qs := reopen(t, dir, o, rec)
+			check(fmt.Sprintf("restart %d", restart), qs, rec)
+			if len(rec.errors()) == 0 {
+				t.Fatalf("restart %d: nothing logged as an error", restart)
+			}
+			if restart == 0 {
+				// No read loads the damaged block any more: not
+				// even a compaction of every table.
+				if err := db.Reclaim(ctx, true); err != nil {
+					t.Fatalf("compaction after the damaged block was cut out: %v", err)
+				}
+			}
+			closeBoth(t, db, qs)
+		}
+		// New publications follow, and survive restarts.
+		rec := &logRecorder{}
+		db, qs = reopen(t, dir, o, rec)
+		publish(t, qs, msg("a.x", "new"))
+		closeBoth(t, db, qs)
+		for restart := range 2 {
+			db, qs := reopen(t, dir, o, rec)
+			check(fmt.Sprintf("after a new publication, restart %d", restart), qs, rec, "9:ne")
+			closeBoth(t, db, qs)
+		}
+		db, qs = reopen(t, dir, o, rec)
+		defer db.Close()
+		defer qs.Close()
+		if err := qs.Ack("s", 9); err != nil {
+			t.Fatal(err)
+		}
+		if st := status(t, qs, "s"); st.Depth != 0 {
+			t.Fatalf("depth %d after acking everything, want 0", st.Depth)
+		}
+	})
+}
+
+// TestDamagedLastBlockNewPublicationKept: after a start that finds the
+// last block of the log damaged (nothing after it to read), a publication
+// made then is still there after the next restart, and the damage is
+// counted once (the damaged block used to be met again at that restart,
+// and the log deleted from it to its end again, the new publication
+// included).
+func TestDamagedLastBlockNewPublicationKept(t *testing.T) {
+	policies(t, func(t *testing.T, policy string) {
+		dir := t.TempDir()
+		ctx := context.Background()
+		data := func(i int) string { return fmt.Sprintf("m%d-%s", i, strings.Repeat(fmt.Sprint(i), 8<<10)) }
+		db, err := datastore.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := QueueOptions{Policy: policy, Bound: 100}
+		qs, err := OpenQueues(ctx, db.Batching(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addSub(t, qs, "s", "a.>")
+		for i := 1; i <= 5; i++ {
+			publish(t, qs, msg("a.x", data(i)))
+		}
+		if err := qs.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Reclaim(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		flipInTables(t, dir, []byte(data(5)[:64]))
+		rec := &logRecorder{}
+		db, qs = reopen(t, dir, o, rec)
+		wantItems(t, readAll(t, qs, "s", 0), "1:a.x:"+data(1), "2:a.x:"+data(2), "3:a.x:"+data(3), "4:a.x:"+data(4))
+		publish(t, qs, msg("a.x", "new"))
+		closeBoth(t, db, qs)
+		for restart := range 2 {
+			db, qs := reopen(t, dir, o, rec)
+			items := readAll(t, qs, "s", 0)
+			var got []string
+			for _, it := range items {
+				got = append(got, fmt.Sprintf("%d:%.2s", it.Seq, it.Message.Data))
+			}
+			if w := []string{"1:m1", "2:m2", "3:m3", "4:m4", "5:ne"}; !slices.Equal(got, w) {
+				t.Fatalf("restart %d: read %v, want %v", restart, got, w)
+			}
+			if st := status(t, qs, "s"); st.Corrupt != 1 {
+				t.Fatalf("restart %d: corrupt = %d, want 1", restart, st.Corrupt)
+			}
+			closeBoth(t, db, qs)
+		}
+	})
+}
