@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -256,6 +257,11 @@ func (s pebbleBatching) cutDamage(ctx context.Context, cause error, at, limit []
 	} else if err != nil {
 		return fail(err)
 	}
+	// The damaged block: the one pebble's error names (its offset and
+	// length), else the one a seek to at loads and finds damaged.
+	if bi := namedBlock(info.Details, blocks); bi >= 0 {
+		return s.cutBlocks(ctx, dmg, dt, blocks, bi, levels, at, limit, mark)
+	}
 	// A seek to at loads the first block whose index key is at or
 	// above it, and the next one if that holds no key from at on.
 	bi := 0
@@ -279,6 +285,44 @@ func (s pebbleBatching) cutDamage(ctx context.Context, cause error, at, limit []
 			return false, nil // the damage is not where a read of at goes
 		}
 	}
+	return s.cutBlocks(ctx, dmg, dt, blocks, bi, levels, at, limit, mark)
+}
+
+// blockErr matches the offset and length of the block in pebble's error
+// for a block whose checksum does not match.
+var blockErr = regexp.MustCompile(`block (\d+)/(\d+): \S+ checksum mismatch`)
+
+// namedBlocks is false in tests of the search for the damaged block.
+var namedBlocks = true
+
+// namedBlock returns the index in blocks of the data block that err says
+// is damaged, or -1.
+func namedBlock(err error, blocks []dataBlock) int {
+	if err == nil || !namedBlocks {
+		return -1
+	}
+	m := blockErr.FindStringSubmatch(err.Error())
+	if m == nil {
+		return -1
+	}
+	off, err1 := strconv.ParseUint(m[1], 10, 64)
+	n, err2 := strconv.ParseUint(m[2], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	for i, b := range blocks {
+		if b.bh.Offset == off && b.bh.Length == n {
+			return i
+		}
+	}
+	return -1
+}
+
+// cutBlocks cuts blocks[bi] of table dmg (read as dt) out, with the
+// damaged blocks beside it.
+func (s pebbleBatching) cutBlocks(ctx context.Context, dmg *pebble.SSTableInfo, dt *cutTable, blocks []dataBlock, bi int,
+	levels [][]pebble.SSTableInfo, at, limit []byte, mark func(next []byte) ([]KV, error)) (bool, error) {
+	fail := func(err error) (bool, error) { return false, fmt.Errorf("datastore: cut out a damaged block: %w", err) }
 	// The span starts at the last key of the readable block before the
 	// damaged ones: a reverse seek below it (Excise's, to bound what stays
 	// before the span) and a scan of what stays stop in that block. With
@@ -464,7 +508,7 @@ func (s pebbleBatching) cutDamage(ctx context.Context, cause error, at, limit []
 	}
 	// The span's keys are written to a table that replaces the span at
 	// once (IngestAndExcise): at no moment are they gone.
-	name := filepath.Join(s.dir, fmt.Sprintf("cut-%06d.sst.tmp", num))
+	name := filepath.Join(s.dir, fmt.Sprintf("cut-%06d.sst.tmp", uint64(dmg.BackingSSTNum)))
 	n, err := s.writeTable(name, keys, get, extra, start, end)
 	if err != nil {
 		_ = os.Remove(name)

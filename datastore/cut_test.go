@@ -50,6 +50,13 @@ func TestCutDamageLastBlock(t *testing.T) {
 		{"all", []int{1, 2, 3, 4, 5}, "/d/1=wrong /d/6 /d/7 /d/8 /z"},
 	} {
 		t.Run(tc.name, func(t *testing.T) { testCutDamage(t, tc.damaged, tc.want) })
+		// Without the block pebble's error names: the one a read of at
+		// loads and finds damaged.
+		t.Run(tc.name+" found", func(t *testing.T) {
+			namedBlocks = false
+			defer func() { namedBlocks = true }()
+			testCutDamage(t, tc.damaged, tc.want)
+		})
 	}
 }
 
@@ -177,17 +184,22 @@ func TestCutDamageNotLocated(t *testing.T) {
 		t.Fatalf("Get of the damaged key = %v", cause)
 	}
 	dc := db.Batching().(DamageCutter)
+	defer func() { namedBlocks = true }()
 	mark := func([]byte) ([]KV, error) { t.Fatal("mark called"); return nil, nil }
-	for _, tc := range []struct {
-		cause error
-		at    string
-	}{
-		{fmt.Errorf("%w: not pebble's", ErrCorrupt), "/d/3"},
-		{cause, "/d/1"}, // readable
-		{cause, "/d/4"}, // readable
-	} {
-		if cut, err := dc.CutDamage(ctx, tc.cause, []byte(tc.at), []byte("/d0"), mark); cut || err != nil {
-			t.Fatalf("CutDamage(%v, %s) = %v, %v; want false, nil", tc.cause, tc.at, cut, err)
+	for _, named := range []bool{true, false} {
+		namedBlocks = named
+		for _, tc := range []struct {
+			cause error
+			at    string
+		}{
+			{fmt.Errorf("%w: not pebble's", ErrCorrupt), "/d/3"},
+			{cause, "/d/1"}, // readable
+			{cause, "/d/4"}, // readable
+			{cause, "/d/5"}, // readable
+		} {
+			if cut, err := dc.CutDamage(ctx, tc.cause, []byte(tc.at), []byte("/d0"), mark); cut || err != nil {
+				t.Fatalf("CutDamage(%v, %s), named %v = %v, %v; want false, nil", tc.cause, tc.at, named, cut, err)
+			}
 		}
 	}
 	if v := db.pebble.DB.FormatMajorVersion(); v >= pebble.FormatVirtualSSTables {
