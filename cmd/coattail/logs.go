@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coattail/coattail/node"
 	"github.com/spf13/cobra"
@@ -139,14 +140,21 @@ func tailOffset(f *os.File, n int) (int64, error) {
 	return 0, nil
 }
 
+// maxLogLine is the longest line printed whole: the rest of a longer one
+// (binary garbage, a file without newlines) is skipped and counted, so
+// that reading it takes bounded memory.
+const maxLogLine = 1 << 20
+
 // logPrinter prints log lines.
 type logPrinter struct {
 	out  io.Writer
 	json bool
 	min  int
 	// partial holds a last line read without its newline (the service
-	// is writing it): printed once complete.
+	// is writing it): printed once complete. cut counts the bytes of the
+	// line left out beyond maxLogLine.
 	partial []byte
+	cut     int64
 }
 
 // copy prints the complete lines r holds from offset off and returns the
@@ -154,20 +162,26 @@ type logPrinter struct {
 // its newline is printed too.
 func (p *logPrinter) copy(r *bufio.Reader, off int64, follow bool) (int64, error) {
 	for {
-		line, err := r.ReadBytes('\n')
-		if len(line) > 0 && line[len(line)-1] == '\n' {
-			off += int64(len(line))
-			line = append(p.partial, line...)
-			p.partial = nil
-			p.line(line)
-		} else if len(line) > 0 {
-			p.partial = append(p.partial, line...)
-			off += int64(len(line))
+		chunk, err := r.ReadSlice('\n')
+		off += int64(len(chunk))
+		complete := len(chunk) > 0 && chunk[len(chunk)-1] == '\n'
+		if keep := min(len(chunk), maxLogLine-len(p.partial)); keep > 0 {
+			p.partial = append(p.partial, chunk[:keep]...)
+			chunk = chunk[keep:]
+		}
+		if complete && len(chunk) > 0 {
+			chunk = chunk[:len(chunk)-1] // the newline ends it; it is not cut
+		}
+		p.cut += int64(len(chunk))
+		if complete {
+			p.flush()
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
 		}
 		if errors.Is(err, io.EOF) {
-			if !follow && len(p.partial) > 0 {
-				p.line(p.partial)
-				p.partial = nil
+			if !follow && (len(p.partial) > 0 || p.cut > 0) {
+				p.flush()
 			}
 			return off, nil
 		}
@@ -177,32 +191,76 @@ func (p *logPrinter) copy(r *bufio.Reader, off int64, follow bool) (int64, error
 	}
 }
 
-// line prints one line, as stored or rendered, unless below the level.
-func (p *logPrinter) line(b []byte) {
+// flush prints the line held and forgets it.
+func (p *logPrinter) flush() {
+	p.line(p.partial, p.cut)
+	p.reset()
+}
+
+// reset forgets a line partly read.
+func (p *logPrinter) reset() {
+	p.partial, p.cut = p.partial[:0], 0
+}
+
+// line prints one line, as stored or rendered, unless below the level;
+// cut is how many bytes of it were left out. Its text comes from
+// elsewhere (a receiver's stderr line, a peer's error message, what a
+// crashing process printed): control characters are escaped, as
+// everywhere in the CLI (safeText), so that it cannot drive the terminal.
+func (p *logPrinter) line(b []byte, cut int64) {
 	b = bytes.TrimRight(b, "\r\n")
-	if len(b) == 0 {
+	if len(b) == 0 && cut == 0 {
+		return
+	}
+	if cut > 0 {
+		// Not a whole event: printed as text, whatever the level.
+		fmt.Fprintf(p.out, "%s … [line cut: %d more bytes]\n", safeText(string(b)), cut)
 		return
 	}
 	ev, ok := parseLogEvent(b)
 	if ok && logLevels[ev.level] < p.min {
 		return
 	}
-	if p.json || !ok {
-		fmt.Fprintf(p.out, "%s\n", b)
+	switch {
+	case !ok:
+		fmt.Fprintf(p.out, "%s\n", safeText(string(b)))
+		return
+	case p.json:
+		fmt.Fprintf(p.out, "%s\n", jsonSafe(b))
 		return
 	}
 	var sb strings.Builder
-	sb.WriteString(ev.time)
+	sb.WriteString(oneLine(ev.time))
 	sb.WriteByte(' ')
 	fmt.Fprintf(&sb, "%-5s ", ev.level)
-	sb.WriteString(ev.msg)
+	sb.WriteString(oneLine(ev.msg))
 	for _, kv := range ev.fields {
 		sb.WriteByte(' ')
-		sb.WriteString(kv[0])
+		sb.WriteString(oneLine(kv[0]))
 		sb.WriteByte('=')
 		sb.WriteString(kv[1])
 	}
 	fmt.Fprintln(p.out, sb.String())
+}
+
+// jsonSafe is a valid JSON log line with the control characters a JSON
+// string may hold raw (DEL, C1 such as CSI U+009B; slog writes them as
+// they are) written as \u escapes, which mean the same to a JSON reader;
+// invalid UTF-8 becomes U+FFFD, as a JSON reader takes it.
+func jsonSafe(b []byte) string {
+	s := string(b)
+	if utf8.ValidString(s) && strings.IndexFunc(s, unsafeRune) < 0 {
+		return s
+	}
+	var sb strings.Builder
+	for _, r := range strings.ToValidUTF8(s, "\uFFFD") {
+		if unsafeRune(r) {
+			fmt.Fprintf(&sb, `\u%04x`, r)
+		} else {
+			sb.WriteRune(r)
+		}
+	}
+	return sb.String()
 }
 
 type logEvent struct {
@@ -211,8 +269,9 @@ type logEvent struct {
 }
 
 // parseLogEvent reads one slog JSON line, keeping the order of its fields.
-// A string value is printed bare unless it holds a space, a quote or an
-// '=' (then quoted); other values as their JSON.
+// A string value is printed bare unless it holds a space, a quote, an '='
+// or a control character (then quoted, escaped); other values as their
+// JSON.
 func parseLogEvent(b []byte) (logEvent, bool) {
 	var ev logEvent
 	if len(b) == 0 || b[0] != '{' || !json.Valid(b) {
@@ -249,9 +308,11 @@ func parseLogEvent(b []byte) (logEvent, bool) {
 			v := string(raw)
 			if isString {
 				v = s
-				if s == "" || strings.ContainsAny(s, " \"=\t\n") {
-					v = fmt.Sprintf("%q", s)
+				if s == "" || strings.ContainsAny(s, " \"=\t\n") || !utf8.ValidString(s) || strings.IndexFunc(s, unsafeRune) >= 0 {
+					v = fmt.Sprintf("%q", s) // escapes control characters
 				}
+			} else {
+				v = oneLine(v)
 			}
 			ev.fields = append(ev.fields, [2]string{key, v})
 		}
@@ -304,7 +365,7 @@ func followLog(ctx context.Context, path string, fp **os.File, r *bufio.Reader, 
 			continue
 		}
 		if now.Size() < off {
-			p.partial = nil
+			p.reset()
 			if _, err := (*fp).Seek(0, io.SeekStart); err != nil {
 				return err
 			}

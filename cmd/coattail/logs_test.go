@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // eventLine is how `service logs` prints one log event.
@@ -74,5 +76,86 @@ func TestServiceLogs(t *testing.T) {
 	}
 	if f.exited() {
 		t.Fatalf("service logs -f exited: %s", f.stderr())
+	}
+}
+
+// noControl fails unless out is valid UTF-8 without control characters
+// other than newlines: what `service logs` prints cannot drive a
+// terminal.
+func noControl(t *testing.T, what, out string) {
+	t.Helper()
+	excerpt := func(i int) string { return out[max(0, i-80):min(len(out), i+80)] }
+	for i, r := range out {
+		if r == utf8.RuneError && !strings.HasPrefix(out[i:], "\ufffd") {
+			t.Fatalf("%s: output is not valid UTF-8 at byte %d: %q", what, i, excerpt(i))
+		}
+		if r != '\n' && unicode.IsControl(r) {
+			t.Fatalf("%s: output has control character %q at byte %d: %q", what, r, i, excerpt(i))
+		}
+	}
+}
+
+// A receiver's stderr lines are logged by the service, and a receiver may
+// echo what a remote publisher sent: `service logs` prints them with their
+// control characters escaped (\x1b), as the CLI does any text from
+// elsewhere, so a line cannot retitle the terminal, write the clipboard
+// (OSC 52) or move the cursor; --json keeps each line valid JSON but with
+// C1 controls (which slog writes raw) escaped.
+func TestServiceLogsEscapesControlCharacters(t *testing.T) {
+	pub, sub := newInstance(t, "lesc-pub"), newInstance(t, "lesc-sub")
+	sub.writeScript("receivers", "echo", `read -r data
+printf 'title\033]0;pwned\007x\n' >&2
+printf 'csi\302\23331mred\n' >&2
+echo "$data" >>got.log
+`)
+	pub.start()
+	sub.start()
+	sub.addPeer(pub, "--subscribable", "esc.>")
+	sub.subscribe(pub, "esc.>", "echo")
+	pub.mustPublishRange("esc.x", 1, 1)
+	sub.waitLines("got.log", 1, deliveryTimeout)
+
+	out := sub.mustRun("service", "logs", "-n", "0")
+	noControl(t, "service logs", out)
+	for _, want := range []string{`line="title\x1b]0;pwned\ax"`, `line="csi\u009b31mred"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("service logs lacks %q:\n%.3000s", want, out)
+		}
+	}
+	js := sub.mustRun("service", "logs", "-n", "0", "--json")
+	noControl(t, "service logs --json", js)
+	for _, l := range strings.Split(strings.TrimRight(js, "\n"), "\n") {
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("service logs --json: %q is not JSON: %v", l, err)
+		}
+		if s, _ := ev["line"].(string); strings.HasPrefix(s, "csi") && s != "csi\u009b31mred" {
+			t.Fatalf("service logs --json: the receiver's line is %q, want it as logged", s)
+		}
+	}
+}
+
+// What is not a log event (a crashing process's output, binary garbage, a
+// line of megabytes without a newline) is printed escaped, and a line
+// longer than 1 MiB is cut, saying how much was left out, rather than
+// read whole into memory.
+func TestServiceLogsGarbage(t *testing.T) {
+	a := newInstance(t, "lgarb")
+	huge := strings.Repeat("A", 3<<20)
+	content := "\x1b]0;pwned\x07panic: boom\n" + "\xff\xfe\x00\x01\x9b\n" + huge
+	if err := os.WriteFile(a.path("service.log"), []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := a.mustRun("service", "logs", "-n", "0")
+	noControl(t, "service logs", out)
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) != 3 || lines[0] != `\x1b]0;pwned\x07panic: boom` || lines[1] != "\ufffd\\x00\\x01\ufffd" {
+		t.Fatalf("service logs printed %d lines, want 3, the first two escaped: %.200q", len(lines), lines)
+	}
+	if want := fmt.Sprintf("%s … [line cut: %d more bytes]", huge[:1<<20], len(huge)-1<<20); lines[2] != want {
+		t.Fatalf("service logs: the 3 MiB line printed as %d bytes ending %q, want 1 MiB and %q", len(lines[2]), lines[2][max(0, len(lines[2])-60):], want[1<<20:])
+	}
+	if out := a.mustRun("service", "logs", "-n", "1"); !strings.HasSuffix(out, " … [line cut: 2097152 more bytes]\n") {
+		t.Fatalf("service logs -n 1: %d bytes, want the cut last line", len(out))
 	}
 }
