@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -66,7 +67,7 @@ run.`,
 				return fmt.Errorf("log.file %s is not a regular file (a device or pipe): the service's log goes there, and cannot be read back here", cfg.Log.File)
 			}
 			p := logPrinter{out: a.out, json: asJSON, min: minLevel}
-			f, err := os.Open(path)
+			f, err := openLogFile(path)
 			if err != nil {
 				return err
 			}
@@ -323,6 +324,30 @@ func parseLogEvent(b []byte) (logEvent, bool) {
 	return ev, true
 }
 
+// errNotRegular is the error of openLogFile for what is not a regular file.
+var errNotRegular = errors.New("not a regular file")
+
+// openLogFile opens the log file at path for reading, refusing what is not
+// a regular file: a directory cannot be read, and opening a FIFO would
+// wait for a writer for ever (deaf to Ctrl-C), so it is opened without
+// blocking and checked once open (a check before the open could be raced
+// by a rename).
+func openLogFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s is %w (a directory, device or pipe now): the service log cannot be read there", path, errNotRegular)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
 // followLog keeps printing what is appended to the log at path until ctx
 // ends. A rotation (path names another file) starts over at the
 // beginning of the new file once what the old one still had is printed; a
@@ -354,7 +379,10 @@ func followLog(ctx context.Context, path string, fp **os.File, r *bufio.Reader, 
 			if _, err := p.copy(r, off, false); err != nil {
 				return err
 			}
-			nf, err := os.Open(path)
+			nf, err := openLogFile(path)
+			if errors.Is(err, errNotRegular) {
+				return err
+			}
 			if err != nil {
 				continue
 			}

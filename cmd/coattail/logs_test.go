@@ -6,6 +6,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unicode"
@@ -157,5 +158,49 @@ func TestServiceLogsGarbage(t *testing.T) {
 	}
 	if out := a.mustRun("service", "logs", "-n", "1"); !strings.HasSuffix(out, " … [line cut: 2097152 more bytes]\n") {
 		t.Fatalf("service logs -n 1: %d bytes, want the cut last line", len(out))
+	}
+}
+
+// `service logs -f` whose file is replaced by a FIFO or a directory stops,
+// non-zero, saying so: opening a FIFO waited for a writer for ever, deaf
+// to Ctrl-C, and a directory failed with a bare read error.
+func TestServiceLogsFollowReplacedByNonRegular(t *testing.T) {
+	a := newInstance(t, "lfifo")
+	ev := `{"time":"2026-11-27T22:00:00Z","level":"INFO","msg":"first"}` + "\n"
+	for _, replace := range []func(string) error{
+		func(p string) error { return syscall.Mkfifo(p, 0o600) },
+		func(p string) error { return os.Mkdir(p, 0o700) },
+	} {
+		if err := os.RemoveAll(a.path("service.log")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(a.path("service.log"), []byte(ev), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f := a.spawn("service", "logs", "-f")
+		checkFor(t, 20*time.Second, func() error {
+			if !strings.Contains(f.stdout(), " first") {
+				return fmt.Errorf("the follower has not printed the first line yet: %q", f.stdout())
+			}
+			return nil
+		})
+		if err := os.Remove(a.path("service.log")); err != nil {
+			t.Fatal(err)
+		}
+		if err := replace(a.path("service.log")); err != nil {
+			t.Fatal(err)
+		}
+		checkFor(t, 20*time.Second, func() error {
+			if !f.exited() {
+				return fmt.Errorf("service logs -f still runs after its file was replaced by a FIFO or directory; stderr %q", f.stderr())
+			}
+			return nil
+		})
+		if code := f.wait(t); code == 0 || !strings.Contains(f.stderr(), "service.log is not a regular file") {
+			t.Fatalf("service logs -f: exit %d, stderr %q; want non-zero, saying the file is not a regular file", code, f.stderr())
+		}
+	}
+	if err := os.Remove(a.path("service.log")); err != nil {
+		t.Fatal(err)
 	}
 }
