@@ -81,3 +81,29 @@ func TestTokenPrune(t *testing.T) {
 	}
 	a.mustFail([]string{"token", "prune", "--expired-for", "soon"}, "--expired-for", "1d")
 }
+
+// A token a subscription held here still names is kept by `token prune`,
+// online and offline, once expired: the subscription ends with it only
+// when its subscriber comes back (the publisher handles the expiry on the
+// delivery stream).
+func TestTokenPruneKeepsSubscriptionToken(t *testing.T) {
+	pub, sub := newInstance(t, "prunekp"), newInstance(t, "prunekps")
+	sub.recordingReceiver("rec", "got.log")
+	pub.start()
+	sub.start()
+	tok := sub.addPeer(pub, "--subscribable", "kp.>", "--expires-in", "2s")
+	id := sub.subscribe(pub, "kp.>", "rec")
+	tokID := pub.tokenID(tok)
+	sub.mustRun("service", "stop")
+	time.Sleep(8 * time.Second) // past its expiry and auth's 5s leeway
+	if s, ok := pub.subscriberFor(id); !ok || s.TokenID != tokID {
+		t.Fatalf("the subscription %s is not held with token %s at the publisher: %+v", id, tokID, s)
+	}
+	if out := pub.mustRun("token", "prune"); !strings.Contains(out, "No expired tokens to prune.") {
+		t.Fatalf("token prune online pruned the token a subscription names:\n%s", out)
+	}
+	pub.mustRun("service", "stop")
+	if out := pub.mustRun("token", "prune"); !strings.Contains(out, "No expired tokens to prune.") {
+		t.Fatalf("token prune offline pruned the token a subscription names:\n%s", out)
+	}
+}
