@@ -147,10 +147,11 @@ type metricsServer struct {
 	done chan struct{}
 }
 
-// serveMetrics listens on addr (host:port; port 0 picks one) and serves
-// the metrics until close. A listen error is returned: a service asked
-// for metrics does not start without them, as a port in use would
-// otherwise go unnoticed until someone looks at a dashboard.
+// serveMetrics listens on addr (host:port; port 0 picks one), sets
+// n.metricsURL, and serves the metrics until close. A listen error is
+// returned: a service asked for metrics does not start without them, as a
+// port in use would otherwise go unnoticed until someone looks at a
+// dashboard.
 func serveMetrics(addr string, n *Node, log *slog.Logger) (*metricsServer, error) {
 	reg := prometheus.NewRegistry()
 	if err := reg.Register(n.MetricsCollector()); err != nil {
@@ -183,6 +184,9 @@ func serveMetrics(addr string, n *Node, log *slog.Logger) (*metricsServer, error
 		ln:   ln,
 		done: make(chan struct{}),
 	}
+	// Before it serves: a scrape reads it (Status), and must not race
+	// this write.
+	n.metricsURL = m.URL()
 	go func() {
 		defer close(m.done)
 		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

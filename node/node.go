@@ -105,8 +105,8 @@ type Node struct {
 	started time.Time
 	stats   counters
 	// metricsURL is where RunService serves the Prometheus metrics
-	// (metrics.listen); "" when it does not. Set before the control
-	// socket serves, never changed after.
+	// (metrics.listen); "" when it does not. Set before the metrics
+	// endpoint and the control socket serve, never changed after.
 	metricsURL string
 	// space refuses writes that grow the datastore while its disk is
 	// nearly full (limits.min_free_disk; nil when off).

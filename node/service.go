@@ -205,7 +205,6 @@ func RunService(ctx context.Context, l Layout, o ServiceOptions) (err error) {
 			return err
 		}
 		defer ms.close() // before the node closes
-		n.metricsURL = ms.URL()
 		logger.Info("serving metrics", "url", n.metricsURL)
 	}
 	ctx, stop := context.WithCancel(ctx)
