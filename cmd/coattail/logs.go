@@ -66,13 +66,19 @@ run.`,
 			case !fi.Mode().IsRegular():
 				return fmt.Errorf("log.file %s is not a regular file (a device or pipe): the service's log goes there, and cannot be read back here", cfg.Log.File)
 			}
-			p := logPrinter{out: a.out, json: asJSON, min: minLevel}
+			// Ctrl-C (the context) stops it at the next line, also while
+			// it prints a long log or looks for its last lines.
+			ctx := cmd.Context()
+			p := logPrinter{ctx: ctx, out: a.out, json: asJSON, min: minLevel}
 			f, err := openLogFile(path)
 			if err != nil {
 				return err
 			}
 			defer func() { f.Close() }() // followLog may replace f
-			start, err := tailOffset(f, lines)
+			start, err := tailOffset(ctx, f, lines)
+			if ctx.Err() != nil {
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -81,10 +87,10 @@ run.`,
 			}
 			r := bufio.NewReaderSize(f, 64<<10)
 			off, err := p.copy(r, start, follow)
-			if err != nil || !follow {
+			if err != nil || !follow || ctx.Err() != nil {
 				return err
 			}
-			return followLog(cmd.Context(), path, &f, r, off, &p)
+			return followLog(ctx, path, &f, r, off, &p)
 		},
 	}
 	cmd.Flags().IntVarP(&lines, "lines", "n", 20, "how many of the last lines to print (0: the whole log)")
@@ -97,8 +103,8 @@ run.`,
 var logLevels = map[string]int{"DEBUG": 0, "INFO": 1, "WARN": 2, "ERROR": 3}
 
 // tailOffset returns where the last n lines of f begin (0 for n == 0 or
-// a file with fewer lines), reading backwards from its end.
-func tailOffset(f *os.File, n int) (int64, error) {
+// a file with fewer lines), reading backwards from its end until ctx ends.
+func tailOffset(ctx context.Context, f *os.File, n int) (int64, error) {
 	if n == 0 {
 		return 0, nil
 	}
@@ -123,6 +129,9 @@ func tailOffset(f *os.File, n int) (int64, error) {
 	}
 	pos, seen := end, 0
 	for pos > 0 {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
 		k := min(int64(len(buf)), pos)
 		pos -= k
 		chunk := buf[:k]
@@ -148,6 +157,7 @@ const maxLogLine = 1 << 20
 
 // logPrinter prints log lines.
 type logPrinter struct {
+	ctx  context.Context // copy stops when it ends
 	out  io.Writer
 	json bool
 	min  int
@@ -160,9 +170,13 @@ type logPrinter struct {
 
 // copy prints the complete lines r holds from offset off and returns the
 // offset after the last complete one. Without follow, a last line without
-// its newline is printed too.
+// its newline is printed too. It stops early, without an error, when
+// p.ctx ends (Ctrl-C).
 func (p *logPrinter) copy(r *bufio.Reader, off int64, follow bool) (int64, error) {
 	for {
+		if p.ctx.Err() != nil {
+			return off, nil
+		}
 		chunk, err := r.ReadSlice('\n')
 		off += int64(len(chunk))
 		complete := len(chunk) > 0 && chunk[len(chunk)-1] == '\n'

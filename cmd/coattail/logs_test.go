@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -202,5 +206,80 @@ func TestServiceLogsFollowReplacedByNonRegular(t *testing.T) {
 	}
 	if err := os.Remove(a.path("service.log")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Ctrl-C stops `service logs` printing a long log at the next line, as it
+// stops -f: it went on to the end, however long the log (log.rotate_size
+// 0 never rotates it). Its output is a pipe read only up to the first
+// line when the interrupt comes; once the signal is taken (or the command
+// has stopped), the pipe is drained: what follows is what the pipe held,
+// not the rest of the log.
+func TestServiceLogsInterrupted(t *testing.T) {
+	a := newInstance(t, "lint")
+	const lines = 200000
+	var b strings.Builder
+	for k := range lines {
+		fmt.Fprintf(&b, `{"time":"2026-11-27T22:00:00Z","level":"INFO","msg":"line","k":%d}`+"\n", k)
+	}
+	if err := os.WriteFile(a.path("service.log"), []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	cmd := exec.Command(binPath, "service", "logs", "-n", "0")
+	cmd.Dir, cmd.Env, cmd.Stdout = a.dir, childEnv(t), pw
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	var waitErr error
+	done := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+	// Read the first line: it prints, and then blocks once the pipe is
+	// full (unless the interrupt stops it first).
+	r := bufio.NewReader(pr)
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	// The signal is taken once it is no longer pending for the process.
+	checkFor(t, 20*time.Second, func() error {
+		select {
+		case <-done:
+			return nil // it stopped before its output filled the pipe
+		default:
+		}
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+		if err != nil {
+			return err
+		}
+		for _, l := range strings.Split(string(st), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && (k == "SigPnd" || k == "ShdPnd") {
+				if m, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err != nil || m&(1<<(int(syscall.SIGINT)-1)) != 0 {
+					return fmt.Errorf("SIGINT still pending (%s)", l)
+				}
+			}
+		}
+		return nil
+	})
+	rest, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if waitErr != nil {
+		t.Fatalf("service logs interrupted: %v, stderr %q; want exit 0", waitErr, stderr.String())
+	}
+	if n := strings.Count(string(rest), "\n"); n > lines/4 {
+		t.Fatalf("service logs printed %d of %d lines after Ctrl-C, want it to stop at once", n, lines)
 	}
 }
