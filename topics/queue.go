@@ -1684,13 +1684,14 @@ func (qs *Queues) admit(r *pubReq, scratch *[]*queue) bool {
 		tg.q.cAdd++
 	}
 	var full *queue
+	var depth, adds uint64 // full's undelivered messages, and this call's for it
 	for _, q := range list {
 		if full == nil && !q.removed.Load() {
 			q.mu.Lock()
 			head := q.head
 			q.mu.Unlock()
 			if q.cNext+uint64(q.cAdd)-head > qs.bound {
-				full = q
+				full, depth, adds = q, q.cNext-head, uint64(q.cAdd)
 			}
 		}
 	}
@@ -1700,7 +1701,14 @@ func (qs *Queues) admit(r *pubReq, scratch *[]*queue) bool {
 	clear(list)
 	*scratch = list[:0]
 	if full != nil {
-		r.err = fmt.Errorf("%w: subscription %q (pattern %q, subscriber %s) has reached its bound of %d undelivered messages", ErrQueueFull, full.sub.ID, full.sub.Pattern, full.sub.Subscriber, qs.bound)
+		// Below the bound, the call is too large for the room left (a
+		// batch larger than the bound never fits): saying the queue
+		// "has reached its bound" would be false.
+		why := fmt.Sprintf("has reached its bound of %d undelivered messages", qs.bound)
+		if depth < qs.bound {
+			why = fmt.Sprintf("holds %d undelivered messages of its bound of %d, room for %d, not for the %d of this call", depth, qs.bound, qs.bound-depth, adds)
+		}
+		r.err = fmt.Errorf("%w: subscription %q (pattern %q, subscriber %s) %s", ErrQueueFull, full.sub.ID, full.sub.Pattern, full.sub.Subscriber, why)
 		return false
 	}
 	return true

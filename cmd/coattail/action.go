@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -318,33 +319,61 @@ const (
 func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.PublishRequest) error {
 	sc := bufio.NewScanner(a.in)
 	sc.Buffer(make([]byte, 64<<10), maxStdinLine)
-	// first and last: the stdin line numbers the batch starts and ends at.
-	total, lines, published, lineNo, batchBytes, first, last := 0, 0, 0, 0, 0, 0, 0
+	// nums: the stdin line number of each line in req.Batch.
+	total, lines, published, lineNo, batchBytes := 0, 0, 0, 0, 0
+	var nums []int
+	batch := req
+	// publish sends the lines of part (numbered partNums) in one call.
+	var publish func(part []json.RawMessage, partNums []int) error
+	publish = func(part []json.RawMessage, partNums []int) error {
+		first, last := partNums[0], partNums[len(partNums)-1]
+		batch.Batch = part
+		res, err := c.Publish(cmd.Context(), batch)
+		if err == nil {
+			total += res.Published
+			published += len(part)
+			return nil
+		}
+		// No answer (the service went away), or the service stopped
+		// while it published (it may have queued the batch before it
+		// noticed): the batch may or may not have been stored, and
+		// publishing it again blindly could publish it twice.
+		var answered *localapi.Error
+		if !errors.As(err, &answered) {
+			return fmt.Errorf("%d line(s) before stdin line %d were published; the batch of stdin lines %d-%d (%d line(s)) got no answer, so it may or may not have been published: %w",
+				published, first, first, last, len(part), err)
+		}
+		if answered.Interrupted {
+			return fmt.Errorf("%d line(s) before stdin line %d were published; the service stopped while it published the batch of stdin lines %d-%d (%d line(s)), so it may or may not have been published",
+				published, first, first, last, len(part))
+		}
+		// A full queue (queue_full: reject) or a low disk refuses a
+		// local batch whole, queueing nothing of it, though fewer lines
+		// may fit: each line is a publication of its own, so the batch is
+		// halved until the lines published are all those that fit, and
+		// the line refused is the first that does not, however lines
+		// were batched. (A batch larger than queue_bound was refused at
+		// every try, even into an empty queue.) A peer (--peer) may
+		// have stored part of a batch: not retried.
+		if answered.Status == http.StatusInsufficientStorage && req.Peer == "" && len(part) > 1 {
+			h := len(part) / 2
+			if err := publish(part[:h], partNums[:h]); err != nil {
+				return err
+			}
+			return publish(part[h:], partNums[h:])
+		}
+		if first == last {
+			return fmt.Errorf("%d line(s) before stdin line %d were published; stdin line %d was refused: %w", published, first, first, err)
+		}
+		return fmt.Errorf("%d line(s) before stdin line %d were published; the batch of stdin lines %d-%d was refused: %w", published, first, first, last, err)
+	}
 	send := func() error {
 		if len(req.Batch) == 0 {
 			return nil
 		}
-		res, err := c.Publish(cmd.Context(), req)
-		if err != nil {
-			// No answer (the service went away), or the service stopped
-			// while it published (it may have queued the batch before it
-			// noticed): the batch may or may not have been stored, and
-			// publishing it again blindly could publish it twice.
-			var answered *localapi.Error
-			if !errors.As(err, &answered) {
-				return fmt.Errorf("%d line(s) before stdin line %d were published; the batch of stdin lines %d-%d (%d line(s)) got no answer, so it may or may not have been published: %w",
-					published, first, first, last, len(req.Batch), err)
-			}
-			if answered.Interrupted {
-				return fmt.Errorf("%d line(s) before stdin line %d were published; the service stopped while it published the batch of stdin lines %d-%d (%d line(s)), so it may or may not have been published",
-					published, first, first, last, len(req.Batch))
-			}
-			return fmt.Errorf("%d line(s) before stdin line %d were published; the batch of stdin lines %d-%d was refused: %w", published, first, first, last, err)
-		}
-		total += res.Published
-		published += len(req.Batch)
-		req.Batch, batchBytes = req.Batch[:0], 0
-		return nil
+		err := publish(req.Batch, nums)
+		req.Batch, nums, batchBytes = req.Batch[:0], nums[:0], 0
+		return err
 	}
 	for sc.Scan() {
 		lineNo++
@@ -366,10 +395,7 @@ func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.Publis
 				return err
 			}
 		}
-		if len(req.Batch) == 0 {
-			first = lineNo
-		}
-		last = lineNo
+		nums = append(nums, lineNo)
 		req.Batch = append(req.Batch, json.RawMessage(bytes.Clone(line)))
 		batchBytes += len(line)
 		if len(req.Batch) >= publishBatch {

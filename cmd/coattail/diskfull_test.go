@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -91,6 +92,14 @@ echo "$COATTAIL_SUBJECT $COATTAIL_SEQUENCE $COATTAIL_HOP $data" >>got.txt
 		if code == 0 {
 			accepted += len(lines)
 		} else {
+			// The lines before the refused one were published (the
+			// batch is split to publish those that fit).
+			m := publishedBefore.FindStringSubmatch(stderr)
+			if m == nil {
+				t.Fatalf("refusal %q does not say how many lines were published", stderr)
+			}
+			n, _ := strconv.Atoi(m[1])
+			accepted += n
 			refused = stderr
 		}
 	}
@@ -149,6 +158,10 @@ echo "$COATTAIL_SUBJECT $COATTAIL_SEQUENCE $COATTAIL_HOP $data" >>got.txt
 	sub.waitLastLine("got.txt", `"after"`, time.Minute)
 	pub.mustRun("service", "stop")
 }
+
+// publishedBefore matches how many lines a refused `publish --stdin`
+// published.
+var publishedBefore = regexp.MustCompile(`(\d+) line\(s\) before stdin line \d+ were published`)
 
 // checkDiskLowStatus checks that service status shows pub's disk low.
 func checkDiskLowStatus(t *testing.T, pub *instance) {

@@ -1,0 +1,64 @@
+package main
+
+// End-to-end tests of a publisher pushed past its bounds, with real
+// service processes on loopback: a full queue under queue_full: reject.
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestPublishStdinFillsQueueToBound: `action publish --stdin` of more
+// lines than the queue bound into an empty queue, its subscriber away.
+// The lines go in batches, but each line is one publication: the first
+// queue_bound of them are queued and the first that does not fit is named.
+// (A batch larger than the bound was refused whole, at every try: nothing
+// was queued, and the error said the empty queue "has reached its bound".)
+// When the subscriber returns, it gets exactly those, once, in order.
+func TestPublishStdinFillsQueueToBound(t *testing.T) {
+	t.Parallel()
+	p, s := newInstance(t, "p"), newInstance(t, "s")
+	p.setConfig("queue_bound", "5")
+	s.recordingReceiver("rec", "got")
+	p.start()
+	s.start()
+	s.addPeer(p, "--subscribable", "fill.x")
+	id := s.subscribe(p, "fill.x", "rec")
+	s.mustRun("service", "stop")
+
+	lines := make([]string, 8)
+	for k := range lines {
+		lines[k] = strconv.Itoa(k + 1)
+	}
+	code, stderr := p.publishStdin("fill.x", lines)
+	if code == 0 {
+		t.Fatalf("publish --stdin of 8 lines into a queue bound to 5 succeeded")
+	}
+	for _, want := range []string{"5 line(s) before stdin line 6 were published", "queue full", "bound of 5"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("publish --stdin of 8 lines into a queue bound to 5: stderr lacks %q: %s", want, stderr)
+		}
+	}
+	if sub, ok := p.subscriberFor(id); !ok || sub.Depth != 5 {
+		t.Fatalf("after publishing past the bound: subscriber %+v (found %v), want queue_depth 5", sub, ok)
+	}
+	// Full now: the next line is refused, and nothing of it queued.
+	if code, stderr := p.publishStdin("fill.x", []string{"9"}); code == 0 ||
+		!strings.Contains(stderr, "0 line(s) before stdin line 1 were published") || !strings.Contains(stderr, "reached its bound of 5") {
+		t.Errorf("publish --stdin into the full queue: exit %d, stderr %q", code, stderr)
+	}
+
+	s.start()
+	got := s.waitLines("got", 5, deliveryTimeout)
+	p.waitDrained(id, 5, deliveryTimeout)
+	var data []string
+	for _, l := range s.readLines("got") {
+		f := strings.Fields(l)
+		data = append(data, f[len(f)-1])
+	}
+	if want := []string{"1", "2", "3", "4", "5"}; !slices.Equal(data, want) {
+		t.Errorf("the subscriber received %q (lines %q), want the first 5 lines once each, in order", data, got)
+	}
+}
