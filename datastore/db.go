@@ -388,6 +388,20 @@ func (d *DB) Unflushed() uint64 {
 	return d.pebble.DB.Metrics().WAL.Size
 }
 
+// TableSize is how many bytes the database's tables take on disk, also
+// those holding deleted entries that no compaction has dropped yet; not
+// its write-ahead logs (what the memtables hold, and up to three logs
+// kept for reuse). 0 for the in-memory backend or once closed.
+func (d *DB) TableSize() uint64 {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed || d.pebble == nil {
+		return 0
+	}
+	m := d.pebble.DB.Metrics()
+	return uint64(max(m.Total().TablesSize, 0))
+}
+
 // Reclaim gives disk space held by deleted entries back as soon as it can.
 // It flushes the memtable: deletions still in memory free nothing on disk
 // (and with writes refused for want of room the memtable would not fill

@@ -358,6 +358,7 @@ func (n *Node) Start(ctx context.Context) error {
 	n.host = nw.host
 	n.onClose(nw.close)
 	n.onClose(n.subscriber.close)
+	n.startIdleReclaim()
 	return n.subscriber.startAll()
 }
 

@@ -1,0 +1,69 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+)
+
+// TestIdleReclaimerTick: the idle reclaimer compacts only when nothing
+// happened since its last look, no queue holds anything, and the tables
+// have grown past twice what the last reclaim left plus the slack; a
+// failed reclaim is not retried until they double again.
+func TestIdleReclaimerTick(t *testing.T) {
+	var act, pending, used uint64
+	var reclaims int
+	var fail error
+	r := &idleReclaimer{
+		usage:    func() uint64 { return used },
+		pending:  func() uint64 { return pending },
+		activity: func() uint64 { return act },
+		reclaim: func(context.Context) error {
+			reclaims++
+			if fail != nil {
+				return fail
+			}
+			used = 1 << 20 // what is live
+			return nil
+		},
+		log: slog.New(slog.DiscardHandler),
+	}
+	ctx := context.Background()
+	step := func(what string, want bool) {
+		t.Helper()
+		if got := r.tick(ctx); got != want {
+			t.Fatalf("%s: tick reclaimed = %v, want %v (used %d, base %d)", what, got, want, used, r.base)
+		}
+	}
+	used = idleReclaimSlack - 1
+	step("small tables", false)
+	used = 200 << 20
+	act = 5
+	step("publications flowing", false)
+	pending = 3
+	step("a queue holds publications", false)
+	pending = 0
+	step("idle, drained, 200 MiB of tables", true)
+	step("base measured after the reclaim", false)
+	if r.base != 1<<20 || reclaims != 1 {
+		t.Fatalf("base %d after %d reclaim(s), want 1 MiB after 1", r.base, reclaims)
+	}
+	used = 2<<20 + idleReclaimSlack - 1
+	step("below twice the base plus the slack", false)
+	used = 2<<20 + idleReclaimSlack
+	step("at twice the base plus the slack", true)
+	step("base measured", false)
+
+	fail = errors.New("no room to compact")
+	used = 100 << 20
+	step("reclaim fails", false)
+	if reclaims != 3 || r.base != 100<<20 {
+		t.Fatalf("after a failed reclaim: %d reclaims, base %d; want 3 and 100 MiB", reclaims, r.base)
+	}
+	used = 150 << 20
+	step("not retried before the tables doubled", false)
+	if reclaims != 3 {
+		t.Fatalf("a failed reclaim was retried at once")
+	}
+}
