@@ -38,6 +38,7 @@ type idleReclaimer struct {
 	// measure: the tables replaced by the last reclaim may not all be
 	// deleted yet when it returns: base is measured at the next tick.
 	measure bool
+	before  uint64 // usage before the last reclaim, for its log line
 }
 
 // idleReclaimEvery is how often idleReclaimer looks, and idleReclaimSlack
@@ -55,6 +56,8 @@ const (
 func (r *idleReclaimer) tick(ctx context.Context) bool {
 	if r.measure {
 		r.base, r.measure = r.usage(), false
+		r.log.Info("compacted the datastore while idle, giving back the disk space of deleted entries (delivered publications, dropped dead letters)",
+			"tables_before", humanize.IBytes(r.before), "tables_after", humanize.IBytes(r.base))
 	}
 	act := r.activity()
 	busy := act != r.lastAct
@@ -73,11 +76,10 @@ func (r *idleReclaimer) tick(ctx context.Context) bool {
 		r.log.Debug("reclaiming the disk space of delivered publications failed", "err", err)
 		return false
 	}
-	r.measure = true
+	r.measure, r.before = true, used
 	// Reclaiming is activity of its own (the flush); the next tick
 	// starts from here.
 	r.lastAct = r.activity()
-	r.log.Info("reclaimed the disk space of deleted entries (delivered publications)", "tables_before", humanize.IBytes(used))
 	return true
 }
 
