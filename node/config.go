@@ -33,14 +33,20 @@ const DefaultPort = 5210
 // "64KiB", "1MiB", "1MB".
 type ByteSize int64
 
-// UnmarshalYAML accepts integers and humanized sizes.
+// maxByteSize is the largest size a config value may have.
+const maxByteSize = 1 << 40
+
+// UnmarshalYAML accepts integers and humanized sizes up to maxByteSize.
 func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
 		return fmt.Errorf("line %d: expected a size such as 1048576 or \"1MiB\"", n.Line)
 	}
 	v, err := humanize.ParseBytes(n.Value)
-	if err != nil || v > 1<<40 {
+	if err != nil {
 		return fmt.Errorf("line %d: invalid size %q (use bytes or a unit: 64KiB, 1MiB)", n.Line, n.Value)
+	}
+	if v > maxByteSize {
+		return fmt.Errorf("line %d: size %q is larger than the largest size allowed, 1TiB", n.Line, n.Value)
 	}
 	// humanize truncates a fraction of a byte: "0.5" was 0, which for
 	// relay_limit_data means no limit at all.
@@ -832,7 +838,7 @@ var configTemplate = template.Must(template.New("config").Funcs(template.FuncMap
 }).Parse(`# Coattail instance configuration.
 # Every setting is listed with its default value; delete a line to get the default.
 # Unknown or repeated keys, keys without a value and an address listed twice are
-# errors. Sizes take units (64KiB, 1MiB); durations take 500ms, 30s, 2m, 1h, 7d;
+# errors. Sizes take units (64KiB, 1MiB; at most 1TiB); durations take 500ms, 30s, 2m, 1h, 7d;
 # booleans are true or false, without quotes.
 
 network:

@@ -108,6 +108,20 @@ func TestParseConfigSizesAndDurations(t *testing.T) {
 	}
 }
 
+// A size over the largest allowed (1TiB) says so: it was called an
+// "invalid size" with a hint to use a unit, which it had.
+func TestParseConfigSizeOverMax(t *testing.T) {
+	got, err := node.ParseConfig("config.yml", []byte("limits:\n  min_free_disk: 1TiB\n"))
+	if err != nil || got.Limits.MinFreeDisk != 1<<40 {
+		t.Fatalf("min_free_disk 1TiB: %v, %v", got.Limits.MinFreeDisk, err)
+	}
+	_, err = node.ParseConfig("config.yml", []byte("limits:\n  min_free_disk: 2000GiB\n"))
+	errorsContain(t, err, "line 2", `"2000GiB"`, "larger than the largest size allowed, 1TiB")
+	if err != nil && strings.Contains(err.Error(), "use bytes or a unit") {
+		t.Errorf("min_free_disk 2000GiB: %v, which is not about its unit", err)
+	}
+}
+
 // Durations take days and weeks as the CLI's do (--expires-in 7d): they
 // were refused in the config ("not a duration") while the CLI took them.
 // Every other key keeps its value and its error line.
