@@ -1820,9 +1820,10 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 			corrupt: q.corrupt, corruptSeen: q.corruptSeen}
 		// Every sequence from acked+1 to head-1 was dropped. A restart
 		// brings back those at or above the stored base (a release held
-		// back by maxDeletesPerRound), and counts them when it drops them
-		// again: the stored count leaves them out.
-		if back := max(q.cHead, q.acked+1); head > back {
+		// back by maxDeletesPerRound), and counts those it drops again
+		// that were never sent (above sentMax; finish counts no others):
+		// the stored count leaves them out.
+		if back := max(q.cHead, q.acked+1, q.sentMax+1); head > back {
 			meta.dropped -= head - back
 		}
 		if p, ok := q.pos.lookup(q.cHead); ok {
@@ -1923,8 +1924,13 @@ func (qs *Queues) finish(rd *round, err error) {
 			q.memBytes = 0
 		} else {
 			if t.drop > q.head {
-				q.dropped += t.drop - q.head
-				qs.totDropped.Add(t.drop - q.head)
+				// Those sent already (up to sentMax: in flight, not yet
+				// acked) were counted as delivered when sent, and the
+				// subscriber runs them: only the others are dropped.
+				if from := max(q.head, q.sentMax+1); t.drop > from {
+					q.dropped += t.drop - from
+					qs.totDropped.Add(t.drop - from)
+				}
 				q.head = t.drop
 				q.trimLocked()
 				dropped = true

@@ -1766,3 +1766,46 @@ func TestPublishCancelledAfterHandoffReportsOutcome(t *testing.T) {
 		t.Fatalf("publish stuck past the grace: %v, want ctx's error saying it may still be queued", err)
 	}
 }
+
+// TestQueueDropOldestCountsOnlyUnsent: drop_oldest pushing out
+// publications already sent to the subscriber (in flight, not yet acked)
+// does not count them as dropped: they were delivered (counted so when
+// sent), and the subscriber runs them. Only those never sent are dropped.
+// They were counted twice, delivered and dropped: a slow subscriber's
+// dropped + delivered exceeded what was published. The counts survive a
+// restart.
+func TestQueueDropOldestCountsOnlyUnsent(t *testing.T) {
+	dir := t.TempDir()
+	db := openPebble(t, dir)
+	qs := openQueues(t, db.Batching(), QueueOptions{Bound: 3, Policy: PolicyDropOldest})
+	addSub(t, qs, "s", "a")
+	publish(t, qs, msg("a", "1"), msg("a", "2"), msg("a", "3"))
+	qs.MarkSent("s", 3) // 1..3 in flight, unacked
+	// 4..6 push 1..3 out: sent already, so delivered, not dropped.
+	publish(t, qs, msg("a", "4"), msg("a", "5"), msg("a", "6"))
+	if st := status(t, qs, "s"); st.Delivered != 3 || st.Dropped != 0 || st.Depth != 3 {
+		t.Fatalf("after dropping 3 sent publications: %+v, want delivered 3, dropped 0, depth 3", st)
+	}
+	// 7 pushes out 4, never sent: dropped.
+	publish(t, qs, msg("a", "7"))
+	qs.MarkSent("s", 7)
+	if err := qs.Ack("s", 7); err != nil {
+		t.Fatal(err)
+	}
+	st := status(t, qs, "s")
+	if st.Delivered != 6 || st.Dropped != 1 || st.Depth != 0 {
+		t.Fatalf("after 7 published, 4 dropped unsent: %+v, want delivered 6, dropped 1, depth 0", st)
+	}
+	if tot := qs.Totals(); tot.Delivered != 6 || tot.Dropped != 1 {
+		t.Fatalf("totals %+v, want delivered 6, dropped 1", tot)
+	}
+	publish(t, qs, msg("a", "8")) // a round writes the counters
+	qs.MarkSent("s", 8)
+	if err := qs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qs = openQueues(t, db.Batching(), QueueOptions{Bound: 3, Policy: PolicyDropOldest})
+	if st := status(t, qs, "s"); st.Delivered != 7 || st.Dropped != 1 {
+		t.Fatalf("after a restart: %+v, want delivered 7, dropped 1", st)
+	}
+}
