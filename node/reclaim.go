@@ -19,16 +19,17 @@ import (
 // which an early flush would defeat.
 //
 // Each tick it looks whether anything happened since the last one
-// (activity), whether any queue holds undelivered publications (pending),
-// and how much the datastore's tables take (usage): idle, with nothing
-// pending and usage at least twice what the last reclaim left plus
-// idleReclaimSlack, it reclaims (flush and compact). The doubling bounds
-// the cost: a compaction rewrites what is live, which the tables then
-// held at most half of. (The write-ahead logs are not counted: they hold
-// what the memtable does, and up to three of them are kept for reuse.)
+// (activity) and how much the datastore's tables take (usage): idle, with
+// usage at least twice what the last reclaim left plus idleReclaimSlack,
+// it reclaims (flush and compact). The doubling bounds the cost: a
+// compaction rewrites what is live, which the tables then held at most
+// half of. Queues still holding publications do not stop it: one
+// subscriber gone for good would otherwise keep the space of every other
+// subscriber's delivered backlog. (The write-ahead logs are not counted:
+// they hold what the memtable does, and up to three of them are kept for
+// reuse.)
 type idleReclaimer struct {
 	usage    func() uint64
-	pending  func() uint64
 	activity func() uint64
 	reclaim  func(context.Context) error
 	log      *slog.Logger
@@ -62,7 +63,7 @@ func (r *idleReclaimer) tick(ctx context.Context) bool {
 	act := r.activity()
 	busy := act != r.lastAct
 	r.lastAct = act
-	if busy || r.pending() > 0 {
+	if busy {
 		return false
 	}
 	used := r.usage()
@@ -105,8 +106,7 @@ func (n *Node) startIdleReclaim() {
 	}
 	db := n.db
 	r := &idleReclaimer{
-		usage:   db.TableSize,
-		pending: n.queues.Depth,
+		usage: db.TableSize,
 		activity: func() uint64 {
 			t := n.queues.Totals()
 			return n.stats.published.Load() + n.stats.received.Load() + n.stats.deadLetters.Load() +

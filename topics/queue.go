@@ -1282,22 +1282,6 @@ func (qs *Queues) Totals() QueueTotals {
 	}
 }
 
-// Depth is how many publications every queue together holds undelivered
-// (unacked), as Status's Depth summed, without the snapshot.
-func (qs *Queues) Depth() uint64 {
-	qs.mu.RLock()
-	defer qs.mu.RUnlock()
-	var total uint64
-	for _, q := range qs.subs {
-		q.mu.Lock()
-		if q.next > q.head {
-			total += q.next - q.head
-		}
-		q.mu.Unlock()
-	}
-	return total
-}
-
 // Status returns a snapshot of every queue, sorted by subscription id.
 func (qs *Queues) Status() []QueueStatus {
 	qs.mu.RLock()

@@ -69,21 +69,30 @@ func TestPublishStdinFillsQueueToBound(t *testing.T) {
 
 // TestDiskGivenBackAfterDrain: a publisher that queued a large backlog
 // for a subscriber away gives the disk space back once the subscriber has
-// it all and the instance is idle. The space of delivered publications
+// it all and the instance is idle, although another subscriber, gone for
+// good, still has a publication queued. The space of delivered publications
 // stayed taken in the datastore's tables (64 MiB of the 80 MiB here; as
 // much as the backlog in a longer outage, across restarts) until the disk
 // ran low, when publications were refused until it was reclaimed.
 func TestDiskGivenBackAfterDrain(t *testing.T) {
 	t.Parallel()
-	p, s := newInstance(t, "p"), newInstance(t, "s")
+	p, s, gone := newInstance(t, "p"), newInstance(t, "s"), newInstance(t, "gone")
 	s.writeScript("receivers", "rec", `data=$(head -c 12); cat >/dev/null
 echo "$COATTAIL_SEQUENCE $data" >>got
 `)
+	gone.recordingReceiver("rec", "got")
 	p.start()
 	s.start()
+	gone.start()
 	s.addPeer(p, "--subscribable", "big.x")
 	id := s.subscribe(p, "big.x", "rec")
 	s.mustRun("service", "stop")
+	// Another subscriber, gone for good, with a publication queued: it
+	// does not keep the space of what s was delivered.
+	gone.addPeer(p, "--subscribable", "other.x")
+	goneID := gone.subscribe(p, "other.x", "rec")
+	gone.mustRun("service", "stop")
+	p.mustRun("action", "publish", "--action", "other.x", "--data", "1")
 
 	const n = 160 // of 512 KiB: 80 MiB
 	pad := strings.Repeat("x", 512<<10)
@@ -109,6 +118,9 @@ echo "$COATTAIL_SEQUENCE $data" >>got
 		}
 		return nil
 	})
+	if sub, ok := p.subscriberFor(goneID); !ok || sub.Depth != 1 {
+		t.Errorf("the gone subscriber's queue: %+v (found %v), want its 1 publication still queued", sub, ok)
+	}
 	// It still works: a publication after the reclaim is delivered.
 	p.mustRun("action", "publish", "--action", "big.x", "--data", `{"n":"after"}`)
 	s.waitLastLine("got", `{"n":"after"`, deliveryTimeout) // its first 12 bytes
