@@ -869,9 +869,55 @@ func canonicalPeerIDs(ids []string) ([]string, error) {
 // (PROTOCOL.md: last_seq), and none after when the peer refused the next;
 // when no answer came (the stream broke) it may have stored more.
 func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publication) (localapi.PublishResult, error) {
+	// A frame the peer refuses as unavailable (a full queue under
+	// queue_full: reject, a nearly full disk) stored nothing of it, and
+	// the peer read nothing after it: fewer publications may fit, so the
+	// rest is sent again in frames of half as many, until the publications
+	// stored are all those that fit and the refusal is of one. (A frame
+	// larger than a queue's bound was refused at every try, with "retry
+	// later", even into an empty queue.)
+	total, stored, maxCount := 0, 0, wire.MaxPublishBatch
+	for {
+		r, err := n.remotePublishOnce(ctx, peerID, pubs[stored:], maxCount)
+		total += r.published
+		stored += r.stored
+		var refused *wire.Error
+		if err != nil && errors.As(err, &refused) && refused.Code == wire.CodeUnavailable && r.refusedCount > 1 && ctx.Err() == nil {
+			maxCount = r.refusedCount / 2
+			continue
+		}
+		if err == nil {
+			return localapi.PublishResult{Published: total}, nil
+		}
+		switch {
+		case !errors.As(err, &refused):
+			// No answer for the rest: the peer may have stored some.
+			err = fmt.Errorf("node: %s confirmed %d of %d publications (the first %d, in order); the rest got no answer, so it may or may not have stored them: %w", peerID, stored, len(pubs), stored, err)
+		case len(pubs) == 1:
+			err = fmt.Errorf("node: %s did not store the publication: %w", peerID, err)
+		case stored == 0:
+			err = fmt.Errorf("node: %s stored 0 of %d publications: %w", peerID, len(pubs), err)
+		default:
+			err = fmt.Errorf("node: %s stored %d of %d publications (the first %d, in order), not the rest: %w", peerID, stored, len(pubs), stored, err)
+		}
+		return localapi.PublishResult{Published: total}, err
+	}
+}
+
+// remotePublishResult is what one publish stream achieved: publications
+// the peer confirmed storing (the first ones, in order), the subscription
+// queue entries they made, and, when the peer refused a frame, how many
+// publications that frame carried.
+type remotePublishResult struct {
+	stored, published, refusedCount int
+}
+
+// remotePublishOnce sends pubs to the peer over one stream, in frames of
+// at most maxCount publications (see remotePublish).
+func (n *Node) remotePublishOnce(ctx context.Context, peerID string, pubs []publication, maxCount int) (remotePublishResult, error) {
 	s, err := n.open(ctx, peerID, wire.ProtoPublish, nil)
 	if err != nil {
-		return localapi.PublishResult{}, err
+		return remotePublishResult{}, err
 	}
 	defer s.s.Close()
 	stop := context.AfterFunc(ctx, func() { _ = s.s.Reset() })
@@ -890,18 +936,19 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 	var counts []int
 	for i, size := 0, 0; i < len(pubs); i++ {
 		sz := len(pubs[i].Subject) + len(pubs[i].Data) + 32
-		if len(counts) == 0 || size+sz > limit || counts[len(counts)-1] >= wire.MaxPublishBatch {
+		if len(counts) == 0 || size+sz > limit || counts[len(counts)-1] >= maxCount {
 			counts, size = append(counts, 0), 0
 		}
 		counts[len(counts)-1]++
 		size += sz
 	}
 	st := n.cfg.Limits.StreamTimeout
-	var stored, total int
+	var stored, total, frame int // frame: the index of the frame awaited
 	answers := make(chan error, 1)
 	go func() {
 		err := func() error {
 			for i, c := range counts {
+				frame = i
 				_ = s.s.SetReadDeadline(time.Now().Add(st))
 				var res wire.PublishResult
 				if err := s.result(&res, nil); err != nil {
@@ -964,23 +1011,16 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 	} else {
 		err = <-answers
 	}
+	r := remotePublishResult{stored: stored, published: total}
 	if err != nil {
 		if !stop() && ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 		}
 		var refused *wire.Error
-		switch {
-		case !errors.As(err, &refused):
-			// No answer for the rest: the peer may have stored some.
-			err = fmt.Errorf("node: %s confirmed %d of %d publications (the first %d, in order); the rest got no answer, so it may or may not have stored them: %w", peerID, stored, len(pubs), stored, err)
-		case len(pubs) == 1:
-			err = fmt.Errorf("node: %s did not store the publication: %w", peerID, err)
-		case stored == 0:
-			err = fmt.Errorf("node: %s stored 0 of %d publications: %w", peerID, len(pubs), err)
-		default:
-			err = fmt.Errorf("node: %s stored %d of %d publications (the first %d, in order), not the rest: %w", peerID, stored, len(pubs), stored, err)
+		if errors.As(err, &refused) && frame < len(counts) {
+			r.refusedCount = counts[frame]
 		}
-		return localapi.PublishResult{Published: total}, err
+		return r, err
 	}
-	return localapi.PublishResult{Published: total}, nil
+	return r, nil
 }

@@ -150,3 +150,41 @@ func dirSize(t *testing.T, dir, suffix string) int64 {
 	}
 	return total
 }
+
+// TestPublishAtPeerFillsQueueToBound: `action publish --peer` of more
+// publications than the peer's queue bound into its empty queue stores the
+// first queue_bound of them and says so; the frame carrying them all was
+// refused at every try ("stored 0 of 8 … retry later").
+func TestPublishAtPeerFillsQueueToBound(t *testing.T) {
+	t.Parallel()
+	p, s, r := newInstance(t, "p"), newInstance(t, "s"), newInstance(t, "r")
+	p.setConfig("queue_bound", "5")
+	s.recordingReceiver("rec", "got")
+	p.start()
+	s.start()
+	r.start()
+	s.addPeer(p, "--subscribable", "fill.x")
+	id := s.subscribe(p, "fill.x", "rec")
+	s.mustRun("service", "stop")
+	r.addPeer(p, "--publishable", "fill.x")
+
+	lines := []string{"1", "2", "3", "4", "5", "6", "7", "8"}
+	code, stderr := r.publishStdin("fill.x", lines, "--peer", p.peerID())
+	if code == 0 || !strings.Contains(stderr, "stored 5 of 8 publications (the first 5, in order)") || !strings.Contains(stderr, "full") {
+		t.Fatalf("publish --peer of 8 into a queue bound to 5: exit %d, stderr %q; want 5 of 8 stored and the queue full", code, stderr)
+	}
+	if sub, ok := p.subscriberFor(id); !ok || sub.Depth != 5 {
+		t.Fatalf("after publishing past the bound: subscriber %+v (found %v), want queue_depth 5", sub, ok)
+	}
+	s.start()
+	s.waitLines("got", 5, deliveryTimeout)
+	p.waitDrained(id, 5, deliveryTimeout)
+	var data []string
+	for _, l := range s.readLines("got") {
+		f := strings.Fields(l)
+		data = append(data, f[len(f)-1])
+	}
+	if want := []string{"1", "2", "3", "4", "5"}; !slices.Equal(data, want) {
+		t.Errorf("the subscriber received %q, want the first 5 once each, in order", data)
+	}
+}
