@@ -283,7 +283,9 @@ func TestRelayReservationsPerIP(t *testing.T) {
 	// An instance with the relay in network.relays says why it has no
 	// relay address. (Only for a relay with a public address is a
 	// reservation asked for: loopback counts as public here.)
-	defer node.TreatRelayAddrsAsPublic()()
+	// Restored after the node below is closed (cleanups run last first):
+	// its relay check reads it until then.
+	t.Cleanup(node.TreatRelayAddrsAsPublic())
 	var logs syncBuffer
 	newTestNode(t, func(o *node.Options) {
 		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
