@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -1807,5 +1808,53 @@ func TestQueueDropOldestCountsOnlyUnsent(t *testing.T) {
 	qs = openQueues(t, db.Batching(), QueueOptions{Bound: 3, Policy: PolicyDropOldest})
 	if st := status(t, qs, "s"); st.Delivered != 7 || st.Dropped != 1 {
 		t.Fatalf("after a restart: %+v, want delivered 7, dropped 1", st)
+	}
+}
+
+// Removing a subscription with a deep queue costs memory in proportion to
+// its 8-byte log positions, not a map entry and a datastore key per
+// publication (a million queued took ~280 MB for a moment), and deletes
+// its log entries (runs of them as range deletions) while keeping those
+// another subscription still needs.
+func TestRemoveDeepQueueMemoryAndLog(t *testing.T) {
+	ctx := context.Background()
+	db := openPebble(t, t.TempDir())
+	qs := openQueues(t, db.Batching(), QueueOptions{Bound: 1_000_000})
+	addSub(t, qs, "deep", "a")
+	addSub(t, qs, "other", "b")
+	const n = 200_000
+	batch := make([]Message, 0, 10_000)
+	for range 10_000 {
+		batch = append(batch, msg("a", "1"))
+	}
+	for range n / 10_000 {
+		if _, err := qs.Publish(ctx, batch, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(t, qs, msg("b", "kept"))
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := qs.RemoveSubscription(ctx, "deep"); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / n; per > 40 {
+		t.Fatalf("removing a subscription with %d queued allocated %d bytes per publication, want at most 40", n, per)
+	}
+	res, err := db.Batching().Query(ctx, query.Query{Prefix: logPrefix, KeysOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := res.Rest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 {
+		t.Fatalf("%d log entries left after the removal, want 1 (the other subscription's)", len(entries))
+	}
+	if got := readAll(t, qs, "other", 0); len(got) != 1 || string(got[0].Message.Data) != "kept" {
+		t.Fatalf("other subscription reads %v, want its one publication", got)
 	}
 }
