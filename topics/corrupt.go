@@ -20,12 +20,16 @@ import (
 // after drop_oldest, and its next ack releases the entry). Only damage is
 // skipped: any other read error is returned, and the deliverer retries.
 //
-// A damaged block that no read steps over (the last block of log entries
-// of an older table: its index sends every later log key there, also
-// those a newer table holds) is cut out of the store at load where it can
-// be (cutDamage): the entries after it are read, and its positions up to
-// the first of them are marked lost, so that every later load numbers
-// them as this one.
+// A damaged block of log entries is cut out of the store at load where it
+// can be (cutDamage), wherever it is: the entries after it are read, and
+// its positions up to the first of them are marked lost, so that every
+// later load numbers them as this one. Where no read steps over it (the
+// last block of log entries of an older table: its index sends every later
+// log key there, also those a newer table holds) that is what lets the
+// entries after it be read at all; in the middle of the log it could be
+// stepped over, but left in its table every compaction of the table fails
+// on it, and pebble retries such compactions for ever (in level 0 every few
+// milliseconds, until writes stall once level 0 is full).
 
 // seqRun is the sequences lo to hi, inclusive.
 type seqRun struct{ lo, hi uint64 }
@@ -172,9 +176,8 @@ const maxCuts = 16
 const maxLostMarks = 1 << 20
 
 // cutDamage cuts out of the store the damaged block that the read error
-// cause met at log position from, which no read steps over (its table's
-// index sends every later log key there), keeping every entry that can be
-// read (those a newer table holds). The positions from from to the first
+// cause met at log position from, keeping every entry that can be read
+// (those a newer table holds, and those of the blocks beside it). The positions from from to the first
 // entry kept are written as lostEntry. It reports whether it cut, and
 // whether any log entry follows from.
 func cutDamage(ctx context.Context, dc damageCutter, from uint64, cause error) (cut, more bool, err error) {
@@ -206,35 +209,19 @@ func cutDamage(ctx context.Context, dc damageCutter, from uint64, cause error) (
 // scanLog calls entry for every log key in order, and hole for each span
 // of positions the store could not read (damaged): positions from to to
 // (inclusive) may hold entries, which are lost. A hole whose end could not
-// be found (to == maxLogPos) runs to the end of the log. Damage that no
-// read steps over is cut out of the store first where it can be (dc, if
-// not nil): the entries after it are then read.
+// be found (to == maxLogPos) runs to the end of the log. Damage is cut out
+// of the store first where it can be (dc, if not nil; cutDamage), wherever
+// in the log it is: the positions it held are then read as lost entries,
+// and the entries after it are read. Damage that cannot be cut out is
+// stepped over as before: the first position from which the log reads
+// again is searched for, and the positions before it are a hole (the
+// damaged block then stays in its table, where every compaction of that
+// table fails on it).
 func scanLog(ctx context.Context, sc rangeScanner, dc damageCutter, entry func(key string, val []byte), hole func(from, to uint64, err error)) error {
 	end := []byte(queueNamespace + "/log0") // just above every log key
 	start := []byte(logPrefix)
 	var key []byte
 	cuts := 0
-	// toEnd handles damage from from on that no read steps over: cut out,
-	// the log is read on from there; else it is a hole to the end.
-	toEnd := func(from uint64, cause error) (bool, error) {
-		if dc != nil && cuts < maxCuts {
-			cuts++
-			cut, more, err := cutDamage(ctx, dc, from, cause)
-			switch {
-			case err != nil && ctx.Err() != nil:
-				return false, ctx.Err()
-			case err != nil:
-				// As before cutting was tried: the damage and the
-				// entries after it are lost.
-				cause = fmt.Errorf("%w (and it could not be cut out: %w)", cause, err)
-			case cut && more:
-				start = appendLogKey(nil, from)
-				return true, nil
-			}
-		}
-		hole(from, maxLogPos, cause)
-		return false, nil
-	}
 	for {
 		last, seen := uint64(0), false
 		err := sc.Scan(ctx, start, end, func(k, v []byte) error {
@@ -252,6 +239,25 @@ func scanLog(ctx context.Context, sc rangeScanner, dc damageCutter, entry func(k
 			from = last + 1
 		} else if p, ok := parseSeq(string(start[len(logPrefix):])); ok {
 			from = p
+		}
+		if dc != nil && cuts < maxCuts {
+			cuts++
+			cut, more, cerr := cutDamage(ctx, dc, from, err)
+			switch {
+			case cerr != nil && ctx.Err() != nil:
+				return ctx.Err()
+			case cerr != nil:
+				// Stepped over as before cutting was tried.
+				err = fmt.Errorf("%w (and it could not be cut out: %w)", err, cerr)
+			case cut && more:
+				// The positions it held are lost entries now, read
+				// from from on with the rest.
+				start = appendLogKey(nil, from)
+				continue
+			case cut:
+				hole(from, maxLogPos, err) // nothing after it
+				return nil
+			}
 		}
 		// Find the first position from which the log reads again: a
 		// damaged block fails every seek into it and none beyond it, so
@@ -275,13 +281,7 @@ func scanLog(ctx context.Context, sc rangeScanner, dc damageCutter, entry func(k
 		if ok, perr := probe(maxLogPos); perr != nil {
 			return perr
 		} else if !ok {
-			again, cerr := toEnd(from, err)
-			if cerr != nil {
-				return cerr
-			}
-			if again {
-				continue
-			}
+			hole(from, maxLogPos, err)
 			return nil
 		}
 		for step := uint64(1); ; step *= 2 {
@@ -300,13 +300,7 @@ func scanLog(ctx context.Context, sc rangeScanner, dc damageCutter, entry func(k
 			bad = p
 		}
 		if good == 0 {
-			again, cerr := toEnd(from, err)
-			if cerr != nil {
-				return cerr
-			}
-			if again {
-				continue
-			}
+			hole(from, maxLogPos, err)
 			return nil
 		}
 		for good-bad > 1 {
