@@ -38,6 +38,7 @@ type subscriberJSON struct {
 	Depth      uint64 `json:"queue_depth"`
 	Delivered  uint64 `json:"delivered"`
 	Dropped    uint64 `json:"dropped"`
+	Corrupt    uint64 `json:"corrupt"`
 }
 
 // deadLetterJSON is an entry of `deadletters list --json`.
