@@ -60,6 +60,11 @@ type DamageCutter interface {
 	// or the block of that table a read of at loads is readable. It
 	// raises the database's format major version to FormatVirtualSSTables
 	// (what stays of the damaged table is virtual tables).
+	//
+	// The span's keys are read and then replaced: a write into the span
+	// between the two (by anything but mark's records) is lost. The caller
+	// makes sure nothing else writes while it runs (the span may reach
+	// past the caller's keys, to the damaged table's last key).
 	CutDamage(ctx context.Context, cause error, at, limit []byte, mark func(next []byte) ([]KV, error)) (bool, error)
 }
 

@@ -177,9 +177,23 @@ const maxLostMarks = 1 << 20
 
 // cutDamage cuts out of the store the damaged block that the read error
 // cause met at log position from, keeping every entry that can be read
-// (those a newer table holds, and those of the blocks beside it). The positions from from to the first
-// entry kept are written as lostEntry. It reports whether it cut, and
-// whether any log entry follows from.
+// (those a newer table holds, and those of the blocks beside it). The
+// positions from from to the first entry kept are written as lostEntry.
+// It reports whether it cut, and whether any log entry follows from.
+//
+// A write into the span CutDamage replaces while it runs would be lost
+// (DamageCutter), and the span may hold other keys than the log's (it may
+// run to the damaged table's last key, past the log: other records of the
+// queues, or of other packages). It runs only from load, in OpenQueues, which nothing else
+// writes during: load runs before the committer and the syncer start, and
+// OpenQueues's one caller, node.New (for a service, node.RunService; for an
+// offline CLI command, node.Connect; both with the datastore's directory
+// lock held, so no other process has it open), opens the datastore and
+// sets up the identity record, the authority (which starts no goroutine)
+// and the peers before it, each done when it returns, and starts nothing
+// that writes until OpenQueues returns (node/perf calls node.New the same
+// way). pebble's own flushes and compactions change no key; a table that a
+// compaction deletes before CutDamage opens it makes it start again.
 func cutDamage(ctx context.Context, dc damageCutter, from uint64, cause error) (cut, more bool, err error) {
 	end := []byte(queueNamespace + "/log0")
 	cut, err = dc.CutDamage(ctx, cause, appendLogKey(nil, from), end, func(next []byte) ([]datastore.KV, error) {
