@@ -606,7 +606,10 @@ func (n *Node) Perform(ctx context.Context, req localapi.PerformRequest, onLog f
 		return localapi.PerformResult{}, err
 	}
 	if req.Peer != "" {
-		return n.remotePerform(ctx, req, onLog)
+		res, err := n.remotePerform(ctx, req, onLog)
+		err = remoteHopLimit(err)
+		n.noteHopLimit(ctx, err, req.Run, "perform", req.Action, req.Hop)
+		return res, err
 	}
 	caller := req.Caller
 	if caller == "" {

@@ -8,11 +8,13 @@ import (
 	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/wire"
 )
 
 // A Go receiver that publishes (here back to the publisher it listens to,
@@ -173,5 +175,56 @@ func TestHopLimitFailureParkedWithoutRetries(t *testing.T) {
 				t.Errorf("a's dead letters %+v, want seq 2 after %d attempt(s), its error starting %q", dl.DeadLetters, tc.attempts, tc.errStart)
 			}
 		})
+	}
+}
+
+// A receiver whose cascade a peer refuses for the peer's own (lower)
+// limits.max_hops is parked after that one run too: the peer answers
+// hop_limit, which this node takes as its own hop limit. (An older peer's
+// bad_request is retried as any failure.)
+func TestPeerHopLimitFailureParkedWithoutRetries(t *testing.T) {
+	const retries = 2
+	pub := newTestNode(t)
+	sub := newTestNode(t, withLimits(func(l *node.LimitsConfig) {
+		l.ReceiverRetries, l.ReceiverBackoff = retries, time.Millisecond
+	}))
+	strict := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxHops = 1 }))
+	register(t, strict, "act", func(context.Context, json.RawMessage) (json.RawMessage, error) {
+		t.Error("the strict peer ran its action past its hop limit")
+		return nil, nil
+	})
+	pubID, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"x"}})
+	strictID, _ := connectPeers(t, strict, sub, localapi.IssueRequest{Perform: []string{"act"}})
+	var runs atomic.Int64
+	if err := sub.RegisterReceiver("r", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+		runs.Add(1)
+		// The delivery's hop is 1: the cascade's is 2, past strict's 1.
+		_, err := sub.Perform(ctx, localapi.PerformRequest{Peer: strictID, Action: "act", Input: in}, nil)
+		if !errors.Is(err, node.ErrHopLimit) || !wire.IsCode(err, wire.CodeHopLimit) {
+			t.Errorf("perform at the strict peer: %v, want its hop_limit refusal as ErrHopLimit", err)
+		}
+		return nil, fmt.Errorf("cascade: %v", err)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pubID, Pattern: "x", Receiver: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.PublishRequest(testCtx(t), localapi.PublishRequest{Action: "x", Data: json.RawMessage(`1`), Hop: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var dl localapi.DeadLetterList
+	checkFor(t, testTimeout, 10*time.Millisecond, func() error {
+		var err error
+		if dl, err = sub.DeadLetters(testCtx(t), localapi.DeadLetterQuery{}); err != nil {
+			return err
+		}
+		if len(dl.DeadLetters) != 1 {
+			return fmt.Errorf("%d dead letters, want 1", len(dl.DeadLetters))
+		}
+		return nil
+	})
+	if d := dl.DeadLetters[0]; d.Attempts != 1 || !strings.HasPrefix(d.Error, "cascade hop limit: ") || runs.Load() != 1 {
+		t.Fatalf("dead letter after %d attempt(s), error %q, receiver runs %d; want 1 attempt, a hop-limit error and 1 run", d.Attempts, d.Error, runs.Load())
 	}
 }

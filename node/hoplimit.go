@@ -12,6 +12,7 @@ import (
 
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/runner"
+	"github.com/coattail/coattail/node/wire"
 )
 
 // hopRefusals remembers the receiver runs whose cascade (a perform or
@@ -66,6 +67,16 @@ func newHopRefusals(actionTimeout time.Duration) *hopRefusals {
 	// A run waits for its slot and runs for action_timeout at most, then
 	// is killed; a minute covers the wait for its exit.
 	return &hopRefusals{key: hex.EncodeToString(b), maxAge: actionTimeout + time.Minute, m: map[hopRun]hopRefusal{}}
+}
+
+// remoteHopLimit makes a peer's refusal for its own limits.max_hops an
+// ErrHopLimit here too, so that the run whose cascade it refused is parked
+// at once as for a refusal of this node's (noteHopLimit).
+func remoteHopLimit(err error) error {
+	if err != nil && wire.IsCode(err, wire.CodeHopLimit) && !errors.Is(err, ErrHopLimit) {
+		return fmt.Errorf("%w at the peer: %w", ErrHopLimit, err)
+	}
+	return err
 }
 
 // noteHopLimit records, when err is a refusal for the hop limit, that the

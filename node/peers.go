@@ -824,7 +824,10 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 			n.noteHopLimit(ctx, err, req.Run, "publish", req.Action, req.Hop)
 			return localapi.PublishResult{}, err
 		}
-		return n.remotePublish(ctx, req.Peer, pubs)
+		res, err := n.remotePublish(ctx, req.Peer, pubs)
+		err = remoteHopLimit(err)
+		n.noteHopLimit(ctx, err, req.Run, "publish", req.Action, req.Hop)
+		return res, err
 	}
 	to, err := canonicalPeerIDs(req.To)
 	if err != nil {

@@ -379,7 +379,7 @@ func toWireError(err error) *wire.Error {
 	case isAuthError(err), errors.Is(err, auth.ErrInvalid), errors.Is(err, auth.ErrTokenType):
 		code = wire.CodeUnauthorized
 	case errors.Is(err, ErrHopLimit):
-		code = wire.CodeBadRequest
+		code = wire.CodeHopLimit
 	// Its message carries the datastore's own error, with local paths.
 	case errors.Is(err, topics.ErrStorageFailed):
 		return &wire.Error{Code: wire.CodeUnavailable, Message: "the remote instance's queue storage failed; its owner must restart it"}

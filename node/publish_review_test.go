@@ -296,7 +296,7 @@ func TestPublishReviewCountsAndAllOrNothing(t *testing.T) {
 		{"tail wildcard", one("c.>", 0, `1`), wire.CodeBadRequest},
 		{"not JSON", one("c.a", 0, `{`), wire.CodeBadRequest},
 		{"not UTF-8", one("c.a", 0, "\"\xff\""), wire.CodeBadRequest},
-		{"past max_hops", one("c.a", 17, `1`), wire.CodeBadRequest},
+		{"past max_hops", one("c.a", 17, `1`), wire.CodeHopLimit},
 	} {
 		t.Run(bad.name, func(t *testing.T) {
 			before := depth()

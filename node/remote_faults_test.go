@@ -158,20 +158,24 @@ func TestRemotePerformPastMaxHopsDoesNotRun(t *testing.T) {
 		jsonFrame(t, wire.TRequest, wire.PerformRequest{Action: "echo", Input: json.RawMessage(`1`), Hop: 1000}))
 	r := wire.NewReader(s, 0)
 	rvExpect(t, r, wire.TOK, nil)
-	rvExpectCode(t, r, wire.CodeBadRequest) // the hop limit
+	rvExpectCode(t, r, wire.CodeHopLimit) // the hop limit
 	if echo.count() != 0 {
 		t.Errorf("action ran %d times at hop 1000 (max_hops 16)", echo.count())
 	}
 }
 
-// A remote publish past the peer's max_hops is refused with bad_request.
+// A remote publish past the peer's max_hops is refused with hop_limit,
+// which the caller takes as ErrHopLimit too.
 func TestRemotePublishHopLimitCode(t *testing.T) {
 	// The publishing instance's own limit is checked first (16 here); a
 	// hop within it but past the peer's limit (4) is the peer's refusal.
 	a, c := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxHops = 4 })), newTestNode(t)
 	pid, _ := connectPeers(t, a, c, localapi.IssueRequest{Publish: []string{">"}})
 	_, err := c.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "x.y", Data: json.RawMessage(`1`), Hop: 10})
-	wantWireCode(t, err, wire.CodeBadRequest)
+	wantWireCode(t, err, wire.CodeHopLimit)
+	if !errors.Is(err, node.ErrHopLimit) {
+		t.Fatalf("the peer's hop-limit refusal: %v, want ErrHopLimit", err)
+	}
 	if _, err := c.PublishRequest(testCtx(t), localapi.PublishRequest{Peer: pid, Action: "x.y", Data: json.RawMessage(`1`), Hop: 17}); !errors.Is(err, node.ErrHopLimit) {
 		t.Fatalf("publish past this instance's max_hops: %v, want ErrHopLimit", err)
 	}

@@ -74,6 +74,9 @@ const (
 	CodeActionFailed Code = "action_failed" // the action ran and failed
 	CodeInternal     Code = "internal"      // a bug or local failure on the remote
 	CodeVersion      Code = "version"       // version mismatch
+	// CodeHopLimit: a cascade past the remote's limits.max_hops (older
+	// nodes send bad_request).
+	CodeHopLimit Code = "hop_limit"
 )
 
 // Error is an error reported by the remote side, carried in a TError frame as
