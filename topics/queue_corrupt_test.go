@@ -481,23 +481,7 @@ func TestDamagedLastBlockOfOlderTable(t *testing.T) {
 			t.Fatalf("entry 5 is in table %q and entry 6 in %q: want two tables", old, newer)
 		}
 		flipInTables(t, dir, []byte(data(5)[:64]))
-		want := []string{"1:m1", "2:m2", "3:m3", "4:m4", "6:m6", "7:m7", "8:m8"}
-		check := func(when string, qs *Queues, rec *logRecorder, extra ...string) {
-			t.Helper()
-			var got []string
-			for _, it := range readAll(t, qs, "s", 0) {
-				got = append(got, fmt.Sprintf("%d:%s", it.Seq, it.Message.Data[:2]))
-			}
-			// The lost one keeps its sequence: the ones after it are
-			// numbered as before the damage.
-			if w := slices.Concat(want, extra); !slices.Equal(got, w) {
-				t.Fatalf("%s: read %v, want %v; errors %q", when, got, w, rec.errors())
-			}
-			wantItems(t, readAll(t, qs, "other", 0), "1:b.x:b1")
-			if st := status(t, qs, "s"); st.Corrupt != 1 {
-				t.Fatalf("%s: corrupt = %d, want 1", when, st.Corrupt)
-			}
-		}
+		check := damagedLogCheck(t, "1:m1", "2:m2", "3:m3", "4:m4", "6:m6", "7:m7", "8:m8")
 		for restart := range 2 {
 			rec := &logRecorder{}
 			db, qs := reopen(t, dir, o, rec)
@@ -515,25 +499,54 @@ func TestDamagedLastBlockOfOlderTable(t *testing.T) {
 			closeBoth(t, db, qs)
 		}
 		// New publications follow, and survive restarts.
-		rec := &logRecorder{}
-		db, qs = reopen(t, dir, o, rec)
-		publish(t, qs, msg("a.x", "new"))
+		db, qs = newPublicationKept(t, dir, o, check)
 		closeBoth(t, db, qs)
-		for restart := range 2 {
-			db, qs := reopen(t, dir, o, rec)
-			check(fmt.Sprintf("after a new publication, restart %d", restart), qs, rec, "9:ne")
-			closeBoth(t, db, qs)
-		}
-		db, qs = reopen(t, dir, o, rec)
-		defer db.Close()
-		defer qs.Close()
-		if err := qs.Ack("s", 9); err != nil {
-			t.Fatal(err)
-		}
-		if st := status(t, qs, "s"); st.Depth != 0 {
-			t.Fatalf("depth %d after acking everything, want 0", st.Depth)
-		}
 	})
+}
+
+// damagedLogCheck is what the damaged-block tests check after each load:
+// subscription s reads want (then extra) as "seq:data prefix", the lost
+// entry keeping its sequence (those after it numbered as before the
+// damage), other reads its b1, and s counts one corrupt publication.
+func damagedLogCheck(t *testing.T, want ...string) func(when string, qs *Queues, rec *logRecorder, extra ...string) {
+	return func(when string, qs *Queues, rec *logRecorder, extra ...string) {
+		t.Helper()
+		var got []string
+		for _, it := range readAll(t, qs, "s", 0) {
+			got = append(got, fmt.Sprintf("%d:%s", it.Seq, it.Message.Data[:2]))
+		}
+		if w := slices.Concat(want, extra); !slices.Equal(got, w) {
+			t.Fatalf("%s: read %v, want %v; errors %q", when, got, w, rec.errors())
+		}
+		wantItems(t, readAll(t, qs, "other", 0), "1:b.x:b1")
+		if st := status(t, qs, "s"); st.Corrupt != 1 {
+			t.Fatalf("%s: corrupt = %d, want 1", when, st.Corrupt)
+		}
+	}
+}
+
+// newPublicationKept publishes to s (sequence 9) after the damaged loads,
+// checks it is there at two restarts, and acks everything; it returns the
+// queues open, empty.
+func newPublicationKept(t *testing.T, dir string, o QueueOptions, check func(string, *Queues, *logRecorder, ...string)) (*datastore.DB, *Queues) {
+	t.Helper()
+	rec := &logRecorder{}
+	db, qs := reopen(t, dir, o, rec)
+	publish(t, qs, msg("a.x", "new"))
+	closeBoth(t, db, qs)
+	for restart := range 2 {
+		db, qs := reopen(t, dir, o, rec)
+		check(fmt.Sprintf("after a new publication, restart %d", restart), qs, rec, "9:ne")
+		closeBoth(t, db, qs)
+	}
+	db, qs = reopen(t, dir, o, rec)
+	if err := qs.Ack("s", 9); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, qs, "s"); st.Depth != 0 {
+		t.Fatalf("depth %d after acking everything, want 0", st.Depth)
+	}
+	return db, qs
 }
 
 // TestDamagedLastBlockNewPublicationKept: after a start that finds the
@@ -639,21 +652,11 @@ func TestDamagedMiddleBlockCutOut(t *testing.T) {
 			t.Fatalf("entries 1, 4 and 8 are not in one table")
 		}
 		flipInTables(t, dir, []byte(data(4)[:64]))
-		want := []string{"1:m1", "2:m2", "3:m3", "5:m5", "6:m6", "7:m7", "8:m8"}
+		damaged := damagedLogCheck(t, "1:m1", "2:m2", "3:m3", "5:m5", "6:m6", "7:m7", "8:m8")
 		check := func(when string, qs *Queues, rec *logRecorder, extra ...string) {
 			t.Helper()
-			var got []string
-			for _, it := range readAll(t, qs, "s", 0) {
-				got = append(got, fmt.Sprintf("%d:%s", it.Seq, it.Message.Data[:2]))
-			}
-			if w := slices.Concat(want, extra); !slices.Equal(got, w) {
-				t.Fatalf("%s: read %v, want %v; errors %q", when, got, w, rec.errors())
-			}
+			damaged(when, qs, rec, extra...)
 			// Its queue state says other was routed nothing before b1.
-			wantItems(t, readAll(t, qs, "other", 0), "1:b.x:b1")
-			if st := status(t, qs, "s"); st.Corrupt != 1 {
-				t.Fatalf("%s: corrupt = %d, want 1", when, st.Corrupt)
-			}
 			if st := status(t, qs, "other"); st.Corrupt != 0 {
 				t.Fatalf("%s: other's corrupt = %d, want 0", when, st.Corrupt)
 			}
@@ -674,24 +677,8 @@ func TestDamagedMiddleBlockCutOut(t *testing.T) {
 			}
 			closeBoth(t, db, qs)
 		}
-		rec := &logRecorder{}
-		db, qs = reopen(t, dir, o, rec)
-		publish(t, qs, msg("a.x", "new"))
-		closeBoth(t, db, qs)
-		for restart := range 2 {
-			db, qs := reopen(t, dir, o, rec)
-			check(fmt.Sprintf("after a new publication, restart %d", restart), qs, rec, "9:ne")
-			closeBoth(t, db, qs)
-		}
-		db, qs = reopen(t, dir, o, rec)
-		defer db.Close()
-		defer qs.Close()
-		if err := qs.Ack("s", 9); err != nil {
-			t.Fatal(err)
-		}
-		if st := status(t, qs, "s"); st.Depth != 0 {
-			t.Fatalf("depth %d after acking everything, want 0", st.Depth)
-		}
+		db, qs = newPublicationKept(t, dir, o, check)
+		defer closeBoth(t, db, qs)
 		if err := db.Reclaim(ctx, true); err != nil {
 			t.Fatalf("compaction after acking everything: %v", err)
 		}
