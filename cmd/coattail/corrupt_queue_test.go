@@ -25,6 +25,31 @@ import (
 // counters of `service status --json`. The publisher used to refuse to
 // start (a value that does not decode) or exit at the first read of the
 // damaged block (pebble's default for a checksum mismatch), and a damaged
+// bulkPair is a publisher a and a subscriber b whose receiver rec appends
+// "<sequence> <first 24 bytes of the publication>" to got.txt, subscribed
+// to bulk.> at a (subscription id), with b's service stopped and a's
+// running on a fixed port.
+func bulkPair(t *testing.T) (a, b *instance, id string) {
+	t.Helper()
+	a, b = newInstance(t, "a"), newInstance(t, "b")
+	a.fixPort()
+	b.writeScript("receivers", "rec", `data=$(head -c 24); cat >/dev/null
+echo "$COATTAIL_SEQUENCE $data" >>got.txt
+`)
+	a.start()
+	b.start()
+	b.addPeer(a, "--subscribable", "bulk.>")
+	id = b.subscribe(a, "bulk.>", "rec")
+	b.mustRun("service", "stop")
+	return a, b, id
+}
+
+// bulkData is publication k of the damaged-storage tests: 8 KiB, so that
+// every publication has table blocks of its own.
+func bulkData(k int) string {
+	return fmt.Sprintf(`{"n":"%03d","pad":"%s"}`, k, strings.Repeat("p", 8<<10))
+}
+
 // entry met while delivering stalled its subscription for ever.
 func TestSubsCorruptQueueEntry(t *testing.T) {
 	t.Parallel()
@@ -38,28 +63,16 @@ func TestSubsCorruptQueueEntry(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			const n, bad = 10, 5
-			a, b := newInstance(t, "a"), newInstance(t, "b")
-			a.fixPort()
-			b.writeScript("receivers", "rec", `data=$(head -c 24); cat >/dev/null
-echo "$COATTAIL_SEQUENCE $data" >>got.txt
-`)
-			a.start()
-			b.start()
-			b.addPeer(a, "--subscribable", "bulk.>")
-			id := b.subscribe(a, "bulk.>", "rec")
-			b.mustRun("service", "stop")
-			// 8 KiB each: every publication has table blocks of its own.
-			pad := strings.Repeat("p", 8<<10)
-			data := func(k int) string { return fmt.Sprintf(`{"n":"%03d","pad":"%s"}`, k, pad) }
+			a, b, id := bulkPair(t)
 			lines := make([]string, n)
 			for k := range lines {
-				lines[k] = data(k + 1)
+				lines[k] = bulkData(k + 1)
 			}
 			if code, stderr := a.publishStdin("bulk.x", lines); code != 0 {
 				t.Fatalf("publish: exit %d: %s", code, stderr)
 			}
 			a.mustRun("service", "stop")
-			tc.damage(t, a.path("data"), []byte(data(bad)[:32]))
+			tc.damage(t, a.path("data"), []byte(bulkData(bad)[:32]))
 
 			a.start()
 			b.start()
@@ -67,7 +80,7 @@ echo "$COATTAIL_SEQUENCE $data" >>got.txt
 			var want []string
 			for k := 1; k <= n; k++ {
 				if k != bad {
-					want = append(want, fmt.Sprintf("%d %s", k, data(k)[:24]))
+					want = append(want, fmt.Sprintf("%d %s", k, bulkData(k)[:24]))
 				}
 			}
 			time.Sleep(500 * time.Millisecond) // anything more would show now
@@ -202,24 +215,12 @@ func dsKey(k []byte) ds.Key { return ds.RawKey(string(k)) }
 // publication queued after it deleted at the next.
 func TestSubsCorruptLastBlockOfOlderTable(t *testing.T) {
 	t.Parallel()
-	a, b := newInstance(t, "a"), newInstance(t, "b")
-	a.fixPort()
-	b.writeScript("receivers", "rec", `data=$(head -c 24); cat >/dev/null
-echo "$COATTAIL_SEQUENCE $data" >>got.txt
-`)
-	a.start()
-	b.start()
-	b.addPeer(a, "--subscribable", "bulk.>")
-	id := b.subscribe(a, "bulk.>", "rec")
-	b.mustRun("service", "stop")
-	// 8 KiB each: every publication has table blocks of its own.
-	pad := strings.Repeat("p", 8<<10)
-	data := func(k int) string { return fmt.Sprintf(`{"n":"%03d","pad":"%s"}`, k, pad) }
+	a, b, id := bulkPair(t)
 	publish := func(from, to int) {
 		t.Helper()
 		var lines []string
 		for k := from; k <= to; k++ {
-			lines = append(lines, data(k))
+			lines = append(lines, bulkData(k))
 		}
 		if code, stderr := a.publishStdin("bulk.x", lines); code != 0 {
 			t.Fatalf("publish: exit %d: %s", code, stderr)
@@ -232,17 +233,17 @@ echo "$COATTAIL_SEQUENCE $data" >>got.txt
 	publish(6, 8)
 	a.mustRun("service", "stop")
 	compactData(t, a.path("data"), false) // 6-8 in a newer one
-	older, newer := tableWithin(t, a.path("data"), data(5)[:32]), tableWithin(t, a.path("data"), data(6)[:32])
+	older, newer := tableWithin(t, a.path("data"), bulkData(5)[:32]), tableWithin(t, a.path("data"), bulkData(6)[:32])
 	if older == "" || newer == "" || older == newer {
 		t.Fatalf("publication 5 is in table %q and 6 in %q: want two tables", older, newer)
 	}
-	flipTableBlock(t, a.path("data"), []byte(data(5)[:32]))
+	flipTableBlock(t, a.path("data"), []byte(bulkData(5)[:32]))
 
 	want := func(to int) string {
 		var w []string
 		for k := 1; k <= to; k++ {
 			if k != 5 {
-				w = append(w, fmt.Sprintf("%d %s", k, data(k)[:24]))
+				w = append(w, fmt.Sprintf("%d %s", k, bulkData(k)[:24]))
 			}
 		}
 		return strings.Join(w, "\n")
@@ -324,23 +325,12 @@ func tableWithin(t *testing.T, dir, needle string) string {
 func TestSubsCorruptMiddleBlock(t *testing.T) {
 	t.Parallel()
 	const n, bad = 8, 4
-	a, b := newInstance(t, "a"), newInstance(t, "b")
-	a.fixPort()
-	b.writeScript("receivers", "rec", `data=$(head -c 24); cat >/dev/null
-echo "$COATTAIL_SEQUENCE $data" >>got.txt
-`)
-	a.start()
-	b.start()
-	b.addPeer(a, "--subscribable", "bulk.>")
-	id := b.subscribe(a, "bulk.>", "rec")
-	b.mustRun("service", "stop")
-	pad := strings.Repeat("p", 8<<10)
-	data := func(k int) string { return fmt.Sprintf(`{"n":"%03d","pad":"%s"}`, k, pad) }
+	a, b, id := bulkPair(t)
 	var lines, want []string
 	for k := 1; k <= n; k++ {
-		lines = append(lines, data(k))
+		lines = append(lines, bulkData(k))
 		if k != bad {
-			want = append(want, fmt.Sprintf("%d %s", k, data(k)[:24]))
+			want = append(want, fmt.Sprintf("%d %s", k, bulkData(k)[:24]))
 		}
 	}
 	if code, stderr := a.publishStdin("bulk.x", lines); code != 0 {
@@ -348,10 +338,10 @@ echo "$COATTAIL_SEQUENCE $data" >>got.txt
 	}
 	a.mustRun("service", "stop")
 	compactData(t, a.path("data"), true)
-	if tb := tableWithin(t, a.path("data"), data(bad)[:32]); tb == "" || tb != tableWithin(t, a.path("data"), data(1)[:32]) || tb != tableWithin(t, a.path("data"), data(n)[:32]) {
+	if tb := tableWithin(t, a.path("data"), bulkData(bad)[:32]); tb == "" || tb != tableWithin(t, a.path("data"), bulkData(1)[:32]) || tb != tableWithin(t, a.path("data"), bulkData(n)[:32]) {
 		t.Fatalf("publications 1, %d and %d are not in one table", bad, n)
 	}
-	flipTableBlock(t, a.path("data"), []byte(data(bad)[:32]))
+	flipTableBlock(t, a.path("data"), []byte(bulkData(bad)[:32]))
 	a.start()
 	b.start()
 	b.waitLines("got.txt", n-1, deliveryTimeout)
