@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	ds "github.com/ipfs/go-datastore"
@@ -141,3 +143,58 @@ func TestOpenDamagedManifest(t *testing.T) {
 		t.Fatalf("second Open = %v", err)
 	}
 }
+
+// TestDamageLoggedOncePerFile: pebble reports damage at every read that
+// meets it (and at every retry of a compaction over it, ~50 a second in
+// level 0); the log gets the first report of each file at once and then at
+// most a line a minute counting the rest, while CorruptionEvents counts
+// them all.
+func TestDamageLoggedOncePerFile(t *testing.T) {
+	dir, _ := damagedDB(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var lines []string
+	h := slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if bytes.Contains(p, []byte("on-disk corruption")) {
+			lines = append(lines, string(p))
+		}
+		return len(p), nil
+	}), nil)
+	db, err := Open(dir, WithLogger(slog.New(h)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	read := func(n int) {
+		t.Helper()
+		for range n {
+			if _, err := db.Batching().Get(ctx, ds.NewKey("/d/3")); !IsCorruption(err) {
+				t.Fatalf("Get of the damaged key = %v, want a corruption error", err)
+			}
+		}
+	}
+	read(100)
+	mu.Lock()
+	got := len(lines)
+	mu.Unlock()
+	if got != 1 || db.CorruptionEvents() < 100 {
+		t.Fatalf("100 reads of a damaged block: %d log line(s), %d events; want 1 line and at least 100 events", got, db.CorruptionEvents())
+	}
+	// A minute later (made 0 here), the next report is logged with the
+	// count of those left out.
+	prev := damageLogEvery
+	damageLogEvery = 0
+	defer func() { damageLogEvery = prev }()
+	read(1)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(lines) != 2 || !strings.Contains(lines[1], "reports_since_last_line=") {
+		t.Fatalf("after the interval: lines %q, want a second one counting the reports left out", lines)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -11,7 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -79,6 +81,65 @@ type DB struct {
 	// compaction of the whole database.
 	stop       context.Context
 	cancelStop context.CancelFunc
+	damage     *damageLog // nil for the in-memory backend
+}
+
+// CorruptionEvents is how many times the database met damaged data on
+// disk (a read, or a compaction in the background, failing a checksum)
+// since it was opened. A count that keeps growing while the instance runs
+// is damage that background work keeps meeting (see damageLog).
+func (d *DB) CorruptionEvents() uint64 {
+	if d.damage == nil {
+		return 0
+	}
+	return d.damage.events.Load()
+}
+
+// damageLog logs pebble's reports of damaged data. A compaction whose
+// input is damaged is retried by pebble, in level 0 every few tens of
+// milliseconds, each retry reporting the damage again: logged each time,
+// that was ~50 error lines a second, rotating every other line out of the
+// log. Each file's first report is logged at once, then at most one line a
+// minute saying how many more there were.
+type damageLog struct {
+	log    *slog.Logger
+	events atomic.Uint64
+	mu     sync.Mutex
+	files  map[string]*damagedFile
+}
+
+type damagedFile struct {
+	logged time.Time // last line
+	more   uint64    // reports since
+}
+
+// damageLogEvery is the least time between two lines about one file (a
+// variable for tests).
+var damageLogEvery = time.Minute
+
+func (l *damageLog) event(info pebble.DataCorruptionInfo) {
+	l.events.Add(1)
+	now := time.Now()
+	l.mu.Lock()
+	f := l.files[info.Path]
+	if f == nil {
+		f = &damagedFile{}
+		l.files[info.Path] = f
+	}
+	if !f.logged.IsZero() && now.Sub(f.logged) < damageLogEvery {
+		f.more++
+		l.mu.Unlock()
+		return
+	}
+	more := f.more
+	f.logged, f.more = now, 0
+	l.mu.Unlock()
+	attrs := []any{"component", "pebble", "file", info.Path, "keys", info.Bounds.String(), "err", info.Details}
+	if more > 0 {
+		attrs = append(attrs, "reports_since_last_line", more,
+			"hint", "met again and again (pebble retries a compaction over it); a restart cuts a damaged block of queued publications out of the datastore (they are lost), other damage needs a backup (README, Damaged storage)")
+	}
+	l.log.Error("on-disk corruption in the datastore", attrs...)
 }
 
 // Option configures Open.
@@ -188,9 +249,8 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	// service down, at every start. The read itself fails with an error
 	// that IsCorruption recognises, which the caller handles (the queues
 	// skip the publication it held); here it is only logged.
-	popts.AddEventListener(pebble.EventListener{DataCorruption: func(info pebble.DataCorruptionInfo) {
-		logger.Error("on-disk corruption in the datastore", "component", "pebble", "file", info.Path, "keys", info.Bounds.String(), "err", info.Details)
-	}})
+	damage := &damageLog{log: logger, files: map[string]*damagedFile{}}
+	popts.AddEventListener(pebble.EventListener{DataCorruption: damage.event})
 	popts.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
 	popts.WithFSDefaults() // pebble's disk health checks, around noPreallocFS
 	dsopts := []pebbleds.Option{
@@ -218,7 +278,7 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	g := &opGuard{}
 	// popts has pebble's defaults now (NewDatastore set them): the
 	// tables are read with its comparer when a damaged block is cut out.
-	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo, g: g, dir: dir, popts: popts}, guard: g, pebble: pds, lock: lock, dir: dir}
+	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo, g: g, dir: dir, popts: popts}, guard: g, pebble: pds, lock: lock, dir: dir, damage: damage}
 	db.stop, db.cancelStop = context.WithCancel(context.Background())
 	db.dirInfo, _ = os.Stat(dir)
 	if err := db.checkSchema(context.Background(), dir); err != nil {

@@ -565,6 +565,8 @@ func (n *Node) Status() localapi.Status {
 			Received:    n.stats.received.Load(),
 			Duplicates:  n.stats.duplicates.Load(),
 			DeadLetters: n.stats.deadLetters.Load(),
+
+			StorageCorruption: n.db.CorruptionEvents(),
 		},
 	}
 	// Since start, as the other counters are: the queues' own counters,

@@ -44,6 +44,7 @@ var (
 	mReceived    = prometheus.NewDesc("coattail_received_total", "Publications received from publishers and handled (the receiver ran, or the publication was parked) since the node started.", nil, nil)
 	mDuplicates  = prometheus.NewDesc("coattail_duplicates_total", "Publications received again and skipped (already processed) since the node started.", nil, nil)
 	mDeadLetters = prometheus.NewDesc("coattail_dead_letters_total", "Publications parked as dead letters since the node started.", nil, nil)
+	mStorageBad  = prometheus.NewDesc("coattail_storage_corruption_total", "Times the datastore met damaged data on disk (a read or a background compaction failing a checksum) since the node started.", nil, nil)
 
 	mPeers    = prometheus.NewDesc("coattail_connected_peers", "Peers with an open connection.", nil, nil)
 	mRelays   = prometheus.NewDesc("coattail_relay_reservations", "Relay addresses this instance holds (reservations on circuit relays).", nil, nil)
@@ -69,7 +70,7 @@ type metricsCollector struct{ n *Node }
 
 func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mInfo, mStart, mPerformed, mPublished, mDelivered, mRedelivered, mDropped, mCorrupt,
-		mReceived, mDuplicates, mDeadLetters, mPeers, mRelays, mDiskFree, mDiskLow,
+		mReceived, mDuplicates, mDeadLetters, mStorageBad, mPeers, mRelays, mDiskFree, mDiskLow,
 		mQueueDepth, mQueueDelivered, mQueueRedeliv, mQueueDropped, mQueueCorrupt, mQueueConnected, mQueueLast,
 		mHeldConn, mHeldLastSeq, mScrapeErrors} {
 		ch <- d
@@ -96,6 +97,7 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(mReceived, s.Counters.Received)
 	counter(mDuplicates, s.Counters.Duplicates)
 	counter(mDeadLetters, s.Counters.DeadLetters)
+	counter(mStorageBad, s.Counters.StorageCorruption)
 	gauge(mPeers, float64(s.Peers))
 	gauge(mRelays, float64(len(s.Relays)))
 	if s.DiskFree > 0 {

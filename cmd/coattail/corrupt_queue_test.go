@@ -103,7 +103,8 @@ func TestSubsCorruptQueueEntry(t *testing.T) {
 			var sts []struct {
 				Instance string `json:"instance"`
 				Counters struct {
-					Corrupt uint64 `json:"corrupt"`
+					Corrupt           uint64 `json:"corrupt"`
+					StorageCorruption uint64 `json:"storage_corruption"`
 				} `json:"counters"`
 			}
 			a.decodeJSON(a.mustRun("service", "status", "--json"), &sts)
@@ -113,6 +114,11 @@ func TestSubsCorruptQueueEntry(t *testing.T) {
 					found = true
 					if s.Counters.Corrupt != 1 {
 						t.Errorf("service status: corrupt %d, want 1", s.Counters.Corrupt)
+					}
+					// A value that does not decode is no damage pebble
+					// sees; a flipped table byte is.
+					if checksum := tc.name == "sstable checksum"; (s.Counters.StorageCorruption > 0) != checksum {
+						t.Errorf("service status: storage_corruption %d after %s damage", s.Counters.StorageCorruption, tc.name)
 					}
 				}
 			}

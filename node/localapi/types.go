@@ -95,6 +95,9 @@ type Counters struct {
 	Received    uint64 `json:"received"`
 	Duplicates  uint64 `json:"duplicates"`
 	DeadLetters uint64 `json:"dead_letters"`
+	// StorageCorruption counts the times the datastore met damaged data
+	// on disk (a read or a background compaction failing a checksum).
+	StorageCorruption uint64 `json:"storage_corruption"`
 }
 
 // QueueStatus is one subscription queue at a publisher. Delivered is the
