@@ -95,12 +95,13 @@ func (d *DB) CorruptionEvents() uint64 {
 	return d.damage.events.Load()
 }
 
-// damageLog logs pebble's reports of damaged data. A compaction whose
-// input is damaged is retried by pebble, in level 0 every few tens of
-// milliseconds, each retry reporting the damage again: logged each time,
-// that was ~50 error lines a second, rotating every other line out of the
-// log. Each file's first report is logged at once, then at most one line a
-// minute saying how many more there were.
+// damageLog logs pebble's reports of damaged data and the errors of its
+// background work. A compaction whose input is damaged is retried by
+// pebble, in level 0 every few tens of milliseconds, each retry reporting
+// the damage and the failed compaction again: logged each time, that was
+// ~100 error lines a second, rotating every other line out of the log.
+// Each file's first report (and the first background error) is logged at
+// once, then at most one line a minute saying how many more there were.
 type damageLog struct {
 	log    *slog.Logger
 	events atomic.Uint64
@@ -119,27 +120,51 @@ var damageLogEvery = time.Minute
 
 func (l *damageLog) event(info pebble.DataCorruptionInfo) {
 	l.events.Add(1)
-	now := time.Now()
-	l.mu.Lock()
-	f := l.files[info.Path]
-	if f == nil {
-		f = &damagedFile{}
-		l.files[info.Path] = f
-	}
-	if !f.logged.IsZero() && now.Sub(f.logged) < damageLogEvery {
-		f.more++
-		l.mu.Unlock()
+	ok, more := l.allow(info.Path)
+	if !ok {
 		return
 	}
-	more := f.more
-	f.logged, f.more = now, 0
-	l.mu.Unlock()
 	attrs := []any{"component", "pebble", "file", info.Path, "keys", info.Bounds.String(), "err", info.Details}
 	if more > 0 {
 		attrs = append(attrs, "reports_since_last_line", more,
 			"hint", "met again and again (pebble retries a compaction over it); a restart cuts a damaged block of queued publications out of the datastore (they are lost), other damage needs a backup (README, Damaged storage)")
 	}
 	l.log.Error("on-disk corruption in the datastore", attrs...)
+}
+
+// background logs the errors of pebble's background work (flushes and
+// compactions, which it retries: a damaged block or a full disk failed
+// the same compaction again and again), as the reports of one file are.
+func (l *damageLog) background(err error) {
+	ok, more := l.allow("")
+	if !ok {
+		return
+	}
+	attrs := []any{"component", "pebble", "err", err}
+	if more > 0 {
+		attrs = append(attrs, "errors_since_last_line", more)
+	}
+	l.log.Error("datastore background work failed (pebble retries it)", attrs...)
+}
+
+// allow reports whether a line about key (a file; "" for background
+// errors) may be logged now, and how many were left out since the last.
+func (l *damageLog) allow(key string) (bool, uint64) {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.files[key]
+	if f == nil {
+		f = &damagedFile{}
+		l.files[key] = f
+	}
+	if !f.logged.IsZero() && now.Sub(f.logged) < damageLogEvery {
+		f.more++
+		return false, 0
+	}
+	more := f.more
+	f.logged, f.more = now, 0
+	return true, more
 }
 
 // Option configures Open.
@@ -250,7 +275,7 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	// that IsCorruption recognises, which the caller handles (the queues
 	// skip the publication it held); here it is only logged.
 	damage := &damageLog{log: logger, files: map[string]*damagedFile{}}
-	popts.AddEventListener(pebble.EventListener{DataCorruption: damage.event})
+	popts.AddEventListener(pebble.EventListener{DataCorruption: damage.event, BackgroundError: damage.background})
 	popts.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
 	popts.WithFSDefaults() // pebble's disk health checks, around noPreallocFS
 	dsopts := []pebbleds.Option{
