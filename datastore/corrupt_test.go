@@ -198,3 +198,28 @@ func TestDamageLoggedOncePerFile(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestBackgroundErrorsLoggedOnce: pebble's background errors (a
+// compaction it retries, failing the same way every few tens of
+// milliseconds) share the damage reports' limit: the first at once, then
+// one line a minute counting those left out.
+func TestBackgroundErrorsLoggedOnce(t *testing.T) {
+	var lines []string
+	l := &damageLog{files: map[string]*damagedFile{}, log: slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		lines = append(lines, string(p))
+		return len(p), nil
+	}), nil))}
+	for range 100 {
+		l.background(errors.New("compaction failed: pebble: checksum mismatch"))
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "background work failed") {
+		t.Fatalf("100 background errors logged as %q, want one line", lines)
+	}
+	prev := damageLogEvery
+	damageLogEvery = 0
+	defer func() { damageLogEvery = prev }()
+	l.background(errors.New("compaction failed again"))
+	if len(lines) != 2 || !strings.Contains(lines[1], "errors_since_last_line=99") {
+		t.Fatalf("after the interval: %q, want a line counting the 99 left out", lines)
+	}
+}
