@@ -321,19 +321,11 @@ func TestDamagedTableBlock(t *testing.T) {
 			policies(t, func(t *testing.T, policy string) {
 				dir := t.TempDir()
 				ctx := context.Background()
-				data := func(i int) string { return fmt.Sprintf("m%d-%s", i, strings.Repeat(fmt.Sprint(i), 8<<10)) }
-				db, err := datastore.Open(dir)
-				if err != nil {
-					t.Fatal(err)
-				}
 				o := QueueOptions{Policy: policy, Bound: 100}
-				qs, err := OpenQueues(ctx, db.Batching(), o)
-				if err != nil {
-					t.Fatal(err)
-				}
+				db, qs := reopen(t, dir, o, &logRecorder{})
 				addSub(t, qs, "s", "a.>")
 				for i := 1; i <= 5; i++ {
-					publish(t, qs, msg("a.x", data(i)))
+					publish(t, qs, msg("a.x", bigData(i)))
 				}
 				if err := qs.Close(); err != nil {
 					t.Fatal(err)
@@ -345,19 +337,11 @@ func TestDamagedTableBlock(t *testing.T) {
 					t.Fatal(err)
 				}
 				for _, i := range tc.damaged {
-					flipInTables(t, dir, []byte(data(i)[:64]))
+					flipInTables(t, dir, []byte(bigData(i)[:64]))
 				}
 				rec := &logRecorder{}
-				db, err = datastore.Open(dir, datastore.WithLogger(slog.New(rec)))
-				if err != nil {
-					t.Fatal(err)
-				}
+				db, qs = reopen(t, dir, o, rec)
 				defer db.Close()
-				o.Logger = slog.New(rec)
-				qs, err = OpenQueues(ctx, db.Batching(), o)
-				if err != nil {
-					t.Fatalf("OpenQueues over a damaged table block: %v", err)
-				}
 				defer qs.Close()
 				var got []string
 				for _, it := range readAll(t, qs, "s", 0) {
@@ -402,7 +386,13 @@ func tableHolding(t *testing.T, dir, needle string) string {
 	return ""
 }
 
-// reopen opens the queues of dir again, logging to rec.
+// bigData is publication i (1..9) of the damaged-block tests: 8 KiB, so
+// that each has table blocks of its own.
+func bigData(i int) string {
+	return fmt.Sprintf("m%d-%s", i, strings.Repeat(fmt.Sprint(i%10), 8<<10))
+}
+
+// reopen opens the queues of dir (again), logging to rec.
 func reopen(t *testing.T, dir string, o QueueOptions, rec *logRecorder) (*datastore.DB, *Queues) {
 	t.Helper()
 	db, err := datastore.Open(dir, datastore.WithLogger(slog.New(rec)))
@@ -441,20 +431,12 @@ func TestDamagedLastBlockOfOlderTable(t *testing.T) {
 	policies(t, func(t *testing.T, policy string) {
 		dir := t.TempDir()
 		ctx := context.Background()
-		data := func(i int) string { return fmt.Sprintf("m%d-%s", i, strings.Repeat(fmt.Sprint(i%10), 8<<10)) }
-		db, err := datastore.Open(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
 		o := QueueOptions{Policy: policy, Bound: 100}
-		qs, err := OpenQueues(ctx, db.Batching(), o)
-		if err != nil {
-			t.Fatal(err)
-		}
+		db, qs := reopen(t, dir, o, &logRecorder{})
 		addSub(t, qs, "s", "a.>")
 		addSub(t, qs, "other", "b.>")
 		for i := 1; i <= 5; i++ {
-			publish(t, qs, msg("a.x", data(i)))
+			publish(t, qs, msg("a.x", bigData(i)))
 		}
 		// Entries 1-5 and the subscriptions' states in a table of the
 		// bottom level (two tables in level 0 would be compacted into
@@ -463,7 +445,7 @@ func TestDamagedLastBlockOfOlderTable(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := 6; i <= 8; i++ {
-			publish(t, qs, msg("a.x", data(i)))
+			publish(t, qs, msg("a.x", bigData(i)))
 		}
 		publish(t, qs, msg("b.x", "b1"))
 		if err := qs.Close(); err != nil {
@@ -476,11 +458,11 @@ func TestDamagedLastBlockOfOlderTable(t *testing.T) {
 		if err := db.Close(); err != nil {
 			t.Fatal(err)
 		}
-		old, newer := tableHolding(t, dir, data(5)[:64]), tableHolding(t, dir, data(6)[:64])
+		old, newer := tableHolding(t, dir, bigData(5)[:64]), tableHolding(t, dir, bigData(6)[:64])
 		if old == "" || newer == "" || old == newer {
 			t.Fatalf("entry 5 is in table %q and entry 6 in %q: want two tables", old, newer)
 		}
-		flipInTables(t, dir, []byte(data(5)[:64]))
+		flipInTables(t, dir, []byte(bigData(5)[:64]))
 		check := damagedLogCheck(t, "1:m1", "2:m2", "3:m3", "4:m4", "6:m6", "7:m7", "8:m8")
 		for restart := range 2 {
 			rec := &logRecorder{}
@@ -559,19 +541,11 @@ func TestDamagedLastBlockNewPublicationKept(t *testing.T) {
 	policies(t, func(t *testing.T, policy string) {
 		dir := t.TempDir()
 		ctx := context.Background()
-		data := func(i int) string { return fmt.Sprintf("m%d-%s", i, strings.Repeat(fmt.Sprint(i), 8<<10)) }
-		db, err := datastore.Open(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
 		o := QueueOptions{Policy: policy, Bound: 100}
-		qs, err := OpenQueues(ctx, db.Batching(), o)
-		if err != nil {
-			t.Fatal(err)
-		}
+		db, qs := reopen(t, dir, o, &logRecorder{})
 		addSub(t, qs, "s", "a.>")
 		for i := 1; i <= 5; i++ {
-			publish(t, qs, msg("a.x", data(i)))
+			publish(t, qs, msg("a.x", bigData(i)))
 		}
 		if err := qs.Close(); err != nil {
 			t.Fatal(err)
@@ -582,10 +556,10 @@ func TestDamagedLastBlockNewPublicationKept(t *testing.T) {
 		if err := db.Close(); err != nil {
 			t.Fatal(err)
 		}
-		flipInTables(t, dir, []byte(data(5)[:64]))
+		flipInTables(t, dir, []byte(bigData(5)[:64]))
 		rec := &logRecorder{}
 		db, qs = reopen(t, dir, o, rec)
-		wantItems(t, readAll(t, qs, "s", 0), "1:a.x:"+data(1), "2:a.x:"+data(2), "3:a.x:"+data(3), "4:a.x:"+data(4))
+		wantItems(t, readAll(t, qs, "s", 0), "1:a.x:"+bigData(1), "2:a.x:"+bigData(2), "3:a.x:"+bigData(3), "4:a.x:"+bigData(4))
 		publish(t, qs, msg("a.x", "new"))
 		closeBoth(t, db, qs)
 		for restart := range 2 {
@@ -622,20 +596,12 @@ func TestDamagedMiddleBlockCutOut(t *testing.T) {
 	policies(t, func(t *testing.T, policy string) {
 		dir := t.TempDir()
 		ctx := context.Background()
-		data := func(i int) string { return fmt.Sprintf("m%d-%s", i, strings.Repeat(fmt.Sprint(i%10), 8<<10)) }
-		db, err := datastore.Open(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
 		o := QueueOptions{Policy: policy, Bound: 100}
-		qs, err := OpenQueues(ctx, db.Batching(), o)
-		if err != nil {
-			t.Fatal(err)
-		}
+		db, qs := reopen(t, dir, o, &logRecorder{})
 		addSub(t, qs, "s", "a.>")
 		addSub(t, qs, "other", "b.>")
 		for i := 1; i <= 8; i++ {
-			publish(t, qs, msg("a.x", data(i)))
+			publish(t, qs, msg("a.x", bigData(i)))
 		}
 		publish(t, qs, msg("b.x", "b1"))
 		if err := qs.Close(); err != nil {
@@ -648,10 +614,10 @@ func TestDamagedMiddleBlockCutOut(t *testing.T) {
 		if err := db.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if tb := tableHolding(t, dir, data(4)[:64]); tb == "" || tb != tableHolding(t, dir, data(1)[:64]) || tb != tableHolding(t, dir, data(8)[:64]) {
+		if tb := tableHolding(t, dir, bigData(4)[:64]); tb == "" || tb != tableHolding(t, dir, bigData(1)[:64]) || tb != tableHolding(t, dir, bigData(8)[:64]) {
 			t.Fatalf("entries 1, 4 and 8 are not in one table")
 		}
-		flipInTables(t, dir, []byte(data(4)[:64]))
+		flipInTables(t, dir, []byte(bigData(4)[:64]))
 		damaged := damagedLogCheck(t, "1:m1", "2:m2", "3:m3", "5:m5", "6:m6", "7:m7", "8:m8")
 		check := func(when string, qs *Queues, rec *logRecorder, extra ...string) {
 			t.Helper()
