@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -32,7 +33,7 @@ func newServiceLogsCmd(a *app) *cobra.Command {
 		Long: `Print the last --lines lines of the instance's service log (log.file in
 config.yml), one event per line: time, level, message, then its fields as
 key=value. --json prints the lines as stored (JSON). --level leaves out the
-events below a level. -f keeps printing what the service logs until
+events below a level (the last --lines lines are those it prints). -f keeps printing what the service logs until
 interrupted, also across a rotation of the file. Lines that are not log events
 (what a crashing service printed) are printed as they are. The service need not
 run.`,
@@ -75,7 +76,7 @@ run.`,
 				return err
 			}
 			defer func() { f.Close() }() // followLog may replace f
-			start, err := tailOffset(ctx, f, lines)
+			start, err := tailOffset(ctx, f, lines, p.shows)
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -102,9 +103,12 @@ run.`,
 
 var logLevels = map[string]int{"DEBUG": 0, "INFO": 1, "WARN": 2, "ERROR": 3}
 
-// tailOffset returns where the last n lines of f begin (0 for n == 0 or
-// a file with fewer lines), reading backwards from its end until ctx ends.
-func tailOffset(ctx context.Context, f *os.File, n int) (int64, error) {
+// tailOffset returns where the last n lines of f that shows takes begin
+// (0 for n == 0 or a file with fewer), reading backwards from its end
+// until ctx ends. A last line still being written (no newline yet) is
+// one of them. shows gets at most maxLogLine bytes of a line, and whether
+// more were left out, as the printer does.
+func tailOffset(ctx context.Context, f *os.File, n int, shows func(line []byte, cut int64) bool) (int64, error) {
 	if n == 0 {
 		return 0, nil
 	}
@@ -117,37 +121,49 @@ func tailOffset(ctx context.Context, f *os.File, n int) (int64, error) {
 		return 0, nil
 	}
 	buf := make([]byte, 64<<10)
-	// The last n lines start after the (n+1)-th newline from the end,
-	// counting the one that ends the file; a last line still being
-	// written (no newline yet) is one of the n.
-	target := n + 1
 	if _, err := f.ReadAt(buf[:1], end-1); err != nil {
 		return 0, err
 	}
-	if buf[0] != '\n' {
-		target = n
+	lineEnd := end // the line looked at is [its start, lineEnd)
+	if buf[0] == '\n' {
+		lineEnd--
 	}
-	pos, seen := end, 0
-	for pos > 0 {
-		if err := ctx.Err(); err != nil {
+	var line []byte
+	pos, seen := lineEnd, 0 // [0, pos) is still to search for newlines
+	for {
+		nl := int64(-1) // the newline before the line: -1 at the file's start
+		for pos > 0 && nl < 0 {
+			if err := ctx.Err(); err != nil {
+				return 0, err
+			}
+			k := min(int64(len(buf)), pos)
+			pos -= k
+			chunk := buf[:k]
+			if _, err := f.ReadAt(chunk, pos); err != nil {
+				return 0, err
+			}
+			if i := bytes.LastIndexByte(chunk, '\n'); i >= 0 {
+				nl = pos + int64(i)
+				pos = nl
+			}
+		}
+		start := nl + 1
+		size := lineEnd - start
+		keep := min(size, maxLogLine)
+		line = slices.Grow(line[:0], int(keep))[:keep]
+		if _, err := f.ReadAt(line, start); err != nil {
 			return 0, err
 		}
-		k := min(int64(len(buf)), pos)
-		pos -= k
-		chunk := buf[:k]
-		if _, err := f.ReadAt(chunk, pos); err != nil {
-			return 0, err
-		}
-		for i := len(chunk) - 1; i >= 0; i-- {
-			if chunk[i] != '\n' {
-				continue
-			}
-			if seen++; seen == target {
-				return pos + int64(i) + 1, nil
+		if shows(line, size-keep) {
+			if seen++; seen == n {
+				return start, nil
 			}
 		}
+		if nl < 0 {
+			return 0, nil
+		}
+		lineEnd = nl
 	}
-	return 0, nil
 }
 
 // maxLogLine is the longest line printed whole: the rest of a longer one
@@ -223,19 +239,16 @@ func (p *logPrinter) reset() {
 // crashing process printed): control characters are escaped, as
 // everywhere in the CLI (safeText), so that it cannot drive the terminal.
 func (p *logPrinter) line(b []byte, cut int64) {
-	b = bytes.TrimRight(b, "\r\n")
-	if len(b) == 0 && cut == 0 {
+	if !p.shows(b, cut) {
 		return
 	}
+	b = bytes.TrimRight(b, "\r\n")
 	if cut > 0 {
 		// Not a whole event: printed as text, whatever the level.
 		fmt.Fprintf(p.out, "%s … [line cut: %d more bytes]\n", safeText(string(b)), cut)
 		return
 	}
 	ev, ok := parseLogEvent(b)
-	if ok && logLevels[ev.level] < p.min {
-		return
-	}
 	switch {
 	case !ok:
 		fmt.Fprintf(p.out, "%s\n", safeText(string(b)))
@@ -256,6 +269,23 @@ func (p *logPrinter) line(b []byte, cut int64) {
 		sb.WriteString(kv[1])
 	}
 	fmt.Fprintln(p.out, sb.String())
+}
+
+// shows reports whether line prints line b (cut: bytes of it left out):
+// not a blank one, nor an event below the level.
+func (p *logPrinter) shows(b []byte, cut int64) bool {
+	b = bytes.TrimRight(b, "\r\n")
+	if cut > 0 {
+		return true // not a whole event: printed as text, whatever the level
+	}
+	if len(b) == 0 {
+		return false
+	}
+	if p.min == 0 {
+		return true
+	}
+	ev, ok := parseLogEvent(b)
+	return !ok || logLevels[ev.level] >= p.min
 }
 
 // jsonSafe is a valid JSON log line with the control characters a JSON

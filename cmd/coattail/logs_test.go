@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -281,5 +282,75 @@ func TestServiceLogsInterrupted(t *testing.T) {
 	}
 	if n := strings.Count(string(rest), "\n"); n > lines/4 {
 		t.Fatalf("service logs printed %d of %d lines after Ctrl-C, want it to stop at once", n, lines)
+	}
+}
+
+// -n counts the lines --level leaves in: `-n 2 --level warn` printed the
+// warnings among the last two lines of the log (none, when INFO lines
+// followed them), not the last two warnings. Blank lines do not count, a
+// line cut at 1 MiB counts as text, and a line at the log's very start
+// is found.
+func TestServiceLogsLinesCountAfterLevel(t *testing.T) {
+	a := newInstance(t, "llevel")
+	ev := func(level, msg string) string {
+		return fmt.Sprintf(`{"time":"2026-11-27T22:00:00Z","level":%q,"msg":%q}`+"\n", level, msg)
+	}
+	var b strings.Builder
+	b.WriteString(ev("ERROR", "first"))
+	for k := range 3000 { // more than one 64 KiB read backwards
+		b.WriteString(ev("INFO", fmt.Sprintf("busy %d", k)))
+		if k == 1000 {
+			b.WriteString(ev("WARN", "second"))
+		}
+		if k == 2000 {
+			b.WriteString(ev("ERROR", "third"))
+			b.WriteString("\n\n")
+		}
+	}
+	b.WriteString(ev("DEBUG", "last"))
+	if err := os.WriteFile(a.path("service.log"), []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	msgs := func(out string) []string {
+		var m []string
+		for _, l := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+			f := strings.Fields(l)
+			if len(f) < 3 {
+				t.Fatalf("service logs printed %q, want time, level and message", l)
+			}
+			m = append(m, f[1]+" "+strings.Join(f[2:], " "))
+		}
+		return m
+	}
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"-n", "2", "--level", "warn"}, []string{"WARN second", "ERROR third"}},
+		{[]string{"-n", "1", "--level", "error"}, []string{"ERROR third"}},
+		{[]string{"-n", "5", "--level", "error"}, []string{"ERROR first", "ERROR third"}},
+		{[]string{"-n", "0", "--level", "warn"}, []string{"ERROR first", "WARN second", "ERROR third"}},
+		{[]string{"-n", "2"}, []string{"INFO busy 2999", "DEBUG last"}},
+		{[]string{"-n", "2", "--level", "info"}, []string{"INFO busy 2998", "INFO busy 2999"}},
+	} {
+		got := msgs(a.mustRun(append([]string{"service", "logs"}, c.args...)...))
+		if !slices.Equal(got, c.want) {
+			t.Errorf("service logs %v printed %q, want %q", c.args, got, c.want)
+		}
+	}
+	// The blank lines after "third" are not lines of the last three.
+	if got, want := msgs(a.mustRun("service", "logs", "-n", "3", "--level", "info")), []string{"INFO busy 2997", "INFO busy 2998", "INFO busy 2999"}; !slices.Equal(got, want) {
+		t.Errorf("service logs -n 3 --level info printed %q, want %q", got, want)
+	}
+	// A line past 1 MiB is printed cut, as text, whatever the level, and
+	// counts as one of the lines.
+	huge := `{"time":"2026-11-27T22:00:00Z","level":"DEBUG","msg":"` + strings.Repeat("x", 2<<20) + "\"}\n"
+	if err := os.WriteFile(a.path("service.log"), []byte(ev("ERROR", "before")+huge+ev("INFO", "after")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := a.mustRun("service", "logs", "-n", "2", "--level", "error")
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "ERROR before") || !strings.HasSuffix(lines[1], fmt.Sprintf("[line cut: %d more bytes]", len(huge)-1-1<<20)) {
+		t.Fatalf("service logs -n 2 --level error printed %d lines (%.80q … %.80q), want the ERROR line and the cut one", len(lines), lines[0], lines[len(lines)-1])
 	}
 }
