@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -173,9 +175,13 @@ func serveMetrics(addr string, n *Node, log *slog.Logger) (*metricsServer, error
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "Coattail metrics: /metrics (Prometheus text format)")
 	})
+	var h http.Handler = mux
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && tcp.IP.IsLoopback() {
+		h = loopbackHostOnly(mux)
+	}
 	m := &metricsServer{
 		srv: &http.Server{
-			Handler:           mux,
+			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout:       10 * time.Second,
 			WriteTimeout:      3 * metricsScrapeTimeout,
@@ -196,6 +202,27 @@ func serveMetrics(addr string, n *Node, log *slog.Logger) (*metricsServer, error
 		}
 	}()
 	return m, nil
+}
+
+// loopbackHostOnly refuses requests to a loopback listener that name a
+// host other than an IP address or localhost. A web page a browser on
+// this machine opens can reach a loopback port under a name of its own
+// that resolves to 127.0.0.1 (DNS rebinding), and then read the peer ids
+// and patterns the metrics show; such a request carries that name as its
+// Host. Scrapers name the address itself, or localhost.
+func loopbackHostOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.TrimSuffix(strings.ToLower(host), ".")
+		if net.ParseIP(strings.Trim(host, "[]")) == nil && host != "localhost" && !strings.HasSuffix(host, ".localhost") {
+			http.Error(w, "Coattail metrics on a loopback address answer only requests naming an IP address or localhost as their host (this one named "+strconv.Quote(r.Host)+"): scrape 127.0.0.1:<port> or localhost:<port>", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // URL is where the metrics are served.
