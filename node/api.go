@@ -558,6 +558,7 @@ func (n *Node) Status() localapi.Status {
 		Online:    n.host != nil,
 		StartedAt: n.started,
 		Metrics:   n.metricsURL,
+		Relay:     n.opts.Relay,
 		Uptime:    localapi.Duration(time.Since(n.started).Round(time.Millisecond)),
 		Counters: localapi.Counters{
 			Performed:   n.stats.performed.Load(),

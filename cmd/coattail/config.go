@@ -49,7 +49,7 @@ config only at start, so a change takes effect at the next start.`,
 				return err
 			}
 			if fi.ModTime().After(st.StartedAt) {
-				fmt.Fprintf(a.err, "The running service (pid %d) started before %s last changed; the change takes effect when it starts again: coattail service stop && coattail service start --headless\n",
+				fmt.Fprintf(a.err, "The running service (pid %d) started before %s last changed; the change takes effect when it starts again: coattail service restart\n",
 					st.PID, l.Config())
 			}
 			return nil

@@ -51,7 +51,7 @@ func TestConfigCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, stderr, code = i.run("config", "check")
-	if code != 0 || !strings.Contains(stderr, "started before") || !strings.Contains(stderr, "service stop && coattail service start") {
+	if code != 0 || !strings.Contains(stderr, "started before") || !strings.Contains(stderr, "coattail service restart") {
 		t.Errorf("config check of a config changed after the start: exit %d, stderr %q", code, stderr)
 	}
 	i.mustRun("service", "stop")

@@ -118,7 +118,7 @@ func resolveExisting(p string) string {
 
 func newServiceCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "service", Short: "Start, stop and list instance services"}
-	cmd.AddCommand(newServiceStartCmd(a), newServiceStatusCmd(a), newServiceStopCmd(a), newServiceLogsCmd(a))
+	cmd.AddCommand(newServiceStartCmd(a), newServiceStatusCmd(a), newServiceStopCmd(a), newServiceRestartCmd(a), newServiceLogsCmd(a))
 	return cmd
 }
 
@@ -163,7 +163,12 @@ listens on a new one within 2s.`,
 				return err
 			}
 			if o.headless {
-				return a.startHeadless(cmd.Context(), l, o)
+				pid, err := a.startHeadless(cmd.Context(), l, o)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.out, "%d\n", pid)
+				return nil
 			}
 			return a.startForeground(cmd.Context(), l, o)
 		},
@@ -263,27 +268,28 @@ func (a *app) startForeground(ctx context.Context, l node.Layout, o *startOption
 }
 
 // startHeadless re-executes this binary as a detached foreground service
-// and waits on an inherited pipe until it reports ready (or its error).
-func (a *app) startHeadless(ctx context.Context, l node.Layout, o *startOptions) error {
+// and waits on an inherited pipe until it reports ready (or its error); it
+// returns the service's pid.
+func (a *app) startHeadless(ctx context.Context, l node.Layout, o *startOptions) (int, error) {
 	if st, err := node.Running(l); err == nil {
-		return fmt.Errorf("%w: instance %s (pid %d)", node.ErrAlreadyRunning, l.Dir, st.PID)
+		return 0, fmt.Errorf("%w: instance %s (pid %d)", node.ErrAlreadyRunning, l.Dir, st.PID)
 	}
 	cfg, err := node.LoadConfig(l.Config())
 	if err != nil {
-		return err
+		return 0, err
 	}
 	bin, err := os.Executable()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	logf, err := os.OpenFile(l.LogFile(cfg), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("log file: %w", err)
+		return 0, fmt.Errorf("log file: %w", err)
 	}
 	defer logf.Close()
 	pr, pw, err := os.Pipe()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer pr.Close()
 	args := []string{"--instance", l.Dir, "service", "start"}
@@ -298,7 +304,7 @@ func (a *app) startHeadless(ctx context.Context, l node.Layout, o *startOptions)
 	child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := child.Start(); err != nil {
 		pw.Close()
-		return fmt.Errorf("start service: %w", err)
+		return 0, fmt.Errorf("start service: %w", err)
 	}
 	pw.Close()
 	pid := child.Process.Pid
@@ -333,15 +339,14 @@ func (a *app) startHeadless(ctx context.Context, l node.Layout, o *startOptions)
 				fmt.Fprintln(a.err, safeText(strings.TrimPrefix(s, "wait ")))
 				continue
 			case ok && strings.HasPrefix(s, "ready "):
-				fmt.Fprintf(a.out, "%d\n", pid)
-				return nil
+				return pid, nil
 			case ok && strings.HasPrefix(s, "error "):
-				return errors.New(strings.TrimPrefix(s, "error "))
+				return 0, errors.New(strings.TrimPrefix(s, "error "))
 			default:
-				return fmt.Errorf("the service exited during start-up; see %s", l.LogFile(cfg))
+				return 0, fmt.Errorf("the service exited during start-up; see %s", l.LogFile(cfg))
 			}
 		case <-timeout:
-			return fmt.Errorf("the service (pid %d) did not become ready within 60s; see %s", pid, l.LogFile(cfg))
+			return 0, fmt.Errorf("the service (pid %d) did not become ready within 60s; see %s", pid, l.LogFile(cfg))
 		case <-ctx.Done():
 			// Interrupted (Ctrl-C) before the service was ready: the user
 			// gave up on starting it, so it does not come up behind their
@@ -349,11 +354,11 @@ func (a *app) startHeadless(ctx context.Context, l node.Layout, o *startOptions)
 			_ = syscall.Kill(pid, syscall.SIGTERM)
 			for range 500 {
 				if !pidAlive(pid) {
-					return fmt.Errorf("interrupted: the service (pid %d) was stopped before it was ready", pid)
+					return 0, fmt.Errorf("interrupted: the service (pid %d) was stopped before it was ready", pid)
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
-			return fmt.Errorf("interrupted: the service (pid %d) was asked to stop before it was ready, and still runs; see %s", pid, l.LogFile(cfg))
+			return 0, fmt.Errorf("interrupted: the service (pid %d) was asked to stop before it was ready, and still runs; see %s", pid, l.LogFile(cfg))
 		}
 	}
 }
@@ -405,6 +410,67 @@ func newServiceStatusCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newServiceRestartCmd(a *app) *cobra.Command {
+	o := &startOptions{headless: true}
+	cmd := &cobra.Command{
+		Use:   "restart",
+		Short: "Check config.yml, stop the instance's service and start it again in the background",
+		Long: `Check config.yml as 'config check' does; if it is invalid, say why and
+leave the running service as it is (exit 1). Otherwise stop the instance's
+service as 'service stop' does (waiting for running actions and receivers),
+then start it in the background as 'service start --headless' does, with
+--relay if the stopped one was started with it (--relay=false turns that
+off), and print "Stopped service (pid OLD)" and the new pid. The service
+reads config.yml only at start: this is how a change takes effect.
+
+A service that is not running is started. One that runs in the foreground in
+a terminal is stopped there and comes back in the background. If the new
+start fails, the service stays stopped and the error says why (exit 1).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := a.layout()
+			if err != nil {
+				return err
+			}
+			st, running := node.Running(l)
+			if _, err := node.LoadConfig(l.Config()); err != nil {
+				if running == nil {
+					return fmt.Errorf("%w\nnot restarted: the service (pid %d) runs on with the config it started with", err, st.PID)
+				}
+				return err
+			}
+			switch {
+			case errors.Is(running, node.ErrNotRunning):
+				fmt.Fprintln(a.err, "The service was not running; starting it.")
+			case running != nil:
+				return running
+			default:
+				if !cmd.Flags().Changed("relay") {
+					o.relay = st.Relay
+				}
+				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+				stopped, err := node.StopService(ctx, l, 0)
+				cancel()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.out, "Stopped service (pid %d)\n", stopped)
+			}
+			pid, err := a.startHeadless(cmd.Context(), l, o)
+			if err != nil {
+				if running == nil {
+					return fmt.Errorf("the service was stopped, and starting it again failed (it is not running now): %w", err)
+				}
+				return err
+			}
+			fmt.Fprintf(a.out, "%d\n", pid)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&o.relay, "relay", false, "also serve as a circuit-relay v2 relay for peers behind NAT (default: as the stopped service did)")
 	return cmd
 }
 

@@ -77,6 +77,10 @@ type Status struct {
 	// Metrics is the URL of the service's Prometheus endpoint
 	// (metrics.listen), when it serves one.
 	Metrics string `json:"metrics,omitempty"`
+	// Relay is whether the service was started with --relay (a relay
+	// for peers behind NAT whatever config.yml says): `service restart`
+	// starts it so again.
+	Relay bool `json:"relay,omitempty"`
 }
 
 // Counters are service-wide totals since start: every one starts from 0
