@@ -33,10 +33,10 @@ func newServiceLogsCmd(a *app) *cobra.Command {
 		Long: `Print the last --lines lines of the instance's service log (log.file in
 config.yml), one event per line: time, level, message, then its fields as
 key=value. --json prints the lines as stored (JSON). --level leaves out the
-events below a level (the last --lines lines are those it prints). -f keeps printing what the service logs until
-interrupted, also across a rotation of the file. Lines that are not log events
-(what a crashing service printed) are printed as they are. The service need not
-run.`,
+events below a level (--lines counts the lines it leaves in). -f keeps
+printing what the service logs until interrupted, also across a rotation of
+the file. Lines that are not log events (what a crashing service printed) are
+printed as they are. The service need not run.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if lines < 0 {
