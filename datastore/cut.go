@@ -64,8 +64,177 @@ type DamageCutter interface {
 	// The span's keys are read and then replaced: a write into the span
 	// between the two (by anything but mark's records) is lost. The caller
 	// makes sure nothing else writes while it runs (the span may reach
-	// past the caller's keys, to the damaged table's last key).
+	// past the caller's keys, to the damaged table's last key). No two
+	// cuts (CutDamage, DamageWatcher.CutBlock) run at once.
 	CutDamage(ctx context.Context, cause error, at, limit []byte, mark func(next []byte) ([]KV, error)) (bool, error)
+}
+
+// DamageWatcher is implemented by the Batching of a pebble DB: it reports
+// the damage pebble meets while the database is open, and cuts a damaged
+// table block out while others use the database.
+//
+// A compaction whose input holds a damaged block fails, and pebble retries
+// it for ever (in level 0 every few tens of milliseconds): the block must
+// go, or level 0 fills and every write stalls for good. CutDamage cuts
+// only where a read of a known key failed, with nothing else writing (the
+// queues' load); CutBlock cuts the block that a report names, and only
+// where the caller can keep every writer out.
+type DamageWatcher interface {
+	// DamageReported returns a channel that receives a value when pebble
+	// has reported damage that TakeDamage has not returned yet.
+	DamageReported() <-chan struct{}
+	// TakeDamage returns the damage reported since its last call: each
+	// damaged block (or file, when pebble names no block) once, at most
+	// a few dozen (a block left out is reported again when pebble next
+	// meets it).
+	TakeDamage() []Damage
+	// CutBlock does for the damaged table block that d names what
+	// CutDamage does, where its span (the keys from the last readable
+	// key before the block to the first after it, see CutDamage) lies
+	// within lo to hi (excluded): the caller keeps every writer of that
+	// range out while it runs. Before anything is changed, mark is given
+	// the span and the keys in it that keep a value (sorted); the records
+	// it returns are written too, as CutDamage writes mark's records.
+	//
+	// It reports false, having changed nothing, when no table holds the
+	// block any more (cut out already, or compacted away with its whole
+	// table). It fails, having changed nothing, when d names no block of
+	// a table of the database's directory, when the span reaches outside
+	// lo to hi, when writes are stalled (level 0 is full: the flush a cut
+	// begins with would wait for ever), or on any error reading the
+	// tables. It raises the database's format major version as CutDamage
+	// does.
+	CutBlock(ctx context.Context, d Damage, lo, hi []byte, mark func(start, end []byte, kept [][]byte) ([]KV, error)) (bool, error)
+}
+
+func (s pebbleBatching) DamageReported() <-chan struct{} { return s.damage.notify }
+
+func (s pebbleBatching) TakeDamage() []Damage { return s.damage.take() }
+
+// tableNum returns the number of the local table of the database's
+// directory that info is about.
+func (s pebbleBatching) tableNum(info *pebble.DataCorruptionInfo) (uint64, bool) {
+	if info.IsRemote || !strings.HasSuffix(info.Path, ".sst") || filepath.Dir(info.Path) != s.dir {
+		return 0, false
+	}
+	num, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(info.Path), ".sst"), 10, 64)
+	return num, err == nil
+}
+
+func (s pebbleBatching) CutBlock(ctx context.Context, d Damage, lo, hi []byte, mark func(start, end []byte, kept [][]byte) ([]KV, error)) (bool, error) {
+	if !s.g.enter() {
+		return false, ErrClosed
+	}
+	defer s.g.exit()
+	s.cutMu.Lock()
+	defer s.cutMu.Unlock()
+	for try := 0; ; try++ {
+		cut, err := s.cutBlock(ctx, d, lo, hi, mark)
+		if !errors.Is(err, fs.ErrNotExist) || try == 4 {
+			return cut, err
+		}
+	}
+}
+
+// errStalled is CutBlock's error while level 0 is full.
+var errStalled = errors.New("writes are stalled (level 0 of the database is full, its compaction fails on the damage), so nothing can be cut out")
+
+// errOutside is CutBlock's error for a span that reaches outside lo to hi.
+var errOutside = errors.New("the keys around the damaged block reach outside those that can be cut out while the database is in use")
+
+func (s pebbleBatching) cutBlock(ctx context.Context, d Damage, lo, hi []byte, mark func(start, end []byte, kept [][]byte) ([]KV, error)) (bool, error) {
+	fail := func(err error) (bool, error) {
+		return false, fmt.Errorf("datastore: cut out the damaged block of %s: %w", d.File, err)
+	}
+	num, ok := s.tableNum(&d.info)
+	if !ok {
+		return fail(errors.New("not a table of the database's directory"))
+	}
+	held := func(levels [][]pebble.SSTableInfo) bool {
+		for _, l := range levels {
+			for i := range l {
+				if uint64(l[i].BackingSSTNum) == num && l[i].BackingType == pebble.BackingTypeLocal {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	// Most reports are of a block cut out already (pebble reports it
+	// again until then): those cost no flush.
+	levels, err := s.DB.SSTables()
+	if err != nil {
+		return fail(err)
+	}
+	if !held(levels) {
+		return false, nil // compacted away (its keys all deleted), or cut out with what stayed of its table
+	}
+	// The flush below waits, with every other write, until a compaction
+	// makes room in level 0: never, while the damage is there.
+	if l0 := s.DB.Metrics().Levels[0].Sublevels; int(l0) >= s.popts.L0StopWritesThreshold {
+		return fail(errStalled)
+	}
+	// Every key in a table: each is then read on its own.
+	if err := s.DB.Flush(); err != nil {
+		return fail(err)
+	}
+	if levels, err = s.DB.SSTables(); err != nil {
+		return fail(err)
+	}
+	if !held(levels) {
+		return false, nil
+	}
+	dt, err := s.openTable(ctx, num)
+	if err != nil {
+		return fail(err)
+	}
+	defer dt.close()
+	blocks, err := dt.blocks(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	bi := namedBlock(d.info.Details, blocks)
+	if bi < 0 {
+		return fail(errors.New("pebble's error names no data block of the table"))
+	}
+	before, after, last, err := dt.readableAround(ctx, blocks, bi)
+	if err != nil {
+		return fail(err)
+	}
+	// Every key of the damaged blocks is at or above before and at or
+	// below the index key of the last of them; the table that holds
+	// them, physical or virtual (what stayed of a table after a cut),
+	// is the one whose bounds meet that range: after a cut, none does.
+	var dmg *pebble.SSTableInfo
+	for _, l := range levels {
+		for i := range l {
+			t := &l[i]
+			if uint64(t.BackingSSTNum) == num && t.BackingType == pebble.BackingTypeLocal &&
+				(before == nil || bytes.Compare(t.Largest.UserKey, before) >= 0) && bytes.Compare(t.Smallest.UserKey, blocks[last].sep) <= 0 {
+				dmg = t
+			}
+		}
+	}
+	if dmg == nil {
+		return false, nil
+	}
+	start, end := spanOf(dmg, before, after)
+	if bytes.Compare(start, lo) < 0 || bytes.Compare(end, hi) > 0 {
+		return fail(fmt.Errorf("%w: %q to %q", errOutside, start, end))
+	}
+	return s.cutSpan(ctx, dmg, levels, start, end, func(keys []string, get func(string) ([]byte, error)) ([]KV, error) {
+		var kept [][]byte
+		for _, k := range keys {
+			v, err := get(k)
+			if err != nil {
+				return nil, errCut(err)
+			}
+			if v != nil {
+				kept = append(kept, []byte(k))
+			}
+		}
+		return mark(start, end, kept)
+	})
 }
 
 // cutTable is one table, read on its own (outside the LSM).
@@ -210,6 +379,8 @@ func (s pebbleBatching) CutDamage(ctx context.Context, cause error, at, limit []
 		return false, ErrClosed
 	}
 	defer s.g.exit()
+	s.cutMu.Lock()
+	defer s.cutMu.Unlock()
 	// A compaction may delete a table between its listing and its
 	// opening: list them again.
 	for try := 0; ; try++ {
@@ -222,14 +393,14 @@ func (s pebbleBatching) CutDamage(ctx context.Context, cause error, at, limit []
 
 func (s pebbleBatching) cutDamage(ctx context.Context, cause error, at, limit []byte, mark func(next []byte) ([]KV, error)) (bool, error) {
 	info := pebble.ExtractDataCorruptionInfo(cause)
-	if info == nil || info.IsRemote || !strings.HasSuffix(info.Path, ".sst") {
+	if info == nil {
 		return false, nil
 	}
-	num, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(info.Path), ".sst"), 10, 64)
-	if err != nil || filepath.Dir(info.Path) != s.dir {
+	num, ok := s.tableNum(info)
+	if !ok {
 		return false, nil
 	}
-	fail := func(err error) (bool, error) { return false, fmt.Errorf("datastore: cut out a damaged block: %w", err) }
+	fail := func(err error) (bool, error) { return false, errCut(err) }
 	// Every key in a table: each is then read on its own.
 	if err := s.DB.Flush(); err != nil {
 		return fail(err)
@@ -327,40 +498,111 @@ func namedBlock(err error, blocks []dataBlock) int {
 // damaged blocks beside it.
 func (s pebbleBatching) cutBlocks(ctx context.Context, dmg *pebble.SSTableInfo, dt *cutTable, blocks []dataBlock, bi int,
 	levels [][]pebble.SSTableInfo, at, limit []byte, mark func(next []byte) ([]KV, error)) (bool, error) {
-	fail := func(err error) (bool, error) { return false, fmt.Errorf("datastore: cut out a damaged block: %w", err) }
-	// The span starts at the last key of the readable block before the
-	// damaged ones: a reverse seek below it (Excise's, to bound what stays
-	// before the span) and a scan of what stays stop in that block. With
-	// none, it starts at the table's first key.
-	start := dmg.Smallest.UserKey
-	for i := bi - 1; i >= 0; i-- {
-		k, ok, err := dt.edgeKey(ctx, blocks[i], true)
-		if err != nil {
-			return fail(err)
-		}
-		if ok {
-			start = k
-			break
-		}
+	fail := func(err error) (bool, error) { return false, errCut(err) }
+	before, after, _, err := dt.readableAround(ctx, blocks, bi)
+	if err != nil {
+		return fail(err)
 	}
-	// It ends at the first key of the readable block after them: a seek
-	// there loads that block, never the damaged one. With none, it ends
-	// past the table's last key.
-	end := append(bytes.Clone(dmg.Largest.UserKey), 0)
-	for i := bi + 1; i < len(blocks); i++ {
-		k, ok, err := dt.edgeKey(ctx, blocks[i], false)
-		if err != nil {
-			return fail(err)
-		}
-		if ok {
-			end = k
-			break
-		}
-	}
+	start, end := spanOf(dmg, before, after)
 	if bytes.Compare(start, at) > 0 || bytes.Compare(end, at) <= 0 {
 		return false, nil
 	}
+	return s.cutSpan(ctx, dmg, levels, start, end, func(keys []string, get func(string) ([]byte, error)) ([]KV, error) {
+		// The first key from at on: kept in the span, else after it.
+		var next []byte
+		for _, k := range keys {
+			if k < string(at) {
+				continue
+			}
+			v, err := get(k)
+			if err != nil {
+				return nil, errCut(err)
+			}
+			if v != nil {
+				next = []byte(k)
+				break
+			}
+		}
+		if next == nil && bytes.Compare(end, limit) < 0 {
+			it, err := s.DB.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: end, UpperBound: limit})
+			if err != nil {
+				return nil, errCut(err)
+			}
+			if it.First() {
+				next = bytes.Clone(it.Key())
+			}
+			if err := errors.Join(it.Error(), it.Close()); err != nil {
+				return nil, errCut(err)
+			}
+		}
+		if next != nil && bytes.Compare(next, limit) >= 0 {
+			next = nil
+		}
+		return mark(next)
+	})
+}
 
+func errCut(err error) error { return fmt.Errorf("datastore: cut out a damaged block: %w", err) }
+
+// readableAround returns the last key of the readable block before
+// blocks[bi] and the first key of the readable one after it (nil: none),
+// skipping the damaged blocks beside it, and the index of the last
+// damaged block of that run.
+func (t *cutTable) readableAround(ctx context.Context, blocks []dataBlock, bi int) (before, after []byte, last int, err error) {
+	for i := bi - 1; i >= 0; i-- {
+		k, ok, err := t.edgeKey(ctx, blocks[i], true)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		if ok {
+			before = k
+			break
+		}
+	}
+	last = len(blocks) - 1
+	for i := bi + 1; i < len(blocks); i++ {
+		k, ok, err := t.edgeKey(ctx, blocks[i], false)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		if ok {
+			after, last = k, i-1
+			break
+		}
+	}
+	return before, after, last, nil
+}
+
+// spanOf is the span cut out of table dmg around damaged blocks with the
+// readable keys before and after them (nil: none). It starts at the last
+// key of the readable block before the damaged ones: a reverse seek below
+// it (Excise's, to bound what stays before the span) and a scan of what
+// stays stop in that block. With none, it starts at the table's first key.
+// It ends at the first key of the readable block after them: a seek there
+// loads that block, never the damaged one. With none, it ends past the
+// table's last key. (Keys beyond the bounds of a virtual table are not
+// its own: the span stays within them.)
+func spanOf(dmg *pebble.SSTableInfo, before, after []byte) (start, end []byte) {
+	start = dmg.Smallest.UserKey
+	if before != nil && bytes.Compare(before, start) > 0 {
+		start = before
+	}
+	end = append(bytes.Clone(dmg.Largest.UserKey), 0)
+	if after != nil && bytes.Compare(after, end) < 0 {
+		end = after
+	}
+	return start, end
+}
+
+// cutSpan replaces the span start to end (excluded) of the database, which
+// damaged blocks of table dmg make unreadable, with what the other tables
+// hold there and the records mark returns. mark is given the span's keys
+// (sorted; those of the other tables, and start) and how to read the value
+// each keeps (nil: none; the newest version of another table where the
+// database's read goes to the damaged block).
+func (s pebbleBatching) cutSpan(ctx context.Context, dmg *pebble.SSTableInfo, levels [][]pebble.SSTableInfo, start, end []byte,
+	mark func(keys []string, get func(string) ([]byte, error)) ([]KV, error)) (bool, error) {
+	fail := func(err error) (bool, error) { return false, errCut(err) }
 	// What the span holds, with the newest version each other table
 	// has there.
 	found := map[string]*cutEntry{}
@@ -453,37 +695,7 @@ func (s pebbleBatching) cutBlocks(ctx context.Context, dmg *pebble.SSTableInfo, 
 		}
 		return val, nil
 	}
-	// The first key from at on: kept in the span, else after it.
-	var next []byte
-	for _, k := range keys {
-		if k < string(at) {
-			continue
-		}
-		v, err := get(k)
-		if err != nil {
-			return fail(err)
-		}
-		if v != nil {
-			next = []byte(k)
-			break
-		}
-	}
-	if next == nil && bytes.Compare(end, limit) < 0 {
-		it, err := s.DB.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: end, UpperBound: limit})
-		if err != nil {
-			return fail(err)
-		}
-		if it.First() {
-			next = bytes.Clone(it.Key())
-		}
-		if err := errors.Join(it.Error(), it.Close()); err != nil {
-			return fail(err)
-		}
-	}
-	if next != nil && bytes.Compare(next, limit) >= 0 {
-		next = nil
-	}
-	extra, err := mark(next)
+	extra, err := mark(keys, get)
 	if err != nil {
 		return false, err
 	}

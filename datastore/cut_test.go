@@ -3,11 +3,13 @@ package datastore
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	ds "github.com/ipfs/go-datastore"
@@ -204,5 +206,112 @@ func TestCutDamageNotLocated(t *testing.T) {
 	}
 	if v := db.pebble.DB.FormatMajorVersion(); v >= pebble.FormatVirtualSSTables {
 		t.Fatalf("format major version raised to %d without a cut", v)
+	}
+}
+
+// TestCutBlockWhileOpen: a table block that goes bad while the database is
+// open is met by a compaction, which fails (pebble retries it for ever).
+// The report is kept for DamageWatcher; CutBlock refuses to cut where the
+// span reaches outside the range it is given, and changes nothing then;
+// within it, it cuts the block out with what mark returns, keeping every
+// other key, and the compaction succeeds. The block is not found again.
+func TestCutBlockWhileOpen(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	val := func(i int) []byte { return []byte(fmt.Sprintf("v%d-%s", i, strings.Repeat(fmt.Sprint(i), 8<<10))) }
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for i := 1; i <= 5; i++ {
+		if err := db.Batching().Put(ctx, ds.NewKey(fmt.Sprintf("/d/%d", i)), val(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Batching().Put(ctx, ds.NewKey("/z"), []byte("z")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Reclaim(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	tb := tableWith(t, dir, val(3)[:64])
+	if tb == "" {
+		t.Fatal("/d/3 is in no table")
+	}
+	b, err := os.ReadFile(tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[bytes.Index(b, val(3)[:64])+32] ^= 0xff
+	if err := os.WriteFile(tb, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A table that overlaps it: a compaction merges the two (one table
+	// alone is moved to another level without being read).
+	if err := db.Batching().Put(ctx, ds.NewKey("/z"), []byte("z")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Reclaim(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	dw := db.Batching().(DamageWatcher)
+	// A compaction of both: it fails on the block, and is retried until
+	// its context ends (pebble's manual compaction waits for one that
+	// succeeds).
+	cctx, cancel := context.WithCancel(ctx)
+	compacted := make(chan error, 1)
+	go func() { compacted <- db.Reclaim(cctx, true) }()
+	<-dw.DamageReported()
+	cancel()
+	if err := <-compacted; err == nil {
+		t.Fatal("compaction over the damaged block succeeded")
+	}
+	reports := dw.TakeDamage()
+	if len(reports) != 1 || reports[0].File != tb || !IsCorruption(reports[0].Err) {
+		t.Fatalf("reports %v, want one of %s", reports, tb)
+	}
+	d := reports[0]
+	mark := func(start, end []byte, kept [][]byte) ([]KV, error) {
+		t.Fatalf("mark called for %q to %q", start, end)
+		return nil, nil
+	}
+	if cut, err := dw.CutBlock(ctx, d, []byte("/d/3"), []byte("/d0"), mark); cut || !errors.Is(err, errOutside) {
+		t.Fatalf("CutBlock within /d/3 to /d0 = %v, %v; want the span refused", cut, err)
+	}
+	if _, err := db.Batching().Get(ctx, ds.NewKey("/d/3")); !IsCorruption(err) {
+		t.Fatalf("read of /d/3 after a refused cut = %v, want a corruption error", err)
+	}
+	var span string
+	cut, err := dw.CutBlock(ctx, d, []byte("/d/"), []byte("/d0"), func(start, end []byte, kept [][]byte) ([]KV, error) {
+		span = fmt.Sprintf("%s %s %q", start, end, kept)
+		return []KV{{Key: []byte("/d/3"), Value: []byte("lost")}}, nil
+	})
+	if err != nil || !cut {
+		t.Fatalf("CutBlock = %v, %v", cut, err)
+	}
+	if span != `/d/2 /d/4 ["/d/2"]` {
+		t.Fatalf("mark given %s, want the span /d/2 to /d/4 keeping /d/2", span)
+	}
+	cctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := db.Reclaim(cctx, true); err != nil {
+		t.Fatalf("compaction after the cut: %v", err)
+	}
+	for i := 1; i <= 5; i++ {
+		v, err := db.Batching().Get(ctx, ds.NewKey(fmt.Sprintf("/d/%d", i)))
+		want := val(i)
+		if i == 3 {
+			want = []byte("lost")
+		}
+		if err != nil || !bytes.Equal(v, want) {
+			t.Fatalf("/d/%d after the cut: %.16q, %v", i, v, err)
+		}
+	}
+	if v, err := db.Batching().Get(ctx, ds.NewKey("/z")); err != nil || string(v) != "z" {
+		t.Fatalf("/z after the cut: %q, %v", v, err)
+	}
+	if cut, err := dw.CutBlock(ctx, d, []byte("/d/"), []byte("/d0"), mark); cut || err != nil {
+		t.Fatalf("CutBlock of a block cut out already = %v, %v; want false, nil", cut, err)
 	}
 }

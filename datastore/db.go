@@ -102,11 +102,72 @@ func (d *DB) CorruptionEvents() uint64 {
 // ~100 error lines a second, rotating every other line out of the log.
 // Each file's first report (and the first background error) is logged at
 // once, then at most one line a minute saying how many more there were.
+//
+// It also keeps the reports for DamageWatcher: each damaged block (or
+// file, when pebble names no block) once until it is taken.
 type damageLog struct {
 	log    *slog.Logger
 	events atomic.Uint64
 	mu     sync.Mutex
 	files  map[string]*damagedFile
+
+	// pending are the reports not taken yet, at most maxPendingDamage,
+	// each once (pendingKeys); notify receives when one is added.
+	pending     []Damage
+	pendingKeys map[string]bool
+	notify      chan struct{}
+}
+
+// maxPendingDamage bounds the reports kept until they are taken (a
+// compaction retrying over a block reports it again).
+const maxPendingDamage = 64
+
+// Damage is damaged data that pebble reported while the database was open:
+// a read, or a compaction in the background, failing a checksum.
+type Damage struct {
+	File string // the damaged file
+	Keys string // the key range pebble says is affected (the file's)
+	Err  error  // pebble's error (IsCorruption)
+
+	info pebble.DataCorruptionInfo
+}
+
+func (d Damage) String() string {
+	return fmt.Sprintf("%s (keys %s): %v", d.File, d.Keys, d.Err)
+}
+
+// keep adds the report to those not taken yet, unless its block (or file)
+// is among them already.
+func (l *damageLog) keep(info pebble.DataCorruptionInfo) {
+	key := info.Path
+	if m := blockErr.FindString(fmt.Sprint(info.Details)); m != "" {
+		key += " " + m
+	} else {
+		key += " " + fmt.Sprint(info.Details)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.pendingKeys[key] || len(l.pending) >= maxPendingDamage {
+		return
+	}
+	if l.pendingKeys == nil {
+		l.pendingKeys = map[string]bool{}
+	}
+	l.pendingKeys[key] = true
+	l.pending = append(l.pending, Damage{File: info.Path, Keys: info.Bounds.String(), Err: info.Details, info: info})
+	select {
+	case l.notify <- struct{}{}:
+	default:
+	}
+}
+
+// take returns the reports not taken yet.
+func (l *damageLog) take() []Damage {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := l.pending
+	l.pending, l.pendingKeys = nil, nil
+	return out
 }
 
 type damagedFile struct {
@@ -120,6 +181,7 @@ var damageLogEvery = time.Minute
 
 func (l *damageLog) event(info pebble.DataCorruptionInfo) {
 	l.events.Add(1)
+	l.keep(info)
 	ok, more := l.allow(info.Path)
 	if !ok {
 		return
@@ -127,7 +189,7 @@ func (l *damageLog) event(info pebble.DataCorruptionInfo) {
 	attrs := []any{"component", "pebble", "file", info.Path, "keys", info.Bounds.String(), "err", info.Details}
 	if more > 0 {
 		attrs = append(attrs, "reports_since_last_line", more,
-			"hint", "met again and again (pebble retries a compaction over it); a restart cuts a damaged block of queued publications out of the datastore (they are lost), other damage needs a backup (README, Damaged storage)")
+			"hint", "met again and again (pebble retries a compaction over it): a damaged block of queued publications is cut out of the datastore as soon as it is reported (what it held is lost), also at start; damage elsewhere makes the instance refuse publications, and needs a restart or a backup (README, Damaged storage)")
 	}
 	l.log.Error("on-disk corruption in the datastore", attrs...)
 }
@@ -274,7 +336,7 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	// service down, at every start. The read itself fails with an error
 	// that IsCorruption recognises, which the caller handles (the queues
 	// skip the publication it held); here it is only logged.
-	damage := &damageLog{log: logger, files: map[string]*damagedFile{}}
+	damage := &damageLog{log: logger, files: map[string]*damagedFile{}, notify: make(chan struct{}, 1)}
 	popts.AddEventListener(pebble.EventListener{DataCorruption: damage.event, BackgroundError: damage.background})
 	popts.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
 	popts.WithFSDefaults() // pebble's disk health checks, around noPreallocFS
@@ -303,7 +365,8 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	g := &opGuard{}
 	// popts has pebble's defaults now (NewDatastore set them): the
 	// tables are read with its comparer when a damaged block is cut out.
-	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo, g: g, dir: dir, popts: popts}, guard: g, pebble: pds, lock: lock, dir: dir, damage: damage}
+	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo, g: g, dir: dir, popts: popts, damage: damage, cutMu: &sync.Mutex{}},
+		guard: g, pebble: pds, lock: lock, dir: dir, damage: damage}
 	db.stop, db.cancelStop = context.WithCancel(context.Background())
 	db.dirInfo, _ = os.Stat(dir)
 	if err := db.checkSchema(context.Background(), dir); err != nil {
@@ -626,6 +689,10 @@ type pebbleBatching struct {
 	g     *opGuard
 	dir   string          // the database's directory (CutDamage)
 	popts *pebble.Options // its options, with pebble's defaults (CutDamage)
+	// damage holds the reports of damage (DamageWatcher); cutMu is held
+	// by CutDamage and CutBlock, so that no two cuts run at once.
+	damage *damageLog
+	cutMu  *sync.Mutex
 }
 
 func (s pebbleBatching) SizedBatch(_ context.Context, size int) (ds.Batch, error) {

@@ -75,8 +75,13 @@
 // reports a damaged key and goes on with the next. A damaged block that
 // no read steps over (a table's index sends every later key under its
 // prefix there, also those newer tables hold) can be cut out with
-// DamageCutter, keeping everything else. A database pebble cannot open at
-// all is refused with ErrCorrupt and what to do.
+// DamageCutter, keeping everything else. Damage pebble meets while the
+// database is open (a compaction in the background fails on it, and is
+// retried for ever, until level 0 is full and every write stalls) is
+// logged at most once a minute per file, counted (DB.CorruptionEvents) and
+// kept for DamageWatcher, whose user cuts the damaged block out while it
+// keeps the writers of its keys away (CutBlock). A database pebble cannot
+// open at all is refused with ErrCorrupt and what to do.
 //
 // The datastore returned by DB.Batching must not be used after DB.Close:
 // pebble treats use after close as a programming error.
