@@ -29,7 +29,9 @@ import (
 // entries after it be read at all; in the middle of the log it could be
 // stepped over, but left in its table every compaction of the table fails
 // on it, and pebble retries such compactions for ever (in level 0 every few
-// milliseconds, until writes stall once level 0 is full).
+// milliseconds, until writes stall once level 0 is full). Damage met while
+// the queues run (by such a compaction, or by Read) is cut out as it is
+// reported (repair.go).
 
 // seqRun is the sequences lo to hi, inclusive.
 type seqRun struct{ lo, hi uint64 }
@@ -184,8 +186,9 @@ const maxLostMarks = 1 << 20
 // A write into the span CutDamage replaces while it runs would be lost
 // (DamageCutter), and the span may hold other keys than the log's (it may
 // run to the damaged table's last key, past the log: other records of the
-// queues, or of other packages). It runs only from load, in OpenQueues, which nothing else
-// writes during: load runs before the committer and the syncer start, and
+// queues, or of other packages). It runs only from load, in OpenQueues,
+// which nothing else writes during (the cuts made while the queues run,
+// repair, start after it, and keep to the queues' own keys): load runs before the committer and the syncer start, and
 // OpenQueues's one caller, node.New (for a service, node.RunService; for an
 // offline CLI command, node.Connect; both with the datastore's directory
 // lock held, so no other process has it open), opens the datastore and

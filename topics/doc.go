@@ -17,9 +17,16 @@
 // from that log, so that fan-out to many subscriptions does not multiply
 // datastore writes. After the first failed commit or Sync of the queues,
 // Queues reports nothing durable any more and refuses every publication
-// (ErrStorageFailed) until it is reopened.
+// (ErrStorageFailed) until it is reopened. Damaged storage costs what it
+// held and no more: a damaged log entry is skipped and counted, a damaged
+// block of the log is cut out of the datastore at load and as soon as it
+// is met while running, a subscription whose own records are damaged is
+// dropped at load; damage the queues cannot cut out while running makes
+// them refuse every publication (ErrStorageDamaged) until they are
+// reopened.
 //
 // The package knows nothing of libp2p and depends only on the standard
-// library and go-datastore's interfaces, so it can be used (and fuzzed) in
-// isolation.
+// library, go-datastore's interfaces and package datastore (its errors for
+// damaged data, and the cuts of damaged blocks), so it can be used (and
+// fuzzed) in isolation.
 package topics

@@ -66,6 +66,14 @@ var (
 	// are spent, and numbering more after them would not survive a restart
 	// (the log is replayed without the lost round). Restart the instance.
 	ErrStorageFailed = errors.New("topics: queue storage failed; restart the instance")
+	// ErrStorageDamaged is returned by Publish, and to every call after
+	// it, once the datastore reported damage while the queues ran that
+	// could not be cut out of it (see repair): the error names it. A
+	// compaction that meets it fails and is retried for ever, until
+	// writes stall. Restart the instance (a damaged block of queued
+	// publications is cut out at start); damage the restart does not cut
+	// out needs the datastore restored from a backup.
+	ErrStorageDamaged = errors.New("topics: the datastore is damaged")
 	// ErrCorruptQueue is the cause logged for a stored subscription, queue
 	// record or message that cannot be decoded. Queues do not fail for it:
 	// a subscription whose records are damaged is dropped when the queues
@@ -212,14 +220,16 @@ const (
 //
 //	adminMu → commitMu → Queues.mu → queue.mu → dirtyMu
 //
-// adminMu serialises AddSubscription, removals and Close: Close sets the
-// closed flag and then waits for the admin operation in progress, so none
-// writes to the datastore once Close has returned (its caller closes the
-// datastore next), and those that come later see the flag and return
-// ErrClosed without writing. commitMu is held by the
-// committer while it builds and commits a round, and by AddSubscription and
-// removals, so log positions, reference counts and subscription starts
-// change in one order. Queues.mu guards the subscription map and the
+// adminMu serialises AddSubscription, Rebind, removals, the cut of damage
+// met while running (repair) and Close: Close sets the closed flag, waits
+// for a cut in progress to end (repairDone), and then waits for the admin
+// operation in progress, so none writes to the datastore once Close has
+// returned (its caller closes the datastore next), and those that come
+// later see the flag and return ErrClosed without writing. commitMu is
+// held by the committer while it builds and commits a round, and by
+// AddSubscription, removals and a cut, so log positions, reference counts
+// and subscription starts change in one order, and nothing of the queues
+// writes while a cut reads and replaces its span. Queues.mu guards the subscription map and the
 // closed flag; queue.mu guards one queue's state; dirtyMu guards the set of
 // queues with pending releases. The Trie has its own lock and is only
 // written while holding Queues.mu and commitMu. No goroutine blocks on the
@@ -270,7 +280,10 @@ type Queues struct {
 	// published since the oldest one.
 	oldRefs map[uint64]uint32
 
-	failed     atomic.Pointer[error] // first failed round of publications (ErrStorageFailed)
+	// failed is why every publication is refused: the first failed round
+	// of publications (ErrStorageFailed), or damage that could not be cut
+	// out (ErrStorageDamaged).
+	failed     atomic.Pointer[error]
 	syncFailed atomic.Pointer[error] // first failed Sync; see sync
 	reqs       chan *pubReq
 	senders    sync.WaitGroup // Publish calls about to send on reqs
@@ -280,6 +293,10 @@ type Queues struct {
 	closeOnce  sync.Once
 	closeErr   error
 	roundID    uint64 // committer-only
+	// repairStop ends the goroutine that cuts out damage reported while
+	// the queues run (repairLoop), which closes repairDone.
+	repairStop chan struct{}
+	repairDone chan struct{}
 
 	reqPool sync.Pool
 }
@@ -486,6 +503,8 @@ func OpenQueues(ctx context.Context, store ds.Batching, o QueueOptions) (*Queues
 		kick:       make(chan struct{}, 1),
 		syncCh:     make(chan *round, 4),
 		syncerDone: make(chan struct{}),
+		repairStop: make(chan struct{}),
+		repairDone: make(chan struct{}),
 	}
 	if o.Bound > 0 {
 		qs.bound = uint64(o.Bound)
@@ -505,6 +524,12 @@ func OpenQueues(ctx context.Context, store ds.Batching, o QueueOptions) (*Queues
 	}
 	go qs.commitLoop()
 	go qs.syncLoop()
+	// Only now: a cut while the queues run must not meet load's.
+	if dw, ok := qs.store.(damageWatcher); ok {
+		go qs.repairLoop(dw)
+	} else {
+		close(qs.repairDone)
+	}
 	return qs, nil
 }
 
@@ -1298,6 +1323,16 @@ type QueueTotals struct {
 	Corrupt     uint64
 }
 
+// Failure returns why the queues refuse every publication until they are
+// reopened (an error wrapping ErrStorageFailed or ErrStorageDamaged), or
+// nil when they accept them.
+func (qs *Queues) Failure() error {
+	if f := qs.failed.Load(); f != nil {
+		return *f
+	}
+	return nil
+}
+
 // Totals returns what was delivered, redelivered and dropped since
 // OpenQueues, over every queue (also those removed since). The per-queue
 // counters in Status are totals since the subscription was created,
@@ -1828,24 +1863,7 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 			q.released = to
 			q.pos.trim(to)
 		}
-		meta := subMeta{start: q.start, baseSeq: q.cHead - 1, acked: q.acked, dropped: q.dropped,
-			delivered: q.delivered, redelivered: q.redelivered, sentMax: q.sentMax, lastDelivered: q.lastDelivered,
-			corrupt: q.corrupt, corruptSeen: q.corruptSeen}
-		// Every sequence from acked+1 to head-1 was dropped. A restart
-		// brings back those at or above the stored base (a release held
-		// back by maxDeletesPerRound), and counts those it drops again
-		// that were never sent (above sentMax; finish counts no others):
-		// the stored count leaves them out.
-		if back := max(q.cHead, q.acked+1, q.sentMax+1); head > back {
-			meta.dropped -= head - back
-		}
-		if p, ok := q.pos.lookup(q.cHead); ok {
-			meta.baseG = p - 1
-		} else {
-			// Nothing pending: every entry logged so far is either below
-			// cHead or not routed to q.
-			meta.baseG = qs.nextPos - 1
-		}
+		meta := qs.stateLocked(q, head)
 		q.mu.Unlock()
 		if redirty {
 			qs.markDirty(q)
@@ -1879,6 +1897,31 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 		return fmt.Errorf("topics: write queue batch: %w", firstErr)
 	}
 	return nil
+}
+
+// stateLocked is q's queue state as it is now, head being q.head (read
+// before releases up to it were applied). Called with commitMu and q.mu
+// held.
+func (qs *Queues) stateLocked(q *queue, head uint64) subMeta {
+	meta := subMeta{start: q.start, baseSeq: q.cHead - 1, acked: q.acked, dropped: q.dropped,
+		delivered: q.delivered, redelivered: q.redelivered, sentMax: q.sentMax, lastDelivered: q.lastDelivered,
+		corrupt: q.corrupt, corruptSeen: q.corruptSeen}
+	// Every sequence from acked+1 to head-1 was dropped. A restart
+	// brings back those at or above the stored base (a release held
+	// back by maxDeletesPerRound), and counts those it drops again
+	// that were never sent (above sentMax; finish counts no others):
+	// the stored count leaves them out.
+	if back := max(q.cHead, q.acked+1, q.sentMax+1); head > back {
+		meta.dropped -= head - back
+	}
+	if p, ok := q.pos.lookup(q.cHead); ok {
+		meta.baseG = p - 1
+	} else {
+		// Nothing pending: every entry logged so far is either below
+		// cHead or not routed to q.
+		meta.baseG = qs.nextPos - 1
+	}
+	return meta
 }
 
 // syncLoop is the syncer goroutine: one Sync makes every round committed
@@ -2568,6 +2611,9 @@ func (qs *Queues) Close() error {
 		qs.mu.Lock()
 		qs.closed = true
 		qs.mu.Unlock()
+		// A cut in progress finishes; none starts after it (repair).
+		close(qs.repairStop)
+		<-qs.repairDone
 		// An admin operation that found the queues open may still be on
 		// its way to the datastore: wait for it. Later ones see closed.
 		if testHookCloseWaitsAdmin != nil {

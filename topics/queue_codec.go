@@ -160,6 +160,16 @@ func decodeEntry(b []byte, skipIDs bool) (logEntry, error) {
 		if string(b) == lostEntry {
 			return e, errLostEntry
 		}
+		if n := len(lostEntry); len(b) > n && string(b[:n]) == lostEntry && b[n] == routeListed {
+			// A lost entry whose routing is known (appendLostEntry).
+			var err error
+			e.listed = true
+			if e.ids, _, err = decodeIDs(b, n+1, skipIDs); err != nil {
+				return logEntry{}, err
+			}
+			e.routed = !skipIDs
+			return e, errLostEntry
+		}
 		return e, fmt.Errorf("%w: unknown log entry format", ErrCorruptQueue)
 	}
 	p := 2
@@ -167,24 +177,10 @@ func decodeEntry(b []byte, skipIDs bool) (logEntry, error) {
 	case routeMatching:
 	case routeListed:
 		e.listed = true
-		cnt, n := binary.Uvarint(b[p:])
-		if n <= 0 || cnt > uint64(len(b)) {
-			return e, fmt.Errorf("%w: bad route count", ErrCorruptQueue)
-		}
-		p += n
-		if !skipIDs {
-			e.ids = make([]string, 0, cnt)
-		}
-		for range cnt {
-			l, n := binary.Uvarint(b[p:])
-			if n <= 0 || l > uint64(len(b)-p-n) {
-				return e, fmt.Errorf("%w: bad route id", ErrCorruptQueue)
-			}
-			p += n
-			if !skipIDs {
-				e.ids = append(e.ids, string(b[p:p+int(l)]))
-			}
-			p += int(l)
+		var err error
+		if e.ids, p, err = decodeIDs(b, p, skipIDs); err != nil {
+			e.ids = nil
+			return e, err
 		}
 	default:
 		return e, fmt.Errorf("%w: unknown route kind %d", ErrCorruptQueue, b[1])
@@ -196,6 +192,49 @@ func decodeEntry(b []byte, skipIDs bool) (logEntry, error) {
 		e.routed = true
 	}
 	return e, err
+}
+
+// decodeIDs decodes the subscription ids of a listed route starting at
+// b[p:] (returning none with skipIDs), and returns the offset after them.
+func decodeIDs(b []byte, p int, skipIDs bool) ([]string, int, error) {
+	cnt, n := binary.Uvarint(b[p:])
+	if n <= 0 || cnt > uint64(len(b)) {
+		return nil, p, fmt.Errorf("%w: bad route count", ErrCorruptQueue)
+	}
+	p += n
+	var ids []string
+	if !skipIDs {
+		ids = make([]string, 0, cnt)
+	}
+	for range cnt {
+		l, n := binary.Uvarint(b[p:])
+		if n <= 0 || l > uint64(len(b)-p-n) {
+			return nil, p, fmt.Errorf("%w: bad route id", ErrCorruptQueue)
+		}
+		p += n
+		if !skipIDs {
+			ids = append(ids, string(b[p:p+int(l)]))
+		}
+		p += int(l)
+	}
+	return ids, p, nil
+}
+
+// appendLostEntry appends lostEntry for a lost publication that was
+// queued for the subscriptions ids (cut out while the queues ran, when
+// they know its routing): lostEntry, routeListed and the ids as
+// appendEntry writes them. A load numbers it for those subscriptions
+// only. (An older coattail, which does not know it, takes it for an
+// entry of unknown routing, as lostEntry.)
+func appendLostEntry(dst []byte, ids []string) []byte {
+	dst = append(dst, lostEntry...)
+	dst = append(dst, routeListed)
+	dst = binary.AppendUvarint(dst, uint64(len(ids)))
+	for _, id := range ids {
+		dst = binary.AppendUvarint(dst, uint64(len(id)))
+		dst = append(dst, id...)
+	}
+	return dst
 }
 
 // decodeBody decodes hop, time, subject and data starting at b[p:].

@@ -1,0 +1,318 @@
+package topics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coattail/coattail/datastore"
+	ds "github.com/ipfs/go-datastore"
+)
+
+// flushes flushes the datastore n times, a publication before each (a
+// table each in level 0, which compactions merge), and fails if a flush
+// does not return within a few seconds: level 0 full (its stop-writes
+// threshold is twelve tables), every write stalled.
+func flushes(t *testing.T, db *datastore.DB, qs *Queues, n int) {
+	t.Helper()
+	for i := range n {
+		publish(t, qs, msg("a.x", fmt.Sprintf("r%d", i)))
+		// Flushes are rare (a memtable is 64 MiB): those here come a
+		// little apart, as pebble's compactions would see them.
+		time.Sleep(50 * time.Millisecond)
+		done := make(chan error, 1)
+		go func() { done <- db.Reclaim(context.Background(), false) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("flush %d: %v", i, err)
+			}
+		case <-time.After(5 * time.Second):
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			prev := handoffGrace
+			handoffGrace = time.Second
+			_, err := qs.Publish(ctx, []Message{msg("a.x", "after the stall")}, nil)
+			handoffGrace = prev
+			t.Fatalf("flush %d stalled: every write waits for a compaction that fails on the damage for ever (%d reports of damage); a publication then: %v",
+				i, db.CorruptionEvents(), err)
+		}
+	}
+}
+
+// compactAll compacts every table, or fails after a while (a compaction
+// that fails on damage is retried for ever).
+func compactAll(db *datastore.DB) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return db.Reclaim(ctx, true)
+}
+
+// seqs renders items as "seq:data", data up to its first '-' (bigData's
+// "m<i>").
+func seqs(items []Item) []string {
+	var out []string
+	for _, it := range items {
+		d, _, _ := strings.Cut(string(it.Message.Data), "-")
+		out = append(out, fmt.Sprintf("%d:%s", it.Seq, d))
+	}
+	return out
+}
+
+// TestDamageWhileRunningCutOut: a table block of queued publications goes
+// bad while the instance runs, and the compactions that read its table
+// fail on it. pebble retried them for ever, every flush added a table to
+// level 0, and after a dozen every write stalled for good: publications
+// timed out ("may still be queued") until a restart cut the block out.
+// The queues cut it out as soon as it is reported now: writes never
+// stall, a compaction of everything succeeds, and the publication the
+// block held is written again from the queue's memory when the queue
+// still has it there, else lost: skipped, counted once and numbered as
+// before, at once and across restarts.
+func TestDamageWhileRunningCutOut(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		memory int
+		want   []string // of s, before the rounds' publications
+		lost   uint64
+	}{
+		{"in memory", 0, []string{"1:m1", "2:m2", "3:m3", "4:m4", "5:m5"}, 0},
+		{"read from the datastore", 1, []string{"1:m1", "2:m2", "4:m4", "5:m5"}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			ctx := context.Background()
+			o := QueueOptions{Bound: 100, MemoryPerQueue: tc.memory}
+			rec := &logRecorder{}
+			db, qs := reopen(t, dir, o, rec)
+			addSub(t, qs, "s", "a.>")
+			addSub(t, qs, "other", "b.>")
+			for i := 1; i <= 5; i++ {
+				publish(t, qs, msg("a.x", bigData(i)))
+			}
+			publish(t, qs, msg("b.x", "b1"))
+			if err := db.Reclaim(ctx, false); err != nil {
+				t.Fatal(err)
+			}
+			flipInTables(t, dir, []byte(bigData(3)[:64]))
+			const rounds = 14
+			flushes(t, db, qs, rounds)
+			// Publishing and compacting everything work.
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if _, err := qs.Publish(pctx, []Message{msg("a.x", "last")}, nil); err != nil {
+				t.Fatalf("publish after the damage: %v", err)
+			}
+			if err := compactAll(db); err != nil {
+				t.Fatalf("compaction of every table after the damage: %v", err)
+			}
+			want := slices.Clone(tc.want)
+			for i := range rounds {
+				want = append(want, fmt.Sprintf("%d:r%d", 6+i, i))
+			}
+			want = append(want, fmt.Sprintf("%d:last", 6+rounds))
+			check := func(when string, qs *Queues) {
+				t.Helper()
+				if got := seqs(readAll(t, qs, "s", 0)); !slices.Equal(got, want) {
+					t.Fatalf("%s: read %v, want %v; errors %q", when, got, want, rec.errors())
+				}
+				wantItems(t, readAll(t, qs, "other", 0), "1:b.x:b1")
+				if st := status(t, qs, "s"); st.Corrupt != tc.lost {
+					t.Fatalf("%s: corrupt = %d, want %d", when, st.Corrupt, tc.lost)
+				}
+				if st := status(t, qs, "other"); st.Corrupt != 0 {
+					t.Fatalf("%s: other's corrupt = %d, want 0", when, st.Corrupt)
+				}
+				if err := qs.Failure(); err != nil {
+					t.Fatalf("%s: the queues refuse publications: %v", when, err)
+				}
+			}
+			check("after the cut", qs)
+			cut := false
+			for _, e := range rec.errors() {
+				cut = cut || strings.Contains(e, "cut out while running") && strings.Contains(e, "position")
+			}
+			if tc.lost > 0 && !cut {
+				t.Fatalf("the loss was not logged as an error: %q", rec.errors())
+			}
+			closeBoth(t, db, qs)
+			for restart := range 2 {
+				db, qs := reopen(t, dir, o, &logRecorder{})
+				check(fmt.Sprintf("restart %d", restart), qs)
+				closeBoth(t, db, qs)
+			}
+		})
+	}
+}
+
+// TestDamageWhileRunningOutsideQueues: a damaged block of keys the queues
+// do not own cannot be cut out while others may write them: the queues
+// refuse publications at once with ErrStorageDamaged, naming the damage
+// and what to do (they were accepted until writes stalled, and then timed
+// out).
+func TestDamageWhileRunningOutsideQueues(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	rec := &logRecorder{}
+	db, qs := reopen(t, dir, QueueOptions{}, rec)
+	defer closeBoth(t, db, qs)
+	addSub(t, qs, "s", "a.>")
+	publish(t, qs, msg("a.x", "m1"))
+	for i := 1; i <= 5; i++ {
+		if err := db.Batching().Put(ctx, ds.NewKey(fmt.Sprintf("/peers/p%d", i)), []byte(bigData(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Everything in one table (no compaction rewrites it meanwhile)...
+	if err := compactAll(db); err != nil {
+		t.Fatal(err)
+	}
+	flipInTables(t, dir, []byte(bigData(3)[:64]))
+	// ...and a table that overlaps it, so that a compaction reads it.
+	if err := db.Batching().Put(ctx, ds.NewKey("/peers/p9"), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Reclaim(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	// A compaction of everything fails on the block (and is retried until
+	// its context ends).
+	cctx, cancel := context.WithCancel(ctx)
+	compacted := make(chan error, 1)
+	go func() { compacted <- db.Reclaim(cctx, true) }()
+	waitFor(t, func() bool { return qs.Failure() != nil })
+	cancel()
+	<-compacted
+	_, err := qs.Publish(ctx, []Message{msg("a.x", "m2")}, nil)
+	if !errors.Is(err, ErrStorageDamaged) || !strings.Contains(err.Error(), ".sst") || !strings.Contains(err.Error(), "restart") || !strings.Contains(err.Error(), "backup") {
+		t.Fatalf("publish = %v, want ErrStorageDamaged naming the damaged table and what to do", err)
+	}
+	if f := qs.Failure(); !errors.Is(f, ErrStorageDamaged) {
+		t.Fatalf("Failure() = %v", f)
+	}
+	// What was queued is still delivered and acked.
+	wantItems(t, readAll(t, qs, "s", 0), "1:a.x:m1")
+	if err := qs.Ack("s", 1); err != nil {
+		t.Fatal(err)
+	}
+	logged := false
+	for _, e := range rec.errors() {
+		logged = logged || strings.Contains(e, "refusing publications")
+	}
+	if !logged {
+		t.Fatalf("nothing logged about refusing publications: %q", rec.errors())
+	}
+}
+
+// TestDamageCutWhileBusy: a damaged block is cut out while publishers,
+// deliverers, acks and subscription changes go on (run with -race).
+// Nothing of theirs fails, every subscription reads its publications in
+// order with no sequence twice, and a restart numbers them as before.
+func TestDamageCutWhileBusy(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	o := QueueOptions{Bound: 100000, MemoryPerQueue: 1} // reads go to the datastore
+	rec := &logRecorder{}
+	db, qs := reopen(t, dir, o, rec)
+	addSub(t, qs, "s", "a.>")
+	addSub(t, qs, "t", "a.>")
+	for i := 1; i <= 5; i++ {
+		publish(t, qs, msg("a.x", bigData(i)))
+	}
+	if err := db.Reclaim(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	flipInTables(t, dir, []byte(bigData(3)[:64]))
+	cuts := 0
+	testHookRepair = func() { cuts++ }
+	defer func() { testHookRepair = nil }()
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	run := func(fn func(i int) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := fn(i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for w := range 2 {
+		run(func(i int) error {
+			_, err := qs.Publish(ctx, []Message{msg("a.x", fmt.Sprintf("w%d-%d", w, i))}, nil)
+			return err
+		})
+	}
+	run(func(int) error {
+		items, err := qs.Read("t", 0, 50, 0)
+		if err != nil {
+			return err
+		}
+		for k := 1; k < len(items); k++ {
+			if items[k].Seq <= items[k-1].Seq {
+				return fmt.Errorf("t read %d after %d", items[k].Seq, items[k-1].Seq)
+			}
+		}
+		if len(items) > 10 {
+			return qs.Ack("t", items[len(items)-10].Seq)
+		}
+		return nil
+	})
+	run(func(i int) error {
+		id := fmt.Sprintf("x%d", i%3)
+		if _, err := qs.RemoveSubscription(ctx, id); err != nil && !errors.Is(err, ErrNoSubscription) {
+			return err
+		}
+		return qs.AddSubscription(ctx, Subscription{ID: id, Pattern: "a.>", Subscriber: "p"})
+	})
+	run(func(int) error {
+		return db.Reclaim(ctx, false)
+	})
+	waitFor(t, func() bool { return qs.Totals().Corrupt > 0 })
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if err := compactAll(db); err != nil {
+		t.Fatalf("compaction of every table after the cut: %v", err)
+	}
+	before := seqs(readAll(t, qs, "s", 0))
+	for k, s := range before {
+		if k > 0 && s <= before[k-1] && len(s) == len(before[k-1]) {
+			t.Fatalf("s read %s after %s", s, before[k-1])
+		}
+	}
+	if !slices.Contains(before, "2:m2") || slices.Contains(before, "3:m3") || !slices.Contains(before, "4:m4") {
+		t.Fatalf("s read %v, want 3 lost and 2, 4 kept", before[:min(5, len(before))])
+	}
+	if st := status(t, qs, "s"); st.Corrupt != 1 || cuts == 0 {
+		t.Fatalf("corrupt = %d after %d cuts, want 1", st.Corrupt, cuts)
+	}
+	closeBoth(t, db, qs)
+	db, qs = reopen(t, dir, o, &logRecorder{})
+	defer closeBoth(t, db, qs)
+	if after := seqs(readAll(t, qs, "s", 0)); !slices.Equal(after, before) {
+		t.Fatalf("after a restart s reads %d items, before %d: numbered differently", len(after), len(before))
+	}
+	if st := status(t, qs, "s"); st.Corrupt != 1 {
+		t.Fatalf("after a restart: corrupt = %d, want 1", st.Corrupt)
+	}
+}
