@@ -456,6 +456,8 @@ func toAPIError(err error) *localapi.Error {
 		e.Status, e.Code = http.StatusNotFound, localapi.CodeNotFound
 	case errors.Is(err, topics.ErrQueueFull), errors.Is(err, topics.ErrNoSpace):
 		e.Status, e.Code = http.StatusInsufficientStorage, localapi.CodeFailed
+	case errors.Is(err, topics.ErrStorageDamaged), errors.Is(err, topics.ErrStorageFailed):
+		e.Status, e.Code = http.StatusServiceUnavailable, localapi.CodeUnavailable
 	case errors.Is(err, ErrOffline):
 		e.Status, e.Code = http.StatusServiceUnavailable, localapi.CodeUnavailable
 	case errors.Is(err, topics.ErrInvalidSubject), errors.Is(err, topics.ErrInvalidPattern),
@@ -576,6 +578,9 @@ func (n *Node) Status() localapi.Status {
 	s.Counters.Delivered, s.Counters.Redelivered, s.Counters.Dropped, s.Counters.Corrupt = tot.Delivered, tot.Redelivered, tot.Dropped, tot.Corrupt
 	for _, q := range n.queues.Status() {
 		s.Queues = append(s.Queues, localapi.QueueStatus{SubscriptionID: q.ID, Depth: q.Depth, Delivered: q.Delivered})
+	}
+	if err := n.queues.Failure(); err != nil {
+		s.StorageError = err.Error()
 	}
 	if n.net != nil {
 		n.net.fillStatus(&s)

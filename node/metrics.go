@@ -52,6 +52,7 @@ var (
 	mRelays   = prometheus.NewDesc("coattail_relay_reservations", "Relay addresses this instance holds (reservations on circuit relays).", nil, nil)
 	mDiskFree = prometheus.NewDesc("coattail_disk_free_bytes", "Bytes free on the disk holding the datastore.", nil, nil)
 	mDiskLow  = prometheus.NewDesc("coattail_disk_low", "1 while free disk is below limits.min_free_disk (publications are refused), else 0.", nil, nil)
+	mStorErr  = prometheus.NewDesc("coattail_storage_failed", "1 while the instance refuses every publication until it restarts (its datastore is damaged where the damage could not be cut out while it runs, or a write to it failed; service status says which), else 0.", nil, nil)
 
 	subLabels       = []string{"subscription", "subscriber", "pattern"}
 	mQueueDepth     = prometheus.NewDesc("coattail_queue_depth", "Publications queued for a subscription held here, not yet acknowledged.", subLabels, nil)
@@ -72,7 +73,7 @@ type metricsCollector struct{ n *Node }
 
 func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mInfo, mStart, mPerformed, mPublished, mDelivered, mRedelivered, mDropped, mCorrupt,
-		mReceived, mDuplicates, mDeadLetters, mStorageBad, mPeers, mRelays, mDiskFree, mDiskLow,
+		mReceived, mDuplicates, mDeadLetters, mStorageBad, mStorErr, mPeers, mRelays, mDiskFree, mDiskLow,
 		mQueueDepth, mQueueDelivered, mQueueRedeliv, mQueueDropped, mQueueCorrupt, mQueueConnected, mQueueLast,
 		mHeldConn, mHeldLastSeq, mScrapeErrors} {
 		ch <- d
@@ -100,6 +101,7 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(mDuplicates, s.Counters.Duplicates)
 	counter(mDeadLetters, s.Counters.DeadLetters)
 	counter(mStorageBad, s.Counters.StorageCorruption)
+	gauge(mStorErr, b2f(s.StorageError != ""))
 	gauge(mPeers, float64(s.Peers))
 	gauge(mRelays, float64(len(s.Relays)))
 	if s.DiskFree > 0 {

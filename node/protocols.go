@@ -383,6 +383,8 @@ func toWireError(err error) *wire.Error {
 	// Its message carries the datastore's own error, with local paths.
 	case errors.Is(err, topics.ErrStorageFailed):
 		return &wire.Error{Code: wire.CodeUnavailable, Message: "the remote instance's queue storage failed; its owner must restart it"}
+	case errors.Is(err, topics.ErrStorageDamaged):
+		return &wire.Error{Code: wire.CodeUnavailable, Message: "the remote instance's datastore is damaged; its owner must restart it (or restore its data from a backup)"}
 	// It names the full subscription, its pattern and its subscriber:
 	// other peers' business (and an id to aim at). The owner's log and
 	// API have the details.

@@ -4,6 +4,8 @@ package node_test
 // review).
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,8 +22,11 @@ import (
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
 	"github.com/coattail/coattail/topics"
+	ds "github.com/ipfs/go-datastore"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // rvExpect reads one frame of type want (failing on anything else).
@@ -384,4 +389,87 @@ func holdSubscription(t *testing.T, a *node.Node, pattern string) host.Host {
 	rvExpect(t, r, wire.TResult, nil)
 	_ = s.Reset()
 	return h
+}
+
+// A publisher whose datastore goes bad while it runs, where the damage
+// cannot be cut out (not the queues' keys), refuses publications at once,
+// locally and from peers, saying why (a peer without the instance's
+// paths), and service status and the metrics show it. They were accepted
+// until every write stalled (a compaction failing on the damage for
+// ever), and then timed out.
+func TestStorageDamagedWhileRunningRefused(t *testing.T) {
+	dir := t.TempDir()
+	db, err := datastore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newTestNode(t, func(o *node.Options) { o.DB = db })
+	c := newTestNode(t)
+	holdSubscription(t, a, "q.>")
+	ctx := testCtx(t)
+	big := func(i int) []byte { return []byte(fmt.Sprintf("v%d-%s", i, strings.Repeat(fmt.Sprint(i), 8<<10))) }
+	put := func(k string, v []byte) {
+		t.Helper()
+		if err := db.Batching().Put(ctx, ds.NewKey(k), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 1; i <= 5; i++ {
+		put(fmt.Sprintf("/zz/%d", i), big(i))
+	}
+	// In one table, which no compaction rewrites meanwhile; then damaged,
+	// and a table over it that a compaction merges with it.
+	if err := db.Reclaim(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	ssts, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
+	flipped := false
+	for _, f := range ssts {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := bytes.Index(b, big(3)[:64]); i >= 0 {
+			b[i+32] ^= 0xff
+			if err := os.WriteFile(f, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			flipped = true
+		}
+	}
+	if !flipped {
+		t.Fatal("value not found in the tables")
+	}
+	put("/zz/0", []byte("x"))
+	if err := db.Reclaim(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { _ = db.Reclaim(cctx, true) }() // fails on the block, retried until cancelled
+	deadline := time.Now().Add(10 * time.Second)
+	for a.Status().StorageError == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("status shows no storage error")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if st := a.Status(); !strings.Contains(st.StorageError, "damaged") || !strings.Contains(st.StorageError, "restart") {
+		t.Errorf("status storage_error %q, want the damage and what to do", st.StorageError)
+	}
+	if _, err := a.Publish(ctx, "q.a", json.RawMessage(`1`)); !errors.Is(err, topics.ErrStorageDamaged) {
+		t.Fatalf("local publish: %v, want ErrStorageDamaged", err)
+	}
+	pid, _ := connectPeers(t, a, c, localapi.IssueRequest{Publish: []string{">"}})
+	_, err = c.PublishRequest(ctx, localapi.PublishRequest{Peer: pid, Action: "q.a", Data: json.RawMessage(`2`)})
+	wantWireCode(t, err, wire.CodeUnavailable)
+	if !strings.Contains(err.Error(), "datastore is damaged") || strings.Contains(err.Error(), dir) {
+		t.Errorf("remote publish: %v, want the damage named without the instance's paths", err)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(a.MetricsCollector())
+	if err := testutil.GatherAndCompare(reg, strings.NewReader("# HELP coattail_storage_failed 1 while the instance refuses every publication until it restarts (its datastore is damaged where the damage could not be cut out while it runs, or a write to it failed; service status says which), else 0.\n# TYPE coattail_storage_failed gauge\ncoattail_storage_failed 1\n"), "coattail_storage_failed"); err != nil {
+		t.Error(err)
+	}
 }

@@ -405,6 +405,9 @@ func newServiceStatusCmd(a *app) *cobra.Command {
 				if s.DiskLow {
 					fmt.Fprintf(a.err, "warning: %s: the disk holding its data has %s free, less than limits.min_free_disk (plus what its datastore has yet to write from memory): it refuses publications\n", s.Instance, humanize.IBytes(s.DiskFree))
 				}
+				if s.StorageError != "" {
+					fmt.Fprintf(a.err, "warning: %s: it refuses every publication until it restarts: %s\n", s.Instance, s.StorageError)
+				}
 			}
 			return nil
 		},

@@ -74,6 +74,11 @@ type Status struct {
 	// publications are refused meanwhile.
 	DiskFree uint64 `json:"disk_free,omitempty"`
 	DiskLow  bool   `json:"disk_low,omitempty"`
+	// StorageError says why the instance refuses every publication until
+	// it restarts (omitted while it accepts them): its datastore is
+	// damaged where the damage could not be cut out while it runs, or a
+	// write to it failed.
+	StorageError string `json:"storage_error,omitempty"`
 	// Metrics is the URL of the service's Prometheus endpoint
 	// (metrics.listen), when it serves one.
 	Metrics string `json:"metrics,omitempty"`
