@@ -169,8 +169,11 @@ func (s pebbleBatching) cutBlock(ctx context.Context, d Damage, lo, hi []byte, m
 	if !held(levels) {
 		return false, nil // compacted away (its keys all deleted), or cut out with what stayed of its table
 	}
-	// The flush below waits, with every other write, until a compaction
-	// makes room in level 0: never, while the damage is there.
+	// With level 0 full, the flush below, and the ingestion that ends the
+	// cut, wait with every other write until a compaction makes room in
+	// level 0: never, while the damage is there. Short of it, they do
+	// not: no other flush is asked for meanwhile (DB.Reclaim waits for
+	// cutMu), and a memtable that fills takes far longer than a cut.
 	if l0 := s.DB.Metrics().Levels[0].Sublevels; int(l0) >= s.popts.L0StopWritesThreshold {
 		return fail(errStalled)
 	}

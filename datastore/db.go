@@ -81,7 +81,8 @@ type DB struct {
 	// compaction of the whole database.
 	stop       context.Context
 	cancelStop context.CancelFunc
-	damage     *damageLog // nil for the in-memory backend
+	damage     *damageLog  // nil for the in-memory backend
+	cutMu      *sync.Mutex // the Batching's (Reclaim's flush waits for a cut)
 }
 
 // CorruptionEvents is how many times the database met damaged data on
@@ -365,8 +366,9 @@ func Open(dir string, opts ...Option) (*DB, error) {
 	g := &opGuard{}
 	// popts has pebble's defaults now (NewDatastore set them): the
 	// tables are read with its comparer when a damaged block is cut out.
-	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo, g: g, dir: dir, popts: popts, damage: damage, cutMu: &sync.Mutex{}},
-		guard: g, pebble: pds, lock: lock, dir: dir, damage: damage}
+	cutMu := &sync.Mutex{}
+	db := &DB{batching: pebbleBatching{Datastore: pds, wo: wo, g: g, dir: dir, popts: popts, damage: damage, cutMu: cutMu},
+		guard: g, pebble: pds, lock: lock, dir: dir, damage: damage, cutMu: cutMu}
 	db.stop, db.cancelStop = context.WithCancel(context.Background())
 	db.dirInfo, _ = os.Stat(dir)
 	if err := db.checkSchema(context.Background(), dir); err != nil {
@@ -568,7 +570,15 @@ func (d *DB) Reclaim(ctx context.Context, compact bool) error {
 	if d.pebble == nil {
 		return nil
 	}
-	if err := d.pebble.DB.Flush(); err != nil {
+	// Not while a damaged block is cut out (DamageWatcher.CutBlock):
+	// flushes while level 0 cannot be compacted (the damage fails every
+	// compaction) fill it, and once it is full a flush waits for a
+	// compaction holding pebble's commit lock, which the cut's ingestion
+	// then waits for: for ever.
+	d.cutMu.Lock()
+	err := d.pebble.DB.Flush()
+	d.cutMu.Unlock()
+	if err != nil {
 		return fmt.Errorf("datastore: reclaim: flush: %w", err)
 	}
 	if !compact {
@@ -690,7 +700,8 @@ type pebbleBatching struct {
 	dir   string          // the database's directory (CutDamage)
 	popts *pebble.Options // its options, with pebble's defaults (CutDamage)
 	// damage holds the reports of damage (DamageWatcher); cutMu is held
-	// by CutDamage and CutBlock, so that no two cuts run at once.
+	// by CutDamage and CutBlock, so that no two cuts run at once, and by
+	// DB.Reclaim's flush.
 	damage *damageLog
 	cutMu  *sync.Mutex
 }
