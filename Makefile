@@ -8,7 +8,7 @@ FUZZTIME  ?= 100000x
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/coattail/coattail/node.Version=$(VERSION)
 
-.PHONY: help build demo lab test test-short bench fuzz lint clean
+.PHONY: help build demo lab test test-short bench bench-nats fuzz lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,10 @@ bench: ## benchmarks; each prints a ratio against a baseline measured in the sam
 	$(GO) test -run '^$$' -bench 'Delivery$$/.*/size=65536/' -benchtime 60x ./node/
 	$(GO) test -run '^$$' -bench 'DeliveryExecReceiver' -benchtime 300x ./node/
 	$(GO) test -run '^$$' -bench 'NotifyLatency' -benchtime 50x ./cmd/coattail/
+
+bench-nats: ## Coattail against NATS core and JetStream in the same run, 128 B and 64 KiB (scripts/natsbench, its own module; NATSBENCH_FLAGS adds flags)
+	cd scripts/natsbench && $(GO) run . --size 128B $(NATSBENCH_FLAGS)
+	cd scripts/natsbench && $(GO) run . --size 64KiB $(NATSBENCH_FLAGS)
 
 fuzz: ## run every fuzz target for FUZZTIME (executions, or a duration) each
 	@set -e; for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
