@@ -151,8 +151,12 @@ func parseFlags(args []string, stderr io.Writer) (options, bool, error) {
 func printResult(w io.Writer, r Result) {
 	fmt.Fprintf(w, "coattail against NATS %s (nats.go %s) on 127.0.0.1, all in this process: 1 publisher -> 1 subscriber, %s payloads\n",
 		r.NATSServer, r.NATSClient, humanize.IBytes(uint64(r.Size)))
-	fmt.Fprintf(w, "GOMAXPROCS %d, GOGC %d; %d messages per system, JetStream sync always capped at %d; window: coattail %s outstanding, JetStream %d PubAcks pending\n",
-		r.GOMAXPROCS, r.GOGC, r.Messages, r.SyncMessages, humanize.IBytes(uint64(r.CoattailWindow)), r.JetStreamWindow)
+	syncN := "the same"
+	if r.SyncMessages < r.Messages {
+		syncN = fmt.Sprintf("%d (capped by --sync-messages)", r.SyncMessages)
+	}
+	fmt.Fprintf(w, "GOMAXPROCS %d, GOGC %d; %d messages per system, JetStream sync always %s; window: coattail %s outstanding, JetStream %d PubAcks pending\n",
+		r.GOMAXPROCS, r.GOGC, r.Messages, syncN, humanize.IBytes(uint64(r.CoattailWindow)), r.JetStreamWindow)
 	for i, run := range r.Runs {
 		fmt.Fprintf(w, "\nrun %d of %d\n", i+1, len(r.Runs))
 		rows := [][]string{}
