@@ -74,7 +74,7 @@ func TestShortRun(t *testing.T) {
 		printResult(&out, r)
 		text := out.String()
 		for _, want := range []string{"run 1 of 2", "run 2 of 2", "ranges over 2 runs", sysCore, sysJetStreamSync,
-			"COATTAIL / BASELINE", ratio(r.Runs[1].JetStream)} {
+			"COATTAIL / BASELINE", ratio(r.Runs[1].JetStream), "JetStream PubAcks all in after"} {
 			if !strings.Contains(text, want) {
 				t.Errorf("size %d: output lacks %q:\n%s", c.size, want, text)
 			}

@@ -165,6 +165,8 @@ func printResult(w io.Writer, r Result) {
 				fmt.Sprintf("%.1f", m.MBPerSec), fmt.Sprintf("%.2f", m.Cores), ratio(m)})
 		}
 		printTable(w, []string{"", "MSGS", "MSGS/S", "MB/S", "CORES", "COATTAIL / BASELINE"}, rows)
+		fmt.Fprintf(w, "JetStream PubAcks all in after %.2fs (defaults, %s msgs/s published) and %.2fs (sync always, %s msgs/s)\n",
+			run.JetStream.PublishSeconds, rate(published(run.JetStream)), run.JetStreamSync.PublishSeconds, rate(published(run.JetStreamSync)))
 	}
 	if len(r.Runs) > 1 {
 		fmt.Fprintf(w, "\nranges over %d runs\n", len(r.Runs))
@@ -196,6 +198,15 @@ JetStream: one publishing goroutine, async publish, a durable pull consumer (Con
 // all returns the run's measurements in table order.
 func (r Run) all() []Measure {
 	return []Measure{r.Coattail, r.Core, r.JetStream, r.JetStreamSync}
+}
+
+// published returns m's publish rate: messages over the time until the
+// last PubAck.
+func published(m Measure) float64 {
+	if m.PublishSeconds <= 0 {
+		return 0
+	}
+	return float64(m.Messages) / m.PublishSeconds
 }
 
 func rate(v float64) string { return humanize.Comma(int64(math.Round(v))) }
