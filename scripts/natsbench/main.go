@@ -16,9 +16,10 @@
 // temporary directories removed afterwards. It is a module of its own so
 // that Coattail's module does not depend on NATS.
 //
-// A system that loses, duplicates or reorders a message, or a NATS
-// subscriber cut off as a slow consumer, fails the run (exit status 1);
-// every wait is bounded by --timeout.
+// A run fails (exit status 1) if Coattail's receiver runs other than once
+// per publication, a NATS subscriber misses a message, receives one
+// altered or is cut off as a slow consumer, or the JetStream consumer
+// receives one twice or out of order; every wait is bounded by --timeout.
 package main
 
 import (
