@@ -202,7 +202,7 @@ func natsCore(ctx context.Context, size, n int) (m Measure, err error) {
 	case <-fails.failed:
 		return m, errors.Join(lost(), fails.err())
 	case <-ctx.Done():
-		return m, errors.Join(lost(), ctx.Err())
+		return m, fmt.Errorf("%w: %w", lost(), ctx.Err())
 	}
 	if m.Seconds, m.Cores, err = meter.stop(end); err != nil {
 		return m, err
@@ -351,14 +351,14 @@ func jetStream(ctx context.Context, size, n int, syncAlways bool) (m Measure, er
 	case <-fails.failed:
 		return m, errors.Join(lost(), fails.err())
 	case <-ctx.Done():
-		return m, errors.Join(lost(), ctx.Err())
+		return m, fmt.Errorf("%w: %w", lost(), ctx.Err())
 	}
 	select {
 	case <-done:
 	case <-fails.failed:
 		return m, errors.Join(lost(), fails.err())
 	case <-ctx.Done():
-		return m, errors.Join(lost(), ctx.Err())
+		return m, fmt.Errorf("%w: %w", lost(), ctx.Err())
 	}
 	if published.After(end) {
 		end = published
