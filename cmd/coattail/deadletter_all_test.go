@@ -37,7 +37,7 @@ if [ "$COATTAIL_SUBJECT" = jobs ] && [ "$d" = 3 ]; then echo still broken >&2; e
 echo "$COATTAIL_SUBJECT $d" >>ok.txt
 `)
 	out, stderr, code := b.run("deadletters", "replay", "--all", "--subscription", jobs)
-	if code == 0 || !strings.Contains(stderr, "replayed 2 dead letter(s)") || !strings.Contains(stderr, "failed again") || !strings.Contains(stderr, "still broken") {
+	if code == 0 || !strings.Contains(stderr, "replayed 2 dead letter(s)") || !strings.Contains(stderr, "failed again") || !strings.Contains(stderr, "[refuses] still broken") {
 		t.Fatalf("replay --all of the jobs: exit %d, stderr %q; want a failure after 2", code, stderr)
 	}
 	if strings.Count(out, "Replayed ") != 2 {

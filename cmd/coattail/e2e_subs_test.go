@@ -667,8 +667,9 @@ echo "$COATTAIL_SUBJECT $COATTAIL_SEQUENCE $COATTAIL_HOP $data" >>got
 		t.Errorf("deadletters list:\n%s", out)
 	}
 
-	// Replay while still broken: fails, and the letter stays.
-	b.mustFail([]string{"deadletters", "replay", dls[0].ID}, "cannot digest")
+	// Replay while still broken: fails, and the letter stays; the
+	// receiver's stderr lines come with its name, as an action's do.
+	b.mustFail([]string{"deadletters", "replay", dls[0].ID}, "[picky] cannot digest")
 	if n := len(b.deadLetters()); n != 1 {
 		t.Fatalf("a failed replay left %d dead letters, want 1", n)
 	}

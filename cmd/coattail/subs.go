@@ -234,21 +234,29 @@ rest stay parked.`,
 		Args: idOrAll(&all, &onlySub),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
-				replayOne := func(id string) error {
-					return c.ReplayDeadLetter(cmd.Context(), id, func(l string) { fmt.Fprintln(a.err, safeText(l)) })
+				// The receiver's stderr lines, prefixed with its name as
+				// perform prefixes an action's.
+				replayOne := func(id, receiver string) error {
+					return c.ReplayDeadLetter(cmd.Context(), id, func(l string) {
+						if receiver == "" {
+							fmt.Fprintln(a.err, safeText(l))
+							return
+						}
+						fmt.Fprintf(a.err, "[%s] %s\n", receiver, safeText(l))
+					})
 				}
 				if !all {
-					if err := replayOne(args[0]); err != nil {
+					if err := replayOne(args[0], deadLetterReceiver(cmd, c, args[0])); err != nil {
 						return err
 					}
 					fmt.Fprintf(a.out, "Replayed %s\n", args[0])
 					return nil
 				}
-				n, err := eachDeadLetter(cmd, c, onlySub, func(id string) error {
-					if err := replayOne(id); err != nil {
-						return fmt.Errorf("%s failed again (it stays parked, with those after it): %w", id, err)
+				n, err := eachDeadLetter(cmd, c, onlySub, func(d localapi.DeadLetter) error {
+					if err := replayOne(d.ID, d.Receiver); err != nil {
+						return fmt.Errorf("%s failed again (it stays parked, with those after it): %w", d.ID, err)
 					}
-					fmt.Fprintf(a.out, "Replayed %s\n", id)
+					fmt.Fprintf(a.out, "Replayed %s\n", d.ID)
 					return nil
 				})
 				if err != nil {
@@ -278,7 +286,7 @@ dead letter (of one subscription with --subscription).`,
 					fmt.Fprintf(a.out, "Dropped %s\n", args[0])
 					return nil
 				}
-				n, err := eachDeadLetter(cmd, c, dropSub, func(id string) error { return c.DropDeadLetter(cmd.Context(), id) })
+				n, err := eachDeadLetter(cmd, c, dropSub, func(d localapi.DeadLetter) error { return c.DropDeadLetter(cmd.Context(), d.ID) })
 				if err != nil {
 					return fmt.Errorf("dropped %d dead letter(s); %w", n, err)
 				}
@@ -315,7 +323,7 @@ func idOrAll(all *bool, sub *string) cobra.PositionalArgs {
 // subscription sub, when not empty), in id order, until fn fails, and
 // returns how many it handled. The list is read a page at a time, each
 // from the last id handled on: fn may delete what it was given.
-func eachDeadLetter(cmd *cobra.Command, c *node.Conn, sub string, fn func(id string) error) (int, error) {
+func eachDeadLetter(cmd *cobra.Command, c *node.Conn, sub string, fn func(d localapi.DeadLetter) error) (int, error) {
 	n, after := 0, ""
 	if sub != "" {
 		// Ids are <subscription>.<sequence, 20 digits>: the subscription's
@@ -331,7 +339,7 @@ func eachDeadLetter(cmd *cobra.Command, c *node.Conn, sub string, fn func(id str
 			if sub != "" && d.Subscription != sub {
 				return n, nil // past the subscription's
 			}
-			if err := fn(d.ID); err != nil {
+			if err := fn(d); err != nil {
 				return n, err
 			}
 			n++
@@ -341,6 +349,26 @@ func eachDeadLetter(cmd *cobra.Command, c *node.Conn, sub string, fn func(id str
 			return n, nil
 		}
 	}
+}
+
+// deadLetterReceiver returns the receiver of dead letter id ("" when it
+// cannot tell: the replay then says what is wrong with id). Ids are
+// <subscription>.<sequence, 20 digits>, so the list after the one before
+// it starts with it.
+func deadLetterReceiver(cmd *cobra.Command, c *node.Conn, id string) string {
+	i := strings.LastIndexByte(id, '.')
+	if i < 0 {
+		return ""
+	}
+	seq, err := strconv.ParseUint(id[i+1:], 10, 64)
+	if err != nil || seq == 0 {
+		return ""
+	}
+	page, err := c.DeadLetters(cmd.Context(), localapi.DeadLetterQuery{After: fmt.Sprintf("%s.%020d", id[:i], seq-1), Limit: 1})
+	if err != nil || len(page.DeadLetters) == 0 || page.DeadLetters[0].ID != id {
+		return ""
+	}
+	return page.DeadLetters[0].Receiver
 }
 
 // nextPageCommand is the command that lists the page after next: this
