@@ -124,6 +124,10 @@ type Node struct {
 
 type counters struct {
 	performed, published, received, duplicates, deadLetters atomic.Uint64
+	// deadBytes is what the dead letters deleted since start held (a
+	// hint for the idle reclaimer: their space comes back only when the
+	// datastore compacts them away).
+	deadBytes atomic.Uint64
 }
 
 // New assembles a node; nothing listens until Start.

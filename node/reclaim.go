@@ -28,14 +28,22 @@ import (
 // subscriber's delivered backlog. (The write-ahead logs are not counted:
 // they hold what the memtable does, and up to three of them are kept for
 // reuse.)
+//
+// Deleting stored records does not grow the tables, so a deletion that
+// frees much (dead letters dropped or replayed: freed) reclaims too, once
+// idleReclaimSlack of them is gone since the last reclaim: `deadletters
+// drop --all` of large publications otherwise gave nothing back until the
+// tables doubled.
 type idleReclaimer struct {
 	usage    func() uint64
 	activity func() uint64
+	freed    func() uint64 // bytes of records deleted so far (nil: none counted)
 	reclaim  func(context.Context) error
 	log      *slog.Logger
 
-	base    uint64 // usage after the last reclaim (0 before the first)
-	lastAct uint64
+	base      uint64 // usage after the last reclaim (0 before the first)
+	lastFreed uint64 // freed at the last reclaim
+	lastAct   uint64
 	// measure: the tables replaced by the last reclaim may not all be
 	// deleted yet when it returns: base is measured at the next tick.
 	measure bool
@@ -67,9 +75,14 @@ func (r *idleReclaimer) tick(ctx context.Context) bool {
 		return false
 	}
 	used := r.usage()
-	if used < 2*r.base+idleReclaimSlack {
+	var freed uint64
+	if r.freed != nil {
+		freed = r.freed()
+	}
+	if used < 2*r.base+idleReclaimSlack && (freed-r.lastFreed < idleReclaimSlack || used < idleReclaimSlack) {
 		return false
 	}
+	r.lastFreed = freed
 	if err := r.reclaim(ctx); err != nil {
 		// Not retried until the tables have doubled again (a disk too
 		// full to compact: spaceGuard reclaims when it is low).
@@ -112,6 +125,7 @@ func (n *Node) startIdleReclaim() {
 			return n.stats.published.Load() + n.stats.received.Load() + n.stats.deadLetters.Load() +
 				t.Delivered + t.Redelivered + t.Dropped
 		},
+		freed:   n.stats.deadBytes.Load,
 		reclaim: func(ctx context.Context) error { return db.Reclaim(ctx, true) },
 		log:     n.log,
 	}

@@ -63,3 +63,50 @@ func TestIdleReclaimerTick(t *testing.T) {
 		t.Fatalf("a failed reclaim was retried at once")
 	}
 }
+
+// TestIdleReclaimerAfterDeletions: deleting records (dead letters dropped)
+// does not grow the tables, so the doubling rule never fired for it; once
+// idleReclaimSlack of them is gone since the last reclaim, an idle tick
+// reclaims, and not again until as much more is gone (or the tables
+// double).
+func TestIdleReclaimerAfterDeletions(t *testing.T) {
+	var freed uint64
+	used := uint64(100 << 20) // 100 MiB of dead letters, compacted once
+	var reclaims int
+	r := &idleReclaimer{
+		usage:    func() uint64 { return used },
+		activity: func() uint64 { return 0 },
+		freed:    func() uint64 { return freed },
+		reclaim: func(context.Context) error {
+			reclaims++
+			used -= min(used, freed/2) // what the deletions gave back, say
+			return nil
+		},
+		log:  slog.New(slog.DiscardHandler),
+		base: used,
+	}
+	ctx := context.Background()
+	step := func(what string, want bool) {
+		t.Helper()
+		if got := r.tick(ctx); got != want {
+			t.Fatalf("%s: tick reclaimed = %v, want %v (used %d, base %d, freed %d)", what, got, want, used, r.base, freed)
+		}
+	}
+	step("nothing deleted", false)
+	freed = idleReclaimSlack - 1
+	step("less than the slack deleted", false)
+	freed = 80 << 20
+	step("80 MiB of dead letters dropped", true)
+	step("base measured", false)
+	if reclaims != 1 {
+		t.Fatalf("%d reclaims, want 1", reclaims)
+	}
+	freed += idleReclaimSlack - 1
+	step("less than the slack more", false)
+	freed++
+	step("the slack more", true)
+	// Small tables: nothing worth a compaction, whatever was deleted.
+	used, r.base, r.measure = idleReclaimSlack-1, 0, false
+	freed += 100 << 20
+	step("tables below the slack", false)
+}

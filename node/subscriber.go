@@ -1465,15 +1465,17 @@ func (n *Node) ReplayDeadLetter(ctx context.Context, id string, onLog func(strin
 		return err
 	}
 	n.log.Info("dead letter replayed", "id", id)
-	return n.subscriber.deleteDead(ctx, id)
+	d.ID = id
+	return n.subscriber.deleteDead(ctx, &d)
 }
 
-// deleteDead deletes a dead letter durably: a replayed one that came back
+// deleteDead deletes dead letter d durably: a replayed one that came back
 // after a power loss would run its receiver again.
-func (ss *subscriberSide) deleteDead(ctx context.Context, id string) error {
-	if err := ss.dead.Delete(ctx, id); err != nil {
+func (ss *subscriberSide) deleteDead(ctx context.Context, d *deadLetter) error {
+	if err := ss.dead.Delete(ctx, d.ID); err != nil {
 		return err
 	}
+	ss.n.stats.deadBytes.Add(uint64(len(d.Data) + len(d.Raw) + len(d.Error)))
 	return ss.n.db.Sync(ctx, ds.RawKey("/deadletters"))
 }
 
@@ -1500,10 +1502,12 @@ func (n *Node) DropDeadLetter(ctx context.Context, id string) error {
 		return errDeadBusy(id)
 	}
 	defer n.subscriber.releaseDead(id)
-	if _, err := n.subscriber.dead.Get(ctx, id); err != nil {
+	d, err := n.subscriber.dead.Get(ctx, id)
+	if err != nil {
 		return deadNotFound(id, err)
 	}
-	return n.subscriber.deleteDead(ctx, id)
+	d.ID = id
+	return n.subscriber.deleteDead(ctx, &d)
 }
 
 // deadNotFound says that there is no dead letter id, in the user's terms

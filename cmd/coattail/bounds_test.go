@@ -188,3 +188,50 @@ func TestPublishAtPeerFillsQueueToBound(t *testing.T) {
 		t.Errorf("the subscriber received %q, want the first 5 once each, in order", data)
 	}
 }
+
+// Dropping dead letters gives their disk space back once the subscriber
+// is idle: deleting records does not grow the tables, so the reclaim that
+// waits for them to double never came (80 MiB of dropped dead letters
+// stayed on disk until the disk ran low).
+func TestDiskGivenBackAfterDeadLettersDropped(t *testing.T) {
+	t.Parallel()
+	p, s := newInstance(t, "p"), newInstance(t, "s")
+	s.setConfig("receiver_retries", "0")
+	s.writeScript("receivers", "fails", "cat >/dev/null\necho no >&2\nexit 1\n")
+	p.start()
+	s.start()
+	s.addPeer(p, "--subscribable", "big.x")
+	s.subscribe(p, "big.x", "fails")
+
+	const n = 160 // of 512 KiB: 80 MiB
+	pad := strings.Repeat("x", 512<<10)
+	lines := make([]string, n)
+	for k := range lines {
+		lines[k] = fmt.Sprintf(`{"n":%d,"p":"%s"}`, k+1, pad)
+	}
+	if code, stderr := p.publishStdin("big.x", lines); code != 0 {
+		t.Fatalf("publish: exit %d: %s", code, stderr)
+	}
+	checkFor(t, deliveryTimeout, func() error {
+		if got := len(s.deadLetters()); got != n {
+			return fmt.Errorf("%d dead letters, want %d", got, n)
+		}
+		return nil
+	})
+	// Parked: in the subscriber's tables (compacted once they doubled).
+	checkFor(t, deliveryTimeout, func() error {
+		if used := dirSize(t, s.path("data"), ".sst"); used < n*(512<<10)/2 {
+			return fmt.Errorf("the subscriber's tables take %d bytes with %d dead letters of 512 KiB", used, n)
+		}
+		return nil
+	})
+	if out := s.mustRun("deadletters", "drop", "--all"); !strings.Contains(out, fmt.Sprint(n)) {
+		t.Fatalf("deadletters drop --all printed %q", out)
+	}
+	checkFor(t, deliveryTimeout, func() error {
+		if used := dirSize(t, s.path("data"), ".sst"); used > 16<<20 {
+			return fmt.Errorf("the subscriber's tables still take %d bytes after its dead letters were dropped", used)
+		}
+		return nil
+	})
+}
