@@ -82,6 +82,27 @@ func (q *queue) addLost(seq uint64) bool {
 	return true
 }
 
+// removeLost forgets that seq is lost (its entry can be read again) and
+// reports whether it was. Called with q.mu held.
+func (q *queue) removeLost(seq uint64) bool {
+	i, ok := q.lostIndex(seq)
+	if !ok {
+		return false
+	}
+	switch r := q.lost[i]; {
+	case r.lo == r.hi:
+		q.lost = slices.Delete(q.lost, i, i+1)
+	case seq == r.lo:
+		q.lost[i].lo++
+	case seq == r.hi:
+		q.lost[i].hi--
+	default:
+		q.lost[i].hi = seq - 1
+		q.lost = slices.Insert(q.lost, i+1, seqRun{seq + 1, r.hi})
+	}
+	return true
+}
+
 // trimLost forgets the lost sequences that neither Read nor MarkSent can
 // meet again: below head (acked or dropped) and already reported sent.
 func (q *queue) trimLost() {
@@ -123,12 +144,20 @@ func (q *queue) notLost(lo, hi uint64, fn func(lo, hi uint64)) {
 }
 
 // lose records that the log entry of q's sequence seq, at position pos,
-// cannot be read: the publication is skipped, counted and logged.
-func (qs *Queues) lose(q *queue, seq, pos uint64, cause error) {
+// cannot be read: the publication is skipped, counted and logged. cuts is
+// qs.cuts before the read began: when a cut made while running (repair)
+// has ended since, the read may have met a block cut out meanwhile (an
+// iterator keeps reading the tables it began with), and nothing is
+// recorded: lose reports false, and the caller reads the entry again.
+func (qs *Queues) lose(q *queue, seq, pos uint64, cause error, cuts uint64) bool {
 	q.mu.Lock()
+	if cuts != anyCuts && qs.cuts.Load() != cuts {
+		q.mu.Unlock()
+		return false
+	}
 	if seq < q.head || q.removed.Load() || !q.addLost(seq) {
 		q.mu.Unlock()
-		return
+		return true
 	}
 	q.corrupt++
 	q.corruptSeen = max(q.corruptSeen, seq)
@@ -139,7 +168,11 @@ func (qs *Queues) lose(q *queue, seq, pos uint64, cause error) {
 	qs.log.Error("queued publication lost: its stored log entry is damaged and cannot be read; skipped, the publications after it are delivered",
 		"subscription", q.sub.ID, "subscriber", q.sub.Subscriber, "seq", seq, "position", pos,
 		"key", string(appendLogKey(nil, pos)), "corrupt", total, "err", cause)
+	return true
 }
+
+// anyCuts, given to lose, records the loss whatever cuts ended meanwhile.
+const anyCuts = ^uint64(0)
 
 // rangeScanner is implemented by stores that scan a key range reporting
 // read errors, and can be asked to start anywhere (package datastore's

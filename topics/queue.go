@@ -297,6 +297,10 @@ type Queues struct {
 	// the queues run (repairLoop), which closes repairDone.
 	repairStop chan struct{}
 	repairDone chan struct{}
+	// cuts counts the cuts made while running (repair), each once its
+	// records are stored and before the queues learn what it changed
+	// (see lose).
+	cuts atomic.Uint64
 
 	reqPool sync.Pool
 }
@@ -2346,12 +2350,20 @@ func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]I
 	var keyBuf []byte
 	bytes := 0
 	full := false
+	// cuts is qs.cuts when the chunk was mapped; rereads bounds how often
+	// a chunk is read again because a cut ended while it was read (lose).
+	var cuts uint64
+	rereads := 0
+	again := false
 	// add appends the entry of refs[i], read as val (nil: not found), or
 	// skips it when the store says it is damaged (rerr).
 	add := func(i int, val []byte, rerr error) error {
 		r := refs[i]
 		if rerr != nil {
-			qs.lose(q, r.seq, r.pos, rerr)
+			if !qs.lose(q, r.seq, r.pos, rerr, cuts) {
+				again, start = true, r.seq
+				return errStopRead
+			}
 			return nil
 		}
 		if val == nil {
@@ -2367,7 +2379,10 @@ func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]I
 		}
 		e, err := decodeEntry(val, true)
 		if err != nil {
-			qs.lose(q, r.seq, r.pos, fmt.Errorf("%s: %w", keys[i], err))
+			if !qs.lose(q, r.seq, r.pos, fmt.Errorf("%s: %w", keys[i], err), cuts) {
+				again, start = true, r.seq
+				return errStopRead
+			}
 			return nil
 		}
 		sz := len(e.Subject) + len(e.Data)
@@ -2386,6 +2401,10 @@ func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]I
 			want = min(want, maxItems-len(out))
 		}
 		refs = refs[:0]
+		cuts, again = qs.cuts.Load(), false
+		if rereads >= 3 {
+			cuts = anyCuts // a cut each time: the loss is recorded now
+		}
 		q.mu.Lock()
 		start = max(start, q.head)
 		lost := len(q.lost) > 0
@@ -2436,6 +2455,10 @@ func (qs *Queues) readStore(q *queue, start uint64, maxItems, maxBytes int) ([]I
 					break
 				}
 			}
+		}
+		if again {
+			rereads++
+			continue // from the entry met before the cut (start)
 		}
 		if full {
 			return out, nil

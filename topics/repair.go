@@ -27,7 +27,9 @@ import (
 // AddSubscription, Rebind, removals and Close out, commitMu the committer
 // (between two rounds) and the writes of removals and pending releases;
 // the syncer only syncs, and readers only read (a read that meets the
-// block before the cut skips what it held, as Read always did; one after
+// block before the cut skips what it held, as Read always did, until the
+// cut writes it back from memory; one that meets it once the cut has
+// ended, in the tables its iterator began with, reads it again; one after
 // it reads what the cut left). Only damage within the queues' namespace
 // (/queue: the log and the queue states) is cut: the span a cut reads and
 // rewrites must hold no key another writer may write meanwhile
@@ -151,9 +153,11 @@ type cutLoss struct {
 
 // cutPlan is what a cut writes into its span, and what it costs.
 type cutPlan struct {
-	records   []datastore.KV
-	lost      []cutLoss
-	rewritten int // entries written again from the queues' memory
+	records []datastore.KV
+	lost    []cutLoss
+	// back are the entries written again from the queues' memory, and
+	// who needed them.
+	back []cutLoss
 }
 
 // logPosFrom returns the first log position whose key is at or above k
@@ -255,7 +259,7 @@ func (qs *Queues) planCut(start, end []byte, kept [][]byte) cutPlan {
 			// is not either.
 			val, _ := appendEntry(make([]byte, 0, encodedEntrySize(&m, ids)), &m, ids)
 			plan.records = append(plan.records, datastore.KV{Key: key, Value: val})
-			plan.rewritten++
+			plan.back = append(plan.back, cutLoss{pos: p, holders: hs})
 			continue
 		}
 		plan.records = append(plan.records, datastore.KV{Key: key, Value: appendLostEntry(nil, ids)})
@@ -278,8 +282,22 @@ func (qs *Queues) planCut(start, end []byte, kept [][]byte) cutPlan {
 
 // applyCut records in the queues what a cut lost: each subscription skips
 // the publications lost, counted once (as lose and the load count them).
-// Called with adminMu and commitMu held.
+// A subscription whose Read met the damaged block before the cut skips
+// an entry written back from memory no longer: it is stored again, listed
+// for it, and every load numbers and delivers it (its count stays, as the
+// stored one does). Called with adminMu and commitMu held.
 func (qs *Queues) applyCut(plan *cutPlan, d datastore.Damage) {
+	// A read that met the block before the cut, and records its loss
+	// after this, reads the entry again instead (lose); one that recorded
+	// it before, forgets it here.
+	qs.cuts.Add(1)
+	for _, b := range plan.back {
+		for _, h := range b.holders {
+			h.q.mu.Lock()
+			h.q.removeLost(h.seq)
+			h.q.mu.Unlock()
+		}
+	}
 	n := 0
 	var ids []string
 	counted := map[*queue]bool{}
@@ -309,11 +327,11 @@ func (qs *Queues) applyCut(plan *cutPlan, d datastore.Damage) {
 	slices.Sort(ids)
 	if len(plan.lost) == 0 {
 		qs.log.Warn("a damaged block of the datastore was cut out while running; no queued publication was lost",
-			"file", d.File, "rewritten_from_memory", plan.rewritten, "damage", d.Err)
+			"file", d.File, "rewritten_from_memory", len(plan.back), "damage", d.Err)
 		return
 	}
 	qs.log.Error("a damaged block of the datastore was cut out while running: the queued publications it held are lost; the subscriptions skip them",
 		"file", d.File, "positions", fmt.Sprintf("%d to %d", plan.lost[0].pos, plan.lost[len(plan.lost)-1].pos),
 		"entries_lost", len(plan.lost), "subscriptions", describeIDs(ids), "publications_lost", n,
-		"rewritten_from_memory", plan.rewritten, "damage", d.Err)
+		"rewritten_from_memory", len(plan.back), "damage", d.Err)
 }

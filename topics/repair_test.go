@@ -319,3 +319,69 @@ func TestDamageCutWhileBusy(t *testing.T) {
 		t.Fatalf("after a restart: corrupt = %d, want 1", st.Corrupt)
 	}
 }
+
+// TestDamageLostByReadThenWrittenFromMemory: a subscription whose Read
+// meets the damaged block skips the publication (lost, counted), but the
+// cut then writes the entry again from another queue's memory, listed for
+// both, so that a restart delivers it to that subscription: it was
+// skipped until then, and delivered after. Whether the read records the
+// loss before the cut or after it (an iterator keeps reading the tables
+// it began with), the subscription reads it again once the cut has
+// written it back, as a restart does.
+func TestDamageLostByReadThenWrittenFromMemory(t *testing.T) {
+	for _, first := range []bool{true, false} {
+		t.Run(fmt.Sprintf("read first %v", first), func(t *testing.T) {
+			dir := t.TempDir()
+			ctx := context.Background()
+			// Room for two publications: t keeps m2 and m3 in memory,
+			// s (which takes the c.x ones too) none of m1 to m3.
+			o := QueueOptions{Bound: 100, MemoryPerQueue: 20 << 10}
+			db, qs := reopen(t, dir, o, &logRecorder{})
+			addSub(t, qs, "s", ">")
+			addSub(t, qs, "t", "a.x")
+			for i := 1; i <= 3; i++ {
+				publish(t, qs, msg("a.x", bigData(i)))
+			}
+			for i := 4; i <= 7; i++ {
+				publish(t, qs, msg("c.x", bigData(i)))
+			}
+			if err := db.Reclaim(ctx, false); err != nil {
+				t.Fatal(err)
+			}
+			flipInTables(t, dir, []byte(bigData(3)[:64]))
+			if first {
+				// The cut the read's report starts waits until the read
+				// has recorded the loss.
+				read := make(chan struct{})
+				testHookRepair = func() { <-read }
+				defer func() { testHookRepair = nil }()
+				got := seqs(readAll(t, qs, "s", 0))
+				close(read)
+				if slices.Contains(got, "3:m3") {
+					t.Fatalf("s read %v through the damaged block", got)
+				}
+			} else {
+				readAll(t, qs, "s", 0)
+			}
+			// The cut, and a compaction over what it left.
+			flushes(t, db, qs, 3)
+			if err := compactAll(db); err != nil {
+				t.Fatal(err)
+			}
+			want := []string{"1:m1", "2:m2", "3:m3", "4:m4", "5:m5", "6:m6", "7:m7", "8:r0", "9:r1", "10:r2"}
+			if got := seqs(readAll(t, qs, "s", 0)); !slices.Equal(got, want) {
+				t.Fatalf("s reads %v after the cut, want %v (written back: a restart delivers it)", got, want)
+			}
+			wantT := []string{"1:m1", "2:m2", "3:m3", "4:r0", "5:r1", "6:r2"}
+			if got := seqs(readAll(t, qs, "t", 0)); !slices.Equal(got, wantT) {
+				t.Fatalf("t reads %v after the cut, want %v", got, wantT)
+			}
+			closeBoth(t, db, qs)
+			db, qs = reopen(t, dir, o, &logRecorder{})
+			defer closeBoth(t, db, qs)
+			if got := seqs(readAll(t, qs, "s", 0)); !slices.Equal(got, want) {
+				t.Fatalf("s reads %v after a restart, want %v", got, want)
+			}
+		})
+	}
+}
