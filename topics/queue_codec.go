@@ -161,12 +161,16 @@ func decodeEntry(b []byte, skipIDs bool) (logEntry, error) {
 			return e, errLostEntry
 		}
 		if n := len(lostEntry); len(b) > n && string(b[:n]) == lostEntry && b[n] == routeListed {
-			// A lost entry whose routing is known (appendLostEntry).
-			var err error
-			e.listed = true
-			if e.ids, _, err = decodeIDs(b, n+1, skipIDs); err != nil {
+			// A lost entry whose routing is known (appendLostEntry):
+			// whole, or its routing is not known after all.
+			ids, p, err := decodeIDs(b, n+1, skipIDs)
+			if err != nil {
 				return logEntry{}, err
 			}
+			if p != len(b) {
+				return logEntry{}, fmt.Errorf("%w: %d bytes after a lost entry's route", ErrCorruptQueue, len(b)-p)
+			}
+			e.listed, e.ids = true, ids
 			e.routed = !skipIDs
 			return e, errLostEntry
 		}

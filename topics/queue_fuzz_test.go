@@ -29,6 +29,10 @@ func FuzzQueueStoredRecords(f *testing.F) {
 	f.Add(uint8(5), uint8(0), []byte{1}, "00000000000000000009")
 	f.Add(uint8(6), uint8(1), []byte{1, 1, 1, 1}, "meta")
 	f.Add(uint8(7), uint8(0), []byte(`{"id":"s1","pattern":"a b"}`), "x")
+	// A lost entry naming its subscriptions (a cut made while running),
+	// whole and with bytes after them.
+	f.Add(uint8(0), uint8(0), []byte("\x00lost\x01\x01\x02s1"), "")
+	f.Add(uint8(1), uint8(0), []byte("\x00lost\x01\x02\x02s1\x02s2\xff"), "")
 	f.Fuzz(func(t *testing.T, keySel, mode uint8, val []byte, extra string) {
 		ctx := context.Background()
 		store := datastore.NewMemory().Batching()

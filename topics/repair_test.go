@@ -385,3 +385,29 @@ func TestDamageLostByReadThenWrittenFromMemory(t *testing.T) {
 		})
 	}
 }
+
+// TestLostEntryCodec: the lost entry a cut made while running writes names
+// the subscriptions the publication was queued for; one that does not
+// decode whole (truncated, or with bytes after the ids) is of unknown
+// routing, as any damaged entry.
+func TestLostEntryCodec(t *testing.T) {
+	for _, ids := range [][]string{{}, {"s"}, {"one", "two"}} {
+		val := appendLostEntry(nil, ids)
+		e, err := decodeEntry(val, false)
+		if !errors.Is(err, errLostEntry) || !e.routed || !e.listed || !slices.Equal(e.ids, ids) {
+			t.Fatalf("decode(lost entry for %q) = %+v, %v", ids, e, err)
+		}
+		if e, err := decodeEntry(val, true); !errors.Is(err, errLostEntry) || e.routed {
+			t.Fatalf("decode(lost entry for %q) without ids = %+v, %v", ids, e, err)
+		}
+		for _, bad := range [][]byte{append(slices.Clone(val), 'x'), append(slices.Clone(val), 0), val[:len(val)-1]} {
+			if len(ids) == 0 && len(bad) < len(val) {
+				continue // the bare lost entry and its routing byte
+			}
+			e, err := decodeEntry(bad, false)
+			if !errors.Is(err, ErrCorruptQueue) || e.routed {
+				t.Fatalf("decode(%q) = %+v, %v; want a damaged entry of unknown routing", bad, e, err)
+			}
+		}
+	}
+}
