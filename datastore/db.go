@@ -137,15 +137,21 @@ func (d Damage) String() string {
 	return fmt.Sprintf("%s (keys %s): %v", d.File, d.Keys, d.Err)
 }
 
+// Block names the damaged block (or the file, when pebble names no
+// block): every report of the same block has the same name.
+func (d Damage) Block() string { return damageKey(&d.info) }
+
+func damageKey(info *pebble.DataCorruptionInfo) string {
+	if m := blockErr.FindString(fmt.Sprint(info.Details)); m != "" {
+		return info.Path + " " + m
+	}
+	return info.Path + " " + fmt.Sprint(info.Details)
+}
+
 // keep adds the report to those not taken yet, unless its block (or file)
 // is among them already.
 func (l *damageLog) keep(info pebble.DataCorruptionInfo) {
-	key := info.Path
-	if m := blockErr.FindString(fmt.Sprint(info.Details)); m != "" {
-		key += " " + m
-	} else {
-		key += " " + fmt.Sprint(info.Details)
-	}
+	key := damageKey(&info)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.pendingKeys[key] || len(l.pending) >= maxPendingDamage {

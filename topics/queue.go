@@ -301,6 +301,9 @@ type Queues struct {
 	// records are stored and before the queues learn what it changed
 	// (see lose).
 	cuts atomic.Uint64
+	// uncut are the damaged blocks that a cut could not cut out
+	// (Damage.Block), repairLoop's own.
+	uncut map[string]bool
 
 	reqPool sync.Pool
 }

@@ -72,6 +72,10 @@ type damageWatcher interface {
 // held, before it cuts.
 var testHookRepair func()
 
+// maxUncut bounds the damaged blocks that repair remembers it could not
+// cut out.
+const maxUncut = 1024
+
 // repairLoop cuts out, as it is reported, the damage that the store meets
 // while the queues run (see repair), until Close.
 func (qs *Queues) repairLoop(dw damageWatcher) {
@@ -94,6 +98,13 @@ func (qs *Queues) repairLoop(dw damageWatcher) {
 // writers kept out, or makes the queues refuse publications when it
 // cannot. It reports false once the queues are closed.
 func (qs *Queues) repair(dw damageWatcher, d datastore.Damage) bool {
+	// pebble reports a block again each time it is met (every read of
+	// its keys, every compaction over it): one that could not be cut out
+	// is not tried again, with the queues' writers kept out and a flush
+	// each time, nor logged again.
+	if qs.uncut[d.Block()] {
+		return true
+	}
 	qs.adminMu.Lock()
 	defer qs.adminMu.Unlock()
 	qs.mu.RLock()
@@ -123,6 +134,12 @@ func (qs *Queues) repair(dw damageWatcher, d datastore.Damage) bool {
 	switch {
 	case err != nil:
 		qs.setDamaged(d, err)
+		if qs.uncut == nil {
+			qs.uncut = map[string]bool{}
+		}
+		if len(qs.uncut) < maxUncut {
+			qs.uncut[d.Block()] = true
+		}
 	case cut:
 		qs.applyCut(&plan, d)
 	}
