@@ -302,8 +302,8 @@ type Queues struct {
 	// (see lose).
 	cuts atomic.Uint64
 	// uncut are the damaged blocks that a cut could not cut out
-	// (Damage.Block), repairLoop's own.
-	uncut map[string]bool
+	// (Damage.Block), and when it last tried: repairLoop's own.
+	uncut map[string]time.Time
 
 	reqPool sync.Pool
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/coattail/coattail/datastore"
 )
@@ -76,6 +77,10 @@ var testHookRepair func()
 // cut out.
 const maxUncut = 1024
 
+// uncutRetry is how long repair leaves the reports of a block it could not
+// cut out alone.
+var uncutRetry = time.Minute // a variable for tests
+
 // repairLoop cuts out, as it is reported, the damage that the store meets
 // while the queues run (see repair), until Close.
 func (qs *Queues) repairLoop(dw damageWatcher) {
@@ -100,9 +105,10 @@ func (qs *Queues) repairLoop(dw damageWatcher) {
 func (qs *Queues) repair(dw damageWatcher, d datastore.Damage) bool {
 	// pebble reports a block again each time it is met (every read of
 	// its keys, every compaction over it): one that could not be cut out
-	// is not tried again, with the queues' writers kept out and a flush
-	// each time, nor logged again.
-	if qs.uncut[d.Block()] {
+	// is tried again, with the queues' writers kept out and a flush, and
+	// logged, once every uncutRetry only (what failed may have passed:
+	// writes stalled, say).
+	if at, ok := qs.uncut[d.Block()]; ok && time.Since(at) < uncutRetry {
 		return true
 	}
 	qs.adminMu.Lock()
@@ -135,12 +141,13 @@ func (qs *Queues) repair(dw damageWatcher, d datastore.Damage) bool {
 	case err != nil:
 		qs.setDamaged(d, err)
 		if qs.uncut == nil {
-			qs.uncut = map[string]bool{}
+			qs.uncut = map[string]time.Time{}
 		}
-		if len(qs.uncut) < maxUncut {
-			qs.uncut[d.Block()] = true
+		if _, ok := qs.uncut[d.Block()]; ok || len(qs.uncut) < maxUncut {
+			qs.uncut[d.Block()] = time.Now()
 		}
 	case cut:
+		delete(qs.uncut, d.Block())
 		qs.applyCut(&plan, d)
 	}
 	return true
