@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // `service restart` checks config.yml first (a broken one leaves the
@@ -94,5 +98,47 @@ func TestServiceRestart(t *testing.T) {
 	}
 	if p, relay := status(); p != last || relay {
 		t.Fatalf("status after restart --relay=false: pid %d relay %v, want %d and false", p, relay, last)
+	}
+
+	// Two restarts at once: each stops or finds stopped, starts or finds
+	// started by the other; both succeed and one service runs, whose pid
+	// one of them printed last.
+	type result struct {
+		out, stderr string
+		err         error
+	}
+	results := make(chan result, 2)
+	env := childEnv(t, i.env...)
+	for range 2 {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, binPath, "service", "restart")
+			cmd.Dir, cmd.Env = i.dir, env
+			cmd.WaitDelay = 5 * time.Second
+			var out, errb strings.Builder
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			err := cmd.Run()
+			results <- result{out.String(), errb.String(), err}
+		}()
+	}
+	var lastPids []int
+	for range 2 {
+		r := <-results
+		if r.err != nil {
+			t.Errorf("concurrent service restart: %v\nstdout: %s\nstderr: %s", r.err, r.out, r.stderr)
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(r.out), "\n")
+		p, err := strconv.Atoi(lines[len(lines)-1])
+		if err != nil {
+			t.Errorf("concurrent service restart printed %q, want a pid last", r.out)
+			continue
+		}
+		lastPids = append(lastPids, p)
+		i.t.Cleanup(func() { i.cleanupService(p) })
+	}
+	if p, _ := status(); p == 0 || !slices.Contains(lastPids, p) {
+		t.Fatalf("after two concurrent restarts the service is pid %d, want one of %v", p, lastPids)
 	}
 }

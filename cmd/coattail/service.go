@@ -341,7 +341,12 @@ func (a *app) startHeadless(ctx context.Context, l node.Layout, o *startOptions)
 			case ok && strings.HasPrefix(s, "ready "):
 				return pid, nil
 			case ok && strings.HasPrefix(s, "error "):
-				return 0, errors.New(strings.TrimPrefix(s, "error "))
+				msg := strings.TrimPrefix(s, "error ")
+				if rest, found := strings.CutPrefix(msg, node.ErrAlreadyRunning.Error()); found {
+					// Another start of the instance won the race.
+					return 0, fmt.Errorf("%w%s", node.ErrAlreadyRunning, rest)
+				}
+				return 0, errors.New(msg)
 			default:
 				return 0, fmt.Errorf("the service exited during start-up; see %s", l.LogFile(cfg))
 			}
@@ -456,15 +461,42 @@ start fails, the service stays stopped and the error says why (exit 1).`,
 				}
 				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 				stopped, err := node.StopService(ctx, l, 0)
-				cancel()
-				if err != nil {
-					return err
+				if err != nil && !errors.Is(err, node.ErrNotRunning) {
+					// Another command stopping or starting it at the same
+					// time can make this stop fail (the service closed the
+					// connection, or was not ready yet): asked again, a
+					// service that has exited is "not running", one that
+					// came up meanwhile is stopped, and a stuck one fails
+					// as before.
+					if pid, again := node.StopService(ctx, l, 0); again == nil || errors.Is(again, node.ErrNotRunning) {
+						stopped, err = pid, again
+					}
 				}
-				fmt.Fprintf(a.out, "Stopped service (pid %d)\n", stopped)
+				cancel()
+				switch {
+				case errors.Is(err, node.ErrNotRunning):
+					// Stopped meanwhile by another command: started below.
+				case err != nil:
+					return err
+				default:
+					fmt.Fprintf(a.out, "Stopped service (pid %d)\n", stopped)
+				}
 			}
 			pid, err := a.startHeadless(cmd.Context(), l, o)
+			if errors.Is(err, node.ErrAlreadyRunning) {
+				// Another command (a second restart, a start) started it
+				// after the stop above, with config.yml as it is: once
+				// that service is ready, this restart is done too.
+				for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline) && cmd.Context().Err() == nil; time.Sleep(100 * time.Millisecond) {
+					if st, rerr := node.Running(l); rerr == nil {
+						fmt.Fprintf(a.err, "The service was started meanwhile by another command (pid %d).\n", st.PID)
+						fmt.Fprintf(a.out, "%d\n", st.PID)
+						return nil
+					}
+				}
+			}
 			if err != nil {
-				if running == nil {
+				if _, rerr := node.Running(l); running == nil && rerr != nil {
 					return fmt.Errorf("the service was stopped, and starting it again failed (it is not running now): %w", err)
 				}
 				return err
