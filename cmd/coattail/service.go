@@ -436,7 +436,8 @@ reads config.yml only at start: this is how a change takes effect.
 
 A service that is not running is started. One that runs in the foreground in
 a terminal is stopped there and comes back in the background. If the new
-start fails, the service stays stopped and the error says why (exit 1).`,
+start fails, the service stays stopped and the error says why (exit 1). Two
+restarts at once both succeed and leave one service running.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := a.layout()
