@@ -1353,8 +1353,9 @@ func (qs *Queues) Totals() QueueTotals {
 	}
 }
 
-// Status returns a snapshot of every queue, sorted by subscription id.
-func (qs *Queues) Status() []QueueStatus {
+// sortedQueues returns the queues of the subscriptions there are now,
+// sorted by subscription id.
+func (qs *Queues) sortedQueues() []*queue {
 	qs.mu.RLock()
 	qlist := make([]*queue, 0, len(qs.subs))
 	for _, q := range qs.subs {
@@ -1362,6 +1363,12 @@ func (qs *Queues) Status() []QueueStatus {
 	}
 	qs.mu.RUnlock()
 	slices.SortFunc(qlist, func(a, b *queue) int { return cmp.Compare(a.sub.ID, b.sub.ID) })
+	return qlist
+}
+
+// Status returns a snapshot of every queue, sorted by subscription id.
+func (qs *Queues) Status() []QueueStatus {
+	qlist := qs.sortedQueues()
 	out := make([]QueueStatus, len(qlist))
 	for i, q := range qlist {
 		q.mu.Lock()
@@ -2652,12 +2659,7 @@ func (qs *Queues) Close() error {
 		<-qs.syncerDone
 
 		// Persist counters (and deletions) of every queue with one batch.
-		qs.mu.RLock()
-		all := make([]*queue, 0, len(qs.subs))
-		for _, q := range qs.subs {
-			all = append(all, q)
-		}
-		qs.mu.RUnlock()
+		all := qs.sortedQueues()
 		ctx := context.Background()
 		if len(all) > 0 {
 			qs.commitMu.Lock()

@@ -2,7 +2,6 @@ package topics
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -236,13 +235,7 @@ func (qs *Queues) planCut(start, end []byte, kept [][]byte) cutPlan {
 	}
 	slices.Sort(gone)
 
-	qs.mu.RLock()
-	queues := make([]*queue, 0, len(qs.subs))
-	for _, q := range qs.subs {
-		queues = append(queues, q)
-	}
-	qs.mu.RUnlock()
-	slices.SortFunc(queues, func(a, b *queue) int { return cmp.Compare(a.sub.ID, b.sub.ID) })
+	queues := qs.sortedQueues()
 
 	var plan cutPlan
 	holders := make(map[uint64][]cutHolder, len(gone))
