@@ -95,11 +95,7 @@ echo "$COATTAIL_SEQUENCE $data" >>got
 	p.mustRun("action", "publish", "--action", "other.x", "--data", "1")
 
 	const n = 160 // of 512 KiB: 80 MiB
-	pad := strings.Repeat("x", 512<<10)
-	lines := make([]string, n)
-	for k := range lines {
-		lines[k] = fmt.Sprintf(`{"n":%d,"p":"%s"}`, k+1, pad)
-	}
+	lines := bigLines(n)
 	if code, stderr := p.publishStdin("big.x", lines); code != 0 {
 		t.Fatalf("publish: exit %d: %s", code, stderr)
 	}
@@ -112,18 +108,37 @@ echo "$COATTAIL_SEQUENCE $data" >>got
 	p.waitDrained(id, n, deliveryTimeout)
 	// Its tables, where the backlog went, shrink to what is live; the
 	// write-ahead logs (up to three, kept for reuse) are not counted.
-	checkFor(t, deliveryTimeout, func() error {
-		if used := dirSize(t, p.path("data"), ".sst"); used > 16<<20 {
-			return fmt.Errorf("the publisher's datastore tables still take %d bytes after its queue drained", used)
-		}
-		return nil
-	})
+	tablesShrink(t, p, "the publisher's datastore tables still take %d bytes after its queue drained")
 	if sub, ok := p.subscriberFor(goneID); !ok || sub.Depth != 1 {
 		t.Errorf("the gone subscriber's queue: %+v (found %v), want its 1 publication still queued", sub, ok)
 	}
 	// It still works: a publication after the reclaim is delivered.
 	p.mustRun("action", "publish", "--action", "big.x", "--data", `{"n":"after"}`)
 	s.waitLastLine("got", `{"n":"after"`, deliveryTimeout) // its first 12 bytes
+}
+
+// bigLines returns n publications of 512 KiB for publish --stdin:
+// {"n":<1..n>,"p":"xxx…"}.
+func bigLines(n int) []string {
+	pad := strings.Repeat("x", 512<<10)
+	lines := make([]string, n)
+	for k := range lines {
+		lines[k] = fmt.Sprintf(`{"n":%d,"p":"%s"}`, k+1, pad)
+	}
+	return lines
+}
+
+// tablesShrink waits until i's datastore tables take at most 16 MiB (the
+// idle reclaimer gave the space of deleted entries back); why formats
+// their size when they do not.
+func tablesShrink(t *testing.T, i *instance, why string) {
+	t.Helper()
+	checkFor(t, deliveryTimeout, func() error {
+		if used := dirSize(t, i.path("data"), ".sst"); used > 16<<20 {
+			return fmt.Errorf(why, used)
+		}
+		return nil
+	})
 }
 
 // dirSize is the total size of the regular files under dir whose names
@@ -204,11 +219,7 @@ func TestDiskGivenBackAfterDeadLettersDropped(t *testing.T) {
 	s.subscribe(p, "big.x", "fails")
 
 	const n = 160 // of 512 KiB: 80 MiB
-	pad := strings.Repeat("x", 512<<10)
-	lines := make([]string, n)
-	for k := range lines {
-		lines[k] = fmt.Sprintf(`{"n":%d,"p":"%s"}`, k+1, pad)
-	}
+	lines := bigLines(n)
 	if code, stderr := p.publishStdin("big.x", lines); code != 0 {
 		t.Fatalf("publish: exit %d: %s", code, stderr)
 	}
@@ -228,10 +239,5 @@ func TestDiskGivenBackAfterDeadLettersDropped(t *testing.T) {
 	if out := s.mustRun("deadletters", "drop", "--all"); !strings.Contains(out, fmt.Sprint(n)) {
 		t.Fatalf("deadletters drop --all printed %q", out)
 	}
-	checkFor(t, deliveryTimeout, func() error {
-		if used := dirSize(t, s.path("data"), ".sst"); used > 16<<20 {
-			return fmt.Errorf("the subscriber's tables still take %d bytes after its dead letters were dropped", used)
-		}
-		return nil
-	})
+	tablesShrink(t, s, "the subscriber's tables still take %d bytes after its dead letters were dropped")
 }
