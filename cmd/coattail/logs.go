@@ -239,16 +239,19 @@ func (p *logPrinter) reset() {
 // crashing process printed): control characters are escaped, as
 // everywhere in the CLI (safeText), so that it cannot drive the terminal.
 func (p *logPrinter) line(b []byte, cut int64) {
-	if !p.shows(b, cut) {
-		return
-	}
 	b = bytes.TrimRight(b, "\r\n")
 	if cut > 0 {
 		// Not a whole event: printed as text, whatever the level.
 		fmt.Fprintf(p.out, "%s … [line cut: %d more bytes]\n", safeText(string(b)), cut)
 		return
 	}
+	if len(b) == 0 {
+		return
+	}
 	ev, ok := parseLogEvent(b)
+	if !p.keeps(ev, ok) {
+		return
+	}
 	switch {
 	case !ok:
 		fmt.Fprintf(p.out, "%s\n", safeText(string(b)))
@@ -284,8 +287,13 @@ func (p *logPrinter) shows(b []byte, cut int64) bool {
 	if p.min == 0 {
 		return true
 	}
-	ev, ok := parseLogEvent(b)
-	return !ok || logLevels[ev.level] >= p.min
+	return p.keeps(parseLogEvent(b))
+}
+
+// keeps reports whether a whole line, parsed as ev (isEvent: it is one),
+// passes the level: a line that is not an event always does.
+func (p *logPrinter) keeps(ev logEvent, isEvent bool) bool {
+	return !isEvent || logLevels[ev.level] >= p.min
 }
 
 // jsonSafe is a valid JSON log line with the control characters a JSON
