@@ -150,16 +150,7 @@ func (s pebbleBatching) cutBlock(ctx context.Context, d Damage, lo, hi []byte, m
 	if !ok {
 		return fail(errors.New("not a table of the database's directory"))
 	}
-	held := func(levels [][]pebble.SSTableInfo) bool {
-		for _, l := range levels {
-			for i := range l {
-				if uint64(l[i].BackingSSTNum) == num && l[i].BackingType == pebble.BackingTypeLocal {
-					return true
-				}
-			}
-		}
-		return false
-	}
+	held := func(levels [][]pebble.SSTableInfo) bool { return backedBy(levels, num, nil) != nil }
 	// Most reports are of a block cut out already (pebble reports it
 	// again until then): those cost no flush.
 	levels, err := s.DB.SSTables()
@@ -208,16 +199,9 @@ func (s pebbleBatching) cutBlock(ctx context.Context, d Damage, lo, hi []byte, m
 	// below the index key of the last of them; the table that holds
 	// them, physical or virtual (what stayed of a table after a cut),
 	// is the one whose bounds meet that range: after a cut, none does.
-	var dmg *pebble.SSTableInfo
-	for _, l := range levels {
-		for i := range l {
-			t := &l[i]
-			if uint64(t.BackingSSTNum) == num && t.BackingType == pebble.BackingTypeLocal &&
-				(before == nil || bytes.Compare(t.Largest.UserKey, before) >= 0) && bytes.Compare(t.Smallest.UserKey, blocks[last].sep) <= 0 {
-				dmg = t
-			}
-		}
-	}
+	dmg := backedBy(levels, num, func(t *pebble.SSTableInfo) bool {
+		return (before == nil || bytes.Compare(t.Largest.UserKey, before) >= 0) && bytes.Compare(t.Smallest.UserKey, blocks[last].sep) <= 0
+	})
 	if dmg == nil {
 		return false, nil
 	}
@@ -238,6 +222,21 @@ func (s pebbleBatching) cutBlock(ctx context.Context, d Damage, lo, hi []byte, m
 		}
 		return mark(start, end, kept)
 	})
+}
+
+// backedBy returns the last of levels' tables, physical or virtual, that
+// local table file num backs and match takes (nil: any), or nil.
+func backedBy(levels [][]pebble.SSTableInfo, num uint64, match func(*pebble.SSTableInfo) bool) *pebble.SSTableInfo {
+	var found *pebble.SSTableInfo
+	for _, l := range levels {
+		for i := range l {
+			t := &l[i]
+			if uint64(t.BackingSSTNum) == num && t.BackingType == pebble.BackingTypeLocal && (match == nil || match(t)) {
+				found = t
+			}
+		}
+	}
+	return found
 }
 
 // cutTable is one table, read on its own (outside the LSM).
@@ -412,16 +411,9 @@ func (s pebbleBatching) cutDamage(ctx context.Context, cause error, at, limit []
 	if err != nil {
 		return fail(err)
 	}
-	var dmg *pebble.SSTableInfo
-	for _, l := range levels {
-		for i := range l {
-			t := &l[i]
-			if uint64(t.BackingSSTNum) == num && t.BackingType == pebble.BackingTypeLocal &&
-				bytes.Compare(t.Smallest.UserKey, at) <= 0 && bytes.Compare(at, t.Largest.UserKey) <= 0 {
-				dmg = t
-			}
-		}
-	}
+	dmg := backedBy(levels, num, func(t *pebble.SSTableInfo) bool {
+		return bytes.Compare(t.Smallest.UserKey, at) <= 0 && bytes.Compare(at, t.Largest.UserKey) <= 0
+	})
 	if dmg == nil {
 		return false, nil
 	}
