@@ -130,6 +130,39 @@ func connect(srv *server.Server, name string, f *failures) (*nats.Conn, error) {
 	return nc, nil
 }
 
+// rig is an embedded server (startServer) and two connections to it: the
+// receiving side's and the publisher's, sharing one failures.
+type rig struct {
+	srv      *server.Server
+	sub, pub *nats.Conn
+	fails    *failures
+}
+
+// openRig starts a server (storeDir and syncAlways as startServer takes
+// them) and connects the receiving side, named subName, and the publisher.
+func openRig(storeDir string, syncAlways bool, subName string) (*rig, error) {
+	srv, err := startServer(storeDir, syncAlways)
+	if err != nil {
+		return nil, err
+	}
+	r := &rig{srv: srv, fails: newFailures()}
+	if r.sub, err = connect(srv, subName, r.fails); err != nil {
+		return nil, errors.Join(err, stopServer(srv))
+	}
+	if r.pub, err = connect(srv, "natsbench-publisher", r.fails); err != nil {
+		r.sub.Close()
+		return nil, errors.Join(err, stopServer(srv))
+	}
+	return r, nil
+}
+
+// close closes both connections, then stops the server.
+func (r *rig) close() error {
+	r.pub.Close()
+	r.sub.Close()
+	return stopServer(r.srv)
+}
+
 // natsCore publishes n messages of size bytes from one goroutine on one
 // connection to a subscriber on another and measures from the first
 // publish until the subscriber has received the last. Nothing is stored:
@@ -138,22 +171,12 @@ func connect(srv *server.Server, name string, f *failures) (*nats.Conn, error) {
 // altered.
 func natsCore(ctx context.Context, size, n int) (m Measure, err error) {
 	m.Messages = n
-	srv, err := startServer("", false)
+	rg, err := openRig("", false, "natsbench-subscriber")
 	if err != nil {
 		return m, err
 	}
-	defer func() { err = errors.Join(err, stopServer(srv)) }()
-	fails := newFailures()
-	subc, err := connect(srv, "natsbench-subscriber", fails)
-	if err != nil {
-		return m, err
-	}
-	defer subc.Close()
-	pubc, err := connect(srv, "natsbench-publisher", fails)
-	if err != nil {
-		return m, err
-	}
-	defer pubc.Close()
+	defer func() { err = errors.Join(err, rg.close()) }()
+	srv, fails, subc, pubc := rg.srv, rg.fails, rg.sub, rg.pub
 
 	data := payload(size)
 	var got, wrong atomic.Int64
@@ -238,22 +261,12 @@ func jetStream(ctx context.Context, size, n int, syncAlways bool) (m Measure, er
 	if err := checkFree(dir, n, size); err != nil {
 		return m, err
 	}
-	srv, err := startServer(dir, syncAlways)
+	rg, err := openRig(dir, syncAlways, "natsbench-consumer")
 	if err != nil {
 		return m, err
 	}
-	defer func() { err = errors.Join(err, stopServer(srv)) }()
-	fails := newFailures()
-	subc, err := connect(srv, "natsbench-consumer", fails)
-	if err != nil {
-		return m, err
-	}
-	defer subc.Close()
-	pubc, err := connect(srv, "natsbench-publisher", fails)
-	if err != nil {
-		return m, err
-	}
-	defer pubc.Close()
+	defer func() { err = errors.Join(err, rg.close()) }()
+	fails, subc, pubc := rg.fails, rg.sub, rg.pub
 
 	deadline, ok := ctx.Deadline()
 	if !ok {
