@@ -164,16 +164,8 @@ func TestDamageWhileRunningOutsideQueues(t *testing.T) {
 	defer closeBoth(t, db, qs)
 	addSub(t, qs, "s", "a.>")
 	publish(t, qs, msg("a.x", "m1"))
-	for i := 1; i <= 5; i++ {
-		if err := db.Batching().Put(ctx, ds.NewKey(fmt.Sprintf("/peers/p%d", i)), []byte(bigData(i))); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// Everything in one table (no compaction rewrites it meanwhile)...
-	if err := compactAll(db); err != nil {
-		t.Fatal(err)
-	}
-	flipInTables(t, dir, []byte(bigData(3)[:64]))
+	damagePeers(t, db, dir)
 	// ...and a table that overlaps it, so that a compaction reads it.
 	if err := db.Batching().Put(ctx, ds.NewKey("/peers/p9"), []byte("x")); err != nil {
 		t.Fatal(err)
@@ -431,15 +423,7 @@ func TestDamageNotCutReportedAgain(t *testing.T) {
 			}()
 			addSub(t, qs, "s", "a.>")
 			publish(t, qs, msg("a.x", "m1"))
-			for i := 1; i <= 5; i++ {
-				if err := db.Batching().Put(ctx, ds.NewKey(fmt.Sprintf("/peers/p%d", i)), []byte(bigData(i))); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := compactAll(db); err != nil {
-				t.Fatal(err)
-			}
-			flipInTables(t, dir, []byte(bigData(3)[:64]))
+			damagePeers(t, db, dir)
 			var tries atomic.Int32
 			testHookRepair = func() { tries.Add(1) }
 			defer func() { testHookRepair = nil }()
@@ -469,4 +453,20 @@ func TestDamageNotCutReportedAgain(t *testing.T) {
 			}
 		})
 	}
+}
+
+// damagePeers writes five large records outside the queues' keys
+// (/peers/p1..p5), compacts everything into one table and damages p3's
+// block on disk.
+func damagePeers(t *testing.T, db *datastore.DB, dir string) {
+	t.Helper()
+	for i := 1; i <= 5; i++ {
+		if err := db.Batching().Put(context.Background(), ds.NewKey(fmt.Sprintf("/peers/p%d", i)), []byte(bigData(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := compactAll(db); err != nil {
+		t.Fatal(err)
+	}
+	flipInTables(t, dir, []byte(bigData(3)[:64]))
 }
