@@ -876,7 +876,7 @@ const maxSubscriptionIDLen = datastore.MaxIDLen - 21
 // error that stopped it, and returns nil once it is stored (made durable
 // by the progress sync that follows), or why it is not.
 func (n *Node) park(ctx context.Context, sub outSub, d *wire.Delivery, err error, attempts int) error {
-	dl := deadLetter{ID: fmt.Sprintf("%s.%020d", sub.ID, d.Seq), Subscription: sub.ID, Publisher: sub.Publisher, Receiver: sub.Receiver,
+	dl := deadLetter{ID: localapi.DeadLetterID(sub.ID, d.Seq), Subscription: sub.ID, Publisher: sub.Publisher, Receiver: sub.Receiver,
 		Subject: d.Subject, Seq: d.Seq, Hop: d.Hop, TooLarge: d.Omitted, Error: err.Error(), Attempts: attempts, FailedAt: time.Now().UTC()}
 	if len(d.Data) > 0 && (!jsonx.Valid(d.Data) || !json.Valid(d.Data)) {
 		// Stored as JSON it could not be written at all: the publication
@@ -1367,18 +1367,10 @@ func (p *present) UnmarshalJSON(b []byte) error {
 }
 
 // isDeadLetterID reports whether id has the form of the ids park gives
-// dead letters: <subscription>.<sequence as 20 digits>.
+// dead letters (localapi.DeadLetterID).
 func isDeadLetterID(id string) bool {
-	i := strings.LastIndexByte(id, '.')
-	if i < 1 || len(id)-i-1 != 20 || datastore.ValidateID(id) != nil {
-		return false
-	}
-	for _, c := range id[i+1:] {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
+	_, _, ok := localapi.ParseDeadLetterID(id)
+	return ok && datastore.ValidateID(id) == nil
 }
 
 // encodedJSONSize is the size of raw JSON once encoding/json wrote it

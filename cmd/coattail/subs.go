@@ -326,9 +326,7 @@ func idOrAll(all *bool, sub *string) cobra.PositionalArgs {
 func eachDeadLetter(cmd *cobra.Command, c *node.Conn, sub string, fn func(d localapi.DeadLetter) error) (int, error) {
 	n, after := 0, ""
 	if sub != "" {
-		// Ids are <subscription>.<sequence, 20 digits>: the subscription's
-		// first follows its sequence 0, which none has.
-		after = sub + ".00000000000000000000"
+		after = localapi.DeadLetterID(sub, 0) // the first of sub's follows it
 	}
 	for {
 		page, err := c.DeadLetters(cmd.Context(), localapi.DeadLetterQuery{After: after, Limit: localapi.MaxDeadLetterPage})
@@ -352,19 +350,14 @@ func eachDeadLetter(cmd *cobra.Command, c *node.Conn, sub string, fn func(d loca
 }
 
 // deadLetterReceiver returns the receiver of dead letter id ("" when it
-// cannot tell: the replay then says what is wrong with id). Ids are
-// <subscription>.<sequence, 20 digits>, so the list after the one before
-// it starts with it.
+// cannot tell: the replay then says what is wrong with id). The list after
+// the id of the sequence before it starts with it.
 func deadLetterReceiver(cmd *cobra.Command, c *node.Conn, id string) string {
-	i := strings.LastIndexByte(id, '.')
-	if i < 0 {
+	sub, seq, ok := localapi.ParseDeadLetterID(id)
+	if !ok || seq == 0 {
 		return ""
 	}
-	seq, err := strconv.ParseUint(id[i+1:], 10, 64)
-	if err != nil || seq == 0 {
-		return ""
-	}
-	page, err := c.DeadLetters(cmd.Context(), localapi.DeadLetterQuery{After: fmt.Sprintf("%s.%020d", id[:i], seq-1), Limit: 1})
+	page, err := c.DeadLetters(cmd.Context(), localapi.DeadLetterQuery{After: localapi.DeadLetterID(sub, seq-1), Limit: 1})
 	if err != nil || len(page.DeadLetters) == 0 || page.DeadLetters[0].ID != id {
 		return ""
 	}

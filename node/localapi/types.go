@@ -12,6 +12,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -400,6 +402,33 @@ type DeadLetterList struct {
 	// where the data would pass the answer's budget.
 	More bool   `json:"more"`
 	Next string `json:"next,omitempty"`
+}
+
+// DeadLetterID is the id of the dead letter of sequence seq of
+// subscription sub: <subscription>.<sequence as 20 digits>, so that ids
+// sort by subscription, then by sequence, and the ids of a subscription's
+// dead letters all come after DeadLetterID(sub, 0), which none has.
+func DeadLetterID(sub string, seq uint64) string {
+	return fmt.Sprintf("%s.%020d", sub, seq)
+}
+
+// ParseDeadLetterID splits an id of the form DeadLetterID makes into its
+// subscription and sequence; ok is false for any other string.
+func ParseDeadLetterID(id string) (sub string, seq uint64, ok bool) {
+	i := strings.LastIndexByte(id, '.')
+	if i < 1 || len(id)-i-1 != 20 {
+		return "", 0, false
+	}
+	for _, c := range id[i+1:] {
+		if c < '0' || c > '9' {
+			return "", 0, false
+		}
+	}
+	seq, err := strconv.ParseUint(id[i+1:], 10, 64)
+	if err != nil {
+		return "", 0, false // 20 digits past the largest uint64
+	}
+	return id[:i], seq, true
 }
 
 // DeadLetter is a publication whose receiver kept failing.
