@@ -925,8 +925,23 @@ const stopStatusTimeout = 5 * time.Second
 
 // StopService asks the service of l (or the process pid, if non-zero) to
 // stop and waits until it has exited.
+//
+// Another command may stop the same service at the same time (two `service
+// stop`, or a stop and a restart): a service found running that, asked
+// here, refuses as stopping, closes the connection unanswered or no longer
+// listens has been asked by the other, and is waited for as if this stop
+// had asked it; its stop is this one's success.
 func StopService(ctx context.Context, l Layout, pid int) (int, error) {
+	return stopService(ctx, l, pid, true)
+}
+
+// stopService is StopService; again allows it to start over once, for a
+// service that another command started after it looked.
+func stopService(ctx context.Context, l Layout, pid int, again bool) (int, error) {
 	sock := l.Socket()
+	// seen is the service found running before it is asked: if it goes
+	// away meanwhile, this stop waits until it is gone and succeeds.
+	seen := pid
 	if pid != 0 {
 		regs, _ := ListServices(ctx)
 		sock = ""
@@ -938,11 +953,10 @@ func StopService(ctx context.Context, l Layout, pid int) (int, error) {
 		if sock == "" {
 			return 0, fmt.Errorf("%w: no coattail service with pid %d (see: coattail service status)", ErrNotRunning, pid)
 		}
-	}
-	if pid == 0 {
+	} else {
 		// A service still starting is stopped once it is ready, rather
 		// than reported as not running and left to come up.
-		waitStarted(ctx, l)
+		seen = waitStarted(ctx, l)
 	}
 	c := localapi.Dial(sock)
 	defer c.Close()
@@ -968,8 +982,24 @@ func StopService(ctx context.Context, l Layout, pid int) (int, error) {
 				if serviceReady(owner) {
 					return terminate(ctx, owner)
 				}
+				if seen > 0 && goingAway(err) {
+					// The service found ready has closed its socket
+					// and unregistered since: it is stopping.
+					return waitGone(ctx, seen)
+				}
+				if again && owner != seen && ctx.Err() == nil {
+					// Started after this stop looked (by another
+					// command): stopped once it is ready, as a service
+					// found starting is.
+					return stopService(ctx, l, 0, false)
+				}
 				return owner, fmt.Errorf("node: the instance's service (pid %d) does not listen on its control socket %s (still starting, or the socket is gone and it has not registered); end it with: kill %d", owner, l.Socket(), owner)
 			}
+		}
+		if seen > 0 && goingAway(err) {
+			// Found running, and stopping (or gone) by the time it was
+			// asked: another command stopped it.
+			return waitGone(ctx, seen)
 		}
 		// Not answering is not the same as not running: a stopped
 		// (SIGSTOP) or stuck service still holds the instance. But with
@@ -987,17 +1017,35 @@ func StopService(ctx context.Context, l Layout, pid int) (int, error) {
 		}
 		return 0, fmt.Errorf("%w: %v", ErrNotRunning, err)
 	}
-	if err := c.Stop(ctx); err != nil {
+	if err := c.Stop(ctx); err != nil && (ctx.Err() != nil || !goingAway(err)) {
 		return 0, err
 	}
-	for alive(st.PID) {
+	// Stopping, whether this request or another command's asked it.
+	return waitGone(ctx, st.PID)
+}
+
+// goingAway reports whether err, a control request's, says that the
+// service is going away: it refused the request as stopping, closed the
+// connection without answering, or nobody listens on its socket any more.
+// A service that does not answer in time is not going away: it may be
+// stuck.
+func goingAway(err error) bool {
+	var ae *localapi.Error
+	return errors.Is(err, localapi.ErrConnClosed) || errors.Is(err, localapi.ErrNotRunning) ||
+		errors.As(err, &ae) && ae.Code == localapi.CodeUnavailable
+}
+
+// waitGone waits until process pid, a service that is stopping, has
+// exited, or until ctx ends.
+func waitGone(ctx context.Context, pid int) (int, error) {
+	for alive(pid) {
 		select {
 		case <-ctx.Done():
-			return st.PID, fmt.Errorf("node: service pid %d did not stop: %w", st.PID, ctx.Err())
+			return pid, fmt.Errorf("node: service pid %d did not stop: %w", pid, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return st.PID, nil
+	return pid, nil
 }
 
 // socketListening reports whether a process listens on the unix socket at
@@ -1030,17 +1078,12 @@ func registrationOf(pid int) (registration, bool) {
 // gone) with SIGTERM, which it handles as a stop request, and waits until
 // it has exited.
 func terminate(ctx context.Context, pid int) (int, error) {
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+	// ESRCH: it has exited since it was found (another command stopped
+	// it).
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return 0, fmt.Errorf("node: stopping service pid %d: %w", pid, err)
 	}
-	for alive(pid) {
-		select {
-		case <-ctx.Done():
-			return pid, fmt.Errorf("node: service pid %d did not stop: %w", pid, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return pid, nil
+	return waitGone(ctx, pid)
 }
 
 // lockPIDFile takes the instance's pid file, locked (flock) and holding
@@ -1093,14 +1136,28 @@ func pidFileLocked(l Layout) bool {
 // file but does not listen on its socket yet, and has not registered), or
 // until ctx ends. A service that registered has been ready: if it does not
 // listen, its socket file is gone, and waiting would not help.
-func waitStarted(ctx context.Context, l Layout) {
-	for !socketListening(l.Socket()) && pidFileLocked(l) {
-		if pid, ok := pidFromFile(l); ok && serviceReady(pid) {
-			return
+//
+// It returns the pid of the instance's service once that is ready (it
+// holds the pid file, and listens or has registered), and 0 when no
+// service holds the pid file or ctx ended first.
+func waitStarted(ctx context.Context, l Layout) int {
+	for {
+		// The pid first: a service that listens has held the pid file
+		// since before, and holds it until after its socket is gone.
+		pid, ok := pidFromFile(l)
+		locked := pidFileLocked(l)
+		if !ok || !locked || !alive(pid) {
+			pid = 0
+		}
+		if socketListening(l.Socket()) || !locked {
+			return pid
+		}
+		if pid > 0 && serviceReady(pid) {
+			return pid
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return 0
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

@@ -461,18 +461,9 @@ restarts at once both succeed and leave one service running.`,
 					o.relay = st.Relay
 				}
 				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+				// Another command stopping it at the same time is
+				// waited for (see node.StopService).
 				stopped, err := node.StopService(ctx, l, 0)
-				if err != nil && !errors.Is(err, node.ErrNotRunning) {
-					// Another command stopping or starting it at the same
-					// time can make this stop fail (the service closed the
-					// connection, or was not ready yet): asked again, a
-					// service that has exited is "not running", one that
-					// came up meanwhile is stopped, and a stuck one fails
-					// as before.
-					if pid, again := node.StopService(ctx, l, 0); again == nil || errors.Is(again, node.ErrNotRunning) {
-						stopped, err = pid, again
-					}
-				}
 				cancel()
 				switch {
 				case errors.Is(err, node.ErrNotRunning):
@@ -521,7 +512,8 @@ Without PID, a service still starting is stopped once it is ready. One that
 does not answer within 5s (stopped with SIGSTOP, or stuck) is reported with its
 pid and the command fails; a pid file left by a killed service means "not
 running". 'stop PID' also stops a service whose instance directory was moved or
-deleted.`,
+deleted. A service that another command is stopping at the same time is waited
+for until it has exited, as if this command had stopped it.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pid := 0

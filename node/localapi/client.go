@@ -239,10 +239,16 @@ func (c *Client) Stream(ctx context.Context, method, path string, in, out any, o
 	return errors.New("localapi: stream ended without a result (was the service stopped?)")
 }
 
+// ErrConnClosed matches (errors.Is) the error of a request the service
+// closed the connection of before answering it.
+var ErrConnClosed = errors.New("localapi: the service closed the connection")
+
 // closedError is a request the service closed the connection of before
 // answering it (it stopped, or crashed): whether it did what was asked
 // cannot be known from here.
 type closedError struct{ err error }
+
+func (e *closedError) Is(target error) bool { return target == ErrConnClosed }
 
 func (e *closedError) Error() string {
 	why := "the connection was closed"
