@@ -168,7 +168,7 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 			err = ue.Err
 		}
 		var oe *net.OpError
-		if ctx.Err() == nil && !(errors.As(err, &oe) && oe.Op == "dial") {
+		if ctx.Err() == nil && !errors.Is(err, ErrNotRunning) && !(errors.As(err, &oe) && oe.Op == "dial") {
 			// Sent, or being sent, and no answer: the service went away.
 			// net/http's own words for it name its internals
 			// ("readLoopPeekFailLocked: read unix @->/tmp/...").

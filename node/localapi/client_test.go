@@ -214,3 +214,22 @@ func TestClientServiceGoneBeforeAnswering(t *testing.T) {
 		}
 	}
 }
+
+// A socket nobody listens on is a service not running, not one that
+// closed the connection: StopService and the CLI tell the two apart.
+func TestClientNoServiceIsNotRunning(t *testing.T) {
+	dir := t.TempDir()
+	stale := filepath.Join(dir, "stale")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close() // the socket file stays, nobody listens: connection refused
+	for _, sock := range []string{filepath.Join(dir, "missing"), stale} {
+		err := localapi.Dial(sock).Do(testCtx(t), http.MethodGet, "/status", nil, nil)
+		if !errors.Is(err, localapi.ErrNotRunning) || errors.Is(err, localapi.ErrConnClosed) {
+			t.Errorf("%s: %v, want ErrNotRunning and not ErrConnClosed", filepath.Base(sock), err)
+		}
+	}
+}
