@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coattail/coattail/auth"
@@ -551,7 +552,25 @@ func (n *Node) streamPerform(w http.ResponseWriter, r *http.Request, req localap
 }
 
 // Status reports the instance's state.
-func (n *Node) Status() localapi.Status {
+func (n *Node) Status() localapi.Status { return n.status(n.queueSnapshot()) }
+
+// testHookQueueSnapshot, when set (by tests), is called by every
+// queueSnapshot with its node.
+var testHookQueueSnapshot atomic.Pointer[func(*Node)]
+
+// queueSnapshot is the state of every queue that Status and Subscribers
+// report (topics.Queues.Status: each queue copied under its lock, then all
+// sorted).
+func (n *Node) queueSnapshot() []topics.QueueStatus {
+	if f := testHookQueueSnapshot.Load(); f != nil {
+		(*f)(n)
+	}
+	return n.queues.Status()
+}
+
+// status is Status over st, a queueSnapshot: a metrics scrape reports
+// its per-subscription series from the same one.
+func (n *Node) status(st []topics.QueueStatus) localapi.Status {
 	s := localapi.Status{
 		PID:       os.Getpid(),
 		Instance:  n.layout.Dir,
@@ -576,7 +595,7 @@ func (n *Node) Status() localapi.Status {
 	// persisted across restarts, are in subscribers list.
 	tot := n.queues.Totals()
 	s.Counters.Delivered, s.Counters.Redelivered, s.Counters.Dropped, s.Counters.Corrupt = tot.Delivered, tot.Redelivered, tot.Dropped, tot.Corrupt
-	for _, q := range n.queues.Status() {
+	for _, q := range st {
 		s.Queues = append(s.Queues, localapi.QueueStatus{SubscriptionID: q.ID, Depth: q.Depth, Delivered: q.Delivered})
 	}
 	if err := n.queues.Failure(); err != nil {

@@ -34,3 +34,17 @@ func SetResumedHook(f func()) func() {
 	testHookResumed.Store(&f)
 	return func() { testHookResumed.Store(nil) }
 }
+
+// CountQueueSnapshots counts the snapshots of n's queues that Status,
+// Subscribers and the metrics take from now on (topics.Queues.Status);
+// the returned func stops counting.
+func CountQueueSnapshots(n *Node) (count func() int64, stop func()) {
+	var c atomic.Int64
+	f := func(m *Node) {
+		if m == n {
+			c.Add(1)
+		}
+	}
+	testHookQueueSnapshot.Store(&f)
+	return c.Load, func() { testHookQueueSnapshot.Store(nil) }
+}

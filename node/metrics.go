@@ -82,7 +82,11 @@ func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	n := c.n
-	s := n.Status()
+	// One snapshot of the queues for the whole scrape (it copies and sorts
+	// every queue): the node's status and the per-subscription series are
+	// both read from it.
+	st := n.queueSnapshot()
+	s := n.status(st)
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
@@ -108,7 +112,7 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(mDiskFree, float64(s.DiskFree))
 		gauge(mDiskLow, b2f(s.DiskLow))
 	}
-	for _, q := range n.Subscribers() {
+	for _, q := range n.subscribers(st) {
 		l := []string{q.ID, q.Subscriber, q.Pattern}
 		gauge(mQueueDepth, float64(q.Depth), l...)
 		counter(mQueueDelivered, q.Delivered, l...)

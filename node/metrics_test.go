@@ -104,3 +104,38 @@ coattail_dead_letters_total 2
 		t.Fatalf("subscriber: no coattail_subscription_last_seq for %s", s.ID)
 	}
 }
+
+// A scrape reads the queues once: the node's counters and every
+// subscription's series come from one snapshot. It read them twice (the
+// status, then the subscribers list), each a copy and sort of every
+// queue, and the first was thrown away.
+func TestMetricsScrapeReadsQueuesOnce(t *testing.T) {
+	pub, sub := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	if err := sub.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := connectPeers(t, pub, sub, localapi.IssueRequest{Subscribe: []string{"m.>"}})
+	for _, p := range []string{"m.a", "m.b"} {
+		if _, err := sub.Subscribe(testCtx(t), localapi.SubscribeRequest{Peer: pid, Pattern: p, Receiver: "rec"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(pub.MetricsCollector()); err != nil {
+		t.Fatal(err)
+	}
+	count, stop := node.CountQueueSnapshots(pub)
+	defer stop()
+	for scrape := 1; scrape <= 3; scrape++ {
+		n, err := testutil.GatherAndCount(reg, "coattail_queue_depth")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 2 {
+			t.Fatalf("scrape %d: %d coattail_queue_depth series, want 2", scrape, n)
+		}
+		if got := count(); got != int64(scrape) {
+			t.Fatalf("after %d scrape(s) the queues were read %d times, want once per scrape", scrape, got)
+		}
+	}
+}

@@ -746,8 +746,10 @@ func (nw *netsvc) dropSubscriptionOf(ctx context.Context, subscriber peer.ID, id
 }
 
 // Subscribers lists the subscriptions other peers hold here.
-func (n *Node) Subscribers() []localapi.Subscriber {
-	st := n.queues.Status()
+func (n *Node) Subscribers() []localapi.Subscriber { return n.subscribers(n.queueSnapshot()) }
+
+// subscribers is Subscribers over st, a queueSnapshot.
+func (n *Node) subscribers(st []topics.QueueStatus) []localapi.Subscriber {
 	out := make([]localapi.Subscriber, 0, len(st))
 	for _, q := range st {
 		v := localapi.Subscriber{ID: q.ID, Subscriber: q.Subscriber, Pattern: q.Pattern, TokenID: q.TokenID,
