@@ -625,6 +625,137 @@ func TestPruneExpired(t *testing.T) {
 	}
 }
 
+// A prune holds no lock that verifications need while it scans the
+// records, nor between its chunks of deletions: a token verified by a new
+// peer (a read of its record under mu), and one claimed (a write), while a
+// prune of expired tokens is held at each of those points are answered at
+// once. The prune held mu from its scan to its sync, and every first check
+// of a stream's token waited for it (5 s with 100 000 records).
+func TestPruneLeavesVerificationsFree(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	defer func(n int) { pruneBatch = n }(pruneBatch)
+	pruneBatch = 3
+	for range 7 {
+		f.issue(t, IssueOptions{Reusable: true, ExpiresIn: time.Minute})
+	}
+	live := f.issue(t, IssueOptions{Reusable: true})
+	f.advance(time.Hour)
+
+	stops, release, quit := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	testHookPrune = func() {
+		select {
+		case stops <- struct{}{}:
+		case <-quit:
+			return
+		}
+		select {
+		case <-release:
+		case <-quit:
+		}
+	}
+	type result struct {
+		recs []Record
+		err  error
+	}
+	done, finished := make(chan result, 1), make(chan struct{})
+	go func() {
+		defer close(finished)
+		recs, err := f.a.PruneExpired(ctx, f.a.now(), nil, false)
+		done <- result{recs, err}
+	}()
+	t.Cleanup(func() {
+		close(quit) // a failed test lets the prune, and any check it holds up, finish
+		<-finished
+		testHookPrune = nil
+	})
+
+	// After the scan, then after each of the three chunks.
+	for stop := 1; stop <= 4; stop++ {
+		select {
+		case <-stops:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the prune did not reach stop %d", stop)
+		}
+		claimable := f.issue(t, IssueOptions{})
+		alice, bob := newPeer(t), newPeer(t)
+		checked := make(chan error, 2)
+		go func() {
+			_, err := f.a.Verify(ctx, live.Token, direct(alice, ""))
+			checked <- err
+		}()
+		go func() {
+			_, err := f.a.Verify(ctx, claimable.Token, direct(bob, ""))
+			checked <- err
+		}()
+		for range 2 {
+			select {
+			case err := <-checked:
+				if err != nil {
+					t.Fatalf("stop %d: %v", stop, err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("stop %d: a verification is still waiting for the prune", stop)
+			}
+		}
+		release <- struct{}{}
+	}
+	res := <-done
+	if res.err != nil || len(res.recs) != 7 {
+		t.Fatalf("prune: %d records, %v; want 7", len(res.recs), res.err)
+	}
+	if left, err := f.a.Tokens(ctx); err != nil || len(left) != 5 {
+		t.Fatalf("%d tokens left (%v), want the live one and the four claimed", len(left), err)
+	}
+}
+
+// A token revoked between a prune's scan and its deletions is not
+// pruned (its revocation stays on record) nor listed as pruned; one
+// claimed meanwhile (the wall clock set back made it valid again) is
+// pruned, and listed as it was when deleted.
+func TestPruneMeetsChangesSinceItsScan(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	bob := newPeer(t)
+	revoked := f.issue(t, IssueOptions{Reusable: true, ExpiresIn: time.Minute})
+	claimed := f.issue(t, IssueOptions{ExpiresIn: time.Minute}) // claim on first use
+	plain := f.issue(t, IssueOptions{Reusable: true, ExpiresIn: time.Minute})
+	f.advance(time.Hour)
+	cutoff := f.a.now()
+	testHookPrune = func() {
+		testHookPrune = nil // the first stop only: the scan is done
+		if err := f.a.Revoke(ctx, revoked.ID); err != nil {
+			t.Error(err)
+		}
+		f.stepWall(-time.Hour)
+		if _, err := f.a.Verify(ctx, claimed.Token, direct(bob, "")); err != nil {
+			t.Error(err)
+		}
+		f.stepWall(time.Hour)
+	}
+	defer func() { testHookPrune = nil }()
+	got, err := f.a.PruneExpired(ctx, cutoff, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]Record{}
+	for _, r := range got {
+		byID[r.ID] = r
+	}
+	if _, ok := byID[plain.ID]; !ok || len(got) != 2 || byID[claimed.ID].ID == "" {
+		t.Fatalf("pruned %+v, want %s and %s (not the revoked %s)", got, claimed.ID, plain.ID, revoked.ID)
+	}
+	if by := byID[claimed.ID].ClaimedBy; by != bob.String() {
+		t.Fatalf("the token claimed meanwhile is listed claimed by %q, want %s", by, bob)
+	}
+	if _, ok := f.a.revokedAt(ctx, revoked.ID); !ok {
+		t.Fatal("the revocation of the token revoked meanwhile is gone")
+	}
+	if left, err := f.a.Tokens(ctx); err != nil || len(left) != 0 {
+		t.Fatalf("tokens left: %+v, %v", left, err)
+	}
+}
+
 // RevokeRecord returns the record it revoked (who held the token) and
 // when; a later Verify of the token names it with a *RevokedError at that
 // time, which an issuer may pass on to the holder.

@@ -706,38 +706,126 @@ func (a *Authority) RevokeRecord(ctx context.Context, id string) (Revocation, er
 	return rv, syncErr
 }
 
+// pruneBatch is how many records PruneExpired deletes per hold of mu (in
+// one datastore batch). A variable for tests.
+var pruneBatch = 256
+
+// testHookPrune, when set (by tests, before PruneExpired runs), is called
+// by PruneExpired once it has chosen the records to delete and after each
+// batch of deletions, without mu.
+var testHookPrune func()
+
 // PruneExpired deletes the records of tokens that expired before cutoff
 // (by Verify's rule, leeway included), except those keep says to keep, and
 // returns them, oldest first. A pruned token stays refused: its signed
 // expiry is checked before its record. Pruning is final even if the clock
 // was wrong (a token is not valid again once the clock is set right), so
 // callers pass a cutoff in the past. With dryRun nothing is deleted.
+//
+// The scan of every record, the slow part, holds no lock: verifications
+// need mu (a read lock from record to cached grant), and a prune that held
+// it throughout stalled the first check of every stream's token for
+// seconds with 100 000 records. The records are then deleted pruneBatch
+// at a time under mu, each read again first: one revoked since the scan is
+// not deleted (nor returned), one changed since (claimed) is judged, and
+// returned, as it is now. keep is called without a lock or with mu held:
+// it must not call back into a.
 func (a *Authority) PruneExpired(ctx context.Context, cutoff time.Time, keep func(Record) bool, dryRun bool) ([]Record, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	recs, err := a.Tokens(ctx)
-	if err != nil {
-		return nil, err
+	prunable := func(r Record) bool {
+		return r.Claims.ExpiresAt != nil && expiredAt(r.Claims.ExpiresAt.Time, cutoff) && (keep == nil || !keep(r))
+	}
+	var cands []pruneCandidate
+	for e, err := range ds.QueryIter(ctx, a.store, query.Query{Prefix: tokensPrefix.String()}) {
+		if err != nil {
+			return nil, fmt.Errorf("auth: list tokens: %w", err)
+		}
+		var r Record
+		if err := json.Unmarshal(e.Value, &r); err != nil {
+			return nil, fmt.Errorf("auth: stored token %s is corrupt: %w", e.Key, err)
+		}
+		// Pending: an Issue in progress (Tokens leaves it out too).
+		if prunable(r) && !a.isPending(r.ID) {
+			cands = append(cands, pruneCandidate{rec: r, sum: sha256.Sum256(e.Value)})
+		}
+	}
+	slices.SortFunc(cands, func(x, y pruneCandidate) int { return compareRecords(x.rec, y.rec) })
+	if dryRun {
+		out := make([]Record, len(cands))
+		for i, c := range cands {
+			out[i] = c.rec
+		}
+		return out, nil
+	}
+	if testHookPrune != nil {
+		testHookPrune()
 	}
 	var out []Record
-	for _, r := range recs {
-		if r.Claims.ExpiresAt == nil || !expiredAt(r.Claims.ExpiresAt.Time, cutoff) || (keep != nil && keep(r)) {
-			continue
+	for len(cands) > 0 {
+		n := min(len(cands), pruneBatch)
+		recs, err := a.pruneSome(ctx, cands[:n], prunable)
+		out = append(out, recs...)
+		if err != nil {
+			return out, err
 		}
-		if !dryRun {
-			k, err := recordKey(tokensPrefix, r.ID)
-			if err == nil {
-				err = a.store.Delete(ctx, k)
-			}
-			if err != nil {
-				return out, fmt.Errorf("auth: prune token %s: %w", r.ID, err)
-			}
+		cands = cands[n:]
+		if testHookPrune != nil {
+			testHookPrune()
 		}
-		out = append(out, r)
 	}
-	if len(out) > 0 && !dryRun {
+	if len(out) > 0 {
 		if err := a.store.Sync(ctx, authPrefix); err != nil {
 			return out, fmt.Errorf("auth: pruned %d token record(s), but syncing the store failed, so some may come back after a crash: %w", len(out), err)
+		}
+	}
+	return out, nil
+}
+
+// pruneCandidate is a record PruneExpired's scan chose, and the sum of
+// its stored bytes, to tell whether it changed since.
+type pruneCandidate struct {
+	rec Record
+	sum [sha256.Size]byte
+}
+
+// pruneSome deletes, in one batch under mu, the records of cands that are
+// still stored and, if changed since the scan, still prunable, and returns
+// them as they were deleted.
+func (a *Authority) pruneSome(ctx context.Context, cands []pruneCandidate, prunable func(Record) bool) ([]Record, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	b, err := a.store.Batch(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("auth: prune tokens: %w", err)
+	}
+	var out []Record
+	for _, c := range cands {
+		k, err := recordKey(tokensPrefix, c.rec.ID)
+		if err != nil {
+			return nil, fmt.Errorf("auth: prune token %s: %w", c.rec.ID, err)
+		}
+		raw, err := a.store.Get(ctx, k)
+		if errors.Is(err, ds.ErrNotFound) {
+			continue // revoked since the scan
+		}
+		if err != nil {
+			return nil, fmt.Errorf("auth: prune token %s: %w", c.rec.ID, err)
+		}
+		rec := c.rec
+		if sha256.Sum256(raw) != c.sum {
+			var r Record
+			if json.Unmarshal(raw, &r) != nil || r.ID != rec.ID || !prunable(r) {
+				continue // left to a prune that reads it as it is
+			}
+			rec = r
+		}
+		if err := b.Delete(ctx, k); err != nil {
+			return nil, fmt.Errorf("auth: prune token %s: %w", rec.ID, err)
+		}
+		out = append(out, rec)
+	}
+	if len(out) > 0 {
+		if err := b.Commit(ctx); err != nil {
+			return nil, fmt.Errorf("auth: prune tokens: %w", err)
 		}
 	}
 	return out, nil
@@ -788,13 +876,16 @@ func (a *Authority) Tokens(ctx context.Context) ([]Record, error) {
 		return nil, err
 	}
 	recs = slices.DeleteFunc(recs, func(r Record) bool { return a.isPending(r.ID) })
-	slices.SortFunc(recs, func(x, y Record) int {
-		if c := x.IssuedAt.Compare(y.IssuedAt); c != 0 {
-			return c
-		}
-		return strings.Compare(x.ID, y.ID)
-	})
+	slices.SortFunc(recs, compareRecords)
 	return recs, nil
+}
+
+// compareRecords orders token records oldest first (then by id).
+func compareRecords(x, y Record) int {
+	if c := x.IssuedAt.Compare(y.IssuedAt); c != 0 {
+		return c
+	}
+	return strings.Compare(x.ID, y.ID)
 }
 
 // recordKey maps an id to its key. Ids are uuids; anything else cannot name
