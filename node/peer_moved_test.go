@@ -13,6 +13,7 @@ import (
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -151,6 +152,73 @@ func TestFormerSubscriberAddressesForgottenAtStart(t *testing.T) {
 	if known := p.Host().Peerstore().Addrs(s2.ID()); len(known) == 0 {
 		t.Error("after a restart the publisher knows no address of a peer that still subscribes")
 	}
+}
+
+// A publisher remembers where a subscriber listens now: addresses it
+// remembered from before the subscriber moved are forgotten once the
+// subscriber subscribes again from its new ones, both in the peerstore
+// (which nudges dial) and in what the next start restores. Restored at a
+// start and never given again by identify, they were remembered again
+// with every subscribe and restored at every start: each move while the
+// publisher was stopped added the old addresses for good.
+func TestMovedSubscriberOldAddressesForgotten(t *testing.T) {
+	ctx := testCtx(t)
+	_, openP := reopenable(t)
+	_, openS := reopenable(t)
+	setupS := func(n *node.Node) {
+		if err := n.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, s := openP(false, nil), openS(false, setupS)
+	pid, _ := connectPeers(t, p, s, localapi.IssueRequest{Subscribe: []string{"mv.>"}})
+	if _, err := s.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "mv.>", Receiver: "rec"}); err != nil {
+		t.Fatal(err)
+	}
+	old := s.Host().Addrs()
+	for _, n := range []*node.Node{p, s} {
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p = openP(false, nil) // restores where s listened
+	t.Cleanup(func() { _ = p.Close() })
+	s = openS(false, setupS) // new ports: s moved
+	t.Cleanup(func() { _ = s.Close() })
+	now := s.Host().Addrs()
+	for _, a := range now {
+		if slices.ContainsFunc(old, a.Equal) {
+			t.Skipf("s listens on %s again after its restart (the kernel chose the same port); the test needs it to move", a)
+		}
+	}
+	// p moved too (a reopened node listens on new ports): s is told where.
+	s.Host().Peerstore().AddAddrs(p.ID(), p.Host().Addrs(), peerstore.PermanentAddrTTL)
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if subs := p.Subscribers(); len(subs) != 1 || !subs[0].Connected {
+			return fmt.Errorf("subscribers at the publisher: %+v; want s's subscription connected", subs)
+		}
+		return nil
+	})
+	check := func(when string) {
+		t.Helper()
+		known := p.Host().Peerstore().Addrs(s.ID())
+		for _, a := range old {
+			if slices.ContainsFunc(known, a.Equal) {
+				t.Errorf("%s, the publisher still knows the subscriber's old address %s (knows %v)", when, a, known)
+			}
+		}
+		for _, a := range now {
+			if !slices.ContainsFunc(known, a.Equal) {
+				t.Errorf("%s, the publisher does not know the subscriber's address %s (knows %v)", when, a, known)
+			}
+		}
+	}
+	check("once the subscriber that moved has subscribed again")
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p = openP(false, nil)
+	check("after the publisher's restart")
 }
 
 // Replacing a peer's token by one that does not allow a subscription held

@@ -43,7 +43,9 @@ const (
 // subscriberAddrTTL is how long a publisher keeps a subscriber's addresses
 // in its peerstore after it was last seen (the peerstore is in memory;
 // /subs/addrs keeps them across restarts, and each start restores them
-// for this long again).
+// for this long again). No other address is given this TTL, which tells
+// the addresses remembered from an earlier connection (restored at start)
+// from those identify has just given: libp2p's own TTLs.
 const subscriberAddrTTL = 7 * 24 * time.Hour
 
 // identifyWait bounds how long a subscribe waits for identify to learn
@@ -54,28 +56,38 @@ const identifyWait = 5 * time.Second
 // for longer than libp2p's default and in the datastore (/subs/addrs), so
 // a restarted publisher can nudge it to reconnect (deliver protocol) even
 // when the subscriber's address is in no token.
+//
+// What is remembered is where it listens now, as identify of c tells:
+// addresses remembered from an earlier connection that identify no longer
+// gives are forgotten (the subscriber moved). They were remembered again
+// with every subscribe, and restored at every start, so a subscriber that
+// moved while the publisher was stopped left its old addresses for good,
+// up to libp2p's 64 per peer, and each nudge dialled them all.
 func (nw *netsvc) rememberSubscriber(ctx context.Context, c network.Conn) {
 	p := c.RemotePeer()
 	ps := nw.host.Peerstore()
+	// A subscriber that subscribes as soon as it has connected can do so
+	// before identify has told this host where it listens.
+	identified := false
+	if ids, ok := nw.host.(interface{ IDService() identify.IDService }); ok {
+		t := time.NewTimer(identifyWait)
+		select {
+		case <-ids.IDService().IdentifyWait(c):
+			identified = !c.IsClosed()
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+	before := ps.Addrs(p)
+	if identified {
+		ps.UpdateAddrs(p, subscriberAddrTTL, 0)
+	}
 	addrs := ps.Addrs(p)
 	if len(addrs) == 0 {
-		// A subscriber that subscribes as soon as it has connected can
-		// do so before identify has told this host where it listens:
-		// its addresses were not remembered (until its next subscribe
-		// stream), and a restart in between forgot them.
-		if ids, ok := nw.host.(interface{ IDService() identify.IDService }); ok {
-			t := time.NewTimer(identifyWait)
-			select {
-			case <-ids.IDService().IdentifyWait(c):
-			case <-t.C:
-			case <-ctx.Done():
-			}
-			t.Stop()
-			addrs = ps.Addrs(p)
-		}
-		if len(addrs) == 0 {
-			return
-		}
+		// Identify gave none (or did not answer): those remembered stay.
+		ps.AddAddrs(p, before, subscriberAddrTTL)
+		return
 	}
 	ps.AddAddrs(p, addrs, subscriberAddrTTL)
 	if err := nw.subAddrs.Put(ctx, p.String(), addrStrings(addrs)); err != nil {
