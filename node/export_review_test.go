@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"sync/atomic"
+	"time"
 )
 
 // SetSaveSeqFault makes every save of a subscription's progress fail with
@@ -47,4 +48,20 @@ func CountQueueSnapshots(n *Node) (count func() int64, stop func()) {
 	}
 	testHookQueueSnapshot.Store(&f)
 	return c.Load, func() { testHookQueueSnapshot.Store(nil) }
+}
+
+// SetSubscriberAddrSweep sets how often the nodes started afterwards
+// forget the remembered addresses of former subscribers; the returned func
+// restores it.
+func SetSubscriberAddrSweep(d time.Duration) func() {
+	prev := subscriberAddrSweep
+	subscriberAddrSweep = d
+	return func() { subscriberAddrSweep = prev }
+}
+
+// RemembersSubscriber reports whether n keeps, in /subs/addrs, where the
+// peer id listened when it subscribed.
+func (n *Node) RemembersSubscriber(id string) bool {
+	ok, err := n.net.subAddrs.Has(context.Background(), id)
+	return err == nil && ok
 }

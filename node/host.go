@@ -54,6 +54,10 @@ type netsvc struct {
 	sess     *sessions
 	attached *attached
 	subAddrs *datastore.Store[[]string] // where subscribers listen, by peer id
+	// subAddrsMu orders the changes to subAddrs (and to the subscriber
+	// addresses in the peerstore): a subscriber's, and a sweep of former
+	// subscribers'.
+	subAddrsMu sync.Mutex
 	// createMu makes counting a peer's subscriptions and adding one a
 	// single step, so concurrent subscribes cannot pass
 	// max_subscriptions_per_peer.
@@ -540,6 +544,12 @@ func startNetwork(ctx context.Context, n *Node) (*netsvc, error) {
 		go func() {
 			defer nw.handlers.End()
 			nw.nudger(nw.handlers.ctx)
+		}()
+	}
+	if nw.handlers.Begin() {
+		go func() {
+			defer nw.handlers.End()
+			nw.sweepSubscribersEvery(nw.handlers.ctx, subscriberAddrSweep)
 		}()
 	}
 	if hps != nil && nw.handlers.Begin() {

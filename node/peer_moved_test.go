@@ -221,6 +221,44 @@ func TestMovedSubscriberOldAddressesForgotten(t *testing.T) {
 	check("after the publisher's restart")
 }
 
+// A running publisher forgets the remembered addresses of a peer that no
+// longer subscribes to it, as its start does, and keeps those of a peer
+// that still does. Only a start forgot them: a publisher that ran for
+// months kept an entry for every peer that had subscribed since.
+func TestFormerSubscriberAddressesForgottenWhileRunning(t *testing.T) {
+	defer node.SetSubscriberAddrSweep(20 * time.Millisecond)()
+	ctx := testCtx(t)
+	p := newTestNode(t, withQuietLog())
+	s1, s2 := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	for _, s := range []*node.Node{s1, s2} {
+		if err := s.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
+			t.Fatal(err)
+		}
+		pid, _ := connectPeers(t, p, s, localapi.IssueRequest{Subscribe: []string{"f.>"}})
+		if _, err := s.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []*node.Node{s1, s2} {
+		if !p.RemembersSubscriber(s.ID().String()) {
+			t.Fatalf("the publisher does not remember where subscriber %s listens", s.ID())
+		}
+	}
+	if _, err := s1.Unsubscribe(ctx, localapi.SubscribeRequest{Peer: p.ID().String(), Pattern: "f.>"}); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if p.RemembersSubscriber(s1.ID().String()) {
+			return errors.New("the running publisher still remembers where a peer that unsubscribed listens")
+		}
+		return nil
+	})
+	time.Sleep(100 * time.Millisecond) // a few more sweeps
+	if !p.RemembersSubscriber(s2.ID().String()) {
+		t.Fatal("the publisher forgot where a peer that still subscribes listens")
+	}
+}
+
 // Replacing a peer's token by one that does not allow a subscription held
 // there is refused, saying which; --force ends those subscriptions at
 // both ends first. The replacement was taken silently, and the publisher

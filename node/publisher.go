@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coattail/coattail/auth"
+	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node/internal/jsonx"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
@@ -79,6 +80,8 @@ func (nw *netsvc) rememberSubscriber(ctx context.Context, c network.Conn) {
 		}
 		t.Stop()
 	}
+	nw.subAddrsMu.Lock()
+	defer nw.subAddrsMu.Unlock()
 	before := ps.Addrs(p)
 	if identified {
 		ps.UpdateAddrs(p, subscriberAddrTTL, 0)
@@ -95,29 +98,69 @@ func (nw *netsvc) rememberSubscriber(ctx context.Context, c network.Conn) {
 	}
 }
 
+// subscriberAddrSweep is how often a running publisher forgets the
+// remembered addresses of peers that no longer hold a subscription here,
+// as each start does (sweepSubscribers). A variable for tests.
+var subscriberAddrSweep = time.Hour
+
 // restoreSubscribers loads the persisted subscriber addresses into the
-// peerstore at start. Those of a peer that no longer holds a subscription
-// here (it unsubscribed, was revoked or removed) are deleted instead: they
-// were kept for ever, one entry for every peer that ever subscribed.
+// peerstore at start, once those of former subscribers are deleted
+// (sweepSubscribers).
 func (nw *netsvc) restoreSubscribers(ctx context.Context) {
+	for _, e := range nw.sweepSubscribers(ctx) {
+		if pid, err := peer.Decode(e.ID); err == nil {
+			nw.host.Peerstore().AddAddrs(pid, parseAddrs(e.Value), subscriberAddrTTL)
+		}
+	}
+}
+
+// sweepSubscribers deletes the remembered addresses of every peer that no
+// longer holds a subscription here (it unsubscribed, was revoked or
+// removed), from /subs/addrs and from the peerstore, and returns the
+// entries of the others. Only a start did: a running publisher kept one
+// entry for every peer that had subscribed since.
+func (nw *netsvc) sweepSubscribers(ctx context.Context) []datastore.Entry[[]string] {
+	// Held from the list of subscriptions to the deletions: a peer that
+	// subscribes meanwhile is remembered (rememberSubscriber) after them.
+	nw.subAddrsMu.Lock()
+	defer nw.subAddrsMu.Unlock()
 	entries, err := nw.subAddrs.Entries(ctx)
 	if err != nil {
 		nw.n.log.Warn("cannot load subscriber addresses", "err", err)
-		return
+		return nil
 	}
 	holds := make(map[string]bool)
 	for _, q := range nw.n.queues.Status() {
 		holds[q.Subscriber] = true
 	}
+	kept := entries[:0]
 	for _, e := range entries {
 		pid, err := peer.Decode(e.ID)
-		if err != nil || !holds[pid.String()] {
-			if err := nw.subAddrs.Delete(ctx, e.ID); err != nil {
-				nw.n.log.Warn("cannot delete the addresses of a former subscriber", "subscriber", e.ID, "err", err)
-			}
+		if err == nil && holds[pid.String()] {
+			kept = append(kept, e)
 			continue
 		}
-		nw.host.Peerstore().AddAddrs(pid, parseAddrs(e.Value), subscriberAddrTTL)
+		if err := nw.subAddrs.Delete(ctx, e.ID); err != nil {
+			nw.n.log.Warn("cannot delete the addresses of a former subscriber", "subscriber", e.ID, "err", err)
+		}
+		if pid != "" {
+			nw.host.Peerstore().UpdateAddrs(pid, subscriberAddrTTL, 0)
+		}
+	}
+	return kept
+}
+
+// sweepSubscribersEvery runs sweepSubscribers every d until ctx ends.
+func (nw *netsvc) sweepSubscribersEvery(ctx context.Context, d time.Duration) {
+	tick := time.NewTicker(d)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			nw.sweepSubscribers(ctx)
+		}
 	}
 }
 
