@@ -177,7 +177,7 @@ func New(o Options) (*Node, error) {
 		db, log := n.db, o.Logger
 		g := &spaceGuard{free: db.FreeSpace, pending: db.Unflushed, reserve: uint64(reserve), what: db.Dir(), log: log}
 		g.reclaim = func(compact bool) {
-			if err := db.Reclaim(context.Background(), compact); err != nil && !errors.Is(err, datastore.ErrClosed) {
+			if err := n.reclaimDisk(context.Background(), compact); err != nil && !errors.Is(err, datastore.ErrClosed) {
 				log.Warn("reclaiming disk space failed", "err", err)
 			}
 		}

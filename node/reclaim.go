@@ -30,14 +30,22 @@ import (
 // reuse.)
 //
 // Deleting stored records does not grow the tables, so a deletion that
-// frees much (dead letters dropped or replayed: freed) reclaims too, once
-// idleReclaimSlack of them is gone since the last reclaim: `deadletters
-// drop --all` of large publications otherwise gave nothing back until the
-// tables doubled.
+// frees much (freed) reclaims too, once idleReclaimSlack of them is gone
+// since the last reclaim: dead letters dropped or replayed, the queue of a
+// removed subscription (unsubscribed, revoked, its peer removed), and
+// publications delivered that a reclaim had found queued (a subscriber
+// back after an outage long enough for the instance to be idle: the
+// reclaim then left the backlog live, and its drain did not double the
+// tables). Otherwise `deadletters drop --all` of large publications, or
+// removing a subscription with a deep queue, gave nothing back until the
+// tables doubled. Publications delivered in the flow are not counted
+// (topics.Queues.FreedBytes): they are deleted before the memtable holding
+// them is flushed, and counting them would compact the tables for nothing
+// at every pause of a busy instance.
 type idleReclaimer struct {
 	usage    func() uint64
 	activity func() uint64
-	freed    func() uint64 // bytes of records deleted so far (nil: none counted)
+	freed    func() uint64 // bytes of stored records deleted so far (nil: none counted)
 	reclaim  func(context.Context) error
 	log      *slog.Logger
 
@@ -65,7 +73,7 @@ const (
 func (r *idleReclaimer) tick(ctx context.Context) bool {
 	if r.measure {
 		r.base, r.measure = r.usage(), false
-		r.log.Info("compacted the datastore while idle, giving back the disk space of deleted entries (delivered publications, dropped dead letters)",
+		r.log.Info("compacted the datastore while idle, giving back the disk space of deleted entries (delivered publications, removed subscriptions' queues, dropped dead letters)",
 			"tables_before", humanize.IBytes(r.before), "tables_after", humanize.IBytes(r.base))
 	}
 	act := r.activity()
@@ -125,8 +133,10 @@ func (n *Node) startIdleReclaim() {
 			return n.stats.published.Load() + n.stats.received.Load() + n.stats.deadLetters.Load() +
 				t.Delivered + t.Redelivered + t.Dropped
 		},
-		freed:   n.stats.deadBytes.Load,
-		reclaim: func(ctx context.Context) error { return db.Reclaim(ctx, true) },
+		freed: func() uint64 {
+			return n.stats.deadBytes.Load() + n.queues.FreedBytes()
+		},
+		reclaim: func(ctx context.Context) error { return n.reclaimDisk(ctx, true) },
 		log:     n.log,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -140,4 +150,17 @@ func (n *Node) startIdleReclaim() {
 		<-done
 		return nil
 	})
+}
+
+// reclaimDisk has the datastore give the disk space of deleted entries
+// back (datastore.DB.Reclaim), and tells the queues that its flush put
+// every publication logged before it in the tables: those delivered from
+// then on count in what the idle reclaimer is told was freed.
+func (n *Node) reclaimDisk(ctx context.Context, compact bool) error {
+	mark := n.queues.LogMark()
+	err := n.db.Reclaim(ctx, compact)
+	if err == nil {
+		n.queues.Flushed(mark)
+	}
+	return err
 }

@@ -267,18 +267,28 @@ type Queues struct {
 	// removed ones; unlike the per-queue counters they are not persisted.
 	totDelivered, totRedelivered, totDropped, totCorrupt atomic.Uint64
 
-	// Log state, guarded by commitMu. refs[p-refBase] is the number of
-	// subscriptions that still need the entry at position p;
-	// refBase+len(refs) == nextPos.
+	// Log state, guarded by commitMu. refs[p-refBase] counts the
+	// subscriptions that still need the entry at position p, beside its
+	// size; refBase+len(refs) == nextPos.
 	nextPos uint64
 	refBase uint64
-	refs    []uint32
+	refs    []logRef
 	// oldRefs holds the counts of entries below refBase that are still
 	// needed: when a few old entries (a slow subscription's) would keep
 	// refs spanning more than maxDenseRefs positions, they move here, so
 	// memory follows the number of live entries, not the positions
 	// published since the oldest one.
-	oldRefs map[uint64]uint32
+	oldRefs map[uint64]logRef
+	// cFlushed is flushed as read when the round being written began.
+	cFlushed uint64
+
+	// The bytes deleted, for the datastore's reclaimer (see FreedBytes):
+	// freed counts them; logged is nextPos once the entries below it are
+	// committed (LogMark), and flushed the position below which the
+	// datastore's tables held every entry at some point (Flushed).
+	freed   atomic.Uint64
+	logged  atomic.Uint64
+	flushed atomic.Uint64
 
 	// failed is why every publication is refused: the first failed round
 	// of publications (ErrStorageFailed), or damage that could not be cut
@@ -381,6 +391,21 @@ type touch struct {
 type logPut struct {
 	pos uint64
 	val []byte
+}
+
+// logRef is what the queues keep in memory of one log entry: how many
+// subscriptions still need it, and the bytes its record takes in the
+// datastore (key and value), counted in FreedBytes when it is deleted.
+// Beside the count it costs four bytes an entry, and one add when it is
+// logged.
+type logRef struct {
+	n    uint32
+	size uint32
+}
+
+// refSize is the size a logRef records for a record of n bytes.
+func refSize(n int) uint32 {
+	return uint32(min(n, int(^uint32(0))))
 }
 
 type round struct {
@@ -558,6 +583,7 @@ func (qs *Queues) load(ctx context.Context) error {
 	// new publications for ones it processed. Its subscriber is told
 	// not_found when it next resumes, and subscribes again.
 	var garbage []ds.Key
+	var garbageBytes uint64 // of the log entries in garbage
 	dropped := 0
 	drop := func(key string, s Subscription, why error) {
 		dropped++
@@ -622,6 +648,7 @@ func (qs *Queues) load(ctx context.Context) error {
 	first := true
 	var pos uint64
 	var cnt uint32
+	var size uint32     // of the entry at pos (0: damaged, unknown)
 	var lostTo []string // subscriptions the damaged entry at pos counts for
 	damaged := false
 	route := func(q *queue) {
@@ -655,16 +682,17 @@ func (qs *Queues) load(ctx context.Context) error {
 			route(q)
 		}
 	}
-	// at takes the entry at position p (damaged: its routing is known only
-	// if e.routed); it reports false for a key out of order.
-	at := func(p uint64, key string, e *logEntry, cause error) bool {
+	// at takes the entry at position p, of sz bytes (damaged: its
+	// routing is known only if e.routed); it reports false for a key out
+	// of order.
+	at := func(p uint64, key string, e *logEntry, sz uint32, cause error) bool {
 		if p == 0 || !first && p <= pos {
 			return false
 		}
 		if first {
 			qs.refBase, first = p, false
 		}
-		pos, cnt, lostTo, damaged = p, 0, lostTo[:0], cause != nil
+		pos, cnt, size, lostTo, damaged = p, 0, sz, lostTo[:0], cause != nil
 		qs.extendRefs(pos)
 		switch {
 		case e == nil || !e.routed:
@@ -678,9 +706,10 @@ func (qs *Queues) load(ctx context.Context) error {
 		default:
 			qs.trie.MatchFunc(e.Subject, route)
 		}
-		qs.refs = append(qs.refs, cnt)
+		qs.refs = append(qs.refs, logRef{n: cnt, size: size})
 		if cnt == 0 {
 			garbage = append(garbage, ds.RawKey(key))
+			garbageBytes += uint64(size)
 		}
 		if damaged && len(lostTo) > 0 {
 			how := "routed to"
@@ -702,9 +731,10 @@ func (qs *Queues) load(ctx context.Context) error {
 				cause = fmt.Errorf("%s: %w", key, cause)
 			}
 		}
-		if !ok || !at(p, key, &e, cause) {
+		if !ok || !at(p, key, &e, refSize(len(key)+len(val)), cause) {
 			qs.log.Warn("deleting malformed queue log key", "key", key)
 			garbage = append(garbage, ds.RawKey(key))
+			garbageBytes += uint64(len(key) + len(val))
 		}
 	}
 	var holeEnd uint64 // 0, or the end of a damaged part of the log that runs past its last key
@@ -725,7 +755,7 @@ func (qs *Queues) load(ctx context.Context) error {
 			return
 		}
 		for p := from; p <= to; p++ {
-			at(p, string(appendLogKey(nil, p)), nil, fmt.Errorf("position %d of the damaged log positions %d to %d: %w", p, from, to, cause))
+			at(p, string(appendLogKey(nil, p)), nil, 0, fmt.Errorf("position %d of the damaged log positions %d to %d: %w", p, from, to, cause))
 		}
 	}
 	if sc, ok := qs.store.(rangeScanner); ok {
@@ -809,9 +839,16 @@ func (qs *Queues) load(ctx context.Context) error {
 	if len(garbage) > 0 {
 		qs.log.Info("deleting queue records no subscription needs", "keys", len(garbage))
 	}
+	qs.logged.Store(qs.nextPos)
 	// deleteKeys ends with the Sync that also makes the states written
 	// above durable.
-	return qs.deleteKeys(ctx, garbage)
+	if err := qs.deleteKeys(ctx, garbage); err != nil {
+		return err
+	}
+	// Read from the tables (or a log pebble replays into them): their
+	// space is the datastore's to give back.
+	qs.freed.Add(garbageBytes)
+	return nil
 }
 
 func newQueue(s Subscription, start uint64) *queue {
@@ -843,7 +880,7 @@ func (qs *Queues) extendRefs(to uint64) {
 		return
 	}
 	for qs.refBase+uint64(len(qs.refs)) < to {
-		qs.refs = append(qs.refs, 0)
+		qs.refs = append(qs.refs, logRef{})
 	}
 }
 
@@ -851,12 +888,12 @@ func (qs *Queues) extendRefs(to uint64) {
 // larger) out of the dense span: their non-zero counts to oldRefs.
 func (qs *Queues) spillRefs(n uint64) {
 	n = min(n, uint64(len(qs.refs)))
-	for i, c := range qs.refs[:n] {
-		if c != 0 {
+	for i, r := range qs.refs[:n] {
+		if r.n != 0 {
 			if qs.oldRefs == nil {
-				qs.oldRefs = make(map[uint64]uint32)
+				qs.oldRefs = make(map[uint64]logRef)
 			}
-			qs.oldRefs[qs.refBase+uint64(i)] = c
+			qs.oldRefs[qs.refBase+uint64(i)] = r
 		}
 	}
 	qs.refBase += n
@@ -867,36 +904,38 @@ func (qs *Queues) spillRefs(n uint64) {
 	qs.refs = append(qs.refs[:0:0], qs.refs[n:]...)
 }
 
-// refCount returns how many subscriptions still need the entry at pos,
-// and whether pos is tracked at all (false: released, or never logged).
-func (qs *Queues) refCount(pos uint64) (uint32, bool) {
+// refCount returns how many subscriptions still need the entry at pos
+// (with its size), and whether pos is tracked at all (false: released,
+// or never logged).
+func (qs *Queues) refCount(pos uint64) (logRef, bool) {
 	if pos < qs.refBase {
-		c, ok := qs.oldRefs[pos]
-		return c, ok
+		r, ok := qs.oldRefs[pos]
+		return r, ok
 	}
 	if i := pos - qs.refBase; i < uint64(len(qs.refs)) {
 		return qs.refs[i], true
 	}
-	return 0, false
+	return logRef{}, false
 }
 
 // decRefs drops n references to the entry at pos.
 func (qs *Queues) decRefs(pos uint64, n uint32) {
 	if pos < qs.refBase {
-		if c, ok := qs.oldRefs[pos]; ok {
-			if c <= n {
+		if r, ok := qs.oldRefs[pos]; ok {
+			if r.n <= n {
 				delete(qs.oldRefs, pos)
 				if len(qs.oldRefs) == 0 {
 					qs.oldRefs = nil // a map keeps its peak size: let it go
 				}
 			} else {
-				qs.oldRefs[pos] = c - n
+				r.n -= n
+				qs.oldRefs[pos] = r
 			}
 		}
 		return
 	}
 	if i := pos - qs.refBase; i < uint64(len(qs.refs)) {
-		qs.refs[i] -= min(n, qs.refs[i])
+		qs.refs[i].n -= min(n, qs.refs[i].n)
 	}
 }
 
@@ -908,7 +947,7 @@ func (qs *Queues) trimRefs() {
 		qs.spillRefs(uint64(len(qs.refs) - maxDenseRefs/2))
 	}
 	i := 0
-	for i < len(qs.refs) && qs.refs[i] == 0 {
+	for i < len(qs.refs) && qs.refs[i].n == 0 {
 		i++
 	}
 	if i == 0 {
@@ -931,14 +970,21 @@ func (qs *Queues) trimRefs() {
 }
 
 // release drops q's reference to the log entry at pos and reports whether
-// it was the last one. Called with commitMu held.
+// it was the last one. An entry the datastore's tables held (below
+// cFlushed) counts in FreedBytes. Called with commitMu held.
 func (qs *Queues) release(pos uint64) bool {
-	c, ok := qs.refCount(pos)
-	if !ok || c == 0 {
+	r, ok := qs.refCount(pos)
+	if !ok || r.n == 0 {
 		return false // already released: nothing to delete
 	}
 	qs.decRefs(pos, 1)
-	return c == 1
+	if r.n != 1 {
+		return false
+	}
+	if pos < qs.cFlushed {
+		qs.freed.Add(uint64(r.size))
+	}
+	return true
 }
 
 // deleteKeys deletes keys, in batches of at most maxDeletesPerRound, and
@@ -1251,14 +1297,16 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 	}
 	slices.Sort(held)
 	gone := held[:0] // written behind the reads below
+	var goneBytes uint64
 	for i := 0; i < len(held); {
 		j := i + 1
 		for j < len(held) && held[j] == held[i] {
 			j++
 		}
 		pos, n := held[i], uint32(j-i)
-		if c, ok := qs.refCount(pos); ok && c <= n {
+		if r, ok := qs.refCount(pos); ok && r.n <= n {
 			gone = append(gone, pos)
+			goneBytes += uint64(r.size)
 		}
 		qs.decRefs(pos, n)
 		i = j
@@ -1300,10 +1348,16 @@ func (qs *Queues) remove(ctx context.Context, fn func(Subscription) bool, only s
 		if err := qs.deleteLogBatch(ctx, gone[:n]); err != nil {
 			// Nothing counts on them any more; the next open deletes them.
 			qs.log.Warn("deleting the log entries of removed subscriptions failed; they are deleted at the next start", "entries", len(gone), "err", err)
+			goneBytes = 0 // counted then
 			break
 		}
 		gone = gone[n:]
 	}
+	// Counted whether the tables held them or not (unlike releases): a
+	// deep queue removed is what the reclaimer is told about, and a
+	// removal is rare enough that a compaction it causes for nothing
+	// costs little.
+	qs.freed.Add(goneBytes)
 	if err := qs.sync(ctx, ds.RawKey(queueNamespace)); err != nil {
 		// Removed here, but a machine crash may bring them back.
 		return out, fmt.Errorf("topics: remove subscriptions: sync: %w", err)
@@ -1350,6 +1404,43 @@ func (qs *Queues) Totals() QueueTotals {
 		Redelivered: qs.totRedelivered.Load(),
 		Dropped:     qs.totDropped.Load(),
 		Corrupt:     qs.totCorrupt.Load(),
+	}
+}
+
+// FreedBytes is how many bytes of log entries the queues deleted since
+// OpenQueues that the datastore's tables held, or may have held: a
+// deletion frees nothing on disk until a compaction rewrites the tables
+// holding the entry, and pebble starts none when writes stop, so an idle
+// instance learns from it when one is worth it (see node's idle
+// reclaimer). It counts
+//
+//   - the entries of removed subscriptions (RemoveSubscription,
+//     RemoveWhere) that no other subscription needed, all of them: a
+//     removal is rare, and one with a deep queue is the case it is for;
+//   - the entries deleted by OpenQueues (left behind, read from disk);
+//   - the entries released by acks and drop_oldest that were logged
+//     before the mark of the last Flushed: the tables hold those.
+//
+// Entries acknowledged soon after they were logged are not counted: they
+// are deleted while the datastore still holds them in memory (its
+// memtable is sized for it), and counting them would have an instance
+// with steady traffic compact its tables for nothing at every pause. Sizes
+// are those of the records as logged (key and value).
+func (qs *Queues) FreedBytes() uint64 { return qs.freed.Load() }
+
+// LogMark returns a mark of the log written so far, for Flushed: take it
+// before the datastore flushes its memory to its tables.
+func (qs *Queues) LogMark() uint64 { return qs.logged.Load() }
+
+// Flushed tells the queues that the datastore's tables held every log
+// entry written before mark was taken (LogMark, then a flush that
+// succeeded): releasing one of those from then on counts in FreedBytes.
+func (qs *Queues) Flushed(mark uint64) {
+	for {
+		cur := qs.flushed.Load()
+		if mark <= cur || qs.flushed.CompareAndSwap(cur, mark) {
+			return
+		}
 	}
 }
 
@@ -1685,7 +1776,6 @@ func (qs *Queues) commitRound(first *pubReq) {
 			}
 			pos := qs.nextPos
 			qs.nextPos++
-			qs.refs = append(qs.refs, uint32(live))
 			val := r.vals[mi]
 			// A listed entry naming a subscription removed meanwhile would
 			// be replayed to a new one reusing its id: list the live ones.
@@ -1699,6 +1789,7 @@ func (qs *Queues) commitRound(first *pubReq) {
 				m := r.msgs[mi]
 				val, _ = appendEntry(make([]byte, 0, encodedEntrySize(&m, ids)), &m, ids)
 			}
+			qs.refs = append(qs.refs, logRef{n: uint32(live), size: refSize(logKeyLen + len(val))})
 			rd.puts = append(rd.puts, logPut{pos: pos, val: val})
 			for _, tg := range group {
 				q := tg.q
@@ -1734,6 +1825,7 @@ func (qs *Queues) commitRound(first *pubReq) {
 	}
 
 	rd.err = qs.writeRound(ctx, rd)
+	qs.logged.Store(qs.nextPos)
 	if rd.err != nil && len(rd.puts) > 0 {
 		// Refuse at once, not when the syncer finishes this round: the
 		// next rounds are built meanwhile.
@@ -1840,6 +1932,7 @@ func (qs *Queues) writeRound(ctx context.Context, rd *round) error {
 	}
 	var gone []uint64
 	var metaBuf []byte
+	qs.cFlushed = qs.flushed.Load()
 	for _, t := range rd.touches {
 		// The in-memory side is applied even after a write error: the
 		// sequences are spent either way, and a restart recomputes the

@@ -1411,7 +1411,7 @@ func TestQueueRefsStayBoundedBehindSlowSubscription(t *testing.T) {
 		}
 		waitFor(t, func() bool { return slices.Equal(logPositions(t, store), []uint64{1}) })
 		qs.commitMu.Lock()
-		span, old := len(qs.refs), qs.oldRefs[1]
+		span, old := len(qs.refs), qs.oldRefs[1].n
 		qs.commitMu.Unlock()
 		if span > 2*maxDenseRefs || old != 1 {
 			t.Fatalf("refs span %d positions (bound %d), old entry count %d; want it moved aside", span, maxDenseRefs, old)
@@ -1857,4 +1857,101 @@ func TestRemoveDeepQueueMemoryAndLog(t *testing.T) {
 	if got := readAll(t, qs, "other", 0); len(got) != 1 || string(got[0].Message.Data) != "kept" {
 		t.Fatalf("other subscription reads %v, want its one publication", got)
 	}
+}
+
+// FreedBytes tells the datastore's reclaimer how much of what its tables
+// hold the queues deleted: every entry a removed subscription alone
+// needed, entries deleted at open, and entries delivered (acked) that a
+// flush had put in the tables (Flushed), not those delivered in the flow,
+// which are deleted while still in memory. A removed subscription's deep
+// queue was deleted without a word to it, and its space came back only
+// when the tables next doubled.
+func TestQueueFreedBytes(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		ctx := context.Background()
+		m := msg("a", "0123456789")
+		val, _ := appendEntry(nil, &m, nil)
+		one := uint64(logKeyLen + len(val))
+		qs := openQueues(t, store, QueueOptions{})
+		addSub(t, qs, "a", "a")
+		addSub(t, qs, "b", "a")
+		addSub(t, qs, "c", "c")
+		freed := func(want uint64, what string) {
+			t.Helper()
+			deadline := time.Now().Add(10 * time.Second)
+			for qs.FreedBytes() != want {
+				if time.Now().After(deadline) {
+					t.Fatalf("FreedBytes = %d %s, want %d", qs.FreedBytes(), what, want)
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+		ack := func(id string, seq uint64) {
+			t.Helper()
+			if err := qs.Ack(id, seq); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Delivered in the flow: deleted, not counted.
+		for range 10 {
+			publish(t, qs, m)
+		}
+		ack("a", 10)
+		ack("b", 10)
+		waitFor(t, func() bool { return len(logPositions(t, store)) == 0 })
+		if got := qs.FreedBytes(); got != 0 {
+			t.Fatalf("FreedBytes = %d after publications delivered in the flow, want 0", got)
+		}
+		// Four queued when the tables took everything, three after.
+		for range 4 {
+			publish(t, qs, m)
+		}
+		qs.Flushed(qs.LogMark())
+		for range 3 {
+			publish(t, qs, m)
+		}
+		ack("a", 17)
+		if got := qs.FreedBytes(); got != 0 {
+			t.Fatalf("FreedBytes = %d with the entries still needed by another subscription, want 0", got)
+		}
+		ack("b", 17)
+		freed(4*one, "after the flushed entries were delivered")
+		// A removal counts what it deletes, flushed or not; not what
+		// another subscription still needs.
+		for range 5 {
+			publish(t, qs, msg("c", "0123456789"))
+		}
+		publish(t, qs, m, m)
+		if _, err := qs.RemoveSubscription(ctx, "c"); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := qs.FreedBytes(), 9*one; got != want {
+			t.Fatalf("FreedBytes = %d after a queue of 5 was removed, want %d", got, want)
+		}
+		if _, err := qs.RemoveSubscription(ctx, "a"); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := qs.FreedBytes(), 9*one; got != want {
+			t.Fatalf("FreedBytes = %d after removing a queue whose entries another still needs, want %d", got, want)
+		}
+		if _, err := qs.RemoveSubscription(ctx, "b"); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := qs.FreedBytes(), 11*one; got != want {
+			t.Fatalf("FreedBytes = %d after removing the last one needing 2 entries, want %d", got, want)
+		}
+		if err := qs.Close(); err != nil {
+			t.Fatal(err)
+		}
+
+		// An entry nobody needs, left in the log, is deleted at open.
+		if err := store.Put(ctx, ds.RawKey(string(appendLogKey(nil, 100))), val); err != nil {
+			t.Fatal(err)
+		}
+		qs = openQueues(t, store, QueueOptions{})
+		if got := qs.FreedBytes(); got != one {
+			t.Fatalf("FreedBytes = %d after open deleted an orphan entry, want %d", got, one)
+		}
+		wantPositions(t, store, nil)
+	})
 }

@@ -223,13 +223,13 @@ func (qs *Queues) planCut(start, end []byte, kept [][]byte) cutPlan {
 		}
 	}
 	var gone []uint64
-	for p, c := range qs.oldRefs {
-		if c > 0 && p >= from && p < to && !keep[p] {
+	for p, r := range qs.oldRefs {
+		if r.n > 0 && p >= from && p < to && !keep[p] {
 			gone = append(gone, p)
 		}
 	}
 	for p := max(from, qs.refBase); p < min(to, qs.refBase+uint64(len(qs.refs))); p++ {
-		if qs.refs[p-qs.refBase] > 0 && !keep[p] {
+		if qs.refs[p-qs.refBase].n > 0 && !keep[p] {
 			gone = append(gone, p)
 		}
 	}

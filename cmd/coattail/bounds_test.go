@@ -117,6 +117,79 @@ echo "$COATTAIL_SEQUENCE $data" >>got
 	s.waitLastLine("got", `{"n":"after"`, deliveryTimeout) // its first 12 bytes
 }
 
+// TestDiskGivenBackAfterDeepQueueRemoved: revoking a subscription whose
+// subscriber is away with a deep queue deletes the queue, and its disk
+// space comes back once the publisher is idle. The publisher had compacted
+// its tables while idle with the queue live in them, so the deletion left
+// them at their size, short of the doubling that makes it compact again:
+// the queues did not say how much they deleted, and the 80 MiB stayed on
+// disk (until the tables doubled or the disk ran low).
+func TestDiskGivenBackAfterDeepQueueRemoved(t *testing.T) {
+	t.Parallel()
+	p, s := newInstance(t, "p"), newInstance(t, "s")
+	s.recordingReceiver("rec", "got")
+	p.start()
+	s.start()
+	s.addPeer(p, "--subscribable", "big.x")
+	id := s.subscribe(p, "big.x", "rec")
+	s.mustRun("service", "stop")
+
+	const n = 160 // of 512 KiB: 80 MiB
+	if code, stderr := p.publishStdin("big.x", bigLines(n)); code != 0 {
+		t.Fatalf("publish: exit %d: %s", code, stderr)
+	}
+	// Idle with the queue in its tables: compacted, the queue live.
+	checkFor(t, deliveryTimeout, func() error {
+		if !p.logContains("compacted the datastore while idle") {
+			return errors.New("the publisher did not compact its tables while idle with a deep queue")
+		}
+		return nil
+	})
+	if used := dirSize(t, p.path("data"), ".sst"); used < n*(512<<10) {
+		t.Fatalf("the publisher's tables take %d bytes with %d publications of 512 KiB queued", used, n)
+	}
+	p.mustRun("subscribers", "revoke", id)
+	if _, ok := p.subscriberFor(id); ok {
+		t.Fatalf("subscription %s still listed after subscribers revoke", id)
+	}
+	tablesShrink(t, p, "the publisher's tables still take %d bytes after the deep queue of a revoked subscription was deleted")
+}
+
+// TestDiskGivenBackAfterCompactedBacklogDrained: a subscriber away long
+// enough for its publisher to compact its tables while idle, with the
+// backlog live in them, comes back and drains it: the space comes back
+// once the publisher is idle again. The drain left the tables at their
+// size, short of the doubling that makes the publisher compact again, and
+// deliveries were not counted as deletions at all: the backlog's space
+// stayed taken (TestDiskGivenBackAfterDrain drains before any compaction).
+func TestDiskGivenBackAfterCompactedBacklogDrained(t *testing.T) {
+	t.Parallel()
+	p, s := newInstance(t, "p"), newInstance(t, "s")
+	s.writeScript("receivers", "rec", `data=$(head -c 12); cat >/dev/null
+echo "$COATTAIL_SEQUENCE $data" >>got
+`)
+	p.start()
+	s.start()
+	s.addPeer(p, "--subscribable", "big.x")
+	id := s.subscribe(p, "big.x", "rec")
+	s.mustRun("service", "stop")
+
+	const n = 160 // of 512 KiB: 80 MiB
+	if code, stderr := p.publishStdin("big.x", bigLines(n)); code != 0 {
+		t.Fatalf("publish: exit %d: %s", code, stderr)
+	}
+	checkFor(t, deliveryTimeout, func() error {
+		if !p.logContains("compacted the datastore while idle") {
+			return errors.New("the publisher did not compact its tables while idle with a deep queue")
+		}
+		return nil
+	})
+	s.start()
+	s.waitLines("got", n, deliveryTimeout)
+	p.waitDrained(id, n, deliveryTimeout)
+	tablesShrink(t, p, "the publisher's tables still take %d bytes after the backlog it had compacted drained")
+}
+
 // bigLines returns n publications of 512 KiB for publish --stdin:
 // {"n":<1..n>,"p":"xxx…"}.
 func bigLines(n int) []string {
