@@ -654,7 +654,7 @@ func (n *Node) Perform(ctx context.Context, req localapi.PerformRequest, onLog f
 		if err != nil {
 			return res, &notPublishedError{action: req.Action, err: err}
 		}
-		res.Published = pr.Published
+		res.Published, res.Dropped = pr.Published, pr.Dropped
 	}
 	return res, nil
 }

@@ -220,10 +220,11 @@ func TestSubscribeVersionsSideBySide(t *testing.T) {
 	}
 	_ = s.Reset()
 
-	// 1.1.0: the answer says max_frame; a hello naming 1.0.0 is refused.
-	for _, proto := range []string{wire.ProtoSubscribe11, wire.ProtoPublish11} {
+	// 1.1.0 (and publish 1.2.0): the answer says max_frame; a hello
+	// naming 1.0.0 is refused.
+	for _, proto := range []string{wire.ProtoSubscribe11, wire.ProtoPublish11, wire.ProtoPublish12} {
 		s = rawStream(t, h, a, proto)
-		rvWrite(t, s, hello(wire.Version11))
+		rvWrite(t, s, hello(wire.VersionOf(proto)))
 		var ok wire.OK
 		rvExpect(t, wire.NewReader(s, 0), wire.TOK, &ok)
 		if ok.MaxFrame != 4<<20+64<<10 {
@@ -277,6 +278,7 @@ func TestFallbackToVersion100(t *testing.T) {
 	old := newTestNode(t)
 	old.Host().RemoveStreamHandler(wire.ProtoSubscribe11)
 	old.Host().RemoveStreamHandler(wire.ProtoPublish11)
+	old.Host().RemoveStreamHandler(wire.ProtoPublish12)
 	sub := newTestNode(t)
 	var c counter
 	if err := sub.RegisterReceiver("rec", c.handler); err != nil {
@@ -298,7 +300,7 @@ func TestFallbackToVersion100(t *testing.T) {
 	})
 	for _, conn := range sub.Host().Network().ConnsToPeer(old.ID()) {
 		for _, st := range conn.GetStreams() {
-			if p := string(st.Protocol()); p == wire.ProtoSubscribe11 || p == wire.ProtoPublish11 {
+			if p := string(st.Protocol()); p == wire.ProtoSubscribe11 || p == wire.ProtoPublish11 || p == wire.ProtoPublish12 {
 				t.Fatalf("a stream to the 1.0.0 peer speaks %s", p)
 			}
 		}

@@ -779,7 +779,7 @@ func (n *Node) remotePerform(ctx context.Context, req localapi.PerformRequest, o
 		}
 		return localapi.PerformResult{}, err
 	}
-	return localapi.PerformResult{Output: res.Output, Published: res.Published}, nil
+	return localapi.PerformResult{Output: res.Output, Published: res.Published, Dropped: res.Dropped}, nil
 }
 
 // PublishRequest publishes data (or a batch of data) to an action's
@@ -833,9 +833,9 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 	if err != nil {
 		return localapi.PublishResult{}, err
 	}
-	cnt, err := n.publish(ctx, pubs, to)
+	res, err := n.publish(ctx, pubs, to)
 	n.noteHopLimit(ctx, err, req.Run, "publish", req.Action, req.Hop)
-	return localapi.PublishResult{Published: cnt}, err
+	return localapi.PublishResult{Published: res.Queued, Dropped: res.Dropped}, err
 }
 
 // canonicalPeerIDs returns a --to list as the peer ids subscriptions are
@@ -880,9 +880,11 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 	// larger than a queue's bound was refused at every try, with "retry
 	// later", even into an empty queue.)
 	total, stored, maxCount := 0, 0, wire.MaxPublishBatch
+	var dropped uint64
 	for {
 		r, err := n.remotePublishOnce(ctx, peerID, pubs[stored:], maxCount)
 		total += r.published
+		dropped += r.dropped
 		stored += r.stored
 		var refused *wire.Error
 		if err != nil && errors.As(err, &refused) && refused.Code == wire.CodeUnavailable && r.refusedCount > 1 && ctx.Err() == nil {
@@ -890,7 +892,7 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 			continue
 		}
 		if err == nil {
-			return localapi.PublishResult{Published: total}, nil
+			return localapi.PublishResult{Published: total, Dropped: dropped}, nil
 		}
 		switch {
 		case !errors.As(err, &refused):
@@ -903,16 +905,18 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 		default:
 			err = fmt.Errorf("node: %s stored %d of %d publications (the first %d, in order), not the rest: %w", peerID, stored, len(pubs), stored, err)
 		}
-		return localapi.PublishResult{Published: total}, err
+		return localapi.PublishResult{Published: total, Dropped: dropped}, err
 	}
 }
 
 // remotePublishResult is what one publish stream achieved: publications
 // the peer confirmed storing (the first ones, in order), the subscription
-// queue entries they made, and, when the peer refused a frame, how many
-// publications that frame carried.
+// queue entries they made and those they pushed out of full queues
+// (drop_oldest; a peer before it was reported says 0), and, when the
+// peer refused a frame, how many publications that frame carried.
 type remotePublishResult struct {
 	stored, published, refusedCount int
+	dropped                         uint64
 }
 
 // remotePublishOnce sends pubs to the peer over one stream, in frames of
@@ -947,6 +951,7 @@ func (n *Node) remotePublishOnce(ctx context.Context, peerID string, pubs []publ
 	}
 	st := n.cfg.Limits.StreamTimeout
 	var stored, total, frame int // frame: the index of the frame awaited
+	var dropped uint64
 	answers := make(chan error, 1)
 	go func() {
 		err := func() error {
@@ -963,6 +968,7 @@ func (n *Node) remotePublishOnce(ctx context.Context, peerID string, pubs []publ
 				}
 				stored += c
 				total += res.Published
+				dropped += res.Dropped
 			}
 			return nil
 		}()
@@ -1014,7 +1020,7 @@ func (n *Node) remotePublishOnce(ctx context.Context, peerID string, pubs []publ
 	} else {
 		err = <-answers
 	}
-	r := remotePublishResult{stored: stored, published: total}
+	r := remotePublishResult{stored: stored, published: total, dropped: dropped}
 	if err != nil {
 		if !stop() && ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", ctx.Err(), err)

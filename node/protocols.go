@@ -33,6 +33,10 @@ func isSubscribe(proto protocol.ID) bool {
 	return proto == wire.ProtoSubscribe || proto == wire.ProtoSubscribe11
 }
 
+func isPublish(proto protocol.ID) bool {
+	return proto == wire.ProtoPublish || proto == wire.ProtoPublish11 || proto == wire.ProtoPublish12
+}
+
 // frameOverhead is the room a frame needs beyond its payload.
 const frameOverhead = 64 << 10
 
@@ -115,8 +119,10 @@ func (s *session) sendWithin(d time.Duration, t wire.Type, v any) error {
 func (nw *netsvc) register() {
 	nw.host.SetStreamHandler(wire.ProtoList, nw.serve(nw.handleList))
 	nw.host.SetStreamHandler(wire.ProtoPerform, nw.serve(nw.handlePerform))
+	nw.host.SetStreamHandler(wire.ProtoPerform11, nw.serve(nw.handlePerform))
 	nw.host.SetStreamHandler(wire.ProtoPublish, nw.serve(nw.handlePublish))
 	nw.host.SetStreamHandler(wire.ProtoPublish11, nw.serve(nw.handlePublish))
+	nw.host.SetStreamHandler(wire.ProtoPublish12, nw.serve(nw.handlePublish))
 	nw.host.SetStreamHandler(wire.ProtoSubscribe, nw.serve(nw.handleSubscribe))
 	nw.host.SetStreamHandler(wire.ProtoSubscribe11, nw.serve(nw.handleSubscribe))
 	nw.host.SetStreamHandler(wire.ProtoUnsubscribe, nw.serve(nw.handleUnsubscribe))
@@ -168,7 +174,7 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 			return
 		}
 		s.release = sync.OnceFunc(func() { nw.limits.release(p) })
-		s.manyResults = st.Protocol() == wire.ProtoPublish || st.Protocol() == wire.ProtoPublish11
+		s.manyResults = isPublish(st.Protocol())
 		defer s.release()
 		_ = st.SetDeadline(time.Now().Add(nw.n.cfg.Limits.StreamTimeout))
 		g, err := nw.authenticate(s)
@@ -193,7 +199,7 @@ func (nw *netsvc) serve(fn func(ctx context.Context, s *session) error) network.
 		// context ends (below) and its waits are cut short, and the
 		// caller is told that the token was revoked. It used to see only
 		// "reset the stream before answering".
-		perform := st.Protocol() == wire.ProtoPerform
+		perform := st.Protocol() == wire.ProtoPerform || st.Protocol() == wire.ProtoPerform11
 		var end func()
 		if perform {
 			end = func() {
@@ -346,7 +352,7 @@ func (nw *netsvc) authenticate(s *session) (*auth.Grant, error) {
 		return nil, err
 	}
 	ok := wire.OK{}
-	if version == wire.Version11 {
+	if p := s.s.Protocol(); p == wire.ProtoSubscribe11 || p == wire.ProtoPublish11 || p == wire.ProtoPublish12 {
 		ok.MaxFrame = nw.n.maxFrame()
 	}
 	if err := s.send(wire.TOK, ok); err != nil {
@@ -545,7 +551,11 @@ func (nw *netsvc) handlePerform(ctx context.Context, s *session) error {
 		}
 		return err
 	}
-	return s.send(wire.TResult, wire.PerformResult{Output: res.Output, Published: res.Published})
+	ans := wire.PerformResult{Output: res.Output, Published: res.Published}
+	if s.s.Protocol() == wire.ProtoPerform11 {
+		ans.Dropped = res.Dropped // an older caller refuses the key
+	}
+	return s.send(wire.TResult, ans)
 }
 
 // maxWireLogLine bounds a log line as JSON-encoded in a TLog frame. Any
@@ -651,12 +661,16 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 		if err != nil {
 			return err
 		}
-		cnt, err := nw.n.publish(ctx, pubs, nil)
+		res, err := nw.n.publish(ctx, pubs, nil)
 		if err != nil {
 			return err
 		}
 		stored += uint64(len(pubs))
-		if err := s.sendWithin(st, wire.TResult, wire.PublishResult{Accepted: len(pubs), LastSeq: stored, Published: cnt}); err != nil {
+		ans := wire.PublishResult{Accepted: len(pubs), LastSeq: stored, Published: res.Queued}
+		if s.s.Protocol() == wire.ProtoPublish12 {
+			ans.Dropped = res.Dropped // an older publisher refuses the key
+		}
+		if err := s.sendWithin(st, wire.TResult, ans); err != nil {
 			return err
 		}
 	}

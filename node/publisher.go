@@ -250,19 +250,20 @@ type publication struct {
 
 // publish queues publications for every matching subscription (only those
 // of the subscriber peer ids in to, when to is not empty) and returns how
-// many queue entries it wrote, once they are durable.
-func (n *Node) publish(ctx context.Context, pubs []publication, to []string) (int, error) {
+// many queue entries it wrote, once they are durable, and how many it
+// pushed out of full queues (drop_oldest).
+func (n *Node) publish(ctx context.Context, pubs []publication, to []string) (topics.Published, error) {
 	if n.isClosed() {
-		return 0, ErrClosed
+		return topics.Published{}, ErrClosed
 	}
 	if err := checkPeerIDs(to); err != nil {
-		return 0, err
+		return topics.Published{}, err
 	}
 	msgs := make([]topics.Message, 0, len(pubs))
 	now := time.Now().UnixNano()
 	for _, p := range pubs {
 		if err := n.checkHop(p.Subject, p.Hop, "not published"); err != nil {
-			return 0, err
+			return topics.Published{}, err
 		}
 		msgs = append(msgs, topics.Message{Subject: p.Subject, Data: p.Data, Hop: uint32(p.Hop), Time: now})
 	}
@@ -274,7 +275,7 @@ func (n *Node) publish(ctx context.Context, pubs []publication, to []string) (in
 		}
 		filter = func(s topics.Subscription) bool { return only[s.Subscriber] }
 	}
-	cnt, err := n.queues.Publish(ctx, msgs, filter)
+	res, err := n.queues.PublishOutcome(ctx, msgs, filter)
 	if err != nil {
 		// The caller is told; the operator should be too (a subscriber
 		// down or too slow for this long, a disk filling). Sampled.
@@ -290,10 +291,10 @@ func (n *Node) publish(ctx context.Context, pubs []publication, to []string) (in
 				n.log.Warn("publication refused: "+why, append([]any{"subject", msgs[0].Subject, "err", err}, extra...)...)
 			}
 		}
-		return 0, err
+		return topics.Published{}, err
 	}
 	n.stats.published.Add(uint64(len(pubs)))
-	return cnt, nil
+	return res, nil
 }
 
 // Publish publishes data to the subscribers of subject from this instance
@@ -323,11 +324,11 @@ func (n *Node) PublishBatch(ctx context.Context, msgs []Message) (int, error) {
 		}
 		pubs = append(pubs, publication{Subject: m.Subject, Data: m.Data, Hop: hop})
 	}
-	cnt, err := n.publish(ctx, pubs, nil)
+	res, err := n.publish(ctx, pubs, nil)
 	if len(pubs) > 0 {
 		n.noteHopLimit(ctx, err, nil, "publish", pubs[0].Subject, hop)
 	}
-	return cnt, err
+	return res.Queued, err
 }
 
 // Message is one publication for PublishBatch.

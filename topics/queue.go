@@ -368,6 +368,7 @@ type pubReq struct {
 	epoch   uint64    // Queues.epoch before routing
 	bytes   int
 	n       int
+	dropped uint64 // PublishOutcome.Dropped
 	err     error
 	done    chan struct{}
 }
@@ -385,6 +386,16 @@ type touch struct {
 	drop  uint64 // head implied by drop_oldest after this round (0: none)
 	items []Item
 	pos   []uint64 // log position of each item
+	// marks (drop_oldest only): the queue's next sequence after each
+	// request of the round that appended to it, in order, so that finish
+	// tells each call what its own publications pushed out.
+	marks []dropMark
+}
+
+// dropMark is the next sequence of a queue after req's publications.
+type dropMark struct {
+	req  *pubReq
+	next uint64
 }
 
 // logPut is one log entry written by a round.
@@ -1508,9 +1519,34 @@ var testHookHandoff func()
 //
 // filter runs on the caller's goroutine and must not call back into qs.
 func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subscription) bool) (int, error) {
+	o, err := qs.PublishOutcome(ctx, msgs, filter)
+	return o.Queued, err
+}
+
+// Published is what a Publish call did.
+type Published struct {
+	// Queued is the number of queue entries appended (what Publish
+	// returns).
+	Queued int
+	// Dropped is the number of undelivered queue entries that the call's
+	// publications pushed out of queues at their bound under
+	// PolicyDropOldest, as counted in QueueStatus.Dropped: older
+	// publications, and the call's own first ones when it appended more
+	// than the bound to a queue. Those in flight to the subscriber are not
+	// dropped (see QueueStatus.Dropped). Always 0 under PolicyReject.
+	Dropped uint64
+}
+
+// PublishOutcome is Publish, also telling what the call dropped.
+func (qs *Queues) PublishOutcome(ctx context.Context, msgs []Message, filter func(Subscription) bool) (Published, error) {
+	n, dropped, err := qs.publish(ctx, msgs, filter)
+	return Published{Queued: n, Dropped: dropped}, err
+}
+
+func (qs *Queues) publish(ctx context.Context, msgs []Message, filter func(Subscription) bool) (int, uint64, error) {
 	for i := range msgs {
 		if err := ValidateSubject(msgs[i].Subject); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	r := qs.reqPool.Get().(*pubReq)
@@ -1572,7 +1608,7 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 	}
 	if len(r.targets) == 0 {
 		qs.reqPool.Put(r)
-		return 0, nil
+		return 0, 0, nil
 	}
 	// The encoded entry is what the queues keep (Data aliases it), so the
 	// caller may reuse its buffers as soon as Publish returns. Small
@@ -1605,7 +1641,7 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 
 	if f := qs.failed.Load(); f != nil {
 		qs.reqPool.Put(r)
-		return 0, *f
+		return 0, 0, *f
 	}
 	// Registering as a sender under the read lock orders the send before
 	// Close closes the channel (Close waits for registered senders). The
@@ -1616,7 +1652,7 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 	if qs.closed {
 		qs.mu.RUnlock()
 		qs.reqPool.Put(r)
-		return 0, ErrClosed
+		return 0, 0, ErrClosed
 	}
 	qs.senders.Add(1)
 	qs.mu.RUnlock()
@@ -1626,7 +1662,7 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 	case <-ctx.Done():
 		qs.senders.Done()
 		qs.reqPool.Put(r)
-		return 0, ctx.Err()
+		return 0, 0, ctx.Err()
 	}
 
 	if testHookHandoff != nil {
@@ -1646,12 +1682,12 @@ func (qs *Queues) Publish(ctx context.Context, msgs []Message, filter func(Subsc
 			t.Stop()
 		case <-t.C:
 			// r is still referenced by the committer; it is not recycled.
-			return 0, fmt.Errorf("topics: publish: %w (the messages may still be queued)", ctx.Err())
+			return 0, 0, fmt.Errorf("topics: publish: %w (the messages may still be queued)", ctx.Err())
 		}
 	}
-	n, err := r.n, r.err
+	n, dropped, err := r.n, r.dropped, r.err
 	qs.reqPool.Put(r)
-	return n, err
+	return n, dropped, err
 }
 
 func (r *pubReq) reset() {
@@ -1659,7 +1695,7 @@ func (r *pubReq) reset() {
 	clear(r.vals)
 	clear(r.targets)
 	r.msgs, r.vals, r.targets = r.msgs[:0], r.vals[:0], r.targets[:0]
-	r.bytes, r.n, r.err, r.listed, r.epoch = 0, 0, nil, false, 0
+	r.bytes, r.n, r.dropped, r.err, r.listed, r.epoch = 0, 0, 0, nil, false, 0
 }
 
 // commitLoop is the committer goroutine: it merges waiting Publish calls
@@ -1801,6 +1837,18 @@ func (qs *Queues) commitRound(first *pubReq) {
 				t.pos = append(t.pos, pos)
 				q.cNext++
 				r.n++
+			}
+		}
+		if qs.drop {
+			for _, tg := range r.targets {
+				if q := tg.q; q.cRound == id && !q.removed.Load() {
+					t := rd.touches[q.cTouch]
+					if k := len(t.marks); k > 0 && t.marks[k-1].req == r {
+						t.marks[k-1].next = q.cNext
+					} else {
+						t.marks = append(t.marks, dropMark{req: r, next: q.cNext})
+					}
+				}
 			}
 		}
 	}
@@ -2093,6 +2141,7 @@ func (qs *Queues) finish(rd *round, err error) {
 				if from := max(q.head, q.sentMax+1); t.drop > from {
 					q.dropped += t.drop - from
 					qs.totDropped.Add(t.drop - from)
+					qs.blameDrops(t, from)
 				}
 				q.head = t.drop
 				q.trimLocked()
@@ -2123,11 +2172,32 @@ func (qs *Queues) finish(rd *round, err error) {
 			if !errors.Is(r.err, ErrStorageFailed) {
 				r.err = serr
 			}
-			r.n = 0
+			r.n, r.dropped = 0, 0
 		}
 	}
 	for _, r := range rd.reqs {
 		r.done <- struct{}{}
+	}
+}
+
+// blameDrops tells each call of the round what it pushed out of t's
+// queue, the sequences from `from` to t.drop being dropped: each
+// publication appended beyond the bound pushes out the oldest one still
+// queued, so the k-th call pushes out those from the head its
+// predecessors implied to the head it implies (its mark's next less the
+// bound); those below from (sent, or dropped already) are not dropped
+// again.
+func (qs *Queues) blameDrops(t *touch, from uint64) {
+	var prev uint64 // head implied before the mark
+	for _, m := range t.marks {
+		var head uint64
+		if m.next > qs.bound {
+			head = m.next - qs.bound
+		}
+		if lo, hi := max(prev, from), min(head, t.drop); hi > lo {
+			m.req.dropped += hi - lo
+		}
+		prev = max(prev, head)
 	}
 }
 

@@ -1955,3 +1955,70 @@ func TestQueueFreedBytes(t *testing.T) {
 		wantPositions(t, store, nil)
 	})
 }
+
+// A publication into a queue at its bound under drop_oldest tells its
+// caller how many undelivered entries it pushed out, as the dropped
+// counter counts them: older publications, and its own first ones when
+// a call carries more than the bound. It reported them all as queued.
+func TestPublishOutcomeCountsDrops(t *testing.T) {
+	backends(t, func(t *testing.T, store ds.Batching) {
+		ctx := context.Background()
+		qs := openQueues(t, store, QueueOptions{Bound: 3, Policy: PolicyDropOldest})
+		addSub(t, qs, "s", "a.*")
+		addSub(t, qs, "t", "a.x")
+		pub := func(want Published, msgs ...Message) {
+			t.Helper()
+			got, err := qs.PublishOutcome(ctx, msgs, nil)
+			if err != nil || got != want {
+				t.Fatalf("PublishOutcome(%d messages) = %+v, %v; want %+v", len(msgs), got, err, want)
+			}
+		}
+		pub(Published{Queued: 2}, msg("a.y", "1"), msg("a.y", "2"))
+		pub(Published{Queued: 2, Dropped: 1}, msg("a.y", "3"), msg("a.y", "4"))
+		// Five into a full queue of three: 2..4 and the call's own 5 and 6.
+		pub(Published{Queued: 5, Dropped: 5}, msg("a.y", "5"), msg("a.y", "6"), msg("a.y", "7"), msg("a.y", "8"), msg("a.y", "9"))
+		wantItems(t, readAll(t, qs, "s", 0), "7:a.y:7", "8:a.y:8", "9:a.y:9")
+		// Fan-out: entries of both queues; t has room for two more.
+		pub(Published{Queued: 4, Dropped: 2}, msg("a.x", "10"), msg("a.x", "11"))
+		// Sent ones are delivered, not dropped (nor counted here): of 9
+		// and 10, only 10.
+		qs.MarkSent("s", 9)
+		pub(Published{Queued: 2, Dropped: 1}, msg("a.y", "12"), msg("a.y", "13"))
+		if got, want := qs.Totals().Dropped, uint64(1+5+2+1); got != want {
+			t.Fatalf("Totals().Dropped = %d, want %d: the calls said otherwise", got, want)
+		}
+
+		// Concurrent calls share rounds: each is told what its own
+		// publications pushed out, and together what was dropped.
+		before := qs.Totals().Dropped
+		var told atomic.Uint64
+		var wg sync.WaitGroup
+		for g := range 8 {
+			wg.Go(func() {
+				for k := range 50 {
+					batch := []Message{msg("a.y", "x")}
+					if (g+k)%3 == 0 {
+						batch = append(batch, msg("a.y", "y"), msg("a.y", "z"), msg("a.y", "w"), msg("a.y", "v"))
+					}
+					o, err := qs.PublishOutcome(ctx, batch, nil)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					told.Add(o.Dropped)
+				}
+			})
+		}
+		wg.Wait()
+		if got, want := told.Load(), qs.Totals().Dropped-before; got != want {
+			t.Fatalf("concurrent calls were told of %d drops, the queues dropped %d", got, want)
+		}
+
+		// Under reject nothing is dropped.
+		qr := openQueues(t, datastore.NewMemory().Batching(), QueueOptions{Bound: 3})
+		addSub(t, qr, "s", "a.y")
+		if o, err := qr.PublishOutcome(ctx, []Message{msg("a.y", "1"), msg("a.y", "2")}, nil); err != nil || o != (Published{Queued: 2}) {
+			t.Fatalf("PublishOutcome under reject = %+v, %v", o, err)
+		}
+	})
+}

@@ -223,7 +223,7 @@ func newActionPerformCmd(a *app) *cobra.Command {
 				}
 				fmt.Fprintln(a.out, string(res.Output))
 				if req.Notify && !quiet {
-					fmt.Fprintf(a.err, "published to %d subscription(s)\n", res.Published)
+					fmt.Fprintf(a.err, "published to %d subscription(s)%s\n", res.Published, droppedNote(res.Dropped))
 					a.hintNoneOfTo(req.To, res.Published, req.Action, req.Peer)
 				}
 				return nil
@@ -274,7 +274,7 @@ func newActionPublishCmd(a *app) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(a.out, "published to %d subscription(s)\n", res.Published)
+				fmt.Fprintf(a.out, "published to %d subscription(s)%s\n", res.Published, droppedNote(res.Dropped))
 				a.hintNoneOfTo(req.To, res.Published, req.Action, req.Peer)
 				return nil
 			})
@@ -287,6 +287,22 @@ func newActionPublishCmd(a *app) *cobra.Command {
 	cmd.Flags().BoolVar(&fromStdin, "stdin", false, "publish one message per line of stdin (each line a JSON value), in batches")
 	_ = cmd.MarkFlagRequired("action")
 	return cmd
+}
+
+// droppedNote is what the line saying where a publication went adds when
+// it pushed undelivered ones out of full queues (limits.queue_full:
+// drop_oldest): the oldest go first, a batch's own first ones too when it
+// is larger than a queue's bound, and the count of queue entries written
+// includes those. Without it, publications dropped at once were reported
+// as queued, and only the dropped counter showed otherwise.
+func droppedNote(n uint64) string {
+	switch n {
+	case 0:
+		return ""
+	case 1:
+		return "; 1 undelivered queue entry dropped to make room (limits.queue_full: drop_oldest)"
+	}
+	return fmt.Sprintf("; %d undelivered queue entries dropped to make room (limits.queue_full: drop_oldest)", n)
 }
 
 // hintNoneOfTo says on stderr, when a publication restricted with --to
@@ -321,6 +337,7 @@ func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.Publis
 	sc.Buffer(make([]byte, 64<<10), maxStdinLine)
 	// nums: the stdin line number of each line in req.Batch.
 	total, lines, published, lineNo, batchBytes := 0, 0, 0, 0, 0
+	var dropped uint64
 	var nums []int
 	batch := req
 	// publish sends the lines of part (numbered partNums) in one call.
@@ -331,6 +348,7 @@ func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.Publis
 		res, err := c.Publish(cmd.Context(), batch)
 		if err == nil {
 			total += res.Published
+			dropped += res.Dropped
 			published += len(part)
 			return nil
 		}
@@ -416,6 +434,6 @@ func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.Publis
 	if err := send(); err != nil {
 		return err
 	}
-	fmt.Fprintf(a.out, "published %d message(s) to %d subscription queue entries\n", lines, total)
+	fmt.Fprintf(a.out, "published %d message(s) to %d subscription queue entries%s\n", lines, total, droppedNote(dropped))
 	return nil
 }

@@ -67,6 +67,79 @@ func TestPublishStdinFillsQueueToBound(t *testing.T) {
 	}
 }
 
+// TestDropOldestPublishSaysWhatItDropped: a publication into a full queue
+// under limits.queue_full: drop_oldest says how many undelivered queue
+// entries it pushed out, here, at a peer (--peer) and as the notification
+// of a perform (here and at a peer). It said they were all queued: a batch
+// larger than the bound reported its own first publications, dropped at
+// once, as queued, and only the dropped counter told otherwise.
+func TestDropOldestPublishSaysWhatItDropped(t *testing.T) {
+	t.Parallel()
+	p, s, r := newInstance(t, "p"), newInstance(t, "s"), newInstance(t, "r")
+	p.setConfig("queue_bound", "5")
+	p.setConfig("queue_full", "drop_oldest")
+	p.writeScript("actions", "drop.x", "cat\n")
+	s.recordingReceiver("rec", "got")
+	p.start()
+	s.start()
+	r.start()
+	s.addPeer(p, "--subscribable", "drop.x")
+	id := s.subscribe(p, "drop.x", "rec")
+	s.mustRun("service", "stop")
+	r.addPeer(p, "--publishable", "drop.x", "--performable", "drop.x")
+
+	note := func(n int) string {
+		if n == 1 {
+			return "; 1 undelivered queue entry dropped to make room (limits.queue_full: drop_oldest)"
+		}
+		return fmt.Sprintf("; %d undelivered queue entries dropped to make room (limits.queue_full: drop_oldest)", n)
+	}
+	lines := func(from, to int) string {
+		var b strings.Builder
+		for k := from; k <= to; k++ {
+			fmt.Fprintf(&b, "%d\n", k)
+		}
+		return b.String()
+	}
+	// Room: nothing dropped, nothing said.
+	if out := p.mustRun("action", "publish", "--action", "drop.x", "--data", "0"); out != "published to 1 subscription(s)\n" {
+		t.Errorf("publish into a queue with room printed %q", out)
+	}
+	// 8 more into a queue of 1 bound to 5: 0 and the batch's own 1..3 go.
+	if stdout, stderr, code := p.runStdin(lines(1, 8), "action", "publish", "--action", "drop.x", "--stdin"); code != 0 ||
+		stdout != "published 8 message(s) to 8 subscription queue entries"+note(4)+"\n" {
+		t.Errorf("publish --stdin of 8 past the bound: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if out := p.mustRun("action", "publish", "--action", "drop.x", "--data", "9"); out != "published to 1 subscription(s)"+note(1)+"\n" {
+		t.Errorf("publish into the full queue printed %q", out)
+	}
+	// At the peer: 7 into its full queue of 5.
+	if stdout, stderr, code := r.runStdin(lines(10, 16), "action", "publish", "--action", "drop.x", "--stdin", "--peer", p.peerID()); code != 0 ||
+		stdout != "published 7 message(s) to 7 subscription queue entries"+note(7)+"\n" {
+		t.Errorf("publish --stdin --peer of 7 into the peer's full queue: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if stdout, stderr, code := r.run("action", "publish", "--action", "drop.x", "--data", "17", "--peer", p.peerID()); code != 0 ||
+		stdout != "published to 1 subscription(s)"+note(1)+"\n" {
+		t.Errorf("publish --peer into the peer's full queue: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	// perform --notify, at the peer and here: on stderr.
+	if stdout, stderr, code := r.run("action", "perform", "--action", "drop.x", "--data", "18", "--notify", "--peer", p.peerID()); code != 0 ||
+		!strings.Contains(stderr, "published to 1 subscription(s)"+note(1)+"\n") {
+		t.Errorf("perform --notify --peer into the peer's full queue: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if stdout, stderr, code := p.run("action", "perform", "--action", "drop.x", "--data", "19", "--notify"); code != 0 ||
+		!strings.Contains(stderr, "published to 1 subscription(s)"+note(1)+"\n") {
+		t.Errorf("perform --notify into the full queue: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	// As many as the counters say, and the newest five are queued.
+	if c := p.counters(); c.Dropped != 4+1+7+1+1+1 {
+		t.Errorf("counters.dropped = %d, want %d, what the publications said", c.Dropped, 4+1+7+1+1+1)
+	}
+	if sub, ok := p.subscriberFor(id); !ok || sub.Depth != 5 {
+		t.Errorf("the subscription: %+v (found %v), want 5 queued", sub, ok)
+	}
+}
+
 // TestDiskGivenBackAfterDrain: a publisher that queued a large backlog
 // for a subscriber away gives the disk space back once the subscriber has
 // it all and the instance is idle, although another subscriber, gone for

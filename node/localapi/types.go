@@ -191,6 +191,8 @@ type ReceiverRun struct {
 type PerformResult struct {
 	Output    json.RawMessage `json:"output"`
 	Published int             `json:"published"`
+	// Dropped: see PublishResult.
+	Dropped uint64 `json:"dropped,omitempty"`
 }
 
 // PublishRequest publishes data to an action's subscribers without running it.
@@ -208,7 +210,14 @@ type PublishRequest struct {
 
 // PublishResult says how many subscription queues took the publication.
 type PublishResult struct {
+	// Published is the number of subscription queue entries written.
 	Published int `json:"published"`
+	// Dropped is the number of undelivered queue entries the publication
+	// pushed out of full queues (limits.queue_full: drop_oldest): older
+	// publications, and its own first ones when a batch carried more than
+	// a queue's bound (they are among Published). Left out when 0; a peer
+	// (Peer) before this field was added does not report it.
+	Dropped uint64 `json:"dropped,omitempty"`
 }
 
 // StreamLine is one line of a streamed answer: a log line, the final

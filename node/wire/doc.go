@@ -31,6 +31,14 @@ const Version = "1.0.0"
 // holder that the token was revoked.
 const Version11 = "1.1.0"
 
+// Version12 is the third version of publish, served beside its 1.1.0 and
+// 1.0.0: what 1.1.0 has, and PublishResult.Dropped. Version11 of perform,
+// served beside its 1.0.0, adds PerformResult.Dropped. Both say how many
+// undelivered queue entries a publication pushed out of full queues
+// (drop_oldest); JSON decoding is strict, so an older opener must not be
+// sent the key (docs/PROTOCOL.md, "Versioning").
+const Version12 = "1.2.0"
+
 // Protocol IDs, one per operation and version. They are untyped so they
 // convert to libp2p's protocol.ID without this package importing libp2p.
 const (
@@ -45,12 +53,15 @@ const (
 	ProtoPublish11   = "/coattail/publish/" + Version11
 	ProtoSubscribe11 = "/coattail/subscribe/" + Version11
 	ProtoRevoke11    = "/coattail/revoke/" + Version11
+	ProtoPerform11   = "/coattail/perform/" + Version11
+
+	ProtoPublish12 = "/coattail/publish/" + Version12
 )
 
 // Protocols lists every protocol ID this package speaks, in a stable order,
 // so a host can register or advertise them together.
 func Protocols() []string {
-	return []string{ProtoList, ProtoPerform, ProtoPublish, ProtoSubscribe, ProtoUnsubscribe, ProtoDeliver, ProtoRevoke, ProtoPublish11, ProtoSubscribe11, ProtoRevoke11}
+	return []string{ProtoList, ProtoPerform, ProtoPublish, ProtoSubscribe, ProtoUnsubscribe, ProtoDeliver, ProtoRevoke, ProtoPublish11, ProtoSubscribe11, ProtoRevoke11, ProtoPerform11, ProtoPublish12}
 }
 
 // VersionOf returns the version a protocol ID ends in ("" for an ID that
@@ -75,7 +86,9 @@ func Newest(id string) []string {
 	case ProtoSubscribe:
 		return []string{ProtoSubscribe11, ProtoSubscribe}
 	case ProtoPublish:
-		return []string{ProtoPublish11, ProtoPublish}
+		return []string{ProtoPublish12, ProtoPublish11, ProtoPublish}
+	case ProtoPerform:
+		return []string{ProtoPerform11, ProtoPerform}
 	}
 	return []string{id}
 }

@@ -72,6 +72,10 @@ type Log struct {
 type PerformResult struct {
 	Output    json.RawMessage `json:"output,omitempty"`
 	Published int             `json:"published"` // subscriptions notified
+	// Dropped (perform 1.1.0 only) counts the undelivered queue entries
+	// the notification pushed out of full queues (limits.queue_full:
+	// drop_oldest); omitted when 0.
+	Dropped uint64 `json:"dropped,omitempty"`
 }
 
 // PublishResult answers one TPublish batch, in order (TResult).
@@ -84,6 +88,11 @@ type PublishResult struct {
 	LastSeq uint64 `json:"last_seq"`
 	// Published is the number of subscription queue entries written.
 	Published int `json:"published"`
+	// Dropped (publish 1.2.0 only) is the number of undelivered queue
+	// entries this batch pushed out of full queues (limits.queue_full:
+	// drop_oldest), its own first publications included when it carried
+	// more than a queue's bound; omitted when 0.
+	Dropped uint64 `json:"dropped,omitempty"`
 }
 
 // SubscribeRequest creates or resumes a subscription.

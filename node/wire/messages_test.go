@@ -151,6 +151,7 @@ func TestProtocolIDs(t *testing.T) {
 		"/coattail/list/1.0.0", "/coattail/perform/1.0.0", "/coattail/publish/1.0.0",
 		"/coattail/subscribe/1.0.0", "/coattail/unsubscribe/1.0.0", "/coattail/deliver/1.0.0", "/coattail/revoke/1.0.0",
 		"/coattail/publish/1.1.0", "/coattail/subscribe/1.1.0", "/coattail/revoke/1.1.0",
+		"/coattail/perform/1.1.0", "/coattail/publish/1.2.0",
 	}
 	if got := wire.Protocols(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
@@ -162,6 +163,12 @@ func TestProtocolIDs(t *testing.T) {
 	}
 	if got := wire.Newest(wire.ProtoSubscribe); !reflect.DeepEqual(got, []string{wire.ProtoSubscribe11, wire.ProtoSubscribe}) {
 		t.Errorf("Newest(subscribe) = %v, want 1.1.0 then 1.0.0", got)
+	}
+	if got := wire.Newest(wire.ProtoPublish); !reflect.DeepEqual(got, []string{wire.ProtoPublish12, wire.ProtoPublish11, wire.ProtoPublish}) {
+		t.Errorf("Newest(publish) = %v, want 1.2.0, 1.1.0 then 1.0.0", got)
+	}
+	if got := wire.Newest(wire.ProtoPerform); !reflect.DeepEqual(got, []string{wire.ProtoPerform11, wire.ProtoPerform}) {
+		t.Errorf("Newest(perform) = %v, want 1.1.0 then 1.0.0", got)
 	}
 	if got := wire.Newest(wire.ProtoList); !reflect.DeepEqual(got, []string{wire.ProtoList}) {
 		t.Errorf("Newest(list) = %v, want only 1.0.0", got)
