@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/runner"
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 )
@@ -298,7 +299,10 @@ func (a *app) startHeadless(ctx context.Context, l node.Layout, o *startOptions)
 	}
 	child := exec.Command(bin, args...)
 	child.Dir = l.Dir
-	child.Env = append(os.Environ(), envReadyFD+"=3")
+	// Not part of a run that started it (an action running `service
+	// start --headless`): the run's cookie would have the service, and
+	// every program it runs, killed when that run ends.
+	child.Env = append(runner.WithoutCookie(os.Environ()), envReadyFD+"=3")
 	child.Stdout, child.Stderr = logf, logf // a panic lands in the log
 	child.ExtraFiles = []*os.File{pw}
 	child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -76,13 +76,14 @@ func baseEnv(cfg Config, parent []string) []string {
 	)
 }
 
-func (r *Runner) env(inv Invocation) []string {
-	env := make([]string, 0, len(r.baseEnv)+3+len(inv.Env))
+func (r *Runner) env(inv Invocation, cookie string) []string {
+	env := make([]string, 0, len(r.baseEnv)+4+len(inv.Env))
 	env = append(env, r.baseEnv...)
 	env = append(env,
 		"COATTAIL_ACTION="+inv.Name,
 		"COATTAIL_KIND="+string(inv.Kind),
 		"COATTAIL_CALLER="+inv.Caller,
+		EnvCookie+"="+r.outer+cookie,
 	)
 	for k, v := range inv.Env {
 		env = append(env, k+"="+v)
@@ -157,11 +158,18 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 	stdin, closeStdin := stdinFor(inv.Input)
 	defer closeStdin()
 
+	// The run's cookie marks every process it starts, also those that
+	// leave its process group; only this process knows it (inv.Env cannot
+	// set EnvCookie).
+	cookie := newCookie()
+	escaped := 0   // processes outside the group killed with the run
+	swept := false // Cancel swept for them already
+	mark := r.reaper.mark()
 	var cmd *exec.Cmd
 	for attempt := 0; ; attempt++ {
 		cmd = exec.CommandContext(runCtx, path)
 		cmd.Dir = r.cfg.Dir
-		cmd.Env = r.env(inv)
+		cmd.Env = r.env(inv, cookie)
 		cmd.Stdin = stdin
 		cmd.Stdout = stdout
 		cmd.Stderr = stderr
@@ -169,7 +177,14 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 		// too and not only the shell.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		c := cmd
-		cmd.Cancel = func() error { return killGroup(c) }
+		cmd.Cancel = func() error {
+			err := killGroup(c)
+			// At once, not after Wait: one that holds our pipes would
+			// keep Wait waiting for waitDelay. Wait returns after Cancel.
+			escaped += r.reaper.killAll(cookie, c.Process.Pid)
+			swept = true
+			return err
+		}
 		cmd.WaitDelay = waitDelay
 
 		err = cmd.Start()
@@ -188,8 +203,23 @@ func (r *Runner) runExec(ctx context.Context, inv Invocation) (json.RawMessage, 
 	// Whatever the program left running in its group (children that kept
 	// our pipes open, outlived a failed or stopped program, or were left in
 	// the background by one that succeeded) goes with it: nothing a run
-	// starts outlives it, or its action_timeout.
+	// starts outlives it, or its action_timeout. So does what left the
+	// group (setsid, a daemon) and still carries the run's cookie: swept
+	// for in full where the run was killed (by Cancel, which sweeps until
+	// a sweep finds nothing) or something kept its output open after it
+	// exited, checked cheaply otherwise (see reapExited).
 	_ = killGroup(cmd)
+	switch {
+	case swept:
+	case runCtx.Err() != nil || errors.Is(waitErr, exec.ErrWaitDelay):
+		escaped += r.reaper.killAll(cookie, cmd.Process.Pid)
+	default:
+		escaped += r.reaper.reapExited(cookie, mark, cmd.Process.Pid)
+	}
+	if escaped > 0 {
+		r.cfg.Logger.Warn("killed processes the program left running outside its process group (setsid, a daemon)",
+			"kind", inv.Kind, "name", inv.Name, "processes", escaped)
+	}
 	// exitedOK: the program itself exited 0 and only its children held
 	// the pipes; the deadline may have passed while Wait waited for them,
 	// but the program's own result stands.

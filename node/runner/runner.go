@@ -151,6 +151,8 @@ type Config struct {
 type Runner struct {
 	cfg     Config
 	baseEnv []string      // filtered parent environment plus the per-instance variables
+	outer   string        // run cookies this process inherited, as EnvCookie's prefix ("a:"), or ""
+	reaper  *reaper       // kills what a run left outside its process group
 	slots   chan struct{} // one element per running executable; capacity MaxRunning
 
 	mu       sync.RWMutex
@@ -207,9 +209,12 @@ func New(cfg Config) *Runner {
 		}
 	}
 	closeInheritedOnExec()
+	parent := os.Environ()
 	return &Runner{
 		cfg:     cfg,
-		baseEnv: baseEnv(cfg, os.Environ()),
+		baseEnv: baseEnv(cfg, parent),
+		outer:   outerCookies(parent),
+		reaper:  newReaper(cfg.Logger),
 		slots:   make(chan struct{}, cfg.MaxRunning),
 		handlers: map[Kind]map[string]Handler{
 			KindAction:   {},
@@ -412,6 +417,7 @@ var reservedEnv = map[string]bool{
 	"COATTAIL_PEER_ID":  true,
 	"COATTAIL_SOCKET":   true,
 	"COATTAIL_BIN":      true,
+	EnvCookie:           true,
 }
 
 // Run runs the action or receiver inv.Kind/inv.Name with inv.Input and
@@ -424,7 +430,14 @@ var reservedEnv = map[string]bool{
 // parent (PATH led by the coattail binary's directory) plus
 // COATTAIL_INSTANCE, COATTAIL_ACTION (the name, also for receivers),
 // COATTAIL_KIND, COATTAIL_CALLER, COATTAIL_PEER_ID, COATTAIL_SOCKET,
-// COATTAIL_BIN and inv.Env.
+// COATTAIL_BIN, COATTAIL_RUN_COOKIE (EnvCookie: a random cookie of this run)
+// and inv.Env.
+//
+// Nothing an executable starts outlives its run: its process group is
+// killed when the program exits, fails, times out, overflows its output
+// or is stopped by ctx, and on Linux so is every process of this user
+// that carries the run's cookie, also one that left the group (setsid,
+// a daemon); see reaper.
 //
 // Errors name the program and match a sentinel of this package with
 // errors.Is; a run stopped by ctx returns an error wrapping ctx's error.

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -92,6 +94,31 @@ func procStat(pid int) (fields []string, ok bool) {
 func processGone(pid int) bool {
 	f, ok := procStat(pid)
 	return !ok || len(f) > 0 && (f[0] == "Z" || f[0] == "X")
+}
+
+// checkGone waits, up to 10 s, for pid to be gone: the runner killed it
+// before Run returned, and a killed process takes a moment to die.
+func checkGone(t *testing.T, what string, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !processGone(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s (pid %d) still runs 10s after Run returned", what, pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// killPIDFile kills the process whose pid path holds, if any: a cleanup
+// for processes a failing test may leave behind.
+func killPIDFile(path string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
 
 func readPID(t *testing.T, path string) int {
@@ -177,6 +204,9 @@ printf '"PWD_NOW":"%s"}' "$(pwd -P)"`)
 			t.Errorf("%s = %q, want %q", k, env[k], v)
 		}
 	}
+	if id := env[EnvCookie]; !isCookie(id) {
+		t.Errorf("%s = %q, want a cookie of %d hex digits", EnvCookie, id, cookieLen)
+	}
 	if !strings.HasPrefix(env["PATH"], "/opt/coattail/bin:") {
 		t.Errorf("PATH = %q, want the binary's directory first", env["PATH"])
 	}
@@ -209,6 +239,7 @@ func TestRunRejectsBadEnv(t *testing.T) {
 		{"LD_PRELOAD": "/evil.so"},
 		{"COATTAIL_CALLER": "someone-else"},
 		{"COATTAIL_INSTANCE": "/elsewhere"},
+		{EnvCookie: "0123456789abcdef0123456789abcdef"}, // another run's cookie
 		{"COATTAIL_X=Y": "z"},
 		{"COATTAIL_X": "nul\x00byte"},
 	} {
@@ -423,21 +454,19 @@ func TestRunContextCancelKillsProcessGroup(t *testing.T) {
 	checkFor(t, "child sleep to die", func() bool { return processGone(pid) })
 }
 
+// A grandchild that left the process group (setsid) and keeps stdout
+// open neither hangs Run nor outlives it: the program's result stands,
+// and the grandchild, out of the group's reach, is found by the run's
+// cookie and killed (on Linux; it used to run on for ever).
 func TestRunDoesNotHangOnEscapedGrandchild(t *testing.T) {
 	t.Parallel()
 	r, dir := newTestRunner(t, nil)
 	pidFile := filepath.Join(dir, "escaped.pid")
 	// The grandchild leaves the process group (setsid) but keeps stdout.
-	writeProgram(t, dir, KindAction, "escape", `setsid sh -c 'echo $$ > escaped.pid; exec sleep 1000' & echo '{"ok":true}'`)
-	t.Cleanup(func() {
-		if b, err := os.ReadFile(pidFile); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				if p, err := os.FindProcess(pid); err == nil {
-					_ = p.Kill()
-				}
-			}
-		}
-	})
+	writeProgram(t, dir, KindAction, "escape", `setsid sh -c 'echo $$ > escaped.pid; exec sleep 1000' &
+while [ ! -s escaped.pid ]; do sleep 0.01; done
+echo '{"ok":true}'`)
+	t.Cleanup(func() { killPIDFile(pidFile) })
 	out, err := r.Run(context.Background(), action("escape", `{}`))
 	if err != nil {
 		t.Fatal(err)
@@ -445,6 +474,11 @@ func TestRunDoesNotHangOnEscapedGrandchild(t *testing.T) {
 	if string(out) != `{"ok":true}` {
 		t.Errorf("output = %s", out)
 	}
+	if runtime.GOOS != "linux" {
+		return // only the group is killed (reap_other.go)
+	}
+	pid := readPID(t, pidFile)
+	checkGone(t, "the escaped grandchild", pid)
 }
 
 func TestRunOutputTooLarge(t *testing.T) {
