@@ -46,9 +46,11 @@ fuzz: ## run every fuzz target for FUZZTIME (executions, or a duration) each
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	  done; done
 
-lint: ## gofmt, go vet, staticcheck when installed
+lint: ## gofmt, go vet, staticcheck when installed, and a build for macOS and FreeBSD
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	GOOS=darwin $(GO) build ./...
+	GOOS=freebsd $(GO) build ./...
 	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed; skipped"; fi
 
 clean: ## remove build output

@@ -23,6 +23,7 @@ require (
 	github.com/xhit/go-str2duration/v2 v2.2.0
 	golang.org/x/sync v0.22.0
 	golang.org/x/sys v0.47.0
+	golang.org/x/term v0.45.0
 	golang.org/x/time v0.16.0
 	gopkg.in/yaml.v3 v3.0.1
 )

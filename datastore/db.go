@@ -393,7 +393,9 @@ func (db *DB) FreeSpace() (uint64, error) {
 	if err := syscall.Statfs(db.dir, &st); err != nil {
 		return 0, fmt.Errorf("datastore: free space of %s: %w", db.dir, err)
 	}
-	return st.Bavail * uint64(st.Bsize), nil
+	// Bavail is signed on some systems (FreeBSD: negative past the
+	// reserve for root).
+	return uint64(max(st.Bavail, 0)) * uint64(st.Bsize), nil
 }
 
 // checkDir refuses a directory that holds files of its own but no pebble

@@ -3,7 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
-	"golang.org/x/sys/unix"
+	"golang.org/x/term"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -353,8 +353,7 @@ subscription held here still names is kept until that subscription ends.`,
 // answers the terminal ioctl (/dev/null is a character device too, and a
 // revoke from cron or `ssh -n` must not read its EOF as "no").
 func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
+	return term.IsTerminal(int(f.Fd()))
 }
 
 func newTokenIssuerCmd(a *app) *cobra.Command {

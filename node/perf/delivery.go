@@ -710,7 +710,7 @@ func diskRate(dir string, total int, data []byte, syncEvery int) (float64, error
 			return 0, fmt.Errorf("perf: disk baseline: %w", err)
 		}
 		if writes++; writes%syncEvery == 0 || sent+n >= total {
-			if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+			if err := fdatasync(f); err != nil {
 				return 0, fmt.Errorf("perf: disk baseline: fdatasync: %w", err)
 			}
 		}
