@@ -42,13 +42,13 @@ while [ ! -s "$1" ]; do sleep 0.01; done
 }
 
 // runEscape runs action name with pidFile as its input and returns the
-// run's error and the escaped process's pid; the escaped process is
+// escaped process's pid and the run's error; the escaped process is
 // killed at the test's end, should the runner have missed it.
-func runEscape(t *testing.T, ctx context.Context, r *Runner, name, pidFile string) (error, int) {
+func runEscape(t *testing.T, ctx context.Context, r *Runner, name, pidFile string) (int, error) {
 	t.Helper()
 	t.Cleanup(func() { killPIDFile(pidFile) })
 	_, err := r.Run(ctx, action(name, fmt.Sprintf("%q", pidFile)))
-	return err, readPID(t, pidFile)
+	return readPID(t, pidFile), err
 }
 
 // logBuffer collects a runner's log.
@@ -83,7 +83,7 @@ func TestTimeoutKillsEscapedDescendants(t *testing.T) {
 				c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			})
 			writeEscaper(t, dir, "slow", escape, "sleep 1000")
-			err, pid := runEscape(t, context.Background(), r, "slow", filepath.Join(dir, "escaped.pid"))
+			pid, err := runEscape(t, context.Background(), r, "slow", filepath.Join(dir, "escaped.pid"))
 			if !errors.Is(err, ErrTimeout) {
 				t.Fatalf("Run = %v, want ErrTimeout", err)
 			}
@@ -114,7 +114,7 @@ func TestCancelKillsEscapedDescendants(t *testing.T) {
 				})
 				cancel()
 			}()
-			err, pid := runEscape(t, ctx, r, "slow", pidFile)
+			pid, err := runEscape(t, ctx, r, "slow", pidFile)
 			if !errors.Is(err, context.Canceled) {
 				t.Fatalf("Run = %v, want context.Canceled", err)
 			}
@@ -135,7 +135,7 @@ func TestExitedProgramTakesEscapedDescendants(t *testing.T) {
 				t.Parallel()
 				r, dir := newTestRunner(t, nil)
 				writeEscaper(t, dir, "bg", escape, `echo '"done"'; exit `+exit)
-				err, pid := runEscape(t, context.Background(), r, "bg", filepath.Join(dir, "escaped.pid"))
+				pid, err := runEscape(t, context.Background(), r, "bg", filepath.Join(dir, "escaped.pid"))
 				if exit == "0" && err != nil || exit != "0" && !errors.Is(err, ErrExit) {
 					t.Fatalf("Run = %v, want the program's own result", err)
 				}
@@ -174,7 +174,7 @@ func TestKillSparesOtherRuns(t *testing.T) {
 	t.Cleanup(func() { killPIDFile(quoted) })
 	writeEscaper(t, dir, "slow", escapes["setsid"], `env -u `+EnvCookie+` COATTAIL_X="`+EnvCookie+`=$`+EnvCookie+`" setsid sh -c 'echo $$ > "$0"; exec sleep 1000' `+quoted+` >/dev/null 2>&1 </dev/null &
 sleep 1000`)
-	err, pid := runEscape(t, context.Background(), r, "slow", filepath.Join(dir, "escaped.pid"))
+	pid, err := runEscape(t, context.Background(), r, "slow", filepath.Join(dir, "escaped.pid"))
 	if !errors.Is(err, ErrTimeout) {
 		t.Fatalf("Run = %v, want ErrTimeout", err)
 	}
@@ -299,7 +299,7 @@ func TestExitedRunIsCheckedCheaply(t *testing.T) {
 	}
 
 	writeEscaper(t, dir, "daemon", escapes["daemon"], `echo '"done"'`)
-	err, pid := runEscape(t, context.Background(), r, "daemon", filepath.Join(dir, "escaped.pid"))
+	pid, err := runEscape(t, context.Background(), r, "daemon", filepath.Join(dir, "escaped.pid"))
 	if err != nil {
 		t.Fatal(err)
 	}
