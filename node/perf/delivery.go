@@ -208,8 +208,14 @@ func (o *DeliveryOptions) defaults() error {
 // counter is the in-process receiver: it counts publications.
 type counter struct{ n atomic.Int64 }
 
+// testHookFirstReceived, when set (by tests, before any node starts), runs
+// when a counter's receiver gets its first publication.
+var testHookFirstReceived func()
+
 func (c *counter) handle(context.Context, json.RawMessage) (json.RawMessage, error) {
-	c.n.Add(1)
+	if c.n.Add(1) == 1 && testHookFirstReceived != nil {
+		testHookFirstReceived()
+	}
 	return nil, nil
 }
 
