@@ -201,26 +201,7 @@ func TestDiskGivenBackAfterDeepQueueRemoved(t *testing.T) {
 	t.Parallel()
 	p, s := newInstance(t, "p"), newInstance(t, "s")
 	s.recordingReceiver("rec", "got")
-	p.start()
-	s.start()
-	s.addPeer(p, "--subscribable", "big.x")
-	id := s.subscribe(p, "big.x", "rec")
-	s.mustRun("service", "stop")
-
-	const n = 160 // of 512 KiB: 80 MiB
-	if code, stderr := p.publishStdin("big.x", bigLines(n)); code != 0 {
-		t.Fatalf("publish: exit %d: %s", code, stderr)
-	}
-	// Idle with the queue in its tables: compacted, the queue live.
-	checkFor(t, deliveryTimeout, func() error {
-		if !p.logContains("compacted the datastore while idle") {
-			return errors.New("the publisher did not compact its tables while idle with a deep queue")
-		}
-		return nil
-	})
-	if used := dirSize(t, p.path("data"), ".sst"); used < n*(512<<10) {
-		t.Fatalf("the publisher's tables take %d bytes with %d publications of 512 KiB queued", used, n)
-	}
+	id := compactedBacklog(t, p, s, "rec", 160)
 	p.mustRun("subscribers", "revoke", id)
 	if _, ok := p.subscriberFor(id); ok {
 		t.Fatalf("subscription %s still listed after subscribers revoke", id)
@@ -241,22 +222,8 @@ func TestDiskGivenBackAfterCompactedBacklogDrained(t *testing.T) {
 	s.writeScript("receivers", "rec", `data=$(head -c 12); cat >/dev/null
 echo "$COATTAIL_SEQUENCE $data" >>got
 `)
-	p.start()
-	s.start()
-	s.addPeer(p, "--subscribable", "big.x")
-	id := s.subscribe(p, "big.x", "rec")
-	s.mustRun("service", "stop")
-
-	const n = 160 // of 512 KiB: 80 MiB
-	if code, stderr := p.publishStdin("big.x", bigLines(n)); code != 0 {
-		t.Fatalf("publish: exit %d: %s", code, stderr)
-	}
-	checkFor(t, deliveryTimeout, func() error {
-		if !p.logContains("compacted the datastore while idle") {
-			return errors.New("the publisher did not compact its tables while idle with a deep queue")
-		}
-		return nil
-	})
+	const n = 160
+	id := compactedBacklog(t, p, s, "rec", n)
 	s.start()
 	s.waitLines("got", n, deliveryTimeout)
 	p.waitDrained(id, n, deliveryTimeout)
@@ -386,4 +353,30 @@ func TestDiskGivenBackAfterDeadLettersDropped(t *testing.T) {
 		t.Fatalf("deadletters drop --all printed %q", out)
 	}
 	tablesShrink(t, s, "the subscriber's tables still take %d bytes after its dead letters were dropped")
+}
+
+// compactedBacklog starts p and s, subscribes s's receiver to big.x at p,
+// stops s, queues n publications of 512 KiB for it at p (160: 80 MiB) and
+// waits until p, idle, has compacted its tables with that backlog live in
+// them. It returns the subscription's id.
+func compactedBacklog(t *testing.T, p, s *instance, receiver string, n int) string {
+	t.Helper()
+	p.start()
+	s.start()
+	s.addPeer(p, "--subscribable", "big.x")
+	id := s.subscribe(p, "big.x", receiver)
+	s.mustRun("service", "stop")
+	if code, stderr := p.publishStdin("big.x", bigLines(n)); code != 0 {
+		t.Fatalf("publish: exit %d: %s", code, stderr)
+	}
+	checkFor(t, deliveryTimeout, func() error {
+		if !p.logContains("compacted the datastore while idle") {
+			return errors.New("the publisher did not compact its tables while idle with a deep queue")
+		}
+		return nil
+	})
+	if used := dirSize(t, p.path("data"), ".sst"); used < int64(n)*(512<<10) {
+		t.Fatalf("the publisher's tables take %d bytes with %d publications of 512 KiB queued", used, n)
+	}
+	return id
 }
