@@ -131,15 +131,9 @@ func TestFormerSubscriberAddressesForgottenAtStart(t *testing.T) {
 	p := openP(false, nil)
 	s1, s2 := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
 	for _, s := range []*node.Node{s1, s2} {
-		if err := s.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
-			t.Fatal(err)
-		}
-		pid, _ := connectPeers(t, p, s, localapi.IssueRequest{Subscribe: []string{"f.>"}})
-		if _, err := s.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"}); err != nil {
-			t.Fatal(err)
-		}
+		flSubscribe(t, p, s, func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil })
 	}
-	if _, err := s1.Unsubscribe(ctx, localapi.SubscribeRequest{Peer: p.ID().String(), Pattern: "f.>"}); err != nil {
+	if _, err := s1.Unsubscribe(ctx, localapi.SubscribeRequest{Peer: p.ID().String(), Pattern: "p.>"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Close(); err != nil {
@@ -231,20 +225,14 @@ func TestFormerSubscriberAddressesForgottenWhileRunning(t *testing.T) {
 	p := newTestNode(t, withQuietLog())
 	s1, s2 := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
 	for _, s := range []*node.Node{s1, s2} {
-		if err := s.RegisterReceiver("rec", func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }); err != nil {
-			t.Fatal(err)
-		}
-		pid, _ := connectPeers(t, p, s, localapi.IssueRequest{Subscribe: []string{"f.>"}})
-		if _, err := s.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "f.>", Receiver: "rec"}); err != nil {
-			t.Fatal(err)
-		}
+		flSubscribe(t, p, s, func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil })
 	}
 	for _, s := range []*node.Node{s1, s2} {
 		if !p.RemembersSubscriber(s.ID().String()) {
 			t.Fatalf("the publisher does not remember where subscriber %s listens", s.ID())
 		}
 	}
-	if _, err := s1.Unsubscribe(ctx, localapi.SubscribeRequest{Peer: p.ID().String(), Pattern: "f.>"}); err != nil {
+	if _, err := s1.Unsubscribe(ctx, localapi.SubscribeRequest{Peer: p.ID().String(), Pattern: "p.>"}); err != nil {
 		t.Fatal(err)
 	}
 	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
