@@ -811,21 +811,7 @@ func TestServiceStopEndsRunningPerform(t *testing.T) {
 		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
 		return err
 	})
-	a.mustRun("service", "stop")
-	select {
-	case code := <-done:
-		if code == 0 {
-			t.Error("perform succeeded although the service stopped under it")
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("perform did not return after the service stopped")
-	}
-	checkFor(t, 10*time.Second, func() error {
-		if processAlive(pid) {
-			return fmt.Errorf("action %d still runs after the service stopped", pid)
-		}
-		return nil
-	})
+	a.stopUnderPerform(done, pid, "action")
 }
 
 // A service that is stopped (SIGSTOP) or stuck still holds its instance:

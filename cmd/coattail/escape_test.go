@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"runtime"
 	"strconv"
@@ -49,21 +48,7 @@ echo '{}'
 	}()
 	pid := readPIDFile(t, pidFile)
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
-	a.mustRun("service", "stop")
-	select {
-	case code := <-done:
-		if code == 0 {
-			t.Error("perform succeeded although the service stopped under it")
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("perform did not return after the service stopped")
-	}
-	checkFor(t, 10*time.Second, func() error {
-		if processAlive(pid) {
-			return fmt.Errorf("escaped process %d still runs after the service stopped", pid)
-		}
-		return nil
-	})
+	a.stopUnderPerform(done, pid, "escaped process")
 	if b, _ := os.ReadFile(a.path("service.log")); !strings.Contains(string(b), "outside its process group") {
 		t.Errorf("the service did not log the kill; log:\n%s", b)
 	}

@@ -273,6 +273,28 @@ func processAlive(pid int) bool {
 	return true
 }
 
+// stopUnderPerform stops i's service while an `action perform` runs (its
+// exit code comes on done): the perform must fail and return, and process
+// pid (what it is, for the error) must be gone soon after.
+func (i *instance) stopUnderPerform(done <-chan int, pid int, what string) {
+	i.t.Helper()
+	i.mustRun("service", "stop")
+	select {
+	case code := <-done:
+		if code == 0 {
+			i.t.Error("perform succeeded although the service stopped under it")
+		}
+	case <-time.After(20 * time.Second):
+		i.t.Fatal("perform did not return after the service stopped")
+	}
+	checkFor(i.t, 10*time.Second, func() error {
+		if processAlive(pid) {
+			return fmt.Errorf("%s %d still runs after the service stopped", what, pid)
+		}
+		return nil
+	})
+}
+
 // peerID is the instance's peer id, from `token issuer` (works offline).
 func (i *instance) peerID() string {
 	i.t.Helper()
