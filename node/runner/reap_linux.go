@@ -260,13 +260,90 @@ func outside(pid string, pgid int) bool {
 // entry that match accepts. A process gone, of another user (its environ
 // is unreadable unless we are root) or a zombie (empty environ) does not.
 func (rp *reaper) carries(pid string, match func([]byte) bool, buf *[]byte) bool {
-	fd, err := unix.Open("/proc/"+pid+"/environ", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	return environCookies(readEnviron(unix.AT_FDCWD, "/proc/"+pid+"/", buf), match)
+}
+
+// execWait bounds how long readEnviron waits for a process in the middle
+// of an exec to show its new environment.
+const execWait = 2 * time.Second
+
+// readEnviron reads the environ of the process whose /proc directory is
+// prefix ("/proc/1234/", or "" with dir a descriptor of it), nil if it
+// cannot. A process in the middle of an exec has an empty environ for a
+// moment: the kernel switches it to the new program's memory before it
+// records where the environment lies in it (for microseconds, for much
+// longer on a loaded machine). `setsid cmd &` execs twice, and a run that
+// exits at once is checked during those very moments, so an empty environ
+// of a process that is neither a zombie nor a kernel thread is read
+// again until the exec is through (at most execWait).
+func readEnviron(dir int, prefix string, buf *[]byte) []byte {
+	read := func() ([]byte, bool) {
+		fd, err := unix.Openat(dir, prefix+"environ", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, false
+		}
+		env := readAll(fd, buf)
+		unix.Close(fd)
+		return env, true
+	}
+	var deadline time.Time
+	pause := 50 * time.Microsecond
+	for {
+		env, ok := read()
+		if !ok || len(env) > 0 {
+			return env
+		}
+		if !inExec(dir, prefix) {
+			// Read again: the exec may have finished since the read
+			// above, the environment laid out before the code.
+			env, _ = read()
+			return env
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(execWait)
+		} else if time.Now().After(deadline) {
+			return nil
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 5*time.Millisecond)
+	}
+}
+
+// pfKthread is PF_KTHREAD, the flags bit of a kernel thread.
+const pfKthread = 0x00200000
+
+// inExec reports whether the process whose /proc directory is prefix (see
+// readEnviron), whose environ read empty, is still inside an exec: alive
+// (not a zombie), not a kernel thread (which has no environment), and its
+// new program not yet laid out. The kernel records where the environment
+// lies (env_end, field 51 of stat) and then, last of all, where the code
+// lies (end_code, field 27), both 0 in the fresh memory until then; a
+// program started with an empty environment has both set. False when it
+// cannot tell (gone, or a kernel before 3.5 without the fields).
+func inExec(dir int, prefix string) bool {
+	fd, err := unix.Openat(dir, prefix+"stat", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false
 	}
-	env := readAll(fd, buf)
+	var b [4096]byte // 52 fields of at most 20 digits, and comm
+	n, err := unix.Read(fd, b[:])
 	unix.Close(fd)
-	return environCookies(env, match)
+	if err != nil || n <= 0 {
+		return false
+	}
+	// "pid (comm) state ppid ...": comm may hold anything, so the fields
+	// are counted from its last ')'.
+	i := strings.LastIndexByte(string(b[:n]), ')')
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(string(b[i+1 : n]))
+	const state, flags, endCode, envEnd = 0, 6, 24, 48 // fields 3, 9, 27 and 51
+	if len(f) <= envEnd || f[state] == "Z" || f[state] == "X" {
+		return false
+	}
+	fl, err := strconv.ParseUint(f[flags], 10, 64)
+	return err == nil && fl&pfKthread == 0 && (f[envEnd] == "0" || f[endCode] == "0")
 }
 
 // kill SIGKILLs the process pid if, checked again through a descriptor
@@ -279,13 +356,7 @@ func (rp *reaper) kill(pid string, match func([]byte) bool, buf *[]byte) bool {
 		return false
 	}
 	defer unix.Close(dfd)
-	efd, err := unix.Openat(dfd, "environ", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return false
-	}
-	env := readAll(efd, buf)
-	unix.Close(efd)
-	if !environCookies(env, match) {
+	if !environCookies(readEnviron(dfd, "", buf), match) {
 		return false
 	}
 	var st unix.Stat_t
