@@ -331,13 +331,19 @@ const (
 )
 
 // publishLines publishes each stdin line as one message, in batches, and
-// reports the total.
-func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.PublishRequest) error {
+// reports the total. An error says, as the total would have, what the
+// batches published before it dropped (limits.queue_full: drop_oldest).
+func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.PublishRequest) (err error) {
 	sc := bufio.NewScanner(a.in)
 	sc.Buffer(make([]byte, 64<<10), maxStdinLine)
 	// nums: the stdin line number of each line in req.Batch.
 	total, lines, published, lineNo, batchBytes := 0, 0, 0, 0, 0
 	var dropped uint64
+	defer func() {
+		if err != nil && dropped > 0 {
+			err = fmt.Errorf("%w%s", err, droppedNote(dropped))
+		}
+	}()
 	var nums []int
 	batch := req
 	// publish sends the lines of part (numbered partNums) in one call.

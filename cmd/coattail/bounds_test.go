@@ -131,9 +131,15 @@ func TestDropOldestPublishSaysWhatItDropped(t *testing.T) {
 		!strings.Contains(stderr, "published to 1 subscription(s)"+note(1)+"\n") {
 		t.Errorf("perform --notify into the full queue: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
+	// A publish --stdin that fails part way says what its batches before
+	// the failure dropped.
+	if stdout, stderr, code := p.runStdin(lines(20, 21)+"not json\n", "action", "publish", "--action", "drop.x", "--stdin"); code == 0 ||
+		!strings.Contains(stderr, "stdin line 3 is not valid JSON: the 2 line(s) before it were published, none from it on"+note(2)+"\n") {
+		t.Errorf("publish --stdin that fails at its third line, into the full queue: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
 	// As many as the counters say, and the newest five are queued.
-	if c := p.counters(); c.Dropped != 4+1+7+1+1+1 {
-		t.Errorf("counters.dropped = %d, want %d, what the publications said", c.Dropped, 4+1+7+1+1+1)
+	if c := p.counters(); c.Dropped != 4+1+7+1+1+1+2 {
+		t.Errorf("counters.dropped = %d, want %d, what the publications said", c.Dropped, 4+1+7+1+1+1+2)
 	}
 	if sub, ok := p.subscriberFor(id); !ok || sub.Depth != 5 {
 		t.Errorf("the subscription: %+v (found %v), want 5 queued", sub, ok)
