@@ -310,3 +310,55 @@ func TestPeerTokenReplacementKeepsSubscriptionsAllowed(t *testing.T) {
 	}
 	held(0)
 }
+
+// A publisher that cannot be dialled (here it stopped listening; behind a
+// NAT without a relay, say) still reaches a subscriber that was away for
+// longer than libp2p keeps a disconnected peer's addresses: the nudge
+// dials where the subscriber listened when it subscribed. Those addresses
+// were remembered (/subs/addrs, and a week in the peerstore), but
+// identify's connected TTL replaced the week, and at the disconnect
+// libp2p cut that to 15 minutes: after that the nudges had nothing to
+// dial until the publisher restarted, and the subscriber, which could not
+// dial the publisher either, got nothing more.
+func TestNudgeReachesSubscriberAwayLongerThanLibp2pKeepsAddrs(t *testing.T) {
+	ctx := testCtx(t)
+	p, s := newTestNode(t, withQuietLog()), newTestNode(t, withQuietLog())
+	got := make(chan string, 16)
+	flSubscribe(t, p, s, func(_ context.Context, in json.RawMessage) (json.RawMessage, error) {
+		got <- string(in)
+		return nil, nil
+	})
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if subs := p.Subscribers(); len(subs) != 1 || !subs[0].Connected {
+			return fmt.Errorf("subscribers at the publisher: %+v; want s's subscription connected", subs)
+		}
+		if !p.RemembersSubscriber(s.ID().String()) {
+			return errors.New("the publisher does not remember where the subscriber listens")
+		}
+		return nil
+	})
+	pn := p.Host().Network()
+	pn.(interface{ ListenClose(...ma.Multiaddr) }).ListenClose(pn.ListenAddresses()...)
+	if err := pn.ClosePeer(s.ID()); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if subs := p.Subscribers(); len(subs) != 1 || subs[0].Connected {
+			return fmt.Errorf("subscribers at the publisher: %+v; want s's subscription disconnected", subs)
+		}
+		return nil
+	})
+	// What the peerstore holds once the subscriber has been away 15 min.
+	p.Host().Peerstore().ClearAddrs(s.ID())
+	if _, err := p.Publish(ctx, "p.x", json.RawMessage(`42`)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case in := <-got:
+		if in != "42" {
+			t.Errorf("the receiver got %s, want 42", in)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the publication did not reach the subscriber in 60s: the publisher never dialled it")
+	}
+}

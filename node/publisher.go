@@ -43,8 +43,8 @@ const (
 
 // subscriberAddrTTL is how long a publisher keeps a subscriber's addresses
 // in its peerstore after it was last seen (the peerstore is in memory;
-// /subs/addrs keeps them across restarts, and each start restores them
-// for this long again). No other address is given this TTL, which tells
+// /subs/addrs keeps them across restarts, and each start and each nudge
+// of a subscriber not connected restores them for this long again). No other address is given this TTL, which tells
 // the addresses remembered from an earlier connection (restored at start)
 // from those identify has just given: libp2p's own TTLs.
 const subscriberAddrTTL = 7 * 24 * time.Hour
@@ -96,6 +96,27 @@ func (nw *netsvc) rememberSubscriber(ctx context.Context, c network.Conn) {
 	if err := nw.subAddrs.Put(ctx, p.String(), addrStrings(addrs)); err != nil {
 		nw.n.log.Warn("cannot persist subscriber addresses", "subscriber", p.String(), "err", err)
 	}
+}
+
+// recallSubscriber puts where subscriber pid listened when it last
+// subscribed (/subs/addrs) back into the peerstore for subscriberAddrTTL,
+// unless it is connected: a nudge dials them. While it was connected,
+// identify gave those addresses libp2p's connected TTL, longer than ours,
+// and at the disconnect libp2p cut that to 15 minutes, so a subscriber
+// away for longer left nothing to dial, and one that cannot dial this
+// host itself (behind it, a NAT without a relay) got nothing more until
+// this publisher restarted.
+func (nw *netsvc) recallSubscriber(ctx context.Context, pid peer.ID) {
+	if nw.host.Network().Connectedness(pid) == network.Connected {
+		return
+	}
+	nw.subAddrsMu.Lock()
+	defer nw.subAddrsMu.Unlock()
+	addrs, err := nw.subAddrs.Get(ctx, pid.String())
+	if err != nil {
+		return
+	}
+	nw.host.Peerstore().AddAddrs(pid, parseAddrs(addrs), subscriberAddrTTL)
 }
 
 // subscriberAddrSweep is how often a running publisher forgets the

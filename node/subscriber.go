@@ -1641,6 +1641,7 @@ func (nw *netsvc) nudge(ctx context.Context, subscriber string, ids []string) {
 func (nw *netsvc) nudgeSome(ctx context.Context, pid peer.ID, ids []string) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	nw.recallSubscriber(ctx, pid)
 	st, err := nw.host.NewStream(network.WithAllowLimitedConn(ctx, "coattail-nudge"), pid, wire.ProtoDeliver)
 	if err != nil {
 		return
