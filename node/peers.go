@@ -395,7 +395,8 @@ func (n *Node) RemovePeer(ctx context.Context, id string) error {
 // RemovePeerResult is RemovePeer, saying which of the subscriptions held
 // at the peer the peer could not be told had ended.
 func (n *Node) RemovePeerResult(ctx context.Context, id string) (localapi.RemovedPeer, error) {
-	if _, err := n.peerRecord(ctx, id); errors.Is(err, ErrUnknownPeer) {
+	rec, err := n.peerRecord(ctx, id)
+	if errors.Is(err, ErrUnknownPeer) {
 		return localapi.RemovedPeer{}, fmt.Errorf("%w %s: it is not added here, so there is nothing to remove (see: coattail peer list)", ErrUnknownPeer, id)
 	} else if err != nil {
 		return localapi.RemovedPeer{}, err
@@ -416,7 +417,7 @@ func (n *Node) RemovePeerResult(ctx context.Context, id string) (localapi.Remove
 		}
 	}
 	n.log.Info("peer removed", "peer", id, "subscriptions_untold", len(untold))
-	return localapi.RemovedPeer{Untold: untold}, nil
+	return localapi.RemovedPeer{ID: rec.ID, Untold: untold}, nil
 }
 
 // open opens an authorized stream to an added peer. A non-nil req is sent

@@ -241,7 +241,13 @@ both ends, and replaces the token.`,
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(a.out, "Removed peer %s\n", rmID)
+				// The id as the service spells it (base58), whichever
+				// spelling --id gave.
+				id := res.ID
+				if id == "" {
+					id = rmID // a service of an older release
+				}
+				fmt.Fprintf(a.out, "Removed peer %s\n", id)
 				if len(res.Untold) > 0 {
 					fmt.Fprintf(a.err, "The peer could not be told that %d subscription(s) held there ended (%s); it removes them when it next reaches this instance.\n",
 						len(res.Untold), safeText(strings.Join(res.Untold, ", ")))

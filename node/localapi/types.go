@@ -47,6 +47,9 @@ const (
 
 // RemovedPeer is the answer to a peer removal.
 type RemovedPeer struct {
+	// ID is the removed peer's id, in base58 whichever spelling the
+	// removal named it in.
+	ID string `json:"id"`
 	// Untold are the ids of the subscriptions this instance held at the
 	// peer that the peer could not be told had ended (it was unreachable,
 	// or the service is stopped): they are ended here, and the peer
