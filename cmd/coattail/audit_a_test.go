@@ -5,6 +5,7 @@ package main
 // disagreed.
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -26,5 +27,49 @@ func TestPeerRemoveSaysBase58ID(t *testing.T) {
 	cid := peer.ToCid(pid).String()
 	if out := b.mustRun("peer", "remove", "--id", cid); out != "Removed peer "+a.peerID()+"\n" {
 		t.Errorf("peer remove --id %s printed %q, want %q", cid, out, "Removed peer "+a.peerID()+"\n")
+	}
+}
+
+// `deadletters replay|drop --all --subscription ID` refuses an ID that is
+// neither a subscription here nor one whose dead letters are still parked
+// (they outlive it), rather than replay or drop nothing and exit 0 ("Dropped
+// 0 dead letter(s)"), as a mistyped id, or a dead letter's id, did. An id
+// with a '/' said that "ID.00000000000000000000" was not a dead letter id.
+func TestDeadLettersAllOfUnknownSubscription(t *testing.T) {
+	t.Parallel()
+	a, b := refusingPair(t, "jobs")
+	jobs := b.subscriptions()[0].ID
+	parked := func(n int) []deadLetterJSON {
+		var got []deadLetterJSON
+		checkFor(t, deliveryTimeout, func() error {
+			if got = b.deadLetters(); len(got) != n {
+				return fmt.Errorf("%d dead letters, want %d", len(got), n)
+			}
+			return nil
+		})
+		return got
+	}
+	a.mustPublishRange("jobs", 1, 1)
+	dl := parked(1)[0].ID
+	for _, verb := range []string{"replay", "drop"} {
+		for _, c := range []struct{ sub, want string }{
+			{"no-such-subscription", "no subscription with that id here"},
+			{"a/b", "no subscription with that id here"},
+			{dl, "it is a dead letter's id"},
+		} {
+			b.mustFail([]string{"deadletters", verb, "--all", "--subscription", c.sub}, c.want)
+		}
+	}
+	parked(1)
+	// A subscription's dead letters, after it ended, are still its own.
+	b.mustRun("action", "unsubscribe", "--peer", a.peerID(), "--action", "jobs")
+	if out := b.mustRun("deadletters", "drop", "--all", "--subscription", jobs); out != "Dropped 1 dead letter(s)\n" {
+		t.Errorf("drop --all --subscription of an ended subscription with a dead letter printed %q", out)
+	}
+	b.mustFail([]string{"deadletters", "drop", "--all", "--subscription", jobs}, "no subscription with that id here")
+	// A subscription held here with none parked: nothing to do, no error.
+	id := b.subscribe(a, "jobs", "refuses")
+	if out := b.mustRun("deadletters", "replay", "--all", "--subscription", id); out != "Replayed 0 dead letter(s)\n" {
+		t.Errorf("replay --all --subscription of a subscription without dead letters printed %q", out)
 	}
 }

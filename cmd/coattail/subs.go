@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -252,6 +253,9 @@ rest stay parked.`,
 					fmt.Fprintf(a.out, "Replayed %s\n", args[0])
 					return nil
 				}
+				if err := knownDeadLetterSubscription(cmd, c, onlySub); err != nil {
+					return err
+				}
 				n, err := eachDeadLetter(cmd, c, onlySub, func(d localapi.DeadLetter) error {
 					if err := replayOne(d.ID, d.Receiver); err != nil {
 						return fmt.Errorf("%s failed again (it stays parked, with those after it): %w", d.ID, err)
@@ -286,6 +290,9 @@ dead letter (of one subscription with --subscription).`,
 					fmt.Fprintf(a.out, "Dropped %s\n", args[0])
 					return nil
 				}
+				if err := knownDeadLetterSubscription(cmd, c, dropSub); err != nil {
+					return err
+				}
 				n, err := eachDeadLetter(cmd, c, dropSub, func(d localapi.DeadLetter) error { return c.DropDeadLetter(cmd.Context(), d.ID) })
 				if err != nil {
 					return fmt.Errorf("dropped %d dead letter(s); %w", n, err)
@@ -317,6 +324,39 @@ func idOrAll(all *bool, sub *string) cobra.PositionalArgs {
 		}
 		return oneID("dead letter id")(cmd, args)
 	}
+}
+
+// knownDeadLetterSubscription fails unless sub (given: --subscription) is
+// a subscription this instance holds, or one whose dead letters are still
+// parked (they outlive it): a mistyped id, or a dead letter's id given for
+// it, would otherwise replay or drop nothing and say so as a success.
+func knownDeadLetterSubscription(cmd *cobra.Command, c *node.Conn, sub string) error {
+	if sub == "" {
+		return nil
+	}
+	subs, err := c.Subscriptions(cmd.Context())
+	if err != nil {
+		return err
+	}
+	for _, s := range subs {
+		if s.ID == sub {
+			return nil
+		}
+	}
+	page, err := c.DeadLetters(cmd.Context(), localapi.DeadLetterQuery{After: localapi.DeadLetterID(sub, 0), Limit: 1})
+	var lerr *localapi.Error
+	switch {
+	case err == nil && len(page.DeadLetters) > 0 && page.DeadLetters[0].Subscription == sub:
+		return nil
+	case err != nil && !(errors.As(err, &lerr) && lerr.Code == localapi.CodeBadRequest):
+		return err
+	}
+	// A bad request: no subscription id makes a dead letter id.
+	msg := fmt.Sprintf("--subscription %s: no subscription with that id here, and no dead letters of one", safeText(strconv.Quote(sub)))
+	if _, _, ok := localapi.ParseDeadLetterID(sub); ok {
+		return fmt.Errorf("%s (it is a dead letter's id: give it without --all and --subscription)", msg)
+	}
+	return fmt.Errorf("%s (see: coattail subscriptions list, coattail deadletters list)", msg)
 }
 
 // eachDeadLetter calls fn with the id of every dead letter (of
