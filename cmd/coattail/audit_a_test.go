@@ -73,3 +73,20 @@ func TestDeadLettersAllOfUnknownSubscription(t *testing.T) {
 		t.Errorf("replay --all --subscription of a subscription without dead letters printed %q", out)
 	}
 }
+
+// `token issue --bearers ""` (a script's unset variable) or '[]' is
+// refused, as docs/CLI.md says an empty value where a peer is expected
+// is: it issued a token for whichever peer used it first, as if --bearers
+// had not been given.
+func TestTokenIssueEmptyBearersRefused(t *testing.T) {
+	t.Parallel()
+	a := newInstance(t, "a")
+	for _, b := range []string{"", " ", "[]"} {
+		a.mustFail([]string{"token", "issue", "--bearers", b, "--print-raw-token"}, "--bearers", "names no bearer")
+	}
+	if out := a.mustRun("token", "list"); out != "No tokens issued.\n" {
+		t.Errorf("token list after the refused issues:\n%s", out)
+	}
+	// Left out, it is the documented default.
+	a.issue()
+}

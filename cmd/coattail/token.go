@@ -128,6 +128,12 @@ func newTokenIssueCmd(a *app) *cobra.Command {
 					return fmt.Errorf("--%s: %w", p.flag, err)
 				}
 			}
+			if cmd.Flags().Changed("bearers") && len(req.Bearers) == 0 {
+				// Given but empty (--bearers "$BEARERS" with BEARERS
+				// unset, or '[]'): "no bearer" would be the default, a
+				// token for whichever peer uses it first, never "nobody".
+				return fmt.Errorf("--bearers %q names no bearer: name who may use the token (vt://<peer-id>, ipv4://<cidr>), or leave --bearers out for a token its first user claims", bearers)
+			}
 			if !cmd.Flags().Changed("subscribable") {
 				req.Subscribe = nil // default: everything
 			} else if req.Subscribe == nil {
