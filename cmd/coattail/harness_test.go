@@ -13,6 +13,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -35,6 +36,9 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
+	if bin := os.Getenv(watchdogEnv); bin != "" {
+		return watchdog(bin)
+	}
 	if testing.Short() {
 		return m.Run()
 	}
@@ -51,7 +55,73 @@ func testMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "harness: building coattail:", err)
 		return 1
 	}
+	stop, err := startWatchdog(binPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "harness: starting the watchdog:", err)
+		return 1
+	}
+	defer stop()
 	return m.Run()
+}
+
+// watchdogEnv names, in the environment of the test binary started again
+// as a watchdog, the coattail binary whose processes it kills.
+const watchdogEnv = "COATTAIL_TEST_WATCHDOG"
+
+// startWatchdog starts this test binary again as a watchdog over the
+// processes of bin: services the tests start detach themselves (`service
+// start --headless`), so when the test binary dies without its cleanups
+// (go test's -timeout panics, a crash), they would run on. The watchdog
+// holds the read end of a pipe whose write end only this process holds;
+// when it reads EOF (this process exited, however), it kills every process
+// running bin. stop closes the pipe and waits for it, at the normal end.
+func startWatchdog(bin string) (stop func(), err error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), watchdogEnv+"="+bin)
+	cmd.Stdin, cmd.Stderr = r, os.Stderr
+	// A group of its own: a Ctrl-C to go test's group does not kill it
+	// before it has killed the services.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	err = cmd.Start()
+	r.Close()
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	return func() { w.Close(); _ = cmd.Wait() }, nil
+}
+
+// watchdog waits for EOF on stdin, then SIGKILLs every process whose
+// executable is bin (only the tests start it: a fresh temporary path) and
+// says how many were left. Linux only (/proc); elsewhere it only waits.
+func watchdog(bin string) int {
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	names, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	killed := 0
+	for _, e := range names {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		if err != nil || strings.TrimSuffix(exe, " (deleted)") != bin {
+			continue
+		}
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			killed++
+		}
+	}
+	if killed > 0 {
+		fmt.Fprintf(os.Stderr, "harness watchdog: killed %d coattail process(es) the tests left running\n", killed)
+	}
+	return 0
 }
 
 // needBinary skips end-to-end tests under -short.
