@@ -895,7 +895,15 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 		if err == nil {
 			return localapi.PublishResult{Published: total, Dropped: dropped}, nil
 		}
+		var notSent notSentError
 		switch {
+		case errors.As(err, &notSent) && !errors.As(err, &refused) && stored == 0:
+			// Nothing was sent (offline, an unknown or revoked peer, no
+			// connection): the error as a perform gives it, not "no
+			// answer, so it may or may not have stored them".
+			err = notSent.err
+		case errors.As(err, &notSent) && !errors.As(err, &refused):
+			err = fmt.Errorf("node: %s stored %d of %d publications (the first %d, in order); the rest were not sent: %w", peerID, stored, len(pubs), stored, notSent.err)
 		case !errors.As(err, &refused):
 			// No answer for the rest: the peer may have stored some.
 			err = fmt.Errorf("node: %s confirmed %d of %d publications (the first %d, in order); the rest got no answer, so it may or may not have stored them: %w", peerID, stored, len(pubs), stored, err)
@@ -909,6 +917,13 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 		return localapi.PublishResult{Published: total, Dropped: dropped}, err
 	}
 }
+
+// notSentError is an error of remotePublishOnce before it sent any
+// publication (the stream could not be opened): the peer has none of them.
+type notSentError struct{ err error }
+
+func (e notSentError) Error() string { return e.err.Error() }
+func (e notSentError) Unwrap() error { return e.err }
 
 // remotePublishResult is what one publish stream achieved: publications
 // the peer confirmed storing (the first ones, in order), the subscription
@@ -925,7 +940,7 @@ type remotePublishResult struct {
 func (n *Node) remotePublishOnce(ctx context.Context, peerID string, pubs []publication, maxCount int) (remotePublishResult, error) {
 	s, err := n.open(ctx, peerID, wire.ProtoPublish, nil)
 	if err != nil {
-		return remotePublishResult{}, err
+		return remotePublishResult{}, notSentError{err}
 	}
 	defer s.s.Close()
 	stop := context.AfterFunc(ctx, func() { _ = s.s.Reset() })

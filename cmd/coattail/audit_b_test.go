@@ -1,0 +1,38 @@
+package main
+
+// A docs-vs-behaviour audit of "Instances and services", "Actions and
+// receivers" and "Environment of actions and receivers" in docs/CLI.md.
+
+import (
+	"strings"
+	"testing"
+)
+
+// A publish at a peer that never got the publications (the service not
+// running, a peer not added) says why, as a perform there does, and not
+// that the peer "may or may not have stored them": nothing was sent.
+func TestPublishAtPeerNotSentSaysWhy(t *testing.T) {
+	t.Parallel()
+	pub, other := newInstance(t, "pub"), newInstance(t, "other")
+	unknown := other.peerID()
+	notSent := func(stderr string) {
+		t.Helper()
+		if strings.Contains(stderr, "may or may not") || strings.Contains(stderr, "confirmed 0") {
+			t.Errorf("a publish that sent nothing says the peer may have stored it: %s", stderr)
+		}
+	}
+
+	// Offline: the command needs the network, and says so.
+	notSent(pub.mustFail([]string{"action", "publish", "--peer", unknown, "--action", "orders.created", "--data", "1"},
+		"coattail: node: the service is not running (start it with: coattail service start --headless)"))
+
+	// Running, at a peer never added.
+	pub.start()
+	notSent(pub.mustFail([]string{"action", "publish", "--peer", unknown, "--action", "orders.created", "--data", "1"},
+		"unknown peer "+unknown, "coattail peer add"))
+	_, stderr, code := pub.runStdin("1\n2\n", "action", "publish", "--peer", unknown, "--action", "orders.created", "--stdin")
+	if code == 0 || !strings.Contains(stderr, "unknown peer "+unknown) {
+		t.Errorf("publish --stdin at a peer never added: exit %d, stderr %s; want a failure naming the unknown peer", code, stderr)
+	}
+	notSent(stderr)
+}
