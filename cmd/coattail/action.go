@@ -259,7 +259,7 @@ func newActionPublishCmd(a *app) *cobra.Command {
 			}
 			req.Run = runFromEnv()
 			if fromStdin {
-				if data != "" {
+				if cmd.Flags().Changed("data") {
 					return fmt.Errorf("--stdin and --data cannot be combined")
 				}
 				return a.withConn(cmd.Context(), func(c *node.Conn) error { return a.publishLines(cmd, c, req) })

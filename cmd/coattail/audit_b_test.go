@@ -36,3 +36,17 @@ func TestPublishAtPeerNotSentSaysWhy(t *testing.T) {
 	}
 	notSent(stderr)
 }
+
+// --stdin and --data cannot be combined, also when --data is empty (a
+// script's unset variable): publish took the lines of stdin and ignored
+// it, where perform refused it.
+func TestStdinWithEmptyDataIsRefused(t *testing.T) {
+	t.Parallel()
+	i := newInstance(t, "a")
+	for _, cmd := range []string{"perform", "publish"} {
+		_, stderr, code := i.runStdin("1\n", "action", cmd, "--action", "orders.created", "--stdin", "--data", "")
+		if code == 0 || !strings.Contains(stderr, "--stdin and --data cannot be combined") {
+			t.Errorf("action %s --stdin --data '': exit %d, stderr %q; want a failure saying they cannot be combined", cmd, code, stderr)
+		}
+	}
+}
