@@ -41,20 +41,30 @@ func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
 		return fmt.Errorf("line %d: expected a size such as 1048576 or \"1MiB\"", n.Line)
 	}
-	v, err := humanize.ParseBytes(n.Value)
+	v, err := parseByteSize(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: invalid size %q (use bytes or a unit: 64KiB, 1MiB)", n.Line, n.Value)
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*b = v
+	return nil
+}
+
+// parseByteSize parses a size as config.yml spells it; its errors name
+// neither key nor line (checkScalars adds both).
+func parseByteSize(s string) (ByteSize, error) {
+	v, err := humanize.ParseBytes(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid size %q (use bytes or a unit: 64KiB, 1MiB)", s)
 	}
 	if v > maxByteSize {
-		return fmt.Errorf("line %d: size %q is larger than the largest size allowed, 1TiB", n.Line, n.Value)
+		return 0, fmt.Errorf("size %q is larger than the largest size allowed, 1TiB", s)
 	}
 	// humanize truncates a fraction of a byte: "0.5" was 0, which for
 	// relay_limit_data means no limit at all.
-	if !wholeBytes(n.Value) {
-		return fmt.Errorf("line %d: size %q is not a whole number of bytes", n.Line, n.Value)
+	if !wholeBytes(s) {
+		return 0, fmt.Errorf("size %q is not a whole number of bytes", s)
 	}
-	*b = ByteSize(v)
-	return nil
+	return ByteSize(v), nil
 }
 
 // wholeBytes reports whether the size s (which humanize.ParseBytes
@@ -309,7 +319,9 @@ func ParseConfig(name string, b []byte) (Config, error) {
 	// (yaml.v3 says "field x not found in type node.Config" and "cannot
 	// unmarshal !!str `5x` into time.Duration").
 	var doc yaml.Node
+	var lines map[string]int
 	if err := yaml.Unmarshal(b, &doc); err == nil {
+		lines = keyLines(&doc)
 		var rewrote bool
 		err := errors.Join(checkScalars(&doc, reflect.TypeFor[Config](), "", &rewrote), checkDuplicates(&doc))
 		if err != nil {
@@ -340,10 +352,47 @@ func ParseConfig(name string, b []byte) (Config, error) {
 			return Config{}, fmt.Errorf("%w: %s: more than one YAML document (line %d): a config is one document", ErrConfig, name, more.Line)
 		}
 	}
-	if err := c.Validate(); err != nil {
+	if err := c.validate(lines); err != nil {
 		return Config{}, fmt.Errorf("%w: %s: %w", ErrConfig, name, err)
 	}
 	return c, nil
+}
+
+// keyLines maps each key of a config document, dotted as errors name it
+// ("limits.max_hops"), to the line it is on, and each item of a list to
+// its own ("network.listen[0]"), so that Validate's errors can say where.
+func keyLines(doc *yaml.Node) map[string]int {
+	lines := map[string]int{}
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, path)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				key := n.Content[i]
+				if key.ShortTag() == "!!merge" {
+					continue
+				}
+				name := key.Value
+				if path != "" {
+					name = path + "." + key.Value
+				}
+				if _, ok := lines[name]; !ok {
+					lines[name] = key.Line
+				}
+				walk(n.Content[i+1], name)
+			}
+		case yaml.SequenceNode:
+			for i, item := range n.Content {
+				lines[fmt.Sprintf("%s[%d]", path, i)] = item.Line
+			}
+		}
+	}
+	walk(doc, "")
+	return lines
 }
 
 // checkScalars refuses what yaml.v3 would otherwise accept silently: a key
@@ -421,6 +470,10 @@ func checkScalars(n *yaml.Node, t reflect.Type, path string, rewrote *bool) erro
 			}
 			if err != nil || val.ShortTag() != "!!str" {
 				errs = append(errs, fmt.Errorf("%s (line %d): %q is not a duration; write one such as 30s, 5m, 1h30m or 7d", name, val.Line, val.Value))
+			}
+		case ft == reflect.TypeFor[ByteSize]():
+			if _, err := parseByteSize(val.Value); err != nil {
+				errs = append(errs, fmt.Errorf("%s (line %d): %w", name, val.Line, err))
 			}
 		case ft.Kind() == reflect.Int && val.ShortTag() == "!!str":
 			if _, err := strconv.Atoi(val.Value); err == nil {
@@ -615,51 +668,83 @@ func hostTransport(m ma.Multiaddr, dns bool) bool {
 }
 
 // Validate reports every problem at once.
-func (c *Config) Validate() error {
+func (c *Config) Validate() error { return c.validate(nil) }
+
+// validate is Validate, naming with each key the line it is on in
+// lines (see keyLines; nil for a config built in code).
+func (c *Config) validate(lines map[string]int) error {
 	var errs []error
-	bad := func(f string, a ...any) { errs = append(errs, fmt.Errorf(f, a...)) }
-	if len(c.Network.Listen) == 0 {
-		bad("network.listen: at least one address is required")
+	// at says on which lines of the file the keys are set ("network.a/b"
+	// is network.a and network.b), if they are.
+	at := func(keys ...string) string {
+		var ls []string
+		for _, k := range keys {
+			if l, ok := lines[k]; ok && !slices.Contains(ls, strconv.Itoa(l)) {
+				ls = append(ls, strconv.Itoa(l))
+			}
+		}
+		switch len(ls) {
+		case 0:
+			return ""
+		case 1:
+			return " (line " + ls[0] + ")"
+		}
+		return " (lines " + strings.Join(ls, ", ") + ")"
 	}
-	for _, s := range c.Network.Listen {
+	// bad reports a problem with key, itemBad one with item i of the list key.
+	bad := func(key, f string, a ...any) {
+		keys := []string{key}
+		if first, rest, ok := strings.Cut(key, "/"); ok {
+			section, _, _ := strings.Cut(first, ".")
+			keys = []string{first, section + "." + rest}
+		}
+		errs = append(errs, fmt.Errorf("%s%s: %s", key, at(keys...), fmt.Sprintf(f, a...)))
+	}
+	itemBad := func(key string, i int, f string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s%s: %s", key, at(fmt.Sprintf("%s[%d]", key, i)), fmt.Sprintf(f, a...)))
+	}
+	if len(c.Network.Listen) == 0 {
+		bad("network.listen", "at least one address is required")
+	}
+	for i, s := range c.Network.Listen {
 		m, err := ma.NewMultiaddr(s)
 		if err != nil {
-			bad("network.listen: %q is not a multiaddr: %v", s, err)
+			itemBad("network.listen", i, "%q is not a multiaddr: %v", s, err)
 			continue
 		}
 		// libp2p skips, with a line in its own log only, an address no
 		// transport can listen on when another address works.
 		if !hostTransport(m, false) {
-			bad("network.listen: %q is not an address this instance can listen on: write /ip4/<ip>/tcp/<port> or /ip4/<ip>/udp/<port>/quic-v1 (or /ip6/...)", s)
+			itemBad("network.listen", i, "%q is not an address this instance can listen on: write /ip4/<ip>/tcp/<port> or /ip4/<ip>/udp/<port>/quic-v1 (or /ip6/...)", s)
 		}
 	}
-	for _, s := range c.Network.Announce {
+	for i, s := range c.Network.Announce {
 		m, err := ma.NewMultiaddr(s)
 		if err != nil {
-			bad("network.announce: %q is not a multiaddr: %v", s, err)
+			itemBad("network.announce", i, "%q is not a multiaddr: %v", s, err)
 			continue
 		}
 		// What peers and token bearers dial: a concrete address of
 		// this instance, without its peer id (added when needed).
 		switch _, p2pErr := m.ValueForProtocol(ma.P_P2P); {
 		case isUnspecified(m):
-			bad("network.announce: %q is an unspecified address (0.0.0.0 or ::); announce the address others reach you at", s)
+			itemBad("network.announce", i, "%q is an unspecified address (0.0.0.0 or ::); announce the address others reach you at", s)
 		case zeroPort(m):
-			bad("network.announce: %q has port 0; announce the port others reach you at", s)
+			itemBad("network.announce", i, "%q has port 0; announce the port others reach you at", s)
 		case p2pErr == nil:
-			bad("network.announce: %q names a peer id; leave /p2p/... out", s)
+			itemBad("network.announce", i, "%q names a peer id; leave /p2p/... out", s)
 		case !hostTransport(m, true):
-			bad("network.announce: %q is not an address this instance can be dialled at: write /ip4/<ip>/tcp/<port> or .../udp/<port>/quic-v1 (or /ip6/, /dns/, /dns4/, /dns6/<name>/...)", s)
+			itemBad("network.announce", i, "%q is not an address this instance can be dialled at: write /ip4/<ip>/tcp/<port> or .../udp/<port>/quic-v1 (or /ip6/, /dns/, /dns4/, /dns6/<name>/...)", s)
 		}
 	}
-	for _, s := range c.Network.Relays {
+	for i, s := range c.Network.Relays {
 		m, err := ma.NewMultiaddr(s)
 		if err != nil {
-			bad("network.relays: %q is not a multiaddr: %v", s, err)
+			itemBad("network.relays", i, "%q is not a multiaddr: %v", s, err)
 			continue
 		}
 		if _, err := m.ValueForProtocol(ma.P_P2P); err != nil {
-			bad("network.relays: %q must end in /p2p/<peer-id>", s)
+			itemBad("network.relays", i, "%q must end in /p2p/<peer-id>", s)
 			continue
 		}
 		// What the host will do with it (StaticRelays), checked now
@@ -667,116 +752,116 @@ func (c *Config) Validate() error {
 		ai, err := peer.AddrInfoFromP2pAddr(m)
 		switch {
 		case err != nil:
-			bad("network.relays: %q must end in /p2p/<peer-id>: %v", s, err)
+			itemBad("network.relays", i, "%q must end in /p2p/<peer-id>: %v", s, err)
 		case isRelayAddr(m):
-			bad("network.relays: %q goes through another relay (/p2p-circuit); a relay must be reachable directly", s)
+			itemBad("network.relays", i, "%q goes through another relay (/p2p-circuit); a relay must be reachable directly", s)
 		case len(ai.Addrs) == 0:
-			bad("network.relays: %q has no address before /p2p/<peer-id>; write the relay's address, e.g. /ip4/<ip>/tcp/<port>/p2p/<peer-id>", s)
+			itemBad("network.relays", i, "%q has no address before /p2p/<peer-id>; write the relay's address, e.g. /ip4/<ip>/tcp/<port>/p2p/<peer-id>", s)
 		case !hostTransport(ai.Addrs[0], true):
-			bad("network.relays: %q is not an address this instance can dial: write /ip4/<ip>/tcp/<port>/p2p/<peer-id> or .../udp/<port>/quic-v1/p2p/<peer-id> (or /ip6/, /dns/, /dns4/, /dns6/<name>/...)", s)
+			itemBad("network.relays", i, "%q is not an address this instance can dial: write /ip4/<ip>/tcp/<port>/p2p/<peer-id> or .../udp/<port>/quic-v1/p2p/<peer-id> (or /ip6/, /dns/, /dns4/, /dns6/<name>/...)", s)
 		}
 	}
 	for _, key := range addrLists {
 		list := c.Network.addrList(key)
 		eachDuplicate(list, func(i, first int) {
-			bad("network.%s: %s is listed twice (entries %d and %d); delete one", key, list[i], first+1, i+1)
+			bad("network."+key, "%s is listed twice (entries %d and %d); delete one", list[i], first+1, i+1)
 		})
 	}
 	if p := c.Network.PreferTransport; p != PreferTCP && p != PreferQUIC {
-		bad("network.prefer_transport: %q is not %q or %q", p, PreferTCP, PreferQUIC)
+		bad("network.prefer_transport", "%q is not %q or %q", p, PreferTCP, PreferQUIC)
 	}
 	if c.Network.ConnLow < 1 || c.Network.ConnHigh < c.Network.ConnLow {
-		bad("network.conn_low/conn_high: need 1 <= conn_low <= conn_high (got %d, %d)", c.Network.ConnLow, c.Network.ConnHigh)
+		bad("network.conn_low/conn_high", "need 1 <= conn_low <= conn_high (got %d, %d)", c.Network.ConnLow, c.Network.ConnHigh)
 	}
 	// The relay states the duration in whole seconds, as a uint32.
 	if d := c.Network.RelayLimitDuration; d != 0 && (d < time.Second || d > math.MaxUint32*time.Second) {
-		bad("network.relay_limit_duration: %v is out of range (0 for none, or 1s..%v)", d, math.MaxUint32*time.Second)
+		bad("network.relay_limit_duration", "%v is out of range (0 for none, or 1s..%v)", d, math.MaxUint32*time.Second)
 	} else if d%time.Second != 0 {
-		bad("network.relay_limit_duration: %v is not a whole number of seconds (the relay states its limit in seconds)", d)
+		bad("network.relay_limit_duration", "%v is not a whole number of seconds (the relay states its limit in seconds)", d)
 	}
 	// Below 64KiB a circuit could not carry one handshake plus a
 	// publication of the smallest max_payload.
 	if d := c.Network.RelayLimitData; d != 0 && d < 64<<10 {
-		bad("network.relay_limit_data: %v is too small (0 for none, or at least 64KiB)", d)
+		bad("network.relay_limit_data", "%v is too small (0 for none, or at least 64KiB)", d)
 	}
 	if c.Network.RelayMaxReservations < 1 {
-		bad("network.relay_max_reservations: must be at least 1 (got %d)", c.Network.RelayMaxReservations)
+		bad("network.relay_max_reservations", "must be at least 1 (got %d)", c.Network.RelayMaxReservations)
 	}
 	if c.Network.RelayMaxCircuits < 1 {
-		bad("network.relay_max_circuits: must be at least 1 (got %d)", c.Network.RelayMaxCircuits)
+		bad("network.relay_max_circuits", "must be at least 1 (got %d)", c.Network.RelayMaxCircuits)
 	}
 	if c.Network.MaxConnsPerIP < 1 || c.Network.MaxConnsPerIP > 1<<20 {
-		bad("network.max_conns_per_ip: %d is out of range (1..1048576)", c.Network.MaxConnsPerIP)
+		bad("network.max_conns_per_ip", "%d is out of range (1..1048576)", c.Network.MaxConnsPerIP)
 	}
 	if c.Network.RelayMaxReservationsPerIP < 1 || c.Network.RelayMaxReservationsPerIP > 1<<20 {
-		bad("network.relay_max_reservations_per_ip: %d is out of range (1..1048576)", c.Network.RelayMaxReservationsPerIP)
+		bad("network.relay_max_reservations_per_ip", "%d is out of range (1..1048576)", c.Network.RelayMaxReservationsPerIP)
 	}
 	l := c.Limits
 	// Upper bounds: a perform's deadline is action_timeout +
 	// stream_timeout, which overflowed into the past (every perform timed
 	// out at once) for values near the largest duration.
 	if l.ActionTimeout < 10*time.Millisecond || l.ActionTimeout > maxActionTimeout {
-		bad("limits.action_timeout: %v is out of range (10ms..%v)", l.ActionTimeout, maxActionTimeout)
+		bad("limits.action_timeout", "%v is out of range (10ms..%v)", l.ActionTimeout, maxActionTimeout)
 	}
 	if l.MaxPayload < 1024 || l.MaxPayload > 64<<20 {
-		bad("limits.max_payload: %v is out of range (1KiB..64MiB)", l.MaxPayload)
+		bad("limits.max_payload", "%v is out of range (1KiB..64MiB)", l.MaxPayload)
 	}
 	if l.MaxOutput < 1024 || l.MaxOutput > 64<<20 {
-		bad("limits.max_output: %v is out of range (1KiB..64MiB)", l.MaxOutput)
+		bad("limits.max_output", "%v is out of range (1KiB..64MiB)", l.MaxOutput)
 	}
 	if l.QueueBound < 1 {
-		bad("limits.queue_bound: must be at least 1 (got %d)", l.QueueBound)
+		bad("limits.queue_bound", "must be at least 1 (got %d)", l.QueueBound)
 	}
 	if l.QueueMemory < 64<<10 || l.QueueMemory > 4<<30 {
-		bad("limits.queue_memory: %v is out of range (64KiB..4GiB)", l.QueueMemory)
+		bad("limits.queue_memory", "%v is out of range (64KiB..4GiB)", l.QueueMemory)
 	}
 	if l.QueueMemoryTotal < 1<<20 || l.QueueMemoryTotal > 64<<30 {
-		bad("limits.queue_memory_total: %v is out of range (1MiB..64GiB)", l.QueueMemoryTotal)
+		bad("limits.queue_memory_total", "%v is out of range (1MiB..64GiB)", l.QueueMemoryTotal)
 	}
 	if l.QueueFull != QueueFullReject && l.QueueFull != QueueFullDropOldest {
-		bad("limits.queue_full: %q is not one of %q, %q", l.QueueFull, QueueFullReject, QueueFullDropOldest)
+		bad("limits.queue_full", "%q is not one of %q, %q", l.QueueFull, QueueFullReject, QueueFullDropOldest)
 	}
 	if !(l.RateLimit > 0) || math.IsInf(l.RateLimit, 0) || l.RateBurst < 1 { // !(>0) also refuses NaN
-		bad("limits.rate_limit/rate_burst: must be positive (got %v, %d)", l.RateLimit, l.RateBurst)
+		bad("limits.rate_limit/rate_burst", "must be positive (got %v, %d)", l.RateLimit, l.RateBurst)
 	}
 	if l.MaxSubscriptionsPerPeer < 1 {
-		bad("limits.max_subscriptions_per_peer: must be at least 1 (got %d)", l.MaxSubscriptionsPerPeer)
+		bad("limits.max_subscriptions_per_peer", "must be at least 1 (got %d)", l.MaxSubscriptionsPerPeer)
 	}
 	if l.MaxStreamsPerPeer < 1 {
-		bad("limits.max_streams_per_peer: must be at least 1 (got %d)", l.MaxStreamsPerPeer)
+		bad("limits.max_streams_per_peer", "must be at least 1 (got %d)", l.MaxStreamsPerPeer)
 	}
 	if l.StreamTimeout < time.Second || l.StreamTimeout > maxStreamTimeout {
-		bad("limits.stream_timeout: %v is out of range (1s..%v)", l.StreamTimeout, maxStreamTimeout)
+		bad("limits.stream_timeout", "%v is out of range (1s..%v)", l.StreamTimeout, maxStreamTimeout)
 	}
 	if l.MaxHops < 1 || l.MaxHops > 1000 {
-		bad("limits.max_hops: %d is out of range (1..1000)", l.MaxHops)
+		bad("limits.max_hops", "%d is out of range (1..1000)", l.MaxHops)
 	}
 	if l.ReceiverRetries < 0 || l.ReceiverRetries > 100 {
-		bad("limits.receiver_retries: %d is out of range (0..100)", l.ReceiverRetries)
+		bad("limits.receiver_retries", "%d is out of range (0..100)", l.ReceiverRetries)
 	}
 	if l.ReceiverBackoff < time.Millisecond || l.ReceiverBackoff > time.Hour {
-		bad("limits.receiver_backoff: %v is out of range (1ms..1h)", l.ReceiverBackoff)
+		bad("limits.receiver_backoff", "%v is out of range (1ms..1h)", l.ReceiverBackoff)
 	}
 	if l.MaxRunning < 1 || l.MaxRunning > 65536 {
-		bad("limits.max_running: %d is out of range (1..65536)", l.MaxRunning)
+		bad("limits.max_running", "%d is out of range (1..65536)", l.MaxRunning)
 	}
 	if c.Log.File == "" {
-		bad("log.file: must not be empty")
+		bad("log.file", "must not be empty")
 	}
 	if c.Log.RotateSize < 0 {
-		bad("log.rotate_size: must not be negative (0: never rotate; got %v)", c.Log.RotateSize)
+		bad("log.rotate_size", "must not be negative (0: never rotate; got %v)", c.Log.RotateSize)
 	}
 	if c.Log.RotateKeep < 0 || c.Log.RotateKeep > 1000 {
-		bad("log.rotate_keep: %d is out of range (0..1000)", c.Log.RotateKeep)
+		bad("log.rotate_keep", "%d is out of range (0..1000)", c.Log.RotateKeep)
 	}
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":
 	default:
-		bad("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
 	}
 	if c.Metrics.Listen != "" {
 		if _, err := metricsHost(c.Metrics.Listen); err != nil {
-			bad("metrics.listen: %v", err)
+			bad("metrics.listen", "%v", err)
 		}
 	}
 	return errors.Join(errs...)

@@ -170,7 +170,7 @@ func TestParseConfigRefusesBadValues(t *testing.T) {
 		"announce peer id":  {"network:\n  announce: [/ip4/203.0.113.7/tcp/5210/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA]\n", "leave /p2p/... out"},
 		"water marks":       {"network:\n  conn_low: 10\n  conn_high: 5\n", "conn_high"},
 		"log level":         {"log:\n  level: chatty\n", "log.level"},
-		"metrics no port":   {"metrics:\n  listen: 127.0.0.1\n", "metrics.listen: \"127.0.0.1\" is not host:port"},
+		"metrics no port":   {"metrics:\n  listen: 127.0.0.1\n", "metrics.listen (line 2): \"127.0.0.1\" is not host:port"},
 		"metrics big port":  {"metrics:\n  listen: 127.0.0.1:70000\n", "metrics.listen"},
 		"metrics name":      {"metrics:\n  listen: metrics.example.org:9464\n", "not an IP address or localhost"},
 		"not a mapping":     {"- just\n- a list\n", "line 1"},
@@ -186,7 +186,7 @@ func TestParseConfigRefusesBadValues(t *testing.T) {
 		"relay fraction s": {"network:\n  relay_limit_duration: 1500ms\n", "not a whole number of seconds"},
 		// Taken silently before: a fraction of a byte was truncated
 		// (0.5 is 0: no relay data limit at all), ...
-		"fraction byte":       {"network:\n  relay_limit_data: 0.5\n", "line 2: size \"0.5\" is not a whole number of bytes"},
+		"fraction byte":       {"network:\n  relay_limit_data: 0.5\n", "network.relay_limit_data (line 2): size \"0.5\" is not a whole number of bytes"},
 		"fraction bytes":      {"limits:\n  max_payload: 1048576.7\n", "not a whole number of bytes"},
 		"fraction bytes text": {"limits:\n  max_payload: \"1048576.7\"\n", "not a whole number of bytes"},
 		// ... a timeout so long that action_timeout + stream_timeout
