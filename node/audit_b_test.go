@@ -40,3 +40,46 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 		t.Errorf("Validate of max_hops 0: %v", err)
 	}
 }
+
+// config.yml as `coattail new --loopback --port N` writes it names the
+// default of every setting in the comment above it, as its header says
+// ("deleting a line gives that default"): the listen comment called the
+// chosen port the default, where deleting the list listens on every
+// interface at 5210, and announce named none.
+func TestNewConfigCommentsNameDefaults(t *testing.T) {
+	t.Parallel()
+	b, err := node.RenderConfig(node.LoopbackConfig(25299), 25299)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	if strings.Contains(text, "default 25299") {
+		t.Errorf("config.yml calls the port chosen with --port the default:\n%s", text)
+	}
+	// What deleting network.listen gives, as the comment must say it.
+	def := node.DefaultConfig(node.DefaultPort).Network.Listen
+	if !strings.Contains(def[0], "/ip4/0.0.0.0/") || !strings.Contains(text, "(/ip4/0.0.0.0 and /ip6/::), TCP and QUIC, port 5210") {
+		t.Errorf("the listen comment does not name the default %v:\n%s", def, text)
+	}
+	// Every key has a "Default" in the comment block above it (a block
+	// may name the defaults of the keys right after it).
+	var comment []string
+	afterKey := false
+	for n, line := range strings.Split(text, "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(trimmed, "#"):
+			if afterKey {
+				comment, afterKey = nil, false
+			}
+			comment = append(comment, trimmed)
+		case strings.HasPrefix(line, "  ") && strings.Contains(trimmed, ":") && !strings.HasPrefix(trimmed, "- "):
+			if !strings.Contains(strings.Join(comment, " "), "Default") {
+				t.Errorf("line %d, %q: its comment names no default: %q", n+1, trimmed, comment)
+			}
+			afterKey = true
+		case trimmed == "":
+			comment, afterKey = nil, false
+		}
+	}
+}

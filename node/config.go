@@ -921,7 +921,9 @@ var configTemplate = template.Must(template.New("config").Funcs(template.FuncMap
 		return b.String()
 	},
 }).Parse(`# Coattail instance configuration.
-# Every setting is listed with its default value; delete a line to get the default.
+# Every setting is listed, with its default in its comment: deleting a line
+# gives that default (a value 'coattail new' chose, such as its --port or
+# --loopback, is not one).
 # Unknown or repeated keys, keys without a value and an address listed twice are
 # errors. Sizes take units (64KiB, 1MiB; at most 1TiB); durations take 500ms, 30s, 2m, 1h, 7d;
 # booleans are true or false, without quotes.
@@ -929,11 +931,13 @@ var configTemplate = template.Must(template.New("config").Funcs(template.FuncMap
 network:
   # Multiaddrs the libp2p host listens on: /ip4/<ip>/tcp/<port> or
   # /ip4/<ip>/udp/<port>/quic-v1 (or /ip6/...). TCP and QUIC share one port
-  # (default {{.Port}}; choose another with 'coattail new --port').
+  # ('coattail new --port' chooses it). Default: every interface
+  # (/ip4/0.0.0.0 and /ip6/::), TCP and QUIC, port {{.DefaultPort}}.
   listen:{{list .C.Network.Listen}}
   # Extra addresses to put in tokens and tell connected peers (for example
   # a public DNS name or a forwarded port; TCP or QUIC, as in listen, or
   # /dns/<name>/...). Observed and relay addresses are added automatically.
+  # Default: none.
   announce:{{list .C.Network.Announce}}
   # Static circuit-relay v2 relays (full multiaddrs ending in /p2p/<peer-id>;
   # one relay at several addresses takes one line per address).
@@ -1067,9 +1071,10 @@ metrics:
 func RenderConfig(c Config, port int) ([]byte, error) {
 	var b bytes.Buffer
 	if err := configTemplate.Execute(&b, struct {
-		C    Config
-		Port int
-	}{c, port}); err != nil {
+		C           Config
+		Port        int
+		DefaultPort int
+	}{c, port, DefaultPort}); err != nil {
 		return nil, err
 	}
 	return b.Bytes(), nil
