@@ -50,3 +50,25 @@ func TestStdinWithEmptyDataIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// An empty --instance (a script's unset variable) is an error, as an empty
+// --peer is: it acted on the instance of the current directory, so
+// `coattail --instance "$DIR" service stop` stopped whatever ran there.
+func TestEmptyInstanceFlagIsRefused(t *testing.T) {
+	t.Parallel()
+	i := newInstance(t, "a")
+	pid := i.start()
+	for _, args := range [][]string{
+		{"--instance", "", "service", "stop"},
+		{"--instance= ", "config", "check"},
+	} {
+		stdout, stderr, code := i.run(args...)
+		if code != 1 || stdout != "" || !strings.Contains(stderr, "coattail: --instance must not be empty") {
+			t.Errorf("coattail %q in an instance directory: exit %d, stdout %q, stderr %q; want exit 1 saying --instance must not be empty", args, code, stdout, stderr)
+		}
+	}
+	if !processAlive(pid) {
+		t.Fatal(`--instance "" service stop stopped the service of the current directory`)
+	}
+	i.mustRun("service", "stop")
+}

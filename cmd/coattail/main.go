@@ -75,7 +75,15 @@ func newRootCmd(a *app) *cobra.Command {
 	}
 	// An offline command records what it is beside the instance's data
 	// lock, so that a process that finds the data in use can say.
-	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) { node.SetCommand(cmd.CommandPath()) }
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		node.SetCommand(cmd.CommandPath())
+		// `--instance "$DIR"` with DIR unset would act on the instance of
+		// the current directory (service stop, token revoke, ...).
+		if f := cmd.Flags().Lookup("instance"); f != nil && f.Changed && strings.TrimSpace(a.instance) == "" {
+			return errors.New("--instance must not be empty (without it, the instance is $COATTAIL_INSTANCE, else the current directory or its nearest parent holding one)")
+		}
+		return nil
+	}
 	root.PersistentFlags().StringVar(&a.instance, "instance", "", "instance directory (default: $COATTAIL_INSTANCE, else the current directory or its nearest parent holding an instance)")
 	root.AddCommand(
 		newVersionCmd(a),
