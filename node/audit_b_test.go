@@ -1,10 +1,13 @@
 package node_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/coattail/coattail/node"
+	"github.com/coattail/coattail/node/runner"
 )
 
 // Every mistake in config.yml is named with its key and its line (CLI.md,
@@ -81,5 +84,32 @@ func TestNewConfigCommentsNameDefaults(t *testing.T) {
 		case trimmed == "":
 			comment, afterKey = nil, false
 		}
+	}
+}
+
+// The contract in the receiver `action create --receiver` writes says what
+// the service does: a receiver's stdout is not used whatever it prints
+// (it said "ignored unless you print JSON"), and a message it was
+// handling when the service stopped is handed to it again (it said once).
+func TestReceiverTemplateContract(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "receivers"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path, err := runner.Create(dir, runner.KindReceiver, "orders.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	if strings.Contains(text, "unless you print JSON") || !strings.Contains(text, "stdout  not used, whatever it prints") {
+		t.Errorf("the template does not say a receiver's stdout is not used:\n%s", text)
+	}
+	if !strings.Contains(text, "handed to\n# it again after the restart") || !strings.Contains(text, "last COATTAIL_SEQUENCE") {
+		t.Errorf("the template does not say a message can be handed to the receiver again:\n%s", text)
 	}
 }

@@ -45,10 +45,14 @@ const receiverTemplate = `#!/bin/sh
 #
 # Contract:
 #   stdin   the published output of the action, one JSON value
-#   stdout  ignored unless you print JSON; print nothing to return null
+#   stdout  not used, whatever it prints (past max_output it is dropped)
 #   stderr  log lines, one per line
 #   exit    0 when the message was handled; any other status is a failure
-# A message is handed to the receiver once (duplicates are dropped).
+#           (retried limits.receiver_retries times, then a dead letter)
+# A message is handed to the receiver once (duplicates are dropped), except
+# that one it was handling when the service stopped or crashed is handed to
+# it again after the restart: for effects that must happen once, record the
+# last COATTAIL_SEQUENCE applied and skip any message at or below it.
 #
 # Environment:
 #   COATTAIL_SUBJECT       the subject the message was published on
