@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
@@ -406,7 +407,9 @@ func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.Publis
 			continue
 		}
 		lines++
-		if !json.Valid(line) {
+		// JSON in UTF-8, as the service takes it: a line it would refuse
+		// would take the lines batched with it along.
+		if !json.Valid(line) || !utf8.Valid(line) {
 			// Everything before it is published, nothing from it on: where
 			// to start again does not depend on how lines were batched.
 			if err := send(); err != nil {

@@ -72,3 +72,16 @@ func TestEmptyInstanceFlagIsRefused(t *testing.T) {
 	}
 	i.mustRun("service", "stop")
 }
+
+// publish --stdin stops at a line that is not JSON in UTF-8 (what the
+// service takes) with every line before it published, as at any line that
+// is not JSON: one with invalid UTF-8 was sent, and the service refused
+// its whole batch, the lines before it too.
+func TestPublishStdinStopsAtInvalidUTF8Line(t *testing.T) {
+	t.Parallel()
+	i := newInstance(t, "a")
+	stdout, stderr, code := i.runStdin("1\n2\n\"\xff\"\n4\n", "action", "publish", "--action", "orders.created", "--stdin")
+	if code != 1 || stdout != "" || !strings.Contains(stderr, "stdin line 3 is not valid JSON: the 2 line(s) before it were published, none from it on") {
+		t.Errorf("publish --stdin with invalid UTF-8 on line 3: exit %d, stdout %q, stderr %q; want lines 1-2 published and line 3 named", code, stdout, stderr)
+	}
+}
