@@ -922,8 +922,8 @@ func (n *Node) park(ctx context.Context, sub outSub, d *wire.Delivery, err error
 // a receiver that finished successfully printed: a receiver's output is
 // not used (an in-process receiver's is not even looked at), so output
 // that is not JSON, or from an in-process handler too large, does not make
-// the publication fail and run again. An executable's output past the
-// limit is not one of these: the runner killed it before it finished.
+// the publication fail and run again. An executable receiver's output
+// past the limit never comes here: the runner drops it, without an error.
 func receiverOutputIgnored(err error, inProc bool) bool {
 	return errors.Is(err, runner.ErrBadOutput) || inProc && errors.Is(err, runner.ErrOutputTooLarge)
 }
