@@ -435,6 +435,10 @@ func toAPIError(err error) *localapi.Error {
 		return le
 	}
 	e := &localapi.Error{Status: http.StatusInternalServerError, Code: localapi.CodeInternal, Message: err.Error()}
+	var ie itemError
+	if errors.As(err, &ie) {
+		e.Item = ie.item
+	}
 	var we *wire.Error
 	var mbe *http.MaxBytesError
 	switch {

@@ -808,10 +808,10 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 	pubs := make([]publication, 0, len(datas))
 	for i, d := range datas {
 		if !jsonx.Valid(d) {
-			return localapi.PublishResult{}, fmt.Errorf("%w: data (item %d) is not valid JSON in UTF-8", ErrBadRequest, i+1)
+			return localapi.PublishResult{}, itemError{i + 1, fmt.Errorf("%w: data (item %d) is not valid JSON in UTF-8", ErrBadRequest, i+1)}
 		}
 		if len(d) > int(n.cfg.Limits.MaxPayload) {
-			return localapi.PublishResult{}, fmt.Errorf("%w: data (item %d) is %d bytes, over limits.max_payload %v", ErrBadRequest, i+1, len(d), n.cfg.Limits.MaxPayload)
+			return localapi.PublishResult{}, itemError{i + 1, fmt.Errorf("%w: data (item %d) is %d bytes, over limits.max_payload %v", ErrBadRequest, i+1, len(d), n.cfg.Limits.MaxPayload)}
 		}
 		pubs = append(pubs, publication{Subject: req.Action, Data: d, Hop: req.Hop})
 	}
@@ -917,6 +917,17 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 		return localapi.PublishResult{Published: total, Dropped: dropped}, err
 	}
 }
+
+// itemError is the error of a batch request refused, before anything of
+// it was done, for its item number item (from 1): the control API says
+// which (localapi.Error.Item), so that a client can do the items before it.
+type itemError struct {
+	item int
+	err  error
+}
+
+func (e itemError) Error() string { return e.err.Error() }
+func (e itemError) Unwrap() error { return e.err }
 
 // notSentError is an error of remotePublishOnce before it sent any
 // publication (the stream could not be opened): the peer has none of them.

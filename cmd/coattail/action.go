@@ -387,6 +387,20 @@ func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.Publis
 			}
 			return publish(part[h:], partNums[h:])
 		}
+		// One line refused (over limits.max_payload): nothing of the
+		// batch was published; the lines before it are published, as
+		// before a line found not to be JSON here.
+		if k := answered.Item - 1; k >= 0 && k < len(part) && answered.Status == http.StatusBadRequest {
+			if k > 0 {
+				if err := publish(part[:k], partNums[:k]); err != nil {
+					return err
+				}
+			}
+			line := partNums[k]
+			// The service numbers the item in the batch; here it is a line.
+			why := strings.Replace(answered.Message, fmt.Sprintf(" (item %d)", answered.Item), "", 1)
+			return fmt.Errorf("stdin line %d was refused: %s: the %d line(s) before it were published, none from it on", line, why, published)
+		}
 		if first == last {
 			return fmt.Errorf("%d line(s) before stdin line %d were published; stdin line %d was refused: %w", published, first, first, err)
 		}

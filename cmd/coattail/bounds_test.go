@@ -386,3 +386,25 @@ func compactedBacklog(t *testing.T, p, s *instance, receiver string, n int) stri
 	}
 	return id
 }
+
+// A publish --stdin line over the service's limits.max_payload stops it
+// with every line before it published, wherever batching put it, as a line
+// that is not JSON does: the service refused its whole batch, the lines
+// before it too, and the error named an "item" of a batch the user never
+// saw.
+func TestPublishStdinStopsAtOversizeLine(t *testing.T) {
+	t.Parallel()
+	p := newInstance(t, "p")
+	p.setConfig("max_payload", "1KiB")
+	p.start()
+	big := `"` + strings.Repeat("x", 2000) + `"`
+	stdout, stderr, code := p.runStdin("1\n\n2\n"+big+"\n4\n", "action", "publish", "--action", "big.x", "--stdin")
+	if code != 1 || stdout != "" || !strings.Contains(stderr, "stdin line 4 was refused: ") ||
+		!strings.Contains(stderr, "over limits.max_payload") || !strings.Contains(stderr, "the 2 line(s) before it were published, none from it on") ||
+		strings.Contains(stderr, "item") {
+		t.Errorf("publish --stdin with line 4 over max_payload: exit %d, stdout %q, stderr %q; want lines 1-3 published and line 4 named", code, stdout, stderr)
+	}
+	if c := p.counters(); c.Published != 2 {
+		t.Errorf("the service counts %d publications, want the 2 lines before the one refused", c.Published)
+	}
+}

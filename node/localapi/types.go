@@ -30,6 +30,9 @@ type Error struct {
 	// what it had done by then (a publication queued, an action run) is
 	// unknown, as if no answer had come.
 	Interrupted bool `json:"interrupted,omitempty"`
+	// Item is set when one item of a batch request made it fail: its
+	// place in the batch, from 1. Nothing of the batch was done.
+	Item int `json:"item,omitempty"`
 }
 
 func (e *Error) Error() string { return e.Message }
