@@ -856,10 +856,16 @@ func (a *Authority) OnRevoke(fn func(tokenID string)) {
 	a.onRevoke = append(a.onRevoke, fn)
 }
 
-// Token returns the record of an issued, unrevoked token.
+// Token returns the record of an issued, unrevoked token. For a token
+// revoked here, the ErrNotFound says when.
 func (a *Authority) Token(ctx context.Context, id string) (Record, error) {
 	var rec Record
 	if err := a.getJSON(ctx, tokensPrefix, id, &rec); err != nil {
+		if k, kerr := recordKey(tokensPrefix, id); errors.Is(err, ErrNotFound) && kerr == nil {
+			if at, ok := a.revokedAt(ctx, k.BaseNamespace()); ok {
+				return Record{}, fmt.Errorf("%w: token %s was revoked, at %s", ErrNotFound, k.BaseNamespace(), at.Format(time.RFC3339))
+			}
+		}
 		return Record{}, err
 	}
 	if a.isPending(rec.ID) {

@@ -375,9 +375,10 @@ func TestOutlandishDatesRefused(t *testing.T) {
 	}
 }
 
-// A revoked token is named as such when it is presented again or revoked
-// again (its record is deleted; a revocation record says when), while an
-// id that was never issued is "never issued here".
+// A revoked token is named as such when it is presented again, revoked
+// again or asked for (token show: it said "no token with that id"; its
+// record is deleted, a revocation record says when), while an id that was
+// never issued is "never issued here".
 func TestRevokedTokenNamedAsRevoked(t *testing.T) {
 	ctx := context.Background()
 	f := fixtureOver(t, newKey(t), newStore())
@@ -393,9 +394,16 @@ func TestRevokedTokenNamedAsRevoked(t *testing.T) {
 	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "was revoked already, at 20") {
 		t.Errorf("second Revoke: %v, want ErrNotFound naming the earlier revocation", err)
 	}
+	_, err = f.a.Token(ctx, strings.ToUpper(rec.ID))
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "token "+rec.ID+" was revoked, at 20") {
+		t.Errorf("Token of a revoked token (its id in capitals): %v, want ErrNotFound naming the revocation", err)
+	}
 	err = f.a.Revoke(ctx, "8c5c8b8e-4a52-4f43-9d55-7d1c1e6e4a10")
 	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "never issued here") {
 		t.Errorf("Revoke of an unknown id: %v", err)
+	}
+	if _, err := f.a.Token(ctx, "8c5c8b8e-4a52-4f43-9d55-7d1c1e6e4a10"); !errors.Is(err, ErrNotFound) || strings.Contains(err.Error(), "revoked") {
+		t.Errorf("Token of an unknown id: %v", err)
 	}
 	if recs, err := f.a.Tokens(ctx); err != nil || len(recs) != 0 {
 		t.Errorf("tokens after revocation: %v (%v), want none", recs, err)
