@@ -18,4 +18,4 @@ if [ "$("$GO" env CGO_ENABLED)" != 1 ]; then
 fi
 "$GO" vet ./...
 if [ $# -eq 0 ]; then set -- ./...; fi
-exec "$GO" test "${race[@]}" -count=1 -timeout 20m "$@"
+exec "$GO" test "${race[@]}" -count=1 -timeout 30m "$@"
