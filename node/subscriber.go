@@ -1530,6 +1530,16 @@ func (nw *netsvc) handleDeliverNudge(st network.Stream, p peer.ID) {
 		_ = st.Reset()
 		return
 	}
+	w := wire.NewWriterSize(st, requestBuffer)
+	// The hello names the version of the stream's protocol ID, as a
+	// Hello does (PROTOCOL.md, "Versioning"): another one is answered
+	// version, and nothing is woken. It was not looked at.
+	if err := wire.CheckVersion(wire.ProtoDeliver, h.Version); err != nil {
+		if w.JSON(wire.TError, wire.ToError(err)) == nil {
+			_ = w.Flush()
+		}
+		return
+	}
 	nw.n.subscriber.wake(p.String(), h.SubscriptionIDs, st.Conn())
 	var ans wire.DeliverAnswer
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -1543,7 +1553,6 @@ func (nw *netsvc) handleDeliverNudge(st network.Stream, p peer.ID) {
 			ans.Unknown = append(ans.Unknown, id)
 		}
 	}
-	w := wire.NewWriterSize(st, requestBuffer)
 	if w.JSON(wire.TOK, ans) == nil {
 		_ = w.Flush()
 	}

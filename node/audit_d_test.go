@@ -1,0 +1,58 @@
+package node_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/coattail/coattail/node/wire"
+)
+
+// A DeliverHello must name the version of the deliver protocol ID, as a
+// Hello must (PROTOCOL.md, "Versioning"): another version is answered
+// TError with code version, and a hello naming 1.0.0 is still answered
+// with a DeliverAnswer. The version was not looked at: any was accepted.
+func TestDeliverHelloVersionChecked(t *testing.T) {
+	t.Parallel()
+	sub := newTestNode(t, withQuietLog())
+	h := newStockHost(t, sub)
+	nudge := func(version string) (wire.Type, []byte) {
+		t.Helper()
+		st, err := h.NewStream(testCtx(t), sub.ID(), wire.ProtoDeliver)
+		if err != nil {
+			t.Fatalf("opening a deliver stream: %v", err)
+		}
+		defer st.Close()
+		w := wire.NewWriter(st)
+		if err := w.JSON(wire.THello, wire.DeliverHello{Version: version, SubscriptionIDs: []string{"3f0c0000-0000-0000-0000-000000000000"}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		_ = st.CloseWrite()
+		typ, payload, err := wire.NewReader(st, 0).Next()
+		if err != nil {
+			t.Fatalf("reading the answer to a deliver hello of version %q: %v", version, err)
+		}
+		return typ, payload
+	}
+	for _, v := range []string{"9.9.9", wire.Version11, ""} {
+		typ, payload := nudge(v)
+		if typ != wire.TError {
+			t.Errorf("deliver hello of version %q answered with a %s frame, want an error with code version", v, typ)
+			continue
+		}
+		var e wire.Error
+		if err := wire.DecodeJSON(payload, &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.Code != wire.CodeVersion || !errors.Is(&e, wire.ErrVersion) {
+			t.Errorf("deliver hello of version %q: %v, want code version", v, &e)
+		}
+	}
+	typ, payload := nudge(wire.Version)
+	var ans wire.DeliverAnswer
+	if typ != wire.TOK || wire.DecodeJSON(payload, &ans) != nil || len(ans.Unknown) != 1 {
+		t.Errorf("deliver hello of version %s: %s frame %s, want an OK naming the unknown subscription", wire.Version, typ, payload)
+	}
+}
