@@ -19,6 +19,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -110,8 +111,23 @@ receiver ran may run that one publication again.`,
 			if err != nil {
 				return fmt.Errorf("%w: locating the coattail binary: %w", errLabSetup, err)
 			}
-			progress := func(f string, args ...any) { fmt.Fprintf(a.err, "lab: "+f+"\n", args...) }
-			rep, err := runLab(cmd.Context(), *o, bin, progress)
+			// A reader of the lab's output that goes away (coattail lab |
+			// head, a pager quit, Ctrl-C in a pipeline that ends tee)
+			// stops the run as Ctrl-C does: its services are stopped and
+			// its directories removed. SIGPIPE used to kill the lab at its
+			// next progress line, leaving every service it had started
+			// running. Caught, SIGPIPE only makes the write fail (EPIPE);
+			// a handler, unlike an ignored signal, is not inherited by the
+			// services the lab starts.
+			signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+			ctx, stop := context.WithCancel(cmd.Context())
+			defer stop()
+			progress := func(f string, args ...any) {
+				if _, err := fmt.Fprintf(a.err, "lab: "+f+"\n", args...); errors.Is(err, syscall.EPIPE) {
+					stop()
+				}
+			}
+			rep, err := runLab(ctx, *o, bin, progress)
 			// A run that failed before its storm has nothing to report
 			// beyond the error (and the kept directory, said above).
 			if rep != nil && rep.PerNode != nil {

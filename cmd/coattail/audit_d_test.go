@@ -1,0 +1,86 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A lab whose output pipe is closed (coattail lab | head, a pager quit,
+// Ctrl-C in a pipeline that ends tee) stops as Ctrl-C stops it: every
+// service it started is stopped and its directories are removed, and it
+// exits non-zero, not killed by SIGPIPE. SIGPIPE killed it at its next
+// progress line, and the services it had started ran on.
+func TestLabOutputClosedStopsServices(t *testing.T) {
+	t.Parallel()
+	needBinary(t)
+	parent, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// --parallel 1: the services start one at a time, each with a
+	// progress-free pause, so the lab writes its next line (started ...)
+	// with services running.
+	cmd := exec.Command(binPath, "lab", "--nodes", "3", "--parallel", "1", "--messages", "1000", "--rate", "100", "--dir", parent)
+	cmd.Env = childEnv(t)
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		for _, p := range lrProcessesUnder(t, parent) {
+			if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {
+				killAndWait(t, pid)
+			}
+		}
+	})
+	sc := bufio.NewScanner(r)
+	var seen []string
+	for sc.Scan() {
+		seen = append(seen, sc.Text())
+		if strings.Contains(sc.Text(), "lab: created") {
+			break
+		}
+	}
+	if len(seen) == 0 || !strings.Contains(seen[len(seen)-1], "lab: created") {
+		t.Fatalf("the lab did not say it created its instances: %q", seen)
+	}
+	r.Close() // the reader goes away
+	select {
+	case err := <-done:
+		var exitErr *exec.ExitError
+		if !errors.As(err, &exitErr) {
+			t.Fatalf("the lab whose output was closed exited with %v, want a non-zero exit", err)
+		}
+		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			t.Errorf("the lab was killed by %v when its output was closed", ws.Signal())
+		}
+	case <-time.After(commandTimeout):
+		t.Fatal("the lab did not exit after its output was closed")
+	}
+	// Anything left is found here: services that would run on for good.
+	checkFor(t, 30*time.Second, func() error {
+		if left := lrProcessesUnder(t, parent); len(left) > 0 {
+			return errors.New("processes left running:\n" + strings.Join(left, "\n"))
+		}
+		return nil
+	})
+	if ents, _ := os.ReadDir(parent); len(ents) != 0 {
+		t.Errorf("the lab left %d entries in --dir %s", len(ents), parent)
+	}
+}
