@@ -84,3 +84,37 @@ func TestLabOutputClosedStopsServices(t *testing.T) {
 		t.Errorf("the lab left %d entries in --dir %s", len(ents), parent)
 	}
 }
+
+// A lab flag the run would ignore is refused, as a value out of range is
+// (CLI.md, Lab): --degree outside a mesh, --chaos-stop without --chaos,
+// --seed with neither. They were silently ignored: a star run with
+// --degree 50 succeeded. Where they act they are accepted (the runs below
+// then fail setting up, in an --dir that cannot exist, before starting
+// anything).
+func TestLabIgnoredFlagsRefused(t *testing.T) {
+	t.Parallel()
+	const noDir = "/dev/null/lab"
+	for _, tc := range []struct {
+		args []string
+		want string // "" : accepted
+	}{
+		{[]string{"--topology", "star", "--degree", "5"}, "--degree is for --topology mesh, not star"},
+		{[]string{"--topology", "chain", "--degree", "1"}, "--degree is for --topology mesh, not chain"},
+		{[]string{"--chaos-stop", "0.5"}, "--chaos-stop is for a run with --chaos"},
+		{[]string{"--topology", "star", "--seed", "7"}, "--seed is for --topology mesh or --chaos"},
+		{[]string{"--topology", "mesh", "--degree", "2", "--seed", "7"}, ""},
+		{[]string{"--topology", "star", "--chaos", "1", "--chaos-stop", "1", "--seed", "7"}, ""},
+	} {
+		args := append([]string{"lab", "--nodes", "3", "--dir", noDir}, tc.args...)
+		stdout, stderr, code := runCLI(t, args...)
+		if code != 1 || stdout != "" {
+			t.Errorf("%v: exit %d, stdout %q; want exit 1 and nothing on stdout", tc.args, code, stdout)
+		}
+		switch {
+		case tc.want == "" && !strings.Contains(stderr, "lab: setup failed"):
+			t.Errorf("%v: %q, want the flags accepted (and the setup to fail in %s)", tc.args, stderr, noDir)
+		case tc.want != "" && (!strings.Contains(stderr, "lab: invalid options") || !strings.Contains(stderr, tc.want)):
+			t.Errorf("%v: %q, want it refused with %q", tc.args, stderr, tc.want)
+		}
+	}
+}

@@ -73,6 +73,9 @@ type labOptions struct {
 	asJSON      bool
 	chaos       int     // interruptions during the storm and drain
 	chaosStop   float64 // share of them that are `service stop`, not SIGKILL
+	// given reports whether a flag was on the command line (nil: none
+	// was), so that one the run would ignore is refused.
+	given func(flag string) bool
 }
 
 func newLabCmd(a *app) *cobra.Command {
@@ -104,6 +107,7 @@ receiver ran may run that one publication again.`,
 			if !cmd.Flags().Changed("degree") && o.nodes >= 2 {
 				o.degree = min(o.degree, o.nodes-1)
 			}
+			o.given = cmd.Flags().Changed
 			if err := o.validate(); err != nil {
 				return err
 			}
@@ -175,8 +179,12 @@ func (o *labOptions) validate() error {
 	if o.nodes < 2 || o.nodes > 1000 {
 		bad("--nodes %d is out of range (2..1000)", o.nodes)
 	}
+	given := func(f string) bool { return o.given != nil && o.given(f) }
 	switch o.topology {
 	case labStar, labChain:
+		if given("degree") {
+			bad("--degree is for --topology mesh, not %s", o.topology)
+		}
 	case labMesh:
 		if o.degree < 1 || (o.nodes >= 2 && o.degree > o.nodes-1) {
 			bad("--degree %d is out of range for %d nodes (1..%d)", o.degree, o.nodes, max(o.nodes-1, 1))
@@ -207,6 +215,13 @@ func (o *labOptions) validate() error {
 	}
 	if !(o.chaosStop >= 0 && o.chaosStop <= 1) {
 		bad("--chaos-stop %v is out of range (0..1)", o.chaosStop)
+	}
+	// Flags the run would ignore: a user who gives one expects it to act.
+	if o.chaos == 0 && given("chaos-stop") {
+		bad("--chaos-stop is for a run with --chaos")
+	}
+	if o.chaos == 0 && o.topology != labMesh && given("seed") {
+		bad("--seed is for --topology mesh or --chaos")
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", errLabOptions, errors.Join(errs...))
