@@ -118,3 +118,22 @@ func TestLabIgnoredFlagsRefused(t *testing.T) {
 		}
 	}
 }
+
+// bench --window with --mode burst is refused: a burst keeps no window
+// (CLI.md, Bench), and the flag was silently ignored. With paced it is
+// accepted (the run then fails on an --dir that cannot exist, before
+// anything starts).
+func TestBenchWindowWithBurstRefused(t *testing.T) {
+	t.Parallel()
+	const noDir = "/dev/null/bench"
+	stdout, stderr, code := runCLI(t, "bench", "--mode", "burst", "--window", "1MiB", "--dir", noDir)
+	if code != 1 || stdout != "" || !strings.Contains(stderr, "bench: invalid options") || !strings.Contains(stderr, "--window is for --mode paced, not burst") {
+		t.Errorf("bench --mode burst --window 1MiB: exit %d, stdout %q, stderr %q; want it refused", code, stdout, stderr)
+	}
+	for _, args := range [][]string{{"--mode", "paced", "--window", "1MiB"}, {"--mode", "burst"}} {
+		_, stderr, code = runCLI(t, append([]string{"bench", "--dir", noDir}, args...)...)
+		if code != 1 || strings.Contains(stderr, "invalid options") || !strings.Contains(stderr, "bench: --dir") {
+			t.Errorf("bench %v: exit %d, stderr %q; want the flags accepted (and --dir to fail)", args, code, stderr)
+		}
+	}
+}

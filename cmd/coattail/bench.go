@@ -40,6 +40,7 @@ type benchOptions struct {
 	cpuProfile   string
 	processes    bool
 	serveSub     bool // hidden: be one subscriber process of a --processes bench
+	windowGiven  bool // --window was on the command line
 }
 
 func newBenchCmd(a *app) *cobra.Command {
@@ -73,6 +74,7 @@ them. --cpuprofile profiles the bench's process only.`,
 				tuneGC()
 				return perf.ServeSubscriber(cmd.Context(), a.in, a.out)
 			}
+			o.windowGiven = cmd.Flags().Changed("window")
 			po, err := o.options()
 			if err != nil {
 				return err
@@ -187,6 +189,10 @@ func (o *benchOptions) options() (perf.DeliveryOptions, error) {
 	case "paced":
 		po.Paced = true
 	case "burst":
+		// A burst keeps no window: a --window given would be ignored.
+		if o.windowGiven {
+			bad("--window is for --mode paced, not burst")
+		}
 	default:
 		bad("--mode %q is not paced or burst", o.mode)
 	}
