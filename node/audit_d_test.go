@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/coattail/coattail/node/perf"
 	"github.com/coattail/coattail/node/wire"
 )
 
@@ -54,5 +55,28 @@ func TestDeliverHelloVersionChecked(t *testing.T) {
 	var ans wire.DeliverAnswer
 	if typ != wire.TOK || wire.DecodeJSON(payload, &ans) != nil || len(ans.Unknown) != 1 {
 		t.Errorf("deliver hello of version %s: %s frame %s, want an OK naming the unknown subscription", wire.Version, typ, payload)
+	}
+}
+
+// A paced bench says the window it kept (CLI.md, Bench: "paced keeps at
+// most --window bytes outstanding"): every publishing goroutine may have a
+// batch out, so at 64 KiB (16 per batch, 16 goroutines) that is 16 MiB,
+// more than the default 8 MiB window. The result said 8 MiB.
+func TestBenchReportsWindowKept(t *testing.T) {
+	t.Parallel()
+	const size = 64 << 10
+	r, err := perf.Delivery(testCtx(t), perf.DeliveryOptions{Size: size, Subscribers: 1, Messages: 300, Paced: true, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := perf.DefaultPublishers * perf.BatchFor(size) * size; r.Window != want {
+		t.Errorf("paced run at %d bytes reports a window of %d bytes; its %d publishers keep up to %d out", size, r.Window, perf.DefaultPublishers, want)
+	}
+	r, err = perf.Delivery(testCtx(t), perf.DeliveryOptions{Size: 128, Subscribers: 1, Messages: 300, Paced: true, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Window != perf.DefaultWindow {
+		t.Errorf("paced run at 128 bytes reports a window of %d bytes, want the default %d", r.Window, perf.DefaultWindow)
 	}
 }

@@ -60,7 +60,8 @@ and write the same bytes to the disk with the syncs a durable queue needs.
 Prints the three rates and the ratios, and the CPU used.
 
 Modes: paced keeps at most --window bytes published but not yet processed
-(subscribers that keep up); burst publishes everything at once (a backlog read
+(subscribers that keep up), or one batch per --publishers goroutine when that
+is more (the output says which); burst publishes everything at once (a backlog read
 back from the datastore, as after an outage). The instances share this
 machine's cores, so the numbers are a lower bound for separate machines.
 

@@ -77,14 +77,17 @@ var ErrOptions = errors.New("perf: invalid options")
 
 // DeliveryOptions configures Delivery. Zero values select the defaults.
 type DeliveryOptions struct {
-	Size        int    // payload bytes (MinSize..MaxSize)
-	Subscribers int    // subscriber instances, one subscription each (1..MaxSubscribers)
-	Messages    int    // publications
-	Paced       bool   // keep at most Window bytes outstanding; else publish all at once
-	Window      int    // paced: bytes outstanding (default DefaultWindow)
-	Publishers  int    // publishing goroutines (default DefaultPublishers)
-	Transport   string // node.PreferTCP (default) or node.PreferQUIC
-	Receiver    string // ReceiverInProcess (default) or ReceiverExecutable
+	Size        int  // payload bytes (MinSize..MaxSize)
+	Subscribers int  // subscriber instances, one subscription each (1..MaxSubscribers)
+	Messages    int  // publications
+	Paced       bool // keep at most Window bytes outstanding; else publish all at once
+	// Window (paced) is the most payload bytes outstanding (default
+	// DefaultWindow), or one batch per publishing goroutine when that is
+	// more (DeliveryResult.Window says what was kept).
+	Window     int
+	Publishers int    // publishing goroutines (default DefaultPublishers)
+	Transport  string // node.PreferTCP (default) or node.PreferQUIC
+	Receiver   string // ReceiverInProcess (default) or ReceiverExecutable
 	// Dir is where the instances are created (default: a new temporary
 	// directory, removed afterwards). A given Dir is left in place.
 	Dir string
@@ -112,8 +115,8 @@ type DeliveryResult struct {
 	Size        int     `json:"size"`
 	Subscribers int     `json:"subscribers"`
 	Messages    int     `json:"messages"`
-	Mode        string  `json:"mode"` // paced or burst
-	Window      int     `json:"window_bytes,omitempty"`
+	Mode        string  `json:"mode"`                   // paced or burst
+	Window      int     `json:"window_bytes,omitempty"` // paced: the most payload bytes kept outstanding
 	Batch       int     `json:"batch"`
 	Publishers  int     `json:"publishers"`
 	Transport   string  `json:"transport"`
@@ -481,8 +484,12 @@ func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryRe
 	var processed func() int64
 	window := int64(0)
 	if o.Paced {
-		r.Mode, r.Window = "paced", o.Window
+		// Every publishing goroutine may have a batch out, so that group
+		// commit has batches to merge: the window is o.Window, or that
+		// when it is more (payloads over 2 KiB at the defaults), and the
+		// result says which. It said o.Window whatever was kept.
 		window = max(int64(o.Publishers*r.Batch), int64(o.Window/o.Size))
+		r.Mode, r.Window = "paced", max(o.Window, o.Publishers*r.Batch*o.Size)
 		processed = c.processed
 	}
 

@@ -11,7 +11,7 @@ func TestDeliveryRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Messages != 3000 || r.Subscribers != 2 || r.Mode != "paced" || r.Window != 64<<10 || r.Batch != MaxBatch || r.Publishers != DefaultPublishers {
+	if r.Messages != 3000 || r.Subscribers != 2 || r.Mode != "paced" || r.Window != DefaultPublishers*MaxBatch*200 || r.Batch != MaxBatch || r.Publishers != DefaultPublishers {
 		t.Fatalf("result describes another run: %+v", r)
 	}
 	if r.MsgsPerSec <= 0 || r.RawMsgsPerSec <= 0 || r.DiskMBPerSec <= 0 || r.XRaw <= 0 || r.XDisk <= 0 {
