@@ -383,6 +383,12 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 		if !s.grant.CanSubscribe(req.Pattern) {
 			return wire.Errorf(wire.CodeForbidden, "token %s does not allow subscribing to %q", s.grant.TokenID, req.Pattern)
 		}
+		// The name is kept with the subscription, in memory and listed
+		// (subscribers list, metrics): a subscriber sends its receiver's
+		// name, a subject, never a frame's worth of anything.
+		if err := topics.ValidateSubject(req.Receiver); err != nil {
+			return fmt.Errorf("%w: receiver name: %w", ErrBadRequest, err)
+		}
 		sub = topics.Subscription{ID: uuid.NewString(), Subscriber: s.peer.String(), Pattern: req.Pattern,
 			TokenID: s.grant.TokenID, Receiver: req.Receiver, CreatedAt: time.Now().UTC()}
 		if err := nw.addSubscription(ctx, sub); err != nil {
