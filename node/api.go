@@ -648,7 +648,14 @@ func (n *Node) Perform(ctx context.Context, req localapi.PerformRequest, onLog f
 	}
 	out, err := n.runner.Run(ctx, runner.Invocation{Kind: runner.KindAction, Name: req.Action, Input: req.Input, Caller: caller, Log: onLog})
 	if err != nil {
-		n.log.Warn("action failed", "action", req.Action, "caller", caller, "err", err)
+		// A peer can make its performs fail at will and as often as its
+		// rate limit allows: its failures are sampled, as its refused
+		// streams are.
+		if caller == "local" {
+			n.log.Warn("action failed", "action", req.Action, "caller", caller, "err", err)
+		} else if ok, extra := n.noisy.allow(); ok {
+			n.log.Warn("action failed", append([]any{"action", req.Action, "caller", caller, "err", err}, extra...)...)
+		}
 		return localapi.PerformResult{}, err
 	}
 	n.stats.performed.Add(1)

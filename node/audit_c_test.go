@@ -4,9 +4,12 @@ package node_test
 // against what a node does with a peer that lies or floods (audit C).
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -57,5 +60,34 @@ func TestSubscribeRefusesReceiverThatIsNotAName(t *testing.T) {
 				t.Fatalf("the publisher holds %d subscription(s) after the refusal, want none", len(subs))
 			}
 		})
+	}
+}
+
+// A peer can make its performs fail at will (an input over max_payload,
+// an action it knows fails, a caller that goes away): each failure was
+// logged as "action failed" on every one, so a peer flooding at its rate
+// limit filled the log, although SECURITY.md says the lines a peer causes
+// at will, a failed request among them, are sampled (20 a second, bursts
+// of 100). A remote caller's failures are sampled now.
+func TestRemoteActionFailuresAreSampledInLog(t *testing.T) {
+	var logs syncBuffer
+	a := newTestNode(t, withLimits(func(l *node.LimitsConfig) { l.MaxPayload, l.MaxOutput = 1024, 1024 }),
+		func(o *node.Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	b := newTestNode(t, withQuietLog())
+	writeAction(t, a, "echo", "#!/bin/sh\ncat\n")
+	pid, _ := connectPeers(t, a, b, localapi.IssueRequest{Perform: []string{"echo"}})
+	big := `"` + strings.Repeat("x", 2048) + `"` // over a's max_payload: refused before it runs
+	const performs = 400
+	start := time.Now()
+	for i := range performs {
+		_, err := perform(testCtx(t), b, pid, "echo", big)
+		if i == 0 {
+			wantWireCode(t, err, wire.CodeTooLarge)
+		}
+	}
+	elapsed := time.Since(start)
+	failed := strings.Count(logs.String(), `msg="action failed"`)
+	if bound := 100 + int(20*elapsed.Seconds()) + 1; failed == 0 || failed > bound {
+		t.Fatalf("%d of %d failed remote performs logged in %v, want 1..%d", failed, performs, elapsed, bound)
 	}
 }
