@@ -91,3 +91,45 @@ func TestRemoteActionFailuresAreSampledInLog(t *testing.T) {
 		t.Fatalf("%d of %d failed remote performs logged in %v, want 1..%d", failed, performs, elapsed, bound)
 	}
 }
+
+// A peer whose token allows subscribing can create a subscription and
+// delete it again as often as its rate limit allows: each logged a line
+// ("subscription created", "subscription removed by its subscriber"), so
+// the churn flooded the log. They are sampled as the other lines a peer
+// causes at will.
+func TestSubscriptionChurnIsSampledInLog(t *testing.T) {
+	var logs syncBuffer
+	pub := newTestNode(t, func(o *node.Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	h := newStockHost(t, pub)
+	tok := issue(t, pub, localapi.IssueRequest{Subscribe: []string{"f.>"}, Bearers: []string{"vt://" + h.ID().String()}})
+	const cycles = 250
+	start := time.Now()
+	for range cycles {
+		rs := rawSubscribe(t, h, pub, tok.Token, wire.SubscribeRequest{Pattern: "f.>", Receiver: "r"})
+		_ = rs.s.Reset()
+		s, err := h.NewStream(testCtx(t), pub.ID(), protocol.ID(wire.ProtoUnsubscribe))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, r, we := openAuthed(t, s, tok.Token)
+		if we != nil {
+			t.Fatalf("hello refused: %v", we)
+		}
+		if err := w.JSON(wire.TRequest, wire.UnsubscribeRequest{SubscriptionID: rs.resp.SubscriptionID}); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if typ, payload, err := r.Next(); err != nil || typ != wire.TResult {
+			t.Fatalf("unsubscribe answered %v %s, %v", typ, payload, err)
+		}
+		_ = s.Close()
+	}
+	elapsed := time.Since(start)
+	text := logs.String()
+	lines := strings.Count(text, `msg="subscription created"`) + strings.Count(text, `msg="subscription removed by its subscriber"`)
+	if bound := 100 + int(20*elapsed.Seconds()) + 1; lines == 0 || lines > bound {
+		t.Fatalf("%d lines logged for %d subscriptions created and deleted in %v, want 1..%d", lines, cycles, elapsed, bound)
+	}
+}

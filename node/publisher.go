@@ -400,7 +400,11 @@ func (nw *netsvc) handleSubscribe(ctx context.Context, s *session) error {
 			_, _ = n.queues.RemoveSubscription(context.Background(), sub.ID)
 			return wire.Errorf(wire.CodeUnauthorized, "token %s was revoked", s.grant.TokenID)
 		}
-		n.log.Info("subscription created", "subscription", sub.ID, "subscriber", sub.Subscriber, "pattern", sub.Pattern, "token_id", sub.TokenID)
+		// A peer can create (and delete) subscriptions at its rate
+		// limit: sampled, as the other lines a peer causes at will.
+		if ok, extra := n.noisy.allow(); ok {
+			n.log.Info("subscription created", append([]any{"subscription", sub.ID, "subscriber", sub.Subscriber, "pattern", sub.Pattern, "token_id", sub.TokenID}, extra...)...)
+		}
 	} else {
 		var ok bool
 		sub, ok = n.queues.Subscription(req.SubscriptionID)
@@ -824,7 +828,10 @@ func (nw *netsvc) dropSubscriptionOf(ctx context.Context, subscriber peer.ID, id
 		return true, err
 	}
 	nw.attached.kick(sub.ID)
-	nw.n.log.Info(why, "subscription", sub.ID, "subscriber", sub.Subscriber)
+	// Sampled: the subscriber decides how often (see handleSubscribe).
+	if ok, extra := nw.n.noisy.allow(); ok {
+		nw.n.log.Info(why, append([]any{"subscription", sub.ID, "subscriber", sub.Subscriber}, extra...)...)
+	}
 	return true, nil
 }
 
