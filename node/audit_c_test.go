@@ -4,6 +4,8 @@ package node_test
 // against what a node does with a peer that lies or floods (audit C).
 
 import (
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -132,4 +134,67 @@ func TestSubscriptionChurnIsSampledInLog(t *testing.T) {
 	if bound := 100 + int(20*elapsed.Seconds()) + 1; lines == 0 || lines > bound {
 		t.Fatalf("%d lines logged for %d subscriptions created and deleted in %v, want 1..%d", lines, cycles, elapsed, bound)
 	}
+}
+
+// SECURITY.md said that a subscription whose token expires "is removed
+// (the subscriber is told)". The publisher ends it at the expiry only
+// while its subscriber is connected; one whose subscriber is away stays,
+// listed and queueing, until the subscriber presents the expired token
+// again: that refusal removes it (its subscriber then forgets it). The
+// expired token allows nothing meanwhile. The docs say so now.
+func TestExpiredTokenSubscriptionEndsAtItsSubscribersReturn(t *testing.T) {
+	pub := newTestNode(t)
+	h := newStockHost(t, pub)
+	tok := issue(t, pub, localapi.IssueRequest{Subscribe: []string{"f.>"}, Bearers: []string{"vt://" + h.ID().String()},
+		ExpiresIn: localapi.Duration(time.Second)})
+	rs := rawSubscribe(t, h, pub, tok.Token, wire.SubscribeRequest{Pattern: "f.>", Receiver: "r"})
+	_ = rs.s.Reset() // the subscriber goes away before its token expires
+	id := rs.resp.SubscriptionID
+	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if s := pub.Subscribers(); len(s) != 1 || s[0].Connected {
+			return fmt.Errorf("subscribers: %+v; want the one, not connected", s)
+		}
+		return nil
+	})
+	// Past the expiry Verify allows (exp is at most 1 s after issue, plus
+	// the 5 s leeway).
+	expired := time.Now().Add(7 * time.Second)
+	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		if time.Now().Before(expired) {
+			return fmt.Errorf("the token has not expired yet")
+		}
+		return nil
+	})
+	if _, err := pub.PublishBatch(testCtx(t), []node.Message{{Subject: "f.a", Data: json.RawMessage(`1`)}}); err != nil {
+		t.Fatal(err)
+	}
+	if s := pub.Subscribers(); len(s) != 1 || s[0].ID != id || s[0].Depth != 1 {
+		t.Fatalf("subscribers after the expiry, subscriber away: %+v; want subscription %s kept, queueing", s, id)
+	}
+	// Its subscriber comes back with the expired token: refused, and the
+	// subscription goes with its queue.
+	s, err := h.NewStream(testCtx(t), pub.ID(), protocol.ID(wire.ProtoSubscribe))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Reset()
+	w := wire.NewWriter(s)
+	if err := w.JSON(wire.THello, wire.Hello{Token: tok.Token, Version: wire.Version}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.JSON(wire.TRequest, wire.SubscribeRequest{SubscriptionID: id, Pattern: "f.>", Receiver: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if e := readErrorFrame(t, wire.NewReader(s, 1<<20)); e.Code != wire.CodeUnauthorized || !strings.Contains(e.Message, "expired") {
+		t.Fatalf("resume with the expired token answered %v, want unauthorized (expired)", e)
+	}
+	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if s := pub.Subscribers(); len(s) != 0 {
+			return fmt.Errorf("subscribers after the refused resume: %+v; want none", s)
+		}
+		return nil
+	})
 }
