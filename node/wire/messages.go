@@ -29,8 +29,9 @@ type OK struct {
 	MaxFrame int `json:"max_frame,omitempty"`
 }
 
-// ListRequest asks for the actions (or, with Receivers, the receivers) of
-// the remote instance that the caller's token lets it use.
+// ListRequest asks for the actions of the remote instance that the
+// caller's token lets it use. Receivers asks for its receivers instead,
+// which a Coattail node refuses (forbidden): they are private.
 type ListRequest struct {
 	Receivers bool `json:"receivers,omitempty"`
 }
