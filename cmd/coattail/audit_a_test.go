@@ -5,7 +5,6 @@ package main
 // disagreed.
 
 import (
-	"fmt"
 	"testing"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -39,18 +38,8 @@ func TestDeadLettersAllOfUnknownSubscription(t *testing.T) {
 	t.Parallel()
 	a, b := refusingPair(t, "jobs")
 	jobs := b.subscriptions()[0].ID
-	parked := func(n int) []deadLetterJSON {
-		var got []deadLetterJSON
-		checkFor(t, deliveryTimeout, func() error {
-			if got = b.deadLetters(); len(got) != n {
-				return fmt.Errorf("%d dead letters, want %d", len(got), n)
-			}
-			return nil
-		})
-		return got
-	}
 	a.mustPublishRange("jobs", 1, 1)
-	dl := parked(1)[0].ID
+	dl := b.waitDeadLetters(1)[0].ID
 	for _, verb := range []string{"replay", "drop"} {
 		for _, c := range []struct{ sub, want string }{
 			{"no-such-subscription", "no subscription with that id here"},
@@ -60,7 +49,7 @@ func TestDeadLettersAllOfUnknownSubscription(t *testing.T) {
 			b.mustFail([]string{"deadletters", verb, "--all", "--subscription", c.sub}, c.want)
 		}
 	}
-	parked(1)
+	b.waitDeadLetters(1)
 	// A subscription's dead letters, after it ended, are still its own.
 	b.mustRun("action", "unsubscribe", "--peer", a.peerID(), "--action", "jobs")
 	if out := b.mustRun("deadletters", "drop", "--all", "--subscription", jobs); out != "Dropped 1 dead letter(s)\n" {

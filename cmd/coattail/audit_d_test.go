@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -41,14 +40,7 @@ func TestLabOutputClosedStopsServices(t *testing.T) {
 	w.Close()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		for _, p := range lrProcessesUnder(t, parent) {
-			if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {
-				killAndWait(t, pid)
-			}
-		}
-	})
+	killLabAtCleanup(t, cmd, parent)
 	sc := bufio.NewScanner(r)
 	var seen []string
 	for sc.Scan() {

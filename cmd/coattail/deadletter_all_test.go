@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -19,17 +18,7 @@ func TestDeadLettersReplayAndDropAll(t *testing.T) {
 	b.subscribe(a, "more", "refuses")
 	a.mustPublishRange("jobs", 1, 5)
 	a.mustPublishRange("more", 1, 3)
-	parked := func(n int) []deadLetterJSON {
-		var got []deadLetterJSON
-		checkFor(t, deliveryTimeout, func() error {
-			if got = b.deadLetters(); len(got) != n {
-				return fmt.Errorf("%d dead letters, want %d", len(got), n)
-			}
-			return nil
-		})
-		return got
-	}
-	all := parked(8)
+	all := b.waitDeadLetters(8)
 
 	// The receiver, fixed except for the third job.
 	b.writeScript("receivers", "refuses", `read -r d
@@ -43,7 +32,7 @@ echo "$COATTAIL_SUBJECT $d" >>ok.txt
 	if strings.Count(out, "Replayed ") != 2 {
 		t.Errorf("replay --all of the jobs printed %q, want the 2 replayed", out)
 	}
-	if left := parked(6); !slices.ContainsFunc(left, func(d deadLetterJSON) bool { return d.Subject == "jobs" && d.Seq == 3 }) {
+	if left := b.waitDeadLetters(6); !slices.ContainsFunc(left, func(d deadLetterJSON) bool { return d.Subject == "jobs" && d.Seq == 3 }) {
 		t.Fatalf("after the failed replay: %+v, want job 3 still parked", left)
 	}
 
@@ -52,7 +41,7 @@ echo "$COATTAIL_SUBJECT $d" >>ok.txt
 	if !strings.HasSuffix(out, "Replayed 6 dead letter(s)\n") {
 		t.Errorf("replay --all printed %q", out)
 	}
-	parked(0)
+	b.waitDeadLetters(0)
 	// In id order: by subscription, then sequence.
 	rest := []string{"jobs 3", "jobs 4", "jobs 5", "more 1", "more 2", "more 3"}
 	if more := b.subscriptions(); len(more) == 2 && more[0].ID != jobs && more[0].ID < jobs || len(more) == 2 && more[1].ID != jobs && more[1].ID < jobs {
@@ -64,11 +53,11 @@ echo "$COATTAIL_SUBJECT $d" >>ok.txt
 
 	b.writeScript("receivers", "refuses", "cat >/dev/null\nexit 1\n")
 	a.mustPublishRange("more", 4, 5)
-	parked(2)
+	b.waitDeadLetters(2)
 	if out := b.mustRun("deadletters", "drop", "--all"); out != "Dropped 2 dead letter(s)\n" {
 		t.Errorf("drop --all printed %q", out)
 	}
-	parked(0)
+	b.waitDeadLetters(0)
 
 	for _, c := range []struct {
 		args []string

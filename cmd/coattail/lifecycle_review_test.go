@@ -394,6 +394,19 @@ func lrProcessesUnder(t *testing.T, dir string) []string {
 	return found
 }
 
+// killLabAtCleanup kills, when t ends, the lab cmd and every process
+// running under parent (its instances' services), whatever the test left.
+func killLabAtCleanup(t *testing.T, cmd *exec.Cmd, parent string) {
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		for _, p := range lrProcessesUnder(t, parent) {
+			if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {
+				killAndWait(t, pid)
+			}
+		}
+	})
+}
+
 // Ctrl-C during `coattail lab` stops every service it started, removes
 // its temporary instance directories (nothing failed: the user stopped
 // it), says it was interrupted and exits non-zero.
@@ -414,14 +427,7 @@ func TestLifecycleLabInterrupted(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		for _, p := range lrProcessesUnder(t, parent) {
-			if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {
-				killAndWait(t, pid)
-			}
-		}
-	})
+	killLabAtCleanup(t, cmd, parent)
 	checkFor(t, 60*time.Second, func() error {
 		if !strings.Contains(stderr.String(), "lab: created") {
 			return fmt.Errorf("the lab has not created its instances yet: %s", stderr.String())

@@ -96,6 +96,20 @@ func (i *instance) deadLetters() []deadLetterJSON {
 	return v.DeadLetters
 }
 
+// waitDeadLetters waits (deliveryTimeout) until this instance holds n
+// dead letters, and returns them.
+func (i *instance) waitDeadLetters(n int) []deadLetterJSON {
+	i.t.Helper()
+	var got []deadLetterJSON
+	checkFor(i.t, deliveryTimeout, func() error {
+		if got = i.deadLetters(); len(got) != n {
+			return fmt.Errorf("%d dead letters, want %d", len(got), n)
+		}
+		return nil
+	})
+	return got
+}
+
 // counters returns this instance's counters. `service status --json` lists
 // every service of the test's runtime dir, so the entry is picked by
 // instance directory.
