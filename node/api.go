@@ -212,8 +212,7 @@ func (n *Node) Handler(stop func()) http.Handler {
 		if err := topics.ValidatePattern(req.Pattern); err != nil {
 			return nil, err
 		}
-		cnt, err := n.Unsubscribe(r.Context(), req)
-		return localapi.UnsubscribeResult{Removed: cnt}, err
+		return n.UnsubscribeResult(r.Context(), req)
 	})
 	route("GET "+p+"/subscriptions", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		return n.Subscriptions(r.Context())

@@ -1053,30 +1053,40 @@ func (ss *subscriberSide) add(ctx context.Context, sub outSub) error {
 // sides. With force, a publisher that cannot be reached is forgotten
 // locally anyway.
 func (n *Node) Unsubscribe(ctx context.Context, req localapi.SubscribeRequest) (int, error) {
+	res, err := n.UnsubscribeResult(ctx, req)
+	return res.Removed, err
+}
+
+// UnsubscribeResult is Unsubscribe, also saying which subscriptions ended
+// here (force) without their publisher being told.
+func (n *Node) UnsubscribeResult(ctx context.Context, req localapi.SubscribeRequest) (localapi.UnsubscribeResult, error) {
+	var res localapi.UnsubscribeResult
 	subs, err := n.subscriber.subs.List(ctx)
 	if err != nil {
-		return 0, err
+		return res, err
 	}
-	count := 0
 	for _, sub := range subs {
 		if sub.Publisher != req.Peer || sub.Pattern != req.Pattern || (req.Receiver != "" && sub.Receiver != req.Receiver) {
 			continue
 		}
-		if err := n.remoteUnsubscribe(ctx, sub); err != nil && !req.Force {
-			return count, fmt.Errorf("%w (use --force to forget the subscription here anyway)", err)
+		if err := n.remoteUnsubscribe(ctx, sub); err != nil {
+			if !req.Force {
+				return res, fmt.Errorf("%w (use --force to forget the subscription here anyway)", err)
+			}
+			res.Untold = append(res.Untold, sub.ID)
 		}
 		n.subscriber.forget(ctx, sub.ID)
 		n.log.Info("unsubscribed", "subscription", sub.ID, "publisher", sub.Publisher)
-		count++
+		res.Removed++
 	}
-	if count == 0 {
+	if res.Removed == 0 {
 		with := ""
 		if req.Receiver != "" {
 			with = fmt.Sprintf(" with receiver %q", req.Receiver)
 		}
-		return 0, fmt.Errorf("%w: no subscription to %q at %s%s (see: coattail subscriptions list)", datastore.ErrNotFound, req.Pattern, req.Peer, with)
+		return res, fmt.Errorf("%w: no subscription to %q at %s%s (see: coattail subscriptions list)", datastore.ErrNotFound, req.Pattern, req.Peer, with)
 	}
-	return count, nil
+	return res, nil
 }
 
 func (n *Node) remoteUnsubscribe(ctx context.Context, sub outSub) error {

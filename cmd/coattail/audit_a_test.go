@@ -5,6 +5,7 @@ package main
 // disagreed.
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -78,4 +79,33 @@ func TestTokenIssueEmptyBearersRefused(t *testing.T) {
 	}
 	// Left out, it is the documented default.
 	a.issue()
+}
+
+// `action unsubscribe` toward a publisher that cannot be reached fails,
+// pointing at --force; with --force the subscription ends here and the
+// command says, on stderr, that the publisher was not told (it keeps the
+// subscription until it next tries to deliver here), as `peer remove` does.
+// It said nothing: the user took the publisher to have been told.
+func TestUnsubscribeForceSaysPublisherNotTold(t *testing.T) {
+	t.Parallel()
+	p, s := newInstance(t, "p"), newInstance(t, "s")
+	s.recordingReceiver("rec", "got")
+	p.start()
+	s.start()
+	s.addPeer(p, "--subscribable", "orders.>")
+	id := s.subscribe(p, "orders.>", "rec")
+	p.mustRun("service", "stop")
+
+	_, stderr, code := s.run("action", "unsubscribe", "--peer", p.peerID(), "--action", "orders.>")
+	if code != 1 || !strings.Contains(stderr, "--force") {
+		t.Errorf("unsubscribe from a stopped publisher: exit %d, stderr %q; want a failure pointing at --force", code, stderr)
+	}
+	stdout, stderr, code := s.run("action", "unsubscribe", "--peer", p.peerID(), "--action", "orders.>", "--force")
+	if code != 0 || stdout != "Removed 1 subscription(s)\n" ||
+		!strings.Contains(stderr, "The publisher could not be told that 1 subscription(s) ended ("+id+")") {
+		t.Errorf("unsubscribe --force from a stopped publisher: exit %d, stdout %q, stderr %q; want it removed and the publisher named untold", code, stdout, stderr)
+	}
+	if subs := s.subscriptions(); len(subs) != 0 {
+		t.Errorf("subscriptions after unsubscribe --force: %+v, want none", subs)
+	}
 }

@@ -67,6 +67,10 @@ func newActionUnsubscribeCmd(a *app) *cobra.Command {
 					return err
 				}
 				fmt.Fprintf(a.out, "Removed %d subscription(s)\n", r.Removed)
+				if len(r.Untold) > 0 {
+					fmt.Fprintf(a.err, "The publisher could not be told that %d subscription(s) ended (%s); it removes them when it next tries to deliver to this instance.\n",
+						len(r.Untold), safeText(strings.Join(r.Untold, ", ")))
+				}
 				return nil
 			})
 		},

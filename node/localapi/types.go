@@ -384,6 +384,10 @@ type Subscriber struct {
 // UnsubscribeResult says how many subscriptions ended.
 type UnsubscribeResult struct {
 	Removed int `json:"removed"`
+	// Untold are the ids of the subscriptions ended here (force) although
+	// their publisher could not be told: it keeps them until it next
+	// tries to deliver to this instance and finds them gone.
+	Untold []string `json:"untold,omitempty"`
 }
 
 // DeadLetterQuery asks for one page of the dead letters (see
