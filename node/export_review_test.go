@@ -59,6 +59,13 @@ func SetSubscriberAddrSweep(d time.Duration) func() {
 	return func() { subscriberAddrSweep = prev }
 }
 
+// RememberedSubscriberAddrs returns where n's /subs/addrs says the peer
+// id listened when it last subscribed (nil if nowhere).
+func (n *Node) RememberedSubscriberAddrs(id string) []string {
+	addrs, _ := n.net.subAddrs.Get(context.Background(), id)
+	return addrs
+}
+
 // RemembersSubscriber reports whether n keeps, in /subs/addrs, where the
 // peer id listened when it subscribed.
 func (n *Node) RemembersSubscriber(id string) bool {

@@ -193,26 +193,43 @@ func TestMovedSubscriberOldAddressesForgotten(t *testing.T) {
 		}
 		return nil
 	})
-	check := func(when string) {
-		t.Helper()
-		known := p.Host().Peerstore().Addrs(s.ID())
+	check := func(known []ma.Multiaddr) error {
 		for _, a := range old {
 			if slices.ContainsFunc(known, a.Equal) {
-				t.Errorf("%s, the publisher still knows the subscriber's old address %s (knows %v)", when, a, known)
+				return fmt.Errorf("the publisher still knows the subscriber's old address %s (knows %v)", a, known)
 			}
 		}
 		for _, a := range now {
 			if !slices.ContainsFunc(known, a.Equal) {
-				t.Errorf("%s, the publisher does not know the subscriber's address %s (knows %v)", when, a, known)
+				return fmt.Errorf("the publisher does not know the subscriber's address %s (knows %v)", a, known)
 			}
 		}
+		return nil
 	}
-	check("once the subscriber that moved has subscribed again")
+	// The subscription shows connected once attached; where it listens is
+	// remembered once identify has said (up to 5 s later): polled.
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if err := check(p.Host().Peerstore().Addrs(s.ID())); err != nil {
+			return fmt.Errorf("once the subscriber that moved has subscribed again, in the peerstore: %w", err)
+		}
+		var saved []ma.Multiaddr
+		for _, a := range p.RememberedSubscriberAddrs(s.ID().String()) {
+			if m, err := ma.NewMultiaddr(a); err == nil {
+				saved = append(saved, m)
+			}
+		}
+		if err := check(saved); err != nil {
+			return fmt.Errorf("once the subscriber that moved has subscribed again, in /subs/addrs: %w", err)
+		}
+		return nil
+	})
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
 	p = openP(false, nil)
-	check("after the publisher's restart")
+	if err := check(p.Host().Peerstore().Addrs(s.ID())); err != nil {
+		t.Errorf("after the publisher's restart: %v", err)
+	}
 }
 
 // A running publisher forgets the remembered addresses of a peer that no
