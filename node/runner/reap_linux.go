@@ -312,6 +312,11 @@ func readEnviron(dir int, prefix string, buf *[]byte) []byte {
 // pfKthread is PF_KTHREAD, the flags bit of a kernel thread.
 const pfKthread = 0x00200000
 
+// Fields of /proc/<pid>/stat that inExec reads, counted from the state
+// (field 3, the first after comm): state, flags (9), end_code (27) and
+// env_end (51).
+const statState, statFlags, statEndCode, statEnvEnd = 0, 6, 24, 48
+
 // inExec reports whether the process whose /proc directory is prefix (see
 // readEnviron), whose environ read empty, is still inside an exec: alive
 // (not a zombie), not a kernel thread (which has no environment), and its
@@ -338,12 +343,11 @@ func inExec(dir int, prefix string) bool {
 		return false
 	}
 	f := strings.Fields(string(b[i+1 : n]))
-	const state, flags, endCode, envEnd = 0, 6, 24, 48 // fields 3, 9, 27 and 51
-	if len(f) <= envEnd || f[state] == "Z" || f[state] == "X" {
+	if len(f) <= statEnvEnd || f[statState] == "Z" || f[statState] == "X" {
 		return false
 	}
-	fl, err := strconv.ParseUint(f[flags], 10, 64)
-	return err == nil && fl&pfKthread == 0 && (f[envEnd] == "0" || f[endCode] == "0")
+	fl, err := strconv.ParseUint(f[statFlags], 10, 64)
+	return err == nil && fl&pfKthread == 0 && (f[statEnvEnd] == "0" || f[statEndCode] == "0")
 }
 
 // kill SIGKILLs the process pid if, checked again through a descriptor

@@ -310,6 +310,25 @@ func TestExitedRunIsCheckedCheaply(t *testing.T) {
 	checkGone(t, "the daemon", pid)
 }
 
+// startCarrier starts `sleep 1000` in a session of its own with cookie as
+// its only environment, killed when t ends (if it still runs).
+func startCarrier(t *testing.T, cookie string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("sleep", "1000")
+	cmd.Env = []string{EnvCookie + "=" + cookie}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	return cmd
+}
+
 // reapExited looks only at the pids allocated since the run's mark: it
 // finds a process with the cookie started after it, and (this is what
 // makes it cheap) not one started before.
@@ -321,16 +340,7 @@ func TestReapExitedLooksAtNewPids(t *testing.T) {
 	}
 	probeOnly(rp)
 	cookie := newCookie()
-	start := func() int {
-		cmd := exec.Command("sleep", "1000")
-		cmd.Env = []string{EnvCookie + "=" + cookie}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-		return cmd.Process.Pid
-	}
+	start := func() int { return startCarrier(t, cookie).Process.Pid }
 	old := start()
 	m := rp.mark()
 	if n := rp.reapExited(cookie, m, 0); n != 0 {
@@ -365,11 +375,7 @@ func TestCarriesSeesProcessMidExec(t *testing.T) {
 	missed := 0
 	const n = 300
 	for i := 0; i < n; i++ {
-		cmd := exec.Command("sleep", "1000")
-		cmd.Env = []string{EnvCookie + "=" + cookie}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		cmd := startCarrier(t, cookie)
 		if !rp.carries(strconv.Itoa(cmd.Process.Pid), match, &buf) {
 			missed++
 		}
@@ -399,7 +405,7 @@ func TestCarriesSeesProcessMidExec(t *testing.T) {
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	waitUntil("the exec of the process with no environment", cmd.Process.Pid,
-		func(f []string) bool { return len(f) > 48 && f[48] != "0" })
+		func(f []string) bool { return len(f) > statEnvEnd && f[statEnvEnd] != "0" })
 	zombie := exec.Command("true")
 	if err := zombie.Start(); err != nil {
 		t.Fatal(err)
@@ -427,8 +433,8 @@ func findKernelThread() int {
 	names, _ := procPids()
 	for _, name := range names {
 		pid, _ := strconv.Atoi(name)
-		if f, _ := procStat(pid); len(f) > 6 {
-			if fl, err := strconv.ParseUint(f[6], 10, 64); err == nil && fl&pfKthread != 0 {
+		if f, _ := procStat(pid); len(f) > statFlags {
+			if fl, err := strconv.ParseUint(f[statFlags], 10, 64); err == nil && fl&pfKthread != 0 {
 				return pid
 			}
 		}
