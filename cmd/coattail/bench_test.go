@@ -12,7 +12,8 @@ import (
 )
 
 // `coattail bench` runs real instances and prints the durable rate beside
-// the raw stream and disk baselines it measured, with their ratios.
+// the raw stream, disk and datastore baselines it measured, with their
+// ratios.
 func TestBenchCommand(t *testing.T) {
 	i := newInstance(t, "bench")
 	check := func(r perf.DeliveryResult, size, subs, messages int, mode, transport, receiver string) {
@@ -20,7 +21,7 @@ func TestBenchCommand(t *testing.T) {
 		if r.Size != size || r.Subscribers != subs || r.Messages != messages || r.Mode != mode || r.Transport != transport || r.Receiver != receiver {
 			t.Fatalf("result describes another run: %+v", r)
 		}
-		if r.MsgsPerSec <= 0 || r.RawMsgsPerSec <= 0 || r.DiskMBPerSec <= 0 || r.Seconds <= 0 || r.Cores <= 0 {
+		if r.MsgsPerSec <= 0 || r.RawMsgsPerSec <= 0 || r.DiskMBPerSec <= 0 || r.StoreMBPerSec <= 0 || r.Seconds <= 0 || r.Cores <= 0 {
 			t.Fatalf("result has a rate that is not positive: %+v", r)
 		}
 		if r.RawRuns[0] <= 0 || r.RawRuns[1] <= 0 || r.RawMsgsPerSec != max(r.RawRuns[0], r.RawRuns[1]) {
@@ -31,6 +32,13 @@ func TestBenchCommand(t *testing.T) {
 		}
 		if got, want := r.MBPerSec, r.MsgsPerSec*float64(size)/1e6; math.Abs(got-want) > 1e-9*want {
 			t.Fatalf("mb_per_sec = %v, want %v", got, want)
+		}
+		store := r.StoreMBPerSec * 1e6 / float64(size) // msgs/s
+		if got, want := r.XStore, r.MsgsPerSec/store; math.Abs(got-want) > 1e-9*want {
+			t.Fatalf("x_store = %v, want msgs/s / store msgs/s = %v", got, want)
+		}
+		if got, want := r.StoreXRaw, store/r.RawMsgsPerSec; math.Abs(got-want) > 1e-9*want {
+			t.Fatalf("store_x_raw = %v, want store msgs/s / raw msgs/s = %v", got, want)
 		}
 	}
 
@@ -81,7 +89,7 @@ func TestBenchCommand(t *testing.T) {
 	})
 
 	out := i.mustRun("bench", "--messages", "3000", "--size", "4KiB")
-	for _, want := range []string{"coattail, durable", "raw libp2p stream", "disk (fdatasync)", "3000 publications", "4.0 KiB", "the faster of a run before"} {
+	for _, want := range []string{"coattail, durable", "raw libp2p stream", "disk (fdatasync)", "datastore alone", "durable delivery, which stores every byte, cannot go faster", "3000 publications", "4.0 KiB", "the faster of a run before"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("bench output lacks %q:\n%s", want, out)
 		}

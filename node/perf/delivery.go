@@ -1,8 +1,9 @@
 // Package perf measures Coattail against baselines taken in the same run,
 // for `coattail bench` and the node benchmarks (`make bench`): durable
 // publish → subscriber-ack throughput between real instances on loopback,
-// beside a raw libp2p stream between the same hosts and the disk the
-// publisher's queue is written to. It owns nothing else; the instances it
+// beside a raw libp2p stream between the same hosts, the disk the
+// publisher's queue is written to, and a datastore of the kind the queues
+// use, alone. It owns nothing else; the instances it
 // starts (in this process, or the subscribers in processes of their own:
 // ServeSubscriber) live in a temporary directory and are stopped when it
 // returns.
@@ -27,8 +28,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node"
 	"github.com/coattail/coattail/node/localapi"
+	ds "github.com/ipfs/go-datastore"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -139,6 +142,17 @@ type DeliveryResult struct {
 	// directory, one fdatasync per Publishers batches.
 	DiskMBPerSec float64 `json:"disk_mb_per_sec"`
 	XDisk        float64 `json:"x_disk"`
+	// Store: the same bytes written to a datastore of the kind an instance
+	// keeps its queues in (pebble, the same options), in a new directory
+	// beside the publisher's, with nothing else running: a batch per key
+	// (the fewest keys, pebble's most favourable shape) and per commit,
+	// synced by group commit as the queues are, each batch deleted once it
+	// is the paced window behind (what acknowledgements do). Durable delivery stores every byte it
+	// delivers, so it cannot be faster than this: StoreXRaw, the store's
+	// rate over the raw stream's, bounds XRaw for this machine.
+	StoreMBPerSec float64 `json:"store_mb_per_sec"`
+	XStore        float64 `json:"x_store"`
+	StoreXRaw     float64 `json:"store_x_raw"`
 	// With Processes, the CPU of the bench's own process alone: it holds
 	// the publisher (with the publishing goroutines) and, in the raw runs,
 	// only the sending end. What a publisher costs apart from its
@@ -566,6 +580,15 @@ func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryRe
 		return r, err
 	}
 	r.DiskMBPerSec, r.XDisk = disk*float64(o.Size)/1e6, r.MsgsPerSec/disk
+	lag := window
+	if lag == 0 { // burst: the window a paced run keeps
+		lag = max(int64(o.Publishers*r.Batch), int64(o.Window/o.Size))
+	}
+	store, err := storeRate(ctx, filepath.Dir(c.pub.Dir()), o.Messages, data, int(lag))
+	if err != nil {
+		return r, err
+	}
+	r.StoreMBPerSec, r.XStore, r.StoreXRaw = store*float64(o.Size)/1e6, r.MsgsPerSec/store, store/best
 	return r, nil
 }
 
@@ -729,6 +752,92 @@ func diskRate(dir string, total int, data []byte, syncEvery int) (float64, error
 		}
 	}
 	return float64(total) / time.Since(start).Seconds(), nil
+}
+
+// storeRate writes total payloads to a new datastore (datastore.Open, as
+// an instance opens its own) in a new directory inside parent, a batch of
+// BatchFor(len(data)) payloads per key and per commit, and deletes each
+// batch in the commit that writes the batch lag messages after it, while
+// another goroutine syncs whatever was committed since its last sync, as
+// the queues' group commit does (so syncs overlap writes instead of
+// stalling them); it returns messages per second until the last payload
+// is synced. The directory is removed.
+func storeRate(ctx context.Context, parent string, total int, data []byte, lag int) (float64, error) {
+	dir, err := os.MkdirTemp(parent, "store-baseline-")
+	if err != nil {
+		return 0, fmt.Errorf("perf: store baseline: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	db, err := datastore.Open(dir)
+	if err != nil {
+		return 0, fmt.Errorf("perf: store baseline: %w", err)
+	}
+	defer db.Close()
+	store, ok := db.Batching().(datastore.SizedBatcher)
+	if !ok {
+		return 0, errors.New("perf: store baseline: the datastore has no sized batches")
+	}
+	per := BatchFor(len(data))
+	value := make([]byte, 0, per*len(data))
+	for range per {
+		value = append(value, data...)
+	}
+	key := func(batch int) ds.Key { return ds.NewKey(fmt.Sprintf("/queue/log/%016x", batch)) }
+	lagBatches := max(1, (lag+per-1)/per)
+	prefix := ds.NewKey("/queue")
+
+	committed := make(chan struct{}, 1) // a commit the syncer has not covered yet
+	done := make(chan struct{})         // no more commits
+	synced := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-committed:
+				if err := db.Sync(ctx, prefix); err != nil {
+					synced <- err
+					return
+				}
+			case <-done:
+				synced <- db.Sync(ctx, prefix) // covers the last commits
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	err = func() error {
+		defer close(done)
+		for i, sent := 0, 0; sent < total; i++ {
+			n := min(per, total-sent)
+			b, err := store.SizedBatch(ctx, n*len(data)+128)
+			if err == nil {
+				err = b.Put(ctx, key(i), value[:n*len(data)])
+			}
+			if err == nil && i >= lagBatches {
+				err = b.Delete(ctx, key(i-lagBatches))
+			}
+			if err == nil {
+				err = b.Commit(ctx)
+			}
+			if err != nil {
+				return err
+			}
+			sent += n
+			select {
+			case committed <- struct{}{}:
+			default:
+			}
+		}
+		return nil
+	}()
+	err = errors.Join(err, <-synced)
+	rate := float64(total) / time.Since(start).Seconds()
+	if err == nil {
+		err = db.Close()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("perf: store baseline: %w", err)
+	}
+	return rate, nil
 }
 
 // cpuTime returns the CPU time (user and system) this process and the
