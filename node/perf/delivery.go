@@ -575,7 +575,7 @@ func runDelivery(ctx context.Context, c *cluster, o DeliveryOptions) (DeliveryRe
 			r.XRawCPU = r.RawSenderCPUPerMsg / r.PublisherCPUPerMsg
 		}
 	}
-	disk, err := diskRate(c.pub.Dir(), o.Messages, data, o.Publishers)
+	disk, err := diskRate(ctx, c.pub.Dir(), o.Messages, data, o.Publishers)
 	if err != nil {
 		return r, err
 	}
@@ -727,7 +727,7 @@ func rawStreamRate(ctx context.Context, from *node.Node, to []peer.ID, total int
 // one fdatasync per syncEvery batches (what one group commit of the paced
 // publisher covers), and returns messages per second: what this disk
 // takes with the syncs a durable queue needs. The file is removed.
-func diskRate(dir string, total int, data []byte, syncEvery int) (float64, error) {
+func diskRate(ctx context.Context, dir string, total int, data []byte, syncEvery int) (float64, error) {
 	f, err := os.CreateTemp(dir, "disk-baseline-")
 	if err != nil {
 		return 0, fmt.Errorf("perf: disk baseline: %w", err)
@@ -741,6 +741,9 @@ func diskRate(dir string, total int, data []byte, syncEvery int) (float64, error
 	}
 	start := time.Now()
 	for sent, writes := 0, 0; sent < total; sent += per {
+		if err := ctx.Err(); err != nil {
+			return 0, fmt.Errorf("perf: disk baseline: %w", err)
+		}
 		n := min(per, total-sent)
 		if _, err := f.Write(buf[:n*len(data)]); err != nil {
 			return 0, fmt.Errorf("perf: disk baseline: %w", err)
@@ -807,6 +810,9 @@ func storeRate(ctx context.Context, parent string, total int, data []byte, lag i
 	err = func() error {
 		defer close(done)
 		for i, sent := 0, 0; sent < total; i++ {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			n := min(per, total-sent)
 			b, err := store.SizedBatch(ctx, n*len(data)+128)
 			if err == nil {

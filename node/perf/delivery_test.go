@@ -1,7 +1,9 @@
 package perf
 
 import (
+	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 )
@@ -14,7 +16,7 @@ func TestDeliveryRun(t *testing.T) {
 	if r.Messages != 3000 || r.Subscribers != 2 || r.Mode != "paced" || r.Window != DefaultPublishers*MaxBatch*200 || r.Batch != MaxBatch || r.Publishers != DefaultPublishers {
 		t.Fatalf("result describes another run: %+v", r)
 	}
-	if r.MsgsPerSec <= 0 || r.RawMsgsPerSec <= 0 || r.DiskMBPerSec <= 0 || r.XRaw <= 0 || r.XDisk <= 0 {
+	if r.MsgsPerSec <= 0 || r.RawMsgsPerSec <= 0 || r.DiskMBPerSec <= 0 || r.XRaw <= 0 || r.XDisk <= 0 || r.StoreMBPerSec <= 0 || r.XStore <= 0 || r.StoreXRaw <= 0 {
 		t.Fatalf("rates: %+v", r)
 	}
 	if r.Processes || r.PublisherCores != 0 || r.XRawCPU != 0 {
@@ -37,5 +39,24 @@ func TestDeliveryOptions(t *testing.T) {
 	}
 	if got := BatchFor(1 << 20); got != 1 {
 		t.Errorf("BatchFor(1 MiB) = %d, want 1", got)
+	}
+}
+
+// The baselines that run after the durable one stop when the run is
+// cancelled (Ctrl-C), however many messages are left, and leave nothing
+// behind.
+func TestBaselinesStopWhenCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	dir := t.TempDir()
+	data := make([]byte, 128)
+	if _, err := storeRate(ctx, dir, 1<<30, data, 1<<16); !errors.Is(err, context.Canceled) {
+		t.Fatalf("store baseline with a cancelled context: %v, want context.Canceled", err)
+	}
+	if _, err := diskRate(ctx, dir, 1<<30, data, 16); !errors.Is(err, context.Canceled) {
+		t.Fatalf("disk baseline with a cancelled context: %v, want context.Canceled", err)
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 0 {
+		t.Fatalf("the baselines left %d entries in their directory (%v)", len(entries), err)
 	}
 }
