@@ -700,6 +700,9 @@ func rawStreamRate(ctx context.Context, from *node.Node, to []peer.ID, total int
 					return err
 				}
 				defer s.Close()
+				// Cancelling the run (Ctrl-C, --timeout) resets the
+				// stream, which ends the writes below.
+				defer context.AfterFunc(ctx, func() { _ = s.Reset() })()
 				for n := 0; n < total; n += per {
 					k := min(per, total-n)
 					if _, err := s.Write(batch[:k*len(frame)]); err != nil {
@@ -718,6 +721,9 @@ func rawStreamRate(ctx context.Context, from *node.Node, to []peer.ID, total int
 		errs = append(errs, <-sent)
 	}
 	if err := errors.Join(errs...); err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
 		return 0, fmt.Errorf("perf: raw stream: %w", err)
 	}
 	return float64(total) / time.Since(start).Seconds(), nil

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 func TestDeliveryRun(t *testing.T) {
@@ -58,5 +62,44 @@ func TestBaselinesStopWhenCancelled(t *testing.T) {
 	}
 	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 0 {
 		t.Fatalf("the baselines left %d entries in their directory (%v)", len(entries), err)
+	}
+
+	// The raw stream, cancelled while it sends.
+	o := DeliveryOptions{Transport: "tcp"}
+	from, err := startNode(t.Context(), filepath.Join(dir, "from"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer from.Close()
+	to, err := startNode(t.Context(), filepath.Join(dir, "to"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer to.Close()
+	serveRaw(to, 1<<30, len(data))
+	if err := from.Host().Connect(t.Context(), peer.AddrInfo{ID: to.Host().ID(), Addrs: to.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel = context.WithCancel(t.Context())
+	sending := func() bool {
+		for _, c := range from.Host().Network().ConnsToPeer(to.Host().ID()) {
+			for _, s := range c.GetStreams() {
+				if s.Protocol() == rawProto {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	go func() {
+		// Cancel once the raw stream is open and carrying messages.
+		for ctx.Err() == nil && !sending() {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(100 * time.Millisecond)
+		cancel()
+	}()
+	if _, err := rawStreamRate(ctx, from, []peer.ID{to.Host().ID()}, 1<<30, data); !errors.Is(err, context.Canceled) {
+		t.Fatalf("raw stream cancelled while sending: %v, want context.Canceled", err)
 	}
 }
