@@ -43,3 +43,39 @@ func TestNewRefusesInsideProgramDir(t *testing.T) {
 		t.Errorf("new %s (no instance around it): exit %d: %s", plain, code, stderr)
 	}
 }
+
+// `coattail --instance DIR new` creates the instance in DIR, as every
+// command takes its instance from --instance (README, "Using it"). It used
+// to ignore the flag and create the instance in the current directory.
+// A directory argument naming another directory than --instance is
+// refused; naming the same one is fine.
+func TestNewHonoursInstanceFlag(t *testing.T) {
+	needBinary(t)
+	cwd, target := t.TempDir(), filepath.Join(t.TempDir(), "shop")
+	i := &instance{t: t, name: "new", dir: target}
+	if _, stderr, code := i.runIn(cwd, "--instance", target, "new", "--loopback", "--port", "0"); code != 0 {
+		t.Fatalf("coattail --instance %s new: exit %d: %s", target, code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(target, "config.yml")); err != nil {
+		t.Errorf("coattail --instance %s new created no instance there: %v", target, err)
+	}
+	if _, err := os.Stat(filepath.Join(cwd, "config.yml")); err == nil {
+		t.Errorf("coattail --instance %s new created an instance in the current directory %s", target, cwd)
+	}
+
+	other := filepath.Join(t.TempDir(), "other")
+	stdout, stderr, code := i.runIn(cwd, "new", other, "--instance", filepath.Join(cwd, "x"), "--loopback")
+	if code != 1 || !strings.Contains(stderr, "differ") || stdout != "" {
+		t.Errorf("new %s --instance %s: exit %d, stdout %q, stderr %q; want a refusal", other, filepath.Join(cwd, "x"), code, stdout, stderr)
+	}
+	for _, d := range []string{other, filepath.Join(cwd, "x"), cwd} {
+		if _, err := os.Stat(filepath.Join(d, "config.yml")); err == nil {
+			t.Errorf("a refused new created an instance in %s", d)
+		}
+	}
+
+	same := filepath.Join(cwd, "same")
+	if _, stderr, code := i.runIn(cwd, "new", "same", "--instance", same, "--loopback", "--port", "0"); code != 0 {
+		t.Errorf("new same --instance %s (the same directory): exit %d: %s", same, code, stderr)
+	}
+}

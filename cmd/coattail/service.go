@@ -44,6 +44,17 @@ func newNewCmd(a *app) *cobra.Command {
 				}
 				o.dir = args[0]
 			}
+			// `coattail --instance DIR new`, as every other command takes
+			// its instance, creates it in DIR. (It was ignored: the
+			// instance was created in the current directory.)
+			// $COATTAIL_INSTANCE, which names an existing instance, is not
+			// used: without a directory, the instance is created here.
+			if a.instance != "" {
+				if len(args) == 1 && !samePath(a.instance, args[0]) {
+					return fmt.Errorf("--instance %s and the directory %s differ: give the new instance's directory once", a.instance, args[0])
+				}
+				o.dir = a.instance
+			}
 			if inst, sub, ok := enclosingProgramDir(o.dir); ok {
 				return fmt.Errorf("%s is inside the %s/ directory of the instance in %s: the new instance's files (config.yml, keys, socket) would be listed as that instance's %s; choose a directory outside %s",
 					o.dir, sub, inst, sub, filepath.Join(inst, sub))
@@ -67,6 +78,17 @@ func newNewCmd(a *app) *cobra.Command {
 	cmd.Flags().IntVar(&o.port, "port", node.DefaultPort, "TCP and UDP (QUIC) port to listen on; 0 picks free ports at start")
 	cmd.Flags().BoolVar(&o.loopback, "loopback", false, "listen on 127.0.0.1 only and never ask routers for port mappings (labs, demos, tests)")
 	return cmd
+}
+
+// samePath reports whether the paths a and b name the same directory,
+// which need not exist yet.
+func samePath(a, b string) bool {
+	if sameDir(a, b) {
+		return true
+	}
+	aa, errA := filepath.Abs(a)
+	ab, errB := filepath.Abs(b)
+	return errA == nil && errB == nil && aa == ab
 }
 
 // sameDir reports whether the directories a and b are the same one.
