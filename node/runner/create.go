@@ -52,7 +52,10 @@ const receiverTemplate = `#!/bin/sh
 # A message is handed to the receiver once (duplicates are dropped), except
 # that one it was handling when the service stopped or crashed is handed to
 # it again after the restart: for effects that must happen once, record the
-# last COATTAIL_SEQUENCE applied and skip any message at or below it.
+# last COATTAIL_SEQUENCE applied per COATTAIL_SUBSCRIPTION (each counts from
+# 1) and skip any message at or below it, except a replay from the dead
+# letters (COATTAIL_REPLAY=1), which keeps its message's sequence, below
+# those handled after it was parked.
 #
 # Environment:
 #   COATTAIL_SUBJECT       the subject the message was published on
@@ -60,6 +63,7 @@ const receiverTemplate = `#!/bin/sh
 #   COATTAIL_SEQUENCE      the message's sequence number in its subscription
 #   COATTAIL_SUBSCRIPTION  the subscription id
 #   COATTAIL_HOP           how many receivers this event has cascaded through
+#   COATTAIL_REPLAY        1 when replayed from the dead letters
 #   COATTAIL_ACTION        this receiver's name        COATTAIL_KIND "receiver"
 #   COATTAIL_INSTANCE      the instance directory (also the working directory)
 #   COATTAIL_PEER_ID       this instance's peer id

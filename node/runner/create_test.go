@@ -113,3 +113,32 @@ func TestCreateRefusesOverwrite(t *testing.T) {
 		t.Errorf("Create(receiver mine): %v", err)
 	}
 }
+
+// The receiver template's exactly-once advice holds for a receiver with
+// more than one subscription, whose sequences each count from 1, and for
+// a dead letter's replay, which keeps its publication's sequence, below
+// those that ran after it was parked: the advice used to be to skip any
+// sequence at or below the last one applied, which skipped such replays
+// and a second subscription's publications.
+func TestCreatedReceiverExactlyOnceAdvice(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path, err := Create(dir, KindReceiver, "orders.audit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(strings.Fields(strings.ReplaceAll(string(b), "#", " ")), " ")
+	for _, want := range []string{
+		"last COATTAIL_SEQUENCE applied per COATTAIL_SUBSCRIPTION",
+		"except a replay from the dead letters (COATTAIL_REPLAY=1)",
+		"COATTAIL_REPLAY 1 when replayed from the dead letters",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("receiver template lacks %q:\n%s", want, b)
+		}
+	}
+}
