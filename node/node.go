@@ -211,6 +211,7 @@ func New(o Options) (*Node, error) {
 		PeerID:     id.String(),
 		Socket:     n.layout.Socket(),
 		Binary:     bin,
+		RuntimeDir: RuntimeDir(),
 		Timeout:    o.Config.Limits.ActionTimeout,
 		MaxInput:   int(o.Config.Limits.MaxPayload),
 		MaxOutput:  int(o.Config.Limits.MaxOutput),

@@ -22,6 +22,7 @@ import (
 	"github.com/coattail/coattail/datastore"
 	"github.com/coattail/coattail/node/internal/inflight"
 	"github.com/coattail/coattail/node/localapi"
+	"github.com/coattail/coattail/node/runner"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"golang.org/x/sys/unix"
 )
@@ -35,7 +36,7 @@ var (
 
 // EnvRuntimeDir overrides where running services register themselves
 // (default: $XDG_RUNTIME_DIR/coattail, else <tmp>/coattail-<uid>).
-const EnvRuntimeDir = "COATTAIL_RUNTIME_DIR"
+const EnvRuntimeDir = runner.EnvRuntimeDir // "COATTAIL_RUNTIME_DIR"
 
 // maxSocketPath is the longest unix socket path Linux accepts.
 const maxSocketPath = 107

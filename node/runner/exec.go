@@ -42,6 +42,10 @@ var keptEnv = []string{"PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER"}
 
 const defaultPath = "/usr/local/bin:/usr/bin:/bin"
 
+// EnvRuntimeDir names the variable that tells a program where services
+// register (Config.RuntimeDir); node.EnvRuntimeDir is the same name.
+const EnvRuntimeDir = "COATTAIL_RUNTIME_DIR"
+
 func baseEnv(cfg Config, parent []string) []string {
 	vals := map[string]string{}
 	for _, kv := range parent {
@@ -68,12 +72,16 @@ func baseEnv(cfg Config, parent []string) []string {
 			env = append(env, k+"="+v)
 		}
 	}
-	return append(env,
+	env = append(env,
 		"COATTAIL_INSTANCE="+cfg.Dir,
 		"COATTAIL_PEER_ID="+cfg.PeerID,
 		"COATTAIL_SOCKET="+cfg.Socket,
 		"COATTAIL_BIN="+cfg.Binary,
 	)
+	if cfg.RuntimeDir != "" {
+		env = append(env, EnvRuntimeDir+"="+cfg.RuntimeDir)
+	}
+	return env
 }
 
 func (r *Runner) env(inv Invocation, cookie string) []string {

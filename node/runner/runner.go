@@ -144,6 +144,11 @@ type Config struct {
 	// timeout: the wait counts toward Timeout.
 	MaxRunning int
 	Logger     *slog.Logger // default discards
+	// RuntimeDir is where this instance's service registers
+	// (COATTAIL_RUNTIME_DIR), so that the `coattail service` commands a
+	// program runs (status, start --headless) use the same one as the
+	// service running it; "" leaves the variable out.
+	RuntimeDir string
 }
 
 // Runner runs actions and receivers. It is safe for concurrent use; runs do
@@ -417,6 +422,7 @@ var reservedEnv = map[string]bool{
 	"COATTAIL_PEER_ID":  true,
 	"COATTAIL_SOCKET":   true,
 	"COATTAIL_BIN":      true,
+	EnvRuntimeDir:       true,
 	EnvCookie:           true,
 }
 
@@ -430,8 +436,8 @@ var reservedEnv = map[string]bool{
 // parent (PATH led by the coattail binary's directory) plus
 // COATTAIL_INSTANCE, COATTAIL_ACTION (the name, also for receivers),
 // COATTAIL_KIND, COATTAIL_CALLER, COATTAIL_PEER_ID, COATTAIL_SOCKET,
-// COATTAIL_BIN, COATTAIL_RUN_COOKIE (EnvCookie: a random cookie of this run)
-// and inv.Env.
+// COATTAIL_BIN, COATTAIL_RUNTIME_DIR (when Config.RuntimeDir is set),
+// COATTAIL_RUN_COOKIE (EnvCookie: a random cookie of this run) and inv.Env.
 //
 // Nothing an executable starts outlives its run: its process group is
 // killed when the program exits, fails, times out, overflows its output
