@@ -398,8 +398,12 @@ func newServiceStatusCmd(a *app) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "List every Coattail service running on this machine",
-		Args:  cobra.NoArgs,
+		Short: "List the Coattail services this user runs on this machine",
+		Long: `List the Coattail services this user runs on this machine: those registered in
+the runtime directory ($COATTAIL_RUNTIME_DIR, else $XDG_RUNTIME_DIR/coattail,
+else coattail-<uid> in the system temp directory). Another user's services, or
+those started with another runtime directory, are not listed.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			list, err := node.ListServices(cmd.Context())
 			if err != nil {
