@@ -436,7 +436,7 @@ func toAPIError(err error) *localapi.Error {
 	e := &localapi.Error{Status: http.StatusInternalServerError, Code: localapi.CodeInternal, Message: err.Error()}
 	var ie itemError
 	if errors.As(err, &ie) {
-		e.Item = ie.item
+		e.Item, e.Done = ie.item, ie.done
 	}
 	var we *wire.Error
 	var mbe *http.MaxBytesError

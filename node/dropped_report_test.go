@@ -74,10 +74,12 @@ func TestDroppedReportedToNewCallersOnly(t *testing.T) {
 	if want := (wire.PublishResult{Accepted: 3, LastSeq: 3, Published: 3, Dropped: 1}); first != want {
 		t.Fatalf("publish 1.2.0 of 3 into an empty queue bound to 2: %+v, want %+v", first, want)
 	}
-	var res wire.PublishResult
-	publish(wire.ProtoPublish12, &res)
-	if want := (wire.PublishResult{Accepted: 3, LastSeq: 3, Published: 3, Dropped: 3}); res != want {
-		t.Fatalf("publish 1.2.0 of 3 into a full queue bound to 2: %+v, want %+v", res, want)
+	for _, proto := range []string{wire.ProtoPublish12, wire.ProtoPublish13} {
+		var res wire.PublishResult
+		publish(proto, &res)
+		if want := (wire.PublishResult{Accepted: 3, LastSeq: 3, Published: 3, Dropped: 3}); res != want {
+			t.Fatalf("%s of 3 into a full queue bound to 2: %+v, want %+v", proto, res, want)
+		}
 	}
 	for _, proto := range []string{wire.ProtoPublish11, wire.ProtoPublish} {
 		var old oldPublishResult
@@ -96,8 +98,8 @@ func TestDroppedReportedToNewCallersOnly(t *testing.T) {
 	if opr.Published != 1 {
 		t.Fatalf("perform 1.0.0 --notify: %+v, want published 1", opr)
 	}
-	if c := a.Status().Counters.Dropped; c != 1+3+3+3+1+1 {
-		t.Fatalf("counters.dropped = %d, want %d", c, 1+3+3+3+1+1)
+	if c := a.Status().Counters.Dropped; c != 1+3+3+3+3+1+1 {
+		t.Fatalf("counters.dropped = %d, want %d", c, 1+3+3+3+3+1+1)
 	}
 
 	// A caller node offers the newest versions and reports the count; to
@@ -115,6 +117,7 @@ func TestDroppedReportedToNewCallersOnly(t *testing.T) {
 	}
 	old := dropOldestPublisher(t)
 	old.Host().RemoveStreamHandler(wire.ProtoPublish12)
+	old.Host().RemoveStreamHandler(wire.ProtoPublish13)
 	old.Host().RemoveStreamHandler(wire.ProtoPerform11)
 	pid, _ = connectPeers(t, old, b, localapi.IssueRequest{Publish: []string{"d.x"}, Perform: []string{"d.x"}})
 	// Full, then one more: it drops one, which b is not told.

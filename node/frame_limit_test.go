@@ -220,9 +220,9 @@ func TestSubscribeVersionsSideBySide(t *testing.T) {
 	}
 	_ = s.Reset()
 
-	// 1.1.0 (and publish 1.2.0): the answer says max_frame; a hello
+	// 1.1.0 (and publish 1.2.0, 1.3.0): the answer says max_frame; a hello
 	// naming 1.0.0 is refused.
-	for _, proto := range []string{wire.ProtoSubscribe11, wire.ProtoPublish11, wire.ProtoPublish12} {
+	for _, proto := range []string{wire.ProtoSubscribe11, wire.ProtoPublish11, wire.ProtoPublish12, wire.ProtoPublish13} {
 		s = rawStream(t, h, a, proto)
 		rvWrite(t, s, hello(wire.VersionOf(proto)))
 		var ok wire.OK
@@ -279,6 +279,7 @@ func TestFallbackToVersion100(t *testing.T) {
 	old.Host().RemoveStreamHandler(wire.ProtoSubscribe11)
 	old.Host().RemoveStreamHandler(wire.ProtoPublish11)
 	old.Host().RemoveStreamHandler(wire.ProtoPublish12)
+	old.Host().RemoveStreamHandler(wire.ProtoPublish13)
 	sub := newTestNode(t)
 	var c counter
 	if err := sub.RegisterReceiver("rec", c.handler); err != nil {
@@ -300,7 +301,7 @@ func TestFallbackToVersion100(t *testing.T) {
 	})
 	for _, conn := range sub.Host().Network().ConnsToPeer(old.ID()) {
 		for _, st := range conn.GetStreams() {
-			if p := string(st.Protocol()); p == wire.ProtoSubscribe11 || p == wire.ProtoPublish11 || p == wire.ProtoPublish12 {
+			if p := string(st.Protocol()); p == wire.ProtoSubscribe11 || p == wire.ProtoPublish11 || p == wire.ProtoPublish12 || p == wire.ProtoPublish13 {
 				t.Fatalf("a stream to the 1.0.0 peer speaks %s", p)
 			}
 		}

@@ -808,10 +808,10 @@ func (n *Node) PublishRequest(ctx context.Context, req localapi.PublishRequest) 
 	pubs := make([]publication, 0, len(datas))
 	for i, d := range datas {
 		if !jsonx.Valid(d) {
-			return localapi.PublishResult{}, itemError{i + 1, fmt.Errorf("%w: data (item %d) is not valid JSON in UTF-8", ErrBadRequest, i+1)}
+			return localapi.PublishResult{}, itemError{item: i + 1, err: fmt.Errorf("%w: data (item %d) is not valid JSON in UTF-8", ErrBadRequest, i+1)}
 		}
 		if len(d) > int(n.cfg.Limits.MaxPayload) {
-			return localapi.PublishResult{}, itemError{i + 1, fmt.Errorf("%w: data (item %d) is %d bytes, over limits.max_payload %v", ErrBadRequest, i+1, len(d), n.cfg.Limits.MaxPayload)}
+			return localapi.PublishResult{}, itemError{item: i + 1, err: fmt.Errorf("%w: data (item %d) is %d bytes, over limits.max_payload %v", ErrBadRequest, i+1, len(d), n.cfg.Limits.MaxPayload)}
 		}
 		pubs = append(pubs, publication{Subject: req.Action, Data: d, Hop: req.Hop})
 	}
@@ -886,6 +886,9 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 		r, err := n.remotePublishOnce(ctx, peerID, pubs[stored:], maxCount)
 		total += r.published
 		dropped += r.dropped
+		if r.refusedItem > 0 {
+			r.refusedItem += stored
+		}
 		stored += r.stored
 		var refused *wire.Error
 		if err != nil && errors.As(err, &refused) && refused.Code == wire.CodeUnavailable && r.refusedCount > 1 && ctx.Err() == nil {
@@ -894,6 +897,19 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 		}
 		if err == nil {
 			return localapi.PublishResult{Published: total, Dropped: dropped}, nil
+		}
+		if r.refusedItem > 0 && errors.As(err, &refused) {
+			// As a local publish refuses the item (PublishRequest): the
+			// caller learns which one, and that the first stored were
+			// (they came before it), none from it on.
+			// Its place in a frame is not the caller's business: the
+			// caller never saw the frames (an older peer says it in
+			// the message, of a publication alone in its frame).
+			e := *refused
+			e.Item = 0
+			e.Message = strings.Replace(e.Message, "publication 1 of the batch (", "the publication (", 1)
+			return localapi.PublishResult{Published: total, Dropped: dropped},
+				itemError{item: r.refusedItem, done: stored, err: fmt.Errorf("node: %s refused data (item %d): %w", peerID, r.refusedItem, &e)}
 		}
 		var notSent notSentError
 		switch {
@@ -918,12 +934,14 @@ func (n *Node) remotePublish(ctx context.Context, peerID string, pubs []publicat
 	}
 }
 
-// itemError is the error of a batch request refused, before anything of
-// it was done, for its item number item (from 1): the control API says
-// which (localapi.Error.Item), so that a client can do the items before it.
+// itemError is the error of a batch request refused for its item number
+// item (from 1): the control API says which (localapi.Error.Item), so that
+// a client can do the items before it. Its first done items were done (a
+// batch a peer stored in part: publish --peer), nothing from there on;
+// a local batch is refused before anything of it is done.
 type itemError struct {
-	item int
-	err  error
+	item, done int
+	err        error
 }
 
 func (e itemError) Error() string { return e.err.Error() }
@@ -940,10 +958,11 @@ func (e notSentError) Unwrap() error { return e.err }
 // the peer confirmed storing (the first ones, in order), the subscription
 // queue entries they made and those they pushed out of full queues
 // (drop_oldest; a peer before it was reported says 0), and, when the
-// peer refused a frame, how many publications that frame carried.
+// peer refused a frame, how many publications that frame carried and,
+// when known, which of the publications sent (from 1) it was refused for.
 type remotePublishResult struct {
-	stored, published, refusedCount int
-	dropped                         uint64
+	stored, published, refusedCount, refusedItem int
+	dropped                                      uint64
 }
 
 // remotePublishOnce sends pubs to the peer over one stream, in frames of
@@ -1055,6 +1074,18 @@ func (n *Node) remotePublishOnce(ctx context.Context, peerID string, pubs []publ
 		var refused *wire.Error
 		if errors.As(err, &refused) && frame < len(counts) {
 			r.refusedCount = counts[frame]
+			// The refused frame starts right after the publications
+			// stored. A peer of publish 1.3.0 names the publication it
+			// refused the frame for; a publication alone in its frame
+			// refused too_large is that one whatever the peer's version
+			// (over its max_payload, or a frame over its limit, which it
+			// refuses from the header without reading the publication).
+			switch {
+			case refused.Item > 0 && refused.Item <= r.refusedCount:
+				r.refusedItem = stored + refused.Item
+			case refused.Item == 0 && r.refusedCount == 1 && refused.Code == wire.CodeTooLarge:
+				r.refusedItem = stored + 1
+			}
 		}
 		return r, err
 	}

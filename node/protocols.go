@@ -34,7 +34,7 @@ func isSubscribe(proto protocol.ID) bool {
 }
 
 func isPublish(proto protocol.ID) bool {
-	return proto == wire.ProtoPublish || proto == wire.ProtoPublish11 || proto == wire.ProtoPublish12
+	return proto == wire.ProtoPublish || proto == wire.ProtoPublish11 || proto == wire.ProtoPublish12 || proto == wire.ProtoPublish13
 }
 
 // frameOverhead is the room a frame needs beyond its payload.
@@ -123,6 +123,7 @@ func (nw *netsvc) register() {
 	nw.host.SetStreamHandler(wire.ProtoPublish, nw.serve(nw.handlePublish))
 	nw.host.SetStreamHandler(wire.ProtoPublish11, nw.serve(nw.handlePublish))
 	nw.host.SetStreamHandler(wire.ProtoPublish12, nw.serve(nw.handlePublish))
+	nw.host.SetStreamHandler(wire.ProtoPublish13, nw.serve(nw.handlePublish))
 	nw.host.SetStreamHandler(wire.ProtoSubscribe, nw.serve(nw.handleSubscribe))
 	nw.host.SetStreamHandler(wire.ProtoSubscribe11, nw.serve(nw.handleSubscribe))
 	nw.host.SetStreamHandler(wire.ProtoUnsubscribe, nw.serve(nw.handleUnsubscribe))
@@ -352,7 +353,7 @@ func (nw *netsvc) authenticate(s *session) (*auth.Grant, error) {
 		return nil, err
 	}
 	ok := wire.OK{}
-	if p := s.s.Protocol(); p == wire.ProtoSubscribe11 || p == wire.ProtoPublish11 || p == wire.ProtoPublish12 {
+	if p := s.s.Protocol(); p == wire.ProtoSubscribe11 || isPublish(p) && p != wire.ProtoPublish {
 		ok.MaxFrame = nw.n.maxFrame()
 	}
 	if err := s.send(wire.TOK, ok); err != nil {
@@ -604,6 +605,18 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 	// opened, would cut off the answers of a stream that lives longer.
 	st := nw.n.cfg.Limits.StreamTimeout
 	defer func() { _ = s.s.SetWriteDeadline(time.Now().Add(st)) }()
+	// A batch refused for one of its publications says which: on 1.3.0 in
+	// the error's item (the publisher maps it back to what it was asked to
+	// publish), before that only in the message (an older publisher's
+	// strict decoding refuses the key).
+	refuseItem := func(code wire.Code, item int, subject, why string) error {
+		if s.s.Protocol() == wire.ProtoPublish13 {
+			e := wire.Errorf(code, "a publication to %q %s", subject, why)
+			e.Item = item
+			return e
+		}
+		return wire.Errorf(code, "publication %d of the batch (%q) %s", item, subject, why)
+	}
 	for {
 		_ = s.s.SetReadDeadline(time.Now().Add(st))
 		t, payload, err := s.r.Next()
@@ -644,12 +657,12 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 				rawSubj, subj = p.Subject, strings.Clone(p.Subject)
 			}
 			if len(p.Data) > maxData {
-				return wire.Errorf(wire.CodeTooLarge, "publication %d of the batch (%q) is %d bytes, over limits.max_payload (%d bytes)", len(pubs)+1, subj, len(p.Data), maxData)
+				return refuseItem(wire.CodeTooLarge, len(pubs)+1, subj, fmt.Sprintf("is %d bytes, over limits.max_payload (%d bytes)", len(p.Data), maxData))
 			}
 			// Checked here, at the source: a publication that is not JSON
 			// would otherwise reach every subscriber's dead letters.
 			if !jsonx.Valid(p.Data) {
-				return wire.Errorf(wire.CodeBadRequest, "publication %d of the batch (%q) is not valid JSON in UTF-8", len(pubs)+1, subj)
+				return refuseItem(wire.CodeBadRequest, len(pubs)+1, subj, "is not valid JSON in UTF-8")
 			}
 			pubs = append(pubs, publication{Subject: subj, Data: json.RawMessage(p.Data), Hop: int(p.Hop)})
 			return nil
@@ -667,7 +680,7 @@ func (nw *netsvc) handlePublish(ctx context.Context, s *session) error {
 		}
 		stored += uint64(len(pubs))
 		ans := wire.PublishResult{Accepted: len(pubs), LastSeq: stored, Published: res.Queued}
-		if s.s.Protocol() == wire.ProtoPublish12 {
+		if p := s.s.Protocol(); p == wire.ProtoPublish12 || p == wire.ProtoPublish13 {
 			ans.Dropped = res.Dropped // an older publisher refuses the key
 		}
 		if err := s.sendWithin(st, wire.TResult, ans); err != nil {

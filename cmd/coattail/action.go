@@ -387,12 +387,16 @@ func (a *app) publishLines(cmd *cobra.Command, c *node.Conn, req localapi.Publis
 			}
 			return publish(part[h:], partNums[h:])
 		}
-		// One line refused (over limits.max_payload): nothing of the
-		// batch was published; the lines before it are published, as
-		// before a line found not to be JSON here.
-		if k := answered.Item - 1; k >= 0 && k < len(part) && answered.Status == http.StatusBadRequest {
-			if k > 0 {
-				if err := publish(part[:k], partNums[:k]); err != nil {
+		// One line refused (over limits.max_payload, here or at the
+		// peer): nothing of the batch was published but its first Done
+		// lines (a peer stored the frames before the one it refused);
+		// the rest of the lines before it are published, as before a
+		// line found not to be JSON here.
+		if k, done := answered.Item-1, answered.Done; k >= 0 && k < len(part) && done >= 0 && done <= k &&
+			(answered.Status == http.StatusBadRequest || answered.Status == http.StatusBadGateway && req.Peer != "") {
+			published += done
+			if k > done {
+				if err := publish(part[done:k], partNums[done:k]); err != nil {
 					return err
 				}
 			}

@@ -408,3 +408,28 @@ func TestPublishStdinStopsAtOversizeLine(t *testing.T) {
 		t.Errorf("the service counts %d publications, want the 2 lines before the one refused", c.Published)
 	}
 }
+
+// The same with --peer, the line over the peer's limits.max_payload: the
+// peer refused the frame it went in, and its error named no line, so the
+// CLI could say neither which line it was nor that the lines batched with
+// it before it were not published. The peer names the publication (publish
+// 1.3.0), the service maps it back to the line, and the CLI publishes the
+// lines before it and names it, as without --peer.
+func TestPublishStdinPeerStopsAtOversizeLine(t *testing.T) {
+	t.Parallel()
+	p, r := newInstance(t, "p"), newInstance(t, "r")
+	p.setConfig("max_payload", "1KiB")
+	p.start()
+	r.start()
+	r.addPeer(p, "--publishable", "big.x")
+	big := `"` + strings.Repeat("x", 2000) + `"`
+	stdout, stderr, code := r.runStdin("1\n\n2\n"+big+"\n4\n", "action", "publish", "--action", "big.x", "--stdin", "--peer", p.peerID())
+	if code != 1 || stdout != "" || !strings.Contains(stderr, "stdin line 4 was refused: ") ||
+		!strings.Contains(stderr, "over limits.max_payload") || !strings.Contains(stderr, "the 2 line(s) before it were published, none from it on") ||
+		strings.Contains(stderr, "item") || strings.Contains(stderr, "of the batch") {
+		t.Errorf("publish --stdin --peer with line 4 over the peer's max_payload: exit %d, stdout %q, stderr %q; want lines 1-3 published and line 4 named", code, stdout, stderr)
+	}
+	if c := p.counters(); c.Published != 2 {
+		t.Errorf("the peer counts %d publications, want the 2 lines before the one refused", c.Published)
+	}
+}

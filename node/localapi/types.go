@@ -31,8 +31,14 @@ type Error struct {
 	// unknown, as if no answer had come.
 	Interrupted bool `json:"interrupted,omitempty"`
 	// Item is set when one item of a batch request made it fail: its
-	// place in the batch, from 1. Nothing of the batch was done.
+	// place in the batch, from 1. Nothing of the batch was done but its
+	// first Done items.
 	Item int `json:"item,omitempty"`
+	// Done, with Item, is how many items of the batch, the first ones,
+	// were done before it failed: a publish batch sent on to a peer
+	// (publish --peer) that the peer stored in part, in the frames before
+	// the one it refused. Nothing after them was done.
+	Done int `json:"done,omitempty"`
 }
 
 func (e *Error) Error() string { return e.Message }

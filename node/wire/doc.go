@@ -39,6 +39,13 @@ const Version11 = "1.1.0"
 // sent the key (docs/PROTOCOL.md, "Versioning").
 const Version12 = "1.2.0"
 
+// Version13 is the fourth version of publish, served beside the older
+// ones: what 1.2.0 has, and Error.Item in the TError that refuses a batch
+// for one of its publications (over the acceptor's max_payload, not JSON
+// in UTF-8), so that the publisher knows which one it was; an older
+// opener must not be sent the key (docs/PROTOCOL.md, "Versioning").
+const Version13 = "1.3.0"
+
 // Protocol IDs, one per operation and version. They are untyped so they
 // convert to libp2p's protocol.ID without this package importing libp2p.
 const (
@@ -56,12 +63,14 @@ const (
 	ProtoPerform11   = "/coattail/perform/" + Version11
 
 	ProtoPublish12 = "/coattail/publish/" + Version12
+
+	ProtoPublish13 = "/coattail/publish/" + Version13
 )
 
 // Protocols lists every protocol ID this package speaks, in a stable order,
 // so a host can register or advertise them together.
 func Protocols() []string {
-	return []string{ProtoList, ProtoPerform, ProtoPublish, ProtoSubscribe, ProtoUnsubscribe, ProtoDeliver, ProtoRevoke, ProtoPublish11, ProtoSubscribe11, ProtoRevoke11, ProtoPerform11, ProtoPublish12}
+	return []string{ProtoList, ProtoPerform, ProtoPublish, ProtoSubscribe, ProtoUnsubscribe, ProtoDeliver, ProtoRevoke, ProtoPublish11, ProtoSubscribe11, ProtoRevoke11, ProtoPerform11, ProtoPublish12, ProtoPublish13}
 }
 
 // VersionOf returns the version a protocol ID ends in ("" for an ID that
@@ -86,7 +95,7 @@ func Newest(id string) []string {
 	case ProtoSubscribe:
 		return []string{ProtoSubscribe11, ProtoSubscribe}
 	case ProtoPublish:
-		return []string{ProtoPublish12, ProtoPublish11, ProtoPublish}
+		return []string{ProtoPublish13, ProtoPublish12, ProtoPublish11, ProtoPublish}
 	case ProtoPerform:
 		return []string{ProtoPerform11, ProtoPerform}
 	}

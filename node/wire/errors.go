@@ -85,6 +85,13 @@ type Error struct {
 	Code         Code   `json:"code"`
 	Message      string `json:"message"`
 	RetryAfterMs int64  `json:"retry_after_ms,omitempty"`
+	// Item, on publish 1.3.0 only, is the place (from 1) in the refused
+	// batch of the publication the batch was refused for: over the
+	// acceptor's max_payload, or not JSON in UTF-8. Nothing of that batch
+	// was stored. 0 (absent): the refusal is not about one publication, or
+	// the acceptor does not say (an older version, whose opener's strict
+	// decoding would refuse the key).
+	Item int `json:"item,omitempty"`
 }
 
 // Errorf builds an *Error with a formatted message.
@@ -101,6 +108,9 @@ func (e *Error) Error() string {
 	}
 	if e.RetryAfterMs > 0 {
 		s += " (retry after " + e.RetryAfter().String() + ")"
+	}
+	if e.Item > 0 {
+		s += fmt.Sprintf(" (publication %d of the batch)", e.Item)
 	}
 	return s
 }

@@ -105,6 +105,9 @@ func TestErrorMessages(t *testing.T) {
 	if got := (&wire.Error{Code: wire.CodeInternal}).Error(); got != "remote: internal" {
 		t.Fatalf("empty message: %q", got)
 	}
+	if got, want := (&wire.Error{Code: wire.CodeTooLarge, Message: "too big", Item: 3}).Error(), "remote: too_large: too big (publication 3 of the batch)"; got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
 
 	wrapped := fmt.Errorf("perform: %w", e)
 	if !wire.IsCode(wrapped, wire.CodeForbidden) || wire.IsCode(wrapped, wire.CodeNotFound) || wire.IsCode(errors.New("x"), wire.CodeForbidden) {
@@ -112,6 +115,51 @@ func TestErrorMessages(t *testing.T) {
 	}
 	if !errors.Is(&wire.Error{Code: wire.CodeVersion}, wire.ErrVersion) || errors.Is(e, wire.ErrVersion) {
 		t.Fatal("only CodeVersion errors should match ErrVersion")
+	}
+}
+
+// Error.Item (publish 1.3.0) goes over the wire in an error frame, and an
+// error frame without it (an older acceptor) still decodes, with Item 0.
+func TestErrorItemOnTheWire(t *testing.T) {
+	for _, sent := range []string{
+		`{"code":"too_large","message":"m","item":7}`,
+		`{"code":"too_large","message":"m"}`,
+	} {
+		var buf bytes.Buffer
+		w := wire.NewWriter(&buf)
+		if err := w.Frame(wire.TError, []byte(sent)); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		err := wire.NewReader(&buf, 0).Expect(wire.TResult, nil)
+		var we *wire.Error
+		if !errors.As(err, &we) || we.Code != wire.CodeTooLarge || we.Message != "m" {
+			t.Fatalf("%s: decoded as %v", sent, err)
+		}
+		if want := map[bool]int{true: 7, false: 0}[strings.Contains(sent, "item")]; we.Item != want {
+			t.Fatalf("%s: item %d, want %d", sent, we.Item, want)
+		}
+	}
+	// Sent as item, omitted when 0.
+	var buf bytes.Buffer
+	w := wire.NewWriter(&buf)
+	if err := w.JSON(wire.TError, &wire.Error{Code: wire.CodeTooLarge, Message: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.JSON(wire.TError, &wire.Error{Code: wire.CodeTooLarge, Message: "m", Item: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r := wire.NewReader(&buf, 0)
+	for _, want := range []string{`{"code":"too_large","message":"m"}`, `{"code":"too_large","message":"m","item":2}`} {
+		_, p, err := r.Next()
+		if err != nil || strings.TrimSpace(string(p)) != want {
+			t.Fatalf("error frame %q, %v; want %s", p, err, want)
+		}
 	}
 }
 
@@ -151,7 +199,7 @@ func TestProtocolIDs(t *testing.T) {
 		"/coattail/list/1.0.0", "/coattail/perform/1.0.0", "/coattail/publish/1.0.0",
 		"/coattail/subscribe/1.0.0", "/coattail/unsubscribe/1.0.0", "/coattail/deliver/1.0.0", "/coattail/revoke/1.0.0",
 		"/coattail/publish/1.1.0", "/coattail/subscribe/1.1.0", "/coattail/revoke/1.1.0",
-		"/coattail/perform/1.1.0", "/coattail/publish/1.2.0",
+		"/coattail/perform/1.1.0", "/coattail/publish/1.2.0", "/coattail/publish/1.3.0",
 	}
 	if got := wire.Protocols(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
@@ -164,8 +212,8 @@ func TestProtocolIDs(t *testing.T) {
 	if got := wire.Newest(wire.ProtoSubscribe); !reflect.DeepEqual(got, []string{wire.ProtoSubscribe11, wire.ProtoSubscribe}) {
 		t.Errorf("Newest(subscribe) = %v, want 1.1.0 then 1.0.0", got)
 	}
-	if got := wire.Newest(wire.ProtoPublish); !reflect.DeepEqual(got, []string{wire.ProtoPublish12, wire.ProtoPublish11, wire.ProtoPublish}) {
-		t.Errorf("Newest(publish) = %v, want 1.2.0, 1.1.0 then 1.0.0", got)
+	if got := wire.Newest(wire.ProtoPublish); !reflect.DeepEqual(got, []string{wire.ProtoPublish13, wire.ProtoPublish12, wire.ProtoPublish11, wire.ProtoPublish}) {
+		t.Errorf("Newest(publish) = %v, want 1.3.0, 1.2.0, 1.1.0 then 1.0.0", got)
 	}
 	if got := wire.Newest(wire.ProtoPerform); !reflect.DeepEqual(got, []string{wire.ProtoPerform11, wire.ProtoPerform}) {
 		t.Errorf("Newest(perform) = %v, want 1.1.0 then 1.0.0", got)
