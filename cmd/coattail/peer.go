@@ -156,7 +156,11 @@ both ends, and replaces the token.`,
 					return err
 				}
 				if listJSON {
-					return printJSON(a.out, ps)
+					out := make([]peerOutJSON, len(ps))
+					for k, p := range ps {
+						out[k] = newPeerOutJSON(p, c.Online)
+					}
+					return printJSON(a.out, out)
 				}
 				if len(ps) == 0 {
 					fmt.Fprintln(a.out, "No peers. Add one with: coattail peer add --token <token>")
@@ -165,7 +169,9 @@ both ends, and replaces the token.`,
 				rows := [][]string{}
 				for _, p := range ps {
 					conn := "no"
-					if p.Connected {
+					if !c.Online {
+						conn = "unknown"
+					} else if p.Connected {
 						conn = p.Connection
 					}
 					rows = append(rows, []string{p.ID, conn, list(p.Perform), list(p.Publish), list(p.Subscribe), peerExpires(p.ExpiresAt, p.RevokedAt)})
@@ -192,7 +198,7 @@ both ends, and replaces the token.`,
 					return err
 				}
 				if showJSON {
-					return printJSON(a.out, p)
+					return printJSON(a.out, newPeerOutJSON(p, c.Online))
 				}
 				conn := "not connected"
 				if !c.Online {
@@ -260,4 +266,21 @@ both ends, and replaces the token.`,
 	_ = rm.MarkFlagRequired("id")
 	cmd.AddCommand(add, ls, show, rm)
 	return cmd
+}
+
+// peerOutJSON is a peer as peer list and peer show print it with --json:
+// connected is null while the service is not running, which alone knows
+// (the text says unknown); it said false, as if the peer were known to be
+// unreachable.
+type peerOutJSON struct {
+	localapi.Peer
+	Connected *bool `json:"connected"`
+}
+
+func newPeerOutJSON(p localapi.Peer, online bool) peerOutJSON {
+	out := peerOutJSON{Peer: p}
+	if online {
+		out.Connected = &p.Connected
+	}
+	return out
 }
