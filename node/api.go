@@ -130,7 +130,7 @@ func (n *Node) Handler(stop func()) http.Handler {
 		return n.PruneTokens(r.Context(), req)
 	})
 	route("DELETE "+p+"/tokens/{id}", func(w http.ResponseWriter, r *http.Request) (any, error) {
-		return struct{}{}, n.RevokeToken(r.Context(), r.PathValue("id"))
+		return n.RevokeTokenResult(r.Context(), r.PathValue("id"))
 	})
 	route("POST "+p+"/validations/issue", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		var req localapi.ValidationIssueRequest

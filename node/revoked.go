@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/coattail/coattail/auth"
+	"github.com/coattail/coattail/node/localapi"
 	"github.com/coattail/coattail/node/wire"
 	"github.com/google/uuid"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -34,6 +35,14 @@ const (
 // streams or subscriptions authorized by it) are told, in the background,
 // that it was revoked.
 func (n *Node) RevokeToken(ctx context.Context, id string) error {
+	_, err := n.RevokeTokenResult(ctx, id)
+	return err
+}
+
+// RevokeTokenResult is RevokeToken, saying the revoked token's id in its
+// canonical form (a lower-case uuid with hyphens), whichever spelling id
+// gave it in.
+func (n *Node) RevokeTokenResult(ctx context.Context, id string) (localapi.RevokedToken, error) {
 	var holders []peer.ID
 	if n.net != nil {
 		// Read before the revocation, which closes the streams and
@@ -42,14 +51,14 @@ func (n *Node) RevokeToken(ctx context.Context, id string) error {
 	}
 	rv, err := n.auth.RevokeRecord(ctx, id)
 	if rv.At.IsZero() {
-		return err
+		return localapi.RevokedToken{}, err
 	}
 	n.log.Info("token revoked", "token_id", rv.Record.ID)
 	if n.net != nil {
 		holders = append(holders, tokenHolders(rv.Record)...)
 		n.net.tellHolders(rv.Record.ID, rv.At, holders)
 	}
-	return err
+	return localapi.RevokedToken{ID: rv.Record.ID}, err
 }
 
 // tokenUsers lists the peers whose open streams or subscriptions here

@@ -298,10 +298,17 @@ func newTokenRevokeCmd(a *app) *cobra.Command {
 				}
 			}
 			return a.withConn(cmd.Context(), func(c *node.Conn) error {
-				if err := c.RevokeToken(cmd.Context(), args[0]); err != nil {
+				res, err := c.RevokeTokenResult(cmd.Context(), args[0])
+				if err != nil {
 					return err
 				}
-				fmt.Fprintf(a.out, "Revoked token %s\n", args[0])
+				// The id as the service spells it (canonical), whichever
+				// spelling was typed (upper case, braces, urn:uuid:).
+				id := res.ID
+				if id == "" {
+					id = args[0] // a service of an older release
+				}
+				fmt.Fprintf(a.out, "Revoked token %s\n", safeText(id))
 				return nil
 			})
 		},

@@ -66,6 +66,13 @@ func (c *Client) RevokeToken(ctx context.Context, id string) error {
 	return c.Do(ctx, http.MethodDelete, "/tokens/"+segment(id), nil, nil)
 }
 
+// RevokeTokenResult is RevokeToken, saying the revoked token's id in its
+// canonical form (a service of an older release does not: ID is empty).
+func (c *Client) RevokeTokenResult(ctx context.Context, id string) (RevokedToken, error) {
+	var out RevokedToken
+	return out, c.Do(ctx, http.MethodDelete, "/tokens/"+segment(id), nil, &out)
+}
+
 // PruneTokens deletes the records of long-expired tokens.
 func (c *Client) PruneTokens(ctx context.Context, r PruneTokensRequest) (PruneTokensResult, error) {
 	var out PruneTokensResult

@@ -54,6 +54,13 @@ const (
 	CodeInternal    = "internal"
 )
 
+// RevokedToken is the answer to a token revocation.
+type RevokedToken struct {
+	// ID is the revoked token's id in canonical form (a lower-case uuid
+	// with hyphens), whichever spelling the revocation named it in.
+	ID string `json:"id"`
+}
+
 // RemovedPeer is the answer to a peer removal.
 type RemovedPeer struct {
 	// ID is the removed peer's id, in base58 whichever spelling the
