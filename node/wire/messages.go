@@ -17,7 +17,7 @@ import (
 // deliver and revoke. It is answered by TOK with OK, or by TError.
 type Hello struct {
 	Token   string `json:"token"`   // capability token (JWT) issued by the receiving instance
-	Version string `json:"version"` // must equal Version
+	Version string `json:"version"` // must equal the version the stream's protocol ID ends in (VersionOf)
 }
 
 // OK is the payload of a TOK frame (and of some TResults): a JSON object,
@@ -146,7 +146,7 @@ type RevokeNotice struct {
 // toward the subscriber, which authenticates it by the peer id of the secure
 // channel, so no token is sent.
 type DeliverHello struct {
-	Version         string   `json:"version"`
+	Version         string   `json:"version"` // must equal Version (CheckVersion): deliver has only 1.0.0
 	SubscriptionIDs []string `json:"subscription_ids"`
 }
 
