@@ -38,7 +38,8 @@ func TestRunFlagErrors(t *testing.T) {
 		{"--stdin and --data on perform", []string{"action", "perform", "--action", "echo", "--stdin", "--data", "1"}, "--stdin and --data cannot be combined"},
 		{"bad --expires-in", []string{"token", "issue", "--expires-in", "soon"}, `--expires-in "soon": use a duration such as`},
 		{"negative --not-before", []string{"token", "issue", "--not-before", "-1h"}, "--not-before"},
-		{"bad --expires-in on validation", []string{"validation", "issue", "--expires-in", "3 days"}, "--expires-in"},
+		{"bad --expires-in on validation", []string{"validation", "issue", "--expires-in", "3 fortnights"}, "--expires-in"},
+		{"bare number --expires-in", []string{"token", "issue", "--expires-in", "100"}, `--expires-in "100" needs a unit`},
 		// 0 is how the control API says "never": a token meant to expire
 		// at once must not become one that never does.
 		{"zero --expires-in", []string{"token", "issue", "--expires-in", "0s"}, `--expires-in "0s" must be longer than 0`},

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"fmt"
 	"golang.org/x/term"
+	"math"
 	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,13 +34,14 @@ type lifetimeFlags struct {
 }
 
 func (f *lifetimeFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.notBefore, "not-before", "", "usable only after this long from now (30s, 10m, 2h, 1d, 1w)")
-	cmd.Flags().StringVar(&f.expiresIn, "expires-in", "", "expires this long from now (30s, 10m, 2h, 1d, 1w; default: never)")
+	cmd.Flags().StringVar(&f.notBefore, "not-before", "", "usable only after this long from now (30s, 10m, 2h, 1d, 1w, 1y, \"2 days\")")
+	cmd.Flags().StringVar(&f.expiresIn, "expires-in", "", "expires this long from now (30s, 10m, 2h, 1d, 1w, 1y, \"2 days\"; default: never)")
 	cmd.Flags().BoolVar(&f.printRaw, "print-raw-token", false, "print the raw token (without it, the token is copied to the clipboard when a clipboard tool and a display are found, else printed)")
 	cmd.Flags().BoolVar(&f.quiet, "quiet", false, "leave out the token's details: only the raw token (or the clipboard notice)")
 }
 
-// parseDurationFlag reads the duration flag --name (30s, 10m, 2h, 1d, 1w);
+// parseDurationFlag reads the duration flag --name (30s, 10m, 2h, 1d, 1w,
+// a sum such as 1w2d, or the original Coattail's form: see msDuration);
 // "" is 0.
 func parseDurationFlag(name, s string) (time.Duration, error) {
 	if s == "" {
@@ -47,12 +50,66 @@ func parseDurationFlag(name, s string) (time.Duration, error) {
 	d, err := str2duration.ParseDuration(s)
 	if err != nil && durationSyntax.MatchString(s) {
 		// Well-formed, so it failed on overflow.
-		return 0, fmt.Errorf("--%s %q is too long: at most %s (about 292 years)", name, s, maxDurationText)
+		return 0, durationTooLong(name, s)
+	}
+	if err != nil {
+		if m := msDuration.FindStringSubmatch(s); m != nil {
+			return msDurationValue(name, s, m[1], m[2])
+		}
+		if bareNumber.MatchString(s) {
+			return 0, fmt.Errorf("--%s %q needs a unit, such as %[2]ss, %[2]sm, %[2]sh or %[2]sd (the original Coattail read a bare number as milliseconds)", name, s)
+		}
 	}
 	if err != nil || d < 0 {
-		return 0, fmt.Errorf("--%s %q: use a duration such as 30s, 10m, 2h, 1d or 1w", name, s)
+		return 0, fmt.Errorf("--%s %q: use a duration such as 30s, 10m, 2h, 1d, 1w or \"2 days\"", name, s)
 	}
 	return d, nil
+}
+
+func durationTooLong(name, s string) error {
+	return fmt.Errorf("--%s %q is too long: at most %s (about 292 years)", name, s, maxDurationText)
+}
+
+// msDuration is the duration syntax of the original Coattail, whose
+// README says "all timestamps use vercel/ms format": one number, spaces
+// or none, and a unit, short or long, in any case ("2 days", "1 week",
+// "1y", "1.5 hrs", "2W"). A year is 365.25 days, as there.
+var msDuration = regexp.MustCompile(`(?i)^(\d+(?:\.\d+)?|\.\d+) *(milliseconds?|msecs?|ms|seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h|days?|d|weeks?|w|years?|yrs?|y)$`)
+
+// bareNumber is a number without a unit, which vercel/ms read as
+// milliseconds: refused rather than taken for a token that expires at once.
+var bareNumber = regexp.MustCompile(`^(\d+(\.\d*)?|\.\d+)$`)
+
+// msDurationValue is the duration of a string msDuration matched, with
+// its number num and unit unit.
+func msDurationValue(name, s, num, unit string) (time.Duration, error) {
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil {
+		return 0, fmt.Errorf("--%s %q: %v", name, s, err)
+	}
+	u := strings.ToLower(unit)
+	var per time.Duration
+	switch {
+	case u == "ms" || strings.HasPrefix(u, "msec") || strings.HasPrefix(u, "millisecond"):
+		per = time.Millisecond
+	case u[0] == 's':
+		per = time.Second
+	case u[0] == 'm':
+		per = time.Minute
+	case u[0] == 'h':
+		per = time.Hour
+	case u[0] == 'd':
+		per = 24 * time.Hour
+	case u[0] == 'w':
+		per = 7 * 24 * time.Hour
+	default: // y, yr, yrs, year, years
+		per = 36525 * 24 * time.Hour / 100
+	}
+	ns := math.Round(v * float64(per))
+	if ns >= math.MaxInt64 {
+		return 0, durationTooLong(name, s)
+	}
+	return time.Duration(ns), nil
 }
 
 func (f *lifetimeFlags) durations() (nbf, exp time.Duration, err error) {
