@@ -440,7 +440,11 @@ func checkScalars(n *yaml.Node, t reflect.Type, path string, rewrote *bool) erro
 			if path != "" {
 				where = "in " + path
 			}
-			errs = append(errs, fmt.Errorf("%s (line %d): unknown key %s; the keys there are %s", name, key.Line, where, strings.Join(yamlKeys(t), ", ")))
+			hint := ""
+			if h, ok := originalConfigKeys[key.Value]; ok && path == "" {
+				hint = " (" + h + ")"
+			}
+			errs = append(errs, fmt.Errorf("%s (line %d): unknown key %s; the keys there are %s%s", name, key.Line, where, strings.Join(yamlKeys(t), ", "), hint))
 			continue
 		}
 		ft := f.Type
@@ -506,6 +510,17 @@ func yaml11Bool(s string) bool {
 }
 
 // yamlKeys lists the config keys of struct type t, in order.
+// originalConfigKeys says, for each top-level section of the original
+// Coattail's config.yml, what takes its place here, so that a config
+// brought over from it is refused with directions.
+var originalConfigKeys = map[string]string{
+	"service":        "a section of the original Coattail: its network.address.bind and port are network.listen here, its network.address.connection network.announce, its log log.file; tls has no setting, as connections are always encrypted (Noise or TLS, with keys/identity.key); move those and delete the section",
+	"authentication": "a section of the original Coattail: here keys/identity.key signs the tokens this instance issues (docs/SECURITY.md); delete the section",
+	"validation":     "a section of the original Coattail: here keys/identity.key proves this instance to its peers (docs/SECURITY.md); delete the section",
+	"paths":          "a section of the original Coattail: here actions/ and receivers/ are always in the instance directory; delete the section",
+	"data":           "a section of the original Coattail: here the datastore is always data/ in the instance directory; delete the section",
+}
+
 func yamlKeys(t reflect.Type) []string {
 	var keys []string
 	for i := range t.NumField() {

@@ -214,18 +214,24 @@ func TestParseConfigRefusesBadValues(t *testing.T) {
 		// yaml.v3 refuses these itself, in its own terms ("field levle
 		// not found in type node.LogConfig", "cannot unmarshal !!str `5x`
 		// into time.Duration"): named in the config's terms instead.
-		"duplicate key":        {"limits:\n  max_hops: 3\n  max_hops: 4\n", "limits.max_hops (line 3): set twice (also line 2); delete one"},
-		"duplicate section":    {"log:\n  level: info\nlog:\n  file: x.log\n", "log (line 3): set twice (also line 1)"},
-		"unknown nested key":   {"log:\n  levle: debug\n", "log.levle (line 2): unknown key in log; the keys there are file, level, "},
-		"unknown top key":      {"bogus_key: 1\n", "bogus_key (line 1): unknown key at the top level; the keys there are network, limits, log"},
-		"quoted int":           {"limits:\n  max_hops: \"16\"\n", "limits.max_hops (line 2): \"16\" is in quotes"},
-		"text int":             {"limits:\n  max_hops: many\n", "limits.max_hops (line 2): \"many\" is not a whole number"},
-		"bare int duration":    {"limits:\n  action_timeout: 30\n", "limits.action_timeout (line 2): \"30\" is not a duration; write one such as 30s"},
-		"bad duration":         {"limits:\n  action_timeout: 5x\n", "limits.action_timeout (line 2): \"5x\" is not a duration"},
-		"section as value":     {"limits: 5\n", "limits (line 1): is a section"},
-		"value as list":        {"limits:\n  max_hops: [1]\n", "limits.max_hops (line 2): is one value"},
-		"list as value":        {"network:\n  listen: /ip4/127.0.0.1/tcp/1\n", "network.listen (line 2): is a list"},
-		"unknown key in merge": {"limits: &x\n  max_hops: 3\nnetwork:\n  <<: *x\n", "max_hops"},
+		"duplicate key":      {"limits:\n  max_hops: 3\n  max_hops: 4\n", "limits.max_hops (line 3): set twice (also line 2); delete one"},
+		"duplicate section":  {"log:\n  level: info\nlog:\n  file: x.log\n", "log (line 3): set twice (also line 1)"},
+		"unknown nested key": {"log:\n  levle: debug\n", "log.levle (line 2): unknown key in log; the keys there are file, level, "},
+		"unknown top key":    {"bogus_key: 1\n", "bogus_key (line 1): unknown key at the top level; the keys there are network, limits, log"},
+		// The original Coattail's sections say what replaces them.
+		"original service":        {"service:\n  tls:\n    use_tls: false\n  network:\n    port: 49365\n", "service (line 1): unknown key at the top level; the keys there are network, limits, log, metrics (a section of the original Coattail: its network.address.bind and port are network.listen here"},
+		"original authentication": {"authentication:\n  private_key:\n    type: file\n", "authentication (line 1): unknown key at the top level; the keys there are network, limits, log, metrics (a section of the original Coattail: here keys/identity.key signs the tokens"},
+		"original validation":     {"validation:\n  public_key:\n    type: file\n", "here keys/identity.key proves this instance"},
+		"original paths":          {"paths:\n  root: /x\n", "here actions/ and receivers/ are always in the instance directory"},
+		"original data":           {"data:\n  client: sqlite3\n", "here the datastore is always data/"},
+		"quoted int":              {"limits:\n  max_hops: \"16\"\n", "limits.max_hops (line 2): \"16\" is in quotes"},
+		"text int":                {"limits:\n  max_hops: many\n", "limits.max_hops (line 2): \"many\" is not a whole number"},
+		"bare int duration":       {"limits:\n  action_timeout: 30\n", "limits.action_timeout (line 2): \"30\" is not a duration; write one such as 30s"},
+		"bad duration":            {"limits:\n  action_timeout: 5x\n", "limits.action_timeout (line 2): \"5x\" is not a duration"},
+		"section as value":        {"limits: 5\n", "limits (line 1): is a section"},
+		"value as list":           {"limits:\n  max_hops: [1]\n", "limits.max_hops (line 2): is one value"},
+		"list as value":           {"network:\n  listen: /ip4/127.0.0.1/tcp/1\n", "network.listen (line 2): is a list"},
+		"unknown key in merge":    {"limits: &x\n  max_hops: 3\nnetwork:\n  <<: *x\n", "max_hops"},
 	}
 	for name, c := range cases {
 		_, err := node.ParseConfig("config.yml", []byte(c.in))
