@@ -51,6 +51,9 @@ func TestRunFlagErrors(t *testing.T) {
 		{"unknown help subtopic", []string{"help", "token", "mint"}, `unknown help topic "token mint"`},
 		{"unknown completion shell", []string{"completion", "frob"}, `unknown command "frob"`},
 		{"unknown flag", []string{"service", "status", "--jsn"}, "unknown flag: --jsn"},
+		// The original Coattail's README has token commands take --config.
+		{"original --config", []string{"token", "list", "--config", "config.yml"}, "unknown flag: --config (the original Coattail's --config FILE: here each instance reads the config.yml in its own directory; choose the instance with --instance DIR)"},
+		{"original --config=", []string{"token", "issue", "--config=other.yml"}, "choose the instance with --instance DIR"},
 		{"missing peer id", []string{"peer", "show"}, `required flag(s) "id" not set`},
 		{"missing token", []string{"peer", "add"}, `required flag(s) "token" not set`},
 		{"decode without token", []string{"token", "decode"}, "accepts 1 arg(s), received 0"},

@@ -113,7 +113,18 @@ func newRootCmd(a *app) *cobra.Command {
 		}
 	}
 	rejectUnknownSubcommands(root)
+	root.SetFlagErrorFunc(originalFlagHint)
 	return root
+}
+
+// originalFlagHint adds to a flag error for a flag of the original
+// Coattail that has no counterpart here by its name what does its work.
+// (Its README has token commands take --config <file>.)
+func originalFlagHint(_ *cobra.Command, err error) error {
+	if err.Error() == "unknown flag: --config" {
+		return fmt.Errorf("%w (the original Coattail's --config FILE: here each instance reads the config.yml in its own directory; choose the instance with --instance DIR)", err)
+	}
+	return err
 }
 
 // helpTopic is `coattail help [command]`. cobra's own printed "Unknown help
