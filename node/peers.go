@@ -1080,7 +1080,11 @@ func (n *Node) remotePublishOnce(ctx context.Context, peerID string, pubs []publ
 			// refused too_large is that one whatever the peer's version
 			// (over its max_payload, or a frame over its limit, which it
 			// refuses from the header without reading the publication).
+			// An item on any other refusal (forbidden, unavailable) is not
+			// about one publication: a lying or buggy peer's, ignored.
+			itemCode := refused.Code == wire.CodeTooLarge || refused.Code == wire.CodeBadRequest
 			switch {
+			case !itemCode:
 			case refused.Item > 0 && refused.Item <= r.refusedCount:
 				r.refusedItem = stored + refused.Item
 			case refused.Item == 0 && r.refusedCount == 1 && refused.Code == wire.CodeTooLarge:
