@@ -206,12 +206,19 @@ func New(o Options) (*Node, error) {
 	if bin == "" {
 		bin, _ = os.Executable()
 	}
+	// Absolute: a relative COATTAIL_RUNTIME_DIR is from this process's
+	// working directory, where the service registers; programs run in
+	// the instance directory.
+	rt := RuntimeDir()
+	if abs, err := filepath.Abs(rt); err == nil {
+		rt = abs
+	}
 	n.runner = runner.New(runner.Config{
 		Dir:        o.Dir,
 		PeerID:     id.String(),
 		Socket:     n.layout.Socket(),
 		Binary:     bin,
-		RuntimeDir: RuntimeDir(),
+		RuntimeDir: rt,
 		Timeout:    o.Config.Limits.ActionTimeout,
 		MaxInput:   int(o.Config.Limits.MaxPayload),
 		MaxOutput:  int(o.Config.Limits.MaxOutput),
