@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"golang.org/x/term"
 	"math"
@@ -84,6 +85,9 @@ var bareNumber = regexp.MustCompile(`^(\d+(\.\d*)?|\.\d+)$`)
 // its number num and unit unit.
 func msDurationValue(name, s, num, unit string) (time.Duration, error) {
 	v, err := strconv.ParseFloat(num, 64)
+	if errors.Is(err, strconv.ErrRange) {
+		return 0, durationTooLong(name, s) // overflow: too many digits for a float
+	}
 	if err != nil {
 		return 0, fmt.Errorf("--%s %q: %v", name, s, err)
 	}

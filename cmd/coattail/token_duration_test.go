@@ -81,3 +81,15 @@ func TestTokenIssueOriginalDurations(t *testing.T) {
 	}
 	a.mustFail([]string{"token", "issue", "--expires-in", "100"}, `--expires-in "100" needs a unit`)
 }
+
+// A number of the original's form too large for a float (hundreds of
+// digits) is too long, as any other duration over the limit: it was
+// refused with strconv's "value out of range", echoing the number twice.
+func TestParseDurationFlagHugeNumber(t *testing.T) {
+	for _, in := range []string{strings.Repeat("9", 400) + " ms", strings.Repeat("9", 400) + " years"} {
+		d, err := parseDurationFlag("expires-in", in)
+		if err == nil || !strings.Contains(err.Error(), "is too long") || strings.Contains(err.Error(), "out of range") {
+			t.Errorf("parseDurationFlag(%.12q…) = %v, %v; want it refused as too long", in, d, err)
+		}
+	}
+}
