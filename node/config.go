@@ -509,7 +509,6 @@ func yaml11Bool(s string) bool {
 	return false
 }
 
-// yamlKeys lists the config keys of struct type t, in order.
 // originalConfigKeys says, for each top-level section of the original
 // Coattail's config.yml, what takes its place here, so that a config
 // brought over from it is refused with directions.
@@ -521,6 +520,7 @@ var originalConfigKeys = map[string]string{
 	"data":           "a section of the original Coattail: here the datastore is always data/ in the instance directory; delete the section",
 }
 
+// yamlKeys lists the config keys of struct type t, in order.
 func yamlKeys(t reflect.Type) []string {
 	var keys []string
 	for i := range t.NumField() {
