@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -327,5 +328,41 @@ func TestSubscribeRefusesReceiverThatCannotRun(t *testing.T) {
 	writeReceiver(t, sub, "ok", "#!/bin/sh\ncat >/dev/null\n")
 	if _, err := sub.Subscribe(ctx, localapi.SubscribeRequest{Peer: pid, Pattern: "a.>", Receiver: "ok"}); err != nil {
 		t.Fatalf("subscribe an executable receiver: %v", err)
+	}
+}
+
+// Dropping a dead letter deletes a publication for good: the service log
+// says so, naming it, as it says when one is replayed. It said nothing.
+func TestDropDeadLetterIsLogged(t *testing.T) {
+	pub := newTestNode(t, withQuietLog())
+	var logs syncBuffer
+	sub := newTestNode(t, func(o *node.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		o.Config.Limits.ReceiverRetries = 0
+		o.Config.Limits.ReceiverBackoff = time.Millisecond
+	})
+	if err := sub.RegisterReceiver("rec", func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+		return nil, errors.New("always fails")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	parked := parkOne(t, pub, sub, "dl.>", "rec", "dl.a", `1`)
+	if strings.Contains(logs.String(), "dead letter dropped") {
+		t.Fatalf("the log says a dead letter was dropped before any was:\n%s", logs.String())
+	}
+	if err := sub.DropDeadLetter(ctx, parked.ID); err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "dead letter dropped") {
+			line = l
+		}
+	}
+	for _, want := range []string{"id=" + parked.ID, "subject=dl.a", "seq=1", "publisher=" + pub.Host().ID().String()} {
+		if !strings.Contains(line, want) {
+			t.Fatalf("drop log line %q lacks %q; log:\n%s", line, want, logs.String())
+		}
 	}
 }

@@ -1509,7 +1509,12 @@ func (n *Node) DropDeadLetter(ctx context.Context, id string) error {
 		return deadNotFound(id, err)
 	}
 	d.ID = id
-	return n.subscriber.deleteDead(ctx, &d)
+	if err := n.subscriber.deleteDead(ctx, &d); err != nil {
+		return err
+	}
+	// As a replay is: deleting a publication for good leaves a trace.
+	n.log.Info("dead letter dropped", "id", id, "subscription", d.Subscription, "publisher", d.Publisher, "subject", d.Subject, "seq", d.Seq)
+	return nil
 }
 
 // deadNotFound says that there is no dead letter id, in the user's terms
