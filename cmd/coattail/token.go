@@ -417,7 +417,7 @@ subscription held here still names is kept until that subscription ends.`,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&expiredFor, "expired-for", "", "only tokens expired at least this long (30s, 10m, 2h, 1d, 1w; default: every expired token)")
+	cmd.Flags().StringVar(&expiredFor, "expired-for", "", "only tokens expired at least this long (30s, 10m, 2h, 1d, 1w, 1y, \"2 days\"; default: every expired token)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be pruned, delete nothing")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
