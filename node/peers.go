@@ -682,11 +682,30 @@ func (n *Node) remoteList(ctx context.Context, id string) ([]localapi.ActionInfo
 }
 
 func (nw *netsvc) remoteListWith(ctx context.Context, pid peer.ID, token string) ([]localapi.ActionInfo, error) {
-	s, err := nw.openWith(ctx, pid, wire.ProtoList, token, wire.ListRequest{})
-	if err != nil {
-		return nil, err
+	// A list changes nothing at the peer, so it is asked again, on
+	// another connection or a new one, when the one it went out on was
+	// closed under it (twice at most).
+	for retry := 0; ; retry++ {
+		s, err := nw.openWith(ctx, pid, wire.ProtoList, token, wire.ListRequest{})
+		var acts []localapi.ActionInfo
+		if err == nil {
+			acts, err = listOn(s)
+		}
+		if err == nil || retry == 2 || !connClosedUnder(err) || ctx.Err() != nil {
+			return acts, err
+		}
 	}
-	return listOn(s)
+}
+
+// connClosedUnder reports whether err is the peer closing the QUIC
+// connection a stream was on, before it answered. Two hosts that dial each
+// other at once (each adding the other as a peer, as `coattail lab` does)
+// can each keep one connection and close a later one; a stream the other
+// host had just opened on that one fails so (a `peer add` failed with
+// "closed the stream: … Application error 0x0 (remote)").
+func connClosedUnder(err error) bool {
+	var app *quic.ApplicationError
+	return errors.As(err, &app) && app.Remote
 }
 
 func listOn(s *session) ([]localapi.ActionInfo, error) {
