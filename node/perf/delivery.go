@@ -147,9 +147,10 @@ type DeliveryResult struct {
 	// beside the publisher's, with nothing else running: a batch per key
 	// (the fewest keys, pebble's most favourable shape) and per commit,
 	// synced by group commit as the queues are, each batch deleted once it
-	// is the paced window behind (what acknowledgements do). Durable delivery stores every byte it
-	// delivers, so it cannot be faster than this: StoreXRaw, the store's
-	// rate over the raw stream's, bounds XRaw for this machine.
+	// is the paced window behind (what acknowledgements do). Durable
+	// delivery stores every byte it delivers, so it cannot be faster than
+	// this: StoreXRaw, the store's rate over the raw stream's, bounds XRaw
+	// for this machine.
 	StoreMBPerSec float64 `json:"store_mb_per_sec"`
 	XStore        float64 `json:"x_store"`
 	StoreXRaw     float64 `json:"store_x_raw"`
